@@ -1,0 +1,5 @@
+import sys
+
+from agentmem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""``agentmem``: serve, status, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from agentmem import subjects
+from agentmem.config import Settings
+from agentmem.embedded import EmbeddedNats, PortInUse
+from agentmem.logging import configure
+from agentmem.service import Service, StoreBusy, lock_store
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentmem", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def connection_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--nats", help="use this NATS server (env AGENTMEM_NATS); default: the embedded one"
+        )
+        sub.add_argument(
+            "--listen",
+            help="embedded server address, host:port (env AGENTMEM_LISTEN; default 127.0.0.1:4222)",
+        )
+        sub.add_argument("--data-dir", type=Path, help="env AGENTMEM_DATA_DIR; default ./data")
+        sub.add_argument(
+            "--store", help="SQLite file (env AGENTMEM_STORE; default <data-dir>/agentmem.db)"
+        )
+        sub.add_argument("--log-level", help="env AGENTMEM_LOG_LEVEL; default info")
+        sub.add_argument(
+            "--log-format",
+            choices=["auto", "json", "console"],
+            help="env AGENTMEM_LOG_FORMAT; default auto (JSON unless a terminal)",
+        )
+
+    connection_flags(commands.add_parser("serve", help="run the service"))
+    status = commands.add_parser("status", help="log position, checkpoints and lag")
+    connection_flags(status)
+    status.add_argument("--json", action="store_true", help="print the raw report")
+    replay = commands.add_parser("replay", help="rebuild projections from the log")
+    connection_flags(replay)
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--projection", help="one projection by name")
+    which.add_argument("--all", action="store_true", help="every projection")
+    replay.add_argument("--into", help="rebuild into this SQLite file instead of the live store")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if args.nats:
+        settings.nats_url = args.nats
+    if args.listen:
+        settings.listen = args.listen
+    if args.data_dir:
+        settings.data_dir = args.data_dir
+    if args.store:
+        settings.store = args.store
+    if args.log_level:
+        settings.log_level = args.log_level
+    if args.log_format:
+        settings.log_format = args.log_format
+    return settings
+
+
+async def _serve(settings: Settings) -> int:
+    service = Service(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except (PortInUse, StoreBusy) as exc:
+        print(f"agentmem: {exc}", file=sys.stderr)
+        await service.stop()
+        return 2
+    except BaseException:
+        await service.stop()
+        raise
+    await stop.wait()
+    await service.stop()
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
+    """The running service's NATS server if there is one, else the embedded one, started
+    for as long as this command needs it."""
+    if settings.nats_url:
+        nc = await nats.connect(settings.nats_url, allow_reconnect=False)
+        yield nc
+        await nc.close()
+        return
+    host, port = settings.listen_host_port
+    try:
+        nc = await nats.connect(f"nats://{host}:{port}", allow_reconnect=False, connect_timeout=1)
+    except (nats.errors.NoServersError, OSError):
+        embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
+        await embedded.start()
+        try:
+            nc = await nats.connect(embedded.url, allow_reconnect=False)
+            yield nc
+            await nc.close()
+        finally:
+            await embedded.stop()
+        return
+    yield nc
+    await nc.close()
+
+
+async def _status(settings: Settings, as_json: bool) -> int:
+    from agentmem.store import open_store
+    from consumers.system import collect_status
+
+    async with _log_connection(settings) as nc:
+        try:  # a running service answers for itself
+            reply = json.loads((await nc.request(subjects.SYS_STATUS, b"{}", timeout=2)).data)
+            report = reply["data"]
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            store = await open_store(settings.store_url)
+            try:
+                report = await collect_status(nc, store)
+            finally:
+                await store.close()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    stream = report["stream"]
+    print(
+        f"log {stream['name']}: last seq {stream['last_seq']:,}, "
+        f"{stream['messages']:,} messages, {stream['bytes']:,} bytes"
+    )
+    print(f"{'projection':<12} {'checkpoint':>12} {'lag':>10} {'parked':>8}")
+    for name, p in report["projections"].items():
+        lag = "-" if p["lag"] is None else f"{p['lag']:,}"
+        print(f"{name:<12} {p['checkpoint']:>12,} {lag:>10} {p['parked']:>8,}")
+    for parked in report["parked"]:
+        print(
+            f"parked: {parked['projection']} seq {parked['seq']} {parked['subject']}: "
+            f"{parked['error']}"
+        )
+    return 0
+
+
+async def _replay(settings: Settings, name: str | None, into: str | None) -> int:
+    from agentmem.store import open_store
+    from projections import ALL, BY_NAME
+    from projections.replay import progress_bar, replay
+
+    if name is not None and name not in BY_NAME:
+        print(f"agentmem: no projection {name!r}; there are: {', '.join(BY_NAME)}", file=sys.stderr)
+        return 2
+    chosen = [BY_NAME[name]] if name else ALL
+    target = into or settings.store_url
+    try:
+        lock = lock_store(target)
+    except StoreBusy as exc:
+        print(f"agentmem: {exc}; or rebuild into another file with --into", file=sys.stderr)
+        return 2
+    try:
+        async with _log_connection(settings) as nc:
+            store = await open_store(target)
+            try:
+                for projection in chosen:
+                    result = await replay(
+                        nc, store, projection, on_progress=progress_bar(projection.name)
+                    )
+                    print(
+                        f"{result.projection}: {result.events:,} events in "
+                        f"{result.seconds:.2f}s ({result.events_per_second:,.0f} ev/s), "
+                        f"checkpoint {result.checkpoint:,}"
+                    )
+            finally:
+                await store.close()
+    finally:
+        if lock:
+            lock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    configure(settings.log_level, settings.log_format)
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(settings))
+        if args.command == "status":
+            return asyncio.run(_status(settings, args.json))
+        return asyncio.run(_replay(settings, args.projection, args.into))
+    except PortInUse as exc:
+        print(f"agentmem: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Settings: flags win over ``AGENTMEM_*`` environment variables, which win over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agentmem.domain.passwords import DEFAULT_COST
+
+DEFAULT_LISTEN = "127.0.0.1:4222"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(f"AGENTMEM_{name}")
+    return value if value not in (None, "") else default
+
+
+@dataclass
+class Settings:
+    # None: start the embedded nats-server; a URL: use that server instead.
+    nats_url: str | None = field(default_factory=lambda: _env("NATS"))
+    listen: str = field(default_factory=lambda: _env("LISTEN", DEFAULT_LISTEN) or DEFAULT_LISTEN)
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data") or "data"))
+    # An SQLite path (default: <data-dir>/agentmem.db).
+    store: str | None = field(default_factory=lambda: _env("STORE"))
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "info") or "info")
+    log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "auto") or "auto")
+    password_cost: int = field(
+        default_factory=lambda: int(_env("PASSWORD_COST", str(DEFAULT_COST)) or DEFAULT_COST)
+    )
+    # Embedded server only: fsync every write before acking it (see docs/architecture.md).
+    sync_always: bool = field(default_factory=lambda: _env("SYNC", "always") == "always")
+
+    @property
+    def store_url(self) -> str:
+        return self.store or str(self.data_dir / "agentmem.db")
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)

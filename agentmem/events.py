@@ -1,0 +1,111 @@
+"""Every event AgentMem stores, in one msgspec tagged union.
+
+A commit is one JetStream message: the events one command produced, in order, on the subject
+of the aggregate they belong to. Adding a field means giving it a default; changing the
+meaning of one means a new tag and an upcaster, so that old commits still decode.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Role = Literal["admin", "member", "readonly"]
+
+COMMIT_SCHEMA = 1
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
+    pass
+
+
+# Organizations --------------------------------------------------------------------------
+class OrgCreated(Event, tag="org.created", frozen=True):
+    org_id: str
+    name: str
+
+
+class OrgRenamed(Event, tag="org.renamed", frozen=True):
+    org_id: str
+    name: str
+
+
+class OrgDeleted(Event, tag="org.deleted", frozen=True):
+    org_id: str
+
+
+# Users ----------------------------------------------------------------------------------
+class UserRegistered(Event, tag="user.registered", frozen=True):
+    user_id: str
+    org_id: str
+    name: str
+    email: str
+    password_hash: str
+    roles: tuple[Role, ...] = ("member",)
+
+
+class UserProfileUpdated(Event, tag="user.profile_updated", frozen=True):
+    user_id: str
+    name: str
+    email: str
+
+
+class UserPasswordChanged(Event, tag="user.password_changed", frozen=True):
+    user_id: str
+    password_hash: str
+
+
+class UserRolesSet(Event, tag="user.roles_set", frozen=True):
+    user_id: str
+    roles: tuple[Role, ...]
+
+
+class UserDeleted(Event, tag="user.deleted", frozen=True):
+    user_id: str
+
+
+# Email reservations: the log's own unique index of emails --------------------------------
+class EmailReserved(Event, tag="email.reserved", frozen=True):
+    email: str
+    user_id: str
+    command_id: str
+
+
+class EmailReleased(Event, tag="email.released", frozen=True):
+    email: str
+    user_id: str
+
+
+AnyEvent = (
+    OrgCreated
+    | OrgRenamed
+    | OrgDeleted
+    | UserRegistered
+    | UserProfileUpdated
+    | UserPasswordChanged
+    | UserRolesSet
+    | UserDeleted
+    | EmailReserved
+    | EmailReleased
+)
+
+
+class Commit(msgspec.Struct, frozen=True):
+    """The body of one message in the log."""
+
+    events: list[AnyEvent]
+
+
+EVENT_TYPES: list[type[Event]] = list(AnyEvent.__args__)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Commit)
+
+
+def encode_commit(events: list[AnyEvent]) -> bytes:
+    return _encoder.encode(Commit(events=events))
+
+
+def decode_commit(payload: bytes) -> Commit:
+    return _decoder.decode(payload)

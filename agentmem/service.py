@@ -1,0 +1,141 @@
+"""The service: one process running the log, command handlers, projections and queries.
+
+``Service`` only wires the parts together; each part lives in its own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+from pathlib import Path
+from typing import IO
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+
+from agentmem import subjects
+from agentmem.config import Settings
+from agentmem.embedded import EmbeddedNats
+from agentmem.eventlog import EventLog
+from agentmem.store import Store, open_store
+from consumers import commands, queries, system
+from consumers.aggregates import AggregateCache
+from consumers.freshness import Freshness
+from consumers.router import Dispatcher, Router
+from projections import ALL
+from projections.board import CheckpointBoard
+from projections.worker import ProjectionWorker
+
+log = structlog.get_logger(__name__)
+
+
+class StoreBusy(Exception):
+    pass
+
+
+def lock_store(store_url: str) -> IO[str] | None:
+    """One process owns an SQLite file: take an exclusive lock beside it, or fail clearly."""
+    if "://" in store_url and not store_url.startswith("sqlite"):
+        return None
+    path = Path(store_url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(f"{path}.lock", "w")  # noqa: SIM115
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreBusy(
+            f"{path} is in use by another AgentMem process; stop it first "
+            "(one process owns an SQLite store)"
+        ) from None
+    return handle
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedNats | None = None
+        self.nc: NATS | None = None
+        self.store: Store | None = None
+        self.workers: list[ProjectionWorker] = []
+        self.worker_tasks: dict[str, asyncio.Task[None]] = {}
+        self.dispatcher: Dispatcher | None = None
+        self._lock: IO[str] | None = None
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._lock = lock_store(settings.store_url)
+        url = settings.nats_url
+        if url is None:
+            host, port = settings.listen_host_port
+            self.embedded = EmbeddedNats(
+                settings.data_dir / "nats", host, port, sync_always=settings.sync_always
+            )
+            await self.embedded.start()
+            url = self.embedded.url
+        self.nc = await nats.connect(
+            url, name="agentmem", max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
+        log_ = EventLog(self.nc)
+        await log_.ensure_stream()
+        self.store = await open_store(settings.store_url)
+        await self.store.migrate([t for p in ALL for t in p.tables])
+
+        board = CheckpointBoard()
+        for projection in ALL:
+            worker = ProjectionWorker(self.nc, self.store, projection, board)
+            self.workers.append(worker)
+            self.worker_tasks[projection.name] = asyncio.create_task(
+                self._run_worker(worker), name=f"projection-{projection.name}"
+            )
+
+        router = Router()
+        runner = commands.CommandRunner(log_, AggregateCache(log_))
+        router.include(commands.build_router(runner, settings.password_cost))
+        router.include(queries.build_router(self.store, Freshness(self.nc, self.store, board)))
+        router.include(system.build_router(self.nc, self.store, self.workers_alive))
+        self.dispatcher = Dispatcher(self.nc, router)
+        await self.dispatcher.start(
+            [subjects.COMMAND_PREFIX, subjects.QUERY_PREFIX, subjects.SYSTEM_PREFIX]
+        )
+        log.info("agentmem ready", nats=url, store=settings.store_url)
+
+    async def _run_worker(self, worker: ProjectionWorker) -> None:
+        """Keep a projection running: after a failure (the log or the store went away), wait
+        and start again from the checkpoint."""
+        while not self.stopped.is_set():
+            try:
+                await worker.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                worker.last_error = repr(exc)
+                log.error("projection failed; restarting", projection=worker.name, error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    def workers_alive(self) -> dict[str, bool]:
+        return {name: not task.done() for name, task in self.worker_tasks.items()}
+
+    async def stop(self) -> None:
+        """Drain: stop taking requests, finish those in flight, finish the current batches."""
+        self.stopped.set()
+        if self.dispatcher:
+            await self.dispatcher.stop()
+        for worker in self.workers:
+            worker.stop()
+        if self.worker_tasks:
+            await asyncio.wait(self.worker_tasks.values(), timeout=10)
+        if self.nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.store:
+            await self.store.close()
+        if self.embedded:
+            await self.embedded.stop()
+        if self._lock:
+            self._lock.close()
+        log.info("agentmem stopped")

@@ -1,0 +1,45 @@
+"""The projection store: a port (``Store``) and its adapters (SQLite now, Postgres next).
+
+Projections never write SQL. They turn each commit into row operations (``RowOp``); a store
+applies a batch of them and the projection's checkpoint in one transaction. Queries ask the
+store through named read methods, so each adapter can use its engine's strengths.
+"""
+
+from __future__ import annotations
+
+from agentmem.store.port import (
+    Column,
+    Delete,
+    Parked,
+    ProjectionBatch,
+    RowOp,
+    Store,
+    Table,
+    Update,
+    Upsert,
+)
+
+__all__ = [
+    "Column",
+    "Delete",
+    "Parked",
+    "ProjectionBatch",
+    "RowOp",
+    "Store",
+    "Table",
+    "Update",
+    "Upsert",
+    "open_store",
+]
+
+
+async def open_store(url: str) -> Store:
+    """``sqlite:///path/to.db``, a bare path, or (later) ``postgresql://...``."""
+    if url.startswith(("postgres://", "postgresql://")):
+        raise NotImplementedError("the Postgres store arrives in a later release")
+    from agentmem.store.sqlite import SQLiteStore
+
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    store = SQLiteStore(path)
+    await store.open()
+    return store

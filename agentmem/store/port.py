@@ -1,0 +1,103 @@
+"""What a projection store must do, whatever the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+ColumnType = Literal["text", "integer", "json"]
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    # Each index is (name, columns, unique).
+    indexes: tuple[tuple[str, tuple[str, ...], bool], ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """Insert the row, or replace every column but the key when the key exists."""
+
+    table: str
+    row: Row
+
+
+@dataclass(frozen=True)
+class Update:
+    table: str
+    key: Row
+    values: Row
+
+
+@dataclass(frozen=True)
+class Delete:
+    table: str
+    key: Row
+
+
+RowOp = Upsert | Update | Delete
+
+
+@dataclass(frozen=True)
+class Parked:
+    """An event a projection could not apply: kept, with why, for an operator to see."""
+
+    projection: str
+    seq: int
+    subject: str
+    error: str
+
+
+@dataclass
+class ProjectionBatch:
+    """What one fetch from the log turns into: row ops per stream sequence, then a checkpoint."""
+
+    projection: str
+    checkpoint: int
+    items: list[tuple[int, str, list[RowOp]]] = field(default_factory=list)
+    parked: list[Parked] = field(default_factory=list)
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def migrate(self, tables: list[Table]) -> None:
+        """Create the tables and indexes that do not exist yet."""
+
+    async def apply(self, batch: ProjectionBatch) -> list[Parked]:
+        """Apply every item and set the checkpoint, in one transaction.
+
+        An item whose operations the database refuses is parked (with the error) instead of
+        failing the batch; the parked items are returned.
+        """
+
+    async def checkpoint(self, projection: str) -> int: ...
+
+    async def checkpoints(self) -> dict[str, int]: ...
+
+    async def parked(self, projection: str | None = None) -> list[Parked]: ...
+
+    async def reset(self, projection: str, tables: list[Table]) -> None:
+        """Empty the projection's tables and forget its checkpoint and parked events."""
+
+    async def dump(self, table: Table) -> list[tuple[Any, ...]]:
+        """Every row, ordered by primary key: what replay-equals-live compares."""
+
+    async def fetch_one(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Row]: ...

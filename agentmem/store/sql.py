@@ -1,0 +1,77 @@
+"""SQL text for row operations, shared by every adapter (placeholders are ``?``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from agentmem.store.port import Column, Delete, RowOp, Table, Update, Upsert
+
+_TYPES = {"text": "TEXT", "integer": "BIGINT", "json": "TEXT"}
+
+
+def create_table(table: Table) -> list[str]:
+    def column(c: Column) -> str:
+        return f"{c.name} {_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
+
+    columns = ", ".join(column(c) for c in table.columns)
+    key = ", ".join(table.primary_key)
+    statements = [f"CREATE TABLE IF NOT EXISTS {table.name} ({columns}, PRIMARY KEY ({key}))"]
+    for name, index_columns, unique in table.indexes:
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        statements.append(
+            f"CREATE {kind} IF NOT EXISTS {name} ON {table.name} ({', '.join(index_columns)})"
+        )
+    return statements
+
+
+@lru_cache(maxsize=512)
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    placeholders = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({', '.join(key)}) {conflict}"
+    )
+
+
+@lru_cache(maxsize=512)
+def _update(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    where = " AND ".join(f"{k} = ?" for k in key)
+    return f"UPDATE {table} SET {sets} WHERE {where}"
+
+
+@lru_cache(maxsize=512)
+def _delete(table: str, key: tuple[str, ...]) -> str:
+    return f"DELETE FROM {table} WHERE {' AND '.join(f'{k} = ?' for k in key)}"
+
+
+def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[object, ...]]:
+    """The SQL and parameters of one operation. Equal SQL strings can share an executemany."""
+    match op:
+        case Upsert(table=table, row=row):
+            columns = tuple(row)
+            return _upsert(table, columns, keys[table]), tuple(row.values())
+        case Update(table=table, key=key, values=values):
+            return _update(table, tuple(values), tuple(key)), (
+                *values.values(),
+                *key.values(),
+            )
+        case Delete(table=table, key=key):
+            return _delete(table, tuple(key)), tuple(key.values())
+    raise TypeError(f"not a row operation: {op!r}")
+
+
+def grouped(
+    ops: list[RowOp], keys: dict[str, tuple[str, ...]]
+) -> list[tuple[str, list[tuple[object, ...]]]]:
+    """Consecutive operations with the same SQL, as (sql, [params, ...]) runs, order kept."""
+    runs: list[tuple[str, list[tuple[object, ...]]]] = []
+    for op in ops:
+        sql, params = statement(op, keys)
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].append(params)
+        else:
+            runs.append((sql, [params]))
+    return runs

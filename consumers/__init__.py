@@ -1,0 +1,1 @@
+"""Request handlers: commands decide and append; queries read projections; system reports."""

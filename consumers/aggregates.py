@@ -1,0 +1,104 @@
+"""Aggregate state for command handlers: folded from the log, kept in a bounded cache.
+
+The cache is only a shortcut. Every append carries the version the decision was made from,
+so a stale entry costs one rejected append (err_code 10071), an incremental read and a
+retry, never a wrong write.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from agentmem.domain.aggregate import Evolve, Loaded, Write, fold
+from agentmem.eventlog import Appended, EventLog, StoredCommit
+
+S = TypeVar("S")
+
+RECENT_COMMANDS = 64
+
+
+class AlreadyApplied(Exception):
+    """The command id was already committed: answer with that commit's outcome."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq
+
+
+@dataclass
+class _Entry:
+    loaded: Loaded[Any]
+    evolve: Evolve[Any]
+
+
+def _advance(entry_loaded: Loaded[S], evolve: Evolve[S], commits: list[StoredCommit]) -> Loaded[S]:
+    state, version = entry_loaded.state, entry_loaded.version
+    commands = dict(entry_loaded.commands)
+    for commit in commits:
+        state = fold(evolve, state, commit.events)
+        version = commit.seq
+        if commit.command_id:
+            commands[commit.command_id] = commit.seq
+    while len(commands) > RECENT_COMMANDS:
+        commands.pop(next(iter(commands)))
+    return Loaded(entry_loaded.subject, state, version, commands)
+
+
+class AggregateCache:
+    def __init__(self, log: EventLog, max_entries: int = 100_000) -> None:
+        self.log = log
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    async def load(self, subject: str, evolve: Evolve[S], refresh: bool = False) -> Loaded[S]:
+        entry = self._entries.get(subject)
+        if entry is not None and not refresh:
+            self._entries.move_to_end(subject)
+            loaded: Loaded[S] = entry.loaded
+            return loaded
+        base: Loaded[S] = entry.loaded if entry is not None else Loaded(subject, None, 0)
+        commits = await self.log.read_subject(subject, after=base.version)
+        loaded = _advance(base, evolve, commits)
+        self._store(subject, loaded, evolve)
+        return loaded
+
+    def record(self, writes: list[Write], appended: Appended, command_id: str) -> None:
+        """Fold what was just appended into the entries that were current when decided."""
+        for write, seq in zip(writes, appended.seqs, strict=True):
+            entry = self._entries.get(write.subject)
+            if entry is None:
+                continue
+            if entry.loaded.version != write.expected:
+                del self._entries[write.subject]
+                continue
+            commit = StoredCommit(
+                seq, write.subject, {"AgentMem-Command-Id": command_id}, write.events
+            )
+            self._store(write.subject, _advance(entry.loaded, entry.evolve, [commit]), entry.evolve)
+
+    def forget(self, subject: str) -> None:
+        self._entries.pop(subject, None)
+
+    def _store(self, subject: str, loaded: Loaded[Any], evolve: Evolve[Any]) -> None:
+        self._entries[subject] = _Entry(loaded, evolve)
+        self._entries.move_to_end(subject)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class Loader:
+    """Loads aggregates for one attempt at one command, and spots a retried command."""
+
+    def __init__(self, cache: AggregateCache, command_id: str, refresh: bool) -> None:
+        self.cache = cache
+        self.command_id = command_id
+        self.refresh = refresh
+
+    async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
+        loaded = await self.cache.load(subject, evolve, refresh=self.refresh)
+        seq = loaded.commands.get(self.command_id)
+        if seq is not None:
+            raise AlreadyApplied(seq)
+        return loaded

@@ -1,0 +1,261 @@
+"""Command handlers: load the aggregates, decide, append one commit, answer.
+
+Each handler is a *plan*: it loads what it needs through a ``Loader`` and returns the writes
+that the pure ``decide`` functions produced. ``CommandRunner`` owns everything around it:
+the command id, retries after a concurrent write, and recognising a retried command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from agentmem import ids, subjects
+from agentmem.commands import (
+    ChangePassword,
+    Command,
+    CreateOrg,
+    DeleteOrg,
+    DeleteUser,
+    RegisterUser,
+    RenameOrg,
+    SetRoles,
+    UpdateProfile,
+    normalize_email,
+)
+from agentmem.domain import orgs, users
+from agentmem.domain.aggregate import Loaded, Write
+from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
+from agentmem.errors import (
+    ConflictError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from agentmem.eventlog import (
+    H_CORRELATION_ID,
+    CommitMeta,
+    DuplicateCommand,
+    EventLog,
+    StaleVersion,
+    StoredCommit,
+)
+from agentmem.events import AnyEvent
+from consumers.aggregates import AggregateCache, AlreadyApplied, Loader
+from consumers.router import Request, Result, Router
+
+Plan = Callable[[Loader, str], Awaitable[list[Write]]]
+
+MAX_ATTEMPTS = 5
+SECRET_FIELDS = frozenset({"password_hash", "password"})
+
+
+def event_view(event: AnyEvent, seq: int) -> dict[str, Any]:
+    """What a command answers: its main event's public fields and the new version."""
+    fields = msgspec.to_builtins(event)
+    view = {k: v for k, v in fields.items() if k not in SECRET_FIELDS and k != "type"}
+    view["event"] = fields["type"]
+    view["version"] = seq
+    return view
+
+
+class CommandRunner:
+    def __init__(self, log: EventLog, cache: AggregateCache) -> None:
+        self.log = log
+        self.cache = cache
+
+    async def run(self, commit_type: str, request: Request[Any], plan: Plan) -> Result:
+        command: Command = request.body
+        command_id = command.command_id or ids.new_id()
+        meta = CommitMeta(
+            command_id=command_id,
+            commit_type=commit_type,
+            correlation_id=request.headers.get(H_CORRELATION_ID),
+            time_ms=time.time_ns() // 1_000_000,
+        )
+        for attempt in range(MAX_ATTEMPTS):
+            loader = Loader(self.cache, command_id, refresh=attempt > 0)
+            try:
+                writes = await plan(loader, command_id)
+            except AlreadyApplied as applied:
+                return await self._outcome(applied.seq, command_id)
+            try:
+                appended = await self.log.append(writes, meta)
+            except StaleVersion:
+                # Someone wrote first: reload (incrementally) and decide again. A command
+                # that named an expected_version fails then with `conflict`, in decide.
+                continue
+            except DuplicateCommand:
+                return await self._outcome_of_batch(writes, command_id)
+            if appended.duplicate:
+                return await self._outcome(appended.last_seq, command_id)
+            self.cache.record(writes, appended, command_id)
+            return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
+        raise ConflictError(
+            "the aggregate kept changing under this command; retry it",
+            {"attempts": MAX_ATTEMPTS},
+        )
+
+    async def _outcome(self, seq: int, command_id: str) -> Result:
+        commits = await self.log.read_command(seq, command_id)
+        if not commits:
+            raise UnavailableError(f"command {command_id} was applied at {seq} but is unreadable")
+        return self._view(commits)
+
+    async def _outcome_of_batch(self, writes: list[Write], command_id: str) -> Result:
+        for write in writes:
+            for commit in await self.log.read_subject(write.subject):
+                if commit.command_id == command_id:
+                    return await self._outcome(commit.seq, command_id)
+        raise ConflictError(f"command {command_id} was already applied", {"command_id": command_id})
+
+    @staticmethod
+    def _view(commits: list[StoredCommit]) -> Result:
+        last = max(commits, key=lambda c: c.seq)
+        return event_view(last.events[-1], last.seq), last.seq
+
+
+def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Router:
+    router = Router()
+
+    async def hash_in_thread(password: str) -> str:
+        return await asyncio.to_thread(hash_password, password, password_cost)
+
+    user_subjects: dict[str, str] = {}
+
+    async def _load_user(loader: Loader, user_id: str) -> Loaded[users.User]:
+        """A user's subject names its org, which a user command does not carry: the log
+        finds it from the id alone (ids are unique, so one subject matches), once."""
+        subject = user_subjects.get(user_id)
+        if subject is None:
+            found = await runner.log.first_subject(subjects.event("*", "user", user_id))
+            if found is None:
+                raise NotFoundError(f"user {user_id} does not exist", {"user_id": user_id})
+            if len(user_subjects) > 100_000:
+                user_subjects.clear()
+            subject = user_subjects[user_id] = found
+        return await loader.load(subject, users.evolve)
+
+    @router.route(subjects.ORG_CREATE, CreateOrg)
+    async def create_org(request: Request[CreateOrg]) -> Result:
+        org_id = ids.new_id()
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            return orgs.create(request.body, org_id)
+
+        return await runner.run("org.create", request, plan)
+
+    @router.route(subjects.ORG_RENAME, RenameOrg)
+    async def rename_org(request: Request[RenameOrg]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)
+            return orgs.rename(org, request.body)
+
+        return await runner.run("org.rename", request, plan)
+
+    @router.route(subjects.ORG_DELETE, DeleteOrg)
+    async def delete_org(request: Request[DeleteOrg]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)
+            return orgs.delete(org, request.body)
+
+        return await runner.run("org.delete", request, plan)
+
+    @router.route(subjects.USER_REGISTER, RegisterUser)
+    async def register_user(request: Request[RegisterUser]) -> Result:
+        command = request.body
+        email = normalize_email(command.email)
+        user_id = ids.new_id()
+        password_hash: list[str] = []  # hashed once, however many attempts
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            org = await loader.load(orgs.subject(command.org_id), orgs.evolve)
+            orgs.require_live(org, command.org_id)
+            reservation = await loader.load(
+                subjects.email_reservation(email), users.evolve_reservation
+            )
+            if reservation.state is not None:  # fail before spending a hash on it
+                raise ConflictError(f"email {email} is already registered", {"email": email})
+            if not password_hash:
+                password_hash.append(await hash_in_thread(command.password))
+            return users.register(
+                command,
+                email=email,
+                reservation=reservation,
+                user_id=user_id,
+                password_hash=password_hash[0],
+                command_id=command_id,
+            )
+
+        return await runner.run("user.register", request, plan)
+
+    @router.route(subjects.USER_UPDATE_PROFILE, UpdateProfile)
+    async def update_profile(request: Request[UpdateProfile]) -> Result:
+        command = request.body
+        new_email = normalize_email(command.email) if command.email else None
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            user = await _load_user(loader, command.user_id)
+            new_reservation = old_reservation = None
+            if user.state and new_email and new_email != user.state.email:
+                new_reservation = await loader.load(
+                    subjects.email_reservation(new_email), users.evolve_reservation
+                )
+                old_reservation = await loader.load(
+                    subjects.email_reservation(user.state.email), users.evolve_reservation
+                )
+            return users.update_profile(
+                user,
+                command,
+                new_email=new_email,
+                new_reservation=new_reservation,
+                old_reservation=old_reservation,
+                command_id=command_id,
+            )
+
+        return await runner.run("user.update_profile", request, plan)
+
+    @router.route(subjects.USER_CHANGE_PASSWORD, ChangePassword)
+    async def change_password(request: Request[ChangePassword]) -> Result:
+        command = request.body
+        new_hash: list[str] = []
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            user = await _load_user(loader, command.user_id)
+            state = users.require_live(user, command.user_id)
+            matches = await asyncio.to_thread(
+                verify_password, command.old_password, state.password_hash
+            )
+            if not matches:
+                raise UnauthenticatedError("the old password is not right")
+            if not new_hash:
+                new_hash.append(await hash_in_thread(command.new_password))
+            return users.change_password(user, command.expected_version, new_hash[0])
+
+        return await runner.run("user.change_password", request, plan)
+
+    @router.route(subjects.USER_SET_ROLES, SetRoles)
+    async def set_roles(request: Request[SetRoles]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            user = await _load_user(loader, request.body.user_id)
+            return users.set_roles(user, request.body)
+
+        return await runner.run("user.set_roles", request, plan)
+
+    @router.route(subjects.USER_DELETE, DeleteUser)
+    async def delete_user(request: Request[DeleteUser]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            user = await _load_user(loader, request.body.user_id)
+            state = users.require_live(user, request.body.user_id)
+            reservation = await loader.load(
+                subjects.email_reservation(state.email), users.evolve_reservation
+            )
+            return users.delete(user, request.body, reservation)
+
+        return await runner.run("user.delete", request, plan)
+
+    return router

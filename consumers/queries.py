@@ -1,0 +1,112 @@
+"""Query handlers: they read projection tables only, never the log."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.commands import normalize_email
+from agentmem.errors import InvalidError, NotFoundError
+from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
+from agentmem.store import Store
+from consumers.freshness import Freshness
+from consumers.router import Request, Result, Router
+
+_ORG_COLUMNS = "org_id, name, created_at, updated_at, version"
+_USER_COLUMNS = "user_id, org_id, name, email, roles, created_at, updated_at, version"
+
+
+def encode_cursor(last_key: str) -> str:
+    return base64.urlsafe_b64encode(last_key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str:
+    if not cursor:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidError("cursor is not one this service returned", {"cursor": cursor}) from exc
+
+
+def page(rows: list[dict[str, Any]], limit: int, key: str) -> dict[str, Any]:
+    """Keyset pagination: fetch limit+1 rows; the extra one says a next page exists."""
+    items = rows[:limit]
+    more = len(rows) > limit
+    return {"items": items, "next_cursor": encode_cursor(items[-1][key]) if more else None}
+
+
+def user_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "roles": msgspec.json.decode(row["roles"])}
+
+
+def build_router(store: Store, freshness: Freshness) -> Router:
+    router = Router()
+
+    @router.route(subjects.ORG_GET, GetOrg)
+    async def get_org(request: Request[GetOrg]) -> Result:
+        seq = await freshness.wait("orgs", request.body.after_seq)
+        row = await store.fetch_one(
+            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id = ?", request.body.org_id
+        )
+        if row is None:
+            raise NotFoundError(f"organization {request.body.org_id} does not exist")
+        return row, seq
+
+    @router.route(subjects.ORG_LIST, ListOrgs)
+    async def list_orgs(request: Request[ListOrgs]) -> Result:
+        query = request.body
+        seq = await freshness.wait("orgs", query.after_seq)
+        rows = await store.fetch_all(
+            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id > ? ORDER BY org_id LIMIT ?",
+            decode_cursor(query.cursor),
+            query.limit + 1,
+        )
+        return page(rows, query.limit, "org_id"), seq
+
+    @router.route(subjects.USER_GET, GetUser)
+    async def get_user(request: Request[GetUser]) -> Result:
+        seq = await freshness.wait("users", request.body.after_seq)
+        row = await store.fetch_one(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", request.body.user_id
+        )
+        if row is None:
+            raise NotFoundError(f"user {request.body.user_id} does not exist")
+        return user_view(row), seq
+
+    @router.route(subjects.USER_GET_BY_EMAIL, GetUserByEmail)
+    async def get_user_by_email(request: Request[GetUserByEmail]) -> Result:
+        seq = await freshness.wait("users", request.body.after_seq)
+        email = normalize_email(request.body.email)
+        row = await store.fetch_one(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", email)
+        if row is None:
+            raise NotFoundError(f"no user has the email {email}")
+        return user_view(row), seq
+
+    @router.route(subjects.USER_EMAIL_EXISTS, EmailExists)
+    async def email_exists(request: Request[EmailExists]) -> Result:
+        seq = await freshness.wait("users", request.body.after_seq)
+        email = normalize_email(request.body.email)
+        row = await store.fetch_one("SELECT 1 AS found FROM users WHERE email = ?", email)
+        return {"email": email, "exists": row is not None}, seq
+
+    @router.route(subjects.USER_LIST, ListUsers)
+    async def list_users(request: Request[ListUsers]) -> Result:
+        query = request.body
+        seq = await freshness.wait("users", query.after_seq)
+        rows = await store.fetch_all(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE org_id = ? AND user_id > ? "
+            "ORDER BY user_id LIMIT ?",
+            query.org_id,
+            decode_cursor(query.cursor),
+            query.limit + 1,
+        )
+        result = page(rows, query.limit, "user_id")
+        result["items"] = [user_view(r) for r in result["items"]]
+        return result, seq
+
+    return router

@@ -1,0 +1,91 @@
+"""``agentmem.sys.*``: status (log position, checkpoints, lag, parked events) and health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+
+from agentmem import subjects
+from agentmem.eventlog import EventLog
+from agentmem.queries import Status
+from agentmem.store import Store
+from consumers.router import Request, Result, Router
+from projections import ALL
+from projections.worker import durable_name
+
+log = structlog.get_logger(__name__)
+
+
+async def collect_status(
+    nc: NATS, store: Store, stream: str = subjects.STREAM_NAME
+) -> dict[str, Any]:
+    info = await EventLog(nc, stream).info()
+    state = info["state"]
+    checkpoints = await store.checkpoints()
+    parked = await store.parked()
+    js = nc.jetstream()
+    projections: dict[str, Any] = {}
+    for projection in ALL:
+        lag: int | None
+        try:
+            consumer = await js.consumer_info(stream, durable_name(projection.name))
+            lag = int(consumer.num_pending + consumer.num_ack_pending)
+        except nats.js.errors.NotFoundError:
+            lag = None  # no worker has run since the consumer was removed
+        projections[projection.name] = {
+            "checkpoint": checkpoints.get(projection.name, 0),
+            "lag": lag,
+            "parked": sum(1 for p in parked if p.projection == projection.name),
+        }
+    return {
+        "stream": {
+            "name": stream,
+            "last_seq": state["last_seq"],
+            "messages": state["messages"],
+            "bytes": state["bytes"],
+        },
+        "projections": projections,
+        "parked": [
+            {"projection": p.projection, "seq": p.seq, "subject": p.subject, "error": p.error}
+            for p in parked[:50]
+        ],
+    }
+
+
+def build_router(
+    nc: NATS,
+    store: Store,
+    workers_alive: Callable[[], dict[str, bool]],
+    stream: str = subjects.STREAM_NAME,
+) -> Router:
+    router = Router()
+
+    @router.route(subjects.SYS_STATUS, Status)
+    async def status(request: Request[Status]) -> Result:
+        report = await collect_status(nc, store, stream)
+        return report, report["stream"]["last_seq"]
+
+    @router.route(subjects.SYS_HEALTH, Status)
+    async def health(request: Request[Status]) -> Result:
+        checks: dict[str, Any] = {}
+        try:
+            await EventLog(nc, stream).info()
+            checks["log"] = True
+        except Exception as exc:
+            log.warning("health: log unreachable", error=repr(exc))
+            checks["log"] = False
+        try:
+            await store.fetch_one("SELECT 1 AS one")
+            checks["store"] = True
+        except Exception as exc:
+            log.warning("health: store unreachable", error=repr(exc))
+            checks["store"] = False
+        checks["projections"] = workers_alive()
+        live = checks["log"] and checks["store"] and all(checks["projections"].values())
+        return {"live": live, "checks": checks}, None
+
+    return router

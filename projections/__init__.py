@@ -1,0 +1,10 @@
+"""Projection workers: they read the log in order and materialise tables from it."""
+
+from projections.base import Projection
+from projections.orgs import OrgsProjection
+from projections.users import UsersProjection
+
+ALL: list[Projection] = [OrgsProjection(), UsersProjection()]
+BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}
+
+__all__ = ["ALL", "BY_NAME", "Projection"]

@@ -1,0 +1,76 @@
+"""The ``users`` table: one row per live user, never a password hash."""
+
+from __future__ import annotations
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.eventlog import StoredCommit
+from agentmem.events import (
+    UserDeleted,
+    UserPasswordChanged,
+    UserProfileUpdated,
+    UserRegistered,
+    UserRolesSet,
+)
+from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+
+USERS = Table(
+    name="users",
+    columns=(
+        Column("user_id", "text"),
+        Column("org_id", "text"),
+        Column("name", "text"),
+        Column("email", "text"),
+        Column("roles", "json"),
+        Column("created_at", "integer"),
+        Column("updated_at", "integer"),
+        Column("version", "integer"),
+    ),
+    primary_key=("user_id",),
+    indexes=(
+        ("users_org", ("org_id", "user_id"), False),
+        ("users_email", ("email",), True),
+    ),
+)
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+class UsersProjection:
+    name = "users"
+    filter_subjects = [subjects.events_of("user")]
+    tables = [USERS]
+
+    def project(self, commit: StoredCommit) -> list[RowOp]:
+        ops: list[RowOp] = []
+        at, version = commit.time_ms, commit.seq
+        for event in commit.events:
+            match event:
+                case UserRegistered():
+                    row = {
+                        "user_id": event.user_id,
+                        "org_id": event.org_id,
+                        "name": event.name,
+                        "email": event.email,
+                        "roles": _json(list(event.roles)),
+                        "created_at": at,
+                        "updated_at": at,
+                        "version": version,
+                    }
+                    ops.append(Upsert("users", row))
+                case UserProfileUpdated(user_id=user_id, name=name, email=email):
+                    values = {"name": name, "email": email, "updated_at": at, "version": version}
+                    ops.append(Update("users", {"user_id": user_id}, values))
+                case UserRolesSet(user_id=user_id, roles=roles):
+                    values = {"roles": _json(list(roles)), "updated_at": at, "version": version}
+                    ops.append(Update("users", {"user_id": user_id}, values))
+                case UserPasswordChanged(user_id=user_id):
+                    # The hash stays in the log; the table only learns the version moved.
+                    values = {"updated_at": at, "version": version}
+                    ops.append(Update("users", {"user_id": user_id}, values))
+                case UserDeleted(user_id=user_id):
+                    ops.append(Delete("users", {"user_id": user_id}))
+        return ops

@@ -1,0 +1,176 @@
+"""A projection worker: a durable pull consumer, batches applied in one transaction each.
+
+Exactly-once effect: the rows a batch changes and the projection's checkpoint are committed
+together, and the batch is acked only after that commit. A worker always (re)creates its
+consumer to start right after its checkpoint, and skips anything at or below it, so a crash
+anywhere (before the commit, between commit and ack) neither loses nor repeats an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from agentmem import subjects
+from agentmem.eventlog import StoredCommit
+from agentmem.events import decode_commit
+from agentmem.store import Parked, ProjectionBatch, Store
+from projections.base import Projection
+from projections.board import CheckpointBoard
+
+log = structlog.get_logger(__name__)
+
+BATCH = 1000
+
+
+def durable_name(projection: str) -> str:
+    return f"agentmem-projection-{projection}"
+
+
+class ProjectionWorker:
+    def __init__(
+        self,
+        nc: NATS,
+        store: Store,
+        projection: Projection,
+        board: CheckpointBoard | None = None,
+        stream: str = subjects.STREAM_NAME,
+        batch: int = BATCH,
+        consumer: str | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.store = store
+        self.projection = projection
+        self.board = board or CheckpointBoard()
+        self.stream = stream
+        self.batch = batch
+        self.consumer = consumer or durable_name(projection.name)
+        self.checkpoint = 0
+        self._stopping = asyncio.Event()
+        self.applied = 0
+        self.last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
+        """A fresh durable consumer that starts right after the checkpoint."""
+        durable = self.consumer
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_consumer(self.stream, durable)
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subjects=self.projection.filter_subjects,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=60,
+            max_ack_pending=self.batch * 4,
+            max_waiting=16,
+        )
+        if self.checkpoint > 0:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self.checkpoint + 1
+        else:
+            config.deliver_policy = DeliverPolicy.ALL
+        await self.js.add_consumer(self.stream, config)
+        return await self.js.pull_subscribe_bind(durable, self.stream)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(
+        self,
+        until_caught_up: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Apply batches until stopped (or, with ``until_caught_up``, until none are pending).
+
+        ``on_progress(applied_in_this_run, pending)`` is called after every batch.
+        """
+        self.checkpoint = await self.store.checkpoint(self.name)
+        await self.board.advance(self.name, self.checkpoint)
+        subscription = await self._subscribe()
+        log.info("projection started", projection=self.name, checkpoint=self.checkpoint)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await subscription.fetch(self.batch, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    if until_caught_up:
+                        info = await subscription.consumer_info()
+                        if info.num_pending == 0 and info.num_ack_pending == 0:
+                            return
+                    continue
+                if not messages:
+                    continue
+                pending = await self._apply(messages)
+                if on_progress is not None:
+                    on_progress(self.applied, pending)
+                if until_caught_up and pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+            if self.consumer != durable_name(self.name):  # a replay's consumer is temporary
+                with contextlib.suppress(Exception):
+                    await self.js.delete_consumer(self.stream, self.consumer)
+            log.info("projection stopped", projection=self.name, checkpoint=self.checkpoint)
+
+    async def _apply(self, messages: list[Msg]) -> int:
+        """Apply one fetched batch; returns how many messages are still pending after it."""
+        batch = ProjectionBatch(projection=self.name, checkpoint=self.checkpoint)
+        last_seq = self.checkpoint
+        for message in messages:
+            meta = message.metadata
+            seq = meta.sequence.stream
+            if seq <= self.checkpoint:
+                continue  # applied before a crash that came between commit and ack
+            last_seq = max(last_seq, seq)
+            try:
+                commit = StoredCommit(
+                    seq=seq,
+                    subject=message.subject,
+                    headers=message.headers or {},
+                    events=decode_commit(message.data).events,
+                )
+                batch.items.append((seq, message.subject, self.projection.project(commit)))
+            except Exception as exc:  # an event this code cannot read must not stall the rest
+                batch.parked.append(
+                    Parked(self.name, seq, message.subject, f"{type(exc).__name__}: {exc}")
+                )
+        pending = messages[-1].metadata.num_pending if messages else 0
+        if last_seq > self.checkpoint:
+            batch.checkpoint = last_seq
+            started = time.perf_counter()
+            parked = await self.store.apply(batch)
+            for item in parked:
+                log.error(
+                    "event parked",
+                    projection=self.name,
+                    seq=item.seq,
+                    subject=item.subject,
+                    error=item.error,
+                )
+            self.applied += len(batch.items) + len(batch.parked) - len(parked)
+            self.checkpoint = last_seq
+            await self.board.advance(self.name, last_seq)
+            log.debug(
+                "batch applied",
+                projection=self.name,
+                events=len(batch.items),
+                checkpoint=last_seq,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        # AckPolicy.ALL: acking the last message acks the whole batch, after the commit.
+        await messages[-1].ack()
+        return int(pending)
