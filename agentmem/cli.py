@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -95,18 +96,34 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+async def _no_error_report(exc: Exception) -> None:
+    pass
+
+
+# One quick attempt, no 2-minute retry loop and no traceback per attempt when nothing
+# listens (nats-py retries a first connect max_reconnect_attempts times even without
+# allow_reconnect).
+_ONE_TRY: dict[str, Any] = {
+    "allow_reconnect": False,
+    "connect_timeout": 1,
+    "max_reconnect_attempts": 1,
+    "reconnect_time_wait": 0,
+    "error_cb": _no_error_report,
+}
+
+
 @contextlib.asynccontextmanager
 async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
     """The running service's NATS server if there is one, else the embedded one, started
     for as long as this command needs it."""
     if settings.nats_url:
-        nc = await nats.connect(settings.nats_url, allow_reconnect=False)
+        nc = await nats.connect(settings.nats_url, **_ONE_TRY)
         yield nc
         await nc.close()
         return
     host, port = settings.listen_host_port
     try:
-        nc = await nats.connect(f"nats://{host}:{port}", allow_reconnect=False, connect_timeout=1)
+        nc = await nats.connect(f"nats://{host}:{port}", **_ONE_TRY)
     except (nats.errors.NoServersError, OSError):
         embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
         await embedded.start()

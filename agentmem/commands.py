@@ -13,7 +13,7 @@ import msgspec
 from agentmem.events import Role
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$(?!\n)")]
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability is not our job.
 Email = Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]

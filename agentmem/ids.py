@@ -13,7 +13,7 @@ _last_ms = 0
 _counter = 0
 
 # Ids that clients send in (command ids) must fit in one NATS token and one header value.
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 
 
 def new_id() -> str:

@@ -138,4 +138,5 @@ class Service:
             await self.embedded.stop()
         if self._lock:
             self._lock.close()
-        log.info("agentmem stopped")
+        if self.nc is not None:  # a start refused before connecting says so in one line
+            log.info("agentmem stopped")

@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
-from agentmem.errors import UnavailableError
+from agentmem.errors import InvalidError, UnavailableError
 from agentmem.store import Store
 from projections.board import CheckpointBoard
 from projections.worker import durable_name
@@ -42,6 +42,10 @@ class Freshness:
         known = self.board.get(projection)
         return known if known else await self.store.checkpoint(projection)
 
+    async def _stream_last_seq(self) -> int:
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.last_seq)
+
     async def _drained(self, projection: str) -> bool:
         try:
             info = await self.js.consumer_info(self.stream, durable_name(projection))
@@ -60,7 +64,14 @@ class Freshness:
             if seq >= after_seq:
                 return seq
             if await self._drained(projection):
-                return max(seq, after_seq)
+                last = await self._stream_last_seq()
+                if after_seq > last:
+                    raise InvalidError(
+                        f"after_seq {after_seq} is past the end of the log (last seq {last})",
+                        {"after_seq": after_seq, "last_seq": last},
+                    )
+                # Every event up to after_seq that this projection reads is applied.
+                return after_seq
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UnavailableError(

@@ -142,6 +142,8 @@ class Dispatcher:
                 body = route.decoder.decode(data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise InvalidError(_describe(exc)) from exc
+            except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes in a string
+                raise InvalidError(f"malformed JSON: text is not valid UTF-8 ({exc})") from exc
             result, seq = await route.handler(Request(body, headers, subject))
             return envelope.ok(result, seq)
         except AgentMemError as exc:

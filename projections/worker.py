@@ -105,7 +105,7 @@ class ProjectionWorker:
             while not self._stopping.is_set():
                 try:
                     messages = await subscription.fetch(self.batch, timeout=0.5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py's fetch also raises a bare asyncio one
                     if until_caught_up:
                         info = await subscription.consumer_info()
                         if info.num_pending == 0 and info.num_ack_pending == 0:

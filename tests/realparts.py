@@ -1,0 +1,248 @@
+"""Helpers for the end-to-end tests: reading the whole log, dumping every projection table,
+waiting (bounded) for the projections to catch up, and running the CLI as a child process.
+
+Everything here works on real parts: the nats-server, the SQLite files, the processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from agentmem import subjects
+from agentmem.eventlog import H_COMMAND_ID
+from agentmem.store import Store, open_store
+from projections import ALL
+from projections.replay import replay
+from tests.support import TEST_PASSWORD_COST
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns something truthy, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    for _ in range(int(timeout / interval) + 2):
+        try:
+            result = await check()
+        except Exception as exc:  # a check may fail while a part restarts
+            last_error = exc
+            result = None
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last error: {last_error!r})")
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+    @property
+    def command_id(self) -> str:
+        return self.headers.get(H_COMMAND_ID, "")
+
+    @property
+    def aggregate(self) -> str:
+        return self.subject.split(".")[3]
+
+
+async def read_log(nc: NATS, stream: str = subjects.STREAM_NAME) -> list[LogMessage]:
+    """Every message of the stream, in order, through an ephemeral consumer of our own."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    total = info.state.messages
+    subscription = await js.pull_subscribe(
+        f"{subjects.EVENT_PREFIX}.>",
+        stream=stream,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=30.0,
+        ),
+    )
+    messages: list[LogMessage] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(messages) < total and time.monotonic() < deadline:
+            try:
+                batch = await subscription.fetch(min(1000, total - len(messages)), timeout=2)
+            except nats.errors.TimeoutError:
+                continue
+            for message in batch:
+                messages.append(
+                    LogMessage(
+                        message.metadata.sequence.stream,
+                        message.subject,
+                        dict(message.headers or {}),
+                        message.data,
+                    )
+                )
+    finally:
+        await subscription.unsubscribe()
+    assert len(messages) == total, f"read {len(messages)} of {total} messages"
+    assert [m.seq for m in messages] == sorted(m.seq for m in messages)
+    return messages
+
+
+def last_seq_per_projection(messages: list[LogMessage]) -> dict[str, int]:
+    """What each projection's checkpoint must reach: the last seq among its subjects."""
+    aggregates = {p.name: p.filter_subjects[0].split(".")[3] for p in ALL}
+    return {
+        name: max((m.seq for m in messages if m.aggregate == aggregate), default=0)
+        for name, aggregate in aggregates.items()
+    }
+
+
+async def dump_store(store: Store) -> dict[str, Any]:
+    """Every row of every projection table, the checkpoints and the parked events."""
+    dumped: dict[str, Any] = {}
+    for projection in ALL:
+        for table in projection.tables:
+            dumped[table.name] = await store.dump(table)
+    dumped["checkpoints"] = sorted((await store.checkpoints()).items())
+    dumped["parked_events"] = [
+        (p.projection, p.seq, p.subject, p.error) for p in await store.parked()
+    ]
+    return dumped
+
+
+async def dump_file(path: Path) -> dict[str, Any]:
+    store = await open_store(str(path))
+    try:
+        await store.migrate([t for p in ALL for t in p.tables])
+        return await dump_store(store)
+    finally:
+        await store.close()
+
+
+async def replay_into(nc: NATS, path: Path) -> dict[str, Any]:
+    """Rebuild every projection from sequence 1 into a fresh SQLite file; dump it."""
+    assert not await asyncio.to_thread(path.exists)
+    store = await open_store(str(path))
+    try:
+        for projection in ALL:
+            await asyncio.wait_for(replay(nc, store, projection), 60)
+        return await dump_store(store)
+    finally:
+        await store.close()
+
+
+async def status(nc: NATS, timeout: float = 2.0) -> dict[str, Any]:
+    reply = json.loads((await nc.request(subjects.SYS_STATUS, b"{}", timeout=timeout)).data)
+    assert reply["ok"], reply
+    report: dict[str, Any] = reply["data"]
+    return report
+
+
+async def wait_caught_up(nc: NATS, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait until the running service reports lag 0 and every checkpoint at the last seq of
+    its projection's subjects in the log (read independently of the service)."""
+
+    async def caught_up() -> dict[str, Any] | None:
+        report = await status(nc)
+        expected = last_seq_per_projection(await read_log(nc))
+        for name, projection in report["projections"].items():
+            if projection["lag"] != 0 or projection["checkpoint"] != expected[name]:
+                return None
+        return report
+
+    return await eventually(caught_up, timeout, 0.1, "projections caught up (lag 0)")
+
+
+# The CLI as a child process -------------------------------------------------------------
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any AGENTMEM_* setting of the caller's, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEM_")}
+    env["AGENTMEM_PASSWORD_COST"] = str(TEST_PASSWORD_COST)
+    env["AGENTMEM_LOG_FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+def agentmem_command() -> list[str]:
+    """The installed ``agentmem`` entry point next to this Python, else ``python -m``."""
+    script = Path(sys.executable).parent / "agentmem"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "agentmem"]
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 30.0
+) -> Ran:
+    process = await asyncio.create_subprocess_exec(
+        *agentmem_command(),
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"agentmem {' '.join(args)} did not finish in {timeout}s") from None
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process, from /proc."""
+    children: list[int] = []
+    task_dir = Path(f"/proc/{pid}/task")
+    if not task_dir.exists():
+        return children
+    for task in task_dir.iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -1,0 +1,315 @@
+"""``agentmem serve`` in embedded mode, ``agentmem status``, as real child processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, subjects
+from agentmem.embedded import port_is_free
+from tests.realparts import (
+    agentmem_command,
+    child_pids,
+    clean_env,
+    cmdline,
+    eventually,
+    process_alive,
+    run_cli,
+    status,
+    wait_caught_up,
+)
+from tests.support import free_port
+
+
+async def quiet(exc: Exception) -> None:
+    pass
+
+
+class Serve:
+    """One ``agentmem serve`` child process, its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.args, self.env, self.cwd, self.log = args, env, cwd, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [*agentmem_command(), "serve", *self.args],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    async def connect(self, url: str, timeout: float = 20.0) -> NATS:
+        """Connect once the service answers agentmem.sys.health."""
+
+        async def healthy() -> NATS | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited: {self.output()[-2000:]}")
+            nc = await nats.connect(
+                url,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                error_cb=quiet,
+            )
+            try:
+                reply = json.loads((await nc.request(subjects.SYS_HEALTH, b"{}", timeout=1)).data)
+                if reply["ok"] and reply["data"]["live"]:
+                    return nc
+            except Exception:
+                pass
+            await nc.close()
+            return None
+
+        try:
+            return await eventually(healthy, timeout, 0.1, "agentmem.sys.health answered")
+        except AssertionError:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"serve exited: {self.output()[-2000:]}") from None
+            raise
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def serves(tmp_path: Path) -> Iterator[list[Serve]]:
+    """Every serve a test starts is killed at teardown, whatever happened."""
+    started: list[Serve] = []
+    yield started
+    for serve in started:
+        children = child_pids(serve.pid) if serve.process else []
+        serve.kill()
+        for pid in children:  # an orphaned embedded nats-server, if the test failed
+            if process_alive(pid) and "nats-server" in cmdline(pid):
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+def new_serve(
+    serves: list[Serve], tmp_path: Path, args: list[str], name: str = "serve", **env: str
+) -> Serve:
+    serve = Serve(args, clean_env(**env), tmp_path, tmp_path / f"{name}.log")
+    serves.append(serve)
+    serve.start()
+    return serve
+
+
+def nats_child(serve: Serve) -> int:
+    children = [pid for pid in child_pids(serve.pid) if "nats-server" in cmdline(pid)]
+    assert len(children) == 1, children
+    return children[0]
+
+
+async def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    async def gone() -> bool:
+        return not process_alive(pid)
+
+    await eventually(gone, timeout, 0.05, f"process {pid} gone")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_serve_embedded_stops_cleanly_and_resumes(
+    serves: list[Serve], tmp_path: Path, sig: int
+) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    args = ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+    url = f"nats://127.0.0.1:{port}"
+    serve = new_serve(serves, tmp_path, args)
+    nc = await serve.connect(url)
+    nats_pid = nats_child(serve)
+    conf = (data / "nats-server.conf").read_text()
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", conf, re.MULTILINE), conf
+
+    client = Client(nc)
+    org = (await client.create_org("Acme")).fields["org_id"]
+    user = await client.register_user(org, "Ann", "ann@example.com", "password-1")
+    before = await wait_caught_up(nc)
+    await nc.close()
+
+    assert serve.stop(sig) == 0, serve.output()[-2000:]
+    assert "agentmem stopped" in serve.output()
+    await wait_gone(nats_pid)
+    assert port_is_free("127.0.0.1", port)
+
+    # Restarted on the same data: the user is there, nothing re-applied or lost.
+    serve.start()
+    nc = await serve.connect(url)
+    try:
+        client = Client(nc)
+        got = await client.get_user(user.fields["user_id"])
+        assert (got.name, got.email, got.version) == ("Ann", "ann@example.com", user.version)
+        after = await wait_caught_up(nc)
+        assert after["stream"]["last_seq"] == before["stream"]["last_seq"]
+        assert {k: v["checkpoint"] for k, v in after["projections"].items()} == {
+            k: v["checkpoint"] for k, v in before["projections"].items()
+        }
+        nats_pid = nats_child(serve)
+    finally:
+        await nc.close()
+    assert serve.stop(sig) == 0
+    assert serve.output().count("agentmem stopped") == 2
+    await wait_gone(nats_pid)
+
+
+async def test_a_second_serve_on_the_same_port_fails_with_one_clear_line(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    serve = new_serve(serves, tmp_path, ["--data-dir", str(tmp_path / "one"), "--listen", listen])
+    nc = await serve.connect(f"nats://{listen}")
+    await nc.close()
+
+    second = await run_cli(
+        "serve", "--data-dir", str(tmp_path / "two"), "--listen", listen, env=clean_env()
+    )
+    assert second.returncode != 0
+    lines = [line for line in (second.stdout + second.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "--listen" in lines[0], lines[0]
+    assert "--nats" in lines[0], lines[0]
+    assert serve.process is not None
+    assert serve.process.poll() is None
+
+    # The same data dir is refused as well, in one line, before any port is touched.
+    third = await run_cli(
+        "serve", "--data-dir", str(tmp_path / "one"), "--listen", listen, env=clean_env()
+    )
+    assert third.returncode != 0
+    lines = [line for line in (third.stdout + third.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "in use" in lines[0], lines
+
+
+def parse_status(text: str) -> tuple[int, dict[str, tuple[int, str, int]]]:
+    last = re.search(r"last seq ([\d,]+)", text)
+    assert last, text
+    rows = re.findall(r"^(\w+)\s+([\d,]+)\s+([\d,]+|-)\s+([\d,]+)$", text, re.MULTILINE)
+    table = {name: (int(cp.replace(",", "")), lag, int(parked)) for name, cp, lag, parked in rows}
+    return int(last[1].replace(",", "")), table
+
+
+async def test_status_against_a_running_and_a_stopped_service(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    flags = ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+    serve = new_serve(serves, tmp_path, flags)
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    try:
+        client = Client(nc)
+        org = (await client.create_org("Acme")).fields["org_id"]
+        for n in range(3):
+            await client.register_user(org, f"U{n}", f"u{n}@example.com", "password-1")
+        await client.rename_org(org, "Acme 2")
+        report = await wait_caught_up(nc)
+    finally:
+        await nc.close()
+    checkpoints = {name: p["checkpoint"] for name, p in report["projections"].items()}
+    last_seq = report["stream"]["last_seq"]
+    assert last_seq >= 8
+    assert set(checkpoints) == {"orgs", "users"}
+
+    ran = await run_cli("status", *flags, env=clean_env(), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    seq, table = parse_status(ran.stdout)
+    assert seq == last_seq
+    assert {name: (cp, lag) for name, (cp, lag, _) in table.items()} == {
+        name: (cp, "0") for name, cp in checkpoints.items()
+    }
+    as_json = await run_cli("status", "--json", *flags, env=clean_env(), cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    parsed = json.loads(as_json.stdout)
+    assert parsed["stream"]["last_seq"] == last_seq
+    assert {k: v["checkpoint"] for k, v in parsed["projections"].items()} == checkpoints
+
+    nats_pid = nats_child(serve)
+    assert serve.stop() == 0
+    await wait_gone(nats_pid)
+
+    # Stopped: status starts the embedded server for itself, answers, and stops it again.
+    started = time.monotonic()
+    ran = await run_cli("status", *flags, env=clean_env(), cwd=tmp_path, timeout=20)
+    assert ran.returncode == 0, ran.stderr
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in ran.stderr
+    seq, table = parse_status(ran.stdout)
+    assert seq == last_seq
+    assert {name: cp for name, (cp, _, _) in table.items()} == checkpoints
+    as_json = await run_cli("status", "--json", *flags, env=clean_env(), cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["stream"]["last_seq"] == last_seq
+    assert port_is_free("127.0.0.1", port)
+
+
+async def test_flags_come_from_agentmem_env_vars(serves: list[Serve], tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "from-env"
+    env = {"AGENTMEM_LISTEN": f"127.0.0.1:{port}", "AGENTMEM_DATA_DIR": str(data)}
+    serve = new_serve(serves, tmp_path, [], **env)
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    try:
+        await Client(nc).create_org("Acme")
+        report = await wait_caught_up(nc)
+    finally:
+        await nc.close()
+    assert (data / "agentmem.db").is_file()
+    assert "sync_interval: always" in (data / "nats-server.conf").read_text()
+    assert f"127.0.0.1:{port}" in (data / "nats-server.conf").read_text()
+    assert not (tmp_path / "data").exists()  # not the default ./data
+
+    ran = await run_cli("status", "--json", env=clean_env(**env), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["stream"]["last_seq"] == report["stream"]["last_seq"] == 1
+    assert serve.stop() == 0
+
+
+async def test_status_reply_matches_the_cli(serves: list[Serve], tmp_path: Path) -> None:
+    """The CLI prints what agentmem.sys.status reports, parked events included."""
+    port = free_port()
+    flags = ["--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}"]
+    serve = new_serve(serves, tmp_path, flags)
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    try:
+        bad = (await nc.jetstream().publish(subjects.event("o", "user", "u"), b"nope")).seq
+        await wait_caught_up(nc)
+        report = await status(nc)
+    finally:
+        await nc.close()
+    ran = await run_cli("status", *flags, env=clean_env(), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    _, table = parse_status(ran.stdout)
+    assert table["users"][2] == report["projections"]["users"]["parked"] == 1
+    assert f"parked: users seq {bad} {subjects.event('o', 'user', 'u')}" in ran.stdout
+    assert serve.stop() == 0

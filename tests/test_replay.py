@@ -1,0 +1,155 @@
+"""Replaying the log rebuilds every projection table row for row."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, NotFoundError
+from agentmem.events import Role
+from agentmem.service import Service
+from projections import ALL
+from tests.conftest import settings_for
+from tests.realparts import (
+    clean_env,
+    dump_file,
+    dump_store,
+    read_log,
+    replay_into,
+    run_cli,
+    wait_caught_up,
+)
+from tests.support import NatsServer
+
+
+async def run_mix(client: Client) -> dict[str, str]:
+    """Orgs, users, renames, role changes, email changes, password changes and deletes."""
+    acme = (await client.create_org("Acme")).fields["org_id"]
+    beta = (await client.create_org("Beta")).fields["org_id"]
+    gone = (await client.create_org("Gone")).fields["org_id"]
+    people = {}
+    plan: list[tuple[str, list[Role] | None]] = [
+        (acme, ["admin"]),
+        (acme, ["member"]),
+        (beta, ["readonly", "member"]),
+        (gone, None),
+    ]
+    for n, (org, roles) in enumerate(plan):
+        written = await client.register_user(
+            org, f"User {n}", f"user{n}@example.com", f"password-{n}", roles=roles
+        )
+        people[f"u{n}"] = written.fields["user_id"]
+    await client.rename_org(acme, "Acme Corp")
+    await client.rename_org(acme, "Acme Corporation")
+    await client.rename_org(beta, "Beta Ltd")
+    await client.set_roles(people["u1"], ["admin", "member"])
+    await client.set_roles(people["u1"], ["readonly"])
+    await client.update_profile(people["u0"], email="boss@example.com")
+    await client.update_profile(people["u2"], name="Renamed Two")
+    await client.change_password(people["u2"], "password-2", "password-2b")
+    await client.delete_user(people["u3"])
+    await client.delete_org(gone)
+    # The freed address is taken again, by a new user.
+    again = await client.register_user(acme, "Reuser", "user0@example.com", "password-r")
+    people["u4"] = again.fields["user_id"]
+    people.update(acme=acme, beta=beta, gone=gone)
+    return people
+
+
+def assert_mix(dumped: dict[str, object], people: dict[str, str]) -> None:
+    orgs = {row[0]: row for row in dumped["orgs"]}  # type: ignore[attr-defined]
+    users = {row[0]: row for row in dumped["users"]}  # type: ignore[attr-defined]
+    assert sorted(orgs) == sorted([people["acme"], people["beta"]])
+    assert orgs[people["acme"]][1] == "Acme Corporation"
+    assert set(users) == {people[u] for u in ("u0", "u1", "u2", "u4")}
+    assert users[people["u0"]][3] == "boss@example.com"
+    assert users[people["u4"]][3] == "user0@example.com"
+    assert users[people["u1"]][4] == '["readonly"]'
+    assert users[people["u2"]][2] == "Renamed Two"
+
+
+async def test_replay_into_a_fresh_file_equals_the_live_tables(
+    service: Service, client: Client, nc: NATS, tmp_path: Path
+) -> None:
+    assert service.store is not None
+    people = await run_mix(client)
+    await wait_caught_up(nc)
+    live = await dump_store(service.store)
+    assert_mix(live, people)
+    assert {name for name, _ in live["checkpoints"]} == {p.name for p in ALL}
+
+    replayed = await replay_into(nc, tmp_path / "replayed.db")
+
+    assert replayed.keys() == live.keys()
+    for table in live:
+        assert replayed[table] == live[table], table
+    with pytest.raises(NotFoundError):
+        await client.get_user(people["u3"])
+
+
+@pytest.fixture
+async def own_service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Service]:
+    """A service this test stops itself (the ``service`` fixture stops at teardown)."""
+    svc = Service(settings_for(nats_server, tmp_path))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        if not svc.stopped.is_set():
+            await svc.stop()
+
+
+async def test_replay_all_in_place_through_the_cli(
+    own_service: Service, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    service = own_service
+    client = Client(nc)
+    people = await run_mix(client)
+    await wait_caught_up(nc)
+    assert service.store is not None
+    before = await dump_store(service.store)
+    assert_mix(before, people)
+    db = Path(service.settings.store_url)
+    env = clean_env(AGENTMEM_NATS=nats_server.url, AGENTMEM_STORE=str(db))
+
+    # While the service owns the file, an in-place replay is refused, clearly.
+    busy = await run_cli("replay", "--all", env=env, cwd=tmp_path)
+    assert busy.returncode == 2
+    assert "--into" in busy.stderr
+    assert "Traceback" not in busy.stderr
+
+    await service.stop()
+    # Spoil the tables: the replay must rebuild them from the log, not leave them be.
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE users SET name = 'spoiled', version = 0")
+        conn.execute("DELETE FROM orgs")
+        conn.execute("UPDATE checkpoints SET seq = 1")
+    assert await dump_file(db) != before
+
+    ran = await run_cli("replay", "--all", env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+
+    assert await dump_file(db) == before
+    # One summary line per projection: events, time, ev/s and the checkpoint reached.
+    messages = await read_log(nc)
+    checkpoints = dict(before["checkpoints"])
+    for projection in ALL:
+        aggregate = projection.filter_subjects[0].split(".")[3]
+        commits = sum(1 for m in messages if m.aggregate == aggregate)
+        line = re.search(
+            rf"^{projection.name}: ([\d,]+) events in [\d.]+s \(([\d,]+) ev/s\), "
+            rf"checkpoint ([\d,]+)$",
+            ran.stdout,
+            re.MULTILINE,
+        )
+        assert line, ran.stdout
+        assert int(line[1].replace(",", "")) == commits
+        assert int(line[3].replace(",", "")) == checkpoints[projection.name]
+        # And the progress bar, on stderr, ending full.
+        bar = rf"{projection.name} \[#{{30}}\] {commits:,}/{commits:,} [\d,]+ ev/s"
+        assert re.search(bar, ran.stderr), ran.stderr

@@ -1,0 +1,260 @@
+"""Projection worker semantics, on a real nats-server and real SQLite files.
+
+The chosen behaviour for an event a projection cannot apply: it is **parked and skipped**.
+
+- A message whose body is not a commit, or whose event type this code does not know, is
+  parked by the worker (``parked_events``: projection, seq, subject, error) before it reaches
+  the store.
+- A commit whose row operations the database refuses (a unique index, say) is parked by the
+  store: the batch is retried one item at a time, each in a savepoint, and only the refused
+  item is left out; the rest of the batch commits with the checkpoint.
+- Either way the checkpoint moves past it, so it never stalls that projection (nor any
+  other), and it is not retried on its own: the message stays in the log, and the parked row
+  names it for an operator, who fixes the code or the data and replays.
+- ``agentmem status`` and ``agentmem.sys.status`` show the parked count per projection and the
+  parked events themselves.
+
+And the exactly-once half: a worker skips every message at or below its checkpoint, however
+its consumer came to deliver it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from agentmem import Client, ids, subjects
+from agentmem.domain.aggregate import Write
+from agentmem.eventlog import CommitMeta, EventLog
+from agentmem.events import OrgCreated, OrgRenamed, UserRegistered, UserRolesSet, encode_commit
+from agentmem.service import Service
+from agentmem.store import ProjectionBatch, Store, open_store
+from consumers.system import collect_status
+from projections.orgs import ORGS, OrgsProjection
+from projections.users import USERS, UsersProjection
+from projections.worker import ProjectionWorker
+from tests.realparts import eventually, read_log, wait_caught_up
+
+
+@pytest.fixture
+async def log(nc: NATS) -> EventLog:
+    event_log = EventLog(nc)
+    await event_log.ensure_stream()
+    return event_log
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(str(tmp_path / "worker.db"))
+    await opened.migrate([ORGS, USERS])
+    yield opened
+    await opened.close()
+
+
+class RewoundWorker(ProjectionWorker):
+    """A worker whose consumer starts at sequence 1 whatever the checkpoint: what a consumer
+    that redelivers already-applied messages looks like (an ack lost in a crash between
+    the commit and the ack, or a consumer created before the checkpoint moved)."""
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        checkpoint, self.checkpoint = self.checkpoint, 0
+        try:
+            return await super()._subscribe()
+        finally:
+            self.checkpoint = checkpoint
+
+
+async def create_orgs(log: EventLog, count: int) -> list[int]:
+    seqs = []
+    for n in range(count):
+        org_id = f"org{n}"
+        write = Write(subjects.event(org_id, "org", org_id), 0, [OrgCreated(org_id, f"n{n}")])
+        seqs += (await log.append([write], CommitMeta(f"create-{n}", "org.create"))).seqs
+    return seqs
+
+
+async def run_worker(worker: ProjectionWorker) -> None:
+    await asyncio.wait_for(worker.run(until_caught_up=True), 30)
+
+
+async def test_messages_at_or_below_the_checkpoint_are_skipped(
+    nc: NATS, log: EventLog, store: Store
+) -> None:
+    seqs = await create_orgs(log, 6)
+    # The checkpoint says 1..3 were applied, though their rows are not there: if the worker
+    # applied anything at or below it, those rows would appear.
+    await store.apply(ProjectionBatch(projection="orgs", checkpoint=seqs[2]))
+
+    worker = ProjectionWorker(nc, store, OrgsProjection(), consumer="test-orgs")
+    await run_worker(worker)
+    assert [row[0] for row in await store.dump(ORGS)] == ["org3", "org4", "org5"]
+    assert worker.applied == 3
+    assert await store.checkpoint("orgs") == seqs[-1]
+
+
+async def test_a_consumer_that_redelivers_applied_messages_changes_nothing(
+    nc: NATS, log: EventLog, store: Store
+) -> None:
+    seqs = await create_orgs(log, 6)
+    await store.apply(ProjectionBatch(projection="orgs", checkpoint=seqs[2]))
+
+    # The consumer delivers 1..6; the worker must skip 1..3 itself.
+    rewound = RewoundWorker(nc, store, OrgsProjection(), consumer="test-orgs-rewound")
+    await run_worker(rewound)
+    assert [row[0] for row in await store.dump(ORGS)] == ["org3", "org4", "org5"]
+    assert rewound.applied == 3
+
+    # Everything applied, then the whole log delivered again: nothing is applied twice.
+    rename = Write(subjects.event("org4", "org", "org4"), seqs[4], [OrgRenamed("org4", "renamed")])
+    renamed_at = (await log.append([rename], CommitMeta("rename", "org.rename"))).last_seq
+    worker = ProjectionWorker(nc, store, OrgsProjection(), consumer="test-orgs")
+    await run_worker(worker)
+    assert worker.applied == 1
+    before = await store.dump(ORGS)
+    org4 = next(row for row in before if row[0] == "org4")
+    assert (org4[1], org4[4]) == ("renamed", renamed_at)
+
+    again = RewoundWorker(nc, store, OrgsProjection(), consumer="test-orgs-again")
+    await run_worker(again)
+    assert again.applied == 0
+    assert await store.dump(ORGS) == before
+    assert await store.checkpoint("orgs") == renamed_at
+
+
+async def test_undecodable_events_are_parked_and_skipped_visible_in_status(
+    service: Service, client: Client, nc: NATS
+) -> None:
+    assert service.store is not None
+    org = (await client.create_org("Acme")).fields["org_id"]
+    ann = await client.register_user(org, "Ann", "ann@example.com", "password-1")
+    ann_id = ann.fields["user_id"]
+
+    js = nc.jetstream()
+    not_a_commit = subjects.event(org, "user", ids.new_id())
+    unknown_type = subjects.event(org, "user", ids.new_id())
+    bad_org = ids.new_id()
+    not_an_org_commit = subjects.event(bad_org, "org", bad_org)
+    bad1 = (await js.publish(not_a_commit, b"\x00 this is not a commit {")).seq
+    body = {"events": [{"type": "user.teleported", "user_id": "x", "to": "Mars"}]}
+    bad2 = (await js.publish(unknown_type, msgspec.json.encode(body))).seq
+    bad3 = (await js.publish(not_an_org_commit, b'{"events": [{"type": "org.created"}]}')).seq
+
+    # Valid commits after them, on both projections.
+    bob = await client.register_user(org, "Bob", "bob@example.com", "password-2")
+    await client.set_roles(ann_id, ["admin"])
+    renamed = await client.rename_org(org, "Acme 2")
+    report = await wait_caught_up(nc)
+
+    assert (await client.get_user(bob.fields["user_id"])).name == "Bob"
+    assert (await client.get_user(ann_id)).roles == ["admin"]
+    assert (await client.get_org(org)).version == renamed.seq
+
+    # Parked, with why, and the checkpoints went past them.
+    parked = await service.store.parked()
+    assert [(p.projection, p.seq, p.subject) for p in parked] == [
+        ("orgs", bad3, not_an_org_commit),
+        ("users", bad1, not_a_commit),
+        ("users", bad2, unknown_type),
+    ]
+    assert "DecodeError" in parked[1].error
+    assert "user.teleported" in parked[2].error
+    assert report["projections"]["users"]["checkpoint"] > bad2
+    assert report["projections"]["orgs"]["checkpoint"] > bad3
+    assert report["projections"]["users"]["parked"] == 2
+    assert report["projections"]["orgs"]["parked"] == 1
+    assert {(p["projection"], p["seq"], p["subject"]) for p in report["parked"]} == {
+        (p.projection, p.seq, p.subject) for p in parked
+    }
+    assert all(p["error"] for p in report["parked"])
+
+    # Not dropped: the messages are still in the log, byte for byte.
+    assert (await js.get_msg(subjects.STREAM_NAME, bad1)).data == b"\x00 this is not a commit {"
+    assert {m.seq for m in await read_log(nc)} >= {bad1, bad2, bad3}
+
+    # And not applied: the tables hold no trace of them.
+    rows = await service.store.fetch_all("SELECT user_id FROM users")
+    assert {r["user_id"] for r in rows} == {ann_id, bob.fields["user_id"]}
+
+
+def registered(seq_user: str, email: str, org: str = "o1") -> Write:
+    event = UserRegistered(
+        user_id=seq_user, org_id=org, name=seq_user, email=email, password_hash="x"
+    )
+    return Write(subjects.event(org, "user", seq_user), 0, [event])
+
+
+async def test_a_row_the_database_refuses_is_parked_and_the_rest_of_its_batch_commits(
+    nc: NATS, log: EventLog, store: Store
+) -> None:
+    async def append(write: Write, command_id: str) -> int:
+        return (await log.append([write], CommitMeta(command_id, "user.register"))).last_seq
+
+    # The command side would never let u3 take u1's email; written raw, it is in the log.
+    u1 = await append(registered("u1", "dup@example.com"), "c1")
+    await append(registered("u2", "two@example.com"), "c2")
+    u3 = await append(registered("u3", "dup@example.com"), "c3")
+    await append(registered("u4", "four@example.com"), "c4")
+    roles = Write(subjects.event("o1", "user", "u2"), u1 + 1, [UserRolesSet("u2", ("admin",))])
+    last = await append(roles, "c5")
+
+    progress: list[tuple[int, int]] = []
+    worker = ProjectionWorker(nc, store, UsersProjection(), consumer="test-users")
+    await asyncio.wait_for(
+        worker.run(until_caught_up=True, on_progress=lambda d, p: progress.append((d, p))), 30
+    )
+    assert progress == [(4, 0)], "all five commits came in one batch"
+
+    rows = {row[0]: row for row in await store.dump(USERS)}
+    assert sorted(rows) == ["u1", "u2", "u4"]
+    assert rows["u1"][3] == "dup@example.com"
+    assert rows["u2"][4] == '["admin"]'
+    assert rows["u2"][7] == last
+    parked = await store.parked("users")
+    assert [(p.seq, p.subject) for p in parked] == [(u3, subjects.event("o1", "user", "u3"))]
+    assert "IntegrityError" in parked[0].error
+    assert "UNIQUE" in parked[0].error
+    assert await store.checkpoint("users") == last
+
+    report = await collect_status(nc, store)
+    assert report["projections"]["users"]["parked"] == 1
+    assert [p["seq"] for p in report["parked"]] == [u3]
+
+    # A later worker does not retry it: the checkpoint is past it.
+    again = ProjectionWorker(nc, store, UsersProjection(), consumer="test-users")
+    await run_worker(again)
+    assert again.applied == 0
+    assert len(await store.parked("users")) == 1
+
+
+async def test_a_parked_event_does_not_stall_the_live_worker(
+    service: Service, client: Client, nc: NATS
+) -> None:
+    """The same refusal through the running service: later commands still take effect."""
+    assert service.store is not None
+    org = (await client.create_org("Acme")).fields["org_id"]
+    ann = await client.register_user(org, "Ann", "ann@example.com", "password-1")
+    await wait_caught_up(nc)
+
+    intruder = ids.new_id()
+    event = UserRegistered(
+        user_id=intruder, org_id=org, name="Eve", email="ann@example.com", password_hash="x"
+    )
+    subject = subjects.event(org, "user", intruder)
+    bad = (await nc.jetstream().publish(subject, encode_commit([event]))).seq
+    later = await client.register_user(org, "Cy", "cy@example.com", "password-3")
+
+    async def cy_is_there() -> bool:
+        return (await client.get_user(later.fields["user_id"])).name == "Cy"
+
+    await eventually(cy_is_there, what="the user registered after the refused one")
+    report = await wait_caught_up(nc)
+    assert report["projections"]["users"]["parked"] == 1
+    assert [(p["seq"], p["subject"]) for p in report["parked"]] == [(bad, subject)]
+    assert "UNIQUE" in report["parked"][0]["error"]
+    assert (await client.get_user(ann.fields["user_id"])).name == "Ann"
