@@ -17,8 +17,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
-from agentmem.config import Settings
-from agentmem.embedded import EmbeddedNats, PortInUse
+from agentmem.config import Settings, StartupError
+from agentmem.embedded import EmbeddedNats
 from agentmem.logging import configure
 from agentmem.service import Service, StoreBusy, lock_store
 
@@ -82,16 +82,29 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A signal during startup (say, while waiting for a NATS server that is not up yet)
+    # must stop it too, so startup races the stop event.
+    starting = asyncio.create_task(service.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        await service.stop()
+        return 0
     try:
-        await service.start()
-    except (PortInUse, StoreBusy) as exc:
+        starting.result()
+    except StartupError as exc:
+        stopping.cancel()
         print(f"agentmem: {exc}", file=sys.stderr)
         await service.stop()
         return 2
     except BaseException:
+        stopping.cancel()
         await service.stop()
         raise
-    await stop.wait()
+    await stopping
     await service.stop()
     return 0
 
@@ -218,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return asyncio.run(_status(settings, args.json))
         return asyncio.run(_replay(settings, args.projection, args.into))
-    except PortInUse as exc:
+    except StartupError as exc:
         print(f"agentmem: {exc}", file=sys.stderr)
+        return 2
+    except nats.errors.NoServersError:
+        print(f"agentmem: no NATS server answers at {settings.nats_url}", file=sys.stderr)
         return 2
 
 

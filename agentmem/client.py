@@ -105,8 +105,12 @@ class Client:
         return msgspec.convert(reply.data, result)
 
     # Organizations ----------------------------------------------------------------------
-    async def create_org(self, name: str, *, command_id: str | None = None) -> Written:
-        return await self._command(subjects.ORG_CREATE, name=name, command_id=command_id)
+    async def create_org(
+        self, name: str, *, org_id: str | None = None, command_id: str | None = None
+    ) -> Written:
+        return await self._command(
+            subjects.ORG_CREATE, name=name, org_id=org_id, command_id=command_id
+        )
 
     async def rename_org(
         self,
@@ -153,10 +157,12 @@ class Client:
         password: str,
         *,
         roles: list[Role] | None = None,
+        user_id: str | None = None,
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
             subjects.USER_REGISTER,
+            user_id=user_id,
             org_id=org_id,
             name=name,
             email=email,

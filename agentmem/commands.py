@@ -35,6 +35,9 @@ class Targeted(Command, frozen=True, kw_only=True):
 
 class CreateOrg(Command, frozen=True, kw_only=True):
     name: Name
+    # Optional: a client that picks the id (a UUIDv7 is best) can retry safely forever,
+    # not only within the log's 10-minute duplicate window.
+    org_id: Id | None = None
 
 
 class RenameOrg(Targeted, frozen=True, kw_only=True):
@@ -52,6 +55,7 @@ class RegisterUser(Command, frozen=True, kw_only=True):
     email: Email
     password: Password
     roles: Roles = msgspec.field(default_factory=lambda: ["member"])
+    user_id: Id | None = None  # optional, as org_id in CreateOrg
 
 
 class UpdateProfile(Targeted, frozen=True, kw_only=True):

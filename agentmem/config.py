@@ -11,6 +11,10 @@ from agentmem.domain.passwords import DEFAULT_COST
 DEFAULT_LISTEN = "127.0.0.1:4222"
 
 
+class StartupError(Exception):
+    """A reason not to start that a person can fix; the CLI prints it as one line."""
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(f"AGENTMEM_{name}")
     return value if value not in (None, "") else default

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import structlog
 
+from agentmem.config import StartupError
+
 log = structlog.get_logger(__name__)
 
 
-class PortInUse(Exception):
+class PortInUse(StartupError):
     pass
 
 

@@ -16,7 +16,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
-from agentmem.config import Settings
+from agentmem.config import Settings, StartupError
 from agentmem.embedded import EmbeddedNats
 from agentmem.eventlog import EventLog
 from agentmem.store import Store, open_store
@@ -31,7 +31,7 @@ from projections.worker import ProjectionWorker
 log = structlog.get_logger(__name__)
 
 
-class StoreBusy(Exception):
+class StoreBusy(StartupError):
     pass
 
 
@@ -51,6 +51,18 @@ def lock_store(store_url: str) -> IO[str] | None:
             "(one process owns an SQLite store)"
         ) from None
     return handle
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    log.warning("nats connection problem; retrying", error=repr(exc))
+
+
+async def _log_disconnected() -> None:
+    log.warning("disconnected from nats")
+
+
+async def _log_reconnected() -> None:
+    log.info("reconnected to nats")
 
 
 class Service:
@@ -77,7 +89,14 @@ class Service:
             await self.embedded.start()
             url = self.embedded.url
         self.nc = await nats.connect(
-            url, name="agentmem", max_reconnect_attempts=-1, reconnect_time_wait=0.5
+            url,
+            name="agentmem",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            # One line per problem instead of nats-py's tracebacks; it keeps retrying.
+            error_cb=_log_nats_error,
+            disconnected_cb=_log_disconnected,
+            reconnected_cb=_log_reconnected,
         )
         log_ = EventLog(self.nc)
         await log_.ensure_stream()

@@ -37,6 +37,7 @@ from agentmem.errors import (
     UnavailableError,
 )
 from agentmem.eventlog import (
+    H_CAUSATION_ID,
     H_CORRELATION_ID,
     CommitMeta,
     DuplicateCommand,
@@ -75,6 +76,7 @@ class CommandRunner:
             command_id=command_id,
             commit_type=commit_type,
             correlation_id=request.headers.get(H_CORRELATION_ID),
+            causation_id=request.headers.get(H_CAUSATION_ID),
             time_ms=time.time_ns() // 1_000_000,
         )
         for attempt in range(MAX_ATTEMPTS):
@@ -138,14 +140,20 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
             if len(user_subjects) > 100_000:
                 user_subjects.clear()
             subject = user_subjects[user_id] = found
-        return await loader.load(subject, users.evolve)
+        user = await loader.load(subject, users.evolve)
+        if user.state is not None:
+            # The users of a deleted organization are gone with it.
+            org = await loader.load(orgs.subject(user.state.org_id), orgs.evolve)
+            orgs.require_live(org, user.state.org_id)
+        return user
 
     @router.route(subjects.ORG_CREATE, CreateOrg)
     async def create_org(request: Request[CreateOrg]) -> Result:
-        org_id = ids.new_id()
+        org_id = request.body.org_id or ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            return orgs.create(request.body, org_id)
+            org = await loader.load(orgs.subject(org_id), orgs.evolve)
+            return orgs.create(org, request.body, org_id)
 
         return await runner.run("org.create", request, plan)
 
@@ -169,12 +177,19 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
     async def register_user(request: Request[RegisterUser]) -> Result:
         command = request.body
         email = normalize_email(command.email)
-        user_id = ids.new_id()
+        user_id = command.user_id or ids.new_id()
         password_hash: list[str] = []  # hashed once, however many attempts
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(command.org_id), orgs.evolve)
             orgs.require_live(org, command.org_id)
+            if command.user_id is not None:
+                # A client-chosen id: a retry is recognised on the user's own subject, and
+                # an id taken in any organization is refused.
+                existing = await runner.log.first_subject(subjects.event("*", "user", user_id))
+                if existing is not None:
+                    await loader.load(existing, users.evolve)
+                    raise ConflictError(f"user {user_id} already exists", {"user_id": user_id})
             reservation = await loader.load(
                 subjects.email_reservation(email), users.evolve_reservation
             )

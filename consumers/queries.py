@@ -20,17 +20,24 @@ _ORG_COLUMNS = "org_id, name, created_at, updated_at, version"
 _USER_COLUMNS = "user_id, org_id, name, email, roles, created_at, updated_at, version"
 
 
+_CURSOR_MARK = "k:"  # a cursor decodes to this mark and the last key of the page
+
+
 def encode_cursor(last_key: str) -> str:
-    return base64.urlsafe_b64encode(last_key.encode()).decode().rstrip("=")
+    raw = (_CURSOR_MARK + last_key).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str | None) -> str:
     if not cursor:
         return ""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidError("cursor is not one this service returned", {"cursor": cursor}) from exc
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    if not raw.startswith(_CURSOR_MARK):
+        raise InvalidError("cursor is not one this service returned", {"cursor": cursor})
+    return raw.removeprefix(_CURSOR_MARK)
 
 
 def page(rows: list[dict[str, Any]], limit: int, key: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import msgspec
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
+    OrgDeleted,
     UserDeleted,
     UserPasswordChanged,
     UserProfileUpdated,
@@ -41,7 +42,8 @@ def _json(value: object) -> str:
 
 class UsersProjection:
     name = "users"
-    filter_subjects = [subjects.events_of("user")]
+    # Org events too: deleting an organization removes its users from the table.
+    filter_subjects = [subjects.events_of("user"), subjects.events_of("org")]
     tables = [USERS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
@@ -73,4 +75,6 @@ class UsersProjection:
                     ops.append(Update("users", {"user_id": user_id}, values))
                 case UserDeleted(user_id=user_id):
                     ops.append(Delete("users", {"user_id": user_id}))
+                case OrgDeleted(org_id=org_id):
+                    ops.append(Delete("users", {"org_id": org_id}))
         return ops

@@ -109,10 +109,10 @@ async def read_log(nc: NATS, stream: str = subjects.STREAM_NAME) -> list[LogMess
 
 def last_seq_per_projection(messages: list[LogMessage]) -> dict[str, int]:
     """What each projection's checkpoint must reach: the last seq among its subjects."""
-    aggregates = {p.name: p.filter_subjects[0].split(".")[3] for p in ALL}
+    aggregates = {p.name: {f.split(".")[3] for f in p.filter_subjects} for p in ALL}
     return {
-        name: max((m.seq for m in messages if m.aggregate == aggregate), default=0)
-        for name, aggregate in aggregates.items()
+        name: max((m.seq for m in messages if m.aggregate in read), default=0)
+        for name, read in aggregates.items()
     }
 
 

@@ -313,3 +313,18 @@ async def test_status_reply_matches_the_cli(serves: list[Serve], tmp_path: Path)
     assert table["users"][2] == report["projections"]["users"]["parked"] == 1
     assert f"parked: users seq {bad} {subjects.event('o', 'user', 'u')}" in ran.stdout
     assert serve.stop() == 0
+
+
+async def test_sigterm_during_startup_stops_serve(serves: list[Serve], tmp_path: Path) -> None:
+    """Waiting for a NATS server that is not up yet must not make serve deaf to signals."""
+    dead = f"nats://127.0.0.1:{free_port()}"
+    serve = new_serve(serves, tmp_path, ["--data-dir", str(tmp_path / "d"), "--nats", dead])
+
+    async def waiting() -> bool:
+        return "nats connection problem" in serve.output()
+
+    await eventually(waiting, 15, 0.1, "serve waiting for NATS")
+    started = time.monotonic()
+    assert serve.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in serve.output()

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from agentmem import (
     Client,
     ConflictError,
+    InvalidError,
     NotFoundError,
     UnauthenticatedError,
     Written,
@@ -687,3 +688,57 @@ async def test_no_password_leaves_the_service(
         )
         assert PASSWORD.encode() not in reply.data
         assert NEW_PASSWORD.encode() not in reply.data
+
+
+# Client-chosen ids, org deletion, cursors ---------------------------------------------------
+async def test_a_client_chosen_org_id_makes_create_idempotent_beyond_the_dedup_window(
+    api: Client, nc: NATS
+) -> None:
+    org_id = "01a2ffff-0000-7000-8000-000000000001"
+    first = await api.create_org("Acme", org_id=org_id, command_id="create-acme")
+    assert first.fields["org_id"] == org_id
+    before = await stream_state(nc)
+    # The same command again is answered with the first outcome from the org's own history,
+    # whatever the server's duplicate window says.
+    again = await api.create_org("Acme", org_id=org_id, command_id="create-acme")
+    assert again == first
+    assert await stream_state(nc) == before
+    # Another command that wants the same id is refused.
+    with pytest.raises(ConflictError, match="already exists"):
+        await api.create_org("Impostor", org_id=org_id)
+    assert await stream_state(nc) == before
+
+
+async def test_a_client_chosen_user_id_taken_in_any_org_is_refused(api: Client, nc: NATS) -> None:
+    one = (await api.create_org("One")).fields["org_id"]
+    two = (await api.create_org("Two")).fields["org_id"]
+    user_id = "01a2ffff-0000-7000-8000-0000000000aa"
+    made = await api.register_user(one, "Ann", "ann@example.com", PASSWORD, user_id=user_id)
+    assert made.fields["user_id"] == user_id
+    before = await stream_state(nc)
+    with pytest.raises(ConflictError, match="already exists"):
+        await api.register_user(two, "Bob", "bob@example.com", PASSWORD, user_id=user_id)
+    assert await stream_state(nc) == before
+    assert not await api.email_exists("bob@example.com", after_seq=api.last_seq)
+
+
+async def test_deleting_an_org_removes_its_users_and_refuses_their_commands(api: Client) -> None:
+    org_id = (await api.create_org("Doomed")).fields["org_id"]
+    user_id = (await api.register_user(org_id, "Ann", "ann@example.com", PASSWORD)).fields[
+        "user_id"
+    ]
+    await api.delete_org(org_id)
+    assert (await api.list_users(org_id, after_seq=api.last_seq)).items == []
+    with pytest.raises(NotFoundError):
+        await api.get_user(user_id, after_seq=api.last_seq)
+    with pytest.raises(NotFoundError, match="organization"):
+        await api.set_roles(user_id, ["admin"])
+
+
+@pytest.mark.parametrize("cursor", ["!!!", "abc", "a2V5", "eyJrIjoiIn0"])
+async def test_a_cursor_this_service_did_not_return_is_invalid(api: Client, cursor: str) -> None:
+    org_id = (await api.create_org("Acme")).fields["org_id"]
+    with pytest.raises(InvalidError, match="cursor"):
+        await api.list_users(org_id, cursor=cursor)
+    with pytest.raises(InvalidError, match="cursor"):
+        await api.list_orgs(cursor=cursor)

@@ -89,10 +89,16 @@ def only_write(writes: list[Write]) -> Write:
 
 # Orgs ------------------------------------------------------------------------------------
 def test_org_create_writes_one_event_on_a_fresh_subject() -> None:
-    write = only_write(orgs.create(CreateOrg(name="Acme"), ORG_ID))
+    write = only_write(orgs.create(loaded_org(), CreateOrg(name="Acme"), ORG_ID))
     assert write.subject == subjects.event(ORG_ID, "org", ORG_ID)
     assert write.expected == 0
     assert write.events == [OrgCreated(org_id=ORG_ID, name="Acme")]
+
+
+def test_org_create_with_a_taken_id_is_a_conflict() -> None:
+    taken = loaded_org(OrgCreated(org_id=ORG_ID, name="Acme"))
+    with pytest.raises(ConflictError, match="already exists"):
+        orgs.create(taken, CreateOrg(name="Other", org_id=ORG_ID), ORG_ID)
 
 
 def test_org_evolve_create_rename_delete() -> None:

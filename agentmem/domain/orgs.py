@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from agentmem import subjects
 from agentmem.commands import CreateOrg, DeleteOrg, RenameOrg
 from agentmem.domain.aggregate import Loaded, Write, check_version
-from agentmem.errors import NotFoundError
+from agentmem.errors import ConflictError, NotFoundError
 from agentmem.events import AnyEvent, OrgCreated, OrgDeleted, OrgRenamed
 
 
@@ -39,8 +39,10 @@ def require_live(loaded: Loaded[Org], org_id: str) -> Org:
     return loaded.state
 
 
-def create(command: CreateOrg, org_id: str) -> list[Write]:
-    return [Write(subject(org_id), 0, [OrgCreated(org_id=org_id, name=command.name)])]
+def create(loaded: Loaded[Org], command: CreateOrg, org_id: str) -> list[Write]:
+    if loaded.version != 0:
+        raise ConflictError(f"organization {org_id} already exists", {"org_id": org_id})
+    return [Write(loaded.subject, 0, [OrgCreated(org_id=org_id, name=command.name)])]
 
 
 def rename(loaded: Loaded[Org], command: RenameOrg) -> list[Write]:

@@ -7,6 +7,7 @@ store through named read methods, so each adapter can use its engine's strengths
 
 from __future__ import annotations
 
+from agentmem.config import StartupError
 from agentmem.store.port import (
     Column,
     Delete,
@@ -36,7 +37,7 @@ __all__ = [
 async def open_store(url: str) -> Store:
     """``sqlite:///path/to.db``, a bare path, or (later) ``postgresql://...``."""
     if url.startswith(("postgres://", "postgresql://")):
-        raise NotImplementedError("the Postgres store arrives in a later release")
+        raise StartupError("the Postgres store is not built yet; give --store an SQLite path")
     from agentmem.store.sqlite import SQLiteStore
 
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
