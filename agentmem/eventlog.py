@@ -37,6 +37,11 @@ H_TIME = "AgentMem-Time"  # milliseconds since the Unix epoch, as decided
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
 STREAM_NOT_FOUND = 10059
+TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream (50)
+
+# Stay under the server's limit from this process; a rare refusal (other processes) is retried.
+MAX_BATCHES_IN_FLIGHT = 32
+BATCH_RETRIES = 20
 
 DUPLICATE_WINDOW_S = 600  # a retried command within 10 minutes is stored once
 MAX_WRITES_PER_COMMAND = 8
@@ -48,6 +53,10 @@ class StaleVersion(Exception):
 
 class DuplicateCommand(Exception):
     """An atomic batch carried a message id the stream has already stored."""
+
+
+class TooManyBatches(Exception):
+    """The server had too many atomic batches in flight on the stream; nothing was stored."""
 
 
 class StreamConfigMismatch(AgentMemError):
@@ -157,6 +166,7 @@ class EventLog:
         self.stream = stream
         self.timeout = timeout
         self._direct_get = f"$JS.API.DIRECT.GET.{stream}"
+        self._batch_slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
 
     # Stream management ------------------------------------------------------------------
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -221,7 +231,13 @@ class EventLog:
         try:
             if len(writes) == 1:
                 return await self._publish_one(writes[0], headers, meta.command_id)
-            return await self._publish_batch(writes, headers, meta.command_id)
+            for attempt in range(BATCH_RETRIES):
+                try:
+                    async with self._batch_slots:
+                        return await self._publish_batch(writes, headers, meta.command_id)
+                except TooManyBatches:
+                    await asyncio.sleep(0.002 * (attempt + 1))
+            raise UnavailableError("the event log is too busy with atomic writes; retry")
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
             raise UnavailableError(f"the event log did not acknowledge the write: {exc!r}") from exc
 
@@ -278,6 +294,8 @@ class EventLog:
                 raise StaleVersion(ack.error.get("description", ""))
             if code == BATCH_DUPLICATE_MSG_ID:
                 raise DuplicateCommand(ack.error.get("description", ""))
+            if code == TOO_MANY_BATCHES:
+                raise TooManyBatches(ack.error.get("description", ""))
             raise UnavailableError(
                 f"the event log refused the write: {ack.error.get('description')}",
                 {"err_code": code},

@@ -1,9 +1,11 @@
 """Read-your-writes: make a query wait (bounded) until its projection has caught up.
 
-A projection's checkpoint only moves on the events it reads, so ``after_seq`` may name an
-event of another aggregate that this projection will never see. The projection has then
-caught up when its consumer has nothing left to deliver or to ack: a batch is acked only
-after its transaction committed.
+Usually ``after_seq`` names an event the projection reads, and the wait ends when the
+worker's checkpoint passes it: in-process, the checkpoint board wakes the query at once.
+But ``after_seq`` may name an event of another aggregate, which this projection never sees;
+then the projection has caught up when its consumer has nothing left to deliver or to ack
+(a batch is acked only after its transaction committed). That check costs JetStream calls,
+so it waits a few milliseconds first and is shared by all queries waiting at once.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
+from agentmem.coalesce import FreshCall
 from agentmem.errors import InvalidError, UnavailableError
 from agentmem.store import Store
 from projections.board import CheckpointBoard
 from projections.worker import durable_name
 
 DEFAULT_WAIT_S = 5.0
+POLL_S = 0.01  # how often a query re-reads a checkpoint it cannot be woken for
+GRACE_S = 0.005  # how long to wait for the worker before asking the log
+RECHECK_S = 0.05  # how long to wait for the worker between two questions to the log
 
 
 class Freshness:
@@ -37,48 +42,57 @@ class Freshness:
         self.board = board
         self.stream = stream
         self.max_wait = max_wait
+        self._log_checks: dict[str, FreshCall[tuple[bool, int]]] = {}
 
     async def checkpoint(self, projection: str) -> int:
-        known = self.board.get(projection)
-        return known if known else await self.store.checkpoint(projection)
+        """The projection's checkpoint: from the board when its worker runs here."""
+        if self.board.has(projection):
+            return self.board.get(projection)
+        return await self.store.checkpoint(projection)
 
-    async def _stream_last_seq(self) -> int:
-        info = await self.js.stream_info(self.stream)
-        return int(info.state.last_seq)
-
-    async def _drained(self, projection: str) -> bool:
-        try:
-            info = await self.js.consumer_info(self.stream, durable_name(projection))
-        except nats.js.errors.NotFoundError:
-            return False
-        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+    async def _log_position(self, projection: str) -> tuple[bool, int]:
+        """(nothing left for this projection to apply, last sequence of the log)."""
+        info = await self.js.consumer_info(self.stream, durable_name(projection))
+        drained = info.num_pending == 0 and info.num_ack_pending == 0
+        stream = await self.js.stream_info(self.stream)
+        return bool(drained), int(stream.state.last_seq)
 
     async def wait(self, projection: str, after_seq: int | None) -> int:
         """Return the checkpoint the answer will be read at, once it covers ``after_seq``."""
-        seq = self.board.get(projection)
+        seq = await self.checkpoint(projection)
         if after_seq is None or seq >= after_seq:
-            return seq if seq else await self.store.checkpoint(projection)
+            return seq
+        local = self.board.has(projection)
         deadline = time.monotonic() + self.max_wait
+        # Usually the event is this projection's own and lands within milliseconds.
+        if local and await self.board.reached(projection, after_seq, GRACE_S):
+            return self.board.get(projection)
+        check = self._log_checks.get(projection)
+        if check is None:
+            check = self._log_checks[projection] = FreshCall(lambda: self._log_position(projection))
         while True:
-            seq = max(self.board.get(projection), await self.store.checkpoint(projection))
-            if seq >= after_seq:
-                return seq
-            if await self._drained(projection):
-                last = await self._stream_last_seq()
-                if after_seq > last:
-                    raise InvalidError(
-                        f"after_seq {after_seq} is past the end of the log (last seq {last})",
-                        {"after_seq": after_seq, "last_seq": last},
-                    )
+            drained, last = await check()
+            if after_seq > last:
+                raise InvalidError(
+                    f"after_seq {after_seq} is past the end of the log (last seq {last})",
+                    {"after_seq": after_seq, "last_seq": last},
+                )
+            if drained:
                 # Every event up to after_seq that this projection reads is applied.
                 return after_seq
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                seq = await self.checkpoint(projection)
                 raise UnavailableError(
                     f"projection {projection} has not reached seq {after_seq} "
                     f"within {self.max_wait:g}s (it is at {seq})",
                     {"projection": projection, "after_seq": after_seq, "checkpoint": seq},
                 )
-            # Wake on a local checkpoint change; poll for workers in other processes.
-            await self.board.wait_change(min(remaining, 0.02))
-            await asyncio.sleep(0)
+            if local:
+                if await self.board.reached(projection, after_seq, min(remaining, RECHECK_S)):
+                    return self.board.get(projection)
+            else:
+                await asyncio.sleep(min(remaining, POLL_S))
+                seq = await self.store.checkpoint(projection)
+                if seq >= after_seq:
+                    return seq

@@ -1,25 +1,45 @@
-"""In-process notice board of projection checkpoints, so a waiting query wakes at once."""
+"""In-process notice board of projection checkpoints, so a waiting query wakes at once.
+
+Waiters register the sequence they need; an advance wakes exactly the waiters it satisfies,
+so a thousand queries waiting on a busy projection cost nothing until their turn comes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
+import itertools
 
 
 class CheckpointBoard:
     def __init__(self) -> None:
         self._seqs: dict[str, int] = {}
-        self._changed = asyncio.Condition()
+        self._waiters: dict[str, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self._order = itertools.count()  # breaks ties in the heap: futures do not compare
+
+    def has(self, projection: str) -> bool:
+        """True once a worker in this process has reported for ``projection``."""
+        return projection in self._seqs
 
     def get(self, projection: str) -> int:
         return self._seqs.get(projection, 0)
 
-    async def advance(self, projection: str, seq: int) -> None:
-        async with self._changed:
-            self._seqs[projection] = seq
-            self._changed.notify_all()
+    def advance(self, projection: str, seq: int) -> None:
+        self._seqs[projection] = seq
+        waiters = self._waiters.get(projection)
+        while waiters and waiters[0][0] <= seq:
+            _, _, future = heapq.heappop(waiters)
+            if not future.done():
+                future.set_result(None)
 
-    async def wait_change(self, timeout: float) -> None:
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+    async def reached(self, projection: str, seq: int, timeout: float) -> bool:
+        """Wait until the projection's checkpoint is at least ``seq``; False on timeout."""
+        if self.get(projection) >= seq:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters.setdefault(projection, []), (seq, next(self._order), future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True

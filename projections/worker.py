@@ -26,10 +26,13 @@ from agentmem.events import decode_commit
 from agentmem.store import Parked, ProjectionBatch, Store
 from projections.base import Projection
 from projections.board import CheckpointBoard
+from projections.feed import PullFeed
 
 log = structlog.get_logger(__name__)
 
 BATCH = 1000
+# How long an idle worker waits for the next event before looking again (and noticing stop).
+IDLE_WAIT_S = 0.5
 
 
 def durable_name(projection: str) -> str:
@@ -64,7 +67,7 @@ class ProjectionWorker:
     def name(self) -> str:
         return self.projection.name
 
-    async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
+    async def _subscribe(self) -> PullFeed:
         """A fresh durable consumer that starts right after the checkpoint."""
         durable = self.consumer
         with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -83,7 +86,9 @@ class ProjectionWorker:
         else:
             config.deliver_policy = DeliverPolicy.ALL
         await self.js.add_consumer(self.stream, config)
-        return await self.js.pull_subscribe_bind(durable, self.stream)
+        feed = PullFeed(self.nc, self.stream, durable, self.batch, idle_wait=IDLE_WAIT_S)
+        await feed.start()
+        return feed
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,20 +103,17 @@ class ProjectionWorker:
         ``on_progress(applied_in_this_run, pending)`` is called after every batch.
         """
         self.checkpoint = await self.store.checkpoint(self.name)
-        await self.board.advance(self.name, self.checkpoint)
-        subscription = await self._subscribe()
+        self.board.advance(self.name, self.checkpoint)
+        feed = await self._subscribe()
         log.info("projection started", projection=self.name, checkpoint=self.checkpoint)
         try:
             while not self._stopping.is_set():
-                try:
-                    messages = await subscription.fetch(self.batch, timeout=0.5)
-                except TimeoutError:  # nats-py's fetch also raises a bare asyncio one
+                messages = await feed.next_batch()
+                if not messages:
                     if until_caught_up:
-                        info = await subscription.consumer_info()
+                        info = await self.js.consumer_info(self.stream, self.consumer)
                         if info.num_pending == 0 and info.num_ack_pending == 0:
                             return
-                    continue
-                if not messages:
                     continue
                 pending = await self._apply(messages)
                 if on_progress is not None:
@@ -120,7 +122,7 @@ class ProjectionWorker:
                     return
         finally:
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await feed.stop()
             if self.consumer != durable_name(self.name):  # a replay's consumer is temporary
                 with contextlib.suppress(Exception):
                     await self.js.delete_consumer(self.stream, self.consumer)
@@ -163,7 +165,7 @@ class ProjectionWorker:
                 )
             self.applied += len(batch.items) + len(batch.parked) - len(parked)
             self.checkpoint = last_seq
-            await self.board.advance(self.name, last_seq)
+            self.board.advance(self.name, last_seq)
             log.debug(
                 "batch applied",
                 projection=self.name,
