@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -16,9 +17,10 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import subjects
+from agentmem import bootstrap, subjects
+from agentmem.auth import tokens
 from agentmem.config import Settings, StartupError
-from agentmem.embedded import EmbeddedNats
+from agentmem.embedded import EmbeddedNats, client_url
 from agentmem.logging import configure
 from agentmem.service import Service, StoreBusy, lock_store
 
@@ -50,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="log position, checkpoints and lag")
     connection_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw report")
+    status.add_argument(
+        "--token",
+        help="API key to ask the running service with (env AGENTMEM_TOKEN; "
+        "default: the one in <data-dir>/admin.key, if readable)",
+    )
+    admin = commands.add_parser("admin", help="administration straight on the log")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    create_key = admin_commands.add_parser(
+        "create-key",
+        help="print a new API key of the service administrator (needs access to the log)",
+    )
+    connection_flags(create_key)
+    create_key.add_argument("--name", default="cli", help="a label for the key")
     replay = commands.add_parser("replay", help="rebuild projections from the log")
     connection_flags(replay)
     which = replay.add_mutually_exclusive_group(required=True)
@@ -136,7 +151,7 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
         return
     host, port = settings.listen_host_port
     try:
-        nc = await nats.connect(f"nats://{host}:{port}", **_ONE_TRY)
+        nc = await nats.connect(client_url(settings.data_dir, host, port), **_ONE_TRY)
     except (nats.errors.NoServersError, OSError):
         embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
         await embedded.start()
@@ -151,15 +166,49 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
     await nc.close()
 
 
-async def _status(settings: Settings, as_json: bool) -> int:
+def _status_token(settings: Settings, flag: str | None) -> str | None:
+    """The credentials to ask the running service with: the flag, else AGENTMEM_TOKEN, else
+    the administrator's key that the first start saved in the data dir, if readable."""
+    if flag:
+        return flag.strip()
+    env = os.environ.get("AGENTMEM_TOKEN", "").strip()
+    if env:
+        return env
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (settings.data_dir / bootstrap.KEY_FILE).read_text().strip() or None
+    return None
+
+
+async def _ask_service(nc: NATS, token: str) -> dict[str, Any] | None:
+    """The running service's own report; None if no service answers, or it refuses."""
+    headers = {tokens.HEADER: f"Bearer {token}"}
+    try:
+        message = await nc.request(subjects.SYS_STATUS, b"{}", timeout=2, headers=headers)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return None
+    reply = json.loads(message.data)
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        print(
+            f"agentmem: the running service refused the status request "
+            f"({error.get('code')}: {error.get('message')}); reading the log and the store "
+            "directly instead",
+            file=sys.stderr,
+        )
+        return None
+    report: dict[str, Any] = reply["data"]
+    return report
+
+
+async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
     from agentmem.store import open_store
     from consumers.system import collect_status
 
     async with _log_connection(settings) as nc:
-        try:  # a running service answers for itself
-            reply = json.loads((await nc.request(subjects.SYS_STATUS, b"{}", timeout=2)).data)
-            report = reply["data"]
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        # A running service answers for itself, to a caller with credentials; otherwise
+        # (none running, no credentials, or refused) read the log and the store directly.
+        report = await _ask_service(nc, token) if token else None
+        if report is None:
             store = await open_store(settings.store_url)
             try:
                 report = await collect_status(nc, store)
@@ -221,6 +270,21 @@ async def _replay(settings: Settings, name: str | None, into: str | None) -> int
     return 0
 
 
+async def _create_admin_key(settings: Settings, name: str) -> int:
+    from agentmem.bootstrap import create_admin_key
+    from agentmem.errors import NotFoundError
+    from agentmem.eventlog import EventLog
+
+    async with _log_connection(settings) as nc:
+        try:
+            key = await create_admin_key(EventLog(nc), name)
+        except NotFoundError as exc:
+            print(f"agentmem: {exc.message}", file=sys.stderr)
+            return 2
+    print(key)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
@@ -229,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(settings))
         if args.command == "status":
-            return asyncio.run(_status(settings, args.json))
+            return asyncio.run(_status(settings, args.json, _status_token(settings, args.token)))
+        if args.command == "admin":
+            return asyncio.run(_create_admin_key(settings, args.name))
         return asyncio.run(_replay(settings, args.projection, args.into))
     except StartupError as exc:
         print(f"agentmem: {exc}", file=sys.stderr)

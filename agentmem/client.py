@@ -14,6 +14,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from agentmem import envelope, subjects
+from agentmem.auth import tokens
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import Role
 
@@ -54,14 +55,23 @@ class Written(msgspec.Struct, frozen=True):
 
 
 class Client:
-    def __init__(self, nc: NATS, timeout: float = 10.0) -> None:
+    """``token``: an API key or a session token; sent as ``Authorization: Bearer <token>``."""
+
+    def __init__(self, nc: NATS, token: str | None = None, timeout: float = 10.0) -> None:
         self.nc = nc
         self.timeout = timeout
         self.last_seq = 0
+        self.token = token
 
     @classmethod
-    async def connect(cls, url: str = "nats://127.0.0.1:4222", timeout: float = 10.0) -> Client:
-        return cls(await nats.connect(url), timeout)
+    async def connect(
+        cls, url: str = "nats://127.0.0.1:4222", token: str | None = None, timeout: float = 10.0
+    ) -> Client:
+        return cls(await nats.connect(url), token, timeout)
+
+    def with_token(self, token: str | None) -> Client:
+        """Another client on the same connection, acting with other credentials."""
+        return Client(self.nc, token, self.timeout)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -77,6 +87,8 @@ class Client:
         self, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> envelope.Reply:
         payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
+        if self.token and not (headers and tokens.HEADER in headers):
+            headers = {**(headers or {}), tokens.HEADER: f"Bearer {self.token}"}
         try:
             message = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError as exc:
@@ -247,7 +259,7 @@ class Client:
 
     async def list_users(
         self,
-        org_id: str,
+        org_id: str | None = None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -260,6 +272,48 @@ class Client:
             limit=limit,
             cursor=cursor,
             after_seq=after_seq,
+        )
+
+    # Credentials and history -------------------------------------------------------------
+    async def login(self, email: str, password: str, *, ttl_seconds: int | None = None) -> Written:
+        """Start a session; ``written.fields["token"]`` is the session token (shown once).
+        The client keeps using its own token: ``client.with_token(...)`` acts as the user."""
+        return await self._command(
+            subjects.AUTH_LOGIN, email=email, password=password, ttl_seconds=ttl_seconds
+        )
+
+    async def logout(self) -> Written:
+        return await self._command(subjects.AUTH_LOGOUT)
+
+    async def create_api_key(
+        self, name: str, *, user_id: str | None = None, command_id: str | None = None
+    ) -> Written:
+        """``written.fields["token"]`` is the key (shown once; only its digest is stored)."""
+        return await self._command(
+            subjects.APIKEY_CREATE, name=name, user_id=user_id, command_id=command_id
+        )
+
+    async def revoke_api_key(self, key_id: str, *, user_id: str | None = None) -> Written:
+        return await self._command(subjects.APIKEY_REVOKE, key_id=key_id, user_id=user_id)
+
+    async def list_api_keys(
+        self, *, user_id: str | None = None, after_seq: int | None = None
+    ) -> list[dict[str, Any]]:
+        reply = await self.request(
+            subjects.APIKEY_LIST, {"user_id": user_id, "after_seq": after_seq}
+        )
+        return list(reply.data["items"])
+
+    async def history(
+        self, aggregate: str, aggregate_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> Page[dict[str, Any]]:
+        return await self._query(
+            subjects.HISTORY_GET,
+            Page[dict[str, Any]],
+            aggregate=aggregate,
+            id=aggregate_id,
+            limit=limit,
+            cursor=cursor,
         )
 
     # System -----------------------------------------------------------------------------

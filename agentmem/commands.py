@@ -81,3 +81,23 @@ class DeleteUser(Targeted, frozen=True, kw_only=True):
 
 def normalize_email(email: str) -> str:
     return email.strip().lower()
+
+
+class Login(Command, frozen=True, kw_only=True):
+    email: Email
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=30 * 24 * 3600)] = 12 * 3600
+
+
+class Logout(Command, frozen=True, kw_only=True):
+    pass
+
+
+class CreateApiKey(Command, frozen=True, kw_only=True):
+    name: Name
+    user_id: Id | None = None  # default: the caller
+
+
+class RevokeApiKey(Command, frozen=True, kw_only=True):
+    key_id: Id
+    user_id: Id | None = None  # default: the caller

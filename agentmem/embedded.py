@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from urllib.parse import quote
 
 import structlog
 
@@ -55,15 +58,67 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def write_config(store_dir: Path, host: str, port: int, sync_always: bool) -> Path:
+CREDENTIALS_FILE = "nats-credentials.json"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def nats_credentials(data_dir: Path, create: bool) -> tuple[str, str] | None:
+    """(user, password) that the embedded server requires when it listens beyond loopback.
+
+    Made at the first such start, kept in the data dir readable only by its owner; every
+    AgentMem command on this machine reads them from there."""
+    path = data_dir / CREDENTIALS_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return str(saved["user"]), str(saved["password"])
+    if not create:
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    user, password = "agentmem", secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"user": user, "password": password}, out)
+    return user, password
+
+
+def client_url(data_dir: Path, host: str, port: int) -> str:
+    """How an AgentMem process on this machine reaches the embedded server."""
+    credentials = None if is_loopback(host) else nats_credentials(data_dir, create=False)
+    if credentials is None:
+        return f"nats://{host}:{port}"
+    user, password = credentials
+    return f"nats://{quote(user)}:{quote(password)}@{host}:{port}"
+
+
+def write_config(
+    store_dir: Path, host: str, port: int, sync_always: bool, require_auth: bool = False
+) -> Path:
     store_dir.mkdir(parents=True, exist_ok=True)
-    config = store_dir.parent / "nats-server.conf"
+    data_dir = store_dir.parent
+    config = data_dir / "nats-server.conf"
     sync = "  sync_interval: always\n" if sync_always else ""
+    auth = ""
+    if require_auth:
+        credentials = nats_credentials(data_dir, create=True)
+        assert credentials is not None
+        user, password = credentials
+        auth = (
+            f"authorization {{\n  user: {json.dumps(user)}\n"
+            f"  password: {json.dumps(password)}\n}}\n"
+        )
     config.write_text(
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         "max_payload: 1MB\n"
+        f"{auth}"
         f"jetstream {{\n  store_dir: {json.dumps(str(store_dir.resolve()))}\n{sync}}}\n"
     )
+    os.chmod(config, 0o600)  # it may hold the server's password
     return config
 
 
@@ -76,8 +131,13 @@ class EmbeddedNats:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def require_auth(self) -> bool:
+        """Beyond loopback, anyone on the network could reach the log: demand credentials."""
+        return not is_loopback(self.host)
+
+    @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return client_url(self.store_dir.parent, self.host, self.port)
 
     async def start(self, ready_timeout: float = 15.0) -> None:
         if not port_is_free(self.host, self.port):
@@ -86,7 +146,9 @@ class EmbeddedNats:
                 f"running?): choose another with --listen {self.host}:{self.port + 1}, or use "
                 f"the running server with --nats nats://{self.host}:{self.port}"
             )
-        config = write_config(self.store_dir, self.host, self.port, self.sync_always)
+        config = write_config(
+            self.store_dir, self.host, self.port, self.sync_always, self.require_auth
+        )
         log_file = open(self.store_dir.parent / "nats-server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [server_binary(), "-c", str(config)],
@@ -104,7 +166,12 @@ class EmbeddedNats:
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection(self.host, self.port)
                 writer.close()
-                log.info("embedded nats-server started", url=self.url, store=str(self.store_dir))
+                log.info(
+                    "embedded nats-server started",
+                    listen=f"{self.host}:{self.port}",  # never the URL: it may hold a password
+                    client_auth=self.require_auth,
+                    store=str(self.store_dir),
+                )
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("nats-server did not start listening in time")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,13 +331,15 @@ class EventLog:
 
     async def read_subject(self, subject: str, after: int = 0) -> list[StoredCommit]:
         """Every commit on one subject after sequence ``after``, oldest first."""
-        commits: list[StoredCommit] = []
+        return [commit async for commit in self.iter_subject(subject, after)]
+
+    async def iter_subject(self, subject: str, after: int = 0) -> AsyncIterator[StoredCommit]:
         next_seq = after + 1
         while True:
             commit = await self._get({"seq": next_seq, "next_by_subj": subject})
             if commit is None:
-                return commits
-            commits.append(commit)
+                return
+            yield commit
             next_seq = commit.seq + 1
 
     async def first_subject(self, pattern: str) -> str | None:

@@ -43,6 +43,8 @@ class UserRegistered(Event, tag="user.registered", frozen=True):
     email: str
     password_hash: str
     roles: tuple[Role, ...] = ("member",)
+    # Only the bootstrap of a fresh deployment registers a service administrator.
+    service_admin: bool = False
 
 
 class UserProfileUpdated(Event, tag="user.profile_updated", frozen=True):
@@ -63,6 +65,39 @@ class UserRolesSet(Event, tag="user.roles_set", frozen=True):
 
 class UserDeleted(Event, tag="user.deleted", frozen=True):
     user_id: str
+
+
+# Credentials: part of the user aggregate, so one read of its subject checks them -------------
+class ApiKeyCreated(Event, tag="user.api_key_created", frozen=True):
+    user_id: str
+    key_id: str
+    name: str
+    prefix: str  # what a listing shows: enough to recognise the key, nothing to use it
+    digest: str  # SHA-256 of the secret; the secret itself is never stored
+
+
+class ApiKeyRevoked(Event, tag="user.api_key_revoked", frozen=True):
+    user_id: str
+    key_id: str
+
+
+class SessionStarted(Event, tag="user.session_started", frozen=True):
+    user_id: str
+    session_id: str
+    digest: str
+    started_at: int  # ms since the Unix epoch
+    expires_at: int
+
+
+class SessionEnded(Event, tag="user.session_ended", frozen=True):
+    user_id: str
+    session_id: str
+
+
+# The deployment's first start: written once, with expected sequence 0 ------------------------
+class ServiceBootstrapped(Event, tag="service.bootstrapped", frozen=True):
+    org_id: str
+    admin_user_id: str
 
 
 # Email reservations: the log's own unique index of emails --------------------------------
@@ -86,6 +121,11 @@ AnyEvent = (
     | UserPasswordChanged
     | UserRolesSet
     | UserDeleted
+    | ApiKeyCreated
+    | ApiKeyRevoked
+    | SessionStarted
+    | SessionEnded
+    | ServiceBootstrapped
     | EmailReserved
     | EmailReleased
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -44,7 +44,19 @@ class EmailExists(Query, frozen=True, kw_only=True):
 
 
 class ListUsers(Page, frozen=True, kw_only=True):
-    org_id: Id
+    # Default: the caller's organization. Only a service administrator may name another.
+    org_id: Id | None = None
+
+
+class ListApiKeys(Query, frozen=True, kw_only=True):
+    user_id: Id | None = None  # default: the caller
+
+
+class GetHistory(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    aggregate: Literal["org", "user"]
+    id: Id
+    limit: Limit = 100
+    cursor: Cursor | None = None
 
 
 class Status(Query, frozen=True, kw_only=True):

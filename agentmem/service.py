@@ -10,18 +10,20 @@ import contextlib
 import fcntl
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import subjects
+from agentmem import bootstrap, subjects
 from agentmem.config import Settings, StartupError
 from agentmem.embedded import EmbeddedNats
 from agentmem.eventlog import EventLog
 from agentmem.store import Store, open_store
-from consumers import commands, queries, system
+from consumers import commands, credentials, history, queries, system
 from consumers.aggregates import AggregateCache
+from consumers.auth import Authenticator, LoginThrottle
 from consumers.freshness import Freshness
 from consumers.router import Dispatcher, Router
 from projections import ALL
@@ -51,6 +53,14 @@ def lock_store(store_url: str) -> IO[str] | None:
             "(one process owns an SQLite store)"
         ) from None
     return handle
+
+
+def redact_url(url: str) -> str:
+    """A NATS URL fit for a log line: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}:{parts.port}"))
 
 
 async def _log_nats_error(exc: Exception) -> None:
@@ -100,6 +110,15 @@ class Service:
         )
         log_ = EventLog(self.nc)
         await log_.ensure_stream()
+        key = await bootstrap.ensure_admin(log_, settings.password_cost)
+        if key is not None:
+            path = bootstrap.save_key(settings.data_dir, key)
+            # Printed, never logged: logs must not carry secrets.
+            print(
+                "agentmem: first start of this deployment: the service administrator's API key "
+                f"(shown once; also saved, readable only by you, in {path}):\n{key}",
+                flush=True,
+            )
         self.store = await open_store(settings.store_url)
         await self.store.migrate([t for p in ALL for t in p.tables])
 
@@ -112,15 +131,18 @@ class Service:
             )
 
         router = Router()
-        runner = commands.CommandRunner(log_, AggregateCache(log_))
+        cache = AggregateCache(log_)
+        runner = commands.CommandRunner(log_, cache)
         router.include(commands.build_router(runner, settings.password_cost))
+        router.include(credentials.build_router(runner, LoginThrottle(), settings.password_cost))
+        router.include(history.build_router(log_, runner))
         router.include(queries.build_router(self.store, Freshness(self.nc, self.store, board)))
         router.include(system.build_router(self.nc, self.store, self.workers_alive))
-        self.dispatcher = Dispatcher(self.nc, router)
+        self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache))
         await self.dispatcher.start(
             [subjects.COMMAND_PREFIX, subjects.QUERY_PREFIX, subjects.SYSTEM_PREFIX]
         )
-        log.info("agentmem ready", nats=url, store=settings.store_url)
+        log.info("agentmem ready", nats=redact_url(url), store=settings.store_url)
 
     async def _run_worker(self, worker: ProjectionWorker) -> None:
         """Keep a projection running: after a failure (the log or the store went away), wait

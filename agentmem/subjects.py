@@ -51,6 +51,11 @@ def email_reservation(email: str) -> str:
     return event(GLOBAL_ORG, "email", digest)
 
 
+def bootstrap() -> str:
+    """Written once, with expected sequence 0, by the first start of a deployment."""
+    return event(GLOBAL_ORG, "service", "bootstrap")
+
+
 def events_of(aggregate: str) -> str:
     """Filter matching every event subject of one aggregate type, in every org."""
     return f"{EVENT_PREFIX}.*.{aggregate}.*"
@@ -65,6 +70,10 @@ USER_UPDATE_PROFILE = command("user", "update_profile")
 USER_CHANGE_PASSWORD = command("user", "change_password")
 USER_SET_ROLES = command("user", "set_roles")
 USER_DELETE = command("user", "delete")
+AUTH_LOGIN = command("auth", "login")
+AUTH_LOGOUT = command("auth", "logout")
+APIKEY_CREATE = command("apikey", "create")
+APIKEY_REVOKE = command("apikey", "revoke")
 
 # Queries -------------------------------------------------------------------------------
 ORG_GET = query("org", "get")
@@ -73,6 +82,8 @@ USER_GET = query("user", "get")
 USER_GET_BY_EMAIL = query("user", "get_by_email")
 USER_EMAIL_EXISTS = query("user", "email_exists")
 USER_LIST = query("user", "list")
+APIKEY_LIST = query("apikey", "list")
+HISTORY_GET = query("history", "get")
 
 # System --------------------------------------------------------------------------------
 SYS_STATUS = system("status")
@@ -87,7 +98,20 @@ COMMANDS = [
     USER_CHANGE_PASSWORD,
     USER_SET_ROLES,
     USER_DELETE,
+    AUTH_LOGIN,
+    AUTH_LOGOUT,
+    APIKEY_CREATE,
+    APIKEY_REVOKE,
 ]
-QUERIES = [ORG_GET, ORG_LIST, USER_GET, USER_GET_BY_EMAIL, USER_EMAIL_EXISTS, USER_LIST]
+QUERIES = [
+    ORG_GET,
+    ORG_LIST,
+    USER_GET,
+    USER_GET_BY_EMAIL,
+    USER_EMAIL_EXISTS,
+    USER_LIST,
+    APIKEY_LIST,
+    HISTORY_GET,
+]
 SYSTEM = [SYS_STATUS, SYS_HEALTH]
 ALL_REQUEST_SUBJECTS = COMMANDS + QUERIES + SYSTEM

@@ -28,6 +28,7 @@ from agentmem.commands import (
     normalize_email,
 )
 from agentmem.domain import orgs, users
+from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
 from agentmem.errors import (
@@ -47,12 +48,13 @@ from agentmem.eventlog import (
 )
 from agentmem.events import AnyEvent
 from consumers.aggregates import AggregateCache, AlreadyApplied, Loader
+from consumers.auth import authorize
 from consumers.router import Request, Result, Router
 
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
 
 MAX_ATTEMPTS = 5
-SECRET_FIELDS = frozenset({"password_hash", "password"})
+SECRET_FIELDS = frozenset({"password_hash", "password", "digest"})
 
 
 def event_view(event: AnyEvent, seq: int) -> dict[str, Any]:
@@ -68,6 +70,30 @@ class CommandRunner:
     def __init__(self, log: EventLog, cache: AggregateCache) -> None:
         self.log = log
         self.cache = cache
+        self._user_subjects: dict[str, str] = {}
+
+    async def user_subject(self, user_id: str) -> str:
+        """A user's subject names its org, which a user command does not carry: the log
+        finds it from the id alone (ids are unique, so one subject matches), once."""
+        subject = self._user_subjects.get(user_id)
+        if subject is None:
+            found = await self.log.first_subject(subjects.event("*", "user", user_id))
+            if found is None:
+                raise NotFoundError(f"user {user_id} does not exist", {"user_id": user_id})
+            if len(self._user_subjects) > 100_000:
+                self._user_subjects.clear()
+            subject = self._user_subjects[user_id] = found
+        return subject
+
+    async def load_user(self, loader: Loader, user_id: str) -> Loaded[users.User]:
+        """A live user of a live organization, or not_found."""
+        user = await loader.load(await self.user_subject(user_id), users.evolve)
+        if user.state is not None:
+            # The users of a deleted organization are gone with it.
+            org = await loader.load(orgs.subject(user.state.org_id), orgs.evolve)
+            orgs.require_live(org, user.state.org_id)
+        users.require_live(user, user_id)
+        return user
 
     async def run(self, commit_type: str, request: Request[Any], plan: Plan) -> Result:
         command: Command = request.body
@@ -77,6 +103,7 @@ class CommandRunner:
             commit_type=commit_type,
             correlation_id=request.headers.get(H_CORRELATION_ID),
             causation_id=request.headers.get(H_CAUSATION_ID),
+            principal=request.principal.audit_name() if request.principal else "anonymous",
             time_ms=time.time_ns() // 1_000_000,
         )
         for attempt in range(MAX_ATTEMPTS):
@@ -121,34 +148,32 @@ class CommandRunner:
         return event_view(last.events[-1], last.seq), last.seq
 
 
+def missing_org(org_id: str) -> NotFoundError:
+    return NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id})
+
+
+def missing_user(user_id: str) -> NotFoundError:
+    return NotFoundError(f"user {user_id} does not exist", {"user_id": user_id})
+
+
+def check_user(request: Request[Any], need: Need, user: Loaded[users.User]) -> users.User:
+    """The loaded user, if the caller may act on it with ``need``."""
+    state = users.require_live(user, user.subject.rsplit(".", 1)[-1])
+    authorize(
+        request.caller, need, state.org_id, missing_user(state.user_id), target_user=state.user_id
+    )
+    return state
+
+
 def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Router:
     router = Router()
 
     async def hash_in_thread(password: str) -> str:
         return await asyncio.to_thread(hash_password, password, password_cost)
 
-    user_subjects: dict[str, str] = {}
-
-    async def _load_user(loader: Loader, user_id: str) -> Loaded[users.User]:
-        """A user's subject names its org, which a user command does not carry: the log
-        finds it from the id alone (ids are unique, so one subject matches), once."""
-        subject = user_subjects.get(user_id)
-        if subject is None:
-            found = await runner.log.first_subject(subjects.event("*", "user", user_id))
-            if found is None:
-                raise NotFoundError(f"user {user_id} does not exist", {"user_id": user_id})
-            if len(user_subjects) > 100_000:
-                user_subjects.clear()
-            subject = user_subjects[user_id] = found
-        user = await loader.load(subject, users.evolve)
-        if user.state is not None:
-            # The users of a deleted organization are gone with it.
-            org = await loader.load(orgs.subject(user.state.org_id), orgs.evolve)
-            orgs.require_live(org, user.state.org_id)
-        return user
-
     @router.route(subjects.ORG_CREATE, CreateOrg)
     async def create_org(request: Request[CreateOrg]) -> Result:
+        authorize(request.caller, "service_admin", None)
         org_id = request.body.org_id or ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
@@ -159,6 +184,9 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
 
     @router.route(subjects.ORG_RENAME, RenameOrg)
     async def rename_org(request: Request[RenameOrg]) -> Result:
+        org_id = request.body.org_id
+        authorize(request.caller, "org_admin", org_id, hidden=missing_org(org_id))
+
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)
             return orgs.rename(org, request.body)
@@ -167,6 +195,9 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
 
     @router.route(subjects.ORG_DELETE, DeleteOrg)
     async def delete_org(request: Request[DeleteOrg]) -> Result:
+        org_id = request.body.org_id
+        authorize(request.caller, "org_admin", org_id, hidden=missing_org(org_id))
+
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)
             return orgs.delete(org, request.body)
@@ -176,6 +207,7 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
     @router.route(subjects.USER_REGISTER, RegisterUser)
     async def register_user(request: Request[RegisterUser]) -> Result:
         command = request.body
+        authorize(request.caller, "org_admin", command.org_id, hidden=missing_org(command.org_id))
         email = normalize_email(command.email)
         user_id = command.user_id or ids.new_id()
         password_hash: list[str] = []  # hashed once, however many attempts
@@ -214,7 +246,8 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
         new_email = normalize_email(command.email) if command.email else None
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            user = await _load_user(loader, command.user_id)
+            user = await runner.load_user(loader, command.user_id)
+            check_user(request, "self", user)
             new_reservation = old_reservation = None
             if user.state and new_email and new_email != user.state.email:
                 new_reservation = await loader.load(
@@ -240,8 +273,8 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
         new_hash: list[str] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            user = await _load_user(loader, command.user_id)
-            state = users.require_live(user, command.user_id)
+            user = await runner.load_user(loader, command.user_id)
+            state = check_user(request, "self", user)
             matches = await asyncio.to_thread(
                 verify_password, command.old_password, state.password_hash
             )
@@ -256,7 +289,8 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
     @router.route(subjects.USER_SET_ROLES, SetRoles)
     async def set_roles(request: Request[SetRoles]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            user = await _load_user(loader, request.body.user_id)
+            user = await runner.load_user(loader, request.body.user_id)
+            check_user(request, "org_admin", user)
             return users.set_roles(user, request.body)
 
         return await runner.run("user.set_roles", request, plan)
@@ -264,8 +298,8 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
     @router.route(subjects.USER_DELETE, DeleteUser)
     async def delete_user(request: Request[DeleteUser]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            user = await _load_user(loader, request.body.user_id)
-            state = users.require_live(user, request.body.user_id)
+            user = await runner.load_user(loader, request.body.user_id)
+            state = check_user(request, "org_admin", user)
             reservation = await loader.load(
                 subjects.email_reservation(state.email), users.evolve_reservation
             )

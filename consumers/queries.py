@@ -11,8 +11,17 @@ import msgspec
 from agentmem import subjects
 from agentmem.commands import normalize_email
 from agentmem.errors import InvalidError, NotFoundError
-from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
+from agentmem.queries import (
+    EmailExists,
+    GetOrg,
+    GetUser,
+    GetUserByEmail,
+    ListApiKeys,
+    ListOrgs,
+    ListUsers,
+)
 from agentmem.store import Store
+from consumers.auth import authorize
 from consumers.freshness import Freshness
 from consumers.router import Request, Result, Router
 
@@ -51,51 +60,69 @@ def user_view(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "roles": msgspec.json.decode(row["roles"])}
 
 
+def _hide_other_org(request: Request[Any], row: dict[str, Any] | None, missing: str) -> None:
+    """Another organization's row is answered exactly as a missing one."""
+    if row is None:
+        raise NotFoundError(missing)
+    authorize(request.caller, "reader", row["org_id"], NotFoundError(missing))
+
+
 def build_router(store: Store, freshness: Freshness) -> Router:
     router = Router()
 
     @router.route(subjects.ORG_GET, GetOrg)
     async def get_org(request: Request[GetOrg]) -> Result:
+        missing = f"organization {request.body.org_id} does not exist"
+        authorize(request.caller, "reader", request.body.org_id, NotFoundError(missing))
         seq = await freshness.wait("orgs", request.body.after_seq)
         row = await store.fetch_one(
             f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id = ?", request.body.org_id
         )
         if row is None:
-            raise NotFoundError(f"organization {request.body.org_id} does not exist")
+            raise NotFoundError(missing)
         return row, seq
 
     @router.route(subjects.ORG_LIST, ListOrgs)
     async def list_orgs(request: Request[ListOrgs]) -> Result:
-        query = request.body
+        query, caller = request.body, request.caller
+        authorize(caller, "reader", None)
         seq = await freshness.wait("orgs", query.after_seq)
+        # Everyone but a service administrator sees only their own organization.
+        scope, args = ("", ()) if caller.service_admin else ("AND org_id = ? ", (caller.org_id,))
         rows = await store.fetch_all(
-            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id > ? ORDER BY org_id LIMIT ?",
+            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id > ? {scope}ORDER BY org_id LIMIT ?",
             decode_cursor(query.cursor),
+            *args,
             query.limit + 1,
         )
         return page(rows, query.limit, "org_id"), seq
 
     @router.route(subjects.USER_GET, GetUser)
     async def get_user(request: Request[GetUser]) -> Result:
+        authorize(request.caller, "reader", None)
         seq = await freshness.wait("users", request.body.after_seq)
         row = await store.fetch_one(
             f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", request.body.user_id
         )
-        if row is None:
-            raise NotFoundError(f"user {request.body.user_id} does not exist")
+        _hide_other_org(request, row, f"user {request.body.user_id} does not exist")
+        assert row is not None
         return user_view(row), seq
 
     @router.route(subjects.USER_GET_BY_EMAIL, GetUserByEmail)
     async def get_user_by_email(request: Request[GetUserByEmail]) -> Result:
+        authorize(request.caller, "reader", None)
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
         row = await store.fetch_one(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", email)
-        if row is None:
-            raise NotFoundError(f"no user has the email {email}")
+        _hide_other_org(request, row, f"no user has the email {email}")
+        assert row is not None
         return user_view(row), seq
 
     @router.route(subjects.USER_EMAIL_EXISTS, EmailExists)
     async def email_exists(request: Request[EmailExists]) -> Result:
+        # Emails are unique across the service, so the answer spans organizations: only
+        # those who register users may ask.
+        authorize(request.caller, "org_admin", None)
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
         row = await store.fetch_one("SELECT 1 AS found FROM users WHERE email = ?", email)
@@ -104,16 +131,35 @@ def build_router(store: Store, freshness: Freshness) -> Router:
     @router.route(subjects.USER_LIST, ListUsers)
     async def list_users(request: Request[ListUsers]) -> Result:
         query = request.body
+        org_id = query.org_id or request.caller.org_id
+        missing = f"organization {org_id} does not exist"
+        authorize(request.caller, "reader", org_id, NotFoundError(missing))
         seq = await freshness.wait("users", query.after_seq)
         rows = await store.fetch_all(
             f"SELECT {_USER_COLUMNS} FROM users WHERE org_id = ? AND user_id > ? "
             "ORDER BY user_id LIMIT ?",
-            query.org_id,
+            org_id,
             decode_cursor(query.cursor),
             query.limit + 1,
         )
         result = page(rows, query.limit, "user_id")
         result["items"] = [user_view(r) for r in result["items"]]
         return result, seq
+
+    @router.route(subjects.APIKEY_LIST, ListApiKeys)
+    async def list_api_keys(request: Request[ListApiKeys]) -> Result:
+        user_id = request.body.user_id or request.caller.user_id
+        seq = await freshness.wait("users", request.body.after_seq)
+        owner = await store.fetch_one("SELECT org_id FROM users WHERE user_id = ?", user_id)
+        missing = f"user {user_id} does not exist"
+        if owner is None:
+            raise NotFoundError(missing)
+        authorize(request.caller, "self", owner["org_id"], NotFoundError(missing), user_id)
+        rows = await store.fetch_all(
+            "SELECT key_id, user_id, name, prefix, created_at, revoked_at FROM api_keys "
+            "WHERE user_id = ? ORDER BY key_id",
+            user_id,
+        )
+        return {"items": rows}, seq
 
     return router

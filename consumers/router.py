@@ -21,7 +21,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from agentmem import envelope, subjects
-from agentmem.errors import AgentMemError, InternalError, InvalidError
+from agentmem.domain.access import Principal
+from agentmem.errors import AgentMemError, InternalError, InvalidError, UnauthenticatedError
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +36,19 @@ class Request(Generic[R]):
     body: R
     headers: dict[str, str]
     subject: str
+    # Who is asking; None only on the few public subjects (login, health).
+    principal: Principal | None = None
+
+    @property
+    def caller(self) -> Principal:
+        if self.principal is None:
+            raise UnauthenticatedError("this subject needs credentials")
+        return self.principal
 
 
 Result = tuple[Any, int | None]
 Handler = Callable[[Request[Any]], Awaitable[Result]]
+Authenticate = Callable[[dict[str, str]], Awaitable[Principal]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Route:
     subject: str
     decoder: msgspec.json.Decoder[Any]
     handler: Handler
+    public: bool = False
 
 
 class Router:
@@ -53,7 +64,7 @@ class Router:
         self.routes: dict[str, Route] = {}
 
     def route(
-        self, subject: str, request_type: type[R]
+        self, subject: str, request_type: type[R], *, public: bool = False
     ) -> Callable[
         [Callable[[Request[R]], Awaitable[Result]]], Callable[[Request[R]], Awaitable[Result]]
     ]:
@@ -62,7 +73,8 @@ class Router:
         ) -> Callable[[Request[R]], Awaitable[Result]]:
             if subject in self.routes:
                 raise ValueError(f"two handlers for {subject}")
-            self.routes[subject] = Route(subject, msgspec.json.Decoder(request_type), handler)
+            decoder = msgspec.json.Decoder(request_type)
+            self.routes[subject] = Route(subject, decoder, handler, public)
             return handler
 
         return register
@@ -84,9 +96,16 @@ def _describe(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
 class Dispatcher:
     """Subscribes a router's subject trees in the queue group and answers every request."""
 
-    def __init__(self, nc: NATS, router: Router, max_in_flight: int = 1024) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        router: Router,
+        authenticate: Authenticate,
+        max_in_flight: int = 1024,
+    ) -> None:
         self.nc = nc
         self.router = router
+        self.authenticate = authenticate
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -138,13 +157,16 @@ class Dispatcher:
                     f"request of {len(data)} bytes is over the limit of {MAX_REQUEST_BYTES}",
                     {"limit": MAX_REQUEST_BYTES, "size": len(data)},
                 )
+            # Credentials first: a caller without them learns nothing, not even what is
+            # wrong with the request.
+            principal = None if route.public else await self.authenticate(headers)
             try:
                 body = route.decoder.decode(data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise InvalidError(_describe(exc)) from exc
             except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes in a string
                 raise InvalidError(f"malformed JSON: text is not valid UTF-8 ({exc})") from exc
-            result, seq = await route.handler(Request(body, headers, subject))
+            result, seq = await route.handler(Request(body, headers, subject, principal))
             return envelope.ok(result, seq)
         except AgentMemError as exc:
             return envelope.error(exc)

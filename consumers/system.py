@@ -13,6 +13,7 @@ from agentmem import subjects
 from agentmem.eventlog import EventLog
 from agentmem.queries import Status
 from agentmem.store import Store
+from consumers.auth import authorize
 from consumers.router import Request, Result, Router
 from projections import ALL
 from projections.worker import durable_name
@@ -66,10 +67,12 @@ def build_router(
 
     @router.route(subjects.SYS_STATUS, Status)
     async def status(request: Request[Status]) -> Result:
+        authorize(request.caller, "service_admin", None)
         report = await collect_status(nc, store, stream)
         return report, report["stream"]["last_seq"]
 
-    @router.route(subjects.SYS_HEALTH, Status)
+    # Public, for liveness probes: it says only whether the parts are up.
+    @router.route(subjects.SYS_HEALTH, Status, public=True)
     async def health(request: Request[Status]) -> Result:
         checks: dict[str, Any] = {}
         try:

@@ -7,6 +7,8 @@ import msgspec
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
     OrgDeleted,
     UserDeleted,
     UserPasswordChanged,
@@ -24,6 +26,7 @@ USERS = Table(
         Column("name", "text"),
         Column("email", "text"),
         Column("roles", "json"),
+        Column("service_admin", "integer"),
         Column("created_at", "integer"),
         Column("updated_at", "integer"),
         Column("version", "integer"),
@@ -36,6 +39,22 @@ USERS = Table(
 )
 
 
+API_KEYS = Table(
+    name="api_keys",
+    columns=(
+        Column("key_id", "text"),
+        Column("user_id", "text"),
+        Column("org_id", "text"),
+        Column("name", "text"),
+        Column("prefix", "text"),
+        Column("created_at", "integer"),
+        Column("revoked_at", "integer", nullable=True),
+    ),
+    primary_key=("key_id",),
+    indexes=(("api_keys_user", ("user_id", "key_id"), False),),
+)
+
+
 def _json(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
@@ -44,7 +63,7 @@ class UsersProjection:
     name = "users"
     # Org events too: deleting an organization removes its users from the table.
     filter_subjects = [subjects.events_of("user"), subjects.events_of("org")]
-    tables = [USERS]
+    tables = [USERS, API_KEYS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
         ops: list[RowOp] = []
@@ -58,6 +77,7 @@ class UsersProjection:
                         "name": event.name,
                         "email": event.email,
                         "roles": _json(list(event.roles)),
+                        "service_admin": int(event.service_admin),
                         "created_at": at,
                         "updated_at": at,
                         "version": version,
@@ -75,6 +95,21 @@ class UsersProjection:
                     ops.append(Update("users", {"user_id": user_id}, values))
                 case UserDeleted(user_id=user_id):
                     ops.append(Delete("users", {"user_id": user_id}))
+                    ops.append(Delete("api_keys", {"user_id": user_id}))
                 case OrgDeleted(org_id=org_id):
                     ops.append(Delete("users", {"org_id": org_id}))
+                    ops.append(Delete("api_keys", {"org_id": org_id}))
+                case ApiKeyCreated():
+                    row = {
+                        "key_id": event.key_id,
+                        "user_id": event.user_id,
+                        "org_id": commit.subject.split(".")[2],
+                        "name": event.name,
+                        "prefix": event.prefix,
+                        "created_at": at,
+                        "revoked_at": None,
+                    }
+                    ops.append(Upsert("api_keys", row))
+                case ApiKeyRevoked(key_id=key_id):
+                    ops.append(Update("api_keys", {"key_id": key_id}, {"revoked_at": at}))
         return ops

@@ -45,6 +45,22 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     await connection.close()
 
 
+def admin_key(data_dir: Path) -> str:
+    """The service administrator's API key, saved by the first start of a deployment."""
+    return (data_dir / "admin.key").read_text().strip()
+
+
 @pytest.fixture
-async def client(service: Service, nc: NATS) -> Client:
-    return Client(nc)
+def admin_token(service: Service, tmp_path: Path) -> str:
+    return admin_key(tmp_path)
+
+
+@pytest.fixture
+def auth_headers(admin_token: str) -> dict[str, str]:
+    """Headers that authenticate a raw nats-py request as the service administrator."""
+    return {"Authorization": f"Bearer {admin_token}"}
+
+
+@pytest.fixture
+async def client(service: Service, nc: NATS, admin_token: str) -> Client:
+    return Client(nc, admin_token)

@@ -21,8 +21,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
-from agentmem.eventlog import H_COMMAND_ID
-from agentmem.store import Store, open_store
+from agentmem.auth import tokens
+from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL
+from agentmem.store import Store, Table, open_store
 from projections import ALL
 from projections.replay import replay
 from tests.support import TEST_PASSWORD_COST
@@ -63,6 +64,14 @@ class LogMessage:
     @property
     def command_id(self) -> str:
         return self.headers.get(H_COMMAND_ID, "")
+
+    @property
+    def commit_type(self) -> str:
+        return self.headers.get(H_COMMIT_TYPE, "")
+
+    @property
+    def principal(self) -> str:
+        return self.headers.get(H_PRINCIPAL, "")
 
     @property
     def aggregate(self) -> str:
@@ -107,6 +116,24 @@ async def read_log(nc: NATS, stream: str = subjects.STREAM_NAME) -> list[LogMess
     return messages
 
 
+def bootstrap_batch(messages: list[LogMessage]) -> list[LogMessage]:
+    """The atomic batch the first start of the deployment wrote: the bootstrap marker and
+    every message committed with it, found in the log (whatever it holds) and checked."""
+    markers = [m for m in messages if m.subject == subjects.bootstrap()]
+    assert len(markers) == 1, f"one bootstrap marker, not {len(markers)}"
+    batch = [m for m in messages if m.command_id == markers[0].command_id]
+    assert {m.commit_type for m in batch} == {"service.bootstrap"}, batch
+    first = batch[0].seq
+    assert [m.seq for m in batch] == list(range(first, first + len(batch))), "contiguous"
+    return batch
+
+
+def after_bootstrap(messages: list[LogMessage]) -> list[LogMessage]:
+    """Every message but the bootstrap batch: what the test itself caused."""
+    batch = {m.seq for m in bootstrap_batch(messages)}
+    return [m for m in messages if m.seq not in batch]
+
+
 def last_seq_per_projection(messages: list[LogMessage]) -> dict[str, int]:
     """What each projection's checkpoint must reach: the last seq among its subjects."""
     aggregates = {p.name: {f.split(".")[3] for f in p.filter_subjects} for p in ALL}
@@ -127,6 +154,15 @@ async def dump_store(store: Store) -> dict[str, Any]:
         (p.projection, p.seq, p.subject, p.error) for p in await store.parked()
     ]
     return dumped
+
+
+def rows(dumped: dict[str, Any], table: Table) -> dict[Any, dict[str, Any]]:
+    """A dumped table as {first primary key column: {column: value}}."""
+    by_key: dict[Any, dict[str, Any]] = {}
+    for row in dumped[table.name]:
+        named = dict(zip(table.column_names, row, strict=True))
+        by_key[named[table.primary_key[0]]] = named
+    return by_key
 
 
 async def dump_file(path: Path) -> dict[str, Any]:
@@ -150,19 +186,27 @@ async def replay_into(nc: NATS, path: Path) -> dict[str, Any]:
         await store.close()
 
 
-async def status(nc: NATS, timeout: float = 2.0) -> dict[str, Any]:
-    reply = json.loads((await nc.request(subjects.SYS_STATUS, b"{}", timeout=timeout)).data)
+def bearer(token: str) -> dict[str, str]:
+    """Headers that authenticate a raw nats-py request with ``token``."""
+    return {tokens.HEADER: f"Bearer {token}"}
+
+
+async def status(nc: NATS, token: str, timeout: float = 2.0) -> dict[str, Any]:
+    """``agentmem.sys.status``, asked as ``token`` (a service administrator's)."""
+    message = await nc.request(subjects.SYS_STATUS, b"{}", timeout=timeout, headers=bearer(token))
+    reply = json.loads(message.data)
     assert reply["ok"], reply
     report: dict[str, Any] = reply["data"]
     return report
 
 
-async def wait_caught_up(nc: NATS, timeout: float = 20.0) -> dict[str, Any]:
+async def wait_caught_up(nc: NATS, token: str, timeout: float = 20.0) -> dict[str, Any]:
     """Wait until the running service reports lag 0 and every checkpoint at the last seq of
-    its projection's subjects in the log (read independently of the service)."""
+    its projection's subjects in the log (read independently of the service). ``token``: a
+    service administrator's, which agentmem.sys.status needs."""
 
     async def caught_up() -> dict[str, Any] | None:
-        report = await status(nc)
+        report = await status(nc, token)
         expected = last_seq_per_projection(await read_log(nc))
         for name, projection in report["projections"].items():
             if projection["lag"] != 0 or projection["checkpoint"] != expected[name]:

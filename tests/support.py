@@ -86,12 +86,20 @@ class ServiceProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def data_dir(self) -> Path:
+        return self.store.parent
+
+    def admin_key(self) -> str:
+        """The service administrator's API key, which the first start saved in the data dir."""
+        return (self.data_dir / "admin.key").read_text().strip()
+
     def start(self) -> None:
         env = {
             **os.environ,
             "AGENTMEM_NATS": self.nats_url,
             "AGENTMEM_STORE": str(self.store),
-            "AGENTMEM_DATA_DIR": str(self.store.parent),
+            "AGENTMEM_DATA_DIR": str(self.data_dir),
             "AGENTMEM_PASSWORD_COST": str(TEST_PASSWORD_COST),
             "AGENTMEM_LOG_FORMAT": "json",
         }

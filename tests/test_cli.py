@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from agentmem import Client, subjects
+from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
+from tests.conftest import admin_key
 from tests.realparts import (
+    Ran,
+    after_bootstrap,
     agentmem_command,
+    bootstrap_batch,
     child_pids,
     clean_env,
     cmdline,
     eventually,
     process_alive,
+    read_log,
     run_cli,
     status,
     wait_caught_up,
@@ -35,20 +43,22 @@ async def quiet(exc: Exception) -> None:
 
 
 class Serve:
-    """One ``agentmem serve`` child process, its output in a log file."""
+    """One ``agentmem serve`` child process: its log lines (stderr) in a log file, what it
+    prints on stdout in another, each appended to across restarts."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
         self.args, self.env, self.cwd, self.log = args, env, cwd, log
+        self.out = log.with_suffix(".out")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log, "ab") as out:
+        with open(self.log, "ab") as err, open(self.out, "ab") as out:
             self.process = subprocess.Popen(
                 [*agentmem_command(), "serve", *self.args],
                 env=self.env,
                 cwd=self.cwd,
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err,
             )
 
     @property
@@ -56,8 +66,14 @@ class Serve:
         assert self.process is not None
         return self.process.pid
 
-    def output(self) -> str:
+    def log_lines(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def printed(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    def output(self) -> str:
+        return self.log_lines() + self.printed()
 
     async def connect(self, url: str, timeout: float = 20.0) -> NATS:
         """Connect once the service answers agentmem.sys.health."""
@@ -129,6 +145,49 @@ def nats_child(serve: Serve) -> int:
     return children[0]
 
 
+def check_admin_key_shown_once(serve: Serve, data: Path) -> str:
+    """The first start saved the administrator's API key in the data dir, readable only by
+    its owner, and printed it on stdout exactly once (however often serve started); it is
+    in no log line."""
+    path = data / "admin.key"
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+    key = admin_key(data)
+    token = tokens.parse(key)
+    assert token is not None, key
+    assert token.kind == "key", key
+    printed = serve.printed()
+    assert printed.count(key) == 1, printed
+    assert re.findall(rf"{tokens.API_KEY_PREFIX}_\S+", printed) == [key], printed
+    assert key in printed.splitlines(), "the key on a line of its own, to copy"
+    logs = serve.log_lines()
+    assert logs.strip(), "serve logged something"
+    assert token.secret not in logs
+    assert f"{tokens.API_KEY_PREFIX}_" not in logs
+    return key
+
+
+@contextlib.asynccontextmanager
+async def status_requests(nc: NATS) -> AsyncIterator[list[Msg]]:
+    """Every agentmem.sys.status request made while inside (a plain subscriber gets a copy
+    of each; it never answers)."""
+    seen: list[Msg] = []
+
+    async def record(msg: Msg) -> None:
+        seen.append(msg)
+
+    subscription = await nc.subscribe(subjects.SYS_STATUS, cb=record)
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await nc.flush()
+        await subscription.unsubscribe()
+
+
+def credentials_sent(seen: list[Msg]) -> list[str | None]:
+    return [(m.headers or {}).get(tokens.HEADER) for m in seen]
+
+
 async def wait_gone(pid: int, timeout: float = 10.0) -> None:
     async def gone() -> bool:
         return not process_alive(pid)
@@ -149,26 +208,31 @@ async def test_serve_embedded_stops_cleanly_and_resumes(
     nats_pid = nats_child(serve)
     conf = (data / "nats-server.conf").read_text()
     assert re.search(r"^\s*sync_interval:\s*always\s*$", conf, re.MULTILINE), conf
+    key = check_admin_key_shown_once(serve, data)
+    bootstrap = bootstrap_batch(await read_log(nc))
 
-    client = Client(nc)
+    client = Client(nc, key)
     org = (await client.create_org("Acme")).fields["org_id"]
     user = await client.register_user(org, "Ann", "ann@example.com", "password-1")
-    before = await wait_caught_up(nc)
+    before = await wait_caught_up(nc, key)
     await nc.close()
 
     assert serve.stop(sig) == 0, serve.output()[-2000:]
-    assert "agentmem stopped" in serve.output()
+    assert "agentmem stopped" in serve.log_lines()
     await wait_gone(nats_pid)
     assert port_is_free("127.0.0.1", port)
 
-    # Restarted on the same data: the user is there, nothing re-applied or lost.
+    # Restarted on the same data: the user is there, nothing re-applied or lost; the first
+    # start's administrator and key stand (no second bootstrap, nothing printed again).
     serve.start()
     nc = await serve.connect(url)
     try:
-        client = Client(nc)
+        assert check_admin_key_shown_once(serve, data) == key
+        assert bootstrap_batch(await read_log(nc)) == bootstrap
+        client = Client(nc, key)
         got = await client.get_user(user.fields["user_id"])
         assert (got.name, got.email, got.version) == ("Ann", "ann@example.com", user.version)
-        after = await wait_caught_up(nc)
+        after = await wait_caught_up(nc, key)
         assert after["stream"]["last_seq"] == before["stream"]["last_seq"]
         assert {k: v["checkpoint"] for k, v in after["projections"].items()} == {
             k: v["checkpoint"] for k, v in before["projections"].items()
@@ -177,7 +241,8 @@ async def test_serve_embedded_stops_cleanly_and_resumes(
     finally:
         await nc.close()
     assert serve.stop(sig) == 0
-    assert serve.output().count("agentmem stopped") == 2
+    assert serve.log_lines().count("agentmem stopped") == 2
+    check_admin_key_shown_once(serve, data)
     await wait_gone(nats_pid)
 
 
@@ -227,32 +292,86 @@ async def test_status_against_a_running_and_a_stopped_service(
     flags = ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
     serve = new_serve(serves, tmp_path, flags)
     nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    key = admin_key(data)
     try:
-        client = Client(nc)
+        client = Client(nc, key)
         org = (await client.create_org("Acme")).fields["org_id"]
         for n in range(3):
             await client.register_user(org, f"U{n}", f"u{n}@example.com", "password-1")
         await client.rename_org(org, "Acme 2")
-        report = await wait_caught_up(nc)
+        report = await wait_caught_up(nc, key)
+        checkpoints = {name: p["checkpoint"] for name, p in report["projections"].items()}
+        last_seq = report["stream"]["last_seq"]
+        messages = await read_log(nc)
+        assert last_seq == messages[-1].seq
+        # An org, three users (each with its email reservation), a rename: after the batch
+        # the first start wrote.
+        assert len(after_bootstrap(messages)) == 1 + 3 * 2 + 1
+        assert set(checkpoints) == {"orgs", "users"}
+
+        def assert_reported(ran: Ran) -> None:
+            assert ran.returncode == 0, ran.stderr
+            assert "Traceback" not in ran.stderr
+            seq, table = parse_status(ran.stdout)
+            assert seq == last_seq
+            assert {name: (cp, lag) for name, (cp, lag, _) in table.items()} == {
+                name: (cp, "0") for name, cp in checkpoints.items()
+            }
+
+        # The running service answers, asked with the administrator's key that the first
+        # start saved in the data dir: nothing else needed.
+        async with status_requests(nc) as seen:
+            ran = await run_cli("status", *flags, env=clean_env(), cwd=tmp_path)
+        assert_reported(ran)
+        assert credentials_sent(seen) == [f"Bearer {key}"]
+        assert ran.stderr == ""
+        async with status_requests(nc) as seen:
+            as_json = await run_cli("status", "--json", *flags, env=clean_env(), cwd=tmp_path)
+        assert credentials_sent(seen) == [f"Bearer {key}"]
+        assert as_json.returncode == 0, as_json.stderr
+        parsed = json.loads(as_json.stdout)
+        assert parsed["stream"]["last_seq"] == last_seq
+        assert {k: v["checkpoint"] for k, v in parsed["projections"].items()} == checkpoints
+
+        # Another key, from AGENTMEM_TOKEN, wins over the file; --token wins over both.
+        other = (await client.create_api_key("status")).fields["token"]
+        report = await wait_caught_up(nc, key)
+        last_seq = report["stream"]["last_seq"]
+        checkpoints = {name: p["checkpoint"] for name, p in report["projections"].items()}
+        env = clean_env(AGENTMEM_TOKEN=other)
+        async with status_requests(nc) as seen:
+            ran = await run_cli("status", *flags, env=env, cwd=tmp_path)
+        assert_reported(ran)
+        assert credentials_sent(seen) == [f"Bearer {other}"]
+        async with status_requests(nc) as seen:
+            ran = await run_cli("status", *flags, "--token", key, env=env, cwd=tmp_path)
+        assert_reported(ran)
+        assert credentials_sent(seen) == [f"Bearer {key}"]
+
+        # Refused (a wrong key): it says so in one line, then reads the store itself.
+        wrong = tokens.parse(key)
+        assert wrong is not None
+        wrong = tokens.Token(wrong.kind, wrong.org_id, wrong.user_id, wrong.credential_id, "0" * 64)
+        async with status_requests(nc) as seen:
+            ran = await run_cli("status", *flags, "--token", str(wrong), env=env, cwd=tmp_path)
+        assert_reported(ran)
+        assert credentials_sent(seen) == [f"Bearer {wrong}"]
+        assert "refused" in ran.stderr, ran.stderr
+        assert "unauthenticated" in ran.stderr, ran.stderr
+        assert len(ran.stderr.splitlines()) == 1, ran.stderr
+        assert wrong.secret not in ran.stderr + ran.stdout
+
+        # No credentials at all (a data dir without a key): it does not ask, and reads the
+        # store itself.
+        bare = ["--data-dir", str(tmp_path / "no-key"), "--listen", f"127.0.0.1:{port}"]
+        bare += ["--store", str(data / "agentmem.db")]
+        async with status_requests(nc) as seen:
+            ran = await run_cli("status", *bare, env=clean_env(), cwd=tmp_path)
+        assert_reported(ran)
+        assert seen == []
+        assert ran.stderr == ""
     finally:
         await nc.close()
-    checkpoints = {name: p["checkpoint"] for name, p in report["projections"].items()}
-    last_seq = report["stream"]["last_seq"]
-    assert last_seq >= 8
-    assert set(checkpoints) == {"orgs", "users"}
-
-    ran = await run_cli("status", *flags, env=clean_env(), cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr
-    seq, table = parse_status(ran.stdout)
-    assert seq == last_seq
-    assert {name: (cp, lag) for name, (cp, lag, _) in table.items()} == {
-        name: (cp, "0") for name, cp in checkpoints.items()
-    }
-    as_json = await run_cli("status", "--json", *flags, env=clean_env(), cwd=tmp_path)
-    assert as_json.returncode == 0, as_json.stderr
-    parsed = json.loads(as_json.stdout)
-    assert parsed["stream"]["last_seq"] == last_seq
-    assert {k: v["checkpoint"] for k, v in parsed["projections"].items()} == checkpoints
 
     nats_pid = nats_child(serve)
     assert serve.stop() == 0
@@ -280,18 +399,28 @@ async def test_flags_come_from_agentmem_env_vars(serves: list[Serve], tmp_path: 
     serve = new_serve(serves, tmp_path, [], **env)
     nc = await serve.connect(f"nats://127.0.0.1:{port}")
     try:
-        await Client(nc).create_org("Acme")
-        report = await wait_caught_up(nc)
+        key = check_admin_key_shown_once(serve, data)  # in the data dir the env var named
+        created = await Client(nc, key).create_org("Acme")
+        report = await wait_caught_up(nc, key)
+        # The log: the first start's batch, then the one org.create.
+        messages = await read_log(nc)
+        (mine,) = after_bootstrap(messages)
+        assert (mine.seq, mine.commit_type) == (created.seq, "org.create")
+        assert messages[-1] == mine
+
+        assert (data / "agentmem.db").is_file()
+        assert "sync_interval: always" in (data / "nats-server.conf").read_text()
+        assert f"127.0.0.1:{port}" in (data / "nats-server.conf").read_text()
+        assert not (tmp_path / "data").exists()  # not the default ./data
+
+        async with status_requests(nc) as seen:  # the key found through AGENTMEM_DATA_DIR
+            ran = await run_cli("status", "--json", env=clean_env(**env), cwd=tmp_path)
+        assert ran.returncode == 0, ran.stderr
+        assert credentials_sent(seen) == [f"Bearer {key}"]
+        assert json.loads(ran.stdout)["stream"]["last_seq"] == report["stream"]["last_seq"]
+        assert report["stream"]["last_seq"] == mine.seq
     finally:
         await nc.close()
-    assert (data / "agentmem.db").is_file()
-    assert "sync_interval: always" in (data / "nats-server.conf").read_text()
-    assert f"127.0.0.1:{port}" in (data / "nats-server.conf").read_text()
-    assert not (tmp_path / "data").exists()  # not the default ./data
-
-    ran = await run_cli("status", "--json", env=clean_env(**env), cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr
-    assert json.loads(ran.stdout)["stream"]["last_seq"] == report["stream"]["last_seq"] == 1
     assert serve.stop() == 0
 
 
@@ -301,10 +430,11 @@ async def test_status_reply_matches_the_cli(serves: list[Serve], tmp_path: Path)
     flags = ["--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}"]
     serve = new_serve(serves, tmp_path, flags)
     nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    key = admin_key(tmp_path / "d")
     try:
         bad = (await nc.jetstream().publish(subjects.event("o", "user", "u"), b"nope")).seq
-        await wait_caught_up(nc)
-        report = await status(nc)
+        await wait_caught_up(nc, key)
+        report = await status(nc, key)
     finally:
         await nc.close()
     ran = await run_cli("status", *flags, env=clean_env(), cwd=tmp_path)
@@ -328,3 +458,27 @@ async def test_sigterm_during_startup_stops_serve(serves: list[Serve], tmp_path:
     assert serve.stop(signal.SIGTERM, timeout=15) == 0
     assert time.monotonic() - started < 10
     assert "Traceback" not in serve.output()
+    assert not (tmp_path / "d" / "admin.key").exists(), "no bootstrap without a log"
+
+
+async def test_admin_create_key_makes_a_working_key_from_the_log(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    flags = ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+    serve = new_serve(serves, tmp_path, flags)
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    try:
+        made = await run_cli("admin", "create-key", "--name", "ops", *flags, env=clean_env())
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        assert key.startswith("amk_")
+        assert key != admin_key(data)
+        root = Client(nc, key)
+        org = (await root.create_org("Made with the CLI key")).fields["org_id"]
+        keys = await root.list_api_keys(after_seq=root.last_seq)
+        assert {k["name"] for k in keys} == {"bootstrap", "ops"}
+        assert (await root.get_org(org)).name == "Made with the CLI key"
+    finally:
+        await nc.close()

@@ -26,10 +26,13 @@ from agentmem import (
     envelope,
     subjects,
 )
+from agentmem.bootstrap import ADMIN_ORG_NAME
+from agentmem.client import Org
 from agentmem.eventlog import EventLog
 from agentmem.service import Service
 from consumers import commands as command_handlers
 from consumers.aggregates import AggregateCache
+from consumers.auth import Authenticator
 from consumers.router import Dispatcher
 from tests.support import TEST_PASSWORD_COST, NatsServer
 
@@ -92,8 +95,8 @@ async def recorded(service: Service, nc: NATS) -> AsyncIterator[RecordingConnect
 
 
 @pytest.fixture
-async def api(recorded: RecordingConnection) -> Client:
-    return Client(recorded)  # type: ignore[arg-type]
+async def api(recorded: RecordingConnection, admin_token: str) -> Client:
+    return Client(recorded, admin_token)  # type: ignore[arg-type]
 
 
 # Helpers ---------------------------------------------------------------------------------
@@ -103,8 +106,28 @@ async def stream_state(nc: NATS) -> tuple[int, int]:
     return info.state.last_seq, info.state.messages
 
 
+class _Admin:
+    """The service administrator's key for the running test (set by ``as_admin``)."""
+
+    token = ""
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+ADMIN = _Admin()
+
+
+@pytest.fixture(autouse=True)
+def as_admin(request: pytest.FixtureRequest) -> None:
+    if "service" in request.fixturenames:
+        ADMIN.token = request.getfixturevalue("admin_token")
+
+
 async def raw(nc: Any, subject: str, body: dict[str, Any]) -> envelope.Reply:
-    message = await nc.request(subject, msgspec.json.encode(body), timeout=10)
+    message = await nc.request(
+        subject, msgspec.json.encode(body), timeout=10, headers=ADMIN.headers()
+    )
     return envelope.decode(message.data)
 
 
@@ -112,8 +135,15 @@ async def cold_handle(nc: NATS, subject: str, body: dict[str, Any]) -> envelope.
     """Handle a command as a second service process would: its own, empty aggregate cache."""
     log = EventLog(nc)
     runner = command_handlers.CommandRunner(log, AggregateCache(log))
-    dispatcher = Dispatcher(nc, command_handlers.build_router(runner, TEST_PASSWORD_COST))
-    return envelope.decode(await dispatcher.handle(subject, msgspec.json.encode(body), {}))
+    router = command_handlers.build_router(runner, TEST_PASSWORD_COST)
+    dispatcher = Dispatcher(nc, router, Authenticator(runner.cache))
+    payload = msgspec.json.encode(body)
+    return envelope.decode(await dispatcher.handle(subject, payload, ADMIN.headers()))
+
+
+def tenants(orgs: list[Org]) -> list[Org]:
+    """The organizations a test made: without the service's own, made by the bootstrap."""
+    return [org for org in orgs if org.name != ADMIN_ORG_NAME]
 
 
 async def new_org(api: Client, name: str = "Acme") -> str:
@@ -162,14 +192,19 @@ async def test_org_create_get_rename_list_delete(api: Client, nc: NATS) -> None:
 
     other = await new_org(api, "Other")
     listed = await api.list_orgs(after_seq=api.last_seq)
-    assert {o.org_id: o.name for o in listed.items} == {org_id: "Acme Ltd", other: "Other"}
+    assert {o.org_id: o.name for o in tenants(listed.items)} == {
+        org_id: "Acme Ltd",
+        other: "Other",
+    }
     assert listed.next_cursor is None
 
     deleted = await api.delete_org(org_id)
     assert deleted.event == "org.deleted"
     with pytest.raises(NotFoundError):
         await api.get_org(org_id, after_seq=api.last_seq)
-    assert [o.org_id for o in (await api.list_orgs(after_seq=api.last_seq)).items] == [other]
+    assert [o.org_id for o in tenants((await api.list_orgs(after_seq=api.last_seq)).items)] == [
+        other
+    ]
 
     before = await stream_state(nc)
     with pytest.raises(NotFoundError):
@@ -189,7 +224,7 @@ async def test_list_orgs_pages_through_everything(api: Client) -> None:
     cursor = None
     for _ in range(5):
         page = await api.list_orgs(limit=2, cursor=cursor, after_seq=api.last_seq)
-        seen += [o.org_id for o in page.items]
+        seen += [o.org_id for o in tenants(page.items)]
         cursor = page.next_cursor
         if cursor is None:
             break
@@ -208,6 +243,7 @@ async def test_user_register_get_update_roles_delete(api: Client, nc: NATS) -> N
         "name": "Ann",
         "email": "ann@example.com",  # normalised
         "roles": ["member"],  # the default
+        "service_admin": False,  # only the bootstrap makes one
     }
 
     user = await api.get_user(user_id, after_seq=api.last_seq)
@@ -374,7 +410,7 @@ async def test_after_seq_of_an_event_the_projection_does_not_read(
 async def test_two_writers_with_one_expected_version_on_an_org(
     service: Service, connections: list[NATS], nc: NATS
 ) -> None:
-    first, second = Client(connections[0]), Client(connections[1])
+    first, second = Client(connections[0], ADMIN.token), Client(connections[1], ADMIN.token)
     org_id = str((await first.create_org("Acme")).fields["org_id"])
     version = first.last_seq
 
@@ -397,7 +433,7 @@ async def test_two_writers_with_one_expected_version_on_a_user_email(
     service: Service, connections: list[NATS], nc: NATS
 ) -> None:
     """An email change is an atomic batch of three writes: the loser stores none of them."""
-    first, second = Client(connections[0]), Client(connections[1])
+    first, second = Client(connections[0], ADMIN.token), Client(connections[1], ADMIN.token)
     org_id = str((await first.create_org("Acme")).fields["org_id"])
     written = await first.register_user(org_id, "Ann", "ann@example.com", PASSWORD)
     user_id = written.fields["user_id"]
@@ -463,7 +499,7 @@ async def test_retried_org_create_is_stored_once(
     )
     assert (await cold_handle(nc, subjects.ORG_CREATE, body)) == first
     listed = await api.list_orgs(after_seq=first.seq)
-    assert [o.org_id for o in listed.items] == [first.data["org_id"]]
+    assert [o.org_id for o in tenants(listed.items)] == [first.data["org_id"]]
 
 
 async def test_retried_org_rename_is_stored_once(
@@ -509,7 +545,7 @@ async def test_retried_user_register_is_stored_once(
 async def test_concurrent_retries_of_one_registration_are_stored_once(
     service: Service, connections: list[NATS], nc: NATS
 ) -> None:
-    org_id = str((await Client(nc).create_org("Acme")).fields["org_id"])
+    org_id = str((await Client(nc, ADMIN.token).create_org("Acme")).fields["org_id"])
     body = {
         "org_id": org_id,
         "name": "Ann",
@@ -565,9 +601,9 @@ async def test_retried_change_password_is_stored_once(
 async def test_concurrent_registrations_of_one_email(
     service: Service, connections: list[NATS], nc: NATS
 ) -> None:
-    org_id = str((await Client(nc).create_org("Acme")).fields["org_id"])
+    org_id = str((await Client(nc, ADMIN.token).create_org("Acme")).fields["org_id"])
     before = await stream_state(nc)
-    clients = [Client(connection) for connection in connections]
+    clients = [Client(connection, ADMIN.token) for connection in connections]
     ok, failed = await outcomes(
         [
             c.register_user(org_id, f"Racer {i}", "race@example.com", PASSWORD)

@@ -29,11 +29,17 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, UnavailableError, Written
+from agentmem.auth import tokens
+from projections.orgs import ORGS
+from projections.users import USERS
 from tests.realparts import (
+    after_bootstrap,
+    bootstrap_batch,
     dump_file,
     eventually,
     read_log,
     replay_into,
+    rows,
     wait_caught_up,
 )
 from tests.support import NatsServer, ServiceProcess
@@ -106,10 +112,10 @@ class Journal:
         raise AssertionError(f"command {sent.command_id} never acknowledged")
 
 
-async def drive(n: int, url: str, journal: Journal) -> None:
+async def drive(n: int, url: str, token: str, journal: Journal) -> None:
     """One client: its own org and users, one command at a time, until told to stop."""
     nc = await connect(url)
-    client = Client(nc, timeout=REQUEST_TIMEOUT)
+    client = Client(nc, token, timeout=REQUEST_TIMEOUT)
     try:
         cid = f"c{n}-org"
         created = await journal.send(
@@ -167,10 +173,10 @@ async def wait_failed_after_crash(journal: Journal) -> None:
     await eventually(hit, 10, 0.01, "a command unanswered after the crash")
 
 
-async def resend_the_first_of_each_kind(journal: Journal, nc: NATS) -> None:
+async def resend_the_first_of_each_kind(journal: Journal, nc: NATS, token: str) -> None:
     """A retry of a command acknowledged long ago (before the crash, its entity changed many
     times since) is answered with its first outcome and changes nothing."""
-    client = Client(nc, timeout=REQUEST_TIMEOUT)
+    client = Client(nc, token, timeout=REQUEST_TIMEOUT)
 
     async def resend(sent: Sent, fields: dict[str, Any]) -> Written:
         if sent.kind == "rename":
@@ -193,16 +199,25 @@ async def resend_the_first_of_each_kind(journal: Journal, nc: NATS) -> None:
 async def check_invariants(
     journal: Journal, nc: NATS, store: Path, tmp_path: Path, service: ServiceProcess
 ) -> None:
-    await resend_the_first_of_each_kind(journal, nc)
+    token = service.admin_key()
+    await resend_the_first_of_each_kind(journal, nc, token)
     # Lag 0: every event in the log is applied. Then stop the service cleanly.
-    await wait_caught_up(nc, timeout=30)
+    await wait_caught_up(nc, token, timeout=30)
     assert service.terminate() == 0
     acked_before = [s for s in journal.sent if s.written and not s.acked_after_crash]
     assert len(acked_before) >= ACKED_BEFORE_CRASH
     assert all(s.written for s in journal.sent), "every command acknowledged in the end"
 
     # Each command is in the log exactly once, at the sequence its acknowledgement gave.
-    messages = await read_log(nc)
+    # Beside them, the log holds only the first start's bootstrap batch, written once
+    # (the restarts found it and wrote nothing): take it out of the count.
+    everything = await read_log(nc)
+    batch = bootstrap_batch(everything)
+    assert batch[0].seq == 1
+    (org_message,) = [m for m in batch if m.aggregate == "org"]
+    (user_message,) = [m for m in batch if m.aggregate == "user"]
+    admin_org, admin_user = org_message.subject.split(".")[-1], user_message.subject.split(".")[-1]
+    messages = after_bootstrap(everything)
     per_subject = Counter((m.subject, m.command_id) for m in messages)
     assert [k for k, count in per_subject.items() if count > 1] == []
     per_command = Counter(m.command_id for m in messages)
@@ -212,12 +227,18 @@ async def check_invariants(
         assert per_command[sent.command_id] == MESSAGES_PER_COMMAND[sent.kind], sent
         assert by_seq[sent.written.seq].command_id == sent.command_id, sent
     assert len(per_command) == len(journal.sent), "nothing in the log that no client sent"
+    # And the log says who sent each: the administrator, with the key the clients used.
+    key = tokens.parse(token)
+    assert key is not None
+    assert {m.principal for m in messages} == {f"user:{admin_user} via key:{key.credential_id}"}
 
     # Every acknowledged command's effect is in the tables: each entity holds the value and
     # the version of the last command sent to it (clients send one at a time per entity).
     live = await dump_file(store)
-    orgs = {row[0]: row for row in live["orgs"]}
-    users = {row[0]: row for row in live["users"]}
+    orgs, users = rows(live, ORGS), rows(live, USERS)
+    # The administrator's org and user, from the first start, are not the clients'.
+    assert orgs.pop(admin_org)["version"] == org_message.seq
+    assert users.pop(admin_user)["version"] == user_message.seq
     last: dict[tuple[int, str], Sent] = {}
     user_ids: dict[tuple[int, str], str] = {}
     org_ids: dict[int, str] = {}
@@ -233,16 +254,19 @@ async def check_invariants(
     assert len(users) == len(registered)
     for sent in registered:
         row = users[user_ids[(sent.client, sent.target)]]
-        assert (row[1], row[3]) == (org_ids[sent.client], sent.value)
+        assert (row["org_id"], row["email"]) == (org_ids[sent.client], sent.value)
     for (n, target), sent in last.items():
         assert sent.written is not None
         if target == "org":
             row = orgs[org_ids[n]]
-            assert (row[1], row[4]) == (sent.value, sent.written.seq), sent
+            assert (row["name"], row["version"]) == (sent.value, sent.written.seq), sent
         else:
             row = users[user_ids[(n, target)]]
             roles = sent.value if sent.kind == "set_roles" else ["member"]
-            assert (row[4], row[7]) == (json.dumps(roles, separators=(",", ":")), sent.written.seq)
+            assert (row["roles"], row["version"]) == (
+                json.dumps(roles, separators=(",", ":")),
+                sent.written.seq,
+            )
 
     # Nothing applied twice or out of order: the tables equal a fresh replay of the log.
     replayed = await replay_into(nc, tmp_path / "replayed.db")
@@ -272,8 +296,9 @@ async def test_sigkill_the_service_mid_stream(
     service = service_process
     service.start()
     await service.wait_ready(fast_nc)
+    token = service.admin_key()
     journal = Journal()
-    tasks = [asyncio.create_task(drive(n, nats_server.url, journal)) for n in range(CLIENTS)]
+    tasks = [asyncio.create_task(drive(n, nats_server.url, token, journal)) for n in range(CLIENTS)]
     try:
         await wait_acked(journal, ACKED_BEFORE_CRASH, tasks)
         service.kill()  # SIGKILL, with commands in flight and batches being applied
@@ -298,8 +323,9 @@ async def test_kill_the_nats_server_while_the_service_runs(
     service = service_process
     service.start()
     await service.wait_ready(fast_nc)
+    token = service.admin_key()
     journal = Journal()
-    tasks = [asyncio.create_task(drive(n, nats_server.url, journal)) for n in range(CLIENTS)]
+    tasks = [asyncio.create_task(drive(n, nats_server.url, token, journal)) for n in range(CLIENTS)]
     try:
         await wait_acked(journal, ACKED_BEFORE_CRASH, tasks)
         nats_server.kill()

@@ -631,6 +631,7 @@ def test_users_projection_row_ops() -> None:
                 "name": "Ann",
                 "email": "ann@example.com",
                 "roles": '["admin","member"]',
+                "service_admin": 0,
                 "created_at": 100,
                 "updated_at": 100,
                 "version": 4,
@@ -661,7 +662,8 @@ def test_users_projection_row_ops() -> None:
         Update("users", {"user_id": USER_ID}, {"updated_at": 400, "version": 7})
     ]
     assert projection.project(commit(8, [UserDeleted(user_id=USER_ID)])) == [
-        Delete("users", {"user_id": USER_ID})
+        Delete("users", {"user_id": USER_ID}),
+        Delete("api_keys", {"user_id": USER_ID}),
     ]
     assert projection.project(commit(9, [OrgCreated(org_id="o", name="n")])) == []
     reserved = EmailReserved(email="ann@example.com", user_id=USER_ID, command_id="c")

@@ -14,7 +14,8 @@ import msgspec
 import pytest
 
 from agentmem import subjects
-from consumers import commands, queries, system
+from consumers import commands, credentials, history, queries, system
+from tests.support import TEST_PASSWORD_COST
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -31,6 +32,8 @@ def request_types() -> dict[str, type[msgspec.Struct]]:
     placeholder = cast(Any, None)
     routes = {
         **commands.build_router(placeholder).routes,
+        **credentials.build_router(placeholder, placeholder, TEST_PASSWORD_COST).routes,
+        **history.build_router(placeholder, placeholder).routes,
         **queries.build_router(placeholder, placeholder).routes,
         **system.build_router(placeholder, placeholder, lambda: {}).routes,
     }

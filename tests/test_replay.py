@@ -14,13 +14,18 @@ from agentmem import Client, NotFoundError
 from agentmem.events import Role
 from agentmem.service import Service
 from projections import ALL
-from tests.conftest import settings_for
+from projections.orgs import ORGS
+from projections.users import API_KEYS, USERS
+from tests.conftest import admin_key, settings_for
 from tests.realparts import (
+    LogMessage,
+    bootstrap_batch,
     clean_env,
     dump_file,
     dump_store,
     read_log,
     replay_into,
+    rows,
     run_cli,
     wait_caught_up,
 )
@@ -61,26 +66,40 @@ async def run_mix(client: Client) -> dict[str, str]:
     return people
 
 
-def assert_mix(dumped: dict[str, object], people: dict[str, str]) -> None:
-    orgs = {row[0]: row for row in dumped["orgs"]}  # type: ignore[attr-defined]
-    users = {row[0]: row for row in dumped["users"]}  # type: ignore[attr-defined]
-    assert sorted(orgs) == sorted([people["acme"], people["beta"]])
-    assert orgs[people["acme"]][1] == "Acme Corporation"
-    assert set(users) == {people[u] for u in ("u0", "u1", "u2", "u4")}
-    assert users[people["u0"]][3] == "boss@example.com"
-    assert users[people["u4"]][3] == "user0@example.com"
-    assert users[people["u1"]][4] == '["readonly"]'
-    assert users[people["u2"]][2] == "Renamed Two"
+def the_admin(messages: list[LogMessage]) -> tuple[str, str]:
+    """The service administrator's org and user, as the bootstrap batch in the log has them."""
+    batch = bootstrap_batch(messages)
+    (org_id,) = {m.subject.split(".")[-1] for m in batch if m.aggregate == "org"}
+    (user_id,) = {m.subject.split(".")[-1] for m in batch if m.aggregate == "user"}
+    return org_id, user_id
+
+
+def assert_mix(dumped: dict[str, object], people: dict[str, str], admin: tuple[str, str]) -> None:
+    admin_org, admin_user = admin
+    orgs, users = rows(dumped, ORGS), rows(dumped, USERS)
+    assert sorted(orgs) == sorted([people["acme"], people["beta"], admin_org])
+    assert orgs[people["acme"]]["name"] == "Acme Corporation"
+    assert set(users) == {people[u] for u in ("u0", "u1", "u2", "u4")} | {admin_user}
+    assert users[admin_user]["org_id"] == admin_org
+    assert users[admin_user]["service_admin"] == 1
+    assert users[people["u0"]]["email"] == "boss@example.com"
+    assert users[people["u4"]]["email"] == "user0@example.com"
+    assert users[people["u1"]]["roles"] == '["readonly"]'
+    assert users[people["u2"]]["name"] == "Renamed Two"
+    assert {u["service_admin"] for k, u in users.items() if k != admin_user} == {0}
+    # The one API key: the administrator's, from the first start; listed without its secret.
+    (key,) = rows(dumped, API_KEYS).values()
+    assert (key["user_id"], key["org_id"], key["revoked_at"]) == (admin_user, admin_org, None)
 
 
 async def test_replay_into_a_fresh_file_equals_the_live_tables(
-    service: Service, client: Client, nc: NATS, tmp_path: Path
+    service: Service, client: Client, nc: NATS, tmp_path: Path, admin_token: str
 ) -> None:
     assert service.store is not None
     people = await run_mix(client)
-    await wait_caught_up(nc)
+    await wait_caught_up(nc, admin_token)
     live = await dump_store(service.store)
-    assert_mix(live, people)
+    assert_mix(live, people, the_admin(await read_log(nc)))
     assert {name for name, _ in live["checkpoints"]} == {p.name for p in ALL}
 
     replayed = await replay_into(nc, tmp_path / "replayed.db")
@@ -108,12 +127,13 @@ async def test_replay_all_in_place_through_the_cli(
     own_service: Service, nats_server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     service = own_service
-    client = Client(nc)
+    token = admin_key(service.settings.data_dir)
+    client = Client(nc, token)
     people = await run_mix(client)
-    await wait_caught_up(nc)
+    await wait_caught_up(nc, token)
     assert service.store is not None
     before = await dump_store(service.store)
-    assert_mix(before, people)
+    assert_mix(before, people, the_admin(await read_log(nc)))
     db = Path(service.settings.store_url)
     env = clean_env(AGENTMEM_NATS=nats_server.url, AGENTMEM_STORE=str(db))
 
@@ -128,6 +148,7 @@ async def test_replay_all_in_place_through_the_cli(
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE users SET name = 'spoiled', version = 0")
         conn.execute("DELETE FROM orgs")
+        conn.execute("DELETE FROM api_keys")
         conn.execute("UPDATE checkpoints SET seq = 1")
     assert await dump_file(db) != before
 

@@ -7,7 +7,8 @@ two registrations racing for one address exactly one can be stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from agentmem import subjects
 from agentmem.commands import DeleteUser, RegisterUser, SetRoles, UpdateProfile
@@ -15,15 +16,36 @@ from agentmem.domain.aggregate import Loaded, Write, check_version
 from agentmem.errors import ConflictError, NotFoundError
 from agentmem.events import (
     AnyEvent,
+    ApiKeyCreated,
+    ApiKeyRevoked,
     EmailReleased,
     EmailReserved,
     Role,
+    SessionEnded,
+    SessionStarted,
     UserDeleted,
     UserPasswordChanged,
     UserProfileUpdated,
     UserRegistered,
     UserRolesSet,
 )
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    name: str
+    prefix: str
+    digest: str
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    digest: str
+    expires_at: int
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +57,9 @@ class User:
     password_hash: str
     roles: tuple[Role, ...]
     deleted: bool = False
+    service_admin: bool = False
+    api_keys: Mapping[str, ApiKey] = field(default_factory=dict)
+    sessions: Mapping[str, Session] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,7 @@ def evolve(state: User | None, event: AnyEvent) -> User | None:
                 email=event.email,
                 password_hash=event.password_hash,
                 roles=tuple(event.roles),
+                service_admin=event.service_admin,
             )
         case UserProfileUpdated(name=name, email=email) if state is not None:
             return replace(state, name=name, email=email)
@@ -67,6 +93,21 @@ def evolve(state: User | None, event: AnyEvent) -> User | None:
             return replace(state, roles=tuple(roles))
         case UserDeleted() if state is not None:
             return replace(state, deleted=True)
+        case ApiKeyCreated() if state is not None:
+            key = ApiKey(event.key_id, event.name, event.prefix, event.digest)
+            return replace(state, api_keys={**state.api_keys, event.key_id: key})
+        case ApiKeyRevoked(key_id=key_id) if state is not None and key_id in state.api_keys:
+            revoked = replace(state.api_keys[key_id], revoked=True)
+            return replace(state, api_keys={**state.api_keys, key_id: revoked})
+        case SessionStarted() if state is not None:
+            # Sessions that had expired when this one started are dropped, so a user who
+            # logs in daily does not drag years of sessions along.
+            live = {k: s for k, s in state.sessions.items() if s.expires_at > event.started_at}
+            live[event.session_id] = Session(event.session_id, event.digest, event.expires_at)
+            return replace(state, sessions=live)
+        case SessionEnded(session_id=sid) if state is not None and sid in state.sessions:
+            ended = replace(state.sessions[sid], ended=True)
+            return replace(state, sessions={**state.sessions, sid: ended})
     return state
 
 

@@ -1,0 +1,60 @@
+"""Who may do what: the role matrix of docs/security.md, as one pure function.
+
+Roles nest: an org ``admin`` can do everything a ``member`` can, who can do everything a
+``readonly`` user can. A service administrator can do everything everywhere. The
+organization a request acts on always comes from the target aggregate or the principal,
+never from a field the caller could forge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agentmem.events import Role
+
+# What an operation needs, from least to most.
+Need = Literal["reader", "member", "self", "org_admin", "service_admin"]
+
+_RANK: dict[Role, int] = {"readonly": 1, "member": 2, "admin": 3}
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    org_id: str
+    roles: tuple[Role, ...]
+    service_admin: bool = False
+    via: str = ""  # "key:<id>" or "session:<id>": which credential, for the audit trail
+
+    @property
+    def rank(self) -> int:
+        return max((_RANK[r] for r in self.roles), default=0)
+
+    def audit_name(self) -> str:
+        return f"user:{self.user_id}" + (f" via {self.via}" if self.via else "")
+
+
+def allowed(
+    principal: Principal, need: Need, target_org: str | None, target_user: str | None = None
+) -> bool:
+    """May ``principal`` do an operation needing ``need`` on ``target_org`` (and user)?"""
+    if principal.service_admin:
+        return True
+    if need == "service_admin":
+        return False
+    if target_org is not None and target_org != principal.org_id:
+        return False
+    match need:
+        case "reader":
+            return principal.rank >= _RANK["readonly"]
+        case "member":
+            return principal.rank >= _RANK["member"]
+        case "self":
+            # Your own account (password, keys, sessions): any writer role, or an org admin.
+            if target_user == principal.user_id:
+                return principal.rank >= _RANK["member"]
+            return principal.rank >= _RANK["admin"]
+        case "org_admin":
+            return principal.rank >= _RANK["admin"]
+    return False

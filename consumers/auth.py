@@ -1,0 +1,138 @@
+"""Who is calling (authentication) and whether they may (authorization), per request.
+
+A credential names its user, so checking it is an incremental read of that user's subject
+and of its organization's, straight from the log: a key revoked a moment ago, a role taken
+away, a deleted user or organization, all fail on the very next request in every process.
+Concurrent checks of one user share their reads (``FreshCall``), each still fresher than the
+request it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from agentmem.auth import tokens
+from agentmem.coalesce import FreshCall
+from agentmem.domain import orgs, users
+from agentmem.domain.access import Need, Principal, allowed
+from agentmem.domain.aggregate import Loaded
+from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
+from consumers.aggregates import AggregateCache
+
+MISSING = (
+    f"credentials needed: send the header '{tokens.HEADER}: Bearer <API key or session token>'"
+)
+INVALID = "credentials are not valid (unknown, revoked, expired or of a deleted user)"
+MAX_SHARED_READS = 10_000
+
+
+class Authenticator:
+    def __init__(self, cache: AggregateCache) -> None:
+        self.cache = cache
+        self._users: dict[str, FreshCall[Loaded[users.User]]] = {}
+        self._orgs: dict[str, FreshCall[Loaded[orgs.Org]]] = {}
+
+    def _fresh_user(self, subject: str) -> FreshCall[Loaded[users.User]]:
+        if len(self._users) > MAX_SHARED_READS:
+            self._users.clear()
+        call = self._users.get(subject)
+        if call is None:
+            call = self._users[subject] = FreshCall(
+                lambda: self.cache.load(subject, users.evolve, refresh=True)
+            )
+        return call
+
+    def _fresh_org(self, subject: str) -> FreshCall[Loaded[orgs.Org]]:
+        if len(self._orgs) > MAX_SHARED_READS:
+            self._orgs.clear()
+        call = self._orgs.get(subject)
+        if call is None:
+            call = self._orgs[subject] = FreshCall(
+                lambda: self.cache.load(subject, orgs.evolve, refresh=True)
+            )
+        return call
+
+    async def __call__(self, headers: dict[str, str]) -> Principal:
+        token = tokens.parse(headers.get(tokens.HEADER))
+        if token is None:
+            raise UnauthenticatedError(MISSING)
+        user_loaded, org_loaded = await asyncio.gather(
+            self._fresh_user(users.subject(token.org_id, token.user_id))(),
+            self._fresh_org(orgs.subject(token.org_id))(),
+        )
+        user, org = user_loaded.state, org_loaded.state
+        if user is None or user.deleted or org is None or org.deleted:
+            raise UnauthenticatedError(INVALID)
+        if token.kind == "key":
+            key = user.api_keys.get(token.credential_id)
+            if key is None or key.revoked or not tokens.matches(token.secret, key.digest):
+                raise UnauthenticatedError(INVALID)
+        else:
+            session = user.sessions.get(token.credential_id)
+            if session is None or session.ended or not tokens.matches(token.secret, session.digest):
+                raise UnauthenticatedError(INVALID)
+            if session.expires_at <= time.time() * 1000:
+                raise UnauthenticatedError("session expired; log in again")
+        return Principal(
+            user_id=user.user_id,
+            org_id=user.org_id,
+            roles=user.roles,
+            service_admin=user.service_admin,
+            via=f"{token.kind}:{token.credential_id}",
+        )
+
+
+def authorize(
+    principal: Principal,
+    need: Need,
+    target_org: str | None,
+    hidden: AgentMemError | None = None,
+    target_user: str | None = None,
+) -> None:
+    """Raise unless allowed. Another organization's data is answered as ``hidden`` (the
+    same not-found a missing thing gets), so its existence does not leak."""
+    if allowed(principal, need, target_org, target_user):
+        return
+    other_org = target_org is not None and target_org != principal.org_id
+    if other_org and not principal.service_admin:
+        raise hidden or NotFoundError("not found")
+    raise ForbiddenError(
+        f"your role does not allow this (it needs {need.replace('_', ' ')})",
+        {"needs": need, "roles": list(principal.roles)},
+    )
+
+
+class LoginThrottle:
+    """Failed logins per email: after ``limit`` failures within ``window_s``, refuse until the
+    oldest of them ages out. Per process: several processes each keep their own count."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, email: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(email, deque())
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        return failures
+
+    def check(self, email: str) -> None:
+        now = time.monotonic()
+        failures = self._recent(email, now)
+        if len(failures) >= self.limit:
+            retry_after = int(failures[0] + self.window_s - now) + 1
+            raise UnauthenticatedError(
+                f"too many failed logins for this email; retry in {retry_after} s",
+                {"retry_after_s": retry_after},
+            )
+
+    def failed(self, email: str) -> None:
+        if len(self._failures) > 100_000:  # bound memory under a spray of random emails
+            self._failures.clear()
+        self._recent(email, time.monotonic()).append(time.monotonic())
+
+    def succeeded(self, email: str) -> None:
+        self._failures.pop(email, None)

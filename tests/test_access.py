@@ -1,0 +1,71 @@
+"""Pure rules: token parsing and the role matrix, without any I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentmem.auth import tokens
+from agentmem.domain.access import Principal, allowed
+
+
+def principal(*roles: str, org: str = "org-a", user: str = "u1", admin: bool = False) -> Principal:
+    return Principal(user_id=user, org_id=org, roles=roles, service_admin=admin)  # type: ignore[arg-type]
+
+
+def test_a_new_token_round_trips_and_stores_only_a_digest() -> None:
+    token = tokens.new_token("key", "org-a", "user-1")
+    parsed = tokens.parse(f"Bearer {token}")
+    assert parsed == token
+    assert tokens.matches(token.secret, tokens.digest(token.secret))
+    assert not tokens.matches(token.secret[:-1] + "0", tokens.digest(token.secret))
+    assert token.secret not in token.display_prefix
+    assert token.display_prefix.startswith("amk_")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        "Bearer amk_only_three",
+        "Bearer xyz_a_b_c_" + "0" * 64,  # unknown prefix
+        "Bearer amk_a_b_c_short",  # secret of the wrong length
+        "Bearer amk_a.b_c_d_" + "0" * 64,  # an id that is not a NATS token
+    ],
+)
+def test_malformed_credentials_parse_to_none(header: str | None) -> None:
+    assert tokens.parse(header) is None
+
+
+@pytest.mark.parametrize(
+    ("roles", "need", "own_org", "expected"),
+    [
+        (("readonly",), "reader", True, True),
+        (("readonly",), "member", True, False),
+        (("readonly",), "self", True, False),
+        (("member",), "member", True, True),
+        (("member",), "org_admin", True, False),
+        (("admin",), "org_admin", True, True),
+        (("admin",), "service_admin", True, False),
+        (("admin",), "reader", False, False),  # another organization
+        (("member", "readonly"), "member", True, True),  # the highest role counts
+    ],
+)
+def test_role_rules(roles: tuple[str, ...], need: str, own_org: bool, expected: bool) -> None:
+    target = "org-a" if own_org else "org-b"
+    assert allowed(principal(*roles), need, target) is expected  # type: ignore[arg-type]
+
+
+def test_self_is_your_own_account_or_an_org_admin() -> None:
+    assert allowed(principal("member"), "self", "org-a", target_user="u1")
+    assert not allowed(principal("member"), "self", "org-a", target_user="u2")
+    assert allowed(principal("admin"), "self", "org-a", target_user="u2")
+    assert not allowed(principal("admin"), "self", "org-b", target_user="u2")
+
+
+def test_a_service_admin_may_do_anything_anywhere() -> None:
+    root = principal("admin", org="system", admin=True)
+    for need in ("reader", "member", "self", "org_admin", "service_admin"):
+        assert allowed(root, need, "any-org", target_user="anyone")  # type: ignore[arg-type]

@@ -1,0 +1,430 @@
+"""Authentication and authorization over NATS, against a real service.
+
+The heart is one table: role x operation x own / other organization, each cell with the
+outcome it must get. Every cell runs over NATS with real credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+import pytest_asyncio
+import structlog
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, envelope, subjects
+from agentmem.config import Settings
+from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
+from agentmem.service import Service
+from tests.conftest import admin_key
+from tests.support import TEST_PASSWORD_COST, NatsServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+PASSWORD = "correct horse battery"
+_emails = itertools.count()
+
+
+def email() -> str:
+    return f"person{next(_emails)}@example.com"
+
+
+# One service for the module -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    started = NatsServer(tmp_path_factory.mktemp("auth") / "nats")
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("auth-data")
+
+
+def settings_for(server: NatsServer, data_dir: Path) -> Settings:
+    settings = Settings()
+    settings.nats_url = server.url
+    settings.data_dir = data_dir
+    settings.store = str(data_dir / "agentmem.db")
+    settings.password_cost = TEST_PASSWORD_COST
+    return settings
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(server: NatsServer, data_dir: Path) -> AsyncIterator[Service]:
+    running = Service(settings_for(server, data_dir))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def nc(service: Service, server: NatsServer) -> AsyncIterator[NATS]:
+    connection = await nats.connect(server.url)
+    yield connection
+    await connection.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def root(nc: NATS, data_dir: Path) -> Client:
+    return Client(nc, admin_key(data_dir))
+
+
+@dataclass
+class Tenant:
+    org_id: str
+    keys: dict[str, str]  # role -> API key of a user with that role
+
+
+@dataclass
+class World:
+    root: Client
+    tenants: dict[str, Tenant]  # "own", "other"
+
+    def as_role(self, role: str) -> Client:
+        if role == "service_admin":
+            return self.root
+        if role == "anonymous":
+            return self.root.with_token(None)
+        return self.root.with_token(self.tenants["own"].keys[role])
+
+
+async def new_user(root: Client, org_id: str, roles: list[Any]) -> tuple[str, str]:
+    """(user id, API key) of a fresh user, made by the service administrator."""
+    user = await root.register_user(org_id, "Someone", email(), PASSWORD, roles=roles)
+    key = await root.create_api_key("test", user_id=user.fields["user_id"])
+    return user.fields["user_id"], key.fields["token"]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(root: Client) -> World:
+    tenants = {}
+    for name in ("own", "other"):
+        org_id = (await root.create_org(f"{name} org")).fields["org_id"]
+        keys = {}
+        for role in ("admin", "member", "readonly"):
+            _, keys[role] = await new_user(root, org_id, [role])
+        tenants[name] = Tenant(org_id, keys)
+    return World(root, tenants)
+
+
+# The table ------------------------------------------------------------------------------------
+# Each operation acts as the client on an organization and, where it needs one, on a
+# "victim": a member of that organization made beforehand by the service administrator.
+Act = Callable[[Client, str, str, int], Awaitable[Any]]
+
+OPERATIONS: dict[str, tuple[bool, Act]] = {
+    "org.create": (False, lambda c, org, v, after: c.create_org("New org")),
+    "org.rename": (False, lambda c, org, v, after: c.rename_org(org, "Renamed")),
+    "org.get": (False, lambda c, org, v, after: c.get_org(org)),
+    "user.register": (False, lambda c, org, v, after: c.register_user(org, "N", email(), PASSWORD)),
+    "user.update_profile": (True, lambda c, org, v, after: c.update_profile(v, name="Changed")),
+    "user.set_roles": (True, lambda c, org, v, after: c.set_roles(v, ["admin"])),
+    "user.delete": (True, lambda c, org, v, after: c.delete_user(v)),
+    "user.get": (True, lambda c, org, v, after: c.get_user(v, after_seq=after)),
+    "user.list": (False, lambda c, org, v, after: c.list_users(org)),
+    "user.email_exists": (False, lambda c, org, v, after: c.email_exists("no@example.com")),
+    "apikey.create (for another user)": (
+        True,
+        lambda c, org, v, after: c.create_api_key("theirs", user_id=v),
+    ),
+    "apikey.list (of another user)": (
+        True,
+        lambda c, org, v, after: c.list_api_keys(user_id=v, after_seq=after),
+    ),
+    "history.get": (False, lambda c, org, v, after: c.history("org", org)),
+    "sys.status": (False, lambda c, org, v, after: c.status()),
+}
+
+
+OK, FORBIDDEN, HIDDEN, UNAUTH = "ok", ForbiddenError, NotFoundError, UnauthenticatedError
+READS = {"org.get", "user.get", "user.list", "history.get"}
+ORG_ADMIN_OWN = {
+    *READS,
+    "org.rename",
+    "user.register",
+    "user.update_profile",
+    "user.set_roles",
+    "user.delete",
+    "user.email_exists",
+    "apikey.create (for another user)",
+    "apikey.list (of another user)",
+}
+# Operations with no target organization: the "other" column means nothing for them.
+UNTARGETED = {"org.create", "user.email_exists", "sys.status"}
+
+
+def expected(role: str, operation: str, where: str) -> Any:
+    if role == "anonymous":
+        return UNAUTH
+    if role == "service_admin":
+        return OK
+    if operation in UNTARGETED:
+        allowed = role == "admin" and operation == "user.email_exists"
+        return OK if allowed else FORBIDDEN
+    if where == "other":
+        return HIDDEN  # another organization's data is answered as missing
+    if role == "admin":
+        return OK if operation in ORG_ADMIN_OWN else FORBIDDEN
+    return OK if operation in READS else FORBIDDEN
+
+
+CELLS = [
+    (role, operation, where)
+    for role in ("service_admin", "admin", "member", "readonly", "anonymous")
+    for operation in OPERATIONS
+    for where in ("own", "other")
+    if not (operation in UNTARGETED and where == "other")
+]
+
+
+@pytest.mark.parametrize(
+    ("role", "operation", "where"), CELLS, ids=["-".join(cell) for cell in CELLS]
+)
+async def test_role_operation_org_table(
+    world: World, nc: NATS, role: str, operation: str, where: str
+) -> None:
+    client = world.as_role(role)
+    org = world.tenants[where].org_id
+    needs_victim, act = OPERATIONS[operation]
+    victim = (await new_user(world.root, org, ["member"]))[0] if needs_victim else ""
+    want = expected(role, operation, where)
+    before = await log_end(nc)
+    if want == OK:
+        await act(client, org, victim, world.root.last_seq)
+        return
+    with pytest.raises(AgentMemError) as refused:
+        await act(client, org, victim, world.root.last_seq)
+    assert type(refused.value) is want, refused.value
+    assert await log_end(nc) == before, "a refused request appended to the log"
+
+
+async def log_end(nc: NATS) -> int:
+    return int((await nc.jetstream().stream_info(subjects.STREAM_NAME)).state.last_seq)
+
+
+async def test_org_list_is_scoped_by_the_principal_not_by_a_filter(world: World) -> None:
+    member = world.as_role("member")
+    listed = await member.list_orgs(after_seq=world.root.last_seq)
+    assert [o.org_id for o in listed.items] == [world.tenants["own"].org_id]
+    everything = await world.root.list_orgs(after_seq=world.root.last_seq, limit=500)
+    assert {t.org_id for t in world.tenants.values()} <= {o.org_id for o in everything.items}
+    # users.list defaults to the caller's org; naming another org does not widen it.
+    mine = await member.list_users(after_seq=world.root.last_seq)
+    assert {u.org_id for u in mine.items} == {world.tenants["own"].org_id}
+    with pytest.raises(NotFoundError):
+        await member.list_users(world.tenants["other"].org_id)
+
+
+# Sessions, keys, throttling -----------------------------------------------------------------
+async def test_login_session_works_and_expires(world: World) -> None:
+    org = world.tenants["own"].org_id
+    address = email()
+    await world.root.register_user(org, "Sam", address, PASSWORD)
+    session = await world.root.login(address, PASSWORD, ttl_seconds=1)
+    token = session.fields["token"]
+    assert token.startswith("ams_")
+    as_sam = world.root.with_token(token)
+    assert (await as_sam.get_org(org)).org_id == org
+    await asyncio.sleep(1.2)
+    with pytest.raises(UnauthenticatedError, match="expired"):
+        await as_sam.get_org(org)
+
+
+async def test_logout_ends_the_session(world: World) -> None:
+    org = world.tenants["own"].org_id
+    address = email()
+    await world.root.register_user(org, "Lou", address, PASSWORD)
+    as_lou = world.root.with_token((await world.root.login(address, PASSWORD)).fields["token"])
+    await as_lou.logout()
+    with pytest.raises(UnauthenticatedError):
+        await as_lou.get_org(org)
+
+
+async def test_wrong_password_and_unknown_email_get_the_same_answer(world: World) -> None:
+    org = world.tenants["own"].org_id
+    address = email()
+    await world.root.register_user(org, "Kim", address, PASSWORD)
+    with pytest.raises(UnauthenticatedError) as wrong:
+        await world.root.login(address, "not the password")
+    with pytest.raises(UnauthenticatedError) as unknown:
+        await world.root.login(email(), "not the password")
+    assert wrong.value.message == unknown.value.message == "wrong email or password"
+
+
+async def test_failed_logins_are_throttled_with_a_retry_time(world: World) -> None:
+    org = world.tenants["own"].org_id
+    address = email()
+    await world.root.register_user(org, "Pat", address, PASSWORD)
+    for _ in range(5):
+        with pytest.raises(UnauthenticatedError, match="wrong email or password"):
+            await world.root.login(address, "guess")
+    with pytest.raises(UnauthenticatedError, match="too many failed logins") as throttled:
+        await world.root.login(address, PASSWORD)  # even the right password, for now
+    assert 0 < throttled.value.details["retry_after_s"] <= 301
+
+
+async def test_a_revoked_key_is_refused_by_the_very_next_request(world: World) -> None:
+    org = world.tenants["own"].org_id
+    user_id, key = await new_user(world.root, org, ["member"])
+    as_user = world.root.with_token(key)
+    await as_user.get_org(org)  # the key works, and every cache has seen it
+    keys = await world.root.list_api_keys(user_id=user_id, after_seq=world.root.last_seq)
+    assert [k["revoked_at"] for k in keys] == [None]
+    assert all("token" not in k and "digest" not in k for k in keys)
+    await world.root.revoke_api_key(keys[0]["key_id"], user_id=user_id)
+    with pytest.raises(UnauthenticatedError):
+        await as_user.get_org(org)
+
+
+async def test_a_revoked_key_is_refused_at_once_by_another_service_process(
+    world: World, nc: NATS, server: NatsServer, tmp_path: Path
+) -> None:
+    """A second process (its own caches) that accepted a key refuses it right after the
+    first process acknowledged the revocation."""
+    from agentmem.eventlog import EventLog
+    from consumers.aggregates import AggregateCache
+    from consumers.auth import Authenticator
+    from consumers.commands import CommandRunner
+    from consumers.commands import build_router as command_router
+    from consumers.router import Dispatcher
+
+    org = world.tenants["own"].org_id
+    user_id, key = await new_user(world.root, org, ["admin"])
+    log = EventLog(nc)
+    cache = AggregateCache(log)
+    second = Dispatcher(
+        nc, command_router(CommandRunner(log, cache), TEST_PASSWORD_COST), Authenticator(cache)
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    body = msgspec.json.encode({"org_id": org, "name": "Renamed by the second process"})
+    accepted = envelope.decode(await second.handle(subjects.ORG_RENAME, body, headers))
+    assert accepted.ok, accepted
+    key_id = (await world.root.list_api_keys(user_id=user_id, after_seq=world.root.last_seq))[0][
+        "key_id"
+    ]
+    await world.root.revoke_api_key(key_id, user_id=user_id)
+    refused = envelope.decode(await second.handle(subjects.ORG_RENAME, body, headers))
+    assert not refused.ok
+    assert refused.error is not None
+    assert refused.error.code == "unauthenticated"
+
+
+async def test_role_changes_and_deletion_take_effect_at_once(world: World) -> None:
+    org = world.tenants["own"].org_id
+    user_id, key = await new_user(world.root, org, ["admin"])
+    as_user = world.root.with_token(key)
+    await as_user.rename_org(org, "Renamed by an admin")
+    await world.root.set_roles(user_id, ["readonly"])
+    with pytest.raises(ForbiddenError):
+        await as_user.rename_org(org, "Not any more")
+    await world.root.delete_user(user_id)
+    with pytest.raises(UnauthenticatedError):
+        await as_user.get_org(org)
+
+
+async def test_a_member_manages_its_own_keys_and_password(world: World) -> None:
+    org = world.tenants["own"].org_id
+    address = email()
+    user_id = (await world.root.register_user(org, "Max", address, PASSWORD)).fields["user_id"]
+    session = (await world.root.login(address, PASSWORD)).fields["token"]
+    as_max = world.root.with_token(session)
+    created = await as_max.create_api_key("laptop")
+    own_key = created.fields["token"]
+    assert own_key.startswith("amk_")
+    assert created.fields["user_id"] == user_id
+    await world.root.with_token(own_key).get_org(org)
+    await as_max.change_password(user_id, PASSWORD, "another good password")
+    await as_max.revoke_api_key(created.fields["key_id"])
+    with pytest.raises(UnauthenticatedError):
+        await world.root.with_token(own_key).get_org(org)
+
+
+# Secrets never leak -----------------------------------------------------------------------------
+async def test_no_secret_in_logs_replies_or_events(world: World, nc: NATS) -> None:
+    org = world.tenants["own"].org_id
+    address = email()
+    secrets: list[str] = [PASSWORD]
+    replies: list[Any] = []
+    with structlog.testing.capture_logs() as logs:
+        user = await world.root.register_user(org, "Val", address, PASSWORD)
+        replies.append(user)
+        session = await world.root.login(address, PASSWORD)
+        secrets.append(session.fields["token"])
+        as_val = world.root.with_token(session.fields["token"])
+        key = await as_val.create_api_key("ci")
+        secrets.append(key.fields["token"])
+        replies.append(await as_val.list_api_keys(after_seq=world.root.last_seq))
+        replies.append(await world.root.history("user", user.fields["user_id"]))
+        with pytest.raises(UnauthenticatedError):
+            await world.root.login(address, "a wrong password")
+    texts = [repr(entry) for entry in logs] + [repr(reply) for reply in replies]
+    for secret in secrets:
+        # The secret part of a token is everything after its last underscore.
+        needle = secret.rsplit("_", 1)[-1]
+        assert not any(needle in text for text in texts), "a secret leaked"
+    # The log itself holds digests only.
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.STREAM_NAME)
+    for seq in range(max(1, info.state.last_seq - 10), info.state.last_seq + 1):
+        data = (await js.get_msg(subjects.STREAM_NAME, seq)).data or b""
+        for secret in secrets:
+            assert secret.rsplit("_", 1)[-1].encode() not in data
+    assert "scrypt$" not in " ".join(repr(r) for r in replies)
+
+
+# Audit -----------------------------------------------------------------------------------------
+async def test_history_says_who_did_what_and_when(world: World) -> None:
+    org = world.tenants["own"].org_id
+    user_id, key = await new_user(world.root, org, ["admin"])
+    as_admin = world.root.with_token(key)
+    target = (await world.root.register_user(org, "Tia", email(), PASSWORD)).fields["user_id"]
+    await as_admin.set_roles(target, ["readonly"])
+    history = await as_admin.history("user", target)
+    kinds = [item["commit_type"] for item in history.items]
+    assert kinds == ["user.register", "user.set_roles"]
+    registered, roles_set = history.items
+    assert registered["principal"].startswith("user:")
+    assert user_id not in registered["principal"]
+    assert roles_set["principal"].startswith(f"user:{user_id} via key:")
+    assert roles_set["time"] >= registered["time"] > 0
+    assert roles_set["events"][0]["roles"] == ["readonly"]
+    assert "password_hash" not in repr(history)
+    # Paging through it one entry at a time gives the same entries.
+    first = await as_admin.history("user", target, limit=1)
+    assert first.next_cursor is not None
+    second = await as_admin.history("user", target, limit=1, cursor=first.next_cursor)
+    assert [*first.items, *second.items] == history.items
+    assert second.next_cursor is None
+
+
+async def test_replay_reproduces_users_keys_and_roles(
+    world: World, service: Service, nc: NATS, tmp_path: Path
+) -> None:
+    """Credentials live in the log: a replay rebuilds the same users, roles and keys, and
+    authentication (which reads the log) does not depend on any table."""
+    from agentmem.store import open_store
+    from projections import BY_NAME
+    from projections.replay import replay
+
+    users = BY_NAME["users"]
+    await world.root.list_users(after_seq=await log_end(nc))  # the live table caught up
+    assert service.store is not None
+    live = {t.name: await service.store.dump(t) for t in users.tables}
+    rebuilt_store = await open_store(str(tmp_path / "rebuilt.db"))
+    try:
+        await replay(nc, rebuilt_store, users)
+        rebuilt = {t.name: await rebuilt_store.dump(t) for t in users.tables}
+    finally:
+        await rebuilt_store.close()
+    assert rebuilt == live
+    assert live["api_keys"], "the world made keys"
