@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import Any, TypeVar
 
 from agentmem.auth import tokens
 from agentmem.coalesce import FreshCall
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, allowed
-from agentmem.domain.aggregate import Loaded
+from agentmem.domain.aggregate import Evolve, Loaded
 from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
 from consumers.aggregates import AggregateCache
 
@@ -27,40 +28,39 @@ MISSING = (
 INVALID = "credentials are not valid (unknown, revoked, expired or of a deleted user)"
 MAX_SHARED_READS = 10_000
 
+S = TypeVar("S")
+
+
+class FreshReads:
+    """Up-to-date aggregates from the log, one shared read per subject at a time."""
+
+    def __init__(self, cache: AggregateCache) -> None:
+        self.cache = cache
+        self._calls: dict[str, FreshCall[Loaded[Any]]] = {}
+
+    async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
+        if len(self._calls) > MAX_SHARED_READS:
+            self._calls.clear()
+        call = self._calls.get(subject)
+        if call is None:
+            call = self._calls[subject] = FreshCall(
+                lambda: self.cache.load(subject, evolve, refresh=True)
+            )
+        loaded: Loaded[S] = await call()
+        return loaded
+
 
 class Authenticator:
     def __init__(self, cache: AggregateCache) -> None:
-        self.cache = cache
-        self._users: dict[str, FreshCall[Loaded[users.User]]] = {}
-        self._orgs: dict[str, FreshCall[Loaded[orgs.Org]]] = {}
-
-    def _fresh_user(self, subject: str) -> FreshCall[Loaded[users.User]]:
-        if len(self._users) > MAX_SHARED_READS:
-            self._users.clear()
-        call = self._users.get(subject)
-        if call is None:
-            call = self._users[subject] = FreshCall(
-                lambda: self.cache.load(subject, users.evolve, refresh=True)
-            )
-        return call
-
-    def _fresh_org(self, subject: str) -> FreshCall[Loaded[orgs.Org]]:
-        if len(self._orgs) > MAX_SHARED_READS:
-            self._orgs.clear()
-        call = self._orgs.get(subject)
-        if call is None:
-            call = self._orgs[subject] = FreshCall(
-                lambda: self.cache.load(subject, orgs.evolve, refresh=True)
-            )
-        return call
+        self.reads = FreshReads(cache)
 
     async def __call__(self, headers: dict[str, str]) -> Principal:
         token = tokens.parse(headers.get(tokens.HEADER))
         if token is None:
             raise UnauthenticatedError(MISSING)
         user_loaded, org_loaded = await asyncio.gather(
-            self._fresh_user(users.subject(token.org_id, token.user_id))(),
-            self._fresh_org(orgs.subject(token.org_id))(),
+            self.reads.load(users.subject(token.org_id, token.user_id), users.evolve),
+            self.reads.load(orgs.subject(token.org_id), orgs.evolve),
         )
         user, org = user_loaded.state, org_loaded.state
         if user is None or user.deleted or org is None or org.deleted:
