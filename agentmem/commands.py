@@ -14,6 +14,9 @@ from agentmem.events import Role
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$(?!\n)")]
+# An id a client picks for a new organization or user: no underscore, which separates the
+# parts of a credential (and starts the reserved "_global" token).
+NewId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9\-]{0,63}$(?!\n)")]
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability is not our job.
 Email = Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
@@ -37,7 +40,7 @@ class CreateOrg(Command, frozen=True, kw_only=True):
     name: Name
     # Optional: a client that picks the id (a UUIDv7 is best) can retry safely forever,
     # not only within the log's 10-minute duplicate window.
-    org_id: Id | None = None
+    org_id: NewId | None = None
 
 
 class RenameOrg(Targeted, frozen=True, kw_only=True):
@@ -55,7 +58,7 @@ class RegisterUser(Command, frozen=True, kw_only=True):
     email: Email
     password: Password
     roles: Roles = msgspec.field(default_factory=lambda: ["member"])
-    user_id: Id | None = None  # optional, as org_id in CreateOrg
+    user_id: NewId | None = None  # optional, as org_id in CreateOrg
 
 
 class UpdateProfile(Targeted, frozen=True, kw_only=True):

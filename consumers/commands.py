@@ -27,12 +27,14 @@ from agentmem.commands import (
     UpdateProfile,
     normalize_email,
 )
+from agentmem.bootstrap import find_admin
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
 from agentmem.errors import (
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     UnauthenticatedError,
     UnavailableError,
@@ -159,9 +161,12 @@ def missing_user(user_id: str) -> NotFoundError:
 def check_user(request: Request[Any], need: Need, user: Loaded[users.User]) -> users.User:
     """The loaded user, if the caller may act on it with ``need``."""
     state = users.require_live(user, user.subject.rsplit(".", 1)[-1])
-    authorize(
-        request.caller, need, state.org_id, missing_user(state.user_id), target_user=state.user_id
-    )
+    caller = request.caller
+    authorize(caller, need, state.org_id, missing_user(state.user_id), target_user=state.user_id)
+    # A service administrator answers only to itself or another service administrator,
+    # whatever role someone holds in the organization it belongs to.
+    if state.service_admin and not caller.service_admin and caller.user_id != state.user_id:
+        raise ForbiddenError("only a service administrator may act on a service administrator")
     return state
 
 
@@ -197,6 +202,10 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
     async def delete_org(request: Request[DeleteOrg]) -> Result:
         org_id = request.body.org_id
         authorize(request.caller, "org_admin", org_id, hidden=missing_org(org_id))
+        admin = await find_admin(runner.log)
+        if admin is not None and admin.org_id == org_id:
+            # Its deletion would lock everyone out: the administrator's credentials die with it.
+            raise ForbiddenError("the service's own organization cannot be deleted")
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)

@@ -13,7 +13,7 @@ import time
 from agentmem import subjects
 from agentmem.auth import tokens
 from agentmem.commands import CreateApiKey, Login, Logout, RevokeApiKey, normalize_email
-from agentmem.domain import credentials, users
+from agentmem.domain import credentials, orgs, users
 from agentmem.domain.aggregate import Write
 from agentmem.domain.passwords import hash_password, verify_password
 from agentmem.errors import UnauthenticatedError
@@ -57,9 +57,13 @@ def build_router(runner: CommandRunner, throttle: LoginThrottle, password_cost: 
                     await runner.user_subject(reservation.state.user_id), users.evolve
                 )
             state = user.state if user is not None else None
-            stored = state.password_hash if state and not state.deleted else decoy_hash
+            live = state is not None and not state.deleted
+            if state is not None and live:
+                org = await loader.load(orgs.subject(state.org_id), orgs.evolve)
+                live = org.state is not None and not org.state.deleted
+            stored = state.password_hash if state is not None and live else decoy_hash
             matches = await asyncio.to_thread(verify_password, command.password, stored)
-            if user is None or state is None or state.deleted or not matches:
+            if user is None or state is None or not live or not matches:
                 throttle.failed(email)
                 raise UnauthenticatedError(WRONG_LOGIN)
             if not token_holder:

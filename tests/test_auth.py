@@ -428,3 +428,56 @@ async def test_replay_reproduces_users_keys_and_roles(
         await rebuilt_store.close()
     assert rebuilt == live
     assert live["api_keys"], "the world made keys"
+
+
+async def test_an_org_admin_in_the_service_org_cannot_take_over_the_service_admin(
+    world: World, nc: NATS
+) -> None:
+    from agentmem.bootstrap import find_admin
+    from agentmem.eventlog import EventLog
+
+    admin = await find_admin(EventLog(nc))
+    assert admin is not None
+    _, key = await new_user(world.root, admin.org_id, ["admin"])
+    insider = world.root.with_token(key)
+    before = await log_end(nc)
+    for attempt in (
+        insider.create_api_key("mine now", user_id=admin.user_id),
+        insider.set_roles(admin.user_id, ["readonly"]),
+        insider.delete_user(admin.user_id),
+        insider.update_profile(admin.user_id, name="Owned"),
+        insider.delete_org(admin.org_id),
+    ):
+        with pytest.raises(ForbiddenError):
+            await attempt
+    assert await log_end(nc) == before
+    with pytest.raises(ForbiddenError, match="own organization"):
+        await world.root.delete_org(admin.org_id)
+
+
+async def test_client_chosen_ids_may_not_carry_the_credential_separator(world: World) -> None:
+    from agentmem.errors import InvalidError
+
+    with pytest.raises(InvalidError, match="org_id"):
+        await world.root.create_org("Acme EU", org_id="acme_eu")
+    with pytest.raises(InvalidError, match="org_id"):
+        await world.root.create_org("Sneaky", org_id="_global")
+    org = (await world.root.create_org("Acme EU", org_id="acme-eu")).fields["org_id"]
+    user_id = "ann-at-acme-eu"
+    address = email()
+    await world.root.register_user(org, "Ann", address, PASSWORD, user_id=user_id)
+    token = (await world.root.login(address, PASSWORD)).fields["token"]
+    assert (await world.root.with_token(token).get_org(org)).org_id == "acme-eu"
+
+
+async def test_login_into_a_deleted_org_is_refused_and_writes_nothing(
+    world: World, nc: NATS
+) -> None:
+    org = (await world.root.create_org("Short lived")).fields["org_id"]
+    address = email()
+    await world.root.register_user(org, "Gus", address, PASSWORD)
+    await world.root.delete_org(org)
+    before = await log_end(nc)
+    with pytest.raises(UnauthenticatedError, match="wrong email or password"):
+        await world.root.login(address, PASSWORD)
+    assert await log_end(nc) == before
