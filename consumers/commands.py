@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from agentmem import ids, subjects
+from agentmem.bootstrap import find_admin
 from agentmem.commands import (
     ChangePassword,
     Command,
@@ -27,7 +28,6 @@ from agentmem.commands import (
     UpdateProfile,
     normalize_email,
 )
-from agentmem.bootstrap import find_admin
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
