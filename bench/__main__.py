@@ -32,8 +32,9 @@ def parser() -> argparse.ArgumentParser:
     names = ", ".join(sorted({w.id for w in ALL} | {w.group for w in ALL if w.group}))
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark AgentMem against raw nats-py/aiosqlite baselines and the "
-        "eventsourcing library, measured in the same run.",
+        description="Benchmark AgentMem against raw nats-py/sqlite3 baselines and the "
+        "eventsourcing library, measured in the same run. The service (python -m agentmem serve) "
+        "and the raw responders run in processes of their own; the clients run in this one.",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run")
     p.add_argument("--large", action="store_true", help=f"replay {LARGE_REPLAY:,} events")
@@ -56,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
         "--loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
-        help="event loop (default asyncio, as `agentmem serve` runs)",
+        help="event loop of the clients and of the replay children (default asyncio); the "
+        "service and the raw responders always run asyncio, as `agentmem serve` does",
     )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     for flag in ("--child", "--child-nats", "--child-store", "--child-events"):
@@ -131,7 +133,10 @@ async def bench(args: argparse.Namespace, selected: list[Workload]) -> int:
         async with AsyncExitStack() as stack:
             cfg = Config(Path(tmp), sizes, args.sync_always, args.loop, repeats, stack)
             if importlib.util.find_spec("eventsourcing") is None:
-                cfg.note("the peer needs `pip install -e '.[bench]'` (eventsourcing); skipped")
+                cfg.note(
+                    "peer skipped: the eventsourcing library is not installed "
+                    "(`pip install -e '.[dev]'` or `'.[bench]'` installs it)"
+                )
                 selected = [w for w in selected if w.id != "peer"]
             measured = [await harness.measure(w, cfg) for w in selected]
     meta["loadavg_end"] = os.getloadavg()
@@ -140,7 +145,9 @@ async def bench(args: argparse.Namespace, selected: list[Workload]) -> int:
         "ratio = median / baseline median: above 1 is better for rates, below 1 for latencies",
         "register-user (KDF minimal) and rename-org are compared with raw command; the scrypt "
         "run shows what the password hash costs on top",
-        "clients, service and raw responders share this process (and its one event loop)",
+        "the service (python -m agentmem serve, one process, one NATS connection) and each raw "
+        "responder (python -m bench.responder, likewise) run in processes of their own; the "
+        "clients run in the bench process",
     ]
     print(
         f"\n{meta['nats-server']}, JetStream {sync}; loop {args.loop}; commit {meta['commit']}; "

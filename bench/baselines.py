@@ -1,49 +1,37 @@
-"""Baselines: the least work each AgentMem path could do, with plain nats-py and aiosqlite,
-and a peer, the ``eventsourcing`` library on SQLite. Measured in the same run as AgentMem."""
+"""Baselines: the least work each AgentMem path could do, with plain nats-py and sqlite3,
+and a peer, the ``eventsourcing`` library on SQLite. Measured in the same run as AgentMem.
+
+The raw responders run in a process of their own (``bench/responder.py``), as the service
+does; the clients run in the bench process. SQLite is driven through the standard
+``sqlite3`` module the way the store drives it (reads on the event loop thread, a batch as
+one transaction), not through aiosqlite: an aiosqlite baseline would now be slower than
+AgentMem's own store and flatter every ratio.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import msgspec
 import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ids, subjects
 from agentmem.store import sql
 from bench import env
 from bench.harness import Config, Metric, Run, Workload, request_metrics, sequential, two_ways
+from bench.responder import RAW_COMMAND, RAW_QUERY, USER_COLUMNS
 from projections.users import USERS
 
-RAW_COMMAND = "bench.raw.cmd"
-RAW_QUERY = "bench.raw.get"
-USER_COLUMNS = USERS.column_names
 H_TIME = "AgentMem-Time"
-
-
-class _Command(msgspec.Struct):
-    org_id: str
-    name: str
-
-
-class _Get(msgspec.Struct):
-    user_id: str
-
-
-class _PubAck(msgspec.Struct):
-    seq: int = 0
-    error: dict[str, Any] | None = None
 
 
 class _Reply(msgspec.Struct):
@@ -57,22 +45,6 @@ _encoder = msgspec.json.Encoder()
 _reply = msgspec.json.Decoder(_Reply)
 
 
-async def _serve(
-    nc: NATS, subject: str, answer: Callable[[Msg], Coroutine[Any, Any, None]]
-) -> Subscription:
-    """A queue-group subscription that answers each request in a task of its own."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def on_message(msg: Msg) -> None:
-        task = asyncio.create_task(answer(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    subscription: Subscription = await nc.subscribe(subject, queue="bench", cb=on_message)
-    await nc.flush()  # the server knows the interest before any client asks
-    return subscription
-
-
 async def _checked(nc: NATS, subject: str, payload: bytes) -> None:
     reply = _reply.decode((await nc.request(subject, payload, timeout=10)).data)
     if not reply.ok:
@@ -80,36 +52,14 @@ async def _checked(nc: NATS, subject: str, payload: bytes) -> None:
 
 
 # Raw command ------------------------------------------------------------------------------
-async def command_responder(nc: NATS) -> Subscription:
-    """Decode, append one message with expected sequence 0 on a fresh subject, answer."""
-    decoder = msgspec.json.Decoder(_Command)
-    ack_decoder = msgspec.json.Decoder(_PubAck)
-    prefix = ids.new_id()
-    counter = itertools.count()
-    headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
-
-    async def answer(msg: Msg) -> None:
-        command = decoder.decode(msg.data)
-        subject = subjects.event("bench", "raw", f"{prefix}-{next(counter)}")
-        reply = await nc.request(subject, _encoder.encode(command), timeout=5, headers=headers)
-        ack = ack_decoder.decode(reply.data)
-        if ack.error is not None:
-            await msg.respond(_encoder.encode({"ok": False, "error": ack.error}))
-            return
-        await msg.respond(_encoder.encode({"ok": True, "data": {"seq": ack.seq}, "seq": ack.seq}))
-
-    return await _serve(nc, RAW_COMMAND, answer)
-
-
 @contextlib.asynccontextmanager
 async def raw_command(cfg: Config) -> AsyncIterator[Run]:
     async with env.nats_server(cfg, "raw-command") as url:
         await env.ensure_stream(url)
         async with (
-            env.connections(url, 1) as (responder,),
+            env.responder(cfg, "raw-command", url),
             env.connections(url, cfg.sizes.connections) as conns,
         ):
-            await command_responder(responder)
             org_id = ids.new_id()
 
             async def call(worker: int, i: int) -> None:
@@ -124,18 +74,30 @@ async def raw_command(cfg: Config) -> AsyncIterator[Run]:
 
 # Raw query --------------------------------------------------------------------------------
 def user_row(i: int, user_id: str, org_id: str) -> tuple[object, ...]:
+    """A row of the projection's users table, whatever columns it has grown."""
     now = time.time_ns() // 1_000_000
-    return (user_id, org_id, f"User {i}", f"user{i}@bench.example", '["member"]', now, now, i + 1)
+    known: dict[str, object] = {
+        "user_id": user_id,
+        "org_id": org_id,
+        "name": f"User {i}",
+        "email": f"user{i}@bench.example",
+        "roles": '["member"]',
+        "created_at": now,
+        "updated_at": now,
+        "version": i + 1,
+    }
+    empty = {"text": "", "json": "[]", "integer": 0}
+    return tuple(known.get(c.name, empty[c.type]) for c in USERS.columns)
 
 
-async def open_users_db(path: Path) -> aiosqlite.Connection:
+def open_users_db(path: Path) -> sqlite3.Connection:
     """A users table exactly like the projection's, WAL, synchronous=NORMAL."""
-    db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA journal_mode = WAL")
-    await db.execute("PRAGMA synchronous = NORMAL")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
     for statement in sql.create_table(USERS):
-        await db.execute(statement)
-    await db.execute("CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, seq BIGINT)")
+        db.execute(statement)
+    db.execute("CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, seq BIGINT)")
     return db
 
 
@@ -144,50 +106,31 @@ INSERT_USER = (
 )
 
 
-async def query_responder(nc: NATS, db: aiosqlite.Connection) -> Subscription:
-    """Decode, read one row by primary key with ``execute_fetchall``, answer it as JSON."""
-    decoder = msgspec.json.Decoder(_Get)
-    select = f"SELECT {', '.join(USER_COLUMNS)} FROM users WHERE user_id = ?"
-
-    async def answer(msg: Msg) -> None:
-        get = decoder.decode(msg.data)
-        found = list(await db.execute_fetchall(select, (get.user_id,)))
-        if not found:
-            await msg.respond(_encoder.encode({"ok": False, "error": {"code": "not_found"}}))
-            return
-        row = dict(zip(USER_COLUMNS, found[0], strict=True))
-        await msg.respond(_encoder.encode({"ok": True, "data": row, "seq": 0}))
-
-    return await _serve(nc, RAW_QUERY, answer)
-
-
 @contextlib.asynccontextmanager
 async def raw_query(cfg: Config) -> AsyncIterator[Run]:
     n = cfg.sizes.query_rows
-    db = await open_users_db(cfg.tmp / "raw-query.db")
-    try:
-        org_id = ids.new_id()
-        user_ids = [ids.new_id() for _ in range(n)]
-        await db.execute("BEGIN")
-        await db.executemany(INSERT_USER, [user_row(i, u, org_id) for i, u in enumerate(user_ids)])
-        await db.execute("COMMIT")
-        async with (
-            env.nats_server(cfg, "raw-query") as url,
-            env.connections(url, 1) as (responder,),
-            env.connections(url, cfg.sizes.connections) as conns,
-        ):
-            await query_responder(responder, db)
+    path = cfg.tmp / "raw-query.db"
+    db = open_users_db(path)
+    org_id = ids.new_id()
+    user_ids = [ids.new_id() for _ in range(n)]
+    db.execute("BEGIN")
+    db.executemany(INSERT_USER, [user_row(i, u, org_id) for i, u in enumerate(user_ids)])
+    db.execute("COMMIT")
+    db.close()
+    async with (
+        env.nats_server(cfg, "raw-query") as url,
+        env.responder(cfg, "raw-query", url, "--db", str(path)),
+        env.connections(url, cfg.sizes.connections) as conns,
+    ):
 
-            async def call(worker: int, i: int) -> None:
-                payload = _encoder.encode({"user_id": user_ids[(i * 7919) % n]})
-                await _checked(conns[worker % len(conns)], RAW_QUERY, payload)
+        async def call(worker: int, i: int) -> None:
+            payload = _encoder.encode({"user_id": user_ids[(i * 7919) % n]})
+            await _checked(conns[worker % len(conns)], RAW_QUERY, payload)
 
-            async def run(warmup: bool) -> dict[str, float]:
-                return await two_ways(cfg, "raw query", call, warmup)
+        async def run(warmup: bool) -> dict[str, float]:
+            return await two_ways(cfg, "raw query", call, warmup)
 
-            yield run
-    finally:
-        await db.close()
+        yield run
 
 
 # Raw projection ---------------------------------------------------------------------------
@@ -197,6 +140,26 @@ class _UserRegistered(msgspec.Struct):
     name: str
     email: str
     roles: list[str] = msgspec.field(default_factory=lambda: ["member"])
+    service_admin: bool = False
+
+
+# The columns the raw projection writes, in this order: those of the users projection. If the
+# table grows a column, the insert fails loudly rather than measuring a different table.
+RAW_PROJECTION_COLUMNS = (
+    "user_id",
+    "org_id",
+    "name",
+    "email",
+    "roles",
+    "service_admin",
+    "created_at",
+    "updated_at",
+    "version",
+)
+RAW_PROJECTION_INSERT = (
+    f"INSERT INTO users ({', '.join(RAW_PROJECTION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in RAW_PROJECTION_COLUMNS)})"
+)
 
 
 class _Commit(msgspec.Struct):
@@ -209,7 +172,7 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
     decoder = msgspec.json.Decoder(_Commit)
     durable = "bench-raw-projection"
     nc = await nats.connect(url)
-    db = await open_users_db(store)
+    db = open_users_db(store)
     rss_start = env.peak_rss_mb()
     js = nc.jetstream()
     started = time.perf_counter()
@@ -234,20 +197,21 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
             seq = message.metadata.sequence.stream
             for e in decoder.decode(message.data).events:
                 roles = _encoder.encode(e.roles).decode()
-                rows.append((e.user_id, e.org_id, e.name, e.email, roles, at, at, seq))
-        await db.execute("BEGIN IMMEDIATE")
-        await db.executemany(INSERT_USER, rows)
-        await db.execute(
+                admin = int(e.service_admin)
+                rows.append((e.user_id, e.org_id, e.name, e.email, roles, admin, at, at, seq))
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(RAW_PROJECTION_INSERT, rows)
+        db.execute(
             "INSERT INTO checkpoints (name, seq) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
             ("raw", messages[-1].metadata.sequence.stream),
         )
-        await db.execute("COMMIT")
+        db.execute("COMMIT")
         await messages[-1].ack()
         done += len(messages)
     seconds = time.perf_counter() - started
     await js.delete_consumer(subjects.STREAM_NAME, durable)
-    await db.close()
+    db.close()
     await nc.close()
     return {"events": done, "seconds": seconds, "rss_start": rss_start, "rss": env.peak_rss_mb()}
 

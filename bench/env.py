@@ -1,5 +1,10 @@
-"""The parts a workload runs on: its own nats-server, the service in-process, connections,
-a log seeded with user registrations, and child processes (for a clean peak RSS)."""
+"""The parts a workload runs on: its own nats-server, the service and the raw responders each
+in a process of its own, connections and clients, a log seeded with user registrations, and
+child processes for replays (for a clean peak RSS).
+
+Only the clients run in the bench process, so the service and the raw baselines are
+measured the same way: each is one Python process with one NATS connection, and neither
+shares its CPU time or its event loop with the load it answers."""
 
 from __future__ import annotations
 
@@ -8,24 +13,25 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import msgspec
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import ids, subjects
-from agentmem.config import Settings
+from agentmem import Client, ids, subjects
 from agentmem.embedded import EmbeddedNats, server_binary
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import UserRegistered, encode_commit
-from agentmem.service import Service
 from bench.harness import Config
 
 PUBLISH_WINDOW = 256
@@ -70,19 +76,137 @@ async def connections(url: str, n: int) -> AsyncIterator[list[NATS]]:
                 await nc.close()
 
 
+def client(nc: NATS, token: str | None) -> Client:
+    """Every ``agentmem.Client`` the bench makes is made here."""
+    return Client(nc, token)
+
+
+class Child:
+    """A child process whose output goes to files (a full pipe would stall it)."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        logs.mkdir(parents=True, exist_ok=True)
+        self.out_path = logs / f"{name}.out"
+        self.err_path = logs / f"{name}.err"
+        self._files: list[IO[bytes]] = []
+        self.process: asyncio.subprocess.Process | None = None
+
+    def _open_logs(self) -> tuple[IO[bytes], IO[bytes]]:
+        out, err = open(self.out_path, "wb"), open(self.err_path, "wb")  # noqa: SIM115
+        self._files = [out, err]
+        return out, err
+
+    async def start(self) -> None:
+        out, err = self._open_logs()
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env
+        )
+
+    def output(self) -> str:
+        text = self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
+        return text[-3000:]
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            code = self.process.returncode if self.process else None
+            raise RuntimeError(f"{self.name} exited ({code}): {self.output()}")
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for f in self._files:
+            f.close()
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    url: str
+    data_dir: Path
+    token: str  # the service administrator's API key, saved by its first start
+
+
+async def _wait_healthy(child: Child, url: str, seconds: float = 60.0) -> None:
+    """Until ``agentmem.sys.health`` (public) answers ``live``."""
+    deadline = time.monotonic() + seconds
+    async with connections(url, 1) as (nc,):
+        while True:
+            child.check_alive()
+            with contextlib.suppress(nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                reply = _reply.decode((await nc.request(subjects.SYS_HEALTH, b"{}", 2)).data)
+                if reply.ok and reply.data and reply.data.get("live"):
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{child.name} not healthy after {seconds:g}s: {child.output()}")
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
-async def service(cfg: Config, url: str, name: str, password_cost: int) -> AsyncIterator[Service]:
-    """``agentmem.service.Service`` in this process, with a fresh SQLite file."""
-    data = cfg.tmp / name
-    settings = Settings(
-        nats_url=url, store=str(data / "agentmem.db"), data_dir=data, password_cost=password_cost
+async def service(
+    cfg: Config, url: str, name: str, password_cost: int
+) -> AsyncIterator[ServiceProcess]:
+    """``python -m agentmem serve`` on ``url``, with a fresh SQLite file, in a process of
+    its own; yields once ``agentmem.sys.health`` says it is live."""
+    data = cfg.tmp / name / "service"
+    child = Child(
+        f"{name}-service",
+        [sys.executable, "-m", "agentmem", "serve"],
+        _child_env(
+            {
+                "AGENTMEM_NATS": url,
+                "AGENTMEM_DATA_DIR": str(data),
+                "AGENTMEM_STORE": str(data / "agentmem.db"),
+                "AGENTMEM_PASSWORD_COST": str(password_cost),
+                "AGENTMEM_LOG_LEVEL": "warning",
+                "AGENTMEM_LOG_FORMAT": "json",
+            }
+        ),
+        cfg.tmp / "logs",
     )
-    svc = Service(settings)
-    await svc.start()
+    await child.start()
     try:
-        yield svc
+        await _wait_healthy(child, url)
+        token = (data / "admin.key").read_text().strip()
+        yield ServiceProcess(url, data, token)
+        child.check_alive()  # it did not die under the load
     finally:
-        await svc.stop()
+        await child.stop()
+
+
+@contextlib.asynccontextmanager
+async def responder(cfg: Config, kind: str, url: str, *extra: str) -> AsyncIterator[None]:
+    """``python -m bench.responder KIND``: a raw baseline's responder in a process of its
+    own; yields once it says it is subscribed."""
+    child = Child(
+        f"{kind}-responder",
+        [sys.executable, "-m", "bench.responder", kind, "--nats", url, *extra],
+        _child_env({}),
+        cfg.tmp / "logs",
+    )
+    await child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in child.out_path.read_text(errors="replace"):
+            child.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{child.name} not ready after 60s: {child.output()}")
+            await asyncio.sleep(0.05)
+        yield
+        child.check_alive()
+    finally:
+        await child.stop()
 
 
 async def ensure_stream(url: str) -> None:
@@ -96,7 +220,13 @@ class _Ack(msgspec.Struct):
     error: dict[str, object] | None = None
 
 
+class _Reply(msgspec.Struct):
+    ok: bool
+    data: dict[str, object] | None = None
+
+
 _ack = msgspec.json.Decoder(_Ack)
+_reply = msgspec.json.Decoder(_Reply)
 
 
 async def seed_users(nc: NATS, n: int, keep_ids: bool = False) -> tuple[int, list[str]]:

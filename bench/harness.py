@@ -201,6 +201,10 @@ async def concurrent(call: Call, workers: int, count: int, seconds: float) -> Lo
 
 
 def check(cfg: Config, name: str, loop: Loop) -> None:
+    """Failed calls under load are noted; a loop in which no call succeeded is broken, and
+    fails the workload (so a smoke run catches it)."""
+    if loop.errors and not loop.completed:
+        raise RuntimeError(f"{name}: all {loop.errors} calls failed, first: {loop.first_error}")
     if loop.errors:
         cfg.note(
             f"{name}: {loop.errors} of {loop.errors + loop.completed} calls failed, first: "

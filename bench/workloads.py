@@ -1,4 +1,5 @@
-"""AgentMem workloads, through ``agentmem.Client`` against the service run in this process."""
+"""AgentMem workloads: ``agentmem.Client`` in this process against ``python -m agentmem serve``
+in another (as the service's administrator, whose key its first start saved)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ async def clients(
     """A fresh nats-server, the service on it, and ``connections`` clients."""
     async with (
         env.nats_server(cfg, name) as url,
-        env.service(cfg, url, name, password_cost),
+        env.service(cfg, url, name, password_cost) as svc,
         env.connections(url, cfg.sizes.connections) as conns,
     ):
-        yield [Client(nc) for nc in conns]
+        yield [env.client(nc, svc.token) for nc in conns]
 
 
 # Commands ---------------------------------------------------------------------------------
@@ -110,10 +111,10 @@ async def point_query(cfg: Config) -> AsyncIterator[Run]:
         async with env.connections(url, 1) as (nc,):
             last, user_ids = await env.seed_users(nc, n, keep_ids=True)
         async with (
-            env.service(cfg, url, "point-query", MINIMAL_COST),
+            env.service(cfg, url, "point-query", MINIMAL_COST) as svc,
             env.connections(url, cfg.sizes.connections) as conns,
         ):
-            cs = [Client(c) for c in conns]
+            cs = [env.client(c, svc.token) for c in conns]
             await wait_visible(cs[0], user_ids[-1], last)
 
             async def call(worker: int, i: int) -> None:
@@ -209,6 +210,11 @@ async def lag(cfg: Config) -> AsyncIterator[Run]:
             _, late = await asyncio.wait(tasks, timeout=cfg.sizes.seconds + 10)
             for task in late:
                 task.cancel()
+            if not lags:
+                raise RuntimeError(
+                    f"lag: no command of {total} was read back; first error: "
+                    f"{first_error[0] if first_error else None}"
+                )
             if errors or late or stale:
                 cfg.note(
                     f"lag: {errors} errors, {len(late)} unfinished, {stale} stale reads "
