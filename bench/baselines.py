@@ -216,25 +216,8 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
     return {"events": done, "seconds": seconds, "rss_start": rss_start, "rss": env.peak_rss_mb()}
 
 
-@contextlib.asynccontextmanager
-async def raw_projection(cfg: Config) -> AsyncIterator[Run]:
-    log = await cfg.shared(
-        f"log-{cfg.sizes.replay_events}", lambda: env.seeded_log(cfg, cfg.sizes.replay_events)
-    )
-    runs = itertools.count()
-
-    async def run(warmup: bool) -> dict[str, float]:
-        store = cfg.tmp / f"raw-projection-{next(runs)}.db"
-        result = await env.run_child(cfg, "raw-projection", log.url, store, log.events)
-        if result["events"] != log.events:
-            cfg.note(f"raw projection applied {result['events']:.0f} of {log.events} events")
-        return {
-            "rate": result["events"] / result["seconds"],
-            "rss": result["rss"],
-            "rss_growth": result["rss"] - result["rss_start"],
-        }
-
-    yield run
+def raw_projection(cfg: Config) -> contextlib.AbstractAsyncContextManager[Run]:
+    return env.replay_in_child(cfg, "raw-projection")
 
 
 # Peer: the eventsourcing library ----------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -32,7 +33,7 @@ from agentmem import Client, ids, subjects
 from agentmem.embedded import EmbeddedNats, server_binary
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import UserRegistered, encode_commit
-from bench.harness import Config
+from bench.harness import Config, Run
 
 PUBLISH_WINDOW = 256
 # The shape of a real scrypt hash string, so a commit has the size of a real one.
@@ -333,3 +334,26 @@ async def run_child(cfg: Config, kind: str, url: str, store: Path, events: int) 
         raise RuntimeError(f"child {kind} exited {process.returncode}: {err.decode()[-2000:]}")
     result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
     return result
+
+
+@contextlib.asynccontextmanager
+async def replay_in_child(cfg: Config, child: str) -> AsyncIterator[Run]:
+    """Each run: a child process ``child`` applies the shared seeded log into a fresh SQLite
+    file; its rate and its own peak RSS are the result."""
+    log = await cfg.shared(
+        f"log-{cfg.sizes.replay_events}", lambda: seeded_log(cfg, cfg.sizes.replay_events)
+    )
+    runs = itertools.count()
+
+    async def run(warmup: bool) -> dict[str, float]:
+        store = cfg.tmp / f"{child}-{next(runs)}.db"
+        result = await run_child(cfg, child, log.url, store, log.events)
+        if result["events"] != log.events:
+            cfg.note(f"{child} applied {result['events']:.0f} of {log.events} events")
+        return {
+            "rate": result["events"] / result["seconds"],
+            "rss": result["rss"],
+            "rss_growth": result["rss"] - result["rss_start"],
+        }
+
+    yield run

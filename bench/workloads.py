@@ -146,25 +146,8 @@ async def replay_child(url: str, store: Path, events: int) -> dict[str, float]:
     }
 
 
-@contextlib.asynccontextmanager
-async def replay_session(cfg: Config) -> AsyncIterator[Run]:
-    log = await cfg.shared(
-        f"log-{cfg.sizes.replay_events}", lambda: env.seeded_log(cfg, cfg.sizes.replay_events)
-    )
-    runs = itertools.count()
-
-    async def run(warmup: bool) -> dict[str, float]:
-        store = cfg.tmp / f"replay-{next(runs)}.db"
-        result = await env.run_child(cfg, "replay", log.url, store, log.events)
-        if result["events"] != log.events:
-            cfg.note(f"replay applied {result['events']:.0f} of {log.events} events")
-        return {
-            "rate": result["events"] / result["seconds"],
-            "rss": result["rss"],
-            "rss_growth": result["rss"] - result["rss_start"],
-        }
-
-    yield run
+def replay_session(cfg: Config) -> contextlib.AbstractAsyncContextManager[Run]:
+    return env.replay_in_child(cfg, "replay")
 
 
 # Write-to-visible lag ---------------------------------------------------------------------
