@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--data-dir", type=Path, help="env AGENTMEM_DATA_DIR; default ./data")
         sub.add_argument(
-            "--store", help="SQLite file (env AGENTMEM_STORE; default <data-dir>/agentmem.db)"
+            "--store",
+            help="an SQLite file or a postgresql:// DSN (env AGENTMEM_STORE; "
+            "default <data-dir>/agentmem.db)",
         )
         sub.add_argument("--log-level", help="env AGENTMEM_LOG_LEVEL; default info")
         sub.add_argument(

@@ -142,7 +142,7 @@ class Service:
         await self.dispatcher.start(
             [subjects.COMMAND_PREFIX, subjects.QUERY_PREFIX, subjects.SYSTEM_PREFIX]
         )
-        log.info("agentmem ready", nats=redact_url(url), store=settings.store_url)
+        log.info("agentmem ready", nats=redact_url(url), store=redact_url(settings.store_url))
 
     async def _run_worker(self, worker: ProjectionWorker) -> None:
         """Keep a projection running: after a failure (the log or the store went away), wait

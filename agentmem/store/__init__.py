@@ -35,9 +35,18 @@ __all__ = [
 
 
 async def open_store(url: str) -> Store:
-    """``sqlite:///path/to.db``, a bare path, or (later) ``postgresql://...``."""
+    """``sqlite:///path/to.db``, a bare path, or ``postgresql://...`` (``postgres://``)."""
     if url.startswith(("postgres://", "postgresql://")):
-        raise StartupError("the Postgres store is not built yet; give --store an SQLite path")
+        import asyncpg  # type: ignore[import-untyped]
+
+        from agentmem.store.postgres import PostgresStore
+
+        postgres = PostgresStore(url)
+        try:
+            await postgres.open()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(f"cannot open the Postgres store: {exc}") from exc
+        return postgres
     from agentmem.store.sqlite import SQLiteStore
 
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")

@@ -1,0 +1,216 @@
+"""The store for scale: Postgres through asyncpg, with a connection pool.
+
+The SQL is the shared text of ``agentmem.store.sql`` and the queries (``?`` placeholders);
+each string is translated to Postgres's ``$1..$n`` once and the translation cached, and
+asyncpg prepares (and caches) the statement per connection.
+
+A projection batch is one transaction: an ``executemany`` per run of equal statements, the
+parked events and the checkpoint upsert. When the database refuses something, the
+transaction is rolled back and the batch applied again one item at a time, each in a
+savepoint (a nested ``conn.transaction()``); the items refused again are parked and the rest
+commits with the checkpoint, as in the SQLite store.
+
+Text columns are created with ``COLLATE "C"`` so that ``ORDER BY`` and ``>`` on text compare
+bytes, as SQLite does: a page cursor and ``dump`` order are the same on both engines.
+
+The pool's connections take their settings from the URL: parameters asyncpg does not know
+(``?search_path=myschema``) become server settings, and ``options=-csearch_path%3D...``
+is passed to the server as libpq would.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from agentmem.store import sql
+from agentmem.store.port import Column, Parked, ProjectionBatch, Row, Table
+
+_TYPES = {"text": 'TEXT COLLATE "C"', "integer": "BIGINT", "json": 'TEXT COLLATE "C"'}
+
+_SYSTEM_TABLES = [
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        projection TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+        seq BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS parked_events (
+        projection TEXT COLLATE "C" NOT NULL,
+        seq BIGINT NOT NULL,
+        subject TEXT NOT NULL,
+        error TEXT NOT NULL,
+        parked_at BIGINT NOT NULL,
+        PRIMARY KEY (projection, seq)
+    )""",
+]
+
+# Two processes migrating at once must not race on CREATE ... IF NOT EXISTS (it can fail
+# with a unique violation in the catalog): migrations hold this transaction-level lock.
+_MIGRATE_LOCK = 0x6167_656E_746D_656D  # "agentmem"
+_MIGRATE_LOCK_SIGNED = _MIGRATE_LOCK - (1 << 64) if _MIGRATE_LOCK >= 1 << 63 else _MIGRATE_LOCK
+
+
+@lru_cache(maxsize=2048)
+def translate(query: str) -> str:
+    """``?`` placeholders to ``$1..$n``, leaving quoted strings and identifiers alone."""
+    out: list[str] = []
+    n = 0
+    quote: str | None = None
+    for ch in query:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            out.append(ch)
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            n += 1
+            out.append(f"${n}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def create_table(table: Table) -> list[str]:
+    """Like ``sql.create_table``, with Postgres's types (text compared as bytes)."""
+
+    def column(c: Column) -> str:
+        return f"{c.name} {_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
+
+    columns = ", ".join(column(c) for c in table.columns)
+    key = ", ".join(table.primary_key)
+    statements = [f"CREATE TABLE IF NOT EXISTS {table.name} ({columns}, PRIMARY KEY ({key}))"]
+    for name, index_columns, unique in table.indexes:
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        statements.append(
+            f"CREATE {kind} IF NOT EXISTS {name} ON {table.name} ({', '.join(index_columns)})"
+        )
+    return statements
+
+
+class PostgresStore:
+    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._keys: dict[str, tuple[str, ...]] = {}
+
+    # Lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size
+        )
+        await self._run_locked(_SYSTEM_TABLES)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def _run_locked(self, statements: list[str]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK_SIGNED)
+            for statement in statements:
+                await conn.execute(statement)
+
+    # Writes ------------------------------------------------------------------------------
+    async def migrate(self, tables: list[Table]) -> None:
+        statements: list[str] = []
+        for table in tables:
+            self._keys[table.name] = table.primary_key
+            statements += create_table(table)
+        await self._run_locked(statements)
+
+    async def apply(self, batch: ProjectionBatch) -> list[Parked]:
+        async with self.pool.acquire() as conn:
+            parked = list(batch.parked)
+            try:
+                async with conn.transaction():
+                    ops = [op for _, _, item_ops in batch.items for op in item_ops]
+                    for statement, params in sql.grouped(ops, self._keys):
+                        await conn.executemany(translate(statement), params)
+                    await self._finish(conn, batch, parked)
+                return parked
+            except asyncpg.PostgresError:
+                pass
+            # Some item is refused: start over one item at a time, each in a savepoint, and
+            # park the ones the database refuses.
+            async with conn.transaction():
+                for seq, subject, item_ops in batch.items:
+                    try:
+                        async with conn.transaction():
+                            for statement, params in sql.grouped(item_ops, self._keys):
+                                await conn.executemany(translate(statement), params)
+                    except asyncpg.PostgresError as exc:
+                        parked.append(
+                            Parked(batch.projection, seq, subject, f"{type(exc).__name__}: {exc}")
+                        )
+                await self._finish(conn, batch, parked)
+            return parked
+
+    @staticmethod
+    async def _finish(
+        conn: asyncpg.Connection, batch: ProjectionBatch, parked: list[Parked]
+    ) -> None:
+        if parked:
+            now = time.time_ns() // 1_000_000
+            await conn.executemany(
+                "INSERT INTO parked_events (projection, seq, subject, error, parked_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (projection, seq) DO NOTHING",
+                [(p.projection, p.seq, p.subject, p.error, now) for p in parked],
+            )
+        await conn.execute(
+            "INSERT INTO checkpoints (projection, seq) VALUES ($1, $2) "
+            "ON CONFLICT (projection) DO UPDATE SET seq = excluded.seq",
+            batch.projection,
+            batch.checkpoint,
+        )
+
+    async def reset(self, projection: str, tables: list[Table]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            for table in tables:
+                await conn.execute(f"DELETE FROM {table.name}")
+            await conn.execute("DELETE FROM checkpoints WHERE projection = $1", projection)
+            await conn.execute("DELETE FROM parked_events WHERE projection = $1", projection)
+
+    # Reads -------------------------------------------------------------------------------
+    async def checkpoint(self, projection: str) -> int:
+        row = await self.fetch_one("SELECT seq FROM checkpoints WHERE projection = ?", projection)
+        return int(row["seq"]) if row else 0
+
+    async def checkpoints(self) -> dict[str, int]:
+        rows = await self.fetch_all("SELECT projection, seq FROM checkpoints")
+        return {row["projection"]: int(row["seq"]) for row in rows}
+
+    async def parked(self, projection: str | None = None) -> list[Parked]:
+        query = "SELECT projection, seq, subject, error FROM parked_events"
+        rows = await (
+            self.fetch_all(f"{query} WHERE projection = ? ORDER BY seq", projection)
+            if projection
+            else self.fetch_all(f"{query} ORDER BY projection, seq")
+        )
+        return [Parked(r["projection"], r["seq"], r["subject"], r["error"]) for r in rows]
+
+    async def dump(self, table: Table) -> list[tuple[Any, ...]]:
+        order = ", ".join(table.primary_key)
+        columns = ", ".join(table.column_names)
+        records = await self.pool.fetch(f"SELECT {columns} FROM {table.name} ORDER BY {order}")
+        return [tuple(record) for record in records]
+
+    async def fetch_one(self, query: str, *args: Any) -> Row | None:
+        record = await self.pool.fetchrow(translate(query), *args)
+        return dict(record.items()) if record is not None else None
+
+    async def fetch_all(self, query: str, *args: Any) -> list[Row]:
+        records = await self.pool.fetch(translate(query), *args)
+        return [dict(record.items()) for record in records]

@@ -1,0 +1,410 @@
+"""One contract for every projection store: each case runs on SQLite and on Postgres.
+
+Postgres is the machine's server (DSN from ``AGENTMEM_TEST_POSTGRES``, by default the local
+one); each test gets a fresh schema of its own, dropped afterwards. With no Postgres
+reachable the Postgres cases skip, unless ``CI`` is set: there they must run, so they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from agentmem import Client
+from agentmem.eventlog import H_TIME, StoredCommit
+from agentmem.events import (
+    ApiKeyCreated,
+    OrgCreated,
+    OrgRenamed,
+    UserProfileUpdated,
+    UserRegistered,
+)
+from agentmem.service import Service
+from agentmem.store import (
+    Column,
+    Delete,
+    Parked,
+    ProjectionBatch,
+    Store,
+    Table,
+    Update,
+    Upsert,
+    open_store,
+)
+from agentmem.store.postgres import PostgresStore, translate
+from agentmem.store.sqlite import SQLiteStore
+from projections import ALL
+from tests.conftest import admin_key, settings_for
+from tests.support import NatsServer
+
+DSN = os.environ.get("AGENTMEM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+ITEMS = Table(
+    name="items",
+    columns=(
+        Column("item_id", "text"),
+        Column("email", "text"),
+        Column("n", "integer", nullable=True),
+        Column("doc", "json", nullable=True),
+    ),
+    primary_key=("item_id",),
+    indexes=(("items_email", ("email",), True), ("items_n", ("n",), False)),
+)
+PAIRS = Table(
+    name="pairs",
+    columns=(Column("a", "text"), Column("b", "integer"), Column("v", "text")),
+    primary_key=("a", "b"),
+)
+TABLES = [ITEMS, PAIRS]
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A fresh schema on the test server, dropped afterwards; skips (or fails in CI)."""
+    try:
+        admin = await asyncpg.connect(DSN, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = f"Postgres unreachable at {DSN}: {type(exc).__name__}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must run the Postgres store tests)")
+        pytest.skip(reason)
+    schema = f"test_{secrets.token_hex(6)}"
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield schema
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+def _with_search_path(dsn: str, schema: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    async with postgres_schema() as schema:
+        yield schema
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with contextlib.AsyncExitStack() as stack:
+        opened: Store
+        if request.param == "sqlite":
+            sqlite = SQLiteStore(str(tmp_path / "store.db"))
+            await sqlite.open()
+            opened = sqlite
+        else:
+            schema = await stack.enter_async_context(postgres_schema())
+            opened = await open_store(_with_search_path(DSN, schema))
+            assert isinstance(opened, PostgresStore)
+        stack.push_async_callback(opened.close)
+        await opened.migrate(TABLES)
+        yield opened
+
+
+def item(
+    seq: int, *ops: Upsert | Update | Delete
+) -> tuple[int, str, list[Upsert | Update | Delete]]:
+    return (seq, f"evt.{seq}", list(ops))
+
+
+def row(item_id: str, email: str, n: int | None = None, doc: str | None = None) -> Upsert:
+    return Upsert("items", {"item_id": item_id, "email": email, "n": n, "doc": doc})
+
+
+# The placeholder translation ---------------------------------------------------------------
+def test_placeholders_become_numbered_outside_quotes() -> None:
+    assert translate("SELECT a FROM t WHERE a = ? AND b > ? LIMIT ?") == (
+        "SELECT a FROM t WHERE a = $1 AND b > $2 LIMIT $3"
+    )
+    assert translate("SELECT '?' AS q, \"?\" FROM t WHERE a = ?") == (
+        "SELECT '?' AS q, \"?\" FROM t WHERE a = $1"
+    )
+
+
+# The contract ------------------------------------------------------------------------------
+async def test_migrate_is_idempotent(store: Store) -> None:
+    await store.apply(ProjectionBatch("items", 1, [item(1, row("a", "a@x", 1))]))
+    await store.migrate(TABLES)
+    await store.migrate(TABLES)
+    assert await store.dump(ITEMS) == [("a", "a@x", 1, None)]
+    assert await store.checkpoint("items") == 1
+
+
+async def test_apply_writes_rows_and_checkpoint_together(store: Store) -> None:
+    assert await store.checkpoint("items") == 0
+    assert await store.checkpoints() == {}
+    parked = await store.apply(
+        ProjectionBatch(
+            "items",
+            2,
+            [
+                item(1, row("a", "a@x", 1), Upsert("pairs", {"a": "a", "b": 1, "v": "x"})),
+                item(2, row("b", "b@x", None, '{"k": [1, 2]}')),
+            ],
+        )
+    )
+    assert parked == []
+    assert await store.dump(ITEMS) == [("a", "a@x", 1, None), ("b", "b@x", None, '{"k": [1, 2]}')]
+    assert await store.dump(PAIRS) == [("a", 1, "x")]
+    assert await store.checkpoint("items") == 2
+    assert await store.checkpoints() == {"items": 2}
+    assert await store.parked() == []
+
+
+async def test_a_refused_item_is_parked_and_the_rest_commits(store: Store) -> None:
+    await store.apply(ProjectionBatch("items", 1, [item(1, row("a", "same@x", 1))]))
+    parked = await store.apply(
+        ProjectionBatch(
+            "items",
+            4,
+            [
+                item(2, row("b", "b@x", 2)),
+                item(3, row("c", "same@x", 3), Upsert("pairs", {"a": "c", "b": 3, "v": "y"})),
+                item(4, row("d", "d@x", 4)),
+            ],
+        )
+    )
+    assert [(p.projection, p.seq, p.subject) for p in parked] == [("items", 3, "evt.3")]
+    assert parked[0].error  # why, for an operator
+    # The refused item left nothing behind, not even its first operation's partner.
+    assert [r[0] for r in await store.dump(ITEMS)] == ["a", "b", "d"]
+    assert await store.dump(PAIRS) == []
+    assert await store.checkpoint("items") == 4
+    assert [(p.seq, p.subject) for p in await store.parked("items")] == [(3, "evt.3")]
+    assert [p.seq for p in await store.parked()] == [3]
+    assert await store.parked("other") == []
+
+
+async def test_batch_parked_events_are_kept_with_the_checkpoint(store: Store) -> None:
+    given = Parked("items", 5, "evt.5", "ValueError: cannot decode")
+    parked = await store.apply(ProjectionBatch("items", 5, [item(4, row("a", "a@x"))], [given]))
+    assert parked == [given]
+    assert await store.parked("items") == [given]
+    assert await store.checkpoint("items") == 5
+
+
+async def test_upsert_update_delete(store: Store) -> None:
+    await store.apply(
+        ProjectionBatch(
+            "items",
+            3,
+            [
+                item(1, row("a", "a@x", 1), row("b", "b@x", 2)),
+                # An upsert of an existing key replaces every column but the key.
+                item(2, row("a", "a2@x", None, "{}")),
+                item(3, Update("items", {"item_id": "b"}, {"n": 20, "doc": "[]"})),
+            ],
+        )
+    )
+    assert await store.dump(ITEMS) == [("a", "a2@x", None, "{}"), ("b", "b@x", 20, "[]")]
+    await store.apply(
+        ProjectionBatch(
+            "items",
+            5,
+            [
+                item(4, Update("items", {"item_id": "missing"}, {"n": 1})),  # no row: no-op
+                item(5, Delete("items", {"item_id": "a"}), Delete("items", {"email": "none"})),
+            ],
+        )
+    )
+    assert await store.dump(ITEMS) == [("b", "b@x", 20, "[]")]
+    # A key of several columns.
+    await store.apply(
+        ProjectionBatch(
+            "pairs",
+            2,
+            [
+                item(1, Upsert("pairs", {"a": "k", "b": 1, "v": "one"})),
+                item(
+                    2,
+                    Upsert("pairs", {"a": "k", "b": 1, "v": "uno"}),
+                    Upsert("pairs", {"a": "k", "b": 2, "v": "two"}),
+                ),
+            ],
+        )
+    )
+    assert await store.dump(PAIRS) == [("k", 1, "uno"), ("k", 2, "two")]
+    await store.apply(ProjectionBatch("pairs", 3, [item(3, Delete("pairs", {"a": "k", "b": 1}))]))
+    assert await store.dump(PAIRS) == [("k", 2, "two")]
+    assert await store.checkpoints() == {"items": 5, "pairs": 3}
+
+
+async def test_reset_empties_tables_checkpoint_and_parked(store: Store) -> None:
+    await store.apply(
+        ProjectionBatch(
+            "items",
+            2,
+            [item(1, row("a", "a@x")), item(2, row("b", "a@x"))],  # the second is parked
+        )
+    )
+    await store.apply(
+        ProjectionBatch("pairs", 1, [item(1, Upsert("pairs", {"a": "k", "b": 1, "v": "v"}))])
+    )
+    assert len(await store.parked("items")) == 1
+    await store.reset("items", [ITEMS])
+    assert await store.dump(ITEMS) == []
+    assert await store.checkpoint("items") == 0
+    assert await store.parked("items") == []
+    # Another projection's state is untouched.
+    assert await store.checkpoints() == {"pairs": 1}
+    assert await store.dump(PAIRS) == [("k", 1, "v")]
+
+
+async def test_dump_is_ordered_by_primary_key_bytewise(store: Store) -> None:
+    keys = ["b", "B", "a", "_x", "A", "a1", "a10", "a2", "Z", "é"]
+    pairs = [("k", 10), ("k", 2), ("j", 3), ("K", 1)]
+    await store.apply(
+        ProjectionBatch(
+            "items",
+            2,
+            [
+                item(1, *(row(k, f"{k}@x", i) for i, k in enumerate(keys))),
+                item(2, *(Upsert("pairs", {"a": a, "b": b, "v": ""}) for a, b in pairs)),
+            ],
+        )
+    )
+    assert [r[0] for r in await store.dump(ITEMS)] == sorted(keys, key=lambda k: k.encode())
+    assert [(r[0], r[1]) for r in await store.dump(PAIRS)] == sorted(pairs)
+
+
+async def test_fetch_one_and_fetch_all(store: Store) -> None:
+    await store.apply(
+        ProjectionBatch(
+            "items",
+            1,
+            [item(1, *(row(f"i{n}", f"{n}@x", n) for n in range(1, 6)), row("z", "z@x"))],
+        )
+    )
+    assert await store.fetch_one("SELECT item_id, n, doc FROM items WHERE item_id = ?", "i3") == {
+        "item_id": "i3",
+        "n": 3,
+        "doc": None,
+    }
+    assert await store.fetch_one("SELECT item_id FROM items WHERE item_id = ?", "nope") is None
+    assert await store.fetch_one("SELECT 1 AS found FROM items WHERE email = ?", "2@x") == {
+        "found": 1
+    }
+    rows = await store.fetch_all(
+        "SELECT item_id, n FROM items WHERE item_id > ? AND n IS NOT NULL ORDER BY item_id LIMIT ?",
+        "i1",
+        3,
+    )
+    assert rows == [{"item_id": "i2", "n": 2}, {"item_id": "i3", "n": 3}, {"item_id": "i4", "n": 4}]
+    assert all(type(r["n"]) is int for r in rows)
+    assert await store.fetch_all("SELECT item_id FROM items WHERE n > ?", 100) == []
+
+
+# The real projections -----------------------------------------------------------------------
+def commit(seq: int, subject: str, *events: object) -> StoredCommit:
+    return StoredCommit(seq, subject, {H_TIME: str(1_700_000_000_000 + seq)}, list(events))  # type: ignore[arg-type]
+
+
+async def test_the_projection_tables_work(store: Store) -> None:
+    tables = [t for p in ALL for t in p.tables]
+    await store.migrate(tables)
+    await store.migrate(tables)
+    commits = [
+        commit(1, "evt.org.o1.created", OrgCreated(org_id="o1", name="Acme")),
+        commit(2, "evt.org.o1.renamed", OrgRenamed(org_id="o1", name="Acme Ltd")),
+        commit(
+            3,
+            "evt.user.o1.u1",
+            UserRegistered(user_id="u1", org_id="o1", name="Ann", email="ann@x", password_hash="h"),
+        ),
+        commit(
+            4,
+            "evt.user.o1.u2",
+            UserRegistered(
+                user_id="u2",
+                org_id="o1",
+                name="Bob",
+                email="bob@x",
+                password_hash="h",
+                roles=("admin",),
+                service_admin=True,
+            ),
+        ),
+        commit(
+            5, "evt.user.o1.u1", UserProfileUpdated(user_id="u1", name="Annie", email="annie@x")
+        ),
+        commit(
+            6,
+            "evt.user.o1.u2",
+            ApiKeyCreated(key_id="k1", user_id="u2", name="ci", prefix="am_k1", digest="x"),
+        ),
+        # Takes an email already in use: refused by the unique index, parked.
+        commit(
+            7,
+            "evt.user.o1.u3",
+            UserRegistered(user_id="u3", org_id="o1", name="Eve", email="bob@x", password_hash="h"),
+        ),
+    ]
+    for projection in ALL:
+        batch = ProjectionBatch(projection.name, 7)
+        for c in commits:
+            ops = projection.project(c)
+            if ops:
+                batch.items.append((c.seq, c.subject, ops))
+        await store.apply(batch)
+    by_name = {t.name: t for t in tables}
+    at = 1_700_000_000_000
+    assert await store.dump(by_name["orgs"]) == [("o1", "Acme Ltd", at + 1, at + 2, 2)]
+    assert await store.dump(by_name["users"]) == [
+        ("u1", "o1", "Annie", "annie@x", '["member"]', 0, at + 3, at + 5, 5),
+        ("u2", "o1", "Bob", "bob@x", '["admin"]', 1, at + 4, at + 4, 4),
+    ]
+    assert await store.dump(by_name["api_keys"]) == [
+        ("k1", "u2", "o1", "ci", "am_k1", at + 6, None)
+    ]
+    assert [(p.projection, p.seq) for p in await store.parked()] == [("users", 7)]
+    assert await store.checkpoints() == {"orgs": 7, "users": 7}
+    assert await store.fetch_one("SELECT name FROM users WHERE email = ?", "annie@x") == {
+        "name": "Annie"
+    }
+
+
+# End to end on Postgres ----------------------------------------------------------------------
+async def test_the_service_runs_on_postgres(
+    nats_server: NatsServer, tmp_path: Path, pg_schema: str
+) -> None:
+    import nats
+
+    settings = settings_for(nats_server, tmp_path)
+    settings.store = _with_search_path(DSN, pg_schema)
+    service = Service(settings)
+    await service.start()
+    nc = await nats.connect(nats_server.url)
+    try:
+        assert isinstance(service.store, PostgresStore)
+        api = Client(nc, admin_key(tmp_path))
+        org = await api.create_org("Acme")
+        org_id = org.fields["org_id"]
+        written = await api.register_user(org_id, "Ann", "Ann@Example.com", "first-secret-pass")
+        user = await api.get_user(written.fields["user_id"], after_seq=api.last_seq)
+        assert (user.org_id, user.name, user.email, user.roles) == (
+            org_id,
+            "Ann",
+            "ann@example.com",
+            ["member"],
+        )
+        listed = await api.list_users(org_id, after_seq=api.last_seq)
+        assert [u.user_id for u in listed.items] == [written.fields["user_id"]]
+        # The rows are in the test's schema on the server.
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM users") >= 2  # admin and Ann
+        finally:
+            await conn.close()
+    finally:
+        await nc.close()
+        await service.stop()
