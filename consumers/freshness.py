@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
@@ -52,8 +53,13 @@ class Freshness:
 
     async def _log_position(self, projection: str) -> tuple[bool, int]:
         """(nothing left for this projection to apply, last sequence of the log)."""
-        info = await self.js.consumer_info(self.stream, durable_name(projection))
-        drained = info.num_pending == 0 and info.num_ack_pending == 0
+        try:
+            info = await self.js.consumer_info(self.stream, durable_name(projection))
+            drained = info.num_pending == 0 and info.num_ack_pending == 0
+        except nats.js.errors.NotFoundError:
+            # No consumer yet: the worker has not subscribed (the service just started, or
+            # the worker is starting again), so nothing says the projection is drained.
+            drained = False
         stream = await self.js.stream_info(self.stream)
         return bool(drained), int(stream.state.last_seq)
 

@@ -10,7 +10,40 @@ from nats.aio.client import Client as NATS
 from agentmem import Client
 from agentmem.config import Settings
 from agentmem.service import Service
+from tests.pg import DSN, postgres_schema, with_search_path
 from tests.support import TEST_PASSWORD_COST, NatsServer
+
+STORE_KINDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a module's tests on every store it names in ``STORES`` (only where they use one).
+
+    A module opts in with ``STORES = ("sqlite", "postgres")``; elsewhere ``store_kind`` is
+    SQLite, so tests that read SQLite files or rely on SQLite specifics stay as they are.
+    """
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores and "store_kind" in metafunc.fixturenames:
+        unknown = set(stores) - set(STORE_KINDS)
+        assert not unknown, f"unknown stores in STORES: {sorted(unknown)}"
+        metafunc.parametrize("store_kind", stores, indirect=True)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which projection store a test runs on: SQLite, unless its module names ``STORES``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def store_url(store_kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a fresh, empty store of ``store_kind``: an SQLite file in ``tmp_path``, or a
+    Postgres schema of its own (skipped outside CI when no Postgres is reachable)."""
+    if store_kind == "postgres":
+        async with postgres_schema() as schema:
+            yield with_search_path(DSN, schema)
+    else:
+        yield str(tmp_path / "agentmem.db")
 
 
 @pytest.fixture
@@ -21,18 +54,20 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
-def settings_for(server: NatsServer, tmp_path: Path) -> Settings:
+def settings_for(server: NatsServer, tmp_path: Path, store: str | None = None) -> Settings:
     settings = Settings()
     settings.nats_url = server.url
     settings.data_dir = tmp_path
-    settings.store = str(tmp_path / "agentmem.db")
+    settings.store = store or str(tmp_path / "agentmem.db")
     settings.password_cost = TEST_PASSWORD_COST
     return settings
 
 
 @pytest.fixture
-async def service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Service]:
-    svc = Service(settings_for(nats_server, tmp_path))
+async def service(
+    nats_server: NatsServer, tmp_path: Path, store_url: str
+) -> AsyncIterator[Service]:
+    svc = Service(settings_for(nats_server, tmp_path, store_url))
     await svc.start()
     yield svc
     await svc.stop()

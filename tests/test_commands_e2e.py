@@ -1,4 +1,5 @@
-"""Every command and query over NATS, against the real service, a real nats-server and SQLite.
+"""Every command and query over NATS, against the real service and a real nats-server, on
+each projection store: SQLite and Postgres (``STORES``; see ``tests/conftest.py``).
 
 Each test gets its own nats-server and service (the ``client`` fixture). Replies are recorded,
 and after every test no reply may carry a password or a password hash.
@@ -35,6 +36,8 @@ from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator
 from consumers.router import Dispatcher
 from tests.support import TEST_PASSWORD_COST, NatsServer
+
+STORES = ("sqlite", "postgres")
 
 PASSWORD = "first-secret-pass"
 NEW_PASSWORD = "second-secret-pass"

@@ -31,6 +31,10 @@ from tests.realparts import (
 )
 from tests.support import NatsServer
 
+# Only the ``service`` test takes a store: its live tables, on either store, must equal a
+# replay into a fresh SQLite file. The CLI test replays an SQLite file in place.
+STORES = ("sqlite", "postgres")
+
 
 async def run_mix(client: Client) -> dict[str, str]:
     """Orgs, users, renames, role changes, email changes, password changes and deletes."""

@@ -1,5 +1,7 @@
 from agentmem import Client
 
+STORES = ("sqlite", "postgres")
+
 
 async def test_register_then_read_your_write(client: Client) -> None:
     org = await client.create_org("Acme")

@@ -8,11 +8,8 @@ reachable the Postgres cases skip, unless ``CI`` is set: there they must run, so
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -42,9 +39,8 @@ from agentmem.store.postgres import PostgresStore, translate
 from agentmem.store.sqlite import SQLiteStore
 from projections import ALL
 from tests.conftest import admin_key, settings_for
+from tests.pg import DSN, postgres_schema, with_search_path
 from tests.support import NatsServer
-
-DSN = os.environ.get("AGENTMEM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 ITEMS = Table(
     name="items",
@@ -65,29 +61,6 @@ PAIRS = Table(
 TABLES = [ITEMS, PAIRS]
 
 
-@contextlib.asynccontextmanager
-async def postgres_schema() -> AsyncIterator[str]:
-    """A fresh schema on the test server, dropped afterwards; skips (or fails in CI)."""
-    try:
-        admin = await asyncpg.connect(DSN, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = f"Postgres unreachable at {DSN}: {type(exc).__name__}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI must run the Postgres store tests)")
-        pytest.skip(reason)
-    schema = f"test_{secrets.token_hex(6)}"
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield schema
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
-
-
-def _with_search_path(dsn: str, schema: str) -> str:
-    return f"{dsn}{'&' if '?' in dsn else '?'}options={quote(f'-csearch_path={schema}')}"
-
-
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[str]:
     async with postgres_schema() as schema:
@@ -104,7 +77,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             opened = sqlite
         else:
             schema = await stack.enter_async_context(postgres_schema())
-            opened = await open_store(_with_search_path(DSN, schema))
+            opened = await open_store(with_search_path(DSN, schema))
             assert isinstance(opened, PostgresStore)
         stack.push_async_callback(opened.close)
         await opened.migrate(TABLES)
@@ -380,7 +353,7 @@ async def test_the_service_runs_on_postgres(
     import nats
 
     settings = settings_for(nats_server, tmp_path)
-    settings.store = _with_search_path(DSN, pg_schema)
+    settings.store = with_search_path(DSN, pg_schema)
     service = Service(settings)
     await service.start()
     nc = await nats.connect(nats_server.url)

@@ -1,0 +1,43 @@
+"""The test Postgres server: a fresh schema per test, and a store URL that selects it.
+
+The DSN comes from ``AGENTMEM_TEST_POSTGRES`` (by default the local server). With no Postgres
+reachable a test that needs it skips, with the reason on one line, unless ``CI`` is set:
+there the Postgres tests must run, so they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+DSN = os.environ.get("AGENTMEM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A fresh schema on the test server, dropped afterwards; skips (or fails in CI)."""
+    try:
+        admin = await asyncpg.connect(DSN, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = f"Postgres unreachable at {DSN}: {type(exc).__name__}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must run the Postgres store tests)")
+        pytest.skip(reason)
+    schema = f"test_{secrets.token_hex(6)}"
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield schema
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """``dsn`` with ``schema`` as the search path of every connection made from it."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={quote(f'-csearch_path={schema}')}"
