@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -122,6 +123,21 @@ def write_config(
     return config
 
 
+def _detach_but_die_with_parent() -> None:
+    """Runs in the child before nats-server starts.
+
+    Its own session: a terminal's Ctrl-C goes to the whole foreground process group, and
+    the log must outlive the drain that Ctrl-C starts; AgentMem stops the server last. And
+    on Linux, the kernel sends it SIGTERM if AgentMem dies (say, SIGKILL), so no orphaned
+    server keeps the port and the store.
+    """
+    os.setsid()
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class EmbeddedNats:
     def __init__(self, store_dir: Path, host: str, port: int, sync_always: bool = True) -> None:
         self.store_dir = store_dir
@@ -154,6 +170,7 @@ class EmbeddedNats:
             [server_binary(), "-c", str(config)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=_detach_but_die_with_parent,
         )
         log_file.close()
         deadline = asyncio.get_running_loop().time() + ready_timeout

@@ -482,3 +482,58 @@ async def test_admin_create_key_makes_a_working_key_from_the_log(
         assert (await root.get_org(org)).name == "Made with the CLI key"
     finally:
         await nc.close()
+
+
+async def test_ctrl_c_to_the_whole_process_group_still_drains_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of the foreground group; the embedded
+    nats-server must not go down under the drain. And when serve is SIGKILLed, its
+    nats-server must not outlive it."""
+    import os
+
+    port = free_port()
+    data = tmp_path / "data"
+    flags = ["serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen(
+                [*agentmem_command(), *flags],
+                env=clean_env(),
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a group of its own, as a terminal's job is
+            )
+
+    async def connected(process: subprocess.Popen[bytes], log: Path) -> NATS:
+        watcher = Serve(flags[1:], clean_env(), tmp_path, log)
+        watcher.process = process
+        return await watcher.connect(f"nats://127.0.0.1:{port}")
+
+    log = tmp_path / "serve.log"
+    serve = start(log)
+    try:
+        nc = await connected(serve, log)
+        await Client(nc, admin_key(data)).create_org("Acme")
+        await nc.close()
+        os.killpg(serve.pid, signal.SIGINT)
+        assert serve.wait(20) == 0
+        text = log.read_text()
+        assert "agentmem stopped" in text
+        assert "Server Shutdown" not in text
+        assert "projection failed" not in text
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+    serve = start(tmp_path / "serve2.log")
+    try:
+        await (await connected(serve, tmp_path / "serve2.log")).close()
+    except BaseException:
+        serve.kill()
+        raise
+    children = [pid for pid in child_pids(serve.pid) if "nats-server" in cmdline(pid)]
+    assert len(children) == 1
+    serve.kill()
+    serve.wait(10)
+    await wait_gone(children[0])
