@@ -27,9 +27,15 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from agentmem.store import sql
-from agentmem.store.port import Column, Parked, ProjectionBatch, Row, Table
+from agentmem.store.port import ColumnType, Parked, ProjectionBatch, Row, Table
+from agentmem.store.system_reads import SystemReads
 
-_TYPES = {"text": 'TEXT COLLATE "C"', "integer": "BIGINT", "json": 'TEXT COLLATE "C"'}
+# Text compared as bytes, as SQLite does: a dump or a page orders alike on both stores.
+_TYPES: dict[ColumnType, str] = {
+    "text": 'TEXT COLLATE "C"',
+    "integer": "BIGINT",
+    "json": 'TEXT COLLATE "C"',
+}
 
 _SYSTEM_TABLES = [
     """CREATE TABLE IF NOT EXISTS checkpoints (
@@ -74,24 +80,7 @@ def translate(query: str) -> str:
     return "".join(out)
 
 
-def create_table(table: Table) -> list[str]:
-    """Like ``sql.create_table``, with Postgres's types (text compared as bytes)."""
-
-    def column(c: Column) -> str:
-        return f"{c.name} {_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
-
-    columns = ", ".join(column(c) for c in table.columns)
-    key = ", ".join(table.primary_key)
-    statements = [f"CREATE TABLE IF NOT EXISTS {table.name} ({columns}, PRIMARY KEY ({key}))"]
-    for name, index_columns, unique in table.indexes:
-        kind = "UNIQUE INDEX" if unique else "INDEX"
-        statements.append(
-            f"CREATE {kind} IF NOT EXISTS {name} ON {table.name} ({', '.join(index_columns)})"
-        )
-    return statements
-
-
-class PostgresStore:
+class PostgresStore(SystemReads):
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
         self.dsn = dsn
         self.min_size = min_size
@@ -128,7 +117,7 @@ class PostgresStore:
         statements: list[str] = []
         for table in tables:
             self._keys[table.name] = table.primary_key
-            statements += create_table(table)
+            statements += sql.create_table(table, _TYPES)
         await self._run_locked(statements)
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
@@ -184,23 +173,6 @@ class PostgresStore:
             await conn.execute("DELETE FROM parked_events WHERE projection = $1", projection)
 
     # Reads -------------------------------------------------------------------------------
-    async def checkpoint(self, projection: str) -> int:
-        row = await self.fetch_one("SELECT seq FROM checkpoints WHERE projection = ?", projection)
-        return int(row["seq"]) if row else 0
-
-    async def checkpoints(self) -> dict[str, int]:
-        rows = await self.fetch_all("SELECT projection, seq FROM checkpoints")
-        return {row["projection"]: int(row["seq"]) for row in rows}
-
-    async def parked(self, projection: str | None = None) -> list[Parked]:
-        query = "SELECT projection, seq, subject, error FROM parked_events"
-        rows = await (
-            self.fetch_all(f"{query} WHERE projection = ? ORDER BY seq", projection)
-            if projection
-            else self.fetch_all(f"{query} ORDER BY projection, seq")
-        )
-        return [Parked(r["projection"], r["seq"], r["subject"], r["error"]) for r in rows]
-
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:
         order = ", ".join(table.primary_key)
         columns = ", ".join(table.column_names)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
-from agentmem.store.port import Column, Delete, RowOp, Table, Update, Upsert
+from agentmem.store.port import Column, ColumnType, Delete, RowOp, Table, Update, Upsert
 
-_TYPES = {"text": "TEXT", "integer": "BIGINT", "json": "TEXT"}
+TYPES: dict[ColumnType, str] = {"text": "TEXT", "integer": "BIGINT", "json": "TEXT"}
 
 
-def create_table(table: Table) -> list[str]:
+def create_table(table: Table, types: Mapping[ColumnType, str] = TYPES) -> list[str]:
+    """DDL for a table and its indexes; ``types`` maps column types to the engine's."""
+
     def column(c: Column) -> str:
-        return f"{c.name} {_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
+        return f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}"
 
     columns = ", ".join(column(c) for c in table.columns)
     key = ", ".join(table.primary_key)

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from agentmem.store import sql
 from agentmem.store.port import Parked, ProjectionBatch, Row, Table
+from agentmem.store.system_reads import SystemReads
 
 T = TypeVar("T")
 
@@ -106,7 +107,7 @@ def _moved(exc: sqlite3.OperationalError) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _MOVED_ERRORS
 
 
-class SQLiteStore:
+class SQLiteStore(SystemReads):
     def __init__(self, path: str) -> None:
         self.path = path
         self._keys: dict[str, tuple[str, ...]] = {}
@@ -268,23 +269,6 @@ class SQLiteStore:
             raise
 
     # Reads -------------------------------------------------------------------------------
-    async def checkpoint(self, projection: str) -> int:
-        row = await self.fetch_one("SELECT seq FROM checkpoints WHERE projection = ?", projection)
-        return int(row["seq"]) if row else 0
-
-    async def checkpoints(self) -> dict[str, int]:
-        rows = await self.fetch_all("SELECT projection, seq FROM checkpoints")
-        return {row["projection"]: int(row["seq"]) for row in rows}
-
-    async def parked(self, projection: str | None = None) -> list[Parked]:
-        query = "SELECT projection, seq, subject, error FROM parked_events"
-        rows = await (
-            self.fetch_all(f"{query} WHERE projection = ? ORDER BY seq", projection)
-            if projection
-            else self.fetch_all(f"{query} ORDER BY projection, seq")
-        )
-        return [Parked(r["projection"], r["seq"], r["subject"], r["error"]) for r in rows]
-
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:
         order = ", ".join(table.primary_key)
         columns = ", ".join(table.column_names)
