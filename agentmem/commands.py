@@ -6,11 +6,11 @@ does not decode never reaches a handler.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
-from agentmem.events import Role
+from agentmem.events import MessageRole, Role
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$(?!\n)")]
@@ -104,3 +104,129 @@ class CreateApiKey(Command, frozen=True, kw_only=True):
 class RevokeApiKey(Command, frozen=True, kw_only=True):
     key_id: Id
     user_id: Id | None = None  # default: the caller
+
+
+# Agents, conversations and tools ---------------------------------------------------------
+Text = Annotated[str, msgspec.Meta(max_length=100_000)]
+Description = Annotated[str, msgspec.Meta(max_length=4_000)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Tags = Annotated[list[Tag], msgspec.Meta(max_length=32)]
+JsonObject = dict[str, Any]
+# A tool's name as a model sees it (the OpenAI and Anthropic function-name rules).
+ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$(?!\n)")]
+
+
+class InOrg(Command, frozen=True, kw_only=True):
+    # Default: the caller's organization. Only a service administrator may name another.
+    org_id: Id | None = None
+
+
+class CreateAgent(InOrg, frozen=True, kw_only=True):
+    name: Name
+    description: Description = ""
+    persona: Text = ""
+    model: JsonObject = msgspec.field(default_factory=dict)
+    metadata: JsonObject = msgspec.field(default_factory=dict)
+    tags: Tags = msgspec.field(default_factory=list)
+    agent_id: NewId | None = None  # optional, as org_id in CreateOrg
+
+
+class UpdateAgent(Targeted, frozen=True, kw_only=True):
+    """Fields left out keep their value; ``metadata`` and ``model`` are replaced whole."""
+
+    agent_id: Id
+    name: Name | None = None
+    description: Description | None = None
+    persona: Text | None = None
+    model: JsonObject | None = None
+    metadata: JsonObject | None = None
+    tags: Tags | None = None
+
+
+class ArchiveAgent(Targeted, frozen=True, kw_only=True):
+    agent_id: Id
+
+
+class UnarchiveAgent(Targeted, frozen=True, kw_only=True):
+    agent_id: Id
+
+
+class DeleteAgent(Targeted, frozen=True, kw_only=True):
+    agent_id: Id
+
+
+class SetAgentState(Targeted, frozen=True, kw_only=True):
+    """Replace the agent's state document. ``expected_version`` is the state's version."""
+
+    agent_id: Id
+    state: JsonObject
+
+
+class PatchAgentState(Targeted, frozen=True, kw_only=True):
+    """Apply a JSON merge patch (RFC 7396) to the agent's state document."""
+
+    agent_id: Id
+    patch: JsonObject
+
+
+class NewMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    role: MessageRole
+    content: Text
+    tool_calls: Annotated[list[JsonObject], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    tool_call_id: Id | None = None
+    metadata: JsonObject = msgspec.field(default_factory=dict)
+
+
+class AppendMessage(InOrg, frozen=True, kw_only=True):
+    session_id: Id
+    agent_id: Id
+    user_id: Id | None = None
+    message: NewMessage
+
+
+MAX_MESSAGES_PER_BATCH = 1000
+
+
+class AppendMessages(InOrg, frozen=True, kw_only=True):
+    """Several messages of one session in one commit: all stored, in order, or none."""
+
+    session_id: Id
+    agent_id: Id
+    user_id: Id | None = None
+    messages: Annotated[
+        list[NewMessage], msgspec.Meta(min_length=1, max_length=MAX_MESSAGES_PER_BATCH)
+    ]
+
+
+class RedactMessage(InOrg, frozen=True, kw_only=True):
+    session_id: Id
+    message_id: Id
+    reason: Description = ""
+
+
+class DeleteConversation(InOrg, frozen=True, kw_only=True):
+    session_id: Id
+
+
+class RegisterTool(InOrg, frozen=True, kw_only=True):
+    name: ToolName
+    description: Description = ""
+    parameters: JsonObject = msgspec.field(default_factory=lambda: {"type": "object"})
+    tags: Tags = msgspec.field(default_factory=list)
+    tool_id: NewId | None = None
+
+
+class UpdateTool(Targeted, frozen=True, kw_only=True):
+    """Fields left out keep their value; a new ``name`` must be free in the organization."""
+
+    tool_id: Id
+    name: ToolName | None = None
+    description: Description | None = None
+    parameters: JsonObject | None = None
+    tags: Tags | None = None
+
+
+class DeleteTool(Targeted, frozen=True, kw_only=True):
+    tool_id: Id

@@ -127,6 +127,13 @@ _ack_decoder = msgspec.json.Decoder(_PubAck)
 _json = msgspec.json.Encoder()
 
 
+def _expect(write: Write) -> dict[str, str]:
+    """The optimistic-concurrency header of a write, if it has one."""
+    if write.expected is None:
+        return {}
+    return {"Nats-Expected-Last-Subject-Sequence": str(write.expected)}
+
+
 def stream_config(name: str = subjects.STREAM_NAME, replicas: int = 1) -> dict[str, Any]:
     """The config the log must have. Limits retention with no limits: kept forever."""
     return {
@@ -245,11 +252,7 @@ class EventLog:
     async def _publish_one(
         self, write: Write, headers: dict[str, str], command_id: str
     ) -> Appended:
-        headers = {
-            **headers,
-            "Nats-Msg-Id": command_id,
-            "Nats-Expected-Last-Subject-Sequence": str(write.expected),
-        }
+        headers = {**headers, "Nats-Msg-Id": command_id, **_expect(write)}
         reply = await self.nc.request(
             write.subject, encode_commit(write.events), timeout=self.timeout, headers=headers
         )
@@ -268,7 +271,7 @@ class EventLog:
             message_headers = {
                 **headers,
                 "Nats-Msg-Id": f"{command_id}:{index}",
-                "Nats-Expected-Last-Subject-Sequence": str(write.expected),
+                **_expect(write),
                 "Nats-Batch-Id": batch_id,
                 "Nats-Batch-Sequence": str(index),
             }

@@ -7,11 +7,12 @@ meaning of one means a new tag and an upcaster, so that old commits still decode
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 Role = Literal["admin", "member", "readonly"]
+MessageRole = Literal["user", "assistant", "system", "tool"]
 
 COMMIT_SCHEMA = 1
 
@@ -112,6 +113,113 @@ class EmailReleased(Event, tag="email.released", frozen=True):
     user_id: str
 
 
+# Agents ---------------------------------------------------------------------------------
+class AgentCreated(Event, tag="agent.created", frozen=True):
+    agent_id: str
+    org_id: str
+    name: str
+    description: str = ""
+    persona: str = ""  # the system prompt the agent runs with
+    model: dict[str, Any] = {}  # model settings: provider, name, temperature, ...
+    metadata: dict[str, Any] = {}
+    tags: tuple[str, ...] = ()
+
+
+class AgentUpdated(Event, tag="agent.updated", frozen=True):
+    """The agent's profile after the update: every field, so a projection needs no lookup."""
+
+    agent_id: str
+    name: str
+    description: str
+    persona: str
+    model: dict[str, Any]
+    metadata: dict[str, Any]
+    tags: tuple[str, ...]
+
+
+class AgentArchived(Event, tag="agent.archived", frozen=True):
+    agent_id: str
+
+
+class AgentUnarchived(Event, tag="agent.unarchived", frozen=True):
+    agent_id: str
+
+
+class AgentDeleted(Event, tag="agent.deleted", frozen=True):
+    agent_id: str
+
+
+# An agent's working state: its own subject, so that profile edits never conflict with it ---
+class AgentStateSet(Event, tag="agent.state_set", frozen=True):
+    """The whole document after a replace or a patch, so replay needs no merge logic."""
+
+    agent_id: str
+    state: dict[str, Any]
+    patched: bool = False  # True when a JSON merge patch produced it
+
+
+class AgentStateCleared(Event, tag="agent.state_cleared", frozen=True):
+    agent_id: str
+
+
+# Conversations: one subject per session, written without an expected version -------------
+class MessageAppended(Event, tag="message.appended", frozen=True):
+    message_id: str
+    session_id: str
+    agent_id: str
+    role: MessageRole
+    content: str
+    user_id: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_id: str | None = None  # a tool message answers this call
+    metadata: dict[str, Any] = {}
+
+
+class MessageRedacted(Event, tag="message.redacted", frozen=True):
+    message_id: str
+    session_id: str
+    reason: str = ""
+
+
+class ConversationDeleted(Event, tag="conversation.deleted", frozen=True):
+    session_id: str
+
+
+# Tools ----------------------------------------------------------------------------------
+class ToolRegistered(Event, tag="tool.registered", frozen=True):
+    tool_id: str
+    org_id: str
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = {}  # a JSON Schema
+    tags: tuple[str, ...] = ()
+
+
+class ToolUpdated(Event, tag="tool.updated", frozen=True):
+    """Every field after the update, as for agents."""
+
+    tool_id: str
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    tags: tuple[str, ...]
+
+
+class ToolDeleted(Event, tag="tool.deleted", frozen=True):
+    tool_id: str
+
+
+# Tool-name reservations: a tool's name is unique within its organization ---------------------
+class ToolNameReserved(Event, tag="tool_name.reserved", frozen=True):
+    name: str
+    tool_id: str
+
+
+class ToolNameReleased(Event, tag="tool_name.released", frozen=True):
+    name: str
+    tool_id: str
+
+
 AnyEvent = (
     OrgCreated
     | OrgRenamed
@@ -128,6 +236,21 @@ AnyEvent = (
     | ServiceBootstrapped
     | EmailReserved
     | EmailReleased
+    | AgentCreated
+    | AgentUpdated
+    | AgentArchived
+    | AgentUnarchived
+    | AgentDeleted
+    | AgentStateSet
+    | AgentStateCleared
+    | MessageAppended
+    | MessageRedacted
+    | ConversationDeleted
+    | ToolRegistered
+    | ToolUpdated
+    | ToolDeleted
+    | ToolNameReserved
+    | ToolNameReleased
 )
 
 

@@ -56,6 +56,11 @@ def bootstrap() -> str:
     return event(GLOBAL_ORG, "service", "bootstrap")
 
 
+def tool_name_reservation(org_id: str, name: str) -> str:
+    """The subject whose last event says which tool holds a name in an organization."""
+    return event(org_id, "tool_name", hashlib.sha256(name.encode()).hexdigest())
+
+
 def events_of(aggregate: str) -> str:
     """Filter matching every event subject of one aggregate type, in every org."""
     return f"{EVENT_PREFIX}.*.{aggregate}.*"
@@ -74,6 +79,20 @@ AUTH_LOGIN = command("auth", "login")
 AUTH_LOGOUT = command("auth", "logout")
 APIKEY_CREATE = command("apikey", "create")
 APIKEY_REVOKE = command("apikey", "revoke")
+AGENT_CREATE = command("agent", "create")
+AGENT_UPDATE = command("agent", "update")
+AGENT_ARCHIVE = command("agent", "archive")
+AGENT_UNARCHIVE = command("agent", "unarchive")
+AGENT_DELETE = command("agent", "delete")
+AGENT_SET_STATE = command("agent", "set_state")
+AGENT_PATCH_STATE = command("agent", "patch_state")
+MESSAGE_APPEND = command("message", "append")
+MESSAGE_APPEND_BATCH = command("message", "append_batch")
+MESSAGE_REDACT = command("message", "redact")
+CONVERSATION_DELETE = command("conversation", "delete")
+TOOL_REGISTER = command("tool", "register")
+TOOL_UPDATE = command("tool", "update")
+TOOL_DELETE = command("tool", "delete")
 
 # Queries -------------------------------------------------------------------------------
 ORG_GET = query("org", "get")
@@ -83,6 +102,14 @@ USER_GET_BY_EMAIL = query("user", "get_by_email")
 USER_EMAIL_EXISTS = query("user", "email_exists")
 USER_LIST = query("user", "list")
 APIKEY_LIST = query("apikey", "list")
+AGENT_GET = query("agent", "get")
+AGENT_LIST = query("agent", "list")
+AGENT_GET_STATE = query("agent", "get_state")
+MESSAGE_LIST = query("message", "list")
+MESSAGE_LAST = query("message", "last")
+MESSAGE_SEARCH = query("message", "search")
+TOOL_GET = query("tool", "get")
+TOOL_LIST = query("tool", "list")
 HISTORY_GET = query("history", "get")
 
 # System --------------------------------------------------------------------------------
@@ -102,6 +129,20 @@ COMMANDS = [
     AUTH_LOGOUT,
     APIKEY_CREATE,
     APIKEY_REVOKE,
+    AGENT_CREATE,
+    AGENT_UPDATE,
+    AGENT_ARCHIVE,
+    AGENT_UNARCHIVE,
+    AGENT_DELETE,
+    AGENT_SET_STATE,
+    AGENT_PATCH_STATE,
+    MESSAGE_APPEND,
+    MESSAGE_APPEND_BATCH,
+    MESSAGE_REDACT,
+    CONVERSATION_DELETE,
+    TOOL_REGISTER,
+    TOOL_UPDATE,
+    TOOL_DELETE,
 ]
 QUERIES = [
     ORG_GET,
@@ -111,6 +152,14 @@ QUERIES = [
     USER_EMAIL_EXISTS,
     USER_LIST,
     APIKEY_LIST,
+    AGENT_GET,
+    AGENT_LIST,
+    AGENT_GET_STATE,
+    MESSAGE_LIST,
+    MESSAGE_LAST,
+    MESSAGE_SEARCH,
+    TOOL_GET,
+    TOOL_LIST,
     HISTORY_GET,
 ]
 SYSTEM = [SYS_STATUS, SYS_HEALTH]

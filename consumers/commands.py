@@ -72,20 +72,26 @@ class CommandRunner:
     def __init__(self, log: EventLog, cache: AggregateCache) -> None:
         self.log = log
         self.cache = cache
-        self._user_subjects: dict[str, str] = {}
+        self._subjects: dict[str, str] = {}
+
+    async def subject_of(self, aggregate: str, aggregate_id: str) -> str:
+        """An aggregate's subject names its org, which a command on it does not carry: the
+        log finds it from the id alone (ids are unique, so one subject matches), once."""
+        key = f"{aggregate}.{aggregate_id}"
+        subject = self._subjects.get(key)
+        if subject is None:
+            found = await self.log.first_subject(subjects.event("*", aggregate, aggregate_id))
+            if found is None:
+                raise NotFoundError(
+                    f"{aggregate} {aggregate_id} does not exist", {f"{aggregate}_id": aggregate_id}
+                )
+            if len(self._subjects) > 100_000:
+                self._subjects.clear()
+            subject = self._subjects[key] = found
+        return subject
 
     async def user_subject(self, user_id: str) -> str:
-        """A user's subject names its org, which a user command does not carry: the log
-        finds it from the id alone (ids are unique, so one subject matches), once."""
-        subject = self._user_subjects.get(user_id)
-        if subject is None:
-            found = await self.log.first_subject(subjects.event("*", "user", user_id))
-            if found is None:
-                raise NotFoundError(f"user {user_id} does not exist", {"user_id": user_id})
-            if len(self._user_subjects) > 100_000:
-                self._user_subjects.clear()
-            subject = self._user_subjects[user_id] = found
-        return subject
+        return await self.subject_of("user", user_id)
 
     async def load_user(self, loader: Loader, user_id: str) -> Loaded[users.User]:
         """A live user of a live organization, or not_found."""

@@ -28,10 +28,15 @@ class Loaded(Generic[S]):
 
 @dataclass(frozen=True)
 class Write:
-    """Events for one subject, appended only if that subject is still at ``expected``."""
+    """Events for one subject, appended only if that subject is still at ``expected``.
+
+    ``expected=None`` appends whatever the subject's version: for streams of facts such as
+    a conversation's messages, where any order of concurrent appends is a valid one and no
+    decision depends on the subject's earlier events.
+    """
 
     subject: str
-    expected: int
+    expected: int | None
     events: list[AnyEvent]
 
 
