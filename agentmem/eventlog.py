@@ -221,6 +221,11 @@ class EventLog:
                 "expected": ">= 60s",
                 "actual": actual.get("duplicate_window"),
             }
+        # Asking for another replica count than the stream has is a deployment mistake (a
+        # service pointed at the wrong cluster, or a flag left out): say so, change nothing.
+        # JetStream can change it in place, by hand: `nats stream edit <stream> --replicas N`.
+        if actual.get("num_replicas", 1) != replicas:
+            wrong["num_replicas"] = {"expected": replicas, "actual": actual.get("num_replicas", 1)}
         if wrong:
             raise StreamConfigMismatch(
                 f"stream {self.stream} exists with settings AgentMem cannot run on; "
@@ -344,6 +349,10 @@ class EventLog:
                 return
             yield commit
             next_seq = commit.seq + 1
+
+    async def last_on(self, subject: str) -> StoredCommit | None:
+        """The last commit on ``subject``: its ``seq`` is the subject's version."""
+        return await self._get({"last_by_subj": subject})
 
     async def first_subject(self, pattern: str) -> str | None:
         """The concrete subject of the first commit matching a wildcard ``pattern``."""

@@ -135,8 +135,9 @@ class Service:
         runner = commands.CommandRunner(log_, cache)
         router.include(commands.build_router(runner, settings.password_cost))
         router.include(credentials.build_router(runner, LoginThrottle(), settings.password_cost))
-        router.include(history.build_router(log_, runner))
-        router.include(queries.build_router(self.store, Freshness(self.nc, self.store, board)))
+        freshness = Freshness(self.nc, self.store, board)
+        router.include(history.build_router(log_, runner, self.store, freshness))
+        router.include(queries.build_router(self.store, freshness))
         router.include(system.build_router(self.nc, self.store, self.workers_alive))
         self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache))
         await self.dispatcher.start(

@@ -16,18 +16,23 @@ from agentmem.eventlog import (
     EventLog,
     StoredCommit,
 )
+from agentmem.events import MessageAppended
 from agentmem.queries import GetHistory
+from agentmem.store import Store
 from consumers.auth import authorize
 from consumers.commands import SECRET_FIELDS, CommandRunner
+from consumers.freshness import Freshness
 from consumers.queries import decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
 
-
-def entry(commit: StoredCommit) -> dict[str, Any]:
+def entry(commit: StoredCommit, redacted: frozenset[str] = frozenset()) -> dict[str, Any]:
     events = []
     for event in commit.events:
         fields = msgspec.to_builtins(event)
-        events.append({k: v for k, v in fields.items() if k not in SECRET_FIELDS})
+        view = {k: v for k, v in fields.items() if k not in SECRET_FIELDS}
+        if isinstance(event, MessageAppended) and event.message_id in redacted:
+            view.update({"content": "", "tool_calls": [], "metadata": {}, "redacted": True})
+        events.append(view)
     return {
         "seq": commit.seq,
         "time": commit.time_ms,
@@ -47,20 +52,49 @@ def _seq_of(cursor_key: str) -> int:
     return int(cursor_key)
 
 
-def build_router(log: EventLog, runner: CommandRunner) -> Router:
+def build_router(
+    log: EventLog, runner: CommandRunner, store: Store, freshness: Freshness
+) -> Router:
     router = Router()
+
+    async def subject_of(request: Request[GetHistory], missing: NotFoundError) -> str:
+        query = request.body
+        match query.aggregate:
+            case "org":
+                return orgs.subject(query.id)
+            case "conversation":
+                # A session id is unique only within its organization.
+                org_id = query.org_id or request.caller.org_id
+                return subjects.event(org_id, "conversation", query.id)
+            case aggregate:
+                try:
+                    return await runner.subject_of(aggregate, query.id)
+                except NotFoundError:
+                    raise missing from None
+
+    async def redacted_among(subject: str, commits: list[StoredCommit]) -> frozenset[str]:
+        """The messages of ``commits`` that a redaction has reached: the messages projection
+        knows, once it has caught up with the conversation (read-your-writes for redact)."""
+        message_ids = [
+            e.message_id for c in commits for e in c.events if isinstance(e, MessageAppended)
+        ]
+        if not message_ids:
+            return frozenset()
+        last = await log.last_on(subject)
+        await freshness.wait("messages", last.seq if last else None)
+        marks = ", ".join("?" for _ in message_ids)
+        rows = await store.fetch_all(
+            f"SELECT message_id FROM messages WHERE redacted_at IS NOT NULL "
+            f"AND message_id IN ({marks})",
+            *message_ids,
+        )
+        return frozenset(row["message_id"] for row in rows)
 
     @router.route(subjects.HISTORY_GET, GetHistory)
     async def get_history(request: Request[GetHistory]) -> Result:
         query = request.body
         missing = NotFoundError(f"{query.aggregate} {query.id} does not exist")
-        if query.aggregate == "org":
-            subject = orgs.subject(query.id)
-        else:
-            try:
-                subject = await runner.user_subject(query.id)
-            except NotFoundError:
-                raise missing from None
+        subject = await subject_of(request, missing)
         org_id = subject.split(".")[2]
         authorize(request.caller, "reader", org_id, missing)
         after = _seq_of(decode_cursor(query.cursor))
@@ -72,7 +106,13 @@ def build_router(log: EventLog, runner: CommandRunner) -> Router:
                 break
         if not commits and after == 0:
             raise missing
-        items = [entry(c) for c in commits[: query.limit]]
+        page = commits[: query.limit]
+        redacted = (
+            await redacted_among(subject, page)
+            if query.aggregate == "conversation"
+            else frozenset()
+        )
+        items = [entry(c, redacted) for c in page]
         more = len(commits) > query.limit
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more else None
         return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)
