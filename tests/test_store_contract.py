@@ -7,6 +7,7 @@ reachable the Postgres cases skip, unless ``CI`` is set: there they must run, so
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from agentmem.store import (
     Delete,
     Parked,
     ProjectionBatch,
+    StaleBatch,
     Store,
     Table,
     Update,
@@ -275,6 +277,89 @@ async def test_fetch_one_and_fetch_all(store: Store) -> None:
     assert rows == [{"item_id": "i2", "n": 2}, {"item_id": "i3", "n": 3}, {"item_id": "i4", "n": 4}]
     assert all(type(r["n"]) is int for r in rows)
     assert await store.fetch_all("SELECT item_id FROM items WHERE n > ?", 100) == []
+
+
+# Fencing: a worker that lost its lease must not apply a batch late ------------------------
+async def test_a_batch_built_on_an_old_checkpoint_is_refused_whole(store: Store) -> None:
+    """Two workers built a batch on checkpoint 0; the first one applied; the second (the
+    stale holder of a lost lease, writing late) is refused and writes nothing."""
+    first = ProjectionBatch("items", 2, [item(1, row("a", "a@x", 1)), item(2, row("b", "b@x"))])
+    first.after = 0
+    await store.apply(first)
+    late = ProjectionBatch(
+        "items",
+        3,
+        [item(1, row("a", "stale@x", 9)), item(3, row("c", "c@x"))],
+        [Parked("items", 2, "evt.2", "stale")],
+        after=0,
+    )
+    with pytest.raises(StaleBatch, match="built on checkpoint 0 but the stored checkpoint is 2"):
+        await store.apply(late)
+    # Even a batch of new events only: it was built on a checkpoint that moved since.
+    with pytest.raises(StaleBatch):
+        await store.apply(ProjectionBatch("items", 3, [item(3, row("c", "c@x"))], after=1))
+    assert await store.dump(ITEMS) == [("a", "a@x", 1, None), ("b", "b@x", None, None)]
+    assert await store.checkpoint("items") == 2
+    assert await store.parked() == []
+    # The holder that is still active goes on from the stored checkpoint.
+    await store.apply(ProjectionBatch("items", 3, [item(3, row("c", "c@x"))], after=2))
+    assert await store.checkpoint("items") == 3
+
+
+async def test_events_at_or_below_the_checkpoint_are_never_applied_again(store: Store) -> None:
+    await store.apply(ProjectionBatch("items", 5, [item(5, row("a", "a@x", 5))]))
+    for again in (
+        ProjectionBatch("items", 6, [item(5, row("a", "a@x", 55)), item(6, row("b", "b@x"))]),
+        ProjectionBatch("items", 6, [item(6, row("b", "b@x"))], [Parked("items", 4, "e", "x")]),
+        ProjectionBatch("items", 4),  # the checkpoint moved back
+    ):
+        with pytest.raises(StaleBatch):
+            await store.apply(again)
+    assert await store.dump(ITEMS) == [("a", "a@x", 5, None)]
+    assert (await store.checkpoint("items"), await store.parked()) == (5, [])
+    # Another projection's checkpoint is its own.
+    await store.apply(
+        ProjectionBatch(
+            "pairs", 1, [item(1, Upsert("pairs", {"a": "k", "b": 1, "v": ""}))], after=0
+        )
+    )
+    assert await store.checkpoints() == {"items": 5, "pairs": 1}
+
+
+async def test_a_stale_batch_with_a_refused_item_is_refused_not_parked(store: Store) -> None:
+    """The one-item-at-a-time fallback checks the checkpoint again, in its own transaction."""
+    await store.apply(ProjectionBatch("items", 2, [item(2, row("a", "same@x"))], after=0))
+    late = ProjectionBatch(
+        "items", 4, [item(3, row("b", "b@x")), item(4, row("c", "same@x"))], after=1
+    )
+    with pytest.raises(StaleBatch):
+        await store.apply(late)
+    assert [r[0] for r in await store.dump(ITEMS)] == ["a"]
+    assert await store.parked() == []
+    assert await store.checkpoint("items") == 2
+
+
+async def test_two_workers_racing_on_one_checkpoint_apply_it_once(store: Store) -> None:
+    """Both batches start from the same checkpoint and run at once; the store lets exactly
+    one of them through. The first round has no checkpoint row yet, the others do."""
+    checkpoint = 0
+    for _ in range(5):
+
+        def batch(n: int, start: int = checkpoint) -> ProjectionBatch:
+            seqs = range(start + 1, start + 51)
+            items = [item(seq, row(f"k{seq}", f"{seq}@x", n)) for seq in seqs]
+            return ProjectionBatch("items", start + 50, items, after=start)
+
+        outcomes = await asyncio.gather(
+            store.apply(batch(1)), store.apply(batch(2)), return_exceptions=True
+        )
+        assert sum(isinstance(o, StaleBatch) for o in outcomes) == 1, outcomes
+        assert [o for o in outcomes if not isinstance(o, StaleBatch)] == [[]]
+        checkpoint += 50
+        dumped = await store.dump(ITEMS)
+        assert len(dumped) == checkpoint
+        assert len({r[2] for r in dumped[-50:]}) == 1, "every row from the one batch that won"
+        assert await store.checkpoint("items") == checkpoint
 
 
 # The real projections -----------------------------------------------------------------------

@@ -65,12 +65,44 @@ class Parked:
 
 @dataclass
 class ProjectionBatch:
-    """What one fetch from the log turns into: row ops per stream sequence, then a checkpoint."""
+    """What one fetch from the log turns into: row ops per stream sequence, then a checkpoint.
+
+    ``after`` is the checkpoint the batch was built on (the worker's last one); a store
+    applies the batch only while that is still the stored checkpoint (see ``fence``).
+    """
 
     projection: str
     checkpoint: int
     items: list[tuple[int, str, list[RowOp]]] = field(default_factory=list)
     parked: list[Parked] = field(default_factory=list)
+    after: int | None = None
+
+
+class StaleBatch(Exception):
+    """The store refused a batch built on a checkpoint that is no longer the stored one:
+    another worker moved the projection on (this one lost its lease). Nothing was written."""
+
+
+def fence(batch: ProjectionBatch, stored: int) -> None:
+    """Refuse a batch that would apply an event twice or move the checkpoint back.
+
+    A store calls this inside the batch's transaction, with the stored checkpoint read under
+    a lock that holds until the commit, so two workers that both think they are active can
+    never both apply the same events: the late one's batch is refused whole.
+    """
+    seqs = [seq for seq, _, _ in batch.items] + [p.seq for p in batch.parked]
+    problem = None
+    if batch.after is not None and batch.after != stored:
+        problem = f"it was built on checkpoint {batch.after}"
+    elif seqs and min(seqs) <= stored:
+        problem = f"it holds seq {min(seqs)}"
+    elif batch.checkpoint < stored:
+        problem = f"it would move the checkpoint back to {batch.checkpoint}"
+    if problem is not None:
+        raise StaleBatch(
+            f"projection {batch.projection}: batch refused, {problem} but the stored "
+            f"checkpoint is {stored} (another worker applied it; this one is no longer active)"
+        )
 
 
 class Store(Protocol):
@@ -83,7 +115,8 @@ class Store(Protocol):
         """Apply every item and set the checkpoint, in one transaction.
 
         An item whose operations the database refuses is parked (with the error) instead of
-        failing the batch; the parked items are returned.
+        failing the batch; the parked items are returned. A batch that ``fence`` refuses
+        against the stored checkpoint raises ``StaleBatch`` and writes nothing.
         """
 
     async def checkpoint(self, projection: str) -> int: ...

@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from agentmem.store import sql
-from agentmem.store.port import ColumnType, Parked, ProjectionBatch, Row, Table
+from agentmem.store.port import ColumnType, Parked, ProjectionBatch, Row, Table, fence
 from agentmem.store.system_reads import SystemReads
 
 # Text compared as bytes, as SQLite does: a dump or a page orders alike on both stores.
@@ -80,6 +80,24 @@ def translate(query: str) -> str:
     return "".join(out)
 
 
+async def fence_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
+    """Refuse a stale batch (``port.fence``) against the checkpoint row, locked with
+    FOR UPDATE until the transaction ends: a second worker's batch for the same projection
+    waits here and then sees the first one's checkpoint, so one of them is refused."""
+    query = "SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE"
+    stored = await conn.fetchval(query, batch.projection)
+    if stored is None:
+        # No row to lock yet: create it (a concurrent creator makes this wait for its
+        # commit), then lock it like any other.
+        await conn.execute(
+            "INSERT INTO checkpoints (projection, seq) VALUES ($1, 0) "
+            "ON CONFLICT (projection) DO NOTHING",
+            batch.projection,
+        )
+        stored = await conn.fetchval(query, batch.projection)
+    fence(batch, int(stored))
+
+
 class PostgresStore(SystemReads):
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
         self.dsn = dsn
@@ -125,6 +143,7 @@ class PostgresStore(SystemReads):
             parked = list(batch.parked)
             try:
                 async with conn.transaction():
+                    await fence_batch(conn, batch)
                     ops = [op for _, _, item_ops in batch.items for op in item_ops]
                     for statement, params in sql.grouped(ops, self._keys):
                         await conn.executemany(translate(statement), params)
@@ -135,6 +154,7 @@ class PostgresStore(SystemReads):
             # Some item is refused: start over one item at a time, each in a savepoint, and
             # park the ones the database refuses.
             async with conn.transaction():
+                await fence_batch(conn, batch)
                 for seq, subject, item_ops in batch.items:
                     try:
                         async with conn.transaction():

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agentmem.store import sql
-from agentmem.store.port import Parked, ProjectionBatch, Row, Table
+from agentmem.store.port import Parked, ProjectionBatch, Row, Table, fence
 from agentmem.store.system_reads import SystemReads
 
 T = TypeVar("T")
@@ -201,6 +201,7 @@ class SQLiteStore(SystemReads):
         conn = self._writer_conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._fence(conn, batch)
             parked = list(batch.parked)
             try:
                 ops = [op for _, _, item_ops in batch.items for op in item_ops]
@@ -211,6 +212,7 @@ class SQLiteStore(SystemReads):
                 # and park the ones the database refuses.
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
+                self._fence(conn, batch)
                 parked += self._apply_one_by_one(conn, batch)
             self._park(conn, parked)
             conn.execute(
@@ -224,6 +226,15 @@ class SQLiteStore(SystemReads):
                 conn.execute("ROLLBACK")
             raise
         return parked
+
+    @staticmethod
+    def _fence(conn: sqlite3.Connection, batch: ProjectionBatch) -> None:
+        """Refuse a stale batch (``port.fence``). BEGIN IMMEDIATE already holds the write
+        lock, so the checkpoint read here cannot change before the COMMIT."""
+        row = conn.execute(
+            "SELECT seq FROM checkpoints WHERE projection = ?", (batch.projection,)
+        ).fetchone()
+        fence(batch, int(row[0]) if row else 0)
 
     def _apply_one_by_one(self, conn: sqlite3.Connection, batch: ProjectionBatch) -> list[Parked]:
         parked = []
