@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nats
 import pytest
+import pytest_asyncio
 from nats.aio.client import Client as NATS
 
 from agentmem import Client
@@ -23,10 +24,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     SQLite, so tests that read SQLite files or rely on SQLite specifics stay as they are.
     """
     stores = getattr(metafunc.module, "STORES", None)
-    if stores and "store_kind" in metafunc.fixturenames:
-        unknown = set(stores) - set(STORE_KINDS)
-        assert not unknown, f"unknown stores in STORES: {sorted(unknown)}"
+    if not stores:
+        return
+    unknown = set(stores) - set(STORE_KINDS)
+    assert not unknown, f"unknown stores in STORES: {sorted(unknown)}"
+    if "store_kind" in metafunc.fixturenames:
         metafunc.parametrize("store_kind", stores, indirect=True)
+    elif "module_store_kind" in metafunc.fixturenames:
+        # Modules that share one service across their tests: one service per store.
+        metafunc.parametrize("module_store_kind", stores, indirect=True, scope="module")
 
 
 @pytest.fixture
@@ -44,6 +50,24 @@ async def store_url(store_kind: str, tmp_path: Path) -> AsyncIterator[str]:
             yield with_search_path(DSN, schema)
     else:
         yield str(tmp_path / "agentmem.db")
+
+
+@pytest.fixture(scope="module")
+def module_store_kind(request: pytest.FixtureRequest) -> str:
+    """``store_kind`` for modules whose fixtures live for the whole module."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_store_url(
+    module_store_kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """``store_url`` for modules whose fixtures live for the whole module."""
+    if module_store_kind == "postgres":
+        async with postgres_schema() as schema:
+            yield with_search_path(DSN, schema)
+    else:
+        yield str(tmp_path_factory.mktemp("store") / "agentmem.db")
 
 
 @pytest.fixture

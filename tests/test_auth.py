@@ -28,6 +28,7 @@ from tests.conftest import admin_key
 from tests.support import TEST_PASSWORD_COST, NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+STORES = ("sqlite", "postgres")
 PASSWORD = "correct horse battery"
 _emails = itertools.count()
 
@@ -38,30 +39,35 @@ def email() -> str:
 
 # One service for the module -------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    started = NatsServer(tmp_path_factory.mktemp("auth") / "nats")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
+) -> Iterator[NatsServer]:
+    # A log of its own per store, so each store's run starts from an empty deployment.
+    started = NatsServer(tmp_path_factory.mktemp(f"auth-{module_store_kind}") / "nats")
     started.start()
     yield started
     started.stop()
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("auth-data")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, module_store_kind: str) -> Path:
+    return tmp_path_factory.mktemp(f"auth-data-{module_store_kind}")
 
 
-def settings_for(server: NatsServer, data_dir: Path) -> Settings:
+def settings_for(server: NatsServer, data_dir: Path, store_url: str) -> Settings:
     settings = Settings()
     settings.nats_url = server.url
     settings.data_dir = data_dir
-    settings.store = str(data_dir / "agentmem.db")
+    settings.store = store_url
     settings.password_cost = TEST_PASSWORD_COST
     return settings
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(server: NatsServer, data_dir: Path) -> AsyncIterator[Service]:
-    running = Service(settings_for(server, data_dir))
+async def service(
+    server: NatsServer, data_dir: Path, module_store_url: str
+) -> AsyncIterator[Service]:
+    running = Service(settings_for(server, data_dir, module_store_url))
     await running.start()
     yield running
     await running.stop()
