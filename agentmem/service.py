@@ -28,6 +28,7 @@ from consumers.freshness import Freshness
 from consumers.router import Dispatcher, Router
 from projections import ALL
 from projections.board import CheckpointBoard
+from projections.migrations import MIGRATIONS
 from projections.worker import ProjectionWorker
 
 log = structlog.get_logger(__name__)
@@ -120,7 +121,9 @@ class Service:
                 flush=True,
             )
         self.store = await open_store(settings.store_url)
-        await self.store.migrate([t for p in ALL for t in p.tables])
+        applied = await self.store.migrate(MIGRATIONS)
+        if applied:
+            log.info("store schema migrated", migrations=applied)
 
         board = CheckpointBoard()
         for projection in ALL:

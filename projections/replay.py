@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from agentmem import subjects
 from agentmem.store import Store
 from projections.base import Projection
+from projections.migrations import MIGRATIONS
 from projections.worker import ProjectionWorker
 
 
@@ -50,7 +51,7 @@ async def replay(
 ) -> ReplayResult:
     """Empty the projection's tables and apply the whole log again, through the same code
     path as the live worker, on a consumer of its own (the live one is left alone)."""
-    await store.migrate(projection.tables)
+    await store.migrate(MIGRATIONS)
     await store.reset(projection.name, projection.tables)
     worker = ProjectionWorker(
         nc, store, projection, stream=stream, consumer=f"agentmem-replay-{projection.name}"

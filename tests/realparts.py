@@ -25,6 +25,7 @@ from agentmem.auth import tokens
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL
 from agentmem.store import Store, Table, open_store
 from projections import ALL
+from projections.migrations import MIGRATIONS
 from projections.replay import replay
 from tests.support import TEST_PASSWORD_COST
 
@@ -168,7 +169,7 @@ def rows(dumped: dict[str, Any], table: Table) -> dict[Any, dict[str, Any]]:
 async def dump_file(path: Path) -> dict[str, Any]:
     store = await open_store(str(path))
     try:
-        await store.migrate([t for p in ALL for t in p.tables])
+        await store.migrate(MIGRATIONS)
         return await dump_store(store)
     finally:
         await store.close()

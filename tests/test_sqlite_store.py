@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agentmem.store import Column, ProjectionBatch, Table, Upsert
+from agentmem.store.port import Migration
 from agentmem.store.sqlite import SQLiteStore
 
 ITEMS = Table(
@@ -26,7 +27,7 @@ ITEMS = Table(
 async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     opened = SQLiteStore(str(tmp_path / "store.db"))
     await opened.open()
-    await opened.migrate([ITEMS])
+    await opened.migrate([Migration(1, "items", (ITEMS,))])
     yield opened
     await opened.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from agentmem import Client
+from agentmem.config import StartupError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import (
     ApiKeyCreated,
@@ -36,10 +38,16 @@ from agentmem.store import (
     Update,
     Upsert,
     open_store,
+    sql,
 )
+from agentmem.store.migrations import Plan
+from agentmem.store.port import Migration, Sql
+from agentmem.store.postgres import _TYPES as PG_TYPES
 from agentmem.store.postgres import PostgresStore, translate
 from agentmem.store.sqlite import SQLiteStore
 from projections import ALL
+from projections.migrations import MIGRATIONS
+from projections.orgs import ORGS
 from tests.conftest import admin_key, settings_for
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.support import NatsServer
@@ -60,7 +68,9 @@ PAIRS = Table(
     columns=(Column("a", "text"), Column("b", "integer"), Column("v", "text")),
     primary_key=("a", "b"),
 )
-TABLES = [ITEMS, PAIRS]
+TEST_MIGRATIONS = [Migration(1, "items and pairs", (ITEMS, PAIRS))]
+# The tests that open stores themselves (``store_url``) run on both engines too.
+STORES = ("sqlite", "postgres")
 
 
 @pytest.fixture
@@ -82,7 +92,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             opened = await open_store(with_search_path(DSN, schema))
             assert isinstance(opened, PostgresStore)
         stack.push_async_callback(opened.close)
-        await opened.migrate(TABLES)
+        await opened.migrate(TEST_MIGRATIONS)
         yield opened
 
 
@@ -109,8 +119,8 @@ def test_placeholders_become_numbered_outside_quotes() -> None:
 # The contract ------------------------------------------------------------------------------
 async def test_migrate_is_idempotent(store: Store) -> None:
     await store.apply(ProjectionBatch("items", 1, [item(1, row("a", "a@x", 1))]))
-    await store.migrate(TABLES)
-    await store.migrate(TABLES)
+    assert await store.migrate(TEST_MIGRATIONS) == []
+    assert await store.migrate(TEST_MIGRATIONS) == []
     assert await store.dump(ITEMS) == [("a", "a@x", 1, None)]
     assert await store.checkpoint("items") == 1
 
@@ -367,10 +377,18 @@ def commit(seq: int, subject: str, *events: object) -> StoredCommit:
     return StoredCommit(seq, subject, {H_TIME: str(1_700_000_000_000 + seq)}, list(events))  # type: ignore[arg-type]
 
 
-async def test_the_projection_tables_work(store: Store) -> None:
+async def test_the_projection_tables_work(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        await check_the_projection_tables(store)
+    finally:
+        await store.close()
+
+
+async def check_the_projection_tables(store: Store) -> None:
     tables = [t for p in ALL for t in p.tables]
-    await store.migrate(tables)
-    await store.migrate(tables)
+    await store.migrate(MIGRATIONS)
+    await store.migrate(MIGRATIONS)
     commits = [
         commit(1, "evt.org.o1.created", OrgCreated(org_id="o1", name="Acme")),
         commit(2, "evt.org.o1.renamed", OrgRenamed(org_id="o1", name="Acme Ltd")),
@@ -466,3 +484,193 @@ async def test_the_service_runs_on_postgres(
     finally:
         await nc.close()
         await service.stop()
+
+
+# Schema migrations -----------------------------------------------------------------------------
+# A step that fails when run twice (CREATE TABLE without IF NOT EXISTS) and takes a while, so
+# that two stores migrating at once would both run it were they not kept apart.
+SLOW_MARKER = Sql(
+    sqlite=(
+        "CREATE TABLE marker (n INTEGER)",
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 200000) "
+        "SELECT count(*) FROM c",
+    ),
+    postgres=("CREATE TABLE marker (n INTEGER)", "SELECT pg_sleep(0.3)"),
+)
+NOTES = Table("notes", (Column("note_id", "text"), Column("body", "text")), ("note_id",))
+SECOND = Migration(2, "notes", (NOTES, SLOW_MARKER))
+
+
+async def recorded(store: Store) -> list[tuple[int, str]]:
+    rows = await store.fetch_all("SELECT version, name FROM schema_migrations ORDER BY version")
+    return [(row["version"], row["name"]) for row in rows]
+
+
+async def execute_raw(store_url: str, statements: list[str]) -> None:
+    """Run DDL and writes straight on the database, as other code would."""
+    if store_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(store_url)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+        return
+    db = sqlite3.connect(store_url)
+    try:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_migration_versions_must_run_1_2_3() -> None:
+    Plan([Migration(1, "a", ()), Migration(2, "b", ())])
+    for versions in ([2], [1, 3], [2, 1], [1, 1]):
+        with pytest.raises(ValueError, match="1, 2, 3"):
+            Plan([Migration(v, str(v), ()) for v in versions])
+
+
+def test_every_projection_table_is_made_by_a_migration() -> None:
+    made = {step.name for m in MIGRATIONS for step in m.steps if isinstance(step, Table)}
+    needed = {t.name for p in ALL for t in p.tables}
+    assert needed <= made, f"add a migration for {sorted(needed - made)}"
+
+
+async def test_a_fresh_store_records_every_migration(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        assert await store.migrate(MIGRATIONS) == [m.version for m in MIGRATIONS]
+        assert await recorded(store) == [(m.version, m.name) for m in MIGRATIONS]
+        assert (
+            await store.fetch_all("SELECT version FROM schema_migrations WHERE applied_at IS NULL")
+            == []
+        )
+        for projection in ALL:
+            for table in projection.tables:
+                assert await store.dump(table) == []
+        # Again, and after a restart: nothing to do.
+        assert await store.migrate(MIGRATIONS) == []
+    finally:
+        await store.close()
+    store = await open_store(store_url)
+    try:
+        assert await store.migrate(MIGRATIONS) == []
+        assert await recorded(store) == [(m.version, m.name) for m in MIGRATIONS]
+        if isinstance(store, PostgresStore):
+            # What a person with psql sees: \dt+ shows each table's comment.
+            described = await store.fetch_one(
+                "SELECT obj_description(to_regclass('users'), 'pg_class') AS comment"
+            )
+            assert described is not None
+            assert described["comment"].startswith("AgentMem projection users")
+    finally:
+        await store.close()
+
+
+async def test_a_new_migration_applies_to_a_store_in_use(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        assert await store.migrate(TEST_MIGRATIONS) == [1]
+        await store.apply(ProjectionBatch("items", 1, [item(1, row("a", "a@x", 1))]))
+        assert await store.migrate([*TEST_MIGRATIONS, SECOND]) == [2]
+        assert await store.migrate([*TEST_MIGRATIONS, SECOND]) == []  # the marker is not made twice
+        assert await recorded(store) == [(1, "items and pairs"), (2, "notes")]
+        assert await store.dump(ITEMS) == [("a", "a@x", 1, None)]
+        await store.apply(
+            ProjectionBatch("notes", 1, [item(1, Upsert("notes", {"note_id": "n", "body": "b"}))])
+        )
+        assert await store.dump(NOTES) == [("n", "b")]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_migration_is_rolled_back_whole(store_url: str) -> None:
+    broken = Migration(2, "notes", (NOTES, Sql(sqlite=("BOGUS",), postgres=("BOGUS",))))
+    store = await open_store(store_url)
+    try:
+        await store.migrate(TEST_MIGRATIONS)
+        with pytest.raises(StartupError) as refused:
+            await store.migrate([*TEST_MIGRATIONS, broken])
+        assert "schema migration 2 (notes) failed" in str(refused.value)
+        assert "\n" not in str(refused.value)
+        assert await recorded(store) == [(1, "items and pairs")]
+        # Its table went with it: the fixed migration starts from nothing.
+        assert await store.migrate([*TEST_MIGRATIONS, SECOND]) == [2]
+        assert await store.dump(NOTES) == []
+    finally:
+        await store.close()
+
+
+async def test_a_store_made_before_migrations_is_adopted(store_url: str) -> None:
+    store = await open_store(store_url)  # makes the system tables, as the old code did
+    await store.close()
+    # The projection tables as the code before migrations made them, with a row and a
+    # checkpoint in them.
+    types = PG_TYPES if store_url.startswith("postgresql://") else sql.TYPES
+    await execute_raw(
+        store_url,
+        [
+            *(s for p in ALL for t in p.tables for s in sql.create_table(t, types)),
+            "INSERT INTO orgs (org_id, name, created_at, updated_at, version) "
+            "VALUES ('o1', 'Acme', 1, 1, 1)",
+            "INSERT INTO checkpoints (projection, seq) VALUES ('orgs', 1)",
+        ],
+    )
+    store = await open_store(store_url)
+    try:
+        assert await store.migrate(MIGRATIONS) == [m.version for m in MIGRATIONS]
+        assert await recorded(store) == [(m.version, m.name) for m in MIGRATIONS]
+        assert await store.dump(ORGS) == [("o1", "Acme", 1, 1, 1)]
+        assert await store.checkpoint("orgs") == 1
+        # And it goes on working: the old row is updated in place.
+        await store.apply(
+            ProjectionBatch(
+                "orgs", 2, [item(2, Update("orgs", {"org_id": "o1"}, {"name": "Acme Ltd"}))]
+            )
+        )
+        assert await store.dump(ORGS) == [("o1", "Acme Ltd", 1, 1, 1)]
+    finally:
+        await store.close()
+
+
+async def test_a_table_without_a_declared_column_is_refused(store_url: str) -> None:
+    await execute_raw(
+        store_url, ["CREATE TABLE items (item_id TEXT PRIMARY KEY, email TEXT, n BIGINT)"]
+    )
+    store = await open_store(store_url)
+    try:
+        with pytest.raises(StartupError, match="table items has no column doc: "):
+            await store.migrate(TEST_MIGRATIONS)
+    finally:
+        await store.close()
+
+
+async def test_a_store_newer_than_the_code_is_refused(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        await store.migrate([*TEST_MIGRATIONS, SECOND])
+        with pytest.raises(StartupError) as refused:
+            await store.migrate(TEST_MIGRATIONS)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert "migration 2 (notes), newer than this AgentMem knows (up to 1)" in message
+        # Another schema's migration under the same number is refused too.
+        with pytest.raises(StartupError, match="migration 1 is 'items and pairs'"):
+            await store.migrate([Migration(1, "something else", (ITEMS,)), SECOND])
+        assert await recorded(store) == [(1, "items and pairs"), (2, "notes")]
+    finally:
+        await store.close()
+
+
+async def test_stores_migrating_at_once_apply_each_migration_once(store_url: str) -> None:
+    race = [Migration(1, "marker", (SLOW_MARKER,)), Migration(2, "notes", (NOTES,))]
+    first, second = await open_store(store_url), await open_store(store_url)
+    try:
+        applied = await asyncio.gather(first.migrate(race), second.migrate(race))
+        assert sorted(applied[0] + applied[1]) == [1, 2]
+        assert await recorded(first) == [(1, "marker"), (2, "notes")]
+    finally:
+        await first.close()
+        await second.close()

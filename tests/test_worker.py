@@ -37,6 +37,7 @@ from agentmem.store import ProjectionBatch, Store, open_store
 from consumers.freshness import Freshness
 from consumers.system import collect_status
 from projections.board import CheckpointBoard
+from projections.migrations import MIGRATIONS
 from projections.orgs import ORGS, OrgsProjection
 from projections.users import USERS, UsersProjection
 from projections.worker import ProjectionWorker
@@ -63,7 +64,7 @@ async def log(nc: NATS) -> EventLog:
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     opened = await open_store(store_url)
-    await opened.migrate([ORGS, USERS])
+    await opened.migrate(MIGRATIONS)
     yield opened
     await opened.close()
 

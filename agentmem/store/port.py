@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -27,6 +28,29 @@ class Table:
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class Sql:
+    """What a ``Table`` cannot express (full-text indexes, triggers, comments): statements
+    for each engine, one per string, run in order. Either engine may have none."""
+
+    sqlite: tuple[str, ...] = ()
+    postgres: tuple[str, ...] = ()
+
+
+MigrationStep = Table | Sql
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered change of the schema: applied once, in its own transaction, and recorded
+    in the store's ``schema_migrations`` table. A ``Table`` step creates the table as it is
+    declared (and its indexes) when missing."""
+
+    version: int
+    name: str
+    steps: tuple[MigrationStep, ...]
 
 
 @dataclass(frozen=True)
@@ -108,8 +132,9 @@ def fence(batch: ProjectionBatch, stored: int) -> None:
 class Store(Protocol):
     async def close(self) -> None: ...
 
-    async def migrate(self, tables: list[Table]) -> None:
-        """Create the tables and indexes that do not exist yet."""
+    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        """Apply, in order, the migrations the store has not recorded yet; return their
+        versions. Raises ``StartupError`` when the store holds one this code does not know."""
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
         """Apply every item and set the checkpoint, in one transaction.

@@ -21,13 +21,23 @@ is passed to the server as libpq would.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
 from agentmem.store import sql
-from agentmem.store.port import ColumnType, Parked, ProjectionBatch, Row, Table, fence
+from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
+from agentmem.store.port import (
+    ColumnType,
+    Migration,
+    Parked,
+    ProjectionBatch,
+    Row,
+    Table,
+    fence,
+)
 from agentmem.store.system_reads import SystemReads
 
 # Text compared as bytes, as SQLite does: a dump or a page orders alike on both stores.
@@ -98,6 +108,20 @@ async def fence_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
     fence(batch, int(stored))
 
 
+async def _columns(conn: asyncpg.Connection, tables: list[str]) -> dict[str, set[str]]:
+    """The columns of each table, found through the search path as the queries find it."""
+    rows = await conn.fetch(
+        "SELECT t.name, a.attname FROM unnest($1::text[]) AS t(name) "
+        "JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) "
+        "WHERE a.attnum > 0 AND NOT a.attisdropped",
+        tables,
+    )
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        found.setdefault(row["name"], set()).add(row["attname"])
+    return found
+
+
 class PostgresStore(SystemReads):
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
         self.dsn = dsn
@@ -131,12 +155,31 @@ class PostgresStore(SystemReads):
                 await conn.execute(statement)
 
     # Writes ------------------------------------------------------------------------------
-    async def migrate(self, tables: list[Table]) -> None:
-        statements: list[str] = []
-        for table in tables:
-            self._keys[table.name] = table.primary_key
-            statements += sql.create_table(table, _TYPES)
-        await self._run_locked(statements)
+    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        plan = Plan(migrations)
+        self._keys.update(plan.keys)
+        applied: list[int] = []
+        async with self.pool.acquire() as conn:
+            # A session lock held across the migrations' own transactions: a process that
+            # starts meanwhile waits here, then finds them recorded.
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK_SIGNED)
+            try:
+                for statement in SCHEMA_MIGRATIONS["postgres"]:
+                    await conn.execute(statement)
+                recorded = {r["version"]: r["name"] for r in await conn.fetch(RECORDED)}
+                for migration in plan.pending(recorded):
+                    try:
+                        async with conn.transaction():
+                            for statement in plan.statements(migration, "postgres", _TYPES):
+                                await conn.execute(statement)
+                            await conn.execute(translate(RECORD), migration.version, migration.name)
+                    except asyncpg.PostgresError as exc:
+                        raise failed(migration, exc) from exc
+                    applied.append(migration.version)
+                plan.check_columns(await _columns(conn, list(plan.tables)))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_SIGNED)
+        return applied
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
         async with self.pool.acquire() as conn:

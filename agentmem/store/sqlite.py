@@ -39,12 +39,13 @@ import concurrent.futures
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agentmem.store import sql
-from agentmem.store.port import Parked, ProjectionBatch, Row, Table, fence
+from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
+from agentmem.store.port import Migration, Parked, ProjectionBatch, Row, Table, fence
 from agentmem.store.system_reads import SystemReads
 
 T = TypeVar("T")
@@ -184,15 +185,45 @@ class SQLiteStore(SystemReads):
         return self._conn
 
     # Writes (each method below the async one runs on the writer thread) --------------------
-    async def migrate(self, tables: list[Table]) -> None:
-        await self._write(self._migrate, tables)
+    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        plan = Plan(migrations)
+        self._keys.update(plan.keys)
+        return await self._write(self._migrate, plan)
 
-    def _migrate(self, tables: list[Table]) -> None:
+    def _migrate(self, plan: Plan) -> list[int]:
+        """Each pending migration in a transaction of its own. BEGIN IMMEDIATE takes the
+        write lock before the recorded versions are read again, so another process that
+        migrated meanwhile is seen and its work not done twice."""
         conn = self._writer_conn
-        for table in tables:
-            self._keys[table.name] = table.primary_key
-            for statement in sql.create_table(table):
-                conn.execute(statement)
+        for statement in SCHEMA_MIGRATIONS["sqlite"]:
+            conn.execute(statement)
+        applied = []
+        for migration in plan.pending(dict(conn.execute(RECORDED).fetchall())):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if migration in plan.pending(dict(conn.execute(RECORDED).fetchall())):
+                    for statement in plan.statements(migration, "sqlite"):
+                        conn.execute(statement)
+                    conn.execute(RECORD, (migration.version, migration.name))
+                    applied.append(migration.version)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise failed(migration, exc) from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        plan.check_columns(
+            {
+                name: {
+                    row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (name,))
+                }
+                for name in plan.tables
+            }
+        )
+        return applied
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
         return await self._write(self._apply, batch)
