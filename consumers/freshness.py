@@ -6,6 +6,11 @@ But ``after_seq`` may name an event of another aggregate, which this projection 
 then the projection has caught up when its consumer has nothing left to deliver or to ack
 (a batch is acked only after its transaction committed). That check costs JetStream calls,
 so it waits a few milliseconds first and is shared by all queries waiting at once.
+
+In a process that does not run the projection's worker (no projections role, or another
+process holds the projection's lease) there is no board to wake it: the query polls the
+store's checkpoint, which the active worker commits, every 10 ms (one read shared by all
+queries waiting on that projection), besides the same check of the consumer.
 """
 
 from __future__ import annotations
@@ -44,9 +49,11 @@ class Freshness:
         self.stream = stream
         self.max_wait = max_wait
         self._log_checks: dict[str, FreshCall[tuple[bool, int]]] = {}
+        self._store_reads: dict[str, FreshCall[int]] = {}
 
     async def checkpoint(self, projection: str) -> int:
-        """The projection's checkpoint: from the board when its worker runs here."""
+        """The projection's checkpoint: from the board when its worker runs here, else from
+        the store (whichever process runs the worker commits it there)."""
         if self.board.has(projection):
             return self.board.get(projection)
         return await self.store.checkpoint(projection)
@@ -63,15 +70,23 @@ class Freshness:
         stream = await self.js.stream_info(self.stream)
         return bool(drained), int(stream.state.last_seq)
 
+    def _stored(self, projection: str) -> FreshCall[int]:
+        """The store's checkpoint, one read shared by every query waiting on it."""
+        read = self._store_reads.get(projection)
+        if read is None:
+            read = self._store_reads[projection] = FreshCall(
+                lambda: self.store.checkpoint(projection)
+            )
+        return read
+
     async def wait(self, projection: str, after_seq: int | None) -> int:
         """Return the checkpoint the answer will be read at, once it covers ``after_seq``."""
         seq = await self.checkpoint(projection)
         if after_seq is None or seq >= after_seq:
             return seq
-        local = self.board.has(projection)
         deadline = time.monotonic() + self.max_wait
         # Usually the event is this projection's own and lands within milliseconds.
-        if local and await self.board.reached(projection, after_seq, GRACE_S):
+        if self.board.has(projection) and await self.board.reached(projection, after_seq, GRACE_S):
             return self.board.get(projection)
         check = self._log_checks.get(projection)
         if check is None:
@@ -94,11 +109,16 @@ class Freshness:
                     f"within {self.max_wait:g}s (it is at {seq})",
                     {"projection": projection, "after_seq": after_seq, "checkpoint": seq},
                 )
-            if local:
+            # Asked each round: this process may take over the projection, or lose it.
+            if self.board.has(projection):
                 if await self.board.reached(projection, after_seq, min(remaining, RECHECK_S)):
                     return self.board.get(projection)
-            else:
-                await asyncio.sleep(min(remaining, POLL_S))
-                seq = await self.store.checkpoint(projection)
+                continue
+            # No worker here (a process without the projections role, or one that does not
+            # hold the projection's lease): another process moves the store's checkpoint.
+            until = time.monotonic() + min(remaining, RECHECK_S)
+            while time.monotonic() < until:
+                await asyncio.sleep(POLL_S)
+                seq = await self._stored(projection)()
                 if seq >= after_seq:
                     return seq

@@ -62,13 +62,19 @@ def build_router(
     store: Store,
     workers_alive: Callable[[], dict[str, bool]],
     stream: str = subjects.STREAM_NAME,
+    this_process: Callable[[], dict[str, Any]] | None = None,
 ) -> Router:
+    """``this_process``: what the answering process is (its roles, the projections whose
+    lease it holds); several processes share these subjects, so the report says which one
+    answered."""
     router = Router()
 
     @router.route(subjects.SYS_STATUS, Status)
     async def status(request: Request[Status]) -> Result:
         authorize(request.caller, "service_admin", None)
         report = await collect_status(nc, store, stream)
+        if this_process is not None:
+            report["process"] = this_process()
         return report, report["stream"]["last_seq"]
 
     # Public, for liveness probes: it says only whether the parts are up.

@@ -21,6 +21,11 @@ class CheckpointBoard:
         """True once a worker in this process has reported for ``projection``."""
         return projection in self._seqs
 
+    def forget(self, projection: str) -> None:
+        """This process no longer runs the projection's worker (it lost or gave up its
+        lease): readers go back to the store's checkpoint, which another process moves."""
+        self._seqs.pop(projection, None)
+
     def get(self, projection: str) -> int:
         return self._seqs.get(projection, 0)
 

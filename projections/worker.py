@@ -130,7 +130,9 @@ class ProjectionWorker:
 
     async def _apply(self, messages: list[Msg]) -> int:
         """Apply one fetched batch; returns how many messages are still pending after it."""
-        batch = ProjectionBatch(projection=self.name, checkpoint=self.checkpoint)
+        # Built on this worker's checkpoint: the store applies it only if that is still the
+        # stored one, so a worker that lost its lease cannot apply a batch late.
+        batch = ProjectionBatch(self.name, self.checkpoint, after=self.checkpoint)
         last_seq = self.checkpoint
         for message in messages:
             meta = message.metadata

@@ -1,0 +1,163 @@
+"""Leases: which process runs a projection's worker, so that each has one active at a time.
+
+On Postgres a lease is a session advisory lock (``pg_try_advisory_lock``) held on one
+connection of its own, apart from the store's pool. The lock lives exactly as long as that
+session: when the holding process dies, the server sees its socket close and frees the lock,
+and a process that asks next gets it. Every holder confirms its connection about once a
+second (``hold``); when it fails, the holder drops the connection (so the server frees the
+locks even if the process lives on) and stops its workers. A late write of a holder that has
+not noticed yet is refused by the store itself (``port.fence``), so a lease is what makes a
+second worker rare and the fence is what makes it harmless.
+
+The lock key is derived from the projection's name and the store's schema: two deployments
+in one database (or two test runs in their own schemas) do not share a lease.
+
+With SQLite there is nothing to elect: one process owns the file (``service.lock_store``), so
+it holds every lease for as long as it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+from typing import Protocol
+
+import asyncpg  # type: ignore[import-untyped]
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# How long one call on the lease connection may take before the lease counts as lost.
+CALL_TIMEOUT_S = 5.0
+
+
+class Leases(Protocol):
+    async def hold(self, name: str) -> bool:
+        """Take the lease on ``name``, or confirm this process still holds it: True while
+        it does. Cheap enough to call about once a second per lease."""
+
+    async def release(self, name: str) -> None: ...
+
+    async def close(self) -> None:
+        """Give up every lease this process holds."""
+
+
+class OwnedStore:
+    """SQLite: the process that owns the store's file holds every lease."""
+
+    async def hold(self, name: str) -> bool:
+        return True
+
+    async def release(self, name: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def holder_name() -> str:
+    """Who holds a lease, as Postgres shows it (``pg_stat_activity.application_name``)."""
+    return f"agentmem lease {socket.gethostname()} pid {os.getpid()}"[:63]
+
+
+def lock_key(schema: str, name: str) -> int:
+    """A stable signed 64-bit advisory lock key for one projection of one schema."""
+    digest = hashlib.sha256(f"agentmem.projection:{schema}.{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PostgresLeases:
+    def __init__(self, dsn: str, holder: str | None = None) -> None:
+        self.dsn = dsn
+        self.holder = holder or holder_name()
+        self._conn: asyncpg.Connection | None = None
+        self._schema = "public"
+        self._held: set[str] = set()
+        # One connection, one call at a time (asyncpg refuses concurrent calls on it).
+        self._lock = asyncio.Lock()
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._held.clear()  # a new session holds nothing
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=CALL_TIMEOUT_S,
+                server_settings={"application_name": self.holder},
+            )
+            try:
+                self._schema = await conn.fetchval(
+                    "SELECT current_schema()", timeout=CALL_TIMEOUT_S
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def key(self, name: str) -> int:
+        return lock_key(self._schema, name)
+
+    async def hold(self, name: str) -> bool:
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                if name in self._held:
+                    # A session lock lasts as long as its session: a live connection holds it.
+                    await conn.fetchval("SELECT 1", timeout=CALL_TIMEOUT_S)
+                    return True
+                # Taken at most once per session: the lock is re-entrant, and a second take
+                # would need a second unlock.
+                got = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", self.key(name), timeout=CALL_TIMEOUT_S
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._drop(exc)
+                return False
+            if got:
+                self._held.add(name)
+            return bool(got)
+
+    def _drop(self, exc: BaseException) -> None:
+        """The lease connection failed: close it, so that the server frees whatever it still
+        holds for it, and count every lease as lost."""
+        if self._held:
+            log.warning("lease connection lost", leases=sorted(self._held), error=repr(exc))
+        self._held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def release(self, name: str) -> None:
+        async with self._lock:
+            if name not in self._held or self._conn is None:
+                return
+            self._held.discard(name)
+            try:
+                await self._conn.fetchval(
+                    "SELECT pg_advisory_unlock($1)", self.key(name), timeout=CALL_TIMEOUT_S
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._drop(exc)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._held.clear()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), CALL_TIMEOUT_S)
+                if not conn.is_closed():
+                    conn.terminate()
+
+
+def open_leases(store_url: str) -> Leases:
+    if store_url.startswith(("postgres://", "postgresql://")):
+        return PostgresLeases(store_url)
+    return OwnedStore()

@@ -1,0 +1,135 @@
+"""Run a projection's worker in this process only while this process holds its lease.
+
+Every process with the projections role runs one ``ProjectionLeader`` per projection. About
+once a second each asks its lease (``Leases.hold``): the one that holds it runs the worker,
+the others wait. When the holder dies its lease frees, the next process to ask takes it, and
+its new worker starts from the store's checkpoint (the worker always re-creates its durable
+consumer at checkpoint + 1). When a holder finds its lease lost, it stops its worker at once;
+a batch that worker still commits late is refused by the store (``port.fence``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from agentmem.store import StaleBatch
+from agentmem.store.leases import Leases
+from projections.board import CheckpointBoard
+from projections.worker import ProjectionWorker
+
+log = structlog.get_logger(__name__)
+
+# How often a process asks for (or confirms) its lease: the bound on a takeover's wait.
+POLL_S = 1.0
+# A worker that failed starts again from its checkpoint after this long.
+RETRY_S = 1.0
+# How long a worker that lost its lease may take to finish its batch before it is cancelled.
+STOP_GRACE_S = 2.0
+
+
+class ProjectionLeader:
+    def __init__(
+        self,
+        name: str,
+        make_worker: Callable[[], ProjectionWorker],
+        leases: Leases,
+        board: CheckpointBoard,
+        poll: float = POLL_S,
+    ) -> None:
+        self.name = name
+        self.make_worker = make_worker
+        self.leases = leases
+        self.board = board
+        self.poll = poll
+        self.worker: ProjectionWorker | None = None
+        self.last_error: str | None = None
+        self.active_since: float | None = None  # time.time() when this process took over
+        self._holding = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._failed_at = 0.0
+
+    @property
+    def active(self) -> bool:
+        """True while this process holds the lease, so runs the projection's worker (or is
+        about to start it again after a failure)."""
+        return self._holding
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if await self.leases.hold(self.name):
+                    if not self._holding:
+                        self._holding = True
+                        self.active_since = time.time()
+                        log.info(
+                            "projection lease taken; this process is active", projection=self.name
+                        )
+                    self._start_if_idle()
+                elif self._holding:
+                    log.warning("projection lease lost; stopping its worker", projection=self.name)
+                    await self._stop_worker()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.poll)
+        finally:
+            await self._stop_worker()
+            with contextlib.suppress(Exception):
+                await self.leases.release(self.name)
+
+    def _start_if_idle(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            return
+        if task is not None:
+            self._task = None
+            self._record_end(task)
+            if time.monotonic() - self._failed_at < RETRY_S:
+                return  # failed just now: start again on the next round
+        self.worker = self.make_worker()
+        self._task = asyncio.create_task(self.worker.run(), name=f"projection-{self.name}")
+
+    def _record_end(self, task: asyncio.Task[None]) -> None:
+        """Why the worker ended: a failure is kept for health and logged; it restarts from
+        its checkpoint while this process still holds the lease."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self._failed_at = time.monotonic()
+        self.last_error = repr(exc)
+        if isinstance(exc, StaleBatch):
+            log.error(
+                "projection batch fenced off; restarting", projection=self.name, error=str(exc)
+            )
+        else:
+            log.error("projection failed; restarting", projection=self.name, error=repr(exc))
+        if self.worker is not None:
+            self.worker.last_error = self.last_error
+
+    async def _stop_worker(self) -> None:
+        task, worker = self._task, self.worker
+        self._task = None
+        self._holding = False
+        self.active_since = None
+        self.board.forget(self.name)
+        if task is None:
+            return
+        if worker is not None:
+            worker.stop()
+        # The batch in hand may finish (the store fences it); past the grace, cancel.
+        done, _ = await asyncio.wait([task], timeout=STOP_GRACE_S)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        elif not task.cancelled() and task.exception() is not None:
+            self._record_end(task)
