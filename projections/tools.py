@@ -1,0 +1,103 @@
+"""The ``tools`` and ``tool_tags`` tables.
+
+``tools``: one row per live tool, its JSON Schema as text. Names are unique within an
+organization: the log decides that (tool-name reservations), and the unique index here only
+states it. ``tool_tags``: one row per tag of a tool, so that tag filters read an index.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.eventlog import StoredCommit
+from agentmem.events import OrgDeleted, ToolDeleted, ToolRegistered, ToolUpdated
+from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+
+TOOLS = Table(
+    name="tools",
+    columns=(
+        Column("tool_id", "text"),
+        Column("org_id", "text"),
+        Column("name", "text"),
+        Column("description", "text"),
+        Column("parameters", "json"),
+        Column("tags", "json"),
+        Column("created_at", "integer"),
+        Column("updated_at", "integer"),
+        Column("version", "integer"),
+    ),
+    primary_key=("tool_id",),
+    indexes=(
+        ("tools_org", ("org_id", "tool_id"), False),
+        ("tools_org_name", ("org_id", "name"), True),
+    ),
+)
+
+TOOL_TAGS = Table(
+    name="tool_tags",
+    columns=(
+        Column("tool_id", "text"),
+        Column("tag", "text"),
+        Column("org_id", "text"),
+    ),
+    primary_key=("tool_id", "tag"),
+    indexes=(("tool_tags_org_tag", ("org_id", "tag", "tool_id"), False),),
+)
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _tag_rows(org_id: str, tool_id: str, tags: tuple[str, ...]) -> list[RowOp]:
+    ops: list[RowOp] = [Delete("tool_tags", {"tool_id": tool_id})]
+    for tag in tags:
+        ops.append(Upsert("tool_tags", {"tool_id": tool_id, "tag": tag, "org_id": org_id}))
+    return ops
+
+
+class ToolsProjection:
+    name = "tools"
+    # Org events too: deleting an organization removes its tools from the tables.
+    filter_subjects = [subjects.events_of("tool"), subjects.events_of("org")]
+    tables = [TOOLS, TOOL_TAGS]
+
+    def project(self, commit: StoredCommit) -> list[RowOp]:
+        ops: list[RowOp] = []
+        at, version = commit.time_ms, commit.seq
+        org_id = commit.subject.split(".")[2]
+        for event in commit.events:
+            match event:
+                case ToolRegistered():
+                    row = {
+                        "tool_id": event.tool_id,
+                        "org_id": event.org_id,
+                        "name": event.name,
+                        "description": event.description,
+                        "parameters": _json(event.parameters),
+                        "tags": _json(list(event.tags)),
+                        "created_at": at,
+                        "updated_at": at,
+                        "version": version,
+                    }
+                    ops.append(Upsert("tools", row))
+                    ops += _tag_rows(event.org_id, event.tool_id, event.tags)
+                case ToolUpdated():
+                    values = {
+                        "name": event.name,
+                        "description": event.description,
+                        "parameters": _json(event.parameters),
+                        "tags": _json(list(event.tags)),
+                        "updated_at": at,
+                        "version": version,
+                    }
+                    ops.append(Update("tools", {"tool_id": event.tool_id}, values))
+                    ops += _tag_rows(org_id, event.tool_id, event.tags)
+                case ToolDeleted(tool_id=tool_id):
+                    ops.append(Delete("tools", {"tool_id": tool_id}))
+                    ops.append(Delete("tool_tags", {"tool_id": tool_id}))
+                case OrgDeleted(org_id=deleted):
+                    ops.append(Delete("tools", {"org_id": deleted}))
+                    ops.append(Delete("tool_tags", {"org_id": deleted}))
+        return ops
