@@ -50,7 +50,14 @@ def _parser() -> argparse.ArgumentParser:
             help="env AGENTMEM_LOG_FORMAT; default auto (JSON unless a terminal)",
         )
 
-    connection_flags(commands.add_parser("serve", help="run the service"))
+    serve = commands.add_parser("serve", help="run the service")
+    connection_flags(serve)
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        help="copies of the event stream a NATS cluster keeps, when the service creates it "
+        "(env AGENTMEM_REPLICAS; default 1; 3 on a three-node cluster)",
+    )
     status = commands.add_parser("status", help="log position, checkpoints and lag")
     connection_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw report")
@@ -80,6 +87,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings()
     if args.nats:
         settings.nats_url = args.nats
+    if getattr(args, "replicas", None) is not None:
+        settings.replicas = args.replicas
     if args.listen:
         settings.listen = args.listen
     if args.data_dir:
@@ -147,7 +156,7 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
     """The running service's NATS server if there is one, else the embedded one, started
     for as long as this command needs it."""
     if settings.nats_url:
-        nc = await nats.connect(settings.nats_url, **_ONE_TRY)
+        nc = await nats.connect(settings.nats_servers, **_ONE_TRY)
         yield nc
         await nc.close()
         return
@@ -289,7 +298,11 @@ async def _create_admin_key(settings: Settings, name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except StartupError as exc:
+        print(f"agentmem: {exc}", file=sys.stderr)
+        return 2
     configure(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":

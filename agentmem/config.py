@@ -20,6 +20,16 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _env_int(name: str, default: int) -> int:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise StartupError(f"AGENTMEM_{name} must be a whole number, not {value!r}") from None
+
+
 @dataclass
 class Settings:
     # None: start the embedded nats-server; a URL: use that server instead.
@@ -35,6 +45,15 @@ class Settings:
     )
     # Embedded server only: fsync every write before acking it (see docs/architecture.md).
     sync_always: bool = field(default_factory=lambda: _env("SYNC", "always") == "always")
+    # Copies of the event stream that a NATS cluster keeps: 3 survives the loss of one node
+    # (docs/deploy.md). Used when the stream is created; an existing stream is only checked.
+    replicas: int = field(default_factory=lambda: _env_int("REPLICAS", 1))
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """``nats_url`` split at commas: every node of a cluster, so that the client can
+        reconnect to another node when the one it uses goes away."""
+        return [url.strip() for url in (self.nats_url or "").split(",") if url.strip()]
 
     @property
     def store_url(self) -> str:

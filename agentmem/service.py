@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import time
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
@@ -19,7 +20,8 @@ from nats.aio.client import Client as NATS
 from agentmem import bootstrap, subjects
 from agentmem.config import Settings, StartupError
 from agentmem.embedded import EmbeddedNats
-from agentmem.eventlog import EventLog
+from agentmem.errors import UnavailableError
+from agentmem.eventlog import EventLog, StreamConfigMismatch
 from agentmem.store import Store, open_store
 from consumers import commands, credentials, history, queries, system
 from consumers.aggregates import AggregateCache
@@ -32,6 +34,11 @@ from projections.migrations import MIGRATIONS
 from projections.worker import ProjectionWorker
 
 log = structlog.get_logger(__name__)
+
+MAX_REPLICAS = 5
+# How long a starting service waits for JetStream to answer (a fresh cluster elects its
+# leaders within seconds).
+JETSTREAM_WAIT_S = 30.0
 
 
 class StoreBusy(StartupError):
@@ -76,6 +83,31 @@ async def _log_reconnected() -> None:
     log.info("reconnected to nats")
 
 
+async def ensure_stream(log_: EventLog, replicas: int, wait_s: float = JETSTREAM_WAIT_S) -> None:
+    """Create or check the stream. A cluster that is still electing its leaders (every node
+    just started) does not answer yet: wait for it, bounded, rather than fail at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            await log_.ensure_stream(replicas=replicas)
+            return
+        except StreamConfigMismatch as exc:
+            wrong = exc.details.get("settings", {})
+            found = "; ".join(
+                f"{key} is {value['actual']!r}, AgentMem needs {value['expected']!r}"
+                for key, value in wrong.items()
+            )
+            raise StartupError(f"{exc.message}: {found}" if found else exc.message) from None
+        except UnavailableError as exc:
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"JetStream did not answer within {wait_s:.0f}s ({exc.message}): is "
+                    "JetStream enabled on the server, and does the cluster have a quorum?"
+                ) from None
+            log.warning("waiting for JetStream", error=exc.message)
+            await asyncio.sleep(1.0)
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -91,16 +123,23 @@ class Service:
     async def start(self) -> None:
         settings = self.settings
         self._lock = lock_store(settings.store_url)
-        url = settings.nats_url
-        if url is None:
+        if not 1 <= settings.replicas <= MAX_REPLICAS:
+            raise StartupError(
+                f"replicas must be between 1 and {MAX_REPLICAS} (JetStream's limit), "
+                f"not {settings.replicas}"
+            )
+        servers = settings.nats_servers
+        if not servers:
             host, port = settings.listen_host_port
             self.embedded = EmbeddedNats(
                 settings.data_dir / "nats", host, port, sync_always=settings.sync_always
             )
             await self.embedded.start()
-            url = self.embedded.url
+            servers = [self.embedded.url]
         self.nc = await nats.connect(
-            url,
+            # Every node of a cluster: when the one in use goes away, nats-py reconnects to
+            # another (and learns the rest of the cluster from the servers it reaches).
+            servers,
             name="agentmem",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -110,7 +149,7 @@ class Service:
             reconnected_cb=_log_reconnected,
         )
         log_ = EventLog(self.nc)
-        await log_.ensure_stream()
+        await ensure_stream(log_, settings.replicas)
         key = await bootstrap.ensure_admin(log_, settings.password_cost)
         if key is not None:
             path = bootstrap.save_key(settings.data_dir, key)
@@ -146,7 +185,11 @@ class Service:
         await self.dispatcher.start(
             [subjects.COMMAND_PREFIX, subjects.QUERY_PREFIX, subjects.SYSTEM_PREFIX]
         )
-        log.info("agentmem ready", nats=redact_url(url), store=redact_url(settings.store_url))
+        log.info(
+            "agentmem ready",
+            nats=",".join(redact_url(url) for url in servers),
+            store=redact_url(settings.store_url),
+        )
 
     async def _run_worker(self, worker: ProjectionWorker) -> None:
         """Keep a projection running: after a failure (the log or the store went away), wait
