@@ -23,7 +23,7 @@ from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
 from agentmem.store import Store, open_store
-from consumers import commands, credentials, history, queries, system
+from consumers import agents, commands, credentials, history, queries, system, tools
 from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator, LoginThrottle
 from consumers.freshness import Freshness
@@ -176,10 +176,14 @@ class Service:
         cache = AggregateCache(log_)
         runner = commands.CommandRunner(log_, cache)
         router.include(commands.build_router(runner, settings.password_cost))
+        router.include(agents.build_command_router(runner))
+        router.include(tools.build_command_router(runner))
         router.include(credentials.build_router(runner, LoginThrottle(), settings.password_cost))
         freshness = Freshness(self.nc, self.store, board)
         router.include(history.build_router(log_, runner, self.store, freshness))
         router.include(queries.build_router(self.store, freshness))
+        router.include(agents.build_query_router(self.store, freshness))
+        router.include(tools.build_query_router(self.store, freshness))
         router.include(system.build_router(self.nc, self.store, self.workers_alive))
         self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache))
         await self.dispatcher.start(

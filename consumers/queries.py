@@ -49,10 +49,29 @@ def decode_cursor(cursor: str | None) -> str:
     return raw.removeprefix(_CURSOR_MARK)
 
 
-def page(rows: list[dict[str, Any]], limit: int, key: str) -> dict[str, Any]:
-    """Keyset pagination: fetch limit+1 rows; the extra one says a next page exists."""
+# Items of one page, as JSON: far enough below NATS's 1 MiB message limit that a page of
+# large rows (an agent's persona, a tool's schema) is cut short instead of never answering.
+MAX_PAGE_BYTES = 512 * 1024
+_item_encoder = msgspec.json.Encoder()
+
+
+def page(
+    rows: list[dict[str, Any]], limit: int, key: str, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """Keyset pagination: fetch limit+1 rows; the extra one says a next page exists.
+
+    With ``max_bytes``, the page also ends before the item that would take its items past
+    that many bytes of JSON (it always holds at least one), and the cursor goes on from there.
+    """
     items = rows[:limit]
     more = len(rows) > limit
+    if max_bytes is not None:
+        total = 0
+        for n, item in enumerate(items):
+            total += len(_item_encoder.encode(item))
+            if total > max_bytes and n > 0:
+                items, more = items[:n], True
+                break
     return {"items": items, "next_cursor": encode_cursor(items[-1][key]) if more else None}
 
 

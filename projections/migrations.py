@@ -10,7 +10,9 @@ with a new migration.
 from __future__ import annotations
 
 from agentmem.store.port import Migration, Sql
+from projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
 from projections.orgs import ORGS
+from projections.tools import TOOL_TAGS, TOOLS
 from projections.users import API_KEYS, USERS
 
 MIGRATIONS: list[Migration] = [
@@ -29,6 +31,31 @@ MIGRATIONS: list[Migration] = [
                     "roles is a JSON array'",
                     "COMMENT ON TABLE api_keys IS 'AgentMem projection users: one row per API "
                     "key of a live user (prefix only, no secret); revoked_at set once revoked'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        2,
+        "agents, their states and tools",
+        (
+            AGENTS,
+            AGENT_TAGS,
+            AGENT_STATES,
+            TOOLS,
+            TOOL_TAGS,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE agents IS 'AgentMem projection agents: one row per agent, "
+                    "archived ones flagged; model, metadata and tags are JSON'",
+                    "COMMENT ON TABLE agent_tags IS 'AgentMem projection agents: one row per tag "
+                    "of an agent, for tag filters'",
+                    "COMMENT ON TABLE agent_states IS 'AgentMem projection agents: the working "
+                    "state document of each agent that has one; version is its expected_version'",
+                    "COMMENT ON TABLE tools IS 'AgentMem projection tools: one row per tool; "
+                    "parameters is its JSON Schema, tags a JSON array'",
+                    "COMMENT ON TABLE tool_tags IS 'AgentMem projection tools: one row per tag "
+                    "of a tool, for tag filters'",
                 )
             ),
         ),

@@ -1,0 +1,202 @@
+"""Tools over NATS: the command handlers (plans for ``CommandRunner``) and the queries.
+
+A tool's name is unique within its organization; the log decides it through the name's
+reservation subject, written in the same atomic batch as the tool (``domain/tools.py``).
+Writes need the ``member`` role, deletion ``org_admin``, reads ``reader``; another
+organization's tool is answered exactly as a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from agentmem import ids, subjects
+from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
+from agentmem.domain import orgs, tools
+from agentmem.domain.access import Need
+from agentmem.domain.aggregate import Loaded, Write
+from agentmem.errors import ConflictError, InvalidError, NotFoundError
+from agentmem.queries import GetTool, ListTools
+from agentmem.store import Store
+from consumers.aggregates import Loader
+from consumers.auth import authorize
+from consumers.commands import CommandRunner, missing_org
+from consumers.freshness import Freshness
+from consumers.queries import MAX_PAGE_BYTES, _hide_other_org, decode_cursor, page
+from consumers.router import Request, Result, Router
+
+PROJECTION = "tools"
+
+_TOOL_COLUMNS = (
+    "tool_id, org_id, name, description, parameters, tags, created_at, updated_at, version"
+)
+
+
+# Commands ----------------------------------------------------------------------------------
+async def load_tool(
+    runner: CommandRunner, loader: Loader, request: Request[Any], tool_id: str, need: Need
+) -> Loaded[tools.Tool]:
+    """A live tool of a live organization that the caller may act on with ``need``; else
+    not_found (for another organization's tool too) or forbidden."""
+    subject = await runner.subject_of("tool", tool_id)
+    org_id = subject.split(".")[2]
+    tool = await loader.load(subject, tools.evolve)
+    org = await loader.load(orgs.subject(org_id), orgs.evolve)
+    if org.state is None or org.state.deleted:  # an organization's tools go with it
+        raise tools.missing(tool_id)
+    tools.require_live(tool, tool_id)
+    authorize(request.caller, need, org_id, tools.missing(tool_id))
+    return tool
+
+
+async def load_reservation(loader: Loader, org_id: str, name: str) -> Loaded[tools.NameReservation]:
+    return await loader.load(subjects.tool_name_reservation(org_id, name), tools.evolve_reservation)
+
+
+def build_command_router(runner: CommandRunner) -> Router:
+    router = Router()
+
+    @router.route(subjects.TOOL_REGISTER, RegisterTool)
+    async def register_tool(request: Request[RegisterTool]) -> Result:
+        command = request.body
+        org_id = command.org_id or request.caller.org_id
+        authorize(request.caller, "member", org_id, missing_org(org_id))
+        tool_id = command.tool_id or ids.new_id()
+        subject = tools.subject(org_id, tool_id)
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            org = await loader.load(orgs.subject(org_id), orgs.evolve)
+            orgs.require_live(org, org_id)
+            loaded: Loaded[tools.Tool] = Loaded(subject, None, 0)
+            if command.tool_id is not None:
+                # A client-chosen id: a retry is recognised on the tool's own subject, and an
+                # id taken in any organization is refused.
+                existing = await runner.log.first_subject(subjects.event("*", "tool", tool_id))
+                if existing is not None:
+                    await loader.load(existing, tools.evolve)
+                    raise ConflictError(f"tool {tool_id} already exists", {"tool_id": tool_id})
+                loaded = await loader.load(subject, tools.evolve)
+            reservation = await load_reservation(loader, org_id, command.name)
+            return tools.register(
+                loaded, command, org_id=org_id, tool_id=tool_id, reservation=reservation
+            )
+
+        return await runner.run("tool.register", request, plan)
+
+    @router.route(subjects.TOOL_UPDATE, UpdateTool)
+    async def update_tool(request: Request[UpdateTool]) -> Result:
+        command = request.body
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            tool = await load_tool(runner, loader, request, command.tool_id, "member")
+            assert tool.state is not None
+            org_id = tool.state.org_id
+            new_reservation = old_reservation = None
+            if command.name is not None and command.name != tool.state.name:
+                new_reservation = await load_reservation(loader, org_id, command.name)
+                old_reservation = await load_reservation(loader, org_id, tool.state.name)
+            return tools.update(
+                tool,
+                command,
+                new_reservation=new_reservation,
+                old_reservation=old_reservation,
+            )
+
+        return await runner.run("tool.update", request, plan)
+
+    @router.route(subjects.TOOL_DELETE, DeleteTool)
+    async def delete_tool(request: Request[DeleteTool]) -> Result:
+        command = request.body
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            tool = await load_tool(runner, loader, request, command.tool_id, "org_admin")
+            assert tool.state is not None
+            reservation = await load_reservation(loader, tool.state.org_id, tool.state.name)
+            return tools.delete(tool, command, reservation)
+
+        return await runner.run("tool.delete", request, plan)
+
+    return router
+
+
+# Queries -----------------------------------------------------------------------------------
+def tool_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "parameters": msgspec.json.decode(row["parameters"]),
+        "tags": msgspec.json.decode(row["tags"]),
+    }
+
+
+def _tag_filter(org_id: str, tags: list[str], every: bool) -> tuple[list[str], list[Any]]:
+    """SQL conditions on ``tool_id``, and their arguments: tagged with any, or every, tag."""
+    unique = list(dict.fromkeys(tags))
+    if not unique:  # any of none, or all of none: no condition, as if left out
+        return [], []
+    if every:
+        # One lookup per tag along (org_id, tag, tool_id): no GROUP BY over the whole org.
+        one = "tool_id IN (SELECT tool_id FROM tool_tags WHERE org_id = ? AND tag = ?)"
+        return [one] * len(unique), [v for tag in unique for v in (org_id, tag)]
+    marks = ", ".join("?" for _ in unique)
+    any_of = f"tool_id IN (SELECT tool_id FROM tool_tags WHERE org_id = ? AND tag IN ({marks}))"
+    return [any_of], [org_id, *unique]
+
+
+def build_query_router(store: Store, freshness: Freshness) -> Router:
+    router = Router()
+
+    @router.route(subjects.TOOL_GET, GetTool)
+    async def get_tool(request: Request[GetTool]) -> Result:
+        query = request.body
+        if (query.tool_id is None) == (query.name is None):
+            raise InvalidError(
+                "name the tool by exactly one of tool_id and name",
+                {"tool_id": query.tool_id, "name": query.name},
+            )
+        if query.tool_id is not None:
+            missing = f"tool {query.tool_id} does not exist"
+            authorize(request.caller, "reader", query.org_id, NotFoundError(missing))
+            seq = await freshness.wait(PROJECTION, query.after_seq)
+            row = await store.fetch_one(
+                f"SELECT {_TOOL_COLUMNS} FROM tools WHERE tool_id = ?", query.tool_id
+            )
+            if row is not None and query.org_id is not None and row["org_id"] != query.org_id:
+                row = None
+        else:
+            org_id = query.org_id or request.caller.org_id
+            missing = f"no tool is named {query.name!r} in organization {org_id}"
+            authorize(request.caller, "reader", org_id, NotFoundError(missing))
+            seq = await freshness.wait(PROJECTION, query.after_seq)
+            row = await store.fetch_one(
+                f"SELECT {_TOOL_COLUMNS} FROM tools WHERE org_id = ? AND name = ?",
+                org_id,
+                query.name,
+            )
+        _hide_other_org(request, row, missing)
+        assert row is not None
+        return tool_view(row), seq
+
+    @router.route(subjects.TOOL_LIST, ListTools)
+    async def list_tools(request: Request[ListTools]) -> Result:
+        query = request.body
+        org_id = query.org_id or request.caller.org_id
+        missing = NotFoundError(f"organization {org_id} does not exist")
+        authorize(request.caller, "reader", org_id, missing)
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        where = ["org_id = ?", "tool_id > ?"]
+        args: list[Any] = [org_id, decode_cursor(query.cursor)]
+        for tags, every in ((query.tags_any, False), (query.tags_all, True)):
+            conditions, values = _tag_filter(org_id, tags or [], every)
+            where += conditions
+            args += values
+        rows = await store.fetch_all(
+            f"SELECT {_TOOL_COLUMNS} FROM tools WHERE {' AND '.join(where)} "
+            "ORDER BY tool_id LIMIT ?",
+            *args,
+            query.limit + 1,
+        )
+        return page([tool_view(r) for r in rows], query.limit, "tool_id", MAX_PAGE_BYTES), seq
+
+    return router
