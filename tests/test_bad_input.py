@@ -29,28 +29,44 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, envelope, ids, subjects
 from agentmem.auth import tokens
 from agentmem.commands import (
+    ArchiveAgent,
     ChangePassword,
+    CreateAgent,
     CreateApiKey,
     CreateOrg,
+    DeleteAgent,
     DeleteOrg,
+    DeleteTool,
     DeleteUser,
     Login,
     Logout,
+    PatchAgentState,
+    RegisterTool,
     RegisterUser,
     RenameOrg,
     RevokeApiKey,
+    SetAgentState,
     SetRoles,
+    UnarchiveAgent,
+    UpdateAgent,
     UpdateProfile,
+    UpdateTool,
 )
 from agentmem.config import Settings
+from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.queries import (
     EmailExists,
+    GetAgent,
+    GetAgentState,
     GetHistory,
     GetOrg,
+    GetTool,
     GetUser,
     GetUserByEmail,
+    ListAgents,
     ListApiKeys,
     ListOrgs,
+    ListTools,
     ListUsers,
     Status,
 )
@@ -88,6 +104,21 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     subjects.HISTORY_GET: GetHistory,
     subjects.SYS_STATUS: Status,
     subjects.SYS_HEALTH: Status,
+    subjects.AGENT_CREATE: CreateAgent,
+    subjects.AGENT_UPDATE: UpdateAgent,
+    subjects.AGENT_ARCHIVE: ArchiveAgent,
+    subjects.AGENT_UNARCHIVE: UnarchiveAgent,
+    subjects.AGENT_DELETE: DeleteAgent,
+    subjects.AGENT_SET_STATE: SetAgentState,
+    subjects.AGENT_PATCH_STATE: PatchAgentState,
+    subjects.AGENT_GET: GetAgent,
+    subjects.AGENT_LIST: ListAgents,
+    subjects.AGENT_GET_STATE: GetAgentState,
+    subjects.TOOL_REGISTER: RegisterTool,
+    subjects.TOOL_UPDATE: UpdateTool,
+    subjects.TOOL_DELETE: DeleteTool,
+    subjects.TOOL_GET: GetTool,
+    subjects.TOOL_LIST: ListTools,
 }
 # Answered without credentials; every other subject needs them.
 PUBLIC = {subjects.AUTH_LOGIN, subjects.SYS_HEALTH}
@@ -125,6 +156,21 @@ VALID: dict[str, dict[str, Any]] = {
     subjects.HISTORY_GET: {"aggregate": "org", "id": "o1"},
     subjects.SYS_STATUS: {},
     subjects.SYS_HEALTH: {},
+    subjects.AGENT_CREATE: {"name": "Helper"},
+    subjects.AGENT_UPDATE: {"agent_id": "a1", "name": "Helper 2"},
+    subjects.AGENT_ARCHIVE: {"agent_id": "a1"},
+    subjects.AGENT_UNARCHIVE: {"agent_id": "a1"},
+    subjects.AGENT_DELETE: {"agent_id": "a1"},
+    subjects.AGENT_SET_STATE: {"agent_id": "a1", "state": {"turn": 1}},
+    subjects.AGENT_PATCH_STATE: {"agent_id": "a1", "patch": {"turn": None}},
+    subjects.AGENT_GET: {"agent_id": "a1"},
+    subjects.AGENT_LIST: {"tag": "support"},
+    subjects.AGENT_GET_STATE: {"agent_id": "a1"},
+    subjects.TOOL_REGISTER: {"name": "get_weather"},
+    subjects.TOOL_UPDATE: {"tool_id": "t1", "description": "Weather"},
+    subjects.TOOL_DELETE: {"tool_id": "t1"},
+    subjects.TOOL_GET: {"tool_id": "t1"},
+    subjects.TOOL_LIST: {"tags_any": ["web"]},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -151,6 +197,21 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     subjects.HISTORY_GET: ("limit", "10"),
     subjects.SYS_STATUS: ("after_seq", "x"),
     subjects.SYS_HEALTH: ("after_seq", []),
+    subjects.AGENT_CREATE: ("tags", "support"),
+    subjects.AGENT_UPDATE: ("model", [1]),
+    subjects.AGENT_ARCHIVE: ("expected_version", "3"),
+    subjects.AGENT_UNARCHIVE: ("agent_id", 5),
+    subjects.AGENT_DELETE: ("agent_id", None),
+    subjects.AGENT_SET_STATE: ("state", [1, 2]),
+    subjects.AGENT_PATCH_STATE: ("patch", "x"),
+    subjects.AGENT_GET: ("agent_id", 1),
+    subjects.AGENT_LIST: ("include_archived", "yes"),
+    subjects.AGENT_GET_STATE: ("after_seq", "1"),
+    subjects.TOOL_REGISTER: ("parameters", "schema"),
+    subjects.TOOL_UPDATE: ("tags", "web"),
+    subjects.TOOL_DELETE: ("tool_id", 1),
+    subjects.TOOL_GET: ("name", 5),
+    subjects.TOOL_LIST: ("tags_all", "web"),
 }
 
 
@@ -162,13 +223,15 @@ def required_fields(struct: type[msgspec.Struct]) -> list[str]:
     ]
 
 
+# The subjects the tables above cover: every request subject, as the first test checks (a
+# subject missing from them fails that test instead of the module's collection).
+SUBJECTS = [s for s in subjects.ALL_REQUEST_SUBJECTS if s in REQUEST_TYPES]
 MISSING = [
     pytest.param(subject, name, id=f"{subject}-{name}")
-    for subject in subjects.ALL_REQUEST_SUBJECTS
+    for subject in SUBJECTS
     for name in required_fields(REQUEST_TYPES[subject])
 ]
-EMAIL_SUBJECTS = [s for s in subjects.ALL_REQUEST_SUBJECTS if "email" in VALID[s]]
-SUBJECTS = subjects.ALL_REQUEST_SUBJECTS
+EMAIL_SUBJECTS = [s for s in SUBJECTS if "email" in VALID[s]]
 PROTECTED = [s for s in SUBJECTS if s not in PUBLIC]
 
 
@@ -273,6 +336,8 @@ async def test_the_tables_here_cover_every_route(shared_service: Service) -> Non
     assert shared_service.dispatcher is not None
     routes = shared_service.dispatcher.router.routes
     assert set(routes) == set(subjects.ALL_REQUEST_SUBJECTS)
+    untested = set(subjects.ALL_REQUEST_SUBJECTS) - set(REQUEST_TYPES)
+    assert not untested, f"add these subjects to the tables of this module: {sorted(untested)}"
     for subject, route in routes.items():
         assert route.decoder.type is REQUEST_TYPES[subject]
     assert {s for s, route in routes.items() if route.public} == PUBLIC
@@ -468,6 +533,37 @@ BAD_VALUES = [
     (subjects.HISTORY_GET, "limit", 0),
     (subjects.HISTORY_GET, "limit", 501),
     (subjects.HISTORY_GET, "cursor", "c" * 513),
+    (subjects.AGENT_CREATE, "name", ""),
+    (subjects.AGENT_CREATE, "description", "d" * 4001),
+    (subjects.AGENT_CREATE, "tags", ["t"] * 33),
+    (subjects.AGENT_CREATE, "tags", [""]),
+    (subjects.AGENT_CREATE, "agent_id", "a_1"),
+    (subjects.AGENT_CREATE, "org_id", "o.1"),
+    (subjects.AGENT_UPDATE, "agent_id", "a.b"),
+    (subjects.AGENT_UPDATE, "persona", "p" * 100_001),
+    (subjects.AGENT_UPDATE, "tags", ["t" * 65]),
+    (subjects.AGENT_ARCHIVE, "agent_id", "a1\n"),
+    (subjects.AGENT_DELETE, "expected_version", -1),
+    (subjects.AGENT_SET_STATE, "expected_version", -1),
+    (subjects.AGENT_PATCH_STATE, "agent_id", ">"),
+    (subjects.AGENT_GET, "agent_id", ""),
+    (subjects.AGENT_LIST, "name_prefix", ""),
+    (subjects.AGENT_LIST, "name_prefix", "n" * 201),
+    (subjects.AGENT_LIST, "tag", "t" * 65),
+    (subjects.AGENT_LIST, "limit", 501),
+    (subjects.AGENT_GET_STATE, "agent_id", "a*"),
+    (subjects.TOOL_REGISTER, "name", "get weather"),
+    (subjects.TOOL_REGISTER, "name", "get.weather"),
+    (subjects.TOOL_REGISTER, "name", "x" * 65),
+    (subjects.TOOL_REGISTER, "name", ""),
+    (subjects.TOOL_REGISTER, "tool_id", "t_1"),
+    (subjects.TOOL_UPDATE, "name", "a b"),
+    (subjects.TOOL_UPDATE, "description", "d" * 4001),
+    (subjects.TOOL_DELETE, "tool_id", "t1\n"),
+    (subjects.TOOL_GET, "name", "a/b"),
+    (subjects.TOOL_LIST, "tags_any", ["t"] * 33),
+    (subjects.TOOL_LIST, "tags_all", [""]),
+    (subjects.TOOL_LIST, "cursor", "c" * 513),
 ]
 
 
@@ -488,6 +584,42 @@ async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
     body = {"aggregate": "org", "id": "o1", "cursor": "_w"}
     text = await assert_invalid(bus, subjects.HISTORY_GET, encode(body), "cursor")
     assert "_w" in text or "returned" in text
+    for subject in (subjects.AGENT_LIST, subjects.TOOL_LIST):
+        await assert_invalid(bus, subject, encode({"cursor": "_w"}), "cursor")
+
+
+# Values of the right shape that a handler refuses: still invalid, still nothing appended.
+async def test_a_state_document_over_the_cap(bus: Bus) -> None:
+    client = Client(bus.nc, bus.admin_token)
+    agent_id = (await client.create_agent("Capped")).fields["agent_id"]
+    body = {"agent_id": agent_id, "state": {"k": "x" * MAX_STATE_BYTES}}
+    await assert_invalid(bus, subjects.AGENT_SET_STATE, encode(body), "state document")
+    deep: dict[str, Any] = {}
+    for _ in range(100):
+        deep = {"a": deep}
+    body = {"agent_id": agent_id, "patch": deep}
+    await assert_invalid(bus, subjects.AGENT_PATCH_STATE, encode(body), "levels deep")
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"type": "objekt"},
+        {"type": "object", "properties": {"a": {"type": 5}}},
+        {"type": "string"},
+        {"type": "object", "description": "x" * 70_000},
+    ],
+)
+async def test_tool_parameters_that_are_no_object_schema(
+    bus: Bus, parameters: dict[str, Any]
+) -> None:
+    body = {"name": f"broken_{ids.new_id()}", "parameters": parameters}
+    await assert_invalid(bus, subjects.TOOL_REGISTER, encode(body), "parameters")
+
+
+async def test_a_tool_named_by_neither_or_both(bus: Bus) -> None:
+    for body in ({}, {"tool_id": "t1", "name": "n"}):
+        await assert_invalid(bus, subjects.TOOL_GET, encode(body), "exactly one")
 
 
 # And afterwards ----------------------------------------------------------------------
