@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 
 from agentmem import bootstrap, subjects
 from agentmem.auth import tokens
-from agentmem.config import Settings, StartupError
+from agentmem.config import Settings, StartupError, parse_roles
 from agentmem.embedded import EmbeddedNats, client_url
 from agentmem.logging import configure
 from agentmem.service import Service, StoreBusy, lock_store
@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="copies of the event stream a NATS cluster keeps, when the service creates it "
         "(env AGENTMEM_REPLICAS; default 1; 3 on a three-node cluster)",
     )
+    serve.add_argument(
+        "--roles",
+        help="what this process runs, comma-separated: commands, queries, projections "
+        "(env AGENTMEM_ROLES; default all three; a split over several processes needs Postgres)",
+    )
     status = commands.add_parser("status", help="log position, checkpoints and lag")
     connection_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw report")
@@ -89,6 +94,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings.nats_url = args.nats
     if getattr(args, "replicas", None) is not None:
         settings.replicas = args.replicas
+    if getattr(args, "roles", None):
+        settings.roles = parse_roles(args.roles, "--roles")
     if args.listen:
         settings.listen = args.listen
     if args.data_dir:

@@ -30,6 +30,20 @@ def _env_int(name: str, default: int) -> int:
         raise StartupError(f"AGENTMEM_{name} must be a whole number, not {value!r}") from None
 
 
+# What one ``agentmem serve`` process runs; the default, all three, is one whole service.
+ROLES = ("commands", "queries", "projections")
+
+
+def parse_roles(text: str, source: str = "AGENTMEM_ROLES") -> frozenset[str]:
+    """``commands,queries`` and the like: one or more of ``ROLES``, comma-separated."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names or any(name not in ROLES for name in names):
+        raise StartupError(
+            f"{source} must name one or more of {', '.join(ROLES)}, comma-separated, not {text!r}"
+        )
+    return frozenset(names)
+
+
 @dataclass
 class Settings:
     # None: start the embedded nats-server; a URL: use that server instead.
@@ -48,6 +62,11 @@ class Settings:
     # Copies of the event stream that a NATS cluster keeps: 3 survives the loss of one node
     # (docs/deploy.md). Used when the stream is created; an existing stream is only checked.
     replicas: int = field(default_factory=lambda: _env_int("REPLICAS", 1))
+    # Which handlers and workers this process runs (several processes share one deployment;
+    # a split needs Postgres: see service.check_roles).
+    roles: frozenset[str] = field(
+        default_factory=lambda: parse_roles(_env("ROLES", ",".join(ROLES)) or "")
+    )
 
     @property
     def nats_servers(self) -> list[str]:

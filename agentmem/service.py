@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import os
+import socket
 import time
 from pathlib import Path
 from typing import IO
@@ -18,18 +20,20 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import bootstrap, subjects
-from agentmem.config import Settings, StartupError
+from agentmem.config import ROLES, Settings, StartupError
 from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
 from agentmem.store import Store, open_store
+from agentmem.store.leases import Leases, open_leases
 from consumers import agents, commands, credentials, history, queries, system, tools
 from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator, LoginThrottle
 from consumers.freshness import Freshness
 from consumers.router import Dispatcher, Router
-from projections import ALL
+from projections import ALL, Projection
 from projections.board import CheckpointBoard
+from projections.leader import ProjectionLeader
 from projections.migrations import MIGRATIONS
 from projections.worker import ProjectionWorker
 
@@ -63,6 +67,22 @@ def lock_store(store_url: str) -> IO[str] | None:
     return handle
 
 
+def is_sqlite(store_url: str) -> bool:
+    return "://" not in store_url or store_url.startswith("sqlite")
+
+
+def check_roles(roles: frozenset[str], store_url: str) -> None:
+    """Refuse a split of the roles that cannot work: an SQLite file belongs to one process
+    (``lock_store``), so that process must run every role; several processes need Postgres."""
+    if roles != frozenset(ROLES) and is_sqlite(store_url):
+        chosen = ",".join(r for r in ROLES if r in roles)
+        raise StartupError(
+            f"roles {chosen} split the service over several processes, which needs a Postgres "
+            "store (--store postgresql://...); an SQLite store belongs to one process, which "
+            "runs every role"
+        )
+
+
 def redact_url(url: str) -> str:
     """A NATS URL fit for a log line: without its password."""
     parts = urlsplit(url)
@@ -84,12 +104,17 @@ async def _log_reconnected() -> None:
 
 
 async def ensure_stream(log_: EventLog, replicas: int, wait_s: float = JETSTREAM_WAIT_S) -> None:
-    """Create or check the stream. A cluster that is still electing its leaders (every node
-    just started) does not answer yet: wait for it, bounded, rather than fail at once."""
+    """Create or check the stream, then wait until it answers a read. A cluster whose nodes
+    just started is still electing its leaders, and a stream just created on a cluster takes
+    a moment to elect its own (until then reads get no responders): wait for both, bounded,
+    rather than fail the start."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            await log_.ensure_stream(replicas=replicas)
+            info = await log_.ensure_stream(replicas=replicas)
+            if "cluster" in info and not info["cluster"].get("leader"):
+                raise UnavailableError(f"stream {log_.stream} has no leader yet")
+            await log_.get(1)
             return
         except StreamConfigMismatch as exc:
             wrong = exc.details.get("settings", {})
@@ -114,14 +139,19 @@ class Service:
         self.embedded: EmbeddedNats | None = None
         self.nc: NATS | None = None
         self.store: Store | None = None
-        self.workers: list[ProjectionWorker] = []
-        self.worker_tasks: dict[str, asyncio.Task[None]] = {}
+        self.leases: Leases | None = None
+        # One per projection, in a process with the projections role: each runs its worker
+        # while this process holds the projection's lease.
+        self.leaders: dict[str, ProjectionLeader] = {}
+        self.leader_tasks: dict[str, asyncio.Task[None]] = {}
         self.dispatcher: Dispatcher | None = None
         self._lock: IO[str] | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
         settings = self.settings
+        roles = settings.roles
+        check_roles(roles, settings.store_url)
         self._lock = lock_store(settings.store_url)
         if not 1 <= settings.replicas <= MAX_REPLICAS:
             raise StartupError(
@@ -165,62 +195,89 @@ class Service:
             log.info("store schema migrated", migrations=applied)
 
         board = CheckpointBoard()
-        for projection in ALL:
-            worker = ProjectionWorker(self.nc, self.store, projection, board)
-            self.workers.append(worker)
-            self.worker_tasks[projection.name] = asyncio.create_task(
-                self._run_worker(worker), name=f"projection-{projection.name}"
-            )
+        if "projections" in roles:
+            self.leases = open_leases(settings.store_url)
+            for projection in ALL:
+                self._lead(projection, board)
+            # Ready means each lease was asked for once: status then says what runs here.
+            await asyncio.gather(*(leader.first_look.wait() for leader in self.leaders.values()))
 
         router = Router()
         cache = AggregateCache(log_)
         runner = commands.CommandRunner(log_, cache)
-        router.include(commands.build_router(runner, settings.password_cost))
-        router.include(agents.build_command_router(runner))
-        router.include(tools.build_command_router(runner))
-        router.include(credentials.build_router(runner, LoginThrottle(), settings.password_cost))
-        freshness = Freshness(self.nc, self.store, board)
-        router.include(history.build_router(log_, runner, self.store, freshness))
-        router.include(queries.build_router(self.store, freshness))
-        router.include(agents.build_query_router(self.store, freshness))
-        router.include(tools.build_query_router(self.store, freshness))
-        router.include(system.build_router(self.nc, self.store, self.workers_alive))
-        self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache))
-        await self.dispatcher.start(
-            [subjects.COMMAND_PREFIX, subjects.QUERY_PREFIX, subjects.SYSTEM_PREFIX]
+        # A process subscribes only the subject trees of its roles; every process answers
+        # the system subjects (status, health) for itself.
+        trees = [subjects.SYSTEM_PREFIX]
+        if "commands" in roles:
+            router.include(commands.build_router(runner, settings.password_cost))
+            router.include(agents.build_command_router(runner))
+            router.include(tools.build_command_router(runner))
+            router.include(
+                credentials.build_router(runner, LoginThrottle(), settings.password_cost)
+            )
+            trees.append(subjects.COMMAND_PREFIX)
+        if "queries" in roles:
+            freshness = Freshness(self.nc, self.store, board)
+            router.include(history.build_router(log_, runner, self.store, freshness))
+            router.include(queries.build_router(self.store, freshness))
+            router.include(agents.build_query_router(self.store, freshness))
+            router.include(tools.build_query_router(self.store, freshness))
+            trees.append(subjects.QUERY_PREFIX)
+        router.include(
+            system.build_router(
+                self.nc, self.store, self.workers_alive, this_process=self.this_process
+            )
         )
+        self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache))
+        await self.dispatcher.start(trees)
         log.info(
             "agentmem ready",
             nats=",".join(redact_url(url) for url in servers),
             store=redact_url(settings.store_url),
+            roles=",".join(r for r in ROLES if r in roles),
         )
 
-    async def _run_worker(self, worker: ProjectionWorker) -> None:
-        """Keep a projection running: after a failure (the log or the store went away), wait
-        and start again from the checkpoint."""
-        while not self.stopped.is_set():
-            try:
-                await worker.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                worker.last_error = repr(exc)
-                log.error("projection failed; restarting", projection=worker.name, error=repr(exc))
-                await asyncio.sleep(1.0)
+    def _lead(self, projection: Projection, board: CheckpointBoard) -> None:
+        assert self.nc is not None
+        assert self.store is not None
+        assert self.leases is not None
+        nc, store = self.nc, self.store
+
+        def make_worker() -> ProjectionWorker:
+            return ProjectionWorker(nc, store, projection, board)
+
+        leader = ProjectionLeader(projection.name, make_worker, self.leases, board)
+        self.leaders[projection.name] = leader
+        self.leader_tasks[projection.name] = asyncio.create_task(
+            leader.run(), name=f"projection-leader-{projection.name}"
+        )
 
     def workers_alive(self) -> dict[str, bool]:
-        return {name: not task.done() for name, task in self.worker_tasks.items()}
+        """Per projection: whether this process keeps it (runs its worker, or stands by for
+        its lease); a projection another process runs is fine either way."""
+        return {name: not task.done() for name, task in self.leader_tasks.items()}
+
+    def this_process(self) -> dict[str, object]:
+        """What ``agentmem.sys.status`` says about the process that answers it."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "roles": [r for r in ROLES if r in self.settings.roles],
+            "active": sorted(name for name, leader in self.leaders.items() if leader.active),
+        }
 
     async def stop(self) -> None:
         """Drain: stop taking requests, finish those in flight, finish the current batches."""
         self.stopped.set()
         if self.dispatcher:
             await self.dispatcher.stop()
-        for worker in self.workers:
-            worker.stop()
-        if self.worker_tasks:
-            await asyncio.wait(self.worker_tasks.values(), timeout=10)
+        for leader in self.leaders.values():
+            leader.stop()
+        if self.leader_tasks:
+            await asyncio.wait(self.leader_tasks.values(), timeout=10)
+        if self.leases:
+            # Another process takes the projections over at its next look (about 1 s).
+            await self.leases.close()
         if self.nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

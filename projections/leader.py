@@ -30,6 +30,9 @@ POLL_S = 1.0
 RETRY_S = 1.0
 # How long a worker that lost its lease may take to finish its batch before it is cancelled.
 STOP_GRACE_S = 2.0
+# After losing its lease a process waits this many rounds before it asks again, so that a
+# standby (which asks every round) takes over rather than the process that just failed.
+STAND_BACK_ROUNDS = 3
 
 
 class ProjectionLeader:
@@ -50,9 +53,13 @@ class ProjectionLeader:
         self.last_error: str | None = None
         self.active_since: float | None = None  # time.time() when this process took over
         self._holding = False
+        # Set once the lease has been asked for the first time (and the worker started if
+        # it was granted): a starting service waits for it before it says it is ready.
+        self.first_look = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failed_at = 0.0
+        self._stand_back_until = 0.0
 
     @property
     def active(self) -> bool:
@@ -66,7 +73,9 @@ class ProjectionLeader:
     async def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                if await self.leases.hold(self.name):
+                if not self._holding and time.monotonic() < self._stand_back_until:
+                    pass
+                elif await self.leases.hold(self.name):
                     if not self._holding:
                         self._holding = True
                         self.active_since = time.time()
@@ -76,10 +85,13 @@ class ProjectionLeader:
                     self._start_if_idle()
                 elif self._holding:
                     log.warning("projection lease lost; stopping its worker", projection=self.name)
+                    self._stand_back_until = time.monotonic() + STAND_BACK_ROUNDS * self.poll
                     await self._stop_worker()
+                self.first_look.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.poll)
         finally:
+            self.first_look.set()
             await self._stop_worker()
             with contextlib.suppress(Exception):
                 await self.leases.release(self.name)

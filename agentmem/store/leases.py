@@ -106,6 +106,11 @@ class PostgresLeases:
 
     async def hold(self, name: str) -> bool:
         async with self._lock:
+            if name in self._held and (self._conn is None or self._conn.is_closed()):
+                # The session that held it is gone, so the lease went with it, even if a new
+                # session could take it again at once: the holder must hear it lost.
+                self._drop(ConnectionError("the lease connection closed"))
+                return False
             try:
                 conn = await self._connection()
                 if name in self._held:
@@ -117,7 +122,7 @@ class PostgresLeases:
                 got = await conn.fetchval(
                     "SELECT pg_try_advisory_lock($1)", self.key(name), timeout=CALL_TIMEOUT_S
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # any failure of the lease connection: the lease is lost
                 self._drop(exc)
                 return False
             if got:
@@ -143,7 +148,7 @@ class PostgresLeases:
                 await self._conn.fetchval(
                     "SELECT pg_advisory_unlock($1)", self.key(name), timeout=CALL_TIMEOUT_S
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
                 self._drop(exc)
 
     async def close(self) -> None:
