@@ -78,12 +78,18 @@ class NatsServer:
 
 
 class ServiceProcess:
-    """``agentmem serve`` as a child process, against a given NATS server and SQLite file."""
+    """``agentmem serve`` as a child process, against a given NATS server and SQLite file.
 
-    def __init__(self, nats_url: str, store: Path, log_path: Path) -> None:
+    ``env`` adds or overrides ``AGENTMEM_*`` settings (a Postgres ``AGENTMEM_STORE``, say);
+    ``store``'s directory stays the data dir."""
+
+    def __init__(
+        self, nats_url: str, store: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.nats_url = nats_url
         self.store = store
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -102,6 +108,7 @@ class ServiceProcess:
             "AGENTMEM_DATA_DIR": str(self.data_dir),
             "AGENTMEM_PASSWORD_COST": str(TEST_PASSWORD_COST),
             "AGENTMEM_LOG_FORMAT": "json",
+            **self.env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
