@@ -4,7 +4,6 @@ thread, and what moves a read off the loop (a read past its budget, a lock it wo
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,13 @@ from typing import Any
 import pytest
 
 from agentmem.store import Column, ProjectionBatch, Table, Upsert
+from agentmem.store import sqlite as sqlite_store
 from agentmem.store.port import Migration
 from agentmem.store.sqlite import SQLiteStore
+
+# The DB-API module the store uses (pysqlite3 where it is installed): its errors are the ones
+# the store tells apart.
+sqlite3 = sqlite_store.sqlite3
 
 ITEMS = Table(
     name="items",

@@ -11,6 +11,7 @@ from agentmem.config import StartupError
 from agentmem.store.port import (
     Column,
     Delete,
+    FullText,
     Parked,
     ProjectionBatch,
     RowOp,
@@ -24,6 +25,7 @@ from agentmem.store.port import (
 __all__ = [
     "Column",
     "Delete",
+    "FullText",
     "Parked",
     "ProjectionBatch",
     "RowOp",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -18,12 +18,27 @@ class Column:
 
 
 @dataclass(frozen=True)
+class FullText:
+    """A full-text index over some text ``columns`` of a table. ``key`` is a unique integer
+    column of the table that names each row in the index (SQLite FTS5 needs one)."""
+
+    columns: tuple[str, ...]
+    key: str
+
+
+@dataclass(frozen=True)
 class Table:
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
     # Each index is (name, columns, unique).
     indexes: tuple[tuple[str, tuple[str, ...], bool], ...] = ()
+    # Searched with ``Store.search``. A migration creates the index: the statements of
+    # ``agentmem.store.fulltext.ddl`` in a ``Sql`` step after the table's.
+    full_text: FullText | None = None
+    # Its rows hold what people wrote: once a batch has overwritten or deleted some, the
+    # store also removes what would be left of them on disk (old page images, index entries).
+    scrub: bool = False
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -159,3 +174,10 @@ class Store(Protocol):
     async def fetch_one(self, sql: str, *args: Any) -> Row | None: ...
 
     async def fetch_all(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def search(
+        self, table: Table, text: str, where: Mapping[str, Any], limit: int
+    ) -> list[Row]:
+        """Full-text search of ``table`` (declared with ``full_text``): its rows that match
+        any word of ``text``, best first, each with a ``rank`` (higher is better), among
+        those whose columns equal ``where`` (a None value: the column is NULL)."""

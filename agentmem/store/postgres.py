@@ -21,13 +21,13 @@ is passed to the server as libpq would.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from agentmem.store import sql
+from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
 from agentmem.store.port import (
     ColumnType,
@@ -249,3 +249,9 @@ class PostgresStore(SystemReads):
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
         records = await self.pool.fetch(translate(query), *args)
         return [dict(record.items()) for record in records]
+
+    async def search(
+        self, table: Table, text: str, where: Mapping[str, Any], limit: int
+    ) -> list[Row]:
+        query, args = fulltext.postgres_search(table, text, where, limit)
+        return fulltext.ranked(await self.fetch_all(query, *args))

@@ -1,4 +1,5 @@
-"""The embedded store: one SQLite file in WAL mode, through the standard ``sqlite3`` module.
+"""The embedded store: one SQLite file in WAL mode, through the ``sqlite3`` DB-API module
+(``pysqlite3`` where it is installed: see "Erasing" below).
 
 Writes: one writer thread owns the one writing connection. Every write method (``migrate``,
 ``apply``, ``reset``) is one call into that thread: a projection batch is BEGIN, the
@@ -29,26 +30,61 @@ that would have to wait for a lock (busy_timeout is 0 on the loop's connection; 
 that happens only in rare states such as recovery after a crash) moves there too instead
 of sleeping. ``dump`` (a whole table) always reads on a reader thread.
 
-The file is plain SQLite 3, so LibSQL opens it as it is.
+Erasing: a table declared ``scrub`` holds what people wrote, and a redaction or a deletion
+must leave nothing of it in the files. ``secure_delete`` zeroes deleted content in the
+pages; FTS5 tables get their ``secure-delete`` option, so deleted tokens leave the index
+segments too (SQLite 3.42+; with an older SQLite the store runs FTS5 ``optimize`` instead,
+which rewrites the whole index); and after a batch that updated or deleted rows of such a
+table, a ``wal_checkpoint(TRUNCATE)`` empties the -wal file, where the old page images are.
+The stdlib ``sqlite3`` of Debian 12 is 3.40, so the store uses ``pysqlite3-binary`` (its own
+SQLite, 3.51) where that is installed (Linux x86-64).
+
+The file is plain SQLite 3, so LibSQL opens it as it is. An FTS5 table with secure-delete
+on needs SQLite 3.42+ to be read or written (older ones say "invalid fts5 file format").
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentmem.store import sql
+import structlog
+
+from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
-from agentmem.store.port import Migration, Parked, ProjectionBatch, Row, Table, fence
+from agentmem.store.port import (
+    Delete,
+    Migration,
+    Parked,
+    ProjectionBatch,
+    Row,
+    Table,
+    Update,
+    fence,
+)
 from agentmem.store.system_reads import SystemReads
 
+if TYPE_CHECKING:
+    import sqlite3
+else:
+    try:  # a newer SQLite than the stdlib's, where installed: see "Erasing" above
+        from pysqlite3 import dbapi2 as sqlite3
+    except ImportError:
+        import sqlite3
+
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
+
+# FTS5's secure-delete option came with SQLite 3.42.
+SECURE_FTS_DELETE = sqlite3.sqlite_version_info >= (3, 42, 0)
+# How often a scrub tries to empty the -wal file while readers hold old snapshots.
+SCRUB_ATTEMPTS = 20
 
 _SYSTEM_TABLES = [
     """CREATE TABLE IF NOT EXISTS checkpoints (
@@ -123,6 +159,9 @@ class SQLiteStore(SystemReads):
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_conns_lock = threading.Lock()
         self._slow: set[str] = set()  # SQL that ran past the loop's budget once
+        # Tables whose updates and deletes are scrubbed from disk, and the FTS5 tables.
+        self._scrubbed: set[str] = set()
+        self._fts_tables: set[str] = set()
 
     # Lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -145,6 +184,7 @@ class SQLiteStore(SystemReads):
         # NORMAL in WAL mode is crash-safe for the database file; a lost last transaction is
         # re-applied from the log because its checkpoint was lost with it.
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA secure_delete = ON")  # see "Erasing" above
         for statement in _SYSTEM_TABLES:
             conn.execute(statement)
 
@@ -188,7 +228,9 @@ class SQLiteStore(SystemReads):
     async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
         plan = Plan(migrations)
         self._keys.update(plan.keys)
-        return await self._write(self._migrate, plan)
+        applied = await self._write(self._migrate, plan)
+        await self._write(self._secure_fulltext, plan)
+        return applied
 
     def _migrate(self, plan: Plan) -> list[int]:
         """Each pending migration in a transaction of its own. BEGIN IMMEDIATE takes the
@@ -256,6 +298,8 @@ class SQLiteStore(SystemReads):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if self._erases(batch):
+            self._scrub(conn)
         return parked
 
     @staticmethod
@@ -309,6 +353,49 @@ class SQLiteStore(SystemReads):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if any(table.name in self._scrubbed for table in tables):
+            self._scrub(conn)
+
+    # Erasing (on the writer thread; see "Erasing" above) ----------------------------------
+    def _secure_fulltext(self, plan: Plan) -> None:
+        """Learn the scrubbed and full-text tables; turn on FTS5 secure-delete (a setting
+        kept in the FTS5 table itself, so setting it again is harmless)."""
+        conn = self._writer_conn
+        self._scrubbed |= {name for name, table in plan.tables.items() if table.scrub}
+        for table in plan.tables.values():
+            if table.full_text is None:
+                continue
+            fts = fulltext.fts_table(table)
+            self._fts_tables.add(fts)
+            if SECURE_FTS_DELETE:
+                conn.execute(f"INSERT INTO {fts} ({fts}, rank) VALUES ('secure-delete', 1)")
+
+    def _erases(self, batch: ProjectionBatch) -> bool:
+        """Did the batch overwrite or delete rows of a scrubbed table?"""
+        return any(
+            isinstance(op, Update | Delete) and op.table in self._scrubbed
+            for _, _, ops in batch.items
+            for op in ops
+        )
+
+    def _scrub(self, conn: sqlite3.Connection) -> None:
+        """Leave nothing on disk of what was just overwritten or deleted: the old page
+        images in the -wal file go with a TRUNCATE checkpoint (which waits for readers of
+        older snapshots; they are short), after FTS5 ``optimize`` on an SQLite without
+        secure-delete."""
+        if not SECURE_FTS_DELETE:
+            for fts in sorted(self._fts_tables):
+                conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('optimize')")
+        for _ in range(SCRUB_ATTEMPTS):
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.05)
+        log.warning(
+            "the -wal file could not be emptied after an erasure; its old page images go "
+            "with the next checkpoint",
+            path=self.path,
+        )
 
     # Reads -------------------------------------------------------------------------------
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:
@@ -320,6 +407,15 @@ class SQLiteStore(SystemReads):
     async def fetch_one(self, query: str, *args: Any) -> Row | None:
         rows = await self.fetch_all(query, *args)
         return rows[0] if rows else None
+
+    async def search(
+        self, table: Table, text: str, where: Mapping[str, Any], limit: int
+    ) -> list[Row]:
+        match = fulltext.fts5_match(text)
+        if not match:
+            return []
+        query, args = fulltext.sqlite_search(table, match, where, limit)
+        return fulltext.ranked(await self.fetch_all(query, *args))
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
         if query not in self._slow:
