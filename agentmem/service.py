@@ -26,7 +26,16 @@ from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
-from consumers import agents, commands, credentials, history, queries, system, tools
+from consumers import (
+    agents,
+    commands,
+    credentials,
+    history,
+    messages,
+    queries,
+    system,
+    tools,
+)
 from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator, LoginThrottle
 from consumers.freshness import Freshness
@@ -213,6 +222,11 @@ class Service:
             router.include(agents.build_command_router(runner))
             router.include(tools.build_command_router(runner))
             router.include(
+                messages.build_command_router(
+                    runner, self.store, Freshness(self.nc, self.store, board)
+                )
+            )
+            router.include(
                 credentials.build_router(runner, LoginThrottle(), settings.password_cost)
             )
             trees.append(subjects.COMMAND_PREFIX)
@@ -222,6 +236,7 @@ class Service:
             router.include(queries.build_router(self.store, freshness))
             router.include(agents.build_query_router(self.store, freshness))
             router.include(tools.build_query_router(self.store, freshness))
+            router.include(messages.build_query_router(self.store, freshness))
             trees.append(subjects.QUERY_PREFIX)
         router.include(
             system.build_router(

@@ -2,6 +2,7 @@
 
 from projections.agents import AgentsProjection
 from projections.base import Projection
+from projections.messages import MessagesProjection
 from projections.orgs import OrgsProjection
 from projections.tools import ToolsProjection
 from projections.users import UsersProjection
@@ -11,6 +12,7 @@ ALL: list[Projection] = [
     UsersProjection(),
     AgentsProjection(),
     ToolsProjection(),
+    MessagesProjection(),
 ]
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}
 

@@ -9,8 +9,10 @@ with a new migration.
 
 from __future__ import annotations
 
+from agentmem.store import fulltext
 from agentmem.store.port import Migration, Sql
 from projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
+from projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from projections.orgs import ORGS
 from projections.tools import TOOL_TAGS, TOOLS
 from projections.users import API_KEYS, USERS
@@ -56,6 +58,25 @@ MIGRATIONS: list[Migration] = [
                     "parameters is its JSON Schema, tags a JSON array'",
                     "COMMENT ON TABLE tool_tags IS 'AgentMem projection tools: one row per tag "
                     "of a tool, for tag filters'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        3,
+        "messages, their redactions and full-text index",
+        (
+            MESSAGES,
+            MESSAGE_REDACTIONS,
+            # FTS5 table and triggers (SQLite), generated tsvector and GIN index (Postgres).
+            Sql(**fulltext.ddl(MESSAGES)),
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE messages IS 'AgentMem projection messages: one row per "
+                    "message of a live conversation; position orders a conversation; a "
+                    "redacted one has empty content and redacted_at set'",
+                    "COMMENT ON TABLE message_redactions IS 'AgentMem projection messages: one "
+                    "row per redacted message (who asked is in the log)'",
                 )
             ),
         ),

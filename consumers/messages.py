@@ -1,0 +1,335 @@
+"""Conversations over NATS: append (one message or a batch), redact, delete; list, last N and
+full-text search.
+
+A conversation is named by its session id within an organization: the caller's, or the
+``org_id`` a service administrator names. Writes need ``member``, reads ``reader``. A query
+about another organization's conversation answers as one about an empty conversation.
+
+Appends check that the agent (and the user, when named) may speak here, from the log, fresh
+for every request: the agent's subject (and its organization's) is read up to its end, one
+read shared by the concurrent requests (``FreshReads``), so an agent archived a moment ago
+in another process takes no more messages. The conversation's own subject is never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+
+from agentmem import ids, subjects
+from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
+from agentmem.domain import agents, messages, orgs, users
+from agentmem.domain.aggregate import Loaded, Write
+from agentmem.errors import InvalidError, NotFoundError
+from agentmem.events import ConversationDeleted, MessageAppended
+from agentmem.queries import LastMessages, ListMessages, SearchMessages
+from agentmem.store import Store
+from consumers.aggregates import Loader
+from consumers.auth import FreshReads, authorize
+from consumers.commands import CommandRunner, event_view, missing_org
+from consumers.freshness import Freshness
+from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
+from consumers.router import Request, Result, Router
+from projections.messages import MESSAGES
+
+PROJECTION = "messages"
+
+_COLUMNS = ", ".join(MESSAGES.column_names)
+_decode_json = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def message_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A message as the queries answer it. A redacted one keeps its place, with no content."""
+    return {
+        "message_id": row["message_id"],
+        "org_id": row["org_id"],
+        "session_id": row["session_id"],
+        "agent_id": row["agent_id"],
+        "user_id": row["user_id"],
+        "role": row["role"],
+        "content": row["content"],
+        "tool_calls": _decode_json.decode(row["tool_calls"]),
+        "tool_call_id": row["tool_call_id"],
+        "metadata": _decode_json.decode(row["metadata"]),
+        "seq": row["seq"],
+        "position": row["position"],
+        "created_at": row["created_at"],
+        "redacted": row["redacted_at"] is not None,
+        "redacted_at": row["redacted_at"],
+    }
+
+
+def fitting(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> int:
+    """How many of ``items``, from the first, fit in ``max_bytes`` of JSON (at least one):
+    500 messages of 100,000 characters would not fit in one NATS message."""
+    total = 0
+    for n, item in enumerate(items):
+        total += len(_encoder.encode(item))
+        if total > max_bytes and n > 0:
+            return n
+    return len(items)
+
+
+def cursor_position(cursor: str | None) -> int | None:
+    """The position a page cursor of this subject holds."""
+    key = decode_cursor(cursor)
+    if not key:
+        return None
+    if not key.isdigit():
+        raise InvalidError("cursor is not one this subject returned", {"cursor": cursor})
+    return int(key)
+
+
+def list_sql(query: ListMessages, org_id: str) -> tuple[str, list[Any]]:
+    """One page of a conversation along the (org_id, session_id, position) index."""
+    conditions = ["org_id = ?", "session_id = ?"]
+    args: list[Any] = [org_id, query.session_id]
+    after = cursor_position(query.cursor)
+    if after is not None:
+        conditions.append("position > ?" if query.order == "asc" else "position < ?")
+        args.append(after)
+    if query.since is not None:
+        conditions.append("created_at >= ?")
+        args.append(query.since)
+    if query.until is not None:
+        conditions.append("created_at < ?")
+        args.append(query.until)
+    if query.role is not None:
+        conditions.append("role = ?")
+        args.append(query.role)
+    direction = "ASC" if query.order == "asc" else "DESC"
+    sql = (
+        f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
+        f"ORDER BY position {direction} LIMIT ?"
+    )
+    return sql, [*args, query.limit + 1]
+
+
+def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
+    """Whose messages a search looks at: never a redacted one."""
+    if query.agent_id is None and query.user_id is None:
+        raise InvalidError(
+            "a search needs agent_id or user_id (or both): it looks at one agent's or one "
+            "user's messages",
+            {"fields": ["agent_id", "user_id"]},
+        )
+    where: dict[str, Any] = {"org_id": org_id, "redacted_at": None}
+    for column in ("agent_id", "user_id", "session_id", "role"):
+        value = getattr(query, column)
+        if value is not None:
+            where[column] = value
+    return where
+
+
+def build_command_router(runner: CommandRunner, store: Store, freshness: Freshness) -> Router:
+    """``store`` and ``freshness``: a redaction finds its message in the messages table."""
+    router = Router()
+    reads = FreshReads(runner.cache)
+
+    def writable_org(request: Request[Any], org_id: str | None) -> str:
+        target = org_id or request.caller.org_id
+        authorize(request.caller, "member", target, missing_org(target))
+        return target
+
+    async def check_speakers(org_id: str, agent_id: str, user_id: str | None) -> None:
+        try:
+            agent_subject = await runner.subject_of("agent", agent_id)
+        except NotFoundError:
+            raise agents.missing(agent_id) from None
+        if agent_subject.split(".")[2] != org_id:
+            raise agents.missing(agent_id)
+        user_subject = await runner.user_subject(user_id) if user_id is not None else None
+        loads: list[Any] = [
+            reads.load(orgs.subject(org_id), orgs.evolve),
+            reads.load(agent_subject, agents.evolve),
+        ]
+        if user_subject is not None:
+            loads.append(reads.load(user_subject, users.evolve))
+        org, agent, *user = await asyncio.gather(*loads)
+        orgs.require_live(org, org_id)
+        person: Loaded[users.User] | None = user[0] if user else None
+        messages.check_speakers(org_id, agent, agent_id, person, user_id)
+
+    async def append(
+        request: Request[Any],
+        org_id: str,
+        command: AppendMessage | AppendMessages,
+        batch: list[Any],
+    ) -> tuple[list[str], Result]:
+        message_ids = [ids.new_id() for _ in batch]  # once: the same on every attempt
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            await check_speakers(org_id, command.agent_id, command.user_id)
+            return messages.append(
+                org_id, command.session_id, command.agent_id, command.user_id, batch, message_ids
+            )
+
+        commit_type = (
+            "message.append" if isinstance(command, AppendMessage) else "message.append_batch"
+        )
+        data, seq = await runner.run(commit_type, request, plan)
+        if data.get("message_id") != message_ids[-1]:
+            # A retried command: the log holds the first attempt's messages, with its ids.
+            stored = await runner.log.get(data["version"])
+            if stored is not None:
+                message_ids = [
+                    e.message_id for e in stored.events if isinstance(e, MessageAppended)
+                ]
+        return message_ids, (data, seq)
+
+    @router.route(subjects.MESSAGE_APPEND, AppendMessage)
+    async def append_message(request: Request[AppendMessage]) -> Result:
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        message_ids, (data, seq) = await append(request, org_id, command, [command.message])
+        return {**data, "message_ids": message_ids}, seq
+
+    @router.route(subjects.MESSAGE_APPEND_BATCH, AppendMessages)
+    async def append_messages(request: Request[AppendMessages]) -> Result:
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        message_ids, (data, seq) = await append(request, org_id, command, command.messages)
+        view = {
+            "event": data["event"],
+            "version": data["version"],
+            "session_id": command.session_id,
+            "agent_id": command.agent_id,
+            "user_id": command.user_id,
+            "message_ids": message_ids,
+            "count": len(message_ids),
+        }
+        return view, seq
+
+    async def find_message(org_id: str, session_id: str, message_id: str) -> dict[str, Any]:
+        """The message's row, once the projection has caught up with the conversation,
+        confirmed by the commit the row says holds it; else not_found."""
+        missing = messages.missing_message(message_id, session_id)
+        subject = messages.subject(org_id, session_id)
+        last = await runner.log.last_on(subject)
+        if last is None:
+            raise missing
+        await freshness.wait(PROJECTION, last.seq)
+        row = await store.fetch_one(
+            "SELECT m.seq, m.redacted_at, r.seq AS redaction_seq, r.reason FROM messages m "
+            "LEFT JOIN message_redactions r ON r.message_id = m.message_id "
+            "WHERE m.message_id = ? AND m.org_id = ? AND m.session_id = ?",
+            message_id,
+            org_id,
+            session_id,
+        )
+        if row is None:
+            raise missing
+        commit = await runner.log.get(row["seq"])
+        if commit is None or commit.subject != subject:
+            raise missing
+        if not any(
+            isinstance(e, MessageAppended) and e.message_id == message_id for e in commit.events
+        ):
+            raise missing
+        return row
+
+    @router.route(subjects.MESSAGE_REDACT, RedactMessage)
+    async def redact_message(request: Request[RedactMessage]) -> Result:
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        row = await find_message(org_id, command.session_id, command.message_id)
+        if row["redacted_at"] is not None and row["redaction_seq"] is not None:
+            # Redacting twice changes nothing: the answer is the first redaction's.
+            seq = int(row["redaction_seq"])
+            view = {
+                "message_id": command.message_id,
+                "session_id": command.session_id,
+                "reason": row["reason"],
+                "event": "message.redacted",
+                "version": seq,
+                "already_redacted": True,
+            }
+            return view, seq
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            return messages.redact(org_id, command.session_id, command.message_id, command.reason)
+
+        return await runner.run("message.redact", request, plan)
+
+    @router.route(subjects.CONVERSATION_DELETE, DeleteConversation)
+    async def delete_conversation(request: Request[DeleteConversation]) -> Result:
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        last = await runner.log.last_on(messages.subject(org_id, command.session_id))
+        if last is None:
+            raise messages.missing_conversation(command.session_id)
+        if isinstance(last.events[-1], ConversationDeleted):
+            # Nothing appended since the last deletion: it is the answer.
+            return {**event_view(last.events[-1], last.seq), "already_deleted": True}, last.seq
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            return messages.delete(org_id, command.session_id)
+
+        return await runner.run("conversation.delete", request, plan)
+
+    return router
+
+
+def build_query_router(store: Store, freshness: Freshness) -> Router:
+    router = Router()
+
+    def readable_org(request: Request[Any], org_id: str | None) -> str | None:
+        """The organization to read in; None for another organization's (answered empty,
+        as a conversation that has no messages)."""
+        caller = request.caller
+        target = org_id or caller.org_id
+        if target != caller.org_id and not caller.service_admin:
+            return None
+        authorize(caller, "reader", target)
+        return target
+
+    @router.route(subjects.MESSAGE_LIST, ListMessages)
+    async def list_messages(request: Request[ListMessages]) -> Result:
+        query = request.body
+        org_id = readable_org(request, query.org_id)
+        sql, args = list_sql(query, org_id or "")
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        if org_id is None:
+            return {"items": [], "next_cursor": None}, seq
+        rows = await store.fetch_all(sql, *args)
+        items = [message_view(r) for r in rows[: query.limit]]
+        more = len(rows) > query.limit
+        fit = fitting(items)
+        items, more = items[:fit], more or fit < len(items)
+        next_cursor = encode_cursor(str(items[-1]["position"])) if more else None
+        return {"items": items, "next_cursor": next_cursor}, seq
+
+    @router.route(subjects.MESSAGE_LAST, LastMessages)
+    async def last_messages(request: Request[LastMessages]) -> Result:
+        query = request.body
+        org_id = readable_org(request, query.org_id)
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        if org_id is None:
+            return {"items": []}, seq
+        rows = await store.fetch_all(
+            f"SELECT {_COLUMNS} FROM messages WHERE org_id = ? AND session_id = ? "
+            "ORDER BY position DESC LIMIT ?",
+            org_id,
+            query.session_id,
+            query.n,
+        )
+        # Newest first while they fit: the newest are the ones a prompt needs most.
+        items = [message_view(r) for r in rows]
+        return {"items": items[: fitting(items)][::-1]}, seq
+
+    @router.route(subjects.MESSAGE_SEARCH, SearchMessages)
+    async def search_messages(request: Request[SearchMessages]) -> Result:
+        query = request.body
+        org_id = readable_org(request, query.org_id)
+        where = search_filters(query, org_id or "")
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        if org_id is None:
+            return {"items": []}, seq
+        rows = await store.search(MESSAGES, query.text, where, query.limit)
+        items = [{**message_view(r), "rank": r["rank"]} for r in rows]
+        return {"items": items[: fitting(items)]}, seq
+
+    return router

@@ -1,0 +1,291 @@
+"""The pure parts of conversations: the decisions, the projection's row operations, the
+full-text query text and the query helpers. No I/O here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from agentmem import subjects
+from agentmem.commands import NewMessage
+from agentmem.domain import agents, messages, users
+from agentmem.domain.aggregate import Loaded
+from agentmem.errors import ConflictError, InvalidError, NotFoundError
+from agentmem.eventlog import H_COMMAND_ID, H_TIME, StoredCommit
+from agentmem.events import (
+    AgentDeleted,
+    AnyEvent,
+    ConversationDeleted,
+    MessageAppended,
+    MessageRedacted,
+    OrgDeleted,
+)
+from agentmem.queries import ListMessages, SearchMessages
+from agentmem.store import Delete, Update, Upsert
+from agentmem.store.fulltext import fts5_match, postgres_search, sqlite_search
+from consumers.messages import cursor_position, list_sql, message_view, search_filters
+from consumers.queries import encode_cursor
+from projections.messages import MESSAGES, MessagesProjection, position
+
+ORG, OTHER = "org-1", "org-2"
+
+
+def agent(org_id: str = ORG, archived: bool = False, deleted: bool = False) -> Loaded[Any]:
+    state = agents.Agent("a1", org_id, "Ada", archived=archived, deleted=deleted)
+    return Loaded(agents.subject(org_id, "a1"), state, 3)
+
+
+def user(org_id: str = ORG, deleted: bool = False) -> Loaded[Any]:
+    state = users.User("u1", org_id, "Ann", "ann@x.io", "h", ("member",), deleted=deleted)
+    return Loaded(users.subject(org_id, "u1"), state, 2)
+
+
+def said(text: str, role: Any = "user", **fields: Any) -> NewMessage:
+    return NewMessage(role=role, content=text, **fields)
+
+
+# Who may speak ----------------------------------------------------------------------------
+def test_a_live_agent_and_user_of_the_org_may_speak() -> None:
+    messages.check_speakers(ORG, agent(), "a1", user(), "u1")
+    messages.check_speakers(ORG, agent(), "a1", None, None)
+
+
+@pytest.mark.parametrize(
+    ("loaded_agent", "loaded_user", "error"),
+    [
+        (Loaded("s", None, 0), None, NotFoundError),
+        (agent(deleted=True), None, NotFoundError),
+        (agent(OTHER), None, NotFoundError),
+        (agent(archived=True), None, ConflictError),
+        (agent(), user(deleted=True), NotFoundError),
+        (agent(), user(OTHER), NotFoundError),
+        (agent(), Loaded("s", None, 0), NotFoundError),
+    ],
+)
+def test_who_may_not_speak(loaded_agent: Loaded[Any], loaded_user: Any, error: type) -> None:
+    user_id = "u1" if loaded_user is not None else None
+    with pytest.raises(error):
+        messages.check_speakers(ORG, loaded_agent, "a1", loaded_user, user_id)
+
+
+def test_an_archived_agent_says_why() -> None:
+    with pytest.raises(ConflictError, match="archived") as raised:
+        messages.check_speakers(ORG, agent(archived=True), "a1", None, None)
+    assert raised.value.details["archived"] is True
+
+
+# Decisions --------------------------------------------------------------------------------
+def test_an_append_is_one_write_without_an_expected_version() -> None:
+    batch = [said("hello"), said("hi!", "assistant", tool_calls=[{"id": "c1"}]), said("x")]
+    (write,) = messages.append(ORG, "s1", "a1", "u1", batch, ["m1", "m2", "m3"])
+    assert write.subject == subjects.event(ORG, "conversation", "s1")
+    assert write.expected is None
+    assert [e.message_id for e in write.events if isinstance(e, MessageAppended)] == [
+        "m1",
+        "m2",
+        "m3",
+    ]
+    second = write.events[1]
+    assert isinstance(second, MessageAppended)
+    assert (second.role, second.content, second.tool_calls) == ("assistant", "hi!", ({"id": "c1"},))
+    assert (second.session_id, second.agent_id, second.user_id) == ("s1", "a1", "u1")
+
+
+def test_an_append_needs_one_id_per_message() -> None:
+    with pytest.raises(ValueError, match="one id"):
+        messages.append(ORG, "s1", "a1", None, [said("a"), said("b")], ["m1"])
+
+
+def test_deeply_nested_metadata_is_refused() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(100):
+        deep = {"x": deep}
+    with pytest.raises(InvalidError, match="message 1's metadata nests"):
+        messages.append(ORG, "s1", "a1", None, [said("a"), said("b", metadata=deep)], ["1", "2"])
+
+
+def test_redaction_and_deletion_write_without_an_expected_version() -> None:
+    (redact,) = messages.redact(ORG, "s1", "m1", "pasted a password")
+    assert redact.expected is None
+    assert redact.events == [
+        MessageRedacted(message_id="m1", session_id="s1", reason="pasted a password")
+    ]
+    (delete,) = messages.delete(ORG, "s1")
+    assert delete.expected is None
+    assert delete.events == [ConversationDeleted(session_id="s1")]
+    assert redact.subject == delete.subject == messages.subject(ORG, "s1")
+
+
+# The projection ---------------------------------------------------------------------------
+def commit(seq: int, subject: str, *events: AnyEvent, at: int = 1_700_000_000_000) -> StoredCommit:
+    return StoredCommit(seq, subject, {H_TIME: str(at), H_COMMAND_ID: "c"}, list(events))
+
+
+def appended(message_id: str, content: str = "text", **fields: Any) -> MessageAppended:
+    return MessageAppended(
+        message_id=message_id,
+        session_id="s1",
+        agent_id="a1",
+        role="user",
+        content=content,
+        **fields,
+    )
+
+
+def test_positions_order_by_seq_then_index() -> None:
+    assert position(7, 0) < position(7, 999) < position(8, 0)
+    with pytest.raises(ValueError, match="at most 1000"):
+        position(7, 1000)
+
+
+def test_an_append_commit_is_one_row_per_message() -> None:
+    conversation = messages.subject(ORG, "s1")
+    ops = MessagesProjection().project(
+        commit(
+            12,
+            conversation,
+            appended("m1", user_id="u1"),
+            appended("m2", tool_calls=({"id": "c1"},), metadata={"k": 1}, tool_call_id="t"),
+        )
+    )
+    assert [type(op) for op in ops] == [Upsert, Upsert]
+    first, second = (op.row for op in ops if isinstance(op, Upsert))
+    assert set(first) == set(MESSAGES.column_names)
+    assert (first["org_id"], first["seq"], first["position"]) == (ORG, 12, 12_000)
+    assert (first["user_id"], first["redacted_at"], first["created_at"]) == (
+        "u1",
+        None,
+        1_700_000_000_000,
+    )
+    assert (second["position"], second["tool_calls"], second["metadata"]) == (
+        12_001,
+        '[{"id":"c1"}]',
+        '{"k":1}',
+    )
+    assert second["tool_call_id"] == "t"
+
+
+def test_a_redaction_empties_the_row_and_records_itself() -> None:
+    ops = MessagesProjection().project(
+        commit(20, messages.subject(ORG, "s1"), MessageRedacted("m1", "s1", "oops"), at=5)
+    )
+    assert ops == [
+        Update(
+            "messages",
+            {"message_id": "m1", "org_id": ORG, "session_id": "s1"},
+            {"content": "", "tool_calls": "[]", "metadata": "{}", "redacted_at": 5},
+        ),
+        Upsert(
+            "message_redactions",
+            {
+                "message_id": "m1",
+                "org_id": ORG,
+                "session_id": "s1",
+                "seq": 20,
+                "reason": "oops",
+                "redacted_at": 5,
+            },
+        ),
+    ]
+
+
+def test_deletions_delete_the_messages() -> None:
+    project = MessagesProjection().project
+    session = {"org_id": ORG, "session_id": "s1"}
+    assert project(commit(30, messages.subject(ORG, "s1"), ConversationDeleted("s1"))) == [
+        Delete("messages", session),
+        Delete("message_redactions", session),
+    ]
+    assert project(commit(31, agents.subject(ORG, "a1"), AgentDeleted("a1"))) == [
+        Delete("messages", {"agent_id": "a1"})
+    ]
+    assert project(commit(32, subjects.event(ORG, "org", ORG), OrgDeleted(ORG))) == [
+        Delete("messages", {"org_id": ORG}),
+        Delete("message_redactions", {"org_id": ORG}),
+    ]
+
+
+def test_the_projection_reads_conversations_agents_and_orgs() -> None:
+    assert MessagesProjection().filter_subjects == [
+        subjects.events_of("conversation"),
+        subjects.events_of("agent"),
+        subjects.events_of("org"),
+    ]
+
+
+# Full-text query text ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("peanut allergy", '"peanut" OR "allergy"'),
+        ('say "hi"', '"say" OR """hi"""'),
+        ("a AND b NOT c*", '"a" OR "AND" OR "b" OR "NOT" OR "c*"'),
+        ("col:value ^x (y)", '"col:value" OR "^x" OR "(y)"'),
+        ("  \t\n ", ""),
+    ],
+)
+def test_fts5_queries_take_every_word_literally(text: str, match: str) -> None:
+    assert fts5_match(text) == match
+
+
+def test_search_sql_filters_by_equality_and_null() -> None:
+    where = {"org_id": ORG, "agent_id": "a1", "redacted_at": None}
+    sql, args = sqlite_search(MESSAGES, '"x"', where, 10)
+    assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
+    assert args == ['"x"', ORG, "a1", 10]
+    sql, args = postgres_search(MESSAGES, "x", where, 10)
+    assert "plainto_tsquery('english', ?)" in sql
+    assert args == ["x", ORG, "a1", 10]
+    with pytest.raises(ValueError, match="no column"):
+        sqlite_search(MESSAGES, '"x"', {"content; DROP TABLE messages": 1}, 10)
+
+
+# Query helpers ----------------------------------------------------------------------------
+def test_a_page_cursor_is_a_position() -> None:
+    assert cursor_position(None) is None
+    assert cursor_position(encode_cursor("12001")) == 12001
+    for key in ("abc", "-1", "1.5"):
+        with pytest.raises(InvalidError, match="cursor"):
+            cursor_position(encode_cursor(key))
+
+
+def test_list_sql_follows_the_order_and_filters() -> None:
+    query = ListMessages(
+        session_id="s1",
+        order="desc",
+        cursor=encode_cursor("9000"),
+        since=5,
+        until=9,
+        role="tool",
+        limit=10,
+    )
+    sql, args = list_sql(query, ORG)
+    assert "position < ?" in sql
+    assert "created_at >= ? AND created_at < ? AND role = ?" in sql
+    assert sql.endswith("ORDER BY position DESC LIMIT ?")
+    assert args == [ORG, "s1", 9000, 5, 9, "tool", 11]
+    sql, args = list_sql(ListMessages(session_id="s1"), ORG)
+    assert "position" not in sql.split("WHERE")[1].split("ORDER BY")[0]
+    assert sql.endswith("ORDER BY position ASC LIMIT ?")
+    assert args == [ORG, "s1", 51]
+
+
+def test_a_search_needs_an_agent_or_a_user() -> None:
+    with pytest.raises(InvalidError, match="agent_id or user_id"):
+        search_filters(SearchMessages(text="x", session_id="s1"), ORG)
+    assert search_filters(SearchMessages(text="x", user_id="u1", role="user"), ORG) == {
+        "org_id": ORG,
+        "redacted_at": None,
+        "user_id": "u1",
+        "role": "user",
+    }
+
+
+def test_a_message_view_decodes_json_and_says_redacted() -> None:
+    row = {c: None for c in MESSAGES.column_names}
+    row.update(tool_calls="[]", metadata='{"a":[1]}', redacted_at=7, content="")
+    view = message_view(row)
+    assert (view["tool_calls"], view["metadata"], view["redacted"]) == ([], {"a": [1]}, True)
+    assert msgspec.json.encode(view)  # all JSON
