@@ -29,18 +29,22 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, envelope, ids, subjects
 from agentmem.auth import tokens
 from agentmem.commands import (
+    AppendMessage,
+    AppendMessages,
     ArchiveAgent,
     ChangePassword,
     CreateAgent,
     CreateApiKey,
     CreateOrg,
     DeleteAgent,
+    DeleteConversation,
     DeleteOrg,
     DeleteTool,
     DeleteUser,
     Login,
     Logout,
     PatchAgentState,
+    RedactMessage,
     RegisterTool,
     RegisterUser,
     RenameOrg,
@@ -63,11 +67,14 @@ from agentmem.queries import (
     GetTool,
     GetUser,
     GetUserByEmail,
+    LastMessages,
     ListAgents,
     ListApiKeys,
+    ListMessages,
     ListOrgs,
     ListTools,
     ListUsers,
+    SearchMessages,
     Status,
 )
 from agentmem.service import Service
@@ -119,6 +126,13 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     subjects.TOOL_DELETE: DeleteTool,
     subjects.TOOL_GET: GetTool,
     subjects.TOOL_LIST: ListTools,
+    subjects.MESSAGE_APPEND: AppendMessage,
+    subjects.MESSAGE_APPEND_BATCH: AppendMessages,
+    subjects.MESSAGE_REDACT: RedactMessage,
+    subjects.CONVERSATION_DELETE: DeleteConversation,
+    subjects.MESSAGE_LIST: ListMessages,
+    subjects.MESSAGE_LAST: LastMessages,
+    subjects.MESSAGE_SEARCH: SearchMessages,
 }
 # Answered without credentials; every other subject needs them.
 PUBLIC = {subjects.AUTH_LOGIN, subjects.SYS_HEALTH}
@@ -171,6 +185,21 @@ VALID: dict[str, dict[str, Any]] = {
     subjects.TOOL_DELETE: {"tool_id": "t1"},
     subjects.TOOL_GET: {"tool_id": "t1"},
     subjects.TOOL_LIST: {"tags_any": ["web"]},
+    subjects.MESSAGE_APPEND: {
+        "session_id": "s1",
+        "agent_id": "a1",
+        "message": {"role": "user", "content": "hi"},
+    },
+    subjects.MESSAGE_APPEND_BATCH: {
+        "session_id": "s1",
+        "agent_id": "a1",
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+    subjects.MESSAGE_REDACT: {"session_id": "s1", "message_id": "m1"},
+    subjects.CONVERSATION_DELETE: {"session_id": "s1"},
+    subjects.MESSAGE_LIST: {"session_id": "s1"},
+    subjects.MESSAGE_LAST: {"session_id": "s1", "n": 5},
+    subjects.MESSAGE_SEARCH: {"text": "hello", "agent_id": "a1"},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -212,6 +241,13 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     subjects.TOOL_DELETE: ("tool_id", 1),
     subjects.TOOL_GET: ("name", 5),
     subjects.TOOL_LIST: ("tags_all", "web"),
+    subjects.MESSAGE_APPEND: ("message", "hi"),
+    subjects.MESSAGE_APPEND_BATCH: ("messages", {"role": "user", "content": "hi"}),
+    subjects.MESSAGE_REDACT: ("reason", 5),
+    subjects.CONVERSATION_DELETE: ("session_id", 1),
+    subjects.MESSAGE_LIST: ("since", "yesterday"),
+    subjects.MESSAGE_LAST: ("n", "5"),
+    subjects.MESSAGE_SEARCH: ("text", ["hello"]),
 }
 
 
@@ -564,6 +600,37 @@ BAD_VALUES = [
     (subjects.TOOL_LIST, "tags_any", ["t"] * 33),
     (subjects.TOOL_LIST, "tags_all", [""]),
     (subjects.TOOL_LIST, "cursor", "c" * 513),
+    (subjects.MESSAGE_APPEND, "session_id", "s.1"),
+    (subjects.MESSAGE_APPEND, "session_id", ""),
+    (subjects.MESSAGE_APPEND, "agent_id", "a*"),
+    (subjects.MESSAGE_APPEND, "user_id", "u 1"),
+    (subjects.MESSAGE_APPEND, "message", {"role": "robot", "content": "hi"}),
+    (subjects.MESSAGE_APPEND, "message", {"role": "user"}),
+    (subjects.MESSAGE_APPEND, "message", {"role": "user", "content": "c" * 100_001}),
+    (subjects.MESSAGE_APPEND, "message", {"role": "user", "content": "hi", "extra": 1}),
+    (subjects.MESSAGE_APPEND, "message", {"role": "tool", "content": "", "tool_call_id": "a.b"}),
+    (subjects.MESSAGE_APPEND, "message", {"role": "user", "content": "", "tool_calls": [1]}),
+    (subjects.MESSAGE_APPEND_BATCH, "messages", []),
+    (subjects.MESSAGE_APPEND_BATCH, "messages", [{"role": "user", "content": "x"}] * 1001),
+    (subjects.MESSAGE_APPEND_BATCH, "messages", [{"role": "user", "content": "x"}, {}]),
+    (subjects.MESSAGE_APPEND_BATCH, "org_id", "o>"),
+    (subjects.MESSAGE_REDACT, "message_id", "m\n"),
+    (subjects.MESSAGE_REDACT, "reason", "r" * 4001),
+    (subjects.CONVERSATION_DELETE, "session_id", "x" * 65),
+    (subjects.MESSAGE_LIST, "order", "sideways"),
+    (subjects.MESSAGE_LIST, "since", -1),
+    (subjects.MESSAGE_LIST, "until", 1.5),
+    (subjects.MESSAGE_LIST, "role", "robot"),
+    (subjects.MESSAGE_LIST, "limit", 501),
+    (subjects.MESSAGE_LIST, "cursor", "c" * 513),
+    (subjects.MESSAGE_LAST, "n", 0),
+    (subjects.MESSAGE_LAST, "n", 501),
+    (subjects.MESSAGE_LAST, "session_id", "s 1"),
+    (subjects.MESSAGE_SEARCH, "text", ""),
+    (subjects.MESSAGE_SEARCH, "text", "t" * 1001),
+    (subjects.MESSAGE_SEARCH, "role", "robot"),
+    (subjects.MESSAGE_SEARCH, "limit", 0),
+    (subjects.MESSAGE_SEARCH, "session_id", "s.>"),
 ]
 
 
@@ -586,6 +653,11 @@ async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
     assert "_w" in text or "returned" in text
     for subject in (subjects.AGENT_LIST, subjects.TOOL_LIST):
         await assert_invalid(bus, subject, encode({"cursor": "_w"}), "cursor")
+    body = {"session_id": "s1", "cursor": "_w"}
+    await assert_invalid(bus, subjects.MESSAGE_LIST, encode(body), "cursor")
+    # The service's own cursor format, from another subject: a key that is no position.
+    body = {"session_id": "s1", "cursor": encode_cursor("not-a-position")}
+    await assert_invalid(bus, subjects.MESSAGE_LIST, encode(body), "cursor")
 
 
 # Values of the right shape that a handler refuses: still invalid, still nothing appended.
@@ -615,6 +687,25 @@ async def test_tool_parameters_that_are_no_object_schema(
 ) -> None:
     body = {"name": f"broken_{ids.new_id()}", "parameters": parameters}
     await assert_invalid(bus, subjects.TOOL_REGISTER, encode(body), "parameters")
+
+
+async def test_a_search_for_no_one(bus: Bus) -> None:
+    for body in ({"text": "hello"}, {"text": "hello", "session_id": "s1", "role": "user"}):
+        await assert_invalid(bus, subjects.MESSAGE_SEARCH, encode(body), "agent_id or user_id")
+
+
+async def test_message_text_with_a_nul_character(bus: Bus) -> None:
+    client = Client(bus.nc, bus.admin_token)
+    agent_id = (await client.create_agent("Talker")).fields["agent_id"]
+    message = {"role": "user", "content": "a\u0000b"}
+    body = {"session_id": "s1", "agent_id": agent_id, "message": message}
+    await assert_invalid(bus, subjects.MESSAGE_APPEND, encode(body), "NUL")
+    body = {
+        "session_id": "s1",
+        "agent_id": agent_id,
+        "messages": [{**message, "content": "ok"}, message],
+    }
+    await assert_invalid(bus, subjects.MESSAGE_APPEND_BATCH, encode(body), "message 1", "NUL")
 
 
 async def test_a_tool_named_by_neither_or_both(bus: Bus) -> None:

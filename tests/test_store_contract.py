@@ -445,7 +445,7 @@ async def check_the_projection_tables(store: Store) -> None:
         ("k1", "u2", "o1", "ci", "am_k1", at + 6, None)
     ]
     assert [(p.projection, p.seq) for p in await store.parked()] == [("users", 7)]
-    assert await store.checkpoints() == {"orgs": 7, "users": 7}
+    assert await store.checkpoints() == {p.name: 7 for p in ALL}
     assert await store.fetch_one("SELECT name FROM users WHERE email = ?", "annie@x") == {
         "name": "Annie"
     }
