@@ -36,10 +36,22 @@ from consumers.router import Request, Result, Router
 
 PROJECTION = "agents"
 
-_AGENT_COLUMNS = (
-    "agent_id, org_id, name, description, persona, model, metadata, tags, archived, "
-    "created_at, updated_at, version"
+_COLUMNS = (
+    "agent_id",
+    "org_id",
+    "name",
+    "description",
+    "persona",
+    "model",
+    "metadata",
+    "tags",
+    "archived",
+    "created_at",
+    "updated_at",
+    "version",
 )
+_AGENT_COLUMNS = ", ".join(_COLUMNS)
+_LISTED_COLUMNS = ", ".join(f"a.{c}" for c in _COLUMNS)
 
 
 # Commands ----------------------------------------------------------------------------------
@@ -209,25 +221,29 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
             request.caller, "reader", org_id, NotFoundError(f"organization {org_id} does not exist")
         )
         seq = await freshness.wait(PROJECTION, query.after_seq)
-        where = ["org_id = ?", "agent_id > ?"]
-        args: list[Any] = [org_id, decode_cursor(query.cursor)]
+        cursor = decode_cursor(query.cursor)
+        if query.tag is None:
+            source, key = "agents a", "a.agent_id"
+            where, args = ["a.org_id = ?", "a.agent_id > ?"], [org_id, cursor]
+        else:
+            # Along the tag's index, in agent_id order from the cursor: a page reads about
+            # a page of rows, however many agents carry the tag.
+            source = "agent_tags t JOIN agents a ON a.agent_id = t.agent_id AND a.org_id = t.org_id"
+            key = "t.agent_id"
+            where = ["t.org_id = ?", "t.tag = ?", "t.agent_id > ?"]
+            args = [org_id, query.tag, cursor]
         if not query.include_archived:
-            where.append("archived = 0")
+            where.append("a.archived = 0")
         if query.name_prefix is not None:
-            where.append("name >= ?")
+            where.append("a.name >= ?")
             args.append(query.name_prefix)
             bound = prefix_bound(query.name_prefix)
             if bound is not None:
-                where.append("name < ?")
+                where.append("a.name < ?")
                 args.append(bound)
-        if query.tag is not None:
-            where.append(
-                "agent_id IN (SELECT agent_id FROM agent_tags WHERE org_id = ? AND tag = ?)"
-            )
-            args += [org_id, query.tag]
         rows = await store.fetch_all(
-            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE {' AND '.join(where)} "
-            "ORDER BY agent_id LIMIT ?",
+            f"SELECT {_LISTED_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
+            f"ORDER BY {key} LIMIT ?",
             *args,
             query.limit + 1,
         )

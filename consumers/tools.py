@@ -29,9 +29,19 @@ from consumers.router import Request, Result, Router
 
 PROJECTION = "tools"
 
-_TOOL_COLUMNS = (
-    "tool_id, org_id, name, description, parameters, tags, created_at, updated_at, version"
+_COLUMNS = (
+    "tool_id",
+    "org_id",
+    "name",
+    "description",
+    "parameters",
+    "tags",
+    "created_at",
+    "updated_at",
+    "version",
 )
+_TOOL_COLUMNS = ", ".join(_COLUMNS)
+_LISTED_COLUMNS = ", ".join(f"o.{c}" for c in _COLUMNS)
 
 
 # Commands ----------------------------------------------------------------------------------
@@ -130,20 +140,6 @@ def tool_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tag_filter(org_id: str, tags: list[str], every: bool) -> tuple[list[str], list[Any]]:
-    """SQL conditions on ``tool_id``, and their arguments: tagged with any, or every, tag."""
-    unique = list(dict.fromkeys(tags))
-    if not unique:  # any of none, or all of none: no condition, as if left out
-        return [], []
-    if every:
-        # One lookup per tag along (org_id, tag, tool_id): no GROUP BY over the whole org.
-        one = "tool_id IN (SELECT tool_id FROM tool_tags WHERE org_id = ? AND tag = ?)"
-        return [one] * len(unique), [v for tag in unique for v in (org_id, tag)]
-    marks = ", ".join("?" for _ in unique)
-    any_of = f"tool_id IN (SELECT tool_id FROM tool_tags WHERE org_id = ? AND tag IN ({marks}))"
-    return [any_of], [org_id, *unique]
-
-
 def build_query_router(store: Store, freshness: Freshness) -> Router:
     router = Router()
 
@@ -185,15 +181,38 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         missing = NotFoundError(f"organization {org_id} does not exist")
         authorize(request.caller, "reader", org_id, missing)
         seq = await freshness.wait(PROJECTION, query.after_seq)
-        where = ["org_id = ?", "tool_id > ?"]
-        args: list[Any] = [org_id, decode_cursor(query.cursor)]
-        for tags, every in ((query.tags_any, False), (query.tags_all, True)):
-            conditions, values = _tag_filter(org_id, tags or [], every)
-            where += conditions
-            args += values
+        cursor = decode_cursor(query.cursor)
+        # An empty list filters nothing, as if left out.
+        every = list(dict.fromkeys(query.tags_all or []))
+        any_of = list(dict.fromkeys(query.tags_any or []))
+        if every:
+            # Along the first tag's index, in tool_id order from the cursor, checking the
+            # other tags by primary key: a page reads about a page of rows.
+            source = "tool_tags t JOIN tools o ON o.tool_id = t.tool_id AND o.org_id = t.org_id"
+            key = "t.tool_id"
+            where = ["t.org_id = ?", "t.tag = ?", "t.tool_id > ?"]
+            args: list[Any] = [org_id, every[0], cursor]
+            for tag in every[1:]:
+                where.append(
+                    "EXISTS (SELECT 1 FROM tool_tags x WHERE x.tool_id = t.tool_id AND x.tag = ?)"
+                )
+                args.append(tag)
+        else:
+            source, key = "tools o", "o.tool_id"
+            where, args = ["o.org_id = ?", "o.tool_id > ?"], [org_id, cursor]
+        if any_of:
+            # The tools of those tags after the cursor, along (org_id, tag, tool_id). Not
+            # ``EXISTS (... tag IN (...))``: SQLite 3.51 turns that into a join that yields a
+            # tool once per matching tag; and Postgres answers ORed EXISTS with a table scan.
+            marks = ", ".join("?" for _ in any_of)
+            where.append(
+                "o.tool_id IN (SELECT y.tool_id FROM tool_tags y "
+                f"WHERE y.org_id = ? AND y.tag IN ({marks}) AND y.tool_id > ?)"
+            )
+            args += [org_id, *any_of, cursor]
         rows = await store.fetch_all(
-            f"SELECT {_TOOL_COLUMNS} FROM tools WHERE {' AND '.join(where)} "
-            "ORDER BY tool_id LIMIT ?",
+            f"SELECT {_LISTED_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
+            f"ORDER BY {key} LIMIT ?",
             *args,
             query.limit + 1,
         )
