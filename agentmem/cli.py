@@ -249,6 +249,13 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
             f"parked: {parked['projection']} seq {parked['seq']} {parked['subject']}: "
             f"{parked['error']}"
         )
+    process = report.get("process")
+    if process:  # the running service that answered: one of several, perhaps
+        active = ", ".join(process["active"]) or "none"
+        print(
+            f"answered by pid {process['pid']} on {process['host']}: roles "
+            f"{','.join(process['roles'])}; active for projections: {active}"
+        )
     return 0
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -127,6 +128,26 @@ async def test_commands_and_projections_in_one_process_queries_in_another(
                 seen.add((tuple(process["roles"]), tuple(process["active"])))
             names = tuple(sorted(p.name for p in ALL))
             assert seen == {(("commands", "projections"), names), (("queries",), ())}
+
+            # And `agentmem status` prints it.
+            ran = await run_cli(
+                "status",
+                "--nats",
+                nats_server.url,
+                "--store",
+                pg_url,
+                "--token",
+                token,
+                env=clean_env(),
+                cwd=tmp_path,
+            )
+            assert ran.returncode == 0, ran.stderr
+            (line,) = [x for x in ran.stdout.splitlines() if x.startswith("answered by")]
+            assert re.fullmatch(
+                rf"answered by pid \d+ on \S+: roles (commands,projections; active for "
+                rf"projections: {', '.join(names)}|queries; active for projections: none)",
+                line,
+            ), line
 
             # Health, from both: the reader runs no projection and is live.
             health = await nc.request(subjects.SYS_HEALTH, b"{}", timeout=2)
