@@ -25,6 +25,7 @@ from consumers.freshness import Freshness
 from consumers.queries import decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
 
+
 def entry(commit: StoredCommit, redacted: frozenset[str] = frozenset()) -> dict[str, Any]:
     events = []
     for event in commit.events:
