@@ -91,6 +91,20 @@ async def test_ensure_stream_refuses_a_wrong_existing_stream_and_leaves_it(
     assert after == before
 
 
+async def test_ensure_stream_refuses_another_replica_count_and_leaves_the_stream(
+    nc: NATS,
+) -> None:
+    event_log = EventLog(nc)
+    await event_log.ensure_stream(replicas=1)
+    before = (await event_log.info())["config"]
+
+    with pytest.raises(StreamConfigMismatch) as raised:
+        await event_log.ensure_stream(replicas=3)
+
+    assert raised.value.details["settings"] == {"num_replicas": {"expected": 3, "actual": 1}}
+    assert (await event_log.info())["config"] == before
+
+
 async def test_append_with_a_stale_expected_sequence_raises_and_stores_nothing(
     nc: NATS, log: EventLog
 ) -> None:
