@@ -1,5 +1,6 @@
-# AgentMem: the service, on its embedded SQLite store. compose.yaml runs it beside a NATS
-# server; run alone, set AGENTMEM_NATS to a NATS server with JetStream.
+# AgentMem: the service. compose.yaml runs it against a three-node NATS cluster and Postgres
+# (docs/deploy.md); run alone, set AGENTMEM_NATS to a NATS server with JetStream, and it keeps
+# its projections in SQLite under /data unless AGENTMEM_STORE names a Postgres DSN.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
