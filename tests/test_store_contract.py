@@ -32,12 +32,14 @@ from agentmem.store import (
     Delete,
     Parked,
     ProjectionBatch,
+    RowOp,
     StaleBatch,
     Store,
     Table,
     Update,
     Upsert,
     open_store,
+    postgres,
     sql,
 )
 from agentmem.store.migrations import Plan
@@ -676,3 +678,63 @@ async def test_stores_migrating_at_once_apply_each_migration_once(store_url: str
     finally:
         await first.close()
         await second.close()
+
+
+# Long runs: the Postgres store tries them as one COPY ------------------------------------------
+LONG = 250  # upserts in a run: more than postgres.COPY_MIN_ROWS
+
+
+def numbered(prefix: str, numbers: range, email: str = "x") -> list[Upsert]:
+    return [row(f"{prefix}{n:04}", f"{prefix}{n}@{email}", n) for n in numbers]
+
+
+def one_per_item(first_seq: int, ops: list[Upsert]) -> list[tuple[int, str, list[RowOp]]]:
+    """One upsert per item, as a projection makes them for a run of registrations."""
+    return [item(seq, op) for seq, op in enumerate(ops, start=first_seq)]
+
+
+async def test_long_runs_of_upserts_do_what_one_upsert_after_another_does(store: Store) -> None:
+    new = numbered("k", range(LONG))
+    await store.apply(ProjectionBatch("items", LONG, one_per_item(1, new)))
+    assert await store.dump(ITEMS) == [(f"k{n:04}", f"k{n}@x", n, None) for n in range(LONG)]
+    # A key twice in one run of new rows: the later upsert wins.
+    twice = [row("dup", "d1@x", 1), *numbered("m", range(LONG)), row("dup", "d2@x", 2)]
+    await store.apply(ProjectionBatch("items", 2 * LONG + 2, one_per_item(LONG + 1, twice)))
+    assert await store.fetch_one("SELECT email, n FROM items WHERE item_id = ?", "dup") == {
+        "email": "d2@x",
+        "n": 2,
+    }
+    # Half of the keys exist: those rows are replaced, the rest inserted.
+    again = numbered("k", range(LONG // 2, LONG + LONG // 2), email="y")
+    await store.apply(ProjectionBatch("items", 3 * LONG + 2, one_per_item(2 * LONG + 3, again)))
+    keys = [r for r in await store.dump(ITEMS) if r[0].startswith("k")]
+    assert keys == [
+        (f"k{n:04}", f"k{n}@{'x' if n < LONG // 2 else 'y'}", n, None)
+        for n in range(LONG + LONG // 2)
+    ]
+    assert len(await store.dump(ITEMS)) == LONG + LONG // 2 + LONG + 1
+    assert await store.parked() == []
+    assert await store.checkpoint("items") == 3 * LONG + 2
+
+
+async def test_a_refused_row_in_a_long_run_is_parked_alone(store: Store) -> None:
+    await store.apply(ProjectionBatch("items", 1, [item(1, row("a", "taken@x"))]))
+    ops = numbered("k", range(LONG))
+    ops[100] = row("k0100", "taken@x", 100)  # the unique email index refuses it
+    parked = await store.apply(ProjectionBatch("items", LONG + 1, one_per_item(2, ops)))
+    assert [p.seq for p in parked] == [102]
+    assert len(await store.dump(ITEMS)) == LONG  # "a" and every other row of the run
+    assert await store.fetch_one("SELECT 1 AS found FROM items WHERE item_id = ?", "k0100") is None
+    assert await store.checkpoint("items") == LONG + 1
+
+
+async def test_postgres_copies_a_long_run_of_new_rows(store: Store) -> None:
+    if not isinstance(store, PostgresStore):
+        pytest.skip("the Postgres store's own way of writing")
+    assert postgres.COPY_MIN_ROWS <= LONG
+    await store.apply(ProjectionBatch("items", LONG, one_per_item(1, numbered("k", range(LONG)))))
+    assert store._copy_skips == {}  # the COPY went through
+    again = numbered("k", range(LONG))  # every key exists: the COPY fails, executemany writes
+    await store.apply(ProjectionBatch("items", 2 * LONG, one_per_item(LONG + 1, again)))
+    assert store._copy_skips == {"items": postgres.COPY_BACKOFF_RUNS}
+    assert len(await store.dump(ITEMS)) == LONG

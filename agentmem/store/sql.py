@@ -27,15 +27,22 @@ def create_table(table: Table, types: Mapping[ColumnType, str] = TYPES) -> list[
     return statements
 
 
+# The table and columns of each upsert statement made here, so that an adapter can write a
+# run of one another way (the Postgres store: COPY, when every row is new).
+UPSERT_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
 @lru_cache(maxsize=512)
 def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
     placeholders = ", ".join("?" for _ in columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-    return (
+    statement = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
         f"ON CONFLICT ({', '.join(key)}) {conflict}"
     )
+    UPSERT_TARGETS[statement] = (table, columns)
+    return statement
 
 
 @lru_cache(maxsize=512)
