@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from agentmem.logging import configure
-from bench import baselines, env, harness, workloads
+from bench import baselines, env, harness, pgbatch, workloads
 from bench.harness import NORMAL, QUICK, Config, Workload
 
 ALL: list[Workload] = [*baselines.WORKLOADS, *workloads.WORKLOADS]
+# Run only when named with --only: they need a Postgres server (AGENTMEM_BENCH_POSTGRES).
+ON_REQUEST: list[Workload] = pgbatch.WORKLOADS
 LARGE_REPLAY = 1_000_000
 
 
 def parser() -> argparse.ArgumentParser:
-    names = ", ".join(sorted({w.id for w in ALL} | {w.group for w in ALL if w.group}))
+    every = ALL + ON_REQUEST
+    names = ", ".join(sorted({w.id for w in every} | {w.group for w in every if w.group}))
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark AgentMem against raw nats-py/sqlite3 baselines and the "
@@ -70,16 +73,17 @@ def select(only: str | None, with_baselines: bool) -> list[Workload]:
     if not only:
         return ALL
     wanted = {name.strip() for name in only.split(",") if name.strip()}
-    known = {w.id for w in ALL} | {w.group for w in ALL if w.group}
+    every = ALL + ON_REQUEST
+    known = {w.id for w in every} | {w.group for w in every if w.group}
     unknown = wanted - known
     if unknown:
         raise SystemExit(
             f"unknown workload(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
         )
-    chosen = {w.id for w in ALL if w.id in wanted or w.group in wanted}
+    chosen = {w.id for w in every if w.id in wanted or w.group in wanted}
     if with_baselines:
-        chosen |= {need for w in ALL if w.id in chosen for need in w.needs()}
-    return [w for w in ALL if w.id in chosen]
+        chosen |= {need for w in every if w.id in chosen for need in w.needs()}
+    return [w for w in every if w.id in chosen]
 
 
 def git_commit() -> str:
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
     if args.list:
-        for w in ALL:
+        for w in ALL + ON_REQUEST:
             print(f"{w.id:24} {w.title}")
         return 0
     selected = select(args.only, not args.no_baselines)
