@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from agentmem import Client, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
+from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import admin_key
 from tests.realparts import (
     Ran,
@@ -307,7 +308,7 @@ async def test_status_against_a_running_and_a_stopped_service(
         # An org, three users (each with its email reservation), a rename: after the batch
         # the first start wrote.
         assert len(after_bootstrap(messages)) == 1 + 3 * 2 + 1
-        assert set(checkpoints) == {"orgs", "users"}
+        assert set(checkpoints) == {p.name for p in ALL_PROJECTIONS}
 
         def assert_reported(ran: Ran) -> None:
             assert ran.returncode == 0, ran.stderr
