@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
@@ -61,13 +62,17 @@ class Freshness:
     async def _log_position(self, projection: str) -> tuple[bool, int]:
         """(nothing left for this projection to apply, last sequence of the log)."""
         try:
-            info = await self.js.consumer_info(self.stream, durable_name(projection))
-            drained = info.num_pending == 0 and info.num_ack_pending == 0
-        except nats.js.errors.NotFoundError:
-            # No consumer yet: the worker has not subscribed (the service just started, or
-            # the worker is starting again), so nothing says the projection is drained.
-            drained = False
-        stream = await self.js.stream_info(self.stream)
+            try:
+                info = await self.js.consumer_info(self.stream, durable_name(projection))
+                drained = info.num_pending == 0 and info.num_ack_pending == 0
+            except nats.js.errors.NotFoundError:
+                # No consumer yet: the worker has not subscribed (the service just started,
+                # or the worker is starting again), so nothing says the projection is drained.
+                drained = False
+            stream = await self.js.stream_info(self.stream)
+        except nats.errors.Error as exc:  # JetStream API errors are among them
+            # A cluster without quorum, or a node restarting: the client may retry.
+            raise UnavailableError(f"the event log did not answer: {exc!r}") from exc
         return bool(drained), int(stream.state.last_seq)
 
     def _stored(self, projection: str) -> FreshCall[int]:

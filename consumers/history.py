@@ -69,9 +69,15 @@ def build_router(
                 return subjects.event(org_id, "conversation", query.id)
             case aggregate:
                 try:
-                    return await runner.subject_of(aggregate, query.id)
+                    subject = await runner.subject_of(aggregate, query.id)
                 except NotFoundError:
                     raise missing from None
+                if aggregate == "agent":
+                    # Its profile and its state document, interleaved in log order: ids are
+                    # unique, so only the agent's two subjects end in its id.
+                    org_id = subject.split(".")[2]
+                    return subjects.event(org_id, "*", query.id)
+                return subject
 
     async def redacted_among(subject: str, commits: list[StoredCommit]) -> frozenset[str]:
         """The messages of ``commits`` that a redaction has reached: the messages projection
