@@ -7,6 +7,7 @@ removed or re-typed without its documentation fails here.
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ import msgspec
 import pytest
 
 from agentmem import subjects
-from consumers import commands, credentials, history, queries, system
+from consumers import agents, commands, credentials, history, messages, queries, system, tools
 from tests.support import TEST_PASSWORD_COST
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -30,12 +31,19 @@ def request_types() -> dict[str, type[msgspec.Struct]]:
     """Subject -> request Struct, read from the routers. Building a router only registers
     its handlers, so placeholders stand in for the runner, store, NATS and freshness."""
     placeholder = cast(Any, None)
+    runner = cast(Any, SimpleNamespace(cache=None))  # a router that reads runner.cache
     routes = {
         **commands.build_router(placeholder).routes,
         **credentials.build_router(placeholder, placeholder, TEST_PASSWORD_COST).routes,
         **history.build_router(placeholder, placeholder, placeholder, placeholder).routes,
         **queries.build_router(placeholder, placeholder).routes,
         **system.build_router(placeholder, placeholder, lambda: {}).routes,
+        **agents.build_command_router(placeholder).routes,
+        **agents.build_query_router(placeholder, placeholder).routes,
+        **tools.build_command_router(placeholder).routes,
+        **tools.build_query_router(placeholder, placeholder).routes,
+        **messages.build_command_router(runner, placeholder, placeholder).routes,
+        **messages.build_query_router(placeholder, placeholder).routes,
     }
     return {subject: route.decoder.type for subject, route in routes.items()}
 
