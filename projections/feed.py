@@ -63,8 +63,9 @@ class PullFeed:
         wanted = int(request["batch"])  # type: ignore[call-overload]
         messages: list[Msg] = []
         # The server ends a pull by delivering `wanted` messages or a status; the client
-        # deadline only guards against a server that went away mid-pull.
-        deadline = self.idle_wait + 10.0
+        # deadline only guards against a server that went away mid-pull (a cluster node
+        # killed under us), so it is short: a worker starting over costs little.
+        deadline = self.idle_wait + 3.0
         while len(messages) < wanted:
             try:
                 message = await self._subscription.next_msg(timeout=deadline)
