@@ -37,6 +37,7 @@ NOTES = Table(
         Column("gone_at", "integer", nullable=True),
     ),
     primary_key=("note_id",),
+    indexes=(("notes_pos", ("pos",), True),),
     full_text=FullText(columns=("body",), key="pos"),
     scrub=True,
 )
@@ -195,3 +196,25 @@ async def test_sqlite_erasure_leaves_nothing_in_the_files(tmp_path: Path, erase:
         assert await ids(store, "ordinary") != []
     finally:
         await store.close()
+
+
+async def test_a_refused_row_in_a_run_is_parked_and_the_rest_indexed(store: Store) -> None:
+    """A long run of upserts (SQLite stages it and moves it in one statement): one item
+    refused by the unique key index is parked, the others are stored and found."""
+    notes = Notes(store)
+    await notes.add("n1", "first note")
+
+    def upsert(note_id: str, pos: int) -> Upsert:
+        row = {"note_id": note_id, "owner": "ann", "body": f"batch note {note_id}", "pos": pos}
+        return Upsert("notes", row)
+
+    items = [(10 + n, f"evt.{10 + n}", [upsert(f"b{n}", 100 + n)]) for n in range(20)]
+    items[7] = (17, "evt.17", [upsert("b7", 2001)])  # n1's key: refused
+    parked = await store.apply(ProjectionBatch("notes", 29, items))
+    assert [(p.seq, p.subject) for p in parked] == [(17, "evt.17")]
+    found = await ids(store, "batch")
+    assert sorted(found) == sorted(f"b{n}" for n in range(20) if n != 7)
+    # And the next run goes the same way.
+    more = [(30 + n, f"evt.{30 + n}", [upsert(f"c{n}", 300 + n)]) for n in range(5)]
+    assert await store.apply(ProjectionBatch("notes", 34, more)) == []
+    assert len(await store.search(NOTES, "batch", {}, 100)) == 24

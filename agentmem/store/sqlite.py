@@ -162,6 +162,9 @@ class SQLiteStore(SystemReads):
         # Tables whose updates and deletes are scrubbed from disk, and the FTS5 tables.
         self._scrubbed: set[str] = set()
         self._fts_tables: set[str] = set()
+        # Tables with a full-text index, and how an upsert into one is staged (``_run``).
+        self._indexed: set[str] = set()
+        self._staged: dict[str, tuple[str, str, str, str] | None] = {}
 
     # Lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -185,6 +188,8 @@ class SQLiteStore(SystemReads):
         # re-applied from the log because its checkpoint was lost with it.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA secure_delete = ON")  # see "Erasing" above
+        # Staged rows (``_run``) stay in memory, never in a temporary file.
+        conn.execute("PRAGMA temp_store = MEMORY")
         for statement in _SYSTEM_TABLES:
             conn.execute(statement)
 
@@ -279,7 +284,7 @@ class SQLiteStore(SystemReads):
             try:
                 ops = [op for _, _, item_ops in batch.items for op in item_ops]
                 for statement, params in sql.grouped(ops, self._keys):
-                    conn.executemany(statement, params)
+                    self._run(conn, statement, params)
             except sqlite3.DatabaseError:
                 # Some item is refused: start over one item at a time, each in a savepoint,
                 # and park the ones the database refuses.
@@ -311,13 +316,54 @@ class SQLiteStore(SystemReads):
         ).fetchone()
         fence(batch, int(row[0]) if row else 0)
 
+    def _run(self, conn: sqlite3.Connection, statement: str, params: list[Any]) -> None:
+        """One run of equal statements. A run of upserts into a table with a full-text index
+        is first written to a temporary table, then moved with one INSERT ... SELECT: FTS5
+        indexes the rows that its trigger hands it within one statement about five times
+        faster than one statement at a time (100,000 messages: 75k against 15k rows/s)."""
+        staged = self._staging(statement) if len(params) > 1 else None
+        if staged is None:
+            conn.executemany(statement, params)
+            return
+        create, fill, move, empty = staged
+        conn.execute(create)  # again each time: a rolled back transaction takes it along
+        conn.executemany(fill, params)
+        conn.execute(move)
+        conn.execute(empty)
+
+    def _staging(self, statement: str) -> tuple[str, str, str, str] | None:
+        """(make the stage, fill it, move it into the table, empty it) for an upsert into a
+        table with a full-text index; None for any other statement."""
+        if statement in self._staged:
+            return self._staged[statement]
+        staged = None
+        for table in self._indexed:
+            prefix = f"INSERT INTO {table} ("
+            if statement.startswith(prefix) and " ON CONFLICT " in statement:
+                columns = statement[len(prefix) : statement.index(")")]
+                upsert = statement[statement.index(" ON CONFLICT ") :]
+                stage = f"temp.{table}_staged"
+                marks = ", ".join("?" for _ in columns.split(","))
+                staged = (
+                    f"CREATE TEMP TABLE IF NOT EXISTS {table}_staged AS "
+                    f"SELECT {columns} FROM main.{table} WHERE 0",
+                    f"INSERT INTO {stage} ({columns}) VALUES ({marks})",
+                    # WHERE true: without it "ON" would be read as a join's (SQLite's docs).
+                    f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM {stage} "
+                    f"WHERE true ORDER BY rowid{upsert}",
+                    f"DELETE FROM {stage}",
+                )
+                break
+        self._staged[statement] = staged
+        return staged
+
     def _apply_one_by_one(self, conn: sqlite3.Connection, batch: ProjectionBatch) -> list[Parked]:
         parked = []
         for seq, subject, ops in batch.items:
             conn.execute("SAVEPOINT item")
             try:
                 for statement, params in sql.grouped(ops, self._keys):
-                    conn.executemany(statement, params)
+                    self._run(conn, statement, params)
             except sqlite3.DatabaseError as exc:
                 conn.execute("ROLLBACK TO item")
                 parked.append(
@@ -367,6 +413,7 @@ class SQLiteStore(SystemReads):
                 continue
             fts = fulltext.fts_table(table)
             self._fts_tables.add(fts)
+            self._indexed.add(table.name)
             if SECURE_FTS_DELETE:
                 conn.execute(f"INSERT INTO {fts} ({fts}, rank) VALUES ('secure-delete', 1)")
 
