@@ -165,6 +165,26 @@ async def test_a_retried_append_is_stored_once(acme: Acme, nc: NATS) -> None:
     assert contents(items) == ["hello", "world"]
 
 
+async def test_concurrent_appends_all_land_in_one_order(acme: Acme, client: Client) -> None:
+    """No expected version: appends racing on one session never conflict, and every reader
+    sees the same order (the log's)."""
+    helper = str((await acme.member.create_agent("Helper")).fields["agent_id"])
+    writers = [acme.member, client]
+
+    async def one(n: int) -> Written:
+        agent = acme.agent_id if n % 2 else helper
+        writer = writers[n % 2]
+        return await writer.append_message("busy", agent, "user", f"m{n}", org_id=acme.org_id)
+
+    written = await asyncio.gather(*(one(n) for n in range(40)))
+    seqs = [w.seq for w in written]
+    assert len(set(seqs)) == 40
+    listed = await acme.member.list_messages("busy", limit=500, after_seq=max(seqs))
+    by_seq = [f"m{n}" for _, n in sorted((w.seq, n) for n, w in enumerate(written))]
+    assert contents(listed.items) == by_seq
+    assert {m.agent_id for m in listed.items} == {acme.agent_id, helper}
+
+
 async def test_list_by_time_and_role(acme: Acme) -> None:
     member = acme.member
     times = []
