@@ -156,10 +156,11 @@ async def _wait_healthy(child: Child, url: str, seconds: float = 60.0) -> None:
 
 @contextlib.asynccontextmanager
 async def service(
-    cfg: Config, url: str, name: str, password_cost: int
+    cfg: Config, url: str, name: str, password_cost: int, store: str | None = None
 ) -> AsyncIterator[ServiceProcess]:
-    """``python -m agentmem serve`` on ``url``, with a fresh SQLite file, in a process of
-    its own; yields once ``agentmem.sys.health`` says it is live."""
+    """``python -m agentmem serve`` on ``url``, with a fresh SQLite file (or the store
+    ``store``), in a process of its own; yields once ``agentmem.sys.health`` says it is
+    live."""
     data = cfg.tmp / name / "service"
     child = Child(
         f"{name}-service",
@@ -168,7 +169,7 @@ async def service(
             {
                 "AGENTMEM_NATS": url,
                 "AGENTMEM_DATA_DIR": str(data),
-                "AGENTMEM_STORE": str(data / "agentmem.db"),
+                "AGENTMEM_STORE": store or str(data / "agentmem.db"),
                 "AGENTMEM_PASSWORD_COST": str(password_cost),
                 "AGENTMEM_LOG_LEVEL": "warning",
                 "AGENTMEM_LOG_FORMAT": "json",

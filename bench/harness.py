@@ -37,6 +37,7 @@ class Sizes:
     clients: int = 64
     connections: int = 8
     warmup_fraction: float = 0.2
+    conversation: int = 100_000  # messages in the conversation of the messages workloads
 
 
 NORMAL = Sizes(
@@ -63,6 +64,7 @@ QUICK = Sizes(
     lag_rate=200.0,
     lag_seconds=0.5,
     warmup_fraction=0.5,
+    conversation=2_000,
 )
 
 
