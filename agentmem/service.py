@@ -167,6 +167,11 @@ class Service:
                 f"replicas must be between 1 and {MAX_REPLICAS} (JetStream's limit), "
                 f"not {settings.replicas}"
             )
+        # The store first: a store this code cannot run on is refused before anything is
+        # written to the log.
+        self.store = await open_store(settings.store_url)
+        # Reported with "ready": a start that fails later says only why it failed.
+        migrated = await self.store.migrate(MIGRATIONS)
         servers = settings.nats_servers
         if not servers:
             host, port = settings.listen_host_port
@@ -198,10 +203,6 @@ class Service:
                 f"(shown once; also saved, readable only by you, in {path}):\n{key}",
                 flush=True,
             )
-        self.store = await open_store(settings.store_url)
-        applied = await self.store.migrate(MIGRATIONS)
-        if applied:
-            log.info("store schema migrated", migrations=applied)
 
         board = CheckpointBoard()
         if "projections" in roles:
@@ -250,6 +251,7 @@ class Service:
             nats=",".join(redact_url(url) for url in servers),
             store=redact_url(settings.store_url),
             roles=",".join(r for r in ROLES if r in roles),
+            **({"migrations_applied": migrated} if migrated else {}),
         )
 
     def _lead(self, projection: Projection, board: CheckpointBoard) -> None:
