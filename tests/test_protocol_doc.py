@@ -7,8 +7,8 @@ removed or re-typed without its documentation fails here.
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import msgspec
