@@ -85,6 +85,7 @@ from tests.realparts import bearer
 from tests.support import TEST_PASSWORD_COST, NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+STORES = ("sqlite", "postgres")
 
 NATS_MAX_PAYLOAD = 1024 * 1024
 
@@ -280,8 +281,11 @@ def first_string_field(subject: str) -> str | None:
 
 # The shared server and service -------------------------------------------------------
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("bad-input") / "nats")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
+) -> Iterator[NatsServer]:
+    # A log of its own per store, so each store's run starts from an empty deployment.
+    server = NatsServer(tmp_path_factory.mktemp(f"bad-input-{module_store_kind}") / "nats")
     server.start()
     yield server
     server.stop()
@@ -289,13 +293,13 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServ
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared_service(
-    shared_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+    shared_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, module_store_url: str
 ) -> AsyncIterator[Service]:
     data_dir: Path = tmp_path_factory.mktemp("bad-input-data")
     settings = Settings()
     settings.nats_url = shared_server.url
     settings.data_dir = data_dir
-    settings.store = str(data_dir / "agentmem.db")
+    settings.store = module_store_url
     settings.password_cost = TEST_PASSWORD_COST
     service = Service(settings)
     await service.start()
