@@ -166,7 +166,8 @@ def rows(dumped: dict[str, Any], table: Table) -> dict[Any, dict[str, Any]]:
     return by_key
 
 
-async def dump_file(path: Path) -> dict[str, Any]:
+async def dump_file(path: Path | str) -> dict[str, Any]:
+    """The dump of the store at ``path``: an SQLite file or a Postgres URL."""
     store = await open_store(str(path))
     try:
         await store.migrate(MIGRATIONS)

@@ -45,6 +45,7 @@ from tests.realparts import (
 from tests.support import NatsServer, ServiceProcess
 
 pytestmark = pytest.mark.slow
+STORES = ("sqlite", "postgres")
 
 CLIENTS = 4
 ACKED_BEFORE_CRASH = 120  # commands acknowledged before the crash
@@ -197,7 +198,7 @@ async def resend_the_first_of_each_kind(journal: Journal, nc: NATS, token: str) 
 
 
 async def check_invariants(
-    journal: Journal, nc: NATS, store: Path, tmp_path: Path, service: ServiceProcess
+    journal: Journal, nc: NATS, store: str, tmp_path: Path, service: ServiceProcess
 ) -> None:
     token = service.admin_key()
     await resend_the_first_of_each_kind(journal, nc, token)
@@ -282,10 +283,14 @@ async def fast_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 
 
 @pytest.fixture
-def service_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[ServiceProcess]:
+def service_process(
+    nats_server: NatsServer, tmp_path: Path, store_url: str
+) -> Iterator[ServiceProcess]:
     (tmp_path / "svc").mkdir()
-    store = tmp_path / "svc" / "agentmem.db"
-    process = ServiceProcess(nats_server.url, store, tmp_path / "svc.log")
+    # The data dir holds the admin key; the store is an SQLite file in it, or Postgres.
+    data_file = tmp_path / "svc" / "agentmem.db"
+    env = {"AGENTMEM_STORE": store_url}
+    process = ServiceProcess(nats_server.url, data_file, tmp_path / "svc.log", env)
     yield process
     process.kill()
 
@@ -314,7 +319,7 @@ async def test_sigkill_the_service_mid_stream(
         journal.stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), RETRY_DEADLINE + 15)
 
-    await check_invariants(journal, fast_nc, service.store, tmp_path, service)
+    await check_invariants(journal, fast_nc, service.env["AGENTMEM_STORE"], tmp_path, service)
 
 
 async def test_kill_the_nats_server_while_the_service_runs(
@@ -342,4 +347,4 @@ async def test_kill_the_nats_server_while_the_service_runs(
 
     assert service.process is not None
     assert service.process.poll() is None, "the service survived the outage"
-    await check_invariants(journal, fast_nc, service.store, tmp_path, service)
+    await check_invariants(journal, fast_nc, service.env["AGENTMEM_STORE"], tmp_path, service)
