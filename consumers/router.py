@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -29,6 +30,9 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
 
 MAX_REQUEST_BYTES = 256 * 1024  # documented in docs/protocol.md
+# A JSON escape of U+0000: "\u0000" after an even number of backslashes (so not "\\u0000",
+# an escaped backslash followed by the text "u0000").
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,9 @@ class Dispatcher:
             # Credentials first: a caller without them learns nothing, not even what is
             # wrong with the request.
             principal = None if route.public else await self.authenticate(headers)
+            if _ESCAPED_NUL.search(data):
+                # Postgres text cannot hold U+0000: a projection would have to park the event.
+                raise InvalidError("strings may not contain the NUL character (\\u0000)")
             try:
                 body = route.decoder.decode(data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -15,18 +15,11 @@ from agentmem.commands import NewMessage
 from agentmem.domain import agents, users
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.jsondoc import check_bounds
-from agentmem.errors import InvalidError, NotFoundError
+from agentmem.errors import NotFoundError
 from agentmem.events import ConversationDeleted, MessageAppended, MessageRedacted
 
 # A message's tool calls and metadata, each, as JSON: well within a request's size.
 MAX_JSON_BYTES = 64 * 1024
-
-
-def check_text(value: str, what: str) -> None:
-    """Refuse a NUL character: Postgres cannot store one in a text column, so on that store
-    the projection could not apply the event."""
-    if "\x00" in value:
-        raise InvalidError(f"{what} contains a NUL character (\\u0000)", {"field": what})
 
 
 def subject(org_id: str, session_id: str) -> str:
@@ -79,7 +72,6 @@ def append(
     events: list[MessageAppended] = []
     for n, (message, message_id) in enumerate(zip(messages, message_ids, strict=True)):
         which = f"message {n}" if len(messages) > 1 else "the message"
-        check_text(message.content, f"{which}'s content")
         check_bounds(message.tool_calls, f"{which}'s tool_calls", MAX_JSON_BYTES)
         check_bounds(message.metadata, f"{which}'s metadata", MAX_JSON_BYTES)
         events.append(
@@ -100,7 +92,6 @@ def append(
 
 def redact(org_id: str, session_id: str, message_id: str, reason: str) -> list[Write]:
     """The caller has confirmed that the message is in this conversation."""
-    check_text(reason, "reason")
     event = MessageRedacted(message_id=message_id, session_id=session_id, reason=reason)
     return [Write(subject(org_id, session_id), None, [event])]
 
