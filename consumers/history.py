@@ -26,13 +26,14 @@ from consumers.queries import decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
 
 
-def entry(commit: StoredCommit, redacted: frozenset[str] = frozenset()) -> dict[str, Any]:
+def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
     events = []
     for event in commit.events:
         fields = msgspec.to_builtins(event)
         view = {k: v for k, v in fields.items() if k not in SECRET_FIELDS}
-        if isinstance(event, MessageAppended) and event.message_id in redacted:
-            view.update({"content": "", "tool_calls": [], "metadata": {}, "redacted": True})
+        if isinstance(event, MessageAppended) and event.message_id in hidden:
+            # Redacted or deleted: history must not bring back what the tables dropped.
+            view.update({"content": "", "tool_calls": [], "metadata": {}, "hidden": True})
         events.append(view)
     return {
         "seq": commit.seq,
@@ -79,9 +80,10 @@ def build_router(
                     return subjects.event(org_id, "*", query.id)
                 return subject
 
-    async def redacted_among(subject: str, commits: list[StoredCommit]) -> frozenset[str]:
-        """The messages of ``commits`` that a redaction has reached: the messages projection
-        knows, once it has caught up with the conversation (read-your-writes for redact)."""
+    async def hidden_among(subject: str, commits: list[StoredCommit]) -> frozenset[str]:
+        """The messages of ``commits`` whose content the projections no longer hold: redacted,
+        or gone with their conversation, agent or organization. Once the messages projection
+        has caught up with the conversation, a message without a row is a deleted one."""
         message_ids = [
             e.message_id for c in commits for e in c.events if isinstance(e, MessageAppended)
         ]
@@ -91,11 +93,11 @@ def build_router(
         await freshness.wait("messages", last.seq if last else None)
         marks = ", ".join("?" for _ in message_ids)
         rows = await store.fetch_all(
-            f"SELECT message_id FROM messages WHERE redacted_at IS NOT NULL "
+            f"SELECT message_id FROM messages WHERE redacted_at IS NULL "
             f"AND message_id IN ({marks})",
             *message_ids,
         )
-        return frozenset(row["message_id"] for row in rows)
+        return frozenset(message_ids) - {row["message_id"] for row in rows}
 
     @router.route(subjects.HISTORY_GET, GetHistory)
     async def get_history(request: Request[GetHistory]) -> Result:
@@ -114,12 +116,12 @@ def build_router(
         if not commits and after == 0:
             raise missing
         page = commits[: query.limit]
-        redacted = (
-            await redacted_among(subject, page)
+        hidden = (
+            await hidden_among(subject, page)
             if query.aggregate == "conversation"
             else frozenset()
         )
-        items = [entry(c, redacted) for c in page]
+        items = [entry(c, hidden) for c in page]
         more = len(commits) > query.limit
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more else None
         return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)

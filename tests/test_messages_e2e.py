@@ -623,3 +623,30 @@ async def test_a_conversation_of_100000_messages_pages_both_ways(acme: Acme) -> 
     backward = await read_all("desc")
     assert [m.message_id for m in backward] == ids[::-1]
     assert [m.message_id for m in await member.last_messages("long", 50)] == ids[-50:]
+
+
+# History ---------------------------------------------------------------------------------
+def history_contents(page: Any) -> list[tuple[str, bool]]:
+    return [
+        (event["content"], bool(event.get("hidden")))
+        for item in page.items
+        for event in item["events"]
+        if event["type"] == "message.appended"
+    ]
+
+
+async def test_history_does_not_bring_back_what_was_redacted_or_deleted(acme: Acme) -> None:
+    member = acme.member
+    said = await acme.say("h1", "my card is 4111 1111", "and my name is Ann")
+    card = said.fields["message_ids"][0]
+    await acme.say("h2", "a conversation soon deleted")
+    # Redacted right away: history waits for the projection, so it already hides it.
+    await member.redact_message("h1", card)
+    await member.delete_conversation("h2")
+
+    h1 = await member.history("conversation", "h1")
+    assert history_contents(h1) == [("", True), ("and my name is Ann", False)]
+    assert [e["type"] for item in h1.items for e in item["events"]][-1] == "message.redacted"
+    h2 = await member.history("conversation", "h2")
+    assert history_contents(h2) == [("", True)]
+    assert "4111" not in repr(h1) and "soon deleted" not in repr(h2)
