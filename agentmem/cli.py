@@ -261,6 +261,7 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
 
 async def _replay(settings: Settings, name: str | None, into: str | None) -> int:
     from agentmem.store import open_store
+    from agentmem.store.leases import open_leases
     from projections import ALL, BY_NAME
     from projections.replay import progress_bar, replay
 
@@ -274,7 +275,19 @@ async def _replay(settings: Settings, name: str | None, into: str | None) -> int
     except StoreBusy as exc:
         print(f"agentmem: {exc}; or rebuild into another file with --into", file=sys.stderr)
         return 2
+    # On Postgres a service process may be running these projections: take their leases, so
+    # that the replay and a live worker never write the same tables at once.
+    leases = open_leases(target)
     try:
+        busy = [p.name for p in chosen if not await leases.hold(p.name)]
+        if busy:
+            print(
+                f"agentmem: projection(s) {', '.join(busy)} of this store are being run by a "
+                "service process; stop it first (or its projections role), or rebuild into "
+                "another store with --into",
+                file=sys.stderr,
+            )
+            return 2
         async with _log_connection(settings) as nc:
             store = await open_store(target)
             try:
@@ -290,6 +303,7 @@ async def _replay(settings: Settings, name: str | None, into: str | None) -> int
             finally:
                 await store.close()
     finally:
+        await leases.close()
         if lock:
             lock.close()
     return 0

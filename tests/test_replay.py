@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -116,15 +117,39 @@ async def test_replay_into_a_fresh_file_equals_the_live_tables(
 
 
 @pytest.fixture
-async def own_service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Service]:
+async def own_service(
+    nats_server: NatsServer, tmp_path: Path, store_url: str
+) -> AsyncIterator[Service]:
     """A service this test stops itself (the ``service`` fixture stops at teardown)."""
-    svc = Service(settings_for(nats_server, tmp_path))
+    svc = Service(settings_for(nats_server, tmp_path, store_url))
     await svc.start()
     try:
         yield svc
     finally:
         if not svc.stopped.is_set():
             await svc.stop()
+
+
+SPOIL = (
+    "UPDATE users SET name = 'spoiled', version = 0",
+    "DELETE FROM orgs",
+    "DELETE FROM api_keys",
+    "UPDATE checkpoints SET seq = 1",
+)
+
+
+async def spoil(store_url: str) -> None:
+    if store_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(store_url)
+        try:
+            for statement in SPOIL:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+        return
+    with sqlite3.connect(store_url) as db:
+        for statement in SPOIL:
+            db.execute(statement)
 
 
 async def test_replay_all_in_place_through_the_cli(
@@ -138,10 +163,11 @@ async def test_replay_all_in_place_through_the_cli(
     assert service.store is not None
     before = await dump_store(service.store)
     assert_mix(before, people, the_admin(await read_log(nc)))
-    db = Path(service.settings.store_url)
-    env = clean_env(AGENTMEM_NATS=nats_server.url, AGENTMEM_STORE=str(db))
+    db = service.settings.store_url
+    env = clean_env(AGENTMEM_NATS=nats_server.url, AGENTMEM_STORE=db)
 
-    # While the service owns the file, an in-place replay is refused, clearly.
+    # While the service runs the projections (it owns the SQLite file, or holds the
+    # Postgres leases), an in-place replay is refused, clearly.
     busy = await run_cli("replay", "--all", env=env, cwd=tmp_path)
     assert busy.returncode == 2
     assert "--into" in busy.stderr
@@ -149,11 +175,7 @@ async def test_replay_all_in_place_through_the_cli(
 
     await service.stop()
     # Spoil the tables: the replay must rebuild them from the log, not leave them be.
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE users SET name = 'spoiled', version = 0")
-        conn.execute("DELETE FROM orgs")
-        conn.execute("DELETE FROM api_keys")
-        conn.execute("UPDATE checkpoints SET seq = 1")
+    await spoil(db)
     assert await dump_file(db) != before
 
     ran = await run_cli("replay", "--all", env=env, cwd=tmp_path)
