@@ -26,7 +26,7 @@ from bench.harness import NORMAL, QUICK, Config, Workload
 
 ALL: list[Workload] = [*baselines.WORKLOADS, *workloads.WORKLOADS, *messages.WORKLOADS]
 # Run only when named with --only: they need a Postgres server (AGENTMEM_BENCH_POSTGRES).
-ON_REQUEST: list[Workload] = [*pgbatch.WORKLOADS, *messages.ON_REQUEST]
+ON_REQUEST: list[Workload] = [*pgbatch.WORKLOADS, *messages.ON_REQUEST, *workloads.ON_REQUEST]
 LARGE_REPLAY = 1_000_000
 
 
@@ -167,11 +167,12 @@ async def bench(args: argparse.Namespace, selected: list[Workload]) -> int:
 
 def child(args: argparse.Namespace) -> int:
     kind = args.child
-    url, store, events = args.child_nats, Path(args.child_store), int(args.child_events)
+    # The store: an SQLite file, or a Postgres URL (which a Path would mangle).
+    url, store, events = args.child_nats, args.child_store, int(args.child_events)
     if kind == "replay":
         result = run_loop(workloads.replay_child(url, store, events), args.loop)
     elif kind == "raw-projection":
-        result = run_loop(baselines.raw_projection_child(url, store, events), args.loop)
+        result = run_loop(baselines.raw_projection_child(url, Path(store), events), args.loop)
     else:
         raise SystemExit(f"unknown child {kind}")
     print(json.dumps(result))

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -304,7 +304,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-async def run_child(cfg: Config, kind: str, url: str, store: Path, events: int) -> dict[str, float]:
+async def run_child(
+    cfg: Config, kind: str, url: str, store: Path | str, events: int
+) -> dict[str, float]:
     """``python -m bench --child KIND``: one measurement in a fresh process, whose last
     stdout line is its result as JSON."""
     process = await asyncio.create_subprocess_exec(
@@ -338,17 +340,25 @@ async def run_child(cfg: Config, kind: str, url: str, store: Path, events: int) 
 
 
 @contextlib.asynccontextmanager
-async def replay_in_child(cfg: Config, child: str) -> AsyncIterator[Run]:
-    """Each run: a child process ``child`` applies the shared seeded log into a fresh SQLite
-    file; its rate and its own peak RSS are the result."""
+async def replay_in_child(
+    cfg: Config,
+    child: str,
+    fresh_store: Callable[[str], contextlib.AbstractAsyncContextManager[str]] | None = None,
+) -> AsyncIterator[Run]:
+    """Each run: a child process ``child`` applies the shared seeded log into a fresh store
+    (an SQLite file, or what ``fresh_store`` makes); its rate and peak RSS are the result."""
     log = await cfg.shared(
         f"log-{cfg.sizes.replay_events}", lambda: seeded_log(cfg, cfg.sizes.replay_events)
     )
     runs = itertools.count()
 
+    @contextlib.asynccontextmanager
+    async def sqlite_file(name: str) -> AsyncIterator[str]:
+        yield str(cfg.tmp / f"{name}.db")
+
     async def run(warmup: bool) -> dict[str, float]:
-        store = cfg.tmp / f"{child}-{next(runs)}.db"
-        result = await run_child(cfg, child, log.url, store, log.events)
+        async with (fresh_store or sqlite_file)(f"{child}-{next(runs)}") as store:
+            result = await run_child(cfg, child, log.url, store, log.events)
         if result["events"] != log.events:
             cfg.note(f"{child} applied {result['events']:.0f} of {log.events} events")
         return {

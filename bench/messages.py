@@ -20,24 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import quote
-
-import asyncpg  # type: ignore[import-untyped]
 
 from agentmem import Client
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.errors import UnavailableError
 from bench import env
 from bench.harness import Config, Metric, Run, Session, Workload, percentile
+from bench.pg import postgres_store
 
-DSN = os.environ.get(
-    "AGENTMEM_BENCH_POSTGRES",
-    os.environ.get("AGENTMEM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
-)
 IN_FLIGHT = 8  # append_batch commands at a time
 LAST_N = 50
 LAST_REQUESTS = 500  # one at a time, per run
@@ -46,20 +38,6 @@ TEXT = (
     "message {n}: could you check whether the order placed on Tuesday has shipped, "
     "and tell me when it should arrive?"
 )
-
-
-@contextlib.asynccontextmanager
-async def postgres_store(name: str) -> AsyncIterator[str]:
-    """A fresh schema on the Postgres server, dropped afterwards; yields its store URL."""
-    schema = f"bench_{name.replace('-', '_')}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(DSN, timeout=10)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        sep = "&" if "?" in DSN else "?"
-        yield f"{DSN}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
 
 
 async def visible(client: Client, session_id: str, seq: int, seconds: float = 600) -> None:

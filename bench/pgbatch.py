@@ -27,13 +27,10 @@ The ways to write a batch:
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -41,13 +38,10 @@ from agentmem import ids
 from agentmem.store import ProjectionBatch, Upsert, postgres
 from agentmem.store.postgres import COPY_MIN_ROWS, PostgresStore
 from bench.harness import Config, Metric, Run, Workload
+from bench.pg import postgres_store
 from projections.migrations import MIGRATIONS
 from projections.users import USERS
 
-DSN = os.environ.get(
-    "AGENTMEM_BENCH_POSTGRES",
-    os.environ.get("AGENTMEM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
-)
 COLUMNS = USERS.column_names
 KEY = USERS.primary_key
 # (metric key, label, rows per batch, upserts of existing rows)
@@ -133,11 +127,7 @@ def batches(keys: list[str], size: int, version: int) -> list[list[Row]]:
 @contextlib.asynccontextmanager
 async def schema() -> AsyncIterator[str]:
     """A schema of its own on the server, with the store's tables; dropped afterwards."""
-    admin = await asyncpg.connect(DSN, timeout=5)
-    name = f"bench_{secrets.token_hex(6)}"
-    try:
-        await admin.execute(f"CREATE SCHEMA {name}")
-        dsn = f"{DSN}{'&' if '?' in DSN else '?'}options={quote(f'-csearch_path={name}')}"
+    async with postgres_store("pg-batch") as dsn:
         store = PostgresStore(dsn, min_size=1, max_size=2)
         await store.open()
         try:
@@ -145,9 +135,6 @@ async def schema() -> AsyncIterator[str]:
         finally:
             await store.close()
         yield dsn
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        await admin.close()
 
 
 def rows_per_case(cfg: Config, warmup: bool) -> int:

@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 
@@ -27,6 +26,7 @@ from bench.harness import (
     request_metrics,
     two_ways,
 )
+from bench.pg import postgres_store
 from projections.replay import replay
 from projections.users import UsersProjection
 
@@ -127,11 +127,11 @@ async def point_query(cfg: Config) -> AsyncIterator[Run]:
 
 
 # Replay -----------------------------------------------------------------------------------
-async def replay_child(url: str, store: Path, events: int) -> dict[str, float]:
+async def replay_child(url: str, store: str, events: int) -> dict[str, float]:
     """In a child process: ``projections.replay.replay`` of the users projection into a
-    fresh SQLite file; its own clock and peak RSS."""
+    fresh store (an SQLite file or a Postgres schema); its own clock and peak RSS."""
     nc = await nats.connect(url)
-    db = await open_store(str(store))
+    db = await open_store(store)
     rss_start = env.peak_rss_mb()
     started = time.perf_counter()
     result = await replay(nc, db, UsersProjection())
@@ -148,6 +148,10 @@ async def replay_child(url: str, store: Path, events: int) -> dict[str, float]:
 
 def replay_session(cfg: Config) -> contextlib.AbstractAsyncContextManager[Run]:
     return env.replay_in_child(cfg, "replay")
+
+
+def replay_postgres_session(cfg: Config) -> contextlib.AbstractAsyncContextManager[Run]:
+    return env.replay_in_child(cfg, "replay", postgres_store)
 
 
 # Write-to-visible lag ---------------------------------------------------------------------
@@ -258,5 +262,18 @@ WORKLOADS = [
             Metric("rate", "commands achieved", "cmd/s"),
         ),
         lag,
+    ),
+]
+
+# Run when named (--only replay-postgres): it needs a Postgres server.
+ON_REQUEST = [
+    Workload(
+        "replay-postgres",
+        "replay users into Postgres",
+        (
+            Metric("rate", "events", "events/s", ("raw-projection:rate", "replay:rate")),
+            Metric("rss", "peak RSS (child)", "MB", ("raw-projection:rss",)),
+        ),
+        replay_postgres_session,
     ),
 ]
