@@ -8,8 +8,6 @@ Deleting an agent or its organization removes its rows from all three.
 
 from __future__ import annotations
 
-import msgspec
-
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
@@ -23,6 +21,7 @@ from agentmem.events import (
     OrgDeleted,
 )
 from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from projections.rows import json_text, tag_rows, tag_table
 
 AGENTS = Table(
     name="agents",
@@ -47,16 +46,7 @@ AGENTS = Table(
     ),
 )
 
-AGENT_TAGS = Table(
-    name="agent_tags",
-    columns=(
-        Column("agent_id", "text"),
-        Column("tag", "text"),
-        Column("org_id", "text"),
-    ),
-    primary_key=("agent_id", "tag"),
-    indexes=(("agent_tags_org_tag", ("org_id", "tag", "agent_id"), False),),
-)
+AGENT_TAGS = tag_table("agent_tags", "agent_id")
 
 AGENT_STATES = Table(
     name="agent_states",
@@ -70,17 +60,6 @@ AGENT_STATES = Table(
     primary_key=("agent_id",),
     indexes=(("agent_states_org", ("org_id",), False),),
 )
-
-
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _tag_rows(org_id: str, agent_id: str, tags: tuple[str, ...]) -> list[RowOp]:
-    ops: list[RowOp] = [Delete("agent_tags", {"agent_id": agent_id})]
-    for tag in tags:
-        ops.append(Upsert("agent_tags", {"agent_id": agent_id, "tag": tag, "org_id": org_id}))
-    return ops
 
 
 class AgentsProjection:
@@ -106,29 +85,29 @@ class AgentsProjection:
                         "name": event.name,
                         "description": event.description,
                         "persona": event.persona,
-                        "model": _json(event.model),
-                        "metadata": _json(event.metadata),
-                        "tags": _json(list(event.tags)),
+                        "model": json_text(event.model),
+                        "metadata": json_text(event.metadata),
+                        "tags": json_text(list(event.tags)),
                         "archived": 0,
                         "created_at": at,
                         "updated_at": at,
                         "version": version,
                     }
                     ops.append(Upsert("agents", row))
-                    ops += _tag_rows(event.org_id, event.agent_id, event.tags)
+                    ops += tag_rows(AGENT_TAGS, event.org_id, event.agent_id, event.tags)
                 case AgentUpdated():
                     values = {
                         "name": event.name,
                         "description": event.description,
                         "persona": event.persona,
-                        "model": _json(event.model),
-                        "metadata": _json(event.metadata),
-                        "tags": _json(list(event.tags)),
+                        "model": json_text(event.model),
+                        "metadata": json_text(event.metadata),
+                        "tags": json_text(list(event.tags)),
                         "updated_at": at,
                         "version": version,
                     }
                     ops.append(Update("agents", {"agent_id": event.agent_id}, values))
-                    ops += _tag_rows(org_id, event.agent_id, event.tags)
+                    ops += tag_rows(AGENT_TAGS, org_id, event.agent_id, event.tags)
                 case AgentArchived(agent_id=agent_id):
                     values = {"archived": 1, "updated_at": at, "version": version}
                     ops.append(Update("agents", {"agent_id": agent_id}, values))
@@ -142,7 +121,7 @@ class AgentsProjection:
                     row = {
                         "agent_id": agent_id,
                         "org_id": org_id,
-                        "state": _json(state),
+                        "state": json_text(state),
                         "updated_at": at,
                         "version": version,
                     }

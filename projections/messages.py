@@ -13,8 +13,6 @@ took part in as the agent).
 
 from __future__ import annotations
 
-import msgspec
-
 from agentmem import subjects
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.eventlog import StoredCommit
@@ -26,6 +24,7 @@ from agentmem.events import (
     OrgDeleted,
 )
 from agentmem.store import Column, Delete, FullText, RowOp, Table, Update, Upsert
+from projections.rows import json_text
 
 PER_COMMIT = MAX_MESSAGES_PER_BATCH  # positions per commit
 
@@ -81,10 +80,6 @@ def position(seq: int, index: int) -> int:
     return seq * PER_COMMIT + index
 
 
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
 class MessagesProjection:
     name = "messages"
     # Agent and org events too: their deletion deletes their messages.
@@ -110,9 +105,9 @@ class MessagesProjection:
                         "user_id": event.user_id,
                         "role": event.role,
                         "content": event.content,
-                        "tool_calls": _json(list(event.tool_calls)),
+                        "tool_calls": json_text(list(event.tool_calls)),
                         "tool_call_id": event.tool_call_id,
-                        "metadata": _json(event.metadata),
+                        "metadata": json_text(event.metadata),
                         "seq": seq,
                         "position": position(seq, index),
                         "created_at": at,

@@ -7,12 +7,11 @@ states it. ``tool_tags``: one row per tag of a tool, so that tag filters read an
 
 from __future__ import annotations
 
-import msgspec
-
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import OrgDeleted, ToolDeleted, ToolRegistered, ToolUpdated
 from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from projections.rows import json_text, tag_rows, tag_table
 
 TOOLS = Table(
     name="tools",
@@ -34,27 +33,7 @@ TOOLS = Table(
     ),
 )
 
-TOOL_TAGS = Table(
-    name="tool_tags",
-    columns=(
-        Column("tool_id", "text"),
-        Column("tag", "text"),
-        Column("org_id", "text"),
-    ),
-    primary_key=("tool_id", "tag"),
-    indexes=(("tool_tags_org_tag", ("org_id", "tag", "tool_id"), False),),
-)
-
-
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _tag_rows(org_id: str, tool_id: str, tags: tuple[str, ...]) -> list[RowOp]:
-    ops: list[RowOp] = [Delete("tool_tags", {"tool_id": tool_id})]
-    for tag in tags:
-        ops.append(Upsert("tool_tags", {"tool_id": tool_id, "tag": tag, "org_id": org_id}))
-    return ops
+TOOL_TAGS = tag_table("tool_tags", "tool_id")
 
 
 class ToolsProjection:
@@ -75,25 +54,25 @@ class ToolsProjection:
                         "org_id": event.org_id,
                         "name": event.name,
                         "description": event.description,
-                        "parameters": _json(event.parameters),
-                        "tags": _json(list(event.tags)),
+                        "parameters": json_text(event.parameters),
+                        "tags": json_text(list(event.tags)),
                         "created_at": at,
                         "updated_at": at,
                         "version": version,
                     }
                     ops.append(Upsert("tools", row))
-                    ops += _tag_rows(event.org_id, event.tool_id, event.tags)
+                    ops += tag_rows(TOOL_TAGS, event.org_id, event.tool_id, event.tags)
                 case ToolUpdated():
                     values = {
                         "name": event.name,
                         "description": event.description,
-                        "parameters": _json(event.parameters),
-                        "tags": _json(list(event.tags)),
+                        "parameters": json_text(event.parameters),
+                        "tags": json_text(list(event.tags)),
                         "updated_at": at,
                         "version": version,
                     }
                     ops.append(Update("tools", {"tool_id": event.tool_id}, values))
-                    ops += _tag_rows(org_id, event.tool_id, event.tags)
+                    ops += tag_rows(TOOL_TAGS, org_id, event.tool_id, event.tags)
                 case ToolDeleted(tool_id=tool_id):
                     ops.append(Delete("tools", {"tool_id": tool_id}))
                     ops.append(Delete("tool_tags", {"tool_id": tool_id}))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
@@ -17,6 +15,7 @@ from agentmem.events import (
     UserRolesSet,
 )
 from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from projections.rows import json_text
 
 USERS = Table(
     name="users",
@@ -55,10 +54,6 @@ API_KEYS = Table(
 )
 
 
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
 class UsersProjection:
     name = "users"
     # Org events too: deleting an organization removes its users from the table.
@@ -76,7 +71,7 @@ class UsersProjection:
                         "org_id": event.org_id,
                         "name": event.name,
                         "email": event.email,
-                        "roles": _json(list(event.roles)),
+                        "roles": json_text(list(event.roles)),
                         "service_admin": int(event.service_admin),
                         "created_at": at,
                         "updated_at": at,
@@ -87,7 +82,7 @@ class UsersProjection:
                     values = {"name": name, "email": email, "updated_at": at, "version": version}
                     ops.append(Update("users", {"user_id": user_id}, values))
                 case UserRolesSet(user_id=user_id, roles=roles):
-                    values = {"roles": _json(list(roles)), "updated_at": at, "version": version}
+                    values = {"roles": json_text(list(roles)), "updated_at": at, "version": version}
                     ops.append(Update("users", {"user_id": user_id}, values))
                 case UserPasswordChanged(user_id=user_id):
                     # The hash stays in the log; the table only learns the version moved.
