@@ -51,6 +51,12 @@ def email_reservation(email: str) -> str:
     return event(GLOBAL_ORG, "email", digest)
 
 
+def org_deletion(org_id: str) -> str:
+    """Where an organization's deletion is written a second time, in the same atomic batch:
+    the projections of an organization's content read this instead of every org event."""
+    return event(org_id, "org_deletion", org_id)
+
+
 def bootstrap() -> str:
     """Written once, with expected sequence 0, by the first start of a deployment."""
     return event(GLOBAL_ORG, "service", "bootstrap")

@@ -64,11 +64,11 @@ AGENT_STATES = Table(
 
 class AgentsProjection:
     name = "agents"
-    # Org events too: deleting an organization removes its agents from the tables.
+    # Org deletions too (their own subject, not every org event): they remove its agents.
     filter_subjects = [
         subjects.events_of("agent"),
         subjects.events_of("agent_state"),
-        subjects.events_of("org"),
+        subjects.events_of("org_deletion"),
     ]
     tables = [AGENTS, AGENT_TAGS, AGENT_STATES]
 

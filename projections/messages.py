@@ -82,11 +82,11 @@ def position(seq: int, index: int) -> int:
 
 class MessagesProjection:
     name = "messages"
-    # Agent and org events too: their deletion deletes their messages.
+    # Agent events and org deletions too: deleting either deletes their messages.
     filter_subjects = [
         subjects.events_of("conversation"),
         subjects.events_of("agent"),
-        subjects.events_of("org"),
+        subjects.events_of("org_deletion"),
     ]
     tables = [MESSAGES, MESSAGE_REDACTIONS]
 

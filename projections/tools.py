@@ -38,8 +38,8 @@ TOOL_TAGS = tag_table("tool_tags", "tool_id")
 
 class ToolsProjection:
     name = "tools"
-    # Org events too: deleting an organization removes its tools from the tables.
-    filter_subjects = [subjects.events_of("tool"), subjects.events_of("org")]
+    # Org deletions too (their own subject, not every org event): they remove its tools.
+    filter_subjects = [subjects.events_of("tool"), subjects.events_of("org_deletion")]
     tables = [TOOLS, TOOL_TAGS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:

@@ -140,7 +140,14 @@ def test_org_rename_with_stale_expected_version_conflicts() -> None:
 
 def test_org_delete() -> None:
     loaded = loaded_org(OrgCreated(org_id=ORG_ID, name="Acme"), version=9)
-    write = only_write(orgs.delete(loaded, DeleteOrg(org_id=ORG_ID)))
+    marker, write = orgs.delete(loaded, DeleteOrg(org_id=ORG_ID))
+    # First on its own subject, once (expected 0); the org's own subject last, so the
+    # reply's version is the org's.
+    assert (marker.subject, marker.expected, marker.events) == (
+        f"agentmem.evt.{ORG_ID}.org_deletion.{ORG_ID}",
+        0,
+        [OrgDeleted(org_id=ORG_ID)],
+    )
     assert (write.subject, write.expected, write.events) == (
         loaded.subject,
         9,

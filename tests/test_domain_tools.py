@@ -384,9 +384,9 @@ def test_projection_rows_through_a_whole_life() -> None:
     ]
 
 
-def test_projection_reads_tool_and_org_subjects_only() -> None:
+def test_projection_reads_tool_and_org_deletion_subjects_only() -> None:
     """Not the name reservations: the tool's own events say its name."""
     assert sorted(ToolsProjection().filter_subjects) == [
-        "agentmem.evt.*.org.*",
+        "agentmem.evt.*.org_deletion.*",
         "agentmem.evt.*.tool.*",
     ]

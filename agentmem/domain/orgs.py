@@ -53,6 +53,13 @@ def rename(loaded: Loaded[Org], command: RenameOrg) -> list[Write]:
 
 
 def delete(loaded: Loaded[Org], command: DeleteOrg) -> list[Write]:
+    """One atomic batch: the deletion on its own subject (written once: a deleted org cannot
+    come back), then on the org's. Projections of agents, tools and messages read only the
+    first, so org renames do not reach them."""
     require_live(loaded, command.org_id)
     check_version(loaded, command.expected_version)
-    return [Write(loaded.subject, loaded.version, [OrgDeleted(org_id=command.org_id)])]
+    deleted = OrgDeleted(org_id=command.org_id)
+    return [
+        Write(subjects.org_deletion(command.org_id), 0, [deleted]),
+        Write(loaded.subject, loaded.version, [deleted]),
+    ]
