@@ -29,6 +29,7 @@ from agentmem import (
 )
 from agentmem.client import Message
 from agentmem.service import Service
+from consumers.queries import MAX_PAGE_BYTES
 from projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from tests.realparts import dump_store, replay_into, rows, wait_caught_up
 
@@ -220,12 +221,13 @@ async def test_a_page_of_large_messages_is_cut_short_by_size(acme: Acme) -> None
     for _ in range(5):  # two per request: a request may hold 256 KiB
         written = await acme.say("s1", big, big)
     page = await acme.member.list_messages("s1", limit=500, after_seq=written.seq)
-    assert 1 <= len(page.items) < 10
+    # About 90.4 KB of JSON each: 512 KiB holds five of them, not six.
+    assert len(page.items) == MAX_PAGE_BYTES // 90_400 == 5
     assert page.next_cursor is not None
     rest = await acme.member.list_messages("s1", limit=500, cursor=page.next_cursor)
-    assert len(page.items) + len(rest.items) <= 10
+    assert len(page.items) + len(rest.items) == 10
     last = await acme.member.last_messages("s1", 10)
-    assert 1 <= len(last) < 10
+    assert len(last) == 5  # the five newest: as many as fit
     newest = await acme.member.list_messages("s1", order="desc", limit=1)
     assert last[-1].message_id == newest.items[0].message_id
 
