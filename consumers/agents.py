@@ -60,12 +60,9 @@ async def load_agent(
 ) -> Loaded[agents.Agent]:
     """A live agent of a live organization that the caller may act on with ``need``; else
     not_found (for another organization's agent too) or forbidden."""
-    subject = await runner.subject_of("agent", agent_id)
-    org_id = subject.split(".")[2]
-    agent = await loader.load(subject, agents.evolve)
-    org = await loader.load(orgs.subject(org_id), orgs.evolve)
-    if org.state is None or org.state.deleted:  # an organization's agents go with it
-        raise agents.missing(agent_id)
+    agent, org_id = await runner.load_in_live_org(
+        loader, "agent", agent_id, agents.evolve, agents.missing(agent_id)
+    )
     agents.require_live(agent, agent_id)
     authorize(request.caller, need, org_id, agents.missing(agent_id))
     return agent

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -30,7 +30,7 @@ from agentmem.commands import (
 )
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need
-from agentmem.domain.aggregate import Loaded, Write
+from agentmem.domain.aggregate import Evolve, Loaded, Write
 from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
 from agentmem.errors import (
     ConflictError,
@@ -54,6 +54,8 @@ from consumers.auth import authorize
 from consumers.router import Request, Result, Router
 
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
+
+S = TypeVar("S")
 
 MAX_ATTEMPTS = 5
 SECRET_FIELDS = frozenset({"password_hash", "password", "digest"})
@@ -102,6 +104,24 @@ class CommandRunner:
             orgs.require_live(org, user.state.org_id)
         users.require_live(user, user_id)
         return user
+
+    async def load_in_live_org(
+        self,
+        loader: Loader,
+        aggregate: str,
+        aggregate_id: str,
+        evolve: Evolve[S],
+        missing: NotFoundError,
+    ) -> tuple[Loaded[S], str]:
+        """An aggregate found by its id, with its organization's id. A deleted
+        organization's aggregates are gone with it: ``missing``, as for an unknown id."""
+        subject = await self.subject_of(aggregate, aggregate_id)
+        org_id = subject.split(".")[2]
+        loaded = await loader.load(subject, evolve)
+        org = await loader.load(orgs.subject(org_id), orgs.evolve)
+        if org.state is None or org.state.deleted:
+            raise missing
+        return loaded, org_id
 
     async def run(self, commit_type: str, request: Request[Any], plan: Plan) -> Result:
         command: Command = request.body

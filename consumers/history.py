@@ -117,9 +117,7 @@ def build_router(
             raise missing
         page = commits[: query.limit]
         hidden = (
-            await hidden_among(subject, page)
-            if query.aggregate == "conversation"
-            else frozenset()
+            await hidden_among(subject, page) if query.aggregate == "conversation" else frozenset()
         )
         items = [entry(c, hidden) for c in page]
         more = len(commits) > query.limit

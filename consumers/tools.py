@@ -50,12 +50,9 @@ async def load_tool(
 ) -> Loaded[tools.Tool]:
     """A live tool of a live organization that the caller may act on with ``need``; else
     not_found (for another organization's tool too) or forbidden."""
-    subject = await runner.subject_of("tool", tool_id)
-    org_id = subject.split(".")[2]
-    tool = await loader.load(subject, tools.evolve)
-    org = await loader.load(orgs.subject(org_id), orgs.evolve)
-    if org.state is None or org.state.deleted:  # an organization's tools go with it
-        raise tools.missing(tool_id)
+    tool, org_id = await runner.load_in_live_org(
+        loader, "tool", tool_id, tools.evolve, tools.missing(tool_id)
+    )
     tools.require_live(tool, tool_id)
     authorize(request.caller, need, org_id, tools.missing(tool_id))
     return tool
