@@ -36,7 +36,8 @@ from consumers import (
     system,
     tools,
 )
-from consumers.aggregates import AggregateCache
+from consumers.access_view import AccessView, confirm_everywhere
+from consumers.aggregates import AggregateCache, FreshReads
 from consumers.auth import Authenticator, LoginThrottle
 from consumers.freshness import Freshness
 from consumers.router import Dispatcher, Router
@@ -154,6 +155,7 @@ class Service:
         self.leaders: dict[str, ProjectionLeader] = {}
         self.leader_tasks: dict[str, asyncio.Task[None]] = {}
         self.dispatcher: Dispatcher | None = None
+        self.access: AccessView | None = None
         self._lock: IO[str] | None = None
         self.stopped = asyncio.Event()
 
@@ -214,7 +216,10 @@ class Service:
 
         router = Router()
         cache = AggregateCache(log_)
-        runner = commands.CommandRunner(log_, cache)
+        self.access = AccessView(self.nc, FreshReads(cache))
+        await self.access.start()
+        nc = self.nc
+        runner = commands.CommandRunner(log_, cache, lambda seq: confirm_everywhere(nc, seq))
         # A process subscribes only the subject trees of its roles; every process answers
         # the system subjects (status, health) for itself.
         trees = [subjects.SYSTEM_PREFIX]
@@ -244,7 +249,7 @@ class Service:
                 self.nc, self.store, self.workers_alive, this_process=self.this_process
             )
         )
-        self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache))
+        self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache, self.access))
         await self.dispatcher.start(trees)
         log.info(
             "agentmem ready",
@@ -288,6 +293,8 @@ class Service:
         self.stopped.set()
         if self.dispatcher:
             await self.dispatcher.stop()
+        if self.access:
+            await self.access.stop()
         for leader in self.leaders.values():
             leader.stop()
         if self.leader_tasks:

@@ -11,12 +11,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from agentmem.coalesce import FreshCall
 from agentmem.domain.aggregate import Evolve, Loaded, Write, fold
 from agentmem.eventlog import Appended, EventLog, StoredCommit
 
 S = TypeVar("S")
 
 RECENT_COMMANDS = 64
+MAX_SHARED_READS = 10_000
 
 
 class AlreadyApplied(Exception):
@@ -33,7 +35,7 @@ class _Entry:
     evolve: Evolve[Any]
 
 
-def _advance(entry_loaded: Loaded[S], evolve: Evolve[S], commits: list[StoredCommit]) -> Loaded[S]:
+def advance(entry_loaded: Loaded[S], evolve: Evolve[S], commits: list[StoredCommit]) -> Loaded[S]:
     state, version = entry_loaded.state, entry_loaded.version
     commands = dict(entry_loaded.commands)
     for commit in commits:
@@ -60,7 +62,7 @@ class AggregateCache:
             return loaded
         base: Loaded[S] = entry.loaded if entry is not None else Loaded(subject, None, 0)
         commits = await self.log.read_subject(subject, after=base.version)
-        loaded = _advance(base, evolve, commits)
+        loaded = advance(base, evolve, commits)
         self._store(subject, loaded, evolve)
         return loaded
 
@@ -76,7 +78,7 @@ class AggregateCache:
             commit = StoredCommit(
                 seq, write.subject, {"AgentMem-Command-Id": command_id}, write.events
             )
-            self._store(write.subject, _advance(entry.loaded, entry.evolve, [commit]), entry.evolve)
+            self._store(write.subject, advance(entry.loaded, entry.evolve, [commit]), entry.evolve)
 
     def forget(self, subject: str) -> None:
         self._entries.pop(subject, None)
@@ -101,4 +103,24 @@ class Loader:
         seq = loaded.commands.get(self.command_id)
         if seq is not None:
             raise AlreadyApplied(seq)
+        return loaded
+
+
+class FreshReads:
+    """Up-to-date aggregates from the log, one shared read per subject at a time: each
+    answer is at least as fresh as the question (``FreshCall``)."""
+
+    def __init__(self, cache: AggregateCache) -> None:
+        self.cache = cache
+        self._calls: dict[str, FreshCall[Loaded[Any]]] = {}
+
+    async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
+        if len(self._calls) > MAX_SHARED_READS:
+            self._calls.clear()
+        call = self._calls.get(subject)
+        if call is None:
+            call = self._calls[subject] = FreshCall(
+                lambda: self.cache.load(subject, evolve, refresh=True)
+            )
+        loaded: Loaded[S] = await call()
         return loaded

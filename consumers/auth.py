@@ -1,10 +1,11 @@
 """Who is calling (authentication) and whether they may (authorization), per request.
 
-A credential names its user, so checking it is an incremental read of that user's subject
-and of its organization's, straight from the log: a key revoked a moment ago, a role taken
-away, a deleted user or organization, all fail on the very next request in every process.
-Concurrent checks of one user share their reads (``FreshCall``), each still fresher than the
-request it answers.
+A credential names its user, so checking it needs that user's aggregate and its
+organization's. In a service they come from the process's access view
+(``consumers/access_view.py``), which keeps them current from the log without a round trip
+per request, and which a command that takes access away waits for: a key revoked a moment
+ago, a role taken away, a deleted user or organization, all fail on the very next request in
+every process. Without a view (or while it cannot trust itself) they are read from the log.
 """
 
 from __future__ import annotations
@@ -12,76 +13,77 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, TypeVar
+from typing import Any
 
 from agentmem.auth import tokens
-from agentmem.coalesce import FreshCall
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, allowed
-from agentmem.domain.aggregate import Evolve, Loaded
+from agentmem.domain.aggregate import Loaded
 from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
-from consumers.aggregates import AggregateCache
+from consumers.access_view import AccessView
+from consumers.aggregates import AggregateCache, FreshReads
 
 MISSING = (
     f"credentials needed: send the header '{tokens.HEADER}: Bearer <API key or session token>'"
 )
 INVALID = "credentials are not valid (unknown, revoked, expired or of a deleted user)"
-MAX_SHARED_READS = 10_000
-
-S = TypeVar("S")
-
-
-class FreshReads:
-    """Up-to-date aggregates from the log, one shared read per subject at a time."""
-
-    def __init__(self, cache: AggregateCache) -> None:
-        self.cache = cache
-        self._calls: dict[str, FreshCall[Loaded[Any]]] = {}
-
-    async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
-        if len(self._calls) > MAX_SHARED_READS:
-            self._calls.clear()
-        call = self._calls.get(subject)
-        if call is None:
-            call = self._calls[subject] = FreshCall(
-                lambda: self.cache.load(subject, evolve, refresh=True)
-            )
-        loaded: Loaded[S] = await call()
-        return loaded
 
 
 class Authenticator:
-    def __init__(self, cache: AggregateCache) -> None:
-        self.reads = FreshReads(cache)
+    def __init__(self, cache: AggregateCache, view: AccessView | None = None) -> None:
+        self.fresh = FreshReads(cache)
+        self.view = view
 
     async def __call__(self, headers: dict[str, str]) -> Principal:
         token = tokens.parse(headers.get(tokens.HEADER))
         if token is None:
             raise UnauthenticatedError(MISSING)
-        user_loaded, org_loaded = await asyncio.gather(
-            self.reads.load(users.subject(token.org_id, token.user_id), users.evolve),
-            self.reads.load(orgs.subject(token.org_id), orgs.evolve),
-        )
-        user, org = user_loaded.state, org_loaded.state
-        if user is None or user.deleted or org is None or org.deleted:
+        user_subject = users.subject(token.org_id, token.user_id)
+        org_subject = orgs.subject(token.org_id)
+        view = self.view
+        if view is None or not view.trusted:
+            return _check(token, *await _both(self.fresh, user_subject, org_subject))
+        user, org = view.peek(user_subject), view.peek(org_subject)
+        if user is None or org is None:
+            user, org = await _both(view, user_subject, org_subject)
+        try:
+            return _check(token, user, org)
+        except UnauthenticatedError:
+            # The view may not have a key or a session created a moment ago in another
+            # process yet: a refusal is only ever decided on the log.
+            return _check(token, *await _both(self.fresh, user_subject, org_subject))
+
+
+async def _both(
+    reads: FreshReads | AccessView, user_subject: str, org_subject: str
+) -> tuple[Loaded[users.User], Loaded[orgs.Org]]:
+    user, org = await asyncio.gather(
+        reads.load(user_subject, users.evolve), reads.load(org_subject, orgs.evolve)
+    )
+    return user, org
+
+
+def _check(token: tokens.Token, user_loaded: Loaded[Any], org_loaded: Loaded[Any]) -> Principal:
+    user, org = user_loaded.state, org_loaded.state
+    if user is None or user.deleted or org is None or org.deleted:
+        raise UnauthenticatedError(INVALID)
+    if token.kind == "key":
+        key = user.api_keys.get(token.credential_id)
+        if key is None or key.revoked or not tokens.matches(token.secret, key.digest):
             raise UnauthenticatedError(INVALID)
-        if token.kind == "key":
-            key = user.api_keys.get(token.credential_id)
-            if key is None or key.revoked or not tokens.matches(token.secret, key.digest):
-                raise UnauthenticatedError(INVALID)
-        else:
-            session = user.sessions.get(token.credential_id)
-            if session is None or session.ended or not tokens.matches(token.secret, session.digest):
-                raise UnauthenticatedError(INVALID)
-            if session.expires_at <= time.time() * 1000:
-                raise UnauthenticatedError("session expired; log in again")
-        return Principal(
-            user_id=user.user_id,
-            org_id=user.org_id,
-            roles=user.roles,
-            service_admin=user.service_admin,
-            via=f"{token.kind}:{token.credential_id}",
-        )
+    else:
+        session = user.sessions.get(token.credential_id)
+        if session is None or session.ended or not tokens.matches(token.secret, session.digest):
+            raise UnauthenticatedError(INVALID)
+        if session.expires_at <= time.time() * 1000:
+            raise UnauthenticatedError("session expired; log in again")
+    return Principal(
+        user_id=user.user_id,
+        org_id=user.org_id,
+        roles=user.roles,
+        service_admin=user.service_admin,
+        via=f"{token.kind}:{token.credential_id}",
+    )
 
 
 def authorize(

@@ -29,7 +29,7 @@ from agentmem.commands import (
     normalize_email,
 )
 from agentmem.domain import orgs, users
-from agentmem.domain.access import Need
+from agentmem.domain.access import Need, narrows_access
 from agentmem.domain.aggregate import Evolve, Loaded, Write
 from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
 from agentmem.errors import (
@@ -54,6 +54,8 @@ from consumers.auth import authorize
 from consumers.router import Request, Result, Router
 
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
+# Waits until every process has applied the commit at a sequence (``confirm_everywhere``).
+Confirm = Callable[[int], Awaitable[None]]
 
 S = TypeVar("S")
 
@@ -70,10 +72,20 @@ def event_view(event: AnyEvent, seq: int) -> dict[str, Any]:
     return view
 
 
+def narrowing_seq(commits: list[tuple[list[AnyEvent], int]]) -> int | None:
+    """The last sequence, among ``(events, seq)`` commits, whose events take access away."""
+    seqs = [seq for events, seq in commits if any(narrows_access(e) for e in events)]
+    return max(seqs, default=None)
+
+
 class CommandRunner:
-    def __init__(self, log: EventLog, cache: AggregateCache) -> None:
+    def __init__(
+        self, log: EventLog, cache: AggregateCache, confirm: Confirm | None = None
+    ) -> None:
         self.log = log
         self.cache = cache
+        # Without it (a test's stand-in for a process), nothing waits for access views.
+        self.confirm = confirm
         self._subjects: dict[str, str] = {}
 
     async def subject_of(self, aggregate: str, aggregate_id: str) -> str:
@@ -151,6 +163,8 @@ class CommandRunner:
             if appended.duplicate:
                 return await self._outcome(appended.last_seq, command_id)
             self.cache.record(writes, appended, command_id)
+            written = [(w.events, seq) for w, seq in zip(writes, appended.seqs, strict=True)]
+            await self._confirm(written)
             return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
         raise ConflictError(
             "the aggregate kept changing under this command; retry it",
@@ -161,7 +175,15 @@ class CommandRunner:
         commits = await self.log.read_command(seq, command_id)
         if not commits:
             raise UnavailableError(f"command {command_id} was applied at {seq} but is unreadable")
+        # A retry waits as the first attempt did: it may be retrying because that wait failed.
+        await self._confirm([(c.events, c.seq) for c in commits])
         return self._view(commits)
+
+    async def _confirm(self, commits: list[tuple[list[AnyEvent], int]]) -> None:
+        """A commit that takes access away is answered once every process has applied it."""
+        seq = narrowing_seq(commits)
+        if seq is not None and self.confirm is not None:
+            await self.confirm(seq)
 
     async def _outcome_of_batch(self, writes: list[Write], command_id: str) -> Result:
         for write in writes:

@@ -26,8 +26,8 @@ from agentmem.errors import InvalidError, NotFoundError
 from agentmem.events import ConversationDeleted, MessageAppended
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
 from agentmem.store import Store
-from consumers.aggregates import Loader
-from consumers.auth import FreshReads, authorize
+from consumers.aggregates import FreshReads, Loader
+from consumers.auth import authorize
 from consumers.commands import CommandRunner, event_view, missing_org
 from consumers.freshness import Freshness
 from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor

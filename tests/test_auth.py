@@ -21,10 +21,9 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, envelope, subjects
-from agentmem.config import Settings
 from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
 from agentmem.service import Service
-from tests.conftest import admin_key
+from tests.conftest import admin_key, settings_for
 from tests.support import TEST_PASSWORD_COST, NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,15 +51,6 @@ def server(
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory, module_store_kind: str) -> Path:
     return tmp_path_factory.mktemp(f"auth-data-{module_store_kind}")
-
-
-def settings_for(server: NatsServer, data_dir: Path, store_url: str) -> Settings:
-    settings = Settings()
-    settings.nats_url = server.url
-    settings.data_dir = data_dir
-    settings.store = store_url
-    settings.password_cost = TEST_PASSWORD_COST
-    return settings
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agentmem.events import Role
+from agentmem.events import (
+    AnyEvent,
+    ApiKeyRevoked,
+    OrgDeleted,
+    Role,
+    SessionEnded,
+    UserDeleted,
+    UserRolesSet,
+)
 
 # What an operation needs, from least to most.
 Need = Literal["reader", "member", "self", "org_admin", "service_admin"]
@@ -58,3 +66,16 @@ def allowed(
         case "org_admin":
             return principal.rank >= _RANK["admin"]
     return False
+
+
+def narrows_access(event: AnyEvent) -> bool:
+    """Whether an event can take a credential or a right away from someone. A commit that
+    holds one is acknowledged only once every process's access view has applied it
+    (``consumers/access_view.py``): a revoked key then fails on the very next request.
+    Events that only grant (a new key, a new session) need no such wait: a credential the
+    view does not know yet is checked against the log before it is refused."""
+    match event:
+        case ApiKeyRevoked() | SessionEnded() | UserDeleted() | UserRolesSet() | OrgDeleted():
+            return True
+        case _:
+            return False

@@ -1,0 +1,324 @@
+"""The access view: credentials checked from memory, revocations still seen at once.
+
+Two service processes share one log and one Postgres store, as two hosts of a deployment
+would (each a full ``Service``, with its own NATS connection and its own view). A request
+is put to one chosen process through its dispatcher, which is what that process does with
+a request NATS hands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from agentmem import Client, envelope, subjects
+from agentmem.auth import tokens
+from agentmem.eventlog import EventLog
+from agentmem.service import Service
+from consumers import access_view
+from consumers.access_view import AccessView
+from consumers.aggregates import AggregateCache, FreshReads
+from consumers.auth import Authenticator
+from tests.conftest import admin_key, settings_for
+from tests.pg import DSN, postgres_schema, with_search_path
+from tests.support import NatsServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+PASSWORD = "correct horse battery"
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    started = NatsServer(tmp_path_factory.mktemp("access") / "nats")
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def processes(
+    server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Service, Service, str]]:
+    """Two service processes on one log and one store, and the administrator's key."""
+    async with postgres_schema() as schema:
+        store = with_search_path(DSN, schema)
+        first_dir = tmp_path_factory.mktemp("first")
+        first = Service(settings_for(server, first_dir, store))
+        await first.start()
+        second = Service(settings_for(server, tmp_path_factory.mktemp("second"), store))
+        await second.start()
+        yield first, second, admin_key(first_dir)
+        await second.stop()
+        await first.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def nc(server: NatsServer) -> AsyncIterator[NATS]:
+    connection = await nats.connect(server.url)
+    yield connection
+    await connection.close()
+
+
+@dataclass
+class Someone:
+    org_id: str
+    user_id: str
+    email: str
+    key: str
+    seq: int  # of the key's creation: the last write that made this person
+
+    @property
+    def key_id(self) -> str:
+        parsed = tokens.parse(self.key)
+        assert parsed is not None
+        return parsed.credential_id
+
+
+async def ask(process: Service, subject: str, body: dict[str, Any], token: str) -> envelope.Reply:
+    """What ``process`` answers to a request with ``token``."""
+    assert process.dispatcher is not None
+    headers = {tokens.HEADER: f"Bearer {token}"}
+    payload = await process.dispatcher.handle(subject, msgspec.json.encode(body), headers)
+    return envelope.decode(payload)
+
+
+async def someone(
+    processes: tuple[Service, Service, str], roles: list[str] | None = None
+) -> Someone:
+    """A fresh organization with an admin user, made through the first process."""
+    first, _, root = processes
+    n = next(_numbers)
+    org = await ask(first, subjects.ORG_CREATE, {"name": f"org {n}"}, root)
+    assert org.ok, org
+    org_id = org.data["org_id"]
+    email = f"someone{n}@example.com"
+    user = await ask(
+        first,
+        subjects.USER_REGISTER,
+        {
+            "org_id": org_id,
+            "name": "Someone",
+            "email": email,
+            "password": PASSWORD,
+            "roles": roles or ["admin"],
+        },
+        root,
+    )
+    assert user.ok, user
+    key = await ask(
+        first, subjects.APIKEY_CREATE, {"name": "k", "user_id": user.data["user_id"]}, root
+    )
+    assert key.ok, key
+    assert key.seq is not None
+    return Someone(org_id, user.data["user_id"], email, key.data["token"], key.seq)
+
+
+def rename(person: Someone) -> tuple[str, dict[str, Any]]:
+    return subjects.ORG_RENAME, {"org_id": person.org_id, "name": f"name {next(_numbers)}"}
+
+
+async def test_a_key_made_in_one_process_works_at_once_in_another(
+    processes: tuple[Service, Service, str],
+) -> None:
+    _, second, _ = processes
+    person = await someone(processes)
+    reply = await ask(second, *rename(person), person.key)
+    assert reply.ok, reply
+
+
+async def test_a_revoked_key_is_refused_at_once_by_the_other_process(
+    processes: tuple[Service, Service, str],
+) -> None:
+    first, second, root = processes
+    person = await someone(processes)
+    assert (await ask(second, *rename(person), person.key)).ok  # the second one holds it
+    revoked = await ask(
+        first, subjects.APIKEY_REVOKE, {"key_id": person.key_id, "user_id": person.user_id}, root
+    )
+    assert revoked.ok, revoked
+    refused = await ask(second, *rename(person), person.key)
+    assert refused.error is not None
+    assert refused.error.code == "unauthenticated"
+
+
+async def test_an_ended_session_is_refused_at_once_by_the_other_process(
+    processes: tuple[Service, Service, str],
+) -> None:
+    first, second, _ = processes
+    person = await someone(processes)
+    login = await ask(first, subjects.AUTH_LOGIN, {"email": person.email, "password": PASSWORD}, "")
+    assert login.ok, login
+    session = login.data["token"]
+    assert (await ask(second, *rename(person), session)).ok
+    assert (await ask(first, subjects.AUTH_LOGOUT, {}, session)).ok
+    refused = await ask(second, *rename(person), session)
+    assert refused.error is not None
+    assert refused.error.code == "unauthenticated"
+
+
+async def test_a_role_taken_away_is_seen_at_once_by_the_other_process(
+    processes: tuple[Service, Service, str],
+) -> None:
+    first, second, root = processes
+    person = await someone(processes)
+    assert (await ask(second, *rename(person), person.key)).ok
+    demoted = await ask(
+        first, subjects.USER_SET_ROLES, {"user_id": person.user_id, "roles": ["readonly"]}, root
+    )
+    assert demoted.ok, demoted
+    refused = await ask(second, *rename(person), person.key)
+    assert refused.error is not None
+    assert refused.error.code == "forbidden"
+
+
+@pytest.mark.parametrize("removed", ["user", "org"])
+async def test_a_deleted_user_or_org_is_refused_at_once_by_the_other_process(
+    processes: tuple[Service, Service, str], removed: str
+) -> None:
+    first, second, root = processes
+    person = await someone(processes)
+    assert (await ask(second, *rename(person), person.key)).ok
+    if removed == "user":
+        deleted = await ask(first, subjects.USER_DELETE, {"user_id": person.user_id}, root)
+    else:
+        deleted = await ask(first, subjects.ORG_DELETE, {"org_id": person.org_id}, root)
+    assert deleted.ok, deleted
+    refused = await ask(second, subjects.ORG_GET, {"org_id": person.org_id}, person.key)
+    assert refused.error is not None
+    assert refused.error.code == "unauthenticated"
+
+
+async def test_a_known_credential_costs_no_read_of_the_log(
+    processes: tuple[Service, Service, str], nc: NATS
+) -> None:
+    """The point of the view: once it holds a user, checking their key asks nothing of
+    nats-server. Every read of the log is a direct get, which this test listens for."""
+    _, second, _ = processes
+    person = await someone(processes)
+    reads: list[Msg] = []
+
+    async def seen(msg: Msg) -> None:
+        reads.append(msg)
+
+    listener = await nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.STREAM_NAME}", cb=seen)
+    await nc.flush()
+    assert (await ask(second, subjects.ORG_GET, {"org_id": person.org_id}, person.key)).ok
+    await asyncio.sleep(0.1)
+    assert reads, "the first request reads the user and the org from the log"
+    reads.clear()
+    for _ in range(20):
+        reply = await ask(second, subjects.ORG_GET, {"org_id": person.org_id}, person.key)
+        assert reply.ok, reply
+    await asyncio.sleep(0.1)
+    await listener.unsubscribe()
+    assert reads == []
+
+
+async def test_an_unknown_key_is_refused_after_a_read_of_the_log(
+    processes: tuple[Service, Service, str],
+) -> None:
+    _, second, _ = processes
+    person = await someone(processes)
+    assert (await ask(second, *rename(person), person.key)).ok
+    forged = tokens.Token("key", person.org_id, person.user_id, "k" * 26, "0" * 64)
+    refused = await ask(second, *rename(person), str(forged))
+    assert refused.error is not None
+    assert refused.error.code == "unauthenticated"
+
+
+# A process that stops confirming --------------------------------------------------------
+@pytest.fixture
+def short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(access_view, "CONFIRM_S", 0.3)
+    monkeypatch.setattr(access_view, "LEASE_S", 0.6)
+    monkeypatch.setattr(access_view, "RENEW_S", 0.1)
+    monkeypatch.setattr(access_view, "LEASE_MARGIN_S", 0.1)
+
+
+async def test_a_process_that_stops_confirming_is_cut_off_and_reads_the_log(
+    processes: tuple[Service, Service, str], server: NatsServer, short_lease: None
+) -> None:
+    """A third process whose view stops applying what it is delivered (stuck, or cut off
+    from the server) must not hold up revocations for ever, nor answer from its stale view
+    once the revocation is acknowledged."""
+    first, _, root = processes
+    person = await someone(processes)
+    stuck_nc = await nats.connect(server.url)
+    view = AccessView(stuck_nc, FreshReads(AggregateCache(EventLog(stuck_nc))))
+    await view.start()
+    try:
+        authenticate = Authenticator(AggregateCache(EventLog(stuck_nc)), view)
+        headers = {tokens.HEADER: f"Bearer {person.key}"}
+        assert (await authenticate(headers)).user_id == person.user_id
+        assert view.peek(subjects.event(person.org_id, "user", person.user_id)) is not None
+        cut_off = view.consumer
+
+        async def ignore(msg: Msg) -> None:
+            return None
+
+        view._on_commit = ignore  # type: ignore[method-assign]
+        assert view._subscription is not None
+        view._subscription._cb = ignore
+        started = time.monotonic()
+        revoked = await ask(
+            first,
+            subjects.APIKEY_REVOKE,
+            {"key_id": person.key_id, "user_id": person.user_id},
+            root,
+        )
+        waited = time.monotonic() - started
+        assert revoked.ok, revoked
+        # It waited for the stuck view, cut it off, then let its lease run out.
+        assert waited >= access_view.CONFIRM_S + access_view.LEASE_S
+        assert view.consumer != cut_off or not view.trusted
+        with pytest.raises(Exception, match="not valid"):
+            await authenticate(headers)
+        # It starts over with a new consumer and trusts itself again.
+        deadline = time.monotonic() + 5
+        while not (view.trusted and view.consumer != cut_off):
+            assert time.monotonic() < deadline, "the view did not start over"
+            await asyncio.sleep(0.05)
+    finally:
+        await view.stop()
+        await stuck_nc.close()
+
+
+async def test_a_stopped_process_leaves_no_consumer_behind(
+    processes: tuple[Service, Service, str], server: NatsServer
+) -> None:
+    watcher = await nats.connect(server.url)
+    js = watcher.jetstream()
+    view = AccessView(watcher, FreshReads(AggregateCache(EventLog(watcher))))
+    await view.start()
+    names = {c.name for c in await js.consumers_info(subjects.STREAM_NAME)}
+    assert view.consumer in names
+    await view.stop()
+    names = {c.name for c in await js.consumers_info(subjects.STREAM_NAME)}
+    assert view.consumer not in names
+    await watcher.close()
+
+
+async def test_the_client_sees_it_too(processes: tuple[Service, Service, str], nc: NATS) -> None:
+    """Over NATS, whichever process answers: revoke, then the next request is refused."""
+    _, _, root = processes
+    person = await someone(processes)
+    client = Client(nc, root)
+    as_person = client.with_token(person.key)
+    for _ in range(10):  # both processes of the queue group come to hold the key
+        await as_person.get_org(person.org_id, after_seq=person.seq)
+    await client.revoke_api_key(person.key_id, user_id=person.user_id)
+    for _ in range(10):
+        with pytest.raises(Exception, match="not valid"):
+            await as_person.get_org(person.org_id)
