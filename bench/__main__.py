@@ -147,8 +147,8 @@ async def bench(args: argparse.Namespace, selected: list[Workload]) -> int:
     result_rows = harness.rows(measured)
     cfg.notes += [
         "ratio = median / baseline median: above 1 is better for rates, below 1 for latencies",
-        "register-user (KDF minimal) and rename-org are compared with raw command; the scrypt "
-        "run shows what the password hash costs on top",
+        "register-user (KDF minimal), rename-org and append-message are compared with raw "
+        "command; the scrypt run shows what the password hash costs on top",
         "the service (python -m agentmem serve, one process, one NATS connection) and each raw "
         "responder (python -m bench.responder, likewise) run in processes of their own; the "
         "clients run in the bench process",

@@ -25,10 +25,13 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ids, subjects
-from agentmem.store import sql
+from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.store import fulltext, sql
 from bench import env
 from bench.harness import Config, Metric, Run, Workload, request_metrics, sequential, two_ways
-from bench.responder import RAW_COMMAND, RAW_QUERY, USER_COLUMNS
+from bench.messages import LAST_N, TEXT
+from bench.responder import MESSAGE_COLUMNS, RAW_COMMAND, RAW_LAST, RAW_QUERY, USER_COLUMNS
+from projections.messages import MESSAGES
 from projections.users import USERS
 
 H_TIME = "AgentMem-Time"
@@ -129,6 +132,86 @@ async def raw_query(cfg: Config) -> AsyncIterator[Run]:
 
         async def run(warmup: bool) -> dict[str, float]:
             return await two_ways(cfg, "raw query", call, warmup)
+
+        yield run
+
+
+# Raw last 50 ------------------------------------------------------------------------------
+def message_row(
+    n: int, org_id: str, session_id: str, agent_id: str, seq: int, index: int
+) -> tuple[object, ...]:
+    """A row of the projection's messages table, whatever columns it has grown: message ``n``
+    of a conversation, the ``index``-th of the commit ``seq`` (its position as the
+    projection's)."""
+    known: dict[str, object] = {
+        "message_id": ids.new_id(),
+        "org_id": org_id,
+        "session_id": session_id,
+        "agent_id": agent_id,
+        "user_id": None,
+        "role": "user",
+        "content": TEXT.format(n=n),
+        "tool_calls": "[]",
+        "tool_call_id": None,
+        "metadata": "{}",
+        "seq": seq,
+        "position": seq * MAX_MESSAGES_PER_BATCH + index,
+        "created_at": time.time_ns() // 1_000_000,
+        "redacted_at": None,
+    }
+    empty = {"text": "", "json": "[]", "integer": 0}
+    return tuple(known.get(c.name, None if c.nullable else empty[c.type]) for c in MESSAGES.columns)
+
+
+def open_messages_db(path: Path) -> sqlite3.Connection:
+    """A messages table exactly like the projection's (its indexes, and its FTS5 index and
+    triggers), WAL, synchronous=NORMAL."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    for statement in (*sql.create_table(MESSAGES), *fulltext.sqlite_ddl(MESSAGES)):
+        db.execute(statement)
+    return db
+
+
+INSERT_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in MESSAGE_COLUMNS)})"
+)
+
+
+@contextlib.asynccontextmanager
+async def raw_last50(cfg: Config) -> AsyncIterator[Run]:
+    """One conversation of ``last_conversation`` messages, 1,000 per commit, as last-50's."""
+    n = cfg.sizes.last_conversation
+    path = cfg.tmp / "raw-last50.db"
+    db = open_messages_db(path)
+    org_id, session_id, agent_id = ids.new_id(), "bench-last", ids.new_id()
+    per = MAX_MESSAGES_PER_BATCH
+    rows = [message_row(i, org_id, session_id, agent_id, 1 + i // per, i % per) for i in range(n)]
+    db.execute("BEGIN")
+    db.executemany(INSERT_MESSAGE, rows)
+    db.execute("COMMIT")
+    db.close()
+    async with (
+        env.nats_server(cfg, "raw-last50") as url,
+        env.responder(cfg, "raw-last50", url, "--db", str(path)),
+        env.connections(url, cfg.sizes.connections) as conns,
+    ):
+
+        def payload() -> bytes:
+            return _encoder.encode({"org_id": org_id, "session_id": session_id, "n": LAST_N})
+
+        reply = _reply.decode((await conns[0].request(RAW_LAST, payload(), timeout=10)).data)
+        found = len(reply.data["items"]) if reply.ok else 0
+        if found != min(LAST_N, n):
+            raise RuntimeError(f"raw last {LAST_N} answered {found} messages: {reply.error}")
+
+        async def call(worker: int, i: int) -> None:
+            await _checked(conns[worker % len(conns)], RAW_LAST, payload())
+
+        async def run(warmup: bool) -> dict[str, float]:
+            return await two_ways(cfg, "raw last 50", call, warmup)
 
         yield run
 
@@ -266,6 +349,7 @@ async def peer(cfg: Config) -> AsyncIterator[Run]:
 WORKLOADS = [
     Workload("raw-command", "raw command", request_metrics("req/s", None), raw_command),
     Workload("raw-query", "raw query", request_metrics("req/s", None), raw_query),
+    Workload("raw-last50", "raw last 50", request_metrics("req/s", None), raw_last50),
     Workload(
         "raw-projection",
         "raw projection",

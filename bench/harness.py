@@ -38,6 +38,7 @@ class Sizes:
     connections: int = 8
     warmup_fraction: float = 0.2
     conversation: int = 100_000  # messages in the conversation of the messages workloads
+    last_conversation: int = 2_000  # messages in the conversation of last-50 and raw-last50
 
 
 NORMAL = Sizes(
@@ -65,6 +66,7 @@ QUICK = Sizes(
     lag_seconds=0.5,
     warmup_fraction=0.5,
     conversation=2_000,
+    last_conversation=200,
 )
 
 

@@ -1,5 +1,5 @@
-"""``python -m bench.responder raw-command|raw-query``: a raw baseline's responder, in a process
-of its own, as the service runs in its own (``python -m agentmem serve``).
+"""``python -m bench.responder raw-command|raw-query|raw-last50``: a raw baseline's responder,
+in a process of its own, as the service runs in its own (``python -m agentmem serve``).
 
 The bench process starts it, reads ``ready`` from its stdout once it is subscribed, and
 stops it with SIGTERM. It runs asyncio, the loop ``agentmem serve`` runs, with one NATS
@@ -10,6 +10,10 @@ connection, as the service has.
 - ``raw-query``: decode, read one row by primary key, reply with it as JSON. The read is a
   plain ``sqlite3`` read on the event loop thread, the way the store reads (see
   ``agentmem/store/sqlite.py``): the least work that path could do.
+- ``raw-last50``: decode, read the last ``n`` rows of one conversation from a ``messages``
+  table like the projection's, by its ``(org_id, session_id, position)`` index, with the
+  store's ``ORDER BY position DESC LIMIT n``, and reply with them as JSON, oldest first (the
+  JSON columns as stored, not decoded).
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from agentmem import ids, subjects
+from projections.messages import MESSAGES
 from projections.users import USERS
 
 RAW_COMMAND = "bench.raw.cmd"
 RAW_QUERY = "bench.raw.get"
+RAW_LAST = "bench.raw.last"
 USER_COLUMNS = USERS.column_names
+MESSAGE_COLUMNS = MESSAGES.column_names
+KINDS = ("raw-command", "raw-query", "raw-last50")
 
 
 class _Command(msgspec.Struct):
@@ -43,6 +51,12 @@ class _Command(msgspec.Struct):
 
 class _Get(msgspec.Struct):
     user_id: str
+
+
+class _Last(msgspec.Struct):
+    org_id: str
+    session_id: str
+    n: int = 50
 
 
 class _PubAck(msgspec.Struct):
@@ -107,6 +121,23 @@ async def query_responder(nc: NATS, db: sqlite3.Connection) -> None:
     await _serve(nc, RAW_QUERY, answer)
 
 
+async def last_responder(nc: NATS, db: sqlite3.Connection) -> None:
+    """Decode, read the last ``n`` rows of one conversation, answer them oldest first."""
+    decoder = msgspec.json.Decoder(_Last)
+    select = (
+        f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE org_id = ? AND session_id = ? "
+        "ORDER BY position DESC LIMIT ?"
+    )
+
+    async def answer(msg: Msg) -> None:
+        last = decoder.decode(msg.data)
+        found = db.execute(select, (last.org_id, last.session_id, last.n)).fetchall()
+        items = [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in reversed(found)]
+        await msg.respond(_encoder.encode({"ok": True, "data": {"items": items}, "seq": 0}))
+
+    await _serve(nc, RAW_LAST, answer)
+
+
 async def run(kind: str, url: str, db_path: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,10 +150,13 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
             await command_responder(nc)
         else:
             if db_path is None:
-                raise SystemExit("raw-query needs --db")
+                raise SystemExit(f"{kind} needs --db")
             db = sqlite3.connect(db_path, isolation_level=None)
             db.execute("PRAGMA query_only = ON")
-            await query_responder(nc, db)
+            if kind == "raw-last50":
+                await last_responder(nc, db)
+            else:
+                await query_responder(nc, db)
         print("ready", flush=True)
         await stop.wait()
     finally:
@@ -133,9 +167,12 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.responder")
-    p.add_argument("kind", choices=["raw-command", "raw-query"])
+    p.add_argument("kind", choices=KINDS)
     p.add_argument("--nats", required=True, help="the NATS server URL")
-    p.add_argument("--db", help="raw-query: the SQLite file holding the users table")
+    p.add_argument(
+        "--db",
+        help="raw-query, raw-last50: the SQLite file holding the users or messages table",
+    )
     args = p.parse_args(argv)
     asyncio.run(run(args.kind, args.nats, args.db))
     return 0

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import nats
 
 from agentmem import Client
+from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.domain.passwords import DEFAULT_COST
 from agentmem.errors import UnavailableError
 from agentmem.store import open_store
@@ -26,6 +27,7 @@ from bench.harness import (
     request_metrics,
     two_ways,
 )
+from bench.messages import IN_FLIGHT, LAST_N, TEXT, visible
 from bench.pg import postgres_store
 from projections.replay import replay
 from projections.users import UsersProjection
@@ -90,6 +92,23 @@ async def rename_org(cfg: Config) -> AsyncIterator[Run]:
         yield run
 
 
+@contextlib.asynccontextmanager
+async def append_message(cfg: Config) -> AsyncIterator[Run]:
+    """One message per command (``agentmem.cmd.message.append``), a sentence or two, by one
+    agent. Each of the 64 workers appends to its own conversation: no conflicts."""
+    async with clients(cfg, "append-message") as cs:
+        agent_id = str((await cs[0].create_agent("bench agent")).fields["agent_id"])
+
+        async def call(worker: int, i: int) -> None:
+            client = cs[worker % len(cs)]
+            await client.append_message(f"bench-{worker}", agent_id, "user", TEXT.format(n=i))
+
+        async def run(warmup: bool) -> dict[str, float]:
+            return await two_ways(cfg, "append-message", call, warmup)
+
+        yield run
+
+
 # Queries ----------------------------------------------------------------------------------
 async def wait_visible(client: Client, user_id: str, seq: int, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
@@ -124,6 +143,41 @@ async def point_query(cfg: Config) -> AsyncIterator[Run]:
                 return await two_ways(cfg, "point query", call, warmup)
 
             yield run
+
+
+@contextlib.asynccontextmanager
+async def last_50(cfg: Config) -> AsyncIterator[Run]:
+    """The last 50 messages of a conversation (``agentmem.q.message.last``, n=50) as long as
+    the raw one's: appended beforehand in batches of 1,000, until visible to queries."""
+    total = cfg.sizes.last_conversation
+    session_id = "bench-last"
+    async with clients(cfg, "last-50") as cs:
+        agent_id = str((await cs[0].create_agent("bench agent")).fields["agent_id"])
+        per = MAX_MESSAGES_PER_BATCH
+        batches = [
+            [{"role": "user", "content": TEXT.format(n=n)} for n in range(s, min(s + per, total))]
+            for s in range(0, total, per)
+        ]
+        slots = asyncio.Semaphore(IN_FLIGHT)
+
+        async def append(b: int) -> int:
+            async with slots:
+                written = await cs[b % len(cs)].append_messages(session_id, agent_id, batches[b])
+                return written.seq
+
+        seqs = await asyncio.gather(*(append(b) for b in range(len(batches))))
+        await visible(cs[0], session_id, max(seqs))
+        found = len(await cs[0].last_messages(session_id, LAST_N))
+        if found != min(LAST_N, total):
+            raise RuntimeError(f"last {LAST_N} answered {found} messages")
+
+        async def call(worker: int, i: int) -> None:
+            await cs[worker % len(cs)].last_messages(session_id, LAST_N)
+
+        async def run(warmup: bool) -> dict[str, float]:
+            return await two_ways(cfg, "last-50", call, warmup)
+
+        yield run
 
 
 # Replay -----------------------------------------------------------------------------------
@@ -241,8 +295,15 @@ WORKLOADS = [
         rename_org,
     ),
     Workload(
+        "append-message",
+        "append-message",
+        request_metrics("cmd/s", "raw-command", "peer:save_rate"),
+        append_message,
+    ),
+    Workload(
         "point-query", "point query (user get)", request_metrics("req/s", "raw-query"), point_query
     ),
+    Workload("last-50", "last 50 messages", request_metrics("req/s", "raw-last50"), last_50),
     Workload(
         "replay",
         "replay users into SQLite",
