@@ -2,16 +2,21 @@
 
 nats-py's ``fetch(n, timeout)``, once it has had to wait, keeps collecting until it has
 ``n`` messages or the timeout passes, so under a steady trickle of events every batch waited
-the whole timeout (0.5 s of write-to-visible lag). Here a batch is whatever the server has
-right now (a ``no_wait`` pull of up to ``batch``); only when it has nothing do we wait, for
-the first message to arrive (a lingering pull of one).
+the whole timeout (0.5 s of write-to-visible lag). Here one pull of up to ``batch`` messages
+stays open for up to ``idle_wait``, and each batch is what that pull has delivered so far:
+a live event is handed over the moment it arrives, with no new pull per event (one
+delivery and one ack per event, not five messages), and a backlog still comes in full
+batches, since the worker keeps collecting while the server says more is pending.
 
-Every pull is read to its end before the next is sent, so messages never interleave. With
-``AckPolicy.ALL`` acking a message acks all before it, so a lost delivery would be lost for
-good: a gap in the consumer sequence raises, and the worker restarts from its checkpoint.
+One pull is open at a time, so messages never interleave. With ``AckPolicy.ALL`` acking a
+message acks all before it, so a lost delivery would be lost for good: a gap in the
+consumer sequence raises, and the worker restarts from its checkpoint.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections import deque
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -38,50 +43,74 @@ class PullFeed:
         self._inbox = ""
         self._subscription: Subscription | None = None
         self._last_consumer_seq = 0
+        self._arrived: deque[Msg] = deque()
+        self._wake = asyncio.Event()
+        self._open = 0  # messages the open pull may still deliver; 0: no pull is open
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
-        self._subscription = await self.nc.subscribe(self._inbox)
+        self._subscription = await self.nc.subscribe(self._inbox, cb=self._on_message)
 
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
 
-    async def next_batch(self) -> list[Msg]:
-        """What is available now; else the first message within ``idle_wait``; else []."""
-        messages = await self._pull({"batch": self.batch, "no_wait": True})
-        if messages:
-            return messages
-        expires_ns = int(self.idle_wait * 1_000_000_000)
-        return await self._pull({"batch": 1, "expires": expires_ns})
+    async def _on_message(self, message: Msg) -> None:
+        self._arrived.append(message)
+        self._wake.set()
 
-    async def _pull(self, request: dict[str, object]) -> list[Msg]:
+    async def next_batch(self) -> list[Msg]:
+        """What the open pull has delivered, at most ``batch``: waiting for the first
+        message (up to ``idle_wait``), then for more only while the server says more is
+        pending. [] when the pull ended with nothing."""
         if self._subscription is None:
             raise RuntimeError("feed not started")
-        await self.nc.publish(self._next_subject, msgspec.json.encode(request), reply=self._inbox)
-        wanted = int(request["batch"])  # type: ignore[call-overload]
         messages: list[Msg] = []
-        # The server ends a pull by delivering `wanted` messages or a status; the client
-        # deadline only guards against a server that went away mid-pull (a cluster node
-        # killed under us), so it is short: a worker starting over costs little.
-        deadline = self.idle_wait + 3.0
-        while len(messages) < wanted:
-            try:
-                message = await self._subscription.next_msg(timeout=deadline)
-            except TimeoutError as exc:
-                raise FeedBroken("the pull was not answered in time") from exc
+        while len(messages) < self.batch:
+            if self._open == 0:
+                if messages:
+                    break
+                await self._pull()
+            if not self._arrived:
+                more_pending = messages and messages[-1].metadata.num_pending > 0
+                if messages and not more_pending:
+                    break
+                await self._wait()
+            message = self._arrived.popleft()
             status = (message.headers or {}).get("Status") if not message.data else None
             if status in (NO_MESSAGES, REQUEST_TIMEOUT):
-                break
+                self._open = 0  # the pull expired
+                if not messages:
+                    return []
+                continue
             if status == HEARTBEAT:
                 continue
             if status is not None:
                 description = (message.headers or {}).get("Description", "")
                 raise FeedBroken(f"pull ended with status {status} {description}")
             self._check_order(message)
+            self._open -= 1
             messages.append(message)
         return messages
+
+    async def _pull(self) -> None:
+        expires_ns = int(self.idle_wait * 1_000_000_000)
+        request = msgspec.json.encode({"batch": self.batch, "expires": expires_ns})
+        await self.nc.publish(self._next_subject, request, reply=self._inbox)
+        self._open = self.batch
+
+    async def _wait(self) -> None:
+        # The server ends a pull by delivering `batch` messages or a status when it
+        # expires; this deadline only guards against a server that went away mid-pull (a
+        # cluster node killed under us), so it is short: a worker starting over costs little.
+        self._wake.clear()
+        if self._arrived:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait + 3.0)
+        except TimeoutError as exc:
+            raise FeedBroken("the pull was not answered in time") from exc
 
     def _check_order(self, message: Msg) -> None:
         consumer_seq = message.metadata.sequence.consumer

@@ -1,0 +1,119 @@
+"""The pull feed against a real nats-server: a live event is handed over at once, a backlog
+comes in full batches, and one pull serves many live events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from projections.feed import FeedBroken, PullFeed
+from tests.support import NatsServer
+
+STREAM = "FEED"
+
+
+@pytest_asyncio.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    connection = await nats.connect(nats_server.url)
+    js = connection.jetstream()
+    await js.add_stream(name=STREAM, subjects=["feed.>"])
+    await js.add_consumer(
+        STREAM,
+        ConsumerConfig(
+            durable_name="worker",
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=10_000,
+        ),
+    )
+    yield connection
+    await connection.close()
+
+
+async def publish(nc: NATS, n: int) -> None:
+    js = nc.jetstream()
+    for i in range(n):
+        await js.publish(f"feed.{i % 7}", str(i).encode())
+
+
+def numbers(batch: list[Msg]) -> list[int]:
+    return [int(m.data) for m in batch]
+
+
+async def test_a_backlog_comes_in_full_batches(nc: NATS) -> None:
+    await publish(nc, 250)
+    feed = PullFeed(nc, STREAM, "worker", batch=100, idle_wait=0.5)
+    await feed.start()
+    sizes = []
+    got: list[int] = []
+    while len(got) < 250:
+        batch = await feed.next_batch()
+        sizes.append(len(batch))
+        got += numbers(batch)
+        if batch:
+            await batch[-1].ack()
+    assert sizes == [100, 100, 50]
+    assert got == list(range(250))
+    await feed.stop()
+
+
+async def test_a_live_event_is_handed_over_without_waiting_for_the_pull_to_end(
+    nc: NATS, nats_server: NatsServer
+) -> None:
+    feed = PullFeed(nc, STREAM, "worker", batch=100, idle_wait=5.0)
+    await feed.start()
+    got: list[int] = []
+    pulls: list[Msg] = []
+
+    async def count_pulls(msg: Msg) -> None:
+        pulls.append(msg)
+
+    watcher = await nats.connect(nats_server.url)
+    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.worker", cb=count_pulls)
+    await watcher.flush()
+    for i in range(5):
+        waiting = asyncio.create_task(feed.next_batch())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # nothing yet: it waits
+        started = time.monotonic()
+        await nc.jetstream().publish("feed.live", str(i).encode())
+        batch = await asyncio.wait_for(waiting, timeout=1.0)
+        # Handed over at once, not when the 5 s pull expires.
+        assert time.monotonic() - started < 1.0
+        got += numbers(batch)
+        await batch[-1].ack()
+    assert got == [0, 1, 2, 3, 4]
+    await watcher.flush()
+    assert len(pulls) == 1, "one open pull served all five events"
+    await watcher.close()
+    await feed.stop()
+
+
+async def test_an_expired_pull_gives_an_empty_batch_and_the_next_one_works(nc: NATS) -> None:
+    feed = PullFeed(nc, STREAM, "worker", batch=10, idle_wait=0.2)
+    await feed.start()
+    assert await feed.next_batch() == []
+    await publish(nc, 3)
+    batch = await feed.next_batch()
+    assert numbers(batch) == [0, 1, 2]
+    await feed.stop()
+
+
+async def test_a_deleted_consumer_breaks_the_feed(nc: NATS) -> None:
+    """The worker then starts over from its checkpoint with a new consumer."""
+    feed = PullFeed(nc, STREAM, "worker", batch=10, idle_wait=5.0)
+    await feed.start()
+    waiting = asyncio.create_task(feed.next_batch())
+    await asyncio.sleep(0.1)
+    await nc.jetstream().delete_consumer(STREAM, "worker")
+    with pytest.raises(FeedBroken, match="409"):
+        await asyncio.wait_for(waiting, timeout=3.0)
+    await feed.stop()
