@@ -229,7 +229,7 @@ class Service:
             router.include(tools.build_command_router(runner))
             router.include(
                 messages.build_command_router(
-                    runner, self.store, Freshness(self.nc, self.store, board)
+                    runner, self.store, Freshness(self.nc, self.store, board), self.access
                 )
             )
             router.include(

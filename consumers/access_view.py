@@ -1,14 +1,16 @@
-"""Who holds which credentials and rights, in memory, kept current by the log.
+"""Who may act: users (their credentials and roles), organizations and agents, in memory,
+kept current by the log.
 
-Checking a credential against the log costs a round trip to nats-server on every request.
-The access view answers from memory instead, without giving up what the log gave: a key
-revoked, a session ended, a role or a user or an organization removed fails on the very
-next request after the command was acknowledged, in every process. Three parts make that
-hold:
+Checking a credential against the log costs a round trip to nats-server on every request,
+and so does checking that an agent may still speak before an append. The access view
+answers from memory instead, without giving up what the log gave: a key revoked, a session
+ended, a role or a user or an organization removed, an agent archived or deleted, all take
+effect on the very next request after the command was acknowledged, in every process.
+Three parts make that hold:
 
-- **The view.** Each process keeps the users and organizations its requests named, and a
-  JetStream consumer of its own (``agentmem-access-<id>``, explicit acks) delivers every
-  later commit on those subjects; the view applies each one, then acks it.
+- **The view.** Each process keeps the users, organizations and agents its requests named,
+  and a JetStream consumer of its own (``agentmem-access-<id>``, explicit acks) delivers
+  every later commit on those subjects; the view applies each one, then acks it.
 - **The barrier** (``confirm_everywhere``). A command whose events narrow access
   (``narrows_access``) is acknowledged only once every view's consumer has acked its commit.
   A view that has not done so within ``CONFIRM_S`` has its consumer deleted, and the command
@@ -53,7 +55,7 @@ log = structlog.get_logger(__name__)
 S = TypeVar("S")
 
 CONSUMER_PREFIX = "agentmem-access-"
-WATCHED = [subjects.event("*", "user", "*"), subjects.event("*", "org", "*")]
+WATCHED = [subjects.event("*", kind, "*") for kind in ("user", "org", "agent")]
 LEASE_S = 3.0  # how long a view trusts itself after it last saw its consumer exist
 RENEW_S = 1.0  # how often it looks
 CONFIRM_S = 2.0  # how long a narrowing command waits for a view before cutting it off

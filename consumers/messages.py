@@ -5,10 +5,13 @@ A conversation is named by its session id within an organization: the caller's, 
 ``org_id`` a service administrator names. Writes need ``member``, reads ``reader``. A query
 about another organization's conversation answers as one about an empty conversation.
 
-Appends check that the agent (and the user, when named) may speak here, from the log, fresh
-for every request: the agent's subject (and its organization's) is read up to its end, one
-read shared by the concurrent requests (``FreshReads``), so an agent archived a moment ago
-in another process takes no more messages. The conversation's own subject is never read.
+Appends check that the agent (and the user, when named) may speak here, on the process's
+access view (``consumers/access_view.py``): the agent, its organization and the user as of
+every commit on their subjects, without a read of the log per append. Archiving or deleting
+an agent is acknowledged only once every view has it, so an agent archived a moment ago in
+another process takes no more messages; a refusal is checked again on a fresh read of the
+log (an agent unarchived a moment ago speaks at once). The conversation's own subject is
+never read.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import InvalidError, NotFoundError
+from agentmem.errors import AgentMemError, InvalidError, NotFoundError
 from agentmem.events import ConversationDeleted, MessageAppended
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
 from agentmem.store import Store
+from consumers.access_view import AccessView
 from consumers.aggregates import FreshReads, Loader
 from consumers.auth import authorize
 from consumers.commands import CommandRunner, event_view, missing_org
@@ -124,10 +128,13 @@ def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
     return where
 
 
-def build_command_router(runner: CommandRunner, store: Store, freshness: Freshness) -> Router:
-    """``store`` and ``freshness``: a redaction finds its message in the messages table."""
+def build_command_router(
+    runner: CommandRunner, store: Store, freshness: Freshness, view: AccessView | None = None
+) -> Router:
+    """``store`` and ``freshness``: a redaction finds its message in the messages table.
+    Without ``view`` (a test's stand-in for a process), speakers are read from the log."""
     router = Router()
-    reads = FreshReads(runner.cache)
+    fresh = FreshReads(runner.cache)
 
     def writable_org(request: Request[Any], org_id: str | None) -> str:
         target = org_id or request.caller.org_id
@@ -135,6 +142,16 @@ def build_command_router(runner: CommandRunner, store: Store, freshness: Freshne
         return target
 
     async def check_speakers(org_id: str, agent_id: str, user_id: str | None) -> None:
+        if view is not None and view.trusted:
+            try:
+                return await check_speakers_on(view, org_id, agent_id, user_id)
+            except AgentMemError:
+                pass  # a refusal is only ever decided on the log
+        await check_speakers_on(fresh, org_id, agent_id, user_id)
+
+    async def check_speakers_on(
+        reads: AccessView | FreshReads, org_id: str, agent_id: str, user_id: str | None
+    ) -> None:
         try:
             agent_subject = await runner.subject_of("agent", agent_id)
         except NotFoundError:

@@ -322,3 +322,24 @@ async def test_the_client_sees_it_too(processes: tuple[Service, Service, str], n
     for _ in range(10):
         with pytest.raises(Exception, match="not valid"):
             await as_person.get_org(person.org_id)
+
+
+async def test_an_archived_agent_speaks_no_more_in_the_other_process_and_again_once_restored(
+    processes: tuple[Service, Service, str],
+) -> None:
+    first, second, _ = processes
+    person = await someone(processes)
+    agent = await ask(first, subjects.AGENT_CREATE, {"name": "Helper"}, person.key)
+    assert agent.ok, agent
+    agent_id = agent.data["agent_id"]
+    say = {"session_id": "s1", "agent_id": agent_id, "message": {"role": "user", "content": "hi"}}
+    assert (await ask(second, subjects.MESSAGE_APPEND, say, person.key)).ok
+    archived = await ask(first, subjects.AGENT_ARCHIVE, {"agent_id": agent_id}, person.key)
+    assert archived.ok, archived
+    refused = await ask(second, subjects.MESSAGE_APPEND, say, person.key)
+    assert refused.error is not None
+    assert "archived" in refused.error.message
+    restored = await ask(first, subjects.AGENT_UNARCHIVE, {"agent_id": agent_id}, person.key)
+    assert restored.ok, restored
+    # The second process may not have the unarchive yet; it asks the log before refusing.
+    assert (await ask(second, subjects.MESSAGE_APPEND, say, person.key)).ok

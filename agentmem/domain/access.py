@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agentmem.events import (
+    AgentArchived,
+    AgentDeleted,
     AnyEvent,
     ApiKeyRevoked,
     OrgDeleted,
@@ -69,13 +71,16 @@ def allowed(
 
 
 def narrows_access(event: AnyEvent) -> bool:
-    """Whether an event can take a credential or a right away from someone. A commit that
+    """Whether an event can take a credential or a right away from someone (or from an
+    agent). A commit that
     holds one is acknowledged only once every process's access view has applied it
     (``consumers/access_view.py``): a revoked key then fails on the very next request.
     Events that only grant (a new key, a new session) need no such wait: a credential the
     view does not know yet is checked against the log before it is refused."""
     match event:
         case ApiKeyRevoked() | SessionEnded() | UserDeleted() | UserRolesSet() | OrgDeleted():
+            return True
+        case AgentArchived() | AgentDeleted():  # an agent that may no longer speak
             return True
         case _:
             return False
