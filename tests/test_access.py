@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from agentmem import events
 from agentmem.auth import tokens
-from agentmem.domain.access import Principal, allowed
+from agentmem.domain.access import Principal, allowed, narrows_access
 
 
 def principal(*roles: str, org: str = "org-a", user: str = "u1", admin: bool = False) -> Principal:
@@ -70,3 +73,29 @@ def test_a_service_admin_may_do_anything_anywhere() -> None:
     root = principal("admin", org="system", admin=True)
     for need in ("reader", "member", "self", "org_admin", "service_admin"):
         assert allowed(root, need, "any-org", target_user="anyone")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("event", "narrows"),
+    [
+        (events.ApiKeyRevoked(user_id="u", key_id="k"), True),
+        (events.SessionEnded(user_id="u", session_id="s"), True),
+        (events.UserRolesSet(user_id="u", roles=("readonly",)), True),
+        (events.UserDeleted(user_id="u"), True),
+        (events.OrgDeleted(org_id="o"), True),
+        (events.AgentArchived(agent_id="a"), True),
+        (events.AgentDeleted(agent_id="a"), True),
+        (events.ApiKeyCreated(user_id="u", key_id="k", name="n", prefix="p", digest="d"), False),
+        (
+            events.SessionStarted(
+                user_id="u", session_id="s", digest="d", started_at=1, expires_at=2
+            ),
+            False,
+        ),
+        (events.OrgRenamed(org_id="o", name="n"), False),
+        (events.AgentUnarchived(agent_id="a"), False),
+    ],
+)
+def test_what_takes_access_away_waits_for_every_process(event: Any, narrows: bool) -> None:
+    """Those events' commits are answered only once every access view has them."""
+    assert narrows_access(event) is narrows
