@@ -216,7 +216,7 @@ class Service:
 
         router = Router()
         cache = AggregateCache(log_)
-        self.access = AccessView(self.nc, FreshReads(cache))
+        self.access = AccessView(self.nc, FreshReads(cache), replicas=settings.replicas)
         await self.access.start()
         nc = self.nc
         runner = commands.CommandRunner(log_, cache, lambda seq: confirm_everywhere(nc, seq))

@@ -81,8 +81,10 @@ class AccessView:
         fresh: FreshReads,
         stream: str = subjects.STREAM_NAME,
         max_entries: int = 100_000,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
+        self.replicas = replicas
         self.js = nc.jetstream()
         self.fresh = fresh
         self.stream = stream
@@ -205,8 +207,12 @@ class AccessView:
                 ack_wait=ACK_WAIT_S,
                 filter_subjects=WATCHED,
                 inactive_threshold=INACTIVE_S,
-                mem_storage=True,
-                num_replicas=1,
+                # On disk and replicated like the stream: a consumer must only ever vanish
+                # by the barrier's delete (or 10 s after its process), never with a server
+                # restart or a lost node, or a revocation could pass a view that still
+                # trusts itself.
+                mem_storage=False,
+                num_replicas=self.replicas,
             ),
         )
         self._lease_until = sent + LEASE_S

@@ -13,6 +13,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -343,3 +344,42 @@ async def test_an_archived_agent_speaks_no_more_in_the_other_process_and_again_o
     assert restored.ok, restored
     # The second process may not have the unarchive yet; it asks the log before refusing.
     assert (await ask(second, subjects.MESSAGE_APPEND, say, person.key)).ok
+
+
+async def test_a_revocation_after_a_nats_server_restart_is_seen_at_once(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view's consumer must outlive a restart of the server: had it vanished with it,
+    a revocation right after would pass the barrier without this view, which still trusts
+    itself for the rest of its lease (made long here, and not renewed meanwhile, so that
+    the window is wide open)."""
+    monkeypatch.setattr(access_view, "LEASE_S", 60.0)
+    monkeypatch.setattr(access_view, "RENEW_S", 60.0)
+    service = Service(settings_for(nats_server, tmp_path))
+    await service.start()
+    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        root = Client(nc, admin_key(tmp_path))
+        org_id = (await root.create_org("Acme")).fields["org_id"]
+        user = await root.register_user(org_id, "Ann", "ann@example.com", PASSWORD)
+        user_id = user.fields["user_id"]
+        key = await root.create_api_key("k", user_id=user_id)
+        as_ann = root.with_token(key.fields["token"])
+        await as_ann.get_org(org_id, after_seq=root.last_seq)  # the view holds Ann now
+        nats_server.restart()
+        deadline = time.monotonic() + 20
+        while True:  # until both connections are back and JetStream answers
+            try:
+                await as_ann.get_org(org_id)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the service did not come back"
+                await asyncio.sleep(0.2)
+        assert service.access is not None
+        assert service.access.trusted
+        await root.revoke_api_key(key.fields["key_id"], user_id=user_id)
+        with pytest.raises(Exception, match="not valid"):
+            await as_ann.get_org(org_id)
+    finally:
+        await nc.close()
+        await service.stop()
