@@ -94,6 +94,8 @@ class AccessView:
         # Commits that arrived while their subject was being read from the log.
         self._arrived: dict[str, list[StoredCommit]] = {}
         self._fills: dict[str, asyncio.Future[Loaded[Any]]] = {}
+        # Subjects whose fill must not be kept: a commit arrived that this code cannot read.
+        self._spoiled: set[str] = set()
         self._epoch = 0  # bumped when the view starts over; a fill from before is dropped
         self._lease_until = 0.0
         self._inbox = nc.new_inbox()
@@ -154,8 +156,10 @@ class AccessView:
         finally:
             arrived = self._arrived.pop(subject, [])
             self._fills.pop(subject, None)
+            spoiled = subject in self._spoiled
+            self._spoiled.discard(subject)
         loaded = advance(loaded, evolve, [c for c in arrived if c.seq > loaded.version])
-        if epoch == self._epoch:
+        if epoch == self._epoch and not spoiled:
             self._entries[subject] = _Entry(loaded, evolve)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -175,6 +179,8 @@ class AccessView:
             # that the next request reads it from the log, and carry on.
             log.exception("access view could not read a commit", subject=subject)
             self._entries.pop(subject, None)
+            if subject in self._arrived:
+                self._spoiled.add(subject)
         else:
             entry = self._entries.get(subject)
             if entry is not None and commit.seq > entry.loaded.version:
