@@ -110,21 +110,36 @@ INSERT_USER = (
 
 
 @contextlib.asynccontextmanager
-async def raw_query(cfg: Config) -> AsyncIterator[Run]:
-    n = cfg.sizes.query_rows
-    path = cfg.tmp / "raw-query.db"
-    db = open_users_db(path)
-    org_id = ids.new_id()
-    user_ids = [ids.new_id() for _ in range(n)]
+async def _reader(
+    cfg: Config,
+    kind: str,
+    db: sqlite3.Connection,
+    path: Path,
+    insert: str,
+    rows: list[tuple[object, ...]],
+) -> AsyncIterator[list[NATS]]:
+    """``rows`` written into ``db`` (the file at ``path``) in one transaction, then the
+    ``kind`` responder reading that file on a fresh server; yields the client connections."""
     db.execute("BEGIN")
-    db.executemany(INSERT_USER, [user_row(i, u, org_id) for i, u in enumerate(user_ids)])
+    db.executemany(insert, rows)
     db.execute("COMMIT")
     db.close()
     async with (
-        env.nats_server(cfg, "raw-query") as url,
-        env.responder(cfg, "raw-query", url, "--db", str(path)),
+        env.nats_server(cfg, kind) as url,
+        env.responder(cfg, kind, url, "--db", str(path)),
         env.connections(url, cfg.sizes.connections) as conns,
     ):
+        yield conns
+
+
+@contextlib.asynccontextmanager
+async def raw_query(cfg: Config) -> AsyncIterator[Run]:
+    n = cfg.sizes.query_rows
+    path = cfg.tmp / "raw-query.db"
+    org_id = ids.new_id()
+    user_ids = [ids.new_id() for _ in range(n)]
+    rows = [user_row(i, u, org_id) for i, u in enumerate(user_ids)]
+    async with _reader(cfg, "raw-query", open_users_db(path), path, INSERT_USER, rows) as conns:
 
         async def call(worker: int, i: int) -> None:
             payload = _encoder.encode({"user_id": user_ids[(i * 7919) % n]})
@@ -185,19 +200,11 @@ async def raw_last50(cfg: Config) -> AsyncIterator[Run]:
     """One conversation of ``last_conversation`` messages, 1,000 per commit, as last-50's."""
     n = cfg.sizes.last_conversation
     path = cfg.tmp / "raw-last50.db"
-    db = open_messages_db(path)
     org_id, session_id, agent_id = ids.new_id(), "bench-last", ids.new_id()
     per = MAX_MESSAGES_PER_BATCH
     rows = [message_row(i, org_id, session_id, agent_id, 1 + i // per, i % per) for i in range(n)]
-    db.execute("BEGIN")
-    db.executemany(INSERT_MESSAGE, rows)
-    db.execute("COMMIT")
-    db.close()
-    async with (
-        env.nats_server(cfg, "raw-last50") as url,
-        env.responder(cfg, "raw-last50", url, "--db", str(path)),
-        env.connections(url, cfg.sizes.connections) as conns,
-    ):
+    db = open_messages_db(path)
+    async with _reader(cfg, "raw-last50", db, path, INSERT_MESSAGE, rows) as conns:
 
         def payload() -> bytes:
             return _encoder.encode({"org_id": org_id, "session_id": session_id, "n": LAST_N})

@@ -44,11 +44,14 @@ class Authenticator:
         if view is None or not view.trusted:
             return _check(token, *await _both(self.fresh, user_subject, org_subject))
         user, org = view.peek(user_subject), view.peek(org_subject)
+        held = user is not None or org is not None
         if user is None or org is None:
             user, org = await _both(view, user_subject, org_subject)
         try:
             return _check(token, user, org)
         except UnauthenticatedError:
+            if not held:
+                raise  # both were just read from the log: the refusal is the log's
             # The view may not have a key or a session created a moment ago in another
             # process yet: a refusal is only ever decided on the log.
             return _check(token, *await _both(self.fresh, user_subject, org_subject))
