@@ -277,7 +277,15 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
                 # an id taken in any organization is refused.
                 existing = await runner.log.first_subject(subjects.event("*", "user", user_id))
                 if existing is not None:
-                    await loader.load(existing, users.evolve)
+                    user = await loader.load(existing, users.evolve)  # a retry: AlreadyApplied
+                    if user.state is None:
+                        # The log has the subject, but this read did not see its commit (a
+                        # stale cache entry, or a replica behind the stream leader): read
+                        # again before calling a retry of this very command a conflict.
+                        fresh = Loader(runner.cache, command_id, refresh=True)
+                        user = await fresh.load(existing, users.evolve)
+                    if user.state is None:
+                        raise UnavailableError(f"user {user_id} is not readable yet; retry")
                     raise ConflictError(f"user {user_id} already exists", {"user_id": user_id})
             reservation = await loader.load(
                 subjects.email_reservation(email), users.evolve_reservation

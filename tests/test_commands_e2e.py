@@ -29,6 +29,7 @@ from agentmem import (
 )
 from agentmem.bootstrap import ADMIN_ORG_NAME
 from agentmem.client import Org
+from agentmem.domain import users
 from agentmem.eventlog import EventLog
 from agentmem.service import Service
 from consumers import commands as command_handlers
@@ -781,3 +782,40 @@ async def test_a_cursor_this_service_did_not_return_is_invalid(api: Client, curs
         await api.list_users(org_id, cursor=cursor)
     with pytest.raises(InvalidError, match="cursor"):
         await api.list_orgs(cursor=cursor)
+
+
+async def test_a_retried_registration_is_answered_even_by_a_process_with_a_stale_cache(
+    api: Client, nc: NATS
+) -> None:
+    """A process that once read the user's subject before the user existed holds that empty
+    state in its cache; a retry of the registration reaching it is still the same command,
+    answered with its first outcome, not refused as a taken id."""
+    org_id = (await api.create_org("Retry")).fields["org_id"]
+    user_id = "01a2ffff-0000-7000-8000-0000000000bb"
+    log = EventLog(nc)
+    runner = command_handlers.CommandRunner(log, AggregateCache(log))
+    stale = await runner.cache.load(subjects.event(org_id, "user", user_id), users.evolve)
+    assert stale.state is None
+    body = {
+        "org_id": org_id,
+        "name": "Ann",
+        "email": "ann.retry@example.com",
+        "password": PASSWORD,
+        "user_id": user_id,
+        "command_id": "register-ann-once",
+    }
+    first = await raw(nc, subjects.USER_REGISTER, body)
+    assert first.ok, first
+    before = await stream_state(nc)
+    dispatcher = Dispatcher(
+        nc,
+        command_handlers.build_router(runner, TEST_PASSWORD_COST),
+        Authenticator(runner.cache),
+    )
+    payload = msgspec.json.encode(body)
+    retried = envelope.decode(
+        await dispatcher.handle(subjects.USER_REGISTER, payload, ADMIN.headers())
+    )
+    assert retried.ok, retried
+    assert retried.seq == first.seq
+    assert await stream_state(nc) == before
