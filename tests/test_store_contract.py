@@ -741,3 +741,16 @@ async def test_postgres_copies_a_long_run_of_new_rows(store: Store) -> None:
     await store.apply(ProjectionBatch("items", 2 * LONG, one_per_item(LONG + 1, again)))
     assert store._copy_skips == {"items": postgres.COPY_BACKOFF_RUNS}
     assert len(await store.dump(ITEMS)) == LONG
+
+
+async def test_a_postgres_store_closes_even_with_a_connection_still_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop must not hang on work that outlived the drain: close cuts what is left."""
+    monkeypatch.setattr("agentmem.store.postgres.CLOSE_TIMEOUT_S", 0.3)
+    async with postgres_schema() as schema:
+        opened = await open_store(with_search_path(DSN, schema))
+        assert isinstance(opened, PostgresStore)
+        await opened.pool.acquire()  # never released, as by a stuck task
+        # Without the bound, asyncpg's close waits for that connection for ever.
+        await asyncio.wait_for(opened.close(), 5)

@@ -21,12 +21,14 @@ is passed to the server as libpq would.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import structlog
 
 from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
@@ -69,11 +71,15 @@ _MIGRATE_LOCK = 0x6167_656E_746D_656D  # "agentmem"
 _MIGRATE_LOCK_SIGNED = _MIGRATE_LOCK - (1 << 64) if _MIGRATE_LOCK >= 1 << 63 else _MIGRATE_LOCK
 
 
+log = structlog.get_logger(__name__)
+
 # A run of at least this many upserts is first tried as a COPY (``_write_run``).
 # ``python -m bench --only pg-batch`` (docs/performance.md, "Batched writes on Postgres"):
 # COPY in its savepoint wrote runs of 10 new rows no faster than executemany, runs of 100
 # 1.7x and of 1,000 2.6x as fast; below the threshold a run stays on the simple path.
 COPY_MIN_ROWS = 100
+# How long close waits for connections still in use before it cuts them.
+CLOSE_TIMEOUT_S = 10.0
 # After a failed attempt, this many long runs of the table go by executemany.
 COPY_BACKOFF_RUNS = 16
 
@@ -150,8 +156,14 @@ class PostgresStore(SystemReads):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        if pool is None:
+            return
+        try:
+            # asyncpg's close waits, unbounded, for every connection to come back.
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("postgres connections still in use at close; cutting them")
+            pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:
