@@ -53,6 +53,7 @@ MAX_REPLICAS = 5
 # How long a starting service waits for JetStream to answer (a fresh cluster elects its
 # leaders within seconds).
 JETSTREAM_WAIT_S = 30.0
+STEP_TIMEOUT_S = 10.0  # how long one step of a stop may take before the next one goes on
 
 
 class StoreBusy(StartupError):
@@ -294,7 +295,11 @@ class Service:
         if self.dispatcher:
             await self.dispatcher.stop()
         if self.access:
-            await self.access.stop()
+            try:
+                # Bounded like every step of a stop: the projections below must still drain.
+                await asyncio.wait_for(self.access.stop(), STEP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("access view did not stop in time; going on")
         for leader in self.leaders.values():
             leader.stop()
         if self.leader_tasks:
