@@ -29,7 +29,7 @@ from agentmem.commands import (
     normalize_email,
 )
 from agentmem.domain import orgs, users
-from agentmem.domain.access import Need, narrows_access
+from agentmem.domain.access import Need, Principal, narrows_access
 from agentmem.domain.aggregate import Evolve, Loaded, Write
 from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
 from agentmem.errors import (
@@ -70,6 +70,29 @@ def event_view(event: AnyEvent, seq: int) -> dict[str, Any]:
     view["event"] = fields["type"]
     view["version"] = seq
     return view
+
+
+def log_command_id(owner: str, command_id: str) -> str:
+    """The id a command is stored and recognised under in the log: the client's id within
+    the space of whoever sent it. JetStream's duplicate window, the retry checks on loaded
+    subjects and the outcome of a retry all compare this key, so one organization's (or
+    user's) command id can never match, read or pre-empt another's."""
+    return f"{owner}.{command_id}"
+
+
+def owner_of(principal: Principal | None) -> str:
+    """Whose command-id space a request's command belongs to: its organization and user."""
+    return f"{principal.org_id}.{principal.user_id}" if principal else "anonymous"
+
+
+def owner_of_user(user: users.User) -> str:
+    """``owner_of`` for a user that is not (yet) a request's principal."""
+    return f"{user.org_id}.{user.user_id}"
+
+
+def client_command_id(key: str) -> str:
+    """The id the client sent, from the key the log holds (ids hold no dots)."""
+    return key.rsplit(".", 1)[-1]
 
 
 def narrowing_seq(commits: list[tuple[list[AnyEvent], int]]) -> int | None:
@@ -135,9 +158,16 @@ class CommandRunner:
             raise missing
         return loaded, org_id
 
-    async def run(self, commit_type: str, request: Request[Any], plan: Plan) -> Result:
+    async def run(
+        self, commit_type: str, request: Request[Any], plan: Plan, owner: str | None = None
+    ) -> Result:
+        """Decide and append ``plan``'s writes once. ``owner`` is whose command-id space
+        the command belongs to: by default the caller's (``owner_of``); only a command
+        without a caller (login) names it, once it knows who is acting."""
         command: Command = request.body
-        command_id = command.command_id or ids.new_id()
+        command_id = log_command_id(
+            owner or owner_of(request.principal), command.command_id or ids.new_id()
+        )
         meta = CommitMeta(
             command_id=command_id,
             commit_type=commit_type,
@@ -174,7 +204,9 @@ class CommandRunner:
     async def _outcome(self, seq: int, command_id: str) -> Result:
         commits = await self.log.read_command(seq, command_id)
         if not commits:
-            raise UnavailableError(f"command {command_id} was applied at {seq} but is unreadable")
+            raise UnavailableError(
+                f"command {client_command_id(command_id)} was applied at {seq} but is unreadable"
+            )
         # A retry waits as the first attempt did: it may be retrying because that wait failed.
         await self._confirm([(c.events, c.seq) for c in commits])
         return self._view(commits)
@@ -190,7 +222,8 @@ class CommandRunner:
             for commit in await self.log.read_subject(write.subject):
                 if commit.command_id == command_id:
                     return await self._outcome(commit.seq, command_id)
-        raise ConflictError(f"command {command_id} was already applied", {"command_id": command_id})
+        client_id = client_command_id(command_id)
+        raise ConflictError(f"command {client_id} was already applied", {"command_id": client_id})
 
     @staticmethod
     def _view(commits: list[StoredCommit]) -> Result:

@@ -14,12 +14,12 @@ from agentmem import subjects
 from agentmem.auth import tokens
 from agentmem.commands import CreateApiKey, Login, Logout, RevokeApiKey, normalize_email
 from agentmem.domain import credentials, orgs, users
-from agentmem.domain.aggregate import Write
+from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.passwords import hash_password, verify_password
 from agentmem.errors import UnauthenticatedError
 from consumers.aggregates import Loader
 from consumers.auth import LoginThrottle
-from consumers.commands import CommandRunner, check_user
+from consumers.commands import CommandRunner, check_user, owner_of_user
 from consumers.router import Request, Result, Router
 
 WRONG_LOGIN = "wrong email or password"
@@ -40,38 +40,58 @@ def build_router(runner: CommandRunner, throttle: LoginThrottle, password_cost: 
     # Verifying against this when the email is unknown keeps both answers equally slow.
     decoy_hash = hash_password("decoy password", password_cost)
 
+    async def verified_user(email: str, password: str) -> tuple[Loaded[users.User], users.User]:
+        """The live user that ``email`` and ``password`` name, or UnauthenticatedError. The
+        password is checked before anything else is looked at: a login that replays an
+        earlier one must know the password as well as its command id."""
+        cache = runner.cache
+        reservation = await cache.load(
+            subjects.email_reservation(email), users.evolve_reservation, refresh=True
+        )
+        user = None
+        if reservation.state is not None:
+            user_subject = await runner.user_subject(reservation.state.user_id)
+            user = await cache.load(user_subject, users.evolve, refresh=True)
+        state = user.state if user is not None else None
+        live = state is not None and not state.deleted
+        if state is not None and live:
+            org = await cache.load(orgs.subject(state.org_id), orgs.evolve, refresh=True)
+            live = org.state is not None and not org.state.deleted
+        stored = state.password_hash if state is not None and live else decoy_hash
+        matches = await asyncio.to_thread(verify_password, password, stored)
+        if user is None or state is None or not live or not matches:
+            raise UnauthenticatedError(WRONG_LOGIN)
+        return user, state
+
     @router.route(subjects.AUTH_LOGIN, Login, public=True)
     async def login(request: Request[Login]) -> Result:
         command = request.body
         email = normalize_email(command.email)
         throttle.check(email)
+        try:
+            # Read from the log, not from this process's cache: another process may have
+            # written the registration or a new password a moment ago, and a refusal is
+            # decided on the log. (A few reads next to a password hash cost nothing.)
+            verified, verified_state = await verified_user(email, command.password)
+        except UnauthenticatedError:
+            throttle.failed(email)
+            raise
         token_holder: list[tokens.Token] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            reservation = await loader.load(
-                subjects.email_reservation(email), users.evolve_reservation
-            )
-            user = None
-            if reservation.state is not None:
-                user = await loader.load(
-                    await runner.user_subject(reservation.state.user_id), users.evolve
-                )
-            state = user.state if user is not None else None
-            live = state is not None and not state.deleted
-            if state is not None and live:
-                org = await loader.load(orgs.subject(state.org_id), orgs.evolve)
-                live = org.state is not None and not org.state.deleted
-            stored = state.password_hash if state is not None and live else decoy_hash
-            matches = await asyncio.to_thread(verify_password, command.password, stored)
-            if user is None or state is None or not live or not matches:
-                throttle.failed(email)
-                raise UnauthenticatedError(WRONG_LOGIN)
+            user = await loader.load(verified.subject, users.evolve)
+            state = users.require_live(user, verified_state.user_id)
+            if state.password_hash != verified_state.password_hash:
+                raise UnauthenticatedError(WRONG_LOGIN)  # changed since it was checked
             if not token_holder:
                 token_holder.append(tokens.new_token("session", state.org_id, state.user_id))
             now_ms = time.time_ns() // 1_000_000
             return credentials.start_session(user, token_holder[0], now_ms, command.ttl_seconds)
 
-        result = await runner.run("auth.login", request, plan)
+        # A login belongs to the command-id space of the user it logs in, like the commands
+        # that user sends with the session afterwards.
+        owner = owner_of_user(verified_state)
+        result = await runner.run("auth.login", request, plan, owner=owner)
         throttle.succeeded(email)
         return _with_secret(result, token_holder, "session_id")
 

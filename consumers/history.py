@@ -20,7 +20,7 @@ from agentmem.events import MessageAppended
 from agentmem.queries import GetHistory
 from agentmem.store import Store
 from consumers.auth import authorize
-from consumers.commands import SECRET_FIELDS, CommandRunner
+from consumers.commands import SECRET_FIELDS, CommandRunner, client_command_id
 from consumers.freshness import Freshness
 from consumers.queries import decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
@@ -40,7 +40,7 @@ def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[st
         "time": commit.time_ms,
         "commit_type": commit.headers.get(H_COMMIT_TYPE, ""),
         "principal": commit.headers.get(H_PRINCIPAL, ""),
-        "command_id": commit.command_id,
+        "command_id": client_command_id(commit.command_id),
         "correlation_id": commit.headers.get(H_CORRELATION_ID, ""),
         "events": events,
     }

@@ -1,0 +1,181 @@
+"""A command id belongs to whoever sent it: two organizations that pick the same command id
+never see, replay or pre-empt each other's commands (security review, finding 1).
+
+Each path that recognises a retried command is tried with two organizations, on each store:
+the log's duplicate window (message.append), the retry check on a loaded subject
+(agent.create with another organization's agent id, user.register), and login, which must
+check the password before it answers as a retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, ConflictError, NotFoundError, subjects
+from tests.realparts import bearer
+
+STORES = ("sqlite", "postgres")
+
+PASSWORD = "long-enough-password"
+SECRET = "Acme secret: merger with Globex on Friday"
+
+
+async def member_of(admin: Client, name: str) -> tuple[str, Client]:
+    """A fresh organization and a client of one of its members (not a service admin)."""
+    org_id = str((await admin.create_org(name)).fields["org_id"])
+    user = await admin.register_user(org_id, "Member", f"m@{name}.example", PASSWORD)
+    key = await admin.create_api_key("test", user_id=user.fields["user_id"])
+    return org_id, admin.with_token(str(key.fields["token"]))
+
+
+@pytest.fixture
+async def two_orgs(client: Client) -> tuple[Client, Client]:
+    _, acme = await member_of(client, "acme")
+    _, globex = await member_of(client, "globex")
+    return acme, globex
+
+
+async def raw(nc: NATS, subject: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
+    reply = await nc.request(
+        subject, msgspec.json.encode(body), timeout=10, headers=bearer(token) if token else None
+    )
+    decoded: dict[str, Any] = msgspec.json.decode(reply.data)
+    return decoded
+
+
+async def test_a_message_append_with_another_orgs_command_id_is_its_own(
+    two_orgs: tuple[Client, Client],
+) -> None:
+    acme, globex = two_orgs
+    for api in (acme, globex):
+        await api.create_agent("Helper", agent_id=f"agent-{id(api)}")
+    stored = await acme.append_message(
+        "s-1", f"agent-{id(acme)}", "user", SECRET, command_id="append-1"
+    )
+    answered = await globex.append_message(
+        "s-1", f"agent-{id(globex)}", "user", "hello", command_id="append-1"
+    )
+    assert answered.seq > stored.seq  # stored anew, not answered with Acme's commit
+    assert SECRET not in msgspec.json.encode(answered.fields).decode()
+    assert answered.fields["content"] == "hello"
+    page = await globex.list_messages("s-1", after_seq=globex.last_seq)
+    assert [m.content for m in page.items] == ["hello"]
+    # The same client retrying is still answered with its first outcome.
+    again = await acme.append_message(
+        "s-1", f"agent-{id(acme)}", "user", SECRET, command_id="append-1"
+    )
+    assert again.seq == stored.seq
+
+
+async def test_another_orgs_command_id_sent_first_does_not_swallow_a_later_command(
+    two_orgs: tuple[Client, Client],
+) -> None:
+    acme, globex = two_orgs
+    for api in (acme, globex):
+        await api.create_agent("Helper", agent_id=f"agent-{id(api)}")
+    await globex.append_message("s-1", f"agent-{id(globex)}", "user", "first", command_id="c-7")
+    stored = await acme.append_message("s-1", f"agent-{id(acme)}", "user", SECRET, command_id="c-7")
+    page = await acme.list_messages("s-1", after_seq=stored.seq)
+    assert [m.content for m in page.items] == [SECRET]
+
+
+async def test_an_agent_create_with_another_orgs_agent_and_command_id_gets_nothing_of_it(
+    two_orgs: tuple[Client, Client],
+) -> None:
+    acme, globex = two_orgs
+    created = await acme.create_agent(
+        "Helper", persona="Knows the merger plan", agent_id="shared-id", command_id="create-1"
+    )
+    with pytest.raises((ConflictError, NotFoundError)) as refused:
+        await globex.create_agent("Helper", agent_id="shared-id", command_id="create-1")
+    assert "merger" not in str(refused.value) + str(refused.value.details)
+    # Globex's own agent, under the same command id, is created.
+    own = await globex.create_agent("Mine", agent_id="globex-own", command_id="create-1")
+    assert own.seq > created.seq
+    assert own.fields["agent_id"] == "globex-own"
+    assert (await acme.create_agent("Helper", agent_id="shared-id", command_id="create-1")).seq == (
+        created.seq
+    )
+
+
+async def test_a_user_register_with_another_orgs_command_id_registers_its_own_user(
+    client: Client,
+) -> None:
+    acme_id = str((await client.create_org("acme")).fields["org_id"])
+    globex_id = str((await client.create_org("globex")).fields["org_id"])
+    acme_admin = await client.register_user(
+        acme_id, "A", "a@acme.example", PASSWORD, roles=["admin"]
+    )
+    globex_admin = await client.register_user(
+        globex_id, "G", "g@globex.example", PASSWORD, roles=["admin"]
+    )
+    acme = client.with_token(
+        str(
+            (await client.create_api_key("k", user_id=acme_admin.fields["user_id"])).fields["token"]
+        )
+    )
+    globex = client.with_token(
+        str(
+            (await client.create_api_key("k", user_id=globex_admin.fields["user_id"])).fields[
+                "token"
+            ]
+        )
+    )
+    first = await acme.register_user(
+        acme_id, "Ann", "ann@acme.example", PASSWORD, command_id="register-ann"
+    )
+    second = await globex.register_user(
+        globex_id, "Bob", "bob@globex.example", PASSWORD, command_id="register-ann"
+    )
+    assert second.seq > first.seq
+    assert second.fields["email"] == "bob@globex.example"
+    assert second.fields["org_id"] == globex_id
+    assert "ann@acme.example" not in msgspec.json.encode(second.fields).decode()
+
+
+async def test_login_checks_the_password_before_it_answers_a_retry(
+    client: Client, nc: NATS
+) -> None:
+    org_id = str((await client.create_org("acme")).fields["org_id"])
+    await client.register_user(org_id, "Ann", "ann@acme.example", PASSWORD, command_id="reg-ann")
+    login = {"email": "ann@acme.example", "password": PASSWORD, "command_id": "login-ann"}
+    first = await raw(nc, subjects.AUTH_LOGIN, login, None)
+    assert first["ok"], first
+    # A stranger who knows the command id (history shows it) but not the password.
+    for command_id in ("login-ann", "reg-ann"):
+        wrong = {**login, "password": "not the password", "command_id": command_id}
+        refused = await raw(nc, subjects.AUTH_LOGIN, wrong, None)
+        assert not refused["ok"]
+        assert refused["error"]["code"] == "unauthenticated"
+        assert "ann@acme.example" not in msgspec.json.encode(refused).decode()
+    # Those failures counted: the throttle was not reset by a replay.
+    for _ in range(3):
+        await raw(nc, subjects.AUTH_LOGIN, {**login, "password": "wrong again!"}, None)
+    throttled = await raw(nc, subjects.AUTH_LOGIN, login, None)
+    assert not throttled["ok"]
+    assert "too many failed logins" in throttled["error"]["message"]
+
+
+async def test_the_same_login_retried_with_its_password_is_answered_once(
+    client: Client, nc: NATS
+) -> None:
+    org_id = str((await client.create_org("acme")).fields["org_id"])
+    await client.register_user(org_id, "Ann", "ann@acme.example", PASSWORD)
+    login = {"email": "ann@acme.example", "password": PASSWORD, "command_id": "login-1"}
+    first = await raw(nc, subjects.AUTH_LOGIN, login, None)
+    again = await raw(nc, subjects.AUTH_LOGIN, login, None)
+    assert first["ok"]
+    assert again["ok"]
+    assert again["seq"] == first["seq"]
+    assert again["data"]["session_id"] == first["data"]["session_id"]
+    assert again["data"]["token"] is None  # the secret is in the first reply only
+
+
+async def test_history_shows_the_command_id_the_client_sent(client: Client) -> None:
+    created = await client.create_org("acme", command_id="create-acme-1")
+    page = await client.history("org", str(created.fields["org_id"]))
+    assert page.items[0]["command_id"] == "create-acme-1"
