@@ -38,8 +38,9 @@ from consumers import (
 )
 from consumers.access_view import AccessView, confirm_everywhere
 from consumers.aggregates import AggregateCache, FreshReads
-from consumers.auth import Authenticator, LoginThrottle
+from consumers.auth import Authenticator
 from consumers.freshness import Freshness
+from consumers.passwords import PasswordThrottle, PasswordWork
 from consumers.router import Dispatcher, Router
 from projections import ALL, Projection
 from projections.board import CheckpointBoard
@@ -225,7 +226,11 @@ class Service:
         # the system subjects (status, health) for itself.
         trees = [subjects.SYSTEM_PREFIX]
         if "commands" in roles:
-            router.include(commands.build_router(runner, settings.password_cost))
+            # One throttle and one pool for every password check of this process.
+            throttle, work = PasswordThrottle(), PasswordWork()
+            router.include(
+                commands.build_router(runner, settings.password_cost, throttle=throttle, work=work)
+            )
             router.include(agents.build_command_router(runner))
             router.include(tools.build_command_router(runner))
             router.include(
@@ -234,7 +239,9 @@ class Service:
                 )
             )
             router.include(
-                credentials.build_router(runner, LoginThrottle(), settings.password_cost)
+                credentials.build_router(
+                    runner, settings.password_cost, throttle=throttle, work=work
+                )
             )
             trees.append(subjects.COMMAND_PREFIX)
         if "queries" in roles:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import Any
 
 from agentmem.auth import tokens
@@ -107,37 +106,3 @@ def authorize(
         f"your role does not allow this (it needs {need.replace('_', ' ')})",
         {"needs": need, "roles": list(principal.roles)},
     )
-
-
-class LoginThrottle:
-    """Failed logins per email: after ``limit`` failures within ``window_s``, refuse until the
-    oldest of them ages out. Per process: several processes each keep their own count."""
-
-    def __init__(self, limit: int = 5, window_s: float = 300.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, email: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(email, deque())
-        while failures and failures[0] <= now - self.window_s:
-            failures.popleft()
-        return failures
-
-    def check(self, email: str) -> None:
-        now = time.monotonic()
-        failures = self._recent(email, now)
-        if len(failures) >= self.limit:
-            retry_after = int(failures[0] + self.window_s - now) + 1
-            raise UnauthenticatedError(
-                f"too many failed logins for this email; retry in {retry_after} s",
-                {"retry_after_s": retry_after},
-            )
-
-    def failed(self, email: str) -> None:
-        if len(self._failures) > 100_000:  # bound memory under a spray of random emails
-            self._failures.clear()
-        self._recent(email, time.monotonic()).append(time.monotonic())
-
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(email, None)

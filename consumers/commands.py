@@ -7,7 +7,6 @@ the command id, retries after a concurrent write, and recognising a retried comm
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -51,6 +50,7 @@ from agentmem.eventlog import (
 from agentmem.events import AnyEvent
 from consumers.aggregates import AggregateCache, AlreadyApplied, Loader
 from consumers.auth import authorize
+from consumers.passwords import PasswordThrottle, PasswordWork
 from consumers.router import Request, Result, Router
 
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
@@ -251,11 +251,19 @@ def check_user(request: Request[Any], need: Need, user: Loaded[users.User]) -> u
     return state
 
 
-def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Router:
+def build_router(
+    runner: CommandRunner,
+    password_cost: int = DEFAULT_COST,
+    *,
+    throttle: PasswordThrottle | None = None,
+    work: PasswordWork | None = None,
+) -> Router:
     router = Router()
+    throttle = throttle or PasswordThrottle()
+    work = work or PasswordWork()
 
     async def hash_in_thread(password: str) -> str:
-        return await asyncio.to_thread(hash_password, password, password_cost)
+        return await work.run(hash_password, password, password_cost)
 
     @router.route(subjects.ORG_CREATE, CreateOrg)
     async def create_org(request: Request[CreateOrg]) -> Result:
@@ -369,15 +377,22 @@ def build_router(runner: CommandRunner, password_cost: int = DEFAULT_COST) -> Ro
     async def change_password(request: Request[ChangePassword]) -> Result:
         command = request.body
         new_hash: list[str] = []
+        checked: list[str] = []  # the hash the old password was checked against, once
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, command.user_id)
             state = check_user(request, "self", user)
-            matches = await asyncio.to_thread(
-                verify_password, command.old_password, state.password_hash
-            )
-            if not matches:
-                raise UnauthenticatedError("the old password is not right")
+            if not checked:
+                # Guesses at the old password are throttled like logins: a stolen key
+                # must not recover the password behind it.
+                throttle.attempt(f"user:{state.user_id}", "wrong old passwords for this user")
+                matches = await work.run(verify_password, command.old_password, state.password_hash)
+                if not matches:
+                    raise UnauthenticatedError("the old password is not right")
+                throttle.succeeded(f"user:{state.user_id}")
+                checked.append(state.password_hash)
+            elif checked[0] != state.password_hash:
+                raise ConflictError("the password changed while this command ran; retry it")
             if not new_hash:
                 new_hash.append(await hash_in_thread(command.new_password))
             return users.change_password(user, command.expected_version, new_hash[0])

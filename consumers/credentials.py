@@ -7,7 +7,6 @@ produce again (create another key instead).
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from agentmem import subjects
@@ -18,8 +17,8 @@ from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.passwords import hash_password, verify_password
 from agentmem.errors import UnauthenticatedError
 from consumers.aggregates import Loader
-from consumers.auth import LoginThrottle
 from consumers.commands import CommandRunner, check_user, owner_of_user
+from consumers.passwords import PasswordThrottle, PasswordWork
 from consumers.router import Request, Result, Router
 
 WRONG_LOGIN = "wrong email or password"
@@ -35,8 +34,16 @@ def _with_secret(result: Result, held: list[tokens.Token], id_field: str) -> Res
     return data, seq
 
 
-def build_router(runner: CommandRunner, throttle: LoginThrottle, password_cost: int) -> Router:
+def build_router(
+    runner: CommandRunner,
+    password_cost: int,
+    *,
+    throttle: PasswordThrottle | None = None,
+    work: PasswordWork | None = None,
+) -> Router:
     router = Router()
+    throttle = throttle or PasswordThrottle()
+    work = work or PasswordWork()
     # Verifying against this when the email is unknown keeps both answers equally slow.
     decoy_hash = hash_password("decoy password", password_cost)
 
@@ -58,7 +65,7 @@ def build_router(runner: CommandRunner, throttle: LoginThrottle, password_cost: 
             org = await cache.load(orgs.subject(state.org_id), orgs.evolve, refresh=True)
             live = org.state is not None and not org.state.deleted
         stored = state.password_hash if state is not None and live else decoy_hash
-        matches = await asyncio.to_thread(verify_password, password, stored)
+        matches = await work.run(verify_password, password, stored)
         if user is None or state is None or not live or not matches:
             raise UnauthenticatedError(WRONG_LOGIN)
         return user, state
@@ -67,15 +74,12 @@ def build_router(runner: CommandRunner, throttle: LoginThrottle, password_cost: 
     async def login(request: Request[Login]) -> Result:
         command = request.body
         email = normalize_email(command.email)
-        throttle.check(email)
-        try:
-            # Read from the log, not from this process's cache: another process may have
-            # written the registration or a new password a moment ago, and a refusal is
-            # decided on the log. (A few reads next to a password hash cost nothing.)
-            verified, verified_state = await verified_user(email, command.password)
-        except UnauthenticatedError:
-            throttle.failed(email)
-            raise
+        work.check_room()
+        throttle.attempt(email)
+        # Read from the log, not from this process's cache: another process may have
+        # written the registration or a new password a moment ago, and a refusal is
+        # decided on the log. (A few reads next to a password hash cost nothing.)
+        verified, verified_state = await verified_user(email, command.password)
         token_holder: list[tokens.Token] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:

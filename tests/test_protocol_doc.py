@@ -34,7 +34,7 @@ def request_types() -> dict[str, type[msgspec.Struct]]:
     runner = cast(Any, SimpleNamespace(cache=None))  # a router that reads runner.cache
     routes = {
         **commands.build_router(placeholder).routes,
-        **credentials.build_router(placeholder, placeholder, TEST_PASSWORD_COST).routes,
+        **credentials.build_router(placeholder, TEST_PASSWORD_COST).routes,
         **history.build_router(placeholder, placeholder, placeholder, placeholder).routes,
         **queries.build_router(placeholder, placeholder).routes,
         **system.build_router(placeholder, placeholder, lambda: {}).routes,

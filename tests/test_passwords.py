@@ -1,0 +1,153 @@
+"""Password work under attack (security review, findings 6 and 7).
+
+- The throttle counts a guess before it is checked, so a burst of concurrent guesses cannot
+  slip past it; a lock survives a spray of other emails; a password change is throttled too.
+- Password checks run in a small bounded pool: a flood of anonymous logins is shed with
+  ``unavailable`` and a retry hint, and authenticated commands do not queue behind it.
+
+The throttle and pool are pure logic with a clock and threads, tested directly; the rest runs
+against a real service and nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, subjects
+from agentmem.domain.passwords import DEFAULT_COST
+from agentmem.errors import UnauthenticatedError, UnavailableError
+from agentmem.service import Service
+from consumers.passwords import PasswordThrottle, PasswordWork
+from tests.conftest import admin_key, settings_for
+from tests.support import NatsServer
+
+PASSWORD = "correct horse battery"
+
+
+# The throttle and the pool, directly ------------------------------------------------------
+def test_the_throttle_counts_an_attempt_before_the_check() -> None:
+    throttle = PasswordThrottle(limit=3)
+    for _ in range(3):
+        throttle.attempt("ann@example.com")  # three checks in flight, none finished
+    with pytest.raises(UnauthenticatedError, match="too many") as refused:
+        throttle.attempt("ann@example.com")
+    assert refused.value.details["retry_after_s"] > 0
+    throttle.succeeded("ann@example.com")
+    throttle.attempt("ann@example.com")
+
+
+def test_a_lock_survives_a_spray_of_other_keys() -> None:
+    throttle = PasswordThrottle(limit=2, max_keys=100)
+    for _ in range(2):
+        throttle.attempt("victim@example.com")
+    for n in range(1_000):
+        throttle.attempt(f"random{n}@example.com")
+    with pytest.raises(UnauthenticatedError):
+        throttle.attempt("victim@example.com")
+    assert len(throttle._attempts) <= 101
+
+
+async def test_the_pool_sheds_past_its_queue_and_runs_at_most_its_threads() -> None:
+    work = PasswordWork(threads=2, queue=3)
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    results = await asyncio.gather(*(work.run(slow) for _ in range(10)), return_exceptions=True)
+    shed = [r for r in results if isinstance(r, UnavailableError)]
+    assert len(shed) == 5
+    assert all(r.details["retry_after_s"] == 1 for r in shed)
+    assert most == 2
+    await work.run(slow)  # room again once the burst is done
+
+
+# Over NATS -------------------------------------------------------------------------------
+async def request(nc: NATS, subject: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    reply = await nc.request(subject, msgspec.json.encode(body), timeout=30, **kw)
+    decoded: dict[str, Any] = msgspec.json.decode(reply.data)
+    return decoded
+
+
+async def test_concurrent_guesses_cannot_pass_the_login_throttle(client: Client, nc: NATS) -> None:
+    org_id = str((await client.create_org("acme")).fields["org_id"])
+    await client.register_user(org_id, "Ann", "ann@acme.example", PASSWORD)
+    guesses = [f"guess number {n}" for n in range(40)]
+    guesses[20] = PASSWORD
+    replies = await asyncio.gather(
+        *(
+            request(nc, subjects.AUTH_LOGIN, {"email": "ann@acme.example", "password": g})
+            for g in guesses
+        )
+    )
+    assert not replies[20]["ok"], "the right password, sent among 40 guesses, got in"
+    checked = [r for r in replies if "wrong email" in r.get("error", {}).get("message", "")]
+    assert len(checked) <= 5
+
+
+async def test_wrong_old_passwords_are_throttled(client: Client) -> None:
+    org_id = str((await client.create_org("acme")).fields["org_id"])
+    user = await client.register_user(org_id, "Ann", "ann@acme.example", PASSWORD)
+    user_id = str(user.fields["user_id"])
+    key = await client.create_api_key("stolen", user_id=user_id)
+    thief = client.with_token(str(key.fields["token"]))
+    for n in range(5):
+        with pytest.raises(UnauthenticatedError, match="old password is not right"):
+            await thief.change_password(user_id, f"guess {n}!", "a new password")
+    with pytest.raises(UnauthenticatedError, match="too many") as throttled:
+        await thief.change_password(user_id, PASSWORD, "a new password")
+    assert throttled.value.details["retry_after_s"] > 0
+
+
+@pytest.fixture
+async def costly_service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Service]:
+    """A service that hashes at the production cost, as an attacker would meet it."""
+    settings = settings_for(nats_server, tmp_path)
+    settings.password_cost = DEFAULT_COST
+    service = Service(settings)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def test_a_flood_of_anonymous_logins_does_not_stall_commands(
+    costly_service: Service, nc: NATS, tmp_path: Path
+) -> None:
+    admin = Client(nc, admin_key(tmp_path))
+    org_id = str((await admin.create_org("acme")).fields["org_id"])
+    flood = [
+        asyncio.ensure_future(
+            request(
+                nc,
+                subjects.AUTH_LOGIN,
+                {"email": f"nobody{n}@example.com", "password": "a guess!"},
+            )
+        )
+        for n in range(1_500)
+    ]
+    await asyncio.sleep(0.2)  # the flood is in
+    started = time.perf_counter()
+    await admin.rename_org(org_id, "Acme")
+    took = time.perf_counter() - started
+    replies = await asyncio.gather(*flood)
+    assert took < 2.0, f"an authenticated command waited {took:.1f} s behind anonymous logins"
+    shed = [r for r in replies if r.get("error", {}).get("code") == "unavailable"]
+    assert shed, "no login was shed"
+    assert all(r["error"]["details"]["retry_after_s"] == 1 for r in shed)
+    assert all(not r["ok"] for r in replies)
