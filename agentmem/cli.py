@@ -67,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     connection_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw report")
     status.add_argument(
-        "--token",
-        help="API key to ask the running service with (env AGENTMEM_TOKEN; "
-        "default: the one in <data-dir>/admin.key, if readable)",
+        "--token-file",
+        help="a file holding the API key to ask the running service with (else env "
+        "AGENTMEM_TOKEN, else <data-dir>/admin.key if readable); never a key in argv, where "
+        "every user of the machine can read it",
     )
     admin = commands.add_parser("admin", help="administration straight on the log")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -184,11 +185,14 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
     await nc.close()
 
 
-def _status_token(settings: Settings, flag: str | None) -> str | None:
-    """The credentials to ask the running service with: the flag, else AGENTMEM_TOKEN, else
-    the administrator's key that the first start saved in the data dir, if readable."""
-    if flag:
-        return flag.strip()
+def _status_token(settings: Settings, token_file: str | None) -> str | None:
+    """The credentials to ask the running service with: the file named, else AGENTMEM_TOKEN,
+    else the administrator's key that the first start saved in the data dir, if readable."""
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"--token-file {token_file}: cannot read it ({exc})") from exc
     env = os.environ.get("AGENTMEM_TOKEN", "").strip()
     if env:
         return env
@@ -336,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(settings))
         if args.command == "status":
-            return asyncio.run(_status(settings, args.json, _status_token(settings, args.token)))
+            return asyncio.run(
+                _status(settings, args.json, _status_token(settings, args.token_file))
+            )
         if args.command == "admin":
             return asyncio.run(_create_admin_key(settings, args.name))
         return asyncio.run(_replay(settings, args.projection, args.into))

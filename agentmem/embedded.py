@@ -113,13 +113,18 @@ def write_config(
             f"authorization {{\n  user: {json.dumps(user)}\n"
             f"  password: {json.dumps(password)}\n}}\n"
         )
-    config.write_text(
+    text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         "max_payload: 1MB\n"
         f"{auth}"
         f"jetstream {{\n  store_dir: {json.dumps(str(store_dir.resolve()))}\n{sync}}}\n"
     )
-    os.chmod(config, 0o600)  # it may hold the server's password
+    # It may hold the server's password: private from the moment it exists, never readable
+    # by others between a write and a chmod.
+    config.unlink(missing_ok=True)
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
     return config
 
 

@@ -95,12 +95,28 @@ def check_roles(roles: frozenset[str], store_url: str) -> None:
         )
 
 
+# Query parameters that carry a secret in a Postgres (libpq) URL.
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile", "token"})
+
+
 def redact_url(url: str) -> str:
-    """A NATS URL fit for a log line: without its password."""
+    """A NATS or store URL fit for a log line: no password, no token (``nats://TOKEN@host``
+    has it as a user name alone), no password in the query string."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}:{parts.port}"))
+    if "://" not in url:
+        return url  # a file path
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        elif not parts.scheme.startswith("postgres"):
+            netloc = f"***@{host}"  # NATS: a user name alone is a token
+    query = "&".join(
+        f"{name}=***" if name.lower() in _SECRET_PARAMS else f"{name}={value}" if sep else name
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def _log_nats_error(exc: Exception) -> None:

@@ -14,7 +14,7 @@ from agentmem.auth import tokens
 from agentmem.commands import CreateApiKey, Login, Logout, RevokeApiKey, normalize_email
 from agentmem.domain import credentials, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.domain.passwords import hash_password, verify_password
+from agentmem.domain.passwords import cost_of, hash_password, verify_password
 from agentmem.errors import UnauthenticatedError
 from consumers.aggregates import Loader
 from consumers.commands import CommandRunner, check_user, owner_of_user
@@ -81,6 +81,9 @@ def build_router(
         # decided on the log. (A few reads next to a password hash cost nothing.)
         verified, verified_state = await verified_user(email, command.password)
         token_holder: list[tokens.Token] = []
+        rehashed = None
+        if cost_of(verified_state.password_hash) < password_cost:
+            rehashed = await work.run(hash_password, command.password, password_cost)
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await loader.load(verified.subject, users.evolve)
@@ -90,7 +93,9 @@ def build_router(
             if not token_holder:
                 token_holder.append(tokens.new_token("session", state.org_id, state.user_id))
             now_ms = time.time_ns() // 1_000_000
-            return credentials.start_session(user, token_holder[0], now_ms, command.ttl_seconds)
+            return credentials.start_session(
+                user, token_holder[0], now_ms, command.ttl_seconds, rehashed
+            )
 
         # A login belongs to the command-id space of the user it logs in, like the commands
         # that user sends with the session afterwards.

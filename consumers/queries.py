@@ -10,7 +10,7 @@ import msgspec
 
 from agentmem import subjects
 from agentmem.commands import normalize_email
-from agentmem.errors import InvalidError, NotFoundError
+from agentmem.errors import ForbiddenError, InvalidError, NotFoundError
 from agentmem.queries import (
     EmailExists,
     GetOrg,
@@ -169,11 +169,17 @@ def build_router(store: Store, freshness: Freshness) -> Router:
     async def list_api_keys(request: Request[ListApiKeys]) -> Result:
         user_id = request.body.user_id or request.caller.user_id
         seq = await freshness.wait("users", request.body.after_seq)
-        owner = await store.fetch_one("SELECT org_id FROM users WHERE user_id = ?", user_id)
+        owner = await store.fetch_one(
+            "SELECT org_id, service_admin FROM users WHERE user_id = ?", user_id
+        )
         missing = f"user {user_id} does not exist"
         if owner is None:
             raise NotFoundError(missing)
-        authorize(request.caller, "self", owner["org_id"], NotFoundError(missing), user_id)
+        caller = request.caller
+        authorize(caller, "self", owner["org_id"], NotFoundError(missing), user_id)
+        if owner["service_admin"] and not caller.service_admin and caller.user_id != user_id:
+            # As for every other operation on the administrator (``check_user``).
+            raise ForbiddenError("only a service administrator may act on a service administrator")
         rows = await store.fetch_all(
             "SELECT key_id, user_id, name, prefix, created_at, revoked_at FROM api_keys "
             "WHERE user_id = ? ORDER BY key_id",

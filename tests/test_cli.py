@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from agentmem import Client, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
+from agentmem.service import redact_url
 from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import admin_key
 from tests.realparts import (
@@ -334,7 +335,8 @@ async def test_status_against_a_running_and_a_stopped_service(
         assert parsed["stream"]["last_seq"] == last_seq
         assert {k: v["checkpoint"] for k, v in parsed["projections"].items()} == checkpoints
 
-        # Another key, from AGENTMEM_TOKEN, wins over the file; --token wins over both.
+        # Another key, from AGENTMEM_TOKEN, wins over the data dir's file; --token-file (a
+        # key never goes in argv, where every user of the machine can read it) wins over both.
         other = (await client.create_api_key("status")).fields["token"]
         report = await wait_caught_up(nc, key)
         last_seq = report["stream"]["last_seq"]
@@ -345,7 +347,11 @@ async def test_status_against_a_running_and_a_stopped_service(
         assert_reported(ran)
         assert credentials_sent(seen) == [f"Bearer {other}"]
         async with status_requests(nc) as seen:
-            ran = await run_cli("status", *flags, "--token", key, env=env, cwd=tmp_path)
+            key_file = tmp_path / "status.key"
+            key_file.write_text(key)
+            ran = await run_cli(
+                "status", *flags, "--token-file", str(key_file), env=env, cwd=tmp_path
+            )
         assert_reported(ran)
         assert credentials_sent(seen) == [f"Bearer {key}"]
 
@@ -354,7 +360,10 @@ async def test_status_against_a_running_and_a_stopped_service(
         assert wrong is not None
         wrong = tokens.Token(wrong.kind, wrong.org_id, wrong.user_id, wrong.credential_id, "0" * 64)
         async with status_requests(nc) as seen:
-            ran = await run_cli("status", *flags, "--token", str(wrong), env=env, cwd=tmp_path)
+            key_file.write_text(str(wrong))
+            ran = await run_cli(
+                "status", *flags, "--token-file", str(key_file), env=env, cwd=tmp_path
+            )
         assert_reported(ran)
         assert credentials_sent(seen) == [f"Bearer {wrong}"]
         assert "refused" in ran.stderr, ran.stderr
@@ -538,3 +547,22 @@ async def test_ctrl_c_to_the_whole_process_group_still_drains_cleanly(tmp_path: 
     serve.kill()
     serve.wait(10)
     await wait_gone(children[0])
+
+
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+        ("nats://s3cret-token@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        ("nats://user:s3cret@host:4222", "nats://user:***@host:4222"),
+        ("postgresql://app@db:5432/agentmem", "postgresql://app@db:5432/agentmem"),
+        ("postgresql://app:s3cret@db/agentmem", "postgresql://app:***@db/agentmem"),
+        (
+            "postgresql://db/agentmem?user=app&password=s3cret&sslmode=require",
+            "postgresql://db/agentmem?user=app&password=***&sslmode=require",
+        ),
+        ("/var/lib/agentmem/agentmem.db", "/var/lib/agentmem/agentmem.db"),
+    ],
+)
+def test_urls_are_logged_without_any_credential(url: str, logged: str) -> None:
+    assert redact_url(url) == logged

@@ -23,8 +23,11 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, subjects
-from agentmem.domain.passwords import DEFAULT_COST
+from agentmem.domain import users
+from agentmem.domain.passwords import DEFAULT_COST, cost_of, verify_password
 from agentmem.errors import UnauthenticatedError, UnavailableError
+from agentmem.eventlog import EventLog
+from agentmem.events import UserPasswordChanged
 from agentmem.service import Service
 from consumers.passwords import PasswordThrottle, PasswordWork
 from tests.conftest import admin_key, settings_for
@@ -151,3 +154,30 @@ async def test_a_flood_of_anonymous_logins_does_not_stall_commands(
     assert shed, "no login was shed"
     assert all(r["error"]["details"]["retry_after_s"] == 1 for r in shed)
     assert all(not r["ok"] for r in replies)
+
+
+async def test_a_login_rehashes_a_password_made_at_a_lower_cost(
+    nats_server: NatsServer, tmp_path: Path, nc: NATS
+) -> None:
+    settings = settings_for(nats_server, tmp_path)
+    cheap = Service(settings)
+    await cheap.start()
+    admin = Client(nc, admin_key(tmp_path))
+    org_id = str((await admin.create_org("acme")).fields["org_id"])
+    user = await admin.register_user(org_id, "Ann", "ann@acme.example", PASSWORD)
+    await cheap.stop()
+
+    settings.password_cost = settings.password_cost * 2  # the operator raised the cost
+    dearer = Service(settings)
+    await dearer.start()
+    try:
+        await admin.login("ann@acme.example", PASSWORD)
+        await admin.login("ann@acme.example", PASSWORD)  # the second one has nothing to do
+        log = EventLog(nc)
+        commits = await log.read_subject(users.subject(org_id, str(user.fields["user_id"])))
+        rehashes = [e for c in commits for e in c.events if isinstance(e, UserPasswordChanged)]
+        assert len(rehashes) == 1
+        assert cost_of(rehashes[0].password_hash) == settings.password_cost
+        assert verify_password(PASSWORD, rehashes[0].password_hash)
+    finally:
+        await dearer.stop()

@@ -136,9 +136,7 @@ async def test_commands_and_projections_in_one_process_queries_in_another(
                 nats_server.url,
                 "--store",
                 pg_url,
-                "--token",
-                token,
-                env=clean_env(),
+                env=clean_env(AGENTMEM_TOKEN=token),
                 cwd=tmp_path,
             )
             assert ran.returncode == 0, ran.stderr

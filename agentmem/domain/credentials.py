@@ -10,7 +10,13 @@ from agentmem.auth.tokens import Token, digest
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.users import User, require_live
 from agentmem.errors import InvalidError, NotFoundError
-from agentmem.events import ApiKeyCreated, ApiKeyRevoked, SessionEnded, SessionStarted
+from agentmem.events import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    SessionEnded,
+    SessionStarted,
+    UserPasswordChanged,
+)
 
 MAX_LIVE_KEYS = 100
 
@@ -39,8 +45,17 @@ def revoke_key(loaded: Loaded[User], user_id: str, key_id: str) -> list[Write]:
     return [Write(loaded.subject, loaded.version, [event])]
 
 
-def start_session(loaded: Loaded[User], token: Token, now_ms: int, ttl_s: int) -> list[Write]:
+def start_session(
+    loaded: Loaded[User], token: Token, now_ms: int, ttl_s: int, rehashed: str | None = None
+) -> list[Write]:
+    """A new session; ``rehashed``, when given, replaces a password hash made at a cost
+    below the service's (the login is the one moment the password is at hand)."""
     user = require_live(loaded, token.user_id)
+    rehash = (
+        []
+        if rehashed is None
+        else [UserPasswordChanged(user_id=user.user_id, password_hash=rehashed)]
+    )
     event = SessionStarted(
         user_id=user.user_id,
         session_id=token.credential_id,
@@ -48,7 +63,7 @@ def start_session(loaded: Loaded[User], token: Token, now_ms: int, ttl_s: int) -
         started_at=now_ms,
         expires_at=now_ms + ttl_s * 1000,
     )
-    return [Write(loaded.subject, loaded.version, [event])]
+    return [Write(loaded.subject, loaded.version, [*rehash, event])]
 
 
 def end_session(loaded: Loaded[User], user_id: str, session_id: str) -> list[Write]:
