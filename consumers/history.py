@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
 
 from agentmem import subjects
-from agentmem.domain import orgs
+from agentmem.domain import agents, orgs
 from agentmem.errors import InvalidError, NotFoundError
 from agentmem.eventlog import (
     H_COMMIT_TYPE,
@@ -46,6 +48,25 @@ def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[st
     }
 
 
+async def in_log_order(
+    log: EventLog, names: Sequence[str], after: int
+) -> AsyncGenerator[StoredCommit, None]:
+    """The commits of exactly the subjects ``names`` after sequence ``after``, oldest first:
+    each subject read on its own (never a wildcard, which could match another aggregate's
+    subject), merged by sequence."""
+    readers = [log.iter_subject(name, after=after) for name in names]
+    heads = [await anext(reader, None) for reader in readers]
+    while True:
+        waiting = [(head.seq, n) for n, head in enumerate(heads) if head is not None]
+        if not waiting:
+            return
+        _, n = min(waiting)
+        commit = heads[n]
+        assert commit is not None
+        yield commit
+        heads[n] = await anext(readers[n], None)
+
+
 def _seq_of(cursor_key: str) -> int:
     if not cursor_key:
         return 0
@@ -59,38 +80,45 @@ def build_router(
 ) -> Router:
     router = Router()
 
-    async def subject_of(request: Request[GetHistory], missing: NotFoundError) -> str:
+    async def subjects_of(request: Request[GetHistory], missing: NotFoundError) -> list[str]:
+        """Exactly the subjects of the named aggregate: one, or an agent's two."""
         query = request.body
         match query.aggregate:
             case "org":
-                return orgs.subject(query.id)
+                return [orgs.subject(query.id)]
             case "conversation":
                 # A session id is unique only within its organization.
                 org_id = query.org_id or request.caller.org_id
-                return subjects.event(org_id, "conversation", query.id)
+                return [subjects.event(org_id, "conversation", query.id)]
             case aggregate:
                 try:
                     subject = await runner.subject_of(aggregate, query.id)
                 except NotFoundError:
                     raise missing from None
                 if aggregate == "agent":
-                    # Its profile and its state document, interleaved in log order: ids are
-                    # unique, so only the agent's two subjects end in its id.
+                    # Its profile and its state document. Named, not matched: a pattern such as
+                    # evt.<org>.*.<id> also matches a conversation, a user or a tool of the
+                    # same id (ids of different kinds are chosen independently).
                     org_id = subject.split(".")[2]
-                    return subjects.event(org_id, "*", query.id)
-                return subject
+                    return [subject, agents.state_subject(org_id, query.id)]
+                return [subject]
 
-    async def hidden_among(subject: str, commits: list[StoredCommit]) -> frozenset[str]:
+    async def hidden_among(commits: list[StoredCommit]) -> frozenset[str]:
         """The messages of ``commits`` whose content the projections no longer hold: redacted,
         or gone with their conversation, agent or organization. Once the messages projection
-        has caught up with the conversation, a message without a row is a deleted one."""
+        has caught up with the conversation, a message without a row is a deleted one.
+
+        Whatever the aggregate asked for: wherever a message appears, it is masked."""
+        conversations = sorted(
+            {c.subject for c in commits if any(isinstance(e, MessageAppended) for e in c.events)}
+        )
+        if not conversations:
+            return frozenset()
         message_ids = [
             e.message_id for c in commits for e in c.events if isinstance(e, MessageAppended)
         ]
-        if not message_ids:
-            return frozenset()
-        last = await log.last_on(subject)
-        await freshness.wait("messages", last.seq if last else None)
+        lasts = [await log.last_on(subject) for subject in conversations]
+        await freshness.wait("messages", max((last.seq for last in lasts if last), default=None))
         marks = ", ".join("?" for _ in message_ids)
         rows = await store.fetch_all(
             f"SELECT message_id FROM messages WHERE redacted_at IS NULL "
@@ -103,22 +131,21 @@ def build_router(
     async def get_history(request: Request[GetHistory]) -> Result:
         query = request.body
         missing = NotFoundError(f"{query.aggregate} {query.id} does not exist")
-        subject = await subject_of(request, missing)
-        org_id = subject.split(".")[2]
+        names = await subjects_of(request, missing)
+        org_id = names[0].split(".")[2]
         authorize(request.caller, "reader", org_id, missing)
         after = _seq_of(decode_cursor(query.cursor))
         commits: list[StoredCommit] = []
         # Read one more than asked: it says whether a next page exists.
-        async for commit in log.iter_subject(subject, after=after):
-            commits.append(commit)
-            if len(commits) > query.limit:
-                break
+        async with aclosing(in_log_order(log, names, after)) as reading:
+            async for commit in reading:
+                commits.append(commit)
+                if len(commits) > query.limit:
+                    break
         if not commits and after == 0:
             raise missing
         page = commits[: query.limit]
-        hidden = (
-            await hidden_among(subject, page) if query.aggregate == "conversation" else frozenset()
-        )
+        hidden = await hidden_among(page)
         items = [entry(c, hidden) for c in page]
         more = len(commits) > query.limit
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more else None
