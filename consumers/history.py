@@ -24,8 +24,14 @@ from agentmem.store import Store
 from consumers.auth import authorize
 from consumers.commands import SECRET_FIELDS, CommandRunner, client_command_id
 from consumers.freshness import Freshness
-from consumers.queries import decode_cursor, encode_cursor
+from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
+
+# Message ids per statement when history asks which messages are hidden: far below SQLite's
+# default limit of 32,766 parameters (and asyncpg's 32,767), however many a page holds.
+HIDDEN_CHUNK = 500
+
+_encoder = msgspec.json.Encoder()
 
 
 def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -46,6 +52,27 @@ def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[st
         "correlation_id": commit.headers.get(H_CORRELATION_ID, ""),
         "events": events,
     }
+
+
+def _size(item: dict[str, Any]) -> int:
+    return len(_encoder.encode(item))
+
+
+async def hidden_messages(store: Store, message_ids: Sequence[str]) -> frozenset[str]:
+    """Of ``message_ids``, those without a row that shows them: redacted, or deleted. Asked
+    ``HIDDEN_CHUNK`` ids at a time, so any number of ids takes a bounded statement."""
+    wanted = list(dict.fromkeys(message_ids))
+    shown: set[str] = set()
+    for start in range(0, len(wanted), HIDDEN_CHUNK):
+        chunk = wanted[start : start + HIDDEN_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        rows = await store.fetch_all(
+            f"SELECT message_id FROM messages WHERE redacted_at IS NULL "
+            f"AND message_id IN ({marks})",
+            *chunk,
+        )
+        shown.update(row["message_id"] for row in rows)
+    return frozenset(wanted) - shown
 
 
 async def in_log_order(
@@ -119,13 +146,7 @@ def build_router(
         ]
         lasts = [await log.last_on(subject) for subject in conversations]
         await freshness.wait("messages", max((last.seq for last in lasts if last), default=None))
-        marks = ", ".join("?" for _ in message_ids)
-        rows = await store.fetch_all(
-            f"SELECT message_id FROM messages WHERE redacted_at IS NULL "
-            f"AND message_id IN ({marks})",
-            *message_ids,
-        )
-        return frozenset(message_ids) - {row["message_id"] for row in rows}
+        return await hidden_messages(store, message_ids)
 
     @router.route(subjects.HISTORY_GET, GetHistory)
     async def get_history(request: Request[GetHistory]) -> Result:
@@ -135,19 +156,36 @@ def build_router(
         org_id = names[0].split(".")[2]
         authorize(request.caller, "reader", org_id, missing)
         after = _seq_of(decode_cursor(query.cursor))
-        commits: list[StoredCommit] = []
-        # Read one more than asked: it says whether a next page exists.
-        async with aclosing(in_log_order(log, names, after)) as reading:
-            async for commit in reading:
-                commits.append(commit)
-                if len(commits) > query.limit:
+        # A page ends at `limit` commits or at MAX_PAGE_BYTES of entries, whichever comes
+        # first, so the reply fits in one NATS message; the log is read no further than that.
+        # A single commit larger than the budget still comes, alone, and still fits: it was
+        # one NATS message in the log, and its entry is about that size (the same events'
+        # JSON, its header values under shorter keys; a hidden message loses its content).
+        page: list[StoredCommit] = []
+        more = False
+        budget = MAX_PAGE_BYTES
+        async with aclosing(in_log_order(log, names, after)) as commits:
+            async for commit in commits:
+                if len(page) == query.limit:
+                    more = True
                     break
-        if not commits and after == 0:
+                budget -= _size(entry(commit))
+                if page and budget < 0:
+                    more = True
+                    break
+                page.append(commit)
+        if not page and after == 0:
             raise missing
-        page = commits[: query.limit]
         hidden = await hidden_among(page)
         items = [entry(c, hidden) for c in page]
-        more = len(commits) > query.limit
+        if hidden:
+            # A hidden message can be a few bytes longer ("hidden": true): measure again.
+            total = 0
+            for n, item in enumerate(items):
+                total += _size(item)
+                if total > MAX_PAGE_BYTES and n > 0:
+                    items, more = items[:n], True
+                    break
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more else None
         return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)
 

@@ -1,5 +1,6 @@
 """``agentmem.q.history.get`` over NATS, against the real service and a real nats-server, on
-each projection store (``STORES``): it reads exactly the named aggregate's subjects.
+each projection store (``STORES``): it reads exactly the named aggregate's subjects, and its
+pages are cut by bytes so that every reply fits in one NATS message.
 """
 
 from __future__ import annotations
@@ -7,9 +8,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 
-from agentmem import Client, UnavailableError
+from agentmem import Client, UnavailableError, envelope, subjects
+from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.service import Service
+from consumers import history
+from consumers.queries import MAX_PAGE_BYTES
+from consumers.router import MAX_REQUEST_BYTES
 
 STORES = ("sqlite", "postgres")
 
@@ -108,3 +116,114 @@ async def test_an_agents_history_is_its_profile_and_state_and_nothing_else(acme:
     conversation = await member.history("conversation", bot)
     contents = [e["content"] for e in events_of(conversation) if e["type"] == "message.appended"]
     assert contents == ["", "noted, Ann"]
+
+
+# Pages cut by bytes ---------------------------------------------------------------------
+async def raw_history(nc: NATS, headers: dict[str, str], body: dict[str, Any]) -> bytes:
+    reply = await nc.request(
+        subjects.HISTORY_GET, msgspec.json.encode(body), timeout=10, headers=headers
+    )
+    return reply.data
+
+
+async def test_history_pages_of_large_commits_fit_in_one_nats_message(
+    acme: Acme, nc: NATS, auth_headers: dict[str, str]
+) -> None:
+    """Commits near the request size limit: each reply stays under the server's payload
+    limit, a commit larger than a page's byte budget comes alone, and the pages together
+    hold every commit once, in order, unchanged."""
+    member = acme.member
+    bot = "b" * 64  # long ids: every message of a commit repeats them
+    session = "s" * 64
+    await member.create_agent("Bot", agent_id=bot)
+    written: dict[int, list[str]] = {}
+
+    async def append(batch: list[dict[str, Any]]) -> None:
+        body = {"session_id": session, "agent_id": bot, "messages": batch}
+        assert len(msgspec.json.encode(body)) < MAX_REQUEST_BYTES - 1024
+        done = await member.append_messages(session, bot, batch)
+        written[done.seq] = [m["content"] for m in batch]
+
+    # Commits of a few messages of 60,000 characters (about 240 KB each).
+    for n in range(5):
+        await append([{"role": "user", "content": f"{n}{k}" + "x" * 60_000} for k in range(4)])
+    # 1,000 messages of 200 characters: as history shows it, this commit is over the budget.
+    await append([{"role": "assistant", "content": f"{k:04}" + "y" * 196} for k in range(1_000)])
+    for n in range(3):
+        await append([{"role": "user", "content": f"small {n}"}])
+    await caught_up(member, session, max(written))
+
+    headers = auth_headers
+    body: dict[str, Any] = {"aggregate": "conversation", "id": session, "org_id": acme.org_id}
+    seen: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    while True:
+        data = await raw_history(nc, headers, body)
+        sizes.append(len(data))
+        reply = envelope.decode(data)
+        assert reply.ok, reply.error
+        assert reply.data["items"], "every page holds at least one commit"
+        seen += reply.data["items"]
+        if reply.data["next_cursor"] is None:
+            break
+        body["cursor"] = reply.data["next_cursor"]
+
+    assert max(sizes) < nc.max_payload, sizes
+    assert len(sizes) > 1
+    assert [item["seq"] for item in seen] == sorted(written)
+    for item in seen:
+        contents = [e["content"] for e in item["events"]]
+        assert contents == written[item["seq"]]
+        if len(contents) == 1_000:
+            assert len(msgspec.json.encode(item)) > MAX_PAGE_BYTES
+    # Pages are cut by bytes only where they have to be: the small commits share a page.
+    assert len(sizes) < len(written)
+
+
+async def test_history_of_a_conversation_with_tens_of_thousands_of_messages(
+    acme: Acme, nc: NATS, auth_headers: dict[str, str]
+) -> None:
+    """More messages than SQLite (32,766) or asyncpg (32,767) take as query parameters, in
+    commits of a full batch each: every page answers, and every message comes back."""
+    member = acme.member
+    bot = str((await member.create_agent("Bot")).fields["agent_id"])
+    batches = 33
+    last = 0
+    for n in range(batches):
+        batch = [{"role": "user", "content": f"{n}.{k}"} for k in range(MAX_MESSAGES_PER_BATCH)]
+        last = (await member.append_messages("long", bot, batch)).seq
+    await caught_up(member, "long", last)
+
+    body: dict[str, Any] = {"aggregate": "conversation", "id": "long", "org_id": acme.org_id}
+    body["limit"] = 500
+    contents: list[str] = []
+    while True:
+        data = await raw_history(nc, auth_headers, body)
+        assert len(data) < nc.max_payload
+        reply = envelope.decode(data)
+        assert reply.ok, reply.error
+        contents += [e["content"] for item in reply.data["items"] for e in item["events"]]
+        if reply.data["next_cursor"] is None:
+            break
+        body["cursor"] = reply.data["next_cursor"]
+    assert contents == [f"{n}.{k}" for n in range(batches) for k in range(MAX_MESSAGES_PER_BATCH)]
+
+
+async def test_which_messages_are_hidden_is_asked_in_bounded_statements(
+    acme: Acme, service: Service
+) -> None:
+    """More ids than any store takes as parameters of one statement (SQLite's default limit
+    is 32,766, this machine's build 250,000; asyncpg's 32,767): still one answer."""
+    member = acme.member
+    bot = str((await member.create_agent("Bot")).fields["agent_id"])
+    said = await member.append_messages(
+        "s1", bot, [{"role": "user", "content": "shown"}, {"role": "user", "content": "gone"}]
+    )
+    shown, gone = said.fields["message_ids"]
+    redacted = await member.redact_message("s1", gone)
+    await caught_up(member, "s1", redacted.seq)
+    assert service.store is not None
+
+    unknown = [f"no-such-message-{n}" for n in range(250_001)]
+    hidden = await history.hidden_messages(service.store, [shown, *unknown, gone])
+    assert hidden == frozenset([*unknown, gone])
