@@ -3,7 +3,7 @@
 The flat public API for agents: ``Client`` and the errors it raises.
 """
 
-from agentmem.client import Client, Org, Page, User, Written
+from agentmem.client import Client, Written
 from agentmem.errors import (
     AgentMemError,
     ConflictError,
@@ -14,6 +14,7 @@ from agentmem.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from agentmem.replies import Org, Page, User
 
 __version__ = "0.1.0"
 

@@ -17,11 +17,12 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import bootstrap, subjects
+from agentmem import bootstrap
 from agentmem.auth import tokens
 from agentmem.config import Settings, StartupError, parse_roles
 from agentmem.embedded import EmbeddedNats, client_url
 from agentmem.logging import configure
+from agentmem.queries import Status
 from agentmem.service import Service, StoreBusy, lock_store
 
 
@@ -205,7 +206,7 @@ async def _ask_service(nc: NATS, token: str) -> dict[str, Any] | None:
     """The running service's own report; None if no service answers, or it refuses."""
     headers = {tokens.HEADER: f"Bearer {token}"}
     try:
-        message = await nc.request(subjects.SYS_STATUS, b"{}", timeout=2, headers=headers)
+        message = await nc.request(Status.op.subject, b"{}", timeout=2, headers=headers)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         return None
     reply = json.loads(message.data)

@@ -7,95 +7,67 @@ produced (``last_seq``); pass ``after_seq=client.last_seq`` to a query to read y
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from agentmem import envelope, subjects
+from agentmem import envelope
 from agentmem.auth import tokens
+from agentmem.commands import (
+    AppendMessage,
+    AppendMessages,
+    ArchiveAgent,
+    ChangePassword,
+    CreateAgent,
+    CreateApiKey,
+    CreateOrg,
+    DeleteAgent,
+    DeleteConversation,
+    DeleteOrg,
+    DeleteTool,
+    DeleteUser,
+    Login,
+    Logout,
+    PatchAgentState,
+    RedactMessage,
+    RegisterTool,
+    RegisterUser,
+    RenameOrg,
+    RevokeApiKey,
+    SetAgentState,
+    SetRoles,
+    UnarchiveAgent,
+    UpdateAgent,
+    UpdateProfile,
+    UpdateTool,
+)
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import MessageRole, Role
+from agentmem.queries import (
+    EmailExists,
+    GetAgent,
+    GetAgentState,
+    GetHistory,
+    GetOrg,
+    GetTool,
+    GetUser,
+    GetUserByEmail,
+    Health,
+    LastMessages,
+    ListAgents,
+    ListApiKeys,
+    ListMessages,
+    ListOrgs,
+    ListTools,
+    ListUsers,
+    SearchMessages,
+    Status,
+)
+from agentmem.replies import Agent, AgentState, Items, Message, Org, Page, Tool, User
 
 T = TypeVar("T")
-
-
-class Org(msgspec.Struct, frozen=True):
-    org_id: str
-    name: str
-    version: int
-    created_at: int = 0
-    updated_at: int = 0
-
-
-class User(msgspec.Struct, frozen=True):
-    user_id: str
-    org_id: str
-    name: str
-    email: str
-    roles: list[str]
-    version: int
-    created_at: int = 0
-    updated_at: int = 0
-
-
-class Agent(msgspec.Struct, frozen=True):
-    agent_id: str
-    org_id: str
-    name: str
-    version: int
-    description: str = ""
-    persona: str = ""
-    model: dict[str, Any] = {}
-    metadata: dict[str, Any] = {}
-    tags: list[str] = []
-    archived: bool = False
-    created_at: int = 0
-    updated_at: int = 0
-
-
-class AgentState(msgspec.Struct, frozen=True):
-    agent_id: str
-    state: dict[str, Any]
-    version: int  # 0 until the first write; pass it as expected_version
-
-
-class Message(msgspec.Struct, frozen=True):
-    message_id: str
-    session_id: str
-    agent_id: str
-    role: MessageRole
-    content: str
-    position: int  # the message's place in its conversation
-    user_id: str | None = None
-    tool_calls: list[dict[str, Any]] = []
-    tool_call_id: str | None = None
-    metadata: dict[str, Any] = {}
-    created_at: int = 0
-    redacted: bool = False
-    rank: float | None = None  # search results only: higher is a better match
-
-
-class Tool(msgspec.Struct, frozen=True):
-    tool_id: str
-    org_id: str
-    name: str
-    version: int
-    description: str = ""
-    parameters: dict[str, Any] = {}
-    tags: list[str] = []
-    created_at: int = 0
-    updated_at: int = 0
-
-
-class Page(msgspec.Struct, Generic[T], frozen=True):
-    items: list[T]
-    next_cursor: str | None
-
-
-class _Items(msgspec.Struct, Generic[T], frozen=True):
-    items: list[T]
 
 
 class Written(msgspec.Struct, frozen=True):
@@ -174,7 +146,7 @@ class Client:
         self, name: str, *, org_id: str | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.ORG_CREATE, name=name, org_id=org_id, command_id=command_id
+            CreateOrg.op.subject, name=name, org_id=org_id, command_id=command_id
         )
 
     async def rename_org(
@@ -186,7 +158,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.ORG_RENAME,
+            RenameOrg.op.subject,
             org_id=org_id,
             name=name,
             expected_version=expected_version,
@@ -197,20 +169,20 @@ class Client:
         self, org_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.ORG_DELETE,
+            DeleteOrg.op.subject,
             org_id=org_id,
             expected_version=expected_version,
             command_id=command_id,
         )
 
     async def get_org(self, org_id: str, *, after_seq: int | None = None) -> Org:
-        return await self._query(subjects.ORG_GET, Org, org_id=org_id, after_seq=after_seq)
+        return await self._query(GetOrg.op.subject, Org, org_id=org_id, after_seq=after_seq)
 
     async def list_orgs(
         self, *, limit: int = 50, cursor: str | None = None, after_seq: int | None = None
     ) -> Page[Org]:
         return await self._query(
-            subjects.ORG_LIST, Page[Org], limit=limit, cursor=cursor, after_seq=after_seq
+            ListOrgs.op.subject, Page[Org], limit=limit, cursor=cursor, after_seq=after_seq
         )
 
     # Users ------------------------------------------------------------------------------
@@ -226,7 +198,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.USER_REGISTER,
+            RegisterUser.op.subject,
             user_id=user_id,
             org_id=org_id,
             name=name,
@@ -246,7 +218,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.USER_UPDATE_PROFILE,
+            UpdateProfile.op.subject,
             user_id=user_id,
             name=name,
             email=email,
@@ -264,7 +236,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.USER_CHANGE_PASSWORD,
+            ChangePassword.op.subject,
             user_id=user_id,
             old_password=old_password,
             new_password=new_password,
@@ -281,7 +253,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.USER_SET_ROLES,
+            SetRoles.op.subject,
             user_id=user_id,
             roles=roles,
             expected_version=expected_version,
@@ -292,22 +264,20 @@ class Client:
         self, user_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.USER_DELETE,
+            DeleteUser.op.subject,
             user_id=user_id,
             expected_version=expected_version,
             command_id=command_id,
         )
 
     async def get_user(self, user_id: str, *, after_seq: int | None = None) -> User:
-        return await self._query(subjects.USER_GET, User, user_id=user_id, after_seq=after_seq)
+        return await self._query(GetUser.op.subject, User, user_id=user_id, after_seq=after_seq)
 
     async def get_user_by_email(self, email: str, *, after_seq: int | None = None) -> User:
-        return await self._query(subjects.USER_GET_BY_EMAIL, User, email=email, after_seq=after_seq)
+        return await self._query(GetUserByEmail.op.subject, User, email=email, after_seq=after_seq)
 
     async def email_exists(self, email: str, *, after_seq: int | None = None) -> bool:
-        reply = await self.request(
-            subjects.USER_EMAIL_EXISTS, {"email": email, "after_seq": after_seq}
-        )
+        reply = await self.request(EmailExists.op.subject, {"email": email, "after_seq": after_seq})
         return bool(reply.data["exists"])
 
     async def list_users(
@@ -319,7 +289,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[User]:
         return await self._query(
-            subjects.USER_LIST,
+            ListUsers.op.subject,
             Page[User],
             org_id=org_id,
             limit=limit,
@@ -332,28 +302,28 @@ class Client:
         """Start a session; ``written.fields["token"]`` is the session token (shown once).
         The client keeps using its own token: ``client.with_token(...)`` acts as the user."""
         return await self._command(
-            subjects.AUTH_LOGIN, email=email, password=password, ttl_seconds=ttl_seconds
+            Login.op.subject, email=email, password=password, ttl_seconds=ttl_seconds
         )
 
     async def logout(self) -> Written:
-        return await self._command(subjects.AUTH_LOGOUT)
+        return await self._command(Logout.op.subject)
 
     async def create_api_key(
         self, name: str, *, user_id: str | None = None, command_id: str | None = None
     ) -> Written:
         """``written.fields["token"]`` is the key (shown once; only its digest is stored)."""
         return await self._command(
-            subjects.APIKEY_CREATE, name=name, user_id=user_id, command_id=command_id
+            CreateApiKey.op.subject, name=name, user_id=user_id, command_id=command_id
         )
 
     async def revoke_api_key(self, key_id: str, *, user_id: str | None = None) -> Written:
-        return await self._command(subjects.APIKEY_REVOKE, key_id=key_id, user_id=user_id)
+        return await self._command(RevokeApiKey.op.subject, key_id=key_id, user_id=user_id)
 
     async def list_api_keys(
         self, *, user_id: str | None = None, after_seq: int | None = None
     ) -> list[dict[str, Any]]:
         reply = await self.request(
-            subjects.APIKEY_LIST, {"user_id": user_id, "after_seq": after_seq}
+            ListApiKeys.op.subject, {"user_id": user_id, "after_seq": after_seq}
         )
         return list(reply.data["items"])
 
@@ -368,7 +338,7 @@ class Client:
     ) -> Page[dict[str, Any]]:
         """Every commit on an org, user, agent, tool or conversation (by session id)."""
         return await self._query(
-            subjects.HISTORY_GET,
+            GetHistory.op.subject,
             Page[dict[str, Any]],
             aggregate=aggregate,
             id=aggregate_id,
@@ -392,7 +362,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.AGENT_CREATE,
+            CreateAgent.op.subject,
             name=name,
             description=description,
             persona=persona,
@@ -418,7 +388,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.AGENT_UPDATE,
+            UpdateAgent.op.subject,
             agent_id=agent_id,
             name=name,
             description=description,
@@ -434,7 +404,7 @@ class Client:
         self, agent_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.AGENT_ARCHIVE,
+            ArchiveAgent.op.subject,
             agent_id=agent_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -444,7 +414,7 @@ class Client:
         self, agent_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.AGENT_UNARCHIVE,
+            UnarchiveAgent.op.subject,
             agent_id=agent_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -454,7 +424,7 @@ class Client:
         self, agent_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.AGENT_DELETE,
+            DeleteAgent.op.subject,
             agent_id=agent_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -470,7 +440,7 @@ class Client:
     ) -> Written:
         """Replace the state document; ``expected_version`` is the state's own version."""
         return await self._command(
-            subjects.AGENT_SET_STATE,
+            SetAgentState.op.subject,
             agent_id=agent_id,
             state=state,
             expected_version=expected_version,
@@ -487,7 +457,7 @@ class Client:
     ) -> Written:
         """Apply a JSON merge patch (RFC 7396: ``None`` removes a key)."""
         return await self._command(
-            subjects.AGENT_PATCH_STATE,
+            PatchAgentState.op.subject,
             agent_id=agent_id,
             patch=patch,
             expected_version=expected_version,
@@ -495,7 +465,7 @@ class Client:
         )
 
     async def get_agent(self, agent_id: str, *, after_seq: int | None = None) -> Agent:
-        return await self._query(subjects.AGENT_GET, Agent, agent_id=agent_id, after_seq=after_seq)
+        return await self._query(GetAgent.op.subject, Agent, agent_id=agent_id, after_seq=after_seq)
 
     async def list_agents(
         self,
@@ -509,7 +479,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[Agent]:
         return await self._query(
-            subjects.AGENT_LIST,
+            ListAgents.op.subject,
             Page[Agent],
             tag=tag,
             name_prefix=name_prefix,
@@ -522,7 +492,7 @@ class Client:
 
     async def get_agent_state(self, agent_id: str, *, after_seq: int | None = None) -> AgentState:
         return await self._query(
-            subjects.AGENT_GET_STATE, AgentState, agent_id=agent_id, after_seq=after_seq
+            GetAgentState.op.subject, AgentState, agent_id=agent_id, after_seq=after_seq
         )
 
     # Conversations ----------------------------------------------------------------------
@@ -543,7 +513,7 @@ class Client:
         message: dict[str, Any] = {"role": role, "content": content, "tool_calls": tool_calls}
         message.update(tool_call_id=tool_call_id, metadata=metadata)
         return await self._command(
-            subjects.MESSAGE_APPEND,
+            AppendMessage.op.subject,
             session_id=session_id,
             agent_id=agent_id,
             user_id=user_id,
@@ -564,7 +534,7 @@ class Client:
     ) -> Written:
         """Up to 1000 messages (each ``{"role", "content", ...}``), stored together or not."""
         return await self._command(
-            subjects.MESSAGE_APPEND_BATCH,
+            AppendMessages.op.subject,
             session_id=session_id,
             agent_id=agent_id,
             user_id=user_id,
@@ -583,7 +553,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.MESSAGE_REDACT,
+            RedactMessage.op.subject,
             session_id=session_id,
             message_id=message_id,
             reason=reason,
@@ -595,7 +565,7 @@ class Client:
         self, session_id: str, *, org_id: str | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.CONVERSATION_DELETE,
+            DeleteConversation.op.subject,
             session_id=session_id,
             org_id=org_id,
             command_id=command_id,
@@ -615,7 +585,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[Message]:
         return await self._query(
-            subjects.MESSAGE_LIST,
+            ListMessages.op.subject,
             Page[Message],
             session_id=session_id,
             order=order,
@@ -638,8 +608,8 @@ class Client:
     ) -> list[Message]:
         """The last ``n`` messages of a session, oldest first."""
         page = await self._query(
-            subjects.MESSAGE_LAST,
-            _Items[Message],
+            LastMessages.op.subject,
+            Items[Message],
             session_id=session_id,
             n=n,
             org_id=org_id,
@@ -661,8 +631,8 @@ class Client:
     ) -> list[Message]:
         """Best match first, over one agent's or one user's messages."""
         page = await self._query(
-            subjects.MESSAGE_SEARCH,
-            _Items[Message],
+            SearchMessages.op.subject,
+            Items[Message],
             text=text,
             agent_id=agent_id,
             user_id=user_id,
@@ -687,7 +657,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.TOOL_REGISTER,
+            RegisterTool.op.subject,
             name=name,
             description=description,
             parameters=parameters,
@@ -709,7 +679,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            subjects.TOOL_UPDATE,
+            UpdateTool.op.subject,
             tool_id=tool_id,
             name=name,
             description=description,
@@ -723,7 +693,7 @@ class Client:
         self, tool_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            subjects.TOOL_DELETE,
+            DeleteTool.op.subject,
             tool_id=tool_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -739,7 +709,7 @@ class Client:
     ) -> Tool:
         """By id, or by name within the organization."""
         return await self._query(
-            subjects.TOOL_GET, Tool, tool_id=tool_id, name=name, org_id=org_id, after_seq=after_seq
+            GetTool.op.subject, Tool, tool_id=tool_id, name=name, org_id=org_id, after_seq=after_seq
         )
 
     async def list_tools(
@@ -753,7 +723,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[Tool]:
         return await self._query(
-            subjects.TOOL_LIST,
+            ListTools.op.subject,
             Page[Tool],
             tags_any=tags_any,
             tags_all=tags_all,
@@ -765,7 +735,7 @@ class Client:
 
     # System -----------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
-        return dict((await self.request(subjects.SYS_STATUS, {})).data)
+        return dict((await self.request(Status.op.subject, {})).data)
 
     async def health(self) -> dict[str, Any]:
-        return dict((await self.request(subjects.SYS_HEALTH, {})).data)
+        return dict((await self.request(Health.op.subject, {})).data)

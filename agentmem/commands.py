@@ -10,7 +10,36 @@ from typing import Annotated, Any
 
 import msgspec
 
-from agentmem.events import MessageRole, Role
+from agentmem.events import (
+    AgentArchived,
+    AgentCreated,
+    AgentDeleted,
+    AgentStateSet,
+    AgentUnarchived,
+    AgentUpdated,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    ConversationDeleted,
+    MessageAppended,
+    MessageRedacted,
+    MessageRole,
+    OrgCreated,
+    OrgDeleted,
+    OrgRenamed,
+    Role,
+    SessionEnded,
+    SessionStarted,
+    ToolDeleted,
+    ToolRegistered,
+    ToolUpdated,
+    UserDeleted,
+    UserPasswordChanged,
+    UserProfileUpdated,
+    UserRegistered,
+    UserRolesSet,
+)
+from agentmem.protocol import Request, command
+from agentmem.replies import AlreadyDeleted, AlreadyRedacted, BatchAppended, Issued, MessageIds
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$(?!\n)")]
@@ -24,7 +53,7 @@ Version = Annotated[int, msgspec.Meta(ge=0)]
 Roles = Annotated[list[Role], msgspec.Meta(min_length=1, max_length=3)]
 
 
-class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Command(Request, frozen=True, kw_only=True):
     # A client-chosen id makes a retry safe: the log stores the command once and answers
     # the retry with the first outcome.
     command_id: Id | None = None
@@ -36,6 +65,7 @@ class Targeted(Command, frozen=True, kw_only=True):
     expected_version: Version | None = None
 
 
+@command("org.create", need="service_admin", reply=OrgCreated)
 class CreateOrg(Command, frozen=True, kw_only=True):
     name: Name
     # Optional: a client that picks the id (a UUIDv7 is best) can retry safely forever,
@@ -43,15 +73,18 @@ class CreateOrg(Command, frozen=True, kw_only=True):
     org_id: NewId | None = None
 
 
+@command("org.rename", need="org_admin", reply=OrgRenamed)
 class RenameOrg(Targeted, frozen=True, kw_only=True):
     org_id: Id
     name: Name
 
 
+@command("org.delete", need="org_admin", reply=OrgDeleted)
 class DeleteOrg(Targeted, frozen=True, kw_only=True):
     org_id: Id
 
 
+@command("user.register", need="org_admin", reply=UserRegistered)
 class RegisterUser(Command, frozen=True, kw_only=True):
     org_id: Id
     name: Name
@@ -61,23 +94,27 @@ class RegisterUser(Command, frozen=True, kw_only=True):
     user_id: NewId | None = None  # optional, as org_id in CreateOrg
 
 
+@command("user.update_profile", need="self", reply=UserProfileUpdated)
 class UpdateProfile(Targeted, frozen=True, kw_only=True):
     user_id: Id
     name: Name | None = None
     email: Email | None = None
 
 
+@command("user.change_password", need="self", reply=UserPasswordChanged)
 class ChangePassword(Targeted, frozen=True, kw_only=True):
     user_id: Id
     old_password: Annotated[str, msgspec.Meta(max_length=1024)]
     new_password: Password
 
 
+@command("user.set_roles", need="org_admin", reply=UserRolesSet)
 class SetRoles(Targeted, frozen=True, kw_only=True):
     user_id: Id
     roles: Roles
 
 
+@command("user.delete", need="org_admin", reply=UserDeleted)
 class DeleteUser(Targeted, frozen=True, kw_only=True):
     user_id: Id
 
@@ -86,21 +123,25 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+@command("auth.login", need=None, reply=SessionStarted, extra=Issued)
 class Login(Command, frozen=True, kw_only=True):
     email: Email
     password: Annotated[str, msgspec.Meta(max_length=1024)]
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=30 * 24 * 3600)] = 12 * 3600
 
 
+@command("auth.logout", need="reader", reply=SessionEnded)
 class Logout(Command, frozen=True, kw_only=True):
     pass
 
 
+@command("apikey.create", need="self", reply=ApiKeyCreated, extra=Issued)
 class CreateApiKey(Command, frozen=True, kw_only=True):
     name: Name
     user_id: Id | None = None  # default: the caller
 
 
+@command("apikey.revoke", need="self", reply=ApiKeyRevoked)
 class RevokeApiKey(Command, frozen=True, kw_only=True):
     key_id: Id
     user_id: Id | None = None  # default: the caller
@@ -121,6 +162,7 @@ class InOrg(Command, frozen=True, kw_only=True):
     org_id: Id | None = None
 
 
+@command("agent.create", need="member", reply=AgentCreated)
 class CreateAgent(InOrg, frozen=True, kw_only=True):
     name: Name
     description: Description = ""
@@ -131,6 +173,7 @@ class CreateAgent(InOrg, frozen=True, kw_only=True):
     agent_id: NewId | None = None  # optional, as org_id in CreateOrg
 
 
+@command("agent.update", need="member", reply=AgentUpdated)
 class UpdateAgent(Targeted, frozen=True, kw_only=True):
     """Fields left out keep their value; ``metadata`` and ``model`` are replaced whole."""
 
@@ -143,18 +186,22 @@ class UpdateAgent(Targeted, frozen=True, kw_only=True):
     tags: Tags | None = None
 
 
+@command("agent.archive", need="member", reply=AgentArchived)
 class ArchiveAgent(Targeted, frozen=True, kw_only=True):
     agent_id: Id
 
 
+@command("agent.unarchive", need="member", reply=AgentUnarchived)
 class UnarchiveAgent(Targeted, frozen=True, kw_only=True):
     agent_id: Id
 
 
+@command("agent.delete", need="org_admin", reply=AgentDeleted)
 class DeleteAgent(Targeted, frozen=True, kw_only=True):
     agent_id: Id
 
 
+@command("agent.set_state", need="member", reply=AgentStateSet)
 class SetAgentState(Targeted, frozen=True, kw_only=True):
     """Replace the agent's state document. ``expected_version`` is the state's version."""
 
@@ -162,6 +209,7 @@ class SetAgentState(Targeted, frozen=True, kw_only=True):
     state: JsonObject
 
 
+@command("agent.patch_state", need="member", reply=AgentStateSet)
 class PatchAgentState(Targeted, frozen=True, kw_only=True):
     """Apply a JSON merge patch (RFC 7396) to the agent's state document."""
 
@@ -179,6 +227,7 @@ class NewMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     metadata: JsonObject = msgspec.field(default_factory=dict)
 
 
+@command("message.append", need="member", reply=MessageAppended, extra=MessageIds)
 class AppendMessage(InOrg, frozen=True, kw_only=True):
     session_id: Id
     agent_id: Id
@@ -189,6 +238,7 @@ class AppendMessage(InOrg, frozen=True, kw_only=True):
 MAX_MESSAGES_PER_BATCH = 1000
 
 
+@command("message.append_batch", need="member", reply=BatchAppended)
 class AppendMessages(InOrg, frozen=True, kw_only=True):
     """Several messages of one session in one commit: all stored, in order, or none."""
 
@@ -200,16 +250,19 @@ class AppendMessages(InOrg, frozen=True, kw_only=True):
     ]
 
 
+@command("message.redact", need="member", reply=MessageRedacted, extra=AlreadyRedacted)
 class RedactMessage(InOrg, frozen=True, kw_only=True):
     session_id: Id
     message_id: Id
     reason: Description = ""
 
 
+@command("conversation.delete", need="member", reply=ConversationDeleted, extra=AlreadyDeleted)
 class DeleteConversation(InOrg, frozen=True, kw_only=True):
     session_id: Id
 
 
+@command("tool.register", need="member", reply=ToolRegistered)
 class RegisterTool(InOrg, frozen=True, kw_only=True):
     name: ToolName
     description: Description = ""
@@ -218,6 +271,7 @@ class RegisterTool(InOrg, frozen=True, kw_only=True):
     tool_id: NewId | None = None
 
 
+@command("tool.update", need="member", reply=ToolUpdated)
 class UpdateTool(Targeted, frozen=True, kw_only=True):
     """Fields left out keep their value; a new ``name`` must be free in the organization."""
 
@@ -228,5 +282,6 @@ class UpdateTool(Targeted, frozen=True, kw_only=True):
     tags: Tags | None = None
 
 
+@command("tool.delete", need="org_admin", reply=ToolDeleted)
 class DeleteTool(Targeted, frozen=True, kw_only=True):
     tool_id: Id

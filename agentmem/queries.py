@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from agentmem.commands import Email, Id, Tag, ToolName
 from agentmem.events import MessageRole
+from agentmem.protocol import Request, query, system
+from agentmem.replies import (
+    Agent,
+    AgentState,
+    ApiKey,
+    Exists,
+    HealthReport,
+    HistoryEntry,
+    Items,
+    Message,
+    Org,
+    StatusReport,
+    Tool,
+    User,
+)
+from agentmem.replies import (
+    Page as PageOf,
+)
 
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 Cursor = Annotated[str, msgspec.Meta(max_length=512)]
 
 
-class Query(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Query(Request, frozen=True, kw_only=True):
     # Read-your-writes: wait (bounded) until the projection has applied this log sequence.
     after_seq: Seq | None = None
 
@@ -24,36 +42,44 @@ class Page(Query, frozen=True, kw_only=True):
     cursor: Cursor | None = None
 
 
+@query("org.get", need="reader", reply=Org)
 class GetOrg(Query, frozen=True, kw_only=True):
     org_id: Id
 
 
+@query("org.list", need="reader", reply=PageOf[Org])
 class ListOrgs(Page, frozen=True, kw_only=True):
     pass
 
 
+@query("user.get", need="reader", reply=User)
 class GetUser(Query, frozen=True, kw_only=True):
     user_id: Id
 
 
+@query("user.get_by_email", need="reader", reply=User)
 class GetUserByEmail(Query, frozen=True, kw_only=True):
     email: Email
 
 
+@query("user.email_exists", need="org_admin", reply=Exists)
 class EmailExists(Query, frozen=True, kw_only=True):
     email: Email
 
 
+@query("user.list", need="reader", reply=PageOf[User])
 class ListUsers(Page, frozen=True, kw_only=True):
     # Default: the caller's organization. Only a service administrator may name another.
     org_id: Id | None = None
 
 
+@query("apikey.list", need="self", reply=Items[ApiKey])
 class ListApiKeys(Query, frozen=True, kw_only=True):
     user_id: Id | None = None  # default: the caller
 
 
-class GetHistory(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+@query("history.get", need="reader", reply=PageOf[HistoryEntry])
+class GetHistory(Request, frozen=True, kw_only=True):
     aggregate: Literal["org", "user", "agent", "tool", "conversation"]
     id: Id
     # Conversations only (a session id is unique within its organization): default, the
@@ -72,10 +98,12 @@ class InOrg(Query, frozen=True, kw_only=True):
     org_id: Id | None = None
 
 
+@query("agent.get", need="reader", reply=Agent)
 class GetAgent(Query, frozen=True, kw_only=True):
     agent_id: Id
 
 
+@query("agent.list", need="reader", reply=PageOf[Agent])
 class ListAgents(Page, frozen=True, kw_only=True):
     org_id: Id | None = None
     tag: Tag | None = None
@@ -83,10 +111,12 @@ class ListAgents(Page, frozen=True, kw_only=True):
     include_archived: bool = False
 
 
+@query("agent.get_state", need="reader", reply=AgentState)
 class GetAgentState(Query, frozen=True, kw_only=True):
     agent_id: Id
 
 
+@query("message.list", need="reader", reply=PageOf[Message])
 class ListMessages(Page, frozen=True, kw_only=True):
     """A conversation page by page, oldest first (``asc``) or newest first (``desc``)."""
 
@@ -98,6 +128,7 @@ class ListMessages(Page, frozen=True, kw_only=True):
     role: MessageRole | None = None
 
 
+@query("message.last", need="reader", reply=Items[Message])
 class LastMessages(InOrg, frozen=True, kw_only=True):
     """The last ``n`` messages of a session, oldest first: what a prompt is built from."""
 
@@ -105,6 +136,7 @@ class LastMessages(InOrg, frozen=True, kw_only=True):
     n: Limit = 50
 
 
+@query("message.search", need="reader", reply=Items[Message])
 class SearchMessages(InOrg, frozen=True, kw_only=True):
     """Full-text search, best match first, over one agent's or one user's messages."""
 
@@ -116,6 +148,7 @@ class SearchMessages(InOrg, frozen=True, kw_only=True):
     limit: Limit = 20
 
 
+@query("tool.get", need="reader", reply=Tool)
 class GetTool(InOrg, frozen=True, kw_only=True):
     """By id, or by name within the organization: exactly one of the two."""
 
@@ -123,11 +156,24 @@ class GetTool(InOrg, frozen=True, kw_only=True):
     name: ToolName | None = None
 
 
+@query("tool.list", need="reader", reply=PageOf[Tool])
 class ListTools(Page, frozen=True, kw_only=True):
     org_id: Id | None = None
     tags_any: Annotated[list[Tag], msgspec.Meta(max_length=32)] | None = None
     tags_all: Annotated[list[Tag], msgspec.Meta(max_length=32)] | None = None
 
 
+@system("sys.status", need="service_admin", reply=StatusReport)
 class Status(Query, frozen=True, kw_only=True):
-    pass
+    """The log's position, each projection's checkpoint, lag and parked events."""
+
+
+@system("sys.health", need=None, reply=HealthReport)
+class Health(Query, frozen=True, kw_only=True):
+    """Public, for liveness probes: whether the log, the store and the projections are up."""
+
+
+@system("sys.schema", need=None, reply=dict[str, Any])
+class Schema(Query, frozen=True, kw_only=True):
+    """This protocol as an AsyncAPI 3.0 document (docs/asyncapi.json): every subject, with
+    a JSON Schema for its request and its reply, and every event."""

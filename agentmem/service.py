@@ -19,29 +19,20 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import bootstrap, subjects
+from agentmem import bootstrap
 from agentmem.config import ROLES, Settings, StartupError
 from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
-from consumers import (
-    agents,
-    commands,
-    credentials,
-    history,
-    messages,
-    queries,
-    system,
-    tools,
-)
 from consumers.access_view import AccessView, confirm_everywhere
 from consumers.aggregates import AggregateCache, FreshReads
 from consumers.auth import Authenticator
+from consumers.commands import CommandRunner
 from consumers.freshness import Freshness
-from consumers.passwords import PasswordThrottle, PasswordWork
-from consumers.router import Dispatcher, Router
+from consumers.parts import Parts, routers
+from consumers.router import Dispatcher
 from projections import ALL, Projection
 from projections.board import CheckpointBoard
 from projections.leader import ProjectionLeader
@@ -232,47 +223,24 @@ class Service:
             # Ready means each lease was asked for once: status then says what runs here.
             await asyncio.gather(*(leader.first_look.wait() for leader in self.leaders.values()))
 
-        router = Router()
         cache = AggregateCache(log_)
         self.access = AccessView(self.nc, FreshReads(cache), replicas=settings.replicas)
         await self.access.start()
         nc = self.nc
-        runner = commands.CommandRunner(log_, cache, lambda seq: confirm_everywhere(nc, seq))
+        parts = Parts(
+            nc=nc,
+            log=log_,
+            runner=CommandRunner(log_, cache, lambda seq: confirm_everywhere(nc, seq)),
+            store=self.store,
+            freshness=Freshness(nc, self.store, board),
+            access=self.access,
+            password_cost=settings.password_cost,
+            workers_alive=self.workers_alive,
+            this_process=self.this_process,
+        )
         # A process subscribes only the subject trees of its roles; every process answers
         # the system subjects (status, health) for itself.
-        trees = [subjects.SYSTEM_PREFIX]
-        if "commands" in roles:
-            # One throttle and one pool for every password check of this process.
-            throttle, work = PasswordThrottle(), PasswordWork()
-            router.include(
-                commands.build_router(runner, settings.password_cost, throttle=throttle, work=work)
-            )
-            router.include(agents.build_command_router(runner))
-            router.include(tools.build_command_router(runner))
-            router.include(
-                messages.build_command_router(
-                    runner, self.store, Freshness(self.nc, self.store, board), self.access
-                )
-            )
-            router.include(
-                credentials.build_router(
-                    runner, settings.password_cost, throttle=throttle, work=work
-                )
-            )
-            trees.append(subjects.COMMAND_PREFIX)
-        if "queries" in roles:
-            freshness = Freshness(self.nc, self.store, board)
-            router.include(history.build_router(log_, runner, self.store, freshness))
-            router.include(queries.build_router(self.store, freshness))
-            router.include(agents.build_query_router(self.store, freshness))
-            router.include(tools.build_query_router(self.store, freshness))
-            router.include(messages.build_query_router(self.store, freshness))
-            trees.append(subjects.QUERY_PREFIX)
-        router.include(
-            system.build_router(
-                self.nc, self.store, self.workers_alive, this_process=self.this_process
-            )
-        )
+        router, trees = routers(parts, roles)
         self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache, self.access))
         await self.dispatcher.start(trees)
         log.info(

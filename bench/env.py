@@ -33,6 +33,7 @@ from agentmem import Client, ids, subjects
 from agentmem.embedded import EmbeddedNats, server_binary
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import UserRegistered, encode_commit
+from agentmem.queries import Health
 from bench.harness import Config, Run
 
 PUBLISH_WINDOW = 256
@@ -146,7 +147,7 @@ async def _wait_healthy(child: Child, url: str, seconds: float = 60.0) -> None:
         while True:
             child.check_alive()
             with contextlib.suppress(nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                reply = _reply.decode((await nc.request(subjects.SYS_HEALTH, b"{}", 2)).data)
+                reply = _reply.decode((await nc.request(Health.op.subject, b"{}", 2)).data)
                 if reply.ok and reply.data and reply.data.get("live"):
                     return
             if time.monotonic() > deadline:

@@ -7,7 +7,7 @@ missing one. Writes need the ``member`` role, deletion ``org_admin``, reads ``re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,13 +26,14 @@ from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import ConflictError, NotFoundError
 from agentmem.queries import GetAgent, GetAgentState, ListAgents
-from agentmem.store import Store
 from consumers.aggregates import Loader
 from consumers.auth import authorize
 from consumers.commands import CommandRunner, missing_org
-from consumers.freshness import Freshness
 from consumers.queries import MAX_PAGE_BYTES, _hide_other_org, decode_cursor, page
 from consumers.router import Request, Result, Router
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 PROJECTION = "agents"
 
@@ -68,14 +69,15 @@ async def load_agent(
     return agent
 
 
-def build_command_router(runner: CommandRunner) -> Router:
+def command_router(parts: Parts) -> Router:
     router = Router()
+    runner = parts.runner
 
-    @router.route(subjects.AGENT_CREATE, CreateAgent)
+    @router.handle(CreateAgent)
     async def create_agent(request: Request[CreateAgent]) -> Result:
         command = request.body
         org_id = command.org_id or request.caller.org_id
-        authorize(request.caller, "member", org_id, missing_org(org_id))
+        authorize(request.caller, request.need, org_id, missing_org(org_id))
         agent_id = command.agent_id or ids.new_id()
         subject = agents.subject(org_id, agent_id)
 
@@ -94,31 +96,31 @@ def build_command_router(runner: CommandRunner) -> Router:
             loaded = await loader.load(subject, agents.evolve)
             return agents.create(loaded, command, org_id, agent_id)
 
-        return await runner.run("agent.create", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.AGENT_UPDATE, UpdateAgent)
+    @router.handle(UpdateAgent)
     async def update_agent(request: Request[UpdateAgent]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            agent = await load_agent(runner, loader, request, request.body.agent_id, "member")
+            agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
             return agents.update(agent, request.body)
 
-        return await runner.run("agent.update", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.AGENT_ARCHIVE, ArchiveAgent)
+    @router.handle(ArchiveAgent)
     async def archive_agent(request: Request[ArchiveAgent]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            agent = await load_agent(runner, loader, request, request.body.agent_id, "member")
+            agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
             return agents.archive(agent, request.body)
 
-        return await runner.run("agent.archive", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.AGENT_UNARCHIVE, UnarchiveAgent)
+    @router.handle(UnarchiveAgent)
     async def unarchive_agent(request: Request[UnarchiveAgent]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            agent = await load_agent(runner, loader, request, request.body.agent_id, "member")
+            agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
             return agents.unarchive(agent, request.body)
 
-        return await runner.run("agent.unarchive", request, plan)
+        return await runner.run(request, plan)
 
     async def load_state(
         loader: Loader, agent: Loaded[agents.Agent]
@@ -126,29 +128,29 @@ def build_command_router(runner: CommandRunner) -> Router:
         org_id, agent_id = agent.subject.split(".")[2], agent.subject.split(".")[-1]
         return await loader.load(agents.state_subject(org_id, agent_id), agents.evolve_state)
 
-    @router.route(subjects.AGENT_DELETE, DeleteAgent)
+    @router.handle(DeleteAgent)
     async def delete_agent(request: Request[DeleteAgent]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            agent = await load_agent(runner, loader, request, request.body.agent_id, "org_admin")
+            agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
             return agents.delete(agent, await load_state(loader, agent), request.body)
 
-        return await runner.run("agent.delete", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.AGENT_SET_STATE, SetAgentState)
+    @router.handle(SetAgentState)
     async def set_state(request: Request[SetAgentState]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            agent = await load_agent(runner, loader, request, request.body.agent_id, "member")
+            agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
             return agents.set_state(agent, await load_state(loader, agent), request.body)
 
-        return await runner.run("agent.set_state", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.AGENT_PATCH_STATE, PatchAgentState)
+    @router.handle(PatchAgentState)
     async def patch_state(request: Request[PatchAgentState]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            agent = await load_agent(runner, loader, request, request.body.agent_id, "member")
+            agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
             return agents.patch_state(agent, await load_state(loader, agent), request.body)
 
-        return await runner.run("agent.patch_state", request, plan)
+        return await runner.run(request, plan)
 
     return router
 
@@ -179,8 +181,9 @@ def prefix_bound(prefix: str) -> str | None:
     return None
 
 
-def build_query_router(store: Store, freshness: Freshness) -> Router:
+def query_router(parts: Parts) -> Router:
     router = Router()
+    store, freshness = parts.store, parts.freshness
 
     async def agent_row(request: Request[Any], agent_id: str) -> dict[str, Any]:
         row = await store.fetch_one(
@@ -190,15 +193,15 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         assert row is not None
         return row
 
-    @router.route(subjects.AGENT_GET, GetAgent)
+    @router.handle(GetAgent)
     async def get_agent(request: Request[GetAgent]) -> Result:
-        authorize(request.caller, "reader", None)
+        authorize(request.caller, request.need, None)
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
         return agent_view(await agent_row(request, request.body.agent_id)), seq
 
-    @router.route(subjects.AGENT_GET_STATE, GetAgentState)
+    @router.handle(GetAgentState)
     async def get_state(request: Request[GetAgentState]) -> Result:
-        authorize(request.caller, "reader", None)
+        authorize(request.caller, request.need, None)
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
         agent_id = request.body.agent_id
         await agent_row(request, agent_id)
@@ -210,12 +213,15 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         state = msgspec.json.decode(row["state"])
         return {"agent_id": agent_id, "state": state, "version": row["version"]}, seq
 
-    @router.route(subjects.AGENT_LIST, ListAgents)
+    @router.handle(ListAgents)
     async def list_agents(request: Request[ListAgents]) -> Result:
         query = request.body
         org_id = query.org_id or request.caller.org_id
         authorize(
-            request.caller, "reader", org_id, NotFoundError(f"organization {org_id} does not exist")
+            request.caller,
+            request.need,
+            org_id,
+            NotFoundError(f"organization {org_id} does not exist"),
         )
         seq = await freshness.wait(PROJECTION, query.after_seq)
         cursor = decode_cursor(query.cursor)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -30,7 +30,7 @@ from agentmem.commands import (
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, narrows_access
 from agentmem.domain.aggregate import Evolve, Loaded, Write
-from agentmem.domain.passwords import DEFAULT_COST, hash_password, verify_password
+from agentmem.domain.passwords import hash_password, verify_password
 from agentmem.errors import (
     ConflictError,
     ForbiddenError,
@@ -50,8 +50,10 @@ from agentmem.eventlog import (
 from agentmem.events import AnyEvent
 from consumers.aggregates import AggregateCache, AlreadyApplied, Loader
 from consumers.auth import authorize
-from consumers.passwords import PasswordThrottle, PasswordWork
 from consumers.router import Request, Result, Router
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
 # Waits until every process has applied the commit at a sequence (``confirm_everywhere``).
@@ -158,10 +160,9 @@ class CommandRunner:
             raise missing
         return loaded, org_id
 
-    async def run(
-        self, commit_type: str, request: Request[Any], plan: Plan, owner: str | None = None
-    ) -> Result:
-        """Decide and append ``plan``'s writes once. ``owner`` is whose command-id space
+    async def run(self, request: Request[Any], plan: Plan, owner: str | None = None) -> Result:
+        """Decide and append ``plan``'s writes once, as a commit of the request's operation
+        (its commit type is the operation's name). ``owner`` is whose command-id space
         the command belongs to: by default the caller's (``owner_of``); only a command
         without a caller (login) names it, once it knows who is acting."""
         command: Command = request.body
@@ -170,7 +171,7 @@ class CommandRunner:
         )
         meta = CommitMeta(
             command_id=command_id,
-            commit_type=commit_type,
+            commit_type=request.operation.name,
             correlation_id=request.headers.get(H_CORRELATION_ID),
             causation_id=request.headers.get(H_CAUSATION_ID),
             principal=request.principal.audit_name() if request.principal else "anonymous",
@@ -251,46 +252,44 @@ def check_user(request: Request[Any], need: Need, user: Loaded[users.User]) -> u
     return state
 
 
-def build_router(
-    runner: CommandRunner,
-    password_cost: int = DEFAULT_COST,
-    *,
-    throttle: PasswordThrottle | None = None,
-    work: PasswordWork | None = None,
-) -> Router:
+def command_router(parts: Parts) -> Router:
     router = Router()
-    throttle = throttle or PasswordThrottle()
-    work = work or PasswordWork()
+    runner, throttle, work, password_cost = (
+        parts.runner,
+        parts.throttle,
+        parts.work,
+        parts.password_cost,
+    )
 
     async def hash_in_thread(password: str) -> str:
         return await work.run(hash_password, password, password_cost)
 
-    @router.route(subjects.ORG_CREATE, CreateOrg)
+    @router.handle(CreateOrg)
     async def create_org(request: Request[CreateOrg]) -> Result:
-        authorize(request.caller, "service_admin", None)
+        authorize(request.caller, request.need, None)
         org_id = request.body.org_id or ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(org_id), orgs.evolve)
             return orgs.create(org, request.body, org_id)
 
-        return await runner.run("org.create", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.ORG_RENAME, RenameOrg)
+    @router.handle(RenameOrg)
     async def rename_org(request: Request[RenameOrg]) -> Result:
         org_id = request.body.org_id
-        authorize(request.caller, "org_admin", org_id, hidden=missing_org(org_id))
+        authorize(request.caller, request.need, org_id, hidden=missing_org(org_id))
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)
             return orgs.rename(org, request.body)
 
-        return await runner.run("org.rename", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.ORG_DELETE, DeleteOrg)
+    @router.handle(DeleteOrg)
     async def delete_org(request: Request[DeleteOrg]) -> Result:
         org_id = request.body.org_id
-        authorize(request.caller, "org_admin", org_id, hidden=missing_org(org_id))
+        authorize(request.caller, request.need, org_id, hidden=missing_org(org_id))
         admin = await find_admin(runner.log)
         if admin is not None and admin.org_id == org_id:
             # Its deletion would lock everyone out: the administrator's credentials die with it.
@@ -300,12 +299,12 @@ def build_router(
             org = await loader.load(orgs.subject(request.body.org_id), orgs.evolve)
             return orgs.delete(org, request.body)
 
-        return await runner.run("org.delete", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.USER_REGISTER, RegisterUser)
+    @router.handle(RegisterUser)
     async def register_user(request: Request[RegisterUser]) -> Result:
         command = request.body
-        authorize(request.caller, "org_admin", command.org_id, hidden=missing_org(command.org_id))
+        authorize(request.caller, request.need, command.org_id, hidden=missing_org(command.org_id))
         email = normalize_email(command.email)
         user_id = command.user_id or ids.new_id()
         password_hash: list[str] = []  # hashed once, however many attempts
@@ -344,16 +343,16 @@ def build_router(
                 command_id=command_id,
             )
 
-        return await runner.run("user.register", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.USER_UPDATE_PROFILE, UpdateProfile)
+    @router.handle(UpdateProfile)
     async def update_profile(request: Request[UpdateProfile]) -> Result:
         command = request.body
         new_email = normalize_email(command.email) if command.email else None
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, command.user_id)
-            check_user(request, "self", user)
+            check_user(request, request.need, user)
             new_reservation = old_reservation = None
             if user.state and new_email and new_email != user.state.email:
                 new_reservation = await loader.load(
@@ -371,9 +370,9 @@ def build_router(
                 command_id=command_id,
             )
 
-        return await runner.run("user.update_profile", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.USER_CHANGE_PASSWORD, ChangePassword)
+    @router.handle(ChangePassword)
     async def change_password(request: Request[ChangePassword]) -> Result:
         command = request.body
         new_hash: list[str] = []
@@ -381,7 +380,7 @@ def build_router(
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, command.user_id)
-            state = check_user(request, "self", user)
+            state = check_user(request, request.need, user)
             if not checked:
                 # Guesses at the old password are throttled like logins: a stolen key
                 # must not recover the password behind it.
@@ -397,27 +396,27 @@ def build_router(
                 new_hash.append(await hash_in_thread(command.new_password))
             return users.change_password(user, command.expected_version, new_hash[0])
 
-        return await runner.run("user.change_password", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.USER_SET_ROLES, SetRoles)
+    @router.handle(SetRoles)
     async def set_roles(request: Request[SetRoles]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, request.body.user_id)
-            check_user(request, "org_admin", user)
+            check_user(request, request.need, user)
             return users.set_roles(user, request.body)
 
-        return await runner.run("user.set_roles", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.USER_DELETE, DeleteUser)
+    @router.handle(DeleteUser)
     async def delete_user(request: Request[DeleteUser]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, request.body.user_id)
-            state = check_user(request, "org_admin", user)
+            state = check_user(request, request.need, user)
             reservation = await loader.load(
                 subjects.email_reservation(state.email), users.evolve_reservation
             )
             return users.delete(user, request.body, reservation)
 
-        return await runner.run("user.delete", request, plan)
+        return await runner.run(request, plan)
 
     return router

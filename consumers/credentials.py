@@ -8,6 +8,7 @@ produce again (create another key instead).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from agentmem import subjects
 from agentmem.auth import tokens
@@ -17,9 +18,11 @@ from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.passwords import cost_of, hash_password, verify_password
 from agentmem.errors import UnauthenticatedError
 from consumers.aggregates import Loader
-from consumers.commands import CommandRunner, check_user, owner_of_user
-from consumers.passwords import PasswordThrottle, PasswordWork
+from consumers.commands import check_user, owner_of_user
 from consumers.router import Request, Result, Router
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 WRONG_LOGIN = "wrong email or password"
 
@@ -34,16 +37,14 @@ def _with_secret(result: Result, held: list[tokens.Token], id_field: str) -> Res
     return data, seq
 
 
-def build_router(
-    runner: CommandRunner,
-    password_cost: int,
-    *,
-    throttle: PasswordThrottle | None = None,
-    work: PasswordWork | None = None,
-) -> Router:
+def command_router(parts: Parts) -> Router:
     router = Router()
-    throttle = throttle or PasswordThrottle()
-    work = work or PasswordWork()
+    runner, throttle, work, password_cost = (
+        parts.runner,
+        parts.throttle,
+        parts.work,
+        parts.password_cost,
+    )
     # Verifying against this when the email is unknown keeps both answers equally slow.
     decoy_hash = hash_password("decoy password", password_cost)
 
@@ -70,7 +71,7 @@ def build_router(
             raise UnauthenticatedError(WRONG_LOGIN)
         return user, state
 
-    @router.route(subjects.AUTH_LOGIN, Login, public=True)
+    @router.handle(Login)
     async def login(request: Request[Login]) -> Result:
         command = request.body
         email = normalize_email(command.email)
@@ -100,11 +101,11 @@ def build_router(
         # A login belongs to the command-id space of the user it logs in, like the commands
         # that user sends with the session afterwards.
         owner = owner_of_user(verified_state)
-        result = await runner.run("auth.login", request, plan, owner=owner)
+        result = await runner.run(request, plan, owner=owner)
         throttle.succeeded(email)
         return _with_secret(result, token_holder, "session_id")
 
-    @router.route(subjects.AUTH_LOGOUT, Logout)
+    @router.handle(Logout)
     async def logout(request: Request[Logout]) -> Result:
         caller = request.caller
         kind, _, session_id = caller.via.partition(":")
@@ -115,32 +116,32 @@ def build_router(
             user = await runner.load_user(loader, caller.user_id)
             return credentials.end_session(user, caller.user_id, session_id)
 
-        return await runner.run("auth.logout", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.APIKEY_CREATE, CreateApiKey)
+    @router.handle(CreateApiKey)
     async def create_key(request: Request[CreateApiKey]) -> Result:
         user_id = request.body.user_id or request.caller.user_id
         token_holder: list[tokens.Token] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, user_id)
-            state = check_user(request, "self", user)
+            state = check_user(request, request.need, user)
             if not token_holder:
                 token_holder.append(tokens.new_token("key", state.org_id, state.user_id))
             return credentials.create_key(user, token_holder[0], request.body.name)
 
-        result = await runner.run("apikey.create", request, plan)
+        result = await runner.run(request, plan)
         return _with_secret(result, token_holder, "key_id")
 
-    @router.route(subjects.APIKEY_REVOKE, RevokeApiKey)
+    @router.handle(RevokeApiKey)
     async def revoke_key(request: Request[RevokeApiKey]) -> Result:
         user_id = request.body.user_id or request.caller.user_id
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, user_id)
-            check_user(request, "self", user)
+            check_user(request, request.need, user)
             return credentials.revoke_key(user, user_id, request.body.key_id)
 
-        return await runner.run("apikey.revoke", request, plan)
+        return await runner.run(request, plan)
 
     return router

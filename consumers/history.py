@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,10 +22,12 @@ from agentmem.events import MessageAppended
 from agentmem.queries import GetHistory
 from agentmem.store import Store
 from consumers.auth import authorize
-from consumers.commands import SECRET_FIELDS, CommandRunner, client_command_id
-from consumers.freshness import Freshness
+from consumers.commands import SECRET_FIELDS, client_command_id
 from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 # Message ids per statement when history asks which messages are hidden: far below SQLite's
 # default limit of 32,766 parameters (and asyncpg's 32,767), however many a page holds.
@@ -102,10 +104,9 @@ def _seq_of(cursor_key: str) -> int:
     return int(cursor_key)
 
 
-def build_router(
-    log: EventLog, runner: CommandRunner, store: Store, freshness: Freshness
-) -> Router:
+def query_router(parts: Parts) -> Router:
     router = Router()
+    log, runner, store, freshness = parts.log, parts.runner, parts.store, parts.freshness
 
     async def subjects_of(request: Request[GetHistory], missing: NotFoundError) -> list[str]:
         """Exactly the subjects of the named aggregate: one, or an agent's two."""
@@ -148,13 +149,13 @@ def build_router(
         await freshness.wait("messages", max((last.seq for last in lasts if last), default=None))
         return await hidden_messages(store, message_ids)
 
-    @router.route(subjects.HISTORY_GET, GetHistory)
+    @router.handle(GetHistory)
     async def get_history(request: Request[GetHistory]) -> Result:
         query = request.body
         missing = NotFoundError(f"{query.aggregate} {query.id} does not exist")
         names = await subjects_of(request, missing)
         org_id = names[0].split(".")[2]
-        authorize(request.caller, "reader", org_id, missing)
+        authorize(request.caller, request.need, org_id, missing)
         after = _seq_of(decode_cursor(query.cursor))
         # A page ends at `limit` commits or at MAX_PAGE_BYTES of entries, whichever comes
         # first, so the reply fits in one NATS message; the log is read no further than that.

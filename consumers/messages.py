@@ -17,26 +17,27 @@ never read.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentmem import ids, subjects
+from agentmem import ids
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import AgentMemError, InvalidError, NotFoundError
 from agentmem.events import ConversationDeleted, MessageAppended
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
-from agentmem.store import Store
 from consumers.access_view import AccessView
 from consumers.aggregates import FreshReads, Loader
 from consumers.auth import authorize
-from consumers.commands import CommandRunner, event_view, missing_org
-from consumers.freshness import Freshness
+from consumers.commands import event_view, missing_org
 from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
 from projections.messages import MESSAGES
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 PROJECTION = "messages"
 
@@ -128,17 +129,17 @@ def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
     return where
 
 
-def build_command_router(
-    runner: CommandRunner, store: Store, freshness: Freshness, view: AccessView | None = None
-) -> Router:
+def command_router(parts: Parts) -> Router:
     """``store`` and ``freshness``: a redaction finds its message in the messages table.
-    Without ``view`` (a test's stand-in for a process), speakers are read from the log."""
+    Without an access view (a test's stand-in for a process), speakers are read from the
+    log."""
     router = Router()
+    runner, store, freshness, view = parts.runner, parts.store, parts.freshness, parts.access
     fresh = FreshReads(runner.cache)
 
     def writable_org(request: Request[Any], org_id: str | None) -> str:
         target = org_id or request.caller.org_id
-        authorize(request.caller, "member", target, missing_org(target))
+        authorize(request.caller, request.need, target, missing_org(target))
         return target
 
     async def check_speakers(org_id: str, agent_id: str, user_id: str | None) -> None:
@@ -184,10 +185,7 @@ def build_command_router(
                 org_id, command.session_id, command.agent_id, command.user_id, batch, message_ids
             )
 
-        commit_type = (
-            "message.append" if isinstance(command, AppendMessage) else "message.append_batch"
-        )
-        data, seq = await runner.run(commit_type, request, plan)
+        data, seq = await runner.run(request, plan)
         if data.get("message_id") != message_ids[-1]:
             # A retried command: the log holds the first attempt's messages, with its ids.
             stored = await runner.log.get(data["version"])
@@ -197,14 +195,14 @@ def build_command_router(
                 ]
         return message_ids, (data, seq)
 
-    @router.route(subjects.MESSAGE_APPEND, AppendMessage)
+    @router.handle(AppendMessage)
     async def append_message(request: Request[AppendMessage]) -> Result:
         command = request.body
         org_id = writable_org(request, command.org_id)
         message_ids, (data, seq) = await append(request, org_id, command, [command.message])
         return {**data, "message_ids": message_ids}, seq
 
-    @router.route(subjects.MESSAGE_APPEND_BATCH, AppendMessages)
+    @router.handle(AppendMessages)
     async def append_messages(request: Request[AppendMessages]) -> Result:
         command = request.body
         org_id = writable_org(request, command.org_id)
@@ -248,7 +246,7 @@ def build_command_router(
             raise missing
         return row
 
-    @router.route(subjects.MESSAGE_REDACT, RedactMessage)
+    @router.handle(RedactMessage)
     async def redact_message(request: Request[RedactMessage]) -> Result:
         command = request.body
         org_id = writable_org(request, command.org_id)
@@ -269,9 +267,9 @@ def build_command_router(
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             return messages.redact(org_id, command.session_id, command.message_id, command.reason)
 
-        return await runner.run("message.redact", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.CONVERSATION_DELETE, DeleteConversation)
+    @router.handle(DeleteConversation)
     async def delete_conversation(request: Request[DeleteConversation]) -> Result:
         command = request.body
         org_id = writable_org(request, command.org_id)
@@ -285,13 +283,14 @@ def build_command_router(
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             return messages.delete(org_id, command.session_id)
 
-        return await runner.run("conversation.delete", request, plan)
+        return await runner.run(request, plan)
 
     return router
 
 
-def build_query_router(store: Store, freshness: Freshness) -> Router:
+def query_router(parts: Parts) -> Router:
     router = Router()
+    store, freshness = parts.store, parts.freshness
 
     def readable_org(request: Request[Any], org_id: str | None) -> str | None:
         """The organization to read in; None for another organization's (answered empty,
@@ -300,10 +299,10 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         target = org_id or caller.org_id
         if target != caller.org_id and not caller.service_admin:
             return None
-        authorize(caller, "reader", target)
+        authorize(caller, request.need, target)
         return target
 
-    @router.route(subjects.MESSAGE_LIST, ListMessages)
+    @router.handle(ListMessages)
     async def list_messages(request: Request[ListMessages]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
@@ -319,7 +318,7 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         next_cursor = encode_cursor(str(items[-1]["position"])) if more else None
         return {"items": items, "next_cursor": next_cursor}, seq
 
-    @router.route(subjects.MESSAGE_LAST, LastMessages)
+    @router.handle(LastMessages)
     async def last_messages(request: Request[LastMessages]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
@@ -337,7 +336,7 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         items = [message_view(r) for r in rows]
         return {"items": items[: fitting(items)][::-1]}, seq
 
-    @router.route(subjects.MESSAGE_SEARCH, SearchMessages)
+    @router.handle(SearchMessages)
     async def search_messages(request: Request[SearchMessages]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)

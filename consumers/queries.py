@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentmem import subjects
 from agentmem.commands import normalize_email
 from agentmem.errors import ForbiddenError, InvalidError, NotFoundError
 from agentmem.queries import (
@@ -20,10 +19,11 @@ from agentmem.queries import (
     ListOrgs,
     ListUsers,
 )
-from agentmem.store import Store
 from consumers.auth import authorize
-from consumers.freshness import Freshness
 from consumers.router import Request, Result, Router
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 _ORG_COLUMNS = "org_id, name, created_at, updated_at, version"
 _USER_COLUMNS = "user_id, org_id, name, email, roles, created_at, updated_at, version"
@@ -83,16 +83,17 @@ def _hide_other_org(request: Request[Any], row: dict[str, Any] | None, missing: 
     """Another organization's row is answered exactly as a missing one."""
     if row is None:
         raise NotFoundError(missing)
-    authorize(request.caller, "reader", row["org_id"], NotFoundError(missing))
+    authorize(request.caller, request.need, row["org_id"], NotFoundError(missing))
 
 
-def build_router(store: Store, freshness: Freshness) -> Router:
+def query_router(parts: Parts) -> Router:
     router = Router()
+    store, freshness = parts.store, parts.freshness
 
-    @router.route(subjects.ORG_GET, GetOrg)
+    @router.handle(GetOrg)
     async def get_org(request: Request[GetOrg]) -> Result:
         missing = f"organization {request.body.org_id} does not exist"
-        authorize(request.caller, "reader", request.body.org_id, NotFoundError(missing))
+        authorize(request.caller, request.need, request.body.org_id, NotFoundError(missing))
         seq = await freshness.wait("orgs", request.body.after_seq)
         row = await store.fetch_one(
             f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id = ?", request.body.org_id
@@ -101,10 +102,10 @@ def build_router(store: Store, freshness: Freshness) -> Router:
             raise NotFoundError(missing)
         return row, seq
 
-    @router.route(subjects.ORG_LIST, ListOrgs)
+    @router.handle(ListOrgs)
     async def list_orgs(request: Request[ListOrgs]) -> Result:
         query, caller = request.body, request.caller
-        authorize(caller, "reader", None)
+        authorize(caller, request.need, None)
         seq = await freshness.wait("orgs", query.after_seq)
         # Everyone but a service administrator sees only their own organization.
         scope, args = ("", ()) if caller.service_admin else ("AND org_id = ? ", (caller.org_id,))
@@ -116,9 +117,9 @@ def build_router(store: Store, freshness: Freshness) -> Router:
         )
         return page(rows, query.limit, "org_id"), seq
 
-    @router.route(subjects.USER_GET, GetUser)
+    @router.handle(GetUser)
     async def get_user(request: Request[GetUser]) -> Result:
-        authorize(request.caller, "reader", None)
+        authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
         row = await store.fetch_one(
             f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", request.body.user_id
@@ -127,9 +128,9 @@ def build_router(store: Store, freshness: Freshness) -> Router:
         assert row is not None
         return user_view(row), seq
 
-    @router.route(subjects.USER_GET_BY_EMAIL, GetUserByEmail)
+    @router.handle(GetUserByEmail)
     async def get_user_by_email(request: Request[GetUserByEmail]) -> Result:
-        authorize(request.caller, "reader", None)
+        authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
         row = await store.fetch_one(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", email)
@@ -137,22 +138,22 @@ def build_router(store: Store, freshness: Freshness) -> Router:
         assert row is not None
         return user_view(row), seq
 
-    @router.route(subjects.USER_EMAIL_EXISTS, EmailExists)
+    @router.handle(EmailExists)
     async def email_exists(request: Request[EmailExists]) -> Result:
         # Emails are unique across the service, so the answer spans organizations: only
         # those who register users may ask.
-        authorize(request.caller, "org_admin", None)
+        authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
         row = await store.fetch_one("SELECT 1 AS found FROM users WHERE email = ?", email)
         return {"email": email, "exists": row is not None}, seq
 
-    @router.route(subjects.USER_LIST, ListUsers)
+    @router.handle(ListUsers)
     async def list_users(request: Request[ListUsers]) -> Result:
         query = request.body
         org_id = query.org_id or request.caller.org_id
         missing = f"organization {org_id} does not exist"
-        authorize(request.caller, "reader", org_id, NotFoundError(missing))
+        authorize(request.caller, request.need, org_id, NotFoundError(missing))
         seq = await freshness.wait("users", query.after_seq)
         rows = await store.fetch_all(
             f"SELECT {_USER_COLUMNS} FROM users WHERE org_id = ? AND user_id > ? "
@@ -165,7 +166,7 @@ def build_router(store: Store, freshness: Freshness) -> Router:
         result["items"] = [user_view(r) for r in result["items"]]
         return result, seq
 
-    @router.route(subjects.APIKEY_LIST, ListApiKeys)
+    @router.handle(ListApiKeys)
     async def list_api_keys(request: Request[ListApiKeys]) -> Result:
         user_id = request.body.user_id or request.caller.user_id
         seq = await freshness.wait("users", request.body.after_seq)
@@ -176,7 +177,7 @@ def build_router(store: Store, freshness: Freshness) -> Router:
         if owner is None:
             raise NotFoundError(missing)
         caller = request.caller
-        authorize(caller, "self", owner["org_id"], NotFoundError(missing), user_id)
+        authorize(caller, request.need, owner["org_id"], NotFoundError(missing), user_id)
         if owner["service_admin"] and not caller.service_admin and caller.user_id != user_id:
             # As for every other operation on the administrator (``check_user``).
             raise ForbiddenError("only a service administrator may act on a service administrator")

@@ -21,13 +21,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from agentmem import envelope, subjects
-from agentmem.domain.access import Principal
+from agentmem import envelope, protocol, subjects
+from agentmem.domain.access import Need, Principal
 from agentmem.errors import AgentMemError, InternalError, InvalidError, UnauthenticatedError
+from agentmem.protocol import Operation, operation_of
 
 log = structlog.get_logger(__name__)
 
-R = TypeVar("R", bound=msgspec.Struct)
+R = TypeVar("R", bound=protocol.Request)
 
 MAX_REQUEST_BYTES = 256 * 1024  # documented in docs/protocol.md
 # A JSON escape of U+0000: "\u0000" after an even number of backslashes (so not "\\u0000",
@@ -42,6 +43,15 @@ class Request(Generic[R]):
     subject: str
     # Who is asking; None only on the few public subjects (login, health).
     principal: Principal | None = None
+
+    @property
+    def operation(self) -> Operation:
+        return operation_of(type(self.body))
+
+    @property
+    def need(self) -> Need:
+        """The least role its operation declares; a public one needs none of its own."""
+        return self.operation.need or "reader"
 
     @property
     def caller(self) -> Principal:
@@ -67,18 +77,23 @@ class Router:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
 
-    def route(
-        self, subject: str, request_type: type[R], *, public: bool = False
+    def handle(
+        self, request_type: type[R]
     ) -> Callable[
         [Callable[[Request[R]], Awaitable[Result]]], Callable[[Request[R]], Awaitable[Result]]
     ]:
+        """Register the handler of the operation that ``request_type`` declares: its
+        subject, and whether it is public, come from that one declaration."""
+        operation = operation_of(request_type)
+
         def register(
             handler: Callable[[Request[R]], Awaitable[Result]],
         ) -> Callable[[Request[R]], Awaitable[Result]]:
+            subject = operation.subject
             if subject in self.routes:
                 raise ValueError(f"two handlers for {subject}")
             decoder = msgspec.json.Decoder(request_type)
-            self.routes[subject] = Route(subject, decoder, handler, public)
+            self.routes[subject] = Route(subject, decoder, handler, operation.public)
             return handler
 
         return register

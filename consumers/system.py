@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import subjects
+from agentmem import asyncapi, subjects
 from agentmem.eventlog import EventLog
-from agentmem.queries import Status
+from agentmem.queries import Health, Schema, Status
 from agentmem.store import Store
 from consumers.auth import authorize
 from consumers.router import Request, Result, Router
 from projections import ALL
 from projections.worker import durable_name
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 log = structlog.get_logger(__name__)
 
@@ -57,29 +59,24 @@ async def collect_status(
     }
 
 
-def build_router(
-    nc: NATS,
-    store: Store,
-    workers_alive: Callable[[], dict[str, bool]],
-    stream: str = subjects.STREAM_NAME,
-    this_process: Callable[[], dict[str, Any]] | None = None,
-) -> Router:
-    """``this_process``: what the answering process is (its roles, the projections whose
-    lease it holds); several processes share these subjects, so the report says which one
-    answered."""
+def system_router(parts: Parts) -> Router:
+    """Several processes share these subjects, so the status report says which one
+    answered (``parts.this_process``)."""
     router = Router()
+    nc, store, stream, this_process = parts.nc, parts.store, parts.stream, parts.this_process
+    workers_alive = parts.workers_alive
 
-    @router.route(subjects.SYS_STATUS, Status)
+    @router.handle(Status)
     async def status(request: Request[Status]) -> Result:
-        authorize(request.caller, "service_admin", None)
+        authorize(request.caller, request.need, None)
         report = await collect_status(nc, store, stream)
         if this_process is not None:
             report["process"] = this_process()
         return report, report["stream"]["last_seq"]
 
     # Public, for liveness probes: it says only whether the parts are up.
-    @router.route(subjects.SYS_HEALTH, Status, public=True)
-    async def health(request: Request[Status]) -> Result:
+    @router.handle(Health)
+    async def health(request: Request[Health]) -> Result:
         checks: dict[str, Any] = {}
         try:
             await EventLog(nc, stream).info()
@@ -96,5 +93,10 @@ def build_router(
         checks["projections"] = workers_alive()
         live = checks["log"] and checks["store"] and all(checks["projections"].values())
         return {"live": live, "checks": checks}, None
+
+    # Public, like health: what a client in any language needs to talk to the service.
+    @router.handle(Schema)
+    async def schema(request: Request[Schema]) -> Result:
+        return asyncapi.document(), None
 
     return router

@@ -8,7 +8,7 @@ organization's tool is answered exactly as a missing one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -19,13 +19,14 @@ from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import ConflictError, InvalidError, NotFoundError
 from agentmem.queries import GetTool, ListTools
-from agentmem.store import Store
 from consumers.aggregates import Loader
 from consumers.auth import authorize
 from consumers.commands import CommandRunner, missing_org
-from consumers.freshness import Freshness
 from consumers.queries import MAX_PAGE_BYTES, _hide_other_org, decode_cursor, page
 from consumers.router import Request, Result, Router
+
+if TYPE_CHECKING:
+    from consumers.parts import Parts
 
 PROJECTION = "tools"
 
@@ -62,14 +63,15 @@ async def load_reservation(loader: Loader, org_id: str, name: str) -> Loaded[too
     return await loader.load(subjects.tool_name_reservation(org_id, name), tools.evolve_reservation)
 
 
-def build_command_router(runner: CommandRunner) -> Router:
+def command_router(parts: Parts) -> Router:
     router = Router()
+    runner = parts.runner
 
-    @router.route(subjects.TOOL_REGISTER, RegisterTool)
+    @router.handle(RegisterTool)
     async def register_tool(request: Request[RegisterTool]) -> Result:
         command = request.body
         org_id = command.org_id or request.caller.org_id
-        authorize(request.caller, "member", org_id, missing_org(org_id))
+        authorize(request.caller, request.need, org_id, missing_org(org_id))
         tool_id = command.tool_id or ids.new_id()
         subject = tools.subject(org_id, tool_id)
 
@@ -90,14 +92,14 @@ def build_command_router(runner: CommandRunner) -> Router:
                 loaded, command, org_id=org_id, tool_id=tool_id, reservation=reservation
             )
 
-        return await runner.run("tool.register", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.TOOL_UPDATE, UpdateTool)
+    @router.handle(UpdateTool)
     async def update_tool(request: Request[UpdateTool]) -> Result:
         command = request.body
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            tool = await load_tool(runner, loader, request, command.tool_id, "member")
+            tool = await load_tool(runner, loader, request, command.tool_id, request.need)
             assert tool.state is not None
             org_id = tool.state.org_id
             new_reservation = old_reservation = None
@@ -111,19 +113,19 @@ def build_command_router(runner: CommandRunner) -> Router:
                 old_reservation=old_reservation,
             )
 
-        return await runner.run("tool.update", request, plan)
+        return await runner.run(request, plan)
 
-    @router.route(subjects.TOOL_DELETE, DeleteTool)
+    @router.handle(DeleteTool)
     async def delete_tool(request: Request[DeleteTool]) -> Result:
         command = request.body
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            tool = await load_tool(runner, loader, request, command.tool_id, "org_admin")
+            tool = await load_tool(runner, loader, request, command.tool_id, request.need)
             assert tool.state is not None
             reservation = await load_reservation(loader, tool.state.org_id, tool.state.name)
             return tools.delete(tool, command, reservation)
 
-        return await runner.run("tool.delete", request, plan)
+        return await runner.run(request, plan)
 
     return router
 
@@ -137,10 +139,11 @@ def tool_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_query_router(store: Store, freshness: Freshness) -> Router:
+def query_router(parts: Parts) -> Router:
     router = Router()
+    store, freshness = parts.store, parts.freshness
 
-    @router.route(subjects.TOOL_GET, GetTool)
+    @router.handle(GetTool)
     async def get_tool(request: Request[GetTool]) -> Result:
         query = request.body
         if (query.tool_id is None) == (query.name is None):
@@ -150,7 +153,7 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
             )
         if query.tool_id is not None:
             missing = f"tool {query.tool_id} does not exist"
-            authorize(request.caller, "reader", query.org_id, NotFoundError(missing))
+            authorize(request.caller, request.need, query.org_id, NotFoundError(missing))
             seq = await freshness.wait(PROJECTION, query.after_seq)
             row = await store.fetch_one(
                 f"SELECT {_TOOL_COLUMNS} FROM tools WHERE tool_id = ?", query.tool_id
@@ -160,7 +163,7 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         else:
             org_id = query.org_id or request.caller.org_id
             missing = f"no tool is named {query.name!r} in organization {org_id}"
-            authorize(request.caller, "reader", org_id, NotFoundError(missing))
+            authorize(request.caller, request.need, org_id, NotFoundError(missing))
             seq = await freshness.wait(PROJECTION, query.after_seq)
             row = await store.fetch_one(
                 f"SELECT {_TOOL_COLUMNS} FROM tools WHERE org_id = ? AND name = ?",
@@ -171,12 +174,12 @@ def build_query_router(store: Store, freshness: Freshness) -> Router:
         assert row is not None
         return tool_view(row), seq
 
-    @router.route(subjects.TOOL_LIST, ListTools)
+    @router.handle(ListTools)
     async def list_tools(request: Request[ListTools]) -> Result:
         query = request.body
         org_id = query.org_id or request.caller.org_id
         missing = NotFoundError(f"organization {org_id} does not exist")
-        authorize(request.caller, "reader", org_id, missing)
+        authorize(request.caller, request.need, org_id, missing)
         seq = await freshness.wait(PROJECTION, query.after_seq)
         cursor = decode_cursor(query.cursor)
         # An empty list filters nothing, as if left out.

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -22,8 +22,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.auth import tokens
-from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL
+from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL, EventLog
+from agentmem.queries import Status
 from agentmem.store import Store, Table, open_store
+from consumers.aggregates import AggregateCache
+from consumers.commands import CommandRunner, client_command_id
+from consumers.parts import Parts
 from projections import ALL
 from projections.migrations import MIGRATIONS
 from projections.replay import replay
@@ -63,8 +67,14 @@ class LogMessage:
     data: bytes
 
     @property
-    def command_id(self) -> str:
+    def command_key(self) -> str:
+        """The command id as the log scopes it: ``<org_id>.<user_id>.<command_id>``."""
         return self.headers.get(H_COMMAND_ID, "")
+
+    @property
+    def command_id(self) -> str:
+        """The id the client sent."""
+        return client_command_id(self.command_key)
 
     @property
     def commit_type(self) -> str:
@@ -195,7 +205,7 @@ def bearer(token: str) -> dict[str, str]:
 
 async def status(nc: NATS, token: str, timeout: float = 2.0) -> dict[str, Any]:
     """``agentmem.sys.status``, asked as ``token`` (a service administrator's)."""
-    message = await nc.request(subjects.SYS_STATUS, b"{}", timeout=timeout, headers=bearer(token))
+    message = await nc.request(Status.op.subject, b"{}", timeout=timeout, headers=bearer(token))
     reply = json.loads(message.data)
     assert reply["ok"], reply
     report: dict[str, Any] = reply["data"]
@@ -292,3 +302,17 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def second_process(nc: NATS, runner: CommandRunner | None = None) -> Parts:
+    """The command side of another service process on the same log: its own, empty caches
+    (or ``runner``'s). It has no store: only command handlers are built from it."""
+    log = EventLog(nc)
+    return Parts(
+        nc=nc,
+        log=log,
+        runner=runner or CommandRunner(log, AggregateCache(log)),
+        store=cast(Any, None),
+        freshness=cast(Any, None),
+        password_cost=TEST_PASSWORD_COST,
+    )

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from agentmem.embedded import server_binary
+from agentmem.queries import Health
 
 # Tests hash passwords with a low scrypt cost: the KDF is tested for itself in unit tests.
 TEST_PASSWORD_COST = 2**10
@@ -120,14 +121,13 @@ class ServiceProcess:
         log.close()
 
     async def wait_ready(self, nc: object, timeout: float = 20.0) -> None:
-        from agentmem import subjects
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
                 raise RuntimeError(f"service exited: {self.log_path.read_text()[-2000:]}")
             with contextlib.suppress(Exception):
-                await nc.request(subjects.SYS_HEALTH, b"{}", timeout=0.5)  # type: ignore[attr-defined]
+                await nc.request(Health.op.subject, b"{}", timeout=0.5)  # type: ignore[attr-defined]
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError("service did not become ready")

@@ -25,7 +25,24 @@ from nats.aio.msg import Msg
 
 from agentmem import Client, envelope, subjects
 from agentmem.auth import tokens
+from agentmem.commands import (
+    AppendMessage,
+    ArchiveAgent,
+    CreateAgent,
+    CreateApiKey,
+    CreateOrg,
+    DeleteOrg,
+    DeleteUser,
+    Login,
+    Logout,
+    RegisterUser,
+    RenameOrg,
+    RevokeApiKey,
+    SetRoles,
+    UnarchiveAgent,
+)
 from agentmem.eventlog import EventLog
+from agentmem.queries import GetOrg
 from agentmem.service import Service
 from consumers import access_view
 from consumers.access_view import AccessView
@@ -101,13 +118,13 @@ async def someone(
     """A fresh organization with an admin user, made through the first process."""
     first, _, root = processes
     n = next(_numbers)
-    org = await ask(first, subjects.ORG_CREATE, {"name": f"org {n}"}, root)
+    org = await ask(first, CreateOrg.op.subject, {"name": f"org {n}"}, root)
     assert org.ok, org
     org_id = org.data["org_id"]
     email = f"someone{n}@example.com"
     user = await ask(
         first,
-        subjects.USER_REGISTER,
+        RegisterUser.op.subject,
         {
             "org_id": org_id,
             "name": "Someone",
@@ -119,7 +136,7 @@ async def someone(
     )
     assert user.ok, user
     key = await ask(
-        first, subjects.APIKEY_CREATE, {"name": "k", "user_id": user.data["user_id"]}, root
+        first, CreateApiKey.op.subject, {"name": "k", "user_id": user.data["user_id"]}, root
     )
     assert key.ok, key
     assert key.seq is not None
@@ -127,7 +144,7 @@ async def someone(
 
 
 def rename(person: Someone) -> tuple[str, dict[str, Any]]:
-    return subjects.ORG_RENAME, {"org_id": person.org_id, "name": f"name {next(_numbers)}"}
+    return RenameOrg.op.subject, {"org_id": person.org_id, "name": f"name {next(_numbers)}"}
 
 
 async def test_a_key_made_in_one_process_works_at_once_in_another(
@@ -146,7 +163,7 @@ async def test_a_revoked_key_is_refused_at_once_by_the_other_process(
     person = await someone(processes)
     assert (await ask(second, *rename(person), person.key)).ok  # the second one holds it
     revoked = await ask(
-        first, subjects.APIKEY_REVOKE, {"key_id": person.key_id, "user_id": person.user_id}, root
+        first, RevokeApiKey.op.subject, {"key_id": person.key_id, "user_id": person.user_id}, root
     )
     assert revoked.ok, revoked
     refused = await ask(second, *rename(person), person.key)
@@ -159,11 +176,11 @@ async def test_an_ended_session_is_refused_at_once_by_the_other_process(
 ) -> None:
     first, second, _ = processes
     person = await someone(processes)
-    login = await ask(first, subjects.AUTH_LOGIN, {"email": person.email, "password": PASSWORD}, "")
+    login = await ask(first, Login.op.subject, {"email": person.email, "password": PASSWORD}, "")
     assert login.ok, login
     session = login.data["token"]
     assert (await ask(second, *rename(person), session)).ok
-    assert (await ask(first, subjects.AUTH_LOGOUT, {}, session)).ok
+    assert (await ask(first, Logout.op.subject, {}, session)).ok
     refused = await ask(second, *rename(person), session)
     assert refused.error is not None
     assert refused.error.code == "unauthenticated"
@@ -176,7 +193,7 @@ async def test_a_role_taken_away_is_seen_at_once_by_the_other_process(
     person = await someone(processes)
     assert (await ask(second, *rename(person), person.key)).ok
     demoted = await ask(
-        first, subjects.USER_SET_ROLES, {"user_id": person.user_id, "roles": ["readonly"]}, root
+        first, SetRoles.op.subject, {"user_id": person.user_id, "roles": ["readonly"]}, root
     )
     assert demoted.ok, demoted
     refused = await ask(second, *rename(person), person.key)
@@ -192,11 +209,11 @@ async def test_a_deleted_user_or_org_is_refused_at_once_by_the_other_process(
     person = await someone(processes)
     assert (await ask(second, *rename(person), person.key)).ok
     if removed == "user":
-        deleted = await ask(first, subjects.USER_DELETE, {"user_id": person.user_id}, root)
+        deleted = await ask(first, DeleteUser.op.subject, {"user_id": person.user_id}, root)
     else:
-        deleted = await ask(first, subjects.ORG_DELETE, {"org_id": person.org_id}, root)
+        deleted = await ask(first, DeleteOrg.op.subject, {"org_id": person.org_id}, root)
     assert deleted.ok, deleted
-    refused = await ask(second, subjects.ORG_GET, {"org_id": person.org_id}, person.key)
+    refused = await ask(second, GetOrg.op.subject, {"org_id": person.org_id}, person.key)
     assert refused.error is not None
     assert refused.error.code == "unauthenticated"
 
@@ -215,12 +232,12 @@ async def test_a_known_credential_costs_no_read_of_the_log(
 
     listener = await nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.STREAM_NAME}", cb=seen)
     await nc.flush()
-    assert (await ask(second, subjects.ORG_GET, {"org_id": person.org_id}, person.key)).ok
+    assert (await ask(second, GetOrg.op.subject, {"org_id": person.org_id}, person.key)).ok
     await asyncio.sleep(0.1)
     assert reads, "the first request reads the user and the org from the log"
     reads.clear()
     for _ in range(20):
-        reply = await ask(second, subjects.ORG_GET, {"org_id": person.org_id}, person.key)
+        reply = await ask(second, GetOrg.op.subject, {"org_id": person.org_id}, person.key)
         assert reply.ok, reply
     await asyncio.sleep(0.1)
     await listener.unsubscribe()
@@ -275,7 +292,7 @@ async def test_a_process_that_stops_confirming_is_cut_off_and_reads_the_log(
         started = time.monotonic()
         revoked = await ask(
             first,
-            subjects.APIKEY_REVOKE,
+            RevokeApiKey.op.subject,
             {"key_id": person.key_id, "user_id": person.user_id},
             root,
         )
@@ -330,20 +347,20 @@ async def test_an_archived_agent_speaks_no_more_in_the_other_process_and_again_o
 ) -> None:
     first, second, _ = processes
     person = await someone(processes)
-    agent = await ask(first, subjects.AGENT_CREATE, {"name": "Helper"}, person.key)
+    agent = await ask(first, CreateAgent.op.subject, {"name": "Helper"}, person.key)
     assert agent.ok, agent
     agent_id = agent.data["agent_id"]
     say = {"session_id": "s1", "agent_id": agent_id, "message": {"role": "user", "content": "hi"}}
-    assert (await ask(second, subjects.MESSAGE_APPEND, say, person.key)).ok
-    archived = await ask(first, subjects.AGENT_ARCHIVE, {"agent_id": agent_id}, person.key)
+    assert (await ask(second, AppendMessage.op.subject, say, person.key)).ok
+    archived = await ask(first, ArchiveAgent.op.subject, {"agent_id": agent_id}, person.key)
     assert archived.ok, archived
-    refused = await ask(second, subjects.MESSAGE_APPEND, say, person.key)
+    refused = await ask(second, AppendMessage.op.subject, say, person.key)
     assert refused.error is not None
     assert "archived" in refused.error.message
-    restored = await ask(first, subjects.AGENT_UNARCHIVE, {"agent_id": agent_id}, person.key)
+    restored = await ask(first, UnarchiveAgent.op.subject, {"agent_id": agent_id}, person.key)
     assert restored.ok, restored
     # The second process may not have the unarchive yet; it asks the log before refusing.
-    assert (await ask(second, subjects.MESSAGE_APPEND, say, person.key)).ok
+    assert (await ask(second, AppendMessage.op.subject, say, person.key)).ok
 
 
 async def test_a_revocation_after_a_nats_server_restart_is_seen_at_once(

@@ -24,18 +24,19 @@ from agentmem import (
     envelope,
     subjects,
 )
-from agentmem.client import Agent
+from agentmem.commands import SetAgentState
 from agentmem.domain import agents
 from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.eventlog import EventLog
 from agentmem.events import AgentStateCleared, AgentStateSet
+from agentmem.replies import Agent
 from consumers import agents as agent_handlers
 from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator
 from consumers.commands import CommandRunner
 from consumers.queries import MAX_PAGE_BYTES
 from consumers.router import Dispatcher
-from tests.realparts import bearer
+from tests.realparts import bearer, second_process
 from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
@@ -488,13 +489,15 @@ async def test_a_deletion_racing_state_writes_leaves_no_state_behind(
     log = EventLog(nc)
     other_process = CommandRunner(log, AggregateCache(log))
     dispatcher = Dispatcher(
-        nc, agent_handlers.build_command_router(other_process), Authenticator(other_process.cache)
+        nc,
+        agent_handlers.command_router(second_process(nc, other_process)),
+        Authenticator(other_process.cache),
     )
 
     async def write_elsewhere(n: int) -> envelope.Reply:
         body = msgspec.json.encode({"agent_id": agent_id, "state": {"n": n}})
         return envelope.decode(
-            await dispatcher.handle(subjects.AGENT_SET_STATE, body, bearer(admin_token))
+            await dispatcher.handle(SetAgentState.op.subject, body, bearer(admin_token))
         )
 
     assert (await write_elsewhere(1)).ok  # the other process has the agent and state cached

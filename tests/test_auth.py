@@ -21,10 +21,11 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, envelope, subjects
+from agentmem.commands import RenameOrg
 from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
 from agentmem.service import Service
 from tests.conftest import admin_key, settings_for
-from tests.support import TEST_PASSWORD_COST, NatsServer
+from tests.support import NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 STORES = ("sqlite", "postgres")
@@ -290,26 +291,28 @@ async def test_a_revoked_key_is_refused_at_once_by_another_service_process(
     from agentmem.eventlog import EventLog
     from consumers.aggregates import AggregateCache
     from consumers.auth import Authenticator
-    from consumers.commands import CommandRunner
-    from consumers.commands import build_router as command_router
+    from consumers.commands import CommandRunner, command_router
     from consumers.router import Dispatcher
+    from tests.realparts import second_process
 
     org = world.tenants["own"].org_id
     user_id, key = await new_user(world.root, org, ["admin"])
     log = EventLog(nc)
     cache = AggregateCache(log)
     second = Dispatcher(
-        nc, command_router(CommandRunner(log, cache), TEST_PASSWORD_COST), Authenticator(cache)
+        nc,
+        command_router(second_process(nc, CommandRunner(log, cache))),
+        Authenticator(cache),
     )
     headers = {"Authorization": f"Bearer {key}"}
     body = msgspec.json.encode({"org_id": org, "name": "Renamed by the second process"})
-    accepted = envelope.decode(await second.handle(subjects.ORG_RENAME, body, headers))
+    accepted = envelope.decode(await second.handle(RenameOrg.op.subject, body, headers))
     assert accepted.ok, accepted
     key_id = (await world.root.list_api_keys(user_id=user_id, after_seq=world.root.last_seq))[0][
         "key_id"
     ]
     await world.root.revoke_api_key(key_id, user_id=user_id)
-    refused = envelope.decode(await second.handle(subjects.ORG_RENAME, body, headers))
+    refused = envelope.decode(await second.handle(RenameOrg.op.subject, body, headers))
     assert not refused.ok
     assert refused.error is not None
     assert refused.error.code == "unauthenticated"

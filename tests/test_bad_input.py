@@ -58,6 +58,7 @@ from agentmem.commands import (
 )
 from agentmem.config import Settings
 from agentmem.domain.agents import MAX_STATE_BYTES
+from agentmem.protocol import operations
 from agentmem.queries import (
     EmailExists,
     GetAgent,
@@ -67,6 +68,7 @@ from agentmem.queries import (
     GetTool,
     GetUser,
     GetUserByEmail,
+    Health,
     LastMessages,
     ListAgents,
     ListApiKeys,
@@ -74,6 +76,7 @@ from agentmem.queries import (
     ListOrgs,
     ListTools,
     ListUsers,
+    Schema,
     SearchMessages,
     Status,
 )
@@ -89,166 +92,124 @@ STORES = ("sqlite", "postgres")
 
 NATS_MAX_PAYLOAD = 1024 * 1024
 
-REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
-    subjects.ORG_CREATE: CreateOrg,
-    subjects.ORG_RENAME: RenameOrg,
-    subjects.ORG_DELETE: DeleteOrg,
-    subjects.USER_REGISTER: RegisterUser,
-    subjects.USER_UPDATE_PROFILE: UpdateProfile,
-    subjects.USER_CHANGE_PASSWORD: ChangePassword,
-    subjects.USER_SET_ROLES: SetRoles,
-    subjects.USER_DELETE: DeleteUser,
-    subjects.AUTH_LOGIN: Login,
-    subjects.AUTH_LOGOUT: Logout,
-    subjects.APIKEY_CREATE: CreateApiKey,
-    subjects.APIKEY_REVOKE: RevokeApiKey,
-    subjects.ORG_GET: GetOrg,
-    subjects.ORG_LIST: ListOrgs,
-    subjects.USER_GET: GetUser,
-    subjects.USER_GET_BY_EMAIL: GetUserByEmail,
-    subjects.USER_EMAIL_EXISTS: EmailExists,
-    subjects.USER_LIST: ListUsers,
-    subjects.APIKEY_LIST: ListApiKeys,
-    subjects.HISTORY_GET: GetHistory,
-    subjects.SYS_STATUS: Status,
-    subjects.SYS_HEALTH: Status,
-    subjects.AGENT_CREATE: CreateAgent,
-    subjects.AGENT_UPDATE: UpdateAgent,
-    subjects.AGENT_ARCHIVE: ArchiveAgent,
-    subjects.AGENT_UNARCHIVE: UnarchiveAgent,
-    subjects.AGENT_DELETE: DeleteAgent,
-    subjects.AGENT_SET_STATE: SetAgentState,
-    subjects.AGENT_PATCH_STATE: PatchAgentState,
-    subjects.AGENT_GET: GetAgent,
-    subjects.AGENT_LIST: ListAgents,
-    subjects.AGENT_GET_STATE: GetAgentState,
-    subjects.TOOL_REGISTER: RegisterTool,
-    subjects.TOOL_UPDATE: UpdateTool,
-    subjects.TOOL_DELETE: DeleteTool,
-    subjects.TOOL_GET: GetTool,
-    subjects.TOOL_LIST: ListTools,
-    subjects.MESSAGE_APPEND: AppendMessage,
-    subjects.MESSAGE_APPEND_BATCH: AppendMessages,
-    subjects.MESSAGE_REDACT: RedactMessage,
-    subjects.CONVERSATION_DELETE: DeleteConversation,
-    subjects.MESSAGE_LIST: ListMessages,
-    subjects.MESSAGE_LAST: LastMessages,
-    subjects.MESSAGE_SEARCH: SearchMessages,
-}
+# Every operation, from the registry: a new one must be added to the tables below.
+REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {o.subject: o.request for o in operations()}
 # Answered without credentials; every other subject needs them.
-PUBLIC = {subjects.AUTH_LOGIN, subjects.SYS_HEALTH}
+PUBLIC = {o.subject for o in operations() if o.public}
 
 # A valid body per subject (the ids need not exist: validity is about shape).
 VALID: dict[str, dict[str, Any]] = {
-    subjects.ORG_CREATE: {"name": "Acme"},
-    subjects.ORG_RENAME: {"org_id": "o1", "name": "Acme 2"},
-    subjects.ORG_DELETE: {"org_id": "o1"},
-    subjects.USER_REGISTER: {
+    CreateOrg.op.subject: {"name": "Acme"},
+    RenameOrg.op.subject: {"org_id": "o1", "name": "Acme 2"},
+    DeleteOrg.op.subject: {"org_id": "o1"},
+    RegisterUser.op.subject: {
         "org_id": "o1",
         "name": "Ann",
         "email": "ann@example.com",
         "password": "long-enough",
     },
-    subjects.USER_UPDATE_PROFILE: {"user_id": "u1", "name": "Ann"},
-    subjects.USER_CHANGE_PASSWORD: {
+    UpdateProfile.op.subject: {"user_id": "u1", "name": "Ann"},
+    ChangePassword.op.subject: {
         "user_id": "u1",
         "old_password": "old-password",
         "new_password": "new-password",
     },
-    subjects.USER_SET_ROLES: {"user_id": "u1", "roles": ["admin"]},
-    subjects.USER_DELETE: {"user_id": "u1"},
-    subjects.AUTH_LOGIN: {"email": "ann@example.com", "password": "long-enough"},
-    subjects.AUTH_LOGOUT: {},
-    subjects.APIKEY_CREATE: {"name": "laptop"},
-    subjects.APIKEY_REVOKE: {"key_id": "k1"},
-    subjects.ORG_GET: {"org_id": "o1"},
-    subjects.ORG_LIST: {"limit": 5},
-    subjects.USER_GET: {"user_id": "u1"},
-    subjects.USER_GET_BY_EMAIL: {"email": "ann@example.com"},
-    subjects.USER_EMAIL_EXISTS: {"email": "ann@example.com"},
-    subjects.USER_LIST: {"org_id": "o1"},
-    subjects.APIKEY_LIST: {"user_id": "u1"},
-    subjects.HISTORY_GET: {"aggregate": "org", "id": "o1"},
-    subjects.SYS_STATUS: {},
-    subjects.SYS_HEALTH: {},
-    subjects.AGENT_CREATE: {"name": "Helper"},
-    subjects.AGENT_UPDATE: {"agent_id": "a1", "name": "Helper 2"},
-    subjects.AGENT_ARCHIVE: {"agent_id": "a1"},
-    subjects.AGENT_UNARCHIVE: {"agent_id": "a1"},
-    subjects.AGENT_DELETE: {"agent_id": "a1"},
-    subjects.AGENT_SET_STATE: {"agent_id": "a1", "state": {"turn": 1}},
-    subjects.AGENT_PATCH_STATE: {"agent_id": "a1", "patch": {"turn": None}},
-    subjects.AGENT_GET: {"agent_id": "a1"},
-    subjects.AGENT_LIST: {"tag": "support"},
-    subjects.AGENT_GET_STATE: {"agent_id": "a1"},
-    subjects.TOOL_REGISTER: {"name": "get_weather"},
-    subjects.TOOL_UPDATE: {"tool_id": "t1", "description": "Weather"},
-    subjects.TOOL_DELETE: {"tool_id": "t1"},
-    subjects.TOOL_GET: {"tool_id": "t1"},
-    subjects.TOOL_LIST: {"tags_any": ["web"]},
-    subjects.MESSAGE_APPEND: {
+    SetRoles.op.subject: {"user_id": "u1", "roles": ["admin"]},
+    DeleteUser.op.subject: {"user_id": "u1"},
+    Login.op.subject: {"email": "ann@example.com", "password": "long-enough"},
+    Logout.op.subject: {},
+    CreateApiKey.op.subject: {"name": "laptop"},
+    RevokeApiKey.op.subject: {"key_id": "k1"},
+    GetOrg.op.subject: {"org_id": "o1"},
+    ListOrgs.op.subject: {"limit": 5},
+    GetUser.op.subject: {"user_id": "u1"},
+    GetUserByEmail.op.subject: {"email": "ann@example.com"},
+    EmailExists.op.subject: {"email": "ann@example.com"},
+    ListUsers.op.subject: {"org_id": "o1"},
+    ListApiKeys.op.subject: {"user_id": "u1"},
+    GetHistory.op.subject: {"aggregate": "org", "id": "o1"},
+    Status.op.subject: {},
+    Health.op.subject: {},
+    Schema.op.subject: {},
+    CreateAgent.op.subject: {"name": "Helper"},
+    UpdateAgent.op.subject: {"agent_id": "a1", "name": "Helper 2"},
+    ArchiveAgent.op.subject: {"agent_id": "a1"},
+    UnarchiveAgent.op.subject: {"agent_id": "a1"},
+    DeleteAgent.op.subject: {"agent_id": "a1"},
+    SetAgentState.op.subject: {"agent_id": "a1", "state": {"turn": 1}},
+    PatchAgentState.op.subject: {"agent_id": "a1", "patch": {"turn": None}},
+    GetAgent.op.subject: {"agent_id": "a1"},
+    ListAgents.op.subject: {"tag": "support"},
+    GetAgentState.op.subject: {"agent_id": "a1"},
+    RegisterTool.op.subject: {"name": "get_weather"},
+    UpdateTool.op.subject: {"tool_id": "t1", "description": "Weather"},
+    DeleteTool.op.subject: {"tool_id": "t1"},
+    GetTool.op.subject: {"tool_id": "t1"},
+    ListTools.op.subject: {"tags_any": ["web"]},
+    AppendMessage.op.subject: {
         "session_id": "s1",
         "agent_id": "a1",
         "message": {"role": "user", "content": "hi"},
     },
-    subjects.MESSAGE_APPEND_BATCH: {
+    AppendMessages.op.subject: {
         "session_id": "s1",
         "agent_id": "a1",
         "messages": [{"role": "user", "content": "hi"}],
     },
-    subjects.MESSAGE_REDACT: {"session_id": "s1", "message_id": "m1"},
-    subjects.CONVERSATION_DELETE: {"session_id": "s1"},
-    subjects.MESSAGE_LIST: {"session_id": "s1"},
-    subjects.MESSAGE_LAST: {"session_id": "s1", "n": 5},
-    subjects.MESSAGE_SEARCH: {"text": "hello", "agent_id": "a1"},
+    RedactMessage.op.subject: {"session_id": "s1", "message_id": "m1"},
+    DeleteConversation.op.subject: {"session_id": "s1"},
+    ListMessages.op.subject: {"session_id": "s1"},
+    LastMessages.op.subject: {"session_id": "s1", "n": 5},
+    SearchMessages.op.subject: {"text": "hello", "agent_id": "a1"},
 }
 
 # One field per subject given a value of the wrong JSON type.
 WRONG_TYPES: dict[str, tuple[str, Any]] = {
-    subjects.ORG_CREATE: ("name", 5),
-    subjects.ORG_RENAME: ("org_id", 1),
-    subjects.ORG_DELETE: ("org_id", ["o1"]),
-    subjects.USER_REGISTER: ("roles", "admin"),
-    subjects.USER_UPDATE_PROFILE: ("name", 7),
-    subjects.USER_CHANGE_PASSWORD: ("old_password", 12345678),
-    subjects.USER_SET_ROLES: ("roles", [1]),
-    subjects.USER_DELETE: ("expected_version", "3"),
-    subjects.AUTH_LOGIN: ("ttl_seconds", "3600"),
-    subjects.AUTH_LOGOUT: ("command_id", 5),
-    subjects.APIKEY_CREATE: ("name", ["laptop"]),
-    subjects.APIKEY_REVOKE: ("key_id", 1),
-    subjects.ORG_GET: ("org_id", None),
-    subjects.ORG_LIST: ("limit", "10"),
-    subjects.USER_GET: ("user_id", 1.5),
-    subjects.USER_GET_BY_EMAIL: ("email", True),
-    subjects.USER_EMAIL_EXISTS: ("email", {}),
-    subjects.USER_LIST: ("cursor", 5),
-    subjects.APIKEY_LIST: ("user_id", False),
-    subjects.HISTORY_GET: ("limit", "10"),
-    subjects.SYS_STATUS: ("after_seq", "x"),
-    subjects.SYS_HEALTH: ("after_seq", []),
-    subjects.AGENT_CREATE: ("tags", "support"),
-    subjects.AGENT_UPDATE: ("model", [1]),
-    subjects.AGENT_ARCHIVE: ("expected_version", "3"),
-    subjects.AGENT_UNARCHIVE: ("agent_id", 5),
-    subjects.AGENT_DELETE: ("agent_id", None),
-    subjects.AGENT_SET_STATE: ("state", [1, 2]),
-    subjects.AGENT_PATCH_STATE: ("patch", "x"),
-    subjects.AGENT_GET: ("agent_id", 1),
-    subjects.AGENT_LIST: ("include_archived", "yes"),
-    subjects.AGENT_GET_STATE: ("after_seq", "1"),
-    subjects.TOOL_REGISTER: ("parameters", "schema"),
-    subjects.TOOL_UPDATE: ("tags", "web"),
-    subjects.TOOL_DELETE: ("tool_id", 1),
-    subjects.TOOL_GET: ("name", 5),
-    subjects.TOOL_LIST: ("tags_all", "web"),
-    subjects.MESSAGE_APPEND: ("message", "hi"),
-    subjects.MESSAGE_APPEND_BATCH: ("messages", {"role": "user", "content": "hi"}),
-    subjects.MESSAGE_REDACT: ("reason", 5),
-    subjects.CONVERSATION_DELETE: ("session_id", 1),
-    subjects.MESSAGE_LIST: ("since", "yesterday"),
-    subjects.MESSAGE_LAST: ("n", "5"),
-    subjects.MESSAGE_SEARCH: ("text", ["hello"]),
+    CreateOrg.op.subject: ("name", 5),
+    RenameOrg.op.subject: ("org_id", 1),
+    DeleteOrg.op.subject: ("org_id", ["o1"]),
+    RegisterUser.op.subject: ("roles", "admin"),
+    UpdateProfile.op.subject: ("name", 7),
+    ChangePassword.op.subject: ("old_password", 12345678),
+    SetRoles.op.subject: ("roles", [1]),
+    DeleteUser.op.subject: ("expected_version", "3"),
+    Login.op.subject: ("ttl_seconds", "3600"),
+    Logout.op.subject: ("command_id", 5),
+    CreateApiKey.op.subject: ("name", ["laptop"]),
+    RevokeApiKey.op.subject: ("key_id", 1),
+    GetOrg.op.subject: ("org_id", None),
+    ListOrgs.op.subject: ("limit", "10"),
+    GetUser.op.subject: ("user_id", 1.5),
+    GetUserByEmail.op.subject: ("email", True),
+    EmailExists.op.subject: ("email", {}),
+    ListUsers.op.subject: ("cursor", 5),
+    ListApiKeys.op.subject: ("user_id", False),
+    GetHistory.op.subject: ("limit", "10"),
+    Status.op.subject: ("after_seq", "x"),
+    Health.op.subject: ("after_seq", []),
+    Schema.op.subject: ("after_seq", "1"),
+    CreateAgent.op.subject: ("tags", "support"),
+    UpdateAgent.op.subject: ("model", [1]),
+    ArchiveAgent.op.subject: ("expected_version", "3"),
+    UnarchiveAgent.op.subject: ("agent_id", 5),
+    DeleteAgent.op.subject: ("agent_id", None),
+    SetAgentState.op.subject: ("state", [1, 2]),
+    PatchAgentState.op.subject: ("patch", "x"),
+    GetAgent.op.subject: ("agent_id", 1),
+    ListAgents.op.subject: ("include_archived", "yes"),
+    GetAgentState.op.subject: ("after_seq", "1"),
+    RegisterTool.op.subject: ("parameters", "schema"),
+    UpdateTool.op.subject: ("tags", "web"),
+    DeleteTool.op.subject: ("tool_id", 1),
+    GetTool.op.subject: ("name", 5),
+    ListTools.op.subject: ("tags_all", "web"),
+    AppendMessage.op.subject: ("message", "hi"),
+    AppendMessages.op.subject: ("messages", {"role": "user", "content": "hi"}),
+    RedactMessage.op.subject: ("reason", 5),
+    DeleteConversation.op.subject: ("session_id", 1),
+    ListMessages.op.subject: ("since", "yesterday"),
+    LastMessages.op.subject: ("n", "5"),
+    SearchMessages.op.subject: ("text", ["hello"]),
 }
 
 
@@ -262,7 +223,7 @@ def required_fields(struct: type[msgspec.Struct]) -> list[str]:
 
 # The subjects the tables above cover: every request subject, as the first test checks (a
 # subject missing from them fails that test instead of the module's collection).
-SUBJECTS = [s for s in subjects.ALL_REQUEST_SUBJECTS if s in REQUEST_TYPES]
+SUBJECTS = [s for s in sorted(REQUEST_TYPES) if s in VALID]
 MISSING = [
     pytest.param(subject, name, id=f"{subject}-{name}")
     for subject in SUBJECTS
@@ -342,10 +303,10 @@ async def last_seq(bus: Bus) -> int:
 
 
 async def still_answers(bus: Bus) -> None:
-    reply = envelope.decode(await bus.ask(subjects.SYS_HEALTH, b"{}", headers={}))
+    reply = envelope.decode(await bus.ask(Health.op.subject, b"{}", headers={}))
     assert reply.ok, reply
     assert reply.data["live"] is True, reply.data
-    listed = envelope.decode(await bus.ask(subjects.ORG_LIST, b"{}"))
+    listed = envelope.decode(await bus.ask(ListOrgs.op.subject, b"{}"))
     assert listed.ok, listed
 
 
@@ -375,13 +336,13 @@ def encode(body: Any) -> bytes:
 async def test_the_tables_here_cover_every_route(shared_service: Service) -> None:
     assert shared_service.dispatcher is not None
     routes = shared_service.dispatcher.router.routes
-    assert set(routes) == set(subjects.ALL_REQUEST_SUBJECTS)
-    untested = set(subjects.ALL_REQUEST_SUBJECTS) - set(REQUEST_TYPES)
+    assert set(routes) == set(REQUEST_TYPES)
+    untested = set(REQUEST_TYPES) - set(VALID)
     assert not untested, f"add these subjects to the tables of this module: {sorted(untested)}"
     for subject, route in routes.items():
         assert route.decoder.type is REQUEST_TYPES[subject]
     assert {s for s, route in routes.items() if route.public} == PUBLIC
-    assert set(VALID) == set(WRONG_TYPES) == set(subjects.ALL_REQUEST_SUBJECTS)
+    assert set(VALID) == set(WRONG_TYPES) == set(REQUEST_TYPES)
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -394,7 +355,7 @@ async def test_the_valid_bodies_are_valid(bus: Bus, subject: str) -> None:
         assert reply.error.code not in ("invalid", "internal"), reply
         # The administrator's key is good everywhere; these two refuse for their own reasons
         # (no user has that email and password; a key is not a session to end).
-        if subject not in (subjects.AUTH_LOGIN, subjects.AUTH_LOGOUT):
+        if subject not in (Login.op.subject, Logout.op.subject):
             assert reply.error.code != "unauthenticated", reply
 
 
@@ -522,119 +483,119 @@ async def test_invalid_email(bus: Bus, subject: str, email: str) -> None:
 
 
 BAD_VALUES = [
-    (subjects.ORG_CREATE, "name", ""),
-    (subjects.ORG_CREATE, "name", "x" * 201),
-    (subjects.ORG_CREATE, "command_id", "a.b"),
-    (subjects.ORG_CREATE, "command_id", "x" * 65),
-    (subjects.ORG_CREATE, "command_id", ""),
+    (CreateOrg.op.subject, "name", ""),
+    (CreateOrg.op.subject, "name", "x" * 201),
+    (CreateOrg.op.subject, "command_id", "a.b"),
+    (CreateOrg.op.subject, "command_id", "x" * 65),
+    (CreateOrg.op.subject, "command_id", ""),
     # A trailing newline must not slip past the id pattern into a header or a subject.
-    (subjects.ORG_CREATE, "command_id", "retry-1\n"),
-    (subjects.ORG_RENAME, "org_id", "o1\n"),
-    (subjects.ORG_RENAME, "expected_version", -1),
-    (subjects.ORG_DELETE, "org_id", "o.*"),
-    (subjects.ORG_DELETE, "org_id", ">"),
-    (subjects.USER_REGISTER, "password", "short"),
-    (subjects.USER_REGISTER, "password", "p" * 1025),
-    (subjects.USER_REGISTER, "roles", []),
-    (subjects.USER_REGISTER, "roles", ["root"]),
-    (subjects.USER_REGISTER, "org_id", "o 1"),
-    (subjects.USER_UPDATE_PROFILE, "name", ""),
-    (subjects.USER_UPDATE_PROFILE, "user_id", "u1\n"),
-    (subjects.USER_CHANGE_PASSWORD, "new_password", "short"),
-    (subjects.USER_CHANGE_PASSWORD, "old_password", "o" * 1025),
-    (subjects.USER_SET_ROLES, "roles", ["admin", "member", "readonly", "admin"]),
-    (subjects.USER_SET_ROLES, "roles", ["owner"]),
-    (subjects.USER_DELETE, "user_id", "x" * 65),
-    (subjects.USER_DELETE, "command_id", "c\r\nX-Injected: 1"),
-    (subjects.ORG_GET, "org_id", ""),
-    (subjects.ORG_LIST, "limit", 0),
-    (subjects.ORG_LIST, "limit", 501),
-    (subjects.ORG_LIST, "cursor", "c" * 513),
-    (subjects.USER_GET, "after_seq", -1),
-    (subjects.USER_LIST, "limit", -5),
-    (subjects.SYS_STATUS, "after_seq", -1),
-    (subjects.USER_LIST, "org_id", "o 1"),
-    (subjects.AUTH_LOGIN, "password", "p" * 1025),
-    (subjects.AUTH_LOGIN, "ttl_seconds", 0),
-    (subjects.AUTH_LOGIN, "ttl_seconds", 30 * 24 * 3600 + 1),
-    (subjects.AUTH_LOGIN, "command_id", "a.b"),
-    (subjects.AUTH_LOGOUT, "command_id", "x" * 65),
-    (subjects.APIKEY_CREATE, "name", ""),
-    (subjects.APIKEY_CREATE, "name", "x" * 201),
-    (subjects.APIKEY_CREATE, "user_id", "u1\n"),
-    (subjects.APIKEY_REVOKE, "key_id", "k.*"),
-    (subjects.APIKEY_REVOKE, "user_id", ">"),
-    (subjects.APIKEY_LIST, "user_id", "u 1"),
-    (subjects.APIKEY_LIST, "after_seq", -1),
-    (subjects.HISTORY_GET, "aggregate", "apikey"),
-    (subjects.HISTORY_GET, "aggregate", ""),
-    (subjects.HISTORY_GET, "id", ""),
-    (subjects.HISTORY_GET, "id", "o1.>"),
-    (subjects.HISTORY_GET, "limit", 0),
-    (subjects.HISTORY_GET, "limit", 501),
-    (subjects.HISTORY_GET, "cursor", "c" * 513),
-    (subjects.AGENT_CREATE, "name", ""),
-    (subjects.AGENT_CREATE, "description", "d" * 4001),
-    (subjects.AGENT_CREATE, "tags", ["t"] * 33),
-    (subjects.AGENT_CREATE, "tags", [""]),
-    (subjects.AGENT_CREATE, "agent_id", "a_1"),
-    (subjects.AGENT_CREATE, "org_id", "o.1"),
-    (subjects.AGENT_UPDATE, "agent_id", "a.b"),
-    (subjects.AGENT_UPDATE, "persona", "p" * 100_001),
-    (subjects.AGENT_UPDATE, "tags", ["t" * 65]),
-    (subjects.AGENT_ARCHIVE, "agent_id", "a1\n"),
-    (subjects.AGENT_DELETE, "expected_version", -1),
-    (subjects.AGENT_SET_STATE, "expected_version", -1),
-    (subjects.AGENT_PATCH_STATE, "agent_id", ">"),
-    (subjects.AGENT_GET, "agent_id", ""),
-    (subjects.AGENT_LIST, "name_prefix", ""),
-    (subjects.AGENT_LIST, "name_prefix", "n" * 201),
-    (subjects.AGENT_LIST, "tag", "t" * 65),
-    (subjects.AGENT_LIST, "limit", 501),
-    (subjects.AGENT_GET_STATE, "agent_id", "a*"),
-    (subjects.TOOL_REGISTER, "name", "get weather"),
-    (subjects.TOOL_REGISTER, "name", "get.weather"),
-    (subjects.TOOL_REGISTER, "name", "x" * 65),
-    (subjects.TOOL_REGISTER, "name", ""),
-    (subjects.TOOL_REGISTER, "tool_id", "t_1"),
-    (subjects.TOOL_UPDATE, "name", "a b"),
-    (subjects.TOOL_UPDATE, "description", "d" * 4001),
-    (subjects.TOOL_DELETE, "tool_id", "t1\n"),
-    (subjects.TOOL_GET, "name", "a/b"),
-    (subjects.TOOL_LIST, "tags_any", ["t"] * 33),
-    (subjects.TOOL_LIST, "tags_all", [""]),
-    (subjects.TOOL_LIST, "cursor", "c" * 513),
-    (subjects.MESSAGE_APPEND, "session_id", "s.1"),
-    (subjects.MESSAGE_APPEND, "session_id", ""),
-    (subjects.MESSAGE_APPEND, "agent_id", "a*"),
-    (subjects.MESSAGE_APPEND, "user_id", "u 1"),
-    (subjects.MESSAGE_APPEND, "message", {"role": "robot", "content": "hi"}),
-    (subjects.MESSAGE_APPEND, "message", {"role": "user"}),
-    (subjects.MESSAGE_APPEND, "message", {"role": "user", "content": "c" * 100_001}),
-    (subjects.MESSAGE_APPEND, "message", {"role": "user", "content": "hi", "extra": 1}),
-    (subjects.MESSAGE_APPEND, "message", {"role": "tool", "content": "", "tool_call_id": "a.b"}),
-    (subjects.MESSAGE_APPEND, "message", {"role": "user", "content": "", "tool_calls": [1]}),
-    (subjects.MESSAGE_APPEND_BATCH, "messages", []),
-    (subjects.MESSAGE_APPEND_BATCH, "messages", [{"role": "user", "content": "x"}] * 1001),
-    (subjects.MESSAGE_APPEND_BATCH, "messages", [{"role": "user", "content": "x"}, {}]),
-    (subjects.MESSAGE_APPEND_BATCH, "org_id", "o>"),
-    (subjects.MESSAGE_REDACT, "message_id", "m\n"),
-    (subjects.MESSAGE_REDACT, "reason", "r" * 4001),
-    (subjects.CONVERSATION_DELETE, "session_id", "x" * 65),
-    (subjects.MESSAGE_LIST, "order", "sideways"),
-    (subjects.MESSAGE_LIST, "since", -1),
-    (subjects.MESSAGE_LIST, "until", 1.5),
-    (subjects.MESSAGE_LIST, "role", "robot"),
-    (subjects.MESSAGE_LIST, "limit", 501),
-    (subjects.MESSAGE_LIST, "cursor", "c" * 513),
-    (subjects.MESSAGE_LAST, "n", 0),
-    (subjects.MESSAGE_LAST, "n", 501),
-    (subjects.MESSAGE_LAST, "session_id", "s 1"),
-    (subjects.MESSAGE_SEARCH, "text", ""),
-    (subjects.MESSAGE_SEARCH, "text", "t" * 1001),
-    (subjects.MESSAGE_SEARCH, "role", "robot"),
-    (subjects.MESSAGE_SEARCH, "limit", 0),
-    (subjects.MESSAGE_SEARCH, "session_id", "s.>"),
+    (CreateOrg.op.subject, "command_id", "retry-1\n"),
+    (RenameOrg.op.subject, "org_id", "o1\n"),
+    (RenameOrg.op.subject, "expected_version", -1),
+    (DeleteOrg.op.subject, "org_id", "o.*"),
+    (DeleteOrg.op.subject, "org_id", ">"),
+    (RegisterUser.op.subject, "password", "short"),
+    (RegisterUser.op.subject, "password", "p" * 1025),
+    (RegisterUser.op.subject, "roles", []),
+    (RegisterUser.op.subject, "roles", ["root"]),
+    (RegisterUser.op.subject, "org_id", "o 1"),
+    (UpdateProfile.op.subject, "name", ""),
+    (UpdateProfile.op.subject, "user_id", "u1\n"),
+    (ChangePassword.op.subject, "new_password", "short"),
+    (ChangePassword.op.subject, "old_password", "o" * 1025),
+    (SetRoles.op.subject, "roles", ["admin", "member", "readonly", "admin"]),
+    (SetRoles.op.subject, "roles", ["owner"]),
+    (DeleteUser.op.subject, "user_id", "x" * 65),
+    (DeleteUser.op.subject, "command_id", "c\r\nX-Injected: 1"),
+    (GetOrg.op.subject, "org_id", ""),
+    (ListOrgs.op.subject, "limit", 0),
+    (ListOrgs.op.subject, "limit", 501),
+    (ListOrgs.op.subject, "cursor", "c" * 513),
+    (GetUser.op.subject, "after_seq", -1),
+    (ListUsers.op.subject, "limit", -5),
+    (Status.op.subject, "after_seq", -1),
+    (ListUsers.op.subject, "org_id", "o 1"),
+    (Login.op.subject, "password", "p" * 1025),
+    (Login.op.subject, "ttl_seconds", 0),
+    (Login.op.subject, "ttl_seconds", 30 * 24 * 3600 + 1),
+    (Login.op.subject, "command_id", "a.b"),
+    (Logout.op.subject, "command_id", "x" * 65),
+    (CreateApiKey.op.subject, "name", ""),
+    (CreateApiKey.op.subject, "name", "x" * 201),
+    (CreateApiKey.op.subject, "user_id", "u1\n"),
+    (RevokeApiKey.op.subject, "key_id", "k.*"),
+    (RevokeApiKey.op.subject, "user_id", ">"),
+    (ListApiKeys.op.subject, "user_id", "u 1"),
+    (ListApiKeys.op.subject, "after_seq", -1),
+    (GetHistory.op.subject, "aggregate", "apikey"),
+    (GetHistory.op.subject, "aggregate", ""),
+    (GetHistory.op.subject, "id", ""),
+    (GetHistory.op.subject, "id", "o1.>"),
+    (GetHistory.op.subject, "limit", 0),
+    (GetHistory.op.subject, "limit", 501),
+    (GetHistory.op.subject, "cursor", "c" * 513),
+    (CreateAgent.op.subject, "name", ""),
+    (CreateAgent.op.subject, "description", "d" * 4001),
+    (CreateAgent.op.subject, "tags", ["t"] * 33),
+    (CreateAgent.op.subject, "tags", [""]),
+    (CreateAgent.op.subject, "agent_id", "a_1"),
+    (CreateAgent.op.subject, "org_id", "o.1"),
+    (UpdateAgent.op.subject, "agent_id", "a.b"),
+    (UpdateAgent.op.subject, "persona", "p" * 100_001),
+    (UpdateAgent.op.subject, "tags", ["t" * 65]),
+    (ArchiveAgent.op.subject, "agent_id", "a1\n"),
+    (DeleteAgent.op.subject, "expected_version", -1),
+    (SetAgentState.op.subject, "expected_version", -1),
+    (PatchAgentState.op.subject, "agent_id", ">"),
+    (GetAgent.op.subject, "agent_id", ""),
+    (ListAgents.op.subject, "name_prefix", ""),
+    (ListAgents.op.subject, "name_prefix", "n" * 201),
+    (ListAgents.op.subject, "tag", "t" * 65),
+    (ListAgents.op.subject, "limit", 501),
+    (GetAgentState.op.subject, "agent_id", "a*"),
+    (RegisterTool.op.subject, "name", "get weather"),
+    (RegisterTool.op.subject, "name", "get.weather"),
+    (RegisterTool.op.subject, "name", "x" * 65),
+    (RegisterTool.op.subject, "name", ""),
+    (RegisterTool.op.subject, "tool_id", "t_1"),
+    (UpdateTool.op.subject, "name", "a b"),
+    (UpdateTool.op.subject, "description", "d" * 4001),
+    (DeleteTool.op.subject, "tool_id", "t1\n"),
+    (GetTool.op.subject, "name", "a/b"),
+    (ListTools.op.subject, "tags_any", ["t"] * 33),
+    (ListTools.op.subject, "tags_all", [""]),
+    (ListTools.op.subject, "cursor", "c" * 513),
+    (AppendMessage.op.subject, "session_id", "s.1"),
+    (AppendMessage.op.subject, "session_id", ""),
+    (AppendMessage.op.subject, "agent_id", "a*"),
+    (AppendMessage.op.subject, "user_id", "u 1"),
+    (AppendMessage.op.subject, "message", {"role": "robot", "content": "hi"}),
+    (AppendMessage.op.subject, "message", {"role": "user"}),
+    (AppendMessage.op.subject, "message", {"role": "user", "content": "c" * 100_001}),
+    (AppendMessage.op.subject, "message", {"role": "user", "content": "hi", "extra": 1}),
+    (AppendMessage.op.subject, "message", {"role": "tool", "content": "", "tool_call_id": "a.b"}),
+    (AppendMessage.op.subject, "message", {"role": "user", "content": "", "tool_calls": [1]}),
+    (AppendMessages.op.subject, "messages", []),
+    (AppendMessages.op.subject, "messages", [{"role": "user", "content": "x"}] * 1001),
+    (AppendMessages.op.subject, "messages", [{"role": "user", "content": "x"}, {}]),
+    (AppendMessages.op.subject, "org_id", "o>"),
+    (RedactMessage.op.subject, "message_id", "m\n"),
+    (RedactMessage.op.subject, "reason", "r" * 4001),
+    (DeleteConversation.op.subject, "session_id", "x" * 65),
+    (ListMessages.op.subject, "order", "sideways"),
+    (ListMessages.op.subject, "since", -1),
+    (ListMessages.op.subject, "until", 1.5),
+    (ListMessages.op.subject, "role", "robot"),
+    (ListMessages.op.subject, "limit", 501),
+    (ListMessages.op.subject, "cursor", "c" * 513),
+    (LastMessages.op.subject, "n", 0),
+    (LastMessages.op.subject, "n", 501),
+    (LastMessages.op.subject, "session_id", "s 1"),
+    (SearchMessages.op.subject, "text", ""),
+    (SearchMessages.op.subject, "text", "t" * 1001),
+    (SearchMessages.op.subject, "role", "robot"),
+    (SearchMessages.op.subject, "limit", 0),
+    (SearchMessages.op.subject, "session_id", "s.>"),
 ]
 
 
@@ -650,18 +611,18 @@ async def test_bad_value(bus: Bus, subject: str, field: str, value: Any) -> None
 async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
     # Valid base64 whose bytes are not UTF-8.
     body = {"org_id": "o1", "cursor": "_w"}
-    text = await assert_invalid(bus, subjects.USER_LIST, encode(body), "cursor")
+    text = await assert_invalid(bus, ListUsers.op.subject, encode(body), "cursor")
     assert "_w" in text or "returned" in text
     body = {"aggregate": "org", "id": "o1", "cursor": "_w"}
-    text = await assert_invalid(bus, subjects.HISTORY_GET, encode(body), "cursor")
+    text = await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor")
     assert "_w" in text or "returned" in text
-    for subject in (subjects.AGENT_LIST, subjects.TOOL_LIST):
+    for subject in (ListAgents.op.subject, ListTools.op.subject):
         await assert_invalid(bus, subject, encode({"cursor": "_w"}), "cursor")
     body = {"session_id": "s1", "cursor": "_w"}
-    await assert_invalid(bus, subjects.MESSAGE_LIST, encode(body), "cursor")
+    await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor")
     # The service's own cursor format, from another subject: a key that is no position.
     body = {"session_id": "s1", "cursor": encode_cursor("not-a-position")}
-    await assert_invalid(bus, subjects.MESSAGE_LIST, encode(body), "cursor")
+    await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor")
 
 
 # Values of the right shape that a handler refuses: still invalid, still nothing appended.
@@ -669,12 +630,12 @@ async def test_a_state_document_over_the_cap(bus: Bus) -> None:
     client = Client(bus.nc, bus.admin_token)
     agent_id = (await client.create_agent("Capped")).fields["agent_id"]
     body = {"agent_id": agent_id, "state": {"k": "x" * MAX_STATE_BYTES}}
-    await assert_invalid(bus, subjects.AGENT_SET_STATE, encode(body), "state document")
+    await assert_invalid(bus, SetAgentState.op.subject, encode(body), "state document")
     deep: dict[str, Any] = {}
     for _ in range(100):
         deep = {"a": deep}
     body = {"agent_id": agent_id, "patch": deep}
-    await assert_invalid(bus, subjects.AGENT_PATCH_STATE, encode(body), "levels deep")
+    await assert_invalid(bus, PatchAgentState.op.subject, encode(body), "levels deep")
 
 
 @pytest.mark.parametrize(
@@ -690,12 +651,12 @@ async def test_tool_parameters_that_are_no_object_schema(
     bus: Bus, parameters: dict[str, Any]
 ) -> None:
     body = {"name": f"broken_{ids.new_id()}", "parameters": parameters}
-    await assert_invalid(bus, subjects.TOOL_REGISTER, encode(body), "parameters")
+    await assert_invalid(bus, RegisterTool.op.subject, encode(body), "parameters")
 
 
 async def test_a_search_for_no_one(bus: Bus) -> None:
     for body in ({"text": "hello"}, {"text": "hello", "session_id": "s1", "role": "user"}):
-        await assert_invalid(bus, subjects.MESSAGE_SEARCH, encode(body), "agent_id or user_id")
+        await assert_invalid(bus, SearchMessages.op.subject, encode(body), "agent_id or user_id")
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -715,7 +676,7 @@ async def test_an_escaped_backslash_before_u0000_is_no_nul(bus: Bus) -> None:
 
 async def test_a_tool_named_by_neither_or_both(bus: Bus) -> None:
     for body in ({}, {"tool_id": "t1", "name": "n"}):
-        await assert_invalid(bus, subjects.TOOL_GET, encode(body), "exactly one")
+        await assert_invalid(bus, GetTool.op.subject, encode(body), "exactly one")
 
 
 # And afterwards ----------------------------------------------------------------------
@@ -736,10 +697,10 @@ async def test_bad_requests_without_a_reply_subject_do_not_hurt(bus: Bus) -> Non
 
 async def test_the_service_still_takes_valid_commands(bus: Bus) -> None:
     before = await last_seq(bus)
-    created = envelope.decode(await bus.ask(subjects.ORG_CREATE, encode({"name": "Alive"})))
+    created = envelope.decode(await bus.ask(CreateOrg.op.subject, encode({"name": "Alive"})))
     assert created.ok, created
-    body = {**VALID[subjects.USER_REGISTER], "org_id": created.data["org_id"]}
-    registered = envelope.decode(await bus.ask(subjects.USER_REGISTER, encode(body)))
+    body = {**VALID[RegisterUser.op.subject], "org_id": created.data["org_id"]}
+    registered = envelope.decode(await bus.ask(RegisterUser.op.subject, encode(body)))
     assert registered.ok, registered
     # The org, then the user and its email reservation.
     assert await last_seq(bus) == before + 3
@@ -833,7 +794,7 @@ async def test_a_revoked_key_is_unauthenticated(bus: Bus, revoked_key: str, subj
 
 
 async def test_the_public_subjects_answer_without_credentials(bus: Bus) -> None:
-    health = envelope.decode(await bus.ask(subjects.SYS_HEALTH, b"{}", headers={}))
+    health = envelope.decode(await bus.ask(Health.op.subject, b"{}", headers={}))
     assert health.ok, health
     assert health.data["live"] is True
 
@@ -845,7 +806,7 @@ async def test_the_public_subjects_answer_without_credentials(bus: Bus) -> None:
     # A wrong password: refused as a wrong login (not as missing credentials), nothing written.
     before = await last_seq(bus)
     body = {"email": email, "password": "wrong-password"}
-    wrong = envelope.decode(await bus.ask(subjects.AUTH_LOGIN, encode(body), headers={}))
+    wrong = envelope.decode(await bus.ask(Login.op.subject, encode(body), headers={}))
     assert wrong.error is not None, wrong
     assert wrong.error.code == "unauthenticated", wrong
     assert tokens.HEADER not in wrong.error.message, wrong
@@ -853,7 +814,7 @@ async def test_the_public_subjects_answer_without_credentials(bus: Bus) -> None:
 
     # The right one: a session token, which then works where credentials are needed.
     body = {"email": email, "password": password}
-    raw = await bus.ask(subjects.AUTH_LOGIN, encode(body), headers={})
+    raw = await bus.ask(Login.op.subject, encode(body), headers={})
     login = envelope.decode(raw)
     assert login.ok, login
     assert password.encode() not in raw
@@ -863,7 +824,7 @@ async def test_the_public_subjects_answer_without_credentials(bus: Bus) -> None:
     assert (session.org_id, session.user_id) == (org, user.fields["user_id"])
     me = envelope.decode(
         await bus.ask(
-            subjects.USER_GET,
+            GetUser.op.subject,
             encode({"user_id": session.user_id, "after_seq": login.seq}),
             headers=bearer(str(session)),
         )
@@ -877,4 +838,4 @@ async def test_a_history_cursor_whose_key_is_no_sequence(bus: Bus, key: str) -> 
     """A cursor in the service's own format (one from agentmem.q.user.list, say) whose key
     is not a log sequence."""
     body = {"aggregate": "org", "id": admin_parts(bus).org_id, "cursor": encode_cursor(key)}
-    await assert_invalid(bus, subjects.HISTORY_GET, encode(body), "cursor")
+    await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor")

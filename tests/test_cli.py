@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from agentmem import Client, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
+from agentmem.queries import Health, Status
 from agentmem.service import redact_url
 from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import admin_key
@@ -92,7 +93,7 @@ class Serve:
                 error_cb=quiet,
             )
             try:
-                reply = json.loads((await nc.request(subjects.SYS_HEALTH, b"{}", timeout=1)).data)
+                reply = json.loads((await nc.request(Health.op.subject, b"{}", timeout=1)).data)
                 if reply["ok"] and reply["data"]["live"]:
                     return nc
             except Exception:
@@ -177,7 +178,7 @@ async def status_requests(nc: NATS) -> AsyncIterator[list[Msg]]:
     async def record(msg: Msg) -> None:
         seen.append(msg)
 
-    subscription = await nc.subscribe(subjects.SYS_STATUS, cb=record)
+    subscription = await nc.subscribe(Status.op.subject, cb=record)
     await nc.flush()
     try:
         yield seen

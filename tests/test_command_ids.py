@@ -15,7 +15,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, ConflictError, NotFoundError, subjects
+from agentmem import Client, ConflictError, NotFoundError
+from agentmem.commands import Login
 from tests.realparts import bearer
 
 STORES = ("sqlite", "postgres")
@@ -143,19 +144,19 @@ async def test_login_checks_the_password_before_it_answers_a_retry(
     org_id = str((await client.create_org("acme")).fields["org_id"])
     await client.register_user(org_id, "Ann", "ann@acme.example", PASSWORD, command_id="reg-ann")
     login = {"email": "ann@acme.example", "password": PASSWORD, "command_id": "login-ann"}
-    first = await raw(nc, subjects.AUTH_LOGIN, login, None)
+    first = await raw(nc, Login.op.subject, login, None)
     assert first["ok"], first
     # A stranger who knows the command id (history shows it) but not the password.
     for command_id in ("login-ann", "reg-ann"):
         wrong = {**login, "password": "not the password", "command_id": command_id}
-        refused = await raw(nc, subjects.AUTH_LOGIN, wrong, None)
+        refused = await raw(nc, Login.op.subject, wrong, None)
         assert not refused["ok"]
         assert refused["error"]["code"] == "unauthenticated"
         assert "ann@acme.example" not in msgspec.json.encode(refused).decode()
     # Those failures counted: the throttle was not reset by a replay.
     for _ in range(3):
-        await raw(nc, subjects.AUTH_LOGIN, {**login, "password": "wrong again!"}, None)
-    throttled = await raw(nc, subjects.AUTH_LOGIN, login, None)
+        await raw(nc, Login.op.subject, {**login, "password": "wrong again!"}, None)
+    throttled = await raw(nc, Login.op.subject, login, None)
     assert not throttled["ok"]
     assert "too many failed logins" in throttled["error"]["message"]
 
@@ -166,8 +167,8 @@ async def test_the_same_login_retried_with_its_password_is_answered_once(
     org_id = str((await client.create_org("acme")).fields["org_id"])
     await client.register_user(org_id, "Ann", "ann@acme.example", PASSWORD)
     login = {"email": "ann@acme.example", "password": PASSWORD, "command_id": "login-1"}
-    first = await raw(nc, subjects.AUTH_LOGIN, login, None)
-    again = await raw(nc, subjects.AUTH_LOGIN, login, None)
+    first = await raw(nc, Login.op.subject, login, None)
+    again = await raw(nc, Login.op.subject, login, None)
     assert first["ok"]
     assert again["ok"]
     assert again["seq"] == first["seq"]

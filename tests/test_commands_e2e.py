@@ -28,15 +28,18 @@ from agentmem import (
     subjects,
 )
 from agentmem.bootstrap import ADMIN_ORG_NAME
-from agentmem.client import Org
+from agentmem.commands import ChangePassword, CreateOrg, DeleteUser, RegisterUser, RenameOrg
 from agentmem.domain import users
 from agentmem.eventlog import EventLog
+from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
+from agentmem.replies import Org
 from agentmem.service import Service
 from consumers import commands as command_handlers
 from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator
 from consumers.router import Dispatcher
-from tests.support import TEST_PASSWORD_COST, NatsServer
+from tests.realparts import second_process
+from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
 
@@ -137,10 +140,9 @@ async def raw(nc: Any, subject: str, body: dict[str, Any]) -> envelope.Reply:
 
 async def cold_handle(nc: NATS, subject: str, body: dict[str, Any]) -> envelope.Reply:
     """Handle a command as a second service process would: its own, empty aggregate cache."""
-    log = EventLog(nc)
-    runner = command_handlers.CommandRunner(log, AggregateCache(log))
-    router = command_handlers.build_router(runner, TEST_PASSWORD_COST)
-    dispatcher = Dispatcher(nc, router, Authenticator(runner.cache))
+    parts = second_process(nc)
+    router = command_handlers.command_router(parts)
+    dispatcher = Dispatcher(nc, router, Authenticator(parts.runner.cache))
     payload = msgspec.json.encode(body)
     return envelope.decode(await dispatcher.handle(subject, payload, ADMIN.headers()))
 
@@ -366,12 +368,12 @@ async def test_every_query_reads_its_writes(api: Client, recorded: RecordingConn
 
     after = api.last_seq
     queries: list[tuple[str, dict[str, Any]]] = [
-        (subjects.ORG_GET, {"org_id": org_id}),
-        (subjects.ORG_LIST, {}),
-        (subjects.USER_GET, {"user_id": user_id}),
-        (subjects.USER_GET_BY_EMAIL, {"email": "ryw@example.com"}),
-        (subjects.USER_EMAIL_EXISTS, {"email": "ryw@example.com"}),
-        (subjects.USER_LIST, {"org_id": org_id}),
+        (GetOrg.op.subject, {"org_id": org_id}),
+        (ListOrgs.op.subject, {}),
+        (GetUser.op.subject, {"user_id": user_id}),
+        (GetUserByEmail.op.subject, {"email": "ryw@example.com"}),
+        (EmailExists.op.subject, {"email": "ryw@example.com"}),
+        (ListUsers.op.subject, {"org_id": org_id}),
     ]
     for subject, body in queries:
         reply = await raw(recorded, subject, {**body, "after_seq": after})
@@ -391,8 +393,8 @@ async def test_after_seq_of_an_event_the_projection_does_not_read(
     assert org_seq > user_seq
 
     started = time.monotonic()
-    reply = await raw(recorded, subjects.USER_GET, {"user_id": user_id, "after_seq": org_seq})
-    listed = await raw(recorded, subjects.USER_LIST, {"org_id": org_id, "after_seq": org_seq})
+    reply = await raw(recorded, GetUser.op.subject, {"user_id": user_id, "after_seq": org_seq})
+    listed = await raw(recorded, ListUsers.op.subject, {"org_id": org_id, "after_seq": org_seq})
     elapsed = time.monotonic() - started
     assert reply.ok, reply
     assert listed.ok, listed
@@ -499,9 +501,9 @@ async def test_retried_org_create_is_stored_once(
 ) -> None:
     body = {"name": "Acme", "command_id": "create-acme-1"}
     first = await assert_retry_is_stored_once(
-        nc, lambda: raw(recorded, subjects.ORG_CREATE, body), stored=1
+        nc, lambda: raw(recorded, CreateOrg.op.subject, body), stored=1
     )
-    assert (await cold_handle(nc, subjects.ORG_CREATE, body)) == first
+    assert (await cold_handle(nc, CreateOrg.op.subject, body)) == first
     listed = await api.list_orgs(after_seq=first.seq)
     assert [o.org_id for o in tenants(listed.items)] == [first.data["org_id"]]
 
@@ -519,10 +521,10 @@ async def test_retried_org_rename_is_stored_once(
         "command_id": "rename-1",
     }
     first = await assert_retry_is_stored_once(
-        nc, lambda: raw(recorded, subjects.ORG_RENAME, body), stored=1
+        nc, lambda: raw(recorded, RenameOrg.op.subject, body), stored=1
     )
     assert first.data["version"] > created.version
-    assert (await cold_handle(nc, subjects.ORG_RENAME, body)) == first
+    assert (await cold_handle(nc, RenameOrg.op.subject, body)) == first
 
 
 async def test_retried_user_register_is_stored_once(
@@ -537,10 +539,10 @@ async def test_retried_user_register_is_stored_once(
         "command_id": "register-ann-1",
     }
     first = await assert_retry_is_stored_once(
-        nc, lambda: raw(recorded, subjects.USER_REGISTER, body), stored=2
+        nc, lambda: raw(recorded, RegisterUser.op.subject, body), stored=2
     )
     before = await stream_state(nc)
-    assert (await cold_handle(nc, subjects.USER_REGISTER, body)) == first
+    assert (await cold_handle(nc, RegisterUser.op.subject, body)) == first
     assert await stream_state(nc) == before
     listed = await api.list_users(org_id, after_seq=first.seq)
     assert [u.user_id for u in listed.items] == [first.data["user_id"]]
@@ -559,7 +561,7 @@ async def test_concurrent_retries_of_one_registration_are_stored_once(
     }
     before = await stream_state(nc)
     replies = await asyncio.gather(
-        *(raw(connection, subjects.USER_REGISTER, body) for connection in connections[:4])
+        *(raw(connection, RegisterUser.op.subject, body) for connection in connections[:4])
     )
     assert all(r.ok for r in replies), replies
     assert all(r == replies[0] for r in replies)
@@ -574,10 +576,10 @@ async def test_retried_user_delete_is_stored_once(
     body = {"user_id": user_id, "expected_version": api.last_seq, "command_id": "delete-1"}
     # Deleting frees the email in the same batch: two messages.
     first = await assert_retry_is_stored_once(
-        nc, lambda: raw(recorded, subjects.USER_DELETE, body), stored=2
+        nc, lambda: raw(recorded, DeleteUser.op.subject, body), stored=2
     )
     assert first.data == {"user_id": user_id, "event": "user.deleted", "version": first.seq}
-    assert (await cold_handle(nc, subjects.USER_DELETE, body)) == first
+    assert (await cold_handle(nc, DeleteUser.op.subject, body)) == first
     # A new command id is a new command: the user is gone.
     with pytest.raises(NotFoundError):
         await api.delete_user(user_id, command_id="delete-2")
@@ -595,10 +597,10 @@ async def test_retried_change_password_is_stored_once(
         "command_id": "pw-1",
     }
     first = await assert_retry_is_stored_once(
-        nc, lambda: raw(recorded, subjects.USER_CHANGE_PASSWORD, body), stored=1
+        nc, lambda: raw(recorded, ChangePassword.op.subject, body), stored=1
     )
     # The old password is wrong by now, but the retry is recognised before it is checked.
-    assert (await cold_handle(nc, subjects.USER_CHANGE_PASSWORD, body)) == first
+    assert (await cold_handle(nc, ChangePassword.op.subject, body)) == first
 
 
 # Unique emails ---------------------------------------------------------------------------
@@ -804,17 +806,17 @@ async def test_a_retried_registration_is_answered_even_by_a_process_with_a_stale
         "user_id": user_id,
         "command_id": "register-ann-once",
     }
-    first = await raw(nc, subjects.USER_REGISTER, body)
+    first = await raw(nc, RegisterUser.op.subject, body)
     assert first.ok, first
     before = await stream_state(nc)
     dispatcher = Dispatcher(
         nc,
-        command_handlers.build_router(runner, TEST_PASSWORD_COST),
+        command_handlers.command_router(second_process(nc, runner)),
         Authenticator(runner.cache),
     )
     payload = msgspec.json.encode(body)
     retried = envelope.decode(
-        await dispatcher.handle(subjects.USER_REGISTER, payload, ADMIN.headers())
+        await dispatcher.handle(RegisterUser.op.subject, payload, ADMIN.headers())
     )
     assert retried.ok, retried
     assert retried.seq == first.seq

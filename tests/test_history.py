@@ -12,8 +12,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, UnavailableError, envelope, subjects
+from agentmem import Client, UnavailableError, envelope
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.queries import GetHistory
 from agentmem.service import Service
 from consumers import history
 from consumers.queries import MAX_PAGE_BYTES
@@ -121,7 +122,7 @@ async def test_an_agents_history_is_its_profile_and_state_and_nothing_else(acme:
 # Pages cut by bytes ---------------------------------------------------------------------
 async def raw_history(nc: NATS, headers: dict[str, str], body: dict[str, Any]) -> bytes:
     reply = await nc.request(
-        subjects.HISTORY_GET, msgspec.json.encode(body), timeout=10, headers=headers
+        GetHistory.op.subject, msgspec.json.encode(body), timeout=10, headers=headers
     )
     return reply.data
 

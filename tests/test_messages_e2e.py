@@ -27,7 +27,7 @@ from agentmem import (
     Written,
     subjects,
 )
-from agentmem.client import Message
+from agentmem.replies import Message
 from agentmem.service import Service
 from consumers.queries import MAX_PAGE_BYTES
 from projections.messages import MESSAGE_REDACTIONS, MESSAGES

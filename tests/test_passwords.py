@@ -22,7 +22,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, subjects
+from agentmem import Client
+from agentmem.commands import Login
 from agentmem.domain import users
 from agentmem.domain.passwords import DEFAULT_COST, cost_of, verify_password
 from agentmem.errors import UnauthenticatedError, UnavailableError
@@ -95,7 +96,7 @@ async def test_concurrent_guesses_cannot_pass_the_login_throttle(client: Client,
     guesses[20] = PASSWORD
     replies = await asyncio.gather(
         *(
-            request(nc, subjects.AUTH_LOGIN, {"email": "ann@acme.example", "password": g})
+            request(nc, Login.op.subject, {"email": "ann@acme.example", "password": g})
             for g in guesses
         )
     )
@@ -138,7 +139,7 @@ async def test_a_flood_of_anonymous_logins_does_not_stall_commands(
         asyncio.ensure_future(
             request(
                 nc,
-                subjects.AUTH_LOGIN,
+                Login.op.subject,
                 {"email": f"nobody{n}@example.com", "password": "a guess!"},
             )
         )

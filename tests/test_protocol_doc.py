@@ -14,9 +14,10 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from agentmem import subjects
-from consumers import agents, commands, credentials, history, messages, queries, system, tools
-from tests.support import TEST_PASSWORD_COST
+from agentmem.config import ROLES
+from agentmem.protocol import by_subject
+from consumers.parts import Parts, routers
+from consumers.router import Route
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -27,25 +28,16 @@ TABLE_RULE = re.compile(r"^\|(\s*-+\s*\|){4}\s*$")
 FIELD_CELL = re.compile(r"^`([A-Za-z_][A-Za-z0-9_]*)`$")
 
 
-def request_types() -> dict[str, type[msgspec.Struct]]:
-    """Subject -> request Struct, read from the routers. Building a router only registers
-    its handlers, so placeholders stand in for the runner, store, NATS and freshness."""
+def served_routes() -> dict[str, Route]:
+    """Every route a process with every role serves, found as the service finds them.
+    Building a router only registers its handlers, so placeholders stand in for the parts."""
     placeholder = cast(Any, None)
     runner = cast(Any, SimpleNamespace(cache=None))  # a router that reads runner.cache
-    routes = {
-        **commands.build_router(placeholder).routes,
-        **credentials.build_router(placeholder, TEST_PASSWORD_COST).routes,
-        **history.build_router(placeholder, placeholder, placeholder, placeholder).routes,
-        **queries.build_router(placeholder, placeholder).routes,
-        **system.build_router(placeholder, placeholder, lambda: {}).routes,
-        **agents.build_command_router(placeholder).routes,
-        **agents.build_query_router(placeholder, placeholder).routes,
-        **tools.build_command_router(placeholder).routes,
-        **tools.build_query_router(placeholder, placeholder).routes,
-        **messages.build_command_router(runner, placeholder, placeholder).routes,
-        **messages.build_query_router(placeholder, placeholder).routes,
-    }
-    return {subject: route.decoder.type for subject, route in routes.items()}
+    parts = Parts(
+        nc=placeholder, log=placeholder, runner=runner, store=placeholder, freshness=placeholder
+    )
+    router, _ = routers(parts, frozenset(ROLES))
+    return router.routes
 
 
 def sections(text: str) -> dict[str, list[str]]:
@@ -84,18 +76,24 @@ def field_table(lines: list[str]) -> list[tuple[str, str]]:
 
 
 DOCUMENTED = sections(DOC.read_text(encoding="utf-8"))
-TYPES = request_types()
+OPERATIONS = by_subject()
+TYPES = {subject: operation.request for subject, operation in OPERATIONS.items()}
 
 
-def test_routers_serve_exactly_the_declared_subjects() -> None:
-    assert set(TYPES) == set(subjects.ALL_REQUEST_SUBJECTS)
+def test_the_service_serves_exactly_the_declared_operations() -> None:
+    routes = served_routes()
+    assert set(routes) == set(OPERATIONS)
+    for subject, route in routes.items():
+        operation = OPERATIONS[subject]
+        assert route.decoder.type is operation.request, subject
+        assert route.public == operation.public, subject
 
 
 def test_every_subject_is_documented_and_nothing_else() -> None:
-    assert set(DOCUMENTED) == set(subjects.ALL_REQUEST_SUBJECTS)
+    assert set(DOCUMENTED) == set(OPERATIONS)
 
 
-@pytest.mark.parametrize("subject", subjects.ALL_REQUEST_SUBJECTS)
+@pytest.mark.parametrize("subject", sorted(OPERATIONS))
 def test_fields_match_the_request_struct(subject: str) -> None:
     assert subject in DOCUMENTED, f"{subject} has no section in {DOC.name}"
     rows = field_table(DOCUMENTED[subject])
@@ -111,7 +109,7 @@ def test_fields_match_the_request_struct(subject: str) -> None:
         )
 
 
-@pytest.mark.parametrize("subject", subjects.ALL_REQUEST_SUBJECTS)
+@pytest.mark.parametrize("subject", sorted(OPERATIONS))
 def test_every_subject_shows_a_reply(subject: str) -> None:
     body = "\n".join(DOCUMENTED.get(subject, []))
     assert "Reply `data`:" in body, f"{subject}: no 'Reply `data`:' paragraph"

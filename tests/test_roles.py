@@ -19,8 +19,9 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, subjects
+from agentmem import Client
 from agentmem.config import ROLES, Settings, StartupError, parse_roles
+from agentmem.queries import GetOrg, Health
 from agentmem.service import Service
 from projections import ALL
 from tests.conftest import admin_key, settings_for
@@ -148,13 +149,13 @@ async def test_commands_and_projections_in_one_process_queries_in_another(
             ), line
 
             # Health, from both: the reader runs no projection and is live.
-            health = await nc.request(subjects.SYS_HEALTH, b"{}", timeout=2)
+            health = await nc.request(Health.op.subject, b"{}", timeout=2)
             assert b'"live":true' in health.data
         finally:
             await reader.stop()
         # With the reader gone nobody answers queries; commands still work.
         with pytest.raises(nats.errors.NoRespondersError):
-            await nc.request(subjects.ORG_GET, b"{}", timeout=2, headers=bearer(token))
+            await nc.request(GetOrg.op.subject, b"{}", timeout=2, headers=bearer(token))
         await client.rename_org(org_id, "Acme 3")
     finally:
         await writer.stop()

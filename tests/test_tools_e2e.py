@@ -23,8 +23,8 @@ from agentmem import (
     Written,
     subjects,
 )
-from agentmem.client import Tool
 from agentmem.events import ToolRegistered, decode_commit
+from agentmem.replies import Tool
 from tests.realparts import read_log
 from tests.support import NatsServer
 

@@ -1,0 +1,187 @@
+"""The shapes of reply ``data``, as msgspec Structs: what the operations declare
+(``agentmem.protocol``), what ``agentmem.Client`` decodes, and what docs/asyncapi.json
+describes. A command answers with its event's public fields (``agentmem.protocol``); the
+Structs here that end a command's name (``Issued``, ``MessageIds``...) are what some commands
+add to that view.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from agentmem.events import MessageRole
+
+T = TypeVar("T")
+
+
+class Org(msgspec.Struct, frozen=True):
+    org_id: str
+    name: str
+    version: int
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class User(msgspec.Struct, frozen=True):
+    user_id: str
+    org_id: str
+    name: str
+    email: str
+    roles: list[str]
+    version: int
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Agent(msgspec.Struct, frozen=True):
+    agent_id: str
+    org_id: str
+    name: str
+    version: int
+    description: str = ""
+    persona: str = ""
+    model: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    tags: list[str] = []
+    archived: bool = False
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class AgentState(msgspec.Struct, frozen=True):
+    agent_id: str
+    state: dict[str, Any]
+    version: int  # 0 until the first write; pass it as expected_version
+
+
+class Message(msgspec.Struct, frozen=True):
+    message_id: str
+    session_id: str
+    agent_id: str
+    role: MessageRole
+    content: str
+    position: int  # the message's place in its conversation
+    user_id: str | None = None
+    tool_calls: list[dict[str, Any]] = []
+    tool_call_id: str | None = None
+    metadata: dict[str, Any] = {}
+    created_at: int = 0
+    redacted: bool = False
+    rank: float | None = None  # search results only: higher is a better match
+
+
+class Tool(msgspec.Struct, frozen=True):
+    tool_id: str
+    org_id: str
+    name: str
+    version: int
+    description: str = ""
+    parameters: dict[str, Any] = {}
+    tags: list[str] = []
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Page(msgspec.Struct, Generic[T], frozen=True):
+    items: list[T]
+    next_cursor: str | None
+
+
+class Items(msgspec.Struct, Generic[T], frozen=True):
+    items: list[T]
+
+
+class Exists(msgspec.Struct, frozen=True):
+    exists: bool
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    key_id: str
+    user_id: str
+    name: str
+    prefix: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+class HistoryEntry(msgspec.Struct, frozen=True):
+    seq: int
+    time: int
+    commit_type: str
+    principal: str
+    command_id: str
+    correlation_id: str
+    events: list[dict[str, Any]]  # each an event of docs/events.md, secrets left out
+
+
+class StreamReport(msgspec.Struct, frozen=True):
+    name: str
+    last_seq: int
+    messages: int
+    bytes: int
+
+
+class ProjectionReport(msgspec.Struct, frozen=True):
+    checkpoint: int
+    lag: int | None  # None: no worker has run since its consumer was removed
+    parked: int
+
+
+class ParkedEvent(msgspec.Struct, frozen=True):
+    projection: str
+    seq: int
+    subject: str
+    error: str
+
+
+class StatusReport(msgspec.Struct, frozen=True):
+    stream: StreamReport
+    projections: dict[str, ProjectionReport]
+    parked: list[ParkedEvent]
+    process: dict[str, Any] | None = None  # which process answered: its roles and leases
+
+
+class HealthChecks(msgspec.Struct, frozen=True):
+    log: bool
+    store: bool
+    projections: dict[str, bool]
+
+
+class HealthReport(msgspec.Struct, frozen=True):
+    live: bool
+    checks: HealthChecks
+
+
+# What some commands add to their event's view ---------------------------------------------
+class Issued(msgspec.Struct, frozen=True):
+    """A new secret, in the one reply that created it; ``null`` with a ``note`` when the
+    reply is a retry's, since nobody can produce the secret again."""
+
+    token: str | None
+    note: str | None = None
+
+
+class MessageIds(msgspec.Struct, frozen=True):
+    message_ids: list[str]
+
+
+class AlreadyRedacted(msgspec.Struct, frozen=True):
+    already_redacted: bool = False
+
+
+class AlreadyDeleted(msgspec.Struct, frozen=True):
+    already_deleted: bool = False
+
+
+class BatchAppended(msgspec.Struct, frozen=True):
+    """``message.append_batch``: where the batch landed and its messages' ids, in order."""
+
+    event: str
+    version: int
+    session_id: str
+    agent_id: str
+    user_id: str | None
+    message_ids: list[str]
+    count: int

@@ -1,0 +1,160 @@
+"""docs/asyncapi.json: current with the code, valid AsyncAPI 3.0, served on
+``agentmem.sys.schema`` without credentials, and true: real replies of a real service match
+the reply schemas it declares.
+
+The AsyncAPI 3.0.0 JSON Schema is vendored from the ``@asyncapi/specs`` package (Apache-2.0,
+tests/asyncapi/LICENSE and NOTICE).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, asyncapi
+from agentmem.commands import (
+    AppendMessage,
+    CreateAgent,
+    CreateApiKey,
+    CreateOrg,
+    Login,
+    RegisterTool,
+    RegisterUser,
+)
+from agentmem.protocol import operation_of, operations
+from agentmem.queries import (
+    GetAgent,
+    GetHistory,
+    Health,
+    LastMessages,
+    ListAgents,
+    ListApiKeys,
+    ListOrgs,
+    Schema,
+    SearchMessages,
+    Status,
+)
+from tests.realparts import bearer
+
+STORES = ("sqlite", "postgres")
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = Path(__file__).resolve().parent / "asyncapi" / "asyncapi-3.0.0.schema.json"
+
+
+def test_the_checked_in_document_is_current() -> None:
+    checked_in = (ROOT / "docs" / "asyncapi.json").read_bytes()
+    assert checked_in == asyncapi.render(), (
+        "docs/asyncapi.json is out of date: python -m agentmem.asyncapi > docs/asyncapi.json"
+    )
+
+
+def test_the_document_is_valid_asyncapi_3() -> None:
+    spec = json.loads(SPEC.read_text())
+    document = json.loads(asyncapi.render())
+    errors = [e.message[:200] for e in jsonschema.Draft7Validator(spec).iter_errors(document)]
+    assert errors == []
+    assert document["asyncapi"] == "3.0.0"
+
+
+def test_every_operation_has_its_channel_and_messages() -> None:
+    document = asyncapi.document()
+    for operation in operations():
+        key = f"{operation.kind}.{operation.name}"
+        assert document["channels"][key]["address"] == operation.subject
+        described = document["operations"][key]
+        assert described["action"] == "receive"
+        assert "reply" in described
+        name = operation.request.__name__
+        request_schema = document["components"]["messages"][f"{name}Request"]["payload"]
+        assert request_schema == {"$ref": f"#/components/schemas/{name}"}
+
+
+def reply_validator(request_type: type[Any]) -> jsonschema.Draft202012Validator:
+    """A validator of the reply of ``request_type``'s operation, its $refs resolved inside
+    the document."""
+    name = operation_of(request_type).request.__name__
+    document = asyncapi.document()
+    schema = {**document, "$ref": f"#/components/messages/{name}Reply/payload"}
+    return jsonschema.Draft202012Validator(schema)
+
+
+async def ask(nc: NATS, request: msgspec.Struct, token: str | None) -> dict[str, Any]:
+    subject = operation_of(type(request)).subject
+    reply = await nc.request(
+        subject, msgspec.json.encode(request), timeout=10, headers=bearer(token) if token else None
+    )
+    decoded: dict[str, Any] = msgspec.json.decode(reply.data)
+    errors = [e.message[:300] for e in reply_validator(type(request)).iter_errors(decoded)]
+    assert errors == [], (subject, decoded)
+    return decoded
+
+
+async def test_the_schema_is_served_without_credentials(service: Any, nc: NATS) -> None:
+    reply = await ask(nc, Schema(), None)
+    assert reply["ok"]
+    assert reply["data"] == json.loads(asyncapi.render())
+
+
+async def test_real_replies_match_their_declared_schemas(
+    client: Client, nc: NATS, admin_token: str
+) -> None:
+    """A walk through the main operations, each reply checked against its schema: a reply
+    shape declared wrong fails here."""
+    org = await ask(nc, CreateOrg(name="Acme"), admin_token)
+    org_id = org["data"]["org_id"]
+    password = "long-enough-password"
+    user = await ask(
+        nc,
+        RegisterUser(org_id=org_id, name="Ann", email="ann@acme.example", password=password),
+        admin_token,
+    )
+    key = await ask(nc, CreateApiKey(name="k", user_id=user["data"]["user_id"]), admin_token)
+    token = key["data"]["token"]
+    await ask(nc, Login(email="ann@acme.example", password=password), None)
+    agent = await ask(nc, CreateAgent(name="Helper", persona="kind"), token)
+    agent_id = agent["data"]["agent_id"]
+    appended = await ask(
+        nc,
+        msgspec.convert(
+            {
+                "session_id": "s-1",
+                "agent_id": agent_id,
+                "message": {"role": "user", "content": "I am allergic to peanuts"},
+            },
+            AppendMessage,
+        ),
+        token,
+    )
+    after = appended["seq"]
+    await ask(nc, RegisterTool(name="get_weather"), token)
+    for query in (
+        GetAgent(agent_id=agent_id, after_seq=after),
+        ListAgents(after_seq=after),
+        ListOrgs(after_seq=after),
+        LastMessages(session_id="s-1", after_seq=after),
+        SearchMessages(text="peanuts", agent_id=agent_id, after_seq=after),
+        ListApiKeys(after_seq=after),
+        GetHistory(aggregate="agent", id=agent_id),
+    ):
+        assert (await ask(nc, query, token))["ok"]
+    assert (await ask(nc, Status(), admin_token))["ok"]
+    assert (await ask(nc, Health(), None))["ok"]
+    refused = await ask(nc, GetAgent(agent_id="nobody"), token)
+    assert refused["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("operation", operations(), ids=lambda o: o.name)
+def test_every_request_schema_accepts_what_the_struct_accepts(operation: Any) -> None:
+    """The generated request schema and the decoder agree on what is required and on
+    unknown fields."""
+    schema = {**asyncapi.document(), "$ref": f"#/components/schemas/{operation.request.__name__}"}
+    required = [f.name for f in msgspec.structs.fields(operation.request) if f.required]
+    described = asyncapi.document()["components"]["schemas"][operation.request.__name__]
+    assert sorted(described.get("required", [])) == sorted(required)
+    assert jsonschema.Draft202012Validator(schema).is_valid({"bogus": 1}) is False
