@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentmem import ids, subjects
+from agentmem import ids
 from agentmem.commands import (
     ArchiveAgent,
     CreateAgent,
@@ -24,7 +24,7 @@ from agentmem.commands import (
 from agentmem.domain import agents, orgs
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import ConflictError, NotFoundError
+from agentmem.errors import NotFoundError
 from agentmem.queries import GetAgent, GetAgentState, ListAgents
 from consumers.aggregates import Loader
 from consumers.auth import authorize
@@ -84,16 +84,14 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(org_id), orgs.evolve)
             orgs.require_live(org, org_id)
-            if command.agent_id is None:
-                # A fresh id: its subject is empty, no need to read it.
-                return agents.create(Loaded(subject, None, 0), command, org_id, agent_id)
-            # A client-chosen id: a retry is recognised on the agent's own subject, and an
-            # id taken in any organization is refused.
-            existing = await runner.log.first_subject(subjects.event("*", "agent", agent_id))
-            if existing is not None:
-                await loader.load(existing, agents.evolve)
-                raise ConflictError(f"agent {agent_id} already exists", {"agent_id": agent_id})
-            loaded = await loader.load(subject, agents.evolve)
+            loaded = await runner.new_subject(
+                loader,
+                "agent",
+                agent_id,
+                subject,
+                agents.evolve,
+                chosen=command.agent_id is not None,
+            )
             return agents.create(loaded, command, org_id, agent_id)
 
         return await runner.run(request, plan)

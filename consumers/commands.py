@@ -160,6 +160,37 @@ class CommandRunner:
             raise missing
         return loaded, org_id
 
+    async def new_subject(
+        self,
+        loader: Loader,
+        aggregate: str,
+        aggregate_id: str,
+        subject: str,
+        evolve: Evolve[S],
+        chosen: bool,
+    ) -> Loaded[S]:
+        """The empty subject a create writes, for an id the service made (``chosen`` false:
+        nothing to read) or one the client chose. A chosen id already in the log is this
+        very command retried (``AlreadyApplied``, answered with its first outcome), or
+        taken, in any organization (``conflict``). A retry is recognised even by a process
+        whose cache read the subject before the first attempt's commit: it reads the
+        subject again before it calls the id taken."""
+        if not chosen:
+            return Loaded(subject, None, 0)
+        existing = await self.log.first_subject(subjects.event("*", aggregate, aggregate_id))
+        if existing is None:
+            return await loader.load(subject, evolve)
+        await loader.load(existing, evolve)  # a retry: AlreadyApplied
+        fresh = Loader(self.cache, loader.command_id, refresh=True)
+        taken = await fresh.load(existing, evolve)  # a retry this cache had not seen
+        if taken.state is None:
+            # The log has the subject, but this read did not see its commit (a replica
+            # behind the stream leader): a retry settles it.
+            raise UnavailableError(f"{aggregate} {aggregate_id} is not readable yet; retry")
+        raise ConflictError(
+            f"{aggregate} {aggregate_id} already exists", {f"{aggregate}_id": aggregate_id}
+        )
+
     async def run(self, request: Request[Any], plan: Plan, owner: str | None = None) -> Result:
         """Decide and append ``plan``'s writes once, as a commit of the request's operation
         (its commit type is the operation's name). ``owner`` is whose command-id space
@@ -312,21 +343,14 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(command.org_id), orgs.evolve)
             orgs.require_live(org, command.org_id)
-            if command.user_id is not None:
-                # A client-chosen id: a retry is recognised on the user's own subject, and
-                # an id taken in any organization is refused.
-                existing = await runner.log.first_subject(subjects.event("*", "user", user_id))
-                if existing is not None:
-                    user = await loader.load(existing, users.evolve)  # a retry: AlreadyApplied
-                    if user.state is None:
-                        # The log has the subject, but this read did not see its commit (a
-                        # stale cache entry, or a replica behind the stream leader): read
-                        # again before calling a retry of this very command a conflict.
-                        fresh = Loader(runner.cache, command_id, refresh=True)
-                        user = await fresh.load(existing, users.evolve)
-                    if user.state is None:
-                        raise UnavailableError(f"user {user_id} is not readable yet; retry")
-                    raise ConflictError(f"user {user_id} already exists", {"user_id": user_id})
+            await runner.new_subject(
+                loader,
+                "user",
+                user_id,
+                users.subject(command.org_id, user_id),
+                users.evolve,
+                chosen=command.user_id is not None,
+            )
             reservation = await loader.load(
                 subjects.email_reservation(email), users.evolve_reservation
             )

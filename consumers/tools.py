@@ -17,7 +17,7 @@ from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.domain import orgs, tools
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import ConflictError, InvalidError, NotFoundError
+from agentmem.errors import InvalidError, NotFoundError
 from agentmem.queries import GetTool, ListTools
 from consumers.aggregates import Loader
 from consumers.auth import authorize
@@ -78,15 +78,9 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             org = await loader.load(orgs.subject(org_id), orgs.evolve)
             orgs.require_live(org, org_id)
-            loaded: Loaded[tools.Tool] = Loaded(subject, None, 0)
-            if command.tool_id is not None:
-                # A client-chosen id: a retry is recognised on the tool's own subject, and an
-                # id taken in any organization is refused.
-                existing = await runner.log.first_subject(subjects.event("*", "tool", tool_id))
-                if existing is not None:
-                    await loader.load(existing, tools.evolve)
-                    raise ConflictError(f"tool {tool_id} already exists", {"tool_id": tool_id})
-                loaded = await loader.load(subject, tools.evolve)
+            loaded = await runner.new_subject(
+                loader, "tool", tool_id, subject, tools.evolve, chosen=command.tool_id is not None
+            )
             reservation = await load_reservation(loader, org_id, command.name)
             return tools.register(
                 loaded, command, org_id=org_id, tool_id=tool_id, reservation=reservation

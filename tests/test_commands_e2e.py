@@ -29,14 +29,15 @@ from agentmem import (
 )
 from agentmem.bootstrap import ADMIN_ORG_NAME
 from agentmem.commands import ChangePassword, CreateOrg, DeleteUser, RegisterUser, RenameOrg
-from agentmem.domain import users
 from agentmem.eventlog import EventLog
+from agentmem.protocol import Operation, operations
 from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
 from agentmem.replies import Org
 from agentmem.service import Service
 from consumers import commands as command_handlers
 from consumers.aggregates import AggregateCache
 from consumers.auth import Authenticator
+from consumers.parts import routers
 from consumers.router import Dispatcher
 from tests.realparts import second_process
 from tests.support import NatsServer
@@ -786,38 +787,59 @@ async def test_a_cursor_this_service_did_not_return_is_invalid(api: Client, curs
         await api.list_orgs(cursor=cursor)
 
 
-async def test_a_retried_registration_is_answered_even_by_a_process_with_a_stale_cache(
-    api: Client, nc: NATS
-) -> None:
-    """A process that once read the user's subject before the user existed holds that empty
-    state in its cache; a retry of the registration reaching it is still the same command,
-    answered with its first outcome, not refused as a taken id."""
-    org_id = (await api.create_org("Retry")).fields["org_id"]
-    user_id = "01a2ffff-0000-7000-8000-0000000000bb"
-    log = EventLog(nc)
-    runner = command_handlers.CommandRunner(log, AggregateCache(log))
-    stale = await runner.cache.load(subjects.event(org_id, "user", user_id), users.evolve)
-    assert stale.state is None
-    body = {
-        "org_id": org_id,
+CHOSEN_ID = "01a2ffff-0000-7000-8000-0000000000bb"
+# A create of each aggregate whose id a client may choose, in organization ``org``.
+CHOSEN_ID_CREATES: dict[str, Callable[[str], dict[str, Any]]] = {
+    "org": lambda org: {"name": "Chosen", "org_id": CHOSEN_ID},
+    "user": lambda org: {
+        "org_id": org,
         "name": "Ann",
         "email": "ann.retry@example.com",
         "password": PASSWORD,
-        "user_id": user_id,
-        "command_id": "register-ann-once",
-    }
-    first = await raw(nc, RegisterUser.op.subject, body)
+        "user_id": CHOSEN_ID,
+    },
+    "agent": lambda org: {"org_id": org, "name": "Helper", "agent_id": CHOSEN_ID},
+    "tool": lambda org: {"org_id": org, "name": "get_weather", "tool_id": CHOSEN_ID},
+}
+
+
+def creates_with_a_chosen_id() -> dict[str, Operation]:
+    """From the registry: every command with an optional ``<aggregate>_id`` of its own."""
+    found = {}
+    for operation in operations():
+        aggregate = operation.name.split(".")[0]
+        fields = {f.name: f for f in msgspec.structs.fields(operation.request)}
+        chosen = fields.get(f"{aggregate}_id")
+        if operation.kind == "command" and chosen is not None and not chosen.required:
+            found[aggregate] = operation
+    return found
+
+
+def test_the_stale_cache_case_covers_every_create_with_a_chosen_id() -> None:
+    assert set(creates_with_a_chosen_id()) == set(CHOSEN_ID_CREATES)
+
+
+@pytest.mark.parametrize("aggregate", sorted(CHOSEN_ID_CREATES))
+async def test_a_retried_create_is_answered_even_by_a_process_with_a_stale_cache(
+    api: Client, nc: NATS, aggregate: str
+) -> None:
+    """A process that once read the new aggregate's subject before it existed holds that
+    empty state in its cache; a retry of the create reaching it is still the same command,
+    answered with its first outcome, not refused as a taken id."""
+    operation = creates_with_a_chosen_id()[aggregate]
+    org_id = CHOSEN_ID if aggregate == "org" else (await api.create_org("Retry")).fields["org_id"]
+    log = EventLog(nc)
+    runner = command_handlers.CommandRunner(log, AggregateCache(log))
+    stale = await runner.cache.load(subjects.event(org_id, aggregate, CHOSEN_ID), lambda s, e: e)
+    assert stale.state is None
+    body = {**CHOSEN_ID_CREATES[aggregate](org_id), "command_id": f"create-{aggregate}-once"}
+    first = await raw(api.nc, operation.subject, body)
     assert first.ok, first
     before = await stream_state(nc)
-    dispatcher = Dispatcher(
-        nc,
-        command_handlers.command_router(second_process(nc, runner)),
-        Authenticator(runner.cache),
-    )
+    router, _ = routers(second_process(nc, runner), frozenset({"commands"}))
+    dispatcher = Dispatcher(nc, router, Authenticator(runner.cache))
     payload = msgspec.json.encode(body)
-    retried = envelope.decode(
-        await dispatcher.handle(RegisterUser.op.subject, payload, ADMIN.headers())
-    )
+    retried = envelope.decode(await dispatcher.handle(operation.subject, payload, ADMIN.headers()))
     assert retried.ok, retried
     assert retried.seq == first.seq
     assert await stream_state(nc) == before
