@@ -112,10 +112,6 @@ def _reply(data: Any) -> dict[str, Any]:
     return {"oneOf": [ok, failed]}
 
 
-def _kind_prefix(operation: Operation) -> str:
-    return operation.subject.rsplit(".", 2)[0] if operation.kind != "system" else "sys"
-
-
 @functools.cache
 def document() -> dict[str, Any]:
     ops = operations()

@@ -8,6 +8,7 @@ stream captures would be answered by the stream's PubAck instead of by a handler
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 PREFIX = "agentmem"
 COMMAND_PREFIX = f"{PREFIX}.cmd"
@@ -40,6 +41,24 @@ def system(verb: str) -> str:
 def event(org_id: str, aggregate: str, aggregate_id: str) -> str:
     """The one subject that holds an aggregate's whole history."""
     return f"{EVENT_PREFIX}.{org_id}.{aggregate}.{aggregate_id}"
+
+
+class EventRef(NamedTuple):
+    """What an event subject names: ``agentmem.evt.<org_id>.<aggregate>.<aggregate_id>``."""
+
+    org_id: str
+    aggregate: str
+    aggregate_id: str
+
+
+def parse(subject: str) -> EventRef:
+    """The one place an event subject is taken apart; anything else is a ValueError."""
+    prefix, _, rest = subject.rpartition(".")  # aggregate_id
+    head, _, aggregate = prefix.rpartition(".")
+    root, _, org_id = head.rpartition(".")
+    if root != EVENT_PREFIX or not (org_id and aggregate and rest):
+        raise ValueError(f"not an event subject: {subject!r}")
+    return EventRef(org_id, aggregate, rest)
 
 
 def email_reservation(email: str) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentmem import ids
+from agentmem import ids, subjects
 from agentmem.commands import (
     ArchiveAgent,
     CreateAgent,
@@ -123,7 +123,7 @@ def command_router(parts: Parts) -> Router:
     async def load_state(
         loader: Loader, agent: Loaded[agents.Agent]
     ) -> Loaded[agents.StateDocument]:
-        org_id, agent_id = agent.subject.split(".")[2], agent.subject.split(".")[-1]
+        org_id, _, agent_id = subjects.parse(agent.subject)
         return await loader.load(agents.state_subject(org_id, agent_id), agents.evolve_state)
 
     @router.handle(DeleteAgent)

@@ -153,7 +153,7 @@ class CommandRunner:
         """An aggregate found by its id, with its organization's id. A deleted
         organization's aggregates are gone with it: ``missing``, as for an unknown id."""
         subject = await self.subject_of(aggregate, aggregate_id)
-        org_id = subject.split(".")[2]
+        org_id = subjects.parse(subject).org_id
         loaded = await loader.load(subject, evolve)
         org = await loader.load(orgs.subject(org_id), orgs.evolve)
         if org.state is None or org.state.deleted:
@@ -273,7 +273,7 @@ def missing_user(user_id: str) -> NotFoundError:
 
 def check_user(request: Request[Any], need: Need, user: Loaded[users.User]) -> users.User:
     """The loaded user, if the caller may act on it with ``need``."""
-    state = users.require_live(user, user.subject.rsplit(".", 1)[-1])
+    state = users.require_live(user, subjects.parse(user.subject).aggregate_id)
     caller = request.caller
     authorize(caller, need, state.org_id, missing_user(state.user_id), target_user=state.user_id)
     # A service administrator answers only to itself or another service administrator,

@@ -127,7 +127,7 @@ def query_router(parts: Parts) -> Router:
                     # Its profile and its state document. Named, not matched: a pattern such as
                     # evt.<org>.*.<id> also matches a conversation, a user or a tool of the
                     # same id (ids of different kinds are chosen independently).
-                    org_id = subject.split(".")[2]
+                    org_id = subjects.parse(subject).org_id
                     return [subject, agents.state_subject(org_id, query.id)]
                 return [subject]
 
@@ -154,7 +154,7 @@ def query_router(parts: Parts) -> Router:
         query = request.body
         missing = NotFoundError(f"{query.aggregate} {query.id} does not exist")
         names = await subjects_of(request, missing)
-        org_id = names[0].split(".")[2]
+        org_id = subjects.parse(names[0]).org_id
         authorize(request.caller, request.need, org_id, missing)
         after = _seq_of(decode_cursor(query.cursor))
         # A page ends at `limit` commits or at MAX_PAGE_BYTES of entries, whichever comes

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentmem import ids
+from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
@@ -157,7 +157,7 @@ def command_router(parts: Parts) -> Router:
             agent_subject = await runner.subject_of("agent", agent_id)
         except NotFoundError:
             raise agents.missing(agent_id) from None
-        if agent_subject.split(".")[2] != org_id:
+        if subjects.parse(agent_subject).org_id != org_id:
             raise agents.missing(agent_id)
         user_subject = await runner.user_subject(user_id) if user_id is not None else None
         loads: list[Any] = [

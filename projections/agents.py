@@ -75,7 +75,7 @@ class AgentsProjection:
     def project(self, commit: StoredCommit) -> list[RowOp]:
         ops: list[RowOp] = []
         at, version = commit.time_ms, commit.seq
-        org_id = commit.subject.split(".")[2]
+        org_id = subjects.parse(commit.subject).org_id
         for event in commit.events:
             match event:
                 case AgentCreated():

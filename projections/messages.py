@@ -93,7 +93,7 @@ class MessagesProjection:
     def project(self, commit: StoredCommit) -> list[RowOp]:
         ops: list[RowOp] = []
         at, seq = commit.time_ms, commit.seq
-        org_id = commit.subject.split(".")[2]
+        org_id = subjects.parse(commit.subject).org_id
         for index, event in enumerate(commit.events):
             match event:
                 case MessageAppended():

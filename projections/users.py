@@ -98,7 +98,7 @@ class UsersProjection:
                     row = {
                         "key_id": event.key_id,
                         "user_id": event.user_id,
-                        "org_id": commit.subject.split(".")[2],
+                        "org_id": subjects.parse(commit.subject).org_id,
                         "name": event.name,
                         "prefix": event.prefix,
                         "created_at": at,

@@ -86,7 +86,7 @@ class LogMessage:
 
     @property
     def aggregate(self) -> str:
-        return self.subject.split(".")[3]
+        return subjects.parse(self.subject).aggregate
 
 
 async def read_log(nc: NATS, stream: str = subjects.STREAM_NAME) -> list[LogMessage]:

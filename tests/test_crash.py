@@ -28,7 +28,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, UnavailableError, Written
+from agentmem import Client, UnavailableError, Written, subjects
 from agentmem.auth import tokens
 from projections.orgs import ORGS
 from projections.users import USERS
@@ -217,7 +217,10 @@ async def check_invariants(
     assert batch[0].seq == 1
     (org_message,) = [m for m in batch if m.aggregate == "org"]
     (user_message,) = [m for m in batch if m.aggregate == "user"]
-    admin_org, admin_user = org_message.subject.split(".")[-1], user_message.subject.split(".")[-1]
+    admin_org, admin_user = (
+        subjects.parse(org_message.subject).aggregate_id,
+        subjects.parse(user_message.subject).aggregate_id,
+    )
     messages = after_bootstrap(everything)
     per_subject = Counter((m.subject, m.command_id) for m in messages)
     assert [k for k, count in per_subject.items() if count > 1] == []

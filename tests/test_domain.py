@@ -715,3 +715,13 @@ def test_projection_is_deterministic(projection: Any) -> None:
     assert [getattr(op, "key", None) for op in many] == [
         getattr(op, "key", None) for ops in first[:-1] for op in ops
     ]
+
+
+def test_an_event_subject_is_parsed_in_one_place() -> None:
+    from agentmem import subjects
+
+    assert subjects.parse(subjects.event("o1", "agent", "a-1")) == ("o1", "agent", "a-1")
+    assert subjects.parse(subjects.email_reservation("a@b.example")).org_id == "_global"
+    for wrong in ("agentmem.cmd.agent.create", "agentmem.evt.o1.agent", "other.evt.o.a.b", ""):
+        with pytest.raises(ValueError, match="not an event subject"):
+            subjects.parse(wrong)

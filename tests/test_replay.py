@@ -11,7 +11,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, NotFoundError
+from agentmem import Client, NotFoundError, subjects
 from agentmem.events import Role
 from agentmem.service import Service
 from projections import ALL
@@ -74,8 +74,8 @@ async def run_mix(client: Client) -> dict[str, str]:
 def the_admin(messages: list[LogMessage]) -> tuple[str, str]:
     """The service administrator's org and user, as the bootstrap batch in the log has them."""
     batch = bootstrap_batch(messages)
-    (org_id,) = {m.subject.split(".")[-1] for m in batch if m.aggregate == "org"}
-    (user_id,) = {m.subject.split(".")[-1] for m in batch if m.aggregate == "user"}
+    (org_id,) = {subjects.parse(m.subject).aggregate_id for m in batch if m.aggregate == "org"}
+    (user_id,) = {subjects.parse(m.subject).aggregate_id for m in batch if m.aggregate == "user"}
     return org_id, user_id
 
 

@@ -201,7 +201,9 @@ async def test_undecodable_events_are_parked_and_skipped_visible_in_status(
     # service administrator that the first start registered).
     messages = await read_log(nc)
     admin_user = {
-        m.subject.split(".")[-1] for m in bootstrap_batch(messages) if m.aggregate == "user"
+        subjects.parse(m.subject).aggregate_id
+        for m in bootstrap_batch(messages)
+        if m.aggregate == "user"
     }
     assert len(admin_user) == 1
     users = await service.store.fetch_all("SELECT user_id FROM users")

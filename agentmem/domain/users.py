@@ -186,7 +186,7 @@ def change_password(
     loaded: Loaded[User], expected_version: int | None, new_hash: str
 ) -> list[Write]:
     """The caller has verified the old password against ``loaded.state.password_hash``."""
-    user = require_live(loaded, loaded.subject.rsplit(".", 1)[-1])
+    user = require_live(loaded, subjects.parse(loaded.subject).aggregate_id)
     check_version(loaded, expected_version)
     event = UserPasswordChanged(user_id=user.user_id, password_hash=new_hash)
     return [Write(loaded.subject, loaded.version, [event])]
