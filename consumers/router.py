@@ -135,6 +135,9 @@ class Dispatcher:
                 f"{tree}.>", queue=subjects.QUEUE_GROUP, cb=self._on_message
             )
             self._subscriptions.append(subscription)
+        # Subscribed means the server knows it: a request sent on another connection right
+        # after the start must find a responder.
+        await self.nc.flush()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests, then let the ones in flight finish and answer."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from agentmem import Client
+from agentmem import Client, subjects
 from agentmem.config import StartupError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import (
@@ -394,16 +394,16 @@ async def check_the_projection_tables(store: Store) -> None:
     await store.migrate(MIGRATIONS)
     await store.migrate(MIGRATIONS)
     commits = [
-        commit(1, "evt.org.o1.created", OrgCreated(org_id="o1", name="Acme")),
-        commit(2, "evt.org.o1.renamed", OrgRenamed(org_id="o1", name="Acme Ltd")),
+        commit(1, subjects.event("o1", "org", "o1"), OrgCreated(org_id="o1", name="Acme")),
+        commit(2, subjects.event("o1", "org", "o1"), OrgRenamed(org_id="o1", name="Acme Ltd")),
         commit(
             3,
-            "evt.user.o1.u1",
+            subjects.event("o1", "user", "u1"),
             UserRegistered(user_id="u1", org_id="o1", name="Ann", email="ann@x", password_hash="h"),
         ),
         commit(
             4,
-            "evt.user.o1.u2",
+            subjects.event("o1", "user", "u2"),
             UserRegistered(
                 user_id="u2",
                 org_id="o1",
@@ -415,17 +415,19 @@ async def check_the_projection_tables(store: Store) -> None:
             ),
         ),
         commit(
-            5, "evt.user.o1.u1", UserProfileUpdated(user_id="u1", name="Annie", email="annie@x")
+            5,
+            subjects.event("o1", "user", "u1"),
+            UserProfileUpdated(user_id="u1", name="Annie", email="annie@x"),
         ),
         commit(
             6,
-            "evt.user.o1.u2",
+            subjects.event("o1", "user", "u2"),
             ApiKeyCreated(key_id="k1", user_id="u2", name="ci", prefix="am_k1", digest="x"),
         ),
         # Takes an email already in use: refused by the unique index, parked.
         commit(
             7,
-            "evt.user.o1.u3",
+            subjects.event("o1", "user", "u3"),
             UserRegistered(user_id="u3", org_id="o1", name="Eve", email="bob@x", password_hash="h"),
         ),
     ]
