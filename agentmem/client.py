@@ -45,6 +45,7 @@ from agentmem.commands import (
 )
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import MessageRole, Role
+from agentmem.headers import header
 from agentmem.queries import (
     EmailExists,
     GetAgent,
@@ -112,7 +113,7 @@ class Client:
         self, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> envelope.Reply:
         payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
-        if self.token and not (headers and tokens.HEADER in headers):
+        if self.token and header(headers, tokens.HEADER) is None:
             headers = {**(headers or {}), tokens.HEADER: f"Bearer {self.token}"}
         try:
             message = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)

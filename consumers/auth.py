@@ -19,12 +19,15 @@ from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, allowed
 from agentmem.domain.aggregate import Loaded
 from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
+from agentmem.headers import header
 from consumers.access_view import AccessView
 from consumers.aggregates import AggregateCache, FreshReads
 
-MISSING = (
-    f"credentials needed: send the header '{tokens.HEADER}: Bearer <API key or session token>'"
-)
+EXPECTED = f"'{tokens.HEADER}: Bearer <API key or session token>'"
+# No Authorization header at all (or an empty one); one that holds no well-formed token; a
+# well-formed token that does not let anyone in. None of them quotes what was sent.
+MISSING = f"credentials needed: send the header {EXPECTED}"
+MALFORMED = "malformed credentials: {problem}; send the header " + EXPECTED
 INVALID = "credentials are not valid (unknown, revoked, expired or of a deleted user)"
 
 
@@ -34,9 +37,12 @@ class Authenticator:
         self.view = view
 
     async def __call__(self, headers: dict[str, str]) -> Principal:
-        token = tokens.parse(headers.get(tokens.HEADER))
-        if token is None:
+        value = header(headers, tokens.HEADER)
+        if value is None or not value.strip():
             raise UnauthenticatedError(MISSING)
+        token = tokens.parse(value)
+        if token is None:
+            raise UnauthenticatedError(MALFORMED.format(problem=tokens.malformed(value)))
         user_subject = users.subject(token.org_id, token.user_id)
         org_subject = orgs.subject(token.org_id)
         view = self.view

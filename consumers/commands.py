@@ -48,6 +48,7 @@ from agentmem.eventlog import (
     StoredCommit,
 )
 from agentmem.events import AnyEvent
+from agentmem.headers import header
 from consumers.aggregates import AggregateCache, AlreadyApplied, Loader
 from consumers.auth import authorize
 from consumers.router import Request, Result, Router
@@ -203,8 +204,8 @@ class CommandRunner:
         meta = CommitMeta(
             command_id=command_id,
             commit_type=request.operation.name,
-            correlation_id=request.headers.get(H_CORRELATION_ID),
-            causation_id=request.headers.get(H_CAUSATION_ID),
+            correlation_id=header(request.headers, H_CORRELATION_ID),
+            causation_id=header(request.headers, H_CAUSATION_ID),
             principal=request.principal.audit_name() if request.principal else "anonymous",
             time_ms=time.time_ns() // 1_000_000,
         )

@@ -24,8 +24,9 @@ from nats.aio.client import Client as NATS
 
 from agentmem import subjects
 from agentmem.coalesce import FreshCall
-from agentmem.errors import InvalidError, UnavailableError
+from agentmem.errors import UnavailableError
 from agentmem.store import Store
+from agentmem.validation import invalid
 from projections.board import CheckpointBoard
 from projections.worker import durable_name
 
@@ -99,9 +100,12 @@ class Freshness:
         while True:
             drained, last = await check()
             if after_seq > last:
-                raise InvalidError(
+                raise invalid(
                     f"after_seq {after_seq} is past the end of the log (last seq {last})",
-                    {"after_seq": after_seq, "last_seq": last},
+                    "$.after_seq",
+                    "out_of_range",
+                    after_seq=after_seq,
+                    last_seq=last,
                 )
             if drained:
                 # Every event up to after_seq that this projection reads is applied.

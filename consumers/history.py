@@ -10,7 +10,7 @@ import msgspec
 
 from agentmem import subjects
 from agentmem.domain import agents, orgs
-from agentmem.errors import InvalidError, NotFoundError
+from agentmem.errors import NotFoundError
 from agentmem.eventlog import (
     H_COMMIT_TYPE,
     H_CORRELATION_ID,
@@ -21,6 +21,7 @@ from agentmem.eventlog import (
 from agentmem.events import MessageAppended
 from agentmem.queries import GetHistory
 from agentmem.store import Store
+from agentmem.validation import invalid
 from consumers.auth import authorize
 from consumers.commands import SECRET_FIELDS, client_command_id
 from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
@@ -100,7 +101,12 @@ def _seq_of(cursor_key: str) -> int:
     if not cursor_key:
         return 0
     if not cursor_key.isdigit():
-        raise InvalidError("cursor is not one this subject returned", {"cursor": cursor_key})
+        raise invalid(
+            "cursor is not one this subject returned",
+            "$.cursor",
+            "invalid_value",
+            cursor=cursor_key,
+        )
     return int(cursor_key)
 
 

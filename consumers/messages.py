@@ -25,9 +25,10 @@ from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import AgentMemError, InvalidError, NotFoundError
+from agentmem.errors import AgentMemError, NotFoundError
 from agentmem.events import ConversationDeleted, MessageAppended
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
+from agentmem.validation import invalid
 from consumers.access_view import AccessView
 from consumers.aggregates import FreshReads, Loader
 from consumers.auth import authorize
@@ -84,7 +85,9 @@ def cursor_position(cursor: str | None) -> int | None:
     if not key:
         return None
     if not key.isdigit():
-        raise InvalidError("cursor is not one this subject returned", {"cursor": cursor})
+        raise invalid(
+            "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
+        )
     return int(key)
 
 
@@ -116,10 +119,12 @@ def list_sql(query: ListMessages, org_id: str) -> tuple[str, list[Any]]:
 def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
     """Whose messages a search looks at: never a redacted one."""
     if query.agent_id is None and query.user_id is None:
-        raise InvalidError(
+        raise invalid(
             "a search needs agent_id or user_id (or both): it looks at one agent's or one "
             "user's messages",
-            {"fields": ["agent_id", "user_id"]},
+            "$",
+            "missing_field",
+            fields=["agent_id", "user_id"],
         )
     where: dict[str, Any] = {"org_id": org_id, "redacted_at": None}
     for column in ("agent_id", "user_id", "session_id", "role"):
@@ -182,7 +187,13 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             await check_speakers(org_id, command.agent_id, command.user_id)
             return messages.append(
-                org_id, command.session_id, command.agent_id, command.user_id, batch, message_ids
+                org_id,
+                command.session_id,
+                command.agent_id,
+                command.user_id,
+                batch,
+                message_ids,
+                single=isinstance(command, AppendMessage),
             )
 
         data, seq = await runner.run(request, plan)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agentmem.commands import normalize_email
-from agentmem.errors import ForbiddenError, InvalidError, NotFoundError
+from agentmem.errors import ForbiddenError, NotFoundError
 from agentmem.queries import (
     EmailExists,
     GetOrg,
@@ -19,6 +19,7 @@ from agentmem.queries import (
     ListOrgs,
     ListUsers,
 )
+from agentmem.validation import invalid
 from consumers.auth import authorize
 from consumers.router import Request, Result, Router
 
@@ -45,7 +46,9 @@ def decode_cursor(cursor: str | None) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     if not raw.startswith(_CURSOR_MARK):
-        raise InvalidError("cursor is not one this service returned", {"cursor": cursor})
+        raise invalid(
+            "cursor is not one this service returned", "$.cursor", "invalid_value", cursor=cursor
+        )
     return raw.removeprefix(_CURSOR_MARK)
 
 

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from agentmem import envelope, protocol, subjects
+from agentmem import envelope, protocol, subjects, validation
 from agentmem.domain.access import Need, Principal
 from agentmem.errors import AgentMemError, InternalError, InvalidError, UnauthenticatedError
 from agentmem.protocol import Operation, operation_of
@@ -105,11 +105,12 @@ class Router:
             self.routes[subject] = route
 
 
-def _describe(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
-    text = str(exc)
-    if isinstance(exc, msgspec.ValidationError):
-        return f"invalid request: {text}"
-    return f"malformed JSON: {text}"
+def _describe(
+    exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError,
+) -> InvalidError:
+    """The ``invalid`` error for a body that does not decode: a message for a person, and
+    ``details.path`` and ``details.reason`` for a program (agentmem/validation.py)."""
+    return validation.decode_error(exc)
 
 
 class Dispatcher:
@@ -170,29 +171,44 @@ class Dispatcher:
         try:
             route = self.router.routes.get(subject)
             if route is None:
-                raise InvalidError(
+                raise validation.invalid(
                     f"unknown subject {subject}; docs/protocol.md lists every subject",
-                    {"subject": subject},
+                    validation.BODY,
+                    "unknown_subject",
+                    subject=subject,
                 )
             if len(data) > MAX_REQUEST_BYTES:
-                raise InvalidError(
+                raise validation.invalid(
                     f"request of {len(data)} bytes is over the limit of {MAX_REQUEST_BYTES}",
-                    {"limit": MAX_REQUEST_BYTES, "size": len(data)},
+                    validation.BODY,
+                    "too_large",
+                    limit=MAX_REQUEST_BYTES,
+                    size=len(data),
                 )
             # Credentials first: a caller without them learns nothing, not even what is
             # wrong with the request.
             principal = None if route.public else await self.authenticate(headers)
             if b"\\u0000" in data and _ESCAPED_NUL.search(data):
                 # Postgres text cannot hold U+0000: a projection would have to park the event.
-                raise InvalidError("strings may not contain the NUL character (\\u0000)")
+                raise validation.invalid(
+                    "strings may not contain the NUL character (\\u0000)",
+                    validation.nul_path(data),
+                    "nul_character",
+                )
             try:
                 body = route.decoder.decode(data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise InvalidError(_describe(exc)) from exc
+                raise _describe(exc) from exc
             except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes in a string
-                raise InvalidError(f"malformed JSON: text is not valid UTF-8 ({exc})") from exc
+                raise _describe(exc) from exc
             result, seq = await route.handler(Request(body, headers, subject, principal))
             return envelope.ok(result, seq)
+        except InvalidError as exc:
+            # Every invalid reply says where and why; a check that names no field is about
+            # the request as a whole.
+            exc.details.setdefault("path", validation.BODY)
+            exc.details.setdefault("reason", "invalid_value")
+            return envelope.error(exc)
         except AgentMemError as exc:
             return envelope.error(exc)
         except Exception:

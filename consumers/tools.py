@@ -17,8 +17,9 @@ from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.domain import orgs, tools
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import InvalidError, NotFoundError
+from agentmem.errors import NotFoundError
 from agentmem.queries import GetTool, ListTools
+from agentmem.validation import invalid
 from consumers.aggregates import Loader
 from consumers.auth import authorize
 from consumers.commands import CommandRunner, missing_org
@@ -141,9 +142,12 @@ def query_router(parts: Parts) -> Router:
     async def get_tool(request: Request[GetTool]) -> Result:
         query = request.body
         if (query.tool_id is None) == (query.name is None):
-            raise InvalidError(
+            raise invalid(
                 "name the tool by exactly one of tool_id and name",
-                {"tool_id": query.tool_id, "name": query.name},
+                "$",
+                "missing_field" if query.tool_id is None else "invalid_value",
+                tool_id=query.tool_id,
+                name=query.name,
             )
         if query.tool_id is not None:
             missing = f"tool {query.tool_id} does not exist"

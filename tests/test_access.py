@@ -9,6 +9,7 @@ import pytest
 from agentmem import events
 from agentmem.auth import tokens
 from agentmem.domain.access import Principal, allowed, narrows_access
+from agentmem.headers import header
 
 
 def principal(*roles: str, org: str = "org-a", user: str = "u1", admin: bool = False) -> Principal:
@@ -41,6 +42,47 @@ def test_a_new_token_round_trips_and_stores_only_a_digest() -> None:
 )
 def test_malformed_credentials_parse_to_none(header: str | None) -> None:
     assert tokens.parse(header) is None
+
+
+SECRET = "f" * 64
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("Bearer", "no token after 'Bearer'"),
+        ("bearer   ", "no token after 'Bearer'"),
+        (f"Basic amk_a_b_c_{SECRET}", "scheme is not Bearer"),
+        (f"Token amk_a_b_c_{SECRET}", "scheme is not Bearer"),
+        ("Bearer not-a-token", "not an AgentMem API key"),
+        (f"Bearer amk_a_b_c_{SECRET[:-1]}", "not an AgentMem API key"),
+        (f"amk_a.b_c_d_{SECRET}", "not an AgentMem API key"),  # bare, but not a token
+        (f"Bearer xyz_a_b_c_{SECRET}", "not an AgentMem API key"),
+    ],
+)
+def test_what_is_wrong_with_a_malformed_credential(value: str, says: str) -> None:
+    assert tokens.parse(value) is None
+    problem = tokens.malformed(value)
+    assert says in problem
+    # No part of what was sent comes back: it may be a secret, or most of one.
+    for part in value.replace("_", " ").split():
+        if len(part) >= 8:
+            assert part not in problem, (part, problem)
+
+
+def test_a_header_is_found_whatever_the_case_of_its_name() -> None:
+    value = f"Bearer amk_a_b_c_{SECRET}"
+    for name in ("Authorization", "authorization", "AUTHORIZATION", "aUtHoRiZaTiOn"):
+        assert header({name: value}, "Authorization") == value
+        assert header({"Other": "x", name: value}, "authorization") == value
+    assert header({"AgentMem-Correlation-Id": "c1"}, "agentmem-correlation-id") == "c1"
+    assert header({}, "Authorization") is None
+    assert header(None, "Authorization") is None
+    assert header({"Authorisation": value}, "Authorization") is None
+    # The Kelvin sign lowers to "k": only ASCII names match.
+    assert header({"\u212aey": "v"}, "key") is None
+    # Sent twice in different cases, the exact spelling wins.
+    assert header({"authorization": "a", "Authorization": "b"}, "Authorization") == "b"
 
 
 @pytest.mark.parametrize(

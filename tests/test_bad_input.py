@@ -310,9 +310,44 @@ async def still_answers(bus: Bus) -> None:
     assert listed.ok, listed
 
 
-async def assert_invalid(bus: Bus, subject: str, payload: bytes, *mentions: str) -> str:
-    """Send ``payload`` as the administrator; the reply must be ``invalid`` and name each of
-    ``mentions``."""
+# What ``details.reason`` of an ``invalid`` reply may be (docs/protocol.md, "Where and why
+# an invalid request fails").
+REASONS = {
+    "malformed_json",
+    "not_utf8",
+    "wrong_type",
+    "missing_field",
+    "unknown_field",
+    "out_of_range",
+    "too_long",
+    "too_short",
+    "pattern",
+    "invalid_value",
+    "too_large",
+    "too_deep",
+    "nul_character",
+    "unknown_subject",
+}
+
+
+def at_or_under(path: str, field: str) -> bool:
+    """Whether the JSON path ``path`` is ``$.<field>`` or a path inside it."""
+    top = f"$.{field}"
+    return path == top or path.startswith((f"{top}.", f"{top}["))
+
+
+async def assert_invalid(
+    bus: Bus,
+    subject: str,
+    payload: bytes,
+    *mentions: str,
+    path: str | None = None,
+    under: str | None = None,
+    reason: str | None = None,
+) -> str:
+    """Send ``payload`` as the administrator; the reply must be ``invalid``, name each of
+    ``mentions``, and say where and why in ``details``: exactly ``path``, or a path at or
+    under the field ``under``, and ``reason``."""
     assert len(payload) < NATS_MAX_PAYLOAD
     before = await last_seq(bus)
     reply = envelope.decode(await bus.ask(subject, payload))
@@ -323,6 +358,16 @@ async def assert_invalid(bus: Bus, subject: str, payload: bytes, *mentions: str)
     assert len(text) > 10, text
     for mention in mentions:
         assert mention in text, f"{mention!r} not in {text!r}"
+    details = reply.error.details
+    # Every invalid reply says where (a JSON path) and why (one of a few words).
+    assert str(details.get("path", "")).startswith("$"), details
+    assert details.get("reason") in REASONS, details
+    if path is not None:
+        assert details["path"] == path, details
+    if under is not None:
+        assert at_or_under(details["path"], under), details
+    if reason is not None:
+        assert details["reason"] == reason, details
     assert await last_seq(bus) == before, "a bad request appended to the log"
     await still_answers(bus)
     return text
@@ -379,7 +424,9 @@ MALFORMED = ["unterminated", "trailing", "not-json", "single-quotes", "bytes", "
 @pytest.mark.parametrize("kind", MALFORMED)
 @pytest.mark.parametrize("subject", SUBJECTS)
 async def test_malformed_json(bus: Bus, subject: str, kind: str) -> None:
-    await assert_invalid(bus, subject, malformed(subject, kind), "malformed JSON")
+    await assert_invalid(
+        bus, subject, malformed(subject, kind), "malformed JSON", path="$", reason="malformed_json"
+    )
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -391,7 +438,7 @@ async def test_invalid_utf8_inside_a_string(bus: Bus, subject: str) -> None:
         prefix = encode({k: v for k, v in VALID[subject].items() if k != field})[:-1]
         payload = prefix + (b"," if prefix != b"{" else b"") + f'"{field}": "'.encode()
         payload += b'\xff\xfe"}'
-    await assert_invalid(bus, subject, payload, "UTF-8")
+    await assert_invalid(bus, subject, payload, "UTF-8", path="$", reason="not_utf8")
 
 
 NOT_OBJECTS = [
@@ -407,32 +454,60 @@ NOT_OBJECTS = [
 @pytest.mark.parametrize(("payload", "got"), NOT_OBJECTS)
 @pytest.mark.parametrize("subject", SUBJECTS)
 async def test_not_an_object(bus: Bus, subject: str, payload: bytes, got: str) -> None:
-    await assert_invalid(bus, subject, payload, "Expected `object`", f"got `{got}`")
+    await assert_invalid(
+        bus, subject, payload, "Expected `object`", f"got `{got}`", path="$", reason="wrong_type"
+    )
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
 async def test_wrong_type(bus: Bus, subject: str) -> None:
     field, value = WRONG_TYPES[subject]
     body = {**VALID[subject], field: value}
-    await assert_invalid(bus, subject, encode(body), f"`$.{field}", "Expected")
+    await assert_invalid(
+        bus, subject, encode(body), f"`$.{field}", "Expected", under=field, reason="wrong_type"
+    )
 
 
 @pytest.mark.parametrize(("subject", "field"), MISSING)
 async def test_missing_field(bus: Bus, subject: str, field: str) -> None:
     body = {k: v for k, v in VALID[subject].items() if k != field}
-    await assert_invalid(bus, subject, encode(body), "missing required field", f"`{field}`")
+    await assert_invalid(
+        bus,
+        subject,
+        encode(body),
+        "missing required field",
+        f"`{field}`",
+        path=f"$.{field}",
+        reason="missing_field",
+    )
 
 
 @pytest.mark.parametrize("subject", [s for s in SUBJECTS if required_fields(REQUEST_TYPES[s])])
 async def test_empty_payload_misses_the_required_fields(bus: Bus, subject: str) -> None:
     first = required_fields(REQUEST_TYPES[subject])[0]
-    await assert_invalid(bus, subject, b"", "missing required field", f"`{first}`")
+    await assert_invalid(
+        bus,
+        subject,
+        b"",
+        "missing required field",
+        f"`{first}`",
+        path=f"$.{first}",
+        reason="missing_field",
+    )
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
 async def test_unknown_field(bus: Bus, subject: str) -> None:
     body = {**VALID[subject], "bogus_field": 1}
-    await assert_invalid(bus, subject, encode(body), "unknown field", "bogus_field")
+    await assert_invalid(
+        bus,
+        subject,
+        encode(body),
+        "unknown field",
+        "bogus_field",
+        path="$.bogus_field",
+        reason="unknown_field",
+    )
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -440,7 +515,15 @@ async def test_oversized_payload(bus: Bus, subject: str) -> None:
     body = {**VALID[subject], "padding": "x" * (MAX_REQUEST_BYTES + 1000)}
     payload = encode(body)
     assert MAX_REQUEST_BYTES < len(payload) < NATS_MAX_PAYLOAD
-    await assert_invalid(bus, subject, payload, str(MAX_REQUEST_BYTES), str(len(payload)))
+    await assert_invalid(
+        bus,
+        subject,
+        payload,
+        str(MAX_REQUEST_BYTES),
+        str(len(payload)),
+        path="$",
+        reason="too_large",
+    )
 
 
 # Unknown subjects --------------------------------------------------------------------
@@ -459,7 +542,9 @@ async def test_oversized_payload(bus: Bus, subject: str) -> None:
 )
 async def test_unknown_verb(bus: Bus, subject: str) -> None:
     for payload in (encode({"name": "Acme"}), b"not json"):
-        text = await assert_invalid(bus, subject, payload, subject, "unknown subject")
+        text = await assert_invalid(
+            bus, subject, payload, subject, "unknown subject", path="$", reason="unknown_subject"
+        )
         assert "docs/protocol.md" in text
 
 
@@ -479,150 +564,177 @@ async def test_unknown_verb(bus: Bus, subject: str) -> None:
 @pytest.mark.parametrize("subject", EMAIL_SUBJECTS)
 async def test_invalid_email(bus: Bus, subject: str, email: str) -> None:
     body = {**VALID[subject], "email": email}
-    await assert_invalid(bus, subject, encode(body), "`$.email`")
+    reason = "too_long" if len(email) > 254 else "pattern"
+    await assert_invalid(bus, subject, encode(body), "`$.email`", path="$.email", reason=reason)
 
 
 BAD_VALUES = [
-    (CreateOrg.op.subject, "name", ""),
-    (CreateOrg.op.subject, "name", "x" * 201),
-    (CreateOrg.op.subject, "command_id", "a.b"),
-    (CreateOrg.op.subject, "command_id", "x" * 65),
-    (CreateOrg.op.subject, "command_id", ""),
+    (CreateOrg.op.subject, "name", "", "too_short"),
+    (CreateOrg.op.subject, "name", "x" * 201, "too_long"),
+    (CreateOrg.op.subject, "command_id", "a.b", "pattern"),
+    (CreateOrg.op.subject, "command_id", "x" * 65, "pattern"),
+    (CreateOrg.op.subject, "command_id", "", "pattern"),
     # A trailing newline must not slip past the id pattern into a header or a subject.
-    (CreateOrg.op.subject, "command_id", "retry-1\n"),
-    (RenameOrg.op.subject, "org_id", "o1\n"),
-    (RenameOrg.op.subject, "expected_version", -1),
-    (DeleteOrg.op.subject, "org_id", "o.*"),
-    (DeleteOrg.op.subject, "org_id", ">"),
-    (RegisterUser.op.subject, "password", "short"),
-    (RegisterUser.op.subject, "password", "p" * 1025),
-    (RegisterUser.op.subject, "roles", []),
-    (RegisterUser.op.subject, "roles", ["root"]),
-    (RegisterUser.op.subject, "org_id", "o 1"),
-    (UpdateProfile.op.subject, "name", ""),
-    (UpdateProfile.op.subject, "user_id", "u1\n"),
-    (ChangePassword.op.subject, "new_password", "short"),
-    (ChangePassword.op.subject, "old_password", "o" * 1025),
-    (SetRoles.op.subject, "roles", ["admin", "member", "readonly", "admin"]),
-    (SetRoles.op.subject, "roles", ["owner"]),
-    (DeleteUser.op.subject, "user_id", "x" * 65),
-    (DeleteUser.op.subject, "command_id", "c\r\nX-Injected: 1"),
-    (GetOrg.op.subject, "org_id", ""),
-    (ListOrgs.op.subject, "limit", 0),
-    (ListOrgs.op.subject, "limit", 501),
-    (ListOrgs.op.subject, "cursor", "c" * 513),
-    (GetUser.op.subject, "after_seq", -1),
-    (ListUsers.op.subject, "limit", -5),
-    (Status.op.subject, "after_seq", -1),
-    (ListUsers.op.subject, "org_id", "o 1"),
-    (Login.op.subject, "password", "p" * 1025),
-    (Login.op.subject, "ttl_seconds", 0),
-    (Login.op.subject, "ttl_seconds", 30 * 24 * 3600 + 1),
-    (Login.op.subject, "command_id", "a.b"),
-    (Logout.op.subject, "command_id", "x" * 65),
-    (CreateApiKey.op.subject, "name", ""),
-    (CreateApiKey.op.subject, "name", "x" * 201),
-    (CreateApiKey.op.subject, "user_id", "u1\n"),
-    (RevokeApiKey.op.subject, "key_id", "k.*"),
-    (RevokeApiKey.op.subject, "user_id", ">"),
-    (ListApiKeys.op.subject, "user_id", "u 1"),
-    (ListApiKeys.op.subject, "after_seq", -1),
-    (GetHistory.op.subject, "aggregate", "apikey"),
-    (GetHistory.op.subject, "aggregate", ""),
-    (GetHistory.op.subject, "id", ""),
-    (GetHistory.op.subject, "id", "o1.>"),
-    (GetHistory.op.subject, "limit", 0),
-    (GetHistory.op.subject, "limit", 501),
-    (GetHistory.op.subject, "cursor", "c" * 513),
-    (CreateAgent.op.subject, "name", ""),
-    (CreateAgent.op.subject, "description", "d" * 4001),
-    (CreateAgent.op.subject, "tags", ["t"] * 33),
-    (CreateAgent.op.subject, "tags", [""]),
-    (CreateAgent.op.subject, "agent_id", "a_1"),
-    (CreateAgent.op.subject, "org_id", "o.1"),
-    (UpdateAgent.op.subject, "agent_id", "a.b"),
-    (UpdateAgent.op.subject, "persona", "p" * 100_001),
-    (UpdateAgent.op.subject, "tags", ["t" * 65]),
-    (ArchiveAgent.op.subject, "agent_id", "a1\n"),
-    (DeleteAgent.op.subject, "expected_version", -1),
-    (SetAgentState.op.subject, "expected_version", -1),
-    (PatchAgentState.op.subject, "agent_id", ">"),
-    (GetAgent.op.subject, "agent_id", ""),
-    (ListAgents.op.subject, "name_prefix", ""),
-    (ListAgents.op.subject, "name_prefix", "n" * 201),
-    (ListAgents.op.subject, "tag", "t" * 65),
-    (ListAgents.op.subject, "limit", 501),
-    (GetAgentState.op.subject, "agent_id", "a*"),
-    (RegisterTool.op.subject, "name", "get weather"),
-    (RegisterTool.op.subject, "name", "get.weather"),
-    (RegisterTool.op.subject, "name", "x" * 65),
-    (RegisterTool.op.subject, "name", ""),
-    (RegisterTool.op.subject, "tool_id", "t_1"),
-    (UpdateTool.op.subject, "name", "a b"),
-    (UpdateTool.op.subject, "description", "d" * 4001),
-    (DeleteTool.op.subject, "tool_id", "t1\n"),
-    (GetTool.op.subject, "name", "a/b"),
-    (ListTools.op.subject, "tags_any", ["t"] * 33),
-    (ListTools.op.subject, "tags_all", [""]),
-    (ListTools.op.subject, "cursor", "c" * 513),
-    (AppendMessage.op.subject, "session_id", "s.1"),
-    (AppendMessage.op.subject, "session_id", ""),
-    (AppendMessage.op.subject, "agent_id", "a*"),
-    (AppendMessage.op.subject, "user_id", "u 1"),
-    (AppendMessage.op.subject, "message", {"role": "robot", "content": "hi"}),
-    (AppendMessage.op.subject, "message", {"role": "user"}),
-    (AppendMessage.op.subject, "message", {"role": "user", "content": "c" * 100_001}),
-    (AppendMessage.op.subject, "message", {"role": "user", "content": "hi", "extra": 1}),
-    (AppendMessage.op.subject, "message", {"role": "tool", "content": "", "tool_call_id": "a.b"}),
-    (AppendMessage.op.subject, "message", {"role": "user", "content": "", "tool_calls": [1]}),
-    (AppendMessages.op.subject, "messages", []),
-    (AppendMessages.op.subject, "messages", [{"role": "user", "content": "x"}] * 1001),
-    (AppendMessages.op.subject, "messages", [{"role": "user", "content": "x"}, {}]),
-    (AppendMessages.op.subject, "org_id", "o>"),
-    (RedactMessage.op.subject, "message_id", "m\n"),
-    (RedactMessage.op.subject, "reason", "r" * 4001),
-    (DeleteConversation.op.subject, "session_id", "x" * 65),
-    (ListMessages.op.subject, "order", "sideways"),
-    (ListMessages.op.subject, "since", -1),
-    (ListMessages.op.subject, "until", 1.5),
-    (ListMessages.op.subject, "role", "robot"),
-    (ListMessages.op.subject, "limit", 501),
-    (ListMessages.op.subject, "cursor", "c" * 513),
-    (LastMessages.op.subject, "n", 0),
-    (LastMessages.op.subject, "n", 501),
-    (LastMessages.op.subject, "session_id", "s 1"),
-    (SearchMessages.op.subject, "text", ""),
-    (SearchMessages.op.subject, "text", "t" * 1001),
-    (SearchMessages.op.subject, "role", "robot"),
-    (SearchMessages.op.subject, "limit", 0),
-    (SearchMessages.op.subject, "session_id", "s.>"),
+    (CreateOrg.op.subject, "command_id", "retry-1\n", "pattern"),
+    (RenameOrg.op.subject, "org_id", "o1\n", "pattern"),
+    (RenameOrg.op.subject, "expected_version", -1, "out_of_range"),
+    (DeleteOrg.op.subject, "org_id", "o.*", "pattern"),
+    (DeleteOrg.op.subject, "org_id", ">", "pattern"),
+    (RegisterUser.op.subject, "password", "short", "too_short"),
+    (RegisterUser.op.subject, "password", "p" * 1025, "too_long"),
+    (RegisterUser.op.subject, "roles", [], "too_short"),
+    (RegisterUser.op.subject, "roles", ["root"], "invalid_value"),
+    (RegisterUser.op.subject, "org_id", "o 1", "pattern"),
+    (UpdateProfile.op.subject, "name", "", "too_short"),
+    (UpdateProfile.op.subject, "user_id", "u1\n", "pattern"),
+    (ChangePassword.op.subject, "new_password", "short", "too_short"),
+    (ChangePassword.op.subject, "old_password", "o" * 1025, "too_long"),
+    (SetRoles.op.subject, "roles", ["admin", "member", "readonly", "admin"], "too_long"),
+    (SetRoles.op.subject, "roles", ["owner"], "invalid_value"),
+    (DeleteUser.op.subject, "user_id", "x" * 65, "pattern"),
+    (DeleteUser.op.subject, "command_id", "c\r\nX-Injected: 1", "pattern"),
+    (GetOrg.op.subject, "org_id", "", "pattern"),
+    (ListOrgs.op.subject, "limit", 0, "out_of_range"),
+    (ListOrgs.op.subject, "limit", 501, "out_of_range"),
+    (ListOrgs.op.subject, "cursor", "c" * 513, "too_long"),
+    (GetUser.op.subject, "after_seq", -1, "out_of_range"),
+    (ListUsers.op.subject, "limit", -5, "out_of_range"),
+    (Status.op.subject, "after_seq", -1, "out_of_range"),
+    (ListUsers.op.subject, "org_id", "o 1", "pattern"),
+    (Login.op.subject, "password", "p" * 1025, "too_long"),
+    (Login.op.subject, "ttl_seconds", 0, "out_of_range"),
+    (Login.op.subject, "ttl_seconds", 30 * 24 * 3600 + 1, "out_of_range"),
+    (Login.op.subject, "command_id", "a.b", "pattern"),
+    (Logout.op.subject, "command_id", "x" * 65, "pattern"),
+    (CreateApiKey.op.subject, "name", "", "too_short"),
+    (CreateApiKey.op.subject, "name", "x" * 201, "too_long"),
+    (CreateApiKey.op.subject, "user_id", "u1\n", "pattern"),
+    (RevokeApiKey.op.subject, "key_id", "k.*", "pattern"),
+    (RevokeApiKey.op.subject, "user_id", ">", "pattern"),
+    (ListApiKeys.op.subject, "user_id", "u 1", "pattern"),
+    (ListApiKeys.op.subject, "after_seq", -1, "out_of_range"),
+    (GetHistory.op.subject, "aggregate", "apikey", "invalid_value"),
+    (GetHistory.op.subject, "aggregate", "", "invalid_value"),
+    (GetHistory.op.subject, "id", "", "pattern"),
+    (GetHistory.op.subject, "id", "o1.>", "pattern"),
+    (GetHistory.op.subject, "limit", 0, "out_of_range"),
+    (GetHistory.op.subject, "limit", 501, "out_of_range"),
+    (GetHistory.op.subject, "cursor", "c" * 513, "too_long"),
+    (CreateAgent.op.subject, "name", "", "too_short"),
+    (CreateAgent.op.subject, "description", "d" * 4001, "too_long"),
+    (CreateAgent.op.subject, "tags", ["t"] * 33, "too_long"),
+    (CreateAgent.op.subject, "tags", [""], "too_short"),
+    (CreateAgent.op.subject, "agent_id", "a_1", "pattern"),
+    (CreateAgent.op.subject, "org_id", "o.1", "pattern"),
+    (UpdateAgent.op.subject, "agent_id", "a.b", "pattern"),
+    (UpdateAgent.op.subject, "persona", "p" * 100_001, "too_long"),
+    (UpdateAgent.op.subject, "tags", ["t" * 65], "too_long"),
+    (ArchiveAgent.op.subject, "agent_id", "a1\n", "pattern"),
+    (DeleteAgent.op.subject, "expected_version", -1, "out_of_range"),
+    (SetAgentState.op.subject, "expected_version", -1, "out_of_range"),
+    (PatchAgentState.op.subject, "agent_id", ">", "pattern"),
+    (GetAgent.op.subject, "agent_id", "", "pattern"),
+    (ListAgents.op.subject, "name_prefix", "", "too_short"),
+    (ListAgents.op.subject, "name_prefix", "n" * 201, "too_long"),
+    (ListAgents.op.subject, "tag", "t" * 65, "too_long"),
+    (ListAgents.op.subject, "limit", 501, "out_of_range"),
+    (GetAgentState.op.subject, "agent_id", "a*", "pattern"),
+    (RegisterTool.op.subject, "name", "get weather", "pattern"),
+    (RegisterTool.op.subject, "name", "get.weather", "pattern"),
+    (RegisterTool.op.subject, "name", "x" * 65, "pattern"),
+    (RegisterTool.op.subject, "name", "", "pattern"),
+    (RegisterTool.op.subject, "tool_id", "t_1", "pattern"),
+    (UpdateTool.op.subject, "name", "a b", "pattern"),
+    (UpdateTool.op.subject, "description", "d" * 4001, "too_long"),
+    (DeleteTool.op.subject, "tool_id", "t1\n", "pattern"),
+    (GetTool.op.subject, "name", "a/b", "pattern"),
+    (ListTools.op.subject, "tags_any", ["t"] * 33, "too_long"),
+    (ListTools.op.subject, "tags_all", [""], "too_short"),
+    (ListTools.op.subject, "cursor", "c" * 513, "too_long"),
+    (AppendMessage.op.subject, "session_id", "s.1", "pattern"),
+    (AppendMessage.op.subject, "session_id", "", "pattern"),
+    (AppendMessage.op.subject, "agent_id", "a*", "pattern"),
+    (AppendMessage.op.subject, "user_id", "u 1", "pattern"),
+    (AppendMessage.op.subject, "message", {"role": "robot", "content": "hi"}, "invalid_value"),
+    (AppendMessage.op.subject, "message", {"role": "user"}, "missing_field"),
+    (AppendMessage.op.subject, "message", {"role": "user", "content": "c" * 100_001}, "too_long"),
+    (
+        AppendMessage.op.subject,
+        "message",
+        {"role": "user", "content": "hi", "extra": 1},
+        "unknown_field",
+    ),
+    (
+        AppendMessage.op.subject,
+        "message",
+        {"role": "tool", "content": "", "tool_call_id": "a.b"},
+        "pattern",
+    ),
+    (
+        AppendMessage.op.subject,
+        "message",
+        {"role": "user", "content": "", "tool_calls": [1]},
+        "wrong_type",
+    ),
+    (AppendMessages.op.subject, "messages", [], "too_short"),
+    (
+        AppendMessages.op.subject,
+        "messages",
+        [{"role": "user", "content": "x"}] * 1001,
+        "too_long",
+    ),
+    (
+        AppendMessages.op.subject,
+        "messages",
+        [{"role": "user", "content": "x"}, {}],
+        "missing_field",
+    ),
+    (AppendMessages.op.subject, "org_id", "o>", "pattern"),
+    (RedactMessage.op.subject, "message_id", "m\n", "pattern"),
+    (RedactMessage.op.subject, "reason", "r" * 4001, "too_long"),
+    (DeleteConversation.op.subject, "session_id", "x" * 65, "pattern"),
+    (ListMessages.op.subject, "order", "sideways", "invalid_value"),
+    (ListMessages.op.subject, "since", -1, "out_of_range"),
+    (ListMessages.op.subject, "until", 1.5, "wrong_type"),
+    (ListMessages.op.subject, "role", "robot", "invalid_value"),
+    (ListMessages.op.subject, "limit", 501, "out_of_range"),
+    (ListMessages.op.subject, "cursor", "c" * 513, "too_long"),
+    (LastMessages.op.subject, "n", 0, "out_of_range"),
+    (LastMessages.op.subject, "n", 501, "out_of_range"),
+    (LastMessages.op.subject, "session_id", "s 1", "pattern"),
+    (SearchMessages.op.subject, "text", "", "too_short"),
+    (SearchMessages.op.subject, "text", "t" * 1001, "too_long"),
+    (SearchMessages.op.subject, "role", "robot", "invalid_value"),
+    (SearchMessages.op.subject, "limit", 0, "out_of_range"),
+    (SearchMessages.op.subject, "session_id", "s.>", "pattern"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("subject", "field", "value"),
-    [pytest.param(s, f, v, id=f"{s}-{f}-{i}") for i, (s, f, v) in enumerate(BAD_VALUES)],
+    ("subject", "field", "value", "reason"),
+    [pytest.param(s, f, v, r, id=f"{s}-{f}-{i}") for i, (s, f, v, r) in enumerate(BAD_VALUES)],
 )
-async def test_bad_value(bus: Bus, subject: str, field: str, value: Any) -> None:
+async def test_bad_value(bus: Bus, subject: str, field: str, value: Any, reason: str) -> None:
     body = {**VALID[subject], field: value}
-    await assert_invalid(bus, subject, encode(body), f"`$.{field}")
+    await assert_invalid(bus, subject, encode(body), f"`$.{field}", under=field, reason=reason)
 
 
 async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
     # Valid base64 whose bytes are not UTF-8.
+    where = {"path": "$.cursor", "reason": "invalid_value"}
     body = {"org_id": "o1", "cursor": "_w"}
-    text = await assert_invalid(bus, ListUsers.op.subject, encode(body), "cursor")
+    text = await assert_invalid(bus, ListUsers.op.subject, encode(body), "cursor", **where)
     assert "_w" in text or "returned" in text
     body = {"aggregate": "org", "id": "o1", "cursor": "_w"}
-    text = await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor")
+    text = await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor", **where)
     assert "_w" in text or "returned" in text
     for subject in (ListAgents.op.subject, ListTools.op.subject):
-        await assert_invalid(bus, subject, encode({"cursor": "_w"}), "cursor")
+        await assert_invalid(bus, subject, encode({"cursor": "_w"}), "cursor", **where)
     body = {"session_id": "s1", "cursor": "_w"}
-    await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor")
+    await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor", **where)
     # The service's own cursor format, from another subject: a key that is no position.
     body = {"session_id": "s1", "cursor": encode_cursor("not-a-position")}
-    await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor")
+    await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor", **where)
 
 
 # Values of the right shape that a handler refuses: still invalid, still nothing appended.
@@ -630,33 +742,62 @@ async def test_a_state_document_over_the_cap(bus: Bus) -> None:
     client = Client(bus.nc, bus.admin_token)
     agent_id = (await client.create_agent("Capped")).fields["agent_id"]
     body = {"agent_id": agent_id, "state": {"k": "x" * MAX_STATE_BYTES}}
-    await assert_invalid(bus, SetAgentState.op.subject, encode(body), "state document")
+    await assert_invalid(
+        bus,
+        SetAgentState.op.subject,
+        encode(body),
+        "state document",
+        path="$.state",
+        reason="too_large",
+    )
     deep: dict[str, Any] = {}
     for _ in range(100):
         deep = {"a": deep}
     body = {"agent_id": agent_id, "patch": deep}
-    await assert_invalid(bus, PatchAgentState.op.subject, encode(body), "levels deep")
+    await assert_invalid(
+        bus,
+        PatchAgentState.op.subject,
+        encode(body),
+        "levels deep",
+        path="$.patch",
+        reason="too_deep",
+    )
 
 
 @pytest.mark.parametrize(
-    "parameters",
+    ("parameters", "path", "reason"),
     [
-        {"type": "objekt"},
-        {"type": "object", "properties": {"a": {"type": 5}}},
-        {"type": "string"},
-        {"type": "object", "description": "x" * 70_000},
+        ({"type": "objekt"}, "$.parameters.type", "invalid_value"),
+        ({"type": "object", "properties": {"a": {"type": 5}}}, None, "invalid_value"),
+        ({"type": "string"}, "$.parameters.type", "invalid_value"),
+        ({"type": "object", "description": "x" * 70_000}, "$.parameters", "too_large"),
     ],
 )
 async def test_tool_parameters_that_are_no_object_schema(
-    bus: Bus, parameters: dict[str, Any]
+    bus: Bus, parameters: dict[str, Any], path: str | None, reason: str
 ) -> None:
     body = {"name": f"broken_{ids.new_id()}", "parameters": parameters}
-    await assert_invalid(bus, RegisterTool.op.subject, encode(body), "parameters")
+    await assert_invalid(
+        bus,
+        RegisterTool.op.subject,
+        encode(body),
+        "parameters",
+        path=path,
+        under="parameters",
+        reason=reason,
+    )
 
 
 async def test_a_search_for_no_one(bus: Bus) -> None:
     for body in ({"text": "hello"}, {"text": "hello", "session_id": "s1", "role": "user"}):
-        await assert_invalid(bus, SearchMessages.op.subject, encode(body), "agent_id or user_id")
+        await assert_invalid(
+            bus,
+            SearchMessages.op.subject,
+            encode(body),
+            "agent_id or user_id",
+            path="$",
+            reason="missing_field",
+        )
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -664,7 +805,9 @@ async def test_a_nul_character_in_any_string(bus: Bus, subject: str) -> None:
     # Postgres text cannot hold U+0000, so no request may carry one (a projection on
     # Postgres would have to park its event). The field need not even exist.
     body = {**VALID[subject], "no_such_field": "a\u0000b"}
-    await assert_invalid(bus, subject, encode(body), "NUL")
+    await assert_invalid(
+        bus, subject, encode(body), "NUL", path="$.no_such_field", reason="nul_character"
+    )
 
 
 async def test_an_escaped_backslash_before_u0000_is_no_nul(bus: Bus) -> None:
@@ -675,8 +818,10 @@ async def test_an_escaped_backslash_before_u0000_is_no_nul(bus: Bus) -> None:
 
 
 async def test_a_tool_named_by_neither_or_both(bus: Bus) -> None:
-    for body in ({}, {"tool_id": "t1", "name": "n"}):
-        await assert_invalid(bus, GetTool.op.subject, encode(body), "exactly one")
+    for body, reason in (({}, "missing_field"), ({"tool_id": "t1", "name": "n"}, "invalid_value")):
+        await assert_invalid(
+            bus, GetTool.op.subject, encode(body), "exactly one", path="$", reason=reason
+        )
 
 
 # And afterwards ----------------------------------------------------------------------
@@ -736,7 +881,10 @@ BAD_CREDENTIALS: dict[str, Callable[[Bus], dict[str, str]]] = {
         str(tokens.new_token("session", admin_parts(bus).org_id, admin_parts(bus).user_id))
     ),
 }
-MALFORMED_CREDENTIALS = {"none", "not-a-token", "truncated-secret", "other-scheme", "other-header"}
+# What each is told: that credentials are needed (no Authorization header), that they are
+# malformed (a header, but no well-formed token in it), or that they are not valid.
+NO_CREDENTIALS = {"none", "other-header"}
+MALFORMED_CREDENTIALS = {"not-a-token", "truncated-secret", "other-scheme"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -751,8 +899,10 @@ async def revoked_key(bus: Bus) -> str:
 
 
 async def assert_unauthenticated(
-    bus: Bus, subject: str, payload: bytes, headers: dict[str, str], malformed: bool
+    bus: Bus, subject: str, payload: bytes, headers: dict[str, str], told: str
 ) -> None:
+    """``told``: how the message begins ("credentials needed", "malformed credentials" or
+    "credentials are not valid")."""
     before = await last_seq(bus)
     raw = await bus.ask(subject, payload, headers=headers)
     reply = envelope.decode(raw)
@@ -761,8 +911,9 @@ async def assert_unauthenticated(
     assert reply.error.code == "unauthenticated", reply.error
     text = reply.error.message
     # It says what is wrong with the credentials, and nothing about the request.
-    if malformed:
-        assert tokens.HEADER in text, text
+    assert text.startswith(told), text
+    if told != "credentials are not valid":
+        assert tokens.HEADER in text, text  # and what to send instead
     for leak in ("JSON", "invalid request", "field", "not found", "does not exist"):
         assert leak not in text, text
     # No part of what was presented comes back.
@@ -782,15 +933,53 @@ async def test_bad_credentials_are_unauthenticated(
     write) and a malformed one are refused alike."""
     payload = encode(VALID[subject]) if body == "valid" else b"not json"
     headers = BAD_CREDENTIALS[credentials](bus)
-    await assert_unauthenticated(
-        bus, subject, payload, headers, credentials in MALFORMED_CREDENTIALS
-    )
+    if credentials in NO_CREDENTIALS:
+        told = "credentials needed"
+    elif credentials in MALFORMED_CREDENTIALS:
+        told = "malformed credentials"
+    else:
+        told = "credentials are not valid"
+    await assert_unauthenticated(bus, subject, payload, headers, told)
 
 
 @pytest.mark.parametrize("subject", PROTECTED)
 async def test_a_revoked_key_is_unauthenticated(bus: Bus, revoked_key: str, subject: str) -> None:
     payload = encode(VALID[subject])
-    await assert_unauthenticated(bus, subject, payload, bearer(revoked_key), malformed=False)
+    await assert_unauthenticated(
+        bus, subject, payload, bearer(revoked_key), "credentials are not valid"
+    )
+
+
+@pytest.mark.parametrize("name", ["authorization", "AUTHORIZATION", "aUtHoRiZaTiOn"])
+async def test_the_authorization_header_is_matched_whatever_its_case(bus: Bus, name: str) -> None:
+    reply = envelope.decode(
+        await bus.ask(ListOrgs.op.subject, b"{}", headers={name: f"Bearer {bus.admin_token}"})
+    )
+    assert reply.ok, reply
+    # And a malformed one, whatever the case of its name, is called malformed.
+    before = await last_seq(bus)
+    raw = await bus.ask(CreateOrg.op.subject, encode({"name": "Never"}), {name: "Bearer nope"})
+    refused = envelope.decode(raw)
+    assert refused.error is not None, refused
+    assert refused.error.code == "unauthenticated", refused
+    assert refused.error.message.startswith("malformed credentials"), refused
+    assert await last_seq(bus) == before
+
+
+async def test_a_malformed_credential_is_told_apart_from_a_missing_one(bus: Bus) -> None:
+    told = {}
+    for kind in ("none", "not-a-token", "other-scheme", "unknown"):
+        reply = envelope.decode(
+            await bus.ask(ListOrgs.op.subject, b"{}", headers=BAD_CREDENTIALS[kind](bus))
+        )
+        assert reply.error is not None, reply
+        assert reply.error.code == "unauthenticated", reply
+        told[kind] = reply.error.message
+    assert len(set(told.values())) == len(told), told  # each is told what is wrong
+    assert told["none"].startswith("credentials needed"), told
+    assert told["not-a-token"].startswith("malformed credentials"), told
+    assert "Bearer" in told["other-scheme"], told
+    assert told["unknown"].startswith("credentials are not valid"), told
 
 
 async def test_the_public_subjects_answer_without_credentials(bus: Bus) -> None:
@@ -838,4 +1027,6 @@ async def test_a_history_cursor_whose_key_is_no_sequence(bus: Bus, key: str) -> 
     """A cursor in the service's own format (one from agentmem.q.user.list, say) whose key
     is not a log sequence."""
     body = {"aggregate": "org", "id": admin_parts(bus).org_id, "cursor": encode_cursor(key)}
-    await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor")
+    await assert_invalid(
+        bus, GetHistory.op.subject, encode(body), "cursor", path="$.cursor", reason="invalid_value"
+    )

@@ -135,12 +135,22 @@ def test_depth_and_bounds() -> None:
         deep = [deep]
     assert depth(deep) == 5000
     with pytest.raises(InvalidError, match="nests 5000 levels") as nested:
-        check_bounds(deep, "doc", 10**9)
-    assert nested.value.details == {"depth": 5000, "max_depth": MAX_DEPTH}
+        check_bounds(deep, "doc", 10**9, path="$.doc")
+    assert nested.value.details == {
+        "path": "$.doc",
+        "reason": "too_deep",
+        "depth": 5000,
+        "max_depth": MAX_DEPTH,
+    }
     with pytest.raises(InvalidError, match="is 13 bytes as JSON; at most 12") as big:
-        check_bounds({"a": "12345"}, "doc", 12)
-    assert big.value.details == {"size": 13, "max_bytes": 12}
-    check_bounds({"a": "12345"}, "doc", 13)
+        check_bounds({"a": "12345"}, "doc", 12, path="$.doc")
+    assert big.value.details == {
+        "path": "$.doc",
+        "reason": "too_large",
+        "size": 13,
+        "max_bytes": 12,
+    }
+    check_bounds({"a": "12345"}, "doc", 13, path="$.doc")
 
 
 # Evolve ----------------------------------------------------------------------------------

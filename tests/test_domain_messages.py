@@ -102,8 +102,13 @@ def test_deeply_nested_metadata_is_refused() -> None:
     deep: dict[str, Any] = {}
     for _ in range(100):
         deep = {"x": deep}
-    with pytest.raises(InvalidError, match="message 1's metadata nests"):
+    with pytest.raises(InvalidError, match="message 1's metadata nests") as batch:
         messages.append(ORG, "s1", "a1", None, [said("a"), said("b", metadata=deep)], ["1", "2"])
+    assert batch.value.details["path"] == "$.messages[1].metadata"
+    assert batch.value.details["reason"] == "too_deep"
+    with pytest.raises(InvalidError, match="the message's tool_calls nests") as one:
+        messages.append(ORG, "s1", "a1", None, [said("a", tool_calls=[deep])], ["1"], single=True)
+    assert one.value.details["path"] == "$.message.tool_calls"
 
 
 def test_redaction_and_deletion_write_without_an_expected_version() -> None:

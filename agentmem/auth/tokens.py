@@ -63,7 +63,7 @@ def parse(value: str | None) -> Token | None:
         return None
     scheme, _, raw = value.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raw = value.strip()
+        raw = value.strip()  # a bare token, without "Bearer "
     parts = raw.strip().split("_")
     if len(parts) != 5 or parts[0] not in (API_KEY_PREFIX, SESSION_PREFIX):
         return None
@@ -72,3 +72,18 @@ def parse(value: str | None) -> Token | None:
         return None
     kind: Kind = "key" if prefix == API_KEY_PREFIX else "session"
     return Token(kind, org_id, user_id, credential_id, secret)
+
+
+def malformed(value: str) -> str:
+    """What is wrong with a header value that :func:`parse` refused, in words that quote no
+    part of it (it may hold a secret)."""
+    scheme, _, raw = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        if not raw.strip():
+            return "there is no token after 'Bearer'"
+    elif raw.strip():
+        return "its scheme is not Bearer"
+    return (
+        "the token is not an AgentMem API key (amk_<org>_<user>_<key>_<64 hex digits>) "
+        "or session token (ams_...)"
+    )

@@ -25,7 +25,7 @@ from agentmem.commands import (
 )
 from agentmem.domain.aggregate import Loaded, Write, check_version
 from agentmem.domain.jsondoc import MAX_DEPTH, check_bounds, depth, merge_patch
-from agentmem.errors import ConflictError, InvalidError, NotFoundError
+from agentmem.errors import ConflictError, NotFoundError
 from agentmem.events import (
     AgentArchived,
     AgentCreated,
@@ -36,6 +36,7 @@ from agentmem.events import (
     AgentUpdated,
     AnyEvent,
 )
+from agentmem.validation import invalid
 
 # The state document is read and rewritten whole on every turn: keep it small enough that
 # doing so stays cheap (and far below the log's message size).
@@ -209,9 +210,14 @@ def delete(
 
 
 def _state_write(
-    state: Loaded[StateDocument], agent_id: str, document: dict[str, Any], patched: bool
+    state: Loaded[StateDocument],
+    agent_id: str,
+    document: dict[str, Any],
+    patched: bool,
+    path: str,
 ) -> list[Write]:
-    check_bounds(document, "the state document", MAX_STATE_BYTES)
+    """``path``: what in the request made ``document`` (``$.state`` or ``$.patch``)."""
+    check_bounds(document, "the state document", MAX_STATE_BYTES, path=path)
     event = AgentStateSet(agent_id=agent_id, state=document, patched=patched)
     # Always at the version read, even without an expected_version: this is what makes a
     # state write racing a deletion (which clears the state subject) fail and decide again.
@@ -224,7 +230,7 @@ def set_state(
     """Replace the document. ``expected_version`` is the state's version (0: never set)."""
     require_active(loaded, command.agent_id)
     check_version(state, command.expected_version)
-    return _state_write(state, command.agent_id, command.state, patched=False)
+    return _state_write(state, command.agent_id, command.state, patched=False, path="$.state")
 
 
 def patch_state(
@@ -235,10 +241,14 @@ def patch_state(
     check_version(state, command.expected_version)
     nested = depth(command.patch)
     if nested > MAX_DEPTH:
-        raise InvalidError(
+        raise invalid(
             f"the patch nests {nested} levels deep; at most {MAX_DEPTH} are allowed",
-            {"depth": nested, "max_depth": MAX_DEPTH},
+            "$.patch",
+            "too_deep",
+            depth=nested,
+            max_depth=MAX_DEPTH,
         )
     current = state.state.state if state.state is not None else {}
     document: dict[str, Any] = merge_patch(current, command.patch)
-    return _state_write(state, command.agent_id, document, patched=True)
+    # The document a patch makes is too large: the patch is what was sent.
+    return _state_write(state, command.agent_id, document, patched=True, path="$.patch")

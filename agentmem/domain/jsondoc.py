@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from agentmem.errors import InvalidError
+from agentmem.validation import invalid
 
 # Deeper than any document a person or a model writes on purpose; shallow enough that the
 # recursive code that reads documents (the merge below, a JSON Schema check) stays far from
@@ -64,18 +64,27 @@ def encoded_size(value: Any) -> int:
     return len(_encoder.encode(value))
 
 
-def check_bounds(value: Any, what: str, max_bytes: int, max_depth: int = MAX_DEPTH) -> None:
+def check_bounds(
+    value: Any, what: str, max_bytes: int, max_depth: int = MAX_DEPTH, *, path: str
+) -> None:
     """Raise ``invalid`` when ``value`` nests deeper than ``max_depth`` or encodes to more than
-    ``max_bytes``; ``what`` names it in the message ("state", "parameters")."""
+    ``max_bytes``; ``what`` names it in the message ("state", "parameters"), ``path`` is where
+    it is in the request ("$.state")."""
     nested = depth(value)
     if nested > max_depth:
-        raise InvalidError(
+        raise invalid(
             f"{what} nests {nested} levels deep; at most {max_depth} are allowed",
-            {"depth": nested, "max_depth": max_depth},
+            path,
+            "too_deep",
+            depth=nested,
+            max_depth=max_depth,
         )
     size = encoded_size(value)
     if size > max_bytes:
-        raise InvalidError(
+        raise invalid(
             f"{what} is {size} bytes as JSON; at most {max_bytes} are allowed",
-            {"size": size, "max_bytes": max_bytes},
+            path,
+            "too_large",
+            size=size,
+            max_bytes=max_bytes,
         )

@@ -64,16 +64,22 @@ def append(
     user_id: str | None,
     messages: list[NewMessage],
     message_ids: list[str],
+    *,
+    single: bool = False,
 ) -> list[Write]:
     """One commit of every message, in order, written whatever the conversation's version.
-    The caller has checked the speakers (``check_speakers``)."""
+    The caller has checked the speakers (``check_speakers``). ``single``: the one message
+    of ``message.append`` (``$.message``), not those of a batch (``$.messages[n]``)."""
     if len(message_ids) != len(messages):
         raise ValueError("one id per message")
     events: list[MessageAppended] = []
     for n, (message, message_id) in enumerate(zip(messages, message_ids, strict=True)):
         which = f"message {n}" if len(messages) > 1 else "the message"
-        check_bounds(message.tool_calls, f"{which}'s tool_calls", MAX_JSON_BYTES)
-        check_bounds(message.metadata, f"{which}'s metadata", MAX_JSON_BYTES)
+        at = "$.message" if single else f"$.messages[{n}]"
+        check_bounds(
+            message.tool_calls, f"{which}'s tool_calls", MAX_JSON_BYTES, path=f"{at}.tool_calls"
+        )
+        check_bounds(message.metadata, f"{which}'s metadata", MAX_JSON_BYTES, path=f"{at}.metadata")
         events.append(
             MessageAppended(
                 message_id=message_id,

@@ -22,7 +22,7 @@ from agentmem import subjects
 from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.domain.aggregate import Loaded, Write, check_version
 from agentmem.domain.jsondoc import check_bounds
-from agentmem.errors import ConflictError, InvalidError, NotFoundError
+from agentmem.errors import ConflictError, NotFoundError
 from agentmem.events import (
     AnyEvent,
     ToolDeleted,
@@ -31,6 +31,7 @@ from agentmem.events import (
     ToolRegistered,
     ToolUpdated,
 )
+from agentmem.validation import invalid
 
 # A schema travels with every prompt that offers the tool; requests are capped at 256 KiB.
 MAX_PARAMETERS_BYTES = 64 * 1024
@@ -102,22 +103,26 @@ def require_live(loaded: Loaded[Tool], tool_id: str) -> Tool:
 
 def check_parameters(parameters: Mapping[str, Any]) -> None:
     """Raise ``invalid`` unless ``parameters`` is a JSON Schema (Draft 2020-12) of an object."""
-    check_bounds(parameters, "parameters", MAX_PARAMETERS_BYTES)
+    check_bounds(parameters, "parameters", MAX_PARAMETERS_BYTES, path="$.parameters")
     try:
         Draft202012Validator.check_schema(parameters)
     except SchemaError as exc:
         path = exc.json_path.replace("$", "$.parameters", 1)
-        raise InvalidError(
+        raise invalid(
             f"parameters is not a valid JSON Schema (Draft 2020-12): {exc.message} at {path}",
-            {"path": path, "schema_error": exc.message},
+            path,
+            "invalid_value",
+            schema_error=exc.message,
         ) from None
     except RecursionError:  # bounded by the depth check; kept as a last line of defence
-        raise InvalidError("parameters nests too deeply to check") from None
+        raise invalid("parameters nests too deeply to check", "$.parameters", "too_deep") from None
     if parameters.get("type") != "object":
-        raise InvalidError(
+        raise invalid(
             'parameters must describe an object: its top level needs "type": "object" '
             "(what function-calling models accept)",
-            {"path": "$.parameters.type", "found": parameters.get("type")},
+            "$.parameters.type",
+            "invalid_value",
+            found=parameters.get("type"),
         )
 
 
