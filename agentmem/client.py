@@ -46,6 +46,7 @@ from agentmem.commands import (
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import MessageRole, Role
 from agentmem.headers import header
+from agentmem.protocol import Operation, Request, operation_of
 from agentmem.queries import (
     EmailExists,
     GetAgent,
@@ -131,24 +132,37 @@ class Client:
             raise ERRORS_BY_CODE.get(error.code, InternalError)(error.message, error.details)
         return reply
 
-    async def _command(self, subject: str, **body: Any) -> Written:
-        reply = await self.request(subject, body)
+    async def send(self, request: Request) -> Any:
+        """Any operation, from its request Struct alone: ``client.send(CreateAgent(name=
+        "Helper"))``. A command answers ``Written``; a query or system request the reply
+        type its operation declares (``agentmem.protocol``). The methods below are this,
+        one operation each."""
+        body = msgspec.to_builtins(request)
+        return await self._send(operation_of(type(request)), body)
+
+    async def _send(self, operation: Operation, body: dict[str, Any]) -> Any:
+        reply = await self.request(operation.subject, body)
+        if operation.kind != "command":
+            return msgspec.convert(reply.data, operation.reply)
         data = dict(reply.data)
         seq = reply.seq or 0
         self.last_seq = max(self.last_seq, seq)
         return Written(event=data.pop("event"), version=data.pop("version"), seq=seq, fields=data)
 
-    async def _query(self, subject: str, result: type[T], **body: Any) -> T:
-        reply = await self.request(subject, body)
-        return msgspec.convert(reply.data, result)
+    async def _command(self, request_type: type[Request], **body: Any) -> Written:
+        written: Written = await self._send(operation_of(request_type), body)
+        return written
+
+    async def _query(self, request_type: type[Request], result: type[T], **body: Any) -> T:
+        """``result``: the type this method returns, the declared reply or one it unwraps."""
+        converted: T = msgspec.convert(await self._send(operation_of(request_type), body), result)
+        return converted
 
     # Organizations ----------------------------------------------------------------------
     async def create_org(
         self, name: str, *, org_id: str | None = None, command_id: str | None = None
     ) -> Written:
-        return await self._command(
-            CreateOrg.op.subject, name=name, org_id=org_id, command_id=command_id
-        )
+        return await self._command(CreateOrg, name=name, org_id=org_id, command_id=command_id)
 
     async def rename_org(
         self,
@@ -159,7 +173,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            RenameOrg.op.subject,
+            RenameOrg,
             org_id=org_id,
             name=name,
             expected_version=expected_version,
@@ -170,20 +184,20 @@ class Client:
         self, org_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            DeleteOrg.op.subject,
+            DeleteOrg,
             org_id=org_id,
             expected_version=expected_version,
             command_id=command_id,
         )
 
     async def get_org(self, org_id: str, *, after_seq: int | None = None) -> Org:
-        return await self._query(GetOrg.op.subject, Org, org_id=org_id, after_seq=after_seq)
+        return await self._query(GetOrg, Org, org_id=org_id, after_seq=after_seq)
 
     async def list_orgs(
         self, *, limit: int = 50, cursor: str | None = None, after_seq: int | None = None
     ) -> Page[Org]:
         return await self._query(
-            ListOrgs.op.subject, Page[Org], limit=limit, cursor=cursor, after_seq=after_seq
+            ListOrgs, Page[Org], limit=limit, cursor=cursor, after_seq=after_seq
         )
 
     # Users ------------------------------------------------------------------------------
@@ -199,7 +213,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            RegisterUser.op.subject,
+            RegisterUser,
             user_id=user_id,
             org_id=org_id,
             name=name,
@@ -219,7 +233,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            UpdateProfile.op.subject,
+            UpdateProfile,
             user_id=user_id,
             name=name,
             email=email,
@@ -237,7 +251,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            ChangePassword.op.subject,
+            ChangePassword,
             user_id=user_id,
             old_password=old_password,
             new_password=new_password,
@@ -254,7 +268,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            SetRoles.op.subject,
+            SetRoles,
             user_id=user_id,
             roles=roles,
             expected_version=expected_version,
@@ -265,17 +279,17 @@ class Client:
         self, user_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            DeleteUser.op.subject,
+            DeleteUser,
             user_id=user_id,
             expected_version=expected_version,
             command_id=command_id,
         )
 
     async def get_user(self, user_id: str, *, after_seq: int | None = None) -> User:
-        return await self._query(GetUser.op.subject, User, user_id=user_id, after_seq=after_seq)
+        return await self._query(GetUser, User, user_id=user_id, after_seq=after_seq)
 
     async def get_user_by_email(self, email: str, *, after_seq: int | None = None) -> User:
-        return await self._query(GetUserByEmail.op.subject, User, email=email, after_seq=after_seq)
+        return await self._query(GetUserByEmail, User, email=email, after_seq=after_seq)
 
     async def email_exists(self, email: str, *, after_seq: int | None = None) -> bool:
         reply = await self.request(EmailExists.op.subject, {"email": email, "after_seq": after_seq})
@@ -290,7 +304,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[User]:
         return await self._query(
-            ListUsers.op.subject,
+            ListUsers,
             Page[User],
             org_id=org_id,
             limit=limit,
@@ -302,23 +316,19 @@ class Client:
     async def login(self, email: str, password: str, *, ttl_seconds: int | None = None) -> Written:
         """Start a session; ``written.fields["token"]`` is the session token (shown once).
         The client keeps using its own token: ``client.with_token(...)`` acts as the user."""
-        return await self._command(
-            Login.op.subject, email=email, password=password, ttl_seconds=ttl_seconds
-        )
+        return await self._command(Login, email=email, password=password, ttl_seconds=ttl_seconds)
 
     async def logout(self) -> Written:
-        return await self._command(Logout.op.subject)
+        return await self._command(Logout)
 
     async def create_api_key(
         self, name: str, *, user_id: str | None = None, command_id: str | None = None
     ) -> Written:
         """``written.fields["token"]`` is the key (shown once; only its digest is stored)."""
-        return await self._command(
-            CreateApiKey.op.subject, name=name, user_id=user_id, command_id=command_id
-        )
+        return await self._command(CreateApiKey, name=name, user_id=user_id, command_id=command_id)
 
     async def revoke_api_key(self, key_id: str, *, user_id: str | None = None) -> Written:
-        return await self._command(RevokeApiKey.op.subject, key_id=key_id, user_id=user_id)
+        return await self._command(RevokeApiKey, key_id=key_id, user_id=user_id)
 
     async def list_api_keys(
         self, *, user_id: str | None = None, after_seq: int | None = None
@@ -337,16 +347,13 @@ class Client:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[dict[str, Any]]:
-        """Every commit on an org, user, agent, tool or conversation (by session id)."""
-        return await self._query(
-            GetHistory.op.subject,
-            Page[dict[str, Any]],
-            aggregate=aggregate,
-            id=aggregate_id,
-            org_id=org_id,
-            limit=limit,
-            cursor=cursor,
+        """Every commit on an org, user, agent, tool or conversation (by session id), each
+        entry as a dict (its events are those of docs/events.md)."""
+        body = {"aggregate": aggregate, "id": aggregate_id, "org_id": org_id}
+        reply = await self.request(
+            GetHistory.op.subject, {**body, "limit": limit, "cursor": cursor}
         )
+        return msgspec.convert(reply.data, Page[dict[str, Any]])
 
     # Agents -----------------------------------------------------------------------------
     async def create_agent(
@@ -363,7 +370,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            CreateAgent.op.subject,
+            CreateAgent,
             name=name,
             description=description,
             persona=persona,
@@ -389,7 +396,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            UpdateAgent.op.subject,
+            UpdateAgent,
             agent_id=agent_id,
             name=name,
             description=description,
@@ -405,7 +412,7 @@ class Client:
         self, agent_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            ArchiveAgent.op.subject,
+            ArchiveAgent,
             agent_id=agent_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -415,7 +422,7 @@ class Client:
         self, agent_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            UnarchiveAgent.op.subject,
+            UnarchiveAgent,
             agent_id=agent_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -425,7 +432,7 @@ class Client:
         self, agent_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            DeleteAgent.op.subject,
+            DeleteAgent,
             agent_id=agent_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -441,7 +448,7 @@ class Client:
     ) -> Written:
         """Replace the state document; ``expected_version`` is the state's own version."""
         return await self._command(
-            SetAgentState.op.subject,
+            SetAgentState,
             agent_id=agent_id,
             state=state,
             expected_version=expected_version,
@@ -458,7 +465,7 @@ class Client:
     ) -> Written:
         """Apply a JSON merge patch (RFC 7396: ``None`` removes a key)."""
         return await self._command(
-            PatchAgentState.op.subject,
+            PatchAgentState,
             agent_id=agent_id,
             patch=patch,
             expected_version=expected_version,
@@ -466,7 +473,7 @@ class Client:
         )
 
     async def get_agent(self, agent_id: str, *, after_seq: int | None = None) -> Agent:
-        return await self._query(GetAgent.op.subject, Agent, agent_id=agent_id, after_seq=after_seq)
+        return await self._query(GetAgent, Agent, agent_id=agent_id, after_seq=after_seq)
 
     async def list_agents(
         self,
@@ -480,7 +487,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[Agent]:
         return await self._query(
-            ListAgents.op.subject,
+            ListAgents,
             Page[Agent],
             tag=tag,
             name_prefix=name_prefix,
@@ -492,9 +499,7 @@ class Client:
         )
 
     async def get_agent_state(self, agent_id: str, *, after_seq: int | None = None) -> AgentState:
-        return await self._query(
-            GetAgentState.op.subject, AgentState, agent_id=agent_id, after_seq=after_seq
-        )
+        return await self._query(GetAgentState, AgentState, agent_id=agent_id, after_seq=after_seq)
 
     # Conversations ----------------------------------------------------------------------
     async def append_message(
@@ -514,7 +519,7 @@ class Client:
         message: dict[str, Any] = {"role": role, "content": content, "tool_calls": tool_calls}
         message.update(tool_call_id=tool_call_id, metadata=metadata)
         return await self._command(
-            AppendMessage.op.subject,
+            AppendMessage,
             session_id=session_id,
             agent_id=agent_id,
             user_id=user_id,
@@ -535,7 +540,7 @@ class Client:
     ) -> Written:
         """Up to 1000 messages (each ``{"role", "content", ...}``), stored together or not."""
         return await self._command(
-            AppendMessages.op.subject,
+            AppendMessages,
             session_id=session_id,
             agent_id=agent_id,
             user_id=user_id,
@@ -554,7 +559,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            RedactMessage.op.subject,
+            RedactMessage,
             session_id=session_id,
             message_id=message_id,
             reason=reason,
@@ -566,7 +571,7 @@ class Client:
         self, session_id: str, *, org_id: str | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            DeleteConversation.op.subject,
+            DeleteConversation,
             session_id=session_id,
             org_id=org_id,
             command_id=command_id,
@@ -586,7 +591,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[Message]:
         return await self._query(
-            ListMessages.op.subject,
+            ListMessages,
             Page[Message],
             session_id=session_id,
             order=order,
@@ -609,7 +614,7 @@ class Client:
     ) -> list[Message]:
         """The last ``n`` messages of a session, oldest first."""
         page = await self._query(
-            LastMessages.op.subject,
+            LastMessages,
             Items[Message],
             session_id=session_id,
             n=n,
@@ -632,7 +637,7 @@ class Client:
     ) -> list[Message]:
         """Best match first, over one agent's or one user's messages."""
         page = await self._query(
-            SearchMessages.op.subject,
+            SearchMessages,
             Items[Message],
             text=text,
             agent_id=agent_id,
@@ -658,7 +663,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            RegisterTool.op.subject,
+            RegisterTool,
             name=name,
             description=description,
             parameters=parameters,
@@ -680,7 +685,7 @@ class Client:
         command_id: str | None = None,
     ) -> Written:
         return await self._command(
-            UpdateTool.op.subject,
+            UpdateTool,
             tool_id=tool_id,
             name=name,
             description=description,
@@ -694,7 +699,7 @@ class Client:
         self, tool_id: str, *, expected_version: int | None = None, command_id: str | None = None
     ) -> Written:
         return await self._command(
-            DeleteTool.op.subject,
+            DeleteTool,
             tool_id=tool_id,
             expected_version=expected_version,
             command_id=command_id,
@@ -710,7 +715,7 @@ class Client:
     ) -> Tool:
         """By id, or by name within the organization."""
         return await self._query(
-            GetTool.op.subject, Tool, tool_id=tool_id, name=name, org_id=org_id, after_seq=after_seq
+            GetTool, Tool, tool_id=tool_id, name=name, org_id=org_id, after_seq=after_seq
         )
 
     async def list_tools(
@@ -724,7 +729,7 @@ class Client:
         after_seq: int | None = None,
     ) -> Page[Tool]:
         return await self._query(
-            ListTools.op.subject,
+            ListTools,
             Page[Tool],
             tags_any=tags_any,
             tags_all=tags_all,

@@ -31,6 +31,7 @@ from agentmem.protocol import operation_of, operations
 from agentmem.queries import (
     GetAgent,
     GetHistory,
+    GetOrg,
     Health,
     LastMessages,
     ListAgents,
@@ -40,6 +41,7 @@ from agentmem.queries import (
     SearchMessages,
     Status,
 )
+from agentmem.replies import HealthReport, Org
 from tests.realparts import bearer
 
 STORES = ("sqlite", "postgres")
@@ -158,3 +160,17 @@ def test_every_request_schema_accepts_what_the_struct_accepts(operation: Any) ->
     described = asyncapi.document()["components"]["schemas"][operation.request.__name__]
     assert sorted(described.get("required", [])) == sorted(required)
     assert jsonschema.Draft202012Validator(schema).is_valid({"bogus": 1}) is False
+
+
+async def test_client_send_speaks_any_operation_from_its_request_alone(client: Client) -> None:
+    """No client code per operation: the request Struct says where it goes and what comes
+    back."""
+    created = await client.send(CreateOrg(name="Sent"))
+    assert created.event == "org.created"
+    assert created.seq == client.last_seq
+    org = await client.send(GetOrg(org_id=created.fields["org_id"], after_seq=created.seq))
+    assert isinstance(org, Org)
+    assert org.name == "Sent"
+    health = await client.send(Health())
+    assert isinstance(health, HealthReport)
+    assert health.live
