@@ -1,11 +1,13 @@
 """Tools over NATS, against the real service and a real nats-server, on each projection
 store (``STORES``): the lifecycle, names unique within an organization (also under
-concurrency), JSON Schema checks, tag filters and pages, organizations kept apart, roles.
+concurrency), JSON Schema checks (and that none holds the event loop), tag filters and pages,
+organizations kept apart, roles.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from agentmem import (
     subjects,
 )
 from agentmem.client import Tool
+from agentmem.domain import tools
 from agentmem.events import ToolRegistered, decode_commit
 from tests.realparts import read_log
 from tests.support import NatsServer
@@ -281,6 +284,72 @@ async def test_invalid_parameters_are_refused(
     assert await last_seq(nc) == before
     with pytest.raises(NotFoundError):
         await api.get_tool(name="broken", after_seq=before)
+
+
+# A check that would hold the event loop ------------------------------------------------
+def slow_to_check() -> dict[str, Any]:
+    """The schema of the finding: 6,646 distinct objects in a ``type`` array, 65 KB. jsonschema
+    compares them pairwise (``uniqueItems``); on the event loop that took 52 s."""
+    schema = {"type": "object", "properties": {"x": {"type": [{"": i} for i in range(6646)]}}}
+    assert len(msgspec.json.encode(schema)) <= tools.MAX_PARAMETERS_BYTES
+    return schema
+
+
+async def health_gaps(nc: NATS, stop: asyncio.Event) -> list[float]:
+    """Ask ``agentmem.sys.health`` again 5 ms after each answer, until ``stop``; the time
+    between one answer and the next. The service runs in this process: a stall of its event
+    loop stalls this loop too, and shows as a long gap wherever this probe was waiting."""
+    gaps = []
+    last = time.perf_counter()
+    while not stop.is_set():
+        try:
+            reply = await nc.request(subjects.SYS_HEALTH, b"{}", timeout=5)
+            assert msgspec.json.decode(reply.data)["ok"], reply.data
+        except nats.errors.TimeoutError:
+            pass  # the gap says how long
+        now = time.perf_counter()
+        gaps.append(now - last)
+        await asyncio.sleep(0.005)
+        last = now
+    return gaps
+
+
+@pytest.mark.parametrize("verb", ["register", "update"])
+async def test_a_schema_slow_to_check_never_holds_the_event_loop(
+    client: Client, acme: tuple[str, Client], nc: NATS, verb: str
+) -> None:
+    """While a member's tool.register or tool.update carries the schema of the finding,
+    health keeps answering within 100 ms; the schema is refused as invalid, naming where."""
+    org_id, _ = acme
+    member = await as_user(client, org_id, "member@acme.example", ["member"])
+    tool_id = (await member.register_tool("ok")).fields["tool_id"]
+    parameters = slow_to_check()
+    before = await last_seq(nc)
+
+    stop = asyncio.Event()
+    probe = asyncio.create_task(health_gaps(nc, stop))
+    await asyncio.sleep(0.05)  # health is answering
+    if verb == "register":
+        call = member.register_tool("heavy", parameters=parameters)
+    else:
+        call = member.update_tool(tool_id, parameters=parameters)
+    [outcome] = await asyncio.gather(call, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    stop.set()
+    gaps = await probe
+
+    # Each answer within 100 ms of the one before (5 ms of which the probe waits itself).
+    longest = max(gaps)
+    assert longest < 0.1, (
+        f"health went {longest * 1000:.0f} ms without an answer while {verb} was checked "
+        f"({len(gaps)} answers; {verb} answered {outcome!r:.200})"
+    )
+    assert isinstance(outcome, InvalidError), outcome
+    assert outcome.details["path"] == "$.parameters.properties.x.type"
+    assert "type array" in outcome.details["reason"]
+    assert await last_seq(nc) == before
+    with pytest.raises(NotFoundError):
+        await member.get_tool(name="heavy", after_seq=before)
 
 
 # Lists -----------------------------------------------------------------------------------
