@@ -257,6 +257,22 @@ def test_the_shape_check_passes_what_the_caps_allow(schema: dict[str, Any]) -> N
     tools.check_parameters_shape(schema)
 
 
+def test_decide_runs_only_the_cheap_checks() -> None:
+    """register and update refuse what the shape check and the top-level type refuse; the
+    JSON Schema check itself is the caller's, off the event loop (consumers/tools.py)."""
+    with pytest.raises(InvalidError) as refused:
+        tools.register(
+            loaded_tool(),
+            register(parameters=finding()),
+            org_id=ORG,
+            tool_id=TOOL,
+            reservation=reservation("get_weather"),
+        )
+    assert refused.value.details["path"] == "$.parameters.properties.x.type"
+    with pytest.raises(InvalidError, match="type array"):
+        tools.update(loaded_tool(REGISTERED), UpdateTool(tool_id=TOOL, parameters=finding()))
+
+
 # Register --------------------------------------------------------------------------------
 def register(name: str = "get_weather", **fields: Any) -> RegisterTool:
     defaults: dict[str, Any] = {

@@ -295,6 +295,13 @@ def slow_to_check() -> dict[str, Any]:
     return schema
 
 
+def largest_allowed() -> dict[str, Any]:
+    """A valid schema at the value cap, made of empty subschemas: the costliest JSON Schema
+    check the caps let through (about 0.5 s of CPU), which must run off the event loop."""
+    half = (tools.MAX_PARAMETERS_VALUES - 3) // 2
+    return {"type": "object", "allOf": [{}] * half, "anyOf": [{}] * half}
+
+
 async def health_gaps(nc: NATS, stop: asyncio.Event) -> list[float]:
     """Ask ``agentmem.sys.health`` again 5 ms after each answer, until ``stop``; the time
     between one answer and the next. The service runs in this process: a stall of its event
@@ -350,6 +357,38 @@ async def test_a_schema_slow_to_check_never_holds_the_event_loop(
     assert await last_seq(nc) == before
     with pytest.raises(NotFoundError):
         await member.get_tool(name="heavy", after_seq=before)
+
+
+async def test_the_costliest_schema_allowed_is_checked_off_the_event_loop(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    """The costliest JSON Schema check that the caps let through (~0.5 s of CPU) runs in a
+    thread, so the event loop keeps turning meanwhile. It turns slower (it waits for the GIL,
+    ~5 ms a time, and on a busy machine for a core), so the bound is relative: no stall comes
+    near the check's own length, as it would if the check ran on the loop."""
+    org_id, _ = acme
+    member = await as_user(client, org_id, "member@acme.example", ["member"])
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - started - 0.001)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.02)
+    started = time.perf_counter()
+    registered = await member.register_tool("big", parameters=largest_allowed())
+    took = time.perf_counter() - started
+    stop.set()
+    await watcher
+    assert registered.event == "tool.registered"
+    assert max(lags) < took / 4, (
+        f"the event loop stalled for {max(lags) * 1000:.0f} ms during a {took * 1000:.0f} ms "
+        "register"
+    )
 
 
 # Lists -----------------------------------------------------------------------------------

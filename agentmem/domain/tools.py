@@ -35,11 +35,12 @@ from agentmem.events import (
 # A schema travels with every prompt that offers the tool; requests are capped at 256 KiB.
 MAX_PARAMETERS_BYTES = 64 * 1024
 
-# Bounds on a schema's shape, checked in one linear walk before jsonschema runs.
+# Bounds on a schema's shape, checked in one linear walk on the event loop before jsonschema
+# runs (in a thread).
 # jsonschema's Draft 2020-12 metaschema check costs about 0.2 ms per subschema here, and its
 # ``uniqueItems`` falls back to comparing every pair of items when they are not all strings
 # (6,646 objects in a ``type`` array took 52 s). So: at most this many values (objects,
-# arrays and scalars, member names not counted) in all, which a tool with ~500 described
+# arrays and scalars, member names not counted) in all, which a tool with ~650 described
 # properties stays under; no array longer than a long enum; a ``type`` array is at most
 # the 7 type names, and name lists hold strings only, so no pairwise comparison is ever
 # slow; and the regular expressions that the check compiles are short in total.
@@ -47,7 +48,8 @@ MAX_PARAMETERS_BYTES = 64 * 1024
 # Measured on this kind of machine (2 cores, time.perf_counter, best of several runs), for
 # the worst schemas at these caps: ``check_parameters_shape`` at most ~1.2 ms (0.2 ms to
 # refuse the 65 KB, 6,646-item ``type`` array); ``check_schema`` ~0.45 s (2,000 empty
-# subschemas; a 64 KiB schema of 665 described properties ~0.17 s).
+# subschemas; a 64 KiB schema of 665 described properties ~0.17 s), which is why it runs in
+# a thread, one at a time per process, with a time limit (consumers/tools.py).
 MAX_PARAMETERS_VALUES = 2_000
 MAX_ARRAY_ITEMS = 1_024
 SIMPLE_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
@@ -234,7 +236,8 @@ def check_schema(parameters: Mapping[str, Any]) -> None:
     """Raise ``invalid`` unless ``parameters`` is a JSON Schema (Draft 2020-12) of an object.
 
     Pure but CPU-bound (up to ~0.45 s at the caps): call it only on parameters that
-    ``check_parameters_shape`` accepted.
+    ``check_parameters_shape`` accepted, and off the event loop (``consumers/tools.py`` runs
+    it in a thread with a time limit).
     """
     try:
         Draft202012Validator.check_schema(parameters)
@@ -299,10 +302,12 @@ def register(
     tool_id: str,
     reservation: Loaded[NameReservation],
 ) -> list[Write]:
-    """The caller has checked that the organization is live."""
+    """The caller has checked that the organization is live, and ``command.parameters``
+    with ``check_schema`` (off the event loop: here only the cheap checks run)."""
     if loaded.version != 0:
         raise ConflictError(f"tool {tool_id} already exists", {"tool_id": tool_id})
-    check_parameters(command.parameters)
+    check_parameters_shape(command.parameters)
+    check_describes_object(command.parameters)
     registered = ToolRegistered(
         tool_id=tool_id,
         org_id=org_id,
@@ -324,11 +329,13 @@ def update(
     new_reservation: Loaded[NameReservation] | None = None,
     old_reservation: Loaded[NameReservation] | None = None,
 ) -> list[Write]:
-    """A new name needs both reservations loaded: the new name's and the current one's."""
+    """A new name needs both reservations loaded: the new name's and the current one's. The
+    caller has checked new parameters with ``check_schema``, as for ``register``."""
     tool = require_live(loaded, command.tool_id)
     check_version(loaded, command.expected_version)
     if command.parameters is not None:
-        check_parameters(command.parameters)
+        check_parameters_shape(command.parameters)
+        check_describes_object(command.parameters)
     writes: list[Write] = []
     name = tool.name
     if command.name is not None and command.name != tool.name:
