@@ -8,6 +8,9 @@ organization's tool is answered exactly as a missing one.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,7 +20,7 @@ from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.domain import orgs, tools
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import NotFoundError
+from agentmem.errors import NotFoundError, UnavailableError
 from agentmem.queries import GetTool, ListTools
 from agentmem.validation import invalid
 from consumers.aggregates import Loader
@@ -44,6 +47,47 @@ _COLUMNS = (
 )
 _TOOL_COLUMNS = ", ".join(_COLUMNS)
 _LISTED_COLUMNS = ", ".join(f"o.{c}" for c in _COLUMNS)
+
+
+# The JSON Schema check of a tool's parameters ------------------------------------------
+# ``tools.check_schema`` costs up to ~0.45 s of CPU for the costliest schema that the caps in
+# domain/tools.py let through (~0.2 ms per subschema), so it never runs on the event loop.
+# One thread per process runs these checks, one at a time, so a flood of them costs at most
+# that one thread. While a check runs the loop still turns, only slower: each time it wakes
+# it waits for the GIL, a switch interval (5 ms) at most. Each check has a time limit: past
+# it the answer is `invalid` and the check finishes unheeded (a thread cannot be stopped; the
+# caps bound it); one still queued then is dropped unrun and answered `unavailable`.
+SCHEMA_CHECK_TIMEOUT_S = 2.0
+_schema_checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmem-schema-check")
+
+
+async def check_parameters(
+    parameters: dict[str, Any], timeout: float = SCHEMA_CHECK_TIMEOUT_S
+) -> None:
+    """Raise ``invalid`` unless ``parameters`` is a JSON Schema of an object, holding the event
+    loop for the bounded shape check only (~1 ms at most; see domain/tools.py)."""
+    tools.check_parameters_shape(parameters)
+    started = threading.Event()
+
+    def check() -> None:
+        started.set()
+        tools.check_schema(parameters)
+
+    checking = asyncio.get_running_loop().run_in_executor(_schema_checker, check)
+    try:
+        await asyncio.wait_for(checking, timeout)
+    except TimeoutError:
+        if not started.is_set():
+            raise UnavailableError(
+                "too many tool schemas are being checked at once; retry",
+                {"timeout_s": timeout},
+            ) from None
+        raise invalid(
+            f"parameters is a schema too complex to check within {timeout} s",
+            "$.parameters",
+            "too_large",
+            timeout_s=timeout,
+        ) from None
 
 
 # Commands ----------------------------------------------------------------------------------
@@ -75,14 +119,19 @@ def command_router(parts: Parts) -> Router:
         authorize(request.caller, request.need, org_id, missing_org(org_id))
         tool_id = command.tool_id or ids.new_id()
         subject = tools.subject(org_id, tool_id)
+        checked = False  # the schema, once: a plan runs again after a concurrent write
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
+            nonlocal checked
             org = await loader.load(orgs.subject(org_id), orgs.evolve)
             orgs.require_live(org, org_id)
             loaded = await runner.new_subject(
                 loader, "tool", tool_id, subject, tools.evolve, chosen=command.tool_id is not None
             )
             reservation = await load_reservation(loader, org_id, command.name)
+            if not checked:
+                await check_parameters(command.parameters)
+                checked = True
             return tools.register(
                 loaded, command, org_id=org_id, tool_id=tool_id, reservation=reservation
             )
@@ -92,10 +141,16 @@ def command_router(parts: Parts) -> Router:
     @router.handle(UpdateTool)
     async def update_tool(request: Request[UpdateTool]) -> Result:
         command = request.body
+        checked = command.parameters is None
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
+            nonlocal checked
             tool = await load_tool(runner, loader, request, command.tool_id, request.need)
             assert tool.state is not None
+            if not checked:
+                assert command.parameters is not None
+                await check_parameters(command.parameters)
+                checked = True
             org_id = tool.state.org_id
             new_reservation = old_reservation = None
             if command.name is not None and command.name != tool.state.name:

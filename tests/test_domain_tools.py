@@ -1,5 +1,6 @@
 """Unit tests of the pure parts of tools: evolve, the name reservations, every decide
-function, the JSON Schema check, and the tools projection. No NATS, no database."""
+function, the JSON Schema check and the bounded shape checked before it, and the tools
+projection. No NATS, no database."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from agentmem.events import (
     ToolUpdated,
 )
 from agentmem.store import Delete, Update, Upsert
+from agentmem.validation import REASONS
 from projections.tools import ToolsProjection
 
 ORG = "org-1"
@@ -143,6 +145,134 @@ def test_a_huge_or_deep_schema_is_invalid() -> None:
         deep = {"type": "object", "properties": {"a": deep}}
     with pytest.raises(InvalidError, match="parameters nests"):
         tools.check_parameters(deep)
+
+
+# The bounded shape, checked before the JSON Schema check ---------------------------------
+def finding() -> dict[str, Any]:
+    """6,646 distinct objects in a ``type`` array (65 KB): jsonschema's ``uniqueItems``
+    compares them pairwise, which took 52 s."""
+    return {"type": "object", "properties": {"x": {"type": [{"": i} for i in range(6646)]}}}
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """An object schema ``levels`` levels of JSON deep."""
+    schema: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        schema = {"not": schema}
+    return schema
+
+
+WIDE = tools.MAX_PARAMETERS_VALUES - 3  # values besides the top object, "type" and "object"
+
+
+@pytest.mark.parametrize(
+    ("schema", "path", "reason"),
+    [
+        (finding(), "$.parameters.properties.x.type", "type array of more than 7"),
+        (
+            {"type": "object", "anyOf": [{"type": ["string", {"": 0}]}]},
+            "$.parameters.anyOf[0].type",
+            "not a type name",
+        ),
+        (
+            {"type": "object", "required": [{"": 0}, {"": 1}]},
+            "$.parameters.required",
+            "not a string",
+        ),
+        (
+            {"type": "object", "required": [f"p{i}" for i in range(tools.MAX_NAME_LIST + 1)]},
+            "$.parameters.required",
+            "more than 256 property names",
+        ),
+        (
+            {"type": "object", "dependentRequired": {"a": [["b"], ["c"]]}},
+            "$.parameters.dependentRequired.a",
+            "not a string",
+        ),
+        (
+            {"type": "object", "dependencies": {"a": [{"": 0}]}},
+            "$.parameters.dependencies.a",
+            "not a string",
+        ),
+        (
+            {"type": "object", "enum": list(range(tools.MAX_ARRAY_ITEMS + 1))},
+            "$.parameters.enum",
+            "array of more than 1024 items",
+        ),
+        (
+            {"type": "object", "properties": {f"p{i}": {} for i in range(WIDE + 1)}},
+            "$.parameters.properties",
+            "more than 2000 values",
+        ),
+        (
+            {"type": "object", "pattern": "a" * 5000, "patternProperties": {"b" * 5000: {}}},
+            "$.parameters.patternProperties",
+            "more than 8192 characters of regular expressions",
+        ),
+        (
+            {"type": "object", "patternProperties": {"a" * 9000: {}}},
+            "$.parameters.patternProperties",
+            "regular expressions",
+        ),
+        (
+            {"type": "object", "properties": {"x": nested(63)}},
+            "$.parameters.properties.x" + ".not" * 62,
+            "nests more than 64 levels",
+        ),
+        (
+            # Data is held to the same rules: a subschema can sit under any member name.
+            {"type": "object", "default": {"type": [1, 2]}},
+            "$.parameters.default.type",
+            "not a type name",
+        ),
+    ],
+)
+def test_the_shape_check_refuses_what_is_slow_to_check(
+    schema: dict[str, Any], path: str, reason: str
+) -> None:
+    with pytest.raises(InvalidError) as refused:
+        tools.check_parameters_shape(schema)
+    assert refused.value.details["path"] == path
+    assert refused.value.details["reason"] in REASONS
+    assert reason in refused.value.message
+    assert path in refused.value.message
+    with pytest.raises(InvalidError):  # and so does the whole check, without jsonschema
+        tools.check_parameters(schema)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        SCHEMA,
+        {"type": "object", "properties": {"x": {"type": ["string", "null"]}}},
+        {"type": "object", "properties": {"x": {"type": list(tools.SIMPLE_TYPES)}}},
+        {"type": "object", "required": [f"p{i}" for i in range(tools.MAX_NAME_LIST)]},
+        {"type": "object", "dependentRequired": {"a": ["b", "c"]}},
+        {"type": "object", "properties": {"tz": {"enum": [f"z{i}" for i in range(1024)]}}},
+        {"type": "object", "properties": {f"p{i}": {} for i in range(WIDE)}},
+        {"type": "object", "pattern": "a" * tools.MAX_PATTERN_CHARS},
+        {"type": "object", "properties": {"x": nested(62)}},  # 64 levels in all
+        {"type": "object", "default": {"type": "anything", "required": 3}},
+    ],
+)
+def test_the_shape_check_passes_what_the_caps_allow(schema: dict[str, Any]) -> None:
+    tools.check_parameters_shape(schema)
+
+
+def test_decide_runs_only_the_cheap_checks() -> None:
+    """register and update refuse what the shape check and the top-level type refuse; the
+    JSON Schema check itself is the caller's, off the event loop (consumers/tools.py)."""
+    with pytest.raises(InvalidError) as refused:
+        tools.register(
+            loaded_tool(),
+            register(parameters=finding()),
+            org_id=ORG,
+            tool_id=TOOL,
+            reservation=reservation("get_weather"),
+        )
+    assert refused.value.details["path"] == "$.parameters.properties.x.type"
+    with pytest.raises(InvalidError, match="type array"):
+        tools.update(loaded_tool(REGISTERED), UpdateTool(tool_id=TOOL, parameters=finding()))
 
 
 # Register --------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Tools over NATS, against the real service and a real nats-server, on each projection
 store (``STORES``): the lifecycle, names unique within an organization (also under
-concurrency), JSON Schema checks, tag filters and pages, organizations kept apart, roles.
+concurrency), JSON Schema checks (and that none holds the event loop), tag filters and pages,
+organizations kept apart, roles.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +25,9 @@ from agentmem import (
     Written,
     subjects,
 )
+from agentmem.domain import tools
 from agentmem.events import ToolRegistered, decode_commit
+from agentmem.queries import Health
 from agentmem.replies import Tool
 from tests.realparts import read_log
 from tests.support import NatsServer
@@ -281,6 +285,112 @@ async def test_invalid_parameters_are_refused(
     assert await last_seq(nc) == before
     with pytest.raises(NotFoundError):
         await api.get_tool(name="broken", after_seq=before)
+
+
+# A check that would hold the event loop ------------------------------------------------
+def slow_to_check() -> dict[str, Any]:
+    """The schema of the finding: 6,646 distinct objects in a ``type`` array, 65 KB. jsonschema
+    compares them pairwise (``uniqueItems``); on the event loop that took 52 s."""
+    schema = {"type": "object", "properties": {"x": {"type": [{"": i} for i in range(6646)]}}}
+    assert len(msgspec.json.encode(schema)) <= tools.MAX_PARAMETERS_BYTES
+    return schema
+
+
+def largest_allowed() -> dict[str, Any]:
+    """A valid schema at the value cap, made of empty subschemas: the costliest JSON Schema
+    check the caps let through (about 0.5 s of CPU), which must run off the event loop."""
+    half = (tools.MAX_PARAMETERS_VALUES - 3) // 2
+    return {"type": "object", "allOf": [{}] * half, "anyOf": [{}] * half}
+
+
+async def health_gaps(nc: NATS, stop: asyncio.Event) -> list[float]:
+    """Ask ``agentmem.sys.health`` again 5 ms after each answer, until ``stop``; the time
+    between one answer and the next. The service runs in this process: a stall of its event
+    loop stalls this loop too, and shows as a long gap wherever this probe was waiting."""
+    gaps = []
+    last = time.perf_counter()
+    while not stop.is_set():
+        try:
+            reply = await nc.request(Health.op.subject, b"{}", timeout=5)
+            assert msgspec.json.decode(reply.data)["ok"], reply.data
+        except nats.errors.TimeoutError:
+            pass  # the gap says how long
+        now = time.perf_counter()
+        gaps.append(now - last)
+        await asyncio.sleep(0.005)
+        last = now
+    return gaps
+
+
+@pytest.mark.parametrize("verb", ["register", "update"])
+async def test_a_schema_slow_to_check_never_holds_the_event_loop(
+    client: Client, acme: tuple[str, Client], nc: NATS, verb: str
+) -> None:
+    """While a member's tool.register or tool.update carries the schema of the finding,
+    health keeps answering within 100 ms; the schema is refused as invalid, naming where."""
+    org_id, _ = acme
+    member = await as_user(client, org_id, "member@acme.example", ["member"])
+    tool_id = (await member.register_tool("ok")).fields["tool_id"]
+    parameters = slow_to_check()
+    before = await last_seq(nc)
+
+    stop = asyncio.Event()
+    probe = asyncio.create_task(health_gaps(nc, stop))
+    await asyncio.sleep(0.05)  # health is answering
+    if verb == "register":
+        call = member.register_tool("heavy", parameters=parameters)
+    else:
+        call = member.update_tool(tool_id, parameters=parameters)
+    [outcome] = await asyncio.gather(call, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    stop.set()
+    gaps = await probe
+
+    # Each answer within 100 ms of the one before (5 ms of which the probe waits itself).
+    longest = max(gaps)
+    assert longest < 0.1, (
+        f"health went {longest * 1000:.0f} ms without an answer while {verb} was checked "
+        f"({len(gaps)} answers; {verb} answered {outcome!r:.200})"
+    )
+    assert isinstance(outcome, InvalidError), outcome
+    assert outcome.details["path"] == "$.parameters.properties.x.type"
+    assert outcome.details["reason"] == "too_long"
+    assert "type array" in outcome.message
+    assert await last_seq(nc) == before
+    with pytest.raises(NotFoundError):
+        await member.get_tool(name="heavy", after_seq=before)
+
+
+async def test_the_costliest_schema_allowed_is_checked_off_the_event_loop(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    """The costliest JSON Schema check that the caps let through (~0.5 s of CPU) runs in a
+    thread, so the event loop keeps turning meanwhile. It turns slower (it waits for the GIL,
+    ~5 ms a time, and on a busy machine for a core), so the bound is relative: no stall comes
+    near the check's own length, as it would if the check ran on the loop."""
+    org_id, _ = acme
+    member = await as_user(client, org_id, "member@acme.example", ["member"])
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - started - 0.001)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.02)
+    started = time.perf_counter()
+    registered = await member.register_tool("big", parameters=largest_allowed())
+    took = time.perf_counter() - started
+    stop.set()
+    await watcher
+    assert registered.event == "tool.registered"
+    assert max(lags) < took / 4, (
+        f"the event loop stalled for {max(lags) * 1000:.0f} ms during a {took * 1000:.0f} ms "
+        "register"
+    )
 
 
 # Lists -----------------------------------------------------------------------------------

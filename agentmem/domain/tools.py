@@ -21,8 +21,8 @@ from jsonschema.exceptions import SchemaError
 from agentmem import subjects
 from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.domain.aggregate import Loaded, Write, check_version
-from agentmem.domain.jsondoc import check_bounds
-from agentmem.errors import ConflictError, NotFoundError
+from agentmem.domain.jsondoc import MAX_DEPTH, encoded_size
+from agentmem.errors import ConflictError, InvalidError, NotFoundError
 from agentmem.events import (
     AnyEvent,
     ToolDeleted,
@@ -31,10 +31,32 @@ from agentmem.events import (
     ToolRegistered,
     ToolUpdated,
 )
-from agentmem.validation import invalid
+from agentmem.validation import Reason, invalid
 
 # A schema travels with every prompt that offers the tool; requests are capped at 256 KiB.
 MAX_PARAMETERS_BYTES = 64 * 1024
+
+# Bounds on a schema's shape, checked in one linear walk on the event loop before jsonschema
+# runs (in a thread).
+# jsonschema's Draft 2020-12 metaschema check costs about 0.2 ms per subschema here, and its
+# ``uniqueItems`` falls back to comparing every pair of items when they are not all strings
+# (6,646 objects in a ``type`` array took 52 s). So: at most this many values (objects,
+# arrays and scalars, member names not counted) in all, which a tool with ~650 described
+# properties stays under; no array longer than a long enum; a ``type`` array is at most
+# the 7 type names, and name lists hold strings only, so no pairwise comparison is ever
+# slow; and the regular expressions that the check compiles are short in total.
+#
+# Measured on this kind of machine (2 cores, time.perf_counter, best of several runs), for
+# the worst schemas at these caps: ``check_parameters_shape`` at most ~1.2 ms (0.2 ms to
+# refuse the 65 KB, 6,646-item ``type`` array); ``check_schema`` ~0.45 s (2,000 empty
+# subschemas; a 64 KiB schema of 665 described properties ~0.17 s), which is why it runs in
+# a thread, one at a time per process, with a time limit (consumers/tools.py).
+MAX_PARAMETERS_VALUES = 2_000
+MAX_ARRAY_ITEMS = 1_024
+SIMPLE_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+MAX_TYPE_NAMES = len(SIMPLE_TYPES)  # a type array names each at most once
+MAX_NAME_LIST = 256  # required, and each list in dependentRequired / dependencies
+MAX_PATTERN_CHARS = 8 * 1024  # pattern values and patternProperties names, together
 
 
 @dataclass(frozen=True)
@@ -101,9 +123,130 @@ def require_live(loaded: Loaded[Tool], tool_id: str) -> Tool:
     return loaded.state
 
 
-def check_parameters(parameters: Mapping[str, Any]) -> None:
-    """Raise ``invalid`` unless ``parameters`` is a JSON Schema (Draft 2020-12) of an object."""
-    check_bounds(parameters, "parameters", MAX_PARAMETERS_BYTES, path="$.parameters")
+# Where a value sits: ``(parent's trail, member name or index)``, ``None`` for the top. Linked
+# rather than a tuple of keys, so that going one level deeper costs the same at any depth.
+Trail = tuple["Trail", str | int] | None
+
+
+def _json_path(trail: Trail) -> str:
+    """Where ``trail`` leads, as jsonschema writes it (``$.parameters.properties.x.type``)."""
+    keys: list[str | int] = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    return "$.parameters" + "".join(
+        f"[{k}]" if isinstance(k, int) else f".{k}" for k in reversed(keys)
+    )
+
+
+def _refuse(trail: Trail, why: str, reason: Reason, **limits: int) -> InvalidError:
+    where = _json_path(trail)
+    return invalid(f"parameters {why} at {where}", where, reason, **limits)
+
+
+def _check_names(value: list[Any], trail: Trail) -> None:
+    """A list of property names (``required``, a ``dependentRequired`` entry): the metaschema
+    wants unique strings, and checks uniqueness pairwise when an item is not a string."""
+    if len(value) > MAX_NAME_LIST:
+        raise _refuse(
+            trail,
+            f"has a list of more than {MAX_NAME_LIST} property names",
+            "too_long",
+            max_items=MAX_NAME_LIST,
+        )
+    if not all(isinstance(item, str) for item in value):
+        raise _refuse(
+            trail, "has a list of property names with an item that is not a string", "invalid_value"
+        )
+
+
+def check_parameters_shape(parameters: Mapping[str, Any]) -> None:
+    """Raise ``invalid`` unless ``parameters`` keeps within the bounds that keep its JSON
+    Schema check cheap: its size, depth and number of values, the length of its arrays, and
+    the arrays whose items the metaschema compares pairwise.
+
+    Linear and capped: the walk stops at the first value past a cap, so it visits at most
+    ``MAX_PARAMETERS_VALUES`` values; it runs on the event loop, before ``check_schema``.
+    The rules apply to every object in the document, data (``default``, ``const``, ``enum``,
+    ``examples``) included, since a subschema can sit under any member name.
+    """
+    size = encoded_size(parameters)
+    if size > MAX_PARAMETERS_BYTES:
+        raise invalid(
+            f"parameters is {size} bytes as JSON; at most {MAX_PARAMETERS_BYTES} are allowed",
+            "$.parameters",
+            "too_large",
+            size=size,
+            max_bytes=MAX_PARAMETERS_BYTES,
+        )
+    values = 1
+    patterns = 0
+    stack: list[tuple[dict[str, Any] | list[Any], int, Trail]] = [(dict(parameters), 1, None)]
+    while stack:
+        value, level, trail = stack.pop()
+        if level > MAX_DEPTH:
+            raise _refuse(
+                trail, f"nests more than {MAX_DEPTH} levels deep", "too_deep", max_depth=MAX_DEPTH
+            )
+        if isinstance(value, list) and len(value) > MAX_ARRAY_ITEMS:
+            raise _refuse(
+                trail,
+                f"has an array of more than {MAX_ARRAY_ITEMS} items",
+                "too_long",
+                max_items=MAX_ARRAY_ITEMS,
+            )
+        values += len(value)
+        if values > MAX_PARAMETERS_VALUES:
+            raise _refuse(
+                trail,
+                f"has more than {MAX_PARAMETERS_VALUES} values (objects, arrays, scalars)",
+                "too_large",
+                max_values=MAX_PARAMETERS_VALUES,
+            )
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in children:
+            if key == "type" and isinstance(child, list):
+                if len(child) > MAX_TYPE_NAMES:
+                    raise _refuse(
+                        (trail, key),
+                        f"has a type array of more than {MAX_TYPE_NAMES} type names",
+                        "too_long",
+                        max_items=MAX_TYPE_NAMES,
+                    )
+                if not all(isinstance(item, str) for item in child):
+                    raise _refuse(
+                        (trail, key),
+                        "has a type array with an item that is not a type name",
+                        "invalid_value",
+                    )
+            elif key == "required" and isinstance(child, list):
+                _check_names(child, (trail, key))
+            elif key in ("dependentRequired", "dependencies") and isinstance(child, dict):
+                for name, names in child.items():
+                    if isinstance(names, list):
+                        _check_names(names, ((trail, key), name))
+            elif key == "pattern" and isinstance(child, str):
+                patterns += len(child)
+            elif key == "patternProperties" and isinstance(child, dict):
+                patterns += sum(len(name) for name in child)
+            if patterns > MAX_PATTERN_CHARS:
+                raise _refuse(
+                    (trail, key),
+                    f"has more than {MAX_PATTERN_CHARS} characters of regular expressions",
+                    "too_long",
+                    max_chars=MAX_PATTERN_CHARS,
+                )
+            if isinstance(child, dict | list):
+                stack.append((child, level + 1, (trail, key)))
+
+
+def check_schema(parameters: Mapping[str, Any]) -> None:
+    """Raise ``invalid`` unless ``parameters`` is a JSON Schema (Draft 2020-12) of an object.
+
+    Pure but CPU-bound (up to ~0.45 s at the caps): call it only on parameters that
+    ``check_parameters_shape`` accepted, and off the event loop (``consumers/tools.py`` runs
+    it in a thread with a time limit).
+    """
     try:
         Draft202012Validator.check_schema(parameters)
     except SchemaError as exc:
@@ -116,6 +259,10 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
         ) from None
     except RecursionError:  # bounded by the depth check; kept as a last line of defence
         raise invalid("parameters nests too deeply to check", "$.parameters", "too_deep") from None
+    check_describes_object(parameters)
+
+
+def check_describes_object(parameters: Mapping[str, Any]) -> None:
     if parameters.get("type") != "object":
         raise invalid(
             'parameters must describe an object: its top level needs "type": "object" '
@@ -124,6 +271,12 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
             "invalid_value",
             found=parameters.get("type"),
         )
+
+
+def check_parameters(parameters: Mapping[str, Any]) -> None:
+    """Every check of ``parameters``, in order: the bounded shape, then the JSON Schema."""
+    check_parameters_shape(parameters)
+    check_schema(parameters)
 
 
 def _tags(tags: list[str]) -> tuple[str, ...]:
@@ -158,10 +311,12 @@ def register(
     tool_id: str,
     reservation: Loaded[NameReservation],
 ) -> list[Write]:
-    """The caller has checked that the organization is live."""
+    """The caller has checked that the organization is live, and ``command.parameters``
+    with ``check_schema`` (off the event loop: here only the cheap checks run)."""
     if loaded.version != 0:
         raise ConflictError(f"tool {tool_id} already exists", {"tool_id": tool_id})
-    check_parameters(command.parameters)
+    check_parameters_shape(command.parameters)
+    check_describes_object(command.parameters)
     registered = ToolRegistered(
         tool_id=tool_id,
         org_id=org_id,
@@ -183,11 +338,13 @@ def update(
     new_reservation: Loaded[NameReservation] | None = None,
     old_reservation: Loaded[NameReservation] | None = None,
 ) -> list[Write]:
-    """A new name needs both reservations loaded: the new name's and the current one's."""
+    """A new name needs both reservations loaded: the new name's and the current one's. The
+    caller has checked new parameters with ``check_schema``, as for ``register``."""
     tool = require_live(loaded, command.tool_id)
     check_version(loaded, command.expected_version)
     if command.parameters is not None:
-        check_parameters(command.parameters)
+        check_parameters_shape(command.parameters)
+        check_describes_object(command.parameters)
     writes: list[Write] = []
     name = tool.name
     if command.name is not None and command.name != tool.name:
