@@ -46,6 +46,7 @@ class PullFeed:
         self._arrived: deque[Msg] = deque()
         self._wake = asyncio.Event()
         self._open = 0  # messages the open pull may still deliver; 0: no pull is open
+        self._interrupted = False
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -55,6 +56,12 @@ class PullFeed:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+
+    def interrupt(self) -> None:
+        """A stop: the batch being collected ends now, with what has arrived, instead of
+        when the open pull expires (up to ``idle_wait``)."""
+        self._interrupted = True
+        self._wake.set()
 
     async def _on_message(self, message: Msg) -> None:
         self._arrived.append(message)
@@ -77,6 +84,8 @@ class PullFeed:
                 if messages and not more_pending:
                     break
                 await self._wait()
+                if not self._arrived:  # interrupted
+                    return messages
             message = self._arrived.popleft()
             status = (message.headers or {}).get("Status") if not message.data else None
             if status in (NO_MESSAGES, REQUEST_TIMEOUT):
@@ -105,7 +114,7 @@ class PullFeed:
         # expires; this deadline only guards against a server that went away mid-pull (a
         # cluster node killed under us), so it is short: a worker starting over costs little.
         self._wake.clear()
-        if self._arrived:
+        if self._arrived or self._interrupted:
             return
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait + 3.0)

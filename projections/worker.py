@@ -60,6 +60,7 @@ class ProjectionWorker:
         self.consumer = consumer or durable_name(projection.name)
         self.checkpoint = 0
         self._stopping = asyncio.Event()
+        self._feed: PullFeed | None = None
         self.applied = 0
         self.last_error: str | None = None
 
@@ -92,6 +93,8 @@ class ProjectionWorker:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._feed is not None:
+            self._feed.interrupt()  # not a wait for the open pull to expire
 
     async def run(
         self,
@@ -104,7 +107,9 @@ class ProjectionWorker:
         """
         self.checkpoint = await self.store.checkpoint(self.name)
         self.board.advance(self.name, self.checkpoint)
-        feed = await self._subscribe()
+        feed = self._feed = await self._subscribe()
+        if self._stopping.is_set():
+            feed.interrupt()
         log.info("projection started", projection=self.name, checkpoint=self.checkpoint)
         try:
             while not self._stopping.is_set():

@@ -117,3 +117,14 @@ async def test_a_deleted_consumer_breaks_the_feed(nc: NATS) -> None:
     with pytest.raises(FeedBroken, match="409"):
         await asyncio.wait_for(waiting, timeout=3.0)
     await feed.stop()
+
+
+async def test_an_interrupt_ends_the_batch_without_waiting_for_the_pull(nc: NATS) -> None:
+    """A stopping worker is not held for the open pull's whole life (30 s here)."""
+    feed = PullFeed(nc, STREAM, "worker", batch=10, idle_wait=30.0)
+    await feed.start()
+    waiting = asyncio.create_task(feed.next_batch())
+    await asyncio.sleep(0.1)
+    feed.interrupt()
+    assert await asyncio.wait_for(waiting, timeout=3.0) == []
+    await feed.stop()
