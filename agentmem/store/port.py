@@ -20,10 +20,16 @@ class Column:
 @dataclass(frozen=True)
 class FullText:
     """A full-text index over some text ``columns`` of a table. ``key`` is a unique integer
-    column of the table that names each row in the index (SQLite FTS5 needs one)."""
+    column of the table that names each row in the index (SQLite FTS5 needs one), and
+    orders the matches: a higher key is newer.
+
+    ``scope``: the columns a search may filter by (the organization first). SQLite keeps
+    their values in the index itself, so that the match is scoped inside FTS5 and never
+    walks the table's rows (``agentmem.store.fulltext``)."""
 
     columns: tuple[str, ...]
     key: str
+    scope: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,5 +185,7 @@ class Store(Protocol):
         self, table: Table, text: str, where: Mapping[str, Any], limit: int
     ) -> list[Row]:
         """Full-text search of ``table`` (declared with ``full_text``): its rows that match
-        any word of ``text``, best first, each with a ``rank`` (higher is better), among
-        those whose columns equal ``where`` (a None value: the column is NULL)."""
+        any word of ``text``, among those whose columns equal ``where`` (a None value: the
+        column is NULL; only columns of the index's ``scope``), best first. Each has a
+        ``rank``: how many of the words it holds, from that row and the text alone (see
+        ``agentmem.store.fulltext``)."""

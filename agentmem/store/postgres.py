@@ -303,5 +303,8 @@ class PostgresStore(SystemReads):
     async def search(
         self, table: Table, text: str, where: Mapping[str, Any], limit: int
     ) -> list[Row]:
-        query, args = fulltext.postgres_search(table, text, where, limit)
+        words = fulltext.words(text)
+        if not words:
+            return []
+        query, args = fulltext.postgres_search(table, words, where, limit)
         return fulltext.ranked(await self.fetch_all(query, *args))

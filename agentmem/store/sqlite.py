@@ -458,10 +458,10 @@ class SQLiteStore(SystemReads):
     async def search(
         self, table: Table, text: str, where: Mapping[str, Any], limit: int
     ) -> list[Row]:
-        match = fulltext.fts5_match(text)
-        if not match:
+        words = fulltext.words(text)
+        if not words:
             return []
-        query, args = fulltext.sqlite_search(table, match, where, limit)
+        query, args = fulltext.sqlite_search(table, words, where, limit)
         return fulltext.ranked(await self.fetch_all(query, *args))
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
