@@ -257,15 +257,22 @@ def test_search_sql_filters_by_equality_and_null_inside_the_match() -> None:
         f'fts_scope : "{scope_token(index, "redacted_at", None)}" AND '
     )
     # Every MATCH is scoped: any word (the window), each word, every word.
-    assert args[:2] == [f'{scope}{{content}} : ("x" OR "y")', SEARCH_WINDOW]
-    assert args[2:4] == [f'{scope}{{content}} : ("x")', f'{scope}{{content}} : ("y")']
-    assert args[4:7] == [2, f'{scope}{{content}} : ("x" AND "y")', 10]
+    assert args[:3] == [f'{scope}{{content}} : ("x" OR "y")', SEARCH_WINDOW, SEARCH_WINDOW]
+    assert args[3:5] == [f'{scope}{{content}} : ("x")', f'{scope}{{content}} : ("y")']
+    assert args[5:8] == [2, f'{scope}{{content}} : ("x" AND "y")', 10]
     # The table's own columns are checked again for the rows found.
     assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
-    assert args[7:] == [ORG, "a1", 10]
+    assert args[8:] == [ORG, "a1", 10]
+    # One word: its newest matches.
+    sql, args = sqlite_search(MESSAGES, ["x"], where, 10)
+    assert args == [f'{scope}{{content}} : ("x")', 10, ORG, "a1", 10]
     sql, args = postgres_search(MESSAGES, ["x"], where, 10)
     assert "plainto_tsquery('english', ?)" in sql
-    assert args == ["x", "x", ORG, "a1", SEARCH_WINDOW, "x", ORG, "a1", 10, 10]
+    assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
+    assert args == ["x", ORG, "a1", 10]
+    sql, args = postgres_search(MESSAGES, ["x", "y"], where, 10)
+    window = ["x", "y", "x", "y", ORG, "a1", SEARCH_WINDOW]
+    assert args == [*window, *window, 10, 10]
     for search in (sqlite_search, postgres_search):
         with pytest.raises(ValueError, match="no column"):
             search(MESSAGES, ["x"], {"content; DROP TABLE messages": 1}, 10)

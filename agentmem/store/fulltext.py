@@ -256,50 +256,66 @@ def _filters(table: Table, where: Mapping[str, Any], alias: str) -> tuple[str, l
     return sql, args
 
 
+def _match_sql(table: Table, index: FullText, where: Mapping[str, Any]) -> tuple[str, str]:
+    """(the scope's part of a MATCH, with its AND; the column filter of the text)."""
+    scope = "".join(
+        f'{SCOPE_COLUMN} : "{scope_token(index, column, value)}" AND '
+        for column, value in where.items()
+    )
+    text = "{" + " ".join(index.columns) + "} : " if index.scope else ""
+    return scope, text
+
+
 def sqlite_search(
     table: Table, query_words: list[str], where: Mapping[str, Any], limit: int
 ) -> tuple[str, list[Any]]:
     """The query (``?`` placeholders) and its arguments; ``query_words`` from ``words``
     (at least one).
 
-    Every MATCH is scoped: the scope's tokens AND the words in the text columns. From the
-    newest ``SEARCH_WINDOW`` rows that match any word (``newest``), each word's matches
-    from the oldest of them on (``hits``) count the words each one holds; the newest
-    ``limit`` rows that match every word, older than that window, hold them all. The table
-    is read last, by key, for those rows only (CROSS JOIN keeps that order)."""
+    Every MATCH is scoped: the scope's tokens AND the words in the text columns. One word:
+    the newest ``limit`` matches (each holds the one word). Several: from the newest
+    ``SEARCH_WINDOW`` rows that match any word (``newest``), each word's matches from the
+    oldest of them on (``hits``) count the words each one holds; when the window is full,
+    the newest ``limit`` older rows that match every word hold them all. The table is read
+    last, by key, for those rows only (CROSS JOIN keeps that order)."""
     if not query_words:
         raise ValueError("a search needs at least one word")
     index = _check_filters(table, where)
     fts, key = fts_table(table), index.key
-    scope = "".join(
-        f'{SCOPE_COLUMN} : "{scope_token(index, column, value)}" AND '
-        for column, value in where.items()
-    )
-    text = "{" + " ".join(index.columns) + "} : " if index.scope else ""
+    scope, text = _match_sql(table, index, where)
     phrases = [fts5_phrase(word) for word in query_words]
     any_word = f"{scope}{text}({' OR '.join(phrases)})"
+    columns = ", ".join(f"t.{c}" for c in table.column_names)
+    filters, filter_args = _filters(table, where, "t")
+    read = (
+        f"SELECT {columns}, f.score AS {_RANK_ALIAS} FROM found f "
+        f"CROSS JOIN {table.name} t ON t.{key} = f.pos WHERE 1{filters} "
+        f"ORDER BY {_RANK_ALIAS} DESC, t.{key} DESC LIMIT ?"
+    )
+    if len(phrases) == 1:
+        sql = (
+            f"WITH found(pos, score) AS (SELECT rowid, 1 FROM {fts} WHERE {fts} MATCH ? "
+            f"ORDER BY rowid DESC LIMIT ?) {read}"
+        )
+        return sql, [any_word, limit, *filter_args, limit]
     every_word = f"{scope}{text}({' AND '.join(phrases)})"
     one_word = [f"{scope}{text}({phrase})" for phrase in phrases]
     hits = " UNION ALL ".join(
         f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? AND rowid >= (SELECT lo FROM bound)"
         for _ in phrases
     )
-    columns = ", ".join(f"t.{c}" for c in table.column_names)
-    filters, filter_args = _filters(table, where, "t")
     sql = (
         f"WITH newest(pos) AS ("
         f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?), "
-        f"bound(lo) AS (SELECT min(pos) FROM newest), "
+        f"bound(lo, full) AS (SELECT min(pos), count(*) = ? FROM newest), "
         f"hits(pos) AS ({hits}), "
         f"found(pos, score) AS ("
         f"SELECT pos, count(*) FROM hits GROUP BY pos UNION ALL "
-        f"SELECT rowid, ? FROM (SELECT rowid FROM {fts} WHERE {fts} MATCH ? "
-        f"ORDER BY rowid DESC LIMIT ?) WHERE rowid < (SELECT lo FROM bound)) "
-        f"SELECT {columns}, f.score AS {_RANK_ALIAS} FROM found f "
-        f"CROSS JOIN {table.name} t ON t.{key} = f.pos WHERE 1{filters} "
-        f"ORDER BY {_RANK_ALIAS} DESC, t.{key} DESC LIMIT ?"
+        f"SELECT pos, ? FROM (SELECT rowid AS pos FROM {fts} WHERE {fts} MATCH ? "
+        f"AND (SELECT full FROM bound) AND rowid < (SELECT lo FROM bound) "
+        f"ORDER BY rowid DESC LIMIT ?)) {read}"
     )
-    args = [any_word, SEARCH_WINDOW, *one_word, len(phrases), every_word, limit]
+    args = [any_word, SEARCH_WINDOW, SEARCH_WINDOW, *one_word, len(phrases), every_word, limit]
     return sql, [*args, *filter_args, limit]
 
 
@@ -312,34 +328,46 @@ def postgres_search(
     table: Table, query_words: list[str], where: Mapping[str, Any], limit: int
 ) -> tuple[str, list[Any]]:
     """The query (``?`` placeholders) and its arguments; ``query_words`` from ``words``
-    (at least one). The same candidates and ranks as ``sqlite_search``: the newest
-    ``SEARCH_WINDOW`` rows of the scope that match any word, and the newest ``limit`` that
-    match every word, each ranked by how many of the words it matches."""
+    (at least one). The same candidates and ranks as ``sqlite_search``; the scope's rows
+    are walked newest first along its index on (scope column, key), or found through the
+    GIN index when the planner expects few matches. The store plans each search for its
+    own words (``plan_cache_mode``): a generic plan evaluates the tsqueries once per row,
+    and cannot tell a word in every row from a rare one."""
     if not query_words:
         raise ValueError("a search needs at least one word")
     index = index_of(table)
     key = index.key
-    one_word = [_TSQUERY for _ in query_words]
+    n = len(query_words)
+    one_word = [_TSQUERY] * n
     any_word = "(" + " || ".join(one_word) + ")"
-    every_word = "(" + " && ".join(one_word) + ")"
-    score = " + ".join(f"(c.{PG_DOCUMENT} @@ {q})::int" for q in one_word)
     columns = ", ".join(table.column_names)
+    t_columns = ", ".join(f"t.{c}" for c in table.column_names)
     filters, filter_args = _filters(table, where, "t")
-    t_columns = ", ".join(f"t.{c}" for c in (*table.column_names, PG_DOCUMENT))
+    if n == 1:
+        sql = (
+            f"SELECT {t_columns}, 1::float8 AS {_RANK_ALIAS} FROM {table.name} t "
+            f"WHERE t.{PG_DOCUMENT} @@ {any_word}{filters} ORDER BY t.{key} DESC LIMIT ?"
+        )
+        return sql, [*query_words, *filter_args, limit]
+    every_word = "(" + " && ".join(one_word) + ")"
+    score = "(" + " + ".join(f"(t.{PG_DOCUMENT} @@ {q})::int" for q in one_word) + ")::float8"
     sql = (
+        f"WITH newest AS MATERIALIZED ("
+        f"SELECT {t_columns}, {score} AS {_RANK_ALIAS} FROM {table.name} t "
+        f"WHERE t.{PG_DOCUMENT} @@ {any_word}{filters} ORDER BY t.{key} DESC LIMIT ?) "
         f"SELECT {columns}, {_RANK_ALIAS} FROM ("
-        f"SELECT DISTINCT ON (c.{key}) c.*, ({score})::float8 AS {_RANK_ALIAS} FROM ("
-        f"(SELECT {t_columns} FROM {table.name} t WHERE t.{PG_DOCUMENT} @@ {any_word}{filters} "
-        f"ORDER BY t.{key} DESC LIMIT ?) UNION ALL "
-        f"(SELECT {t_columns} FROM {table.name} t WHERE t.{PG_DOCUMENT} @@ {every_word}{filters} "
-        f"ORDER BY t.{key} DESC LIMIT ?)"
-        f") c ORDER BY c.{key}) r "
+        f"SELECT * FROM newest UNION ALL ("
+        f"SELECT {t_columns}, {score} FROM {table.name} t "
+        f"WHERE t.{PG_DOCUMENT} @@ {every_word}{filters} "
+        f"AND (SELECT count(*) FROM newest) = ? AND t.{key} < (SELECT min({key}) FROM newest) "
+        f"ORDER BY t.{key} DESC LIMIT ?)) r "
         f"ORDER BY {_RANK_ALIAS} DESC, {key} DESC LIMIT ?"
     )
-    # In the order of their ``?``: the score, the window, the rows with every word, the
-    # final limit.
-    args = [*query_words, *query_words, *filter_args, SEARCH_WINDOW]
-    return sql, [*args, *query_words, *filter_args, limit, limit]
+    # In the order of their ``?``: the window (its score, its words, its scope, its size),
+    # then the older rows with every word (the same), then the final limit.
+    window = [*query_words, *query_words, *filter_args, SEARCH_WINDOW]
+    every = [*query_words, *query_words, *filter_args, SEARCH_WINDOW, limit]
+    return sql, [*window, *every, limit]
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -307,4 +307,9 @@ class PostgresStore(SystemReads):
         if not words:
             return []
         query, args = fulltext.postgres_search(table, words, where, limit)
-        return fulltext.ranked(await self.fetch_all(query, *args))
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            # Planned for its own words every time, never from a generic plan: see
+            # fulltext.postgres_search.
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            records = await conn.fetch(translate(query), *args)
+        return fulltext.ranked([dict(record.items()) for record in records])
