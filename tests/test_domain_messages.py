@@ -271,8 +271,9 @@ def test_search_sql_filters_by_equality_and_null_inside_the_match() -> None:
     assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
     assert args == ["x", ORG, "a1", 10]
     sql, args = postgres_search(MESSAGES, ["x", "y"], where, 10)
-    window = ["x", "y", "x", "y", ORG, "a1", SEARCH_WINDOW]
-    assert args == [*window, *window, 10, 10]
+    window = ["x", "y", ORG, "a1", SEARCH_WINDOW]
+    every = ["x", "y", ORG, "a1", SEARCH_WINDOW, "x", "y", 10, 10]
+    assert args == [*window, *every, "x", "y", 10]
     for search in (sqlite_search, postgres_search):
         with pytest.raises(ValueError, match="no column"):
             search(MESSAGES, ["x"], {"content; DROP TABLE messages": 1}, 10)

@@ -322,52 +322,70 @@ def sqlite_search(
 # The tsquery of one word, its argument ``?``: any of its lexemes (plainto_tsquery joins
 # them with ' & '; a lexeme never holds a space). Only stop words: empty, matching nothing.
 _TSQUERY = f"replace(plainto_tsquery('{TS_CONFIG}', ?)::text, ' & ', ' | ')::tsquery"
+# How a Postgres search is planned, set for its transaction (see ``postgres_search``).
+PG_SEARCH_SETTINGS = (
+    "SET LOCAL plan_cache_mode = force_custom_plan",
+    "SET LOCAL enable_bitmapscan = off",
+    "SET LOCAL enable_sort = off",
+    # The disabled plans' made-up costs would pass JIT's thresholds: 0.5 s of compiling.
+    "SET LOCAL jit = off",
+)
 
 
 def postgres_search(
     table: Table, query_words: list[str], where: Mapping[str, Any], limit: int
 ) -> tuple[str, list[Any]]:
     """The query (``?`` placeholders) and its arguments; ``query_words`` from ``words``
-    (at least one). The same candidates and ranks as ``sqlite_search``; the scope's rows
-    are walked newest first along its index on (scope column, key), or found through the
-    GIN index when the planner expects few matches. The store plans each search for its
-    own words (``plan_cache_mode``): a generic plan evaluates the tsqueries once per row,
-    and cannot tell a word in every row from a rare one."""
+    (at least one). The same candidates and ranks as ``sqlite_search``.
+
+    It runs with ``PG_SEARCH_SETTINGS``: the scope's rows are walked newest first along its
+    own index on (scope column, key), each checked against the words, until the window
+    is full; the cost is the rows walked, whatever other organizations hold. Left to its
+    statistics, the planner took the GIN index whenever it expected few matches (no
+    statistics yet, or a word rare in the table but common in one scope), handing over
+    every match to be sorted: 100,000 matches took 100 ms and more. A generic plan also
+    evaluates the tsqueries once per row; each search is planned for its own words. The
+    price: a word rare in a large scope walks all of it (100,000 rows: docs/performance.md).
+
+    One word: the newest ``limit`` matches. Several: the newest ``SEARCH_WINDOW`` matches
+    (``newest``), and, when that window is full and holds fewer than ``limit`` rows with
+    every word, the newest older rows with every word (``every``), ranked by how many of
+    the words each holds."""
     if not query_words:
         raise ValueError("a search needs at least one word")
     index = index_of(table)
-    key = index.key
+    key, doc = index.key, PG_DOCUMENT
     n = len(query_words)
-    one_word = [_TSQUERY] * n
-    any_word = "(" + " || ".join(one_word) + ")"
+    any_word = "(" + " || ".join([_TSQUERY] * n) + ")"
     columns = ", ".join(table.column_names)
     t_columns = ", ".join(f"t.{c}" for c in table.column_names)
     filters, filter_args = _filters(table, where, "t")
     if n == 1:
         sql = (
             f"SELECT {t_columns}, 1::float8 AS {_RANK_ALIAS} FROM {table.name} t "
-            f"WHERE t.{PG_DOCUMENT} @@ {any_word}{filters} ORDER BY t.{key} DESC LIMIT ?"
+            f"WHERE t.{doc} @@ {any_word}{filters} ORDER BY t.{key} DESC LIMIT ?"
         )
         return sql, [*query_words, *filter_args, limit]
-    every_word = "(" + " && ".join(one_word) + ")"
-    score = "(" + " + ".join(f"(t.{PG_DOCUMENT} @@ {q})::int" for q in one_word) + ")::float8"
+    every_word = "(" + " && ".join([_TSQUERY] * n) + ")"
+    score = "(" + " + ".join(f"(c.{doc} @@ {_TSQUERY})::int" for _ in query_words) + ")"
     sql = (
-        f"WITH newest AS MATERIALIZED ("
-        f"SELECT {t_columns}, {score} AS {_RANK_ALIAS} FROM {table.name} t "
-        f"WHERE t.{PG_DOCUMENT} @@ {any_word}{filters} ORDER BY t.{key} DESC LIMIT ?) "
-        f"SELECT {columns}, {_RANK_ALIAS} FROM ("
-        f"SELECT * FROM newest UNION ALL ("
-        f"SELECT {t_columns}, {score} FROM {table.name} t "
-        f"WHERE t.{PG_DOCUMENT} @@ {every_word}{filters} "
-        f"AND (SELECT count(*) FROM newest) = ? AND t.{key} < (SELECT min({key}) FROM newest) "
-        f"ORDER BY t.{key} DESC LIMIT ?)) r "
+        f"WITH newest AS MATERIALIZED (SELECT {t_columns}, t.{doc} FROM {table.name} t "
+        f"WHERE t.{doc} @@ {any_word}{filters} ORDER BY t.{key} DESC LIMIT ?), "
+        f"every AS (SELECT {t_columns}, t.{doc} FROM {table.name} t "
+        f"WHERE t.{doc} @@ {every_word}{filters} "
+        f"AND (SELECT count(*) FROM newest) = ? "
+        f"AND (SELECT count(*) FROM newest e WHERE e.{doc} @@ {every_word}) < ? "
+        f"AND t.{key} < (SELECT min({key}) FROM newest) "
+        f"ORDER BY t.{key} DESC LIMIT ?) "
+        f"SELECT {columns}, {score}::float8 AS {_RANK_ALIAS} FROM ("
+        f"SELECT * FROM newest UNION ALL SELECT * FROM every) c "
         f"ORDER BY {_RANK_ALIAS} DESC, {key} DESC LIMIT ?"
     )
-    # In the order of their ``?``: the window (its score, its words, its scope, its size),
-    # then the older rows with every word (the same), then the final limit.
-    window = [*query_words, *query_words, *filter_args, SEARCH_WINDOW]
-    every = [*query_words, *query_words, *filter_args, SEARCH_WINDOW, limit]
-    return sql, [*window, *every, limit]
+    # In the order of their ``?``: the window, the older rows with every word, the score,
+    # the final limit.
+    window = [*query_words, *filter_args, SEARCH_WINDOW]
+    every = [*query_words, *filter_args, SEARCH_WINDOW, *query_words, limit, limit]
+    return sql, [*window, *every, *query_words, limit]
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

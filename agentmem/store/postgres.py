@@ -308,8 +308,7 @@ class PostgresStore(SystemReads):
             return []
         query, args = fulltext.postgres_search(table, words, where, limit)
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            # Planned for its own words every time, never from a generic plan: see
-            # fulltext.postgres_search.
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            # Planned for its own words, walking the scope (fulltext.postgres_search).
+            await conn.execute("; ".join(fulltext.PG_SEARCH_SETTINGS))
             records = await conn.fetch(translate(query), *args)
         return fulltext.ranked([dict(record.items()) for record in records])
