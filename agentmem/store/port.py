@@ -6,8 +6,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from agentmem.errors import UnavailableError
+
 ColumnType = Literal["text", "integer", "json"]
 Row = dict[str, Any]
+
+# Every read of a query (``fetch_one``, ``fetch_all``, ``search``; not ``dump``) is stopped
+# after this long and answered ``unavailable``: no read may hold a connection or a reader
+# thread, and the requests queued behind it, for ever. A query may first wait up to 5 s for
+# ``after_seq``; with this the answer still comes within a client's 10 s.
+READ_TIME_LIMIT_S = 3.0
+
+
+def read_too_long(seconds: float) -> UnavailableError:
+    return UnavailableError(
+        f"the read took longer than {seconds:g} s and was stopped; narrow the request "
+        "(a smaller limit, a session, a role) or try again"
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,9 @@ def fence(batch: ProjectionBatch, stored: int) -> None:
 
 
 class Store(Protocol):
+    # Seconds a query's read may take before it is stopped (``READ_TIME_LIMIT_S``).
+    read_time_limit: float
+
     async def close(self) -> None: ...
 
     async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
