@@ -17,9 +17,9 @@ walk the scope's rows and probe FTS5 once per row, which grew with the square of
 matches (one agent with 16,000 matches: 6.3 s; 32,000: 26.5 s).
 
 Postgres: a generated ``tsvector`` column ``fts_document`` with a GIN index. The column is
-not declared in the ``Table``, so dumps and upserts never see it. The scope's filters are
-plain conditions; the table's indexes on the scope columns and the key (an agent's, a
-user's, a conversation's messages by position) walk the scope newest first.
+not declared in the ``Table``, so dumps and upserts never see it. A search walks the
+scope's own index on (scope column, key) (an agent's, a user's, a conversation's messages
+by position) newest first and checks each row against the words (``postgres_search``).
 
 Both stem English words (FTS5's porter tokenizer, the ``english`` configuration) and match
 any word of the query (OR). Stop words differ: Postgres drops them, FTS5 keeps them.
@@ -32,9 +32,10 @@ another organization wrote a word, telling the caller whether and how often some
 used it. Ties go newest first (the higher key). A search ranks a bounded set of candidates:
 the newest ``SEARCH_WINDOW`` matches in its scope, and the newest ``limit`` rows that hold
 every word (however old). So a row with every word is always found; one with some of the
-words is found when it is among the newest ``SEARCH_WINDOW`` matches. The cost is bounded
-by that window, not by the number of matches (100,000 matches in one scope: docs/
-performance.md).
+words is found when it is among the newest ``SEARCH_WINDOW`` matches. The cost does not
+grow with the number of matches (100,000 matches in one scope: docs/performance.md); on
+Postgres, words that few rows of a large scope hold make the walk longer (no row of
+100,000 holds it: the whole scope).
 
 A person's text never reaches either engine's query syntax: for FTS5 each word becomes a
 quoted string (an FTS5 string literal, its quotes doubled), Postgres parses each word with
