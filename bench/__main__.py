@@ -21,12 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from agentmem.logging import configure
-from bench import baselines, env, harness, messages, pgbatch, workloads
+from bench import baselines, env, harness, messages, pgbatch, search, workloads
 from bench.harness import NORMAL, QUICK, Config, Workload
 
-ALL: list[Workload] = [*baselines.WORKLOADS, *workloads.WORKLOADS, *messages.WORKLOADS]
+ALL: list[Workload] = [
+    *baselines.WORKLOADS,
+    *workloads.WORKLOADS,
+    *messages.WORKLOADS,
+    *search.WORKLOADS,
+]
 # Run only when named with --only: they need a Postgres server (AGENTMEM_BENCH_POSTGRES).
-ON_REQUEST: list[Workload] = [*pgbatch.WORKLOADS, *messages.ON_REQUEST, *workloads.ON_REQUEST]
+ON_REQUEST: list[Workload] = [
+    *pgbatch.WORKLOADS,
+    *messages.ON_REQUEST,
+    *workloads.ON_REQUEST,
+    *search.ON_REQUEST,
+]
 LARGE_REPLAY = 1_000_000
 
 

@@ -39,6 +39,7 @@ class Sizes:
     warmup_fraction: float = 0.2
     conversation: int = 100_000  # messages in the conversation of the messages workloads
     last_conversation: int = 2_000  # messages in the conversation of last-50 and raw-last50
+    search: int = 100_000  # matching messages in the searched scope, and in another org
 
 
 NORMAL = Sizes(
@@ -67,6 +68,7 @@ QUICK = Sizes(
     warmup_fraction=0.5,
     conversation=2_000,
     last_conversation=200,
+    search=2_000,
 )
 
 

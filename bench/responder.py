@@ -1,4 +1,5 @@
-"""``python -m bench.responder raw-command|raw-query|raw-last50``: a raw baseline's responder,
+"""``python -m bench.responder raw-command|raw-query|raw-last50|raw-search``: a raw baseline's
+responder,
 in a process of its own, as the service runs in its own (``python -m agentmem serve``).
 
 The bench process starts it, reads ``ready`` from its stdout once it is subscribed, and
@@ -14,6 +15,10 @@ connection, as the service has.
   table like the projection's, by its ``(org_id, session_id, position)`` index, with the
   store's ``ORDER BY position DESC LIMIT n``, and reply with them as JSON, oldest first (the
   JSON columns as stored, not decoded).
+- ``raw-search``: decode, find the newest ``limit`` messages of one agent matching any
+  word of ``text`` with one FTS5 MATCH of the store's index (the scope's tokens AND the
+  words, ``agentmem.store.fulltext``) ordered by rowid, read their rows by position, and
+  reply with them as JSON: the least work a scoped search can do.
 """
 
 from __future__ import annotations
@@ -33,15 +38,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from agentmem import ids, subjects
+from agentmem.store import fulltext
 from projections.messages import MESSAGES
 from projections.users import USERS
 
 RAW_COMMAND = "bench.raw.cmd"
 RAW_QUERY = "bench.raw.get"
 RAW_LAST = "bench.raw.last"
+RAW_SEARCH = "bench.raw.search"
 USER_COLUMNS = USERS.column_names
 MESSAGE_COLUMNS = MESSAGES.column_names
-KINDS = ("raw-command", "raw-query", "raw-last50")
+KINDS = ("raw-command", "raw-query", "raw-last50", "raw-search")
 
 
 class _Command(msgspec.Struct):
@@ -57,6 +64,13 @@ class _Last(msgspec.Struct):
     org_id: str
     session_id: str
     n: int = 50
+
+
+class _Search(msgspec.Struct):
+    org_id: str
+    agent_id: str
+    text: str
+    limit: int = 10
 
 
 class _PubAck(msgspec.Struct):
@@ -138,6 +152,32 @@ async def last_responder(nc: NATS, db: sqlite3.Connection) -> None:
     await _serve(nc, RAW_LAST, answer)
 
 
+async def search_responder(nc: NATS, db: sqlite3.Connection) -> None:
+    """Decode, find the newest matches in the agent's scope with one MATCH, answer them."""
+    decoder = msgspec.json.Decoder(_Search)
+    index = MESSAGES.full_text
+    assert index is not None
+    fts = fulltext.fts_table(MESSAGES)
+    select = (
+        f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE position IN ("
+        f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?) "
+        "ORDER BY position DESC"
+    )
+
+    async def answer(msg: Msg) -> None:
+        search = decoder.decode(msg.data)
+        scope = {"org_id": search.org_id, "agent_id": search.agent_id, "redacted_at": None}
+        tokens = [fulltext.scope_token(index, c, v) for c, v in scope.items()]
+        words = " OR ".join(fulltext.fts5_phrase(w) for w in fulltext.words(search.text))
+        match = "".join(f'{fulltext.SCOPE_COLUMN} : "{t}" AND ' for t in tokens)
+        match += f"{{{' '.join(index.columns)}}} : ({words})"
+        found = db.execute(select, (match, search.limit)).fetchall()
+        items = [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in found]
+        await msg.respond(_encoder.encode({"ok": True, "data": {"items": items}, "seq": 0}))
+
+    await _serve(nc, RAW_SEARCH, answer)
+
+
 async def run(kind: str, url: str, db_path: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -155,6 +195,8 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
             db.execute("PRAGMA query_only = ON")
             if kind == "raw-last50":
                 await last_responder(nc, db)
+            elif kind == "raw-search":
+                await search_responder(nc, db)
             else:
                 await query_responder(nc, db)
         print("ready", flush=True)
@@ -171,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nats", required=True, help="the NATS server URL")
     p.add_argument(
         "--db",
-        help="raw-query, raw-last50: the SQLite file holding the users or messages table",
+        help="raw-query, raw-last50, raw-search: the SQLite file holding the users or messages "
+        "table",
     )
     args = p.parse_args(argv)
     asyncio.run(run(args.kind, args.nats, args.db))

@@ -52,7 +52,12 @@ MESSAGES = Table(
         ("messages_agent", ("agent_id", "position"), False),
         ("messages_user", ("user_id", "position"), False),
     ),
-    full_text=FullText(columns=("content",), key="position"),
+    # A search filters by these inside the full-text index (agentmem/store/fulltext.py).
+    full_text=FullText(
+        columns=("content",),
+        key="position",
+        scope=("org_id", "agent_id", "user_id", "session_id", "role", "redacted_at"),
+    ),
     scrub=True,
 )
 

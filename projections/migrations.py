@@ -9,13 +9,19 @@ with a new migration.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agentmem.store import fulltext
-from agentmem.store.port import Migration, Sql
+from agentmem.store.port import FullText, Migration, Sql
 from projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
 from projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from projections.orgs import ORGS
 from projections.tools import TOOL_TAGS, TOOLS
 from projections.users import API_KEYS, USERS
+
+# The messages' full-text index as migration 3 made it, without a scope (migration 4
+# replaced it): that migration's statements stay what they were when it was released.
+MESSAGES_INDEX_3 = replace(MESSAGES, full_text=FullText(columns=("content",), key="position"))
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -69,7 +75,7 @@ MIGRATIONS: list[Migration] = [
             MESSAGES,
             MESSAGE_REDACTIONS,
             # FTS5 table and triggers (SQLite), generated tsvector and GIN index (Postgres).
-            Sql(**fulltext.ddl(MESSAGES)),
+            Sql(**fulltext.ddl(MESSAGES_INDEX_3)),
             Sql(
                 postgres=(
                     "COMMENT ON TABLE messages IS 'AgentMem projection messages: one row per "
@@ -79,6 +85,15 @@ MIGRATIONS: list[Migration] = [
                     "row per redacted message (who asked is in the log)'",
                 )
             ),
+        ),
+    ),
+    Migration(
+        4,
+        "message search scoped inside the full-text index",
+        (
+            # SQLite: the FTS5 index again, with the scope tokens, refilled from the
+            # messages table ('rebuild'); Postgres filters by the scope's own indexes.
+            Sql(**fulltext.rebuild_ddl(MESSAGES)),
         ),
     ),
 ]

@@ -24,7 +24,15 @@ from agentmem.events import (
 )
 from agentmem.queries import ListMessages, SearchMessages
 from agentmem.store import Delete, Update, Upsert
-from agentmem.store.fulltext import fts5_match, postgres_search, sqlite_search
+from agentmem.store.fulltext import (
+    MAX_WORDS,
+    SEARCH_WINDOW,
+    fts5_match,
+    postgres_search,
+    scope_token,
+    sqlite_search,
+    words,
+)
 from consumers.messages import cursor_position, list_sql, message_view, search_filters
 from consumers.queries import encode_cursor
 from projections.messages import MESSAGES, MessagesProjection, position
@@ -235,16 +243,59 @@ def test_fts5_queries_take_every_word_literally(text: str, match: str) -> None:
     assert fts5_match(text) == match
 
 
-def test_search_sql_filters_by_equality_and_null() -> None:
+def test_query_words_are_distinct_and_at_most_max_words() -> None:
+    assert words("Peanut peanut PEANUT butter") == ["Peanut", "butter"]
+    assert words("a\x00b") == ["a", "b"]
+    many = " ".join(f"w{n}" for n in range(100))
+    assert words(many) == [f"w{n}" for n in range(MAX_WORDS)]
+    assert fts5_match(many).count(" OR ") == MAX_WORDS - 1
+
+
+def test_search_sql_filters_by_equality_and_null_inside_the_match() -> None:
     where = {"org_id": ORG, "agent_id": "a1", "redacted_at": None}
-    sql, args = sqlite_search(MESSAGES, '"x"', where, 10)
+    sql, args = sqlite_search(MESSAGES, ["x", "y"], where, 10)
+    index = MESSAGES.full_text
+    assert index is not None
+    scope = (
+        f'fts_scope : "{scope_token(index, "org_id", ORG)}" AND '
+        f'fts_scope : "{scope_token(index, "agent_id", "a1")}" AND '
+        f'fts_scope : "{scope_token(index, "redacted_at", None)}" AND '
+    )
+    # Every MATCH is scoped: any word (the window), each word, every word.
+    assert args[:3] == [f'{scope}{{content}} : ("x" OR "y")', SEARCH_WINDOW, SEARCH_WINDOW]
+    assert args[3:5] == [f'{scope}{{content}} : ("x")', f'{scope}{{content}} : ("y")']
+    assert args[5:8] == [2, f'{scope}{{content}} : ("x" AND "y")', 10]
+    # The table's own columns are checked again for the rows found.
     assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
-    assert args == ['"x"', ORG, "a1", 10]
-    sql, args = postgres_search(MESSAGES, "x", where, 10)
+    assert args[8:] == [ORG, "a1", 10]
+    # One word: its newest matches.
+    sql, args = sqlite_search(MESSAGES, ["x"], where, 10)
+    assert args == [f'{scope}{{content}} : ("x")', 10, ORG, "a1", 10]
+    sql, args = postgres_search(MESSAGES, ["x"], where, 10)
     assert "plainto_tsquery('english', ?)" in sql
+    assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
     assert args == ["x", ORG, "a1", 10]
-    with pytest.raises(ValueError, match="no column"):
-        sqlite_search(MESSAGES, '"x"', {"content; DROP TABLE messages": 1}, 10)
+    sql, args = postgres_search(MESSAGES, ["x", "y"], where, 10)
+    window = ["x", "y", ORG, "a1", SEARCH_WINDOW]
+    every = ["x", "y", ORG, "a1", SEARCH_WINDOW, "x", "y", 10, 10]
+    assert args == [*window, *every, "x", "y", 10]
+    for search in (sqlite_search, postgres_search):
+        with pytest.raises(ValueError, match="no column"):
+            search(MESSAGES, ["x"], {"content; DROP TABLE messages": 1}, 10)
+        with pytest.raises(ValueError, match="only by its full-text scope"):
+            search(MESSAGES, ["x"], {"content": "x"}, 10)
+
+
+def test_a_scope_token_stands_for_one_value() -> None:
+    """Ids are case-sensitive and hold hyphens; the tokenizer folds case and splits at
+    hyphens. Hex keeps each value one token, distinct from every other value's."""
+    index = MESSAGES.full_text
+    assert index is not None
+    values = ["chat-42", "Chat-42", "chat 42", "chat", "42", "", None, "a6368617430"]
+    tokens = {scope_token(index, "session_id", v) for v in values}
+    assert len(tokens) == len(values)
+    assert all(t.isalnum() and t.islower() and t[-1] in "01" for t in tokens)
+    assert scope_token(index, "org_id", "x") != scope_token(index, "agent_id", "x")
 
 
 # Query helpers ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 
 from agentmem import Client, subjects
 from agentmem.config import StartupError
+from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import (
     ApiKeyCreated,
@@ -43,7 +44,7 @@ from agentmem.store import (
     sql,
 )
 from agentmem.store.migrations import Plan
-from agentmem.store.port import Migration, Sql
+from agentmem.store.port import READ_TIME_LIMIT_S, Migration, Sql
 from agentmem.store.postgres import _TYPES as PG_TYPES
 from agentmem.store.postgres import PostgresStore, translate
 from agentmem.store.sqlite import SQLiteStore
@@ -756,3 +757,23 @@ async def test_a_postgres_store_closes_even_with_a_connection_still_in_use(
         await opened.pool.acquire()  # never released, as by a stuck task
         # Without the bound, asyncpg's close waits for that connection for ever.
         await asyncio.wait_for(opened.close(), 5)
+
+
+async def test_a_read_past_its_time_limit_is_stopped_and_answered_unavailable(
+    store: Store,
+) -> None:
+    """No query's read may hold a connection or a reader thread for ever: past the store's
+    time limit it is stopped (SQLite: its progress handler; Postgres: asyncpg cancels it on
+    the server) and answered ``unavailable``, and the store goes on reading."""
+    assert store.read_time_limit == READ_TIME_LIMIT_S
+    store.read_time_limit = 0.2
+    counting = (
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < ?) "
+        "SELECT count(*) AS n FROM c"
+    )
+    long = 2_000_000_000  # minutes of work on either engine
+    with pytest.raises(UnavailableError, match=r"took longer than 0\.2 s"):
+        await asyncio.wait_for(store.fetch_all(counting, long), 30)
+    with pytest.raises(UnavailableError, match=r"took longer than 0\.2 s"):
+        await asyncio.wait_for(store.fetch_one(counting, long), 30)
+    assert await store.fetch_one(counting, 10) == {"n": 10}

@@ -6,8 +6,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from agentmem.errors import UnavailableError
+
 ColumnType = Literal["text", "integer", "json"]
 Row = dict[str, Any]
+
+# Every read of a query (``fetch_one``, ``fetch_all``, ``search``; not ``dump``) is stopped
+# after this long and answered ``unavailable``: no read may hold a connection or a reader
+# thread, and the requests queued behind it, for ever. A query may first wait up to 5 s for
+# ``after_seq``; with this the answer still comes within a client's 10 s.
+READ_TIME_LIMIT_S = 3.0
+
+
+def read_too_long(seconds: float) -> UnavailableError:
+    return UnavailableError(
+        f"the read took longer than {seconds:g} s and was stopped; narrow the request "
+        "(a smaller limit, a session, a role) or try again"
+    )
 
 
 @dataclass(frozen=True)
@@ -20,10 +35,16 @@ class Column:
 @dataclass(frozen=True)
 class FullText:
     """A full-text index over some text ``columns`` of a table. ``key`` is a unique integer
-    column of the table that names each row in the index (SQLite FTS5 needs one)."""
+    column of the table that names each row in the index (SQLite FTS5 needs one), and
+    orders the matches: a higher key is newer.
+
+    ``scope``: the columns a search may filter by (the organization first). SQLite keeps
+    their values in the index itself, so that the match is scoped inside FTS5 and never
+    walks the table's rows (``agentmem.store.fulltext``)."""
 
     columns: tuple[str, ...]
     key: str
+    scope: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +166,9 @@ def fence(batch: ProjectionBatch, stored: int) -> None:
 
 
 class Store(Protocol):
+    # Seconds a query's read may take before it is stopped (``READ_TIME_LIMIT_S``).
+    read_time_limit: float
+
     async def close(self) -> None: ...
 
     async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
@@ -179,5 +203,7 @@ class Store(Protocol):
         self, table: Table, text: str, where: Mapping[str, Any], limit: int
     ) -> list[Row]:
         """Full-text search of ``table`` (declared with ``full_text``): its rows that match
-        any word of ``text``, best first, each with a ``rank`` (higher is better), among
-        those whose columns equal ``where`` (a None value: the column is NULL)."""
+        any word of ``text``, among those whose columns equal ``where`` (a None value: the
+        column is NULL; only columns of the index's ``scope``), best first. Each has a
+        ``rank``: how many of the words it holds, from that row and the text alone (see
+        ``agentmem.store.fulltext``)."""

@@ -33,6 +33,7 @@ import structlog
 from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
 from agentmem.store.port import (
+    READ_TIME_LIMIT_S,
     ColumnType,
     Migration,
     Parked,
@@ -40,6 +41,7 @@ from agentmem.store.port import (
     Row,
     Table,
     fence,
+    read_too_long,
 )
 from agentmem.store.system_reads import SystemReads
 
@@ -146,6 +148,8 @@ class PostgresStore(SystemReads):
         self._pool: asyncpg.Pool | None = None
         self._keys: dict[str, tuple[str, ...]] = {}
         self._copy_skips: dict[str, int] = {}  # per table, runs left before COPY is tried again
+        # A query's read is cancelled after this long (``port.READ_TIME_LIMIT_S``).
+        self.read_time_limit = READ_TIME_LIMIT_S
 
     # Lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -293,15 +297,33 @@ class PostgresStore(SystemReads):
         return [tuple(record) for record in records]
 
     async def fetch_one(self, query: str, *args: Any) -> Row | None:
-        record = await self.pool.fetchrow(translate(query), *args)
+        """A query's first row; asyncpg cancels it on the server after ``read_time_limit``."""
+        try:
+            record = await self.pool.fetchrow(translate(query), *args, timeout=self.read_time_limit)
+        except TimeoutError as exc:
+            raise read_too_long(self.read_time_limit) from exc
         return dict(record.items()) if record is not None else None
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
-        records = await self.pool.fetch(translate(query), *args)
+        """A query's read; asyncpg cancels it on the server after ``read_time_limit``."""
+        try:
+            records = await self.pool.fetch(translate(query), *args, timeout=self.read_time_limit)
+        except TimeoutError as exc:
+            raise read_too_long(self.read_time_limit) from exc
         return [dict(record.items()) for record in records]
 
     async def search(
         self, table: Table, text: str, where: Mapping[str, Any], limit: int
     ) -> list[Row]:
-        query, args = fulltext.postgres_search(table, text, where, limit)
-        return fulltext.ranked(await self.fetch_all(query, *args))
+        words = fulltext.words(text)
+        if not words:
+            return []
+        query, args = fulltext.postgres_search(table, words, where, limit)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+                # Planned for its own words, walking the scope (fulltext.postgres_search).
+                await conn.execute("; ".join(fulltext.PG_SEARCH_SETTINGS))
+                records = await conn.fetch(translate(query), *args, timeout=self.read_time_limit)
+        except TimeoutError as exc:
+            raise read_too_long(self.read_time_limit) from exc
+        return fulltext.ranked([dict(record.items()) for record in records])

@@ -22,6 +22,10 @@ While another thread committed 1,000-row batches, a point read's p99 was 2.8 ms 
 aiosqlite and 2.4 ms through the pool (a hop waits for the GIL behind the writer), 0.15 ms
 on the loop thread.
 
+A read on a reader thread is stopped after ``READ_TIME_LIMIT_S`` (3 s; its progress
+handler checks the clock every 10,000 VM steps) and answered ``unavailable``; ``dump`` has
+no limit.
+
 What may hold the loop is bounded. The query handlers' reads are by primary key or along an
 index (a page is at most 500 rows). A read that takes more than 10,000 SQLite VM steps
 (``LOOP_READ_BUDGET`` progress-handler calls; a millisecond or two) is interrupted and run
@@ -58,6 +62,7 @@ import structlog
 from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
 from agentmem.store.port import (
+    READ_TIME_LIMIT_S,
     Delete,
     Migration,
     Parked,
@@ -66,6 +71,7 @@ from agentmem.store.port import (
     Table,
     Update,
     fence,
+    read_too_long,
 )
 from agentmem.store.system_reads import SystemReads
 
@@ -111,6 +117,8 @@ LOOP_READ_BUDGET = 10
 # Lock waits: the writer and the reader threads may wait this long; the loop never waits.
 BUSY_TIMEOUT_MS = 10_000
 _MOVED_ERRORS = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_INTERRUPT}
+# How often (VM steps) a read on a reader thread checks its time limit: about a millisecond.
+_DEADLINE_STEPS = 10_000
 _MAX_SLOW_QUERIES = 256
 
 
@@ -159,6 +167,8 @@ class SQLiteStore(SystemReads):
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_conns_lock = threading.Lock()
         self._slow: set[str] = set()  # SQL that ran past the loop's budget once
+        # A read on a reader thread is stopped after this long (``port.READ_TIME_LIMIT_S``).
+        self.read_time_limit = READ_TIME_LIMIT_S
         # Tables whose updates and deletes are scrubbed from disk, and the FTS5 tables.
         self._scrubbed: set[str] = set()
         self._fts_tables: set[str] = set()
@@ -458,10 +468,10 @@ class SQLiteStore(SystemReads):
     async def search(
         self, table: Table, text: str, where: Mapping[str, Any], limit: int
     ) -> list[Row]:
-        match = fulltext.fts5_match(text)
-        if not match:
+        words = fulltext.words(text)
+        if not words:
             return []
-        query, args = fulltext.sqlite_search(table, match, where, limit)
+        query, args = fulltext.sqlite_search(table, words, where, limit)
         return fulltext.ranked(await self.fetch_all(query, *args))
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
@@ -502,13 +512,30 @@ class SQLiteStore(SystemReads):
             # check_same_thread off only so that close() can close it from the loop thread
             # once the reader threads have stopped; until then only this thread uses it.
             conn = _reader(self.path, BUSY_TIMEOUT_MS, check_same_thread=False)
+            conn.set_progress_handler(self._past_deadline, _DEADLINE_STEPS)
             self._reader_local.conn = conn
+            self._reader_local.deadline = None
             with self._reader_conns_lock:
                 self._reader_conns.append(conn)
         return conn
 
+    def _past_deadline(self) -> bool:
+        """A reader thread's progress handler: true stops the statement (SQLITE_INTERRUPT)."""
+        deadline: float | None = self._reader_local.deadline
+        return deadline is not None and time.monotonic() > deadline
+
     def _read_rows(self, query: str, args: tuple[Any, ...]) -> list[Row]:
-        return _rows(self._thread_reader().execute(query, args))
+        """A query's read, stopped after ``read_time_limit`` (``dump`` has none)."""
+        conn = self._thread_reader()
+        self._reader_local.deadline = time.monotonic() + self.read_time_limit
+        try:
+            return _rows(conn.execute(query, args))
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_INTERRUPT:
+                raise read_too_long(self.read_time_limit) from exc
+            raise
+        finally:
+            self._reader_local.deadline = None
 
     def _read_tuples(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self._thread_reader().execute(query, args).fetchall()]
