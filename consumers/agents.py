@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from agentmem import ids, subjects
 from agentmem.commands import (
     ArchiveAgent,
@@ -26,33 +24,18 @@ from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import NotFoundError
 from agentmem.queries import GetAgent, GetAgentState, ListAgents
+from agentmem.store import Row
 from consumers.aggregates import Loader
 from consumers.auth import authorize
 from consumers.commands import CommandRunner, missing_org
-from consumers.queries import MAX_PAGE_BYTES, _hide_other_org, decode_cursor, page
+from consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
 from consumers.router import Request, Result, Router
+from projections import agents as agents_read
 
 if TYPE_CHECKING:
     from consumers.parts import Parts
 
 PROJECTION = "agents"
-
-_COLUMNS = (
-    "agent_id",
-    "org_id",
-    "name",
-    "description",
-    "persona",
-    "model",
-    "metadata",
-    "tags",
-    "archived",
-    "created_at",
-    "updated_at",
-    "version",
-)
-_AGENT_COLUMNS = ", ".join(_COLUMNS)
-_LISTED_COLUMNS = ", ".join(f"a.{c}" for c in _COLUMNS)
 
 
 # Commands ----------------------------------------------------------------------------------
@@ -154,48 +137,19 @@ def command_router(parts: Parts) -> Router:
 
 
 # Queries -----------------------------------------------------------------------------------
-def agent_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **row,
-        "model": msgspec.json.decode(row["model"]),
-        "metadata": msgspec.json.decode(row["metadata"]),
-        "tags": msgspec.json.decode(row["tags"]),
-        "archived": bool(row["archived"]),
-    }
-
-
-def prefix_bound(prefix: str) -> str | None:
-    """The least string greater than every string that starts with ``prefix``, in code point
-    order (which is UTF-8 byte order, the order of both stores' text columns); None when
-    there is none. ``name >= prefix AND name < bound`` is then a prefix match that uses an
-    index and gives ``%`` and ``_`` no special meaning, as LIKE would."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop()) + 1
-        if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters: skip past them
-            code = 0xE000
-        if code <= 0x10FFFF:
-            return "".join(chars) + chr(code)
-    return None
-
-
 def query_router(parts: Parts) -> Router:
     router = Router()
     store, freshness = parts.store, parts.freshness
 
-    async def agent_row(request: Request[Any], agent_id: str) -> dict[str, Any]:
-        row = await store.fetch_one(
-            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = ?", agent_id
-        )
-        _hide_other_org(request, row, f"agent {agent_id} does not exist")
-        assert row is not None
-        return row
+    async def agent_row(request: Request[Any], agent_id: str) -> Row:
+        row = await agents_read.get_agent(store, agent_id)
+        return readable(request, row, f"agent {agent_id} does not exist")
 
     @router.handle(GetAgent)
     async def get_agent(request: Request[GetAgent]) -> Result:
         authorize(request.caller, request.need, None)
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
-        return agent_view(await agent_row(request, request.body.agent_id)), seq
+        return await agent_row(request, request.body.agent_id), seq
 
     @router.handle(GetAgentState)
     async def get_state(request: Request[GetAgentState]) -> Result:
@@ -203,13 +157,8 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
         agent_id = request.body.agent_id
         await agent_row(request, agent_id)
-        row = await store.fetch_one(
-            "SELECT state, version FROM agent_states WHERE agent_id = ?", agent_id
-        )
-        if row is None:  # never set: the empty document at version 0
-            return {"agent_id": agent_id, "state": {}, "version": 0}, seq
-        state = msgspec.json.decode(row["state"])
-        return {"agent_id": agent_id, "state": state, "version": row["version"]}, seq
+        state, version = await agents_read.get_state(store, agent_id)
+        return {"agent_id": agent_id, "state": state, "version": version}, seq
 
     @router.handle(ListAgents)
     async def list_agents(request: Request[ListAgents]) -> Result:
@@ -222,32 +171,15 @@ def query_router(parts: Parts) -> Router:
             NotFoundError(f"organization {org_id} does not exist"),
         )
         seq = await freshness.wait(PROJECTION, query.after_seq)
-        cursor = decode_cursor(query.cursor)
-        if query.tag is None:
-            source, key = "agents a", "a.agent_id"
-            where, args = ["a.org_id = ?", "a.agent_id > ?"], [org_id, cursor]
-        else:
-            # Along the tag's index, in agent_id order from the cursor: a page reads about
-            # a page of rows, however many agents carry the tag.
-            source = "agent_tags t JOIN agents a ON a.agent_id = t.agent_id AND a.org_id = t.org_id"
-            key = "t.agent_id"
-            where = ["t.org_id = ?", "t.tag = ?", "t.agent_id > ?"]
-            args = [org_id, query.tag, cursor]
-        if not query.include_archived:
-            where.append("a.archived = 0")
-        if query.name_prefix is not None:
-            where.append("a.name >= ?")
-            args.append(query.name_prefix)
-            bound = prefix_bound(query.name_prefix)
-            if bound is not None:
-                where.append("a.name < ?")
-                args.append(bound)
-        rows = await store.fetch_all(
-            f"SELECT {_LISTED_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
-            f"ORDER BY {key} LIMIT ?",
-            *args,
-            query.limit + 1,
+        rows = await agents_read.list_agents(
+            store,
+            org_id,
+            after=decode_cursor(query.cursor),
+            limit=query.limit + 1,
+            tag=query.tag,
+            name_prefix=query.name_prefix,
+            include_archived=query.include_archived,
         )
-        return page([agent_view(r) for r in rows], query.limit, "agent_id", MAX_PAGE_BYTES), seq
+        return page(rows, query.limit, "agent_id", MAX_PAGE_BYTES), seq
 
     return router

@@ -20,19 +20,16 @@ from agentmem.eventlog import (
 )
 from agentmem.events import MessageAppended
 from agentmem.queries import GetHistory
-from agentmem.store import Store
 from agentmem.validation import invalid
 from consumers.auth import authorize
 from consumers.commands import SECRET_FIELDS, client_command_id
 from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
+from projections import messages as messages_read
 
 if TYPE_CHECKING:
     from consumers.parts import Parts
 
-# Message ids per statement when history asks which messages are hidden: far below SQLite's
-# default limit of 32,766 parameters (and asyncpg's 32,767), however many a page holds.
-HIDDEN_CHUNK = 500
 
 _encoder = msgspec.json.Encoder()
 
@@ -59,23 +56,6 @@ def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[st
 
 def _size(item: dict[str, Any]) -> int:
     return len(_encoder.encode(item))
-
-
-async def hidden_messages(store: Store, message_ids: Sequence[str]) -> frozenset[str]:
-    """Of ``message_ids``, those without a row that shows them: redacted, or deleted. Asked
-    ``HIDDEN_CHUNK`` ids at a time, so any number of ids takes a bounded statement."""
-    wanted = list(dict.fromkeys(message_ids))
-    shown: set[str] = set()
-    for start in range(0, len(wanted), HIDDEN_CHUNK):
-        chunk = wanted[start : start + HIDDEN_CHUNK]
-        marks = ", ".join("?" for _ in chunk)
-        rows = await store.fetch_all(
-            f"SELECT message_id FROM messages WHERE redacted_at IS NULL "
-            f"AND message_id IN ({marks})",
-            *chunk,
-        )
-        shown.update(row["message_id"] for row in rows)
-    return frozenset(wanted) - shown
 
 
 async def in_log_order(
@@ -153,7 +133,7 @@ def query_router(parts: Parts) -> Router:
         ]
         lasts = [await log.last_on(subject) for subject in conversations]
         await freshness.wait("messages", max((last.seq for last in lasts if last), default=None))
-        return await hidden_messages(store, message_ids)
+        return await messages_read.hidden_messages(store, message_ids)
 
     @router.handle(GetHistory)
     async def get_history(request: Request[GetHistory]) -> Result:

@@ -35,37 +35,14 @@ from consumers.auth import authorize
 from consumers.commands import event_view, missing_org
 from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
 from consumers.router import Request, Result, Router
-from projections.messages import MESSAGES
+from projections import messages as messages_read
 
 if TYPE_CHECKING:
     from consumers.parts import Parts
 
 PROJECTION = "messages"
 
-_COLUMNS = ", ".join(MESSAGES.column_names)
-_decode_json = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
-
-
-def message_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A message as the queries answer it. A redacted one keeps its place, with no content."""
-    return {
-        "message_id": row["message_id"],
-        "org_id": row["org_id"],
-        "session_id": row["session_id"],
-        "agent_id": row["agent_id"],
-        "user_id": row["user_id"],
-        "role": row["role"],
-        "content": row["content"],
-        "tool_calls": _decode_json.decode(row["tool_calls"]),
-        "tool_call_id": row["tool_call_id"],
-        "metadata": _decode_json.decode(row["metadata"]),
-        "seq": row["seq"],
-        "position": row["position"],
-        "created_at": row["created_at"],
-        "redacted": row["redacted_at"] is not None,
-        "redacted_at": row["redacted_at"],
-    }
 
 
 def fitting(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> int:
@@ -89,31 +66,6 @@ def cursor_position(cursor: str | None) -> int | None:
             "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
         )
     return int(key)
-
-
-def list_sql(query: ListMessages, org_id: str) -> tuple[str, list[Any]]:
-    """One page of a conversation along the (org_id, session_id, position) index."""
-    conditions = ["org_id = ?", "session_id = ?"]
-    args: list[Any] = [org_id, query.session_id]
-    after = cursor_position(query.cursor)
-    if after is not None:
-        conditions.append("position > ?" if query.order == "asc" else "position < ?")
-        args.append(after)
-    if query.since is not None:
-        conditions.append("created_at >= ?")
-        args.append(query.since)
-    if query.until is not None:
-        conditions.append("created_at < ?")
-        args.append(query.until)
-    if query.role is not None:
-        conditions.append("role = ?")
-        args.append(query.role)
-    direction = "ASC" if query.order == "asc" else "DESC"
-    sql = (
-        f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
-        f"ORDER BY position {direction} LIMIT ?"
-    )
-    return sql, [*args, query.limit + 1]
 
 
 def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
@@ -238,14 +190,7 @@ def command_router(parts: Parts) -> Router:
         if last is None:
             raise missing
         await freshness.wait(PROJECTION, last.seq)
-        row = await store.fetch_one(
-            "SELECT m.seq, m.redacted_at, r.seq AS redaction_seq, r.reason FROM messages m "
-            "LEFT JOIN message_redactions r ON r.message_id = m.message_id "
-            "WHERE m.message_id = ? AND m.org_id = ? AND m.session_id = ?",
-            message_id,
-            org_id,
-            session_id,
-        )
+        row = await messages_read.redaction_of(store, org_id, session_id, message_id)
         if row is None:
             raise missing
         commit = await runner.log.get(row["seq"])
@@ -317,12 +262,22 @@ def query_router(parts: Parts) -> Router:
     async def list_messages(request: Request[ListMessages]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
-        sql, args = list_sql(query, org_id or "")
+        after = cursor_position(query.cursor)
         seq = await freshness.wait(PROJECTION, query.after_seq)
         if org_id is None:
             return {"items": [], "next_cursor": None}, seq
-        rows = await store.fetch_all(sql, *args)
-        items = [message_view(r) for r in rows[: query.limit]]
+        rows = await messages_read.list_messages(
+            store,
+            org_id,
+            query.session_id,
+            after=after,
+            order=query.order,
+            since=query.since,
+            until=query.until,
+            role=query.role,
+            limit=query.limit + 1,
+        )
+        items = rows[: query.limit]
         more = len(rows) > query.limit
         fit = fitting(items)
         items, more = items[:fit], more or fit < len(items)
@@ -336,15 +291,8 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, query.after_seq)
         if org_id is None:
             return {"items": []}, seq
-        rows = await store.fetch_all(
-            f"SELECT {_COLUMNS} FROM messages WHERE org_id = ? AND session_id = ? "
-            "ORDER BY position DESC LIMIT ?",
-            org_id,
-            query.session_id,
-            query.n,
-        )
+        items = await messages_read.last_messages(store, org_id, query.session_id, query.n)
         # Newest first while they fit: the newest are the ones a prompt needs most.
-        items = [message_view(r) for r in rows]
         return {"items": items[: fitting(items)][::-1]}, seq
 
     @router.handle(SearchMessages)
@@ -355,8 +303,7 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, query.after_seq)
         if org_id is None:
             return {"items": []}, seq
-        rows = await store.search(MESSAGES, query.text, where, query.limit)
-        items = [{**message_view(r), "rank": r["rank"]} for r in rows]
+        items = await messages_read.search_messages(store, query.text, where, query.limit)
         return {"items": items[: fitting(items)]}, seq
 
     return router

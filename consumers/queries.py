@@ -19,16 +19,14 @@ from agentmem.queries import (
     ListOrgs,
     ListUsers,
 )
+from agentmem.store import Row
 from agentmem.validation import invalid
 from consumers.auth import authorize
 from consumers.router import Request, Result, Router
+from projections import orgs, users
 
 if TYPE_CHECKING:
     from consumers.parts import Parts
-
-_ORG_COLUMNS = "org_id, name, created_at, updated_at, version"
-_USER_COLUMNS = "user_id, org_id, name, email, roles, created_at, updated_at, version"
-
 
 _CURSOR_MARK = "k:"  # a cursor decodes to this mark and the last key of the page
 
@@ -78,15 +76,13 @@ def page(
     return {"items": items, "next_cursor": encode_cursor(items[-1][key]) if more else None}
 
 
-def user_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "roles": msgspec.json.decode(row["roles"])}
-
-
-def _hide_other_org(request: Request[Any], row: dict[str, Any] | None, missing: str) -> None:
-    """Another organization's row is answered exactly as a missing one."""
+def readable(request: Request[Any], row: Row | None, missing: str) -> Row:
+    """``row``, if the caller may read it; another organization's row is answered exactly
+    as a missing one."""
     if row is None:
         raise NotFoundError(missing)
     authorize(request.caller, request.need, row["org_id"], NotFoundError(missing))
+    return row
 
 
 def query_router(parts: Parts) -> Router:
@@ -98,9 +94,7 @@ def query_router(parts: Parts) -> Router:
         missing = f"organization {request.body.org_id} does not exist"
         authorize(request.caller, request.need, request.body.org_id, NotFoundError(missing))
         seq = await freshness.wait("orgs", request.body.after_seq)
-        row = await store.fetch_one(
-            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id = ?", request.body.org_id
-        )
+        row = await orgs.get_org(store, request.body.org_id)
         if row is None:
             raise NotFoundError(missing)
         return row, seq
@@ -111,35 +105,24 @@ def query_router(parts: Parts) -> Router:
         authorize(caller, request.need, None)
         seq = await freshness.wait("orgs", query.after_seq)
         # Everyone but a service administrator sees only their own organization.
-        scope, args = ("", ()) if caller.service_admin else ("AND org_id = ? ", (caller.org_id,))
-        rows = await store.fetch_all(
-            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE org_id > ? {scope}ORDER BY org_id LIMIT ?",
-            decode_cursor(query.cursor),
-            *args,
-            query.limit + 1,
-        )
+        only = None if caller.service_admin else caller.org_id
+        rows = await orgs.list_orgs(store, decode_cursor(query.cursor), query.limit + 1, only)
         return page(rows, query.limit, "org_id"), seq
 
     @router.handle(GetUser)
     async def get_user(request: Request[GetUser]) -> Result:
         authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
-        row = await store.fetch_one(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", request.body.user_id
-        )
-        _hide_other_org(request, row, f"user {request.body.user_id} does not exist")
-        assert row is not None
-        return user_view(row), seq
+        row = await users.get_user(store, request.body.user_id)
+        return readable(request, row, f"user {request.body.user_id} does not exist"), seq
 
     @router.handle(GetUserByEmail)
     async def get_user_by_email(request: Request[GetUserByEmail]) -> Result:
         authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
-        row = await store.fetch_one(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", email)
-        _hide_other_org(request, row, f"no user has the email {email}")
-        assert row is not None
-        return user_view(row), seq
+        row = await users.get_user_by_email(store, email)
+        return readable(request, row, f"no user has the email {email}"), seq
 
     @router.handle(EmailExists)
     async def email_exists(request: Request[EmailExists]) -> Result:
@@ -148,8 +131,7 @@ def query_router(parts: Parts) -> Router:
         authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
-        row = await store.fetch_one("SELECT 1 AS found FROM users WHERE email = ?", email)
-        return {"email": email, "exists": row is not None}, seq
+        return {"email": email, "exists": await users.email_taken(store, email)}, seq
 
     @router.handle(ListUsers)
     async def list_users(request: Request[ListUsers]) -> Result:
@@ -158,24 +140,14 @@ def query_router(parts: Parts) -> Router:
         missing = f"organization {org_id} does not exist"
         authorize(request.caller, request.need, org_id, NotFoundError(missing))
         seq = await freshness.wait("users", query.after_seq)
-        rows = await store.fetch_all(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE org_id = ? AND user_id > ? "
-            "ORDER BY user_id LIMIT ?",
-            org_id,
-            decode_cursor(query.cursor),
-            query.limit + 1,
-        )
-        result = page(rows, query.limit, "user_id")
-        result["items"] = [user_view(r) for r in result["items"]]
-        return result, seq
+        rows = await users.list_users(store, org_id, decode_cursor(query.cursor), query.limit + 1)
+        return page(rows, query.limit, "user_id"), seq
 
     @router.handle(ListApiKeys)
     async def list_api_keys(request: Request[ListApiKeys]) -> Result:
         user_id = request.body.user_id or request.caller.user_id
         seq = await freshness.wait("users", request.body.after_seq)
-        owner = await store.fetch_one(
-            "SELECT org_id, service_admin FROM users WHERE user_id = ?", user_id
-        )
+        owner = await users.key_owner(store, user_id)
         missing = f"user {user_id} does not exist"
         if owner is None:
             raise NotFoundError(missing)
@@ -184,11 +156,6 @@ def query_router(parts: Parts) -> Router:
         if owner["service_admin"] and not caller.service_admin and caller.user_id != user_id:
             # As for every other operation on the administrator (``check_user``).
             raise ForbiddenError("only a service administrator may act on a service administrator")
-        rows = await store.fetch_all(
-            "SELECT key_id, user_id, name, prefix, created_at, revoked_at FROM api_keys "
-            "WHERE user_id = ? ORDER BY key_id",
-            user_id,
-        )
-        return {"items": rows}, seq
+        return {"items": await users.api_keys(store, user_id)}, seq
 
     return router

@@ -85,7 +85,7 @@ def system_router(parts: Parts) -> Router:
             log.warning("health: log unreachable", error=repr(exc))
             checks["log"] = False
         try:
-            await store.fetch_one("SELECT 1 AS one")
+            await store.checkpoints()
             checks["store"] = True
         except Exception as exc:
             log.warning("health: store unreachable", error=repr(exc))

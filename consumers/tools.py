@@ -13,8 +13,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from agentmem import ids, subjects
 from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.domain import orgs, tools
@@ -26,27 +24,14 @@ from agentmem.validation import invalid
 from consumers.aggregates import Loader
 from consumers.auth import authorize
 from consumers.commands import CommandRunner, missing_org
-from consumers.queries import MAX_PAGE_BYTES, _hide_other_org, decode_cursor, page
+from consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
 from consumers.router import Request, Result, Router
+from projections import tools as tools_read
 
 if TYPE_CHECKING:
     from consumers.parts import Parts
 
 PROJECTION = "tools"
-
-_COLUMNS = (
-    "tool_id",
-    "org_id",
-    "name",
-    "description",
-    "parameters",
-    "tags",
-    "created_at",
-    "updated_at",
-    "version",
-)
-_TOOL_COLUMNS = ", ".join(_COLUMNS)
-_LISTED_COLUMNS = ", ".join(f"o.{c}" for c in _COLUMNS)
 
 
 # The JSON Schema check of a tool's parameters ------------------------------------------
@@ -181,14 +166,6 @@ def command_router(parts: Parts) -> Router:
 
 
 # Queries -----------------------------------------------------------------------------------
-def tool_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **row,
-        "parameters": msgspec.json.decode(row["parameters"]),
-        "tags": msgspec.json.decode(row["tags"]),
-    }
-
-
 def query_router(parts: Parts) -> Router:
     router = Router()
     store, freshness = parts.store, parts.freshness
@@ -208,9 +185,7 @@ def query_router(parts: Parts) -> Router:
             missing = f"tool {query.tool_id} does not exist"
             authorize(request.caller, request.need, query.org_id, NotFoundError(missing))
             seq = await freshness.wait(PROJECTION, query.after_seq)
-            row = await store.fetch_one(
-                f"SELECT {_TOOL_COLUMNS} FROM tools WHERE tool_id = ?", query.tool_id
-            )
+            row = await tools_read.get_tool(store, query.tool_id)
             if row is not None and query.org_id is not None and row["org_id"] != query.org_id:
                 row = None
         else:
@@ -218,14 +193,9 @@ def query_router(parts: Parts) -> Router:
             missing = f"no tool is named {query.name!r} in organization {org_id}"
             authorize(request.caller, request.need, org_id, NotFoundError(missing))
             seq = await freshness.wait(PROJECTION, query.after_seq)
-            row = await store.fetch_one(
-                f"SELECT {_TOOL_COLUMNS} FROM tools WHERE org_id = ? AND name = ?",
-                org_id,
-                query.name,
-            )
-        _hide_other_org(request, row, missing)
-        assert row is not None
-        return tool_view(row), seq
+            assert query.name is not None
+            row = await tools_read.get_tool_by_name(store, org_id, query.name)
+        return readable(request, row, missing), seq
 
     @router.handle(ListTools)
     async def list_tools(request: Request[ListTools]) -> Result:
@@ -234,41 +204,14 @@ def query_router(parts: Parts) -> Router:
         missing = NotFoundError(f"organization {org_id} does not exist")
         authorize(request.caller, request.need, org_id, missing)
         seq = await freshness.wait(PROJECTION, query.after_seq)
-        cursor = decode_cursor(query.cursor)
-        # An empty list filters nothing, as if left out.
-        every = list(dict.fromkeys(query.tags_all or []))
-        any_of = list(dict.fromkeys(query.tags_any or []))
-        if every:
-            # Along the first tag's index, in tool_id order from the cursor, checking the
-            # other tags by primary key: a page reads about a page of rows.
-            source = "tool_tags t JOIN tools o ON o.tool_id = t.tool_id AND o.org_id = t.org_id"
-            key = "t.tool_id"
-            where = ["t.org_id = ?", "t.tag = ?", "t.tool_id > ?"]
-            args: list[Any] = [org_id, every[0], cursor]
-            for tag in every[1:]:
-                where.append(
-                    "EXISTS (SELECT 1 FROM tool_tags x WHERE x.tool_id = t.tool_id AND x.tag = ?)"
-                )
-                args.append(tag)
-        else:
-            source, key = "tools o", "o.tool_id"
-            where, args = ["o.org_id = ?", "o.tool_id > ?"], [org_id, cursor]
-        if any_of:
-            # The tools of those tags after the cursor, along (org_id, tag, tool_id). Not
-            # ``EXISTS (... tag IN (...))``: SQLite 3.51 turns that into a join that yields a
-            # tool once per matching tag; and Postgres answers ORed EXISTS with a table scan.
-            marks = ", ".join("?" for _ in any_of)
-            where.append(
-                "o.tool_id IN (SELECT y.tool_id FROM tool_tags y "
-                f"WHERE y.org_id = ? AND y.tag IN ({marks}) AND y.tool_id > ?)"
-            )
-            args += [org_id, *any_of, cursor]
-        rows = await store.fetch_all(
-            f"SELECT {_LISTED_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
-            f"ORDER BY {key} LIMIT ?",
-            *args,
-            query.limit + 1,
+        rows = await tools_read.list_tools(
+            store,
+            org_id,
+            after=decode_cursor(query.cursor),
+            limit=query.limit + 1,
+            tags_all=query.tags_all or [],
+            tags_any=query.tags_any or [],
         )
-        return page([tool_view(r) for r in rows], query.limit, "tool_id", MAX_PAGE_BYTES), seq
+        return page(rows, query.limit, "tool_id", MAX_PAGE_BYTES), seq
 
     return router

@@ -8,6 +8,10 @@ Deleting an agent or its organization removes its rows from all three.
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
@@ -20,7 +24,7 @@ from agentmem.events import (
     AgentUpdated,
     OrgDeleted,
 )
-from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
 from projections.rows import json_text, tag_rows, tag_table
 
 AGENTS = Table(
@@ -132,3 +136,102 @@ class AgentsProjection:
                     for table in ("agents", "agent_tags", "agent_states"):
                         ops.append(Delete(table, {"org_id": deleted}))
         return ops
+
+
+# The reads its queries need ---------------------------------------------------------------
+_COLUMNS = (
+    "agent_id",
+    "org_id",
+    "name",
+    "description",
+    "persona",
+    "model",
+    "metadata",
+    "tags",
+    "archived",
+    "created_at",
+    "updated_at",
+    "version",
+)
+_AGENT_COLUMNS = ", ".join(_COLUMNS)
+_LISTED_COLUMNS = ", ".join(f"a.{c}" for c in _COLUMNS)
+
+
+def _view(row: Row) -> Row:
+    return {
+        **row,
+        "model": msgspec.json.decode(row["model"]),
+        "metadata": msgspec.json.decode(row["metadata"]),
+        "tags": msgspec.json.decode(row["tags"]),
+        "archived": bool(row["archived"]),
+    }
+
+
+def prefix_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix``, in code point
+    order (which is UTF-8 byte order, the order of both stores' text columns); None when
+    there is none. ``name >= prefix AND name < bound`` is then a prefix match that uses an
+    index and gives ``%`` and ``_`` no special meaning, as LIKE would."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters: skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+async def get_agent(store: Store, agent_id: str) -> Row | None:
+    row = await store.fetch_one(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = ?", agent_id)
+    return None if row is None else _view(row)
+
+
+async def get_state(store: Store, agent_id: str) -> tuple[dict[str, Any], int]:
+    """The agent's state document and its version; never set: the empty one at version 0."""
+    row = await store.fetch_one(
+        "SELECT state, version FROM agent_states WHERE agent_id = ?", agent_id
+    )
+    if row is None:
+        return {}, 0
+    state: dict[str, Any] = msgspec.json.decode(row["state"])
+    return state, int(row["version"])
+
+
+async def list_agents(
+    store: Store,
+    org_id: str,
+    *,
+    after: str,
+    limit: int,
+    tag: str | None,
+    name_prefix: str | None,
+    include_archived: bool,
+) -> list[Row]:
+    """An organization's agents in id order after ``after``, with the list's filters."""
+    if tag is None:
+        source, key = "agents a", "a.agent_id"
+        where, args = ["a.org_id = ?", "a.agent_id > ?"], [org_id, after]
+    else:
+        # Along the tag's index, in agent_id order from the cursor: a page reads about a
+        # page of rows, however many agents carry the tag.
+        source = "agent_tags t JOIN agents a ON a.agent_id = t.agent_id AND a.org_id = t.org_id"
+        key = "t.agent_id"
+        where = ["t.org_id = ?", "t.tag = ?", "t.agent_id > ?"]
+        args = [org_id, tag, after]
+    if not include_archived:
+        where.append("a.archived = 0")
+    if name_prefix is not None:
+        where.append("a.name >= ?")
+        args.append(name_prefix)
+        bound = prefix_bound(name_prefix)
+        if bound is not None:
+            where.append("a.name < ?")
+            args.append(bound)
+    rows = await store.fetch_all(
+        f"SELECT {_LISTED_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
+        f"ORDER BY {key} LIMIT ?",
+        *args,
+        limit,
+    )
+    return [_view(r) for r in rows]

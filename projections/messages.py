@@ -13,6 +13,11 @@ took part in as the agent).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
 from agentmem import subjects
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.eventlog import StoredCommit
@@ -23,7 +28,7 @@ from agentmem.events import (
     MessageRedacted,
     OrgDeleted,
 )
-from agentmem.store import Column, Delete, FullText, RowOp, Table, Update, Upsert
+from agentmem.store import Column, Delete, FullText, Row, RowOp, Store, Table, Update, Upsert
 from projections.rows import json_text
 
 PER_COMMIT = MAX_MESSAGES_PER_BATCH  # positions per commit
@@ -149,3 +154,139 @@ class MessagesProjection:
                     ops.append(Delete("messages", {"org_id": deleted}))
                     ops.append(Delete("message_redactions", {"org_id": deleted}))
         return ops
+
+
+# The reads its queries need ---------------------------------------------------------------
+_COLUMNS = ", ".join(MESSAGES.column_names)
+_decode_json = msgspec.json.Decoder()
+# Which messages of a history page are hidden is asked this many ids at a time: any number
+# of ids takes statements of a bounded size (SQLite and asyncpg cap their parameters).
+HIDDEN_CHUNK = 500
+
+
+def message_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A message as the queries answer it. A redacted one keeps its place, with no content."""
+    return {
+        "message_id": row["message_id"],
+        "org_id": row["org_id"],
+        "session_id": row["session_id"],
+        "agent_id": row["agent_id"],
+        "user_id": row["user_id"],
+        "role": row["role"],
+        "content": row["content"],
+        "tool_calls": _decode_json.decode(row["tool_calls"]),
+        "tool_call_id": row["tool_call_id"],
+        "metadata": _decode_json.decode(row["metadata"]),
+        "seq": row["seq"],
+        "position": row["position"],
+        "created_at": row["created_at"],
+        "redacted": row["redacted_at"] is not None,
+        "redacted_at": row["redacted_at"],
+    }
+
+
+def list_sql(
+    org_id: str,
+    session_id: str,
+    *,
+    after: int | None,
+    order: str,
+    since: int | None,
+    until: int | None,
+    role: str | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """One page of a conversation along the (org_id, session_id, position) index: ``limit``
+    messages after position ``after`` in ``order`` (``asc`` or ``desc``)."""
+    conditions = ["org_id = ?", "session_id = ?"]
+    args: list[Any] = [org_id, session_id]
+    if after is not None:
+        conditions.append("position > ?" if order == "asc" else "position < ?")
+        args.append(after)
+    if since is not None:
+        conditions.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        conditions.append("created_at < ?")
+        args.append(until)
+    if role is not None:
+        conditions.append("role = ?")
+        args.append(role)
+    direction = "ASC" if order == "asc" else "DESC"
+    sql = (
+        f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
+        f"ORDER BY position {direction} LIMIT ?"
+    )
+    return sql, [*args, limit]
+
+
+async def list_messages(
+    store: Store,
+    org_id: str,
+    session_id: str,
+    *,
+    after: int | None,
+    order: str,
+    since: int | None,
+    until: int | None,
+    role: str | None,
+    limit: int,
+) -> list[Row]:
+    sql, args = list_sql(
+        org_id,
+        session_id,
+        after=after,
+        order=order,
+        since=since,
+        until=until,
+        role=role,
+        limit=limit,
+    )
+    return [message_view(r) for r in await store.fetch_all(sql, *args)]
+
+
+async def last_messages(store: Store, org_id: str, session_id: str, n: int) -> list[Row]:
+    """The last ``n`` messages of a conversation, newest first."""
+    rows = await store.fetch_all(
+        f"SELECT {_COLUMNS} FROM messages WHERE org_id = ? AND session_id = ? "
+        "ORDER BY position DESC LIMIT ?",
+        org_id,
+        session_id,
+        n,
+    )
+    return [message_view(r) for r in rows]
+
+
+async def search_messages(store: Store, text: str, where: dict[str, Any], limit: int) -> list[Row]:
+    """Best match first, within the scope ``where`` names (inside the full-text match)."""
+    rows = await store.search(MESSAGES, text, where, limit)
+    return [{**message_view(r), "rank": r["rank"]} for r in rows]
+
+
+async def redaction_of(store: Store, org_id: str, session_id: str, message_id: str) -> Row | None:
+    """A message's log sequence and, if it was redacted, when, at which sequence and why."""
+    return await store.fetch_one(
+        "SELECT m.seq, m.redacted_at, r.seq AS redaction_seq, r.reason FROM messages m "
+        "LEFT JOIN message_redactions r ON r.message_id = m.message_id "
+        "WHERE m.message_id = ? AND m.org_id = ? AND m.session_id = ?",
+        message_id,
+        org_id,
+        session_id,
+    )
+
+
+async def hidden_messages(store: Store, message_ids: Sequence[str]) -> frozenset[str]:
+    """Of ``message_ids``, those without a row that shows them: redacted, or deleted. Asked
+    ``HIDDEN_CHUNK`` ids at a time, so any number of ids takes a bounded statement."""
+    wanted = list(dict.fromkeys(message_ids))
+    shown: set[str] = set()
+    for start in range(0, len(wanted), HIDDEN_CHUNK):
+        chunk = wanted[start : start + HIDDEN_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        rows = await store.fetch_all(
+            f"SELECT message_id FROM messages WHERE redacted_at IS NULL "
+            f"AND message_id IN ({marks})",
+            *chunk,
+        )
+        shown.update(row["message_id"] for row in rows)
+    return frozenset(wanted) - shown

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import OrgCreated, OrgDeleted, OrgRenamed
-from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
 
 ORGS = Table(
     name="orgs",
@@ -45,3 +45,22 @@ class OrgsProjection:
                 case OrgDeleted(org_id=org_id):
                     ops.append(Delete("orgs", {"org_id": org_id}))
         return ops
+
+
+# The reads its queries need ---------------------------------------------------------------
+_COLUMNS = "org_id, name, created_at, updated_at, version"
+
+
+async def get_org(store: Store, org_id: str) -> Row | None:
+    return await store.fetch_one(f"SELECT {_COLUMNS} FROM orgs WHERE org_id = ?", org_id)
+
+
+async def list_orgs(store: Store, after: str, limit: int, only: str | None = None) -> list[Row]:
+    """Organizations after ``after`` in id order; with ``only``, that one at most."""
+    scope, args = ("", ()) if only is None else ("AND org_id = ? ", (only,))
+    return await store.fetch_all(
+        f"SELECT {_COLUMNS} FROM orgs WHERE org_id > ? {scope}ORDER BY org_id LIMIT ?",
+        after,
+        *args,
+        limit,
+    )

@@ -7,10 +7,14 @@ states it. ``tool_tags``: one row per tag of a tool, so that tag filters read an
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import OrgDeleted, ToolDeleted, ToolRegistered, ToolUpdated
-from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
 from projections.rows import json_text, tag_rows, tag_table
 
 TOOLS = Table(
@@ -80,3 +84,86 @@ class ToolsProjection:
                     ops.append(Delete("tools", {"org_id": deleted}))
                     ops.append(Delete("tool_tags", {"org_id": deleted}))
         return ops
+
+
+# The reads its queries need ---------------------------------------------------------------
+_COLUMNS = (
+    "tool_id",
+    "org_id",
+    "name",
+    "description",
+    "parameters",
+    "tags",
+    "created_at",
+    "updated_at",
+    "version",
+)
+_TOOL_COLUMNS = ", ".join(_COLUMNS)
+_LISTED_COLUMNS = ", ".join(f"o.{c}" for c in _COLUMNS)
+
+
+def _view(row: Row) -> Row:
+    return {
+        **row,
+        "parameters": msgspec.json.decode(row["parameters"]),
+        "tags": msgspec.json.decode(row["tags"]),
+    }
+
+
+async def get_tool(store: Store, tool_id: str) -> Row | None:
+    row = await store.fetch_one(f"SELECT {_TOOL_COLUMNS} FROM tools WHERE tool_id = ?", tool_id)
+    return None if row is None else _view(row)
+
+
+async def get_tool_by_name(store: Store, org_id: str, name: str) -> Row | None:
+    row = await store.fetch_one(
+        f"SELECT {_TOOL_COLUMNS} FROM tools WHERE org_id = ? AND name = ?", org_id, name
+    )
+    return None if row is None else _view(row)
+
+
+async def list_tools(
+    store: Store,
+    org_id: str,
+    *,
+    after: str,
+    limit: int,
+    tags_all: list[str],
+    tags_any: list[str],
+) -> list[Row]:
+    """An organization's tools in id order after ``after``: with every tag of ``tags_all``
+    and any of ``tags_any`` (an empty list filters nothing)."""
+    every = list(dict.fromkeys(tags_all))
+    any_of = list(dict.fromkeys(tags_any))
+    if every:
+        # Along the first tag's index, in tool_id order from the cursor, checking the
+        # other tags by primary key: a page reads about a page of rows.
+        source = "tool_tags t JOIN tools o ON o.tool_id = t.tool_id AND o.org_id = t.org_id"
+        key = "t.tool_id"
+        where = ["t.org_id = ?", "t.tag = ?", "t.tool_id > ?"]
+        args: list[Any] = [org_id, every[0], after]
+        for tag in every[1:]:
+            where.append(
+                "EXISTS (SELECT 1 FROM tool_tags x WHERE x.tool_id = t.tool_id AND x.tag = ?)"
+            )
+            args.append(tag)
+    else:
+        source, key = "tools o", "o.tool_id"
+        where, args = ["o.org_id = ?", "o.tool_id > ?"], [org_id, after]
+    if any_of:
+        # The tools of those tags after the cursor, along (org_id, tag, tool_id). Not
+        # ``EXISTS (... tag IN (...))``: SQLite 3.51 turns that into a join that yields a
+        # tool once per matching tag; and Postgres answers ORed EXISTS with a table scan.
+        marks = ", ".join("?" for _ in any_of)
+        where.append(
+            "o.tool_id IN (SELECT y.tool_id FROM tool_tags y "
+            f"WHERE y.org_id = ? AND y.tag IN ({marks}) AND y.tool_id > ?)"
+        )
+        args += [org_id, *any_of, after]
+    rows = await store.fetch_all(
+        f"SELECT {_LISTED_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
+        f"ORDER BY {key} LIMIT ?",
+        *args,
+        limit,
+    )
+    return [_view(r) for r in rows]

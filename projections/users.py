@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
@@ -14,7 +16,7 @@ from agentmem.events import (
     UserRegistered,
     UserRolesSet,
 )
-from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
 from projections.rows import json_text
 
 USERS = Table(
@@ -108,3 +110,49 @@ class UsersProjection:
                 case ApiKeyRevoked(key_id=key_id):
                     ops.append(Update("api_keys", {"key_id": key_id}, {"revoked_at": at}))
         return ops
+
+
+# The reads its queries need ---------------------------------------------------------------
+_COLUMNS = "user_id, org_id, name, email, roles, created_at, updated_at, version"
+
+
+def _view(row: Row | None) -> Row | None:
+    return None if row is None else {**row, "roles": msgspec.json.decode(row["roles"])}
+
+
+async def get_user(store: Store, user_id: str) -> Row | None:
+    return _view(await store.fetch_one(f"SELECT {_COLUMNS} FROM users WHERE user_id = ?", user_id))
+
+
+async def get_user_by_email(store: Store, email: str) -> Row | None:
+    return _view(await store.fetch_one(f"SELECT {_COLUMNS} FROM users WHERE email = ?", email))
+
+
+async def email_taken(store: Store, email: str) -> bool:
+    return await store.fetch_one("SELECT 1 AS found FROM users WHERE email = ?", email) is not None
+
+
+async def list_users(store: Store, org_id: str, after: str, limit: int) -> list[Row]:
+    rows = await store.fetch_all(
+        f"SELECT {_COLUMNS} FROM users WHERE org_id = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+        org_id,
+        after,
+        limit,
+    )
+    return [{**row, "roles": msgspec.json.decode(row["roles"])} for row in rows]
+
+
+async def key_owner(store: Store, user_id: str) -> Row | None:
+    """The organization of the user whose keys are asked for, and whether it is the service
+    administrator."""
+    return await store.fetch_one(
+        "SELECT org_id, service_admin FROM users WHERE user_id = ?", user_id
+    )
+
+
+async def api_keys(store: Store, user_id: str) -> list[Row]:
+    return await store.fetch_all(
+        "SELECT key_id, user_id, name, prefix, created_at, revoked_at FROM api_keys "
+        "WHERE user_id = ? ORDER BY key_id",
+        user_id,
+    )

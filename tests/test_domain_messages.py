@@ -22,7 +22,7 @@ from agentmem.events import (
     MessageRedacted,
     OrgDeleted,
 )
-from agentmem.queries import ListMessages, SearchMessages
+from agentmem.queries import SearchMessages
 from agentmem.store import Delete, Update, Upsert
 from agentmem.store.fulltext import (
     MAX_WORDS,
@@ -33,9 +33,9 @@ from agentmem.store.fulltext import (
     sqlite_search,
     words,
 )
-from consumers.messages import cursor_position, list_sql, message_view, search_filters
+from consumers.messages import cursor_position, search_filters
 from consumers.queries import encode_cursor
-from projections.messages import MESSAGES, MessagesProjection, position
+from projections.messages import MESSAGES, MessagesProjection, list_sql, message_view, position
 
 ORG, OTHER = "org-1", "org-2"
 
@@ -308,21 +308,16 @@ def test_a_page_cursor_is_a_position() -> None:
 
 
 def test_list_sql_follows_the_order_and_filters() -> None:
-    query = ListMessages(
-        session_id="s1",
-        order="desc",
-        cursor=encode_cursor("9000"),
-        since=5,
-        until=9,
-        role="tool",
-        limit=10,
+    sql, args = list_sql(
+        ORG, "s1", after=9000, order="desc", since=5, until=9, role="tool", limit=11
     )
-    sql, args = list_sql(query, ORG)
     assert "position < ?" in sql
     assert "created_at >= ? AND created_at < ? AND role = ?" in sql
     assert sql.endswith("ORDER BY position DESC LIMIT ?")
     assert args == [ORG, "s1", 9000, 5, 9, "tool", 11]
-    sql, args = list_sql(ListMessages(session_id="s1"), ORG)
+    sql, args = list_sql(
+        ORG, "s1", after=None, order="asc", since=None, until=None, role=None, limit=51
+    )
     assert "position" not in sql.split("WHERE")[1].split("ORDER BY")[0]
     assert sql.endswith("ORDER BY position ASC LIMIT ?")
     assert args == [ORG, "s1", 51]

@@ -16,9 +16,9 @@ from agentmem import Client, UnavailableError, envelope
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.queries import GetHistory
 from agentmem.service import Service
-from consumers import history
 from consumers.queries import MAX_PAGE_BYTES
 from consumers.router import MAX_REQUEST_BYTES
+from projections import messages as messages_read
 
 STORES = ("sqlite", "postgres")
 
@@ -226,5 +226,5 @@ async def test_which_messages_are_hidden_is_asked_in_bounded_statements(
     assert service.store is not None
 
     unknown = [f"no-such-message-{n}" for n in range(250_001)]
-    hidden = await history.hidden_messages(service.store, [shown, *unknown, gone])
+    hidden = await messages_read.hidden_messages(service.store, [shown, *unknown, gone])
     assert hidden == frozenset([*unknown, gone])

@@ -1,8 +1,10 @@
-"""The projection store: a port (``Store``) and its adapters (SQLite now, Postgres next).
+"""The projection store: a port (``Store``) and its adapters (SQLite and Postgres).
 
-Projections never write SQL. They turn each commit into row operations (``RowOp``); a store
-applies a batch of them and the projection's checkpoint in one transaction. Queries ask the
-store through named read methods, so each adapter can use its engine's strengths.
+Projections write no SQL for their rows: they turn each commit into row operations
+(``RowOp``), and a store applies a batch of them and the projection's checkpoint in one
+transaction. Each projection module also offers the named reads its queries need (its read
+model), written once over the port's ``fetch_one``, ``fetch_all`` and ``search``, whose
+adapters each use their engine's strengths.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from agentmem.store.port import (
     FullText,
     Parked,
     ProjectionBatch,
+    Row,
     RowOp,
     StaleBatch,
     Store,
@@ -28,6 +31,7 @@ __all__ = [
     "FullText",
     "Parked",
     "ProjectionBatch",
+    "Row",
     "RowOp",
     "StaleBatch",
     "Store",
