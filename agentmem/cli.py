@@ -224,8 +224,8 @@ async def _ask_service(nc: NATS, token: str) -> dict[str, Any] | None:
 
 
 async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
+    from agentmem.consumers.system import collect_status
     from agentmem.store import open_store
-    from consumers.system import collect_status
 
     async with _log_connection(settings) as nc:
         # A running service answers for itself, to a caller with credentials; otherwise
@@ -265,10 +265,10 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
 
 
 async def _replay(settings: Settings, name: str | None, into: str | None) -> int:
+    from agentmem.projections import ALL, BY_NAME
+    from agentmem.projections.replay import progress_bar, replay
     from agentmem.store import open_store
     from agentmem.store.leases import open_leases
-    from projections import ALL, BY_NAME
-    from projections.replay import progress_bar, replay
 
     if name is not None and name not in BY_NAME:
         print(f"agentmem: no projection {name!r}; there are: {', '.join(BY_NAME)}", file=sys.stderr)

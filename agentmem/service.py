@@ -21,23 +21,23 @@ from nats.aio.client import Client as NATS
 
 from agentmem import bootstrap
 from agentmem.config import ROLES, Settings, StartupError
+from agentmem.consumers.access_view import AccessView, confirm_everywhere
+from agentmem.consumers.aggregates import AggregateCache, FreshReads
+from agentmem.consumers.auth import Authenticator
+from agentmem.consumers.commands import CommandRunner
+from agentmem.consumers.freshness import Freshness
+from agentmem.consumers.parts import Parts, routers
+from agentmem.consumers.router import Dispatcher
 from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
+from agentmem.projections import ALL, Projection
+from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.leader import ProjectionLeader
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
-from consumers.access_view import AccessView, confirm_everywhere
-from consumers.aggregates import AggregateCache, FreshReads
-from consumers.auth import Authenticator
-from consumers.commands import CommandRunner
-from consumers.freshness import Freshness
-from consumers.parts import Parts, routers
-from consumers.router import Dispatcher
-from projections import ALL, Projection
-from projections.board import CheckpointBoard
-from projections.leader import ProjectionLeader
-from projections.migrations import MIGRATIONS
-from projections.worker import ProjectionWorker
 
 log = structlog.get_logger(__name__)
 

@@ -26,13 +26,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ids, subjects
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.projections.messages import MESSAGES
+from agentmem.projections.users import USERS
 from agentmem.store import fulltext, sql
 from bench import env
 from bench.harness import Config, Metric, Run, Workload, request_metrics, sequential, two_ways
 from bench.messages import LAST_N, TEXT
 from bench.responder import MESSAGE_COLUMNS, RAW_COMMAND, RAW_LAST, RAW_QUERY, USER_COLUMNS
-from projections.messages import MESSAGES
-from projections.users import USERS
 
 H_TIME = "AgentMem-Time"
 

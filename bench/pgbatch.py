@@ -35,12 +35,12 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from agentmem import ids
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.users import USERS
 from agentmem.store import ProjectionBatch, Upsert, postgres
 from agentmem.store.postgres import COPY_MIN_ROWS, PostgresStore
 from bench.harness import Config, Metric, Run, Workload
 from bench.pg import postgres_store
-from projections.migrations import MIGRATIONS
-from projections.users import USERS
 
 COLUMNS = USERS.column_names
 KEY = USERS.primary_key

@@ -36,9 +36,9 @@ except ImportError:  # the store no longer needs it; `pip install -e '.[bench]'`
     aiosqlite = None  # type: ignore[assignment]
 
 from agentmem import ids
+from agentmem.projections.users import USERS
 from agentmem.store import sql
 from agentmem.store.sqlite import SQLiteStore
-from projections.users import USERS
 
 COLUMNS = ", ".join(USERS.column_names)
 POINT = f"SELECT {COLUMNS} FROM users WHERE user_id = ?"

@@ -38,9 +38,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from agentmem import ids, subjects
+from agentmem.projections.messages import MESSAGES
+from agentmem.projections.users import USERS
 from agentmem.store import fulltext
-from projections.messages import MESSAGES
-from projections.users import USERS
 
 RAW_COMMAND = "bench.raw.cmd"
 RAW_QUERY = "bench.raw.get"

@@ -30,13 +30,13 @@ import msgspec
 
 from agentmem import Client, ids
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.projections.messages import MESSAGES
 from agentmem.store import fulltext, sql
 from bench import env
 from bench.harness import Config, Loop, Metric, Run, Session, Workload, check, sequential
 from bench.messages import IN_FLIGHT, visible
 from bench.pg import postgres_store
 from bench.responder import MESSAGE_COLUMNS, RAW_SEARCH
-from projections.messages import MESSAGES
 
 SEARCH_REQUESTS = 500  # one at a time, per query, per run
 LIMIT = 10

@@ -15,6 +15,8 @@ from agentmem import Client
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.domain.passwords import DEFAULT_COST
 from agentmem.errors import UnavailableError
+from agentmem.projections.replay import replay
+from agentmem.projections.users import UsersProjection
 from agentmem.store import open_store
 from bench import env
 from bench.harness import (
@@ -29,8 +31,6 @@ from bench.harness import (
 )
 from bench.messages import IN_FLIGHT, LAST_N, TEXT, visible
 from bench.pg import postgres_store
-from projections.replay import replay
-from projections.users import UsersProjection
 
 MINIMAL_COST = 2  # the smallest scrypt n: the command pipeline without the KDF
 PASSWORD = "correct horse battery"

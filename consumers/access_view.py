@@ -44,11 +44,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ids, subjects
+from agentmem.consumers.aggregates import FreshReads, advance
 from agentmem.domain.aggregate import Evolve, Loaded
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import StoredCommit
 from agentmem.events import decode_commit
-from consumers.aggregates import FreshReads, advance
 
 log = structlog.get_logger(__name__)
 

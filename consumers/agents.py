@@ -19,21 +19,21 @@ from agentmem.commands import (
     UnarchiveAgent,
     UpdateAgent,
 )
+from agentmem.consumers.aggregates import Loader
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, orgs
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import NotFoundError
+from agentmem.projections import agents as agents_read
 from agentmem.queries import GetAgent, GetAgentState, ListAgents
 from agentmem.store import Row
-from consumers.aggregates import Loader
-from consumers.auth import authorize
-from consumers.commands import CommandRunner, missing_org
-from consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
-from consumers.router import Request, Result, Router
-from projections import agents as agents_read
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 PROJECTION = "agents"
 

@@ -15,13 +15,13 @@ import time
 from typing import Any
 
 from agentmem.auth import tokens
+from agentmem.consumers.access_view import AccessView
+from agentmem.consumers.aggregates import AggregateCache, FreshReads
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, allowed
 from agentmem.domain.aggregate import Loaded
 from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
 from agentmem.headers import header
-from consumers.access_view import AccessView
-from consumers.aggregates import AggregateCache, FreshReads
 
 EXPECTED = f"'{tokens.HEADER}: Bearer <API key or session token>'"
 # No Authorization header at all (or an empty one); one that holds no well-formed token; a

@@ -27,6 +27,9 @@ from agentmem.commands import (
     UpdateProfile,
     normalize_email,
 )
+from agentmem.consumers.aggregates import AggregateCache, AlreadyApplied, Loader
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, narrows_access
 from agentmem.domain.aggregate import Evolve, Loaded, Write
@@ -49,12 +52,9 @@ from agentmem.eventlog import (
 )
 from agentmem.events import AnyEvent
 from agentmem.headers import header
-from consumers.aggregates import AggregateCache, AlreadyApplied, Loader
-from consumers.auth import authorize
-from consumers.router import Request, Result, Router
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
 # Waits until every process has applied the commit at a sequence (``confirm_everywhere``).

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING
 from agentmem import subjects
 from agentmem.auth import tokens
 from agentmem.commands import CreateApiKey, Login, Logout, RevokeApiKey, normalize_email
+from agentmem.consumers.aggregates import Loader
+from agentmem.consumers.commands import check_user, owner_of_user
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import credentials, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.passwords import cost_of, hash_password, verify_password
 from agentmem.errors import UnauthenticatedError
-from consumers.aggregates import Loader
-from consumers.commands import check_user, owner_of_user
-from consumers.router import Request, Result, Router
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 WRONG_LOGIN = "wrong email or password"
 

@@ -25,10 +25,10 @@ from nats.aio.client import Client as NATS
 from agentmem import subjects
 from agentmem.coalesce import FreshCall
 from agentmem.errors import UnavailableError
+from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.worker import durable_name
 from agentmem.store import Store
 from agentmem.validation import invalid
-from projections.board import CheckpointBoard
-from projections.worker import durable_name
 
 DEFAULT_WAIT_S = 5.0
 POLL_S = 0.01  # how often a query re-reads a checkpoint it cannot be woken for

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agentmem import subjects
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import SECRET_FIELDS, client_command_id
+from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, orgs
 from agentmem.errors import NotFoundError
 from agentmem.eventlog import (
@@ -19,16 +23,12 @@ from agentmem.eventlog import (
     StoredCommit,
 )
 from agentmem.events import MessageAppended
+from agentmem.projections import messages as messages_read
 from agentmem.queries import GetHistory
 from agentmem.validation import invalid
-from consumers.auth import authorize
-from consumers.commands import SECRET_FIELDS, client_command_id
-from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
-from consumers.router import Request, Result, Router
-from projections import messages as messages_read
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 
 _encoder = msgspec.json.Encoder()

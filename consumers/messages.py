@@ -23,22 +23,22 @@ import msgspec
 
 from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
+from agentmem.consumers.access_view import AccessView
+from agentmem.consumers.aggregates import FreshReads, Loader
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import event_view, missing_org
+from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import AgentMemError, NotFoundError
 from agentmem.events import ConversationDeleted, MessageAppended
+from agentmem.projections import messages as messages_read
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
 from agentmem.validation import invalid
-from consumers.access_view import AccessView
-from consumers.aggregates import FreshReads, Loader
-from consumers.auth import authorize
-from consumers.commands import event_view, missing_org
-from consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
-from consumers.router import Request, Result, Router
-from projections import messages as messages_read
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 PROJECTION = "messages"
 

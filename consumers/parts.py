@@ -16,18 +16,18 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from agentmem import subjects
+from agentmem.consumers.passwords import PasswordThrottle, PasswordWork
+from agentmem.consumers.router import Router
 from agentmem.domain.passwords import DEFAULT_COST
-from consumers.passwords import PasswordThrottle, PasswordWork
-from consumers.router import Router
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
+    from agentmem.consumers.access_view import AccessView
+    from agentmem.consumers.commands import CommandRunner
+    from agentmem.consumers.freshness import Freshness
     from agentmem.eventlog import EventLog
     from agentmem.store import Store
-    from consumers.access_view import AccessView
-    from consumers.commands import CommandRunner
-    from consumers.freshness import Freshness
 
 # Which builder serves which role; the system subjects are answered by every process.
 BUILDERS = {"commands": "command_router", "queries": "query_router"}
@@ -54,9 +54,9 @@ class Parts:
 
 
 def modules() -> Iterator[ModuleType]:
-    package = importlib.import_module("consumers")
+    package = importlib.import_module("agentmem.consumers")
     for info in pkgutil.iter_modules(package.__path__):
-        yield importlib.import_module(f"consumers.{info.name}")
+        yield importlib.import_module(f"agentmem.consumers.{info.name}")
 
 
 def routers(parts: Parts, roles: frozenset[str]) -> tuple[Router, list[str]]:

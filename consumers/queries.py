@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agentmem.commands import normalize_email
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.errors import ForbiddenError, NotFoundError
+from agentmem.projections import orgs, users
 from agentmem.queries import (
     EmailExists,
     GetOrg,
@@ -21,12 +24,9 @@ from agentmem.queries import (
 )
 from agentmem.store import Row
 from agentmem.validation import invalid
-from consumers.auth import authorize
-from consumers.router import Request, Result, Router
-from projections import orgs, users
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 _CURSOR_MARK = "k:"  # a cursor decodes to this mark and the last key of the page
 

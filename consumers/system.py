@@ -9,16 +9,16 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import asyncapi, subjects
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.eventlog import EventLog
+from agentmem.projections import ALL
+from agentmem.projections.worker import durable_name
 from agentmem.queries import Health, Schema, Status
 from agentmem.store import Store
-from consumers.auth import authorize
-from consumers.router import Request, Result, Router
-from projections import ALL
-from projections.worker import durable_name
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 log = structlog.get_logger(__name__)
 

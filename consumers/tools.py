@@ -15,21 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 from agentmem import ids, subjects
 from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
+from agentmem.consumers.aggregates import Loader
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
+from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import orgs, tools
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import NotFoundError, UnavailableError
+from agentmem.projections import tools as tools_read
 from agentmem.queries import GetTool, ListTools
 from agentmem.validation import invalid
-from consumers.aggregates import Loader
-from consumers.auth import authorize
-from consumers.commands import CommandRunner, missing_org
-from consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
-from consumers.router import Request, Result, Router
-from projections import tools as tools_read
 
 if TYPE_CHECKING:
-    from consumers.parts import Parts
+    from agentmem.consumers.parts import Parts
 
 PROJECTION = "tools"
 

@@ -1,11 +1,11 @@
 """Projection workers: they read the log in order and materialise tables from it."""
 
-from projections.agents import AgentsProjection
-from projections.base import Projection
-from projections.messages import MessagesProjection
-from projections.orgs import OrgsProjection
-from projections.tools import ToolsProjection
-from projections.users import UsersProjection
+from agentmem.projections.agents import AgentsProjection
+from agentmem.projections.base import Projection
+from agentmem.projections.messages import MessagesProjection
+from agentmem.projections.orgs import OrgsProjection
+from agentmem.projections.tools import ToolsProjection
+from agentmem.projections.users import UsersProjection
 
 ALL: list[Projection] = [
     OrgsProjection(),

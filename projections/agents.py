@@ -24,8 +24,8 @@ from agentmem.events import (
     AgentUpdated,
     OrgDeleted,
 )
+from agentmem.projections.rows import json_text, tag_rows, tag_table
 from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
-from projections.rows import json_text, tag_rows, tag_table
 
 AGENTS = Table(
     name="agents",

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import structlog
 
+from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import StaleBatch
 from agentmem.store.leases import Leases
-from projections.board import CheckpointBoard
-from projections.worker import ProjectionWorker
 
 log = structlog.get_logger(__name__)
 

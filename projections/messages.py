@@ -28,8 +28,8 @@ from agentmem.events import (
     MessageRedacted,
     OrgDeleted,
 )
+from agentmem.projections.rows import json_text
 from agentmem.store import Column, Delete, FullText, Row, RowOp, Store, Table, Update, Upsert
-from projections.rows import json_text
 
 PER_COMMIT = MAX_MESSAGES_PER_BATCH  # positions per commit
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
+from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
+from agentmem.projections.orgs import ORGS
+from agentmem.projections.tools import TOOL_TAGS, TOOLS
+from agentmem.projections.users import API_KEYS, USERS
 from agentmem.store import fulltext
 from agentmem.store.port import FullText, Migration, Sql
-from projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
-from projections.messages import MESSAGE_REDACTIONS, MESSAGES
-from projections.orgs import ORGS
-from projections.tools import TOOL_TAGS, TOOLS
-from projections.users import API_KEYS, USERS
 
 # The messages' full-text index as migration 3 made it, without a scope (migration 4
 # replaced it): that migration's statements stay what they were when it was released.

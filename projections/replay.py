@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
+from agentmem.projections.base import Projection
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store
-from projections.base import Projection
-from projections.migrations import MIGRATIONS
-from projections.worker import ProjectionWorker
 
 
 @dataclass(frozen=True)

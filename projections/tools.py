@@ -14,8 +14,8 @@ import msgspec
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import OrgDeleted, ToolDeleted, ToolRegistered, ToolUpdated
+from agentmem.projections.rows import json_text, tag_rows, tag_table
 from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
-from projections.rows import json_text, tag_rows, tag_table
 
 TOOLS = Table(
     name="tools",

@@ -16,8 +16,8 @@ from agentmem.events import (
     UserRegistered,
     UserRolesSet,
 )
+from agentmem.projections.rows import json_text
 from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
-from projections.rows import json_text
 
 USERS = Table(
     name="users",

@@ -23,10 +23,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import decode_commit
+from agentmem.projections.base import Projection
+from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.feed import PullFeed
 from agentmem.store import Parked, ProjectionBatch, Store
-from projections.base import Projection
-from projections.board import CheckpointBoard
-from projections.feed import PullFeed
 
 log = structlog.get_logger(__name__)
 

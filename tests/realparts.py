@@ -22,15 +22,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.auth import tokens
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.consumers.commands import CommandRunner, client_command_id
+from agentmem.consumers.parts import Parts
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL, EventLog
+from agentmem.projections import ALL
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.replay import replay
 from agentmem.queries import Status
 from agentmem.store import Store, Table, open_store
-from consumers.aggregates import AggregateCache
-from consumers.commands import CommandRunner, client_command_id
-from consumers.parts import Parts
-from projections import ALL
-from projections.migrations import MIGRATIONS
-from projections.replay import replay
 from tests.support import TEST_PASSWORD_COST
 
 T = TypeVar("T")

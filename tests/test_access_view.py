@@ -41,13 +41,13 @@ from agentmem.commands import (
     SetRoles,
     UnarchiveAgent,
 )
+from agentmem.consumers import access_view
+from agentmem.consumers.access_view import AccessView
+from agentmem.consumers.aggregates import AggregateCache, FreshReads
+from agentmem.consumers.auth import Authenticator
 from agentmem.eventlog import EventLog
 from agentmem.queries import GetOrg
 from agentmem.service import Service
-from consumers import access_view
-from consumers.access_view import AccessView
-from consumers.aggregates import AggregateCache, FreshReads
-from consumers.auth import Authenticator
 from tests.conftest import admin_key, settings_for
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.support import NatsServer

@@ -25,17 +25,17 @@ from agentmem import (
     subjects,
 )
 from agentmem.commands import SetAgentState
+from agentmem.consumers import agents as agent_handlers
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.consumers.auth import Authenticator
+from agentmem.consumers.commands import CommandRunner
+from agentmem.consumers.queries import MAX_PAGE_BYTES
+from agentmem.consumers.router import Dispatcher
 from agentmem.domain import agents
 from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.eventlog import EventLog
 from agentmem.events import AgentStateCleared, AgentStateSet
 from agentmem.replies import Agent
-from consumers import agents as agent_handlers
-from consumers.aggregates import AggregateCache
-from consumers.auth import Authenticator
-from consumers.commands import CommandRunner
-from consumers.queries import MAX_PAGE_BYTES
-from consumers.router import Dispatcher
 from tests.realparts import bearer, second_process
 from tests.support import NatsServer
 

@@ -288,11 +288,11 @@ async def test_a_revoked_key_is_refused_at_once_by_another_service_process(
 ) -> None:
     """A second process (its own caches) that accepted a key refuses it right after the
     first process acknowledged the revocation."""
+    from agentmem.consumers.aggregates import AggregateCache
+    from agentmem.consumers.auth import Authenticator
+    from agentmem.consumers.commands import CommandRunner, command_router
+    from agentmem.consumers.router import Dispatcher
     from agentmem.eventlog import EventLog
-    from consumers.aggregates import AggregateCache
-    from consumers.auth import Authenticator
-    from consumers.commands import CommandRunner, command_router
-    from consumers.router import Dispatcher
     from tests.realparts import second_process
 
     org = world.tenants["own"].org_id
@@ -411,9 +411,9 @@ async def test_replay_reproduces_users_keys_and_roles(
 ) -> None:
     """Credentials live in the log: a replay rebuilds the same users, roles and keys, and
     authentication (which reads the log) does not depend on any table."""
+    from agentmem.projections import BY_NAME
+    from agentmem.projections.replay import replay
     from agentmem.store import open_store
-    from projections import BY_NAME
-    from projections.replay import replay
 
     users = BY_NAME["users"]
     await world.root.list_users(after_seq=await log_end(nc))  # the live table caught up

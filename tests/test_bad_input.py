@@ -57,6 +57,8 @@ from agentmem.commands import (
     UpdateTool,
 )
 from agentmem.config import Settings
+from agentmem.consumers.queries import encode_cursor
+from agentmem.consumers.router import MAX_REQUEST_BYTES
 from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.protocol import operations
 from agentmem.queries import (
@@ -81,8 +83,6 @@ from agentmem.queries import (
     Status,
 )
 from agentmem.service import Service
-from consumers.queries import encode_cursor
-from consumers.router import MAX_REQUEST_BYTES
 from tests.conftest import admin_key
 from tests.realparts import bearer
 from tests.support import TEST_PASSWORD_COST, NatsServer

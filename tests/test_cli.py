@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from agentmem import Client, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
+from agentmem.projections import ALL as ALL_PROJECTIONS
 from agentmem.queries import Health, Status
 from agentmem.service import redact_url
-from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import admin_key
 from tests.realparts import (
     Ran,

@@ -42,9 +42,9 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, UnavailableError, Written, ids, subjects
 from agentmem.config import Settings, StartupError
 from agentmem.embedded import server_binary
+from agentmem.projections.orgs import ORGS
+from agentmem.projections.users import USERS
 from agentmem.service import Service
-from projections.orgs import ORGS
-from projections.users import USERS
 from tests.conftest import admin_key
 from tests.realparts import (
     LogMessage,

@@ -29,16 +29,16 @@ from agentmem import (
 )
 from agentmem.bootstrap import ADMIN_ORG_NAME
 from agentmem.commands import ChangePassword, CreateOrg, DeleteUser, RegisterUser, RenameOrg
+from agentmem.consumers import commands as command_handlers
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.consumers.auth import Authenticator
+from agentmem.consumers.parts import routers
+from agentmem.consumers.router import Dispatcher
 from agentmem.eventlog import EventLog
 from agentmem.protocol import Operation, operations
 from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
 from agentmem.replies import Org
 from agentmem.service import Service
-from consumers import commands as command_handlers
-from consumers.aggregates import AggregateCache
-from consumers.auth import Authenticator
-from consumers.parts import routers
-from consumers.router import Dispatcher
 from tests.realparts import second_process
 from tests.support import NatsServer
 

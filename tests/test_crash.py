@@ -30,8 +30,8 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client, UnavailableError, Written, subjects
 from agentmem.auth import tokens
-from projections.orgs import ORGS
-from projections.users import USERS
+from agentmem.projections.orgs import ORGS
+from agentmem.projections.users import USERS
 from tests.realparts import (
     after_bootstrap,
     bootstrap_batch,

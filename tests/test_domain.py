@@ -43,10 +43,10 @@ from agentmem.events import (
     decode_commit,
     encode_commit,
 )
+from agentmem.projections.orgs import ORGS, OrgsProjection
+from agentmem.projections.users import USERS, UsersProjection
 from agentmem.store import Column, Delete, Table, Update, Upsert
 from agentmem.store import sql as store_sql
-from projections.orgs import ORGS, OrgsProjection
-from projections.users import USERS, UsersProjection
 
 ORG_ID = "org-1"
 USER_ID = "user-1"

@@ -35,8 +35,8 @@ from agentmem.events import (
     OrgDeleted,
     ToolDeleted,
 )
+from agentmem.projections.agents import AgentsProjection
 from agentmem.store import Delete, Update, Upsert
-from projections.agents import AgentsProjection
 
 ORG = "org-1"
 AGENT = "agent-1"

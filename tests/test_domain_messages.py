@@ -10,6 +10,8 @@ import pytest
 
 from agentmem import subjects
 from agentmem.commands import NewMessage
+from agentmem.consumers.messages import cursor_position, search_filters
+from agentmem.consumers.queries import encode_cursor
 from agentmem.domain import agents, messages, users
 from agentmem.domain.aggregate import Loaded
 from agentmem.errors import ConflictError, InvalidError, NotFoundError
@@ -22,6 +24,13 @@ from agentmem.events import (
     MessageRedacted,
     OrgDeleted,
 )
+from agentmem.projections.messages import (
+    MESSAGES,
+    MessagesProjection,
+    list_sql,
+    message_view,
+    position,
+)
 from agentmem.queries import SearchMessages
 from agentmem.store import Delete, Update, Upsert
 from agentmem.store.fulltext import (
@@ -33,9 +42,6 @@ from agentmem.store.fulltext import (
     sqlite_search,
     words,
 )
-from consumers.messages import cursor_position, search_filters
-from consumers.queries import encode_cursor
-from projections.messages import MESSAGES, MessagesProjection, list_sql, message_view, position
 
 ORG, OTHER = "org-1", "org-2"
 

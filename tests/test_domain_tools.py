@@ -24,9 +24,9 @@ from agentmem.events import (
     ToolRegistered,
     ToolUpdated,
 )
+from agentmem.projections.tools import ToolsProjection
 from agentmem.store import Delete, Update, Upsert
 from agentmem.validation import REASONS
-from projections.tools import ToolsProjection
 
 ORG = "org-1"
 TOOL = "tool-1"

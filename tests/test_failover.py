@@ -32,15 +32,15 @@ from agentmem import Client, subjects
 from agentmem.domain.aggregate import Write
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import OrgCreated
+from agentmem.projections import ALL
+from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.leader import ProjectionLeader
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.orgs import ORGS, OrgsProjection
+from agentmem.projections.users import USERS
+from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import PostgresLeases, lock_key
-from projections import ALL
-from projections.board import CheckpointBoard
-from projections.leader import ProjectionLeader
-from projections.migrations import MIGRATIONS
-from projections.orgs import ORGS, OrgsProjection
-from projections.users import USERS
-from projections.worker import ProjectionWorker
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.realparts import (
     after_bootstrap,

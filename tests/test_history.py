@@ -14,11 +14,11 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client, UnavailableError, envelope
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.consumers.queries import MAX_PAGE_BYTES
+from agentmem.consumers.router import MAX_REQUEST_BYTES
+from agentmem.projections import messages as messages_read
 from agentmem.queries import GetHistory
 from agentmem.service import Service
-from consumers.queries import MAX_PAGE_BYTES
-from consumers.router import MAX_REQUEST_BYTES
-from projections import messages as messages_read
 
 STORES = ("sqlite", "postgres")
 

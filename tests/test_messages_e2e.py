@@ -27,10 +27,10 @@ from agentmem import (
     Written,
     subjects,
 )
+from agentmem.consumers.queries import MAX_PAGE_BYTES
+from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.replies import Message
 from agentmem.service import Service
-from consumers.queries import MAX_PAGE_BYTES
-from projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from tests.realparts import dump_store, replay_into, rows, wait_caught_up
 
 STORES = ("sqlite", "postgres")

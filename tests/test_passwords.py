@@ -24,13 +24,13 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client
 from agentmem.commands import Login
+from agentmem.consumers.passwords import PasswordThrottle, PasswordWork
 from agentmem.domain import users
 from agentmem.domain.passwords import DEFAULT_COST, cost_of, verify_password
 from agentmem.errors import UnauthenticatedError, UnavailableError
 from agentmem.eventlog import EventLog
 from agentmem.events import UserPasswordChanged
 from agentmem.service import Service
-from consumers.passwords import PasswordThrottle, PasswordWork
 from tests.conftest import admin_key, settings_for
 from tests.support import NatsServer
 

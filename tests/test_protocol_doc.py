@@ -15,9 +15,9 @@ import msgspec
 import pytest
 
 from agentmem.config import ROLES
+from agentmem.consumers.parts import Parts, routers
+from agentmem.consumers.router import Route
 from agentmem.protocol import by_subject
-from consumers.parts import Parts, routers
-from consumers.router import Route
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -117,6 +117,6 @@ def test_every_subject_shows_a_reply(subject: str) -> None:
 
 
 def test_the_documented_size_limit_is_the_enforced_one() -> None:
-    from consumers.router import MAX_REQUEST_BYTES
+    from agentmem.consumers.router import MAX_REQUEST_BYTES
 
     assert f"{MAX_REQUEST_BYTES:,} bytes" in DOC.read_text(encoding="utf-8")

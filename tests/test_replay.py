@@ -13,10 +13,10 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client, NotFoundError, subjects
 from agentmem.events import Role
+from agentmem.projections import ALL
+from agentmem.projections.orgs import ORGS
+from agentmem.projections.users import API_KEYS, USERS
 from agentmem.service import Service
-from projections import ALL
-from projections.orgs import ORGS
-from projections.users import API_KEYS, USERS
 from tests.conftest import admin_key, settings_for
 from tests.realparts import (
     LogMessage,

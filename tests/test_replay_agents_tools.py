@@ -9,9 +9,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from agentmem import Client
+from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
+from agentmem.projections.tools import TOOL_TAGS, TOOLS
 from agentmem.service import Service
-from projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
-from projections.tools import TOOL_TAGS, TOOLS
 from tests.realparts import dump_store, replay_into, rows, wait_caught_up
 
 STORES = ("sqlite", "postgres")

@@ -21,9 +21,9 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client
 from agentmem.config import ROLES, Settings, StartupError, parse_roles
+from agentmem.projections import ALL
 from agentmem.queries import GetOrg, Health
 from agentmem.service import Service
-from projections import ALL
 from tests.conftest import admin_key, settings_for
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.realparts import bearer, clean_env, run_cli, status

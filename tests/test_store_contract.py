@@ -27,6 +27,9 @@ from agentmem.events import (
     UserProfileUpdated,
     UserRegistered,
 )
+from agentmem.projections import ALL
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.orgs import ORGS
 from agentmem.service import Service
 from agentmem.store import (
     Column,
@@ -48,9 +51,6 @@ from agentmem.store.port import READ_TIME_LIMIT_S, Migration, Sql
 from agentmem.store.postgres import _TYPES as PG_TYPES
 from agentmem.store.postgres import PostgresStore, translate
 from agentmem.store.sqlite import SQLiteStore
-from projections import ALL
-from projections.migrations import MIGRATIONS
-from projections.orgs import ORGS
 from tests.conftest import admin_key, settings_for
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.support import NatsServer

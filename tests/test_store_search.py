@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from asyncpg.connection import LoggedQuery  # type: ignore[import-untyped]
 
+from agentmem.projections.messages import MESSAGES, position
+from agentmem.projections.migrations import MIGRATIONS as PROJECTION_MIGRATIONS
 from agentmem.store import (
     Column,
     Delete,
@@ -29,8 +31,6 @@ from agentmem.store import (
 from agentmem.store.port import Migration, Sql
 from agentmem.store.postgres import PostgresStore
 from agentmem.store.sqlite import SQLiteStore, sqlite3
-from projections.messages import MESSAGES, position
-from projections.migrations import MIGRATIONS as PROJECTION_MIGRATIONS
 from tests.pg import DSN, postgres_schema, with_search_path
 
 NOTES = Table(

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from agentmem.consumers.tools import check_parameters
 from agentmem.domain import tools
 from agentmem.errors import InvalidError, UnavailableError
-from consumers.tools import check_parameters
 
 
 async def test_a_schema_is_checked_and_an_invalid_one_names_where() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from agentmem.coalesce import FreshCall
-from projections.board import CheckpointBoard
+from agentmem.projections.board import CheckpointBoard
 
 
 async def test_board_wakes_exactly_the_waiters_an_advance_satisfies() -> None:

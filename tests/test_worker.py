@@ -29,19 +29,19 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from agentmem import Client, ids, subjects
+from agentmem.consumers.freshness import Freshness
+from agentmem.consumers.system import collect_status
 from agentmem.domain.aggregate import Write
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import OrgCreated, OrgRenamed, UserRegistered, UserRolesSet, encode_commit
+from agentmem.projections import ALL
+from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.orgs import ORGS, OrgsProjection
+from agentmem.projections.users import USERS, UsersProjection
+from agentmem.projections.worker import ProjectionWorker
 from agentmem.service import Service
 from agentmem.store import ProjectionBatch, Store, open_store
-from consumers.freshness import Freshness
-from consumers.system import collect_status
-from projections import ALL
-from projections.board import CheckpointBoard
-from projections.migrations import MIGRATIONS
-from projections.orgs import ORGS, OrgsProjection
-from projections.users import USERS, UsersProjection
-from projections.worker import ProjectionWorker
 from tests.realparts import bootstrap_batch, eventually, read_log, rows, wait_caught_up
 
 STORES = ("sqlite", "postgres")
