@@ -138,6 +138,9 @@ class AgentsProjection:
         return ops
 
 
+PROJECTION = AgentsProjection()
+
+
 # The reads its queries need ---------------------------------------------------------------
 _COLUMNS = (
     "agent_id",

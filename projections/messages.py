@@ -156,6 +156,9 @@ class MessagesProjection:
         return ops
 
 
+PROJECTION = MessagesProjection()
+
+
 # The reads its queries need ---------------------------------------------------------------
 _COLUMNS = ", ".join(MESSAGES.column_names)
 _decode_json = msgspec.json.Decoder()

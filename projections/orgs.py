@@ -47,6 +47,9 @@ class OrgsProjection:
         return ops
 
 
+PROJECTION = OrgsProjection()
+
+
 # The reads its queries need ---------------------------------------------------------------
 _COLUMNS = "org_id, name, created_at, updated_at, version"
 

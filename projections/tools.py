@@ -86,6 +86,9 @@ class ToolsProjection:
         return ops
 
 
+PROJECTION = ToolsProjection()
+
+
 # The reads its queries need ---------------------------------------------------------------
 _COLUMNS = (
     "tool_id",

@@ -112,6 +112,9 @@ class UsersProjection:
         return ops
 
 
+PROJECTION = UsersProjection()
+
+
 # The reads its queries need ---------------------------------------------------------------
 _COLUMNS = "user_id, org_id, name, email, roles, created_at, updated_at, version"
 
