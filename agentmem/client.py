@@ -43,8 +43,22 @@ from agentmem.commands import (
     UpdateProfile,
     UpdateTool,
 )
+from agentmem.domain.memories import (
+    AddMemories,
+    AddMemory,
+    ArchiveMemory,
+    DeleteMemory,
+    DeleteMemoryScope,
+    GetMemory,
+    ListMemories,
+    MemoryHistory,
+    RestoreMemory,
+    SearchMemories,
+    SupersedeMemory,
+    UpdateMemory,
+)
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
-from agentmem.events import MessageRole, Role
+from agentmem.events import MemoryType, MessageRole, Role
 from agentmem.headers import header
 from agentmem.protocol import Operation, Request, operation_of
 from agentmem.queries import (
@@ -67,7 +81,20 @@ from agentmem.queries import (
     SearchMessages,
     Status,
 )
-from agentmem.replies import Agent, AgentState, Items, Message, Org, Page, Tool, User
+from agentmem.replies import (
+    Agent,
+    AgentState,
+    HistoryEntry,
+    Items,
+    MemoriesAdded,
+    Memory,
+    Message,
+    Org,
+    Page,
+    ScopeDeleted,
+    Tool,
+    User,
+)
 
 T = TypeVar("T")
 
@@ -745,3 +772,110 @@ class Client:
 
     async def health(self) -> dict[str, Any]:
         return dict((await self.request(Health.op.subject, {})).data)
+
+    # Memories ---------------------------------------------------------------------------
+    async def remember(
+        self,
+        content: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        memory_type: MemoryType = "semantic",
+        **fields: Any,
+    ) -> str:
+        """Remember one fact for a user, an agent or a session (mem0's ``add``): the
+        memory's id, which is the existing one's when the scope already holds this
+        content. ``fields``: any other field of ``memory.add`` (``metadata``, ``tags``,
+        ``importance``, ``valid_from``...)."""
+        written = await self.add_memory(
+            content,
+            user_id=user_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            memory_type=memory_type,
+            **fields,
+        )
+        return str(written.fields["memory_id"])
+
+    async def recall(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        limit: int = 10,
+        **filters: Any,
+    ) -> list[Memory]:
+        """The live memories of a scope that best match ``query`` (mem0's ``search``), read
+        after this client's own writes."""
+        return await self.search_memories(
+            query,
+            user_id=user_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            limit=limit,
+            after_seq=filters.pop("after_seq", self.last_seq or None),
+            **filters,
+        )
+
+    async def add_memory(self, content: str, **fields: Any) -> Written:
+        """``memory.add``; ``fields.deduplicated`` says whether it was already there."""
+        return await self._command(AddMemory, content=content, **fields)
+
+    async def add_memories(
+        self, memories: list[dict[str, Any]], *, org_id: str | None = None, **fields: Any
+    ) -> MemoriesAdded:
+        """``memory.add_batch``: all or none, up to 1,000."""
+        body = {"memories": memories, "org_id": org_id, **fields}
+        reply = await self.request(AddMemories.op.subject, body)
+        self.last_seq = max(self.last_seq, reply.seq or 0)
+        return msgspec.convert(reply.data, MemoriesAdded)
+
+    async def update_memory(self, memory_id: str, **fields: Any) -> Written:
+        return await self._command(UpdateMemory, memory_id=memory_id, **fields)
+
+    async def supersede_memory(self, memory_id: str, content: str, **fields: Any) -> Written:
+        return await self._command(SupersedeMemory, memory_id=memory_id, content=content, **fields)
+
+    async def archive_memory(self, memory_id: str, **fields: Any) -> Written:
+        return await self._command(ArchiveMemory, memory_id=memory_id, **fields)
+
+    async def restore_memory(self, memory_id: str, **fields: Any) -> Written:
+        return await self._command(RestoreMemory, memory_id=memory_id, **fields)
+
+    async def delete_memory(self, memory_id: str, **fields: Any) -> Written:
+        return await self._command(DeleteMemory, memory_id=memory_id, **fields)
+
+    async def delete_memory_scope(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        **fields: Any,
+    ) -> ScopeDeleted:
+        body = {"user_id": user_id, "agent_id": agent_id, "session_id": session_id, **fields}
+        reply = await self.request(DeleteMemoryScope.op.subject, body)
+        self.last_seq = max(self.last_seq, reply.seq or 0)
+        return msgspec.convert(reply.data, ScopeDeleted)
+
+    async def get_memory(self, memory_id: str, *, after_seq: int | None = None) -> Memory:
+        return await self._query(GetMemory, Memory, memory_id=memory_id, after_seq=after_seq)
+
+    async def list_memories(self, **filters: Any) -> Page[Memory]:
+        """``memory.list``: any of its filters as keywords (``user_id``, ``memory_type``,
+        ``states``, ``tags_any``, ``valid_from_after``, ``as_of``, ``cursor``...)."""
+        return await self._query(ListMemories, Page[Memory], **filters)
+
+    async def search_memories(self, text: str, **filters: Any) -> list[Memory]:
+        found = await self._query(SearchMemories, Items[Memory], text=text, **filters)
+        return found.items
+
+    async def memory_history(
+        self, memory_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> Page[HistoryEntry]:
+        return await self._query(
+            MemoryHistory, Page[HistoryEntry], memory_id=memory_id, limit=limit, cursor=cursor
+        )

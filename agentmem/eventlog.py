@@ -45,7 +45,11 @@ MAX_BATCHES_IN_FLIGHT = 32
 BATCH_RETRIES = 20
 
 DUPLICATE_WINDOW_S = 600  # a retried command within 10 minutes is stored once
+# How far around one of its sequences ``read_command`` looks for a command's other commits.
 MAX_WRITES_PER_COMMAND = 8
+# The most subjects one command may write: nats-server's limit of one atomic batch (a
+# batch of 1,001 is refused with err_code 10199). Only memory.add_batch comes near it.
+MAX_BATCH_WRITES = 1000
 
 
 class StaleVersion(Exception):
@@ -238,8 +242,8 @@ class EventLog:
     async def append(self, writes: list[Write], meta: CommitMeta) -> Appended:
         if not writes:
             raise ValueError("nothing to append")
-        if len(writes) > MAX_WRITES_PER_COMMAND:
-            raise ValueError(f"a command may write at most {MAX_WRITES_PER_COMMAND} subjects")
+        if len(writes) > MAX_BATCH_WRITES:
+            raise ValueError(f"a command may write at most {MAX_BATCH_WRITES} subjects")
         headers = meta.headers()
         try:
             if len(writes) == 1:

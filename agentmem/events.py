@@ -220,6 +220,74 @@ class ToolNameReleased(Event, tag="tool_name.released", frozen=True):
     tool_id: str
 
 
+# Memories: one subject per memory, whose id is derived from its scope and content ---------
+MemoryType = Literal["semantic", "episodic", "procedural", "resource"]
+
+
+class MemoryAdded(Event, tag="memory.added", frozen=True):
+    """A new memory. Its subject's id is derived from ``org_id``, the scope, the type and the
+    normalised content (``agentmem.domain.memories``): the subject is the content's
+    reservation, written with expected sequence 0."""
+
+    memory_id: str
+    org_id: str
+    memory_type: MemoryType
+    content: str
+    valid_from: int  # ms since the Unix epoch: since when the fact is true in the world
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    metadata: dict[str, Any] = {}
+    tags: tuple[str, ...] = ()
+    importance: float = 0.5
+    valid_to: int | None = None
+    expires_at: int | None = None
+    source: dict[str, Any] = {}  # session_id, message_ids, producer
+    uri: str | None = None  # resource memories: what they refer to
+    mime_type: str | None = None
+    supersedes: str | None = None  # the memory this one replaced (memory.supersede)
+
+
+class MemoryUpdated(Event, tag="memory.updated", frozen=True):
+    """Every changeable field after the update, so a projection needs no lookup."""
+
+    memory_id: str
+    content: str
+    metadata: dict[str, Any]
+    tags: tuple[str, ...]
+    importance: float
+    valid_from: int
+    valid_to: int | None = None
+    expires_at: int | None = None
+
+
+class MemoryContentClaimed(Event, tag="memory.content_claimed", frozen=True):
+    """On a content's reservation subject (``slot_id``): an update gave memory ``memory_id``
+    this content, so an add of it finds that memory."""
+
+    slot_id: str
+    memory_id: str
+
+
+class MemorySuperseded(Event, tag="memory.superseded", frozen=True):
+    memory_id: str
+    superseded_by: str
+    valid_to: int  # the old fact stops being true when the new one starts
+
+
+class MemoryArchived(Event, tag="memory.archived", frozen=True):
+    memory_id: str
+
+
+class MemoryRestored(Event, tag="memory.restored", frozen=True):
+    memory_id: str
+
+
+class MemoryDeleted(Event, tag="memory.deleted", frozen=True):
+    memory_id: str
+    scope_deletion: bool = False  # written by memory.delete_scope
+
+
 AnyEvent = (
     OrgCreated
     | OrgRenamed
@@ -251,6 +319,13 @@ AnyEvent = (
     | ToolDeleted
     | ToolNameReserved
     | ToolNameReleased
+    | MemoryAdded
+    | MemoryUpdated
+    | MemoryContentClaimed
+    | MemorySuperseded
+    | MemoryArchived
+    | MemoryRestored
+    | MemoryDeleted
 )
 
 

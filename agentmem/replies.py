@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from agentmem.events import MessageRole
+from agentmem.events import MemoryType, MessageRole
 
 T = TypeVar("T")
 
@@ -82,6 +82,33 @@ class Tool(msgspec.Struct, frozen=True):
     tags: list[str] = []
     created_at: int = 0
     updated_at: int = 0
+
+
+class Memory(msgspec.Struct, frozen=True):
+    memory_id: str
+    org_id: str
+    memory_type: MemoryType
+    content: str
+    state: str  # "live", "archived" or "superseded"
+    valid_from: int
+    version: int
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    metadata: dict[str, Any] = {}
+    tags: list[str] = []
+    importance: float = 0.5
+    valid_to: int | None = None
+    expires_at: int | None = None
+    expired: bool = False  # expires_at has passed
+    superseded_by: str | None = None
+    supersedes: str | None = None
+    source: dict[str, Any] = {}
+    uri: str | None = None
+    mime_type: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+    rank: float | None = None  # search results only: higher is a better match
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
@@ -185,3 +212,34 @@ class BatchAppended(msgspec.Struct, frozen=True):
     user_id: str | None
     message_ids: list[str]
     count: int
+
+
+class Deduplicated(msgspec.Struct, frozen=True):
+    """``memory.add`` and ``memory.supersede``: true when a live memory already held the
+    content, and nothing was appended (its fields are the answer)."""
+
+    deduplicated: bool = False
+
+
+class MemoriesAdded(msgspec.Struct, frozen=True):
+    """``memory.add_batch``: each memory's id in the order sent, which of them were already
+    there, and where the batch landed (``version`` 0 when nothing was appended)."""
+
+    event: str
+    version: int
+    memory_ids: list[str]
+    deduplicated: list[bool]
+    added: int
+
+
+class ScopeDeleted(msgspec.Struct, frozen=True):
+    """``memory.delete_scope``: how many memories were deleted, and the scope. ``version``:
+    the last deletion's log sequence (0 when the scope held no memory)."""
+
+    event: str
+    version: int
+    deleted: int
+    org_id: str
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None

@@ -7,6 +7,7 @@ the command id, retries after a concurrent write, and recognising a retried comm
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -64,6 +65,10 @@ S = TypeVar("S")
 
 MAX_ATTEMPTS = 5
 SECRET_FIELDS = frozenset({"password_hash", "password", "digest"})
+
+
+class _NothingToWrite(Exception):
+    """A plan of ``run_each`` that found nothing to do."""
 
 
 def event_view(event: AnyEvent, seq: int) -> dict[str, Any]:
@@ -201,6 +206,30 @@ class CommandRunner:
         command_id = log_command_id(
             owner or owner_of(request.principal), command.command_id or ids.new_id()
         )
+        return await self._run(request, plan, command_id)
+
+    async def run_each(
+        self, request: Request[Any], plans: list[tuple[str, Plan]], concurrency: int = 64
+    ) -> list[Result | None]:
+        """Several commits of one command, each decided and appended on its own (not
+        atomically), at most ``concurrency`` at a time: for a command over many aggregates
+        that need not change together (``memory.delete_scope``). Each is stored under the
+        command id ``<command id>:<key>``, so a retried command writes none of them twice. A
+        plan that returns no writes appends nothing: its result is None."""
+        command: Command = request.body
+        base = log_command_id(owner_of(request.principal), command.command_id or ids.new_id())
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(key: str, plan: Plan) -> Result | None:
+            async with slots:
+                try:
+                    return await self._run(request, plan, f"{base}:{key}")
+                except _NothingToWrite:
+                    return None
+
+        return list(await asyncio.gather(*(one(key, plan) for key, plan in plans)))
+
+    async def _run(self, request: Request[Any], plan: Plan, command_id: str) -> Result:
         meta = CommitMeta(
             command_id=command_id,
             commit_type=request.operation.name,
@@ -215,6 +244,8 @@ class CommandRunner:
                 writes = await plan(loader, command_id)
             except AlreadyApplied as applied:
                 return await self._outcome(applied.seq, command_id)
+            if not writes:
+                raise _NothingToWrite
             try:
                 appended = await self.log.append(writes, meta)
             except StaleVersion:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
+from agentmem.projections.memories import MEMORIES, MEMORY_TAGS
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
@@ -94,6 +95,25 @@ MIGRATIONS: list[Migration] = [
             # SQLite: the FTS5 index again, with the scope tokens, refilled from the
             # messages table ('rebuild'); Postgres filters by the scope's own indexes.
             Sql(**fulltext.rebuild_ddl(MESSAGES)),
+        ),
+    ),
+    Migration(
+        5,
+        "memories, their tags and their scoped full-text index",
+        (
+            MEMORIES,
+            MEMORY_TAGS,
+            # FTS5 with the scope tokens (SQLite), generated tsvector and GIN index (Postgres).
+            Sql(**fulltext.ddl(MEMORIES)),
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE memories IS 'AgentMem projection memories: one row per "
+                    "memory not deleted (live, archived or superseded); importance in "
+                    "millionths; position orders them as the log does'",
+                    "COMMENT ON TABLE memory_tags IS 'AgentMem projection memories: one row per "
+                    "tag of a memory, for tag filters'",
+                )
+            ),
         ),
     ),
 ]

@@ -27,6 +27,21 @@ from agentmem.commands import (
     RegisterTool,
     RegisterUser,
 )
+from agentmem.domain.memories import (
+    AddMemories,
+    AddMemory,
+    ArchiveMemory,
+    DeleteMemory,
+    DeleteMemoryScope,
+    GetMemory,
+    ListMemories,
+    MemoryHistory,
+    NewMemory,
+    RestoreMemory,
+    SearchMemories,
+    SupersedeMemory,
+    UpdateMemory,
+)
 from agentmem.protocol import operation_of, operations
 from agentmem.queries import (
     GetAgent,
@@ -149,6 +164,32 @@ async def test_real_replies_match_their_declared_schemas(
     assert (await ask(nc, Health(), None))["ok"]
     refused = await ask(nc, GetAgent(agent_id="nobody"), token)
     assert refused["error"]["code"] == "not_found"
+
+    # Memories: each command and query, a duplicate and an empty batch included.
+    memory = await ask(nc, AddMemory(content="Ann likes tea", user_id="ann", tags=["x"]), token)
+    memory_id = memory["data"]["memory_id"]
+    assert (await ask(nc, AddMemory(content="ann likes TEA", user_id="ann"), token))["data"][
+        "deduplicated"
+    ]
+    batch = [NewMemory(content="Ann likes jazz", user_id="ann", memory_type="episodic")]
+    assert (await ask(nc, AddMemories(memories=batch), token))["data"]["added"] == 1
+    assert (await ask(nc, AddMemories(memories=batch), token))["data"]["added"] == 0
+    await ask(nc, UpdateMemory(memory_id=memory_id, importance=0.7), token)
+    newer = await ask(nc, SupersedeMemory(memory_id=memory_id, content="Ann likes coffee"), token)
+    new_id = newer["data"]["superseded_by"]
+    await ask(nc, ArchiveMemory(memory_id=new_id), token)
+    await ask(nc, RestoreMemory(memory_id=new_id), token)
+    after = (await ask(nc, DeleteMemory(memory_id=new_id), token))["seq"]
+    for query in (
+        GetMemory(memory_id=memory_id, after_seq=after),
+        ListMemories(user_id="ann", states=["live", "superseded"], after_seq=after),
+        SearchMemories(text="jazz", user_id="ann", after_seq=after),
+        MemoryHistory(memory_id=memory_id),
+    ):
+        assert (await ask(nc, query, token))["ok"]
+    scope = DeleteMemoryScope(user_id="ann", org_id=org_id)
+    assert (await ask(nc, scope, admin_token))["data"]["deleted"] == 2
+    assert (await ask(nc, scope, admin_token))["data"]["deleted"] == 0
 
 
 @pytest.mark.parametrize("operation", operations(), ids=lambda o: o.name)

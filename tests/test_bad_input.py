@@ -60,6 +60,20 @@ from agentmem.config import Settings
 from agentmem.consumers.queries import encode_cursor
 from agentmem.consumers.router import MAX_REQUEST_BYTES
 from agentmem.domain.agents import MAX_STATE_BYTES
+from agentmem.domain.memories import (
+    AddMemories,
+    AddMemory,
+    ArchiveMemory,
+    DeleteMemory,
+    DeleteMemoryScope,
+    GetMemory,
+    ListMemories,
+    MemoryHistory,
+    RestoreMemory,
+    SearchMemories,
+    SupersedeMemory,
+    UpdateMemory,
+)
 from agentmem.protocol import operations
 from agentmem.queries import (
     EmailExists,
@@ -161,6 +175,18 @@ VALID: dict[str, dict[str, Any]] = {
     ListMessages.op.subject: {"session_id": "s1"},
     LastMessages.op.subject: {"session_id": "s1", "n": 5},
     SearchMessages.op.subject: {"text": "hello", "agent_id": "a1"},
+    AddMemory.op.subject: {"content": "Ann likes tea", "user_id": "u1"},
+    AddMemories.op.subject: {"memories": [{"content": "Ann likes tea", "user_id": "u1"}]},
+    UpdateMemory.op.subject: {"memory_id": "m1", "importance": 0.5},
+    SupersedeMemory.op.subject: {"memory_id": "m1", "content": "Ann likes coffee"},
+    ArchiveMemory.op.subject: {"memory_id": "m1"},
+    RestoreMemory.op.subject: {"memory_id": "m1"},
+    DeleteMemory.op.subject: {"memory_id": "m1"},
+    DeleteMemoryScope.op.subject: {"user_id": "u1"},
+    GetMemory.op.subject: {"memory_id": "m1"},
+    ListMemories.op.subject: {"user_id": "u1", "states": ["live", "archived"]},
+    SearchMemories.op.subject: {"text": "tea", "user_id": "u1"},
+    MemoryHistory.op.subject: {"memory_id": "m1"},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -210,6 +236,18 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     ListMessages.op.subject: ("since", "yesterday"),
     LastMessages.op.subject: ("n", "5"),
     SearchMessages.op.subject: ("text", ["hello"]),
+    AddMemory.op.subject: ("importance", "high"),
+    AddMemories.op.subject: ("memories", {"content": "Ann likes tea"}),
+    UpdateMemory.op.subject: ("tags", "food"),
+    SupersedeMemory.op.subject: ("content", 5),
+    ArchiveMemory.op.subject: ("memory_id", 1),
+    RestoreMemory.op.subject: ("expected_version", "3"),
+    DeleteMemory.op.subject: ("memory_id", None),
+    DeleteMemoryScope.op.subject: ("user_id", 5),
+    GetMemory.op.subject: ("memory_id", []),
+    ListMemories.op.subject: ("states", "live"),
+    SearchMemories.op.subject: ("text", 5),
+    MemoryHistory.op.subject: ("limit", "10"),
 }
 
 

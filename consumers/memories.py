@@ -1,0 +1,458 @@
+"""Memories over NATS: the command handlers (plans for ``CommandRunner``) and the queries.
+
+A memory is named by its id alone; the log finds its subject, and so its organization
+(``CommandRunner.subject_of``). Another organization's memory is answered exactly as a
+missing one, on every subject. Writes need ``member``, ``memory.delete_scope`` ``org_admin``,
+reads ``reader``. How a duplicate is found in the log: ``agentmem.domain.memories``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.consumers.aggregates import Loader
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.history import entry, in_log_order
+from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor, page
+from agentmem.consumers.router import Request, Result, Router
+from agentmem.domain import memories, orgs
+from agentmem.domain.aggregate import Loaded, Write
+from agentmem.domain.memories import (
+    MAX_CHAIN,
+    MAX_GENERATIONS,
+    AddMemories,
+    AddMemory,
+    ArchiveMemory,
+    DeleteMemory,
+    DeleteMemoryScope,
+    GetMemory,
+    ListMemories,
+    Memory,
+    MemoryHistory,
+    Probe,
+    RestoreMemory,
+    SearchMemories,
+    Slot,
+    SupersedeMemory,
+    UpdateMemory,
+)
+from agentmem.errors import ConflictError, NotFoundError
+from agentmem.projections import memories as reads
+from agentmem.validation import invalid
+
+if TYPE_CHECKING:
+    from agentmem.consumers.parts import Parts
+
+PROJECTION = "memories"
+_encoder = msgspec.json.Encoder()
+SCOPE_PAGE = 500  # memory.delete_scope deletes this many memories at a time
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Duplicate(Exception):
+    """A plan found nothing to append: the content is held already."""
+
+
+def _scope(body: Any) -> dict[str, str]:
+    return {f: getattr(body, f) for f in reads.SCOPE_FIELDS if getattr(body, f) is not None}
+
+
+async def probe(loader: Loader, org_id: str, key: str, now: int, blind: bool = False) -> Probe:
+    """Walk the slots of a content (``agentmem.domain.memories``) from generation 0 to the
+    one that holds it, or to the first empty one. ``blind``: assume generation 0 is empty
+    without reading it, as a command's first attempt does (most content is new): if it is
+    not, the write at expected sequence 0 fails and the next attempt walks for real."""
+    if blind:
+        return Probe(None, Loaded(memories.subject(org_id, memories.slot_id(key, 0)), None, 0))
+    for generation in range(MAX_GENERATIONS):
+        slot = await loader.load(
+            memories.subject(org_id, memories.slot_id(key, generation)), memories.evolve
+        )
+        if slot.version == 0:
+            return Probe(None, slot)
+        holder: Loaded[Slot] = slot
+        if isinstance(slot.state, memories.Claim):
+            holder = await loader.load(
+                memories.subject(org_id, slot.state.memory_id), memories.evolve
+            )
+        memory = holder.state
+        if isinstance(memory, Memory) and memories.holds(memory, memory, key, now):
+            return Probe(memory, None, holder.version, dict(holder.commands))
+    raise ConflictError(
+        f"this content was added and removed {MAX_GENERATIONS} times in this scope",
+        {"generations": MAX_GENERATIONS},
+    )
+
+
+async def load_memory(
+    runner: CommandRunner, loader: Loader, request: Request[Any], memory_id: str
+) -> tuple[Loaded[Slot], str]:
+    """A memory of a live organization that the caller may change (with the operation's
+    need), and its organization; else not_found (another organization's too)."""
+    missing = memories.missing(memory_id)
+    loaded, org_id = await runner.load_in_live_org(
+        loader, "memory", memory_id, memories.evolve, missing
+    )
+    memories.require_memory(loaded, memory_id)
+    authorize(request.caller, request.need, org_id, missing)
+    return loaded, org_id
+
+
+def command_router(parts: Parts) -> Router:
+    router = Router()
+    runner, store, freshness = parts.runner, parts.store, parts.freshness
+
+    def writable_org(request: Request[Any], org_id: str | None) -> str:
+        target = org_id or request.caller.org_id
+        authorize(request.caller, request.need, target, missing_org(target))
+        return target
+
+    async def live_org(loader: Loader, org_id: str) -> None:
+        orgs.require_live(await loader.load(orgs.subject(org_id), orgs.evolve), org_id)
+
+    @router.handle(AddMemory)
+    async def add_memory(request: Request[AddMemory]) -> Result:
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        item = command.item()
+        memories.check_new(item, "$")
+        key, now = memories.key_of_new(org_id, item), now_ms()
+        found: list[Probe] = []
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            await live_org(loader, org_id)
+            # The first attempt writes blind (CommandRunner.run refreshes on the next ones).
+            found[:] = [await probe(loader, org_id, key, now, blind=not loader.refresh)]
+            writes = memories.add(org_id, item, found[0], now)
+            if not writes:
+                raise _Duplicate
+            return writes
+
+        try:
+            data, seq = await runner.run(request, plan)
+        except _Duplicate:
+            holder = found[0]
+            assert holder.holder is not None
+            return memories.view(holder.holder, holder.holder_version), holder.holder_version
+        return {**data, "deduplicated": False}, seq
+
+    @router.handle(AddMemories)
+    async def add_memories(request: Request[AddMemories]) -> Result:
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        items = command.memories
+        for n, item in enumerate(items):
+            memories.check_new(item, f"$.memories[{n}]")
+        keys = [memories.key_of_new(org_id, item) for item in items]
+        now = now_ms()
+        outcome: list[tuple[list[str], list[bool]]] = []
+        used: list[str] = []
+        planned = [False]  # the last attempt decided writes (else: a retried command)
+
+        async def decide(loader: Loader, blind: bool) -> tuple[list[Write], dict[str, Probe]]:
+            distinct = list(dict.fromkeys(keys))
+            probes = dict(
+                zip(
+                    distinct,
+                    await asyncio.gather(*(probe(loader, org_id, k, now, blind) for k in distinct)),
+                    strict=True,
+                )
+            )
+            writes: list[Write] = []
+            memory_ids: list[str] = []
+            duplicates: list[bool] = []
+            written: dict[str, str] = {}
+            for item, key in zip(items, keys, strict=True):
+                found = probes[key]
+                if found.holder is not None:
+                    memory_ids.append(found.holder.memory_id)
+                    duplicates.append(True)
+                elif key in written:  # twice in this batch
+                    memory_ids.append(written[key])
+                    duplicates.append(True)
+                else:
+                    write = memories.add(org_id, item, found, now)[0]
+                    written[key] = subjects.parse(write.subject).aggregate_id
+                    writes.append(write)
+                    memory_ids.append(written[key])
+                    duplicates.append(False)
+            outcome[:] = [(memory_ids, duplicates)]
+            return writes, probes
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            used[:], planned[0] = [command_id], False
+            await live_org(loader, org_id)
+            writes, _ = await decide(loader, blind=not loader.refresh)
+            if not writes:
+                raise _Duplicate
+            planned[0] = True
+            return writes
+
+        try:
+            data, seq = await runner.run(request, plan)
+            version = data["version"]
+            memory_ids, duplicates = outcome[0] if planned[0] else ([], [])
+            if not planned[0]:
+                # A retried command, answered with its first commit: the memories are
+                # where the log has them, and those its commits wrote were added by it.
+                fresh = Loader(runner.cache, "", refresh=True)
+                _, probes = await decide(fresh, blind=False)
+                for key in keys:
+                    found = probes[key]
+                    memory_ids.append(found.holder.memory_id if found.holder else "")
+                    duplicates.append(used[0] not in found.holder_commands)
+        except _Duplicate:
+            memory_ids, duplicates = outcome[0]
+            version, seq = 0, None
+        reply = {
+            "event": "memory.added",
+            "version": version,
+            "memory_ids": memory_ids,
+            "deduplicated": duplicates,
+            "added": len(set(m for m, d in zip(memory_ids, duplicates, strict=True) if not d)),
+        }
+        return reply, seq
+
+    @router.handle(UpdateMemory)
+    async def update_memory(request: Request[UpdateMemory]) -> Result:
+        command, now = request.body, now_ms()
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            loaded, org_id = await load_memory(runner, loader, request, command.memory_id)
+            memory = memories.require_memory(loaded, command.memory_id)
+            found = None
+            if command.content is not None:
+                key = memories.key_of(memory, command.content)
+                if key != memory.key:
+                    found = await probe(loader, org_id, key, now)
+            return memories.update(loaded, command, found, now)
+
+        return await runner.run(request, plan)
+
+    @router.handle(SupersedeMemory)
+    async def supersede_memory(request: Request[SupersedeMemory]) -> Result:
+        command, now = request.body, now_ms()
+        held: list[bool] = [False]
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            loaded, org_id = await load_memory(runner, loader, request, command.memory_id)
+            old = memories.require_memory(loaded, command.memory_id)
+            found = await probe(loader, org_id, memories.key_of(old, command.content), now)
+            writes, holder = memories.supersede(loaded, command, found, now)
+            held[0] = holder is not None
+            return writes
+
+        data, seq = await runner.run(request, plan)
+        return {**data, "deduplicated": held[0]}, seq
+
+    @router.handle(ArchiveMemory)
+    async def archive_memory(request: Request[ArchiveMemory]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
+            return memories.archive(loaded, request.body)
+
+        return await runner.run(request, plan)
+
+    @router.handle(RestoreMemory)
+    async def restore_memory(request: Request[RestoreMemory]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
+            return memories.restore(loaded, request.body)
+
+        return await runner.run(request, plan)
+
+    @router.handle(DeleteMemory)
+    async def delete_memory(request: Request[DeleteMemory]) -> Result:
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
+            return memories.delete(loaded, request.body)
+
+        return await runner.run(request, plan)
+
+    @router.handle(DeleteMemoryScope)
+    async def delete_scope(request: Request[DeleteMemoryScope]) -> Result:
+        """Every memory the scope holds when the command starts: found in the projection
+        once it has applied the whole log, then deleted one commit each (not atomically: a
+        command cut short is finished by sending it again, with the same command_id)."""
+        command = request.body
+        org_id = writable_org(request, command.org_id)
+        memories.check_scope(command.user_id, command.agent_id, command.session_id, "$")
+        scope = _scope(command)
+        await freshness.wait(PROJECTION, await runner.log.last_seq())
+
+        def plan_for(memory_id: str) -> Any:
+            async def plan(loader: Loader, command_id: str) -> list[Write]:
+                loaded = await loader.load(memories.subject(org_id, memory_id), memories.evolve)
+                return memories.delete_in_scope(loaded, memory_id)
+
+            return plan
+
+        deleted, version, after = 0, 0, ""
+        while True:
+            found = await reads.scope_memory_ids(store, org_id, scope, after, SCOPE_PAGE)
+            if not found:
+                break
+            results = await runner.run_each(request, [(m, plan_for(m)) for m in found])
+            for result in results:
+                if result is not None:
+                    deleted += 1
+                    version = max(version, result[1] or 0)
+            after = found[-1]
+        reply = {"event": "memory.deleted", "version": version, "deleted": deleted}
+        return {**reply, "org_id": org_id, **scope}, (version or None)
+
+    return router
+
+
+# Queries -----------------------------------------------------------------------------------
+def _cursor(cursor: str | None) -> tuple[int, int] | None:
+    key = decode_cursor(cursor)
+    if not key:
+        return None
+    first, _, second = key.partition(":")
+    if not (first.lstrip("-").isdigit() and second.isdigit()):
+        raise invalid(
+            "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
+        )
+    return int(first), int(second)
+
+
+def query_router(parts: Parts) -> Router:
+    router = Router()
+    store, freshness, log, runner = parts.store, parts.freshness, parts.log, parts.runner
+
+    def readable_org(request: Request[Any], org_id: str | None) -> str:
+        target = org_id or request.caller.org_id
+        authorize(request.caller, request.need, target, missing_org(target))
+        return target
+
+    @router.handle(GetMemory)
+    async def get_memory(request: Request[GetMemory]) -> Result:
+        authorize(request.caller, request.need, None)
+        seq = await freshness.wait(PROJECTION, request.body.after_seq)
+        memory_id = request.body.memory_id
+        row = await reads.get_memory(store, memory_id)
+        missing = memories.missing(memory_id)
+        if row is None:
+            raise missing
+        authorize(request.caller, request.need, row["org_id"], missing)
+        return reads.memory_view(row, now_ms()), seq
+
+    @router.handle(ListMemories)
+    async def list_memories(request: Request[ListMemories]) -> Result:
+        query = request.body
+        org_id = readable_org(request, query.org_id)
+        after = _cursor(query.cursor)
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        # What was true at a time includes the facts corrected since.
+        default = ["live", "superseded"] if query.as_of is not None else ["live"]
+        now = now_ms()
+        rows = await reads.list_memories(
+            store,
+            org_id,
+            now=now,
+            scope=_scope(query),
+            memory_type=query.memory_type,
+            states=query.states or default,
+            tags_any=query.tags_any,
+            min_importance=query.min_importance,
+            max_importance=query.max_importance,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            valid_from_after=query.valid_from_after,
+            valid_from_before=query.valid_from_before,
+            as_of=query.as_of,
+            order_by=query.order_by,
+            descending=query.order == "desc",
+            after=after,
+            limit=query.limit + 1,
+        )
+        items = [
+            {**reads.memory_view(r, now), "cursor": f"{r['order_key']}:{r['position']}"}
+            for r in rows
+        ]
+        result = page(items, query.limit, "cursor", MAX_PAGE_BYTES)
+        for item in result["items"]:
+            del item["cursor"]
+        return result, seq
+
+    @router.handle(SearchMemories)
+    async def search_memories(request: Request[SearchMemories]) -> Result:
+        query = request.body
+        org_id = readable_org(request, query.org_id)
+        where: dict[str, Any] = {"org_id": org_id, **_scope(query), "state": query.state}
+        if query.memory_type is not None:
+            where["memory_type"] = query.memory_type
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        now = now_ms()
+        rows = await reads.search_memories(store, query.text, where, query.limit)
+        items = [reads.memory_view(r, now) for r in rows]
+        # Expiry is a matter of time, not of the index: an expired memory is left out here.
+        return {"items": [i for i in items if not i["expired"]]}, seq
+
+    async def chain(org_id: str, memory: Memory) -> list[str]:
+        """The subjects of a memory's supersede chain, itself included, deleted ones not."""
+        names = [memories.subject(org_id, memory.memory_id)]
+        for step in ("supersedes", "superseded_by"):
+            current = memory
+            for _ in range(MAX_CHAIN):
+                next_id = getattr(current, step)
+                if next_id is None:
+                    break
+                loaded = await runner.cache.load(
+                    memories.subject(org_id, next_id), memories.evolve, refresh=True
+                )
+                if not isinstance(loaded.state, Memory):
+                    break
+                current = loaded.state
+                if current.state != "deleted":
+                    names.append(loaded.subject)
+        return names
+
+    @router.handle(MemoryHistory)
+    async def memory_history(request: Request[MemoryHistory]) -> Result:
+        query = request.body
+        missing = memories.missing(query.memory_id)
+        try:
+            subject = await runner.subject_of("memory", query.memory_id)
+        except NotFoundError:
+            raise missing from None
+        org_id = subjects.parse(subject).org_id
+        authorize(request.caller, request.need, org_id, missing)
+        loaded = await runner.cache.load(subject, memories.evolve, refresh=True)
+        memory = memories.require_memory(loaded, query.memory_id)
+        names = await chain(org_id, memory)
+        key = decode_cursor(query.cursor)
+        if key and not key.isdigit():
+            raise invalid(
+                "cursor is not one this subject returned",
+                "$.cursor",
+                "invalid_value",
+                cursor=query.cursor,
+            )
+        after = int(key or 0)
+        items: list[dict[str, Any]] = []
+        more, budget = False, MAX_PAGE_BYTES
+        async for commit in in_log_order(log, names, after):
+            if len(items) == query.limit:
+                more = True
+                break
+            item = entry(commit)
+            budget -= len(_encoder.encode(item))
+            if items and budget < 0:
+                more = True
+                break
+            items.append(item)
+        next_cursor = encode_cursor(str(items[-1]["seq"])) if more and items else None
+        return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)
+
+    return router

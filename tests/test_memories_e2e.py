@@ -1,0 +1,567 @@
+"""Memories over NATS, against the real service and a real nats-server, on each projection
+store (``STORES``): adding and deduplicating in the log, updates, supersede chains, archive,
+deletion of one memory and of a scope, list filters and pages, search, history, roles and
+organizations kept apart, and replay.
+
+The complaints of memory users (issue 12) are one test each, named for what they check:
+``test_deleting_one_users_scope_keeps_every_other_users_memories``,
+``test_a_filter_by_agent_returns_only_that_agents_memories``,
+``test_the_same_memory_added_twice_exists_once`` (and ten at once),
+``test_an_update_keeps_the_old_version_in_history``,
+``test_a_valid_from_range_returns_only_memories_inside_it``,
+``test_a_superseded_fact_is_not_returned_with_its_correction``,
+``test_another_organizations_memory_is_not_found_on_every_subject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
+from agentmem.projections.memories import MEMORIES, MEMORY_TAGS
+from agentmem.service import Service
+from tests.realparts import dump_store, replay_into, wait_caught_up
+
+STORES = ("sqlite", "postgres")
+
+PASSWORD = "long-enough-password"
+DAY = 24 * 3600 * 1000
+T0 = 1_700_000_000_000  # a fixed valid time, in the past
+
+
+async def last_seq(nc: NATS) -> int:
+    info = await nc.jetstream().stream_info(subjects.STREAM_NAME)
+    return int(info.state.last_seq)
+
+
+async def as_user(admin: Client, org_id: str, email: str, roles: list[Any]) -> Client:
+    user = await admin.register_user(org_id, "Someone", email, PASSWORD, roles=roles)
+    key = await admin.create_api_key("test", user_id=user.fields["user_id"])
+    return admin.with_token(str(key.fields["token"]))
+
+
+@pytest.fixture
+async def acme(client: Client) -> tuple[str, Client]:
+    """A fresh organization and a client of one of its members."""
+    org_id = str((await client.create_org("Acme")).fields["org_id"])
+    return org_id, await as_user(client, org_id, "member@acme.example", ["member"])
+
+
+def ids_of(items: list[Any]) -> list[str]:
+    return [m.memory_id for m in items]
+
+
+# Adding and deduplicating ----------------------------------------------------------------
+async def test_add_and_get(acme: tuple[str, Client]) -> None:
+    org_id, api = acme
+    added = await api.add_memory(
+        "Ann is allergic to peanuts",
+        user_id="ann",
+        agent_id="helper",
+        metadata={"confidence": "high"},
+        tags=["health", "food", "health"],
+        importance=0.9,
+        valid_from=T0,
+        source={"session_id": "chat-1", "message_ids": ["m1"], "producer": "extractor"},
+    )
+    assert added.event == "memory.added"
+    assert added.fields["deduplicated"] is False
+    memory_id = added.fields["memory_id"]
+    memory = await api.get_memory(memory_id, after_seq=api.last_seq)
+    assert (memory.org_id, memory.content, memory.memory_type) == (
+        org_id,
+        "Ann is allergic to peanuts",
+        "semantic",
+    )
+    assert (memory.user_id, memory.agent_id, memory.session_id) == ("ann", "helper", None)
+    assert memory.tags == ["health", "food"]
+    assert (memory.importance, memory.valid_from, memory.valid_to) == (0.9, T0, None)
+    assert memory.source == {"session_id": "chat-1", "message_ids": ["m1"], "producer": "extractor"}
+    assert (memory.state, memory.version, memory.expired) == ("live", added.version, False)
+    assert memory.created_at > 0
+
+    resource = await api.add_memory(
+        "The onboarding guide",
+        memory_type="resource",
+        agent_id="helper",
+        uri="https://example.com/guide.pdf",
+        mime_type="application/pdf",
+    )
+    got = await api.get_memory(resource.fields["memory_id"], after_seq=api.last_seq)
+    assert (got.uri, got.mime_type) == ("https://example.com/guide.pdf", "application/pdf")
+
+
+async def test_what_an_add_refuses(acme: tuple[str, Client], nc: NATS) -> None:
+    _, api = acme
+    before = await last_seq(nc)
+    with pytest.raises(InvalidError, match="needs a scope") as refused:
+        await api.add_memory("no scope")
+    assert refused.value.details["fields"] == ["user_id", "agent_id", "session_id"]
+    with pytest.raises(InvalidError, match="needs a uri"):
+        await api.add_memory("a file", memory_type="resource", user_id="ann")
+    with pytest.raises(InvalidError, match="resource memories only"):
+        await api.add_memory("a fact", user_id="ann", uri="https://example.com")
+    with pytest.raises(InvalidError, match="valid_to"):
+        await api.add_memory("a fact", user_id="ann", valid_from=T0, valid_to=T0)
+    with pytest.raises(InvalidError):
+        await api.add_memory("x" * 10_001, user_id="ann")
+    with pytest.raises(InvalidError):
+        await api.add_memory("a fact", user_id="ann", importance=1.5)
+    assert await last_seq(nc) == before
+
+
+async def test_the_same_memory_added_twice_exists_once(acme: tuple[str, Client], nc: NATS) -> None:
+    _, api = acme
+    first = await api.add_memory("Ann lives in  Paris", user_id="ann", tags=["home"])
+    before = await last_seq(nc)
+    # The same text, normalised: case, Unicode forms and runs of whitespace do not count.
+    again = await api.add_memory(" ann LIVES in paris ", user_id="ann", tags=["other"])
+    assert again.fields["memory_id"] == first.fields["memory_id"]
+    assert again.fields["deduplicated"] is True
+    assert again.fields["content"] == "Ann lives in  Paris"  # the existing memory's fields
+    assert again.seq == first.seq
+    assert await last_seq(nc) == before  # nothing appended
+    # Another type, another scope, another organization: another memory.
+    other_type = await api.add_memory("Ann lives in Paris", user_id="ann", memory_type="episodic")
+    other_scope = await api.add_memory("Ann lives in Paris", user_id="ann", agent_id="a1")
+    assert len({first.fields["memory_id"], other_type.fields["memory_id"]}) == 2
+    assert other_scope.fields["deduplicated"] is False
+    listed = await api.list_memories(user_id="ann", after_seq=api.last_seq)
+    assert len(listed.items) == 3
+
+
+async def test_ten_concurrent_identical_adds_give_one_memory(
+    acme: tuple[str, Client], nc: NATS
+) -> None:
+    _, api = acme
+    before = await last_seq(nc)
+    results = await asyncio.gather(
+        *(api.add_memory("Ann prefers tea", user_id="ann") for _ in range(10))
+    )
+    assert len({r.fields["memory_id"] for r in results}) == 1
+    assert sorted(r.fields["deduplicated"] for r in results) == [False] + [True] * 9
+    assert await last_seq(nc) == before + 1
+    listed = await api.list_memories(user_id="ann", after_seq=api.last_seq)
+    assert [m.content for m in listed.items] == ["Ann prefers tea"]
+
+
+async def test_a_retried_add_is_answered_with_its_first_outcome(
+    acme: tuple[str, Client], nc: NATS
+) -> None:
+    _, api = acme
+    first = await api.add_memory("Ann has a cat", user_id="ann", command_id="add-1")
+    again = await api.add_memory("Ann has a cat", user_id="ann", command_id="add-1")
+    assert (again.seq, again.fields["memory_id"]) == (first.seq, first.fields["memory_id"])
+    assert again.fields["deduplicated"] is False
+    assert await last_seq(nc) == first.seq
+
+
+async def test_deleted_or_superseded_memories_do_not_block_their_text(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    first = await api.add_memory("Ann works at Acme", user_id="ann")
+    await api.delete_memory(first.fields["memory_id"])
+    second = await api.add_memory("Ann works at Acme", user_id="ann")
+    assert second.fields["deduplicated"] is False
+    assert second.fields["memory_id"] != first.fields["memory_id"]
+    # Superseded: the old text may come back as a new memory.
+    await api.supersede_memory(second.fields["memory_id"], "Ann works at Globex")
+    third = await api.add_memory("ann works at acme", user_id="ann")
+    assert third.fields["deduplicated"] is False
+    assert third.fields["memory_id"] not in (first.fields["memory_id"], second.fields["memory_id"])
+    # An expired memory does not block its text either.
+    await api.add_memory("Ann is in Rome", user_id="ann", expires_at=T0)
+    back = await api.add_memory("Ann is in Rome", user_id="ann")
+    assert back.fields["deduplicated"] is False
+    # An archived one does: it still exists (restore it to see it again).
+    await api.archive_memory(third.fields["memory_id"])
+    kept = await api.add_memory("Ann works at Acme", user_id="ann")
+    assert (kept.fields["memory_id"], kept.fields["deduplicated"]) == (
+        third.fields["memory_id"],
+        True,
+    )
+
+
+# Updates, history, supersede ---------------------------------------------------------------
+async def test_an_update_keeps_the_old_version_in_history(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    added = await api.add_memory("Ann lives in Paris", user_id="ann", tags=["home"])
+    memory_id = added.fields["memory_id"]
+    updated = await api.update_memory(
+        memory_id, content="Ann lives in Lyon", importance=0.8, expected_version=added.version
+    )
+    assert updated.event == "memory.updated"
+    with pytest.raises(ConflictError):
+        await api.update_memory(memory_id, content="stale", expected_version=added.version)
+    memory = await api.get_memory(memory_id, after_seq=api.last_seq)
+    assert (memory.content, memory.importance, memory.tags) == ("Ann lives in Lyon", 0.8, ["home"])
+    history = await api.memory_history(memory_id)
+    assert [e.commit_type for e in history.items] == ["memory.add", "memory.update"]
+    assert history.items[0].events[0]["content"] == "Ann lives in Paris"
+    assert history.items[1].events[0]["content"] == "Ann lives in Lyon"
+    assert history.items[1].principal.startswith("user:")
+    # The new content is the memory's now; the old one is free.
+    same = await api.add_memory("Ann lives in Lyon", user_id="ann")
+    assert (same.fields["memory_id"], same.fields["deduplicated"]) == (memory_id, True)
+    fresh = await api.add_memory("Ann lives in Paris", user_id="ann")
+    assert fresh.fields["deduplicated"] is False
+    # No update may give one memory the content another live one holds.
+    with pytest.raises(ConflictError, match="already holds this content") as refused:
+        await api.update_memory(memory_id, content="ANN lives in Paris")
+    assert refused.value.details["duplicate_of"] == fresh.fields["memory_id"]
+
+
+async def test_a_superseded_fact_is_not_returned_with_its_correction(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    old = await api.add_memory("Ann lives in Paris", user_id="ann", valid_from=T0)
+    old_id = old.fields["memory_id"]
+    corrected = await api.supersede_memory(old_id, "Ann lives in Berlin", valid_from=T0 + 10 * DAY)
+    assert corrected.event == "memory.superseded"
+    new_id = corrected.fields["superseded_by"]
+    assert (corrected.fields["memory_id"], corrected.fields["valid_to"]) == (old_id, T0 + 10 * DAY)
+    after = api.last_seq
+    listed = await api.list_memories(user_id="ann", after_seq=after)
+    assert [m.content for m in listed.items] == ["Ann lives in Berlin"]
+    found = await api.search_memories("Ann lives", user_id="ann")
+    assert ids_of(found) == [new_id]
+    old_memory = await api.get_memory(old_id)
+    assert (old_memory.state, old_memory.superseded_by) == ("superseded", new_id)
+    new_memory = await api.get_memory(new_id)
+    assert (new_memory.supersedes, new_memory.valid_from) == (old_id, T0 + 10 * DAY)
+    # On request, and by valid time: what was true on a day is answered.
+    superseded = await api.list_memories(user_id="ann", states=["superseded"])
+    assert ids_of(superseded.items) == [old_id]
+    assert ids_of((await api.list_memories(user_id="ann", as_of=T0 + DAY)).items) == [old_id]
+    assert ids_of((await api.list_memories(user_id="ann", as_of=T0 + 11 * DAY)).items) == [new_id]
+    assert (await api.list_memories(user_id="ann", as_of=T0 - DAY)).items == []
+    # The chain's history, from either end, old to new.
+    for memory_id in (old_id, new_id):
+        history = await api.memory_history(memory_id)
+        assert [e.commit_type for e in history.items] == [
+            "memory.add",
+            "memory.supersede",
+            "memory.supersede",
+        ]
+    # A superseded memory takes no more changes.
+    with pytest.raises(ConflictError, match="superseded"):
+        await api.supersede_memory(old_id, "Ann lives in Oslo")
+    with pytest.raises(ConflictError, match="superseded"):
+        await api.update_memory(old_id, importance=0.1)
+    with pytest.raises(InvalidError, match="old memory's own"):
+        await api.supersede_memory(new_id, "ann lives in berlin")
+
+
+async def test_archive_restore_delete(acme: tuple[str, Client], nc: NATS) -> None:
+    _, api = acme
+    memory_id = (await api.add_memory("Ann likes jazz", agent_id="dj")).fields["memory_id"]
+    archived = await api.archive_memory(memory_id)
+    assert archived.event == "memory.archived"
+    assert (await api.list_memories(agent_id="dj", after_seq=api.last_seq)).items == []
+    assert ids_of((await api.list_memories(agent_id="dj", states=["archived"])).items) == [
+        memory_id
+    ]
+    assert await api.search_memories("jazz", agent_id="dj") == []
+    assert ids_of(await api.search_memories("jazz", agent_id="dj", state="archived")) == [memory_id]
+    with pytest.raises(ConflictError, match="archived"):
+        await api.archive_memory(memory_id)
+    await api.restore_memory(memory_id)
+    with pytest.raises(ConflictError, match="not archived"):
+        await api.restore_memory(memory_id)
+    assert ids_of(await api.search_memories("jazz", agent_id="dj", after_seq=api.last_seq)) == [
+        memory_id
+    ]
+    deleted = await api.delete_memory(memory_id)
+    assert deleted.event == "memory.deleted"
+    with pytest.raises(NotFoundError):
+        await api.get_memory(memory_id, after_seq=api.last_seq)
+    assert await api.search_memories("jazz", agent_id="dj") == []
+    before = await last_seq(nc)
+    for write in (
+        api.delete_memory(memory_id),
+        api.update_memory(memory_id, content="x"),
+        api.restore_memory(memory_id),
+    ):
+        with pytest.raises(NotFoundError):
+            await write
+    with pytest.raises(NotFoundError):
+        await api.memory_history(memory_id)
+    assert await last_seq(nc) == before
+
+
+# Batches ----------------------------------------------------------------------------------
+async def test_a_batch_is_all_or_none(acme: tuple[str, Client], nc: NATS) -> None:
+    _, api = acme
+    existing = await api.add_memory("Ann has a dog", user_id="ann")
+    batch = await api.add_memories(
+        [
+            {"content": "Ann has a dog", "user_id": "ann"},
+            {"content": "Ann has a bike", "user_id": "ann"},
+            {"content": "ANN has a bike", "user_id": "ann"},
+            {"content": "Bob has a bike", "user_id": "bob", "memory_type": "episodic"},
+        ]
+    )
+    assert batch.memory_ids[0] == existing.fields["memory_id"]
+    assert batch.memory_ids[1] == batch.memory_ids[2] != batch.memory_ids[3]
+    assert batch.deduplicated == [True, False, True, False]
+    assert batch.added == 2
+    assert batch.version == await last_seq(nc)
+    listed = await api.list_memories(user_id="ann", after_seq=api.last_seq)
+    assert sorted(m.content for m in listed.items) == ["Ann has a bike", "Ann has a dog"]
+    # One bad item: nothing of the batch is stored.
+    before = await last_seq(nc)
+    with pytest.raises(InvalidError, match="needs a scope") as refused:
+        await api.add_memories([{"content": "fine", "user_id": "ann"}, {"content": "no scope"}])
+    assert refused.value.details["path"] == "$.memories[1]"
+    assert await last_seq(nc) == before
+    # Nothing new: nothing appended.
+    again = await api.add_memories([{"content": "Ann has a dog", "user_id": "ann"}])
+    assert (again.version, again.added, again.deduplicated) == (0, 0, [True])
+    assert await last_seq(nc) == before
+
+
+# Deleting a scope -----------------------------------------------------------------------
+async def test_deleting_one_users_scope_keeps_every_other_users_memories(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    org_id, api = acme
+    admin = await as_user(client, org_id, "admin@acme.example", ["admin"])
+    users = [f"user-{n}" for n in range(10)]
+    for user in users:
+        await api.add_memories(
+            [
+                {"content": f"fact {n} of {user}", "user_id": user, "agent_id": "shared"}
+                for n in range(200)
+            ]
+        )
+    # The same user id in another organization is another person.
+    other = str((await client.create_org("Other")).fields["org_id"])
+    await client.add_memory("fact 1 of user-3", user_id="user-3", org_id=other)
+    with pytest.raises(ForbiddenError):
+        await api.delete_memory_scope(user_id="user-3")
+    deleted = await admin.delete_memory_scope(user_id="user-3")
+    assert (deleted.deleted, deleted.org_id, deleted.user_id) == (200, org_id, "user-3")
+    assert deleted.version == admin.last_seq
+    assert (await api.list_memories(user_id="user-3", after_seq=admin.last_seq)).items == []
+    for user in users:
+        if user != "user-3":
+            page = await api.list_memories(user_id=user, limit=500)
+            assert len(page.items) == 200, user
+    shared = await api.list_memories(agent_id="shared", limit=500)
+    assert len(shared.items) == 500
+    assert shared.next_cursor is not None
+    theirs = await client.list_memories(user_id="user-3", org_id=other)
+    assert [m.content for m in theirs.items] == ["fact 1 of user-3"]
+    # Sending it again finds nothing more to delete; the scope can fill again.
+    assert (await admin.delete_memory_scope(user_id="user-3")).deleted == 0
+    again = await api.add_memory("fact 1 of user-3", user_id="user-3", agent_id="shared")
+    assert again.fields["deduplicated"] is False
+    with pytest.raises(InvalidError, match="needs a scope"):
+        await admin.delete_memory_scope()
+
+
+# Lists and search ---------------------------------------------------------------------------
+async def test_a_filter_by_agent_returns_only_that_agents_memories(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    for agent in ("planner", "coder"):
+        for n in range(3):
+            await api.add_memory(f"the build uses tool {n}", agent_id=agent, user_id="ann")
+    await api.add_memory("the build uses tool 0", user_id="ann")  # no agent
+    listed = await api.list_memories(agent_id="planner", after_seq=api.last_seq)
+    assert len(listed.items) == 3
+    assert {m.agent_id for m in listed.items} == {"planner"}
+    found = await api.search_memories("build tool", agent_id="coder")
+    assert len(found) == 3
+    assert {m.agent_id for m in found} == {"coder"}
+    assert all(m.rank == 2.0 for m in found)
+    assert len(await api.search_memories("build", user_id="ann", limit=50)) == 7
+    assert len((await api.list_memories(user_id="ann", agent_id="coder")).items) == 3
+
+
+async def test_a_valid_from_range_returns_only_memories_inside_it(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    for day in range(10):
+        await api.add_memory(f"event of day {day}", user_id="ann", valid_from=T0 + day * DAY)
+    page = await api.list_memories(
+        user_id="ann",
+        valid_from_after=T0 + 3 * DAY,
+        valid_from_before=T0 + 6 * DAY,
+        order_by="valid_from",
+        order="asc",
+        after_seq=api.last_seq,
+    )
+    assert [m.content for m in page.items] == [f"event of day {d}" for d in (3, 4, 5)]
+    assert all(T0 + 3 * DAY <= m.valid_from < T0 + 6 * DAY for m in page.items)
+    # Created time is the log's: every one of them was created just now.
+    created = await api.list_memories(user_id="ann", created_before=T0)
+    assert created.items == []
+
+
+async def test_list_filters_and_pages(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    for n in range(7):
+        await api.add_memory(
+            f"note {n}",
+            session_id="s1",
+            memory_type="procedural" if n % 2 else "semantic",
+            tags=["even"] if n % 2 == 0 else ["odd"],
+            importance=n / 10,
+            valid_from=T0 + (7 - n) * DAY,
+        )
+    after = api.last_seq
+    newest_first = await api.list_memories(session_id="s1", limit=3, after_seq=after)
+    seen = [m.content for m in newest_first.items]
+    cursor = newest_first.next_cursor
+    while cursor is not None:
+        page = await api.list_memories(session_id="s1", limit=3, cursor=cursor)
+        seen += [m.content for m in page.items]
+        cursor = page.next_cursor
+    assert seen == [f"note {n}" for n in reversed(range(7))]
+    by_valid: list[str] = []
+    cursor = None
+    while True:
+        page = await api.list_memories(
+            session_id="s1", order_by="valid_from", order="asc", limit=2, cursor=cursor
+        )
+        by_valid += [m.content for m in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert by_valid == [f"note {n}" for n in reversed(range(7))]
+    procedural = await api.list_memories(session_id="s1", memory_type="procedural")
+    assert sorted(m.content for m in procedural.items) == ["note 1", "note 3", "note 5"]
+    tagged = await api.list_memories(session_id="s1", tags_any=["even"], min_importance=0.3)
+    assert sorted(m.content for m in tagged.items) == ["note 4", "note 6"]
+    top = await api.list_memories(session_id="s1", max_importance=0.1)
+    assert sorted(m.content for m in top.items) == ["note 0", "note 1"]
+    with pytest.raises(InvalidError, match="cursor"):
+        await api.list_memories(session_id="s1", cursor="bogus")
+
+
+async def test_expired_memories_are_left_out_unless_asked(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    gone = await api.add_memory("a passing mood", user_id="ann", expires_at=T0)
+    await api.add_memory("a lasting fact", user_id="ann")
+    listed = await api.list_memories(user_id="ann", after_seq=api.last_seq)
+    assert [m.content for m in listed.items] == ["a lasting fact"]
+    expired = await api.list_memories(user_id="ann", states=["expired"])
+    assert ids_of(expired.items) == [gone.fields["memory_id"]]
+    assert expired.items[0].expired is True
+    assert await api.search_memories("passing mood", user_id="ann") == []
+
+
+# Roles and organizations ------------------------------------------------------------------
+async def test_roles(client: Client, acme: tuple[str, Client]) -> None:
+    org_id, member = acme
+    reader = await as_user(client, org_id, "reader@acme.example", ["readonly"])
+    memory_id = (await member.add_memory("a fact", user_id="ann")).fields["memory_id"]
+    assert (await reader.get_memory(memory_id, after_seq=member.last_seq)).content == "a fact"
+    assert len(await reader.search_memories("fact", user_id="ann")) == 1
+    assert len((await reader.memory_history(memory_id)).items) == 1
+    for write in (
+        reader.add_memory("another", user_id="ann"),
+        reader.add_memories([{"content": "another", "user_id": "ann"}]),
+        reader.update_memory(memory_id, importance=0.2),
+        reader.supersede_memory(memory_id, "better"),
+        reader.archive_memory(memory_id),
+        reader.delete_memory(memory_id),
+        reader.delete_memory_scope(user_id="ann"),
+    ):
+        with pytest.raises(ForbiddenError):
+            await write
+
+
+async def test_another_organizations_memory_is_not_found_on_every_subject(
+    client: Client, acme: tuple[str, Client], nc: NATS
+) -> None:
+    org_id, api = acme
+    memory_id = (await api.add_memory("Acme's secret", user_id="ann")).fields["memory_id"]
+    other_org = str((await client.create_org("Other")).fields["org_id"])
+    other = await as_user(client, other_org, "admin@other.example", ["admin"])
+    await other.add_memory("Other's own", user_id="ann")
+    before = await last_seq(nc)
+    for call in (
+        other.get_memory(memory_id, after_seq=api.last_seq),
+        other.memory_history(memory_id),
+        other.update_memory(memory_id, content="mine now"),
+        other.supersede_memory(memory_id, "mine now"),
+        other.archive_memory(memory_id),
+        other.restore_memory(memory_id),
+        other.delete_memory(memory_id),
+        other.list_memories(org_id=org_id),
+        other.search_memories("secret", org_id=org_id, user_id="ann"),
+        other.add_memory("planted", org_id=org_id, user_id="ann"),
+        other.add_memories([{"content": "planted", "user_id": "ann"}], org_id=org_id),
+        other.delete_memory_scope(org_id=org_id, user_id="ann"),
+    ):
+        with pytest.raises(NotFoundError):
+            await call
+    assert await last_seq(nc) == before
+    # Their own reads of the same scope show their own memories only.
+    assert [m.content for m in (await other.list_memories(user_id="ann")).items] == ["Other's own"]
+    assert await other.search_memories("secret", user_id="ann") == []
+    assert (await api.get_memory(memory_id)).content == "Acme's secret"
+
+
+# The short path -----------------------------------------------------------------------------
+async def test_remember_and_recall(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    first = await api.remember("I am allergic to peanuts", user_id="ann")
+    assert await api.remember("i am allergic to  peanuts", user_id="ann") == first
+    await api.remember("I like hiking", user_id="ann")
+    await api.remember("I am allergic to cats", user_id="bob")
+    found = await api.recall("allergic peanuts", user_id="ann")
+    assert [m.memory_id for m in found][:1] == [first]
+    assert {m.user_id for m in found} == {"ann"}
+
+
+# Replay -----------------------------------------------------------------------------------
+async def test_replay_equals_live(
+    service: Service,
+    client: Client,
+    acme: tuple[str, Client],
+    nc: NATS,
+    tmp_path: Path,
+    admin_token: str,
+) -> None:
+    org_id, api = acme
+    a = (await api.add_memory("one", user_id="ann", tags=["x", "y"])).fields["memory_id"]
+    await api.update_memory(a, content="one, changed", tags=["y"], importance=0.25)
+    b = (await api.add_memory("two", agent_id="bot", valid_from=T0)).fields["memory_id"]
+    await api.supersede_memory(b, "two, corrected", valid_from=T0 + DAY)
+    c = (await api.add_memory("three", session_id="s")).fields["memory_id"]
+    await api.archive_memory(c)
+    d = (await api.add_memory("four", session_id="s")).fields["memory_id"]
+    await api.delete_memory(d)
+    await api.add_memories([{"content": f"batch {n}", "user_id": "bob"} for n in range(5)])
+    admin = await as_user(client, org_id, "admin@acme.example", ["admin"])
+    await admin.delete_memory_scope(user_id="bob")
+    gone = str((await client.create_org("Gone")).fields["org_id"])
+    await client.add_memory("in a deleted org", user_id="ann", org_id=gone)
+    await client.delete_org(gone)
+    await wait_caught_up(nc, admin_token)
+    assert service.store is not None
+    live = await dump_store(service.store)
+    assert sorted(row[6] for row in live["memories"]) == [
+        "one, changed",
+        "three",
+        "two",
+        "two, corrected",
+    ]
+    replayed = await replay_into(nc, tmp_path / "replayed.db")
+    for table in (MEMORIES, MEMORY_TAGS):
+        assert replayed[table.name] == live[table.name], table.name
+    assert dict(replayed["checkpoints"])["memories"] == dict(live["checkpoints"])["memories"]
+    # And the replayed index finds what the live one finds.
+    assert len(await api.search_memories("corrected", agent_id="bot")) == 1
