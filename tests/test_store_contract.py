@@ -22,12 +22,17 @@ from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import (
     ApiKeyCreated,
+    MemoryAdded,
+    MemoryArchived,
+    MemorySuperseded,
     OrgCreated,
     OrgRenamed,
     UserProfileUpdated,
     UserRegistered,
 )
 from agentmem.projections import ALL
+from agentmem.projections import memories as reads
+from agentmem.projections.memories import MemoriesProjection
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.orgs import ORGS
 from agentmem.service import Service
@@ -777,3 +782,97 @@ async def test_a_read_past_its_time_limit_is_stopped_and_answered_unavailable(
     with pytest.raises(UnavailableError, match=r"took longer than 0\.2 s"):
         await asyncio.wait_for(store.fetch_one(counting, long), 30)
     assert await store.fetch_one(counting, 10) == {"n": 10}
+
+
+# The memory reads ------------------------------------------------------------------------------
+async def test_the_memory_reads_keep_scopes_apart(store_url: str) -> None:
+    """The named reads of ``projections.memories`` on each engine: search scoped inside the
+    full-text match, list filters, the ids a scope deletion takes."""
+    store = await open_store(store_url)
+    try:
+        await store.migrate(MIGRATIONS)
+        projection = MemoriesProjection()
+        made = [
+            ("m1", "o1", "ann", None, "Ann is allergic to peanuts", {}),
+            ("m2", "o1", "bob", None, "Bob is allergic to peanuts", {}),
+            ("m3", "o2", "ann", None, "Ann is allergic to peanuts", {}),
+            ("m4", "o1", "ann", "helper", "Ann avoids peanuts", {"importance": 0.9}),
+            ("m5", "o1", "ann", None, "Ann liked peanuts once", {"expires_at": 5}),
+            ("m6", "o1", "ann", None, "Ann ate peanuts", {"valid_from": 100}),
+        ]
+        batch = ProjectionBatch(projection.name, 20)
+        for seq, (memory_id, org, user, agent, content, fields) in enumerate(made, start=1):
+            event = MemoryAdded(
+                memory_id=memory_id,
+                org_id=org,
+                memory_type="semantic",
+                content=content,
+                valid_from=int(str(fields.get("valid_from", 1_000))),
+                user_id=user,
+                agent_id=agent,
+                importance=float(str(fields.get("importance", 0.5))),
+                expires_at=fields.get("expires_at"),  # type: ignore[arg-type]
+            )
+            c = commit(seq, subjects.event(org, "memory", memory_id), event)
+            batch.items.append((seq, c.subject, projection.project(c)))
+        changes = [
+            (7, "m6", MemorySuperseded(memory_id="m6", superseded_by="m1", valid_to=500)),
+            (8, "m2", MemoryArchived(memory_id="m2")),
+        ]
+        for seq, memory_id, change in changes:
+            c = commit(seq, subjects.event("o1", "memory", memory_id), change)
+            batch.items.append((seq, c.subject, projection.project(c)))
+        await store.apply(batch)
+
+        live_ann = {"org_id": "o1", "user_id": "ann", "state": "live"}
+        found = await reads.search_memories(store, "allergic peanuts", live_ann, 10)
+        assert [(r["memory_id"], r["rank"]) for r in found] == [
+            ("m1", 2.0),
+            ("m5", 1.0),
+            ("m4", 1.0),
+        ]
+        archived = {"org_id": "o1", "state": "archived"}
+        found = await reads.search_memories(store, "peanuts", archived, 10)
+        assert [r["memory_id"] for r in found] == ["m2"]
+        found = await reads.search_memories(store, "peanuts", {"org_id": "o2"}, 10)
+        assert [r["memory_id"] for r in found] == ["m3"]
+
+        async def listed(**filters: object) -> list[str]:
+            arguments: dict[str, object] = {
+                "now": 10_000,
+                "scope": {"user_id": "ann"},
+                "memory_type": None,
+                "states": ["live"],
+                "tags_any": None,
+                "min_importance": None,
+                "max_importance": None,
+                "created_after": None,
+                "created_before": None,
+                "valid_from_after": None,
+                "valid_from_before": None,
+                "as_of": None,
+                "order_by": "created",
+                "descending": True,
+                "after": None,
+                "limit": 10,
+            }
+            arguments.update(filters)
+            rows = await reads.list_memories(store, "o1", **arguments)  # type: ignore[arg-type]
+            return [r["memory_id"] for r in rows]
+
+        assert await listed() == ["m4", "m1"]
+        assert await listed(states=["expired"]) == ["m5"]
+        assert await listed(states=["superseded"]) == ["m6"]
+        assert await listed(as_of=200, states=["live", "superseded"]) == ["m6"]
+        assert await listed(min_importance=0.6) == ["m4"]
+        assert await listed(scope={"agent_id": "helper"}) == ["m4"]
+        assert await listed(descending=False, after=(0, 1000)) == ["m4"]
+        assert await reads.scope_memory_ids(store, "o1", {"user_id": "ann"}, "", 100) == [
+            "m1",
+            "m4",
+            "m5",
+            "m6",
+        ]
+        assert await reads.scope_memory_ids(store, "o1", {"user_id": "ann"}, "m4", 1) == ["m5"]
+    finally:
+        await store.close()
