@@ -543,7 +543,7 @@ async def test_messages_indexed_before_migration_4_are_found_after_it(
         messages = Messages(store)
         made_b = await messages.add("org-b", "agent-b", ["peanut butter", "butter"])
         await messages.add("org-a", "agent-b", ["peanut butter"])
-        assert await store.migrate(PROJECTION_MIGRATIONS) == [4]
+        assert await store.migrate(PROJECTION_MIGRATIONS[:4]) == [4]
         assert await ranked_ids(store, "peanut butter", SCOPE_B) == [
             (made_b[0], 2.0),
             (made_b[1], 1.0),
