@@ -1,6 +1,7 @@
 """Agents over NATS, against the real service and a real nats-server, on each projection
 store (``STORES``): the lifecycle, the state document and its versions, list filters and
-pages, organizations kept apart, roles, and concurrent writers.
+pages, organizations kept apart, and concurrent writers. Who may do what to an agent is in
+the role matrix, tests/test_role_matrix.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from nats.aio.client import Client as NATS
 from agentmem import (
     Client,
     ConflictError,
-    ForbiddenError,
     InvalidError,
     NotFoundError,
     Written,
@@ -338,7 +338,7 @@ async def test_a_page_of_large_agents_is_cut_short_by_size(acme: tuple[str, Clie
     assert len(everything) == len(set(everything)) == 12
 
 
-# Organizations and roles -----------------------------------------------------------------
+# Organizations kept apart -----------------------------------------------------------------
 async def test_another_orgs_agent_is_answered_as_missing(
     client: Client, acme: tuple[str, Client], nc: NATS
 ) -> None:
@@ -373,41 +373,6 @@ async def test_another_orgs_agent_is_answered_as_missing(
     planted = await client.create_agent("Planted by admin", org_id=acme_org)
     assert planted.fields["org_id"] == acme_org
     assert len((await acme_api.list_agents(after_seq=client.last_seq)).items) == 2
-
-
-async def test_roles(client: Client, acme: tuple[str, Client], nc: NATS) -> None:
-    org_id, admin = acme
-    member = await as_user(client, org_id, "member@acme.example", ["member"])
-    reader = await as_user(client, org_id, "reader@acme.example", ["readonly"])
-    agent_id = (await member.create_agent("By a member")).fields["agent_id"]
-    await member.update_agent(agent_id, tags=["m"])
-    await member.set_agent_state(agent_id, {"a": 1})
-    await member.patch_agent_state(agent_id, {"b": 2})
-    await member.archive_agent(agent_id)
-    await member.unarchive_agent(agent_id)
-
-    # Readonly: reads only.
-    after = seen(member)
-    assert (await reader.get_agent(agent_id, after_seq=after)).tags == ["m"]
-    assert (await reader.get_agent_state(agent_id)).state == {"a": 1, "b": 2}
-    assert [a.agent_id for a in (await reader.list_agents()).items] == [agent_id]
-    before = await last_seq(nc)
-    for write in (
-        reader.create_agent("No"),
-        reader.update_agent(agent_id, name="No"),
-        reader.archive_agent(agent_id),
-        reader.set_agent_state(agent_id, {}),
-        reader.patch_agent_state(agent_id, {}),
-        reader.delete_agent(agent_id),
-    ):
-        with pytest.raises(ForbiddenError) as refused:
-            await write
-        assert refused.value.details["roles"] == ["readonly"]
-    # Deleting needs an org admin.
-    with pytest.raises(ForbiddenError, match="org admin"):
-        await member.delete_agent(agent_id)
-    assert await last_seq(nc) == before
-    await admin.delete_agent(agent_id)
 
 
 async def test_deleting_the_org_removes_its_agents(

@@ -1,14 +1,14 @@
-"""Authentication and authorization over NATS, against a real service.
+"""Authentication and authorization over NATS, against a real service: sessions, keys,
+throttling, secrets, audit, and the scoping rules around the role matrix.
 
-The heart is one table: role x operation x own / other organization, each cell with the
-outcome it must get. Every cell runs over NATS with real credentials.
+The role matrix itself (every subject against every role) is tests/test_role_matrix.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client, envelope, subjects
 from agentmem.commands import RenameOrg
-from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnauthenticatedError
+from agentmem.errors import ForbiddenError, NotFoundError, UnauthenticatedError
 from agentmem.service import Service
 from tests.conftest import admin_key, settings_for
 from tests.support import NatsServer
@@ -114,97 +114,7 @@ async def world(root: Client) -> World:
     return World(root, tenants)
 
 
-# The table ------------------------------------------------------------------------------------
-# Each operation acts as the client on an organization and, where it needs one, on a
-# "victim": a member of that organization made beforehand by the service administrator.
-Act = Callable[[Client, str, str, int], Awaitable[Any]]
-
-OPERATIONS: dict[str, tuple[bool, Act]] = {
-    "org.create": (False, lambda c, org, v, after: c.create_org("New org")),
-    "org.rename": (False, lambda c, org, v, after: c.rename_org(org, "Renamed")),
-    "org.get": (False, lambda c, org, v, after: c.get_org(org)),
-    "user.register": (False, lambda c, org, v, after: c.register_user(org, "N", email(), PASSWORD)),
-    "user.update_profile": (True, lambda c, org, v, after: c.update_profile(v, name="Changed")),
-    "user.set_roles": (True, lambda c, org, v, after: c.set_roles(v, ["admin"])),
-    "user.delete": (True, lambda c, org, v, after: c.delete_user(v)),
-    "user.get": (True, lambda c, org, v, after: c.get_user(v, after_seq=after)),
-    "user.list": (False, lambda c, org, v, after: c.list_users(org)),
-    "user.email_exists": (False, lambda c, org, v, after: c.email_exists("no@example.com")),
-    "apikey.create (for another user)": (
-        True,
-        lambda c, org, v, after: c.create_api_key("theirs", user_id=v),
-    ),
-    "apikey.list (of another user)": (
-        True,
-        lambda c, org, v, after: c.list_api_keys(user_id=v, after_seq=after),
-    ),
-    "history.get": (False, lambda c, org, v, after: c.history("org", org)),
-    "sys.status": (False, lambda c, org, v, after: c.status()),
-}
-
-
-OK, FORBIDDEN, HIDDEN, UNAUTH = "ok", ForbiddenError, NotFoundError, UnauthenticatedError
-READS = {"org.get", "user.get", "user.list", "history.get"}
-ORG_ADMIN_OWN = {
-    *READS,
-    "org.rename",
-    "user.register",
-    "user.update_profile",
-    "user.set_roles",
-    "user.delete",
-    "user.email_exists",
-    "apikey.create (for another user)",
-    "apikey.list (of another user)",
-}
-# Operations with no target organization: the "other" column means nothing for them.
-UNTARGETED = {"org.create", "user.email_exists", "sys.status"}
-
-
-def expected(role: str, operation: str, where: str) -> Any:
-    if role == "anonymous":
-        return UNAUTH
-    if role == "service_admin":
-        return OK
-    if operation in UNTARGETED:
-        allowed = role == "admin" and operation == "user.email_exists"
-        return OK if allowed else FORBIDDEN
-    if where == "other":
-        return HIDDEN  # another organization's data is answered as missing
-    if role == "admin":
-        return OK if operation in ORG_ADMIN_OWN else FORBIDDEN
-    return OK if operation in READS else FORBIDDEN
-
-
-CELLS = [
-    (role, operation, where)
-    for role in ("service_admin", "admin", "member", "readonly", "anonymous")
-    for operation in OPERATIONS
-    for where in ("own", "other")
-    if not (operation in UNTARGETED and where == "other")
-]
-
-
-@pytest.mark.parametrize(
-    ("role", "operation", "where"), CELLS, ids=["-".join(cell) for cell in CELLS]
-)
-async def test_role_operation_org_table(
-    world: World, nc: NATS, role: str, operation: str, where: str
-) -> None:
-    client = world.as_role(role)
-    org = world.tenants[where].org_id
-    needs_victim, act = OPERATIONS[operation]
-    victim = (await new_user(world.root, org, ["member"]))[0] if needs_victim else ""
-    want = expected(role, operation, where)
-    before = await log_end(nc)
-    if want == OK:
-        await act(client, org, victim, world.root.last_seq)
-        return
-    with pytest.raises(AgentMemError) as refused:
-        await act(client, org, victim, world.root.last_seq)
-    assert type(refused.value) is want, refused.value
-    assert await log_end(nc) == before, "a refused request appended to the log"
-
-
+# Helpers --------------------------------------------------------------------------------------
 async def log_end(nc: NATS) -> int:
     return int((await nc.jetstream().stream_info(subjects.STREAM_NAME)).state.last_seq)
 

@@ -88,12 +88,21 @@ async def holders(admin: asyncpg.Connection, schema: str) -> dict[str, str]:
 
 
 async def terminate(admin: asyncpg.Connection, application_name: str) -> None:
-    """End a session from the server's side: what a dead host or a cut network leaves."""
-    ended = await admin.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    """End a session from the server's side: what a dead host or a cut network leaves.
+
+    Returns once the session is gone, and its locks with it. Without a timeout,
+    ``pg_terminate_backend`` returns as soon as it has signalled the backend, which then
+    tells its client (the FATAL error that asyncpg, idle, reports on the next call as
+    "another operation is in progress") and only afterwards exits and frees its advisory
+    locks: a session asking for such a lock in between is refused. With a timeout it waits
+    for the exit (true), or says it did not happen (false)."""
+    ended = await admin.fetch(
+        "SELECT pg_terminate_backend(pid, $2) AS gone FROM pg_stat_activity "
+        "WHERE application_name = $1",
         application_name,
+        5000,
     )
-    assert ended == 1
+    assert [row["gone"] for row in ended] == [True]
 
 
 # The leases -----------------------------------------------------------------------------------

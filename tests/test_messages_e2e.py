@@ -1,7 +1,8 @@
 """Conversations over NATS, against the real service and a real nats-server, on each
 projection store (``STORES``): appends and batches, pages both ways, last N, full-text
-search, redaction (down to the bytes on disk), deletion, organizations kept apart, roles,
-replay, and a conversation of 100,000 messages.
+search, redaction (down to the bytes on disk), deletion, organizations kept apart, replay,
+and a conversation of 100,000 messages. Who may read and write messages is in the role
+matrix, tests/test_role_matrix.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from nats.aio.client import Client as NATS
 from agentmem import (
     Client,
     ConflictError,
-    ForbiddenError,
     InvalidError,
     NotFoundError,
     UnavailableError,
@@ -410,25 +410,6 @@ async def test_organizations_are_kept_apart(acme: Acme, client: Client, nc: NATS
         "acme's secret plans",
         "from admin",
     ]
-
-
-async def test_readonly_reads_and_cannot_write(acme: Acme, client: Client, nc: NATS) -> None:
-    written = await acme.say("s1", "hello")
-    _, reader = await as_user(client, acme.org_id, "reader@acme.example", ["readonly"])
-    assert contents(await reader.last_messages("s1", after_seq=written.seq)) == ["hello"]
-    assert contents((await reader.list_messages("s1")).items) == ["hello"]
-    assert contents(await reader.search_messages("hello", agent_id=acme.agent_id)) == ["hello"]
-    before = await last_seq(nc)
-    message_id = written.fields["message_ids"][0]
-    for attempt in (
-        reader.append_message("s1", acme.agent_id, "user", "no"),
-        reader.append_messages("s1", acme.agent_id, [{"role": "user", "content": "no"}]),
-        reader.redact_message("s1", message_id),
-        reader.delete_conversation("s1"),
-    ):
-        with pytest.raises(ForbiddenError):
-            await attempt
-    assert await last_seq(nc) == before
 
 
 async def test_who_may_speak(acme: Acme, client: Client, nc: NATS) -> None:

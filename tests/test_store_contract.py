@@ -186,6 +186,82 @@ async def test_batch_parked_events_are_kept_with_the_checkpoint(store: Store) ->
     assert await store.checkpoint("items") == 5
 
 
+# A write of checkpoint 7 fails, after the batch's rows were written: the failure between the
+# rows and the checkpoint that one transaction for both must make harmless.
+REFUSE_CHECKPOINT_7 = Migration(
+    2,
+    "refuse checkpoint 7",
+    (
+        Sql(
+            sqlite=tuple(
+                f"CREATE TRIGGER refuse_checkpoint_7_{verb} BEFORE {verb} ON checkpoints "
+                "WHEN NEW.seq = 7 BEGIN SELECT RAISE(ABORT, 'checkpoint 7 refused'); END"
+                for verb in ("INSERT", "UPDATE")
+            ),
+            postgres=(
+                "CREATE FUNCTION refuse_checkpoint_7() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF NEW.seq = 7 THEN RAISE EXCEPTION 'checkpoint 7 refused'; END IF; "
+                "RETURN NEW; END $$",
+                "CREATE TRIGGER refuse_checkpoint_7 BEFORE INSERT OR UPDATE ON checkpoints "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint_7()",
+            ),
+        ),
+    ),
+)
+ALLOW_CHECKPOINT_7 = Migration(
+    3,
+    "allow checkpoint 7 again",
+    (
+        Sql(
+            sqlite=(
+                "DROP TRIGGER refuse_checkpoint_7_INSERT",
+                "DROP TRIGGER refuse_checkpoint_7_UPDATE",
+            ),
+            postgres=("DROP TRIGGER refuse_checkpoint_7 ON checkpoints",),
+        ),
+    ),
+)
+
+
+async def test_a_checkpoint_that_fails_to_write_takes_the_batch_rows_with_it(
+    store: Store,
+) -> None:
+    """Rows and checkpoint are one transaction: when the checkpoint cannot be written after
+    the rows were, neither is committed (nor the batch's parked events), and the batch
+    applies whole once the checkpoint can be written."""
+    await store.apply(ProjectionBatch("items", 1, [item(1, row("a", "a@x", 1))]))
+    await store.migrate([*TEST_MIGRATIONS, REFUSE_CHECKPOINT_7])
+
+    def batch() -> ProjectionBatch:
+        return ProjectionBatch(
+            "items",
+            7,
+            [
+                item(5, row("b", "b@x", 5), Upsert("pairs", {"a": "b", "b": 5, "v": "x"})),
+                item(
+                    7,
+                    Update("items", {"item_id": "a"}, {"n": 70}),
+                    Delete("items", {"item_id": "b"}),
+                ),
+            ],
+            [Parked("items", 6, "evt.6", "ValueError: cannot decode")],
+            after=1,
+        )
+
+    with pytest.raises(Exception, match="checkpoint 7 refused"):
+        await store.apply(batch())
+    assert await store.dump(ITEMS) == [("a", "a@x", 1, None)]
+    assert await store.dump(PAIRS) == []
+    assert await store.parked() == []
+    assert await store.checkpoint("items") == 1
+
+    await store.migrate([*TEST_MIGRATIONS, REFUSE_CHECKPOINT_7, ALLOW_CHECKPOINT_7])
+    assert [p.seq for p in await store.apply(batch())] == [6]
+    assert await store.dump(ITEMS) == [("a", "a@x", 70, None)]
+    assert await store.dump(PAIRS) == [("b", 5, "x")]
+    assert await store.checkpoint("items") == 7
+
+
 async def test_upsert_update_delete(store: Store) -> None:
     await store.apply(
         ProjectionBatch(

@@ -1,7 +1,8 @@
 """Tools over NATS, against the real service and a real nats-server, on each projection
 store (``STORES``): the lifecycle, names unique within an organization (also under
 concurrency), JSON Schema checks (and that none holds the event loop), tag filters and pages,
-organizations kept apart, roles.
+organizations kept apart. Who may do what to a tool is in the role matrix,
+tests/test_role_matrix.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from nats.aio.client import Client as NATS
 from agentmem import (
     Client,
     ConflictError,
-    ForbiddenError,
     InvalidError,
     NotFoundError,
     Written,
@@ -445,7 +445,7 @@ async def test_list_pages_front_to_back(acme: tuple[str, Client]) -> None:
     assert got == made
 
 
-# Organizations and roles -----------------------------------------------------------------
+# Organizations kept apart -----------------------------------------------------------------
 async def test_another_orgs_tool_is_answered_as_missing(
     client: Client, acme: tuple[str, Client], nc: NATS
 ) -> None:
@@ -479,28 +479,6 @@ async def test_another_orgs_tool_is_answered_as_missing(
     await other.register_tool("private")
     # A service administrator naming the organization sees it.
     assert (await client.get_tool(name="private", org_id=acme_org)).tool_id == tool_id
-
-
-async def test_roles(client: Client, acme: tuple[str, Client], nc: NATS) -> None:
-    org_id, admin = acme
-    member = await as_user(client, org_id, "member@acme.example", ["member"])
-    reader = await as_user(client, org_id, "reader@acme.example", ["readonly"])
-    tool_id = (await member.register_tool("by_member")).fields["tool_id"]
-    await member.update_tool(tool_id, tags=["m"])
-    assert (await reader.get_tool(tool_id=tool_id, after_seq=member.last_seq)).tags == ["m"]
-    assert [t.name for t in (await reader.list_tools()).items] == ["by_member"]
-    before = await last_seq(nc)
-    for write in (
-        reader.register_tool("no"),
-        reader.update_tool(tool_id, description="no"),
-        reader.delete_tool(tool_id),
-    ):
-        with pytest.raises(ForbiddenError):
-            await write
-    with pytest.raises(ForbiddenError, match="org admin"):
-        await member.delete_tool(tool_id)
-    assert await last_seq(nc) == before
-    await admin.delete_tool(tool_id)
 
 
 async def test_deleting_the_org_removes_its_tools(client: Client, acme: tuple[str, Client]) -> None:

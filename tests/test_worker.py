@@ -21,6 +21,7 @@ its consumer came to deliver it.
 from __future__ import annotations
 
 import asyncio
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -41,7 +42,7 @@ from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS, UsersProjection
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.service import Service
-from agentmem.store import ProjectionBatch, Store, open_store
+from agentmem.store import Parked, ProjectionBatch, Store, open_store
 from tests.realparts import bootstrap_batch, eventually, read_log, rows, wait_caught_up
 
 STORES = ("sqlite", "postgres")
@@ -299,3 +300,73 @@ async def test_a_query_waits_for_a_worker_that_has_not_subscribed_yet(
     assert not waiting.done()
     await store.apply(ProjectionBatch(projection="orgs", checkpoint=seq))
     assert await asyncio.wait_for(waiting, 5) == seq
+
+
+class CountedFreshness(Freshness):
+    """A freshness check that tells when it has asked the log (its consumer and the stream)
+    twice: by then it has looked at the consumer after the batch was delivered."""
+
+    def __init__(self, nc: NATS, store: Store, board: CheckpointBoard) -> None:
+        super().__init__(nc, store, board, max_wait=10)
+        self.asked = 0
+        self.asked_twice = asyncio.Event()
+
+    async def _log_position(self, projection: str) -> tuple[bool, int]:
+        position = await super()._log_position(projection)
+        self.asked += 1
+        if self.asked >= 2:
+            self.asked_twice.set()
+        return position
+
+
+@pytest.mark.parametrize(
+    "asker",
+    [
+        "a process without the worker, after an event of the projection",
+        "the worker's process, after an event the projection does not read",
+    ],
+)
+async def test_a_wait_for_a_batch_does_not_end_before_the_batch_is_committed(
+    nc: NATS, log: EventLog, store: Store, monkeypatch: pytest.MonkeyPatch, asker: str
+) -> None:
+    """The batch is acked only after the store committed it, so while ``apply`` is held
+    the consumer still has the batch awaiting its ack, and nothing tells a waiting query
+    that the projection has caught up: not the checkpoint, not the consumer."""
+    entered, gate = asyncio.Event(), asyncio.Event()
+    apply = store.apply
+
+    async def held_apply(batch: ProjectionBatch) -> list[Parked]:
+        entered.set()
+        await gate.wait()
+        return await apply(batch)
+
+    monkeypatch.setattr(store, "apply", held_apply)
+    board = CheckpointBoard()
+    worker = ProjectionWorker(nc, store, OrgsProjection(), board=board)
+    running = asyncio.create_task(worker.run())
+    try:
+        (org_seq,) = await create_orgs(log, 1)
+        await asyncio.wait_for(entered.wait(), 10)
+        if asker.startswith("the worker's process"):
+            freshness = CountedFreshness(nc, store, board)
+            user = registered("u1", "u1@example.com", org="org0")
+            after = (await log.append([user], CommitMeta("u1", "user.register"))).last_seq
+        else:
+            freshness = CountedFreshness(nc, store, CheckpointBoard())
+            after = org_seq
+        waiting = asyncio.create_task(freshness.wait("orgs", after))
+        asked_twice = asyncio.create_task(freshness.asked_twice.wait())
+        await asyncio.wait([waiting, asked_twice], timeout=10, return_when=FIRST_COMPLETED)
+        asked_twice.cancel()  # done by now, or no longer waited for
+        assert not waiting.done(), f"the wait ended with the batch not committed: {waiting}"
+        assert asked_twice.done(), "the wait did not ask the log twice within 10 s"
+        assert await store.checkpoint("orgs") == 0
+
+        gate.set()
+        assert await asyncio.wait_for(waiting, 10) == after
+        assert [r[0] for r in await store.dump(ORGS)] == ["org0"]
+        assert await store.checkpoint("orgs") == org_seq
+    finally:
+        gate.set()
+        worker.stop()
+        await asyncio.wait_for(running, 10)

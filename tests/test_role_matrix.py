@@ -1,0 +1,753 @@
+"""Every command and query subject against every role, over NATS, on both stores.
+
+One table: a row per subject (two for the subjects that act on a user's own account, once on
+another user of the organization and once on the caller's own), and for each row one cell
+per role:
+
+- ``anonymous``: no credentials;
+- ``readonly``, ``member``, ``org_admin``: users of the organization the request targets;
+- ``other_org_admin``: the org admin of another organization;
+- ``service_admin``: the service administrator.
+
+The outcome each cell must get is not written cell by cell: it follows from the row's need,
+as docs/security.md documents it ("Roles" and its role matrix), and from where the row's
+target is (``Scope``). The need is the documented one, not read from the declaration, so a
+declaration that lowers a need fails here (``test_the_table_covers_every_subject`` compares
+the two); and a subject declared without a row in the table fails that test too.
+
+Every refused cell must leave the log as it was; every command carried out must append, and
+answer the event its declaration names. One nats-server and one service per store serve
+the whole module; targets that a cell would use up (an agent to delete, a key to revoke) are
+made fresh for that cell by the service administrator.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, envelope, subjects
+from agentmem.auth import tokens
+from agentmem.domain.access import Need
+from agentmem.events import Role
+from agentmem.protocol import Operation, by_subject
+from agentmem.service import Service
+from tests.conftest import admin_key, settings_for
+from tests.realparts import bearer
+from tests.support import NatsServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+STORES = ("sqlite", "postgres")
+
+PASSWORD = "correct horse battery"
+
+ROLES = ("anonymous", "readonly", "member", "org_admin", "other_org_admin", "service_admin")
+# The role each caller holds in its own organization (docs/security.md, "Roles").
+ORG_ROLE: dict[str, Role] = {
+    "readonly": "readonly",
+    "member": "member",
+    "org_admin": "admin",
+    "other_org_admin": "admin",
+}
+
+# Where a row's target is, which decides what the org admin of another organization gets:
+# - "org": in the organization of the readonly, member and org_admin callers; another
+#   organization's admin gets not_found, exactly as for a missing target;
+# - "none": no target organization; the role alone decides, in any organization;
+# - "scoped": a read of the caller's own organization, whatever it names: another
+#   organization's admin gets an answer without anything of the target's organization;
+# - "own": the caller's own account;
+# - "session": the caller's own session (logout), sent with the session token itself.
+Scope = Literal["org", "none", "scoped", "own", "session"]
+
+OK = "ok"
+# docs/security.md, "Roles": who has each need, in their own organization. "self" is on
+# another user of the organization; on your own account it is OWN_ACCOUNT.
+HOLDERS: dict[Need, frozenset[str]] = {
+    "reader": frozenset({"readonly", "member", "admin"}),
+    "member": frozenset({"member", "admin"}),
+    "self": frozenset({"admin"}),
+    "org_admin": frozenset({"admin"}),
+    "service_admin": frozenset(),
+}
+OWN_ACCOUNT = frozenset({"member", "admin"})
+
+
+# The world the cells act in --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Person:
+    user_id: str
+    org_id: str
+    email: str
+    token: str  # an API key
+
+
+@dataclass
+class World:
+    nc: NATS
+    root: Client  # the service administrator
+    own: str  # the organization of the readonly, member and org_admin callers
+    other: str  # the other org admin's
+    callers: dict[str, Person]  # every role but anonymous
+    victim: Person  # a member of ``own``: "another user of the organization"
+    login: Person  # a user of ``own`` whose email and password log in
+    agent_id: str
+    tool_id: str
+    session_id: str  # a conversation of ``agent_id``, with a message that says hello
+    seen: int = 0  # the log's end once all of the above was made: queries read after it
+    _names: Iterator[int] = field(default_factory=itertools.count)
+
+    def unique(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._names)}"
+
+    async def log_end(self) -> int:
+        info = await self.nc.jetstream().stream_info(subjects.STREAM_NAME)
+        return int(info.state.last_seq)
+
+    async def person(self, org_id: str, role: Role) -> Person:
+        email = f"{self.unique(role)}@example.com"
+        user = await self.root.register_user(org_id, "Someone", email, PASSWORD, roles=[role])
+        user_id = user.fields["user_id"]
+        key = await self.root.create_api_key("table", user_id=user_id)
+        return Person(user_id, org_id, email, key.fields["token"])
+
+    async def new_org(self) -> str:
+        return str((await self.root.create_org(self.unique("org"))).fields["org_id"])
+
+    async def new_agent(self, *, archived: bool = False) -> str:
+        created = await self.root.create_agent(self.unique("agent"), org_id=self.own)
+        agent_id = str(created.fields["agent_id"])
+        if archived:
+            await self.root.archive_agent(agent_id)
+        return agent_id
+
+    async def new_tool(self) -> str:
+        name = self.unique("tool").replace("-", "_")
+        return str((await self.root.register_tool(name, org_id=self.own)).fields["tool_id"])
+
+    async def new_message(self, session_id: str | None = None) -> tuple[str, str]:
+        session_id = session_id or self.unique("session")
+        said = await self.root.append_message(
+            session_id, self.agent_id, "user", "hello from the table", org_id=self.own
+        )
+        return session_id, str(said.fields["message_ids"][0])
+
+    async def new_key(self, user_id: str) -> str:
+        return str((await self.root.create_api_key("spare", user_id=user_id)).fields["key_id"])
+
+    async def session(self, person: Person) -> str:
+        return str((await self.root.login(person.email, PASSWORD)).fields["token"])
+
+
+@dataclass
+class Scene:
+    """One cell: the world, the role, and the credentials the request goes with (a row may
+    swap them: a session instead of a key, a user of the organization it just made)."""
+
+    w: World
+    role: str
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        caller = self.caller
+        self.token = caller.token if caller is not None else None
+
+    @property
+    def caller(self) -> Person | None:
+        return self.w.callers.get(self.role)
+
+    @property
+    def me(self) -> str:
+        """The caller's user id (for anonymous, someone's: it is refused before it counts)."""
+        return (self.caller or self.w.victim).user_id
+
+
+Body = Callable[[Scene], Awaitable[dict[str, Any]]]
+Answer = Callable[[Scene, Any], bool]
+
+
+@dataclass(frozen=True)
+class Row:
+    subject: str
+    need: Need | None  # as docs/security.md documents it; None: public
+    scope: Scope
+    body: Body
+    answer: Answer | None = None  # what a carried out request must answer, beyond ok
+    variant: str = ""
+    # Cells whose outcome the rules above do not give, each with why.
+    special: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        short = self.subject.removeprefix("agentmem.")
+        return f"{short} ({self.variant})" if self.variant else short
+
+
+def fixed(body: dict[str, Any]) -> Body:
+    async def build(s: Scene) -> dict[str, Any]:
+        return body
+
+    return build
+
+
+def built(make: Callable[[Scene], dict[str, Any]]) -> Body:
+    async def build(s: Scene) -> dict[str, Any]:
+        return make(s)
+
+    return build
+
+
+def listed(data: Any, key: str) -> list[Any]:
+    return [item[key] for item in data["items"]]
+
+
+def scoped_items(s: Scene, data: Any) -> bool:
+    """A read of another organization's messages is answered empty, as if it had none."""
+    return bool(data["items"] == []) == (s.role == "other_org_admin")
+
+
+# The rows: every subject -------------------------------------------------------------------------
+async def archive_body(s: Scene) -> dict[str, Any]:
+    return {"agent_id": await s.w.new_agent()}
+
+
+async def unarchive_body(s: Scene) -> dict[str, Any]:
+    return {"agent_id": await s.w.new_agent(archived=True)}
+
+
+async def revoke_theirs(s: Scene) -> dict[str, Any]:
+    return {"key_id": await s.w.new_key(s.w.victim.user_id), "user_id": s.w.victim.user_id}
+
+
+async def revoke_own(s: Scene) -> dict[str, Any]:
+    return {"key_id": await s.w.new_key(s.me)}
+
+
+async def logout_body(s: Scene) -> dict[str, Any]:
+    if s.caller is not None and s.role != "service_admin":
+        s.token = await s.w.session(s.caller)
+    return {}
+
+
+async def delete_conversation_body(s: Scene) -> dict[str, Any]:
+    session_id, _ = await s.w.new_message()
+    return {"org_id": s.w.own, "session_id": session_id}
+
+
+async def redact_body(s: Scene) -> dict[str, Any]:
+    session_id, message_id = await s.w.new_message()
+    return {"org_id": s.w.own, "session_id": session_id, "message_id": message_id}
+
+
+async def delete_org_body(s: Scene) -> dict[str, Any]:
+    """A fresh organization, and a caller of the role in it (another org's admin stays out)."""
+    org_id = await s.w.new_org()
+    if s.role in ("readonly", "member", "org_admin"):
+        s.token = (await s.w.person(org_id, ORG_ROLE[s.role])).token
+    return {"org_id": org_id}
+
+
+async def change_theirs(s: Scene) -> dict[str, Any]:
+    victim = await s.w.person(s.w.own, "member")
+    return {"user_id": victim.user_id, "old_password": PASSWORD, "new_password": "new password 1"}
+
+
+async def fresh_victim(s: Scene) -> dict[str, Any]:
+    return {"user_id": (await s.w.person(s.w.own, "member")).user_id}
+
+
+async def set_roles_body(s: Scene) -> dict[str, Any]:
+    return {**await fresh_victim(s), "roles": ["readonly"]}
+
+
+async def delete_agent_body(s: Scene) -> dict[str, Any]:
+    return {"agent_id": await s.w.new_agent()}
+
+
+async def delete_tool_body(s: Scene) -> dict[str, Any]:
+    return {"tool_id": await s.w.new_tool()}
+
+
+def orgs_listed(s: Scene, data: Any) -> bool:
+    seen = set(listed(data, "org_id"))
+    if s.role == "service_admin":
+        return {s.w.own, s.w.other} <= seen
+    caller = s.caller
+    return caller is not None and seen == {caller.org_id}
+
+
+HELLO = {"role": "user", "content": "hello again"}
+SERVICE_ADMIN_HAS_NO_SESSION = (
+    "unauthenticated",
+    "the service administrator cannot log in: its only credential is an API key, and an "
+    "API key cannot log out",
+)
+SERVICE_ADMIN_PASSWORD_UNKNOWN = (
+    "unauthenticated",
+    "its password is random and never shown, so the old password sent cannot be right: "
+    "the role check passed (it would be forbidden), the password check refused",
+)
+
+ROWS: list[Row] = [
+    # Agents
+    Row("agentmem.cmd.agent.archive", "member", "org", archive_body),
+    Row(
+        "agentmem.cmd.agent.create",
+        "member",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "name": s.w.unique("made")}),
+    ),
+    Row("agentmem.cmd.agent.delete", "org_admin", "org", delete_agent_body),
+    Row(
+        "agentmem.cmd.agent.patch_state",
+        "member",
+        "org",
+        built(lambda s: {"agent_id": s.w.agent_id, "patch": {s.w.unique("k"): 1}}),
+    ),
+    Row(
+        "agentmem.cmd.agent.set_state",
+        "member",
+        "org",
+        built(lambda s: {"agent_id": s.w.agent_id, "state": {"turn": s.w.unique("t")}}),
+    ),
+    Row("agentmem.cmd.agent.unarchive", "member", "org", unarchive_body),
+    Row(
+        "agentmem.cmd.agent.update",
+        "member",
+        "org",
+        built(lambda s: {"agent_id": s.w.agent_id, "description": s.w.unique("d")}),
+    ),
+    Row(
+        "agentmem.q.agent.get",
+        "reader",
+        "org",
+        built(lambda s: {"agent_id": s.w.agent_id}),
+        lambda s, d: d["agent_id"] == s.w.agent_id,
+    ),
+    Row(
+        "agentmem.q.agent.get_state",
+        "reader",
+        "org",
+        built(lambda s: {"agent_id": s.w.agent_id}),
+        lambda s, d: d["agent_id"] == s.w.agent_id,
+    ),
+    Row(
+        "agentmem.q.agent.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "limit": 500}),
+        lambda s, d: s.w.agent_id in listed(d, "agent_id"),
+    ),
+    # API keys
+    Row(
+        "agentmem.cmd.apikey.create",
+        "self",
+        "org",
+        built(lambda s: {"name": "theirs", "user_id": s.w.victim.user_id}),
+        lambda s, d: d["user_id"] == s.w.victim.user_id and d["token"].startswith("amk_"),
+        variant="another user's",
+    ),
+    Row(
+        "agentmem.cmd.apikey.create",
+        "self",
+        "own",
+        fixed({"name": "mine"}),
+        lambda s, d: d["user_id"] == s.me and d["token"].startswith("amk_"),
+        variant="own",
+    ),
+    Row("agentmem.cmd.apikey.revoke", "self", "org", revoke_theirs, variant="another user's"),
+    Row("agentmem.cmd.apikey.revoke", "self", "own", revoke_own, variant="own"),
+    Row(
+        "agentmem.q.apikey.list",
+        "self",
+        "org",
+        built(lambda s: {"user_id": s.w.victim.user_id, "after_seq": s.w.seen}),
+        lambda s, d: set(listed(d, "user_id")) == {s.w.victim.user_id},
+        variant="another user's",
+    ),
+    Row(
+        "agentmem.q.apikey.list",
+        "self",
+        "own",
+        built(lambda s: {"after_seq": s.w.seen}),
+        lambda s, d: set(listed(d, "user_id")) == {s.me},
+        variant="own",
+    ),
+    # Sessions
+    Row(
+        "agentmem.cmd.auth.login",
+        None,
+        "none",
+        built(lambda s: {"email": s.w.login.email, "password": PASSWORD}),
+        lambda s, d: d["user_id"] == s.w.login.user_id and d["token"].startswith("ams_"),
+    ),
+    Row(
+        "agentmem.cmd.auth.logout",
+        "reader",
+        "session",
+        logout_body,
+        special={"service_admin": SERVICE_ADMIN_HAS_NO_SESSION},
+    ),
+    # Messages
+    Row("agentmem.cmd.conversation.delete", "member", "org", delete_conversation_body),
+    Row(
+        "agentmem.cmd.message.append",
+        "member",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "session_id": s.w.session_id,
+                "agent_id": s.w.agent_id,
+                "message": HELLO,
+            }
+        ),
+    ),
+    Row(
+        "agentmem.cmd.message.append_batch",
+        "member",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "session_id": s.w.session_id,
+                "agent_id": s.w.agent_id,
+                "messages": [HELLO, HELLO],
+            }
+        ),
+    ),
+    Row("agentmem.cmd.message.redact", "member", "org", redact_body),
+    Row(
+        "agentmem.q.message.last",
+        "reader",
+        "scoped",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "session_id": s.w.session_id,
+                "n": 5,
+                "after_seq": s.w.seen,
+            }
+        ),
+        scoped_items,
+    ),
+    Row(
+        "agentmem.q.message.list",
+        "reader",
+        "scoped",
+        built(lambda s: {"org_id": s.w.own, "session_id": s.w.session_id, "after_seq": s.w.seen}),
+        scoped_items,
+    ),
+    Row(
+        "agentmem.q.message.search",
+        "reader",
+        "scoped",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "text": "hello",
+                "agent_id": s.w.agent_id,
+                "after_seq": s.w.seen,
+            }
+        ),
+        scoped_items,
+    ),
+    # Organizations
+    Row("agentmem.cmd.org.create", "service_admin", "none", built(lambda s: {"name": "New"})),
+    Row("agentmem.cmd.org.delete", "org_admin", "org", delete_org_body),
+    Row(
+        "agentmem.cmd.org.rename",
+        "org_admin",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "name": s.w.unique("renamed")}),
+    ),
+    Row(
+        "agentmem.q.org.get",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "after_seq": s.w.seen}),
+        lambda s, d: d["org_id"] == s.w.own,
+    ),
+    Row(
+        "agentmem.q.org.list",
+        "reader",
+        "scoped",
+        built(lambda s: {"limit": 500, "after_seq": s.w.seen}),
+        orgs_listed,
+    ),
+    # History
+    Row(
+        "agentmem.q.history.get",
+        "reader",
+        "org",
+        built(lambda s: {"aggregate": "org", "id": s.w.own}),
+        lambda s, d: d["items"][0]["commit_type"] == "org.create",
+    ),
+    # Tools
+    Row("agentmem.cmd.tool.delete", "org_admin", "org", delete_tool_body),
+    Row(
+        "agentmem.cmd.tool.register",
+        "member",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "name": s.w.unique("tool").replace("-", "_")}),
+    ),
+    Row(
+        "agentmem.cmd.tool.update",
+        "member",
+        "org",
+        built(lambda s: {"tool_id": s.w.tool_id, "description": s.w.unique("d")}),
+    ),
+    Row(
+        "agentmem.q.tool.get",
+        "reader",
+        "org",
+        built(lambda s: {"tool_id": s.w.tool_id, "after_seq": s.w.seen}),
+        lambda s, d: d["tool_id"] == s.w.tool_id,
+    ),
+    Row(
+        "agentmem.q.tool.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "limit": 500, "after_seq": s.w.seen}),
+        lambda s, d: s.w.tool_id in listed(d, "tool_id"),
+    ),
+    # Users
+    Row(
+        "agentmem.cmd.user.change_password",
+        "self",
+        "org",
+        change_theirs,
+        variant="another user's",
+    ),
+    Row(
+        "agentmem.cmd.user.change_password",
+        "self",
+        "own",
+        built(lambda s: {"user_id": s.me, "old_password": PASSWORD, "new_password": PASSWORD}),
+        variant="own",
+        special={"service_admin": SERVICE_ADMIN_PASSWORD_UNKNOWN},
+    ),
+    Row("agentmem.cmd.user.delete", "org_admin", "org", fresh_victim),
+    Row(
+        "agentmem.cmd.user.register",
+        "org_admin",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "name": "New",
+                "email": f"{s.w.unique('new')}@example.com",
+                "password": PASSWORD,
+            }
+        ),
+    ),
+    Row("agentmem.cmd.user.set_roles", "org_admin", "org", set_roles_body),
+    Row(
+        "agentmem.cmd.user.update_profile",
+        "self",
+        "org",
+        built(lambda s: {"user_id": s.w.victim.user_id, "name": s.w.unique("name")}),
+        variant="another user's",
+    ),
+    Row(
+        "agentmem.cmd.user.update_profile",
+        "self",
+        "own",
+        built(lambda s: {"user_id": s.me, "name": s.w.unique("name")}),
+        variant="own",
+    ),
+    Row(
+        "agentmem.q.user.email_exists",
+        "org_admin",
+        "none",
+        built(lambda s: {"email": s.w.victim.email, "after_seq": s.w.seen}),
+        lambda s, d: d["exists"] is True,
+    ),
+    Row(
+        "agentmem.q.user.get",
+        "reader",
+        "org",
+        built(lambda s: {"user_id": s.w.victim.user_id, "after_seq": s.w.seen}),
+        lambda s, d: d["user_id"] == s.w.victim.user_id,
+    ),
+    Row(
+        "agentmem.q.user.get_by_email",
+        "reader",
+        "org",
+        built(lambda s: {"email": s.w.victim.email, "after_seq": s.w.seen}),
+        lambda s, d: d["user_id"] == s.w.victim.user_id,
+    ),
+    Row(
+        "agentmem.q.user.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "limit": 500, "after_seq": s.w.seen}),
+        lambda s, d: s.w.victim.user_id in listed(d, "user_id"),
+    ),
+    # The system
+    Row(
+        "agentmem.sys.health",
+        None,
+        "none",
+        fixed({}),
+        lambda s, d: d["live"] is True,
+    ),
+    Row(
+        "agentmem.sys.schema",
+        None,
+        "none",
+        fixed({}),
+        lambda s, d: str(d["asyncapi"]).startswith("3."),
+    ),
+    Row(
+        "agentmem.sys.status",
+        "service_admin",
+        "none",
+        fixed({}),
+        lambda s, d: "projections" in d,
+    ),
+]
+
+
+def expected(row: Row, role: str) -> str:
+    """The outcome of a cell: ``ok`` or an error code, from the row's need and scope."""
+    if role in row.special:
+        return row.special[role][0]
+    if row.need is None:
+        return OK  # public: a header, if sent, is ignored
+    if role == "anonymous":
+        return "unauthenticated"
+    if role == "service_admin":
+        return OK  # everything, in every organization
+    if row.scope == "org" and role == "other_org_admin":
+        return "not_found"  # another organization's target is answered as a missing one
+    holders = OWN_ACCOUNT if row.scope == "own" and row.need == "self" else HOLDERS[row.need]
+    return OK if ORG_ROLE[role] in holders else "forbidden"
+
+
+CELLS = [pytest.param(row, role, id=f"{row.name}-{role}") for row in ROWS for role in ROLES]
+
+
+# One service per store ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
+) -> Iterator[NatsServer]:
+    started = NatsServer(tmp_path_factory.mktemp(f"roles-{module_store_kind}") / "nats")
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, module_store_kind: str) -> Path:
+    return tmp_path_factory.mktemp(f"roles-data-{module_store_kind}")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(
+    server: NatsServer, data_dir: Path, module_store_url: str
+) -> AsyncIterator[Service]:
+    running = Service(settings_for(server, data_dir, module_store_url))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(service: Service, server: NatsServer, data_dir: Path) -> AsyncIterator[World]:
+    nc = await nats.connect(server.url)
+    root_key = admin_key(data_dir)
+    root = Client(nc, root_key)
+    admin = tokens.parse(root_key)
+    assert admin is not None
+    own = str((await root.create_org("Own")).fields["org_id"])
+    other = str((await root.create_org("Other")).fields["org_id"])
+    agent_id = str((await root.create_agent("Shared", org_id=own)).fields["agent_id"])
+    tool_id = str((await root.register_tool("shared", org_id=own)).fields["tool_id"])
+    service_admin = Person(admin.user_id, admin.org_id, "admin@agentmem.local", root_key)
+    blank = Person("", "", "", "")
+    w = World(nc, root, own, other, {}, blank, blank, agent_id, tool_id, "conversation")
+    w.callers = {
+        "readonly": await w.person(own, "readonly"),
+        "member": await w.person(own, "member"),
+        "org_admin": await w.person(own, "admin"),
+        "other_org_admin": await w.person(other, "admin"),
+        "service_admin": service_admin,
+    }
+    w.victim = await w.person(own, "member")
+    w.login = await w.person(own, "member")
+    await w.new_key(w.victim.user_id)
+    await w.new_message(w.session_id)
+    w.seen = await w.log_end()
+    yield w
+    await nc.close()
+
+
+# The table ---------------------------------------------------------------------------------------
+async def test_the_table_covers_every_subject(service: Service) -> None:
+    declared: dict[str, Operation] = by_subject()
+    assert service.dispatcher is not None
+    assert set(service.dispatcher.router.routes) == set(declared)
+    rows: dict[str, list[Row]] = {}
+    for row in ROWS:
+        rows.setdefault(row.subject, []).append(row)
+    missing = sorted(set(declared) - set(rows))
+    assert not missing, f"add rows to ROWS in tests/test_role_matrix.py for {missing}"
+    assert not set(rows) - set(declared), "rows for subjects nobody declares"
+    for subject, operation in declared.items():
+        for row in rows[subject]:
+            assert row.need == operation.need, (
+                f"{subject} is declared with need {operation.need!r}; docs/security.md "
+                f"(and this table) say {row.need!r}"
+            )
+        scopes = sorted(row.scope for row in rows[subject])
+        # What acts on a user's account is checked on another user's and on the caller's own.
+        assert scopes == (["org", "own"] if operation.need == "self" else scopes[:1]), subject
+    assert len({row.name for row in ROWS}) == len(ROWS)
+    assert len(CELLS) == len(ROWS) * len(ROLES)
+
+
+@pytest.mark.parametrize(("row", "role"), CELLS)
+async def test_every_subject_against_every_role(world: World, row: Row, role: str) -> None:
+    scene = Scene(world, role)
+    body = await row.body(scene)
+    operation = by_subject()[row.subject]
+    want = expected(row, role)
+    before = await world.log_end()
+    headers = bearer(scene.token) if scene.token else None
+    message = await world.nc.request(
+        row.subject, msgspec.json.encode(body), timeout=10, headers=headers
+    )
+    reply = envelope.decode(message.data)
+    after = await world.log_end()
+    cell = f"{row.name} as {role}"
+    if want == OK:
+        assert reply.ok, f"{cell}: expected ok, got {reply.error}"
+        if operation.kind == "command":
+            # Carried out: appended, and answered with the event the declaration names (a
+            # batch's reply is a view of several events, without a tag of its own).
+            assert reply.seq is not None
+            assert before < reply.seq <= after, f"{cell}: nothing appended"
+            tag = operation.reply.__struct_config__.tag
+            assert reply.data["event"] == (tag or reply.data["event"]), reply.data
+        else:
+            assert after == before, f"{cell}: a read appended to the log"
+        if row.answer is not None:
+            assert row.answer(scene, reply.data), f"{cell}: answered {reply.data}"
+        return
+    assert not reply.ok, f"{cell}: expected {want}, but it was carried out: {reply.data}"
+    assert reply.error is not None
+    assert reply.error.code == want, f"{cell}: expected {want}, got {reply.error}"
+    if want == "forbidden":
+        assert reply.error.details == {"needs": row.need, "roles": [ORG_ROLE[role]]}, reply.error
+    assert after == before, f"{cell}: a refused request appended to the log"
