@@ -103,6 +103,7 @@ class World:
     agent_id: str
     tool_id: str
     session_id: str  # a conversation of ``agent_id``, with a message that says hello
+    memory_id: str = ""  # a memory of MEMORY_USER in ``own``
     seen: int = 0  # the log's end once all of the above was made: queries read after it
     _names: Iterator[int] = field(default_factory=itertools.count)
 
@@ -140,6 +141,17 @@ class World:
             session_id, self.agent_id, "user", "hello from the table", org_id=self.own
         )
         return session_id, str(said.fields["message_ids"][0])
+
+    async def new_memory(self, user_id: str = "", *, archived: bool = False) -> str:
+        made = await self.root.add_memory(
+            f"the table remembers {self.unique('fact')}",
+            org_id=self.own,
+            user_id=user_id or MEMORY_USER,
+        )
+        memory_id = str(made.fields["memory_id"])
+        if archived:
+            await self.root.archive_memory(memory_id)
+        return memory_id
 
     async def new_key(self, user_id: str) -> str:
         return str((await self.root.create_api_key("spare", user_id=user_id)).fields["key_id"])
@@ -206,6 +218,15 @@ def built(make: Callable[[Scene], dict[str, Any]]) -> Body:
     return build
 
 
+def on_fresh_memory(make: Callable[[Scene, str], dict[str, Any]]) -> Body:
+    """A body about a memory made fresh for the cell (one a command changes)."""
+
+    async def build(s: Scene) -> dict[str, Any]:
+        return make(s, await s.w.new_memory())
+
+    return build
+
+
 def listed(data: Any, key: str) -> list[Any]:
     return [item[key] for item in data["items"]]
 
@@ -216,6 +237,23 @@ def scoped_items(s: Scene, data: Any) -> bool:
 
 
 # The rows: every subject -------------------------------------------------------------------------
+MEMORY_USER = "table-user"  # a scope label of the memories the table reads
+
+
+async def fresh_memory(s: Scene) -> dict[str, Any]:
+    return {"memory_id": await s.w.new_memory()}
+
+
+async def archived_memory(s: Scene) -> dict[str, Any]:
+    return {"memory_id": await s.w.new_memory(archived=True)}
+
+
+async def memory_scope_body(s: Scene) -> dict[str, Any]:
+    user_id = s.w.unique("scope-user")
+    await s.w.new_memory(user_id)
+    return {"org_id": s.w.own, "user_id": user_id}
+
+
 async def archive_body(s: Scene) -> dict[str, Any]:
     return {"agent_id": await s.w.new_agent()}
 
@@ -461,6 +499,81 @@ ROWS: list[Row] = [
         ),
         scoped_items,
     ),
+    # Memories
+    Row(
+        "agentmem.cmd.memory.add",
+        "member",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "content": f"added {s.w.unique('m')}",
+                "user_id": MEMORY_USER,
+            }
+        ),
+    ),
+    Row(
+        "agentmem.cmd.memory.add_batch",
+        "member",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "memories": [{"content": f"batched {s.w.unique('m')}", "user_id": MEMORY_USER}],
+            }
+        ),
+    ),
+    Row("agentmem.cmd.memory.archive", "member", "org", fresh_memory),
+    Row("agentmem.cmd.memory.delete", "member", "org", fresh_memory),
+    Row("agentmem.cmd.memory.delete_scope", "org_admin", "org", memory_scope_body),
+    Row("agentmem.cmd.memory.restore", "member", "org", archived_memory),
+    Row(
+        "agentmem.cmd.memory.supersede",
+        "member",
+        "org",
+        on_fresh_memory(lambda s, m: {"memory_id": m, "content": f"corrected {s.w.unique('m')}"}),
+    ),
+    Row(
+        "agentmem.cmd.memory.update",
+        "member",
+        "org",
+        on_fresh_memory(lambda s, m: {"memory_id": m, "importance": 0.9}),
+    ),
+    Row(
+        "agentmem.q.memory.get",
+        "reader",
+        "org",
+        built(lambda s: {"memory_id": s.w.memory_id, "after_seq": s.w.seen}),
+        lambda s, d: d["memory_id"] == s.w.memory_id,
+    ),
+    Row(
+        "agentmem.q.memory.history",
+        "reader",
+        "org",
+        built(lambda s: {"memory_id": s.w.memory_id}),
+        lambda s, d: len(d["items"]) >= 1,
+    ),
+    Row(
+        "agentmem.q.memory.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "user_id": MEMORY_USER, "after_seq": s.w.seen}),
+        lambda s, d: s.w.memory_id in listed(d, "memory_id"),
+    ),
+    Row(
+        "agentmem.q.memory.search",
+        "reader",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "text": "remembers",
+                "user_id": MEMORY_USER,
+                "after_seq": s.w.seen,
+            }
+        ),
+        lambda s, d: s.w.memory_id in listed(d, "memory_id"),
+    ),
     # Organizations
     Row("agentmem.cmd.org.create", "service_admin", "none", built(lambda s: {"name": "New"})),
     Row("agentmem.cmd.org.delete", "org_admin", "org", delete_org_body),
@@ -688,6 +801,7 @@ async def world(service: Service, server: NatsServer, data_dir: Path) -> AsyncIt
     w.login = await w.person(own, "member")
     await w.new_key(w.victim.user_id)
     await w.new_message(w.session_id)
+    w.memory_id = await w.new_memory()
     w.seen = await w.log_end()
     yield w
     await nc.close()
