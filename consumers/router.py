@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 
 from agentmem import envelope, protocol, subjects, validation
 from agentmem.domain.access import Need, Principal
+from agentmem.domain.jsondoc import check_request_depth
 from agentmem.errors import AgentMemError, InternalError, InvalidError, UnauthenticatedError
 from agentmem.protocol import Operation, operation_of
 
@@ -68,6 +69,7 @@ Authenticate = Callable[[dict[str, str]], Awaitable[Principal]]
 @dataclass(frozen=True)
 class Route:
     subject: str
+    request_type: type[protocol.Request]
     decoder: msgspec.json.Decoder[Any]
     handler: Handler
     public: bool = False
@@ -93,7 +95,7 @@ class Router:
             if subject in self.routes:
                 raise ValueError(f"two handlers for {subject}")
             decoder = msgspec.json.Decoder(request_type)
-            self.routes[subject] = Route(subject, decoder, handler, operation.public)
+            self.routes[subject] = Route(subject, request_type, decoder, handler, operation.public)
             return handler
 
         return register
@@ -195,6 +197,9 @@ class Dispatcher:
                     validation.nul_path(data),
                     "nul_character",
                 )
+            # Before decoding: msgspec's decoder recurses, and so do the merge patch, a
+            # JSON Schema check and the encoder; a deep document must not reach any of them.
+            check_request_depth(data, route.request_type)
             try:
                 body = route.decoder.decode(data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -862,6 +862,80 @@ async def test_a_tool_named_by_neither_or_both(bus: Bus) -> None:
         )
 
 
+def deep_json(levels: int, kind: str = "object") -> bytes:
+    """A JSON document ``levels`` deep, written as text (msgspec could not encode it)."""
+    if kind == "object":
+        return b'{"a":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+    return b"[" * levels + b"]" * levels
+
+
+def with_document(body: dict[str, Any], path: list[str | int], document: bytes) -> bytes:
+    """``body`` as JSON, with ``document`` at ``path`` (member names and array indexes)."""
+    marker = "@@deep@@"
+    body = msgspec.json.decode(msgspec.json.encode(body))
+    holder: Any = body
+    for step in path[:-1]:
+        holder = holder[step]
+    holder[path[-1]] = marker
+    return encode(body).replace(b'"' + marker.encode() + b'"', document)
+
+
+# Every free-form JSON document a request carries (issue 15, item 6), and where it sits.
+DEEP_FIELDS: list[tuple[str, list[str | int], str]] = [
+    (SetAgentState.op.subject, ["state"], "$.state"),
+    (PatchAgentState.op.subject, ["patch"], "$.patch"),
+    (CreateAgent.op.subject, ["model"], "$.model"),
+    (CreateAgent.op.subject, ["metadata"], "$.metadata"),
+    (UpdateAgent.op.subject, ["model"], "$.model"),
+    (UpdateAgent.op.subject, ["metadata"], "$.metadata"),
+    (RegisterTool.op.subject, ["parameters"], "$.parameters"),
+    (UpdateTool.op.subject, ["parameters"], "$.parameters"),
+    (AppendMessage.op.subject, ["metadata"], "$.metadata"),
+    (AppendMessages.op.subject, ["messages", 0, "metadata"], "$.messages[0].metadata"),
+    (AddMemory.op.subject, ["metadata"], "$.metadata"),
+    (AddMemories.op.subject, ["memories", 0, "metadata"], "$.memories[0].metadata"),
+    (UpdateMemory.op.subject, ["metadata"], "$.metadata"),
+    (SupersedeMemory.op.subject, ["metadata"], "$.metadata"),
+]
+
+
+@pytest.mark.parametrize("levels", [65, 1_000, 40_000])
+@pytest.mark.parametrize(("subject", "where", "path"), DEEP_FIELDS)
+async def test_a_deep_document_in_any_free_form_field(
+    bus: Bus, subject: str, where: list[str | int], path: str, levels: int
+) -> None:
+    # 1,000 levels answered ``internal`` (msgspec's RecursionError reached the router), and
+    # ``model`` and ``metadata`` took 960: every document is bounded at 64 levels.
+    payload = with_document(VALID[subject], where, deep_json(levels))
+    text = await assert_invalid(bus, subject, payload, "levels", path=path, reason="too_deep")
+    assert str(levels) in text, text
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+async def test_deep_json_on_any_subject(bus: Bus, subject: str) -> None:
+    # Refused before anything decodes it, even in a field the request does not have.
+    payload = with_document(VALID[subject], ["no_such_field"], deep_json(1_000, "array"))
+    await assert_invalid(bus, subject, payload, "levels", path="$.no_such_field", reason="too_deep")
+
+
+async def test_a_document_64_levels_deep_is_taken(bus: Bus) -> None:
+    client = Client(bus.nc, bus.admin_token)
+    agent_id = (await client.create_agent("Deep")).fields["agent_id"]
+    body = {"agent_id": agent_id, "state": {}}
+    reply = envelope.decode(
+        await bus.ask(SetAgentState.op.subject, with_document(body, ["state"], deep_json(64)))
+    )
+    assert reply.ok, reply
+    batch = {
+        "memories": [
+            {"content": "deep", "agent_id": agent_id, "metadata": {}},
+        ]
+    }
+    payload = with_document(batch, ["memories", 0, "metadata"], deep_json(64))
+    reply = envelope.decode(await bus.ask(AddMemories.op.subject, payload))
+    assert reply.ok, reply
+
+
 # And afterwards ----------------------------------------------------------------------
 async def test_bad_requests_without_a_reply_subject_do_not_hurt(bus: Bus) -> None:
     before = await last_seq(bus)

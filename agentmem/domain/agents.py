@@ -24,7 +24,7 @@ from agentmem.commands import (
     UpdateAgent,
 )
 from agentmem.domain.aggregate import Loaded, Write, check_version
-from agentmem.domain.jsondoc import MAX_DEPTH, check_bounds, depth, merge_patch
+from agentmem.domain.jsondoc import check_bounds, merge_patch
 from agentmem.errors import ConflictError, NotFoundError
 from agentmem.events import (
     AgentArchived,
@@ -36,7 +36,6 @@ from agentmem.events import (
     AgentUpdated,
     AnyEvent,
 )
-from agentmem.validation import invalid
 
 # The state document is read and rewritten whole on every turn: keep it small enough that
 # doing so stays cheap (and far below the log's message size).
@@ -239,15 +238,7 @@ def patch_state(
     """Apply a JSON merge patch (RFC 7396) and store the whole resulting document."""
     require_active(loaded, command.agent_id)
     check_version(state, command.expected_version)
-    nested = depth(command.patch)
-    if nested > MAX_DEPTH:
-        raise invalid(
-            f"the patch nests {nested} levels deep; at most {MAX_DEPTH} are allowed",
-            "$.patch",
-            "too_deep",
-            depth=nested,
-            max_depth=MAX_DEPTH,
-        )
+    check_bounds(command.patch, "the patch", None, path="$.patch")
     current = state.state.state if state.state is not None else {}
     document: dict[str, Any] = merge_patch(current, command.patch)
     # The document a patch makes is too large: the patch is what was sent.
