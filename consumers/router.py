@@ -32,6 +32,11 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R", bound=protocol.Request)
 
 MAX_REQUEST_BYTES = 256 * 1024  # documented in docs/protocol.md
+# Headers (documented in docs/protocol.md): a token or an id is tens of bytes. A command's
+# correlation and causation ids are written into its commits, and a header the log would
+# refuse must be refused here, as invalid, not answered "unavailable" after a failed write.
+MAX_HEADER_BYTES = 1024  # one header: its name and its value, as UTF-8
+MAX_HEADERS_BYTES = 8 * 1024  # all of a request's headers together
 # A JSON escape of U+0000: "\u0000" after an even number of backslashes (so not "\\u0000",
 # an escaped backslash followed by the text "u0000").
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -105,6 +110,33 @@ class Router:
             if subject in self.routes:
                 raise ValueError(f"two handlers for {subject}")
             self.routes[subject] = route
+
+
+def check_headers(headers: dict[str, str]) -> None:
+    """Raise ``invalid`` when one header, or all of them together, are over their bounds."""
+    total = 0
+    for name, value in headers.items():
+        size = len(name.encode(errors="replace")) + len(value.encode(errors="replace"))
+        if size > MAX_HEADER_BYTES:
+            raise validation.invalid(
+                f"header {name[:64]!r} is {size} bytes (name and value); at most "
+                f"{MAX_HEADER_BYTES} are allowed",
+                validation.BODY,
+                "too_long",
+                header=name[:64],
+                size=size,
+                limit=MAX_HEADER_BYTES,
+            )
+        total += size
+    if total > MAX_HEADERS_BYTES:
+        raise validation.invalid(
+            f"the request's headers are {total} bytes together; at most {MAX_HEADERS_BYTES} "
+            "are allowed",
+            validation.BODY,
+            "too_large",
+            size=total,
+            limit=MAX_HEADERS_BYTES,
+        )
 
 
 def _describe(
@@ -187,6 +219,7 @@ class Dispatcher:
                     limit=MAX_REQUEST_BYTES,
                     size=len(data),
                 )
+            check_headers(headers)
             # Credentials first: a caller without them learns nothing, not even what is
             # wrong with the request.
             principal = None if route.public else await self.authenticate(headers)

@@ -58,7 +58,7 @@ from agentmem.commands import (
 )
 from agentmem.config import Settings
 from agentmem.consumers.queries import encode_cursor
-from agentmem.consumers.router import MAX_REQUEST_BYTES
+from agentmem.consumers.router import MAX_HEADER_BYTES, MAX_REQUEST_BYTES
 from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.domain.memories import (
     AddMemories,
@@ -933,6 +933,33 @@ async def test_a_document_64_levels_deep_is_taken(bus: Bus) -> None:
     }
     payload = with_document(batch, ["memories", 0, "metadata"], deep_json(64))
     reply = envelope.decode(await bus.ask(AddMemories.op.subject, payload))
+    assert reply.ok, reply
+
+
+@pytest.mark.parametrize("subject", [CreateOrg.op.subject, ListOrgs.op.subject])
+async def test_an_oversized_header(bus: Bus, subject: str) -> None:
+    # A 50,000-character correlation id was taken, then NATS refused the commit and the
+    # reply was ``unavailable``, which invites a retry that can never succeed.
+    before = await last_seq(bus)
+    for extra, reason in (
+        ({"AgentMem-Correlation-Id": "c" * 50_000}, "too_long"),
+        ({"AgentMem-Causation-Id": "c" * (MAX_HEADER_BYTES + 1)}, "too_long"),
+        ({f"X-Filler-{n}": "f" * 1000 for n in range(9)}, "too_large"),
+    ):
+        headers = {**bus.admin, **extra}
+        reply = envelope.decode(await bus.ask(subject, encode(VALID[subject]), headers=headers))
+        assert reply.error is not None, reply
+        assert reply.error.code == "invalid", reply.error
+        assert reply.error.details["reason"] == reason, reply.error.details
+        assert reply.error.details["path"] == "$", reply.error.details
+        assert "header" in reply.error.message, reply.error.message
+    assert await last_seq(bus) == before, "a bad request appended to the log"
+    await still_answers(bus)
+    # At the bound, a correlation id is taken.
+    name = "AgentMem-Correlation-Id"
+    headers = {**bus.admin, name: "c" * (MAX_HEADER_BYTES - len(name))}
+    body = {"name": f"Headers {ids.new_id()}"}
+    reply = envelope.decode(await bus.ask(CreateOrg.op.subject, encode(body), headers=headers))
     assert reply.ok, reply
 
 
