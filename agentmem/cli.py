@@ -1,4 +1,4 @@
-"""``agentmem``: serve, status, replay."""
+"""``agentmem``: serve, status, admin, replay."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import bootstrap
+from agentmem import __version__, bootstrap
 from agentmem.auth import tokens
 from agentmem.config import Settings, StartupError, parse_roles
 from agentmem.embedded import EmbeddedNats, client_url
@@ -27,7 +27,12 @@ from agentmem.service import Service, StoreBusy, lock_store
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentmem", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="agentmem",
+        description="AgentMem, an event-sourced memory service for AI agents, over NATS. "
+        "Each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentmem {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def connection_flags(sub: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+import agentmem
 from agentmem import Client, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
@@ -39,6 +40,19 @@ from tests.realparts import (
     wait_caught_up,
 )
 from tests.support import free_port
+
+
+async def test_help_and_version(tmp_path: Path) -> None:
+    # --help showed the module docstring's RST markup and left ``admin`` out of its summary;
+    # there was no --version.
+    ran = await run_cli("--help", env=clean_env(), cwd=tmp_path)
+    assert ran.returncode == 0, ran
+    assert "``" not in ran.stdout, ran.stdout
+    for command in ("serve", "status", "admin", "replay"):
+        assert re.search(rf"^\s+{command}\s+\S", ran.stdout, re.MULTILINE), (command, ran.stdout)
+    ran = await run_cli("--version", env=clean_env(), cwd=tmp_path)
+    assert ran.returncode == 0, ran
+    assert ran.stdout.strip() == f"agentmem {agentmem.__version__}", ran
 
 
 async def quiet(exc: Exception) -> None:
