@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
+            # Whatever the service writes is private to its user (docs/security.md).
+            os.umask(0o077)
             return asyncio.run(_serve(settings))
         if args.command == "status":
             return asyncio.run(

@@ -170,14 +170,21 @@ class EmbeddedNats:
         config = write_config(
             self.store_dir, self.host, self.port, self.sync_always, self.require_auth
         )
-        log_file = open(self.store_dir.parent / "nats-server.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [server_binary(), "-c", str(config)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_detach_but_die_with_parent,
+        log_fd = os.open(
+            self.store_dir.parent / "nats-server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
-        log_file.close()
+        try:
+            self.process = subprocess.Popen(
+                [server_binary(), "-c", str(config)],
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_detach_but_die_with_parent,
+                # What the server writes (the JetStream store: every event) is private to
+                # the service's user, as the data dir is.
+                umask=0o077,
+            )
+        finally:
+            os.close(log_fd)
         deadline = asyncio.get_running_loop().time() + ready_timeout
         while asyncio.get_running_loop().time() < deadline:
             if self.process.poll() is not None:

@@ -52,13 +52,31 @@ class StoreBusy(StartupError):
     pass
 
 
+def make_private(data_dir: Path) -> None:
+    """The data dir and everything in it private to the service's user (0700 folders, 0600
+    files): it holds every event, the store's rows (message text, emails) and keys. Run at
+    every start, so a data dir made by an earlier version, or by hand, is made private too.
+    Symbolic links are left alone (and not followed)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    for root, folders, files in os.walk(data_dir):
+        for name in folders:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
 def lock_store(store_url: str) -> IO[str] | None:
     """One process owns an SQLite file: take an exclusive lock beside it, or fail clearly."""
     if "://" in store_url and not store_url.startswith("sqlite"):
         return None
     path = Path(store_url.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(f"{path}.lock", "w")  # noqa: SIM115
+    handle = os.fdopen(os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -172,6 +190,7 @@ class Service:
         settings = self.settings
         roles = settings.roles
         check_roles(roles, settings.store_url)
+        make_private(settings.data_dir)
         self._lock = lock_store(settings.store_url)
         if not 1 <= settings.replicas <= MAX_REPLICAS:
             raise StartupError(

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -210,6 +211,44 @@ async def wait_gone(pid: int, timeout: float = 10.0) -> None:
         return not process_alive(pid)
 
     await eventually(gone, timeout, 0.05, f"process {pid} gone")
+
+
+def not_private(data: Path) -> list[str]:
+    """Everything under ``data`` (and ``data`` itself) that anyone but its owner may use."""
+    found = [data, *data.rglob("*")]
+    return [
+        f"{path.relative_to(data.parent)} {stat.filemode(path.lstat().st_mode)}"
+        for path in found
+        if not path.is_symlink() and path.lstat().st_mode & 0o077
+    ]
+
+
+async def test_the_data_dir_is_private(serves: list[Serve], tmp_path: Path) -> None:
+    # agentmem.db (message text, emails) was created 0644, and so were its -wal and -shm,
+    # nats-server.log and the JetStream store. A data dir an earlier version left readable
+    # is made private at the next start.
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    (data / "nats-server.log").write_text("an earlier run\n")
+    (data / "nats-server.log").chmod(0o644)
+    args = ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+    serve = new_serve(serves, tmp_path, args)
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    try:
+        key = admin_key(data)
+        client = Client(nc, key)
+        await client.create_org("Acme")
+        await wait_caught_up(nc, key)
+        names = {path.name for path in data.rglob("*")}
+        for name in ("agentmem.db", "agentmem.db-wal", "agentmem.db-shm", "nats-server.log"):
+            assert name in names, sorted(names)
+        assert (data / "nats" / "jetstream").is_dir()
+        assert not_private(data) == []
+    finally:
+        await nc.close()
+    assert serve.stop() == 0, serve.output()[-2000:]
+    assert not_private(data) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
