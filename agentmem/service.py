@@ -70,6 +70,37 @@ def make_private(data_dir: Path) -> None:
                 os.chmod(path, 0o600)
 
 
+class DataDirBusy(StartupError):
+    pass
+
+
+DATA_DIR_LOCK = "agentmem.lock"
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """One process owns a data dir whose nats-server it runs (the JetStream store under it,
+    and everything else there): take an exclusive lock in it, or fail clearly. Whatever
+    ``--store`` says: two servers on one JetStream store would both acknowledge the same
+    sequences, and one of them would lose its writes."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / DATA_DIR_LOCK
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read().strip()
+        handle.close()
+        raise DataDirBusy(
+            f"data dir {data_dir} is in use by another AgentMem process"
+            f"{f' (pid {holder})' if holder.isdigit() else ''}; stop it first, or give this "
+            "one a data dir of its own (--data-dir)"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def lock_store(store_url: str) -> IO[str] | None:
     """One process owns an SQLite file: take an exclusive lock beside it, or fail clearly."""
     if "://" in store_url and not store_url.startswith("sqlite"):
@@ -184,12 +215,16 @@ class Service:
         self.dispatcher: Dispatcher | None = None
         self.access: AccessView | None = None
         self._lock: IO[str] | None = None
+        self._data_lock: IO[str] | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
         settings = self.settings
         roles = settings.roles
         check_roles(roles, settings.store_url)
+        if not settings.nats_servers:
+            # Before anything is touched: the embedded server's store lives in the data dir.
+            self._data_lock = lock_data_dir(settings.data_dir)
         make_private(settings.data_dir)
         self._lock = lock_store(settings.store_url)
         if not 1 <= settings.replicas <= MAX_REPLICAS:
@@ -326,5 +361,7 @@ class Service:
             await self.embedded.stop()
         if self._lock:
             self._lock.close()
+        if self._data_lock:
+            self._data_lock.close()
         if self.nc is not None:  # a start refused before connecting says so in one line
             log.info("agentmem stopped")

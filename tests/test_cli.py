@@ -332,6 +332,39 @@ async def test_a_second_serve_on_the_same_port_fails_with_one_clear_line(
     assert "in use" in lines[0], lines
 
 
+async def test_a_second_serve_on_the_same_data_dir_is_refused_whatever_its_store(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    # It started a second nats-server on the same JetStream store: both acknowledged the
+    # same sequences, and after a restart one service's commits were gone.
+    port, other = free_port(), free_port()
+    data = tmp_path / "data"
+    serve = new_serve(serves, tmp_path, ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    await nc.close()
+    for store in (str(tmp_path / "other.db"), f"sqlite:///{tmp_path / 'third.db'}"):
+        second = await run_cli(
+            "serve",
+            *("--data-dir", str(data), "--listen", f"127.0.0.1:{other}", "--store", store),
+            env=clean_env(),
+            timeout=20,
+        )
+        assert second.returncode != 0, second
+        lines = [line for line in (second.stdout + second.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert "in use" in lines[0], lines
+        assert str(data) in lines[0], lines
+        assert f"pid {serve.pid}" in lines[0], lines
+        assert port_is_free("127.0.0.1", other), "a second nats-server was started"
+    assert serve.process is not None
+    assert serve.process.poll() is None
+    # Once the first has stopped, the data dir is free again.
+    assert serve.stop() == 0, serve.output()[-2000:]
+    serve.start()
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    await nc.close()
+
+
 def parse_status(text: str) -> tuple[int, dict[str, tuple[int, str, int]]]:
     last = re.search(r"last seq ([\d,]+)", text)
     assert last, text
