@@ -144,7 +144,14 @@ async def _serve(settings: Settings) -> int:
         stopping.cancel()
         await service.stop()
         raise
-    await stopping
+    failing = asyncio.create_task(service.failed.wait())
+    await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    failing.cancel()
+    if service.failed.is_set():
+        print(f"agentmem: {service.failure}", file=sys.stderr)
+        await service.stop()
+        return 1
     await service.stop()
     return 0
 

@@ -205,6 +205,15 @@ class EmbeddedNats:
             await asyncio.sleep(0.05)
         raise RuntimeError("nats-server did not start listening in time")
 
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir.parent / "nats-server.log"
+
+    def exit_code(self) -> int | None:
+        """The server's exit status once it has exited (a signal: its negative number);
+        None while it runs, or before it was started."""
+        return None if self.process is None else self.process.poll()
+
     async def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -217,6 +217,11 @@ class Service:
         self._lock: IO[str] | None = None
         self._data_lock: IO[str] | None = None
         self.stopped = asyncio.Event()
+        # Set when the process cannot go on (its embedded nats-server died): ``failure``
+        # says why, and ``agentmem serve`` stops and exits non-zero.
+        self.failed = asyncio.Event()
+        self.failure = ""
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -245,6 +250,9 @@ class Service:
             )
             await self.embedded.start()
             servers = [self.embedded.url]
+            self._watcher = asyncio.create_task(
+                self._watch_embedded(self.embedded), name="embedded-nats-watcher"
+            )
         self.nc = await nats.connect(
             # Every node of a cluster: when the one in use goes away, nats-py reconnects to
             # another (and learns the rest of the cluster from the servers it reaches).
@@ -305,6 +313,20 @@ class Service:
             **({"migrations_applied": migrated} if migrated else {}),
         )
 
+    async def _watch_embedded(self, embedded: EmbeddedNats, every_s: float = 0.2) -> None:
+        """A service whose embedded nats-server died must not look up to a supervisor: it
+        holds the whole log, and nothing else would restart it. Say so and fail, so that
+        ``serve`` stops and exits non-zero (and its supervisor restarts both)."""
+        while not self.stopped.is_set():
+            code = embedded.exit_code()
+            if code is not None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+                self.failure = f"the embedded nats-server {how}; stopping (see {embedded.log_path})"
+                log.error("embedded nats-server died; stopping", returncode=code)
+                self.failed.set()
+                return
+            await asyncio.sleep(every_s)
+
     def _lead(self, projection: Projection, board: CheckpointBoard) -> None:
         assert self.nc is not None
         assert self.store is not None
@@ -337,6 +359,8 @@ class Service:
     async def stop(self) -> None:
         """Drain: stop taking requests, finish those in flight, finish the current batches."""
         self.stopped.set()
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
         if self.dispatcher:
             await self.dispatcher.stop()
         if self.access:
@@ -353,8 +377,13 @@ class Service:
             # Another process takes the projections over at its next look (about 1 s).
             await self.leases.close()
         if self.nc:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            if self.failed.is_set():
+                # No server to drain to: a drain would wait for a reconnect that never comes.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.nc.close(), STEP_TIMEOUT_S)
+            else:
+                with contextlib.suppress(Exception):
+                    await self.nc.drain()
         if self.store:
             await self.store.close()
         if self.embedded:

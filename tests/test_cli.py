@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import stat
@@ -363,6 +364,31 @@ async def test_a_second_serve_on_the_same_data_dir_is_refused_whatever_its_store
     serve.start()
     nc = await serve.connect(f"nats://127.0.0.1:{port}")
     await nc.close()
+
+
+async def test_serve_exits_non_zero_when_its_nats_server_dies(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    # After a SIGKILL of the embedded nats-server the service lived on with nothing on its
+    # port, logging retries: a supervisor saw it as up.
+    port = free_port()
+    args = ["--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{port}"]
+    serve = new_serve(serves, tmp_path, args)
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    await nc.close()
+    os.kill(nats_child(serve), signal.SIGKILL)
+    assert serve.process is not None
+    try:
+        code = serve.process.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"serve lives on: {serve.output()[-2000:]}") from None
+    assert code not in (0, None), serve.output()[-2000:]
+    assert "agentmem: the embedded nats-server was killed by signal 9" in serve.log_lines()
+    # Its supervisor starts it again: the same data dir, nothing lost.
+    serve.start()
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    await nc.close()
+    assert serve.stop() == 0, serve.output()[-2000:]
 
 
 def parse_status(text: str) -> tuple[int, dict[str, tuple[int, str, int]]]:
