@@ -66,7 +66,7 @@ def command_router(parts: Parts) -> Router:
             org = await cache.load(orgs.subject(state.org_id), orgs.evolve, refresh=True)
             live = org.state is not None and not org.state.deleted
         stored = state.password_hash if state is not None and live else decoy_hash
-        matches = await work.run(verify_password, password, stored)
+        matches = await work.run(verify_password, password, stored, shed=True)
         if user is None or state is None or not live or not matches:
             raise UnauthenticatedError(WRONG_LOGIN)
         return user, state
@@ -84,7 +84,7 @@ def command_router(parts: Parts) -> Router:
         token_holder: list[tokens.Token] = []
         rehashed = None
         if cost_of(verified_state.password_hash) < password_cost:
-            rehashed = await work.run(hash_password, command.password, password_cost)
+            rehashed = await work.run(hash_password, command.password, password_cost, shed=True)
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await loader.load(verified.subject, users.evolve)

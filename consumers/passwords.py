@@ -6,9 +6,11 @@ needs no credentials. So that guesses neither succeed by volume nor slow everyon
 - ``PasswordThrottle`` counts an attempt *before* the password is checked, so a burst of
   concurrent guesses is refused past the limit instead of all being verified; a success
   clears the count. Login counts per email, a password change per user.
-- ``PasswordWork`` runs every hash and check in a few threads (fewer than the cores), with a
-  short bounded queue: past it a request is shed with ``unavailable`` and a retry hint,
-  and it never holds a request slot that authenticated commands need.
+- ``PasswordWork`` runs every hash and check in a few threads (fewer than the cores). An
+  anonymous login waits in a short bounded queue: past it, it is shed with ``unavailable``
+  and a retry hint, so a flood of logins never holds the request slots or the cores that
+  authenticated commands need. Authenticated work (register, change password) is not shed:
+  it waits its turn, and while it waits logins are shed sooner.
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ class PasswordWork:
                 {"retry_after_s": 1},
             )
 
-    async def run(self, work: Callable[..., T], *args: object) -> T:
-        self.check_room()
+    async def run(self, work: Callable[..., T], *args: object, shed: bool = False) -> T:
+        """``work(*args)`` in a thread of the pool; with ``shed``, refused at once when the
+        queue is full (anonymous work), else waiting for a thread however long the queue."""
+        if shed:
+            self.check_room()
         self._admitted += 1
         try:
             async with self._running:

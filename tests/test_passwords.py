@@ -74,12 +74,20 @@ async def test_the_pool_sheds_past_its_queue_and_runs_at_most_its_threads() -> N
         with lock:
             running -= 1
 
-    results = await asyncio.gather(*(work.run(slow) for _ in range(10)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(work.run(slow, shed=True) for _ in range(10)), return_exceptions=True
+    )
     shed = [r for r in results if isinstance(r, UnavailableError)]
     assert len(shed) == 5
     assert all(r.details["retry_after_s"] == 1 for r in shed)
     assert most == 2
-    await work.run(slow)  # room again once the burst is done
+    await work.run(slow, shed=True)  # room again once the burst is done
+
+
+async def test_authenticated_work_waits_its_turn_instead_of_being_shed() -> None:
+    work = PasswordWork(threads=1, queue=1)
+    results = await asyncio.gather(*(work.run(time.sleep, 0.01) for _ in range(8)))
+    assert results == [None] * 8
 
 
 # Over NATS -------------------------------------------------------------------------------
