@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats.errors
@@ -44,7 +42,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ids, subjects
-from agentmem.consumers.aggregates import FreshReads, advance
+from agentmem.consumers.aggregates import (
+    MAX_CACHE_BYTES,
+    Entry,
+    FreshReads,
+    advance,
+    weigh_entry,
+)
+from agentmem.consumers.lru import LRU
 from agentmem.domain.aggregate import Evolve, Loaded
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import StoredCommit
@@ -68,12 +73,6 @@ ACK_WAIT_S = 1.0  # a delivery lost on the way (a reconnect) comes again this so
 PAGE = 256  # consumers per page of JetStream's consumer list
 
 
-@dataclass
-class _Entry:
-    loaded: Loaded[Any]
-    evolve: Evolve[Any]
-
-
 class AccessView:
     def __init__(
         self,
@@ -81,6 +80,7 @@ class AccessView:
         fresh: FreshReads,
         stream: str = subjects.STREAM_NAME,
         max_entries: int = 100_000,
+        max_bytes: int = MAX_CACHE_BYTES,
         replicas: int = 1,
     ) -> None:
         self.nc = nc
@@ -88,9 +88,8 @@ class AccessView:
         self.js = nc.jetstream()
         self.fresh = fresh
         self.stream = stream
-        self.max_entries = max_entries
         self.consumer = ""
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: LRU[Entry] = LRU(weigh_entry, max_entries, max_bytes)
         # Commits that arrived while their subject was being read from the log.
         self._arrived: dict[str, list[StoredCommit]] = {}
         self._fills: dict[str, asyncio.Future[Loaded[Any]]] = {}
@@ -128,11 +127,10 @@ class AccessView:
     # Reading ----------------------------------------------------------------------------
     def peek(self, subject: str) -> Loaded[Any] | None:
         """What the view holds for ``subject``, if it holds it and trusts itself."""
-        entry = self._entries.get(subject)
-        if entry is None or not self.trusted:
+        if not self.trusted:
             return None
-        self._entries.move_to_end(subject)
-        return entry.loaded
+        entry = self._entries.get(subject)
+        return None if entry is None else entry.loaded
 
     async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
         """The aggregate as of every commit the view has been delivered: from memory, or
@@ -160,9 +158,7 @@ class AccessView:
             self._spoiled.discard(subject)
         loaded = advance(loaded, evolve, [c for c in arrived if c.seq > loaded.version])
         if epoch == self._epoch and not spoiled:
-            self._entries[subject] = _Entry(loaded, evolve)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries.put(subject, Entry(loaded, evolve))
         return loaded
 
     async def _on_commit(self, msg: Msg) -> None:
@@ -178,13 +174,14 @@ class AccessView:
             # Unreadable here (an event type newer than this code): forget the subject, so
             # that the next request reads it from the log, and carry on.
             log.exception("access view could not read a commit", subject=subject)
-            self._entries.pop(subject, None)
+            self._entries.pop(subject)
             if subject in self._arrived:
                 self._spoiled.add(subject)
         else:
-            entry = self._entries.get(subject)
+            entry = self._entries.get(subject, touch=False)
             if entry is not None and commit.seq > entry.loaded.version:
-                entry.loaded = advance(entry.loaded, entry.evolve, [commit])
+                loaded = advance(entry.loaded, entry.evolve, [commit])
+                self._entries.put(subject, Entry(loaded, entry.evolve))  # re-weighed
             arrived = self._arrived.get(subject)
             if arrived is not None:
                 arrived.append(commit)

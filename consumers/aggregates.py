@@ -7,17 +7,19 @@ retry, never a wrong write.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agentmem.coalesce import FreshCall
+from agentmem.consumers.lru import LRU, json_size
 from agentmem.domain.aggregate import Evolve, Loaded, Write, fold
 from agentmem.eventlog import Appended, EventLog, StoredCommit
 
 S = TypeVar("S")
 
 RECENT_COMMANDS = 64
+# Aggregates kept per process, by an estimate of their bytes (consumers/lru.py).
+MAX_CACHE_BYTES = 256 * 1024 * 1024
 MAX_SHARED_READS = 10_000
 
 
@@ -30,7 +32,9 @@ class AlreadyApplied(Exception):
 
 
 @dataclass
-class _Entry:
+class Entry:
+    """An aggregate as folded from the log, and how to fold more commits into it."""
+
     loaded: Loaded[Any]
     evolve: Evolve[Any]
 
@@ -48,16 +52,21 @@ def advance(entry_loaded: Loaded[S], evolve: Evolve[S], commits: list[StoredComm
     return Loaded(entry_loaded.subject, state, version, commands)
 
 
+def weigh_entry(entry: Entry) -> int:
+    """An entry's state and its recent command ids, as bytes."""
+    return json_size(entry.loaded.state) + 64 * len(entry.loaded.commands)
+
+
 class AggregateCache:
-    def __init__(self, log: EventLog, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, log: EventLog, max_entries: int = 100_000, max_bytes: int = MAX_CACHE_BYTES
+    ) -> None:
         self.log = log
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: LRU[Entry] = LRU(weigh_entry, max_entries, max_bytes)
 
     async def load(self, subject: str, evolve: Evolve[S], refresh: bool = False) -> Loaded[S]:
-        entry = self._entries.get(subject)
+        entry = self._entries.get(subject, touch=not refresh)
         if entry is not None and not refresh:
-            self._entries.move_to_end(subject)
             loaded: Loaded[S] = entry.loaded
             return loaded
         base: Loaded[S] = entry.loaded if entry is not None else Loaded(subject, None, 0)
@@ -73,7 +82,7 @@ class AggregateCache:
             if entry is None:
                 continue
             if entry.loaded.version != write.expected:
-                del self._entries[write.subject]
+                self._entries.pop(write.subject)
                 continue
             commit = StoredCommit(
                 seq, write.subject, {"AgentMem-Command-Id": command_id}, write.events
@@ -81,13 +90,10 @@ class AggregateCache:
             self._store(write.subject, advance(entry.loaded, entry.evolve, [commit]), entry.evolve)
 
     def forget(self, subject: str) -> None:
-        self._entries.pop(subject, None)
+        self._entries.pop(subject)
 
     def _store(self, subject: str, loaded: Loaded[Any], evolve: Evolve[Any]) -> None:
-        self._entries[subject] = _Entry(loaded, evolve)
-        self._entries.move_to_end(subject)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._entries.put(subject, Entry(loaded, evolve))
 
 
 class Loader:
