@@ -11,9 +11,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import structlog
+
 from agentmem.coalesce import FreshCall
-from agentmem.domain.aggregate import Evolve, Loaded, Write, fold
+from agentmem.domain.aggregate import Evolve, Loaded, Write
 from agentmem.eventlog import Appended, EventLog, StoredCommit
+
+log = structlog.get_logger(__name__)
 
 S = TypeVar("S")
 
@@ -39,7 +43,18 @@ def advance(entry_loaded: Loaded[S], evolve: Evolve[S], commits: list[StoredComm
     state, version = entry_loaded.state, entry_loaded.version
     commands = dict(entry_loaded.commands)
     for commit in commits:
-        state = fold(evolve, state, commit.events)
+        for event in commit.events:
+            try:
+                state = evolve(state, event)
+            except Exception as exc:
+                # An event this aggregate cannot take (written on its subject by hand, or
+                # by another version): skipped and logged; the others decide the state.
+                log.warning(
+                    "skipped a commit this version cannot read",
+                    subject=commit.subject,
+                    seq=commit.seq,
+                    reason=f"{event.__class__.__name__}: {exc!r}",
+                )
         version = commit.seq
         if commit.command_id:
             commands[commit.command_id] = commit.seq
