@@ -7,6 +7,7 @@ retry, never a wrong write.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -95,6 +96,11 @@ class AggregateCache:
             )
             self._store(write.subject, advance(entry.loaded, entry.evolve, [commit]), entry.evolve)
 
+    def version(self, subject: str) -> int | None:
+        """The version this cache holds for ``subject``, if it holds it."""
+        entry = self._entries.get(subject)
+        return entry.loaded.version if entry is not None else None
+
     def forget(self, subject: str) -> None:
         self._entries.pop(subject, None)
 
@@ -103,6 +109,45 @@ class AggregateCache:
         self._entries.move_to_end(subject)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+class SubjectLocks:
+    """One queue per aggregate subject: within a process, the commands that write to one
+    aggregate decide and append one at a time, instead of racing to a conflict."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    async def acquire(self, subject: str) -> bool:
+        """Wait for ``subject``'s turn; True when another writer held it (had to wait)."""
+        lock = self._locks.get(subject)
+        if lock is None:
+            lock = self._locks[subject] = asyncio.Lock()
+        users = self._users.get(subject, 0)
+        self._users[subject] = users + 1
+        waited = users > 0  # someone holds it or waits for it: this waits its turn
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave(subject)
+            raise
+        return waited
+
+    def release(self, subject: str) -> None:
+        self._locks[subject].release()
+        self._leave(subject)
+
+    def _leave(self, subject: str) -> None:
+        users = self._users[subject] - 1
+        if users:
+            self._users[subject] = users
+        else:  # nobody holds or waits: forget it, so that the table stays small
+            del self._users[subject]
+            del self._locks[subject]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class Loader:
