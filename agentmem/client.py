@@ -7,10 +7,14 @@ produced (``last_seq``); pass ``after_seq=client.last_seq`` to a query to read y
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import envelope
@@ -98,6 +102,35 @@ from agentmem.replies import (
 
 T = TypeVar("T")
 
+_log = logging.getLogger(__name__)
+
+CONNECT_WITHIN_S = 5.0  # Client.connect gives up after this long: no service is there
+_CONNECT_TIMEOUT_S = 2.0  # one attempt's TCP and handshake
+_RETRY_AFTER_S = 0.5  # between the first attempt and the second
+_RECONNECT_WAIT_S = 2.0  # between attempts to get back to a server that went away
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password in it, to put in an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _quiet_error(exc: Exception) -> None:
+    """nats-py's default logs a traceback for every failed attempt; one line is enough."""
+    _log.warning("nats: %s", exc or exc.__class__.__name__)
+
+
+async def _disconnected() -> None:
+    _log.warning("disconnected from AgentMem's NATS server; reconnecting")
+
+
+async def _reconnected() -> None:
+    _log.info("reconnected to AgentMem's NATS server")
+
 
 class Written(msgspec.Struct, frozen=True):
     """What a command answers: the event it stored, the new version, and its fields."""
@@ -119,9 +152,49 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str = "nats://127.0.0.1:4222", token: str | None = None, timeout: float = 10.0
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        token: str | None = None,
+        timeout: float = 10.0,
+        *,
+        max_reconnect_attempts: int = -1,
+        **nats_options: Any,
     ) -> Client:
-        return cls(await nats.connect(url), token, timeout)
+        """Connect to the NATS server an AgentMem service listens on.
+
+        With nothing there, this fails within ``CONNECT_WITHIN_S`` (5 s) with one
+        ``UnavailableError`` that names the URL. Once connected, a server that goes away is
+        reconnected to quietly (one log line per attempt, no traceback), forever by default
+        (``max_reconnect_attempts``, -1). ``nats_options`` go to ``nats.connect`` (user
+        credentials, TLS, ...)."""
+        options: dict[str, Any] = {
+            "connect_timeout": _CONNECT_TIMEOUT_S,
+            "error_cb": _quiet_error,
+            "disconnected_cb": _disconnected,
+            "reconnected_cb": _reconnected,
+            **nats_options,
+            # The first connect: two attempts, then give up (nats-py's own default is 60
+            # attempts 2 s apart, each failure logged with a traceback).
+            "allow_reconnect": True,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": _RETRY_AFTER_S,
+        }
+        try:
+            nc = await asyncio.wait_for(nats.connect(url, **options), CONNECT_WITHIN_S)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            shown = _shown(url)
+            reason = str(exc) or exc.__class__.__name__
+            raise UnavailableError(
+                f"cannot connect to {shown} ({reason}): is the AgentMem service running "
+                "(`agentmem serve`), and is that the address it listens on (--listen)?",
+                {"url": shown},
+            ) from None
+        # From now on, a lost server is reconnected to, quietly (nats-py reads these live).
+        nc.options["max_reconnect_attempts"] = max_reconnect_attempts
+        nc.options["reconnect_time_wait"] = nats_options.get(
+            "reconnect_time_wait", _RECONNECT_WAIT_S
+        )
+        return cls(nc, token, timeout)
 
     def with_token(self, token: str | None) -> Client:
         """Another client on the same connection, acting with other credentials."""
