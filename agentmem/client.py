@@ -2,7 +2,8 @@
 
 Every reply is the envelope of docs/protocol.md; an error reply is raised as the matching
 ``AgentMemError`` subclass. The client remembers the highest log sequence its commands
-produced (``last_seq``); pass ``after_seq=client.last_seq`` to a query to read your writes.
+produced (``last_seq``), and every query reads its writes: it sends ``after_seq=last_seq``
+unless the caller passes ``after_seq`` (``after_seq=0`` asks for no wait at all).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from agentmem.domain.memories import (
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import MemoryType, MessageRole, Role
 from agentmem.headers import header
-from agentmem.protocol import Operation, Request, operation_of
+from agentmem.protocol import Operation, Request, operation_of, operations
 from agentmem.queries import (
     EmailExists,
     GetAgent,
@@ -108,6 +109,21 @@ CONNECT_WITHIN_S = 5.0  # Client.connect gives up after this long: no service is
 _CONNECT_TIMEOUT_S = 2.0  # one attempt's TCP and handshake
 _RETRY_AFTER_S = 0.5  # between the first attempt and the second
 _RECONNECT_WAIT_S = 2.0  # between attempts to get back to a server that went away
+
+
+_reads: frozenset[str] | None = None
+
+
+def _reads_your_writes(subject: str) -> bool:
+    """Whether ``subject`` is a query that takes ``after_seq`` (not health or status)."""
+    global _reads
+    if _reads is None:
+        _reads = frozenset(
+            op.subject
+            for op in operations()
+            if op.kind == "query" and "after_seq" in op.request.__struct_fields__
+        )
+    return subject in _reads
 
 
 def _shown(url: str) -> str:
@@ -197,8 +213,11 @@ class Client:
         return cls(nc, token, timeout)
 
     def with_token(self, token: str | None) -> Client:
-        """Another client on the same connection, acting with other credentials."""
-        return Client(self.nc, token, self.timeout)
+        """Another client on the same connection, acting with other credentials; it reads
+        from this one's ``last_seq`` on."""
+        other = Client(self.nc, token, self.timeout)
+        other.last_seq = self.last_seq
+        return other
 
     async def close(self) -> None:
         await self.nc.close()
@@ -213,6 +232,9 @@ class Client:
     async def request(
         self, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> envelope.Reply:
+        if self.last_seq and body.get("after_seq") is None and _reads_your_writes(subject):
+            # Read-your-writes by default: the answer includes this client's last command.
+            body = {**body, "after_seq": self.last_seq}
         payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
         if self.token and header(headers, tokens.HEADER) is None:
             headers = {**(headers or {}), tokens.HEADER: f"Bearer {self.token}"}
