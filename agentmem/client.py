@@ -2,15 +2,20 @@
 
 Every reply is the envelope of docs/protocol.md; an error reply is raised as the matching
 ``AgentMemError`` subclass. The client remembers the highest log sequence its commands
-produced (``last_seq``); pass ``after_seq=client.last_seq`` to a query to read your writes.
+produced (``last_seq``), and every query reads its writes: it sends ``after_seq=last_seq``
+unless the caller passes ``after_seq`` (``after_seq=0`` asks for no wait at all).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import envelope
@@ -60,7 +65,7 @@ from agentmem.domain.memories import (
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import MemoryType, MessageRole, Role
 from agentmem.headers import header
-from agentmem.protocol import Operation, Request, operation_of
+from agentmem.protocol import Operation, Request, operation_of, operations
 from agentmem.queries import (
     EmailExists,
     GetAgent,
@@ -98,6 +103,50 @@ from agentmem.replies import (
 
 T = TypeVar("T")
 
+_log = logging.getLogger(__name__)
+
+CONNECT_WITHIN_S = 5.0  # Client.connect gives up after this long: no service is there
+_CONNECT_TIMEOUT_S = 2.0  # one attempt's TCP and handshake
+_RETRY_AFTER_S = 0.5  # between the first attempt and the second
+_RECONNECT_WAIT_S = 2.0  # between attempts to get back to a server that went away
+
+
+_reads: frozenset[str] | None = None
+
+
+def _reads_your_writes(subject: str) -> bool:
+    """Whether ``subject`` is a query that takes ``after_seq`` (not health or status)."""
+    global _reads
+    if _reads is None:
+        _reads = frozenset(
+            op.subject
+            for op in operations()
+            if op.kind == "query" and "after_seq" in op.request.__struct_fields__
+        )
+    return subject in _reads
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password in it, to put in an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _quiet_error(exc: Exception) -> None:
+    """nats-py's default logs a traceback for every failed attempt; one line is enough."""
+    _log.warning("nats: %s", exc or exc.__class__.__name__)
+
+
+async def _disconnected() -> None:
+    _log.warning("disconnected from AgentMem's NATS server; reconnecting")
+
+
+async def _reconnected() -> None:
+    _log.info("reconnected to AgentMem's NATS server")
+
 
 class Written(msgspec.Struct, frozen=True):
     """What a command answers: the event it stored, the new version, and its fields."""
@@ -119,13 +168,56 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str = "nats://127.0.0.1:4222", token: str | None = None, timeout: float = 10.0
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        token: str | None = None,
+        timeout: float = 10.0,
+        *,
+        max_reconnect_attempts: int = -1,
+        **nats_options: Any,
     ) -> Client:
-        return cls(await nats.connect(url), token, timeout)
+        """Connect to the NATS server an AgentMem service listens on.
+
+        With nothing there, this fails within ``CONNECT_WITHIN_S`` (5 s) with one
+        ``UnavailableError`` that names the URL. Once connected, a server that goes away is
+        reconnected to quietly (one log line per attempt, no traceback), forever by default
+        (``max_reconnect_attempts``, -1). ``nats_options`` go to ``nats.connect`` (user
+        credentials, TLS, ...)."""
+        options: dict[str, Any] = {
+            "connect_timeout": _CONNECT_TIMEOUT_S,
+            "error_cb": _quiet_error,
+            "disconnected_cb": _disconnected,
+            "reconnected_cb": _reconnected,
+            **nats_options,
+            # The first connect: two attempts, then give up (nats-py's own default is 60
+            # attempts 2 s apart, each failure logged with a traceback).
+            "allow_reconnect": True,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": _RETRY_AFTER_S,
+        }
+        try:
+            nc = await asyncio.wait_for(nats.connect(url, **options), CONNECT_WITHIN_S)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            shown = _shown(url)
+            reason = str(exc) or exc.__class__.__name__
+            raise UnavailableError(
+                f"cannot connect to {shown} ({reason}): is the AgentMem service running "
+                "(`agentmem serve`), and is that the address it listens on (--listen)?",
+                {"url": shown},
+            ) from None
+        # From now on, a lost server is reconnected to, quietly (nats-py reads these live).
+        nc.options["max_reconnect_attempts"] = max_reconnect_attempts
+        nc.options["reconnect_time_wait"] = nats_options.get(
+            "reconnect_time_wait", _RECONNECT_WAIT_S
+        )
+        return cls(nc, token, timeout)
 
     def with_token(self, token: str | None) -> Client:
-        """Another client on the same connection, acting with other credentials."""
-        return Client(self.nc, token, self.timeout)
+        """Another client on the same connection, acting with other credentials; it reads
+        from this one's ``last_seq`` on."""
+        other = Client(self.nc, token, self.timeout)
+        other.last_seq = self.last_seq
+        return other
 
     async def close(self) -> None:
         await self.nc.close()
@@ -140,6 +232,9 @@ class Client:
     async def request(
         self, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> envelope.Reply:
+        if self.last_seq and body.get("after_seq") is None and _reads_your_writes(subject):
+            # Read-your-writes by default: the answer includes this client's last command.
+            body = {**body, "after_seq": self.last_seq}
         payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
         if self.token and header(headers, tokens.HEADER) is None:
             headers = {**(headers or {}), tokens.HEADER: f"Bearer {self.token}"}

@@ -19,12 +19,15 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import ids, subjects
 from agentmem.domain.aggregate import Write
 from agentmem.errors import AgentMemError, UnavailableError
-from agentmem.events import COMMIT_SCHEMA, AnyEvent, decode_commit, encode_commit
+from agentmem.events import COMMIT_SCHEMA, AnyEvent, encode_commit, read_commit
+
+log = structlog.get_logger(__name__)
 
 # Headers every commit carries ---------------------------------------------------------
 H_COMMIT_TYPE = "AgentMem-Commit-Type"
@@ -97,6 +100,9 @@ class StoredCommit:
     subject: str
     headers: dict[str, str]
     events: list[AnyEvent]
+    # Why some or all of this commit's events were left out: it was no commit, or held an
+    # event type this version does not know. ``None``: every event was read.
+    skipped: str | None = None
 
     @property
     def command_id(self) -> str:
@@ -105,6 +111,19 @@ class StoredCommit:
     @property
     def time_ms(self) -> int:
         return int(self.headers.get(H_TIME, "0"))
+
+
+def stored_commit(seq: int, subject: str, headers: dict[str, str], data: bytes) -> StoredCommit:
+    """A commit as the command and authentication paths read it: tolerantly. What this
+    version cannot read is left out and logged (as the projections park it); the commit
+    still counts, so the aggregate's version stays the subject's last sequence and state is
+    decided from the events that were understood."""
+    events, skipped = read_commit(data)
+    if skipped is not None:
+        log.warning(
+            "skipped a commit this version cannot read", subject=subject, seq=seq, reason=skipped
+        )
+    return StoredCommit(seq, subject, headers, events, skipped)
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,7 @@ class EventLog:
         self.timeout = timeout
         self._direct_get = f"$JS.API.DIRECT.GET.{stream}"
         self._batch_slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        self.skipped = 0  # commits read with events left out (see ``StoredCommit.skipped``)
 
     # Stream management ------------------------------------------------------------------
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -331,12 +351,12 @@ class EventLog:
             raise UnavailableError(
                 f"the event log refused a read: {status} {headers.get('Description', '')}"
             )
-        return StoredCommit(
-            seq=int(headers["Nats-Sequence"]),
-            subject=headers["Nats-Subject"],
-            headers=headers,
-            events=decode_commit(reply.data).events,
+        commit = stored_commit(
+            int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, reply.data
         )
+        if commit.skipped is not None:
+            self.skipped += 1
+        return commit
 
     async def get(self, seq: int) -> StoredCommit | None:
         return await self._get({"seq": seq})

@@ -347,3 +347,36 @@ def encode_commit(events: list[AnyEvent]) -> bytes:
 
 def decode_commit(payload: bytes) -> Commit:
     return _decoder.decode(payload)
+
+
+class _RawCommit(msgspec.Struct, frozen=True):
+    events: list[msgspec.Raw]
+
+
+_raw_decoder = msgspec.json.Decoder(_RawCommit)
+_event_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def read_commit(payload: bytes) -> tuple[list[AnyEvent], str | None]:
+    """A tolerant reader for the command and authentication paths: the events of a commit
+    that this version understands, and why anything was left out (``None`` when nothing was).
+
+    A message that is no commit at all gives no events; a commit holding an event type this
+    version does not know (a newer version's, in a rolling upgrade) gives the others.
+    """
+    try:
+        return _decoder.decode(payload).events, None
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    try:
+        raw = _raw_decoder.decode(payload).events
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return [], f"not a commit: {exc}"
+    events: list[AnyEvent] = []
+    problems: list[str] = []
+    for index, item in enumerate(raw):
+        try:
+            events.append(_event_decoder.decode(item))
+        except (msgspec.DecodeError, RecursionError) as exc:
+            problems.append(f"event {index}: {exc}")
+    return events, "; ".join(problems)

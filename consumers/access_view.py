@@ -52,8 +52,7 @@ from agentmem.consumers.aggregates import (
 from agentmem.consumers.lru import LRU
 from agentmem.domain.aggregate import Evolve, Loaded
 from agentmem.errors import UnavailableError
-from agentmem.eventlog import StoredCommit
-from agentmem.events import decode_commit
+from agentmem.eventlog import StoredCommit, stored_commit
 
 log = structlog.get_logger(__name__)
 
@@ -93,8 +92,6 @@ class AccessView:
         # Commits that arrived while their subject was being read from the log.
         self._arrived: dict[str, list[StoredCommit]] = {}
         self._fills: dict[str, asyncio.Future[Loaded[Any]]] = {}
-        # Subjects whose fill must not be kept: a commit arrived that this code cannot read.
-        self._spoiled: set[str] = set()
         self._epoch = 0  # bumped when the view starts over; a fill from before is dropped
         self._lease_until = 0.0
         self._inbox = nc.new_inbox()
@@ -154,10 +151,8 @@ class AccessView:
         finally:
             arrived = self._arrived.pop(subject, [])
             self._fills.pop(subject, None)
-            spoiled = subject in self._spoiled
-            self._spoiled.discard(subject)
         loaded = advance(loaded, evolve, [c for c in arrived if c.seq > loaded.version])
-        if epoch == self._epoch and not spoiled:
+        if epoch == self._epoch:
             self._entries.put(subject, Entry(loaded, evolve))
         return loaded
 
@@ -166,25 +161,16 @@ class AccessView:
         if meta.consumer != self.consumer:
             return  # a delivery of a consumer this view has left behind
         subject = msg.subject
-        try:
-            commit = StoredCommit(
-                meta.sequence.stream, subject, msg.headers or {}, decode_commit(msg.data).events
-            )
-        except Exception:
-            # Unreadable here (an event type newer than this code): forget the subject, so
-            # that the next request reads it from the log, and carry on.
-            log.exception("access view could not read a commit", subject=subject)
-            self._entries.pop(subject)
-            if subject in self._arrived:
-                self._spoiled.add(subject)
-        else:
-            entry = self._entries.get(subject, touch=False)
-            if entry is not None and commit.seq > entry.loaded.version:
-                loaded = advance(entry.loaded, entry.evolve, [commit])
-                self._entries.put(subject, Entry(loaded, entry.evolve))  # re-weighed
-            arrived = self._arrived.get(subject)
-            if arrived is not None:
-                arrived.append(commit)
+        # Read tolerantly, as the log's reads are: what this version cannot read is skipped
+        # (and logged), and the commit's other events still apply.
+        commit = stored_commit(meta.sequence.stream, subject, msg.headers or {}, msg.data)
+        entry = self._entries.get(subject, touch=False)
+        if entry is not None and commit.seq > entry.loaded.version:
+            loaded = advance(entry.loaded, entry.evolve, [commit])
+            self._entries.put(subject, Entry(loaded, entry.evolve))  # re-weighed
+        arrived = self._arrived.get(subject)
+        if arrived is not None:
+            arrived.append(commit)
         # Acked only once applied: the barrier reads this ack.
         with contextlib.suppress(Exception):
             await self.nc.publish(msg.reply, b"")

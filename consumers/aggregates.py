@@ -7,13 +7,18 @@ retry, never a wrong write.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import structlog
+
 from agentmem.coalesce import FreshCall
 from agentmem.consumers.lru import LRU, json_size
-from agentmem.domain.aggregate import Evolve, Loaded, Write, fold
+from agentmem.domain.aggregate import Evolve, Loaded, Write
 from agentmem.eventlog import Appended, EventLog, StoredCommit
+
+log = structlog.get_logger(__name__)
 
 S = TypeVar("S")
 
@@ -43,7 +48,18 @@ def advance(entry_loaded: Loaded[S], evolve: Evolve[S], commits: list[StoredComm
     state, version = entry_loaded.state, entry_loaded.version
     commands = dict(entry_loaded.commands)
     for commit in commits:
-        state = fold(evolve, state, commit.events)
+        for event in commit.events:
+            try:
+                state = evolve(state, event)
+            except Exception as exc:
+                # An event this aggregate cannot take (written on its subject by hand, or
+                # by another version): skipped and logged; the others decide the state.
+                log.warning(
+                    "skipped a commit this version cannot read",
+                    subject=commit.subject,
+                    seq=commit.seq,
+                    reason=f"{event.__class__.__name__}: {exc!r}",
+                )
         version = commit.seq
         if commit.command_id:
             commands[commit.command_id] = commit.seq
@@ -89,11 +105,55 @@ class AggregateCache:
             )
             self._store(write.subject, advance(entry.loaded, entry.evolve, [commit]), entry.evolve)
 
+    def version(self, subject: str) -> int | None:
+        """The version this cache holds for ``subject``, if it holds it."""
+        entry = self._entries.get(subject, touch=False)
+        return entry.loaded.version if entry is not None else None
+
     def forget(self, subject: str) -> None:
         self._entries.pop(subject)
 
     def _store(self, subject: str, loaded: Loaded[Any], evolve: Evolve[Any]) -> None:
         self._entries.put(subject, Entry(loaded, evolve))
+
+
+class SubjectLocks:
+    """One queue per aggregate subject: within a process, the commands that write to one
+    aggregate decide and append one at a time, instead of racing to a conflict."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    async def acquire(self, subject: str) -> bool:
+        """Wait for ``subject``'s turn; True when another writer held it (had to wait)."""
+        lock = self._locks.get(subject)
+        if lock is None:
+            lock = self._locks[subject] = asyncio.Lock()
+        users = self._users.get(subject, 0)
+        self._users[subject] = users + 1
+        waited = users > 0  # someone holds it or waits for it: this waits its turn
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave(subject)
+            raise
+        return waited
+
+    def release(self, subject: str) -> None:
+        self._locks[subject].release()
+        self._leave(subject)
+
+    def _leave(self, subject: str) -> None:
+        users = self._users[subject] - 1
+        if users:
+            self._users[subject] = users
+        else:  # nobody holds or waits: forget it, so that the table stays small
+            del self._users[subject]
+            del self._locks[subject]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class Loader:

@@ -8,6 +8,7 @@ the command id, retries after a concurrent write, and recognising a retried comm
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +29,7 @@ from agentmem.commands import (
     UpdateProfile,
     normalize_email,
 )
-from agentmem.consumers.aggregates import AggregateCache, AlreadyApplied, Loader
+from agentmem.consumers.aggregates import AggregateCache, AlreadyApplied, Loader, SubjectLocks
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import orgs, users
@@ -63,7 +64,9 @@ Confirm = Callable[[int], Awaitable[None]]
 
 S = TypeVar("S")
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 8
+# A retry after another process's write waits a random time up to this, doubled each try.
+RETRY_PAUSE_S = 0.002
 SECRET_FIELDS = frozenset({"password_hash", "password", "digest"})
 
 
@@ -118,6 +121,7 @@ class CommandRunner:
         # Without it (a test's stand-in for a process), nothing waits for access views.
         self.confirm = confirm
         self._subjects: dict[str, str] = {}
+        self.locks = SubjectLocks()
 
     async def subject_of(self, aggregate: str, aggregate_id: str) -> str:
         """An aggregate's subject names its org, which a command on it does not carry: the
@@ -238,32 +242,54 @@ class CommandRunner:
             principal=request.principal.audit_name() if request.principal else "anonymous",
             time_ms=time.time_ns() // 1_000_000,
         )
-        for attempt in range(MAX_ATTEMPTS):
-            loader = Loader(self.cache, command_id, refresh=attempt > 0)
-            try:
-                writes = await plan(loader, command_id)
-            except AlreadyApplied as applied:
-                return await self._outcome(applied.seq, command_id)
-            if not writes:
-                raise _NothingToWrite
-            try:
-                appended = await self.log.append(writes, meta)
-            except StaleVersion:
-                # Someone wrote first: reload (incrementally) and decide again. A command
-                # that named an expected_version fails then with `conflict`, in decide.
-                continue
-            except DuplicateCommand:
-                return await self._outcome_of_batch(writes, command_id)
-            if appended.duplicate:
-                return await self._outcome(appended.last_seq, command_id)
-            self.cache.record(writes, appended, command_id)
-            written = [(w.events, seq) for w, seq in zip(writes, appended.seqs, strict=True)]
-            await self._confirm(written)
-            return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
-        raise ConflictError(
-            "the aggregate kept changing under this command; retry it",
-            {"attempts": MAX_ATTEMPTS},
-        )
+        # The aggregate this command writes to, once known: its queue is held from then on
+        # until the append, so that this process's writers to it take turns.
+        held: str | None = None
+        try:
+            attempt, refresh = 0, False
+            while True:
+                loader = Loader(self.cache, command_id, refresh=refresh)
+                try:
+                    writes = await plan(loader, command_id)
+                except AlreadyApplied as applied:
+                    return await self._outcome(applied.seq, command_id)
+                if not writes:
+                    raise _NothingToWrite
+                if held is None and (key := queue_key(writes)) is not None:
+                    held = key
+                    if await self.locks.acquire(key):
+                        # Another writer of this process went first: decide again from
+                        # what it wrote (its append is in the cache), not counted as a try.
+                        refresh = False
+                        continue
+                try:
+                    appended = await self.log.append(writes, meta)
+                except StaleVersion:
+                    # Another process wrote first: reload (incrementally) and decide again,
+                    # after a pause with jitter, so that two processes do not meet again. A
+                    # command that named an expected_version fails then with `conflict`.
+                    attempt += 1
+                    if attempt >= MAX_ATTEMPTS:
+                        raise ConflictError(
+                            "the aggregate kept changing under this command; retry it",
+                            {"attempts": MAX_ATTEMPTS},
+                        ) from None
+                    await asyncio.sleep(random.uniform(0, RETRY_PAUSE_S * 2**attempt))
+                    refresh = True
+                    continue
+                except DuplicateCommand:
+                    return await self._outcome_of_batch(writes, command_id)
+                if appended.duplicate:
+                    return await self._outcome(appended.last_seq, command_id)
+                self.cache.record(writes, appended, command_id)
+                break
+        finally:
+            if held is not None:
+                self.locks.release(held)
+        # The queue is left before the wait for access views: it is for deciding only.
+        written = [(w.events, seq) for w, seq in zip(writes, appended.seqs, strict=True)]
+        await self._confirm(written)
+        return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
 
     async def _outcome(self, seq: int, command_id: str) -> Result:
         commits = await self.log.read_command(seq, command_id)
@@ -293,6 +319,12 @@ class CommandRunner:
     def _view(commits: list[StoredCommit]) -> Result:
         last = max(commits, key=lambda c: c.seq)
         return event_view(last.events[-1], last.seq), last.seq
+
+
+def queue_key(writes: list[Write]) -> str | None:
+    """The subject whose writers queue: the first one written at an expected version. Writes
+    at no expected version (a conversation's messages) never conflict, and need no queue."""
+    return next((w.subject for w in writes if w.expected is not None), None)
 
 
 def missing_org(org_id: str) -> NotFoundError:

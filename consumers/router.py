@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -202,6 +203,23 @@ class Dispatcher:
                 await msg.respond(payload)
 
     async def handle(self, subject: str, data: bytes, headers: dict[str, str]) -> bytes:
+        """Answer one request, and log one line for it at info: its subject, outcome (``ok``
+        or the error code), duration and principal; never a header's value or the body."""
+        started = time.perf_counter()
+        caller: list[Principal] = []
+        payload, outcome = await self._handle(subject, data, headers, caller)
+        log.info(
+            "request",
+            subject=subject,
+            outcome=outcome,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            principal=caller[0].user_id if caller else None,
+        )
+        return payload
+
+    async def _handle(
+        self, subject: str, data: bytes, headers: dict[str, str], caller: list[Principal]
+    ) -> tuple[bytes, str]:
         try:
             route = self.router.routes.get(subject)
             if route is None:
@@ -223,6 +241,8 @@ class Dispatcher:
             # Credentials first: a caller without them learns nothing, not even what is
             # wrong with the request.
             principal = None if route.public else await self.authenticate(headers)
+            if principal is not None:
+                caller.append(principal)
             if b"\\u0000" in data and _ESCAPED_NUL.search(data):
                 # Postgres text cannot hold U+0000: a projection would have to park the event.
                 raise validation.invalid(
@@ -240,15 +260,16 @@ class Dispatcher:
             except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes in a string
                 raise _describe(exc) from exc
             result, seq = await route.handler(Request(body, headers, subject, principal))
-            return envelope.ok(result, seq)
+            return envelope.ok(result, seq), "ok"
         except InvalidError as exc:
             # Every invalid reply says where and why; a check that names no field is about
             # the request as a whole.
             exc.details.setdefault("path", validation.BODY)
             exc.details.setdefault("reason", "invalid_value")
-            return envelope.error(exc)
+            return envelope.error(exc), exc.code
         except AgentMemError as exc:
-            return envelope.error(exc)
+            return envelope.error(exc), exc.code
         except Exception:
             log.exception("handler failed", subject=subject)
-            return envelope.error(InternalError("internal error; the service log has details"))
+            internal = InternalError("internal error; the service log has details")
+            return envelope.error(internal), internal.code

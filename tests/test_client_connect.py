@@ -1,0 +1,59 @@
+"""``Client.connect`` with no service (issue 15, item 8): one clear error, quickly, and no
+tracebacks; once connected, a restart of the server is reconnected to quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from agentmem import Client, UnavailableError
+from tests.support import NatsServer, free_port
+
+
+async def test_connect_to_a_dead_port_fails_fast_with_one_clear_error(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG), pytest.raises(UnavailableError) as raised:
+        await Client.connect(url)
+    assert time.monotonic() - started < 5
+    message = str(raised.value)
+    assert url in message
+    assert "is the AgentMem service running" in message
+    assert raised.value.details["url"] == url
+    # No traceback: not on stderr, not in the log.
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_restarted_server_is_reconnected_to_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        client = await Client.connect(server.url)
+        try:
+            with caplog.at_level(logging.DEBUG):
+                server.kill()
+                await asyncio.sleep(0.5)
+                server.start()
+                for _ in range(100):
+                    if client.nc.is_connected:
+                        break
+                    await asyncio.sleep(0.1)
+            assert client.nc.is_connected
+            await client.nc.flush(timeout=2)
+        finally:
+            await client.close()
+    finally:
+        server.stop()
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
