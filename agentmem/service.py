@@ -60,14 +60,14 @@ def make_private(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     for root, folders, files in os.walk(data_dir):
-        for name in folders:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o700)
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o600)
+        for names, mode in ((folders, 0o700), (files, 0o600)):
+            for name in names:
+                path = os.path.join(root, name)
+                # A file can go between the walk and the chmod (a nats-server that shares the
+                # folder writes and removes its own): nothing left to make private.
+                with contextlib.suppress(FileNotFoundError):
+                    if not os.path.islink(path):
+                        os.chmod(path, mode)
 
 
 class DataDirBusy(StartupError):

@@ -679,3 +679,23 @@ async def test_ctrl_c_to_the_whole_process_group_still_drains_cleanly(tmp_path: 
 )
 def test_urls_are_logged_without_any_credential(url: str, logged: str) -> None:
     assert redact_url(url) == logged
+
+
+def test_making_the_data_dir_private_outlives_a_file_that_goes_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nats-server sharing the folder removes its own files while the walk runs."""
+    from agentmem import service
+
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "msgs").write_text("x")
+    chmod = os.chmod
+
+    def vanishing(path: str, mode: int) -> None:
+        if str(path).endswith("msgs"):
+            raise FileNotFoundError(path)
+        chmod(path, mode)
+
+    monkeypatch.setattr(service.os, "chmod", vanishing)
+    service.make_private(tmp_path)
+    assert (tmp_path / "gone").stat().st_mode & 0o777 == 0o700
