@@ -47,7 +47,12 @@ Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$(?!\n)")]
 # parts of a credential (and starts the reserved "_global" token).
 NewId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9\-]{0,63}$(?!\n)")]
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability is not our job.
-Email = Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")]
+# Spaces around the address are allowed here and trimmed by normalize_email (protocol.md:
+# "Emails are trimmed and lower-cased"); the 254 counts the address with them.
+Email = Annotated[
+    str,
+    msgspec.Meta(max_length=254, pattern=r"^\s*[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}\s*$"),
+]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
 Version = Annotated[int, msgspec.Meta(ge=0)]
 Roles = Annotated[list[Role], msgspec.Meta(min_length=1, max_length=3)]

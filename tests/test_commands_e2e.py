@@ -843,3 +843,20 @@ async def test_a_retried_create_is_answered_even_by_a_process_with_a_stale_cache
     assert retried.ok, retried
     assert retried.seq == first.seq
     assert await stream_state(nc) == before
+
+
+async def test_an_email_with_surrounding_spaces_is_trimmed_everywhere(api: Client) -> None:
+    # protocol.md: "Emails are trimmed and lower-cased before they are stored or compared".
+    org_id = await new_org(api)
+    written = await api.register_user(org_id, "Bob", "  Bob@Example.com \n", PASSWORD)
+    assert written.fields["email"] == "bob@example.com"
+    user = await api.get_user_by_email(" BOB@example.com ")
+    assert user.user_id == written.fields["user_id"]
+    assert (await api.login("\tbob@example.com ", PASSWORD)).fields["user_id"] == user.user_id
+    with pytest.raises(ConflictError) as caught:
+        await new_user(api, org_id, " bob@EXAMPLE.com")
+    assert caught.value.details == {"email": "bob@example.com"}
+    # Spaces inside the address are still refused.
+    with pytest.raises(InvalidError) as refused:
+        await new_user(api, org_id, "bob smith@example.com")
+    assert refused.value.details["reason"] == "pattern"
