@@ -93,21 +93,99 @@ def _reason(what: str) -> Reason:
 
 def decode_error(
     exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError,
+    data: bytes | None = None,
 ) -> InvalidError:
-    """The ``invalid`` error for a request body that msgspec could not decode."""
+    """The ``invalid`` error for a request body that msgspec could not decode. Given the body
+    ``data``, a body that is not UTF-8 or that escapes half a surrogate pair is named as such
+    (msgspec says "JSON is malformed: invalid character" or "Input data was truncated")."""
+    if not isinstance(exc, msgspec.ValidationError) and data is not None:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return _not_utf8(bad.start)
+        lone = _lone_surrogate(data)
+        if lone is not None:
+            start, escape = lone
+            return invalid(
+                f"malformed JSON: {escape} at byte {start} is half of a UTF-16 surrogate pair "
+                "(a lone surrogate); a string must be valid Unicode: escape a character above "
+                "U+FFFF as a pair (\\ud83c\\udf4c) or send it as UTF-8",
+                _path_at(data, start),
+                "malformed_json",
+            )
     if isinstance(exc, UnicodeDecodeError):
-        return invalid(f"malformed JSON: text is not valid UTF-8 ({exc})", BODY, "not_utf8")
+        return _not_utf8(exc.start)
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
-        reason: Reason = "not_utf8" if "UTF-8" in text else "malformed_json"
-        return invalid(f"malformed JSON: {text}", BODY, reason)
+        if "UTF-8" in text:
+            return invalid(f"malformed JSON: {text}", BODY, "not_utf8")
+        return invalid(f"malformed JSON: {text}", BODY, "malformed_json")
     what, where = _where(text)
     member = _MEMBER.fullmatch(what)
     if member is not None:
         # The path names the field itself, missing or unknown, not the object around it.
-        reason = "missing_field" if member.group(1) == "missing required" else "unknown_field"
+        reason: Reason = (
+            "missing_field" if member.group(1) == "missing required" else "unknown_field"
+        )
         return invalid(f"invalid request: {text}", field(member.group(2), where), reason)
     return invalid(f"invalid request: {text}", where, _reason(what))
+
+
+def _not_utf8(start: int) -> InvalidError:
+    return invalid(
+        f"malformed JSON: Invalid UTF-8 encoded string (byte {start}); send the body as UTF-8",
+        BODY,
+        "not_utf8",
+    )
+
+
+# A \\uXXXX escape: a backslash that is not itself escaped (an even run of backslashes
+# before it), "u", four hex digits. Only looked for once a body has failed to decode.
+_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u([0-9A-Fa-f]{4}))")
+
+
+def _lone_surrogate(data: bytes) -> tuple[int, str] | None:
+    """Where the first \\uD800-\\uDFFF escape in ``data`` that is not half of a pair
+    starts, and the escape itself; None when there is none."""
+    pending: re.Match[bytes] | None = None  # a high surrogate waiting for its low half
+    for match in _ESCAPE.finditer(data):
+        unit = int(match.group(2), 16)
+        if pending is not None:
+            if 0xDC00 <= unit <= 0xDFFF and match.start(1) == pending.end(1):
+                pending = None
+                continue
+            break
+        if 0xD800 <= unit <= 0xDBFF:
+            pending = match
+        elif 0xDC00 <= unit <= 0xDFFF:
+            return match.start(1), match.group(1).decode()
+    if pending is not None:
+        return pending.start(1), pending.group(1).decode()
+    return None
+
+
+def _path_at(data: bytes, start: int) -> str:
+    """The JSON path of the string or key that holds the escape at byte ``start``, or ``$``:
+    the escape is swapped for an escaped NUL of the same length and looked for as one."""
+    marked = data[:start] + b"\\u0000" + data[start + 6 :]
+    if b"\\u0000" in data or b"\x00" in data:
+        return BODY
+    try:
+        path = nul_path(_without_lone_surrogates(marked))
+    except RecursionError:
+        return BODY
+    marker = path.find("\\u0000")
+    if marker != -1:  # a key: name the object that holds it
+        path = path[: path.rfind('["', 0, marker)]
+    return path
+
+
+def _without_lone_surrogates(data: bytes) -> bytes:
+    """``data`` with every lone surrogate escape replaced by \\ufffd, so that it decodes."""
+    while (lone := _lone_surrogate(data)) is not None:
+        start = lone[0]
+        data = data[:start] + b"\\ufffd" + data[start + 6 :]
+    return data
 
 
 def nul_path(data: bytes) -> str:

@@ -141,11 +141,11 @@ def check_headers(headers: dict[str, str]) -> None:
 
 
 def _describe(
-    exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError,
+    exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError, data: bytes
 ) -> InvalidError:
     """The ``invalid`` error for a body that does not decode: a message for a person, and
     ``details.path`` and ``details.reason`` for a program (agentmem/validation.py)."""
-    return validation.decode_error(exc)
+    return validation.decode_error(exc, data)
 
 
 class Dispatcher:
@@ -256,9 +256,9 @@ class Dispatcher:
             try:
                 body = route.decoder.decode(data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise _describe(exc) from exc
+                raise _describe(exc, data) from exc
             except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes in a string
-                raise _describe(exc) from exc
+                raise _describe(exc, data) from exc
             result, seq = await route.handler(Request(body, headers, subject, principal))
             return envelope.ok(result, seq), "ok"
         except InvalidError as exc:

@@ -462,8 +462,10 @@ MALFORMED = ["unterminated", "trailing", "not-json", "single-quotes", "bytes", "
 @pytest.mark.parametrize("kind", MALFORMED)
 @pytest.mark.parametrize("subject", SUBJECTS)
 async def test_malformed_json(bus: Bus, subject: str, kind: str) -> None:
+    # Bytes that are not UTF-8 are malformed JSON that protocol.md names as such.
+    reason = "not_utf8" if kind == "bytes" else "malformed_json"
     await assert_invalid(
-        bus, subject, malformed(subject, kind), "malformed JSON", path="$", reason="malformed_json"
+        bus, subject, malformed(subject, kind), "malformed JSON", path="$", reason=reason
     )
 
 
@@ -477,6 +479,59 @@ async def test_invalid_utf8_inside_a_string(bus: Bus, subject: str) -> None:
         payload = prefix + (b"," if prefix != b"{" else b"") + f'"{field}": "'.encode()
         payload += b'\xff\xfe"}'
     await assert_invalid(bus, subject, payload, "UTF-8", path="$", reason="not_utf8")
+
+
+# protocol.md documents one message for a body that is not UTF-8, wherever the bad bytes are.
+NOT_UTF8 = [
+    b'{"name": "caf\xe9"}',  # Latin-1
+    b"\xff\xfe{\x00}\x00",  # UTF-16 with its byte-order mark
+    b'{"name": "Acme"}\xff',  # after the document
+    b'{"name": "Acme", \xc3}',  # between members
+]
+
+
+@pytest.mark.parametrize("payload", NOT_UTF8)
+async def test_a_body_that_is_not_utf8_says_so_wherever_the_bytes_are(
+    bus: Bus, payload: bytes
+) -> None:
+    text = await assert_invalid(
+        bus,
+        CreateOrg.op.subject,
+        payload,
+        "malformed JSON: Invalid UTF-8 encoded string",
+        path="$",
+        reason="not_utf8",
+    )
+    assert "byte" in text
+
+
+LONE_SURROGATES = [
+    (b'{"name": "\\ud83c"}', "$.name"),  # a high surrogate at the end of a string
+    (b'{"name": "\\ud83cx"}', "$.name"),
+    (b'{"name": "a\\udc00b"}', "$.name"),  # a low surrogate alone
+    (b'{"name": "\\ud83c\\u0041"}', "$.name"),
+    (b'{"name": "Acme", "command_id": "\\ud800"}', "$.command_id"),
+]
+
+
+@pytest.mark.parametrize(("payload", "path"), LONE_SURROGATES)
+async def test_a_lone_surrogate_escape_is_named(bus: Bus, payload: bytes, path: str) -> None:
+    # It was "Input data was truncated", which sends a person looking for a cut message.
+    text = await assert_invalid(
+        bus, CreateOrg.op.subject, payload, "surrogate", path=path, reason="malformed_json"
+    )
+    assert "truncated" not in text
+
+
+async def test_a_surrogate_pair_and_an_escaped_backslash_are_fine(bus: Bus) -> None:
+    # A pair of escapes; a backslash, then "ud83c"; an escaped backslash before a pair.
+    for payload in [
+        b'{"name": "\\ud83c\\udf4c"}',
+        b'{"name": "\\\\ud83c"}',
+        b'{"name": "\\\\\\ud83c\\udf4c"}',
+    ]:
+        reply = envelope.decode(await bus.ask(CreateOrg.op.subject, payload))
+        assert reply.ok, (payload, reply)
 
 
 NOT_OBJECTS = [

@@ -213,3 +213,28 @@ def test_invalid_names_where_and_why_and_keeps_other_facts() -> None:
     assert error.code == "invalid"
     assert error.message == "too big"
     assert error.details == {"path": "$.state", "reason": "too_large", "size": 9, "max_bytes": 8}
+
+
+@pytest.mark.parametrize(
+    ("payload", "path", "reason", "mention"),
+    [
+        (b'{"name": "\\ud83c"}', "$.name", "malformed_json", "\\ud83c at byte 10"),
+        (b'{"tags": ["a", "\\udc00"]}', "$.tags[1]", "malformed_json", "surrogate"),
+        (b'{"by_key": {"\\ud800": {"x": 1}}}', "$.by_key", "malformed_json", "lone"),
+        (b'{"name": "\\ud800\\u0041"}', "$.name", "malformed_json", "surrogate"),
+        (b'{"name": "\\ud800"', "$", "malformed_json", "surrogate"),  # and cut short
+        (b"\xff\xfe{}", "$", "not_utf8", "Invalid UTF-8 encoded string (byte 0)"),
+        (b'{"name": "caf\xe9"}', "$", "not_utf8", "Invalid UTF-8 encoded string (byte 13)"),
+    ],
+)
+def test_given_the_body_a_lone_surrogate_or_bad_utf8_is_named(
+    payload: bytes, path: str, reason: str, mention: str
+) -> None:
+    try:
+        msgspec.json.Decoder(Sample).decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        error = decode_error(exc, payload)
+    else:
+        raise AssertionError(f"{payload!r} decoded")
+    assert error.details == {"path": path, "reason": reason}, error.message
+    assert mention in error.message, error.message
