@@ -115,6 +115,17 @@ def test_valid_object_schemas_pass(schema: dict[str, Any]) -> None:
             "5 is not valid",
         ),
         ({"type": "object", "minProperties": -1}, "$.parameters.minProperties", "less than"),
+        # A member name that is not an identifier, written as protocol.md's paths are.
+        (
+            {"type": "object", "properties": {"odd name": {"type": "strange"}}},
+            '$.parameters.properties["odd name"].type',
+            "'strange' is not valid",
+        ),
+        (
+            {"type": "object", "properties": {"a-b": {"items": [{"type": "string"}]}}},
+            '$.parameters.properties["a-b"].items',
+            "is not of type",
+        ),
     ],
 )
 def test_an_invalid_schema_names_the_error_and_where(
@@ -134,6 +145,16 @@ def test_a_schema_of_anything_but_an_object_is_invalid(schema: dict[str, Any]) -
     with pytest.raises(InvalidError, match='"type": "object"') as refused:
         tools.check_parameters(schema)
     assert refused.value.details["path"] == "$.parameters.type"
+    # protocol.md: a schema that is not valid carries details.schema_error.
+    assert '"type": "object"' in refused.value.details["schema_error"]
+
+
+def test_a_shape_limit_under_an_odd_member_name_has_a_protocol_path() -> None:
+    schema = {"type": "object", "properties": {"a b": {"type": ["string"] * 8}}}
+    with pytest.raises(InvalidError) as refused:
+        tools.check_parameters(schema)
+    assert refused.value.details["path"] == '$.parameters.properties["a b"].type'
+    assert refused.value.details["reason"] == "too_long"
 
 
 def test_a_huge_or_deep_schema_is_invalid() -> None:

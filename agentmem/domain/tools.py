@@ -11,7 +11,7 @@ schema: the shape of arguments that function-calling models accept.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from agentmem.events import (
     ToolUpdated,
 )
 from agentmem.validation import Reason, invalid
+from agentmem.validation import field as member_path
 
 # A schema travels with every prompt that offers the tool; requests are capped at 256 KiB.
 MAX_PARAMETERS_BYTES = 64 * 1024
@@ -129,14 +130,20 @@ Trail = tuple["Trail", str | int] | None
 
 
 def _json_path(trail: Trail) -> str:
-    """Where ``trail`` leads, as jsonschema writes it (``$.parameters.properties.x.type``)."""
+    """Where ``trail`` leads, as a JSON path of protocol.md (``$.parameters.properties.x.type``,
+    ``$.parameters.properties["odd name"]``)."""
     keys: list[str | int] = []
     while trail is not None:
         trail, key = trail
         keys.append(key)
-    return "$.parameters" + "".join(
-        f"[{k}]" if isinstance(k, int) else f".{k}" for k in reversed(keys)
-    )
+    return _path_of(reversed(keys))
+
+
+def _path_of(keys: Iterable[str | int]) -> str:
+    path = "$.parameters"
+    for key in keys:
+        path = f"{path}[{key}]" if isinstance(key, int) else member_path(key, path)
+    return path
 
 
 def _refuse(trail: Trail, why: str, reason: Reason, **limits: int) -> InvalidError:
@@ -250,7 +257,7 @@ def check_schema(parameters: Mapping[str, Any]) -> None:
     try:
         Draft202012Validator.check_schema(parameters)
     except SchemaError as exc:
-        path = exc.json_path.replace("$", "$.parameters", 1)
+        path = _path_of(exc.absolute_path)
         raise invalid(
             f"parameters is not a valid JSON Schema (Draft 2020-12): {exc.message} at {path}",
             path,
@@ -258,7 +265,12 @@ def check_schema(parameters: Mapping[str, Any]) -> None:
             schema_error=exc.message,
         ) from None
     except RecursionError:  # bounded by the depth check; kept as a last line of defence
-        raise invalid("parameters nests too deeply to check", "$.parameters", "too_deep") from None
+        raise invalid(
+            "parameters nests too deeply to check",
+            "$.parameters",
+            "too_deep",
+            schema_error="nests too deeply to check",
+        ) from None
     check_describes_object(parameters)
 
 
@@ -270,6 +282,7 @@ def check_describes_object(parameters: Mapping[str, Any]) -> None:
             "$.parameters.type",
             "invalid_value",
             found=parameters.get("type"),
+            schema_error='the top level of a tool\'s parameters must have "type": "object"',
         )
 
 
