@@ -27,7 +27,6 @@ from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, orgs
 from agentmem.domain.access import Need
 from agentmem.domain.aggregate import Loaded, Write
-from agentmem.errors import NotFoundError
 from agentmem.projections import agents as agents_read
 from agentmem.queries import GetAgent, GetAgentState, ListAgents
 from agentmem.store import Row
@@ -168,7 +167,7 @@ def query_router(parts: Parts) -> Router:
             request.caller,
             request.need,
             org_id,
-            NotFoundError(f"organization {org_id} does not exist"),
+            missing_org(org_id),
         )
         seq = await freshness.wait(PROJECTION, query.after_seq)
         rows = await agents_read.list_agents(

@@ -85,18 +85,24 @@ def readable(request: Request[Any], row: Row | None, missing: str) -> Row:
     return row
 
 
+def missing_org(org_id: str) -> NotFoundError:
+    """The not_found for a missing organization, and for another's: one answer, the same as
+    the commands' (``consumers.commands.missing_org``)."""
+    return NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id})
+
+
 def query_router(parts: Parts) -> Router:
     router = Router()
     store, freshness = parts.store, parts.freshness
 
     @router.handle(GetOrg)
     async def get_org(request: Request[GetOrg]) -> Result:
-        missing = f"organization {request.body.org_id} does not exist"
-        authorize(request.caller, request.need, request.body.org_id, NotFoundError(missing))
+        missing = missing_org(request.body.org_id)
+        authorize(request.caller, request.need, request.body.org_id, missing)
         seq = await freshness.wait("orgs", request.body.after_seq)
         row = await orgs.get_org(store, request.body.org_id)
         if row is None:
-            raise NotFoundError(missing)
+            raise missing
         return row, seq
 
     @router.handle(ListOrgs)
@@ -137,8 +143,7 @@ def query_router(parts: Parts) -> Router:
     async def list_users(request: Request[ListUsers]) -> Result:
         query = request.body
         org_id = query.org_id or request.caller.org_id
-        missing = f"organization {org_id} does not exist"
-        authorize(request.caller, request.need, org_id, NotFoundError(missing))
+        authorize(request.caller, request.need, org_id, missing_org(org_id))
         seq = await freshness.wait("users", query.after_seq)
         rows = await users.list_users(store, org_id, decode_cursor(query.cursor), query.limit + 1)
         return page(rows, query.limit, "user_id"), seq

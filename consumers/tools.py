@@ -201,8 +201,7 @@ def query_router(parts: Parts) -> Router:
     async def list_tools(request: Request[ListTools]) -> Result:
         query = request.body
         org_id = query.org_id or request.caller.org_id
-        missing = NotFoundError(f"organization {org_id} does not exist")
-        authorize(request.caller, request.need, org_id, missing)
+        authorize(request.caller, request.need, org_id, missing_org(org_id))
         seq = await freshness.wait(PROJECTION, query.after_seq)
         rows = await tools_read.list_tools(
             store,

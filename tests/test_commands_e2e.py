@@ -860,3 +860,25 @@ async def test_an_email_with_surrounding_spaces_is_trimmed_everywhere(api: Clien
     with pytest.raises(InvalidError) as refused:
         await new_user(api, org_id, "bob smith@example.com")
     assert refused.value.details["reason"] == "pattern"
+
+
+async def test_every_list_answers_another_orgs_id_as_a_missing_one(api: Client) -> None:
+    # An org admin of one organization lists in another, and in one that does not exist:
+    # every list answers both alike, as protocol.md says ("with details.org_id").
+    mine, theirs = await new_org(api), await new_org(api, "Other")
+    await api.register_user(mine, "Ann", "ann@example.com", PASSWORD, roles=["admin"])
+    token = str((await api.login("ann@example.com", PASSWORD)).fields["token"])
+    ann = Client(api.nc, token)
+    lists = ["user.list", "agent.list", "tool.list", "memory.list"]
+    answers: dict[tuple[str, str], tuple[str, str, dict[str, Any]]] = {}
+    for name in lists:
+        for org_id in (theirs, "no-such-org"):
+            with pytest.raises(NotFoundError) as caught:
+                await ann.request(f"agentmem.q.{name}", {"org_id": org_id})
+            answers[name, org_id] = (
+                caught.value.code,
+                str(caught.value).replace(org_id, "<org_id>"),
+                {k: str(v).replace(org_id, "<org_id>") for k, v in caught.value.details.items()},
+            )
+    expected = ("not_found", "organization <org_id> does not exist", {"org_id": "<org_id>"})
+    assert answers == {key: expected for key in answers}
