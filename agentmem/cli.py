@@ -261,6 +261,18 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
     for name, p in report["projections"].items():
         lag = "-" if p["lag"] is None else f"{p['lag']:,}"
         print(f"{name:<12} {p['checkpoint']:>12,} {lag:>10} {p['parked']:>8,}")
+    behind = [
+        name
+        for name, p in report["projections"].items()
+        if p["lag"] == 0 and p["checkpoint"] < stream["last_seq"]
+    ]
+    if behind:
+        # Otherwise it reads as a projection that is stuck.
+        print(
+            f"* {', '.join(behind)}: checkpoint behind the last seq with lag 0, and up to "
+            "date: a projection reads only its own subjects, so its checkpoint is the seq of "
+            "the last event it read (0: none yet)"
+        )
     for parked in report["parked"]:
         print(
             f"parked: {parked['projection']} seq {parked['seq']} {parked['subject']}: "

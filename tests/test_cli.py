@@ -432,6 +432,14 @@ async def test_status_against_a_running_and_a_stopped_service(
             assert {name: (cp, lag) for name, (cp, lag, _) in table.items()} == {
                 name: (cp, "0") for name, cp in checkpoints.items()
             }
+            # A checkpoint behind the last seq with lag 0 is explained, naming which ones.
+            behind = sorted(name for name, cp in checkpoints.items() if cp < last_seq)
+            assert behind, checkpoints  # agents, tools, ...: nothing of theirs was written
+            note = [line for line in ran.stdout.splitlines() if line.startswith("* ")]
+            assert len(note) == 1, ran.stdout
+            assert "reads only its own subjects" in note[0], note
+            assert all(name in note[0] for name in behind), (behind, note)
+            assert not any(name in note[0] for name in set(checkpoints) - set(behind)), note
 
         # The running service answers, asked with the administrator's key that the first
         # start saved in the data dir: nothing else needed.
