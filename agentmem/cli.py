@@ -15,15 +15,24 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import __version__, bootstrap
+from agentmem import __version__, bootstrap, subjects
 from agentmem.auth import tokens
 from agentmem.config import Settings, StartupError, parse_roles
 from agentmem.embedded import EmbeddedNats, client_url
+from agentmem.errors import AgentMemError
 from agentmem.logging import configure
 from agentmem.queries import Status
-from agentmem.service import Service, StoreBusy, lock_store
+from agentmem.service import (
+    Service,
+    StoreBusy,
+    lock_data_dir,
+    lock_store,
+    redact_url,
+    running_service,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +125,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _find_service(settings: Settings) -> None:
+    """For status, admin and replay: the NATS server (and, unless given, the store) of the
+    serve running on the data dir, as it recorded them there; left as they are when no NATS
+    server is named (--nats, AGENTMEM_NATS) and no serve runs on the data dir."""
+    if settings.nats_url:
+        return
+    recorded = running_service(settings.data_dir)
+    if recorded is None:
+        return
+    settings.nats_url = recorded["nats"]
+    if settings.store is None and isinstance(recorded.get("store"), str):
+        settings.store = recorded["store"]
+
+
 async def _serve(settings: Settings) -> int:
     service = Service(settings)
     stop = asyncio.Event()
@@ -177,25 +200,78 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
     """The running service's NATS server if there is one, else the embedded one, started
     for as long as this command needs it."""
     if settings.nats_url:
+        _where["nats"] = redact_url(settings.nats_url)
         nc = await nats.connect(settings.nats_servers, **_ONE_TRY)
+        await _check_stream(nc)
         yield nc
         await nc.close()
         return
     host, port = settings.listen_host_port
+    url = client_url(settings.data_dir, host, port)
+    _where["nats"] = redact_url(url)
     try:
-        nc = await nats.connect(client_url(settings.data_dir, host, port), **_ONE_TRY)
+        nc = await nats.connect(url, **_ONE_TRY)
     except (nats.errors.NoServersError, OSError):
-        embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
-        await embedded.start()
+        # No server there: run the data dir's own for as long as this command needs it,
+        # holding the data dir as serve does (a serve that starts meanwhile is refused).
+        lock = lock_data_dir(settings.data_dir)
         try:
-            nc = await nats.connect(embedded.url, allow_reconnect=False)
-            yield nc
-            await nc.close()
+            embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
+            await embedded.start()
+            try:
+                nc = await nats.connect(embedded.url, allow_reconnect=False)
+                yield nc
+                await nc.close()
+            finally:
+                await embedded.stop()
         finally:
-            await embedded.stop()
+            lock.close()
         return
+    await _check_stream(nc)
     yield nc
     await nc.close()
+
+
+async def _check_stream(nc: NATS) -> None:
+    """A server that AgentMem runs on has its event stream: say so now if this one does
+    not, rather than as whatever the first read happens to meet."""
+    try:
+        await nc.jetstream().stream_info(subjects.STREAM_NAME)
+    except nats.js.errors.NotFoundError:
+        await nc.close()
+        raise
+    except Exception:
+        pass  # JetStream off, no answer: the command meets it and says so
+
+
+# The NATS server a command reached or tried, for its one line when it fails.
+_where: dict[str, str] = {}
+
+
+def _one_line(exc: BaseException, settings: Settings) -> str:
+    """What went wrong, in one line, for a command other than serve."""
+    url = _where.get("nats") or redact_url(settings.nats_url or settings.listen)
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(
+        isinstance(e, nats.js.errors.NotFoundError) or "stream not found" in str(e) for e in chain
+    ):
+        return (
+            f"the NATS server at {url} has no AgentMem event stream ({subjects.STREAM_NAME}): "
+            "it is not the one an AgentMem service uses. Name the running service's data dir "
+            "(--data-dir, AGENTMEM_DATA_DIR) or its NATS server (--nats, AGENTMEM_NATS)"
+        )
+    if isinstance(exc, nats.errors.NoServersError | ConnectionError):
+        return f"no NATS server answers at {url}; is the service running (agentmem serve)?"
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return f"the NATS server at {url} did not answer in time"
+    if isinstance(exc, AgentMemError):
+        return exc.message
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'} (NATS server {url})"
 
 
 def _status_token(settings: Settings, token_file: str | None) -> str | None:
@@ -366,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
             # Whatever the service writes is private to its user (docs/security.md).
             os.umask(0o077)
             return asyncio.run(_serve(settings))
+    except StartupError as exc:
+        print(f"agentmem: {exc}", file=sys.stderr)
+        return 2
+    except nats.errors.NoServersError:
+        print(f"agentmem: no NATS server answers at {settings.nats_url}", file=sys.stderr)
+        return 2
+    # The other commands find the running service from the data dir, and fail in one line.
+    _find_service(settings)
+    try:
         if args.command == "status":
             return asyncio.run(
                 _status(settings, args.json, _status_token(settings, args.token_file))
@@ -376,9 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"agentmem: {exc}", file=sys.stderr)
         return 2
-    except nats.errors.NoServersError:
-        print(f"agentmem: no NATS server answers at {settings.nats_url}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print(f"agentmem {args.command}: {_one_line(exc, settings)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -75,6 +76,44 @@ class DataDirBusy(StartupError):
 
 
 DATA_DIR_LOCK = "agentmem.lock"
+# Where a running serve says what it serves, so that the other commands (status, admin,
+# replay) find it from the data dir alone: {"pid", "nats", "store"}. Private like the rest
+# of the data dir (the URL holds the embedded server's credentials when it listens beyond
+# loopback); removed when serve stops, and trusted only while the data dir is locked.
+SERVICE_FILE = "service.json"
+
+
+def record_service(data_dir: Path, nats_url: str, store_url: str) -> Path:
+    path = data_dir / SERVICE_FILE
+    text = json.dumps({"pid": os.getpid(), "nats": nats_url, "store": store_url})
+    temporary = path.with_suffix(".tmp")
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def running_service(data_dir: Path) -> dict[str, Any] | None:
+    """What the serve that holds ``data_dir`` recorded (``record_service``), or None when no
+    serve holds it (a file left by one that was killed is stale, and ignored)."""
+    path = data_dir / SERVICE_FILE
+    lock = data_dir / DATA_DIR_LOCK
+    if not path.is_file() or not lock.is_file():
+        return None
+    try:
+        with open(lock) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # held: a serve is running on this data dir
+            else:
+                return None
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("nats"), str):
+        return None
+    return recorded
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
@@ -216,6 +255,7 @@ class Service:
         self.access: AccessView | None = None
         self._lock: IO[str] | None = None
         self._data_lock: IO[str] | None = None
+        self._service_file: Path | None = None
         self.stopped = asyncio.Event()
         # Set when the process cannot go on (its embedded nats-server died): ``failure``
         # says why, and ``agentmem serve`` stops and exits non-zero.
@@ -267,6 +307,10 @@ class Service:
         )
         log_ = EventLog(self.nc)
         await ensure_stream(log_, settings.replicas)
+        if self.embedded is not None:
+            self._service_file = record_service(
+                settings.data_dir, self.embedded.url, settings.store_url
+            )
         key = await bootstrap.ensure_admin(log_, settings.password_cost)
         if key is not None:
             path = bootstrap.save_key(settings.data_dir, key)
@@ -386,6 +430,9 @@ class Service:
                     await self.nc.drain()
         if self.store:
             await self.store.close()
+        if self._service_file is not None:
+            with contextlib.suppress(OSError):
+                self._service_file.unlink()
         if self.embedded:
             await self.embedded.stop()
         if self._lock:

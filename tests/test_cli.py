@@ -41,7 +41,7 @@ from tests.realparts import (
     status,
     wait_caught_up,
 )
-from tests.support import free_port
+from tests.support import NatsServer, free_port
 
 
 async def test_help_and_version(tmp_path: Path) -> None:
@@ -707,3 +707,55 @@ def test_making_the_data_dir_private_outlives_a_file_that_goes_meanwhile(
     monkeypatch.setattr(service.os, "chmod", vanishing)
     service.make_private(tmp_path)
     assert (tmp_path / "gone").stat().st_mode & 0o777 == 0o700
+
+
+async def test_the_other_commands_find_the_running_service_from_the_data_dir(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    # Another NATS server, without AgentMem's stream, on the port the commands assumed
+    # (AGENTMEM_LISTEN stands for 127.0.0.1:4222 here): status, admin create-key and replay
+    # crashed with tracebacks ("stream not found"). They now find the serve running on the
+    # data dir from what it recorded there, and any failure is one line.
+    stray = NatsServer(tmp_path / "stray")
+    stray.start()
+    try:
+        port = free_port()
+        data = tmp_path / "data"
+        serve = new_serve(
+            serves, tmp_path, ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+        )
+        nc = await serve.connect(f"nats://127.0.0.1:{port}")
+        await nc.close()
+        assert json.loads((data / "service.json").read_text())["pid"] == serve.pid
+        assert stat.S_IMODE((data / "service.json").stat().st_mode) == 0o600
+        env = clean_env(AGENTMEM_LISTEN=f"127.0.0.1:{stray.port}", AGENTMEM_DATA_DIR=str(data))
+        ran = await run_cli("status", env=env, cwd=tmp_path)
+        assert ran.returncode == 0, ran
+        assert parse_status(ran.stdout)[0] > 0
+        made = await run_cli("admin", "create-key", "--name", "found", env=env, cwd=tmp_path)
+        assert made.returncode == 0, made
+        assert made.stdout.strip().startswith("amk_")
+        into = tmp_path / "rebuilt.db"
+        ran = await run_cli("replay", "--all", "--into", str(into), env=env, cwd=tmp_path)
+        assert ran.returncode == 0, ran
+        assert "orgs:" in ran.stdout
+
+        # A data dir with no serve running: the stray server is reached, and refused in
+        # one line each, with no traceback.
+        other = clean_env(
+            AGENTMEM_LISTEN=f"127.0.0.1:{stray.port}", AGENTMEM_DATA_DIR=str(tmp_path / "none")
+        )
+        for args in (["status"], ["admin", "create-key"], ["replay", "--all", "--into", str(into)]):
+            ran = await run_cli(*args, env=other, cwd=tmp_path)
+            assert ran.returncode != 0, (args, ran)
+            assert "Traceback" not in ran.stderr, (args, ran.stderr)
+            lines = ran.stderr.strip().splitlines()
+            assert len(lines) == 1, (args, ran.stderr)
+            assert "no AgentMem event stream" in lines[0], (args, lines)
+            assert f"127.0.0.1:{stray.port}" in lines[0], (args, lines)
+
+        # Once serve stops, its record goes: the commands no longer trust it.
+        assert serve.stop() == 0
+        assert not (data / "service.json").exists()
+    finally:
+        stray.stop()
