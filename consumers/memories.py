@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -254,29 +255,23 @@ def command_router(parts: Parts) -> Router:
         data, seq = await runner.run(request, plan)
         return {**data, "deduplicated": held[0]}, seq
 
-    @router.handle(ArchiveMemory)
-    async def archive_memory(request: Request[ArchiveMemory]) -> Result:
-        async def plan(loader: Loader, command_id: str) -> list[Write]:
-            loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
-            return memories.archive(loaded, request.body)
+    def on_one_memory(
+        decide: Callable[[Loaded[memories.Slot], Any], list[Write]],
+    ) -> Callable[[Request[Any]], Awaitable[Result]]:
+        """The handler of a command that decides on the one memory it names."""
 
-        return await runner.run(request, plan)
+        async def handle(request: Request[Any]) -> Result:
+            async def plan(loader: Loader, command_id: str) -> list[Write]:
+                loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
+                return decide(loaded, request.body)
 
-    @router.handle(RestoreMemory)
-    async def restore_memory(request: Request[RestoreMemory]) -> Result:
-        async def plan(loader: Loader, command_id: str) -> list[Write]:
-            loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
-            return memories.restore(loaded, request.body)
+            return await runner.run(request, plan)
 
-        return await runner.run(request, plan)
+        return handle
 
-    @router.handle(DeleteMemory)
-    async def delete_memory(request: Request[DeleteMemory]) -> Result:
-        async def plan(loader: Loader, command_id: str) -> list[Write]:
-            loaded, _ = await load_memory(runner, loader, request, request.body.memory_id)
-            return memories.delete(loaded, request.body)
-
-        return await runner.run(request, plan)
+    router.handle(ArchiveMemory)(on_one_memory(memories.archive))
+    router.handle(RestoreMemory)(on_one_memory(memories.restore))
+    router.handle(DeleteMemory)(on_one_memory(memories.delete))
 
     @router.handle(DeleteMemoryScope)
     async def delete_scope(request: Request[DeleteMemoryScope]) -> Result:
