@@ -70,6 +70,34 @@ async def module_store_url(
         yield str(tmp_path_factory.mktemp("store") / "agentmem.db")
 
 
+# One deployment for a whole module (per store): for modules of many single-request cases,
+# where a fresh server per case would cost more than all the cases together.
+@pytest.fixture(scope="module")
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
+) -> Iterator[NatsServer]:
+    # A log of its own per store, so each store's run starts from an empty deployment.
+    started = NatsServer(tmp_path_factory.mktemp(f"nats-{module_store_kind}"))
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def module_data_dir(tmp_path_factory: pytest.TempPathFactory, module_store_kind: str) -> Path:
+    return tmp_path_factory.mktemp(f"data-{module_store_kind}")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_service(
+    module_server: NatsServer, module_data_dir: Path, module_store_url: str
+) -> AsyncIterator[Service]:
+    running = Service(settings_for(module_server, module_data_dir, module_store_url))
+    await running.start()
+    yield running
+    await running.stop()
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats")

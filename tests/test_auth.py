@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from agentmem import Client, envelope, subjects
 from agentmem.commands import RenameOrg
 from agentmem.errors import ForbiddenError, NotFoundError, UnauthenticatedError
 from agentmem.service import Service
-from tests.conftest import admin_key, settings_for
+from tests.conftest import admin_key
 from tests.support import NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -37,43 +37,17 @@ def email() -> str:
     return f"person{next(_emails)}@example.com"
 
 
-# One service for the module -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
-) -> Iterator[NatsServer]:
-    # A log of its own per store, so each store's run starts from an empty deployment.
-    started = NatsServer(tmp_path_factory.mktemp(f"auth-{module_store_kind}") / "nats")
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, module_store_kind: str) -> Path:
-    return tmp_path_factory.mktemp(f"auth-data-{module_store_kind}")
-
-
+# One service for the module (module_service in conftest.py) ----------------------------------
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(
-    server: NatsServer, data_dir: Path, module_store_url: str
-) -> AsyncIterator[Service]:
-    running = Service(settings_for(server, data_dir, module_store_url))
-    await running.start()
-    yield running
-    await running.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def nc(service: Service, server: NatsServer) -> AsyncIterator[NATS]:
-    connection = await nats.connect(server.url)
+async def nc(module_service: Service, module_server: NatsServer) -> AsyncIterator[NATS]:
+    connection = await nats.connect(module_server.url)
     yield connection
     await connection.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def root(nc: NATS, data_dir: Path) -> Client:
-    return Client(nc, admin_key(data_dir))
+async def root(nc: NATS, module_data_dir: Path) -> Client:
+    return Client(nc, admin_key(module_data_dir))
 
 
 @dataclass
@@ -194,7 +168,7 @@ async def test_a_revoked_key_is_refused_by_the_very_next_request(world: World) -
 
 
 async def test_a_revoked_key_is_refused_at_once_by_another_service_process(
-    world: World, nc: NATS, server: NatsServer, tmp_path: Path
+    world: World, nc: NATS, module_server: NatsServer, tmp_path: Path
 ) -> None:
     """A second process (its own caches) that accepted a key refuses it right after the
     first process acknowledged the revocation."""
@@ -317,7 +291,7 @@ async def test_history_says_who_did_what_and_when(world: World) -> None:
 
 
 async def test_replay_reproduces_users_keys_and_roles(
-    world: World, service: Service, nc: NATS, tmp_path: Path
+    world: World, module_service: Service, nc: NATS, tmp_path: Path
 ) -> None:
     """Credentials live in the log: a replay rebuilds the same users, roles and keys, and
     authentication (which reads the log) does not depend on any table."""
@@ -327,8 +301,8 @@ async def test_replay_reproduces_users_keys_and_roles(
 
     users = BY_NAME["users"]
     await world.root.list_users(after_seq=await log_end(nc))  # the live table caught up
-    assert service.store is not None
-    live = {t.name: await service.store.dump(t) for t in users.tables}
+    assert module_service.store is not None
+    live = {t.name: await module_service.store.dump(t) for t in users.tables}
     rebuilt_store = await open_store(str(tmp_path / "rebuilt.db"))
     try:
         await replay(nc, rebuilt_store, users)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -56,7 +55,6 @@ from agentmem.commands import (
     UpdateProfile,
     UpdateTool,
 )
-from agentmem.config import Settings
 from agentmem.consumers.queries import encode_cursor
 from agentmem.consumers.router import MAX_HEADER_BYTES, MAX_REQUEST_BYTES
 from agentmem.domain.agents import MAX_STATE_BYTES
@@ -99,7 +97,7 @@ from agentmem.queries import (
 from agentmem.service import Service
 from tests.conftest import admin_key
 from tests.realparts import bearer
-from tests.support import TEST_PASSWORD_COST, NatsServer
+from tests.support import NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 STORES = ("sqlite", "postgres")
@@ -278,34 +276,7 @@ def first_string_field(subject: str) -> str | None:
     return None
 
 
-# The shared server and service -------------------------------------------------------
-@pytest.fixture(scope="module")
-def shared_server(
-    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
-) -> Iterator[NatsServer]:
-    # A log of its own per store, so each store's run starts from an empty deployment.
-    server = NatsServer(tmp_path_factory.mktemp(f"bad-input-{module_store_kind}") / "nats")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_service(
-    shared_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, module_store_url: str
-) -> AsyncIterator[Service]:
-    data_dir: Path = tmp_path_factory.mktemp("bad-input-data")
-    settings = Settings()
-    settings.nats_url = shared_server.url
-    settings.data_dir = data_dir
-    settings.store = module_store_url
-    settings.password_cost = TEST_PASSWORD_COST
-    service = Service(settings)
-    await service.start()
-    yield service
-    await service.stop()
-
-
+# The shared service (module_service in conftest.py), over NATS -------------------------------
 @dataclass(frozen=True)
 class Bus:
     """A NATS connection, and the service administrator's key that the first start of the
@@ -328,9 +299,9 @@ class Bus:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bus(shared_service: Service, shared_server: NatsServer) -> AsyncIterator[Bus]:
-    connection = await nats.connect(shared_server.url)
-    yield Bus(connection, admin_key(shared_service.settings.data_dir))
+async def bus(module_service: Service, module_server: NatsServer) -> AsyncIterator[Bus]:
+    connection = await nats.connect(module_server.url)
+    yield Bus(connection, admin_key(module_service.settings.data_dir))
     await connection.close()
 
 
@@ -416,9 +387,9 @@ def encode(body: Any) -> bytes:
 
 
 # The tables themselves ---------------------------------------------------------------
-async def test_the_tables_here_cover_every_route(shared_service: Service) -> None:
-    assert shared_service.dispatcher is not None
-    routes = shared_service.dispatcher.router.routes
+async def test_the_tables_here_cover_every_route(module_service: Service) -> None:
+    assert module_service.dispatcher is not None
+    routes = module_service.dispatcher.router.routes
     assert set(routes) == set(REQUEST_TYPES)
     untested = set(REQUEST_TYPES) - set(VALID)
     assert not untested, f"add these subjects to the tables of this module: {sorted(untested)}"

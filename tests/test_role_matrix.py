@@ -41,7 +41,7 @@ from agentmem.domain.access import Need
 from agentmem.events import Role
 from agentmem.protocol import Operation, by_subject
 from agentmem.service import Service
-from tests.conftest import admin_key, settings_for
+from tests.conftest import admin_key
 from tests.realparts import bearer
 from tests.support import NatsServer
 
@@ -750,36 +750,13 @@ def expected(row: Row, role: str) -> str:
 CELLS = [pytest.param(row, role, id=f"{row.name}-{role}") for row in ROWS for role in ROLES]
 
 
-# One service per store ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, module_store_kind: str
-) -> Iterator[NatsServer]:
-    started = NatsServer(tmp_path_factory.mktemp(f"roles-{module_store_kind}") / "nats")
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, module_store_kind: str) -> Path:
-    return tmp_path_factory.mktemp(f"roles-data-{module_store_kind}")
-
-
+# One service per store (module_service in conftest.py) ---------------------------------------
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(
-    server: NatsServer, data_dir: Path, module_store_url: str
-) -> AsyncIterator[Service]:
-    running = Service(settings_for(server, data_dir, module_store_url))
-    await running.start()
-    yield running
-    await running.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(service: Service, server: NatsServer, data_dir: Path) -> AsyncIterator[World]:
-    nc = await nats.connect(server.url)
-    root_key = admin_key(data_dir)
+async def world(
+    module_service: Service, module_server: NatsServer, module_data_dir: Path
+) -> AsyncIterator[World]:
+    nc = await nats.connect(module_server.url)
+    root_key = admin_key(module_data_dir)
     root = Client(nc, root_key)
     admin = tokens.parse(root_key)
     assert admin is not None
@@ -808,10 +785,10 @@ async def world(service: Service, server: NatsServer, data_dir: Path) -> AsyncIt
 
 
 # The table ---------------------------------------------------------------------------------------
-async def test_the_table_covers_every_subject(service: Service) -> None:
+async def test_the_table_covers_every_subject(module_service: Service) -> None:
     declared: dict[str, Operation] = by_subject()
-    assert service.dispatcher is not None
-    assert set(service.dispatcher.router.routes) == set(declared)
+    assert module_service.dispatcher is not None
+    assert set(module_service.dispatcher.router.routes) == set(declared)
     rows: dict[str, list[Row]] = {}
     for row in ROWS:
         rows.setdefault(row.subject, []).append(row)
