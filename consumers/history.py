@@ -11,7 +11,13 @@ import msgspec
 from agentmem import subjects
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import SECRET_FIELDS, client_command_id
-from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
+from agentmem.consumers.queries import (
+    MAX_PAGE_BYTES,
+    cursor_number,
+    encode_cursor,
+    fitting,
+    item_size,
+)
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, orgs
 from agentmem.errors import NotFoundError
@@ -25,13 +31,9 @@ from agentmem.eventlog import (
 from agentmem.events import MessageAppended
 from agentmem.projections import messages as messages_read
 from agentmem.queries import GetHistory
-from agentmem.validation import invalid
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
-
-
-_encoder = msgspec.json.Encoder()
 
 
 def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -54,10 +56,6 @@ def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[st
     }
 
 
-def _size(item: dict[str, Any]) -> int:
-    return len(_encoder.encode(item))
-
-
 async def in_log_order(
     log: EventLog, names: Sequence[str], after: int
 ) -> AsyncGenerator[StoredCommit, None]:
@@ -77,17 +75,27 @@ async def in_log_order(
         heads[n] = await anext(readers[n], None)
 
 
-def _seq_of(cursor_key: str) -> int:
-    if not cursor_key:
-        return 0
-    if not cursor_key.isdigit():
-        raise invalid(
-            "cursor is not one this subject returned",
-            "$.cursor",
-            "invalid_value",
-            cursor=cursor_key,
-        )
-    return int(cursor_key)
+async def commits_page(
+    log: EventLog, names: Sequence[str], after: int, limit: int
+) -> tuple[list[StoredCommit], bool]:
+    """The commits of the subjects ``names`` after ``after``, in log order, up to ``limit``
+    or ``MAX_PAGE_BYTES`` of entries, whichever comes first, so the reply fits in one NATS
+    message; the log is read no further than that. And whether more follow.
+
+    A single commit larger than the budget still comes, alone, and still fits: it was one
+    NATS message in the log, and its entry is about that size (the same events' JSON, its
+    header values under shorter keys; a hidden message loses its content)."""
+    page: list[StoredCommit] = []
+    budget = MAX_PAGE_BYTES
+    async with aclosing(in_log_order(log, names, after)) as commits:
+        async for commit in commits:
+            if len(page) == limit:
+                return page, True
+            budget -= item_size(entry(commit))
+            if page and budget < 0:
+                return page, True
+            page.append(commit)
+    return page, False
 
 
 def query_router(parts: Parts) -> Router:
@@ -142,37 +150,16 @@ def query_router(parts: Parts) -> Router:
         names = await subjects_of(request, missing)
         org_id = subjects.parse(names[0]).org_id
         authorize(request.caller, request.need, org_id, missing)
-        after = _seq_of(decode_cursor(query.cursor))
-        # A page ends at `limit` commits or at MAX_PAGE_BYTES of entries, whichever comes
-        # first, so the reply fits in one NATS message; the log is read no further than that.
-        # A single commit larger than the budget still comes, alone, and still fits: it was
-        # one NATS message in the log, and its entry is about that size (the same events'
-        # JSON, its header values under shorter keys; a hidden message loses its content).
-        page: list[StoredCommit] = []
-        more = False
-        budget = MAX_PAGE_BYTES
-        async with aclosing(in_log_order(log, names, after)) as commits:
-            async for commit in commits:
-                if len(page) == query.limit:
-                    more = True
-                    break
-                budget -= _size(entry(commit))
-                if page and budget < 0:
-                    more = True
-                    break
-                page.append(commit)
+        after = cursor_number(query.cursor) or 0
+        page, more = await commits_page(log, names, after, query.limit)
         if not page and after == 0:
             raise missing
         hidden = await hidden_among(page)
         items = [entry(c, hidden) for c in page]
         if hidden:
             # A hidden message can be a few bytes longer ("hidden": true): measure again.
-            total = 0
-            for n, item in enumerate(items):
-                total += _size(item)
-                if total > MAX_PAGE_BYTES and n > 0:
-                    items, more = items[:n], True
-                    break
+            fit = fitting(items)
+            items, more = items[:fit], more or fit < len(items)
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more else None
         return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)
 

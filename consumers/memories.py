@@ -13,14 +13,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from agentmem import subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
-from agentmem.consumers.history import entry, in_log_order
-from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor, page
+from agentmem.consumers.history import commits_page, entry
+from agentmem.consumers.queries import (
+    MAX_PAGE_BYTES,
+    cursor_number,
+    decode_cursor,
+    encode_cursor,
+    page,
+)
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import memories, orgs
 from agentmem.domain.aggregate import Loaded, Write
@@ -51,7 +55,6 @@ if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
 PROJECTION = "memories"
-_encoder = msgspec.json.Encoder()
 SCOPE_PAGE = 500  # memory.delete_scope deletes this many memories at a time
 
 
@@ -426,27 +429,9 @@ def query_router(parts: Parts) -> Router:
         loaded = await runner.cache.load(subject, memories.evolve, refresh=True)
         memory = memories.require_memory(loaded, query.memory_id)
         names = await chain(org_id, memory)
-        key = decode_cursor(query.cursor)
-        if key and not key.isdigit():
-            raise invalid(
-                "cursor is not one this subject returned",
-                "$.cursor",
-                "invalid_value",
-                cursor=query.cursor,
-            )
-        after = int(key or 0)
-        items: list[dict[str, Any]] = []
-        more, budget = False, MAX_PAGE_BYTES
-        async for commit in in_log_order(log, names, after):
-            if len(items) == query.limit:
-                more = True
-                break
-            item = entry(commit)
-            budget -= len(_encoder.encode(item))
-            if items and budget < 0:
-                more = True
-                break
-            items.append(item)
+        after = cursor_number(query.cursor) or 0
+        commits, more = await commits_page(log, names, after, query.limit)
+        items = [entry(commit) for commit in commits]
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more and items else None
         return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)
 

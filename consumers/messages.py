@@ -19,15 +19,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
 from agentmem.consumers.access_view import AccessView
 from agentmem.consumers.aggregates import FreshReads, Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import event_view, missing_org
-from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, encode_cursor
+from agentmem.consumers.queries import (
+    cursor_number,
+    encode_cursor,
+    fitting,
+)
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
@@ -41,31 +43,6 @@ if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
 PROJECTION = "messages"
-
-_encoder = msgspec.json.Encoder()
-
-
-def fitting(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> int:
-    """How many of ``items``, from the first, fit in ``max_bytes`` of JSON (at least one):
-    500 messages of 100,000 characters would not fit in one NATS message."""
-    total = 0
-    for n, item in enumerate(items):
-        total += len(_encoder.encode(item))
-        if total > max_bytes and n > 0:
-            return n
-    return len(items)
-
-
-def cursor_position(cursor: str | None) -> int | None:
-    """The position a page cursor of this subject holds."""
-    key = decode_cursor(cursor)
-    if not key:
-        return None
-    if not key.isdigit():
-        raise invalid(
-            "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
-        )
-    return int(key)
 
 
 def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
@@ -262,7 +239,7 @@ def query_router(parts: Parts) -> Router:
     async def list_messages(request: Request[ListMessages]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
-        after = cursor_position(query.cursor)
+        after = cursor_number(query.cursor)
         seq = await freshness.wait(PROJECTION, query.after_seq)
         if org_id is None:
             return {"items": [], "next_cursor": None}, seq

@@ -56,6 +56,35 @@ MAX_PAGE_BYTES = 512 * 1024
 _item_encoder = msgspec.json.Encoder()
 
 
+def cursor_number(cursor: str | None) -> int | None:
+    """The number a cursor of a subject paged by a number (a log sequence, a position)
+    holds; None for no cursor."""
+    key = decode_cursor(cursor)
+    if not key:
+        return None
+    if not key.isdigit():
+        raise invalid(
+            "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
+        )
+    return int(key)
+
+
+def item_size(item: Any) -> int:
+    """An item's size in a reply: its JSON's length."""
+    return len(_item_encoder.encode(item))
+
+
+def fitting(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> int:
+    """How many of ``items``, from the first, fit in ``max_bytes`` of JSON (at least one):
+    500 messages of 100,000 characters would not fit in one NATS message."""
+    total = 0
+    for n, item in enumerate(items):
+        total += item_size(item)
+        if total > max_bytes and n > 0:
+            return n
+    return len(items)
+
+
 def page(
     rows: list[dict[str, Any]], limit: int, key: str, max_bytes: int | None = None
 ) -> dict[str, Any]:
@@ -67,12 +96,8 @@ def page(
     items = rows[:limit]
     more = len(rows) > limit
     if max_bytes is not None:
-        total = 0
-        for n, item in enumerate(items):
-            total += len(_item_encoder.encode(item))
-            if total > max_bytes and n > 0:
-                items, more = items[:n], True
-                break
+        fit = fitting(items, max_bytes)
+        items, more = items[:fit], more or fit < len(items)
     return {"items": items, "next_cursor": encode_cursor(items[-1][key]) if more else None}
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from agentmem import subjects
 from agentmem.commands import NewMessage
-from agentmem.consumers.messages import cursor_position, search_filters
-from agentmem.consumers.queries import encode_cursor
+from agentmem.consumers.messages import search_filters
+from agentmem.consumers.queries import cursor_number, encode_cursor
 from agentmem.domain import agents, messages, users
 from agentmem.domain.aggregate import Loaded
 from agentmem.errors import ConflictError, InvalidError, NotFoundError
@@ -306,11 +306,11 @@ def test_a_scope_token_stands_for_one_value() -> None:
 
 # Query helpers ----------------------------------------------------------------------------
 def test_a_page_cursor_is_a_position() -> None:
-    assert cursor_position(None) is None
-    assert cursor_position(encode_cursor("12001")) == 12001
+    assert cursor_number(None) is None
+    assert cursor_number(encode_cursor("12001")) == 12001
     for key in ("abc", "-1", "1.5"):
         with pytest.raises(InvalidError, match="cursor"):
-            cursor_position(encode_cursor(key))
+            cursor_number(encode_cursor(key))
 
 
 def test_list_sql_follows_the_order_and_filters() -> None:
