@@ -17,6 +17,7 @@ import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from agentmem import envelope
 from agentmem.auth import tokens
@@ -102,6 +103,8 @@ from agentmem.replies import (
 )
 
 T = TypeVar("T")
+# Pauses before sending again a request that found no responder (about 1 s in all).
+NO_RESPONDER_PAUSES_S = (0.02, 0.05, 0.1, 0.25, 0.5)
 
 _log = logging.getLogger(__name__)
 
@@ -239,7 +242,7 @@ class Client:
         if self.token and header(headers, tokens.HEADER) is None:
             headers = {**(headers or {}), tokens.HEADER: f"Bearer {self.token}"}
         try:
-            message = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+            message = await self._deliver(subject, payload, headers)
         except nats.errors.NoRespondersError as exc:
             raise UnavailableError(
                 "no AgentMem service is answering", {"subject": subject}
@@ -253,6 +256,20 @@ class Client:
                 raise InternalError("error reply without an error body")
             raise ERRORS_BY_CODE.get(error.code, InternalError)(error.message, error.details)
         return reply
+
+    async def _deliver(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
+        """One request. "No responders" means no service process received it, so sending
+        it again is always safe: it is, a few times within about a second, which covers a
+        service that is restarting (and a subscription nats-server has not spread to every
+        connection yet, seen a few milliseconds after a start)."""
+        for pause in NO_RESPONDER_PAUSES_S:
+            try:
+                return await self.nc.request(
+                    subject, payload, timeout=self.timeout, headers=headers
+                )
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(pause)
+        return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
 
     async def send(self, request: Request) -> Any:
         """Any operation, from its request Struct alone: ``client.send(CreateAgent(name=

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +58,35 @@ async def test_a_restarted_server_is_reconnected_to_quietly(
     printed = capsys.readouterr()
     assert "Traceback" not in printed.err + printed.out
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_request_that_finds_no_responder_is_sent_again_for_a_moment(
+    nats_server: NatsServer,
+) -> None:
+    """A service that is (re)starting subscribes a moment later: the request still gets its
+    answer. With no service at all, the answer is `unavailable`, after about a second."""
+    from agentmem import envelope
+    from agentmem.queries import Health
+
+    client = await Client.connect(nats_server.url)
+    try:
+
+        async def late_service() -> None:
+            await asyncio.sleep(0.15)
+
+            async def answer(msg: Any) -> None:
+                await msg.respond(envelope.ok({"live": True, "checks": {}}))
+
+            await client.nc.subscribe(Health.op.subject, cb=answer)
+
+        starting = asyncio.create_task(late_service())
+        reply = await client.request(Health.op.subject, {})
+        assert reply.data["live"] is True
+        await starting
+
+        started = time.perf_counter()
+        with pytest.raises(UnavailableError, match="no AgentMem service is answering"):
+            await client.request("agentmem.sys.nobody_serves_this", {})
+        assert time.perf_counter() - started < 5
+    finally:
+        await client.close()
