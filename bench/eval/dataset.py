@@ -94,7 +94,8 @@ class Dataset:
     def slice(self, memories: int, queries: int) -> Dataset:
         """A small run: ``queries`` queries taken from each category in turn, the memories
         they name (with the originals of corrections), then memories of every scope in
-        turn (organizations in turn) up to ``memories`` in all, so that other scopes' memories are there to leak."""
+        turn (organizations in turn) up to ``memories`` in all, so that other scopes'
+        memories are there to leak."""
         chosen = _round_robin([[q for q in self.queries if q.category == c] for c in CATEGORIES])
         picked = chosen[:queries]
         kept: dict[str, Memory] = {}
