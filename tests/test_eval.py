@@ -86,6 +86,7 @@ def test_the_set_is_as_large_as_promised_and_every_category_is_in_both_splits() 
 
 def _document() -> dict[str, Any]:
     return {
+        "valid_from_default": "2020-01-01",
         "organizations": {"o": "O"},
         "memories": [
             {"key": "a", "org": "o", "user": "u", "memory_type": "semantic", "content": "A"},
@@ -116,12 +117,22 @@ def test_the_set_is_checked_when_read() -> None:
     with pytest.raises(ValueError, match="unknown memory c"):
         dataset.parse(unknown)
     stale = _document()
-    stale["memories"][0]["valid_from"] = "2024-01-01"
     stale["memories"].append(
-        {**stale["memories"][0], "key": "a2", "content": "A2", "supersedes": "a"}
+        {
+            **stale["memories"][0],
+            "key": "a2",
+            "content": "A2",
+            "supersedes": "a",
+            "valid_from": "2024-01-01",
+        }
     )
     with pytest.raises(ValueError, match="superseded, relevant only with as_of"):
         dataset.parse(stale)
+    stale["queries"][0]["as_of"] = "2024-02-01"  # a was true until 2024-01-01
+    with pytest.raises(ValueError, match="was not valid at as_of"):
+        dataset.parse(stale)
+    stale["queries"][0]["as_of"] = "2023-12-31"
+    assert dataset.parse(stale).queries[0].relevant == {"a": 2}
 
 
 def test_a_slice_keeps_what_its_queries_name_and_other_scopes_to_leak() -> None:

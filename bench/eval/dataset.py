@@ -62,7 +62,7 @@ class Memory:
     scope: Scope
     memory_type: str
     content: str
-    valid_from: int | None = None
+    valid_from: int  # the memory's own, or the set's valid_from_default
     valid_to: int | None = None
     supersedes: str | None = None
     tags: tuple[str, ...] = ()
@@ -138,13 +138,14 @@ def _day(record: Mapping[str, Any], name: str) -> int | None:
 
 def parse(document: Mapping[str, Any]) -> Dataset:
     organizations = dict(document["organizations"])
+    default_from = day_ms(document["valid_from_default"])
     memories = tuple(
         Memory(
             key=m["key"],
             scope=_scope(m),
             memory_type=m["memory_type"],
             content=m["content"],
-            valid_from=_day(m, "valid_from"),
+            valid_from=_day(m, "valid_from") or default_from,
             valid_to=_day(m, "valid_to"),
             supersedes=m.get("supersedes"),
             tags=tuple(m.get("tags", ())),
@@ -182,7 +183,9 @@ def check(dataset: Dataset) -> None:
         problems.append("memory keys are not unique")
     if len({q.id for q in dataset.queries}) != len(dataset.queries):
         problems.append("query ids are not unique")
-    corrected = {m.supersedes for m in dataset.memories if m.supersedes is not None}
+    # A corrected fact stops being true when its correction starts.
+    valid_until = {m.supersedes: m.valid_from for m in dataset.memories if m.supersedes}
+    corrected = set(valid_until)
     position = {m.key: i for i, m in enumerate(dataset.memories)}
     for memory in dataset.memories:
         if memory.scope.org not in dataset.organizations:
@@ -193,12 +196,12 @@ def check(dataset: Dataset) -> None:
         if original is not None and (
             original.scope != memory.scope
             or original.memory_type != memory.memory_type
-            or original.valid_from is None
+            or original.valid_from >= memory.valid_from
             or position[original.key] > position[memory.key]
         ):
             problems.append(
-                f"{memory.key}: its original {original.key} must come first, with a "
-                "valid_from, in the same scope and type"
+                f"{memory.key}: its original {original.key} must come first, be valid "
+                "earlier, and have the same scope and type"
             )
     for query in dataset.queries:
         if query.category not in CATEGORIES:
@@ -216,6 +219,10 @@ def check(dataset: Dataset) -> None:
                 problems.append(f"{query.id}: {key} is outside the query's scope")
             if query.as_of is None and key in corrected:
                 problems.append(f"{query.id}: {key} is superseded, relevant only with as_of")
+            if found is not None and query.as_of is not None:
+                start, end = found.valid_from, valid_until.get(key, found.valid_to)
+                if not (start <= query.as_of and (end is None or query.as_of < end)):
+                    problems.append(f"{query.id}: {key} was not valid at as_of")
         if query.category == "temporal" and query.as_of is None:
             problems.append(f"{query.id}: a temporal query needs as_of")
     if problems:

@@ -91,10 +91,9 @@ def _new_memory(memory: Memory) -> dict[str, Any]:
         "content": memory.content,
         "memory_type": memory.memory_type,
         "tags": list(memory.tags),
+        "valid_from": memory.valid_from,
         **_scope_fields(memory.scope),
     }
-    if memory.valid_from is not None:
-        body["valid_from"] = memory.valid_from
     if memory.valid_to is not None:
         body["valid_to"] = memory.valid_to
     return body
