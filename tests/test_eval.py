@@ -14,7 +14,7 @@ import pytest
 from bench.eval import dataset, report
 from bench.eval.dataset import CATEGORIES, Dataset, Query, Scope
 from bench.eval.metrics import Score, mean, ndcg_at, recall_at, reciprocal_rank
-from bench.eval.run import answer, evaluate, service_client
+from bench.eval.run import ModeRun, answer, evaluate, service_client
 
 
 # Metrics ------------------------------------------------------------------------------------
@@ -213,3 +213,20 @@ async def test_the_harness_on_a_slice_against_a_real_service() -> None:
     shown = report.text(evaluation)
     assert "cross-scope leaks: 0 results from another scope" in shown
     assert json.dumps(summary)  # the --json document is plain data
+
+
+def test_modes_that_ran_are_compared_side_by_side() -> None:
+    first = answer(QUERY, {"items": [_item("id-mine", "org-nw", "ann")]}, KEYS, ORGS, 0)
+    second = answer(QUERY, {"items": [_item("id-old", "org-nw", "ann")]}, KEYS, ORGS, 0)
+    text_run = ModeRun("text", None, answers=[first])
+    vector_run = ModeRun("vector", "vector", answers=[second])
+    missing = ModeRun("hybrid", "hybrid", unavailable="Object contains unknown field `mode`")
+    assert report.comparison([text_run, missing]) is None
+    shown = report.comparison([text_run, vector_run, missing])
+    assert shown is not None
+    rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines()[3:]}
+    assert rows == {
+        "text": ["1", "1.000", "1.000", "1.000", "1.000"],
+        "vector": ["1", "0.000", "0.000", "0.000", "0.000"],
+    }
+    assert "mode hybrid: unavailable" in report.mode_text(missing)

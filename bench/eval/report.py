@@ -89,8 +89,22 @@ def mode_text(run: ModeRun) -> str:
     )
 
 
+def comparison(runs: Sequence[ModeRun]) -> str | None:
+    """The overall figures of the modes that ran side by side (the issue asks hybrid to
+    beat both single modes on the whole set), or None when fewer than two ran."""
+    ran = [run for run in runs if run.unavailable is None]
+    if len(ran) < 2:
+        return None
+    lines: list[tuple[str, ...]] = [("mode", *HEADER[1:])]
+    lines += [_row(run.mode, len(run.answers), mean([a.score for a in run.answers])) for run in ran]
+    return "\n".join(["overall, mode by mode", *_render(lines)])
+
+
 def text(evaluation: Evaluation) -> str:
     parts = [mode_text(run) for run in evaluation.runs]
+    side_by_side = comparison(evaluation.runs)
+    if side_by_side is not None:
+        parts.append(side_by_side)
     parts += [f"- {note}" for note in evaluation.notes]
     return "\n\n".join(parts)
 
