@@ -230,3 +230,19 @@ def test_modes_that_ran_are_compared_side_by_side() -> None:
         "vector": ["1", "0.000", "0.000", "0.000", "0.000"],
     }
     assert "mode hybrid: unavailable" in report.mode_text(missing)
+
+
+def test_abstaining_is_counted_right_on_unanswerable_and_wrong_on_answerable_queries() -> None:
+    unanswerable = Query("n", "dev", "no_answer", Scope("nw", user="ann"), "shoe size?", {})
+    mine = _item("id-mine", "org-nw", "ann")
+    answers = [
+        answer(QUERY, {"items": [mine], "confident": False}, KEYS, ORGS, 0),  # wrong
+        answer(QUERY, {"items": [mine], "confident": True}, KEYS, ORGS, 0),
+        answer(unanswerable, {"items": [mine], "confident": False}, KEYS, ORGS, 0),  # right
+        answer(unanswerable, {"items": [mine]}, KEYS, ORGS, 0),
+    ]
+    summary = report.summary(ModeRun("hybrid", "hybrid", answers=answers))
+    assert (summary["answerable"], summary["answerable_abstained"]) == (2, 1)
+    assert (summary["unanswerable"], summary["unanswerable_abstained"]) == (2, 1)
+    assert summary["categories"]["no_answer"]["mrr"] == 0.5
+    assert summary["categories"]["cross_scope"]["mrr"] == 1.0  # ranking ignores confidence

@@ -1,6 +1,7 @@
 """The evaluation's table and JSON: per mode, the four metrics per category and overall,
-then the results that came from another scope (leaks), the corrected facts returned and
-the unanswerable queries answered with nothing confident."""
+then the results that came from another scope (leaks), the corrected facts returned, and
+the queries answered with nothing confident: right for an unanswerable query, wrong for
+one the scope answers (which the ranking metrics do not see)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def summary(run: ModeRun) -> dict[str, Any]:
         return {"available": False, "reason": run.unavailable}
     answers = run.answers
     unanswerable = [a for a in answers if not a.query.relevant]
+    answerable = [a for a in answers if a.query.relevant]
 
     def scores(found: Sequence[Answer]) -> dict[str, Any]:
         score = mean([a.score for a in found])
@@ -45,6 +47,10 @@ def summary(run: ModeRun) -> dict[str, Any]:
         "superseded_returned": sum(a.superseded for a in answers),
         "unanswerable": len(unanswerable),
         "unanswerable_abstained": sum(1 for a in unanswerable if not a.confident),
+        # The other side of abstaining: a reply that says "nothing confident" to a
+        # question the scope answers. Ranking metrics do not see it; this count does.
+        "answerable": len(answerable),
+        "answerable_abstained": sum(1 for a in answerable if not a.confident),
         "median_ms": median_ms(answers),
     }
 
@@ -82,9 +88,10 @@ def mode_text(run: ModeRun) -> str:
             *_render(lines),
             f"cross-scope leaks: {data['leaks']} results from another scope "
             f"(in {data['leaking_queries']} queries)",
-            f"superseded facts returned: {data['superseded_returned']}; unanswerable queries "
+            f"superseded facts returned: {data['superseded_returned']}",
             f"answered with nothing confident: {data['unanswerable_abstained']} of "
-            f"{data['unanswerable']}",
+            f"{data['unanswerable']} unanswerable queries (right), "
+            f"{data['answerable_abstained']} of {data['answerable']} answerable ones (wrong)",
         ]
     )
 
