@@ -288,6 +288,91 @@ class MemoryDeleted(Event, tag="memory.deleted", frozen=True):
     scope_deletion: bool = False  # written by memory.delete_scope
 
 
+# Core memory blocks: one subject per block, and one per label an agent or a user sees -------
+class BlockCreated(Event, tag="block.created", frozen=True):
+    """A labelled block of text owned by an agent (``agent_id``) or a user (``user_id``).
+    ``content`` is what people wrote (personal data)."""
+
+    block_id: str
+    org_id: str
+    label: str
+    content: str
+    char_limit: int  # the most characters ``content`` may ever hold
+    description: str = ""
+    agent_id: str | None = None
+    user_id: str | None = None
+
+
+class BlockUpdated(Event, tag="block.updated", frozen=True):
+    """The block after ``block.set``, ``block.append`` or ``block.replace`` (``change``):
+    the whole content, so a projection needs no lookup and history shows every version."""
+
+    block_id: str
+    content: str
+    char_limit: int
+    description: str
+    change: Literal["set", "append", "replace"]
+
+
+class BlockAttached(Event, tag="block.attached", frozen=True):
+    """Another agent of the organization shares the block; ``agent_ids``: every agent it is
+    attached to now (its owner not counted)."""
+
+    block_id: str
+    agent_id: str
+    label: str  # the block's, so that a projection needs no lookup
+    agent_ids: tuple[str, ...]
+
+
+class BlockDetached(Event, tag="block.detached", frozen=True):
+    block_id: str
+    agent_id: str
+    label: str
+    agent_ids: tuple[str, ...]
+
+
+class BlockDeleted(Event, tag="block.deleted", frozen=True):
+    block_id: str
+
+
+class BlockLabelReserved(Event, tag="block_label.reserved", frozen=True):
+    """On the subject of one label as one agent or one user sees it: ``block_id`` holds
+    it, so an agent never sees two blocks with one label (its own or attached)."""
+
+    label: str
+    block_id: str
+    agent_id: str | None = None
+    user_id: str | None = None
+
+
+class BlockLabelReleased(Event, tag="block_label.released", frozen=True):
+    label: str
+    block_id: str
+
+
+# Working memory: one subject per session ----------------------------------------------------
+class WorkingItemPut(Event, tag="working.item_put", frozen=True):
+    """An item of a session's working memory, new or replacing the one with its ``key``.
+    It expires ``ttl_ms`` after the commit's recorded time (never the caller's clock).
+    ``content`` is what people wrote (personal data)."""
+
+    session_id: str
+    key: str
+    content: str
+    priority: float
+    ttl_ms: int | None = None  # None: until removed or cleared
+    metadata: dict[str, Any] = {}
+
+
+class WorkingItemRemoved(Event, tag="working.item_removed", frozen=True):
+    session_id: str
+    key: str
+
+
+class WorkingCleared(Event, tag="working.cleared", frozen=True):
+    session_id: str
+
+
 AnyEvent = (
     OrgCreated
     | OrgRenamed
@@ -326,6 +411,16 @@ AnyEvent = (
     | MemoryArchived
     | MemoryRestored
     | MemoryDeleted
+    | BlockCreated
+    | BlockUpdated
+    | BlockAttached
+    | BlockDetached
+    | BlockDeleted
+    | BlockLabelReserved
+    | BlockLabelReleased
+    | WorkingItemPut
+    | WorkingItemRemoved
+    | WorkingCleared
 )
 
 

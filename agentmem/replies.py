@@ -111,6 +111,34 @@ class Memory(msgspec.Struct, frozen=True):
     rank: float | None = None  # search results only: higher is a better match
 
 
+class Block(msgspec.Struct, frozen=True):
+    block_id: str
+    org_id: str
+    label: str
+    content: str
+    char_limit: int
+    version: int
+    description: str = ""
+    agent_id: str | None = None  # its owner: an agent, or
+    user_id: str | None = None  # a user
+    attached_agent_ids: list[str] = []  # other agents that share it
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class WorkingItem(msgspec.Struct, frozen=True):
+    org_id: str
+    session_id: str
+    key: str
+    content: str
+    priority: float
+    version: int
+    ttl_ms: int | None = None
+    expires_at: int | None = None  # the put's recorded time + ttl_ms
+    metadata: dict[str, Any] = {}
+    created_at: int = 0  # when the put that made this item was recorded
+
+
 class Page(msgspec.Struct, Generic[T], frozen=True):
     items: list[T]
     next_cursor: str | None

@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
+from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
 from agentmem.projections.users import API_KEYS, USERS
+from agentmem.projections.working import WORKING_ITEMS
 from agentmem.store import fulltext
 from agentmem.store.port import FullText, Migration, Sql
 
@@ -112,6 +114,26 @@ MIGRATIONS: list[Migration] = [
                     "millionths; position orders them as the log does'",
                     "COMMENT ON TABLE memory_tags IS 'AgentMem projection memories: one row per "
                     "tag of a memory, for tag filters'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        6,
+        "core memory blocks and working memory",
+        (
+            BLOCKS,
+            BLOCK_AGENTS,
+            WORKING_ITEMS,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE blocks IS 'AgentMem projection blocks: one row per core "
+                    "memory block not deleted; attached_agent_ids is a JSON array'",
+                    "COMMENT ON TABLE block_agents IS 'AgentMem projection blocks: one row per "
+                    "agent that sees a block (its owner or an attached agent), with the label'",
+                    "COMMENT ON TABLE working_items IS 'AgentMem projection working: one row "
+                    "per working memory item not removed or cleared; expires_at is the put''s "
+                    "recorded time plus ttl_ms; priority in millionths'",
                 )
             ),
         ),

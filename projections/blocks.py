@@ -1,0 +1,167 @@
+"""The ``blocks`` and ``block_agents`` tables, and the named reads of the block queries.
+
+``blocks``: one row per block that was not deleted, with its content and the agents it is
+attached to (JSON). ``block_agents``: one row per agent that sees a block, its owner
+included, with the block's label, so that "the blocks of agent X, by label" walks one
+index. A deleted block, or every block of a deleted organization, leaves both. Label
+reservations are the log's own bookkeeping: no rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.eventlog import StoredCommit
+from agentmem.events import (
+    BlockAttached,
+    BlockCreated,
+    BlockDeleted,
+    BlockDetached,
+    BlockUpdated,
+    OrgDeleted,
+)
+from agentmem.projections.rows import json_text
+from agentmem.store import Column, Delete, RowOp, Store, Table, Update, Upsert
+
+BLOCKS = Table(
+    name="blocks",
+    columns=(
+        Column("block_id", "text"),
+        Column("org_id", "text"),
+        Column("label", "text"),
+        Column("content", "text"),
+        Column("char_limit", "integer"),
+        Column("description", "text"),
+        Column("agent_id", "text", nullable=True),
+        Column("user_id", "text", nullable=True),
+        Column("attached_agent_ids", "json"),
+        Column("created_at", "integer"),
+        Column("updated_at", "integer"),
+        Column("version", "integer"),
+    ),
+    primary_key=("block_id",),
+    indexes=(("blocks_user", ("org_id", "user_id", "label"), False),),
+    scrub=True,
+)
+
+BLOCK_AGENTS = Table(
+    name="block_agents",
+    columns=(
+        Column("agent_id", "text"),
+        Column("label", "text"),
+        Column("block_id", "text"),
+        Column("org_id", "text"),
+    ),
+    primary_key=("agent_id", "label", "block_id"),
+    indexes=(("block_agents_block", ("block_id",), False),),
+)
+
+COLUMNS = ", ".join(BLOCKS.column_names)
+_B_COLUMNS = ", ".join(f"b.{c}" for c in BLOCKS.column_names)
+
+
+class BlocksProjection:
+    name = "blocks"
+    # Org deletions too (their own subject): they remove the organization's blocks.
+    filter_subjects = [subjects.events_of("block"), subjects.events_of("org_deletion")]
+    tables = [BLOCKS, BLOCK_AGENTS]
+
+    def project(self, commit: StoredCommit) -> list[RowOp]:
+        ops: list[RowOp] = []
+        at, seq = commit.time_ms, commit.seq
+        for event in commit.events:
+            match event:
+                case BlockCreated():
+                    row = {
+                        "block_id": event.block_id,
+                        "org_id": event.org_id,
+                        "label": event.label,
+                        "content": event.content,
+                        "char_limit": event.char_limit,
+                        "description": event.description,
+                        "agent_id": event.agent_id,
+                        "user_id": event.user_id,
+                        "attached_agent_ids": json_text([]),
+                        "created_at": at,
+                        "updated_at": at,
+                        "version": seq,
+                    }
+                    ops.append(Upsert("blocks", row))
+                    if event.agent_id is not None:
+                        ops.append(_seen(event.agent_id, event.label, event.block_id, event.org_id))
+                case BlockUpdated():
+                    values = {
+                        "content": event.content,
+                        "char_limit": event.char_limit,
+                        "description": event.description,
+                        "updated_at": at,
+                        "version": seq,
+                    }
+                    ops.append(Update("blocks", {"block_id": event.block_id}, values))
+                case BlockAttached() | BlockDetached():
+                    values = {
+                        "attached_agent_ids": json_text(list(event.agent_ids)),
+                        "updated_at": at,
+                        "version": seq,
+                    }
+                    ops.append(Update("blocks", {"block_id": event.block_id}, values))
+                    if isinstance(event, BlockAttached):
+                        org_id = subjects.parse(commit.subject).org_id
+                        ops.append(_seen(event.agent_id, event.label, event.block_id, org_id))
+                    else:
+                        key = {"agent_id": event.agent_id, "block_id": event.block_id}
+                        ops.append(Delete("block_agents", key))
+                case BlockDeleted(block_id=block_id):
+                    ops.append(Delete("blocks", {"block_id": block_id}))
+                    ops.append(Delete("block_agents", {"block_id": block_id}))
+                case OrgDeleted(org_id=deleted):
+                    ops.append(Delete("blocks", {"org_id": deleted}))
+                    ops.append(Delete("block_agents", {"org_id": deleted}))
+        return ops
+
+
+def _seen(agent_id: str, label: str, block_id: str, org_id: str) -> Upsert:
+    row = {"agent_id": agent_id, "label": label, "block_id": block_id, "org_id": org_id}
+    return Upsert("block_agents", row)
+
+
+PROJECTION = BlocksProjection()
+
+
+# Reads -------------------------------------------------------------------------------------
+_json = msgspec.json.Decoder()
+
+
+def block_view(row: dict[str, Any]) -> dict[str, Any]:
+    view = {c: row[c] for c in BLOCKS.column_names}
+    view["attached_agent_ids"] = _json.decode(row["attached_agent_ids"])
+    return view
+
+
+async def get_block(store: Store, block_id: str) -> dict[str, Any] | None:
+    return await store.fetch_one(f"SELECT {COLUMNS} FROM blocks WHERE block_id = ?", block_id)
+
+
+async def agent_blocks(
+    store: Store, org_id: str, agent_id: str, after: str, limit: int
+) -> list[dict[str, Any]]:
+    """An agent's blocks, its own and those attached to it, by label after ``after``."""
+    sql = (
+        f"SELECT {_B_COLUMNS} FROM block_agents a JOIN blocks b ON b.block_id = a.block_id "
+        "WHERE a.agent_id = ? AND a.org_id = ? AND a.label > ? ORDER BY a.label LIMIT ?"
+    )
+    return await store.fetch_all(sql, agent_id, org_id, after, limit)
+
+
+async def user_blocks(
+    store: Store, org_id: str, user_id: str, after: str, limit: int
+) -> list[dict[str, Any]]:
+    """A user's blocks, by label after ``after``."""
+    sql = (
+        f"SELECT {COLUMNS} FROM blocks WHERE org_id = ? AND user_id = ? AND label > ? "
+        "ORDER BY label LIMIT ?"
+    )
+    return await store.fetch_all(sql, org_id, user_id, after, limit)
