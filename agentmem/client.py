@@ -49,6 +49,18 @@ from agentmem.commands import (
     UpdateProfile,
     UpdateTool,
 )
+from agentmem.domain.blocks import (
+    AppendToBlock,
+    AttachBlock,
+    BlockHistory,
+    CreateBlock,
+    DeleteBlock,
+    DetachBlock,
+    GetBlock,
+    ListBlocks,
+    ReplaceInBlock,
+    SetBlock,
+)
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -62,6 +74,12 @@ from agentmem.domain.memories import (
     SearchMemories,
     SupersedeMemory,
     UpdateMemory,
+)
+from agentmem.domain.working import (
+    ClearWorkingMemory,
+    GetWorkingMemory,
+    PutWorkingItem,
+    RemoveWorkingItem,
 )
 from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
 from agentmem.events import MemoryType, MessageRole, Role
@@ -90,6 +108,7 @@ from agentmem.queries import (
 from agentmem.replies import (
     Agent,
     AgentState,
+    Block,
     HistoryEntry,
     Items,
     MemoriesAdded,
@@ -100,6 +119,7 @@ from agentmem.replies import (
     ScopeDeleted,
     Tool,
     User,
+    WorkingItem,
 )
 
 T = TypeVar("T")
@@ -991,3 +1011,78 @@ class Client:
         return await self._query(
             MemoryHistory, Page[HistoryEntry], memory_id=memory_id, limit=limit, cursor=cursor
         )
+
+    # Core memory blocks -----------------------------------------------------------------
+    async def create_block(
+        self,
+        label: str,
+        content: str = "",
+        *,
+        agent_id: str | None = None,
+        user_id: str | None = None,
+        **fields: Any,
+    ) -> Written:
+        """``block.create``: owned by ``agent_id`` or ``user_id``; ``fields``: ``char_limit``,
+        ``description``, ``block_id``, ``org_id``..."""
+        return await self._command(
+            CreateBlock, label=label, content=content, agent_id=agent_id, user_id=user_id, **fields
+        )
+
+    async def set_block(self, block_id: str, content: str, **fields: Any) -> Written:
+        """``block.set``: ``fields``: ``expected_version``, ``char_limit``, ``description``."""
+        return await self._command(SetBlock, block_id=block_id, content=content, **fields)
+
+    async def append_to_block(self, block_id: str, content: str, **fields: Any) -> Written:
+        return await self._command(AppendToBlock, block_id=block_id, content=content, **fields)
+
+    async def replace_in_block(
+        self, block_id: str, old_text: str, new_text: str, **fields: Any
+    ) -> Written:
+        return await self._command(
+            ReplaceInBlock, block_id=block_id, old_text=old_text, new_text=new_text, **fields
+        )
+
+    async def attach_block(self, block_id: str, agent_id: str, **fields: Any) -> Written:
+        return await self._command(AttachBlock, block_id=block_id, agent_id=agent_id, **fields)
+
+    async def detach_block(self, block_id: str, agent_id: str, **fields: Any) -> Written:
+        return await self._command(DetachBlock, block_id=block_id, agent_id=agent_id, **fields)
+
+    async def delete_block(self, block_id: str, **fields: Any) -> Written:
+        return await self._command(DeleteBlock, block_id=block_id, **fields)
+
+    async def get_block(self, block_id: str, *, after_seq: int | None = None) -> Block:
+        return await self._query(GetBlock, Block, block_id=block_id, after_seq=after_seq)
+
+    async def list_blocks(
+        self, *, agent_id: str | None = None, user_id: str | None = None, **filters: Any
+    ) -> Page[Block]:
+        """An agent's blocks (its own and attached ones) or a user's, by label."""
+        return await self._query(
+            ListBlocks, Page[Block], agent_id=agent_id, user_id=user_id, **filters
+        )
+
+    async def block_history(
+        self, block_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> Page[HistoryEntry]:
+        return await self._query(
+            BlockHistory, Page[HistoryEntry], block_id=block_id, limit=limit, cursor=cursor
+        )
+
+    # Working memory ---------------------------------------------------------------------
+    async def put_working(self, session_id: str, content: str, **fields: Any) -> Written:
+        """``working.put``: ``fields``: ``key``, ``priority``, ``ttl_ms``, ``metadata``."""
+        return await self._command(PutWorkingItem, session_id=session_id, content=content, **fields)
+
+    async def get_working(self, session_id: str, **filters: Any) -> list[WorkingItem]:
+        """The session's live items, highest priority first (``min_priority``, ``limit``)."""
+        found = await self._query(
+            GetWorkingMemory, Items[WorkingItem], session_id=session_id, **filters
+        )
+        return found.items
+
+    async def remove_working(self, session_id: str, key: str, **fields: Any) -> Written:
+        return await self._command(RemoveWorkingItem, session_id=session_id, key=key, **fields)
+
+    async def clear_working(self, session_id: str, **fields: Any) -> Written:
+        return await self._command(ClearWorkingMemory, session_id=session_id, **fields)
