@@ -58,6 +58,18 @@ from agentmem.commands import (
 from agentmem.consumers.queries import encode_cursor
 from agentmem.consumers.router import MAX_HEADER_BYTES, MAX_REQUEST_BYTES
 from agentmem.domain.agents import MAX_STATE_BYTES
+from agentmem.domain.blocks import (
+    AppendToBlock,
+    AttachBlock,
+    BlockHistory,
+    CreateBlock,
+    DeleteBlock,
+    DetachBlock,
+    GetBlock,
+    ListBlocks,
+    ReplaceInBlock,
+    SetBlock,
+)
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -71,6 +83,12 @@ from agentmem.domain.memories import (
     SearchMemories,
     SupersedeMemory,
     UpdateMemory,
+)
+from agentmem.domain.working import (
+    ClearWorkingMemory,
+    GetWorkingMemory,
+    PutWorkingItem,
+    RemoveWorkingItem,
 )
 from agentmem.protocol import operations
 from agentmem.queries import (
@@ -185,6 +203,20 @@ VALID: dict[str, dict[str, Any]] = {
     ListMemories.op.subject: {"user_id": "u1", "states": ["live", "archived"]},
     SearchMemories.op.subject: {"text": "tea", "user_id": "u1"},
     MemoryHistory.op.subject: {"memory_id": "m1"},
+    CreateBlock.op.subject: {"label": "persona", "content": "I help.", "user_id": "u1"},
+    SetBlock.op.subject: {"block_id": "b1", "content": "I help."},
+    AppendToBlock.op.subject: {"block_id": "b1", "content": "More."},
+    ReplaceInBlock.op.subject: {"block_id": "b1", "old_text": "help", "new_text": "assist"},
+    AttachBlock.op.subject: {"block_id": "b1", "agent_id": "a1"},
+    DetachBlock.op.subject: {"block_id": "b1", "agent_id": "a1"},
+    DeleteBlock.op.subject: {"block_id": "b1"},
+    GetBlock.op.subject: {"block_id": "b1"},
+    ListBlocks.op.subject: {"agent_id": "a1"},
+    BlockHistory.op.subject: {"block_id": "b1"},
+    PutWorkingItem.op.subject: {"session_id": "s1", "content": "the goal", "priority": 0.9},
+    RemoveWorkingItem.op.subject: {"session_id": "s1", "key": "k1"},
+    ClearWorkingMemory.op.subject: {"session_id": "s1"},
+    GetWorkingMemory.op.subject: {"session_id": "s1", "min_priority": 0.5},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -246,6 +278,20 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     ListMemories.op.subject: ("states", "live"),
     SearchMemories.op.subject: ("text", 5),
     MemoryHistory.op.subject: ("limit", "10"),
+    CreateBlock.op.subject: ("char_limit", "5000"),
+    SetBlock.op.subject: ("content", ["I help."]),
+    AppendToBlock.op.subject: ("separator", 1),
+    ReplaceInBlock.op.subject: ("old_text", None),
+    AttachBlock.op.subject: ("agent_id", 5),
+    DetachBlock.op.subject: ("expected_version", "3"),
+    DeleteBlock.op.subject: ("block_id", {}),
+    GetBlock.op.subject: ("block_id", 1),
+    ListBlocks.op.subject: ("limit", "10"),
+    BlockHistory.op.subject: ("cursor", 5),
+    PutWorkingItem.op.subject: ("priority", "high"),
+    RemoveWorkingItem.op.subject: ("key", 1),
+    ClearWorkingMemory.op.subject: ("session_id", ["s1"]),
+    GetWorkingMemory.op.subject: ("min_priority", "0.5"),
 }
 
 
@@ -771,6 +817,28 @@ BAD_VALUES = [
     (SearchMessages.op.subject, "role", "robot", "invalid_value"),
     (SearchMessages.op.subject, "limit", 0, "out_of_range"),
     (SearchMessages.op.subject, "session_id", "s.>", "pattern"),
+    (CreateBlock.op.subject, "label", "", "pattern"),
+    (CreateBlock.op.subject, "label", "a/b", "pattern"),
+    (CreateBlock.op.subject, "label", "l" * 101, "pattern"),
+    (CreateBlock.op.subject, "char_limit", 0, "out_of_range"),
+    (CreateBlock.op.subject, "char_limit", 50_001, "out_of_range"),
+    (CreateBlock.op.subject, "content", "c" * 50_001, "too_long"),
+    (CreateBlock.op.subject, "block_id", "b_1", "pattern"),
+    (CreateBlock.op.subject, "description", "d" * 1_001, "too_long"),
+    (SetBlock.op.subject, "block_id", "b.1", "pattern"),
+    (AppendToBlock.op.subject, "content", "", "too_short"),
+    (AppendToBlock.op.subject, "separator", "s" * 17, "too_long"),
+    (ReplaceInBlock.op.subject, "old_text", "", "too_short"),
+    (AttachBlock.op.subject, "agent_id", "a>", "pattern"),
+    (ListBlocks.op.subject, "limit", 501, "out_of_range"),
+    (PutWorkingItem.op.subject, "priority", 1.5, "out_of_range"),
+    (PutWorkingItem.op.subject, "ttl_ms", 0, "out_of_range"),
+    (PutWorkingItem.op.subject, "ttl_ms", 30 * 24 * 3600 * 1000 + 1, "out_of_range"),
+    (PutWorkingItem.op.subject, "content", "", "too_short"),
+    (PutWorkingItem.op.subject, "content", "c" * 10_001, "too_long"),
+    (PutWorkingItem.op.subject, "key", "k.1", "pattern"),
+    (RemoveWorkingItem.op.subject, "session_id", "s 1", "pattern"),
+    (GetWorkingMemory.op.subject, "min_priority", -0.1, "out_of_range"),
 ]
 
 
@@ -802,6 +870,35 @@ async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
 
 
 # Values of the right shape that a handler refuses: still invalid, still nothing appended.
+async def test_a_block_write_over_its_limit_or_without_one_owner(bus: Bus) -> None:
+    client = Client(bus.nc, bus.admin_token)
+    made = await client.create_block("bounded", "12345", user_id="u-limit", char_limit=6)
+    block_id = made.fields["block_id"]
+    where = {"reason": "too_long"}
+    for subject, body, path in (
+        (
+            CreateBlock.op.subject,
+            {"label": "x", "content": "ab", "char_limit": 1, "user_id": "u"},
+            "$.content",
+        ),
+        (SetBlock.op.subject, {"block_id": block_id, "content": "1234567"}, "$.content"),
+        (AppendToBlock.op.subject, {"block_id": block_id, "content": "67"}, "$.content"),
+        (
+            ReplaceInBlock.op.subject,
+            {"block_id": block_id, "old_text": "5", "new_text": "567"},
+            "$.new_text",
+        ),
+    ):
+        await assert_invalid(bus, subject, encode(body), "over its limit", path=path, **where)
+    for body in ({"label": "x"}, {"label": "x", "user_id": "u", "agent_id": "a"}):
+        await assert_invalid(
+            bus, CreateBlock.op.subject, encode(body), "exactly one agent or one user", path="$"
+        )
+    await assert_invalid(
+        bus, ListBlocks.op.subject, b"{}", "exactly one agent or one user", path="$"
+    )
+
+
 async def test_a_state_document_over_the_cap(bus: Bus) -> None:
     client = Client(bus.nc, bus.admin_token)
     agent_id = (await client.create_agent("Capped")).fields["agent_id"]
@@ -922,6 +1019,7 @@ DEEP_FIELDS: list[tuple[str, list[str | int], str]] = [
     (AddMemories.op.subject, ["memories", 0, "metadata"], "$.memories[0].metadata"),
     (UpdateMemory.op.subject, ["metadata"], "$.metadata"),
     (SupersedeMemory.op.subject, ["metadata"], "$.metadata"),
+    (PutWorkingItem.op.subject, ["metadata"], "$.metadata"),
 ]
 
 

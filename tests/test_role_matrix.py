@@ -104,6 +104,8 @@ class World:
     tool_id: str
     session_id: str  # a conversation of ``agent_id``, with a message that says hello
     memory_id: str = ""  # a memory of MEMORY_USER in ``own``
+    block_id: str = ""  # a block of ``agent_id``, labelled "persona"
+    working_key: str = ""  # an item of WORKING_SESSION in ``own``
     seen: int = 0  # the log's end once all of the above was made: queries read after it
     _names: Iterator[int] = field(default_factory=itertools.count)
 
@@ -152,6 +154,22 @@ class World:
         if archived:
             await self.root.archive_memory(memory_id)
         return memory_id
+
+    async def new_block(self, content: str = "table text", *, attached: bool = False) -> str:
+        """A block of a user of ``own``, with a label of its own; ``attached``: to
+        ``agent_id`` too."""
+        made = await self.root.create_block(
+            self.unique("label"), content, user_id=MEMORY_USER, org_id=self.own
+        )
+        block_id = str(made.fields["block_id"])
+        if attached:
+            await self.root.attach_block(block_id, self.agent_id)
+        return block_id
+
+    async def new_working_item(self, session_id: str = "") -> tuple[str, str]:
+        session_id = session_id or self.unique("working")
+        put = await self.root.put_working(session_id, "table note", org_id=self.own)
+        return session_id, str(put.fields["key"])
 
     async def new_key(self, user_id: str) -> str:
         return str((await self.root.create_api_key("spare", user_id=user_id)).fields["key_id"])
@@ -238,6 +256,26 @@ def scoped_items(s: Scene, data: Any) -> bool:
 
 # The rows: every subject -------------------------------------------------------------------------
 MEMORY_USER = "table-user"  # a scope label of the memories the table reads
+WORKING_SESSION = "table-session"  # the session whose working memory the table reads
+
+
+def on_fresh_block(make: Callable[[Scene, str], dict[str, Any]], attached: bool = False) -> Body:
+    """A body about a block made fresh for the cell (one a command changes)."""
+
+    async def build(s: Scene) -> dict[str, Any]:
+        return make(s, await s.w.new_block(attached=attached))
+
+    return build
+
+
+async def working_item_body(s: Scene) -> dict[str, Any]:
+    session_id, key = await s.w.new_working_item()
+    return {"org_id": s.w.own, "session_id": session_id, "key": key}
+
+
+async def working_session_body(s: Scene) -> dict[str, Any]:
+    session_id, _ = await s.w.new_working_item()
+    return {"org_id": s.w.own, "session_id": session_id}
 
 
 async def fresh_memory(s: Scene) -> dict[str, Any]:
@@ -498,6 +536,95 @@ ROWS: list[Row] = [
             }
         ),
         scoped_items,
+    ),
+    # Core memory blocks
+    Row(
+        "agentmem.cmd.block.append",
+        "member",
+        "org",
+        on_fresh_block(lambda s, b: {"block_id": b, "content": "more"}),
+    ),
+    Row(
+        "agentmem.cmd.block.attach",
+        "member",
+        "org",
+        on_fresh_block(lambda s, b: {"block_id": b, "agent_id": s.w.agent_id}),
+    ),
+    Row(
+        "agentmem.cmd.block.create",
+        "member",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "label": s.w.unique("label"),
+                "content": "made",
+                "agent_id": s.w.agent_id,
+            }
+        ),
+    ),
+    Row("agentmem.cmd.block.delete", "member", "org", on_fresh_block(lambda s, b: {"block_id": b})),
+    Row(
+        "agentmem.cmd.block.detach",
+        "member",
+        "org",
+        on_fresh_block(lambda s, b: {"block_id": b, "agent_id": s.w.agent_id}, attached=True),
+    ),
+    Row(
+        "agentmem.cmd.block.replace",
+        "member",
+        "org",
+        on_fresh_block(lambda s, b: {"block_id": b, "old_text": "table", "new_text": "cell"}),
+    ),
+    Row(
+        "agentmem.cmd.block.set",
+        "member",
+        "org",
+        on_fresh_block(lambda s, b: {"block_id": b, "content": s.w.unique("set")}),
+    ),
+    Row(
+        "agentmem.q.block.get",
+        "reader",
+        "org",
+        built(lambda s: {"block_id": s.w.block_id, "after_seq": s.w.seen}),
+        lambda s, d: d["block_id"] == s.w.block_id,
+    ),
+    Row(
+        "agentmem.q.block.history",
+        "reader",
+        "org",
+        built(lambda s: {"block_id": s.w.block_id}),
+        lambda s, d: d["items"][0]["commit_type"] == "block.create",
+    ),
+    Row(
+        "agentmem.q.block.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "agent_id": s.w.agent_id, "after_seq": s.w.seen}),
+        lambda s, d: s.w.block_id in listed(d, "block_id"),
+    ),
+    # Working memory
+    Row("agentmem.cmd.working.clear", "member", "org", working_session_body),
+    Row(
+        "agentmem.cmd.working.put",
+        "member",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "session_id": WORKING_SESSION, "content": "noted"}),
+    ),
+    Row("agentmem.cmd.working.remove", "member", "org", working_item_body),
+    Row(
+        "agentmem.q.working.get",
+        "reader",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "session_id": WORKING_SESSION,
+                "limit": 500,
+                "after_seq": s.w.seen,
+            }
+        ),
+        lambda s, d: s.w.working_key in listed(d, "key"),
     ),
     # Memories
     Row(
@@ -779,6 +906,9 @@ async def world(
     await w.new_key(w.victim.user_id)
     await w.new_message(w.session_id)
     w.memory_id = await w.new_memory()
+    persona = await root.create_block("persona", "shared persona", agent_id=agent_id, org_id=own)
+    w.block_id = str(persona.fields["block_id"])
+    _, w.working_key = await w.new_working_item(WORKING_SESSION)
     w.seen = await w.log_end()
     yield w
     await nc.close()
