@@ -22,6 +22,8 @@ from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import (
     ApiKeyCreated,
+    BlockAttached,
+    BlockCreated,
     MemoryAdded,
     MemoryArchived,
     MemorySuperseded,
@@ -29,12 +31,17 @@ from agentmem.events import (
     OrgRenamed,
     UserProfileUpdated,
     UserRegistered,
+    WorkingItemPut,
 )
 from agentmem.projections import ALL
+from agentmem.projections import blocks as block_reads
 from agentmem.projections import memories as reads
+from agentmem.projections import working as working_reads
+from agentmem.projections.blocks import BlocksProjection
 from agentmem.projections.memories import MemoriesProjection
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.orgs import ORGS
+from agentmem.projections.working import WorkingProjection
 from agentmem.service import Service
 from agentmem.store import (
     Column,
@@ -950,5 +957,90 @@ async def test_the_memory_reads_keep_scopes_apart(store_url: str) -> None:
             "m6",
         ]
         assert await reads.scope_memory_ids(store, "o1", {"user_id": "ann"}, "m4", 1) == ["m5"]
+    finally:
+        await store.close()
+
+
+# The block and working memory reads ------------------------------------------------------------
+async def test_the_block_and_working_reads(store_url: str) -> None:
+    """The named reads of ``projections.blocks`` and ``projections.working`` on each engine:
+    an agent's blocks (own and attached) by label, a user's, organizations apart; working
+    items above a priority, highest first, expired ones left out at the given time."""
+    store = await open_store(store_url)
+    try:
+        await store.migrate(MIGRATIONS)
+        blocks_projection, working_projection = BlocksProjection(), WorkingProjection()
+        made = [
+            ("b1", "o1", "persona", {"agent_id": "a1"}),
+            ("b2", "o1", "human", {"user_id": "ann"}),
+            ("b3", "o1", "project", {"agent_id": "a2"}),
+            ("b4", "o2", "persona", {"agent_id": "a1"}),  # the same agent id elsewhere
+        ]
+        batch = ProjectionBatch(blocks_projection.name, 0)
+        seq = 0
+        for block_id, org, label, owner in made:
+            seq += 1
+            created = BlockCreated(
+                block_id=block_id,
+                org_id=org,
+                label=label,
+                content=f"{label} text",
+                char_limit=100,
+                **owner,
+            )
+            c = commit(seq, subjects.event(org, "block", block_id), created)
+            batch.items.append((seq, c.subject, blocks_projection.project(c)))
+        for block_id, agent_id, label in (("b2", "a1", "human"), ("b3", "a1", "project")):
+            seq += 1
+            attached = BlockAttached(
+                block_id=block_id, agent_id=agent_id, label=label, agent_ids=(agent_id,)
+            )
+            c = commit(seq, subjects.event("o1", "block", block_id), attached)
+            batch.items.append((seq, c.subject, blocks_projection.project(c)))
+        await store.apply(batch)
+
+        rows = await block_reads.agent_blocks(store, "o1", "a1", "", 10)
+        assert [r["block_id"] for r in rows] == ["b2", "b1", "b3"]  # human, persona, project
+        assert block_reads.block_view(rows[0])["attached_agent_ids"] == ["a1"]
+        rows = await block_reads.agent_blocks(store, "o1", "a1", "human", 1)
+        assert [r["label"] for r in rows] == ["persona"]
+        assert [
+            r["block_id"] for r in await block_reads.agent_blocks(store, "o2", "a1", "", 10)
+        ] == ["b4"]
+        assert [
+            r["block_id"] for r in await block_reads.user_blocks(store, "o1", "ann", "", 10)
+        ] == ["b2"]
+        assert await block_reads.user_blocks(store, "o2", "ann", "", 10) == []
+        got = await block_reads.get_block(store, "b3")
+        assert got is not None
+        assert (got["content"], got["agent_id"]) == ("project text", "a2")
+
+        batch = ProjectionBatch(working_projection.name, 0)
+        items = [
+            ("s1", "low", 0.2, None),
+            ("s1", "high", 0.9, None),
+            ("s1", "brief", 1.0, 500),  # expires at its commit's time + 500
+            ("s1", "mid", 0.5, None),
+            ("s2", "other", 1.0, None),
+        ]
+        for seq, (session, key, priority, ttl) in enumerate(items, start=1):
+            put = WorkingItemPut(
+                session_id=session, key=key, content=key, priority=priority, ttl_ms=ttl
+            )
+            c = commit(seq, subjects.event("o1", "working", session), put)
+            batch.items.append((seq, c.subject, working_projection.project(c)))
+        await store.apply(batch)
+        put_at = int(commit(3, "x").headers[H_TIME])
+
+        async def keys(now: int, floor: float | None = None, limit: int = 10) -> list[str]:
+            found = await working_reads.live_items(store, "o1", "s1", now, floor, limit)
+            return [working_reads.item_view(r)["key"] for r in found]
+
+        assert await keys(put_at) == ["brief", "high", "mid", "low"]
+        assert await keys(put_at + 499) == ["brief", "high", "mid", "low"]
+        assert await keys(put_at + 500) == ["high", "mid", "low"]
+        assert await keys(put_at, floor=0.5) == ["brief", "high", "mid"]
+        assert await keys(put_at, limit=2) == ["brief", "high"]
+        assert await working_reads.live_items(store, "o2", "s1", put_at, None, 10) == []
     finally:
         await store.close()
