@@ -221,6 +221,20 @@ async def test_a_block_shared_by_agents_of_one_organization(
         await api.create_block("project", f"new for {agent}", agent_id=agent)
 
 
+async def test_a_retried_command_is_answered_with_its_first_outcome(
+    acme: tuple[str, Client], nc: NATS
+) -> None:
+    _, api = acme
+    first = await api.create_block("human", "Ann", user_id="ann", command_id="create-1")
+    again = await api.create_block("human", "Ann", user_id="ann", command_id="create-1")
+    assert (again.seq, again.fields["block_id"]) == (first.seq, first.fields["block_id"])
+    appended = await api.append_to_block(first.fields["block_id"], "Lee", command_id="add-1")
+    before = await last_seq(nc)
+    repeat = await api.append_to_block(first.fields["block_id"], "Lee", command_id="add-1")
+    assert (repeat.seq, repeat.fields["content"]) == (appended.seq, "Ann\nLee")
+    assert await last_seq(nc) == before
+
+
 async def test_history_keeps_every_version(acme: tuple[str, Client]) -> None:
     _, api = acme
     agent = await new_agent(api)

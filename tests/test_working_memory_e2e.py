@@ -103,6 +103,16 @@ async def test_remove_and_clear(acme: tuple[str, Client], nc: NATS) -> None:
     assert keys(await api.get_working("s2")) == ["a"]
 
 
+async def test_a_retried_put_is_stored_once(acme: tuple[str, Client], nc: NATS) -> None:
+    _, api = acme
+    first = await api.put_working("s7", "once", command_id="put-1")
+    before = await last_seq(nc)
+    again = await api.put_working("s7", "once", command_id="put-1")
+    assert (again.seq, again.fields["key"]) == (first.seq, first.fields["key"])
+    assert await last_seq(nc) == before
+    assert keys(await api.get_working("s7")) == [first.fields["key"]]
+
+
 async def test_expired_items_are_never_returned(
     service: Service, acme: tuple[str, Client], nc: NATS
 ) -> None:
