@@ -235,6 +235,37 @@ async def test_a_retried_command_is_answered_with_its_first_outcome(
     assert await last_seq(nc) == before
 
 
+async def test_concurrent_writes_lose_nothing_and_races_for_a_label_have_one_winner(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    agent = await new_agent(api)
+    block_id = (await api.create_block("log", "start", agent_id=agent)).fields["block_id"]
+    # Twenty appends at once, without expected_version: each is decided on the content the
+    # one before it wrote (no lost update), in some order.
+    await asyncio.gather(*(api.append_to_block(block_id, f"line {n}") for n in range(20)))
+    content = (await api.get_block(block_id, after_seq=api.last_seq)).content
+    lines = content.split("\n")
+    assert lines[0] == "start"
+    assert sorted(lines[1:]) == sorted(f"line {n}" for n in range(20))
+    # Five blocks labelled "notes" raced onto one agent: one is attached, four refused.
+    candidates = [
+        (await api.create_block("notes", f"notes {n}", user_id=f"u{n}")).fields["block_id"]
+        for n in range(5)
+    ]
+    results = await asyncio.gather(
+        *(api.attach_block(b, agent) for b in candidates), return_exceptions=True
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    assert len(won) == 1
+    assert all(isinstance(r, ConflictError) for r in results if isinstance(r, BaseException))
+    seen = await api.list_blocks(agent_id=agent, after_seq=api.last_seq)
+    assert [(b.label, b.block_id) for b in seen.items] == [
+        ("log", block_id),
+        ("notes", won[0].fields["block_id"]),
+    ]
+
+
 async def test_history_keeps_every_version(acme: tuple[str, Client]) -> None:
     _, api = acme
     agent = await new_agent(api)
