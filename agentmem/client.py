@@ -70,6 +70,7 @@ from agentmem.domain.memories import (
     GetMemory,
     ListMemories,
     MemoryHistory,
+    MemoryStats,
     RestoreMemory,
     SearchMemories,
     SupersedeMemory,
@@ -113,6 +114,7 @@ from agentmem.replies import (
     Items,
     MemoriesAdded,
     Memory,
+    MemoryCounts,
     Message,
     Org,
     Page,
@@ -998,12 +1000,19 @@ class Client:
 
     async def list_memories(self, **filters: Any) -> Page[Memory]:
         """``memory.list``: any of its filters as keywords (``user_id``, ``memory_type``,
-        ``states``, ``tags_any``, ``valid_from_after``, ``as_of``, ``cursor``...)."""
+        ``states``, ``tags_any``, ``valid_from_after``, ``as_of``, ``known_at``,
+        ``metadata_filter``, ``order_by="importance"``, ``cursor``...)."""
         return await self._query(ListMemories, Page[Memory], **filters)
 
     async def search_memories(self, text: str, **filters: Any) -> list[Memory]:
+        """``memory.search``, with any filter of ``memory.list`` as a keyword."""
         found = await self._query(SearchMemories, Items[Memory], text=text, **filters)
         return found.items
+
+    async def memory_stats(self, **scope: Any) -> MemoryCounts:
+        """``memory.stats``: counts by type, state and scope; ``user_id``, ``agent_id``,
+        ``session_id``, ``memory_type`` narrow it."""
+        return await self._query(MemoryStats, MemoryCounts, **scope)
 
     async def memory_history(
         self, memory_id: str, *, limit: int = 100, cursor: str | None = None

@@ -62,6 +62,9 @@ class Settings:
     # Copies of the event stream that a NATS cluster keeps: 3 survives the loss of one node
     # (docs/deploy.md). Used when the stream is created; an existing stream is only checked.
     replicas: int = field(default_factory=lambda: _env_int("REPLICAS", 1))
+    # Seconds between two expiry sweeps of a process that serves commands (0: none):
+    # memories past their expires_at get memory.expired (consumers/expiry.py).
+    expiry_sweep_s: int = field(default_factory=lambda: _env_int("EXPIRY_SWEEP_S", 60))
     # Which handlers and workers this process runs (several processes share one deployment;
     # a split needs Postgres: see service.check_roles).
     roles: frozenset[str] = field(

@@ -288,6 +288,15 @@ class MemoryDeleted(Event, tag="memory.deleted", frozen=True):
     scope_deletion: bool = False  # written by memory.delete_scope
 
 
+class MemoryExpired(Event, tag="memory.expired", frozen=True):
+    """Written by the service's expiry sweep once ``expires_at`` has passed: the memory's
+    content, metadata, tags and source leave the tables (its row stays, state ``expired``);
+    the log keeps the event. Reads leave it out from ``expires_at`` on, before this too."""
+
+    memory_id: str
+    expires_at: int  # the memory's expires_at that the sweep found passed
+
+
 # Core memory blocks: one subject per block, and one per label an agent or a user sees -------
 class BlockCreated(Event, tag="block.created", frozen=True):
     """A labelled block of text owned by an agent (``agent_id``) or a user (``user_id``).
@@ -411,6 +420,7 @@ AnyEvent = (
     | MemoryArchived
     | MemoryRestored
     | MemoryDeleted
+    | MemoryExpired
     | BlockCreated
     | BlockUpdated
     | BlockAttached

@@ -89,7 +89,7 @@ class Memory(msgspec.Struct, frozen=True):
     org_id: str
     memory_type: MemoryType
     content: str
-    state: str  # "live", "archived" or "superseded"
+    state: str  # "live", "archived", "superseded" or "expired"
     valid_from: int
     version: int
     user_id: str | None = None
@@ -98,6 +98,8 @@ class Memory(msgspec.Struct, frozen=True):
     metadata: dict[str, Any] = {}
     tags: list[str] = []
     importance: float = 0.5
+    # importance halved every half-life of its type since updated_at, at the query's time
+    decayed_importance: float = 0.5
     valid_to: int | None = None
     expires_at: int | None = None
     expired: bool = False  # expires_at has passed
@@ -137,6 +139,24 @@ class WorkingItem(msgspec.Struct, frozen=True):
     expires_at: int | None = None  # the put's recorded time + ttl_ms
     metadata: dict[str, Any] = {}
     created_at: int = 0  # when the put that made this item was recorded
+
+
+class MemoryCounts(msgspec.Struct, frozen=True):
+    """Counts of memories (deleted ones are not counted; an expired one is ``expired``)."""
+
+    org_id: str
+    total: int
+    by_type: dict[str, int]  # every type, 0 included
+    by_state: dict[str, int]  # live, archived, superseded, expired
+    # How many memories name a user, an agent, a session (one memory may name several)...
+    by_scope: dict[str, int]
+    # ...and how many distinct users, agents and sessions they name.
+    distinct: dict[str, int]
+    # The scope and type asked for, when one was.
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    memory_type: str | None = None
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):

@@ -26,6 +26,7 @@ from agentmem.consumers.access_view import AccessView, confirm_everywhere
 from agentmem.consumers.aggregates import AggregateCache, FreshReads
 from agentmem.consumers.auth import Authenticator
 from agentmem.consumers.commands import CommandRunner
+from agentmem.consumers.expiry import ExpirySweeper
 from agentmem.consumers.freshness import Freshness
 from agentmem.consumers.parts import Parts, routers
 from agentmem.consumers.router import Dispatcher
@@ -262,6 +263,7 @@ class Service:
         self.failed = asyncio.Event()
         self.failure = ""
         self._watcher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -344,6 +346,11 @@ class Service:
             workers_alive=self.workers_alive,
             this_process=self.this_process,
         )
+        if "commands" in roles and settings.expiry_sweep_s > 0:
+            sweeper = ExpirySweeper(log_, cache, self.store)
+            self._sweeper = asyncio.create_task(
+                sweeper.run(settings.expiry_sweep_s, self.stopped), name="expiry-sweep"
+            )
         # A process subscribes only the subject trees of its roles; every process answers
         # the system subjects (status, health) for itself.
         router, trees = routers(parts, roles)
@@ -407,6 +414,9 @@ class Service:
             self._watcher.cancel()
         if self.dispatcher:
             await self.dispatcher.stop()
+        if self._sweeper is not None:
+            # ``stopped`` ends its wait; a sweep under way is finished, within a step's time.
+            await asyncio.wait([self._sweeper], timeout=STEP_TIMEOUT_S)
         if self.access:
             try:
                 # Bounded like every step of a stop: the projections below must still drain.

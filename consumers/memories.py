@@ -9,6 +9,7 @@ reads ``reader``. How a duplicate is found in the log: ``agentmem.domain.memorie
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from agentmem.domain.memories import (
     ListMemories,
     Memory,
     MemoryHistory,
+    MemoryStats,
     Probe,
     RestoreMemory,
     SearchMemories,
@@ -47,6 +49,7 @@ from agentmem.domain.memories import (
     SupersedeMemory,
     UpdateMemory,
 )
+from agentmem.domain.memory_filter import MemoryFilter
 from agentmem.errors import ConflictError, NotFoundError
 from agentmem.projections import memories as reads
 from agentmem.validation import invalid
@@ -67,7 +70,7 @@ class _Duplicate(Exception):
 
 
 def _scope(body: Any) -> dict[str, str]:
-    return {f: getattr(body, f) for f in reads.SCOPE_FIELDS if getattr(body, f) is not None}
+    return {f: getattr(body, f) for f in memories.SCOPE_FIELDS if getattr(body, f) is not None}
 
 
 async def probe(loader: Loader, org_id: str, key: str, now: int, blind: bool = False) -> Probe:
@@ -312,16 +315,27 @@ def command_router(parts: Parts) -> Router:
 
 
 # Queries -----------------------------------------------------------------------------------
-def _cursor(cursor: str | None) -> tuple[int, int] | None:
+def _cursor(cursor: str | None, order_by: str) -> tuple[float, int, int | None] | None:
+    """(order key, position, the time importance was decayed to) of a page's last row."""
     key = decode_cursor(cursor)
     if not key:
         return None
-    first, _, second = key.partition(":")
-    if not (first.lstrip("-").isdigit() and second.isdigit()):
-        raise invalid(
-            "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
-        )
-    return int(first), int(second)
+    parts = key.split(":")
+    try:
+        if order_by == "importance" and len(parts) == 3:
+            value = float(parts[0])
+            if math.isfinite(value):
+                return value, int(parts[1]), int(parts[2])
+        elif order_by != "importance" and len(parts) == 2:
+            return int(parts[0]), int(parts[1]), None
+    except ValueError:
+        pass
+    raise invalid(
+        "cursor is not one this subject returned for this order_by",
+        "$.cursor",
+        "invalid_value",
+        cursor=cursor,
+    )
 
 
 def query_router(parts: Parts) -> Router:
@@ -349,33 +363,23 @@ def query_router(parts: Parts) -> Router:
     async def list_memories(request: Request[ListMemories]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
-        after = _cursor(query.cursor)
+        memory_filter = memories.filter_of(query, org_id)
+        after, now = _cursor(query.cursor, query.order_by), now_ms()
+        if after is not None and after[2] is not None:
+            now = after[2]  # the later pages of an order by decayed importance: its time
         seq = await freshness.wait(PROJECTION, query.after_seq)
-        # What was true at a time includes the facts corrected since.
-        default = ["live", "superseded"] if query.as_of is not None else ["live"]
-        now = now_ms()
         rows = await reads.list_memories(
             store,
-            org_id,
+            memory_filter,
             now=now,
-            scope=_scope(query),
-            memory_type=query.memory_type,
-            states=query.states or default,
-            tags_any=query.tags_any,
-            min_importance=query.min_importance,
-            max_importance=query.max_importance,
-            created_after=query.created_after,
-            created_before=query.created_before,
-            valid_from_after=query.valid_from_after,
-            valid_from_before=query.valid_from_before,
-            as_of=query.as_of,
             order_by=query.order_by,
             descending=query.order == "desc",
-            after=after,
+            after=None if after is None else (after[0], after[1]),
             limit=query.limit + 1,
         )
+        at = f":{now}" if query.order_by == "importance" else ""
         items = [
-            {**reads.memory_view(r, now), "cursor": f"{r['order_key']}:{r['position']}"}
+            {**reads.memory_view(r, now), "cursor": f"{r['order_key']!r}:{r['position']}{at}"}
             for r in rows
         ]
         result = page(items, query.limit, "cursor", MAX_PAGE_BYTES)
@@ -387,15 +391,22 @@ def query_router(parts: Parts) -> Router:
     async def search_memories(request: Request[SearchMemories]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
-        where: dict[str, Any] = {"org_id": org_id, **_scope(query), "state": query.state}
-        if query.memory_type is not None:
-            where["memory_type"] = query.memory_type
+        memory_filter = memories.filter_of(query, org_id)
         seq = await freshness.wait(PROJECTION, query.after_seq)
         now = now_ms()
-        rows = await reads.search_memories(store, query.text, where, query.limit)
-        items = [reads.memory_view(r, now) for r in rows]
-        # Expiry is a matter of time, not of the index: an expired memory is left out here.
-        return {"items": [i for i in items if not i["expired"]]}, seq
+        rows = await reads.search_memories(store, query.text, memory_filter, now, query.limit)
+        return {"items": [reads.memory_view(r, now) for r in rows]}, seq
+
+    @router.handle(MemoryStats)
+    async def memory_stats(request: Request[MemoryStats]) -> Result:
+        query = request.body
+        org_id = readable_org(request, query.org_id)
+        scope = _scope(query)
+        memory_filter = MemoryFilter(org_id, (), scope, query.memory_type)
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        counts = await reads.memory_stats(store, memory_filter, now_ms())
+        total = sum(counts["by_state"].values())
+        return {"org_id": org_id, "total": total, **scope, **counts}, seq
 
     async def chain(org_id: str, memory: Memory) -> list[str]:
         """The subjects of a memory's supersede chain, itself included, deleted ones not."""

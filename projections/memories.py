@@ -1,9 +1,13 @@
-"""The ``memories`` and ``memory_tags`` tables, and the named reads of the memory queries.
+"""The ``memories``, ``memory_tags`` and ``memory_versions`` tables, and the named reads of
+the memory queries.
 
 ``memories``: one row per memory that was not deleted, whatever its state (live, archived,
-superseded; an expired one keeps its row and is filtered at read). A deleted memory, or
-every memory of a deleted organization, leaves both tables and the full-text index. Claims
-(``memory.content_claimed``) are the log's own bookkeeping for deduplication: no row.
+superseded, expired). A memory past its ``expires_at`` is left out of reads at once; its
+``memory.expired`` (the expiry sweep's) empties its content, metadata, tags and source
+here and in its versions. A deleted memory, or every memory of a deleted organization,
+leaves every table and full-text index. Claims (``memory.content_claimed``) are the log's
+own bookkeeping for deduplication: no row. ``memory_versions``: the earlier versions, for
+``known_at`` (below).
 
 ``position`` is ``seq * 1000 + the memory's index in its commit`` (a batch holds at most
 1,000): unique, in log order, the full-text index's key and the order of "created".
@@ -12,28 +16,44 @@ every memory of a deleted organization, leaves both tables and the full-text ind
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from agentmem import subjects
-from agentmem.domain.memories import MAX_BATCH
+from agentmem.domain.memories import MAX_BATCH, SCOPE_FIELDS, millionths
+from agentmem.domain.memory_filter import MemoryFilter, decayed
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
     MemoryAdded,
     MemoryArchived,
     MemoryDeleted,
+    MemoryExpired,
     MemoryRestored,
     MemorySuperseded,
     MemoryUpdated,
     OrgDeleted,
 )
+from agentmem.projections.memory_filters import condition, decayed_sql
 from agentmem.projections.rows import json_text, tag_rows, tag_table
-from agentmem.store import Column, Delete, FullText, RowOp, Store, Table, Update, Upsert
+from agentmem.store import (
+    Column,
+    Condition,
+    Copy,
+    Delete,
+    Dialect,
+    FullText,
+    RowOp,
+    Store,
+    Table,
+    Update,
+    Upsert,
+)
 
 PER_COMMIT = MAX_BATCH
 IMPORTANCE_SCALE = 1_000_000
+MEMORY_TYPES = ("semantic", "episodic", "procedural", "resource")
+STATES = ("live", "archived", "superseded", "expired")
 SCOPE = ("org_id", "user_id", "agent_id", "session_id", "memory_type", "state")
 
 MEMORIES = Table(
@@ -70,6 +90,8 @@ MEMORIES = Table(
         ("memories_agent", ("org_id", "agent_id", "position"), False),
         ("memories_session", ("org_id", "session_id", "position"), False),
         ("memories_valid", ("org_id", "valid_from", "position"), False),
+        # The expiry sweep's look-up (migration 7).
+        ("memories_expires", ("expires_at",), False),
     ),
     # A search filters by the scope inside the full-text index (agentmem/store/fulltext.py).
     full_text=FullText(columns=("content",), key="position", scope=SCOPE),
@@ -78,8 +100,40 @@ MEMORIES = Table(
 
 MEMORY_TAGS = tag_table("memory_tags", "memory_id")
 
+# What the service knew when (``known_at``): the ``memories`` row is each memory's current
+# version, recorded at its ``version`` (``updated_at``); ``memory_versions`` keeps every
+# earlier one of the memories not deleted, a whole copy of the row as it was, with the log
+# sequences and times between which it was the current one: from ``recorded_seq``
+# (``recorded_at``, the row's ``version`` and ``updated_at`` then) until
+# ``recorded_until_seq`` (``recorded_until_at``), the change that replaced it. An add writes
+# no version (most memories never change); every change copies the row before changing it.
+# Its own full-text index (key ``version_key``: the position of the change) lets a search
+# ask what was known then, with the same scope inside the match.
+MEMORY_VERSIONS = Table(
+    name="memory_versions",
+    columns=(
+        *MEMORIES.columns,
+        Column("recorded_seq", "integer"),
+        Column("recorded_at", "integer"),
+        Column("recorded_until_seq", "integer"),
+        Column("recorded_until_at", "integer"),
+        Column("version_key", "integer"),
+    ),
+    primary_key=("memory_id", "recorded_seq"),
+    indexes=(
+        ("memory_versions_org", ("org_id", "position"), False),
+        ("memory_versions_user", ("org_id", "user_id", "position"), False),
+        ("memory_versions_agent", ("org_id", "agent_id", "position"), False),
+        ("memory_versions_session", ("org_id", "session_id", "position"), False),
+    ),
+    full_text=FullText(columns=("content",), key="version_key", scope=SCOPE),
+    scrub=True,
+)
+# What an expired memory keeps of what people wrote: nothing.
+EMPTIED = {"content": "", "metadata": "{}", "tags": "[]", "source": "{}"}
+
 COLUMNS = ", ".join(MEMORIES.column_names)
-_M_COLUMNS = ", ".join(f"m.{c}" for c in MEMORIES.column_names)
+_T_COLUMNS = ", ".join(f"t.{c}" for c in MEMORIES.column_names)
 
 
 def position(seq: int, index: int) -> int:
@@ -88,20 +142,31 @@ def position(seq: int, index: int) -> int:
     return seq * PER_COMMIT + index
 
 
-def millionths(importance: float) -> int:
-    return round(importance * IMPORTANCE_SCALE)
+def _changed(memory_id: str, values: dict[str, Any], seq: int, at: int, key: int) -> list[RowOp]:
+    """A change of one memory: the row as it was kept as a version (recorded from its last
+    change until this one), then the row changed."""
+    kept = Copy(
+        "memory_versions",
+        "memories",
+        {"memory_id": memory_id},
+        MEMORY_VERSIONS.column_names,
+        {"recorded_until_seq": seq, "recorded_until_at": at, "version_key": key},
+        (("recorded_seq", "version"), ("recorded_at", "updated_at")),
+    )
+    return [kept, Update("memories", {"memory_id": memory_id}, values)]
 
 
 class MemoriesProjection:
     name = "memories"
     # Org deletions too (their own subject): they remove the organization's memories.
     filter_subjects = [subjects.events_of("memory"), subjects.events_of("org_deletion")]
-    tables = [MEMORIES, MEMORY_TAGS]
+    tables = [MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
         ops: list[RowOp] = []
         at, seq = commit.time_ms, commit.seq
         for index, event in enumerate(commit.events):
+            key = position(seq, index)
             match event:
                 case MemoryAdded():
                     row = {
@@ -124,7 +189,7 @@ class MemoriesProjection:
                         "source": json_text(event.source),
                         "uri": event.uri,
                         "mime_type": event.mime_type,
-                        "position": position(seq, index),
+                        "position": key,
                         "created_at": at,
                         "updated_at": at,
                         "version": seq,
@@ -143,7 +208,7 @@ class MemoriesProjection:
                         "updated_at": at,
                         "version": seq,
                     }
-                    ops.append(Update("memories", {"memory_id": event.memory_id}, values))
+                    ops += _changed(event.memory_id, values, seq, at, key)
                     org_id = subjects.parse(commit.subject).org_id
                     ops += tag_rows(MEMORY_TAGS, org_id, event.memory_id, event.tags)
                 case MemorySuperseded():
@@ -154,19 +219,29 @@ class MemoriesProjection:
                         "updated_at": at,
                         "version": seq,
                     }
-                    ops.append(Update("memories", {"memory_id": event.memory_id}, values))
+                    ops += _changed(event.memory_id, values, seq, at, key)
                 case MemoryArchived(memory_id=memory_id):
                     values = {"state": "archived", "updated_at": at, "version": seq}
-                    ops.append(Update("memories", {"memory_id": memory_id}, values))
+                    ops += _changed(memory_id, values, seq, at, key)
                 case MemoryRestored(memory_id=memory_id):
                     values = {"state": "live", "updated_at": at, "version": seq}
-                    ops.append(Update("memories", {"memory_id": memory_id}, values))
+                    ops += _changed(memory_id, values, seq, at, key)
+                case MemoryExpired(memory_id=memory_id):
+                    # Its content leaves the tables (and so the full-text indexes), every
+                    # version's too: the rows say only that it existed, in which scope, and
+                    # when it expired.
+                    values = {"state": "expired", **EMPTIED, "updated_at": at, "version": seq}
+                    ops += _changed(memory_id, values, seq, at, key)
+                    ops.append(Update("memory_versions", {"memory_id": memory_id}, EMPTIED))
+                    ops.append(Delete("memory_tags", {"memory_id": memory_id}))
                 case MemoryDeleted(memory_id=memory_id):
                     ops.append(Delete("memories", {"memory_id": memory_id}))
                     ops.append(Delete("memory_tags", {"memory_id": memory_id}))
+                    ops.append(Delete("memory_versions", {"memory_id": memory_id}))
                 case OrgDeleted(org_id=deleted):
                     ops.append(Delete("memories", {"org_id": deleted}))
                     ops.append(Delete("memory_tags", {"org_id": deleted}))
+                    ops.append(Delete("memory_versions", {"org_id": deleted}))
         return ops
 
 
@@ -178,13 +253,18 @@ _json = msgspec.json.Decoder()
 
 
 def memory_view(row: dict[str, Any], now: int) -> dict[str, Any]:
-    """A row as the queries answer it."""
+    """A row as the queries answer it, its importance decayed to ``now``."""
     view = {c: row[c] for c in MEMORIES.column_names if c != "position"}
     view["metadata"] = _json.decode(row["metadata"])
     view["tags"] = _json.decode(row["tags"])
     view["source"] = _json.decode(row["source"])
     view["importance"] = row["importance"] / IMPORTANCE_SCALE
-    view["expired"] = row["expires_at"] is not None and row["expires_at"] <= now
+    view["decayed_importance"] = decayed(
+        view["importance"], row["memory_type"], row["updated_at"], now
+    )
+    view["expired"] = row["state"] == "expired" or (
+        row["expires_at"] is not None and row["expires_at"] <= now
+    )
     if "rank" in row:
         view["rank"] = row["rank"]
     return view
@@ -192,9 +272,6 @@ def memory_view(row: dict[str, Any], now: int) -> dict[str, Any]:
 
 async def get_memory(store: Store, memory_id: str) -> dict[str, Any] | None:
     return await store.fetch_one(f"SELECT {COLUMNS} FROM memories WHERE memory_id = ?", memory_id)
-
-
-SCOPE_FIELDS = ("user_id", "agent_id", "session_id")
 
 
 async def scope_memory_ids(
@@ -216,102 +293,138 @@ async def scope_memory_ids(
     return [row["memory_id"] for row in rows]
 
 
-def _state_sql(states: Sequence[str], now: int, args: list[Any]) -> str:
-    """One condition for the states asked: live and archived ones that have expired count
-    as expired only."""
-    parts = []
-    not_expired = "(m.expires_at IS NULL OR m.expires_at > ?)"
-    for state in dict.fromkeys(states):
-        if state == "expired":
-            parts.append("(m.state <> 'superseded' AND m.expires_at <= ?)")
-        elif state == "superseded":
-            parts.append("m.state = 'superseded'")
-            continue
-        else:
-            parts.append(f"(m.state = ? AND {not_expired})")
-            args.append(state)
-        args.append(now)
-    return "(" + " OR ".join(parts) + ")"
+def _rows_of(memory_filter: MemoryFilter, dialect: Dialect, now: int) -> Condition:
+    """The rows a list reads, filtered, as a FROM item named ``t``: the ``memories`` rows,
+    or, for what was known at an earlier point, the versions current then (``memories``
+    rows not changed since, and ``memory_versions`` rows)."""
+    org = memory_filter.org_id
+    if not memory_filter.past:
+        where = condition(memory_filter, dialect, now)
+        return Condition(
+            f"(SELECT {_T_COLUMNS} FROM memories t WHERE t.org_id = ? AND {where.sql}) t",
+            (org, *where.args),
+        )
+    current = condition(memory_filter, dialect, now)
+    earlier = condition(memory_filter, dialect, now, earlier=True)
+    return Condition(
+        f"(SELECT {_T_COLUMNS} FROM memories t WHERE t.org_id = ? AND {current.sql} "
+        f"UNION ALL SELECT {_T_COLUMNS} FROM memory_versions t WHERE t.org_id = ? AND "
+        f"{earlier.sql}) t",
+        (org, *current.args, org, *earlier.args),
+    )
 
 
 async def list_memories(
     store: Store,
-    org_id: str,
+    memory_filter: MemoryFilter,
     *,
     now: int,
-    scope: dict[str, str],
-    memory_type: str | None,
-    states: Sequence[str],
-    tags_any: Sequence[str] | None,
-    min_importance: float | None,
-    max_importance: float | None,
-    created_after: int | None,
-    created_before: int | None,
-    valid_from_after: int | None,
-    valid_from_before: int | None,
-    as_of: int | None,
     order_by: str,
     descending: bool,
-    after: tuple[int, int] | None,
+    after: tuple[float, int] | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    """One page, along the (org, scope column, position) or (org, valid_from, position)
-    index. ``after``: the (order key, position) of the last row of the previous page. Rows
-    come with ``order_key``, the value the page is ordered by."""
-    key = "m.position" if order_by == "created" else "m.valid_from"
-    source = "memories m"
-    where = ["m.org_id = ?"]
-    args: list[Any] = [org_id]
-    if tags_any:
-        marks = ", ".join("?" for _ in tags_any)
-        where.append(
-            f"m.memory_id IN (SELECT t.memory_id FROM memory_tags t WHERE t.org_id = ? "
-            f"AND t.tag IN ({marks}))"
-        )
-        args += [org_id, *tags_any]
-    for column, value in scope.items():
-        where.append(f"m.{column} = ?")
-        args.append(value)
-    if memory_type is not None:
-        where.append("m.memory_type = ?")
-        args.append(memory_type)
-    where.append(_state_sql(states, now, args))
-    if min_importance is not None:
-        where.append("m.importance >= ?")
-        args.append(millionths(min_importance))
-    if max_importance is not None:
-        where.append("m.importance <= ?")
-        args.append(millionths(max_importance))
-    for sql, bound in (
-        ("m.created_at >= ?", created_after),
-        ("m.created_at < ?", created_before),
-        ("m.valid_from >= ?", valid_from_after),
-        ("m.valid_from < ?", valid_from_before),
-    ):
-        if bound is not None:
-            where.append(sql)
-            args.append(bound)
-    if as_of is not None:
-        where.append("m.valid_from <= ? AND (m.valid_to IS NULL OR m.valid_to > ?)")
-        args += [as_of, as_of]
+    """One page. ``after``: the (order key, position) of the last row of the previous page.
+    Rows come with ``order_key``, the value the page is ordered by: the position
+    (created), ``valid_from``, or the importance decayed to ``now`` (not indexed: the rows
+    the other filters leave are sorted)."""
+    rows = _rows_of(memory_filter, store.dialect, now)
+    args: list[Any] = []
+    if order_by == "importance":
+        key = decayed_sql(now)
+        args += key.args
+    else:
+        key = Condition("t.position" if order_by == "created" else "t.valid_from")
+    args += rows.args
+    clauses = ["TRUE"]
     if after is not None:
         sign = "<" if descending else ">"
         if order_by == "created":
-            where.append(f"m.position {sign} ?")
+            clauses.append(f"t.position {sign} ?")
             args.append(after[1])
         else:
-            where.append(f"(m.valid_from {sign} ? OR (m.valid_from = ? AND m.position {sign} ?))")
-            args += [after[0], after[0], after[1]]
+            clauses.append(f"({key.sql} {sign} ? OR ({key.sql} = ? AND t.position {sign} ?))")
+            args += [*key.args, after[0], *key.args, after[0], after[1]]
     direction = "DESC" if descending else "ASC"
     sql = (
-        f"SELECT {_M_COLUMNS}, {key} AS order_key FROM {source} WHERE {' AND '.join(where)} "
-        f"ORDER BY {key} {direction}, m.position {direction} LIMIT ?"
+        f"SELECT {_T_COLUMNS}, {key.sql} AS order_key FROM {rows.sql} "
+        f"WHERE {' AND '.join(clauses)} ORDER BY order_key {direction}, t.position {direction} "
+        f"LIMIT ?"
     )
     return await store.fetch_all(sql, *args, limit)
 
 
 async def search_memories(
-    store: Store, text: str, where: dict[str, Any], limit: int
+    store: Store, text: str, memory_filter: MemoryFilter, now: int, limit: int
 ) -> list[dict[str, Any]]:
-    """Full-text search with the scope inside the index's match (``Store.search``)."""
-    return await store.search(MEMORIES, text, where, limit)
+    """Full-text search with the scope inside the index's match (``Store.search``) and
+    every other filter checked inside the query, before its limits. What was known at an
+    earlier point: the current rows not changed since, and the versions' own index, each
+    searched so, the best ``limit`` of both (by rank, then newest memory first)."""
+    where: dict[str, Any] = {"org_id": memory_filter.org_id, **memory_filter.scope}
+    if memory_filter.memory_type is not None:
+        where["memory_type"] = memory_filter.memory_type
+    if memory_filter.states in (("live",), ("archived",), ("superseded",)):
+        where["state"] = memory_filter.states[0]  # one state: inside the index too
+    rest = condition(memory_filter, store.dialect, now, with_scope=False)
+    found = await store.search(MEMORIES, text, where, limit, rest)
+    if not memory_filter.past:
+        return found
+    then = condition(memory_filter, store.dialect, now, with_scope=False, earlier=True)
+    found += await store.search(MEMORY_VERSIONS, text, where, limit, then)
+    found.sort(key=lambda row: (row["rank"], row["position"]), reverse=True)
+    return found[:limit]
+
+
+async def memory_stats(
+    store: Store, memory_filter: MemoryFilter, now: int
+) -> dict[str, dict[str, int]]:
+    """Counts by type, state and scope kind, and distinct scopes, of the memories of an
+    organization that ``memory_filter``'s scope and type select (any state)."""
+    every = MemoryFilter(
+        org_id=memory_filter.org_id,
+        states=STATES,
+        scope=memory_filter.scope,
+        memory_type=memory_filter.memory_type,
+    )
+    where = condition(every, store.dialect, now)
+    state = (
+        "CASE WHEN t.state = 'expired' OR (t.state <> 'superseded' AND t.expires_at <= ?) "
+        "THEN 'expired' ELSE t.state END"
+    )
+    sql = (
+        f"SELECT t.memory_type AS memory_type, {state} AS state, count(*) AS n, "
+        f"count(t.user_id) AS users, count(t.agent_id) AS agents, "
+        f"count(t.session_id) AS sessions FROM memories t WHERE t.org_id = ? AND {where.sql} "
+        f"GROUP BY 1, 2"
+    )
+    rows = await store.fetch_all(sql, now, memory_filter.org_id, *where.args)
+    by_type = dict.fromkeys(MEMORY_TYPES, 0)
+    by_state = dict.fromkeys(STATES, 0)
+    by_scope = {"user": 0, "agent": 0, "session": 0}
+    for row in rows:
+        by_type[row["memory_type"]] = by_type.get(row["memory_type"], 0) + row["n"]
+        by_state[row["state"]] += row["n"]
+        by_scope["user"] += row["users"]
+        by_scope["agent"] += row["agents"]
+        by_scope["session"] += row["sessions"]
+    distinct_sql = (
+        f"SELECT count(DISTINCT t.user_id) AS user, count(DISTINCT t.agent_id) AS agent, "
+        f"count(DISTINCT t.session_id) AS session FROM memories t "
+        f"WHERE t.org_id = ? AND {where.sql}"
+    )
+    counted = await store.fetch_one(distinct_sql, memory_filter.org_id, *where.args)
+    distinct = {k: int(counted[k]) if counted else 0 for k in ("user", "agent", "session")}
+    return {"by_type": by_type, "by_state": by_state, "by_scope": by_scope, "distinct": distinct}
+
+
+async def expired_memory_ids(store: Store, now: int, limit: int) -> list[tuple[str, str]]:
+    """(org, memory) of memories whose ``expires_at`` has passed and that the log has not
+    expired yet: what the expiry sweep looks at, the longest expired first."""
+    rows = await store.fetch_all(
+        "SELECT org_id, memory_id FROM memories WHERE expires_at <= ? AND state <> 'expired' "
+        "ORDER BY expires_at, memory_id LIMIT ?",
+        now,
+        limit,
+    )
+    return [(row["org_id"], row["memory_id"]) for row in rows]

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
 from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
-from agentmem.projections.memories import MEMORIES, MEMORY_TAGS
+from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
@@ -25,6 +25,8 @@ from agentmem.store.port import FullText, Migration, Sql
 # The messages' full-text index as migration 3 made it, without a scope (migration 4
 # replaced it): that migration's statements stay what they were when it was released.
 MESSAGES_INDEX_3 = replace(MESSAGES, full_text=FullText(columns=("content",), key="position"))
+
+_EXPIRES_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at)"
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -134,6 +136,25 @@ MIGRATIONS: list[Migration] = [
                     "COMMENT ON TABLE working_items IS 'AgentMem projection working: one row "
                     "per working memory item not removed or cleared; expires_at is the put''s "
                     "recorded time plus ttl_ms; priority in millionths'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        7,
+        "earlier memory versions (what was known when), their full-text index, expiry look-up",
+        (
+            MEMORY_VERSIONS,
+            Sql(**fulltext.ddl(MEMORY_VERSIONS)),
+            # The sweep's look-up, for a store whose memories table migration 5 made before
+            # the index was declared.
+            Sql(sqlite=(_EXPIRES_INDEX,), postgres=(_EXPIRES_INDEX,)),
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE memory_versions IS 'AgentMem projection memories: every "
+                    "earlier version of each memory not deleted (the current one is its "
+                    "memories row), a whole copy of the row, current from recorded_seq until "
+                    "recorded_until_seq'",
                 )
             ),
         ),

@@ -79,6 +79,7 @@ from agentmem.domain.memories import (
     GetMemory,
     ListMemories,
     MemoryHistory,
+    MemoryStats,
     RestoreMemory,
     SearchMemories,
     SupersedeMemory,
@@ -217,6 +218,7 @@ VALID: dict[str, dict[str, Any]] = {
     RemoveWorkingItem.op.subject: {"session_id": "s1", "key": "k1"},
     ClearWorkingMemory.op.subject: {"session_id": "s1"},
     GetWorkingMemory.op.subject: {"session_id": "s1", "min_priority": 0.5},
+    MemoryStats.op.subject: {"user_id": "u1"},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -292,6 +294,7 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     RemoveWorkingItem.op.subject: ("key", 1),
     ClearWorkingMemory.op.subject: ("session_id", ["s1"]),
     GetWorkingMemory.op.subject: ("min_priority", "0.5"),
+    MemoryStats.op.subject: ("memory_type", 5),
 }
 
 
@@ -839,7 +842,64 @@ BAD_VALUES = [
     (PutWorkingItem.op.subject, "key", "k.1", "pattern"),
     (RemoveWorkingItem.op.subject, "session_id", "s 1", "pattern"),
     (GetWorkingMemory.op.subject, "min_priority", -0.1, "out_of_range"),
+    (ListMemories.op.subject, "order_by", "decay", "invalid_value"),
+    # Past a store's 64-bit integer: it stalled the memories projection.
+    (AddMemory.op.subject, "expires_at", 2**63, "out_of_range"),
+    (AddMemory.op.subject, "valid_from", 253_402_300_800_000, "out_of_range"),
+    (ListMemories.op.subject, "known_at_seq", -1, "out_of_range"),
+    (ListMemories.op.subject, "metadata_filter", [], "wrong_type"),
+    (SearchMemories.op.subject, "known_at", -5, "out_of_range"),
+    (SearchMemories.op.subject, "states", ["gone"], "invalid_value"),
+    (MemoryStats.op.subject, "memory_type", "core", "invalid_value"),
 ]
+
+# Metadata filters outside the language or its bounds: where the reply says, and why.
+BAD_FILTERS: list[tuple[Any, str, str]] = [
+    ({}, "$.metadata_filter", "too_short"),
+    ({"city": {"like": "P%"}}, "$.metadata_filter.city.like", "invalid_value"),
+    ({"city": {}}, "$.metadata_filter.city", "too_short"),
+    ({"n": {"gt": True}}, "$.metadata_filter.n.gt", "wrong_type"),
+    ({"n": {"gt": None}}, "$.metadata_filter.n.gt", "wrong_type"),
+    ({"n": {"in": "a"}}, "$.metadata_filter.n.in", "wrong_type"),
+    ({"n": {"in": []}}, "$.metadata_filter.n.in", "too_short"),
+    ({"n": {"nin": list(range(101))}}, "$.metadata_filter.n.nin", "too_long"),
+    ({"n": {"eq": [1]}}, "$.metadata_filter.n.eq", "wrong_type"),
+    ({"n": {"eq": {"a": 1}}}, "$.metadata_filter.n.eq", "wrong_type"),
+    ({"n": {"contains": None}}, "$.metadata_filter.n.contains", "wrong_type"),
+    ({"n": 2**64}, "$.metadata_filter.n", "out_of_range"),
+    ({"n": "x" * 1001}, "$.metadata_filter.n", "too_long"),
+    ({"a'b": 1}, '$.metadata_filter["a\'b"]', "pattern"),
+    ({"a.b.c.d.e": 1}, '$.metadata_filter["a.b.c.d.e"]', "pattern"),
+    ({"or": {"a": 1}}, "$.metadata_filter.or", "wrong_type"),
+    ({"or": []}, "$.metadata_filter.or", "too_short"),
+    ({"and": [{"a": 1}, 5]}, "$.metadata_filter.and[1]", "wrong_type"),
+    ({"not": [{"a": 1}]}, "$.metadata_filter.not", "wrong_type"),
+    (
+        {"not": {"not": {"not": {"not": {"not": {"not": {"a": 1}}}}}}},
+        "$.metadata_filter.not.not.not.not.not.not",
+        "too_deep",
+    ),
+    ({"or": [{"a": i} for i in range(65)]}, "$.metadata_filter.or", "too_long"),
+    (
+        {"and": [{"a": {"in": [1], "gt": 0}} for _ in range(33)]},
+        "$.metadata_filter.and[32].a.in",
+        "too_long",
+    ),
+]
+
+
+@pytest.mark.parametrize("subject", [ListMemories.op.subject, SearchMemories.op.subject])
+@pytest.mark.parametrize(("document", "path", "reason"), BAD_FILTERS)
+async def test_a_bad_metadata_filter(
+    bus: Bus, subject: str, document: Any, path: str, reason: str
+) -> None:
+    body = {**VALID[subject], "metadata_filter": document}
+    await assert_invalid(bus, subject, encode(body), path=path, reason=reason)
+
+
+async def test_known_at_once(bus: Bus) -> None:
+    body = {**VALID[ListMemories.op.subject], "known_at": 5, "known_at_seq": 5}
+    await assert_invalid(bus, ListMemories.op.subject, encode(body), "known_at", path="$.known_at")
 
 
 @pytest.mark.parametrize(

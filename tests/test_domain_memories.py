@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agentmem import subjects
-from agentmem.domain import memories
+from agentmem.domain import memories, memory_filter
 from agentmem.domain.aggregate import Loaded, fold
 from agentmem.domain.memories import (
     ArchiveMemory,
@@ -28,13 +28,20 @@ from agentmem.events import (
     MemoryArchived,
     MemoryContentClaimed,
     MemoryDeleted,
+    MemoryExpired,
     MemoryRestored,
     MemorySuperseded,
     MemoryUpdated,
     OrgDeleted,
 )
-from agentmem.projections.memories import MemoriesProjection, millionths, position
-from agentmem.store import Delete, Update, Upsert
+from agentmem.projections.memories import (
+    EMPTIED,
+    MEMORY_VERSIONS,
+    MemoriesProjection,
+    millionths,
+    position,
+)
+from agentmem.store import Copy, Delete, Update, Upsert
 
 ORG = "org-1"
 NOW = 1_700_000_000_000
@@ -309,6 +316,7 @@ def commit(seq: int, *events: AnyEvent, subject: str | None = None) -> StoredCom
 def test_the_projection() -> None:
     projection = MemoriesProjection()
     event = added(tags=("a",), importance=0.7)
+    # An add writes no version: its row is its current one.
     [row, clear, tag] = projection.project(commit(3, event))
     assert isinstance(row, Upsert)
     assert row.row["position"] == position(3, 0) == 3000
@@ -320,26 +328,70 @@ def test_the_projection() -> None:
     assert clear == Delete("memory_tags", {"memory_id": event.memory_id})
     assert tag == Upsert("memory_tags", {"memory_id": event.memory_id, "tag": "a", "org_id": ORG})
     assert millionths(0.1 + 0.2) == 300_000
-    [ended] = projection.project(
-        commit(4, MemorySuperseded(memory_id="m", superseded_by="n", valid_to=9))
-    )
-    assert ended == Update(
+    values = {
+        "state": "superseded",
+        "superseded_by": "n",
+        "valid_to": 9,
+        "updated_at": 1234,
+        "version": 4,
+    }
+    # A change keeps the row as it was (recorded from its last change until this one),
+    # then changes it.
+    kept = Copy(
+        "memory_versions",
         "memories",
         {"memory_id": "m"},
-        {
-            "state": "superseded",
-            "superseded_by": "n",
-            "valid_to": 9,
-            "updated_at": 1234,
-            "version": 4,
-        },
+        MEMORY_VERSIONS.column_names,
+        {"recorded_until_seq": 4, "recorded_until_at": 1234, "version_key": 4000},
+        (("recorded_seq", "version"), ("recorded_at", "updated_at")),
     )
-    assert projection.project(commit(5, MemoryDeleted(memory_id="m"))) == [
+    assert projection.project(
+        commit(4, MemorySuperseded(memory_id="m", superseded_by="n", valid_to=9))
+    ) == [kept, Update("memories", {"memory_id": "m"}, values)]
+    expired = projection.project(commit(5, MemoryExpired(memory_id="m", expires_at=10)))
+    changed = {"state": "expired", **EMPTIED, "updated_at": 1234, "version": 5}
+    assert expired[1] == Update("memories", {"memory_id": "m"}, changed)
+    # Every version of an expired memory loses its content, and its tags go.
+    assert expired[2:] == [
+        Update("memory_versions", {"memory_id": "m"}, EMPTIED),
+        Delete("memory_tags", {"memory_id": "m"}),
+    ]
+    assert projection.project(commit(6, MemoryDeleted(memory_id="m"))) == [
         Delete("memories", {"memory_id": "m"}),
         Delete("memory_tags", {"memory_id": "m"}),
+        Delete("memory_versions", {"memory_id": "m"}),
     ]
     assert projection.project(commit(6, MemoryContentClaimed(slot_id="k", memory_id="m"))) == []
     assert projection.project(commit(7, OrgDeleted(org_id=ORG))) == [
         Delete("memories", {"org_id": ORG}),
         Delete("memory_tags", {"org_id": ORG}),
+        Delete("memory_versions", {"org_id": ORG}),
     ]
+
+
+# Lifecycle ---------------------------------------------------------------------------------
+def test_the_sweep_expires_a_memory_once_its_time_has_passed() -> None:
+    memory_id = added().memory_id
+    slot = loaded(added(expires_at=100))
+    assert memories.expire(slot, 99) == []
+    [write] = memories.expire(slot, 100)
+    # At the version read: a second sweeper that read the same version fails its write.
+    assert (write.subject, write.expected) == (slot.subject, slot.version)
+    assert write.events == [MemoryExpired(memory_id=memory_id, expires_at=100)]
+    gone = loaded(added(expires_at=100), MemoryExpired(memory_id=memory_id, expires_at=100))
+    assert memories.expire(gone, 200) == []
+    assert memories.expire(loaded(added()), 10**15) == []  # no expires_at: never
+    with pytest.raises(ConflictError):
+        memories.update(gone, UpdateMemory(memory_id=memory_id, importance=0.9), None, 200)
+    # An expired memory no longer holds its content: a new add of the text is a new memory.
+    assert not memories.holds(gone.state, None, "k", 200)
+
+
+def test_importance_halves_every_half_life_of_its_type() -> None:
+    day = memory_filter.DAY_MS
+    for memory_type, days in memory_filter.HALF_LIFE_DAYS.items():
+        at = int(days * day)
+        assert memory_filter.decayed(0.8, memory_type, 0, at) == pytest.approx(0.4)
+        assert memory_filter.decayed(0.8, memory_type, 0, 2 * at) == pytest.approx(0.2)
+        assert memory_filter.decayed(0.8, memory_type, 1_000, 10) == 0.8  # never raised
+    assert memory_filter.HALF_LIFE_DAYS["episodic"] < memory_filter.HALF_LIFE_DAYS["semantic"]

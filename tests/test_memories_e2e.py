@@ -16,6 +16,7 @@ The complaints of memory users (issue 12) are one test each, named for what they
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,11 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
-from agentmem.projections.memories import MEMORIES, MEMORY_TAGS
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.consumers.expiry import ExpirySweeper
+from agentmem.eventlog import EventLog
+from agentmem.events import MemoryExpired
+from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
 from agentmem.service import Service
 from tests.realparts import dump_store, replay_into, wait_caught_up
 
@@ -242,6 +247,9 @@ async def test_a_superseded_fact_is_not_returned_with_its_correction(
     assert ids_of((await api.list_memories(user_id="ann", as_of=T0 + DAY)).items) == [old_id]
     assert ids_of((await api.list_memories(user_id="ann", as_of=T0 + 11 * DAY)).items) == [new_id]
     assert (await api.list_memories(user_id="ann", as_of=T0 - DAY)).items == []
+    # Search answers by valid time too, and the correction alone is found now.
+    assert ids_of(await api.search_memories("Ann lives", user_id="ann", as_of=T0 + DAY)) == [old_id]
+    assert ids_of(await api.search_memories("Ann lives", user_id="ann")) == [new_id]
     # The chain's history, from either end, old to new.
     for memory_id in (old_id, new_id):
         history = await api.memory_history(memory_id)
@@ -250,13 +258,26 @@ async def test_a_superseded_fact_is_not_returned_with_its_correction(
             "memory.supersede",
             "memory.supersede",
         ]
+    # A chain of three, from its middle: every link's commits, in log order.
+    oslo = await api.supersede_memory(new_id, "Ann lives in Oslo", valid_from=T0 + 20 * DAY)
+    history = await api.memory_history(new_id)
+    assert [(e.commit_type, [ev["type"] for ev in e.events]) for e in history.items] == [
+        ("memory.add", ["memory.added"]),
+        ("memory.supersede", ["memory.added"]),
+        ("memory.supersede", ["memory.superseded"]),
+        ("memory.supersede", ["memory.added"]),
+        ("memory.supersede", ["memory.superseded"]),
+    ]
+    assert [e.seq for e in history.items] == sorted(e.seq for e in history.items)
+    last = oslo.fields["superseded_by"]
+    assert len((await api.memory_history(last)).items) == 5
     # A superseded memory takes no more changes.
     with pytest.raises(ConflictError, match="superseded"):
-        await api.supersede_memory(old_id, "Ann lives in Oslo")
+        await api.supersede_memory(old_id, "Ann lives in Rome")
     with pytest.raises(ConflictError, match="superseded"):
         await api.update_memory(old_id, importance=0.1)
     with pytest.raises(InvalidError, match="old memory's own"):
-        await api.supersede_memory(new_id, "ann lives in berlin")
+        await api.supersede_memory(last, "ann lives in oslo")
 
 
 async def test_archive_restore_delete(acme: tuple[str, Client], nc: NATS) -> None:
@@ -269,7 +290,9 @@ async def test_archive_restore_delete(acme: tuple[str, Client], nc: NATS) -> Non
         memory_id
     ]
     assert await api.search_memories("jazz", agent_id="dj") == []
-    assert ids_of(await api.search_memories("jazz", agent_id="dj", state="archived")) == [memory_id]
+    assert ids_of(await api.search_memories("jazz", agent_id="dj", states=["archived"])) == [
+        memory_id
+    ]
     with pytest.raises(ConflictError, match="archived"):
         await api.archive_memory(memory_id)
     await api.restore_memory(memory_id)
@@ -461,6 +484,207 @@ async def test_expired_memories_are_left_out_unless_asked(acme: tuple[str, Clien
     assert await api.search_memories("passing mood", user_id="ann") == []
 
 
+# Metadata filters, time travel, decay, stats, expiry ------------------------------------------
+async def test_metadata_filters_on_list_and_search(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    made = {
+        "paris": {"city": "Paris", "stars": 5, "kinds": ["food", "art"]},
+        "rome": {"city": "Rome", "stars": 3, "kinds": ["food"]},
+        "oslo": {"city": "Oslo", "stars": 4},
+        "none": {},
+    }
+    ids = {}
+    for name, metadata in made.items():
+        written = await api.add_memory(f"trip to {name}", user_id="ann", metadata=metadata)
+        ids[written.fields["memory_id"]] = name
+    await api.add_memory("trip to paris", user_id="bob", metadata={"city": "Paris"})
+
+    async def listed(document: dict[str, Any]) -> set[str]:
+        page = await api.list_memories(
+            user_id="ann", metadata_filter=document, after_seq=api.last_seq
+        )
+        return {ids[m.memory_id] for m in page.items}
+
+    async def searched(document: dict[str, Any]) -> set[str]:
+        found = await api.search_memories("trip", user_id="ann", metadata_filter=document)
+        return {ids[m.memory_id] for m in found}
+
+    for document, expected in [
+        ({"city": "Paris"}, {"paris"}),
+        ({"stars": {"gte": 4}}, {"paris", "oslo"}),
+        ({"kinds": {"contains": "food"}}, {"paris", "rome"}),
+        ({"city": {"nin": ["Paris", "Rome"]}}, {"oslo", "none"}),
+        ({"or": [{"city": "Rome"}, {"not": {"stars": {"lt": 5}}}]}, {"rome", "paris", "none"}),
+        ({"AND": [{"stars": {"in": [3, 4]}}, {"city": {"ne": "Oslo"}}]}, {"rome"}),
+    ]:
+        assert await listed(document) == expected, document
+        assert await searched(document) == expected, document
+    with pytest.raises(InvalidError) as bad:
+        await api.list_memories(metadata_filter={"or": [{"stars": {"gt": True}}]})
+    assert bad.value.details["path"] == "$.metadata_filter.or[0].stars.gt"
+
+
+async def test_what_did_we_believe_on_1_march_about_where_ann_lives(
+    acme: tuple[str, Client],
+) -> None:
+    """System time (``known_at``) and valid time (``as_of``), on list and search."""
+    _, api = acme
+    paris = (await api.add_memory("Ann lives in Paris", user_id="ann", valid_from=T0)).fields
+    believed_paris = api.last_seq
+    first = await api.get_memory(paris["memory_id"], after_seq=believed_paris)
+    await api.update_memory(paris["memory_id"], metadata={"source": "chat"})
+    moved = await api.supersede_memory(
+        paris["memory_id"], "Ann lives in Berlin", valid_from=T0 + 60 * DAY
+    )
+    berlin_id = moved.fields["superseded_by"]
+    after = api.last_seq
+
+    async def where(**at: Any) -> list[str]:
+        page = await api.list_memories(user_id="ann", after_seq=after, **at)
+        found = await api.search_memories("where does Ann live", user_id="ann", **at)
+        assert sorted(m.content for m in found) == sorted(m.content for m in page.items), at
+        return [m.content for m in page.items]
+
+    # Now: Berlin; what was true in January (valid time): Paris.
+    assert await where() == ["Ann lives in Berlin"]
+    assert await where(as_of=T0 + DAY) == ["Ann lives in Paris"]
+    # What the service believed before it learned of the move (system time).
+    assert await where(known_at_seq=believed_paris) == ["Ann lives in Paris"]
+    assert await where(known_at=first.created_at) == ["Ann lives in Paris"]
+    assert await where(known_at=first.created_at - 1) == []
+    assert await where(known_at_seq=after) == ["Ann lives in Berlin"]
+    # As believed then, with the metadata it had then.
+    old = await api.list_memories(user_id="ann", known_at_seq=believed_paris)
+    assert [m.metadata for m in old.items] == [{}]
+    superseded = await api.list_memories(user_id="ann", states=["superseded"], known_at_seq=after)
+    assert [(m.content, m.superseded_by) for m in superseded.items] == [
+        ("Ann lives in Paris", berlin_id)
+    ]
+    with pytest.raises(InvalidError, match="known_at"):
+        await api.list_memories(known_at=1, known_at_seq=1)
+
+
+async def test_order_by_decayed_importance_page_by_page(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    for n in range(7):
+        await api.add_memory(
+            f"memory {n}",
+            agent_id="ranker",
+            importance=(n * 3 % 7) / 10,
+            memory_type="episodic" if n % 2 else "semantic",
+        )
+    seen: list[float] = []
+    cursor = None
+    first = True
+    while first or cursor is not None:
+        page = await api.list_memories(
+            agent_id="ranker",
+            order_by="importance",
+            limit=3,
+            cursor=cursor,
+            after_seq=api.last_seq,
+        )
+        seen += [m.decayed_importance for m in page.items]
+        for m in page.items:
+            assert m.decayed_importance == pytest.approx(m.importance, rel=1e-6)
+        cursor, first = page.next_cursor, False
+    assert seen == sorted(seen, reverse=True)
+    assert len(seen) == 7
+    # A cursor of another order is refused, not misread.
+    listed = await api.list_memories(agent_id="ranker", limit=3)
+    with pytest.raises(InvalidError, match="cursor"):
+        await api.list_memories(agent_id="ranker", order_by="importance", cursor=listed.next_cursor)
+
+
+async def test_stats_count_by_type_state_and_scope(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    org_id, api = acme
+    a = (await api.add_memory("fact", user_id="ann", agent_id="bot")).fields["memory_id"]
+    await api.add_memory("an event", user_id="ann", memory_type="episodic")
+    b = (await api.add_memory("old", user_id="bob")).fields["memory_id"]
+    await api.archive_memory(b)
+    await api.supersede_memory(a, "fact, corrected")
+    await api.add_memory("gone soon", session_id="s1", expires_at=T0)
+    stats = await api.memory_stats(after_seq=api.last_seq)
+    assert (stats.org_id, stats.total) == (org_id, 5)
+    assert stats.by_type == {"semantic": 4, "episodic": 1, "procedural": 0, "resource": 0}
+    assert stats.by_state == {"live": 2, "archived": 1, "superseded": 1, "expired": 1}
+    assert stats.by_scope == {"user": 4, "agent": 2, "session": 1}
+    assert stats.distinct == {"user": 2, "agent": 1, "session": 1}
+    ann = await api.memory_stats(user_id="ann", memory_type="semantic")
+    assert (ann.total, ann.user_id, ann.by_state["superseded"]) == (2, "ann", 1)
+    other = str((await client.create_org("Other")).fields["org_id"])
+    assert (await client.memory_stats(org_id=other)).total == 0
+
+
+def _sweeper(nc: NATS, service: Service) -> ExpirySweeper:
+    """A sweeper of its own (another process's, as far as the log is concerned)."""
+    assert service.store is not None
+    log_ = EventLog(nc)
+    return ExpirySweeper(log_, AggregateCache(log_), service.store)
+
+
+async def test_the_expiry_sweep_writes_one_event_however_many_sweep(
+    service: Service, acme: tuple[str, Client], nc: NATS
+) -> None:
+    org_id, api = acme
+    gone = await api.add_memory("a secret mood", user_id="ann", tags=["mood"], expires_at=T0)
+    memory_id = gone.fields["memory_id"]
+    later = time.time_ns() // 1_000_000 + 365 * DAY
+    kept = await api.add_memory("a lasting fact", user_id="ann", expires_at=later)
+    await api.list_memories(after_seq=api.last_seq)
+    # Four sweepers at once, each with its own cache: one event.
+    counts = await asyncio.gather(*(_sweeper(nc, service).sweep() for _ in range(4)))
+    assert sum(counts) == 1
+    commits = await EventLog(nc).read_subject(subjects.event(org_id, "memory", memory_id))
+    expired = [e for c in commits for e in c.events if isinstance(e, MemoryExpired)]
+    assert len(expired) == 1
+    assert await _sweeper(nc, service).sweep() == 0
+    history = await api.memory_history(memory_id)
+    assert history.items[-1].principal == "agentmem:expiry-sweep"
+    await wait_for_row(api, memory_id)
+    # The content left the tables; the row says it existed and expired.
+    row = await api.get_memory(memory_id)
+    assert (row.state, row.content, row.tags, row.metadata) == ("expired", "", [], {})
+    assert await api.search_memories("secret mood", user_id="ann", states=["expired"]) == []
+    assert ids_of((await api.list_memories(states=["expired"])).items) == [memory_id]
+    assert ids_of((await api.list_memories(user_id="ann")).items) == [kept.fields["memory_id"]]
+    with pytest.raises(ConflictError, match="expired"):
+        await api.update_memory(memory_id, importance=0.9)
+    # Its text can be remembered again: a new memory.
+    again = await api.add_memory("a secret mood", user_id="ann")
+    assert again.fields["deduplicated"] is False
+    await api.delete_memory(memory_id)
+
+
+async def wait_for_row(api: Client, memory_id: str, state: str = "expired") -> None:
+    for _ in range(100):
+        if (await api.get_memory(memory_id)).state == state:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"memory {memory_id} never became {state}")
+
+
+@pytest.fixture
+def fast_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTMEM_EXPIRY_SWEEP_S", "1")
+
+
+async def test_the_service_sweeps_on_its_own(fast_sweep: None, acme: tuple[str, Client]) -> None:
+    _, api = acme
+    now = time.time_ns() // 1_000_000
+    memory_id = (await api.add_memory("soon gone", agent_id="a", expires_at=now + 500)).fields[
+        "memory_id"
+    ]
+    for _ in range(100):
+        if (await api.get_memory(memory_id)).content == "":
+            break
+        await asyncio.sleep(0.1)
+    memory = await api.get_memory(memory_id)
+    assert (memory.state, memory.content) == ("expired", "")
+
+
 # Roles and organizations ------------------------------------------------------------------
 async def test_roles(client: Client, acme: tuple[str, Client]) -> None:
     org_id, member = acme
@@ -469,6 +693,7 @@ async def test_roles(client: Client, acme: tuple[str, Client]) -> None:
     assert (await reader.get_memory(memory_id, after_seq=member.last_seq)).content == "a fact"
     assert len(await reader.search_memories("fact", user_id="ann")) == 1
     assert len((await reader.memory_history(memory_id)).items) == 1
+    assert (await reader.memory_stats(user_id="ann")).total == 1
     for write in (
         reader.add_memory("another", user_id="ann"),
         reader.add_memories([{"content": "another", "user_id": "ann"}]),
@@ -504,6 +729,8 @@ async def test_another_organizations_memory_is_not_found_on_every_subject(
         other.add_memory("planted", org_id=org_id, user_id="ann"),
         other.add_memories([{"content": "planted", "user_id": "ann"}], org_id=org_id),
         other.delete_memory_scope(org_id=org_id, user_id="ann"),
+        other.memory_stats(org_id=org_id),
+        other.list_memories(org_id=org_id, known_at_seq=api.last_seq),
     ):
         with pytest.raises(NotFoundError):
             await call
@@ -550,17 +777,22 @@ async def test_replay_equals_live(
     gone = str((await client.create_org("Gone")).fields["org_id"])
     await client.add_memory("in a deleted org", user_id="ann", org_id=gone)
     await client.delete_org(gone)
+    e = (await api.add_memory("five", session_id="s", tags=["t"], expires_at=T0)).fields
+    await api.list_memories(after_seq=api.last_seq)
+    assert await _sweeper(nc, service).sweep() == 1
     await wait_caught_up(nc, admin_token)
     assert service.store is not None
     live = await dump_store(service.store)
     assert sorted(row[6] for row in live["memories"]) == [
+        "",  # five, expired
         "one, changed",
         "three",
         "two",
         "two, corrected",
     ]
     replayed = await replay_into(nc, tmp_path / "replayed.db")
-    for table in (MEMORIES, MEMORY_TAGS):
+    assert {row[0] for row in live["memory_versions"]} >= {a, b, c, e["memory_id"]}
+    for table in (MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS):
         assert replayed[table.name] == live[table.name], table.name
     assert dict(replayed["checkpoints"])["memories"] == dict(live["checkpoints"])["memories"]
     # And the replayed index finds what the live one finds.

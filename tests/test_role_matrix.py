@@ -701,6 +701,13 @@ ROWS: list[Row] = [
         ),
         lambda s, d: s.w.memory_id in listed(d, "memory_id"),
     ),
+    Row(
+        "agentmem.q.memory.stats",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "user_id": MEMORY_USER, "after_seq": s.w.seen}),
+        lambda s, d: d["org_id"] == s.w.own and d["by_state"]["live"] >= 1,
+    ),
     # Organizations
     Row("agentmem.cmd.org.create", "service_admin", "none", built(lambda s: {"name": "New"})),
     Row("agentmem.cmd.org.delete", "org_admin", "org", delete_org_body),

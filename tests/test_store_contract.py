@@ -12,21 +12,27 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from agentmem import Client, subjects
 from agentmem.config import StartupError
+from agentmem.domain import memory_filter, metadata_filter
+from agentmem.domain.memory_filter import MemoryFilter
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import (
+    AnyEvent,
     ApiKeyCreated,
     BlockAttached,
     BlockCreated,
     MemoryAdded,
     MemoryArchived,
+    MemoryExpired,
     MemorySuperseded,
+    MemoryUpdated,
     OrgCreated,
     OrgRenamed,
     UserProfileUpdated,
@@ -907,47 +913,44 @@ async def test_the_memory_reads_keep_scopes_apart(store_url: str) -> None:
             batch.items.append((seq, c.subject, projection.project(c)))
         await store.apply(batch)
 
-        live_ann = {"org_id": "o1", "user_id": "ann", "state": "live"}
-        found = await reads.search_memories(store, "allergic peanuts", live_ann, 10)
-        assert [(r["memory_id"], r["rank"]) for r in found] == [
-            ("m1", 2.0),
-            ("m5", 1.0),
-            ("m4", 1.0),
-        ]
-        archived = {"org_id": "o1", "state": "archived"}
-        found = await reads.search_memories(store, "peanuts", archived, 10)
-        assert [r["memory_id"] for r in found] == ["m2"]
-        found = await reads.search_memories(store, "peanuts", {"org_id": "o2"}, 10)
-        assert [r["memory_id"] for r in found] == ["m3"]
+        def only(org_id: str = "o1", **fields: Any) -> MemoryFilter:
+            fields.setdefault("states", ("live",))
+            return MemoryFilter(org_id, **fields)
 
-        async def listed(**filters: object) -> list[str]:
-            arguments: dict[str, object] = {
-                "now": 10_000,
-                "scope": {"user_id": "ann"},
-                "memory_type": None,
-                "states": ["live"],
-                "tags_any": None,
-                "min_importance": None,
-                "max_importance": None,
-                "created_after": None,
-                "created_before": None,
-                "valid_from_after": None,
-                "valid_from_before": None,
-                "as_of": None,
-                "order_by": "created",
-                "descending": True,
-                "after": None,
-                "limit": 10,
-            }
-            arguments.update(filters)
-            rows = await reads.list_memories(store, "o1", **arguments)  # type: ignore[arg-type]
+        ann = {"user_id": "ann"}
+        found = await reads.search_memories(store, "allergic peanuts", only(scope=ann), 10_000, 10)
+        assert [(r["memory_id"], r["rank"]) for r in found] == [("m1", 2.0), ("m4", 1.0)]
+        # m5 has expired by then: left out inside the query (before the limit).
+        found = await reads.search_memories(store, "allergic peanuts", only(scope=ann), 4, 2)
+        assert [r["memory_id"] for r in found] == ["m1", "m5"]
+        archived = only(states=("archived",))
+        found = await reads.search_memories(store, "peanuts", archived, 10_000, 10)
+        assert [r["memory_id"] for r in found] == ["m2"]
+        found = await reads.search_memories(store, "peanuts", only("o2"), 10_000, 10)
+        assert [r["memory_id"] for r in found] == ["m3"]
+        was_true = only(scope=ann, states=("live", "superseded"), as_of=200)
+        found = await reads.search_memories(store, "peanuts", was_true, 10_000, 10)
+        assert [r["memory_id"] for r in found] == ["m6"]
+
+        async def listed(**filters: Any) -> list[str]:
+            order = {k: filters.pop(k) for k in ("order_by", "descending", "after") if k in filters}
+            filters.setdefault("scope", ann)
+            rows = await reads.list_memories(
+                store,
+                only(**filters),
+                now=10_000,
+                order_by=order.get("order_by", "created"),
+                descending=order.get("descending", True),
+                after=order.get("after"),
+                limit=10,
+            )
             return [r["memory_id"] for r in rows]
 
         assert await listed() == ["m4", "m1"]
-        assert await listed(states=["expired"]) == ["m5"]
-        assert await listed(states=["superseded"]) == ["m6"]
-        assert await listed(as_of=200, states=["live", "superseded"]) == ["m6"]
-        assert await listed(min_importance=0.6) == ["m4"]
+        assert await listed(states=("expired",)) == ["m5"]
+        assert await listed(states=("superseded",)) == ["m6"]
+        assert await listed(as_of=200, states=("live", "superseded")) == ["m6"]
+        assert await listed(min_importance=600_000) == ["m4"]
         assert await listed(scope={"agent_id": "helper"}) == ["m4"]
         assert await listed(descending=False, after=(0, 1000)) == ["m4"]
         assert await reads.scope_memory_ids(store, "o1", {"user_id": "ann"}, "", 100) == [
@@ -1042,5 +1045,250 @@ async def test_the_block_and_working_reads(store_url: str) -> None:
         assert await keys(put_at, floor=0.5) == ["brief", "high", "mid"]
         assert await keys(put_at, limit=2) == ["brief", "high"]
         assert await working_reads.live_items(store, "o2", "s1", put_at, None, 10) == []
+    finally:
+        await store.close()
+
+
+async def _memory_store(store_url: str, made: list[tuple[int, str, AnyEvent]]) -> Store:
+    """A store with the memory projection applied to ``made`` (seq, memory id, event)."""
+    store = await open_store(store_url)
+    await store.migrate(MIGRATIONS)
+    projection = MemoriesProjection()
+    batch = ProjectionBatch(projection.name, max(seq for seq, _, _ in made))
+    for seq, memory_id, event in made:
+        c = commit(seq, subjects.event("o1", "memory", memory_id), event)
+        c.headers[H_TIME] = str(seq * 1_000)  # recorded at seq seconds
+        batch.items.append((seq, c.subject, projection.project(c)))
+    await store.apply(batch)
+    return store
+
+
+def _memory(memory_id: str, content: str, **fields: Any) -> MemoryAdded:
+    values: dict[str, Any] = {
+        "org_id": "o1",
+        "memory_type": "semantic",
+        "valid_from": 1,
+        "user_id": "ann",
+    }
+    values.update(fields)
+    return MemoryAdded(memory_id=memory_id, content=content, **values)
+
+
+FILTERED = [
+    (1, "a", _memory("a", "note a", metadata={"city": "Paris", "n": 5, "ok": True})),
+    (2, "b", _memory("b", "note b", metadata={"city": "Rome", "n": 12.5, "tags": ["x", "y"]})),
+    (3, "c", _memory("c", "note c", metadata={"city": "paris", "n": "5", "ok": False})),
+    (4, "d", _memory("d", "note d", metadata={"n": None, "address": {"city": "Paris"}})),
+    (5, "e", _memory("e", "note e", metadata={"tags": ["y", 1, True], "city": "Parisian"})),
+]
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"city": "Paris"}, ["a"]),
+        ({"city": {"eq": "Paris"}}, ["a"]),
+        ({"city": {"ne": "Paris"}}, ["b", "c", "d", "e"]),  # a missing key is not equal
+        ({"n": 5}, ["a"]),  # the number, not the string "5"
+        ({"n": 5.0}, ["a"]),
+        ({"n": "5"}, ["c"]),
+        ({"ok": True}, ["a"]),  # true is not the number 1
+        ({"n": None}, ["d"]),
+        ({"n": {"gt": 5}}, ["b"]),
+        ({"n": {"gte": 5, "lt": 100}}, ["a", "b"]),
+        ({"n": {"lte": 5}}, ["a"]),  # numbers only: "5" is a string
+        ({"city": {"gt": "Paris"}}, ["b", "c", "e"]),  # code point order
+        ({"city": {"in": ["Rome", "paris"]}}, ["b", "c"]),
+        ({"city": {"nin": ["Rome", "paris"]}}, ["a", "d", "e"]),
+        ({"city": {"contains": "aris"}}, ["a", "c", "e"]),
+        ({"tags": {"contains": "y"}}, ["b", "e"]),
+        ({"tags": {"contains": 1}}, ["e"]),
+        ({"tags": {"contains": True}}, ["e"]),
+        ({"address.city": "Paris"}, ["d"]),
+        ({"or": [{"city": "Rome"}, {"n": {"lt": 6}}]}, ["a", "b"]),
+        ({"and": [{"city": {"contains": "Paris"}}, {"not": {"city": "Paris"}}]}, ["e"]),
+        ({"not": {"or": [{"city": "Paris"}, {"city": "Rome"}]}}, ["c", "d", "e"]),
+        ({"NOT": {"ok": {"in": [True, False]}}}, ["b", "d", "e"]),
+        ({"city": "x'); DROP TABLE memories; --"}, []),
+    ],
+)
+async def test_metadata_filters_mean_the_same_on_both_stores(
+    store_url: str, document: dict[str, Any], expected: list[str]
+) -> None:
+    """Every operator of the filter language, evaluated inside the store's query."""
+    store = await _memory_store(store_url, FILTERED)
+    try:
+        memory_filter = MemoryFilter("o1", ("live",), metadata=metadata_filter.parse(document))
+        rows = await reads.list_memories(
+            store,
+            memory_filter,
+            now=10,
+            order_by="created",
+            descending=False,
+            after=None,
+            limit=10,
+        )
+        assert [r["memory_id"] for r in rows] == expected
+        # The same filter inside a full-text search (a word every note holds).
+        found = await reads.search_memories(store, "note", memory_filter, 10, 10)
+        assert sorted(r["memory_id"] for r in found) == expected
+    finally:
+        await store.close()
+
+
+async def test_known_at_answers_what_the_service_knew_then(store_url: str) -> None:
+    """ "What did we believe at 3 s about where Ann lives": the versions the log recorded,
+    each current between two sequences (and two times)."""
+    made: list[tuple[int, str, AnyEvent]] = [
+        (1, "p", _memory("p", "Ann lives in Paris", metadata={"k": 1}, tags=("home",))),
+        (
+            3,
+            "p",
+            MemoryUpdated(
+                memory_id="p",
+                content="Ann lives in Paris, France",
+                metadata={"k": 2},
+                tags=("city",),
+                importance=0.5,
+                valid_from=1,
+            ),
+        ),
+        (5, "r", _memory("r", "Ann lives in Rome", valid_from=4)),
+        (6, "p", MemorySuperseded(memory_id="p", superseded_by="r", valid_to=4)),
+        (7, "r", MemoryArchived(memory_id="r")),
+        (8, "x", _memory("x", "Ann hates Rome", expires_at=8_500)),
+        (9, "x", MemoryExpired(memory_id="x", expires_at=8_500)),
+    ]
+    store = await _memory_store(store_url, made)
+    try:
+
+        async def believed(states: tuple[str, ...] = ("live",), **at: Any) -> list[Any]:
+            memory_filter = MemoryFilter("o1", states, **at)
+            rows = await reads.list_memories(
+                store,
+                memory_filter,
+                now=100_000,
+                order_by="created",
+                descending=False,
+                after=None,
+                limit=10,
+            )
+            return [(r["memory_id"], r["content"], r["state"]) for r in rows]
+
+        assert await believed(known_at_seq=1) == [("p", "Ann lives in Paris", "live")]
+        assert await believed(known_at=2_999) == [("p", "Ann lives in Paris", "live")]
+        assert await believed(known_at_seq=3) == [("p", "Ann lives in Paris, France", "live")]
+        assert await believed(known_at_seq=5) == [
+            ("p", "Ann lives in Paris, France", "live"),
+            ("r", "Ann lives in Rome", "live"),
+        ]
+        assert await believed(known_at=6_000) == [("r", "Ann lives in Rome", "live")]
+        assert await believed(("superseded",), known_at_seq=6) == [
+            ("p", "Ann lives in Paris, France", "superseded")
+        ]
+        assert await believed(known_at_seq=7) == []
+        assert await believed(("archived",), known_at_seq=7) == [
+            ("r", "Ann lives in Rome", "archived")
+        ]
+        # A version's own tags and metadata filter it.
+        tagged = {"tags_any": ("home",), "known_at_seq": 2}
+        assert await believed(**tagged) == [("p", "Ann lives in Paris", "live")]
+        assert await believed(tags_any=("home",), known_at_seq=3) == []
+        old_metadata = metadata_filter.parse({"k": 1})
+        assert await believed(metadata=old_metadata, known_at_seq=2) == [
+            ("p", "Ann lives in Paris", "live")
+        ]
+        # Search asks the versions' own full-text index.
+        at_five = MemoryFilter("o1", ("live",), known_at_seq=5)
+        found = await reads.search_memories(store, "France", at_five, 100_000, 10)
+        assert [r["memory_id"] for r in found] == ["p"]
+        at_two = MemoryFilter("o1", ("live",), known_at_seq=2)
+        assert await reads.search_memories(store, "France", at_two, 100_000, 10) == []
+        # An expired memory's content left every version too.
+        # (x's expires_at has passed at the query's time: it counts as expired.)
+        assert await believed(("expired",), known_at_seq=8) == [("x", "", "live")]
+        assert await reads.search_memories(store, "hates", at_five, 100_000, 10) == []
+        everything = MemoryFilter("o1", ("live",), known_at_seq=8)
+        assert await reads.search_memories(store, "hates", everything, 100_000, 10) == []
+    finally:
+        await store.close()
+
+
+async def test_stats_decay_order_and_the_sweep_look_up(store_url: str) -> None:
+    day = memory_filter.DAY_MS
+    made: list[tuple[int, str, AnyEvent]] = [
+        (1, "s", _memory("s", "a fact", importance=0.6)),
+        (2, "e", _memory("e", "an event", memory_type="episodic", importance=0.9)),
+        (3, "g", _memory("g", "agent how-to", memory_type="procedural", agent_id="bot")),
+        (4, "t", _memory("t", "session note", session_id="s1", user_id=None, expires_at=10)),
+        (5, "o", _memory("o", "old", user_id="bob")),
+        (6, "o", MemorySuperseded(memory_id="o", superseded_by="s", valid_to=2)),
+        (7, "a", _memory("a", "archived", user_id="bob")),
+        (8, "a", MemoryArchived(memory_id="a")),
+    ]
+    store = await _memory_store(store_url, made)
+    try:
+        counts = await reads.memory_stats(store, MemoryFilter("o1", ()), 100)
+        assert counts == {
+            "by_type": {"semantic": 4, "episodic": 1, "procedural": 1, "resource": 0},
+            "by_state": {"live": 3, "archived": 1, "superseded": 1, "expired": 1},
+            "by_scope": {"user": 5, "agent": 1, "session": 1},
+            "distinct": {"user": 2, "agent": 1, "session": 1},
+        }
+        ann = await reads.memory_stats(store, MemoryFilter("o1", (), {"user_id": "ann"}), 100)
+        assert ann["by_state"] == {"live": 3, "archived": 0, "superseded": 0, "expired": 0}
+        assert await reads.expired_memory_ids(store, 100, 10) == [("o1", "t")]
+        assert await reads.expired_memory_ids(store, 9, 10) == []
+
+        async def by_importance(at: int, after: tuple[float, int] | None = None) -> list[Any]:
+            rows = await reads.list_memories(
+                store,
+                MemoryFilter("o1", ("live",)),
+                now=at,
+                order_by="importance",
+                descending=True,
+                after=after,
+                limit=10,
+            )
+            return [(r["memory_id"], r["order_key"], r["position"]) for r in rows]
+
+        # Fresh: as stored. After 60 days the event (half-life 30 days) fell to a quarter.
+        assert [m for m, _, _ in await by_importance(8_000)] == ["e", "s", "g"]
+        later = await by_importance(8_000 + 60 * day)
+        assert [m for m, _, _ in later] == ["s", "g", "e"]
+        # e was written at 2 s: 60 days and 6 s before.
+        elapsed = 60 * day + 6_000
+        assert later[2][1] == pytest.approx(900_000 * 0.5 ** (elapsed / (30 * day)), rel=1e-9)
+        # A page after a row goes on from its key at the same time.
+        _, key, position_ = later[0]
+        assert [m for m, _, _ in await by_importance(8_000 + 60 * day, (key, position_))] == [
+            "g",
+            "e",
+        ]
+    finally:
+        await store.close()
+
+
+async def test_migration_7_on_an_older_store(store_url: str) -> None:
+    """A store made before memory_versions: its rows are the current versions, found by
+    known_at from their last change on; a change after the migration keeps the old one."""
+    store = await open_store(store_url)
+    try:
+        assert await store.migrate(MIGRATIONS[:6]) == [1, 2, 3, 4, 5, 6]
+        projection = MemoriesProjection()
+        made = _memory("m1", "Ann lives in Paris")
+        c = commit(9, subjects.event("o1", "memory", "m1"), made)
+        rows = [op for op in projection.project(c) if op.table != "memory_versions"]
+        await store.apply(ProjectionBatch("memories", 9, [(9, c.subject, rows)]))
+        assert await store.migrate(MIGRATIONS) == [7]
+        archived = commit(12, subjects.event("o1", "memory", "m1"), MemoryArchived(memory_id="m1"))
+        batch = ProjectionBatch(
+            "memories", 12, [(12, archived.subject, projection.project(archived))]
+        )
+        await store.apply(batch)
+        for at, state in ((8, None), (9, "live"), (11, "live"), (12, "archived")):
+            then = MemoryFilter("o1", ("live", "archived"), known_at_seq=at)
+            found = await reads.search_memories(store, "Paris", then, 10_000, 10)
+            assert [r["state"] for r in found] == ([state] if state else []), at
     finally:
         await store.close()

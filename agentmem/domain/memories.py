@@ -37,7 +37,9 @@ import msgspec
 from agentmem import subjects
 from agentmem.commands import Id, JsonObject, Tags, Targeted
 from agentmem.commands import InOrg as CommandInOrg
+from agentmem.domain import metadata_filter
 from agentmem.domain.aggregate import Loaded, Write, check_version
+from agentmem.domain.memory_filter import MemoryFilter
 from agentmem.errors import ConflictError, NotFoundError
 from agentmem.events import (
     AnyEvent,
@@ -45,19 +47,21 @@ from agentmem.events import (
     MemoryArchived,
     MemoryContentClaimed,
     MemoryDeleted,
+    MemoryExpired,
     MemoryRestored,
     MemorySuperseded,
     MemoryType,
     MemoryUpdated,
 )
 from agentmem.protocol import command, query
-from agentmem.queries import Cursor, Limit, Query, SearchText
+from agentmem.queries import Cursor, Limit, Query, SearchText, Seq
 from agentmem.queries import InOrg as QueryInOrg
 from agentmem.replies import (
     Deduplicated,
     HistoryEntry,
     Items,
     MemoriesAdded,
+    MemoryCounts,
     Page,
     ScopeDeleted,
 )
@@ -74,10 +78,15 @@ MAX_BATCH = 1_000  # memory.add_batch: the log's limit of one atomic batch
 MAX_GENERATIONS = 1_000
 # A supersede chain is followed this far by memory.history.
 MAX_CHAIN = 32
+SCOPE_FIELDS = ("user_id", "agent_id", "session_id")
+IMPORTANCE_SCALE = 1_000_000
 
 Content = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT_CHARS)]
 Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-TimeMs = Annotated[int, msgspec.Meta(ge=0)]
+# Up to the end of the year 9999: a time past what a store's 64-bit integer holds stalled
+# the memories projection (every later memory event waited behind it).
+MAX_TIME_MS = 253_402_300_799_999
+TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
 Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048)]
 MimeType = Annotated[
     str, msgspec.Meta(max_length=255, pattern=r"^[A-Za-z0-9][\w.+\-]*/[\w.+\-]+$(?!\n)")
@@ -219,10 +228,11 @@ class ScopeFilter(QueryInOrg, frozen=True, kw_only=True):
     memory_type: MemoryType | None = None
 
 
-@query("memory.list", need="reader", reply=Page[MemoryReply])
-class ListMemories(ScopeFilter, frozen=True, kw_only=True):
-    """Memories of an organization, filtered, newest first by default, page by page."""
+class MemoryFilters(ScopeFilter, frozen=True, kw_only=True):
+    """The filters of every memory read that returns memories (list, search)."""
 
+    # Default: live; with ``as_of``, live and superseded (what was true then includes the
+    # facts corrected since).
     states: Annotated[list[State], msgspec.Meta(min_length=1, max_length=4)] | None = None
     tags_any: Annotated[list[Tag], msgspec.Meta(max_length=32)] | None = None
     min_importance: Importance | None = None
@@ -232,19 +242,37 @@ class ListMemories(ScopeFilter, frozen=True, kw_only=True):
     valid_from_after: TimeMs | None = None  # inclusive
     valid_from_before: TimeMs | None = None  # exclusive
     as_of: TimeMs | None = None  # what was true in the world at this time (valid time)
-    order_by: Literal["created", "valid_from"] = "created"
+    # The metadata filter language (agentmem.domain.metadata_filter): checked by ``filter_of``.
+    metadata_filter: JsonObject | None = None
+    # What the service knew (system time): at this log sequence, or at this time (ms).
+    known_at_seq: Seq | None = None
+    known_at: TimeMs | None = None
+
+
+@query("memory.list", need="reader", reply=Page[MemoryReply])
+class ListMemories(MemoryFilters, frozen=True, kw_only=True):
+    """Memories of an organization, filtered, newest first by default, page by page.
+    ``order_by: "importance"`` orders by importance decayed to the query's time."""
+
+    order_by: Literal["created", "valid_from", "importance"] = "created"
     order: Literal["asc", "desc"] = "desc"
     limit: Limit = 50
     cursor: Cursor | None = None
 
 
 @query("memory.search", need="reader", reply=Items[MemoryReply])
-class SearchMemories(ScopeFilter, frozen=True, kw_only=True):
-    """Full-text search, best match first, over one scope's memories."""
+class SearchMemories(MemoryFilters, frozen=True, kw_only=True):
+    """Full-text search, best match first, over one scope's memories, with every filter of
+    ``memory.list``."""
 
     text: SearchText
-    state: Literal["live", "archived", "superseded"] = "live"
     limit: Limit = 20
+
+
+@query("memory.stats", need="reader", reply=MemoryCounts)
+class MemoryStats(ScopeFilter, frozen=True, kw_only=True):
+    """How many memories an organization (or one scope of it, or one type) holds: by type,
+    by state and by scope kind."""
 
 
 @query("memory.history", need="reader", reply=Page[HistoryEntry])
@@ -282,7 +310,7 @@ class Memory(Slot):
     uri: str | None = None
     mime_type: str | None = None
     supersedes: str | None = None
-    state: Literal["live", "archived", "superseded", "deleted"] = "live"
+    state: Literal["live", "archived", "superseded", "expired", "deleted"] = "live"
     superseded_by: str | None = None
 
     def alive(self, now: int) -> bool:
@@ -390,6 +418,8 @@ def evolve(state: Slot | None, event: AnyEvent) -> Slot | None:
             return replace(state, state="archived")
         case MemoryRestored():
             return replace(state, state="live")
+        case MemoryExpired():
+            return replace(state, state="expired")
         case MemoryDeleted():
             return replace(state, state="deleted")
     return state
@@ -529,6 +559,11 @@ def update(
             f"memory {memory.memory_id} was superseded by {memory.superseded_by}: change that one",
             {"memory_id": memory.memory_id, "superseded_by": memory.superseded_by},
         )
+    if memory.state == "expired":
+        raise ConflictError(
+            f"memory {memory.memory_id} expired: its content is gone",
+            {"memory_id": memory.memory_id, "state": memory.state},
+        )
 
     def pick(new: Any, old: Any) -> Any:
         return old if new is None else new
@@ -653,6 +688,56 @@ def delete_in_scope(loaded: Loaded[Slot], memory_id: str) -> list[Write]:
     return [Write(loaded.subject, loaded.version, [event])]
 
 
+def expire(loaded: Loaded[Slot], now: int) -> list[Write]:
+    """The sweep's decision on one memory: ``memory.expired`` once its ``expires_at`` has
+    passed, at the version read (a second sweeper, or a change made meanwhile, fails the
+    write and the memory is looked at again on the next sweep); [] when there is nothing to
+    expire (gone, expired already, or given a later ``expires_at`` since)."""
+    memory = loaded.state
+    if not isinstance(memory, Memory) or memory.state in ("expired", "deleted"):
+        return []
+    if memory.expires_at is None or memory.expires_at > now:
+        return []
+    event = MemoryExpired(memory_id=memory.memory_id, expires_at=memory.expires_at)
+    return [Write(loaded.subject, loaded.version, [event])]
+
+
+def filter_of(query: MemoryFilters, org_id: str) -> MemoryFilter:
+    """The filters of a list or search, checked (the metadata filter's grammar and bounds)
+    and with the default states."""
+    default = ["live", "superseded"] if query.as_of is not None else ["live"]
+    scope = {f: getattr(query, f) for f in SCOPE_FIELDS if getattr(query, f) is not None}
+    document = query.metadata_filter
+    if query.known_at_seq is not None and query.known_at is not None:
+        raise invalid(
+            "known_at_seq and known_at are two ways to name one point: give one",
+            "$.known_at",
+            "invalid_value",
+        )
+    return MemoryFilter(
+        org_id=org_id,
+        states=tuple(dict.fromkeys(query.states or default)),
+        scope=scope,
+        memory_type=query.memory_type,
+        tags_any=tuple(query.tags_any or ()),
+        min_importance=None if query.min_importance is None else millionths(query.min_importance),
+        max_importance=None if query.max_importance is None else millionths(query.max_importance),
+        created_after=query.created_after,
+        created_before=query.created_before,
+        valid_from_after=query.valid_from_after,
+        valid_from_before=query.valid_from_before,
+        as_of=query.as_of,
+        metadata=None if document is None else metadata_filter.parse(document),
+        known_at_seq=query.known_at_seq,
+        known_at=query.known_at,
+    )
+
+
+def millionths(importance: float) -> int:
+    """Importance as stored: an integer of millionths, exact on every store."""
+    return round(importance * IMPORTANCE_SCALE)
+
+
 def view(memory: Memory, version: int) -> dict[str, Any]:
     """A memory as ``memory.add`` answers a duplicate: the fields of its ``memory.added``."""
     return {
@@ -689,7 +774,9 @@ __all__ = [
     "GetMemory",
     "ListMemories",
     "Memory",
+    "MemoryFilters",
     "MemoryHistory",
+    "MemoryStats",
     "NewMemory",
     "Probe",
     "RestoreMemory",

@@ -12,7 +12,10 @@ from __future__ import annotations
 from agentmem.config import StartupError
 from agentmem.store.port import (
     Column,
+    Condition,
+    Copy,
     Delete,
+    Dialect,
     FullText,
     Parked,
     ProjectionBatch,
@@ -27,7 +30,10 @@ from agentmem.store.port import (
 
 __all__ = [
     "Column",
+    "Condition",
+    "Copy",
     "Delete",
+    "Dialect",
     "FullText",
     "Parked",
     "ProjectionBatch",

@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agentmem.store.port import FullText, Table
+from agentmem.store.port import Condition, FullText, Table
 
 TOKENIZE = "porter unicode61 remove_diacritics 2"
 TS_CONFIG = "english"
@@ -245,7 +245,11 @@ def _check_filters(table: Table, where: Mapping[str, Any]) -> FullText:
     return index
 
 
-def _filters(table: Table, where: Mapping[str, Any], alias: str) -> tuple[str, list[Any]]:
+def _filters(
+    table: Table, where: Mapping[str, Any], alias: str, condition: Condition | None = None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause's ANDs of the scope's columns, then ``condition`` (its columns as
+    ``t.``: ``alias`` is ``t``)."""
     _check_filters(table, where)
     sql, args = "", []
     for column, value in where.items():
@@ -254,6 +258,9 @@ def _filters(table: Table, where: Mapping[str, Any], alias: str) -> tuple[str, l
         else:
             sql += f" AND {alias}.{column} = ?"
             args.append(value)
+    if condition is not None:
+        sql += f" AND ({condition.sql})"
+        args += condition.args
     return sql, args
 
 
@@ -268,7 +275,11 @@ def _match_sql(table: Table, index: FullText, where: Mapping[str, Any]) -> tuple
 
 
 def sqlite_search(
-    table: Table, query_words: list[str], where: Mapping[str, Any], limit: int
+    table: Table,
+    query_words: list[str],
+    where: Mapping[str, Any],
+    limit: int,
+    condition: Condition | None = None,
 ) -> tuple[str, list[Any]]:
     """The query (``?`` placeholders) and its arguments; ``query_words`` from ``words``
     (at least one).
@@ -287,7 +298,12 @@ def sqlite_search(
     phrases = [fts5_phrase(word) for word in query_words]
     any_word = f"{scope}{text}({' OR '.join(phrases)})"
     columns = ", ".join(f"t.{c}" for c in table.column_names)
-    filters, filter_args = _filters(table, where, "t")
+    filters, filter_args = _filters(table, where, "t", condition)
+    # With a condition, each match is read by key from the table and checked before a limit.
+    joined, met, met_args = "", "", []
+    if condition is not None:
+        joined = f" CROSS JOIN {table.name} t ON t.{key} = {fts}.rowid"
+        met, met_args = f" AND ({condition.sql})", list(condition.args)
     read = (
         f"SELECT {columns}, f.score AS {_RANK_ALIAS} FROM found f "
         f"CROSS JOIN {table.name} t ON t.{key} = f.pos WHERE 1{filters} "
@@ -295,10 +311,10 @@ def sqlite_search(
     )
     if len(phrases) == 1:
         sql = (
-            f"WITH found(pos, score) AS (SELECT rowid, 1 FROM {fts} WHERE {fts} MATCH ? "
-            f"ORDER BY rowid DESC LIMIT ?) {read}"
+            f"WITH found(pos, score) AS (SELECT {fts}.rowid, 1 FROM {fts}{joined} "
+            f"WHERE {fts} MATCH ?{met} ORDER BY {fts}.rowid DESC LIMIT ?) {read}"
         )
-        return sql, [any_word, limit, *filter_args, limit]
+        return sql, [any_word, *met_args, limit, *filter_args, limit]
     every_word = f"{scope}{text}({' AND '.join(phrases)})"
     one_word = [f"{scope}{text}({phrase})" for phrase in phrases]
     hits = " UNION ALL ".join(
@@ -306,17 +322,18 @@ def sqlite_search(
         for _ in phrases
     )
     sql = (
-        f"WITH newest(pos) AS ("
-        f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?), "
+        f"WITH newest(pos) AS (SELECT {fts}.rowid FROM {fts}{joined} "
+        f"WHERE {fts} MATCH ?{met} ORDER BY {fts}.rowid DESC LIMIT ?), "
         f"bound(lo, full) AS (SELECT min(pos), count(*) = ? FROM newest), "
         f"hits(pos) AS ({hits}), "
         f"found(pos, score) AS ("
         f"SELECT pos, count(*) FROM hits GROUP BY pos UNION ALL "
-        f"SELECT pos, ? FROM (SELECT rowid AS pos FROM {fts} WHERE {fts} MATCH ? "
-        f"AND (SELECT full FROM bound) AND rowid < (SELECT lo FROM bound) "
-        f"ORDER BY rowid DESC LIMIT ?)) {read}"
+        f"SELECT pos, ? FROM (SELECT {fts}.rowid AS pos FROM {fts}{joined} "
+        f"WHERE {fts} MATCH ?{met} AND (SELECT full FROM bound) "
+        f"AND {fts}.rowid < (SELECT lo FROM bound) ORDER BY {fts}.rowid DESC LIMIT ?)) {read}"
     )
-    args = [any_word, SEARCH_WINDOW, SEARCH_WINDOW, *one_word, len(phrases), every_word, limit]
+    args = [any_word, *met_args, SEARCH_WINDOW, SEARCH_WINDOW, *one_word, len(phrases)]
+    args += [every_word, *met_args, limit]
     return sql, [*args, *filter_args, limit]
 
 
@@ -334,7 +351,11 @@ PG_SEARCH_SETTINGS = (
 
 
 def postgres_search(
-    table: Table, query_words: list[str], where: Mapping[str, Any], limit: int
+    table: Table,
+    query_words: list[str],
+    where: Mapping[str, Any],
+    limit: int,
+    condition: Condition | None = None,
 ) -> tuple[str, list[Any]]:
     """The query (``?`` placeholders) and its arguments; ``query_words`` from ``words``
     (at least one). The same candidates and ranks as ``sqlite_search``.
@@ -360,7 +381,8 @@ def postgres_search(
     any_word = "(" + " || ".join([_TSQUERY] * n) + ")"
     columns = ", ".join(table.column_names)
     t_columns = ", ".join(f"t.{c}" for c in table.column_names)
-    filters, filter_args = _filters(table, where, "t")
+    # A condition is checked on each row of the walk, before the limits.
+    filters, filter_args = _filters(table, where, "t", condition)
     if n == 1:
         sql = (
             f"SELECT {t_columns}, 1::float8 AS {_RANK_ALIAS} FROM {table.name} t "

@@ -110,7 +110,22 @@ class Delete:
     key: Row
 
 
-RowOp = Upsert | Update | Delete
+@dataclass(frozen=True)
+class Copy:
+    """Insert into ``table`` a row made from the row of ``source`` at ``key``: each of
+    ``columns`` from the source's column of the same name, or of the name ``renamed`` gives
+    it, or from ``values``. A projection keeps an old version of a row this way, from the
+    row itself, before an event that names only what changed (``memory.archived``)."""
+
+    table: str
+    source: str
+    key: Row
+    columns: tuple[str, ...]
+    values: Row = field(default_factory=dict)
+    renamed: tuple[tuple[str, str], ...] = ()
+
+
+RowOp = Upsert | Update | Delete | Copy
 
 
 @dataclass(frozen=True)
@@ -165,9 +180,24 @@ def fence(batch: ProjectionBatch, stored: int) -> None:
         )
 
 
+Dialect = Literal["sqlite", "postgres"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A part of a WHERE clause a read module wrote for one engine: ``sql`` with ``?``
+    placeholders, naming the searched table's columns as ``t.<column>``, and its arguments
+    in order. Never text from a request: values travel only in ``args``."""
+
+    sql: str
+    args: tuple[Any, ...] = ()
+
+
 class Store(Protocol):
     # Seconds a query's read may take before it is stopped (``READ_TIME_LIMIT_S``).
     read_time_limit: float
+    # Which SQL the engine speaks beyond the common part (JSON functions, full text).
+    dialect: Dialect
 
     async def close(self) -> None: ...
 
@@ -200,10 +230,16 @@ class Store(Protocol):
     async def fetch_all(self, sql: str, *args: Any) -> list[Row]: ...
 
     async def search(
-        self, table: Table, text: str, where: Mapping[str, Any], limit: int
+        self,
+        table: Table,
+        text: str,
+        where: Mapping[str, Any],
+        limit: int,
+        condition: Condition | None = None,
     ) -> list[Row]:
         """Full-text search of ``table`` (declared with ``full_text``): its rows that match
         any word of ``text``, among those whose columns equal ``where`` (a None value: the
-        column is NULL; only columns of the index's ``scope``), best first. Each has a
+        column is NULL; only columns of the index's ``scope``) and that meet ``condition``
+        (checked inside the query, before the limit), best first. Each has a
         ``rank``: how many of the words it holds, from that row and the text alone (see
         ``agentmem.store.fulltext``)."""

@@ -35,6 +35,8 @@ from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan,
 from agentmem.store.port import (
     READ_TIME_LIMIT_S,
     ColumnType,
+    Condition,
+    Dialect,
     Migration,
     Parked,
     ProjectionBatch,
@@ -150,6 +152,7 @@ class PostgresStore(SystemReads):
         self._copy_skips: dict[str, int] = {}  # per table, runs left before COPY is tried again
         # A query's read is cancelled after this long (``port.READ_TIME_LIMIT_S``).
         self.read_time_limit = READ_TIME_LIMIT_S
+        self.dialect: Dialect = "postgres"
 
     # Lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -313,12 +316,17 @@ class PostgresStore(SystemReads):
         return [dict(record.items()) for record in records]
 
     async def search(
-        self, table: Table, text: str, where: Mapping[str, Any], limit: int
+        self,
+        table: Table,
+        text: str,
+        where: Mapping[str, Any],
+        limit: int,
+        condition: Condition | None = None,
     ) -> list[Row]:
         words = fulltext.words(text)
         if not words:
             return []
-        query, args = fulltext.postgres_search(table, words, where, limit)
+        query, args = fulltext.postgres_search(table, words, where, limit, condition)
         try:
             async with self.pool.acquire() as conn, conn.transaction(readonly=True):
                 # Planned for its own words, walking the scope (fulltext.postgres_search).

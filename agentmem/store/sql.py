@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 
-from agentmem.store.port import Column, ColumnType, Delete, RowOp, Table, Update, Upsert
+from agentmem.store.port import Column, ColumnType, Copy, Delete, RowOp, Table, Update, Upsert
 
 TYPES: dict[ColumnType, str] = {"text": "TEXT", "integer": "BIGINT", "json": "TEXT"}
 
@@ -57,6 +57,21 @@ def _delete(table: str, key: tuple[str, ...]) -> str:
     return f"DELETE FROM {table} WHERE {' AND '.join(f'{k} = ?' for k in key)}"
 
 
+@lru_cache(maxsize=512)
+def _copy(
+    table: str,
+    source: str,
+    columns: tuple[str, ...],
+    given: tuple[str, ...],
+    renamed: tuple[tuple[str, str], ...],
+    key: tuple[str, ...],
+) -> str:
+    names = dict(renamed)
+    chosen = ", ".join("?" if c in given else names.get(c, c) for c in columns)
+    where = " AND ".join(f"{k} = ?" for k in key)
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT {chosen} FROM {source} WHERE {where}"
+
+
 def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[object, ...]]:
     """The SQL and parameters of one operation. Equal SQL strings can share an executemany."""
     match op:
@@ -70,6 +85,10 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
             )
         case Delete(table=table, key=key):
             return _delete(table, tuple(key)), tuple(key.values())
+        case Copy(table=table, source=source, key=key, columns=columns, values=values):
+            given = tuple(c for c in columns if c in values)
+            text = _copy(table, source, columns, given, op.renamed, tuple(key))
+            return text, (*(values[c] for c in given), *key.values())
     raise TypeError(f"not a row operation: {op!r}")
 
 

@@ -64,7 +64,9 @@ from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
 from agentmem.store.port import (
     READ_TIME_LIMIT_S,
+    Condition,
     Delete,
+    Dialect,
     Migration,
     Parked,
     ProjectionBatch,
@@ -170,6 +172,7 @@ class SQLiteStore(SystemReads):
         self._slow: set[str] = set()  # SQL that ran past the loop's budget once
         # A read on a reader thread is stopped after this long (``port.READ_TIME_LIMIT_S``).
         self.read_time_limit = READ_TIME_LIMIT_S
+        self.dialect: Dialect = "sqlite"
         # Tables whose updates and deletes are scrubbed from disk, and the FTS5 tables.
         self._scrubbed: set[str] = set()
         self._fts_tables: set[str] = set()
@@ -470,12 +473,17 @@ class SQLiteStore(SystemReads):
         return rows[0] if rows else None
 
     async def search(
-        self, table: Table, text: str, where: Mapping[str, Any], limit: int
+        self,
+        table: Table,
+        text: str,
+        where: Mapping[str, Any],
+        limit: int,
+        condition: Condition | None = None,
     ) -> list[Row]:
         words = fulltext.words(text)
         if not words:
             return []
-        query, args = fulltext.sqlite_search(table, words, where, limit)
+        query, args = fulltext.sqlite_search(table, words, where, limit, condition)
         return fulltext.ranked(await self.fetch_all(query, *args))
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
