@@ -19,7 +19,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from agentmem import envelope
+from agentmem import envelope, natsauth
 from agentmem.auth import tokens
 from agentmem.commands import (
     AppendMessage,
@@ -207,8 +207,18 @@ class Client:
         ``UnavailableError`` that names the URL. Once connected, a server that goes away is
         reconnected to quietly (one log line per attempt, no traceback), forever by default
         (``max_reconnect_attempts``, -1). ``nats_options`` go to ``nats.connect`` (user
-        credentials, TLS, ...)."""
+        credentials, TLS, ...).
+
+        ``token`` also authenticates the NATS connection (docs/security.md, The NATS
+        layer): it is sent as the NATS token, with the inbox prefix the service lets that
+        credential receive on; without a token, the connection is anonymous and may only
+        log in and ask health and schema. A URL with a user in it, or options that
+        authenticate otherwise, are used as given."""
+        authenticated = "@" in urlsplit(url.split(",")[0]).netloc or any(
+            name in nats_options for name in ("user", "token", "user_credentials", "nkeys_seed")
+        )
         options: dict[str, Any] = {
+            **({} if authenticated else natsauth.connection_options(token)),
             "connect_timeout": _CONNECT_TIMEOUT_S,
             "error_cb": _quiet_error,
             "disconnected_cb": _disconnected,

@@ -13,7 +13,6 @@ import ctypes
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -21,10 +20,10 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from urllib.parse import quote
 
 import structlog
 
+from agentmem import natsauth
 from agentmem.config import StartupError
 
 log = structlog.get_logger(__name__)
@@ -59,7 +58,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-CREDENTIALS_FILE = "nats-credentials.json"
+CREDENTIALS_FILE = natsauth.SECRETS_FILE
 
 
 def is_loopback(host: str) -> bool:
@@ -69,57 +68,39 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def nats_credentials(data_dir: Path, create: bool) -> tuple[str, str] | None:
-    """(user, password) that the embedded server requires when it listens beyond loopback.
-
-    Made at the first such start, kept in the data dir readable only by its owner; every
-    AgentMem command on this machine reads them from there."""
+def nats_secrets(data_dir: Path, create: bool) -> natsauth.NatsSecrets | None:
+    """The embedded server's NATS secrets (docs/security.md, "The NATS layer"): made at the
+    first start, kept in the data dir readable only by its owner; every AgentMem command on
+    this machine reads them from there."""
     path = data_dir / CREDENTIALS_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        return str(saved["user"]), str(saved["password"])
-    if not create:
-        return None
-    data_dir.mkdir(parents=True, exist_ok=True)
-    user, password = "agentmem", secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"user": user, "password": password}, out)
-    return user, password
+    return natsauth.ensure_secrets(path) if create else natsauth.load_secrets(path)
 
 
 def client_url(data_dir: Path, host: str, port: int) -> str:
-    """How an AgentMem process on this machine reaches the embedded server."""
-    credentials = None if is_loopback(host) else nats_credentials(data_dir, create=False)
-    if credentials is None:
-        return f"nats://{host}:{port}"
-    user, password = credentials
-    return f"nats://{quote(user)}:{quote(password)}@{host}:{port}"
+    """How an AgentMem process on this machine reaches the embedded server: as the service."""
+    found = nats_secrets(data_dir, create=False)
+    return f"nats://{host}:{port}" if found is None else found.service_url(host, port)
 
 
-def write_config(
-    store_dir: Path, host: str, port: int, sync_always: bool, require_auth: bool = False
-) -> Path:
+def system_url(data_dir: Path, host: str, port: int) -> str | None:
+    found = nats_secrets(data_dir, create=False)
+    return None if found is None else found.system_url(host, port)
+
+
+def write_config(store_dir: Path, host: str, port: int, sync_always: bool) -> Path:
     store_dir.mkdir(parents=True, exist_ok=True)
     data_dir = store_dir.parent
     config = data_dir / "nats-server.conf"
     sync = "  sync_interval: always\n" if sync_always else ""
-    auth = ""
-    if require_auth:
-        credentials = nats_credentials(data_dir, create=True)
-        assert credentials is not None
-        user, password = credentials
-        auth = (
-            f"authorization {{\n  user: {json.dumps(user)}\n"
-            f"  password: {json.dumps(password)}\n}}\n"
-        )
+    found = nats_secrets(data_dir, create=True)
+    assert found is not None
     text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         "max_payload: 1MB\n"
-        f"{auth}"
+        f"{natsauth.server_config(found)}"
         f"jetstream {{\n  store_dir: {json.dumps(str(store_dir.resolve()))}\n{sync}}}\n"
     )
-    # It may hold the server's password: private from the moment it exists, never readable
+    # It holds the server's passwords: private from the moment it exists, never readable
     # by others between a write and a chmod.
     config.unlink(missing_ok=True)
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -152,13 +133,17 @@ class EmbeddedNats:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def require_auth(self) -> bool:
-        """Beyond loopback, anyone on the network could reach the log: demand credentials."""
-        return not is_loopback(self.host)
+    def url(self) -> str:
+        """The service principal's URL (it carries its password)."""
+        return client_url(self.store_dir.parent, self.host, self.port)
 
     @property
-    def url(self) -> str:
-        return client_url(self.store_dir.parent, self.host, self.port)
+    def system_url(self) -> str | None:
+        return system_url(self.store_dir.parent, self.host, self.port)
+
+    @property
+    def secrets(self) -> natsauth.NatsSecrets | None:
+        return nats_secrets(self.store_dir.parent, create=False)
 
     async def start(self, ready_timeout: float = 15.0) -> None:
         if not port_is_free(self.host, self.port):
@@ -167,9 +152,7 @@ class EmbeddedNats:
                 f"running?): choose another with --listen {self.host}:{self.port + 1}, or use "
                 f"the running server with --nats nats://{self.host}:{self.port}"
             )
-        config = write_config(
-            self.store_dir, self.host, self.port, self.sync_always, self.require_auth
-        )
+        config = write_config(self.store_dir, self.host, self.port, self.sync_always)
         log_fd = os.open(
             self.store_dir.parent / "nats-server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
@@ -198,7 +181,6 @@ class EmbeddedNats:
                 log.info(
                     "embedded nats-server started",
                     listen=f"{self.host}:{self.port}",  # never the URL: it may hold a password
-                    client_auth=self.require_auth,
                     store=str(self.store_dir),
                 )
                 return

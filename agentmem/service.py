@@ -20,7 +20,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import bootstrap
+from agentmem import bootstrap, natsauth
 from agentmem.config import ROLES, Settings, StartupError
 from agentmem.consumers.access_view import AccessView, confirm_everywhere
 from agentmem.consumers.aggregates import AggregateCache, FreshReads
@@ -28,6 +28,7 @@ from agentmem.consumers.auth import Authenticator
 from agentmem.consumers.commands import CommandRunner
 from agentmem.consumers.expiry import ExpirySweeper
 from agentmem.consumers.freshness import Freshness
+from agentmem.consumers.nats_gate import ConnectionGate, Disconnector
 from agentmem.consumers.parts import Parts, routers
 from agentmem.consumers.router import Dispatcher
 from agentmem.embedded import EmbeddedNats
@@ -199,6 +200,26 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def _without_user(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
+async def _connect(servers: list[str], name: str) -> NATS:
+    return await nats.connect(
+        # Every node of a cluster: when the one in use goes away, nats-py reconnects to
+        # another (and learns the rest of the cluster from the servers it reaches).
+        servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        # One line per problem instead of nats-py's tracebacks; it keeps retrying.
+        error_cb=_log_nats_error,
+        disconnected_cb=_log_disconnected,
+        reconnected_cb=_log_reconnected,
+    )
+
+
 async def _log_nats_error(exc: Exception) -> None:
     log.warning("nats connection problem; retrying", error=repr(exc))
 
@@ -246,6 +267,10 @@ class Service:
         self.settings = settings
         self.embedded: EmbeddedNats | None = None
         self.nc: NATS | None = None
+        # The system account's connection, to close revoked credentials' connections.
+        self.system_nc: NATS | None = None
+        self.nats_secrets: natsauth.NatsSecrets | None = None
+        self.gate: ConnectionGate | None = None
         self.store: Store | None = None
         self.leases: Leases | None = None
         # One per projection, in a process with the projections role: each runs its worker
@@ -291,22 +316,32 @@ class Service:
                 settings.data_dir / "nats", host, port, sync_always=settings.sync_always
             )
             await self.embedded.start()
-            servers = [self.embedded.url]
             self._watcher = asyncio.create_task(
                 self._watch_embedded(self.embedded), name="embedded-nats-watcher"
             )
-        self.nc = await nats.connect(
-            # Every node of a cluster: when the one in use goes away, nats-py reconnects to
-            # another (and learns the rest of the cluster from the servers it reaches).
-            servers,
-            name="agentmem",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            # One line per problem instead of nats-py's tracebacks; it keeps retrying.
-            error_cb=_log_nats_error,
-            disconnected_cb=_log_disconnected,
-            reconnected_cb=_log_reconnected,
-        )
+        # With NATS secrets in the data dir (made by the embedded server, or by
+        # `agentmem nats-config` for a cluster), this process connects as the service
+        # principal and decides every other connection (docs/security.md, The NATS layer).
+        self.nats_secrets = natsauth.load_secrets(settings.data_dir / natsauth.SECRETS_FILE)
+        if self.embedded is not None:
+            servers = [self.embedded.url]
+        found = self.nats_secrets
+        if found is not None:
+            servers = [
+                natsauth.as_user(url, natsauth.SERVICE_USER, found.service_password)
+                for url in servers
+            ]
+        self.nc = await _connect(servers, "agentmem")
+        if found is not None:
+            self.system_nc = await _connect(
+                [
+                    natsauth.as_user(
+                        _without_user(url), natsauth.SYSTEM_USER, found.system_password
+                    )
+                    for url in servers
+                ],
+                "agentmem-system",
+            )
         log_ = EventLog(self.nc)
         await ensure_stream(log_, settings.replicas)
         if self.embedded is not None:
@@ -338,7 +373,12 @@ class Service:
         parts = Parts(
             nc=nc,
             log=log_,
-            runner=CommandRunner(log_, cache, lambda seq: confirm_everywhere(nc, seq)),
+            runner=CommandRunner(
+                log_,
+                cache,
+                lambda seq: confirm_everywhere(nc, seq),
+                Disconnector(self.system_nc) if self.system_nc is not None else None,
+            ),
             store=self.store,
             freshness=Freshness(nc, self.store, board),
             access=self.access,
@@ -354,7 +394,11 @@ class Service:
         # A process subscribes only the subject trees of its roles; every process answers
         # the system subjects (status, health) for itself.
         router, trees = routers(parts, roles)
-        self.dispatcher = Dispatcher(self.nc, router, Authenticator(cache, self.access))
+        authenticator = Authenticator(cache, self.access)
+        if found is not None:
+            self.gate = ConnectionGate(self.nc, authenticator, found.issuer_seed)
+            await self.gate.start()
+        self.dispatcher = Dispatcher(self.nc, router, authenticator)
         await self.dispatcher.start(trees)
         log.info(
             "agentmem ready",
@@ -412,6 +456,8 @@ class Service:
         self.stopped.set()
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
+        if self.gate:
+            await self.gate.stop()
         if self.dispatcher:
             await self.dispatcher.stop()
         if self._sweeper is not None:
@@ -438,6 +484,9 @@ class Service:
             else:
                 with contextlib.suppress(Exception):
                     await self.nc.drain()
+        if self.system_nc:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.system_nc.close(), STEP_TIMEOUT_S)
         if self.store:
             await self.store.close()
         if self._service_file is not None:

@@ -79,6 +79,7 @@ def _check(token: tokens.Token, user_loaded: Loaded[Any], org_loaded: Loaded[Any
         key = user.api_keys.get(token.credential_id)
         if key is None or key.revoked or not tokens.matches(token.secret, key.digest):
             raise UnauthenticatedError(INVALID)
+        session = None
     else:
         session = user.sessions.get(token.credential_id)
         if session is None or session.ended or not tokens.matches(token.secret, session.digest):
@@ -91,6 +92,7 @@ def _check(token: tokens.Token, user_loaded: Loaded[Any], org_loaded: Loaded[Any
         roles=user.roles,
         service_admin=user.service_admin,
         via=f"{token.kind}:{token.credential_id}",
+        expires_at=None if session is None else session.expires_at,
     )
 
 

@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 Plan = Callable[[Loader, str], Awaitable[list[Write]]]
 # Waits until every process has applied the commit at a sequence (``confirm_everywhere``).
 Confirm = Callable[[int], Awaitable[None]]
+# Closes the NATS connections of the credentials some events ended (``nats_gate.Disconnector``).
+Disconnect = Callable[[list[AnyEvent]], Awaitable[int]]
 
 S = TypeVar("S")
 
@@ -114,12 +116,18 @@ def narrowing_seq(commits: list[tuple[list[AnyEvent], int]]) -> int | None:
 
 class CommandRunner:
     def __init__(
-        self, log: EventLog, cache: AggregateCache, confirm: Confirm | None = None
+        self,
+        log: EventLog,
+        cache: AggregateCache,
+        confirm: Confirm | None = None,
+        disconnect: Disconnect | None = None,
     ) -> None:
         self.log = log
         self.cache = cache
         # Without it (a test's stand-in for a process), nothing waits for access views.
         self.confirm = confirm
+        # Without it (NATS without AgentMem's auth callout), no connection is closed.
+        self.disconnect = disconnect
         self._subjects: dict[str, str] = {}
         self.locks = SubjectLocks()
 
@@ -306,6 +314,10 @@ class CommandRunner:
         seq = narrowing_seq(commits)
         if seq is not None and self.confirm is not None:
             await self.confirm(seq)
+        if seq is not None and self.disconnect is not None:
+            # Once no process accepts the credential any more: a connection closed now
+            # cannot come back in with it.
+            await self.disconnect([e for events, _ in commits for e in events])
 
     async def _outcome_of_batch(self, writes: list[Write], command_id: str) -> Result:
         for write in writes:

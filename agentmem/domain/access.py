@@ -36,6 +36,7 @@ class Principal:
     roles: tuple[Role, ...]
     service_admin: bool = False
     via: str = ""  # "key:<id>" or "session:<id>": which credential, for the audit trail
+    expires_at: int | None = None  # a session's end (Unix ms); a key does not expire
 
     @property
     def rank(self) -> int:
