@@ -128,6 +128,7 @@ class CommandRunner:
         self.confirm = confirm
         # Without it (NATS without AgentMem's auth callout), no connection is closed.
         self.disconnect = disconnect
+        self._disconnects: set[asyncio.Task[int]] = set()
         self._subjects: dict[str, str] = {}
         self.locks = SubjectLocks()
 
@@ -315,9 +316,15 @@ class CommandRunner:
         if seq is not None and self.confirm is not None:
             await self.confirm(seq)
         if seq is not None and self.disconnect is not None:
-            # Once no process accepts the credential any more: a connection closed now
-            # cannot come back in with it.
-            await self.disconnect([e for events, _ in commits for e in events])
+            # Once no process accepts the credential any more (a connection closed now
+            # cannot come back in with it), and in the background: the connection that sent
+            # this command (a logout) must still get its reply, which goes out at once,
+            # while finding the connections takes a round to every server first.
+            task = asyncio.create_task(
+                self.disconnect([e for events, _ in commits for e in events])
+            )
+            self._disconnects.add(task)
+            task.add_done_callback(self._disconnects.discard)
 
     async def _outcome_of_batch(self, writes: list[Write], command_id: str) -> Result:
         for write in writes:

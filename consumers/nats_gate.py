@@ -158,6 +158,13 @@ class Disconnector:
         ended = ended_by(events)
         if not ended:
             return 0
+        try:
+            return await self._close(ended)
+        except Exception as exc:  # NATS away: the credential is refused all the same
+            log.warning("could not close ended credentials' connections", error=repr(exc))
+            return 0
+
+    async def _close(self, ended: list[tuple[str, str]]) -> int:
         query = {"acc": natsauth.CLIENT_ACCOUNT, "auth": True, "limit": MAX_CONNECTIONS}
         closed = 0
         for reply in await self._gather(CONNZ_SUBJECT, json.dumps(query).encode()):

@@ -1,0 +1,328 @@
+"""Closed by default (issue 17): each attack a plain NATS client could make on a fresh
+deployment that AgentMem started, played against it.
+
+Before NATS-level authentication every one of these succeeded on the embedded default: a
+connection without credentials read the whole stream (password hashes included), appended a
+forged ``user.api_key_created`` and used that key, joined the ``agentmem`` queue group and
+answered other clients' requests, and read other clients' replies (session tokens) on
+``_INBOX.>``. Now a connection needs an AgentMem credential (or is anonymous, and may only
+log in and ask health and schema), may only send requests and receive on its own inbox
+prefix, and a revoked key's connections are closed.
+
+The attackers here hold the *least* they could: no credential at all, or a member's own
+valid key. The deployment is the embedded default (``Service`` with no ``--nats``), started
+in-process on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from agentmem import Client, ids, subjects
+from agentmem.auth import tokens
+from agentmem.config import Settings
+from agentmem.domain import users
+from agentmem.errors import UnauthenticatedError
+from agentmem.eventlog import CommitMeta
+from agentmem.events import ApiKeyCreated, encode_commit
+from agentmem.service import Service
+from tests.conftest import admin_key
+from tests.realparts import eventually
+from tests.support import TEST_PASSWORD_COST, free_port
+
+PASSWORD = "correct horse battery"
+STREAM_INFO = f"$JS.API.STREAM.INFO.{subjects.STREAM_NAME}"
+DIRECT_GET = f"$JS.API.DIRECT.GET.{subjects.STREAM_NAME}"
+
+
+async def quiet(exc: Exception) -> None:
+    pass
+
+
+@dataclass
+class Deployment:
+    service: Service
+    url: str  # what anyone on the machine can reach: no credentials in it
+    data_dir: Path
+
+    @property
+    def admin_key(self) -> str:
+        return admin_key(self.data_dir)
+
+    async def service_connection(self) -> NATS:
+        """The service's own principal (only the service and its operator hold it)."""
+        assert self.service.embedded is not None
+        return await nats.connect(self.service.embedded.url, error_cb=quiet)
+
+    async def stream_messages(self) -> int:
+        nc = await self.service_connection()
+        try:
+            reply = await nc.request(STREAM_INFO, b"", timeout=2)
+            return int(json.loads(reply.data)["state"]["messages"])
+        finally:
+            await nc.close()
+
+
+@pytest.fixture
+async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
+    settings = Settings()
+    settings.nats_url = None  # the embedded default
+    settings.listen = f"127.0.0.1:{free_port()}"
+    settings.data_dir = tmp_path / "data"
+    settings.store = str(tmp_path / "data" / "agentmem.db")
+    settings.password_cost = TEST_PASSWORD_COST
+    settings.sync_always = False
+    service = Service(settings)
+    await service.start()
+    try:
+        yield Deployment(service, f"nats://{settings.listen}", settings.data_dir)
+    finally:
+        await service.stop()
+
+
+@dataclass
+class Member:
+    org_id: str
+    user_id: str
+    key: str
+    email: str
+
+
+async def member(deployment: Deployment, root: Client, email: str = "ann@acme.example") -> Member:
+    org_id = str((await root.create_org("Acme")).fields["org_id"])
+    user = await root.register_user(org_id, "Ann", email, PASSWORD, roles=["member"])
+    user_id = str(user.fields["user_id"])
+    key = str((await root.create_api_key("ann laptop", user_id=user_id)).fields["token"])
+    return Member(org_id, user_id, key, email)
+
+
+@pytest.fixture
+async def root(deployment: Deployment) -> AsyncIterator[Client]:
+    client = await Client.connect(deployment.url, token=deployment.admin_key)
+    yield client
+    await client.close()
+
+
+async def plain_connect(url: str) -> NATS:
+    return await nats.connect(
+        url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2, error_cb=quiet
+    )
+
+
+async def answered(nc: NATS, subject: str, body: bytes = b"{}") -> bytes | None:
+    """The reply a request got, or None when nothing answered it (refused by the server's
+    permissions, or no such service in this connection's account)."""
+    try:
+        return (await nc.request(subject, body, timeout=1)).data
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        return None
+
+
+# Connecting -------------------------------------------------------------------------------
+async def test_a_connection_without_credentials_is_refused(deployment: Deployment) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization"):
+        nc = await plain_connect(deployment.url)
+        await nc.close()
+
+
+async def test_an_anonymous_connection_may_only_log_in_and_ask_health(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    anonymous = await Client.connect(deployment.url, timeout=1)
+    try:
+        assert (await anonymous.health())["live"]
+        session = await anonymous.login(ann.email, PASSWORD)
+        assert str(session.fields["token"]).startswith("ams_")
+        # Any other subject is refused by the server itself: no request reaches the service.
+        assert await answered(anonymous.nc, "agentmem.q.org.list") is None
+        assert await answered(anonymous.nc, "agentmem.cmd.org.create", b'{"name":"x"}') is None
+    finally:
+        await anonymous.close()
+
+
+# Reading the log ----------------------------------------------------------------------------
+async def test_a_client_cannot_read_the_stream(deployment: Deployment, root: Client) -> None:
+    ann = await member(deployment, root)
+    client = await Client.connect(deployment.url, token=ann.key)
+    seen: list[Msg] = []
+    try:
+        nc = client.nc
+        assert await answered(nc, STREAM_INFO, b"") is None
+        assert await answered(nc, DIRECT_GET, b'{"seq": 1}') is None
+        assert await answered(nc, f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_NAME}") is None
+
+        async def keep(msg: Msg) -> None:
+            seen.append(msg)
+
+        await nc.subscribe(f"{subjects.EVENT_PREFIX}.>", cb=keep)
+        await nc.subscribe(">", cb=keep)
+        await root.register_user(ann.org_id, "Bob", "bob@acme.example", PASSWORD)
+        await asyncio.sleep(0.3)
+        assert not [m for m in seen if m.subject.startswith(subjects.EVENT_PREFIX)]
+        assert not [m for m in seen if b"scrypt" in m.data]
+    finally:
+        await client.close()
+
+
+# Writing the log ----------------------------------------------------------------------------
+async def test_a_client_cannot_append_a_forged_key(deployment: Deployment, root: Client) -> None:
+    ann = await member(deployment, root)
+    admin = tokens.parse(deployment.admin_key)
+    assert admin is not None
+    forged = tokens.new_token("key", admin.org_id, admin.user_id)
+    event = ApiKeyCreated(
+        user_id=admin.user_id,
+        key_id=forged.credential_id,
+        name="forged",
+        prefix=forged.display_prefix,
+        digest=tokens.digest(forged.secret),
+    )
+    command_id = ids.new_id()
+    headers = CommitMeta(command_id=command_id, commit_type="apikey.create").headers()
+    subject = users.subject(admin.org_id, admin.user_id)
+    before = await deployment.stream_messages()
+    client = await Client.connect(deployment.url, token=ann.key)
+    try:
+        await client.nc.publish(subject, encode_commit([event]), headers=headers)
+        await answered(client.nc, subject, encode_commit([event]))
+        await client.nc.flush()
+    finally:
+        await client.close()
+    await asyncio.sleep(0.2)
+    assert await deployment.stream_messages() == before, "a client appended to the log"
+    with pytest.raises(UnauthenticatedError):
+        await root.with_token(str(forged)).list_orgs()
+
+
+# Answering other clients' requests ------------------------------------------------------------
+async def test_a_client_cannot_join_the_service_queue_group(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    hijacker = await Client.connect(deployment.url, token=ann.key)
+    stolen: list[Msg] = []
+
+    async def answer_forged(msg: Msg) -> None:
+        stolen.append(msg)
+        await msg.respond(b'{"ok": true, "data": {"org_id": "x", "name": "forged"}, "seq": 1}')
+
+    try:
+        for tree in (subjects.QUERY_PREFIX, subjects.COMMAND_PREFIX):
+            await hijacker.nc.subscribe(f"{tree}.>", queue="agentmem", cb=answer_forged)
+        await hijacker.nc.flush()
+        names = [(await root.get_org(ann.org_id, after_seq=0)).name for _ in range(40)]
+    finally:
+        await hijacker.close()
+    assert not stolen, f"{len(stolen)} of 40 requests went to another client"
+    assert names == ["Acme"] * 40
+
+
+# Reading other clients' replies ---------------------------------------------------------------
+async def test_a_client_cannot_read_other_clients_replies(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    bob = await member(deployment, root, "bob@acme.example")
+    sniffer = await Client.connect(deployment.url, token=ann.key)
+    heard: list[Msg] = []
+
+    async def keep(msg: Msg) -> None:
+        heard.append(msg)
+
+    victim = await Client.connect(deployment.url)
+    try:
+        for wildcard in ("_INBOX.>", ">", "*.>"):
+            await sniffer.nc.subscribe(wildcard, cb=keep)
+        await sniffer.nc.flush()
+        session = str((await victim.login(bob.email, PASSWORD)).fields["token"])
+        await root.list_orgs()
+        await asyncio.sleep(0.3)
+    finally:
+        await victim.close()
+        await sniffer.close()
+    assert not [m for m in heard if session.encode() in m.data], "a session token was read"
+    assert not heard, [m.subject for m in heard]
+
+
+# Revoking -----------------------------------------------------------------------------------
+async def test_revoking_a_key_closes_and_refuses_its_connections(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    key_id = ann.key.split("_")[3]
+    connected = await Client.connect(deployment.url, token=ann.key)
+    try:
+        assert (await connected.get_org(ann.org_id)).name == "Acme"
+        await root.revoke_api_key(key_id, user_id=ann.user_id)
+
+        async def closed() -> bool:
+            return not connected.nc.is_connected
+
+        # Closed before the revocation was acknowledged; a moment for the close to arrive.
+        await eventually(closed, 2.0, 0.05, "the revoked key's connection closed")
+    finally:
+        await connected.close()
+    with pytest.raises(nats.errors.Error, match="Authorization"):
+        nc = await nats.connect(
+            deployment.url,
+            token=ann.key,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=quiet,
+        )
+        await nc.close()
+
+
+async def test_logging_out_closes_the_session_s_connections(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    session = str((await root.login(ann.email, PASSWORD)).fields["token"])
+    connected = await Client.connect(deployment.url, token=session)
+    try:
+        await connected.logout()
+
+        async def closed() -> bool:
+            return not connected.nc.is_connected
+
+        await eventually(closed, 2.0, 0.05, "the ended session's connection closed")
+    finally:
+        await connected.close()
+
+
+# Guessing passwords ---------------------------------------------------------------------------
+async def test_300_concurrent_guesses_cannot_pass_the_login_throttle(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    guesses = [f"guess number {n}" for n in range(300)]
+    guesses[99] = PASSWORD
+    attacker = await Client.connect(deployment.url, timeout=60)
+    try:
+        body = [{"email": ann.email, "password": g} for g in guesses]
+        replies = await asyncio.gather(
+            *(
+                attacker.nc.request(
+                    "agentmem.cmd.auth.login", msgspec.json.encode(b), timeout=60
+                )
+                for b in body
+            )
+        )
+    finally:
+        await attacker.close()
+    decoded = [json.loads(r.data) for r in replies]
+    assert not decoded[99]["ok"], "the right password, 100th of 300 guesses sent at once, got in"
+    checked = [d for d in decoded if "wrong email" in d.get("error", {}).get("message", "")]
+    assert len(checked) <= 5, f"{len(checked)} passwords were checked"
