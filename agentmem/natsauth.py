@@ -184,3 +184,22 @@ def connection_name(token: tokens.Token | None) -> str:
         return "anonymous"
     prefix = tokens.API_KEY_PREFIX if token.kind == "key" else tokens.SESSION_PREFIX
     return f"{prefix}_{token.org_id}_{token.user_id}_{token.credential_id}"
+
+
+# The service's side ------------------------------------------------------------------------
+REQUEST_INFO_HEADER = "Nats-Request-Info"
+
+
+def request_source(headers: dict[str, str]) -> str | None:
+    """The address a request came from, when nats-server says so: it sets
+    ``Nats-Request-Info`` on requests that cross from ``CLIENTS`` into the service's account
+    (the imports share it) and overwrites any a client sent. On a NATS deployment of one's
+    own without that import, a client could write it: it only ever adds a limit."""
+    value = headers.get(REQUEST_INFO_HEADER)
+    if not value:
+        return None
+    try:
+        host = json.loads(value).get("host")
+    except (ValueError, AttributeError):
+        return None
+    return host if isinstance(host, str) and host else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -62,7 +62,7 @@ Plan = Callable[[Loader, str], Awaitable[list[Write]]]
 # Waits until every process has applied the commit at a sequence (``confirm_everywhere``).
 Confirm = Callable[[int], Awaitable[None]]
 # Closes the NATS connections of the credentials some events ended (``nats_gate.Disconnector``).
-Disconnect = Callable[[list[AnyEvent]], Awaitable[int]]
+Disconnect = Callable[[list[AnyEvent]], Coroutine[Any, Any, int]]
 
 S = TypeVar("S")
 
@@ -320,11 +320,9 @@ class CommandRunner:
             # cannot come back in with it), and in the background: the connection that sent
             # this command (a logout) must still get its reply, which goes out at once,
             # while finding the connections takes a round to every server first.
-            task = asyncio.create_task(
-                self.disconnect([e for events, _ in commits for e in events])
-            )
-            self._disconnects.add(task)
-            task.add_done_callback(self._disconnects.discard)
+            events = [e for events, _ in commits for e in events]
+            self._disconnects = {t for t in self._disconnects if not t.done()}
+            self._disconnects.add(asyncio.create_task(self.disconnect(events)))
 
     async def _outcome_of_batch(self, writes: list[Write], command_id: str) -> Result:
         for write in writes:

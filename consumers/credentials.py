@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from agentmem import subjects
+from agentmem import natsauth, subjects
 from agentmem.auth import tokens
 from agentmem.commands import CreateApiKey, Login, Logout, RevokeApiKey, normalize_email
 from agentmem.consumers.aggregates import Loader
@@ -45,6 +45,7 @@ def command_router(parts: Parts) -> Router:
         parts.work,
         parts.password_cost,
     )
+    sources = parts.source_throttle
     # Verifying against this when the email is unknown keeps both answers equally slow.
     decoy_hash = hash_password("decoy password", password_cost)
 
@@ -76,7 +77,18 @@ def command_router(parts: Parts) -> Router:
         command = request.body
         email = normalize_email(command.email)
         work.check_room()
-        throttle.attempt(email)
+        # Both counted before the password is checked, so guesses sent at once meet the
+        # limits as sequential ones do.
+        source = natsauth.request_source(request.headers)
+        where = f"source:{source}" if source else None
+        if where is not None:
+            sources.attempt(where, "failed logins from your address")
+        try:
+            throttle.attempt(email)
+        except UnauthenticatedError:
+            if where is not None:
+                sources.refund(where)  # refused before any password was checked
+            raise
         # Read from the log, not from this process's cache: another process may have
         # written the registration or a new password a moment ago, and a refusal is
         # decided on the log. (A few reads next to a password hash cost nothing.)
@@ -103,6 +115,8 @@ def command_router(parts: Parts) -> Router:
         owner = owner_of_user(verified_state)
         result = await runner.run(request, plan, owner=owner)
         throttle.succeeded(email)
+        if where is not None:
+            sources.refund(where)  # not a failure: it does not count against the address
         return _with_secret(result, token_holder, "session_id")
 
     @router.handle(Logout)

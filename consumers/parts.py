@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from agentmem import subjects
-from agentmem.consumers.passwords import PasswordThrottle, PasswordWork
+from agentmem.consumers.passwords import SOURCE_LIMIT, PasswordThrottle, PasswordWork
 from agentmem.consumers.router import Router
 from agentmem.domain.passwords import DEFAULT_COST
 
@@ -46,6 +46,10 @@ class Parts:
     password_cost: int = DEFAULT_COST
     # One throttle and one pool for every password check of the process.
     throttle: PasswordThrottle = field(default_factory=PasswordThrottle)
+    # Failed logins per source address, whatever the emails (a spray of one guess each).
+    source_throttle: PasswordThrottle = field(
+        default_factory=lambda: PasswordThrottle(limit=SOURCE_LIMIT)
+    )
     work: PasswordWork = field(default_factory=PasswordWork)
     workers_alive: Callable[[], dict[str, bool]] = dict
     # What the answering process is (its roles, the leases it holds), for status.

@@ -27,14 +27,19 @@ from agentmem.errors import UnauthenticatedError, UnavailableError
 T = TypeVar("T")
 
 MAX_KEYS = 100_000
+# Failed logins from one source address within the window, whatever the emails: a spray of
+# one guess per email meets this instead of the per-email limit.
+SOURCE_LIMIT = 100
 
 
 class PasswordThrottle:
     """At most ``limit`` attempts per key within ``window_s``; a success clears the key.
 
-    Per process: several processes each keep their own count. Bounded at ``max_keys`` keys:
-    when full, keys with nothing recent go first, then the oldest keys that are not locked.
-    A key that is locked stays locked, so a spray of other keys cannot clear it.
+    Per process: several processes each keep their own count. Bounded at ``max_keys`` keys,
+    and never cleared to make room: when full, keys with nothing recent go first, then the
+    oldest keys that are not locked. A locked key stays locked whatever else is tried, and
+    when every key held is locked a new key is refused until one unlocks (the map does not
+    grow), so a spray of other keys can neither clear a lock nor exhaust memory.
     """
 
     def __init__(self, limit: int = 5, window_s: float = 300.0, max_keys: int = MAX_KEYS) -> None:
@@ -42,22 +47,44 @@ class PasswordThrottle:
         self.window_s = window_s
         self.max_keys = max_keys
         self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+        self._no_room_until = 0.0
+
+    def __len__(self) -> int:
+        return len(self._attempts)
 
     def attempt(self, key: str, what: str = "failed logins for this email") -> None:
         """Count one attempt at ``key``, or refuse it when too many are recent."""
         now = time.monotonic()
+        if key not in self._attempts and len(self._attempts) >= self.max_keys:
+            if now >= self._no_room_until:
+                self._make_room(now)
+                if len(self._attempts) >= self.max_keys:
+                    # Full of locks: none unlocks before its oldest attempt leaves the
+                    # window, so no pass over the map is made again before then.
+                    oldest = min(a[0] for a in self._attempts.values() if a)
+                    self._no_room_until = oldest + self.window_s
+            if len(self._attempts) >= self.max_keys:
+                oldest = self._no_room_until - self.window_s
+                raise self._refusal("logins being tried at once", oldest, now)
         attempts = self._recent(key, now)
         if len(attempts) >= self.limit:
-            retry_after = int(attempts[0] + self.window_s - now) + 1
-            raise UnauthenticatedError(
-                f"too many {what}; retry in {retry_after} s", {"retry_after_s": retry_after}
-            )
+            raise self._refusal(what, attempts[0], now)
         attempts.append(now)
-        if len(self._attempts) > self.max_keys:
-            self._make_room(now)
+
+    def _refusal(self, what: str, oldest: float, now: float) -> UnauthenticatedError:
+        retry_after = max(1, int(oldest + self.window_s - now) + 1)
+        return UnauthenticatedError(
+            f"too many {what}; retry in {retry_after} s", {"retry_after_s": retry_after}
+        )
 
     def succeeded(self, key: str) -> None:
         self._attempts.pop(key, None)
+
+    def refund(self, key: str) -> None:
+        """Take back the last attempt at ``key`` (it turned out to be no guess)."""
+        attempts = self._attempts.get(key)
+        if attempts:
+            attempts.pop()
 
     def _recent(self, key: str, now: float) -> deque[float]:
         attempts = self._attempts.get(key)
@@ -75,9 +102,12 @@ class PasswordThrottle:
             del self._attempts[key]
         if len(self._attempts) <= target:
             return
-        unlocked = [k for k, a in self._attempts.items() if len(a) < self.limit]
+        unlocked = [k for k, a in self._attempts.items() if len(self._live(a, now)) < self.limit]
         for key in unlocked[: len(self._attempts) - target]:
             del self._attempts[key]
+
+    def _live(self, attempts: deque[float], now: float) -> list[float]:
+        return [t for t in attempts if t > now - self.window_s]
 
 
 def default_threads() -> int:

@@ -21,6 +21,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -32,6 +33,7 @@ from nats.aio.msg import Msg
 from agentmem import Client, ids, subjects
 from agentmem.auth import tokens
 from agentmem.config import Settings
+from agentmem.consumers.passwords import SOURCE_LIMIT
 from agentmem.domain import users
 from agentmem.errors import UnauthenticatedError
 from agentmem.eventlog import CommitMeta
@@ -114,10 +116,17 @@ async def root(deployment: Deployment) -> AsyncIterator[Client]:
     await client.close()
 
 
-async def plain_connect(url: str) -> NATS:
-    return await nats.connect(
-        url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2, error_cb=quiet
+async def plain_connect(url: str, **options: str) -> None:
+    """Connect once, and close again: raises what the server refused."""
+    nc = await nats.connect(
+        url,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        connect_timeout=2,
+        error_cb=quiet,
+        **options,  # type: ignore[arg-type]
     )
+    await nc.close()
 
 
 async def answered(nc: NATS, subject: str, body: bytes = b"{}") -> bytes | None:
@@ -132,8 +141,7 @@ async def answered(nc: NATS, subject: str, body: bytes = b"{}") -> bytes | None:
 # Connecting -------------------------------------------------------------------------------
 async def test_a_connection_without_credentials_is_refused(deployment: Deployment) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization"):
-        nc = await plain_connect(deployment.url)
-        await nc.close()
+        await plain_connect(deployment.url)
 
 
 async def test_an_anonymous_connection_may_only_log_in_and_ask_health(
@@ -275,14 +283,7 @@ async def test_revoking_a_key_closes_and_refuses_its_connections(
     finally:
         await connected.close()
     with pytest.raises(nats.errors.Error, match="Authorization"):
-        nc = await nats.connect(
-            deployment.url,
-            token=ann.key,
-            allow_reconnect=False,
-            max_reconnect_attempts=1,
-            error_cb=quiet,
-        )
-        await nc.close()
+        await plain_connect(deployment.url, token=ann.key)
 
 
 async def test_logging_out_closes_the_session_s_connections(
@@ -314,9 +315,7 @@ async def test_300_concurrent_guesses_cannot_pass_the_login_throttle(
         body = [{"email": ann.email, "password": g} for g in guesses]
         replies = await asyncio.gather(
             *(
-                attacker.nc.request(
-                    "agentmem.cmd.auth.login", msgspec.json.encode(b), timeout=60
-                )
+                attacker.nc.request("agentmem.cmd.auth.login", msgspec.json.encode(b), timeout=60)
                 for b in body
             )
         )
@@ -326,3 +325,33 @@ async def test_300_concurrent_guesses_cannot_pass_the_login_throttle(
     assert not decoded[99]["ok"], "the right password, 100th of 300 guesses sent at once, got in"
     checked = [d for d in decoded if "wrong email" in d.get("error", {}).get("message", "")]
     assert len(checked) <= 5, f"{len(checked)} passwords were checked"
+
+
+async def test_a_spray_of_other_emails_meets_the_limit_per_address(
+    deployment: Deployment, root: Client
+) -> None:
+    """One guess each at many emails (which the per-email limit never sees), and a flood of
+    other emails while one is locked: the lock holds, and the address runs out of tries."""
+    ann = await member(deployment, root)
+    attacker = await Client.connect(deployment.url, timeout=30)
+
+    async def login(email: str, password: str) -> dict[str, Any]:
+        body = msgspec.json.encode({"email": email, "password": password})
+        reply = await attacker.nc.request("agentmem.cmd.auth.login", body, timeout=30)
+        decoded: dict[str, Any] = json.loads(reply.data)
+        return decoded
+
+    try:
+        for n in range(5):
+            assert "wrong email" in (await login(ann.email, f"guess {n}"))["error"]["message"]
+        spray = [await login(f"other{n}@example.com", "a guess!") for n in range(50)]
+        locked = await login(ann.email, PASSWORD)
+        spray += [await login(f"more{n}@example.com", "a guess!") for n in range(SOURCE_LIMIT)]
+        after = await login("yet.another@example.com", "a guess!")
+    finally:
+        await attacker.close()
+    assert "for this email" in locked["error"]["message"], locked
+    assert sum("wrong email" in r["error"]["message"] for r in spray) == SOURCE_LIMIT - 5
+    assert all(not r["ok"] for r in spray)
+    assert "from your address" in after["error"]["message"], after
+    assert after["error"]["details"]["retry_after_s"] > 0

@@ -60,6 +60,36 @@ def test_a_lock_survives_a_spray_of_other_keys() -> None:
     assert len(throttle._attempts) <= 101
 
 
+def test_a_flood_of_locked_keys_neither_clears_a_lock_nor_grows_the_map() -> None:
+    # Every key of the flood locks itself (one attempt each): there is nothing to evict
+    # that is not locked. Before, the map then grew without bound.
+    throttle = PasswordThrottle(limit=1, max_keys=100)
+    throttle.attempt("victim@example.com")
+    refusals: list[UnauthenticatedError] = []
+    for n in range(1_000):
+        try:
+            throttle.attempt(f"random{n}@example.com")
+        except UnauthenticatedError as exc:
+            refusals.append(exc)
+    assert len(throttle) <= 100
+    assert len(refusals) >= 900
+    assert all("at once" in r.message for r in refusals)
+    assert all(r.details["retry_after_s"] > 0 for r in refusals)
+    with pytest.raises(UnauthenticatedError, match="for this email"):
+        throttle.attempt("victim@example.com")
+
+
+def test_a_success_refunds_its_attempt() -> None:
+    throttle = PasswordThrottle(limit=2)
+    for _ in range(5):
+        throttle.attempt("source:10.0.0.1")
+        throttle.refund("source:10.0.0.1")  # logins that succeeded: no count left
+    throttle.attempt("source:10.0.0.1")
+    throttle.attempt("source:10.0.0.1")
+    with pytest.raises(UnauthenticatedError):
+        throttle.attempt("source:10.0.0.1")
+
+
 async def test_the_pool_sheds_past_its_queue_and_runs_at_most_its_threads() -> None:
     work = PasswordWork(threads=2, queue=3)
     running, most = 0, 0
