@@ -18,7 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import __version__, bootstrap, subjects
+from agentmem import __version__, bootstrap, natsauth, subjects
 from agentmem.auth import tokens
 from agentmem.config import Settings, StartupError, parse_roles
 from agentmem.embedded import EmbeddedNats, client_url
@@ -95,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     connection_flags(create_key)
     create_key.add_argument("--name", default="cli", help="a label for the key")
+    nats_config = commands.add_parser(
+        "nats-config",
+        help="the accounts and auth callout a nats-server (cluster) needs for AgentMem",
+    )
+    nats_config.add_argument("--data-dir", type=Path, help="env AGENTMEM_DATA_DIR; default ./data")
+    nats_config.add_argument(
+        "--out",
+        type=Path,
+        help="write the config block to this file (private, 0600) instead of stdout; "
+        "include it in every node's config",
+    )
     replay = commands.add_parser("replay", help="rebuild projections from the log")
     connection_flags(replay)
     which = replay.add_mutually_exclusive_group(required=True)
@@ -104,8 +115,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nats_config(data_dir: Path, out: Path | None) -> int:
+    """Make (or keep) the deployment's NATS secrets in the data dir, which every AgentMem
+    process of the deployment then reads, and give the nats-server side of them."""
+    found = natsauth.ensure_secrets(data_dir / natsauth.SECRETS_FILE)
+    text = natsauth.server_config(found)
+    if out is None:
+        print(text, end="")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
+    print(f"agentmem: wrote {out}; include it in every nats-server's config", file=sys.stderr)
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings()
+    if args.command == "nats-config":
+        if args.data_dir:
+            settings.data_dir = args.data_dir
+        return settings
     if args.nats:
         settings.nats_url = args.nats
     if getattr(args, "replicas", None) is not None:
@@ -201,7 +232,14 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
     for as long as this command needs it."""
     if settings.nats_url:
         _where["nats"] = redact_url(settings.nats_url)
-        nc = await nats.connect(settings.nats_servers, **_ONE_TRY)
+        found = natsauth.load_secrets(settings.data_dir / natsauth.SECRETS_FILE)
+        servers = settings.nats_servers
+        if found is not None:  # as the service principal, as serve connects
+            servers = [
+                natsauth.as_user(url, natsauth.SERVICE_USER, found.service_password)
+                for url in servers
+            ]
+        nc = await nats.connect(servers, **_ONE_TRY)
         await _check_stream(nc)
         yield nc
         await nc.close()
@@ -437,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentmem: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level, settings.log_format)
+    if args.command == "nats-config":
+        os.umask(0o077)
+        return _nats_config(settings.data_dir, args.out)
     try:
         if args.command == "serve":
             # Whatever the service writes is private to its user (docs/security.md).

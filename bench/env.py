@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,13 +24,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, ids, subjects
+from agentmem import Client, ids, natsauth, subjects
 from agentmem.embedded import EmbeddedNats, server_binary
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import UserRegistered, encode_commit
@@ -70,6 +72,23 @@ async def nats_server(cfg: Config, name: str) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def connections(url: str, n: int) -> AsyncIterator[list[NATS]]:
     conns = [await nats.connect(url, name=f"bench-{i}") for i in range(n)]
+    try:
+        yield conns
+    finally:
+        for nc in conns:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def client_connections(url: str, n: int, token: str) -> AsyncIterator[list[NATS]]:
+    """``n`` connections as an agent makes them: with ``token`` as its NATS credential,
+    through the service's auth callout, into the clients' account (docs/security.md, The
+    NATS layer), not as the service principal that ``url`` names."""
+    parts = urlsplit(url)
+    plain = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+    options = natsauth.connection_options(token)
+    conns = [await nats.connect(plain, name=f"bench-client-{i}", **options) for i in range(n)]
     try:
         yield conns
     finally:
@@ -163,6 +182,12 @@ async def service(
     ``store``), in a process of its own; yields once ``agentmem.sys.health`` says it is
     live."""
     data = cfg.tmp / name / "service"
+    # The server's NATS secrets (nats_server's EmbeddedNats made them): with them the service
+    # connects as its principal and decides the clients' connections, as `agentmem serve`.
+    secrets = cfg.tmp / name / natsauth.SECRETS_FILE
+    if secrets.exists():
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copy(secrets, data / natsauth.SECRETS_FILE)
     child = Child(
         f"{name}-service",
         [sys.executable, "-m", "agentmem", "serve"],

@@ -65,7 +65,9 @@ def conversation(kind: str) -> Session:
             )
             url = await stack.enter_async_context(env.nats_server(cfg, name))
             svc = await stack.enter_async_context(env.service(cfg, url, name, 2, store))
-            conns = await stack.enter_async_context(env.connections(url, cfg.sizes.connections))
+            conns = await stack.enter_async_context(
+                env.client_connections(url, cfg.sizes.connections, svc.token)
+            )
             clients = [env.client(nc, svc.token) for nc in conns]
             agent_id = str((await clients[0].create_agent("bench agent")).fields["agent_id"])
             runs = itertools.count()

@@ -85,7 +85,9 @@ def search_session(kind: str) -> Session:
             )
             url = await stack.enter_async_context(env.nats_server(cfg, name))
             svc = await stack.enter_async_context(env.service(cfg, url, name, 2, store))
-            conns = await stack.enter_async_context(env.connections(url, cfg.sizes.connections))
+            conns = await stack.enter_async_context(
+                env.client_connections(url, cfg.sizes.connections, svc.token)
+            )
             clients = [env.client(nc, svc.token) for nc in conns]
             admin = clients[0]
             agent_id = str((await admin.create_agent("searched agent")).fields["agent_id"])

@@ -44,7 +44,7 @@ async def clients(
     async with (
         env.nats_server(cfg, name) as url,
         env.service(cfg, url, name, password_cost) as svc,
-        env.connections(url, cfg.sizes.connections) as conns,
+        env.client_connections(url, cfg.sizes.connections, svc.token) as conns,
     ):
         yield [env.client(nc, svc.token) for nc in conns]
 
@@ -131,7 +131,7 @@ async def point_query(cfg: Config) -> AsyncIterator[Run]:
             last, user_ids = await env.seed_users(nc, n, keep_ids=True)
         async with (
             env.service(cfg, url, "point-query", MINIMAL_COST) as svc,
-            env.connections(url, cfg.sizes.connections) as conns,
+            env.client_connections(url, cfg.sizes.connections, svc.token) as conns,
         ):
             cs = [env.client(c, svc.token) for c in conns]
             await wait_visible(cs[0], user_ids[-1], last)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 import agentmem
-from agentmem import Client, subjects
+from agentmem import Client, natsauth, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
 from agentmem.projections import ALL as ALL_PROJECTIONS
@@ -94,15 +95,29 @@ class Serve:
     def output(self) -> str:
         return self.log_lines() + self.printed()
 
+    @property
+    def data_dir(self) -> Path:
+        if "--data-dir" in self.args:
+            return Path(self.args[self.args.index("--data-dir") + 1])
+        return Path(self.env.get("AGENTMEM_DATA_DIR") or self.cwd / "data")
+
+    def as_service(self, url: str) -> str:
+        """``url`` as the service principal, whose password the data dir holds once serve
+        has started its embedded server (a serve on its own NATS has none: ``url``)."""
+        found = natsauth.load_secrets(self.data_dir / natsauth.SECRETS_FILE)
+        if found is None:
+            return url
+        return natsauth.as_user(url, natsauth.SERVICE_USER, found.service_password)
+
     async def connect(self, url: str, timeout: float = 20.0) -> NATS:
-        """Connect once the service answers agentmem.sys.health."""
+        """Connect, as the service principal, once the service answers agentmem.sys.health."""
 
         async def healthy() -> NATS | None:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited: {self.output()[-2000:]}")
             nc = await nats.connect(
-                url,
+                self.as_service(url),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0,
@@ -494,6 +509,9 @@ async def test_status_against_a_running_and_a_stopped_service(
 
         # No credentials at all (a data dir without a key): it does not ask, and reads the
         # store itself.
+        # (It still needs the NATS server's credentials: NATS is closed by default.)
+        (tmp_path / "no-key").mkdir(mode=0o700)
+        shutil.copy(data / natsauth.SECRETS_FILE, tmp_path / "no-key" / natsauth.SECRETS_FILE)
         bare = ["--data-dir", str(tmp_path / "no-key"), "--listen", f"127.0.0.1:{port}"]
         bare += ["--store", str(data / "agentmem.db")]
         async with status_requests(nc) as seen:
