@@ -194,7 +194,7 @@ class Client:
     @classmethod
     async def connect(
         cls,
-        url: str = "nats://127.0.0.1:4222",
+        url: str | list[str] = "nats://127.0.0.1:4222",
         token: str | None = None,
         timeout: float = 10.0,
         *,
@@ -214,7 +214,8 @@ class Client:
         credential receive on; without a token, the connection is anonymous and may only
         log in and ask health and schema. A URL with a user in it, or options that
         authenticate otherwise, are used as given."""
-        authenticated = "@" in urlsplit(url.split(",")[0]).netloc or any(
+        servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+        authenticated = "@" in urlsplit(servers[0]).netloc or any(
             name in nats_options for name in ("user", "token", "user_credentials", "nkeys_seed")
         )
         options: dict[str, Any] = {
@@ -231,9 +232,9 @@ class Client:
             "reconnect_time_wait": _RETRY_AFTER_S,
         }
         try:
-            nc = await asyncio.wait_for(nats.connect(url, **options), CONNECT_WITHIN_S)
+            nc = await asyncio.wait_for(nats.connect(servers, **options), CONNECT_WITHIN_S)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            shown = _shown(url)
+            shown = ",".join(_shown(u) for u in servers)
             reason = str(exc) or exc.__class__.__name__
             raise UnavailableError(
                 f"cannot connect to {shown} ({reason}): is the AgentMem service running "

@@ -58,7 +58,7 @@ async def _two_steps(nc: NATS) -> tuple[float, float]:
 
 async def measure(sync_always: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="agentmem-batchcost-") as tmp:
-        server = EmbeddedNats(Path(tmp), "127.0.0.1", free_port(), sync_always=sync_always)
+        server = EmbeddedNats(Path(tmp) / "nats", "127.0.0.1", free_port(), sync_always=sync_always)
         await server.start()
         nc = await nats.connect(server.url)
         try:
