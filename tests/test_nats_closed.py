@@ -350,6 +350,25 @@ async def test_logging_out_closes_the_session_s_connections(
         await connected.close()
 
 
+async def test_a_session_s_connection_ends_with_the_session(
+    deployment: Deployment, root: Client
+) -> None:
+    ann = await member(deployment, root)
+    session = str((await root.login(ann.email, PASSWORD, ttl_seconds=2)).fields["token"])
+    connected = await Client.connect(deployment.url, token=session)
+    try:
+        assert (await connected.get_org(ann.org_id)).name == "Acme"
+
+        async def closed() -> bool:
+            return not connected.nc.is_connected
+
+        # The server closes it when the user JWT the callout gave it expires; its reconnect
+        # is refused (the session expired).
+        await eventually(closed, 5.0, 0.05, "the expired session's connection closed")
+    finally:
+        await connected.close()
+
+
 # Guessing passwords ---------------------------------------------------------------------------
 async def test_300_concurrent_guesses_cannot_pass_the_login_throttle(
     deployment: Deployment, root: Client
