@@ -354,7 +354,7 @@ async def test_a_session_s_connection_ends_with_the_session(
     deployment: Deployment, root: Client
 ) -> None:
     ann = await member(deployment, root)
-    session = str((await root.login(ann.email, PASSWORD, ttl_seconds=2)).fields["token"])
+    session = str((await root.login(ann.email, PASSWORD, ttl_seconds=4)).fields["token"])
     connected = await Client.connect(deployment.url, token=session)
     try:
         assert (await connected.get_org(ann.org_id)).name == "Acme"
@@ -364,7 +364,7 @@ async def test_a_session_s_connection_ends_with_the_session(
 
         # The server closes it when the user JWT the callout gave it expires; its reconnect
         # is refused (the session expired).
-        await eventually(closed, 5.0, 0.05, "the expired session's connection closed")
+        await eventually(closed, 10.0, 0.05, "the expired session's connection closed")
     finally:
         await connected.close()
 
