@@ -275,7 +275,7 @@ async def service_client(store: str = "sqlite") -> AsyncIterator[Client]:
             )
             url = await stack.enter_async_context(env.nats_server(cfg, "eval"))
             svc = await stack.enter_async_context(env.service(cfg, url, "eval", 2, store_url))
-            (nc,) = await stack.enter_async_context(env.connections(url, 1))
+            (nc,) = await stack.enter_async_context(env.client_connections(url, 1, svc.token))
             yield env.client(nc, svc.token)
 
 
