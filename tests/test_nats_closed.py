@@ -275,7 +275,7 @@ async def test_a_client_cannot_join_the_service_queue_group(
         for tree in (subjects.QUERY_PREFIX, subjects.COMMAND_PREFIX):
             await hijacker.nc.subscribe(f"{tree}.>", queue="agentmem", cb=answer_forged)
         await hijacker.nc.flush()
-        names = [(await root.get_org(ann.org_id, after_seq=0)).name for _ in range(40)]
+        names = [(await root.get_org(ann.org_id)).name for _ in range(40)]
     finally:
         await hijacker.close()
     assert not stolen, f"{len(stolen)} of 40 requests went to another client"
@@ -317,7 +317,7 @@ async def test_revoking_a_key_closes_and_refuses_its_connections(
     key_id = ann.key.split("_")[3]
     connected = await Client.connect(deployment.url, token=ann.key)
     try:
-        assert (await connected.get_org(ann.org_id)).name == "Acme"
+        assert (await connected.get_org(ann.org_id, after_seq=root.last_seq)).name == "Acme"
         await root.revoke_api_key(key_id, user_id=ann.user_id)
         acknowledged = time.perf_counter()
 
@@ -357,7 +357,7 @@ async def test_a_session_s_connection_ends_with_the_session(
     session = str((await root.login(ann.email, PASSWORD, ttl_seconds=4)).fields["token"])
     connected = await Client.connect(deployment.url, token=session)
     try:
-        assert (await connected.get_org(ann.org_id)).name == "Acme"
+        assert (await connected.get_org(ann.org_id, after_seq=root.last_seq)).name == "Acme"
 
         async def closed() -> bool:
             return not connected.nc.is_connected
