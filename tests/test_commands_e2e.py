@@ -800,6 +800,12 @@ CHOSEN_ID_CREATES: dict[str, Callable[[str], dict[str, Any]]] = {
     },
     "agent": lambda org: {"org_id": org, "name": "Helper", "agent_id": CHOSEN_ID},
     "tool": lambda org: {"org_id": org, "name": "get_weather", "tool_id": CHOSEN_ID},
+    "block": lambda org: {
+        "org_id": org,
+        "label": "persona",
+        "user_id": "retrying-user",
+        "block_id": CHOSEN_ID,
+    },
 }
 
 
