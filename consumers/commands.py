@@ -11,6 +11,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -160,6 +161,36 @@ class CommandRunner:
             orgs.require_live(org, user.state.org_id)
         users.require_live(user, user_id)
         return user
+
+    async def load_reservation(self, loader: Loader, email: str) -> Loaded[users.Reservation]:
+        """An address's reservation, as a new reservation of it must see it. One whose holder
+        is gone (the user deleted, or the user's organization) is free: deleting an
+        organization releases its users' addresses without a write per address. Taking a
+        free address writes over the reservation at its version, decided in the log as
+        the first reservation was, so of two registrations racing for it one wins."""
+        reservation = await loader.load(subjects.email_reservation(email), users.evolve_reservation)
+        if reservation.state is not None and await self._holder_gone(reservation.state.user_id):
+            return replace(reservation, state=None)
+        return reservation
+
+    async def _holder_gone(self, user_id: str) -> bool:
+        """Whether a reservation's holder is deleted, or its organization is. A holder that
+        looks live is read again from the log before the address is refused (another
+        process may have deleted it); one that is gone stays gone, so a stale read of that
+        is safe."""
+        try:
+            subject = await self.user_subject(user_id)
+        except NotFoundError:
+            return False  # no holder to judge (never happens: both are one batch): keep it
+        for refresh in (False, True):
+            user = await self.cache.load(subject, users.evolve, refresh=refresh)
+            if user.state is not None and user.state.deleted:
+                return True
+            org_id = subjects.parse(subject).org_id
+            org = await self.cache.load(orgs.subject(org_id), orgs.evolve, refresh=refresh)
+            if org.state is not None and org.state.deleted:
+                return True
+        return False
 
     async def load_in_live_org(
         self,
@@ -432,9 +463,7 @@ def command_router(parts: Parts) -> Router:
                 users.evolve,
                 chosen=command.user_id is not None,
             )
-            reservation = await loader.load(
-                subjects.email_reservation(email), users.evolve_reservation
-            )
+            reservation = await runner.load_reservation(loader, email)
             if reservation.state is not None:  # fail before spending a hash on it
                 raise ConflictError(f"email {email} is already registered", {"email": email})
             if not password_hash:
@@ -460,9 +489,7 @@ def command_router(parts: Parts) -> Router:
             check_user(request, request.need, user)
             new_reservation = old_reservation = None
             if user.state and new_email and new_email != user.state.email:
-                new_reservation = await loader.load(
-                    subjects.email_reservation(new_email), users.evolve_reservation
-                )
+                new_reservation = await runner.load_reservation(loader, new_email)
                 old_reservation = await loader.load(
                     subjects.email_reservation(user.state.email), users.evolve_reservation
                 )

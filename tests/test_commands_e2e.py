@@ -691,6 +691,72 @@ async def test_deleting_a_user_frees_the_email(api: Client) -> None:
     assert [u.user_id for u in listed.items] == [second]
 
 
+async def test_deleting_an_org_frees_its_users_emails_for_exactly_one_owner(
+    service: Service, connections: list[NATS], nc: NATS
+) -> None:
+    """An organization's deletion releases its users' addresses (no write per address: a
+    reservation whose holder's organization is gone reads as free), and registrations that
+    race the deletion, and each other, leave the address with exactly one live owner."""
+    api = Client(nc, ADMIN.token)
+    doomed, other = await new_org(api, "Doomed"), await new_org(api, "Other")
+    ann = await new_user(api, doomed, "ann@example.com")
+    clients = [Client(connection, ADMIN.token) for connection in connections]
+    results = await asyncio.gather(
+        api.delete_org(doomed),
+        *(
+            c.register_user(other, f"Ann {i}", "Ann@Example.com", PASSWORD)
+            for i, c in enumerate(clients)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Written), results[0]
+    won = [r for r in results[1:] if isinstance(r, Written)]
+    assert len(won) <= 1, won
+    assert all(isinstance(r, ConflictError) for r in results[1:] if not isinstance(r, Written))
+    if not won:  # every registration came before the deletion: the address is free now
+        won = [await api.register_user(other, "Ann again", "ann@example.com", PASSWORD)]
+    owner = str(won[0].fields["user_id"])
+    assert owner != ann
+    # Held again: by the new owner, in the log and in the table.
+    with pytest.raises(ConflictError):
+        await new_user(api, other, "ann@example.com")
+    found = await api.get_user_by_email("ann@example.com", after_seq=api.last_seq)
+    assert found.user_id == owner
+    assert service.store is not None
+    rows = await service.store.fetch_all(
+        "SELECT user_id FROM users WHERE email = ?", "ann@example.com"
+    )
+    assert rows == [{"user_id": owner}]
+
+
+@pytest.mark.parametrize("deleted", ["user", "org"])
+async def test_a_deleted_users_email_is_free_even_to_a_process_that_cached_it_live(
+    api: Client, nc: NATS, deleted: str
+) -> None:
+    """A process whose cache still holds the holder as live does not refuse on it: a refusal
+    is decided on a fresh read of the holder."""
+    org_id = await new_org(api)
+    doomed = await new_org(api, "Doomed")
+    bob = await new_user(api, doomed, "bob@example.com")
+    parts = second_process(nc)
+    dispatcher = Dispatcher(
+        nc, command_handlers.command_router(parts), Authenticator(parts.runner.cache)
+    )
+    body = {"org_id": org_id, "name": "Bob", "email": "bob@example.com", "password": PASSWORD}
+
+    async def register_elsewhere() -> envelope.Reply:
+        payload = msgspec.json.encode(body)
+        return envelope.decode(
+            await dispatcher.handle(RegisterUser.op.subject, payload, ADMIN.headers())
+        )
+
+    refused = await register_elsewhere()  # the other process caches the live holder
+    assert refused.error is not None and refused.error.code == "conflict", refused
+    await (api.delete_user(bob) if deleted == "user" else api.delete_org(doomed))
+    registered = await register_elsewhere()
+    assert registered.ok, registered
+
+
 async def test_register_into_a_missing_or_deleted_org(api: Client, nc: NATS) -> None:
     deleted = await new_org(api, "Doomed")
     await api.delete_org(deleted)
