@@ -90,7 +90,7 @@ def command_router(parts: Parts) -> Router:
     async def archive_agent(request: Request[ArchiveAgent]) -> Result:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             agent = await load_agent(runner, loader, request, request.body.agent_id, request.need)
-            return agents.archive(agent, request.body)
+            return agents.archive(agent, await load_state(loader, agent), request.body)
 
         return await runner.run(request, plan)
 

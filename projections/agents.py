@@ -79,7 +79,7 @@ class AgentsProjection:
     def project(self, commit: StoredCommit) -> list[RowOp]:
         ops: list[RowOp] = []
         at, version = commit.time_ms, commit.seq
-        org_id = subjects.parse(commit.subject).org_id
+        org_id, aggregate, _ = subjects.parse(commit.subject)
         for event in commit.events:
             match event:
                 case AgentCreated():
@@ -112,6 +112,10 @@ class AgentsProjection:
                     }
                     ops.append(Update("agents", {"agent_id": event.agent_id}, values))
                     ops += tag_rows(AGENT_TAGS, org_id, event.agent_id, event.tags)
+                case AgentArchived(agent_id=agent_id) if aggregate == "agent_state":
+                    # The archive's fence on the state subject: the document is kept, its
+                    # version (what a state write's expected_version compares) moves.
+                    ops.append(Update("agent_states", {"agent_id": agent_id}, {"version": version}))
                 case AgentArchived(agent_id=agent_id):
                     values = {"archived": 1, "updated_at": at, "version": version}
                     ops.append(Update("agents", {"agent_id": agent_id}, values))

@@ -34,7 +34,7 @@ from agentmem.consumers.router import Dispatcher
 from agentmem.domain import agents
 from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.eventlog import EventLog
-from agentmem.events import AgentStateCleared, AgentStateSet
+from agentmem.events import AgentArchived, AgentStateCleared, AgentStateSet
 from agentmem.replies import Agent
 from tests.realparts import bearer, second_process
 from tests.support import NatsServer
@@ -491,3 +491,57 @@ async def test_a_deletion_racing_state_writes_leaves_no_state_behind(
     assert len(events) >= 3  # the first two writes, then the clear
     with pytest.raises(NotFoundError):
         await api.get_agent_state(agent_id, after_seq=deleted.seq)
+
+
+async def test_an_archive_racing_state_writes_leaves_no_state_write_after_it(
+    client: Client, acme: tuple[str, Client], nc: NATS, admin_token: str
+) -> None:
+    """Archiving is fenced as deleting is: a second process (its own cache) that read the
+    agent before the archive is refused after it, and no state write lands after the
+    archive in the log, however the writes interleave. Unarchived, the state is as the last
+    write before the archive left it, and its version is the state subject's."""
+    _, api = acme
+    agent_id = (await api.create_agent("Racing")).fields["agent_id"]
+    await api.set_agent_state(agent_id, {"n": 0})
+    log = EventLog(nc)
+    other_process = CommandRunner(log, AggregateCache(log))
+    dispatcher = Dispatcher(
+        nc,
+        agent_handlers.command_router(second_process(nc, other_process)),
+        Authenticator(other_process.cache),
+    )
+
+    async def write_elsewhere(n: int) -> envelope.Reply:
+        body = msgspec.json.encode({"agent_id": agent_id, "state": {"n": n}})
+        return envelope.decode(
+            await dispatcher.handle(SetAgentState.op.subject, body, bearer(admin_token))
+        )
+
+    assert (await write_elsewhere(1)).ok  # the other process has the agent and state cached
+    results = await asyncio.gather(
+        *(api.set_agent_state(agent_id, {"n": n}) for n in range(2, 4)),
+        api.archive_agent(agent_id),
+        write_elsewhere(4),
+        return_exceptions=True,
+    )
+    archived = results[2]
+    assert isinstance(archived, Written), results
+    late = await write_elsewhere(5)
+    assert late.error is not None, late
+    assert late.error.code == "conflict", late
+    for result in results:
+        if isinstance(result, BaseException):
+            assert isinstance(result, ConflictError), result
+        elif isinstance(result, envelope.Reply) and not result.ok:
+            assert result.error is not None, result
+            assert result.error.code == "conflict", result
+    # Nothing on the state subject comes after the archive's fence.
+    commits = await log.read_subject(agents.state_subject(acme[0], agent_id))
+    assert commits[-1].seq < archived.seq, [(c.seq, c.events) for c in commits]
+    assert any(isinstance(e, AgentArchived) for e in commits[-1].events), commits[-1]
+    # Unarchived, writes go on from the state as it was, at the state subject's version.
+    await api.unarchive_agent(agent_id)
+    state = await api.get_agent_state(agent_id, after_seq=api.last_seq)
+    assert state.version == commits[-1].seq
+    written = await api.set_agent_state(agent_id, {"n": 6}, expected_version=state.version)
+    assert written.version > state.version

@@ -751,7 +751,8 @@ async def test_a_deleted_users_email_is_free_even_to_a_process_that_cached_it_li
         )
 
     refused = await register_elsewhere()  # the other process caches the live holder
-    assert refused.error is not None and refused.error.code == "conflict", refused
+    assert refused.error is not None, refused
+    assert refused.error.code == "conflict", refused
     await (api.delete_user(bob) if deleted == "user" else api.delete_org(doomed))
     registered = await register_elsewhere()
     assert registered.ok, registered

@@ -275,7 +275,10 @@ def test_update_of_an_archived_agent_is_allowed() -> None:
     ],
 )
 def test_writes_to_a_missing_or_deleted_agent_are_not_found(command: Any) -> None:
-    decide = {UpdateAgent: agents.update, ArchiveAgent: agents.archive}.get(
+    def archive(loaded: Loaded[agents.Agent], command: ArchiveAgent) -> list[Write]:
+        return agents.archive(loaded, loaded_state(), command)
+
+    decide = {UpdateAgent: agents.update, ArchiveAgent: archive}.get(
         type(command), agents.unarchive
     )
     for loaded in (loaded_agent(), loaded_agent(CREATED, AgentDeleted(agent_id=AGENT))):
@@ -294,14 +297,16 @@ def test_a_stale_expected_version_is_a_conflict_with_the_current_one() -> None:
 # Archive ---------------------------------------------------------------------------------
 def test_archive_and_unarchive() -> None:
     loaded = loaded_agent(CREATED)
-    assert only(agents.archive(loaded, ArchiveAgent(agent_id=AGENT))).events == [
-        AgentArchived(agent_id=AGENT)
+    assert agents.archive(loaded, loaded_state({"a": 1}, 12), ArchiveAgent(agent_id=AGENT)) == [
+        # The fence: a state write decided before the archive fails on the state subject.
+        Write(agents.state_subject(ORG, AGENT), 12, [AgentArchived(agent_id=AGENT)]),
+        Write(agents.subject(ORG, AGENT), 5, [AgentArchived(agent_id=AGENT)]),
     ]
     with pytest.raises(ConflictError, match="is not archived"):
         agents.unarchive(loaded, UnarchiveAgent(agent_id=AGENT))
     archived = loaded_agent(CREATED, AgentArchived(agent_id=AGENT))
     with pytest.raises(ConflictError, match="already archived"):
-        agents.archive(archived, ArchiveAgent(agent_id=AGENT))
+        agents.archive(archived, loaded_state(), ArchiveAgent(agent_id=AGENT))
     assert only(agents.unarchive(archived, UnarchiveAgent(agent_id=AGENT))).events == [
         AgentUnarchived(agent_id=AGENT)
     ]
@@ -500,6 +505,10 @@ def test_projection_rows_through_a_whole_life() -> None:
     ]
     assert projection.project(commit(5, profile, AgentArchived(agent_id=AGENT))) == [
         Update("agents", {"agent_id": AGENT}, {"archived": 1, "updated_at": 1_000, "version": 5})
+    ]
+    # The archive's fence on the state subject moves the state's version only.
+    assert projection.project(commit(5, state_subject, AgentArchived(agent_id=AGENT))) == [
+        Update("agent_states", {"agent_id": AGENT}, {"version": 5})
     ]
     assert projection.project(commit(6, profile, AgentUnarchived(agent_id=AGENT))) == [
         Update("agents", {"agent_id": AGENT}, {"archived": 0, "updated_at": 1_000, "version": 6})

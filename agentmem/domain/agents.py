@@ -2,9 +2,10 @@
 
 The two live on two subjects of the log. The profile is on the agent's subject; the state
 document, which an agent rewrites every turn, is on a subject of its own, so a profile edit
-never makes a state write fail and the state's version counts state writes only. Deleting an
-agent writes to both subjects in one atomic batch: the state subject at its current version,
-so that a state write racing the deletion fails, is decided again and finds the agent gone.
+never makes a state write fail. Deleting or archiving an agent writes to both subjects in one
+atomic batch: the state subject at its current version, so that a state write racing the
+deletion or the archive fails, is decided again and finds the agent gone or archived. The
+state's version counts state writes and these fences.
 """
 
 from __future__ import annotations
@@ -177,14 +178,23 @@ def update(loaded: Loaded[Agent], command: UpdateAgent) -> list[Write]:
     return [Write(loaded.subject, loaded.version, [event])]
 
 
-def archive(loaded: Loaded[Agent], command: ArchiveAgent) -> list[Write]:
+def archive(
+    loaded: Loaded[Agent], state: Loaded[StateDocument], command: ArchiveAgent
+) -> list[Write]:
+    """Fenced as a deletion is: ``agent.archived`` on the state subject at its current version
+    too, in the same atomic batch, so that a state write racing the archive fails, is
+    decided again and finds the agent archived. The document itself is kept."""
     agent = require_live(loaded, command.agent_id)
     check_version(loaded, command.expected_version)
     if agent.archived:
         raise ConflictError(
             f"agent {agent.agent_id} is already archived", {"agent_id": agent.agent_id}
         )
-    return [Write(loaded.subject, loaded.version, [AgentArchived(agent_id=agent.agent_id)])]
+    archived = AgentArchived(agent_id=agent.agent_id)
+    return [
+        Write(state.subject, state.version, [archived]),
+        Write(loaded.subject, loaded.version, [archived]),
+    ]
 
 
 def unarchive(loaded: Loaded[Agent], command: UnarchiveAgent) -> list[Write]:
