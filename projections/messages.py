@@ -56,6 +56,10 @@ MESSAGES = Table(
         ("messages_session", ("org_id", "session_id", "position"), False),
         ("messages_agent", ("agent_id", "position"), False),
         ("messages_user", ("user_id", "position"), False),
+        # message.list's filters (migration 6): a time range is found along its own index
+        # and only its messages are sorted; a role's messages are walked in order.
+        ("messages_session_time", ("org_id", "session_id", "created_at"), False),
+        ("messages_session_role", ("org_id", "session_id", "role", "position"), False),
     ),
     # A search filters by these inside the full-text index (agentmem/store/fulltext.py).
     full_text=FullText(
@@ -199,12 +203,26 @@ def list_sql(
     role: str | None,
     limit: int,
 ) -> tuple[str, list[Any]]:
-    """One page of a conversation along the (org_id, session_id, position) index: ``limit``
-    messages after position ``after`` in ``order`` (``asc`` or ``desc``)."""
+    """One page of a conversation: ``limit`` messages after position ``after`` in ``order``
+    (``asc`` or ``desc``), read along an index whatever the filter:
+
+    - none: the (org_id, session_id, position) index, in order;
+    - a role: the (org_id, session_id, role, position) index, in order;
+    - a time range (with or without a role): the (org_id, session_id, created_at) index
+      finds the range, and only its messages are sorted. Every other term is written so
+      that no other index can serve it (``position + 0``, ``role || ''``): both planners
+      would otherwise walk the positions for a recent range (they assume the times spread
+      evenly along the positions, but times grow with them, so that walk reads the whole
+      conversation before the range), or walk a role's messages before a cursor.
+
+    docs/architecture.md shows the plans; tests/test_message_filters.py checks them."""
+    timed = since is not None or until is not None
+    # Terms the time index must not be passed over for (see above).
+    at, role_is = ("position + 0", "role || '' = ?") if timed else ("position", "role = ?")
     conditions = ["org_id = ?", "session_id = ?"]
     args: list[Any] = [org_id, session_id]
     if after is not None:
-        conditions.append("position > ?" if order == "asc" else "position < ?")
+        conditions.append(f"{at} > ?" if order == "asc" else f"{at} < ?")
         args.append(after)
     if since is not None:
         conditions.append("created_at >= ?")
@@ -213,12 +231,12 @@ def list_sql(
         conditions.append("created_at < ?")
         args.append(until)
     if role is not None:
-        conditions.append("role = ?")
+        conditions.append(role_is)
         args.append(role)
     direction = "ASC" if order == "asc" else "DESC"
     sql = (
         f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
-        f"ORDER BY position {direction} LIMIT ?"
+        f"ORDER BY {at} {direction} LIMIT ?"
     )
     return sql, [*args, limit]
 

@@ -159,4 +159,10 @@ MIGRATIONS: list[Migration] = [
             ),
         ),
     ),
+    Migration(
+        8,
+        "indexes for message.list by time range and by role",
+        # The Table step creates what is missing: here, the two new indexes of `messages`.
+        (MESSAGES,),
+    ),
 ]
