@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agentmem.logging import configure
-from bench import baselines, env, harness, messages, pgbatch, search, workloads
+from bench import baselines, env, harness, longchat, messages, pgbatch, search, workloads
 from bench.harness import NORMAL, QUICK, Config, Workload
 
 ALL: list[Workload] = [
@@ -36,6 +36,7 @@ ON_REQUEST: list[Workload] = [
     *messages.ON_REQUEST,
     *workloads.ON_REQUEST,
     *search.ON_REQUEST,
+    *longchat.ON_REQUEST,
 ]
 LARGE_REPLAY = 1_000_000
 

@@ -11,18 +11,22 @@ every commit on their subjects, without a read of the log per append. Archiving 
 an agent is acknowledged only once every view has it, so an agent archived a moment ago in
 another process takes no more messages; a refusal is checked again on a fresh read of the
 log (an agent unarchived a moment ago speaks at once). The conversation's own subject is
-never read.
+never folded: an append with the client's own ``command_id`` reads one commit of it (the
+first one the messages projection has not applied) and one row of the projection's index
+of command ids, so that a retry is recognised for as long as the conversation exists
+(``earlier_append``); other appends read nothing of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
 from agentmem.consumers.access_view import AccessView
-from agentmem.consumers.aggregates import FreshReads, Loader
+from agentmem.consumers.aggregates import AlreadyApplied, FreshReads, Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import event_view, missing_org
 from agentmem.consumers.queries import (
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
 PROJECTION = "messages"
+# Commits younger than this are surely still in the log's duplicate window (half the
+# shortest window the service accepts on an existing stream, 60 s: clocks may differ).
+TRUSTED_WINDOW_MS = 30_000
 
 
 def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
@@ -105,6 +112,36 @@ def command_router(parts: Parts) -> Router:
         person: Loaded[users.User] | None = user[0] if user else None
         messages.check_speakers(org_id, agent, agent_id, person, user_id)
 
+    async def earlier_append(org_id: str, session_id: str, command_id: str) -> int | None:
+        """The sequence of this command's append to the conversation, if it was stored
+        before. The log's duplicate window recognises a retry for 10 minutes; past it, the
+        messages projection's index of command ids does (one read by key, whatever the
+        conversation's length). Together they miss nothing as long as the projection has
+        applied every commit of this conversation older than ``TRUSTED_WINDOW_MS``: that
+        is checked by one read of the log (the conversation's first commit after the
+        projection's checkpoint), and in the rare case it has not, the append waits for it
+        (bounded, as a query's ``after_seq``: ``unavailable`` after 5 s)."""
+        subject = messages.subject(org_id, session_id)
+
+        async def caught_up() -> None:
+            last = await runner.log.last_on(subject)
+            await freshness.wait(PROJECTION, last.seq if last is not None else None)
+
+        checkpoint = await freshness.checkpoint(PROJECTION)
+        pending = None
+        async for commit in runner.log.iter_subject(subject, checkpoint):
+            pending = commit  # the first one is enough
+            break
+        if pending is not None and pending.time_ms < time.time() * 1000 - TRUSTED_WINDOW_MS:
+            await caught_up()
+        seq = await messages_read.appended_by(store, org_id, session_id, command_id)
+        if seq is not None and pending is not None:
+            # Found, but the conversation may have been deleted since (a deletion the
+            # projection has not applied yet): only a retry pays for this wait.
+            await caught_up()
+            seq = await messages_read.appended_by(store, org_id, session_id, command_id)
+        return seq
+
     async def append(
         request: Request[Any],
         org_id: str,
@@ -114,6 +151,12 @@ def command_router(parts: Parts) -> Router:
         message_ids = [ids.new_id() for _ in batch]  # once: the same on every attempt
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
+            if command.command_id is not None:
+                # A client's own id may be a retry, even one long after the first attempt
+                # (the first attempt's outcome stands, even if the agent may no longer speak).
+                seq = await earlier_append(org_id, command.session_id, command_id)
+                if seq is not None:
+                    raise AlreadyApplied(seq)
             await check_speakers(org_id, command.agent_id, command.user_id)
             return messages.append(
                 org_id,

@@ -84,6 +84,20 @@ MESSAGE_REDACTIONS = Table(
     indexes=(("message_redactions_session", ("org_id", "session_id"), False),),
 )
 
+# The command id of every append, by conversation: a retried append is recognised here for
+# as long as its conversation exists, long after the log's duplicate window has forgotten it
+# (consumers/messages.py), by one read of this key, whatever the conversation's length.
+MESSAGE_COMMANDS = Table(
+    name="message_commands",
+    columns=(
+        Column("org_id", "text"),
+        Column("session_id", "text"),
+        Column("command_id", "text"),  # the command's key in the log (``log_command_id``)
+        Column("seq", "integer"),
+    ),
+    primary_key=("org_id", "session_id", "command_id"),
+)
+
 EMPTY_LIST = "[]"
 EMPTY_OBJECT = "{}"
 
@@ -102,12 +116,18 @@ class MessagesProjection:
         subjects.events_of("agent"),
         subjects.events_of("org_deletion"),
     ]
-    tables = [MESSAGES, MESSAGE_REDACTIONS]
+    tables = [MESSAGES, MESSAGE_REDACTIONS, MESSAGE_COMMANDS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
         ops: list[RowOp] = []
         at, seq = commit.time_ms, commit.seq
         org_id = subjects.parse(commit.subject).org_id
+        appends = [e for e in commit.events if isinstance(e, MessageAppended)]
+        if appends and commit.command_id:
+            key = {"org_id": org_id, "session_id": appends[0].session_id}
+            ops.append(
+                Upsert("message_commands", {**key, "command_id": commit.command_id, "seq": seq})
+            )
         for index, event in enumerate(commit.events):
             match event:
                 case MessageAppended():
@@ -151,12 +171,14 @@ class MessagesProjection:
                     key = {"org_id": org_id, "session_id": session_id}
                     ops.append(Delete("messages", key))
                     ops.append(Delete("message_redactions", key))
+                    ops.append(Delete("message_commands", key))
                 case AgentDeleted(agent_id=agent_id):
                     # Agent ids are unique across organizations: the agent index alone.
                     ops.append(Delete("messages", {"agent_id": agent_id}))
                 case OrgDeleted(org_id=deleted):
                     ops.append(Delete("messages", {"org_id": deleted}))
                     ops.append(Delete("message_redactions", {"org_id": deleted}))
+                    ops.append(Delete("message_commands", {"org_id": deleted}))
         return ops
 
 
@@ -311,3 +333,15 @@ async def hidden_messages(store: Store, message_ids: Sequence[str]) -> frozenset
         )
         shown.update(row["message_id"] for row in rows)
     return frozenset(wanted) - shown
+
+
+async def appended_by(store: Store, org_id: str, session_id: str, command_id: str) -> int | None:
+    """The sequence of the append that command ``command_id`` (its key in the log) made in
+    this conversation, if the projection has applied one."""
+    row = await store.fetch_one(
+        "SELECT seq FROM message_commands WHERE org_id = ? AND session_id = ? AND command_id = ?",
+        org_id,
+        session_id,
+        command_id,
+    )
+    return None if row is None else int(row["seq"])

@@ -14,7 +14,7 @@ from dataclasses import replace
 from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
 from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
-from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
+from agentmem.projections.messages import MESSAGE_COMMANDS, MESSAGE_REDACTIONS, MESSAGES
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
 from agentmem.projections.users import API_KEYS, USERS
@@ -161,8 +161,17 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(
         8,
-        "indexes for message.list by time range and by role",
-        # The Table step creates what is missing: here, the two new indexes of `messages`.
-        (MESSAGES,),
+        "indexes for message.list by time range and by role; the command ids of appends",
+        (
+            MESSAGES,  # creates what is missing: here, its two new indexes
+            MESSAGE_COMMANDS,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE message_commands IS 'AgentMem projection messages: the "
+                    "command id (its key in the log) of every append, by conversation; a "
+                    "retried append is recognised by it'",
+                )
+            ),
+        ),
     ),
 ]

@@ -169,8 +169,12 @@ def test_an_append_commit_is_one_row_per_message() -> None:
             appended("m2", tool_calls=({"id": "c1"},), metadata={"k": 1}, tool_call_id="t"),
         )
     )
-    assert [type(op) for op in ops] == [Upsert, Upsert]
-    first, second = (op.row for op in ops if isinstance(op, Upsert))
+    # The commit's command id first (one row per commit: a retry is recognised by it),
+    # then one row per message.
+    command = {"org_id": ORG, "session_id": "s1", "command_id": "c", "seq": 12}
+    assert ops[0] == Upsert("message_commands", command)
+    assert [type(op) for op in ops[1:]] == [Upsert, Upsert]
+    first, second = (op.row for op in ops[1:] if isinstance(op, Upsert))
     assert set(first) == set(MESSAGES.column_names)
     assert (first["org_id"], first["seq"], first["position"]) == (ORG, 12, 12_000)
     assert (first["user_id"], first["redacted_at"], first["created_at"]) == (
@@ -216,6 +220,7 @@ def test_deletions_delete_the_messages() -> None:
     assert project(commit(30, messages.subject(ORG, "s1"), ConversationDeleted("s1"))) == [
         Delete("messages", session),
         Delete("message_redactions", session),
+        Delete("message_commands", session),  # a fresh history: its command ids are new
     ]
     assert project(commit(31, agents.subject(ORG, "a1"), AgentDeleted("a1"))) == [
         Delete("messages", {"agent_id": "a1"})
@@ -223,6 +228,7 @@ def test_deletions_delete_the_messages() -> None:
     assert project(commit(32, subjects.event(ORG, "org", ORG), OrgDeleted(ORG))) == [
         Delete("messages", {"org_id": ORG}),
         Delete("message_redactions", {"org_id": ORG}),
+        Delete("message_commands", {"org_id": ORG}),
     ]
 
 

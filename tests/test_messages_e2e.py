@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -25,9 +26,14 @@ from agentmem import (
     NotFoundError,
     UnavailableError,
     Written,
+    ids,
     subjects,
 )
+from agentmem.consumers.commands import log_command_id
 from agentmem.consumers.queries import MAX_PAGE_BYTES
+from agentmem.domain import messages as messages_domain
+from agentmem.eventlog import CommitMeta
+from agentmem.events import MessageAppended, encode_commit
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.replies import Message
 from agentmem.service import Service
@@ -164,6 +170,73 @@ async def test_a_retried_append_is_stored_once(acme: Acme, nc: NATS) -> None:
     assert again.version == first.version
     items = (await acme.member.list_messages("s1", after_seq=again.seq)).items
     assert contents(items) == ["hello", "world"]
+
+
+async def store_as_if_long_ago(
+    nc: NATS, acme: Acme, session: str, command_id: str, texts: list[str], ago_ms: int
+) -> tuple[int, list[str]]:
+    """The first attempt of the member's append, as the log holds it once the duplicate
+    window has forgotten its message id: a commit under the member's command key, written
+    ``ago_ms`` ago, with no ``Nats-Msg-Id`` left to match. Its (seq, message ids)."""
+    key = log_command_id(f"{acme.org_id}.{acme.user_id}", command_id)
+    meta = CommitMeta(
+        command_id=key,
+        commit_type="message.append_batch",
+        time_ms=time.time_ns() // 1_000_000 - ago_ms,
+    )
+    events = [
+        MessageAppended(
+            message_id=ids.new_id(),
+            session_id=session,
+            agent_id=acme.agent_id,
+            role="user",
+            content=text,
+        )
+        for text in texts
+    ]
+    subject = messages_domain.subject(acme.org_id, session)
+    reply = await nc.request(subject, encode_commit(events), timeout=5, headers=meta.headers())
+    seq = int(msgspec.json.decode(reply.data)["seq"])
+    return seq, [e.message_id for e in events]
+
+
+@pytest.mark.parametrize("applied_first", [True, False])
+async def test_an_append_retried_after_the_duplicate_window_is_stored_once(
+    acme: Acme, nc: NATS, applied_first: bool
+) -> None:
+    """A retry long after the first attempt (past the log's 10-minute duplicate window) is
+    recognised by its command id, for append_batch and append alike, whether the messages
+    projection has applied the first attempt yet or not: answered with the first outcome,
+    nothing stored again. Another caller's same command id is another command."""
+    hour = 3_600_000
+    first_seq, first_ids = await store_as_if_long_ago(nc, acme, "s1", "late", ["a", "b"], hour)
+    one_seq, one_ids = await store_as_if_long_ago(nc, acme, "s1", "late-one", ["c"], hour)
+    if applied_first:
+        await visible(acme.member, "s1", one_seq)
+    before = await last_seq(nc)
+    again = await acme.say("s1", "a", "b", command_id="late")
+    assert await last_seq(nc) == before
+    assert (again.version, again.fields["message_ids"]) == (first_seq, first_ids)
+    single = await acme.member.append_message(
+        "s1", acme.agent_id, "user", "c", command_id="late-one"
+    )
+    assert await last_seq(nc) == before
+    assert (single.version, single.fields["message_ids"]) == (one_seq, one_ids)
+    items = (await acme.member.list_messages("s1", after_seq=before)).items
+    assert contents(items) == ["a", "b", "c"]
+    # The admin's "late" is not the member's: it is stored.
+    other = await acme.admin.append_messages(
+        "s1",
+        acme.agent_id,
+        [{"role": "user", "content": "d"}],
+        org_id=acme.org_id,
+        command_id="late",
+    )
+    assert other.version > before
+    # Once the conversation is deleted, its command ids go with it: a fresh history.
+    await acme.member.delete_conversation("s1")
+    fresh = await acme.say("s1", "a", "b", command_id="late")
+    assert fresh.version > other.version
 
 
 async def test_concurrent_appends_all_land_in_one_order(acme: Acme, client: Client) -> None:
