@@ -3,14 +3,17 @@
 Usually ``after_seq`` names an event the projection reads, and the wait ends when the
 worker's checkpoint passes it: in-process, the checkpoint board wakes the query at once.
 But ``after_seq`` may name an event of another aggregate, which this projection never sees;
-then the projection has caught up when its consumer has nothing left to deliver or to ack
-(a batch is acked only after its transaction committed). That check costs JetStream calls,
-so it waits a few milliseconds first and is shared by all queries waiting at once.
+then the projection has caught up when the log holds none of its events between its
+checkpoint and ``after_seq`` (a direct get per filter subject, from the checkpoint on). The
+durable consumer's acks are not asked: with leases moving between processes, an old
+holder's late ack could make it look drained while the tables lag. That check costs
+JetStream calls, so it waits a few milliseconds first and is shared by all queries waiting
+at once.
 
 In a process that does not run the projection's worker (no projections role, or another
 process holds the projection's lease) there is no board to wake it: the query polls the
 store's checkpoint, which the active worker commits, every 10 ms (one read shared by all
-queries waiting on that projection), besides the same check of the consumer.
+queries waiting on that projection), besides the same check of the log.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from nats.aio.client import Client as NATS
 from agentmem import subjects
 from agentmem.coalesce import FreshCall
 from agentmem.errors import UnavailableError
+from agentmem.eventlog import EventLog
+from agentmem.projections import BY_NAME
 from agentmem.projections.board import CheckpointBoard
-from agentmem.projections.worker import durable_name
 from agentmem.store import Store
 from agentmem.validation import invalid
 
@@ -50,7 +54,8 @@ class Freshness:
         self.board = board
         self.stream = stream
         self.max_wait = max_wait
-        self._log_checks: dict[str, FreshCall[tuple[bool, int]]] = {}
+        self.log = EventLog(nc, stream)
+        self._log_checks: dict[str, FreshCall[tuple[int | None, int]]] = {}
         self._store_reads: dict[str, FreshCall[int]] = {}
 
     async def checkpoint(self, projection: str) -> int:
@@ -60,21 +65,32 @@ class Freshness:
             return self.board.get(projection)
         return await self.store.checkpoint(projection)
 
-    async def _log_position(self, projection: str) -> tuple[bool, int]:
-        """(nothing left for this projection to apply, last sequence of the log)."""
+    async def _log_position(self, projection: str) -> tuple[int | None, int]:
+        """(the first sequence after the projection's checkpoint that it reads, or None when
+        it has applied every event of the log it reads; the log's last sequence).
+
+        Asked of the log and the checkpoint alone, never of the durable consumer's acks: an
+        old lease holder's late ack (or the new holder's, before its commit) may leave the
+        consumer with nothing pending while the tables lag; the checkpoint is committed with
+        the rows. One direct get per filter subject, and the stream's state."""
+        checkpoint = await self.checkpoint(projection)
+
+        async def first_after(pattern: str) -> int | None:
+            async for commit in self.log.iter_subject(pattern, checkpoint):
+                return commit.seq
+            return None
+
         try:
-            try:
-                info = await self.js.consumer_info(self.stream, durable_name(projection))
-                drained = info.num_pending == 0 and info.num_ack_pending == 0
-            except nats.js.errors.NotFoundError:
-                # No consumer yet: the worker has not subscribed (the service just started,
-                # or the worker is starting again), so nothing says the projection is drained.
-                drained = False
+            known = BY_NAME.get(projection)
+            # A projection this code does not know: any later event may be its own.
+            patterns = known.filter_subjects if known else [f"{subjects.EVENT_PREFIX}.>"]
+            firsts = await asyncio.gather(*(first_after(p) for p in patterns))
             stream = await self.js.stream_info(self.stream)
         except nats.errors.Error as exc:  # JetStream API errors are among them
             # A cluster without quorum, or a node restarting: the client may retry.
             raise UnavailableError(f"the event log did not answer: {exc!r}") from exc
-        return bool(drained), int(stream.state.last_seq)
+        pending = min((seq for seq in firsts if seq is not None), default=None)
+        return pending, int(stream.state.last_seq)
 
     def _stored(self, projection: str) -> FreshCall[int]:
         """The store's checkpoint, one read shared by every query waiting on it."""
@@ -98,7 +114,7 @@ class Freshness:
         if check is None:
             check = self._log_checks[projection] = FreshCall(lambda: self._log_position(projection))
         while True:
-            drained, last = await check()
+            pending, last = await check()
             if after_seq > last:
                 raise invalid(
                     f"after_seq {after_seq} is past the end of the log (last seq {last})",
@@ -107,7 +123,7 @@ class Freshness:
                     after_seq=after_seq,
                     last_seq=last,
                 )
-            if drained:
+            if pending is None or pending > after_seq:
                 # Every event up to after_seq that this projection reads is applied.
                 return after_seq
             remaining = deadline - time.monotonic()

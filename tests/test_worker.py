@@ -28,8 +28,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from agentmem import Client, ids, subjects
+from agentmem import Client, UnavailableError, ids, subjects
 from agentmem.consumers.freshness import Freshness
 from agentmem.consumers.system import collect_status
 from agentmem.domain.aggregate import Write
@@ -40,7 +41,7 @@ from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS, UsersProjection
-from agentmem.projections.worker import ProjectionWorker
+from agentmem.projections.worker import ProjectionWorker, durable_name
 from agentmem.service import Service
 from agentmem.store import Parked, ProjectionBatch, Store, open_store
 from tests.realparts import bootstrap_batch, eventually, read_log, rows, wait_caught_up
@@ -302,6 +303,43 @@ async def test_a_query_waits_for_a_worker_that_has_not_subscribed_yet(
     assert await asyncio.wait_for(waiting, 5) == seq
 
 
+async def test_a_late_ack_from_an_old_holder_does_not_end_a_wait_early(
+    nc: NATS, log: EventLog, store: Store
+) -> None:
+    """Another process's worker (an old lease holder that has not noticed it lost the lease,
+    or the new holder before its commit) acked everything on the projection's durable
+    consumer, but the store's checkpoint has not moved: a read-your-writes wait must go on
+    waiting for the checkpoint, not count the projection as caught up (the consumer's
+    state is not the tables')."""
+    seqs = await create_orgs(log, 3)
+    js = nc.jetstream()
+    config = ConsumerConfig(
+        durable_name=durable_name("orgs"),
+        filter_subjects=OrgsProjection().filter_subjects,
+        ack_policy=AckPolicy.ALL,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    await js.add_consumer(subjects.STREAM_NAME, config)
+    old_holder = await js.pull_subscribe_bind(durable_name("orgs"), subjects.STREAM_NAME)
+    delivered = await old_holder.fetch(len(seqs), timeout=5)
+    assert [m.metadata.sequence.stream for m in delivered] == seqs
+    await delivered[-1].ack_sync()  # AckPolicy.ALL: the whole batch, as a worker acks
+    info = await js.consumer_info(subjects.STREAM_NAME, durable_name("orgs"))
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    assert await store.checkpoint("orgs") == 0
+
+    freshness = Freshness(nc, store, CheckpointBoard(), max_wait=1)
+    with pytest.raises(UnavailableError, match="has not reached"):
+        await freshness.wait("orgs", seqs[-1])
+    # Once the store has it, the same wait ends at once.
+    await store.apply(ProjectionBatch(projection="orgs", checkpoint=seqs[-1]))
+    assert await freshness.wait("orgs", seqs[-1]) == seqs[-1]
+    # An event the projection does not read, after its last one, needs nothing more.
+    user = registered("u1", "u1@example.com", org="org0")
+    after = (await log.append([user], CommitMeta("u1", "user.register"))).last_seq
+    assert await freshness.wait("orgs", after) == after
+
+
 class CountedFreshness(Freshness):
     """A freshness check that tells when it has asked the log (its consumer and the stream)
     twice: by then it has looked at the consumer after the batch was delivered."""
@@ -311,7 +349,7 @@ class CountedFreshness(Freshness):
         self.asked = 0
         self.asked_twice = asyncio.Event()
 
-    async def _log_position(self, projection: str) -> tuple[bool, int]:
+    async def _log_position(self, projection: str) -> tuple[int | None, int]:
         position = await super()._log_position(projection)
         self.asked += 1
         if self.asked >= 2:
