@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from agentmem import Client, ids
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
+from agentmem.errors import UnavailableError
 from bench import env
 from bench.harness import Config, Metric, Run, Session, Workload, percentile
 from bench.messages import IN_FLIGHT, TEXT, visible
@@ -65,10 +66,19 @@ async def fill(clients: list[Client], session_id: str, agent_id: str, total: int
 
     async def append(b: int) -> int:
         async with slots:
-            written = await clients[b % len(clients)].append_messages(
-                session_id, agent_id, batches[b]
-            )
-            return written.seq
+            # On a loaded machine a write may time out: sent again under its command id, it
+            # is stored once (what this module measures the cost of).
+            for attempt in itertools.count():
+                try:
+                    written = await clients[b % len(clients)].append_messages(
+                        session_id, agent_id, batches[b], command_id=f"fill-{session_id}-{b}"
+                    )
+                    return written.seq
+                except UnavailableError:
+                    if attempt >= 10:
+                        raise
+                    await asyncio.sleep(1)
+        raise AssertionError("unreachable")
 
     await asyncio.gather(*(append(b) for b in range(len(batches) - 1)))
     since_ms = time.time_ns() // 1_000_000
