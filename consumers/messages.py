@@ -38,6 +38,7 @@ from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, messages, orgs, users
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import AgentMemError, NotFoundError
+from agentmem.eventlog import EventLog
 from agentmem.events import ConversationDeleted, MessageAppended
 from agentmem.projections import messages as messages_read
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
@@ -47,9 +48,18 @@ if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
 PROJECTION = "messages"
-# Commits younger than this are surely still in the log's duplicate window (half the
-# shortest window the service accepts on an existing stream, 60 s: clocks may differ).
-TRUSTED_WINDOW_MS = 30_000
+# A commit younger than the stream's duplicate window less this margin (clocks may differ)
+# is surely still in that window: a retry of it is recognised by the log itself.
+WINDOW_MARGIN_MS = 60_000
+# The least that counts, should the window be as short as the service accepts (60 s).
+MIN_TRUSTED_WINDOW_MS = 30_000
+
+
+async def trusted_window_ms(log: EventLog) -> int:
+    """How old a commit may be and still surely be in the log's duplicate window."""
+    config = (await log.info())["config"]
+    window_ms = int(config.get("duplicate_window", 0)) // 1_000_000
+    return max(MIN_TRUSTED_WINDOW_MS, window_ms - WINDOW_MARGIN_MS)
 
 
 def search_filters(query: SearchMessages, org_id: str) -> dict[str, Any]:
@@ -112,12 +122,15 @@ def command_router(parts: Parts) -> Router:
         person: Loaded[users.User] | None = user[0] if user else None
         messages.check_speakers(org_id, agent, agent_id, person, user_id)
 
+    trusted: list[int] = []  # the duplicate window less a margin, read once
+
     async def earlier_append(org_id: str, session_id: str, command_id: str) -> int | None:
         """The sequence of this command's append to the conversation, if it was stored
         before. The log's duplicate window recognises a retry for 10 minutes; past it, the
         messages projection's index of command ids does (one read by key, whatever the
         conversation's length). Together they miss nothing as long as the projection has
-        applied every commit of this conversation older than ``TRUSTED_WINDOW_MS``: that
+        applied every commit of this conversation older than the window (less a margin,
+        ``trusted_window_ms``: 9 minutes with the service's 10-minute window): that
         is checked by one read of the log (the conversation's first commit after the
         projection's checkpoint), and in the rare case it has not, the append waits for it
         (bounded, as a query's ``after_seq``: ``unavailable`` after 5 s)."""
@@ -132,7 +145,9 @@ def command_router(parts: Parts) -> Router:
         async for commit in runner.log.iter_subject(subject, checkpoint):
             pending = commit  # the first one is enough
             break
-        if pending is not None and pending.time_ms < time.time() * 1000 - TRUSTED_WINDOW_MS:
+        if not trusted:
+            trusted.append(await trusted_window_ms(runner.log))  # once: the stream's setting
+        if pending is not None and pending.time_ms < time.time() * 1000 - trusted[0]:
             await caught_up()
         seq = await messages_read.appended_by(store, org_id, session_id, command_id)
         if seq is not None and pending is not None:

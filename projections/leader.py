@@ -2,7 +2,12 @@
 
 Every process with the projections role runs one ``ProjectionLeader`` per projection. About
 once a second each asks its lease (``Leases.hold``): the one that holds it runs the worker,
-the others wait. When the holder dies its lease frees, the next process to ask takes it, and
+the others wait. The leases are spread: a process asks only while it holds less than its
+fair share (the projections over the processes that share the leases, rounded up), and a
+process over its share hands one lease over per round (its worker stopped first, so
+there are never two holders), which a process with room takes on its next round.
+
+When the holder dies its lease frees, the next process to ask takes it, and
 its new worker starts from the store's checkpoint (the worker always re-creates its durable
 consumer at checkpoint + 1). When a holder finds its lease lost, it stops its worker at once;
 a batch that worker still commits late is refused by the store (``port.fence``).
@@ -20,7 +25,7 @@ import structlog
 from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import StaleBatch
-from agentmem.store.leases import Leases
+from agentmem.store.leases import Leases, fair_share
 
 log = structlog.get_logger(__name__)
 
@@ -30,9 +35,17 @@ POLL_S = 1.0
 RETRY_S = 1.0
 # How long a worker that lost its lease may take to finish its batch before it is cancelled.
 STOP_GRACE_S = 2.0
-# After losing its lease a process waits this many rounds before it asks again, so that a
-# standby (which asks every round) takes over rather than the process that just failed.
+# After losing its lease (or handing it over) a process waits this many rounds before it
+# asks again, so that a standby (which asks every round) takes over rather than itself.
 STAND_BACK_ROUNDS = 3
+# A process at its fair share still takes a lease that nobody held for this many rounds.
+ORPHAN_ROUNDS = 2
+
+
+def _count_projections() -> int:
+    from agentmem.projections import ALL  # the package imports this module while it looks
+
+    return len(ALL)
 
 
 class ProjectionLeader:
@@ -43,8 +56,11 @@ class ProjectionLeader:
         leases: Leases,
         board: CheckpointBoard,
         poll: float = POLL_S,
+        total: int | None = None,
     ) -> None:
         self.name = name
+        # How many projections share the leases: a fair share is counted from it.
+        self.total = total if total is not None else _count_projections()
         self.make_worker = make_worker
         self.leases = leases
         self.board = board
@@ -60,6 +76,7 @@ class ProjectionLeader:
         self._stopping = asyncio.Event()
         self._failed_at = 0.0
         self._stand_back_until = 0.0
+        self._seen_free = 0
 
     @property
     def active(self) -> bool:
@@ -75,14 +92,17 @@ class ProjectionLeader:
             while not self._stopping.is_set():
                 if not self._holding and time.monotonic() < self._stand_back_until:
                     pass
-                elif await self.leases.hold(self.name):
+                elif await self._ask():
                     if not self._holding:
                         self._holding = True
                         self.active_since = time.time()
                         log.info(
                             "projection lease taken; this process is active", projection=self.name
                         )
-                    self._start_if_idle()
+                    if await self._over_share():
+                        await self._hand_over()
+                    else:
+                        self._start_if_idle()
                 elif self._holding:
                     log.warning("projection lease lost; stopping its worker", projection=self.name)
                     self._stand_back_until = time.monotonic() + STAND_BACK_ROUNDS * self.poll
@@ -95,6 +115,36 @@ class ProjectionLeader:
             await self._stop_worker()
             with contextlib.suppress(Exception):
                 await self.leases.release(self.name)
+
+    async def _ask(self) -> bool:
+        """Confirm the lease, or take it: while this process holds less than its fair share
+        of the leases, or when nobody has held it for ``ORPHAN_ROUNDS`` rounds (the count
+        of members may lag a process that joined or died: no lease may stay without a
+        worker for that). True while this process holds it."""
+        if self._holding:
+            return await self.leases.hold(self.name)
+        share = fair_share(self.total, await self.leases.members())
+        if share is None or len(self.leases.held) < share:
+            self._seen_free = 0
+            return await self.leases.hold(self.name, within=share)
+        self._seen_free = 0 if await self.leases.taken(self.name) else self._seen_free + 1
+        return self._seen_free >= ORPHAN_ROUNDS and await self.leases.hold(self.name)
+
+    async def _over_share(self) -> bool:
+        """Whether this process holds more than its fair share and this lease is the one it
+        gives up this round (one per process per round, the last in name order)."""
+        share = fair_share(self.total, await self.leases.members())
+        held = self.leases.held
+        return share is not None and len(held) > share and self.name == max(held)
+
+    async def _hand_over(self) -> None:
+        """Rebalancing: stop the worker (its batch in hand commits or is fenced), then free
+        the lease for a process with room, which takes it on its next round; stand back
+        meanwhile, as after a loss."""
+        log.info("projection lease handed over to spread the load", projection=self.name)
+        self._stand_back_until = time.monotonic() + STAND_BACK_ROUNDS * self.poll
+        await self._stop_worker()
+        await self.leases.release(self.name)
 
     def _start_if_idle(self) -> None:
         task = self._task

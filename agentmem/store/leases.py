@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import time
 from typing import Protocol
 
 import asyncpg  # type: ignore[import-untyped]
@@ -35,20 +36,41 @@ CALL_TIMEOUT_S = 5.0
 
 
 class Leases(Protocol):
-    async def hold(self, name: str) -> bool:
+    async def hold(self, name: str, within: int | None = None) -> bool:
         """Take the lease on ``name``, or confirm this process still holds it: True while
-        it does. Cheap enough to call about once a second per lease."""
+        it does. Cheap enough to call about once a second per lease. ``within``: take it
+        only while this process holds fewer leases than that (checked and taken as one
+        step, so that a process's leaders do not all take one at once)."""
 
     async def release(self, name: str) -> None: ...
 
     async def close(self) -> None:
         """Give up every lease this process holds."""
 
+    @property
+    def held(self) -> frozenset[str]:
+        """The leases this process holds."""
+
+    async def members(self) -> int | None:
+        """How many processes share the leases (this one included), or None when one
+        process holds them all by nature (SQLite): what a fair share is counted from."""
+
+    async def taken(self, name: str) -> bool:
+        """Whether any process holds the lease on ``name``."""
+
+
+def fair_share(leases: int, members: int | None) -> int | None:
+    """The most leases one of ``members`` processes should hold: as even as they go (7 over
+    3 is 3, 2, 2); None: no limit."""
+    if members is None:
+        return None
+    return -(-leases // max(members, 1))
+
 
 class OwnedStore:
     """SQLite: the process that owns the store's file holds every lease."""
 
-    async def hold(self, name: str) -> bool:
+    async def hold(self, name: str, within: int | None = None) -> bool:
         return True
 
     async def release(self, name: str) -> None:
@@ -56,6 +78,16 @@ class OwnedStore:
 
     async def close(self) -> None:
         pass
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset()
+
+    async def members(self) -> int | None:
+        return None
+
+    async def taken(self, name: str) -> bool:
+        return True
 
 
 def holder_name() -> str:
@@ -69,6 +101,23 @@ def lock_key(schema: str, name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# Every process that competes for the leases of a schema holds this key in shared mode, on
+# its lease connection: the count of its holders is how many processes share the work.
+MEMBERS = "members of the projection leases"
+# How long a count of the members is reused (every leader of the process asks each round).
+MEMBERS_TTL_S = 0.5
+# Holders of one advisory key (pg_locks splits a bigint key into classid and objid).
+_HOLDERS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+    "AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND mode = $3"
+)
+
+
+def _key_parts(key: int) -> tuple[int, int]:
+    unsigned = key & (2**64 - 1)
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+
 class PostgresLeases:
     def __init__(self, dsn: str, holder: str | None = None) -> None:
         self.dsn = dsn
@@ -76,6 +125,7 @@ class PostgresLeases:
         self._conn: asyncpg.Connection | None = None
         self._schema = "public"
         self._held: set[str] = set()
+        self._members, self._members_at = 1, -MEMBERS_TTL_S
         # One connection, one call at a time (asyncpg refuses concurrent calls on it).
         self._lock = asyncio.Lock()
 
@@ -95,6 +145,11 @@ class PostgresLeases:
                 self._schema = await conn.fetchval(
                     "SELECT current_schema()", timeout=CALL_TIMEOUT_S
                 )
+                await conn.fetchval(
+                    "SELECT pg_try_advisory_lock_shared($1)",
+                    self.key(MEMBERS),
+                    timeout=CALL_TIMEOUT_S,
+                )
             except BaseException:
                 conn.terminate()
                 raise
@@ -104,8 +159,33 @@ class PostgresLeases:
     def key(self, name: str) -> int:
         return lock_key(self._schema, name)
 
-    async def hold(self, name: str) -> bool:
+    async def _holders(self, name: str, mode: str) -> int:
         async with self._lock:
+            conn = await self._connection()
+            classid, objid = _key_parts(self.key(name))
+            count = await conn.fetchval(_HOLDERS, classid, objid, mode, timeout=CALL_TIMEOUT_S)
+            return int(count)
+
+    async def members(self) -> int | None:
+        now = time.monotonic()
+        if now - self._members_at > MEMBERS_TTL_S:
+            try:
+                self._members = max(1, await self._holders(MEMBERS, "ShareLock"))
+            except Exception as exc:  # the next hold() drops the connection and says so
+                log.warning("could not count the lease members", error=repr(exc))
+            self._members_at = now
+        return self._members
+
+    async def taken(self, name: str) -> bool:
+        try:
+            return await self._holders(name, "ExclusiveLock") > 0
+        except Exception:
+            return True  # unknown: do not take more than a fair share on it
+
+    async def hold(self, name: str, within: int | None = None) -> bool:
+        async with self._lock:
+            if name not in self._held and within is not None and len(self._held) >= within:
+                return False
             if name in self._held and (self._conn is None or self._conn.is_closed()):
                 # The session that held it is gone, so the lease went with it, even if a new
                 # session could take it again at once: the holder must hear it lost.
