@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from agentmem.logging import configure
-from bench import baselines, env, harness, longchat, messages, pgbatch, search, workloads
+from bench import (
+    baselines,
+    env,
+    harness,
+    longchat,
+    messages,
+    pgbatch,
+    search,
+    spread,
+    workloads,
+)
 from bench.harness import NORMAL, QUICK, Config, Workload
 
 ALL: list[Workload] = [
@@ -37,6 +47,7 @@ ON_REQUEST: list[Workload] = [
     *workloads.ON_REQUEST,
     *search.ON_REQUEST,
     *longchat.ON_REQUEST,
+    *spread.ON_REQUEST,
 ]
 LARGE_REPLAY = 1_000_000
 

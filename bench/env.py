@@ -176,11 +176,17 @@ async def _wait_healthy(child: Child, url: str, seconds: float = 60.0) -> None:
 
 @contextlib.asynccontextmanager
 async def service(
-    cfg: Config, url: str, name: str, password_cost: int, store: str | None = None
+    cfg: Config,
+    url: str,
+    name: str,
+    password_cost: int,
+    store: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> AsyncIterator[ServiceProcess]:
     """``python -m agentmem serve`` on ``url``, with a fresh SQLite file (or the store
     ``store``), in a process of its own; yields once ``agentmem.sys.health`` says it is
-    live."""
+    live. ``extra``: more environment (``AGENTMEM_ROLES``...). Its token is the admin key
+    it saved, or "" when the deployment was bootstrapped by another process."""
     data = cfg.tmp / name / "service"
     # The server's NATS secrets (nats_server's EmbeddedNats made them): with them the service
     # connects as its principal and decides the clients' connections, as `agentmem serve`.
@@ -199,6 +205,7 @@ async def service(
                 "AGENTMEM_PASSWORD_COST": str(password_cost),
                 "AGENTMEM_LOG_LEVEL": "warning",
                 "AGENTMEM_LOG_FORMAT": "json",
+                **(extra or {}),
             }
         ),
         cfg.tmp / "logs",
@@ -206,7 +213,8 @@ async def service(
     await child.start()
     try:
         await _wait_healthy(child, url)
-        token = (data / "admin.key").read_text().strip()
+        key = data / "admin.key"
+        token = key.read_text().strip() if key.exists() else ""
         yield ServiceProcess(url, data, token)
         child.check_alive()  # it did not die under the load
     finally:
