@@ -260,7 +260,7 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
     nc: NATS, schema: str, admin: asyncpg.Connection, pg_store: Store
 ) -> None:
     """One process takes every lease; two more join and each ends with a fair share (6
-    projections over 3: two each), handed over one at a time; at no moment do two
+    projections over 3: 3, 3 and 2), handed over one at a time; at no moment do two
     processes run one projection's worker. When one process dies its leases go to the
     others within the failover's bound, and the tables are exact."""
     log = EventLog(nc)
@@ -414,7 +414,7 @@ async def test_sigkill_the_active_projection_process_under_load(
     await eventually(
         lambda: held_as({pid(first): share}), 15, 0.1, "the first process holding every lease"
     )
-    # Two more join: the leases spread, a fair share each (two of six).
+    # Two more join: the leases spread, a fair share each (eight over three: 3, 3, 2).
     second = service("second.log", "projections,queries,commands")
     third = service("third.log", "commands,queries,projections")
     await asyncio.gather(ready(second), ready(third))
