@@ -259,8 +259,8 @@ class Member:
 async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
     nc: NATS, schema: str, admin: asyncpg.Connection, pg_store: Store
 ) -> None:
-    """One process takes every lease; two more join and each ends with a fair share (6
-    projections over 3: 3, 3 and 2), handed over one at a time; at no moment do two
+    """One process takes every lease; two more join and each ends with a fair share (the
+    eight projections over 3: 3, 3 and 2), handed over one at a time; at no moment do two
     processes run one projection's worker. When one process dies its leases go to the
     others within the failover's bound, and the tables are exact."""
     log = EventLog(nc)
