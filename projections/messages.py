@@ -56,7 +56,7 @@ MESSAGES = Table(
         ("messages_session", ("org_id", "session_id", "position"), False),
         ("messages_agent", ("agent_id", "position"), False),
         ("messages_user", ("user_id", "position"), False),
-        # message.list's filters (migration 7): a time range is found along its own index
+        # message.list's filters (migration 8): a time range is found along its own index
         # and only its messages are sorted; a role's messages are walked in order.
         ("messages_session_time", ("org_id", "session_id", "created_at"), False),
         ("messages_session_role", ("org_id", "session_id", "role", "position"), False),
