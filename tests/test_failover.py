@@ -42,7 +42,7 @@ from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
-from agentmem.store.leases import PostgresLeases, lock_key
+from agentmem.store.leases import PostgresLeases, fair_share, lock_key
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.realparts import (
     after_bootstrap,
@@ -282,20 +282,24 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
     try:
         members.append(Member("a", nc, pg_store, url))
 
-        async def spread(expected: dict[str, int]) -> bool:
+        async def spread(names: str) -> bool:
+            """Every lease held, by exactly ``names``, none over its fair share, and each
+            member runs the workers of the leases it holds."""
             found = await holders(admin, schema)
             counts = Counter(h.removeprefix("member ") for h in found.values())
-            actives = {m.name: len(m.active()) for m in members if m.name in expected}
-            return len(found) == len(PROJECTIONS) and counts == expected == actives
+            actives = Counter({m.name: len(m.active()) for m in members if m.name in names})
+            return (
+                len(found) == len(PROJECTIONS)
+                and set(counts) == set(names)
+                and max(counts.values()) <= fair_share(len(PROJECTIONS), len(names))
+                and counts == actives
+            )
 
-        share = len(PROJECTIONS)
-        await eventually(lambda: spread({"a": share}), 15, 0.05, "the first process holding all")
+        await eventually(lambda: spread("a"), 15, 0.05, "the first process holding all")
         last = await append_orgs(log, 0, 20)
         members.append(Member("b", nc, pg_store, url))
         members.append(Member("c", nc, pg_store, url))
-        third = -(-share // 3)
-        even = {"a": third, "b": third, "c": share - 2 * third}
-        await eventually(lambda: spread(even), 30, 0.05, f"the leases spread as {even}")
+        await eventually(lambda: spread("abc"), 30, 0.05, "the leases spread over three")
         last = await append_orgs(log, 20, 20)
 
         async def applied() -> bool:
@@ -313,9 +317,8 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
         dead.leases._connection = unreachable  # type: ignore[method-assign]
         await terminate(admin, "member c")
         killed_at = time.monotonic()
-        half = -(-share // 2)
         await eventually(
-            lambda: spread({"a": half, "b": share - half}),
+            lambda: spread("ab"),
             TAKEOVER_LIMIT_S,
             0.05,
             "the dead process's leases taken by the others",
@@ -400,28 +403,28 @@ async def test_sigkill_the_active_projection_process_under_load(
     first = service("first.log", "commands,queries,projections")
     await ready(first)
 
-    async def held_as(expected: dict[str, int]) -> bool:
-        """Every lease held, and by the processes named, that many each."""
+    async def held_as(*processes: ServiceProcess) -> dict[str, int] | None:
+        """Every lease held, by exactly these processes, none over its fair share: how
+        many each holds (by pid)."""
         found = await holders(admin, schema)
         counts = Counter(h.rsplit(" pid ", 1)[-1] for h in found.values())
-        return sorted(found) == PROJECTIONS and counts == expected
+        fair = sorted(found) == PROJECTIONS and set(counts) == {pid(p) for p in processes}
+        if fair and max(counts.values()) <= fair_share(len(PROJECTIONS), len(processes)):
+            return dict(counts)
+        return None
 
     def pid(process: ServiceProcess) -> str:
         assert process.process is not None
         return str(process.process.pid)
 
-    share = len(PROJECTIONS)
-    await eventually(
-        lambda: held_as({pid(first): share}), 15, 0.1, "the first process holding every lease"
-    )
+    await eventually(lambda: held_as(first), 15, 0.1, "the first process holding every lease")
     # Two more join: the leases spread, a fair share each (eight over three: 3, 3, 2).
     second = service("second.log", "projections,queries,commands")
     third = service("third.log", "commands,queries,projections")
     await asyncio.gather(ready(second), ready(third))
-    third_share = -(-share // 3)
-    spread = {pid(first): third_share, pid(second): third_share}
-    spread[pid(third)] = share - 2 * third_share
-    await eventually(lambda: held_as(spread), 30, 0.1, f"the leases spread as {spread}")
+    spread = await eventually(
+        lambda: held_as(first, second, third), 30, 0.1, "the leases spread over three"
+    )
     token = first.admin_key()
 
     nc = await connect(nats_server.url)
@@ -429,7 +432,7 @@ async def test_sigkill_the_active_projection_process_under_load(
     tasks = [asyncio.create_task(drive(n, nats_server.url, token, journal)) for n in range(CLIENTS)]
     try:
         await wait_acked(journal, ACKED_BEFORE_KILL, tasks)
-        assert await held_as(spread), "the leases moved while every process lived"
+        assert await held_as(first, second, third) == spread, "leases moved while all lived"
         before = await pg_checkpoints(url)
         first.kill()  # SIGKILL: commands in flight, a batch perhaps half applied
         killed_at = time.monotonic()
@@ -437,9 +440,9 @@ async def test_sigkill_the_active_projection_process_under_load(
         assert first.process is not None
         assert first.process.returncode == -signal.SIGKILL
 
-        half = -(-share // 2)
-        after = {pid(second): half, pid(third): share - half}
-        await eventually(lambda: held_as(after), TAKEOVER_LIMIT_S, 0.05, "the others take over")
+        await eventually(
+            lambda: held_as(second, third), TAKEOVER_LIMIT_S, 0.05, "the others take over"
+        )
         took_over = time.monotonic() - killed_at
 
         async def moving_again() -> bool:

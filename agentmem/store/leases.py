@@ -60,8 +60,9 @@ class Leases(Protocol):
 
 
 def fair_share(leases: int, members: int | None) -> int | None:
-    """The most leases one of ``members`` processes should hold: as even as they go (7 over
-    3 is 3, 2, 2); None: no limit."""
+    """The most leases one of ``members`` processes should hold: the leases over the
+    members, rounded up (8 over 3 is 3, so they settle as 3, 3 and 2; a share is a ceiling,
+    not a quota: 7 over 3 may settle as 3, 3 and 1). None: no limit."""
     if members is None:
         return None
     return -(-leases // max(members, 1))
