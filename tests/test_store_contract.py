@@ -22,7 +22,7 @@ from agentmem.config import StartupError
 from agentmem.domain import memory_filter, metadata_filter
 from agentmem.domain.memory_filter import MemoryFilter
 from agentmem.errors import UnavailableError
-from agentmem.eventlog import H_TIME, StoredCommit
+from agentmem.eventlog import H_COMMAND_ID, H_TIME, StoredCommit
 from agentmem.events import (
     AnyEvent,
     ApiKeyCreated,
@@ -33,6 +33,7 @@ from agentmem.events import (
     MemoryExpired,
     MemorySuperseded,
     MemoryUpdated,
+    MessageAppended,
     OrgCreated,
     OrgRenamed,
     UserProfileUpdated,
@@ -42,9 +43,11 @@ from agentmem.events import (
 from agentmem.projections import ALL
 from agentmem.projections import blocks as block_reads
 from agentmem.projections import memories as reads
+from agentmem.projections import messages as message_reads
 from agentmem.projections import working as working_reads
 from agentmem.projections.blocks import BlocksProjection
 from agentmem.projections.memories import MemoriesProjection
+from agentmem.projections.messages import MessagesProjection
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.working import WorkingProjection
@@ -1280,7 +1283,7 @@ async def test_migration_7_on_an_older_store(store_url: str) -> None:
         c = commit(9, subjects.event("o1", "memory", "m1"), made)
         rows = [op for op in projection.project(c) if op.table != "memory_versions"]
         await store.apply(ProjectionBatch("memories", 9, [(9, c.subject, rows)]))
-        assert await store.migrate(MIGRATIONS) == [7]
+        assert await store.migrate(MIGRATIONS[:7]) == [7]
         archived = commit(12, subjects.event("o1", "memory", "m1"), MemoryArchived(memory_id="m1"))
         batch = ProjectionBatch(
             "memories", 12, [(12, archived.subject, projection.project(archived))]
@@ -1292,3 +1295,36 @@ async def test_migration_7_on_an_older_store(store_url: str) -> None:
             assert [r["state"] for r in found] == ([state] if state else []), at
     finally:
         await store.close()
+
+
+async def test_migration_8_on_an_older_store(store_url: str) -> None:
+    """A store made before the message filters' indexes and the appends' command ids: its
+    messages stay, the indexes and ``message_commands`` are added, and the next append
+    commit records its command id."""
+    store = await open_store(store_url)
+    try:
+        assert await store.migrate(MIGRATIONS[:7]) == list(range(1, 8))
+        projection = MessagesProjection()
+        subject = subjects.event("o1", "conversation", "s1")
+        first = StoredCommit(9, subject, {H_TIME: "1000", H_COMMAND_ID: "o1.u1.c1"}, [_said("m1")])
+        ops = [op for op in projection.project(first) if op.table != "message_commands"]
+        await store.apply(ProjectionBatch("messages", 9, [(9, subject, ops)]))
+        assert await store.migrate(MIGRATIONS) == [8]
+        later = StoredCommit(12, subject, {H_TIME: "2000", H_COMMAND_ID: "o1.u1.c2"}, [_said("m2")])
+        await store.apply(
+            ProjectionBatch("messages", 12, [(12, subject, projection.project(later))])
+        )
+        assert await message_reads.appended_by(store, "o1", "s1", "o1.u1.c2") == 12
+        assert await message_reads.appended_by(store, "o1", "s1", "o1.u1.c1") is None
+        recent = await message_reads.list_messages(
+            store, "o1", "s1", after=None, order="asc", since=1500, until=None, role=None, limit=5
+        )
+        assert [r["message_id"] for r in recent] == ["m2"]
+    finally:
+        await store.close()
+
+
+def _said(message_id: str) -> MessageAppended:
+    return MessageAppended(
+        message_id=message_id, session_id="s1", agent_id="a1", role="user", content="hi"
+    )
