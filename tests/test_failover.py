@@ -268,14 +268,25 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
     url = with_search_path(DSN, schema)
     members: list[Member] = []
     overlaps: list[tuple[str, list[str]]] = []
+    # How long each projection went without a worker, once the first process ran them all.
+    gaps: list[tuple[str, float]] = []
+    covered = asyncio.Event()
     watching = asyncio.Event()
 
     async def watch() -> None:
+        idle_since: dict[str, float] = {}
         while not watching.is_set():
+            now = time.monotonic()
             for projection in PROJECTIONS:
                 running = [m.name for m in members if projection in m.active()]
                 if len(running) > 1:
                     overlaps.append((projection, running))
+                if not covered.is_set():
+                    continue
+                if not running:
+                    idle_since.setdefault(projection, now)
+                elif projection in idle_since:
+                    gaps.append((projection, now - idle_since.pop(projection)))
             await asyncio.sleep(0.005)
 
     watcher = asyncio.create_task(watch())
@@ -296,6 +307,7 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
             )
 
         await eventually(lambda: spread("a"), 15, 0.05, "the first process holding all")
+        covered.set()
         last = await append_orgs(log, 0, 20)
         members.append(Member("b", nc, pg_store, url))
         members.append(Member("c", nc, pg_store, url))
@@ -332,6 +344,12 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
         assert [r[0] for r in await pg_store.dump(ORGS)] == sorted(f"org{n}" for n in range(60))
         assert await pg_store.parked() == []
         assert overlaps == [], overlaps[:5]
+        # Handed over or taken after a death: never longer without a worker than a
+        # failover's bound (5 s; a round is 0.1 s here, 1 s in a service).
+        longest = max(gaps, key=lambda g: g[1], default=("none", 0.0))
+        print(f"handovers: {len(gaps)}, the longest without a worker {longest[1]:.2f}s")
+        assert gaps, "no lease ever moved"
+        assert longest[1] < 5, longest
     finally:
         watching.set()
         await watcher
