@@ -26,6 +26,15 @@ from nats.aio.subscription import Subscription
 NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"
 HEARTBEAT = "100"
+# A pull with a byte bound ends with a 409 status: "Message Size Exceeds MaxBytes" when the
+# next message would pass the bound (the pull ends early), "Batch Completed" after its last
+# message (the pull already counted as ended).
+PULL_ENDED = "409"
+# One pull delivers at most this many bytes. A batch of 1,000 commits of a few hundred KB
+# each is far beyond nats-py's 64 MiB pending limit of a subscription: past it the client
+# drops messages and reports a slow consumer. The bound stays well above the largest message
+# (the server's max_payload, 1 MB), so a pull always delivers at least one.
+MAX_PULL_BYTES = 16 * 1024 * 1024
 
 
 class FeedBroken(Exception):
@@ -95,8 +104,13 @@ class PullFeed:
                 continue
             if status == HEARTBEAT:
                 continue
+            description = (message.headers or {}).get("Description", "")
+            if status == PULL_ENDED and "MaxBytes" in description:
+                self._open = 0  # full by bytes: the next pull goes on from here
+                continue
+            if status == PULL_ENDED and "Batch Completed" in description:
+                continue
             if status is not None:
-                description = (message.headers or {}).get("Description", "")
                 raise FeedBroken(f"pull ended with status {status} {description}")
             self._check_order(message)
             self._open -= 1
@@ -105,7 +119,9 @@ class PullFeed:
 
     async def _pull(self) -> None:
         expires_ns = int(self.idle_wait * 1_000_000_000)
-        request = msgspec.json.encode({"batch": self.batch, "expires": expires_ns})
+        request = msgspec.json.encode(
+            {"batch": self.batch, "expires": expires_ns, "max_bytes": MAX_PULL_BYTES}
+        )
         await self.nc.publish(self._next_subject, request, reply=self._inbox)
         self._open = self.batch
 

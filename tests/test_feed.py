@@ -128,3 +128,25 @@ async def test_an_interrupt_ends_the_batch_without_waiting_for_the_pull(nc: NATS
     feed.interrupt()
     assert await asyncio.wait_for(waiting, timeout=3.0) == []
     await feed.stop()
+
+
+async def test_a_backlog_of_large_commits_is_pulled_in_pieces_the_client_can_hold(
+    nc: NATS,
+) -> None:
+    """150 messages of 900 KB (about 135 MB) asked for in one batch of 1,000: one pull of
+    them all would pass nats-py's 64 MiB pending limit, drop messages and break the feed."""
+    js = nc.jetstream()
+    for i in range(150):
+        await js.publish(f"feed.{i % 7}", str(i).encode().ljust(900_000, b" "))
+    feed = PullFeed(nc, STREAM, "worker", batch=1_000, idle_wait=2.0)
+    await feed.start()
+    got: list[int] = []
+    try:
+        while len(got) < 150:
+            batch = await feed.next_batch()
+            assert batch, "the feed ended before the backlog"
+            got += numbers(batch)
+            await batch[-1].ack()
+    finally:
+        await feed.stop()
+    assert got == list(range(150))
