@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from agentmem.logging import configure
+from agentmem.projections.memories import MemoriesProjection
 from bench import (
     baselines,
     env,
     harness,
     longchat,
+    memories,
     messages,
     pgbatch,
     search,
@@ -39,6 +41,7 @@ ALL: list[Workload] = [
     *workloads.WORKLOADS,
     *messages.WORKLOADS,
     *search.WORKLOADS,
+    *memories.WORKLOADS,
 ]
 # Run only when named with --only: they need a Postgres server (AGENTMEM_BENCH_POSTGRES).
 ON_REQUEST: list[Workload] = [
@@ -48,6 +51,7 @@ ON_REQUEST: list[Workload] = [
     *search.ON_REQUEST,
     *longchat.ON_REQUEST,
     *spread.ON_REQUEST,
+    *memories.ON_REQUEST,
 ]
 LARGE_REPLAY = 1_000_000
 
@@ -193,8 +197,13 @@ def child(args: argparse.Namespace) -> int:
     url, store, events = args.child_nats, args.child_store, int(args.child_events)
     if kind == "replay":
         result = run_loop(workloads.replay_child(url, store, events), args.loop)
+    elif kind == "memory-replay":
+        replayed = workloads.replay_child(url, store, events, MemoriesProjection())
+        result = run_loop(replayed, args.loop)
     elif kind == "raw-projection":
         result = run_loop(baselines.raw_projection_child(url, Path(store), events), args.loop)
+    elif kind == "raw-memory-projection":
+        result = run_loop(memories.raw_projection_child(url, Path(store), events), args.loop)
     else:
         raise SystemExit(f"unknown child {kind}")
     print(json.dumps(result))

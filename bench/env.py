@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ids, natsauth, subjects
 from agentmem.embedded import EmbeddedNats, server_binary
 from agentmem.eventlog import CommitMeta, EventLog
-from agentmem.events import UserRegistered, encode_commit
+from agentmem.events import AnyEvent, UserRegistered, encode_commit
 from agentmem.queries import Health
 from bench.harness import Config, Run
 
@@ -250,7 +250,7 @@ async def ensure_stream(url: str) -> None:
         await EventLog(nc).ensure_stream()
 
 
-# A log of user registrations ----------------------------------------------------------
+# Seeded logs ----------------------------------------------------------------------------
 class _Ack(msgspec.Struct):
     seq: int = 0
     error: dict[str, object] | None = None
@@ -265,32 +265,26 @@ _ack = msgspec.json.Decoder(_Ack)
 _reply = msgspec.json.Decoder(_Reply)
 
 
-async def seed_users(nc: NATS, n: int, keep_ids: bool = False) -> tuple[int, list[str]]:
-    """Publish ``n`` user-registration commits as the service writes them (same body and
+# One commit as the service writes it: (subject, its one event, the command's commit type).
+Commit = tuple[str, AnyEvent, str]
+# Publishes ``n`` commits on a connection; returns the last sequence.
+Seed = Callable[[NATS, int], Awaitable[int]]
+
+
+async def seed_commits(nc: NATS, n: int, make: Callable[[int], Commit]) -> int:
+    """Publish ``make(0)`` ... ``make(n - 1)`` as the service writes commits (same body and
     headers, expected sequence 0 on a fresh subject), in gathered windows. Returns the last
-    sequence and, with ``keep_ids``, the user ids."""
-    org_id = ids.new_id()
-    kept: list[str] = []
+    sequence."""
     last = 0
 
     async def publish(i: int) -> int:
-        user_id = ids.new_id()
-        if keep_ids:
-            kept.append(user_id)
-        event = UserRegistered(
-            user_id=user_id,
-            org_id=org_id,
-            name=f"User {i}",
-            email=f"user{i}@bench.example",
-            password_hash=FAKE_HASH,
-        )
+        subject, event, commit_type = make(i)
         command_id = ids.new_id()
         headers = {
-            **CommitMeta(command_id=command_id, commit_type="user.register").headers(),
+            **CommitMeta(command_id=command_id, commit_type=commit_type).headers(),
             "Nats-Msg-Id": command_id,
             "Nats-Expected-Last-Subject-Sequence": "0",
         }
-        subject = subjects.event(org_id, "user", user_id)
         reply = await nc.request(subject, encode_commit([event]), timeout=30, headers=headers)
         ack = _ack.decode(reply.data)
         if ack.error is not None:
@@ -301,7 +295,31 @@ async def seed_users(nc: NATS, n: int, keep_ids: bool = False) -> tuple[int, lis
         window = range(start, min(start + PUBLISH_WINDOW, n))
         seqs = await asyncio.gather(*(publish(i) for i in window))
         last = max(last, *seqs)
-    return last, kept
+    return last
+
+
+async def seed_users(nc: NATS, n: int, keep_ids: bool = False) -> tuple[int, list[str]]:
+    """Publish ``n`` user-registration commits (``seed_commits``). Returns the last sequence
+    and, with ``keep_ids``, the user ids."""
+    org_id = ids.new_id()
+    user_ids = [ids.new_id() for _ in range(n)]
+
+    def registration(i: int) -> Commit:
+        event = UserRegistered(
+            user_id=user_ids[i],
+            org_id=org_id,
+            name=f"User {i}",
+            email=f"user{i}@bench.example",
+            password_hash=FAKE_HASH,
+        )
+        return subjects.event(org_id, "user", user_ids[i]), event, "user.register"
+
+    last = await seed_commits(nc, n, registration)
+    return last, user_ids if keep_ids else []
+
+
+async def _seed_users(nc: NATS, n: int) -> int:
+    return (await seed_users(nc, n))[0]
 
 
 @dataclass(frozen=True)
@@ -312,16 +330,19 @@ class SeededLog:
 
 
 @contextlib.asynccontextmanager
-async def seeded_log(cfg: Config, n: int) -> AsyncIterator[SeededLog]:
-    """A nats-server holding ``n`` user registrations, shared by the replay workloads."""
-    async with nats_server(cfg, f"log-{n}") as url:
+async def seeded_log(
+    cfg: Config, n: int, kind: str = "user", seed: Seed = _seed_users
+) -> AsyncIterator[SeededLog]:
+    """A nats-server holding ``n`` commits of ``kind`` (user registrations unless told),
+    shared by the replay workloads."""
+    async with nats_server(cfg, f"log-{n}" if kind == "user" else f"{kind}-log-{n}") as url:
         await ensure_stream(url)
         started = time.perf_counter()
         async with connections(url, 1) as (nc,):
-            last, _ = await seed_users(nc, n)
+            last = await seed(nc, n)
         elapsed = time.perf_counter() - started
         cfg.note(
-            f"seeded {n:,} user commits in {elapsed:.1f}s ({n / elapsed:,.0f} msg/s, "
+            f"seeded {n:,} {kind} commits in {elapsed:.1f}s ({n / elapsed:,.0f} msg/s, "
             f"JetStream publish in gathered windows of {PUBLISH_WINDOW})"
         )
         yield SeededLog(url, n, last)
@@ -378,12 +399,14 @@ async def replay_in_child(
     cfg: Config,
     child: str,
     fresh_store: Callable[[str], contextlib.AbstractAsyncContextManager[str]] | None = None,
+    kind: str = "user",
+    seed: Seed = _seed_users,
 ) -> AsyncIterator[Run]:
-    """Each run: a child process ``child`` applies the shared seeded log into a fresh store
-    (an SQLite file, or what ``fresh_store`` makes); its rate and peak RSS are the result."""
-    log = await cfg.shared(
-        f"log-{cfg.sizes.replay_events}", lambda: seeded_log(cfg, cfg.sizes.replay_events)
-    )
+    """Each run: a child process ``child`` applies the shared seeded log of ``kind`` into a
+    fresh store (an SQLite file, or what ``fresh_store`` makes); its rate and peak RSS are
+    the result."""
+    n = cfg.sizes.replay_events
+    log = await cfg.shared(f"{kind}-log-{n}", lambda: seeded_log(cfg, n, kind, seed))
     runs = itertools.count()
 
     @contextlib.asynccontextmanager

@@ -40,6 +40,8 @@ class Sizes:
     conversation: int = 100_000  # messages in the conversation of the messages workloads
     last_conversation: int = 2_000  # messages in the conversation of last-50 and raw-last50
     search: int = 100_000  # matching messages in the searched scope, and in another org
+    memories: int = 100_000  # memories per add_batch run, and in the list and search store
+    memory_scopes: int = 1_000  # the users those memories belong to
 
 
 NORMAL = Sizes(
@@ -69,6 +71,8 @@ QUICK = Sizes(
     conversation=2_000,
     last_conversation=200,
     search=2_000,
+    memories=2_000,
+    memory_scopes=20,
 )
 
 

@@ -1,6 +1,6 @@
-"""``python -m bench.responder raw-command|raw-query|raw-last50|raw-search``: a raw baseline's
-responder,
-in a process of its own, as the service runs in its own (``python -m agentmem serve``).
+"""``python -m bench.responder raw-command|raw-query|raw-last50|raw-search|raw-memory-read``: a
+raw baseline's responder, in a process of its own, as the service runs in its own
+(``python -m agentmem serve``).
 
 The bench process starts it, reads ``ready`` from its stdout once it is subscribed, and
 stops it with SIGTERM. It runs asyncio, the loop ``agentmem serve`` runs, with one NATS
@@ -19,6 +19,12 @@ connection, as the service has.
   word of ``text`` with one FTS5 MATCH of the store's index (the scope's tokens AND the
   words, ``agentmem.store.fulltext``) ordered by rowid, read their rows by position, and
   reply with them as JSON: the least work a scoped search can do.
+- ``raw-memory-read``: over a ``memories`` table like the projection's (its indexes, FTS5
+  index and triggers), two subjects: the newest ``limit`` live, unexpired memories of one
+  user by the ``(org_id, user_id, position)`` index, and the newest ``limit`` live memories
+  of one user matching any word of ``text`` with one FTS5 MATCH (the org's, the user's and
+  the state's tokens AND the words), their rows read by position; each replied as JSON (the
+  JSON columns as stored).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import itertools
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import msgspec
@@ -38,17 +45,21 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from agentmem import ids, subjects
+from agentmem.projections.memories import MEMORIES
 from agentmem.projections.messages import MESSAGES
 from agentmem.projections.users import USERS
-from agentmem.store import fulltext
+from agentmem.store import Table, fulltext
 
 RAW_COMMAND = "bench.raw.cmd"
 RAW_QUERY = "bench.raw.get"
 RAW_LAST = "bench.raw.last"
 RAW_SEARCH = "bench.raw.search"
+RAW_MEMORY_LIST = "bench.raw.memory.list"
+RAW_MEMORY_SEARCH = "bench.raw.memory.search"
 USER_COLUMNS = USERS.column_names
 MESSAGE_COLUMNS = MESSAGES.column_names
-KINDS = ("raw-command", "raw-query", "raw-last50", "raw-search")
+MEMORY_COLUMNS = MEMORIES.column_names
+KINDS = ("raw-command", "raw-query", "raw-last50", "raw-search", "raw-memory-read")
 
 
 class _Command(msgspec.Struct):
@@ -71,6 +82,13 @@ class _Search(msgspec.Struct):
     agent_id: str
     text: str
     limit: int = 10
+
+
+class _MemoryRead(msgspec.Struct):
+    org_id: str
+    user_id: str
+    limit: int
+    text: str = ""
 
 
 class _PubAck(msgspec.Struct):
@@ -152,30 +170,75 @@ async def last_responder(nc: NATS, db: sqlite3.Connection) -> None:
     await _serve(nc, RAW_LAST, answer)
 
 
+def scoped_match(table: Table, scope: Mapping[str, object], text: str) -> str:
+    """One FTS5 MATCH of the table's index, as the store writes it: the scope's tokens AND
+    any word of ``text`` in the text columns."""
+    index = table.full_text
+    assert index is not None
+    tokens = [fulltext.scope_token(index, c, v) for c, v in scope.items()]
+    words = " OR ".join(fulltext.fts5_phrase(w) for w in fulltext.words(text))
+    match = "".join(f'{fulltext.SCOPE_COLUMN} : "{t}" AND ' for t in tokens)
+    return match + f"{{{' '.join(index.columns)}}} : ({words})"
+
+
+def newest_matches(table: Table) -> str:
+    """The rows of the newest ``?`` matches of a MATCH ``?``, newest first, read by key."""
+    index = table.full_text
+    assert index is not None
+    fts, key = fulltext.fts_table(table), index.key
+    return (
+        f"SELECT {', '.join(table.column_names)} FROM {table.name} WHERE {key} IN ("
+        f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?) "
+        f"ORDER BY {key} DESC"
+    )
+
+
 async def search_responder(nc: NATS, db: sqlite3.Connection) -> None:
     """Decode, find the newest matches in the agent's scope with one MATCH, answer them."""
     decoder = msgspec.json.Decoder(_Search)
-    index = MESSAGES.full_text
-    assert index is not None
-    fts = fulltext.fts_table(MESSAGES)
-    select = (
-        f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE position IN ("
-        f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?) "
-        "ORDER BY position DESC"
-    )
+    select = newest_matches(MESSAGES)
 
     async def answer(msg: Msg) -> None:
         search = decoder.decode(msg.data)
         scope = {"org_id": search.org_id, "agent_id": search.agent_id, "redacted_at": None}
-        tokens = [fulltext.scope_token(index, c, v) for c, v in scope.items()]
-        words = " OR ".join(fulltext.fts5_phrase(w) for w in fulltext.words(search.text))
-        match = "".join(f'{fulltext.SCOPE_COLUMN} : "{t}" AND ' for t in tokens)
-        match += f"{{{' '.join(index.columns)}}} : ({words})"
+        match = scoped_match(MESSAGES, scope, search.text)
         found = db.execute(select, (match, search.limit)).fetchall()
         items = [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in found]
         await msg.respond(_encoder.encode({"ok": True, "data": {"items": items}, "seq": 0}))
 
     await _serve(nc, RAW_SEARCH, answer)
+
+
+async def memory_responder(nc: NATS, db: sqlite3.Connection) -> None:
+    """Two subjects on one memories table: the newest ``limit`` live, unexpired memories of
+    one user (RAW_MEMORY_LIST), and the newest ``limit`` live ones of that user matching
+    ``text`` with one MATCH (RAW_MEMORY_SEARCH)."""
+    decoder = msgspec.json.Decoder(_MemoryRead)
+    listing = (
+        f"SELECT {', '.join(MEMORY_COLUMNS)} FROM memories "
+        "WHERE org_id = ? AND user_id = ? AND state = 'live' "
+        "AND (expires_at IS NULL OR expires_at > ?) ORDER BY position DESC LIMIT ?"
+    )
+    searching = newest_matches(MEMORIES)
+
+    def reply(found: list[tuple[object, ...]]) -> bytes:
+        items = [dict(zip(MEMORY_COLUMNS, row, strict=True)) for row in found]
+        return _encoder.encode({"ok": True, "data": {"items": items}, "seq": 0})
+
+    async def list_answer(msg: Msg) -> None:
+        read = decoder.decode(msg.data)
+        now = time.time_ns() // 1_000_000
+        found = db.execute(listing, (read.org_id, read.user_id, now, read.limit)).fetchall()
+        await msg.respond(reply(found))
+
+    async def search_answer(msg: Msg) -> None:
+        read = decoder.decode(msg.data)
+        scope = {"org_id": read.org_id, "user_id": read.user_id, "state": "live"}
+        match = scoped_match(MEMORIES, scope, read.text)
+        await msg.respond(reply(db.execute(searching, (match, read.limit)).fetchall()))
+
+    await _serve(nc, RAW_MEMORY_LIST, list_answer)
+    await _serve(nc, RAW_MEMORY_SEARCH, search_answer)
 
 
 async def run(kind: str, url: str, db_path: str | None) -> None:
@@ -197,6 +260,8 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
                 await last_responder(nc, db)
             elif kind == "raw-search":
                 await search_responder(nc, db)
+            elif kind == "raw-memory-read":
+                await memory_responder(nc, db)
             else:
                 await query_responder(nc, db)
         print("ready", flush=True)
@@ -213,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nats", required=True, help="the NATS server URL")
     p.add_argument(
         "--db",
-        help="raw-query, raw-last50, raw-search: the SQLite file holding the users or messages "
-        "table",
+        help="raw-query, raw-last50, raw-search, raw-memory-read: the SQLite file holding the "
+        "users, messages or memories table",
     )
     args = p.parse_args(argv)
     asyncio.run(run(args.kind, args.nats, args.db))

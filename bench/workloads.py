@@ -15,6 +15,7 @@ from agentmem import Client
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.domain.passwords import DEFAULT_COST
 from agentmem.errors import UnavailableError
+from agentmem.projections.base import Projection
 from agentmem.projections.replay import replay
 from agentmem.projections.users import UsersProjection
 from agentmem.store import open_store
@@ -181,14 +182,17 @@ async def last_50(cfg: Config) -> AsyncIterator[Run]:
 
 
 # Replay -----------------------------------------------------------------------------------
-async def replay_child(url: str, store: str, events: int) -> dict[str, float]:
-    """In a child process: ``projections.replay.replay`` of the users projection into a
-    fresh store (an SQLite file or a Postgres schema); its own clock and peak RSS."""
+async def replay_child(
+    url: str, store: str, events: int, projection: Projection | None = None
+) -> dict[str, float]:
+    """In a child process: ``projections.replay.replay`` of a projection (the users one
+    unless told) into a fresh store (an SQLite file or a Postgres schema); its own clock and
+    peak RSS."""
     nc = await nats.connect(url)
     db = await open_store(store)
     rss_start = env.peak_rss_mb()
     started = time.perf_counter()
-    result = await replay(nc, db, UsersProjection())
+    result = await replay(nc, db, projection or UsersProjection())
     seconds = time.perf_counter() - started
     await db.close()
     await nc.close()
