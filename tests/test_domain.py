@@ -45,7 +45,7 @@ from agentmem.events import (
 )
 from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS, UsersProjection
-from agentmem.store import Column, Delete, Table, Update, Upsert
+from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
 from agentmem.store import sql as store_sql
 
 ORG_ID = "org-1"
@@ -546,7 +546,7 @@ T = Table(
 KEYS = {"t": ("id",)}
 
 
-def test_grouped_merges_only_consecutive_equal_statements_and_keeps_order() -> None:
+def test_grouped_merges_only_consecutive_equal_statements_of_one_table_and_keeps_order() -> None:
     ops = [
         Upsert("t", {"id": "1", "a": "x", "b": 1}),
         Upsert("t", {"id": "2", "a": "y", "b": 2}),
@@ -575,6 +575,58 @@ def test_grouped_merges_only_consecutive_equal_statements_and_keeps_order() -> N
         ("1", "x", 11),
         ("3", "z", 3),
         ("4", None, 4),
+    ]
+
+
+TAGS = Table(
+    name="tags",
+    columns=(Column("id", "text"), Column("tag", "text")),
+    primary_key=("id", "tag"),
+)
+
+
+def test_grouped_joins_a_tables_last_run_across_other_tables_runs() -> None:
+    """A row and its tags, taking turns (a projection of one memory per commit): one run
+    per table, each table's operations still in their order."""
+    keys = {**KEYS, "tags": ("id", "tag")}
+    ops: list[RowOp] = []
+    for n in range(3):
+        ops += [
+            Upsert("t", {"id": str(n), "a": "x", "b": n}),
+            Delete("tags", {"id": str(n)}),
+            Upsert("tags", {"id": str(n), "tag": "red"}),
+        ]
+    ops += [Update("t", {"id": "0"}, {"b": 10}), Upsert("t", {"id": "3", "a": "y", "b": 3})]
+    runs = store_sql.grouped(ops, keys)
+    # t's upserts are one run; the tags' deletes and upserts take turns on one table, so
+    # they stay apart; the update comes after every upsert of t before it; the last upsert
+    # of t follows the update, so it cannot join the first run.
+    assert [(statement.split()[0], len(params)) for statement, params in runs] == [
+        ("INSERT", 3),
+        ("DELETE", 1),
+        ("INSERT", 1),
+        ("DELETE", 1),
+        ("INSERT", 1),
+        ("DELETE", 1),
+        ("INSERT", 1),
+        ("UPDATE", 1),
+        ("INSERT", 1),
+    ]
+    db = sqlite3.connect(":memory:")
+    for statement in (*store_sql.create_table(T), *store_sql.create_table(TAGS)):
+        db.execute(statement)
+    for statement, params in runs:
+        db.executemany(statement, params)
+    assert db.execute("SELECT id, b FROM t ORDER BY id").fetchall() == [
+        ("0", 10),
+        ("1", 1),
+        ("2", 2),
+        ("3", 3),
+    ]
+    assert db.execute("SELECT id, tag FROM tags ORDER BY id").fetchall() == [
+        ("0", "red"),
+        ("1", "red"),
+        ("2", "red"),
     ]
 
 

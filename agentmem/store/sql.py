@@ -95,12 +95,23 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
 def grouped(
     ops: list[RowOp], keys: dict[str, tuple[str, ...]]
 ) -> list[tuple[str, list[tuple[object, ...]]]]:
-    """Consecutive operations with the same SQL, as (sql, [params, ...]) runs, order kept."""
+    """The operations as (sql, [params, ...]) runs, each run one ``executemany``.
+
+    An operation joins the last run of its own table when that run has the same SQL, even
+    if runs of other tables came after it: each statement touches one table (and that
+    table's full-text index, through its triggers), and no table has a trigger or a foreign
+    key onto another, so only the order within a table matters, and it is kept. A batch of
+    memories, say, is one run of 1,000 rows and one of their 1,000 tags, not 2,000 runs of
+    one row taking turns (a run of rows into a full-text table is moved in one statement,
+    ``SQLiteStore._run``; on Postgres a long run of new rows is one COPY)."""
     runs: list[tuple[str, list[tuple[object, ...]]]] = []
+    last_run: dict[str, int] = {}  # table -> index of its last run
     for op in ops:
         sql, params = statement(op, keys)
-        if runs and runs[-1][0] == sql:
-            runs[-1][1].append(params)
+        at = last_run.get(op.table)
+        if at is not None and runs[at][0] == sql:
+            runs[at][1].append(params)
         else:
+            last_run[op.table] = len(runs)
             runs.append((sql, [params]))
     return runs
