@@ -195,7 +195,10 @@ class MemoriesProjection:
                         "version": seq,
                     }
                     ops.append(Upsert("memories", row))
-                    ops += tag_rows(MEMORY_TAGS, event.org_id, event.memory_id, event.tags)
+                    # Its subject's first event (written at expected sequence 0): no tags yet.
+                    ops += tag_rows(
+                        MEMORY_TAGS, event.org_id, event.memory_id, event.tags, first=True
+                    )
                 case MemoryUpdated():
                     values = {
                         "content": event.content,

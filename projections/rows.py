@@ -28,10 +28,14 @@ def tag_table(name: str, owner_key: str) -> Table:
     )
 
 
-def tag_rows(table: Table, org_id: str, owner_id: str, tags: tuple[str, ...]) -> list[RowOp]:
-    """Replace an owner's tags: its old rows go, one row per tag comes."""
+def tag_rows(
+    table: Table, org_id: str, owner_id: str, tags: tuple[str, ...], first: bool = False
+) -> list[RowOp]:
+    """Replace an owner's tags: its old rows go, one row per tag comes. ``first``: the
+    owner is new and has no rows yet, so nothing goes (and a batch of new owners is one run
+    of inserts, ``agentmem.store.sql.grouped``)."""
     owner_key = table.primary_key[0]
-    ops: list[RowOp] = [Delete(table.name, {owner_key: owner_id})]
+    ops: list[RowOp] = [] if first else [Delete(table.name, {owner_key: owner_id})]
     for tag in tags:
         ops.append(Upsert(table.name, {owner_key: owner_id, "tag": tag, "org_id": org_id}))
     return ops
