@@ -349,10 +349,13 @@ async def list_memories(
             clauses.append(f"({key.sql} {sign} ? OR ({key.sql} = ? AND t.position {sign} ?))")
             args += [*key.args, after[0], *key.args, after[0], after[1]]
     direction = "DESC" if descending else "ASC"
+    # By position alone when it is the key: "position, position" made SQLite sort every page
+    # in a temporary B-tree instead of reading the index in order (a user's newest 50 of 100
+    # memories: 0.86 against 0.51 ms in the store).
+    tie = "" if order_by == "created" else f", t.position {direction}"
     sql = (
         f"SELECT {_T_COLUMNS}, {key.sql} AS order_key FROM {rows.sql} "
-        f"WHERE {' AND '.join(clauses)} ORDER BY order_key {direction}, t.position {direction} "
-        f"LIMIT ?"
+        f"WHERE {' AND '.join(clauses)} ORDER BY order_key {direction}{tie} LIMIT ?"
     )
     return await store.fetch_all(sql, *args, limit)
 
