@@ -97,9 +97,10 @@ async def client_connections(url: str, n: int, token: str) -> AsyncIterator[list
                 await nc.close()
 
 
-def client(nc: NATS, token: str | None) -> Client:
-    """Every ``agentmem.Client`` the bench makes is made here."""
-    return Client(nc, token)
+def client(nc: NATS, token: str | None, timeout: float = 10.0) -> Client:
+    """Every ``agentmem.Client`` the bench makes is made here (with the client's default
+    timeout unless told)."""
+    return Client(nc, token, timeout)
 
 
 class Child:
