@@ -45,7 +45,7 @@ from agentmem.events import (
 )
 from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS, UsersProjection
-from agentmem.store import Column, Delete, RowOp, Table, Update, Upsert
+from agentmem.store import Column, Copy, Delete, RowOp, Table, Update, Upsert
 from agentmem.store import sql as store_sql
 
 ORG_ID = "org-1"
@@ -628,6 +628,39 @@ def test_grouped_joins_a_tables_last_run_across_other_tables_runs() -> None:
         ("1", "red"),
         ("2", "red"),
     ]
+
+
+VERSIONS = Table(
+    name="versions",
+    columns=(Column("id", "text"), Column("b", "integer"), Column("until", "integer")),
+    primary_key=("id", "until"),
+)
+
+
+def test_grouped_keeps_a_copy_where_it_reads_its_source() -> None:
+    """A Copy reads its source table: it never moves past a change of that table, so each
+    copy keeps the row as it was when the copy came."""
+    keys = {**KEYS, "versions": ("id", "until")}
+
+    def keep(until: int) -> Copy:
+        return Copy("versions", "t", {"id": "1"}, ("id", "b", "until"), {"until": until})
+
+    ops: list[RowOp] = [
+        Upsert("t", {"id": "1", "a": "x", "b": 1}),
+        keep(1),
+        Update("t", {"id": "1"}, {"b": 2}),
+        keep(2),
+        Update("t", {"id": "1"}, {"b": 3}),
+    ]
+    runs = store_sql.grouped(ops, keys)
+    assert [len(params) for _, params in runs] == [1, 1, 1, 1, 1]
+    db = sqlite3.connect(":memory:")
+    for statement in (*store_sql.create_table(T), *store_sql.create_table(VERSIONS)):
+        db.execute(statement)
+    for statement, params in runs:
+        db.executemany(statement, params)
+    assert db.execute("SELECT until, b FROM versions ORDER BY until").fetchall() == [(1, 1), (2, 2)]
+    assert db.execute("SELECT b FROM t").fetchall() == [(3,)]
 
 
 def test_grouped_of_nothing_is_nothing() -> None:

@@ -92,26 +92,38 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
     raise TypeError(f"not a row operation: {op!r}")
 
 
+def tables_of(op: RowOp) -> tuple[str, ...]:
+    """The tables an operation writes or reads (a ``Copy`` reads its source)."""
+    return (op.table, op.source) if isinstance(op, Copy) else (op.table,)
+
+
 def grouped(
     ops: list[RowOp], keys: dict[str, tuple[str, ...]]
 ) -> list[tuple[str, list[tuple[object, ...]]]]:
     """The operations as (sql, [params, ...]) runs, each run one ``executemany``.
 
-    An operation joins the last run of its own table when that run has the same SQL, even
-    if runs of other tables came after it: each statement touches one table (and that
-    table's full-text index, through its triggers), and no table has a trigger or a foreign
-    key onto another, so only the order within a table matters, and it is kept. A batch of
-    memories, say, is one run of 1,000 rows and one of their 1,000 tags, not 2,000 runs of
-    one row taking turns (a run of rows into a full-text table is moved in one statement,
-    ``SQLiteStore._run``; on Postgres a long run of new rows is one COPY)."""
+    An operation joins the last run of the same SQL when no run after that one touches a
+    table it touches (writes, or reads: a ``Copy``'s source), even if runs of other tables
+    came between: each statement touches only its tables (and a table's full-text index,
+    through that table's own triggers), and no table has a trigger or a foreign key onto
+    another, so moving an operation past runs of other tables changes nothing, and the
+    order of everything that touches one table is kept. A batch of memories, say, is one
+    run of 1,000 rows and one of their 1,000 tags, not 2,000 runs of one row taking turns
+    (a run of rows into a full-text table is moved in one statement, ``SQLiteStore._run``;
+    on Postgres a long run of new rows is one COPY)."""
     runs: list[tuple[str, list[tuple[object, ...]]]] = []
-    last_run: dict[str, int] = {}  # table -> index of its last run
+    last_of_sql: dict[str, int] = {}  # SQL -> index of its last run
+    last_touch: dict[str, int] = {}  # table -> index of the last run that touches it
     for op in ops:
         sql, params = statement(op, keys)
-        at = last_run.get(op.table)
-        if at is not None and runs[at][0] == sql:
+        tables = tables_of(op)
+        at = last_of_sql.get(sql)
+        if at is not None and all(last_touch.get(t, -1) <= at for t in tables):
             runs[at][1].append(params)
         else:
-            last_run[op.table] = len(runs)
+            at = len(runs)
             runs.append((sql, [params]))
+            last_of_sql[sql] = at
+        for t in tables:
+            last_touch[t] = max(last_touch.get(t, -1), at)
     return runs
