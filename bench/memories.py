@@ -178,7 +178,9 @@ async def service_clients(cfg: Config, name: str, kind: str) -> AsyncIterator[li
         )
         url = await stack.enter_async_context(env.nats_server(cfg, name))
         svc = await stack.enter_async_context(env.service(cfg, url, name, 2, store))
-        conns = await stack.enter_async_context(env.connections(url, cfg.sizes.connections))
+        conns = await stack.enter_async_context(
+            env.client_connections(url, cfg.sizes.connections, svc.token)
+        )
         yield [env.client(nc, svc.token, BATCH_TIMEOUT) for nc in conns]
 
 
