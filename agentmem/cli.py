@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,25 @@ def _parser() -> argparse.ArgumentParser:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--projection", help="one projection by name")
     which.add_argument("--all", action="store_true", help="every projection")
-    replay.add_argument("--into", help="rebuild into this SQLite file instead of the live store")
+    replay.add_argument(
+        "--into",
+        help="rebuild into this SQLite file or postgresql:// DSN (a schema of its own: "
+        "?options=-csearch_path%%3DNAME) instead of the live store",
+    )
+    until = replay.add_mutually_exclusive_group()
+    until.add_argument(
+        "--until-seq",
+        type=int,
+        metavar="N",
+        help="the state as it was after log sequence N (needs --into)",
+    )
+    until.add_argument(
+        "--until-time",
+        type=_moment,
+        metavar="TIME",
+        help="the state as it was at TIME, ISO 8601 (2026-12-06T04:00:00Z; UTC when it names "
+        "no zone; needs --into)",
+    )
     return parser
 
 
@@ -129,6 +148,16 @@ def _nats_config(data_dir: Path, out: Path | None) -> int:
         file.write(text)
     print(f"agentmem: wrote {out}; include it in every nats-server's config", file=sys.stderr)
     return 0
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (2026-12-06T04:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -402,9 +431,15 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
     return 0
 
 
-async def _replay(settings: Settings, name: str | None, into: str | None) -> int:
+async def _replay(
+    settings: Settings,
+    name: str | None,
+    into: str | None,
+    until_seq: int | None = None,
+    until_time: datetime | None = None,
+) -> int:
     from agentmem.projections import ALL, BY_NAME
-    from agentmem.projections.replay import progress_bar, replay
+    from agentmem.projections.replay import progress_bar, replay, seq_at_time
     from agentmem.store import open_store
     from agentmem.store.leases import open_leases
 
@@ -412,6 +447,17 @@ async def _replay(settings: Settings, name: str | None, into: str | None) -> int
         print(f"agentmem: no projection {name!r}; there are: {', '.join(BY_NAME)}", file=sys.stderr)
         return 2
     chosen = [BY_NAME[name]] if name else ALL
+    point_in_time = until_seq is not None or until_time is not None
+    # An earlier state written over the live tables would serve stale answers: never there.
+    if point_in_time and (into is None or into == settings.store_url):
+        print(
+            "agentmem: --until-seq and --until-time rebuild into another store: add --into",
+            file=sys.stderr,
+        )
+        return 2
+    if until_seq is not None and until_seq < 0:
+        print("agentmem: --until-seq must be 0 or more", file=sys.stderr)
+        return 2
     target = into or settings.store_url
     try:
         lock = lock_store(target)
@@ -432,11 +478,18 @@ async def _replay(settings: Settings, name: str | None, into: str | None) -> int
             )
             return 2
         async with _log_connection(settings) as nc:
+            if until_time is not None:
+                until_seq = await seq_at_time(nc, until_time)
+                print(f"the log at {until_time.isoformat()} ended at sequence {until_seq:,}")
             store = await open_store(target)
             try:
                 for projection in chosen:
                     result = await replay(
-                        nc, store, projection, on_progress=progress_bar(projection.name)
+                        nc,
+                        store,
+                        projection,
+                        on_progress=progress_bar(projection.name),
+                        until_seq=until_seq,
                     )
                     print(
                         f"{result.projection}: {result.events:,} events in "
@@ -498,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "admin":
             return asyncio.run(_create_admin_key(settings, args.name))
-        return asyncio.run(_replay(settings, args.projection, args.into))
+        return asyncio.run(
+            _replay(settings, args.projection, args.into, args.until_seq, args.until_time)
+        )
     except StartupError as exc:
         print(f"agentmem: {exc}", file=sys.stderr)
         return 2

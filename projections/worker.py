@@ -49,6 +49,7 @@ class ProjectionWorker:
         stream: str = subjects.STREAM_NAME,
         batch: int = BATCH,
         consumer: str | None = None,
+        until_seq: int | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -63,6 +64,10 @@ class ProjectionWorker:
         self._feed: PullFeed | None = None
         self.applied = 0
         self.last_error: str | None = None
+        # A point-in-time replay applies nothing after this sequence, and stops once the log
+        # has shown it something past it (or has nothing more).
+        self.until_seq = until_seq
+        self._past_until = False
 
     @property
     def name(self) -> str:
@@ -91,6 +96,12 @@ class ProjectionWorker:
         await feed.start()
         return feed
 
+    @property
+    def _reached_until(self) -> bool:
+        if self.until_seq is None:
+            return False
+        return self._past_until or self.checkpoint >= self.until_seq
+
     def stop(self) -> None:
         self._stopping.set()
         if self._feed is not None:
@@ -107,6 +118,8 @@ class ProjectionWorker:
         """
         self.checkpoint = await self.store.checkpoint(self.name)
         self.board.advance(self.name, self.checkpoint)
+        if self._reached_until:
+            return
         feed = self._feed = await self._subscribe()
         if self._stopping.is_set():
             feed.interrupt()
@@ -123,7 +136,7 @@ class ProjectionWorker:
                 pending = await self._apply(messages)
                 if on_progress is not None:
                     on_progress(self.applied, pending)
-                if until_caught_up and pending == 0:
+                if (until_caught_up and pending == 0) or self._reached_until:
                     return
         finally:
             with contextlib.suppress(Exception):
@@ -144,6 +157,9 @@ class ProjectionWorker:
             seq = meta.sequence.stream
             if seq <= self.checkpoint:
                 continue  # applied before a crash that came between commit and ack
+            if self.until_seq is not None and seq > self.until_seq:
+                self._past_until = True
+                break
             last_seq = max(last_seq, seq)
             try:
                 commit = StoredCommit(
