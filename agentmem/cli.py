@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         help="what this process runs, comma-separated: commands, queries, projections "
         "(env AGENTMEM_ROLES; default all three; a split over several processes needs Postgres)",
     )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (/metrics) and probes (/livez, /readyz) over HTTP "
+        "here (env AGENTMEM_METRICS; default off)",
+    )
     status = commands.add_parser("status", help="log position, checkpoints and lag")
     connection_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw report")
@@ -170,6 +176,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings.nats_url = args.nats
     if getattr(args, "replicas", None) is not None:
         settings.replicas = args.replicas
+    if getattr(args, "metrics", None):
+        settings.metrics = args.metrics
     if getattr(args, "roles", None):
         settings.roles = parse_roles(args.roles, "--roles")
     if args.listen:

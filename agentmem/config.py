@@ -70,6 +70,10 @@ class Settings:
     roles: frozenset[str] = field(
         default_factory=lambda: parse_roles(_env("ROLES", ",".join(ROLES)) or "")
     )
+    # host:port of the metrics listener (Prometheus text, /livez, /readyz); None: off.
+    metrics: str | None = field(default_factory=lambda: _env("METRICS"))
+    # /readyz: ready while every projection is at most this many events behind the log.
+    ready_lag: int = field(default_factory=lambda: _env_int("READY_LAG", 1000))
 
     @property
     def nats_servers(self) -> list[str]:
@@ -83,5 +87,16 @@ class Settings:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host or "127.0.0.1", int(port)
+        return host_port(self.listen, "--listen")
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        return host_port(self.metrics, "--metrics (AGENTMEM_METRICS)") if self.metrics else None
+
+
+def host_port(address: str, source: str) -> tuple[str, int]:
+    """``host:port`` (or ``:port``, on 127.0.0.1) as a pair; a refusal names ``source``."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartupError(f"{source} must be host:port, not {address!r}")
+    return host or "127.0.0.1", int(port)

@@ -216,6 +216,8 @@ class StatusReport(msgspec.Struct, frozen=True):
     projections: dict[str, ProjectionReport]
     parked: list[ParkedEvent]
     process: dict[str, Any] | None = None  # which process answered: its roles and leases
+    # The answering process's metrics (agentmem.metrics): each one's samples.
+    metrics: dict[str, list[dict[str, Any]]] | None = None
 
 
 class HealthChecks(msgspec.Struct, frozen=True):

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,9 +32,12 @@ from agentmem.consumers.freshness import Freshness
 from agentmem.consumers.nats_gate import ConnectionGate, Disconnector
 from agentmem.consumers.parts import Parts, routers
 from agentmem.consumers.router import Dispatcher
+from agentmem.consumers.system import collect_status
 from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
+from agentmem.metrics import Metrics
+from agentmem.metrics_http import MetricsListener
 from agentmem.projections import ALL, Projection
 from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.leader import ProjectionLeader
@@ -41,6 +45,7 @@ from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
+from agentmem.store.metered import MeteredStore
 
 log = structlog.get_logger(__name__)
 
@@ -205,7 +210,7 @@ def _without_user(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
-async def _connect(servers: list[str], name: str) -> NATS:
+async def _connect(servers: list[str], name: str, metrics: Metrics) -> NATS:
     return await nats.connect(
         # Every node of a cluster: when the one in use goes away, nats-py reconnects to
         # another (and learns the rest of the cluster from the servers it reaches).
@@ -216,7 +221,7 @@ async def _connect(servers: list[str], name: str) -> NATS:
         # One line per problem instead of nats-py's tracebacks; it keeps retrying.
         error_cb=_log_nats_error,
         disconnected_cb=_log_disconnected,
-        reconnected_cb=_log_reconnected,
+        reconnected_cb=_log_reconnected(metrics),
     )
 
 
@@ -228,8 +233,12 @@ async def _log_disconnected() -> None:
     log.warning("disconnected from nats")
 
 
-async def _log_reconnected() -> None:
-    log.info("reconnected to nats")
+def _log_reconnected(metrics: Metrics) -> Callable[[], Awaitable[None]]:
+    async def reconnected() -> None:
+        metrics.nats_reconnects.inc()
+        log.info("reconnected to nats")
+
+    return reconnected
 
 
 async def ensure_stream(log_: EventLog, replicas: int, wait_s: float = JETSTREAM_WAIT_S) -> None:
@@ -289,11 +298,16 @@ class Service:
         self.failure = ""
         self._watcher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
+        self.metrics_listener: MetricsListener | None = None
+        # Where the metrics listener is bound (a port of 0 picks one), once started.
+        self.metrics_address: tuple[str, int] | None = None
 
     async def start(self) -> None:
         settings = self.settings
         roles = settings.roles
         check_roles(roles, settings.store_url)
+        metrics_at = settings.metrics_host_port  # a bad address is refused before anything
         if not settings.nats_servers:
             # Before anything is touched: the embedded server's store lives in the data dir.
             self._data_lock = lock_data_dir(settings.data_dir)
@@ -331,7 +345,7 @@ class Service:
                 natsauth.as_user(url, natsauth.SERVICE_USER, found.service_password)
                 for url in servers
             ]
-        self.nc = await _connect(servers, "agentmem")
+        self.nc = await _connect(servers, "agentmem", self.metrics)
         if found is not None:
             self.system_nc = await _connect(
                 [
@@ -341,6 +355,7 @@ class Service:
                     for url in servers
                 ],
                 "agentmem-system",
+                self.metrics,
             )
         log_ = EventLog(self.nc)
         await ensure_stream(log_, settings.replicas)
@@ -378,13 +393,15 @@ class Service:
                 cache,
                 lambda seq: confirm_everywhere(nc, seq),
                 Disconnector(self.system_nc) if self.system_nc is not None else None,
+                self.metrics,
             ),
-            store=self.store,
+            store=MeteredStore(self.store, self.metrics.store_read_seconds.observe),
             freshness=Freshness(nc, self.store, board),
             access=self.access,
             password_cost=settings.password_cost,
             workers_alive=self.workers_alive,
             this_process=self.this_process,
+            metrics=self.metrics,
         )
         if "commands" in roles and settings.expiry_sweep_s > 0:
             sweeper = ExpirySweeper(log_, cache, self.store)
@@ -398,8 +415,17 @@ class Service:
         if found is not None:
             self.gate = ConnectionGate(self.nc, authenticator, found.issuer_seed)
             await self.gate.start()
-        self.dispatcher = Dispatcher(self.nc, router, authenticator)
+        self.dispatcher = Dispatcher(self.nc, router, authenticator, metrics=self.metrics)
         await self.dispatcher.start(trees)
+        if metrics_at is not None:
+            store = self.store
+            self.metrics_listener = MetricsListener(
+                self.metrics,
+                lambda: collect_status(nc, store),
+                live=lambda: not self.failed.is_set(),
+                ready_lag=settings.ready_lag,
+            )
+            self.metrics_address = await self.metrics_listener.start(*metrics_at)
         log.info(
             "agentmem ready",
             nats=",".join(redact_url(url) for url in servers),
@@ -429,7 +455,7 @@ class Service:
         nc, store = self.nc, self.store
 
         def make_worker() -> ProjectionWorker:
-            return ProjectionWorker(nc, store, projection, board)
+            return ProjectionWorker(nc, store, projection, board, metrics=self.metrics)
 
         leader = ProjectionLeader(projection.name, make_worker, self.leases, board)
         self.leaders[projection.name] = leader
@@ -458,6 +484,8 @@ class Service:
             self._watcher.cancel()
         if self.gate:
             await self.gate.stop()
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stop()
         if self.dispatcher:
             await self.dispatcher.stop()
         if self._sweeper is not None:

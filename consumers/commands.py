@@ -55,6 +55,7 @@ from agentmem.eventlog import (
 )
 from agentmem.events import AnyEvent
 from agentmem.headers import header
+from agentmem.metrics import Metrics
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
@@ -122,9 +123,11 @@ class CommandRunner:
         cache: AggregateCache,
         confirm: Confirm | None = None,
         disconnect: Disconnect | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.log = log
         self.cache = cache
+        self.metrics = metrics or Metrics()
         # Without it (a test's stand-in for a process), nothing waits for access views.
         self.confirm = confirm
         # Without it (NATS without AgentMem's auth callout), no connection is closed.
@@ -309,6 +312,7 @@ class CommandRunner:
                     # after a pause with jitter, so that two processes do not meet again. A
                     # command that named an expected_version fails then with `conflict`.
                     attempt += 1
+                    self.metrics.command_retries.inc()
                     if attempt >= MAX_ATTEMPTS:
                         raise ConflictError(
                             "the aggregate kept changing under this command; retry it",

@@ -19,6 +19,7 @@ from agentmem import subjects
 from agentmem.consumers.passwords import SOURCE_LIMIT, PasswordThrottle, PasswordWork
 from agentmem.consumers.router import Router
 from agentmem.domain.passwords import DEFAULT_COST
+from agentmem.metrics import Metrics
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -55,6 +56,8 @@ class Parts:
     # What the answering process is (its roles, the leases it holds), for status.
     this_process: Callable[[], dict[str, Any]] | None = None
     stream: str = subjects.STREAM_NAME
+    # The process's figures, which agentmem.sys.status reports.
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def modules() -> Iterator[ModuleType]:

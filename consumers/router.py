@@ -26,6 +26,7 @@ from agentmem import envelope, protocol, subjects, validation
 from agentmem.domain.access import Need, Principal
 from agentmem.domain.jsondoc import check_request_depth
 from agentmem.errors import AgentMemError, InternalError, InvalidError, UnauthenticatedError
+from agentmem.metrics import UNKNOWN_SUBJECT, Metrics
 from agentmem.protocol import Operation, operation_of
 
 log = structlog.get_logger(__name__)
@@ -157,10 +158,12 @@ class Dispatcher:
         router: Router,
         authenticate: Authenticate,
         max_in_flight: int = 1024,
+        metrics: Metrics | None = None,
     ) -> None:
         self.nc = nc
         self.router = router
         self.authenticate = authenticate
+        self.metrics = metrics or Metrics()
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -208,13 +211,16 @@ class Dispatcher:
         started = time.perf_counter()
         caller: list[Principal] = []
         payload, outcome = await self._handle(subject, data, headers, caller)
+        seconds = time.perf_counter() - started
         log.info(
             "request",
             subject=subject,
             outcome=outcome,
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            ms=round(seconds * 1000, 2),
             principal=caller[0].user_id if caller else None,
         )
+        known = subject if subject in self.router.routes else UNKNOWN_SUBJECT
+        self.metrics.request(known, outcome, seconds)
         return payload
 
     async def _handle(

@@ -65,6 +65,7 @@ def system_router(parts: Parts) -> Router:
     router = Router()
     nc, store, stream, this_process = parts.nc, parts.store, parts.stream, parts.this_process
     workers_alive = parts.workers_alive
+    metrics = parts.metrics
 
     @router.handle(Status)
     async def status(request: Request[Status]) -> Result:
@@ -72,6 +73,8 @@ def system_router(parts: Parts) -> Router:
         report = await collect_status(nc, store, stream)
         if this_process is not None:
             report["process"] = this_process()
+        metrics.observe_status(report)
+        report["metrics"] = metrics.snapshot()
         return report, report["stream"]["last_seq"]
 
     # Public, for liveness probes: it says only whether the parts are up.

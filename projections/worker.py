@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
 from agentmem.events import decode_commit
+from agentmem.metrics import Metrics
 from agentmem.projections.base import Projection
 from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.feed import PullFeed
@@ -50,6 +51,7 @@ class ProjectionWorker:
         batch: int = BATCH,
         consumer: str | None = None,
         until_seq: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -67,6 +69,7 @@ class ProjectionWorker:
         # A point-in-time replay applies nothing after this sequence, and stops once the log
         # has shown it something past it (or has nothing more).
         self.until_seq = until_seq
+        self.metrics = metrics or Metrics()
         self._past_until = False
 
     @property
@@ -186,15 +189,18 @@ class ProjectionWorker:
                     subject=item.subject,
                     error=item.error,
                 )
+            seconds = time.perf_counter() - started
             self.applied += len(batch.items) + len(batch.parked) - len(parked)
             self.checkpoint = last_seq
             self.board.advance(self.name, last_seq)
+            events = len(batch.items) + len(batch.parked)
+            self.metrics.batch(self.name, events, len(parked), seconds)
             log.debug(
                 "batch applied",
                 projection=self.name,
                 events=len(batch.items),
                 checkpoint=last_seq,
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                ms=round(seconds * 1000, 2),
             )
         # AckPolicy.ALL: acking the last message acks the whole batch, after the commit.
         await messages[-1].ack()
