@@ -9,12 +9,19 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentmem import Client, ConflictError, ForbiddenError
+from agentmem import Client, ConflictError, ForbiddenError, envelope
 from agentmem.commands import CreateOrg, RenameOrg
+from agentmem.consumers import commands as command_handlers
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.consumers.auth import Authenticator
+from agentmem.consumers.commands import CommandRunner
+from agentmem.consumers.router import Dispatcher
+from agentmem.eventlog import EventLog
 from agentmem.projections import ALL
 from agentmem.queries import GetOrg
 from agentmem.service import Service
@@ -24,6 +31,7 @@ from tests.realparts import (
     bearer,
     clean_env,
     eventually,
+    second_process,
     status,
     wait_caught_up,
 )
@@ -227,3 +235,44 @@ async def test_a_bad_metrics_address_is_refused_at_start(
     settings.metrics = "localhost"
     with pytest.raises(Exception, match="--metrics"):
         await Service(settings).start()
+
+
+async def test_a_command_decided_again_after_another_process_wrote_is_counted(
+    metered: Service, nc: NATS, tmp_path: Path
+) -> None:
+    token = admin_key(tmp_path)
+    client = Client(nc, token)
+    org = (await client.create_org("Acme")).fields["org_id"]
+    await client.rename_org(org, "One")  # the service's cache holds the org now
+    log = EventLog(nc)
+    other = CommandRunner(log, AggregateCache(log))
+    elsewhere = Dispatcher(
+        nc, command_handlers.command_router(second_process(nc, other)), Authenticator(other.cache)
+    )
+    body = msgspec.json.encode({"org_id": org, "name": "Elsewhere"})
+    assert envelope.decode(await elsewhere.handle(RenameOrg.op.subject, body, bearer(token))).ok
+    address = metered.metrics_address
+    assert address is not None
+    before = value(await scrape(address), "agentmem_command_retries_total")
+
+    await client.rename_org(org, "Back")  # decided on a stale cache first: appended again
+
+    after = await scrape(address)
+    assert value(after, "agentmem_command_retries_total") == before + 1
+    conflicts = value(after, "agentmem_command_conflicts_total", subject=RenameOrg.op.subject)
+    assert conflicts == 0
+
+
+async def test_a_nats_reconnect_is_counted(
+    metered: Service, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    address = metered.metrics_address
+    assert address is not None
+    assert value(await scrape(address), "agentmem_nats_reconnects_total") == 0
+    nats_server.stop()
+    nats_server.start()
+
+    async def reconnected() -> float:
+        return value(await scrape(address), "agentmem_nats_reconnects_total")
+
+    assert await eventually(reconnected, 20, 0.2, "a reconnect counted") == 1
