@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from agentmem.consumers.system import readiness
 from agentmem.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -38,18 +39,6 @@ READ_TIMEOUT_S = 5.0
 STATUS_TIMEOUT_S = 3.0
 
 Report = Callable[[], Awaitable[dict[str, Any]]]
-
-
-def readiness(report: dict[str, Any], ready_lag: int) -> list[str]:
-    """Why a process with this status report is not ready ([] when it is)."""
-    reasons = []
-    for name, projection in sorted(report["projections"].items()):
-        lag = projection["lag"]
-        if lag is None:
-            reasons.append(f"projection {name} has no consumer (no worker has run)")
-        elif lag > ready_lag:
-            reasons.append(f"projection {name} is {lag} events behind (limit {ready_lag})")
-    return reasons
 
 
 class MetricsListener:

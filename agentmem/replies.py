@@ -229,6 +229,9 @@ class HealthChecks(msgspec.Struct, frozen=True):
 class HealthReport(msgspec.Struct, frozen=True):
     live: bool
     checks: HealthChecks
+    # Ready: live, and every projection within the process's lag bound (AGENTMEM_READY_LAG).
+    ready: bool = False
+    reasons: list[str] = msgspec.field(default_factory=list)  # why it is not ready
 
 
 # What some commands add to their event's view ---------------------------------------------

@@ -402,6 +402,7 @@ class Service:
             workers_alive=self.workers_alive,
             this_process=self.this_process,
             metrics=self.metrics,
+            ready_lag=settings.ready_lag,
         )
         if "commands" in roles and settings.expiry_sweep_s > 0:
             sweeper = ExpirySweeper(log_, cache, self.store)

@@ -58,6 +58,8 @@ class Parts:
     stream: str = subjects.STREAM_NAME
     # The process's figures, which agentmem.sys.status reports.
     metrics: Metrics = field(default_factory=Metrics)
+    # Ready (agentmem.sys.health, /readyz): every projection at most this far behind the log.
+    ready_lag: int = 1000
 
 
 def modules() -> Iterator[ModuleType]:

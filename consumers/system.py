@@ -59,6 +59,18 @@ async def collect_status(
     }
 
 
+def readiness(report: dict[str, Any], ready_lag: int) -> list[str]:
+    """Why a process with this status report is not ready ([] when it is)."""
+    reasons = []
+    for name, projection in sorted(report["projections"].items()):
+        lag = projection["lag"]
+        if lag is None:
+            reasons.append(f"projection {name} has no consumer (no worker has run)")
+        elif lag > ready_lag:
+            reasons.append(f"projection {name} is {lag} events behind (limit {ready_lag})")
+    return reasons
+
+
 def system_router(parts: Parts) -> Router:
     """Several processes share these subjects, so the status report says which one
     answered (``parts.this_process``)."""
@@ -66,6 +78,7 @@ def system_router(parts: Parts) -> Router:
     nc, store, stream, this_process = parts.nc, parts.store, parts.stream, parts.this_process
     workers_alive = parts.workers_alive
     metrics = parts.metrics
+    ready_lag = parts.ready_lag
 
     @router.handle(Status)
     async def status(request: Request[Status]) -> Result:
@@ -95,7 +108,13 @@ def system_router(parts: Parts) -> Router:
             checks["store"] = False
         checks["projections"] = workers_alive()
         live = checks["log"] and checks["store"] and all(checks["projections"].values())
-        return {"live": live, "checks": checks}, None
+        reasons = ["not live"] if not live else []
+        if live:
+            try:
+                reasons = readiness(await collect_status(nc, store, stream), ready_lag)
+            except Exception as exc:
+                reasons = [f"the log or the store does not answer: {type(exc).__name__}"]
+        return {"live": live, "checks": checks, "ready": not reasons, "reasons": reasons}, None
 
     # Public, like health: what a client in any language needs to talk to the service.
     @router.handle(Schema)

@@ -21,6 +21,7 @@ from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.auth import Authenticator
 from agentmem.consumers.commands import CommandRunner
 from agentmem.consumers.router import Dispatcher
+from agentmem.consumers.system import readiness
 from agentmem.eventlog import EventLog
 from agentmem.projections import ALL
 from agentmem.queries import GetOrg
@@ -276,3 +277,27 @@ async def test_a_nats_reconnect_is_counted(
         return value(await scrape(address), "agentmem_nats_reconnects_total")
 
     assert await eventually(reconnected, 20, 0.2, "a reconnect counted") == 1
+
+
+async def test_health_on_nats_says_ready_too(metered: Service, nc: NATS, tmp_path: Path) -> None:
+    await wait_caught_up(nc, admin_key(tmp_path))
+    reply = json.loads((await nc.request("agentmem.sys.health", b"{}", timeout=5)).data)
+    assert reply["data"]["live"] is True
+    assert (reply["data"]["ready"], reply["data"]["reasons"]) == (True, [])
+
+
+def test_a_projection_behind_or_without_a_worker_is_not_ready() -> None:
+    report = {
+        "projections": {
+            "orgs": {"checkpoint": 10, "lag": 0, "parked": 0},
+            "users": {"checkpoint": 3, "lag": 1001, "parked": 0},
+            "memories": {"checkpoint": 0, "lag": None, "parked": 0},
+        }
+    }
+    assert readiness(report, 1000) == [
+        "projection memories has no consumer (no worker has run)",
+        "projection users is 1001 events behind (limit 1000)",
+    ]
+    report["projections"]["users"]["lag"] = 1000
+    del report["projections"]["memories"]
+    assert readiness(report, 1000) == []
