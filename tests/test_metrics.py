@@ -181,11 +181,12 @@ async def test_live_and_ready_probes(metered: Service, nc: NATS, tmp_path: Path)
     assert (await http_get(address, "/livez"))[0] == 503
 
 
-async def test_serve_with_metrics_answers_prometheus_text(tmp_path: Path) -> None:
+async def test_serve_with_metrics_answers_prometheus_text(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
     """The bar: ``agentmem serve --metrics 127.0.0.1:<port>`` answers request counters."""
-    port, listen = free_port(), free_port()
-    data = tmp_path / "data"
-    args = ["--data-dir", str(data), "--listen", f"127.0.0.1:{listen}"]
+    port = free_port()
+    args = ["--data-dir", str(tmp_path / "data"), "--nats", nats_server.url]
     log = await asyncio.to_thread((tmp_path / "serve.log").open, "wb")
     serve = await asyncio.create_subprocess_exec(
         *agentmem_command(),
@@ -212,7 +213,7 @@ async def test_serve_with_metrics_answers_prometheus_text(tmp_path: Path) -> Non
             import nats
 
             with contextlib.suppress(Exception):
-                nc = await nats.connect(f"nats://127.0.0.1:{listen}")
+                nc = await nats.connect(nats_server.url)
                 try:
                     await nc.request("agentmem.sys.health", b"{}", timeout=2)
                     return True
