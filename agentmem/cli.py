@@ -436,7 +436,23 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
             f"answered by pid {process['pid']} on {process['host']}: roles "
             f"{','.join(process['roles'])}; active for projections: {active}"
         )
+    answered = _requests_answered(report.get("metrics") or {})
+    if answered:
+        print(f"requests it answered since its start: {answered}")
     return 0
+
+
+def _requests_answered(figures: dict[str, list[dict[str, Any]]]) -> str:
+    """``1,204 (ok 1,170, invalid 30, conflict 4)`` from a status report's metrics."""
+    by_outcome: dict[str, float] = {}
+    for sample in figures.get("agentmem_requests", []):
+        if sample["name"] == "agentmem_requests_total":
+            outcome = sample["labels"]["outcome"]
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + sample["value"]
+    if not by_outcome:
+        return ""
+    parts = ", ".join(f"{o} {n:,.0f}" for o, n in sorted(by_outcome.items(), key=lambda i: -i[1]))
+    return f"{sum(by_outcome.values()):,.0f} ({parts})"
 
 
 async def _replay(

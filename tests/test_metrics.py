@@ -32,6 +32,7 @@ from tests.realparts import (
     bearer,
     clean_env,
     eventually,
+    run_cli,
     second_process,
     status,
     wait_caught_up,
@@ -302,3 +303,20 @@ def test_a_projection_behind_or_without_a_worker_is_not_ready() -> None:
     report["projections"]["users"]["lag"] = 1000
     del report["projections"]["memories"]
     assert readiness(report, 1000) == []
+
+
+async def test_agentmem_status_says_what_the_service_answered(
+    metered: Service, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    token = admin_key(tmp_path)
+    client = Client(nc, token)
+    org = (await client.create_org("Acme")).fields["org_id"]
+    with pytest.raises(ConflictError):
+        await client.rename_org(org, "Late", expected_version=0)
+    ran = await run_cli(
+        "status", "--nats", nats_server.url, "--data-dir", str(tmp_path), env=clean_env()
+    )
+    assert ran.returncode == 0, ran
+    (line,) = [x for x in ran.stdout.splitlines() if x.startswith("requests it answered")]
+    # create_org and the rename; the status request itself is counted once answered.
+    assert line == "requests it answered since its start: 2 (ok 1, conflict 1)", ran.stdout
