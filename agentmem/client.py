@@ -49,6 +49,11 @@ from agentmem.commands import (
     UpdateProfile,
     UpdateTool,
 )
+from agentmem.domain.associations import (
+    AssociateMemories,
+    DissociateMemories,
+    MemoryAssociations,
+)
 from agentmem.domain.blocks import (
     AppendToBlock,
     AttachBlock,
@@ -60,6 +65,20 @@ from agentmem.domain.blocks import (
     ListBlocks,
     ReplaceInBlock,
     SetBlock,
+)
+from agentmem.domain.entities import (
+    AddEntityAlias,
+    CreateEntity,
+    DeleteEntity,
+    DeleteEntityScope,
+    GetEntity,
+    ListEntities,
+    MergeEntity,
+    RemoveEntityAlias,
+    RenameEntity,
+    ResolveEntity,
+    SetEntityAttributes,
+    UnmergeEntity,
 )
 from agentmem.domain.memories import (
     AddMemories,
@@ -75,6 +94,15 @@ from agentmem.domain.memories import (
     SearchMemories,
     SupersedeMemory,
     UpdateMemory,
+)
+from agentmem.domain.relations import (
+    AssertRelation,
+    FindGraphPath,
+    GraphFacts,
+    GraphNeighbors,
+    GraphStatsQuery,
+    InvalidateRelation,
+    RetractRelation,
 )
 from agentmem.domain.working import (
     ClearWorkingMemory,
@@ -109,13 +137,20 @@ from agentmem.queries import (
 from agentmem.replies import (
     Agent,
     AgentState,
+    Association,
     Block,
+    Entity,
+    EntityResolution,
+    Facts,
+    GraphPath,
+    GraphStats,
     HistoryEntry,
     Items,
     MemoriesAdded,
     Memory,
     MemoryCounts,
     Message,
+    Neighbors,
     Org,
     Page,
     ScopeDeleted,
@@ -1106,3 +1141,103 @@ class Client:
 
     async def clear_working(self, session_id: str, **fields: Any) -> Written:
         return await self._command(ClearWorkingMemory, session_id=session_id, **fields)
+
+    # The knowledge graph ----------------------------------------------------------------
+    async def create_entity(self, entity_type: str, name: str, **fields: Any) -> Written:
+        """``entity.create``; ``fields.deduplicated`` and ``fields.matched_by`` say whether
+        an entity of that name (or alias) was there already."""
+        return await self._command(CreateEntity, entity_type=entity_type, name=name, **fields)
+
+    async def rename_entity(self, entity_id: str, name: str, **fields: Any) -> Written:
+        return await self._command(RenameEntity, entity_id=entity_id, name=name, **fields)
+
+    async def add_entity_alias(self, entity_id: str, alias: str, **fields: Any) -> Written:
+        return await self._command(AddEntityAlias, entity_id=entity_id, alias=alias, **fields)
+
+    async def remove_entity_alias(self, entity_id: str, alias: str, **fields: Any) -> Written:
+        return await self._command(RemoveEntityAlias, entity_id=entity_id, alias=alias, **fields)
+
+    async def set_entity_attributes(
+        self, entity_id: str, attributes: dict[str, Any], **fields: Any
+    ) -> Written:
+        """A JSON merge patch of the attributes (``None`` removes one)."""
+        return await self._command(
+            SetEntityAttributes, entity_id=entity_id, attributes=attributes, **fields
+        )
+
+    async def merge_entity(self, entity_id: str, into: str, **fields: Any) -> Written:
+        return await self._command(MergeEntity, entity_id=entity_id, into=into, **fields)
+
+    async def unmerge_entity(self, entity_id: str, **fields: Any) -> Written:
+        return await self._command(UnmergeEntity, entity_id=entity_id, **fields)
+
+    async def delete_entity(self, entity_id: str, **fields: Any) -> Written:
+        return await self._command(DeleteEntity, entity_id=entity_id, **fields)
+
+    async def delete_entity_scope(
+        self, *, user_id: str | None = None, agent_id: str | None = None, **fields: Any
+    ) -> ScopeDeleted:
+        body = {"user_id": user_id, "agent_id": agent_id, **fields}
+        reply = await self.request(DeleteEntityScope.op.subject, body)
+        self.last_seq = max(self.last_seq, reply.seq or 0)
+        return msgspec.convert(reply.data, ScopeDeleted)
+
+    async def get_entity(self, entity_id: str, *, after_seq: int | None = None) -> Entity:
+        return await self._query(GetEntity, Entity, entity_id=entity_id, after_seq=after_seq)
+
+    async def list_entities(self, **filters: Any) -> Page[Entity]:
+        return await self._query(ListEntities, Page[Entity], **filters)
+
+    async def resolve_entity(self, name: str, **filters: Any) -> EntityResolution:
+        return await self._query(ResolveEntity, EntityResolution, name=name, **filters)
+
+    async def assert_relation(
+        self, subject_id: str, predicate: str, object_id: str, **fields: Any
+    ) -> Written:
+        """``relation.assert``; ``fields.invalidated`` names what a single-valued predicate
+        ended, ``fields.deduplicated`` whether the same fact was valid already."""
+        return await self._command(
+            AssertRelation,
+            subject_id=subject_id,
+            predicate=predicate,
+            object_id=object_id,
+            **fields,
+        )
+
+    async def invalidate_relation(self, relation_id: str, **fields: Any) -> Written:
+        return await self._command(InvalidateRelation, relation_id=relation_id, **fields)
+
+    async def retract_relation(self, relation_id: str, **fields: Any) -> Written:
+        return await self._command(RetractRelation, relation_id=relation_id, **fields)
+
+    async def neighbors(self, entity_id: str, **filters: Any) -> Neighbors:
+        return await self._query(GraphNeighbors, Neighbors, entity_id=entity_id, **filters)
+
+    async def graph_path(self, from_id: str, to_id: str, **filters: Any) -> GraphPath:
+        return await self._query(FindGraphPath, GraphPath, from_id=from_id, to_id=to_id, **filters)
+
+    async def graph_facts(self, entity_id: str, **filters: Any) -> Facts:
+        return await self._query(GraphFacts, Facts, entity_id=entity_id, **filters)
+
+    async def graph_stats(self, **filters: Any) -> GraphStats:
+        return await self._query(GraphStatsQuery, GraphStats, **filters)
+
+    async def associate_memories(
+        self, from_memory_id: str, to_memory_id: str, **fields: Any
+    ) -> Written:
+        return await self._command(
+            AssociateMemories, from_memory_id=from_memory_id, to_memory_id=to_memory_id, **fields
+        )
+
+    async def dissociate_memories(
+        self, from_memory_id: str, to_memory_id: str, **fields: Any
+    ) -> Written:
+        return await self._command(
+            DissociateMemories, from_memory_id=from_memory_id, to_memory_id=to_memory_id, **fields
+        )
+
+    async def memory_associations(self, memory_id: str, **filters: Any) -> list[Association]:
+        found = await self._query(
+            MemoryAssociations, Items[Association], memory_id=memory_id, **filters
+        )
+        return found.items

@@ -382,6 +382,136 @@ class WorkingCleared(Event, tag="working.cleared", frozen=True):
     session_id: str
 
 
+# The knowledge graph: entities (subject ``entity.<id>``) -----------------------------------
+class EntityCreated(Event, tag="entity.created", frozen=True):
+    """A new entity. Its id is derived from the organization, the scope, the type and the
+    normalised name (``agentmem.domain.entities``): the subject is the name's reservation."""
+
+    entity_id: str
+    org_id: str
+    entity_type: str
+    name: str  # personal: what people call it
+    aliases: tuple[str, ...] = ()  # personal
+    attributes: dict[str, Any] = {}  # personal
+    user_id: str | None = None
+    agent_id: str | None = None
+
+
+class EntityRenamed(Event, tag="entity.renamed", frozen=True):
+    entity_id: str
+    name: str  # personal
+
+
+class EntityAliasAdded(Event, tag="entity.alias_added", frozen=True):
+    entity_id: str
+    alias: str  # personal
+
+
+class EntityAliasRemoved(Event, tag="entity.alias_removed", frozen=True):
+    entity_id: str
+    alias: str  # personal
+
+
+class EntityAttributesSet(Event, tag="entity.attributes_set", frozen=True):
+    """Every attribute after the change, so a projection needs no lookup."""
+
+    entity_id: str
+    attributes: dict[str, Any]  # personal
+
+
+class EntityMerged(Event, tag="entity.merged", frozen=True):
+    """On the merged entity's subject: it and ``members`` (itself and what it had absorbed)
+    now answer as ``into``. Written in one atomic batch with ``entity.absorbed``."""
+
+    entity_id: str
+    into: str
+    members: tuple[str, ...]
+
+
+class EntityAbsorbed(Event, tag="entity.absorbed", frozen=True):
+    """On the surviving entity's subject: ``source_id`` and ``members`` answer as it now."""
+
+    entity_id: str
+    source_id: str
+    members: tuple[str, ...]
+
+
+class EntityUnmerged(Event, tag="entity.unmerged", frozen=True):
+    """A merge undone, on the merged entity's subject: it and ``members`` answer as
+    themselves again. Written in one atomic batch with ``entity.released``."""
+
+    entity_id: str
+    from_id: str
+    members: tuple[str, ...]
+
+
+class EntityReleased(Event, tag="entity.released", frozen=True):
+    entity_id: str
+    source_id: str
+    members: tuple[str, ...]
+
+
+class EntityDeleted(Event, tag="entity.deleted", frozen=True):
+    """The entity, what it had absorbed (``members``) and every relation that names any of
+    them leave every table."""
+
+    entity_id: str
+    members: tuple[str, ...] = ()
+    scope_deletion: bool = False
+
+
+# The knowledge graph: relations, on their subject entity's ``facts.<entity_id>`` subject ------
+class RelationAsserted(Event, tag="relation.asserted", frozen=True):
+    """``subject_id`` —``predicate``→ ``object_id``, true in the world from ``valid_from``
+    until ``valid_to`` (None: still). System time is the commit's."""
+
+    relation_id: str
+    org_id: str
+    subject_id: str
+    predicate: str
+    object_id: str
+    fact: str  # personal: the fact as text
+    confidence: float
+    valid_from: int
+    valid_to: int | None = None
+    source: dict[str, Any] = {}  # memory_ids, message_ids, producer
+    user_id: str | None = None
+    agent_id: str | None = None
+
+
+class RelationInvalidated(Event, tag="relation.invalidated", frozen=True):
+    """The fact stopped being true at ``valid_to`` (a newer fact, ``superseded_by``, or
+    the client said so). It stays queryable as of earlier times."""
+
+    relation_id: str
+    valid_to: int
+    superseded_by: str | None = None
+
+
+class RelationRetracted(Event, tag="relation.retracted", frozen=True):
+    """The fact was wrong (not merely outdated): from now on no read returns it, but
+    ``known_at`` a time before this commit still does."""
+
+    relation_id: str
+    reason: str = ""
+
+
+class MemoryAssociated(Event, tag="memory.associated", frozen=True):
+    """On ``association.<from_memory_id>``: a typed, weighted link between two memories."""
+
+    org_id: str
+    from_memory_id: str
+    to_memory_id: str
+    association_type: str
+    strength: float
+
+
+class MemoryDissociated(Event, tag="memory.dissociated", frozen=True):
+    from_memory_id: str
+    to_memory_id: str
+    association_type: str
+
+
 AnyEvent = (
     OrgCreated
     | OrgRenamed
@@ -431,6 +561,21 @@ AnyEvent = (
     | WorkingItemPut
     | WorkingItemRemoved
     | WorkingCleared
+    | EntityCreated
+    | EntityRenamed
+    | EntityAliasAdded
+    | EntityAliasRemoved
+    | EntityAttributesSet
+    | EntityMerged
+    | EntityAbsorbed
+    | EntityUnmerged
+    | EntityReleased
+    | EntityDeleted
+    | RelationAsserted
+    | RelationInvalidated
+    | RelationRetracted
+    | MemoryAssociated
+    | MemoryDissociated
 )
 
 

@@ -296,3 +296,141 @@ class ScopeDeleted(msgspec.Struct, frozen=True):
     user_id: str | None = None
     agent_id: str | None = None
     session_id: str | None = None
+
+
+# The knowledge graph ----------------------------------------------------------------------
+class EntityCreatedOutcome(msgspec.Struct, frozen=True):
+    """``entity.create``: true when a live entity of that type and scope already had the
+    name; ``matched_by`` says how it was found (``name`` or ``alias``; ``created`` when the
+    entity is new)."""
+
+    deduplicated: bool = False
+    matched_by: str = "created"
+
+
+class Entity(msgspec.Struct, frozen=True):
+    entity_id: str
+    org_id: str
+    entity_type: str
+    name: str
+    aliases: list[str]
+    attributes: dict[str, Any]
+    user_id: str | None
+    agent_id: str | None
+    members: list[str]  # the entities merged into this one, which answer as it
+    created_at: int
+    updated_at: int
+    version: int
+
+
+class ResolutionCandidate(msgspec.Struct, frozen=True):
+    entity_id: str
+    name: str
+    entity_type: str
+    matched: str  # the name or alias that matched
+    layer: str  # "name", "alias" or "similar"
+    score: float  # 1.0 for an exact name or alias; the character similarity otherwise
+
+
+class EntityResolution(msgspec.Struct, frozen=True):
+    """``entity_id``: the entity the name resolves to, or null when only similar names
+    (``candidates``, proposed, never merged) or nothing were found; ``layer`` and
+    ``explanation`` say which layer decided."""
+
+    entity_id: str | None
+    layer: str | None
+    explanation: str
+    candidates: list[ResolutionCandidate]
+
+
+class Relation(msgspec.Struct, frozen=True):
+    relation_id: str
+    org_id: str
+    subject_id: str  # the entity it is about now (after merges)
+    predicate: str
+    object_id: str
+    fact: str
+    confidence: float
+    valid_from: int
+    valid_to: int | None
+    status: str  # "valid", "invalidated" (valid_to set) or "retracted", at the time asked
+    superseded_by: str | None
+    source: dict[str, Any]
+    user_id: str | None
+    agent_id: str | None
+    recorded_at: int
+    recorded_seq: int
+    subject_name: str = ""
+    object_name: str = ""
+
+
+class RelationOutcome(msgspec.Struct, frozen=True):
+    """``relation.assert``: true when the same fact was valid already (nothing appended);
+    ``invalidated``: the relations this assertion ended (a single-valued predicate)."""
+
+    deduplicated: bool = False
+    invalidated: list[str] = msgspec.field(default_factory=list)
+
+
+class GraphNode(msgspec.Struct, frozen=True):
+    entity_id: str
+    name: str
+    entity_type: str
+    depth: int
+
+
+class GraphEdge(msgspec.Struct, frozen=True):
+    relation_id: str
+    subject_id: str
+    predicate: str
+    object_id: str
+    fact: str
+    confidence: float
+    valid_from: int
+    valid_to: int | None
+
+
+class Neighbors(msgspec.Struct, frozen=True):
+    """The entities within ``depth`` hops and the relations between them; ``truncated``
+    when ``limit`` cut the answer short."""
+
+    entity_id: str
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    truncated: bool
+
+
+class GraphPath(msgspec.Struct, frozen=True):
+    """A shortest path: the entities from one end to the other and the relation of each
+    hop; ``found`` false (and empty lists) when none is within ``max_depth``."""
+
+    found: bool
+    entity_ids: list[str]
+    edges: list[GraphEdge]
+
+
+class Facts(msgspec.Struct, frozen=True):
+    """The valid facts about an entity, each a relation, and all of them as lines of text
+    ready for a prompt."""
+
+    entity_id: str
+    items: list[Relation]
+    text: str
+
+
+class GraphStats(msgspec.Struct, frozen=True):
+    entities: int
+    relations: int  # not retracted, valid now or not
+    valid_relations: int  # valid now
+    associations: int
+    entity_types: dict[str, int]
+    predicates: dict[str, int]
+
+
+class Association(msgspec.Struct, frozen=True):
+    memory_id: str  # the other memory
+    direction: str  # "out": from the memory asked about; "in": to it
+    association_type: str
+    strength: float
+    created_at: int
+    version: int

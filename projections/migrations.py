@@ -13,6 +13,13 @@ from dataclasses import replace
 
 from agentmem.projections.agents import AGENT_STATES, AGENT_TAGS, AGENTS
 from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
+from agentmem.projections.graph import (
+    GRAPH_ASSOCIATIONS,
+    GRAPH_ENTITIES,
+    GRAPH_NAME_GRAMS,
+    GRAPH_NAMES,
+    GRAPH_RELATIONS,
+)
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
 from agentmem.projections.messages import MESSAGE_COMMANDS, MESSAGE_REDACTIONS, MESSAGES
 from agentmem.projections.orgs import ORGS
@@ -170,6 +177,33 @@ MIGRATIONS: list[Migration] = [
                     "COMMENT ON TABLE message_commands IS 'AgentMem projection messages: the "
                     "command id (its key in the log) of every append, by conversation; a "
                     "retried append is recognised by it'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        9,
+        "the knowledge graph: entities, their names, relations and memory associations",
+        (
+            GRAPH_ENTITIES,
+            GRAPH_NAMES,
+            GRAPH_NAME_GRAMS,
+            GRAPH_RELATIONS,
+            GRAPH_ASSOCIATIONS,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE graph_entities IS 'AgentMem projection graph: one row per "
+                    "entity not deleted; canonical_id is the entity it answers as (itself "
+                    "unless merged)'",
+                    "COMMENT ON TABLE graph_names IS 'AgentMem projection graph: every "
+                    "normalised name and alias of every entity, with the entity it resolves to'",
+                    "COMMENT ON TABLE graph_name_grams IS 'AgentMem projection graph: the first "
+                    "three characters of each word of each name, for similar-name candidates'",
+                    "COMMENT ON TABLE graph_relations IS 'AgentMem projection graph: two rows "
+                    "per relation (direction 0 subject to object, 1 back); open times hold "
+                    "2^62; confidence in millionths'",
+                    "COMMENT ON TABLE graph_associations IS 'AgentMem projection graph: one row "
+                    "per typed link between two memories; strength in millionths'",
                 )
             ),
         ),

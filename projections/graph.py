@@ -1,0 +1,874 @@
+"""The knowledge graph's tables, and the named reads of its queries.
+
+- ``graph_entities``: one row per entity not deleted, merged ones too (``canonical_id``: the
+  entity it answers as; itself while live).
+- ``graph_names``: every name and alias of every entity, normalised, with the entity it
+  resolves to (``canonical_id``); ``graph_name_grams``: the first three characters of each
+  word of each name, where similar names are looked up.
+- ``graph_relations``: two rows per relation, one per direction (``direction`` 0: from the
+  subject to the object; 1: back), so that a walk follows one index whichever way it goes.
+  ``from_id``/``to_id`` are the entities the relation named; ``from_node``/``to_node`` the
+  ones they answer as (a merge moves them, an unmerge moves them back). Times that are
+  open (a valid_to not set, a relation not invalidated or retracted) hold ``OPEN``, so a
+  condition is one comparison on both stores.
+- ``graph_associations``: one row per link between two memories.
+
+System time: ``recorded_seq``/``recorded_at`` (the assertion's commit), ``invalidated_*``
+(the commit that set ``valid_to``; before it the relation's valid time was
+``asserted_valid_to``), ``retracted_*``. A read ``known_at`` a point takes the valid time
+known then.
+
+Every walk runs in the store as a recursive query, with the organization and the scope in
+its join condition (never filtered after), bounded in depth; cycles end there, since a
+node is kept at its least depth.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.domain.entities import normalise
+from agentmem.eventlog import StoredCommit
+from agentmem.events import (
+    EntityAbsorbed,
+    EntityAliasAdded,
+    EntityAliasRemoved,
+    EntityAttributesSet,
+    EntityCreated,
+    EntityDeleted,
+    EntityMerged,
+    EntityReleased,
+    EntityRenamed,
+    EntityUnmerged,
+    MemoryAssociated,
+    MemoryDeleted,
+    MemoryDissociated,
+    OrgDeleted,
+    RelationAsserted,
+    RelationInvalidated,
+    RelationRetracted,
+)
+from agentmem.projections.rows import json_text
+from agentmem.store import Column, Delete, RowOp, Store, Table, Update, Upsert
+
+OPEN = 2**62  # a time not reached: an open valid_to, a relation never invalidated
+SCALE = 1_000_000  # confidence and strength are kept in millionths
+
+GRAPH_ENTITIES = Table(
+    name="graph_entities",
+    columns=(
+        Column("entity_id", "text"),
+        Column("org_id", "text"),
+        Column("entity_type", "text"),
+        Column("name", "text"),
+        Column("norm", "text"),
+        Column("attributes", "json"),
+        Column("user_id", "text", nullable=True),
+        Column("agent_id", "text", nullable=True),
+        Column("canonical_id", "text"),
+        Column("created_seq", "integer"),
+        Column("created_at", "integer"),
+        Column("updated_at", "integer"),
+        Column("version", "integer"),
+    ),
+    primary_key=("entity_id",),
+    indexes=(
+        ("graph_entities_name", ("org_id", "norm", "entity_id"), False),
+        ("graph_entities_type", ("org_id", "entity_type", "norm", "entity_id"), False),
+        ("graph_entities_user", ("org_id", "user_id"), False),
+        ("graph_entities_agent", ("org_id", "agent_id"), False),
+        ("graph_entities_canonical", ("org_id", "canonical_id"), False),
+    ),
+    scrub=True,
+)
+
+GRAPH_NAMES = Table(
+    name="graph_names",
+    columns=(
+        Column("entity_id", "text"),
+        Column("norm", "text"),
+        Column("name", "text"),
+        Column("kind", "text"),  # name, alias
+        Column("org_id", "text"),
+        Column("canonical_id", "text"),
+    ),
+    primary_key=("entity_id", "norm"),
+    indexes=(
+        ("graph_names_norm", ("org_id", "norm"), False),
+        ("graph_names_canonical", ("org_id", "canonical_id"), False),
+    ),
+    scrub=True,
+)
+
+GRAPH_NAME_GRAMS = Table(
+    name="graph_name_grams",
+    columns=(
+        Column("entity_id", "text"),
+        Column("norm", "text"),
+        Column("gram", "text"),
+        Column("org_id", "text"),
+    ),
+    primary_key=("entity_id", "norm", "gram"),
+    indexes=(("graph_name_grams_gram", ("org_id", "gram"), False),),
+    scrub=True,
+)
+
+GRAPH_RELATIONS = Table(
+    name="graph_relations",
+    columns=(
+        Column("relation_id", "text"),
+        Column("direction", "integer"),
+        Column("org_id", "text"),
+        Column("user_id", "text", nullable=True),
+        Column("agent_id", "text", nullable=True),
+        Column("from_node", "text"),
+        Column("to_node", "text"),
+        Column("from_id", "text"),
+        Column("to_id", "text"),
+        Column("predicate", "text"),
+        Column("fact", "text"),
+        Column("confidence", "integer"),  # millionths
+        Column("valid_from", "integer"),
+        Column("valid_to", "integer"),  # OPEN while open
+        Column("asserted_valid_to", "integer"),
+        Column("superseded_by", "text", nullable=True),
+        Column("source", "json"),
+        Column("recorded_seq", "integer"),
+        Column("recorded_at", "integer"),
+        Column("invalidated_seq", "integer"),
+        Column("invalidated_at", "integer"),
+        Column("retracted_seq", "integer"),
+        Column("retracted_at", "integer"),
+        Column("retract_reason", "text"),
+        Column("version", "integer"),
+    ),
+    primary_key=("relation_id", "direction"),
+    indexes=(
+        ("graph_relations_walk", ("org_id", "from_node", "predicate"), False),
+        ("graph_relations_to_node", ("org_id", "to_node"), False),
+        ("graph_relations_from_id", ("org_id", "from_id"), False),
+        ("graph_relations_to_id", ("org_id", "to_id"), False),
+    ),
+    scrub=True,
+)
+
+GRAPH_ASSOCIATIONS = Table(
+    name="graph_associations",
+    columns=(
+        Column("from_memory_id", "text"),
+        Column("to_memory_id", "text"),
+        Column("association_type", "text"),
+        Column("org_id", "text"),
+        Column("strength", "integer"),  # millionths
+        Column("created_at", "integer"),
+        Column("version", "integer"),
+    ),
+    primary_key=("from_memory_id", "to_memory_id", "association_type"),
+    indexes=(
+        ("graph_associations_to", ("to_memory_id", "from_memory_id"), False),
+        ("graph_associations_org", ("org_id",), False),
+    ),
+)
+
+TABLES = [GRAPH_ENTITIES, GRAPH_NAMES, GRAPH_NAME_GRAMS, GRAPH_RELATIONS, GRAPH_ASSOCIATIONS]
+
+
+def grams(norm: str) -> list[str]:
+    """What a similar name must share with this one: the start of one of its words."""
+    return list(dict.fromkeys(word[:3] for word in norm.split()))
+
+
+def millionths(value: float) -> int:
+    return round(value * SCALE)
+
+
+def _name_rows(org_id: str, entity_id: str, name: str, kind: str) -> list[RowOp]:
+    """A name or alias of an entity that is live (so it answers as itself)."""
+    norm = normalise(name)
+    row = {
+        "entity_id": entity_id,
+        "norm": norm,
+        "name": name,
+        "kind": kind,
+        "org_id": org_id,
+        "canonical_id": entity_id,
+    }
+    ops: list[RowOp] = [Upsert("graph_names", row)]
+    for gram in grams(norm):
+        gram_row = {"entity_id": entity_id, "norm": norm, "gram": gram, "org_id": org_id}
+        ops.append(Upsert("graph_name_grams", gram_row))
+    return ops
+
+
+def _forget_entity(org_id: str, entity_id: str) -> list[RowOp]:
+    """An entity and every relation that named it leave every table."""
+    return [
+        Delete("graph_entities", {"entity_id": entity_id}),
+        Delete("graph_names", {"entity_id": entity_id}),
+        Delete("graph_name_grams", {"entity_id": entity_id}),
+        Delete("graph_relations", {"org_id": org_id, "from_id": entity_id}),
+        Delete("graph_relations", {"org_id": org_id, "to_id": entity_id}),
+    ]
+
+
+def _moved(org_id: str, column: str, old: str, node: str) -> list[RowOp]:
+    """Names, entity rows and relations that answered as ``old`` (by ``column``) answer as
+    ``node`` now."""
+    return [
+        Update("graph_entities", {"org_id": org_id, column: old}, {"canonical_id": node}),
+        Update("graph_names", {"org_id": org_id, column: old}, {"canonical_id": node}),
+    ]
+
+
+class GraphProjection:
+    name = "graph"
+    # Memory deletions remove their associations; org deletions every row of the org.
+    filter_subjects = [
+        subjects.events_of("entity"),
+        subjects.events_of("facts"),
+        subjects.events_of("association"),
+        subjects.events_of("memory"),
+        subjects.events_of("org_deletion"),
+    ]
+    tables = TABLES
+
+    def project(self, commit: StoredCommit) -> list[RowOp]:
+        ops: list[RowOp] = []
+        at, seq = commit.time_ms, commit.seq
+        org_id = subjects.parse(commit.subject).org_id
+        touched = {"updated_at": at, "version": seq}
+        for event in commit.events:
+            match event:
+                case EntityCreated():
+                    row = {
+                        "entity_id": event.entity_id,
+                        "org_id": event.org_id,
+                        "entity_type": event.entity_type,
+                        "name": event.name,
+                        "norm": normalise(event.name),
+                        "attributes": json_text(event.attributes),
+                        "user_id": event.user_id,
+                        "agent_id": event.agent_id,
+                        "canonical_id": event.entity_id,
+                        "created_seq": seq,
+                        "created_at": at,
+                        **touched,
+                    }
+                    ops.append(Upsert("graph_entities", row))
+                    for alias in event.aliases:
+                        ops += _name_rows(org_id, event.entity_id, alias, "alias")
+                    ops += _name_rows(org_id, event.entity_id, event.name, "name")
+                case EntityRenamed(entity_id=entity_id, name=name):
+                    key = {"entity_id": entity_id}
+                    ops.append(Update("graph_names", {**key, "kind": "name"}, {"kind": "alias"}))
+                    values = {"name": name, "norm": normalise(name), **touched}
+                    ops.append(Update("graph_entities", key, values))
+                    ops += _name_rows(org_id, entity_id, name, "name")
+                case EntityAliasAdded(entity_id=entity_id, alias=alias):
+                    ops += _name_rows(org_id, entity_id, alias, "alias")
+                    ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
+                case EntityAliasRemoved(entity_id=entity_id, alias=alias):
+                    key = {"entity_id": entity_id, "norm": normalise(alias)}
+                    ops.append(Delete("graph_names", key))
+                    ops.append(Delete("graph_name_grams", key))
+                    ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
+                case EntityAttributesSet(entity_id=entity_id, attributes=attributes):
+                    values = {"attributes": json_text(attributes), **touched}
+                    ops.append(Update("graph_entities", {"entity_id": entity_id}, values))
+                case EntityMerged(entity_id=entity_id, into=into):
+                    ops += _moved(org_id, "canonical_id", entity_id, into)
+                    for end in ("from_node", "to_node"):
+                        ops.append(
+                            Update(
+                                "graph_relations",
+                                {"org_id": org_id, end: entity_id},
+                                {end: into},
+                            )
+                        )
+                    ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
+                case EntityUnmerged(entity_id=entity_id, members=members):
+                    for member in members:
+                        ops += _moved(org_id, "entity_id", member, entity_id)
+                        for end, named in (("from_node", "from_id"), ("to_node", "to_id")):
+                            ops.append(
+                                Update(
+                                    "graph_relations",
+                                    {"org_id": org_id, named: member},
+                                    {end: entity_id},
+                                )
+                            )
+                    ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
+                case EntityAbsorbed(entity_id=entity_id) | EntityReleased(entity_id=entity_id):
+                    ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
+                case EntityDeleted(entity_id=entity_id, members=members):
+                    for gone in (entity_id, *members):
+                        ops += _forget_entity(org_id, gone)
+                case RelationAsserted():
+                    ops += self._asserted(event, seq, at)
+                case RelationInvalidated(relation_id=rid):
+                    values = {
+                        "valid_to": event.valid_to,
+                        "superseded_by": event.superseded_by,
+                        "invalidated_seq": seq,
+                        "invalidated_at": at,
+                        "version": seq,
+                    }
+                    ops.append(Update("graph_relations", {"relation_id": rid}, values))
+                case RelationRetracted(relation_id=rid, reason=reason):
+                    values = {
+                        "retracted_seq": seq,
+                        "retracted_at": at,
+                        "retract_reason": reason,
+                        "version": seq,
+                    }
+                    ops.append(Update("graph_relations", {"relation_id": rid}, values))
+                case MemoryAssociated():
+                    row = {
+                        "from_memory_id": event.from_memory_id,
+                        "to_memory_id": event.to_memory_id,
+                        "association_type": event.association_type,
+                        "org_id": event.org_id,
+                        "strength": millionths(event.strength),
+                        "created_at": at,
+                        "version": seq,
+                    }
+                    ops.append(Upsert("graph_associations", row))
+                case MemoryDissociated():
+                    key = {
+                        "from_memory_id": event.from_memory_id,
+                        "to_memory_id": event.to_memory_id,
+                        "association_type": event.association_type,
+                    }
+                    ops.append(Delete("graph_associations", key))
+                case MemoryDeleted(memory_id=memory_id):
+                    ops.append(Delete("graph_associations", {"from_memory_id": memory_id}))
+                    ops.append(Delete("graph_associations", {"to_memory_id": memory_id}))
+                case OrgDeleted(org_id=deleted):
+                    for table in TABLES:
+                        ops.append(Delete(table.name, {"org_id": deleted}))
+        return ops
+
+    @staticmethod
+    def _asserted(event: RelationAsserted, seq: int, at: int) -> list[RowOp]:
+        valid_to = OPEN if event.valid_to is None else event.valid_to
+        common = {
+            "relation_id": event.relation_id,
+            "org_id": event.org_id,
+            "user_id": event.user_id,
+            "agent_id": event.agent_id,
+            "predicate": event.predicate,
+            "fact": event.fact,
+            "confidence": millionths(event.confidence),
+            "valid_from": event.valid_from,
+            "valid_to": valid_to,
+            "asserted_valid_to": valid_to,
+            "superseded_by": None,
+            "source": json_text(event.source),
+            "recorded_seq": seq,
+            "recorded_at": at,
+            "invalidated_seq": OPEN,
+            "invalidated_at": OPEN,
+            "retracted_seq": OPEN,
+            "retracted_at": OPEN,
+            "retract_reason": "",
+            "version": seq,
+        }
+        forward = (event.subject_id, event.object_id)
+        return [
+            Upsert(
+                "graph_relations",
+                {
+                    **common,
+                    "direction": direction,
+                    "from_node": ends[0],
+                    "to_node": ends[1],
+                    "from_id": ends[0],
+                    "to_id": ends[1],
+                },
+            )
+            for direction, ends in enumerate((forward, forward[::-1]))
+        ]
+
+
+PROJECTION = GraphProjection()
+
+
+# Reads -------------------------------------------------------------------------------------
+_json = msgspec.json.Decoder()
+_E_COLUMNS = ", ".join(f"e.{c}" for c in GRAPH_ENTITIES.column_names)
+_R_COLUMNS = ", ".join(f"r.{c}" for c in GRAPH_RELATIONS.column_names)
+# The highest character: a name prefix's range ends below it.
+_TOP = "\U0010ffff"
+
+
+@dataclass(frozen=True)
+class At:
+    """When a read looks: ``as_of`` in valid time, and what the service knew at log
+    sequence ``known_seq`` or time ``known_at`` (neither: everything it knows now)."""
+
+    as_of: int
+    known_seq: int | None = None
+    known_at: int | None = None
+
+
+@dataclass(frozen=True)
+class EdgeFilter:
+    """Which relations a walk may follow: of one organization (and scope), at one time."""
+
+    org_id: str
+    at: At
+    user_id: str | None = None
+    agent_id: str | None = None
+    predicates: tuple[str, ...] = ()
+    entity_types: tuple[str, ...] = ()
+    min_confidence: int = 0  # millionths
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def _known_sql(at: At, args: list[Any]) -> str:
+    """The relation ``r`` as the service knew it, valid in the world at ``at.as_of``."""
+    if at.known_seq is None and at.known_at is None:
+        args += [OPEN, at.as_of, at.as_of]
+        return "r.retracted_seq = ? AND r.valid_from <= ? AND r.valid_to > ?"
+    suffix, point = ("seq", at.known_seq) if at.known_seq is not None else ("at", at.known_at)
+    args += [point, point, at.as_of, point, at.as_of]
+    return (
+        f"r.recorded_{suffix} <= ? AND r.retracted_{suffix} > ? AND r.valid_from <= ? AND "
+        f"(CASE WHEN r.invalidated_{suffix} <= ? THEN r.valid_to ELSE r.asserted_valid_to END) > ?"
+    )
+
+
+def _edge_sql(f: EdgeFilter, args: list[Any]) -> str:
+    where = [_known_sql(f.at, args)]
+    for column, value in (("user_id", f.user_id), ("agent_id", f.agent_id)):
+        if value is not None:
+            where.append(f"r.{column} = ?")
+            args.append(value)
+    if f.predicates:
+        where.append(f"r.predicate IN ({_marks(f.predicates)})")
+        args += f.predicates
+    if f.min_confidence > 0:
+        where.append("r.confidence >= ?")
+        args.append(f.min_confidence)
+    return " AND ".join(where)
+
+
+def _type_join(f: EdgeFilter, args: list[Any]) -> str:
+    """Walk only into entities of the types asked."""
+    if not f.entity_types:
+        return ""
+    args += f.entity_types
+    return (
+        " JOIN graph_entities t ON t.entity_id = r.to_node AND "
+        f"t.entity_type IN ({_marks(f.entity_types)})"
+    )
+
+
+def relation_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A relation row (either direction) as the queries answer it, at the read's time."""
+    forward = row["direction"] == 0
+    valid_to = row.get("effective_valid_to", row["valid_to"])
+    return {
+        "relation_id": row["relation_id"],
+        "org_id": row["org_id"],
+        "subject_id": row["from_node"] if forward else row["to_node"],
+        "predicate": row["predicate"],
+        "object_id": row["to_node"] if forward else row["from_node"],
+        "fact": row["fact"],
+        "confidence": row["confidence"] / SCALE,
+        "valid_from": row["valid_from"],
+        "valid_to": None if valid_to == OPEN else valid_to,
+        "superseded_by": row["superseded_by"],
+        "source": _json.decode(row["source"]),
+        "user_id": row["user_id"],
+        "agent_id": row["agent_id"],
+        "recorded_at": row["recorded_at"],
+        "recorded_seq": row["recorded_seq"],
+    }
+
+
+def edge_view(row: dict[str, Any]) -> dict[str, Any]:
+    view = relation_view(row)
+    keep = ("relation_id", "subject_id", "predicate", "object_id", "fact", "confidence")
+    return {
+        **{k: view[k] for k in keep},
+        "valid_from": view["valid_from"],
+        "valid_to": view["valid_to"],
+    }
+
+
+def entity_view(row: dict[str, Any], aliases: list[str], members: list[str]) -> dict[str, Any]:
+    return {
+        "entity_id": row["entity_id"],
+        "org_id": row["org_id"],
+        "entity_type": row["entity_type"],
+        "name": row["name"],
+        "aliases": aliases,
+        "attributes": _json.decode(row["attributes"]),
+        "user_id": row["user_id"],
+        "agent_id": row["agent_id"],
+        "members": members,
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "version": row["version"],
+    }
+
+
+async def get_entity(store: Store, entity_id: str) -> dict[str, Any] | None:
+    """An entity as it answers now: a merged one as the entity it was merged into."""
+    row = await store.fetch_one(
+        f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE e.entity_id = "
+        "(SELECT m.canonical_id FROM graph_entities m WHERE m.entity_id = ?)",
+        entity_id,
+    )
+    if row is None:
+        return None
+    names = await store.fetch_all(
+        "SELECT name FROM graph_names WHERE entity_id = ? AND kind = 'alias' ORDER BY norm",
+        row["entity_id"],
+    )
+    members = await store.fetch_all(
+        "SELECT entity_id FROM graph_entities WHERE org_id = ? AND canonical_id = ? "
+        "AND entity_id <> canonical_id ORDER BY entity_id",
+        row["org_id"],
+        row["entity_id"],
+    )
+    return entity_view(row, [n["name"] for n in names], [m["entity_id"] for m in members])
+
+
+def _scope_sql(
+    alias: str, user_id: str | None, agent_id: str | None, exact: bool, args: list[Any]
+) -> list[str]:
+    """Scope conditions on the entity ``alias``: equal where given; where not given, any
+    (``exact``: none, the organization's own)."""
+    where = []
+    for column, value in (("user_id", user_id), ("agent_id", agent_id)):
+        if value is not None:
+            where.append(f"{alias}.{column} = ?")
+            args.append(value)
+        elif exact:
+            where.append(f"{alias}.{column} IS NULL")
+    return where
+
+
+async def list_entities(
+    store: Store,
+    org_id: str,
+    *,
+    entity_type: str | None,
+    name_prefix: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    known_seq: int | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Live entities by normalised name (then id), after ``after`` (norm, id)."""
+    args: list[Any] = [org_id]
+    where = ["e.org_id = ?", "e.canonical_id = e.entity_id"]
+    if entity_type is not None:
+        where.append("e.entity_type = ?")
+        args.append(entity_type)
+    if name_prefix is not None:
+        prefix = normalise(name_prefix)
+        where.append("e.norm >= ? AND e.norm < ?")
+        args += [prefix, prefix + _TOP]
+    where += _scope_sql("e", user_id, agent_id, False, args)
+    if known_seq is not None:
+        where.append("e.created_seq <= ?")
+        args.append(known_seq)
+    if after is not None:
+        where.append("(e.norm > ? OR (e.norm = ? AND e.entity_id > ?))")
+        args += [after[0], after[0], after[1]]
+    sql = (
+        f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE {' AND '.join(where)} "
+        "ORDER BY e.norm, e.entity_id LIMIT ?"
+    )
+    return await store.fetch_all(sql, *args, limit)
+
+
+async def aliases_of(store: Store, entity_ids: Sequence[str]) -> dict[str, list[str]]:
+    if not entity_ids:
+        return {}
+    rows = await store.fetch_all(
+        f"SELECT entity_id, name FROM graph_names WHERE entity_id IN ({_marks(entity_ids)}) "
+        "AND kind = 'alias' ORDER BY entity_id, norm",
+        *entity_ids,
+    )
+    found: dict[str, list[str]] = {e: [] for e in entity_ids}
+    for row in rows:
+        found[row["entity_id"]].append(row["name"])
+    return found
+
+
+async def members_of(store: Store, org_id: str, entity_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The entities merged into each of ``entity_ids``."""
+    if not entity_ids:
+        return {}
+    rows = await store.fetch_all(
+        "SELECT canonical_id, entity_id FROM graph_entities WHERE org_id = ? "
+        f"AND canonical_id IN ({_marks(entity_ids)}) AND entity_id <> canonical_id "
+        "ORDER BY canonical_id, entity_id",
+        org_id,
+        *entity_ids,
+    )
+    found: dict[str, list[str]] = {e: [] for e in entity_ids}
+    for row in rows:
+        found[row["canonical_id"]].append(row["entity_id"])
+    return found
+
+
+_NAME_COLUMNS = "n.norm, n.name AS matched, n.kind, e.entity_id, e.name, e.entity_type"
+
+
+async def names_matching(
+    store: Store,
+    org_id: str,
+    norm: str,
+    entity_type: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    exact_scope: bool,
+) -> list[dict[str, Any]]:
+    """The live entities one of whose names or aliases is ``norm`` exactly, in scope."""
+    args: list[Any] = [org_id, norm]
+    where = ["n.org_id = ?", "n.norm = ?"]
+    if entity_type is not None:
+        where.append("e.entity_type = ?")
+        args.append(entity_type)
+    where += _scope_sql("e", user_id, agent_id, exact_scope, args)
+    sql = (
+        f"SELECT {_NAME_COLUMNS} FROM graph_names n JOIN graph_entities e "
+        f"ON e.entity_id = n.canonical_id WHERE {' AND '.join(where)} "
+        "ORDER BY n.kind DESC, e.entity_id LIMIT 50"
+    )
+    return await store.fetch_all(sql, *args)
+
+
+async def names_like(
+    store: Store,
+    org_id: str,
+    norm: str,
+    entity_type: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Names that share the start of a word with ``norm``: the candidates a similarity
+    score is computed for (a bounded set, along the gram index)."""
+    found = grams(norm)
+    if not found:
+        return []
+    args: list[Any] = [org_id, *found]
+    where = ["g.org_id = ?", f"g.gram IN ({_marks(found)})"]
+    if entity_type is not None:
+        where.append("e.entity_type = ?")
+        args.append(entity_type)
+    where += _scope_sql("e", user_id, agent_id, False, args)
+    sql = (
+        f"SELECT DISTINCT {_NAME_COLUMNS} FROM graph_name_grams g "
+        "JOIN graph_names n ON n.entity_id = g.entity_id AND n.norm = g.norm "
+        f"JOIN graph_entities e ON e.entity_id = n.canonical_id WHERE {' AND '.join(where)} "
+        "ORDER BY e.entity_id, n.norm LIMIT ?"
+    )
+    return await store.fetch_all(sql, *args, limit)
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two normalised names are, 0 to 1 (difflib's ratio of matching characters)."""
+    return round(difflib.SequenceMatcher(None, a, b).ratio(), 4)
+
+
+async def scope_entity_ids(
+    store: Store, org_id: str, user_id: str | None, agent_id: str | None, after: str, limit: int
+) -> list[str]:
+    """Live entities of a scope (every field given equal), in id order after ``after``:
+    what entity.delete_scope deletes, a page at a time."""
+    args: list[Any] = [org_id, after]
+    where = ["org_id = ?", "entity_id > ?", "canonical_id = entity_id"]
+    for column, value in (("user_id", user_id), ("agent_id", agent_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    rows = await store.fetch_all(
+        f"SELECT entity_id FROM graph_entities WHERE {' AND '.join(where)} "
+        "ORDER BY entity_id LIMIT ?",
+        *args,
+        limit,
+    )
+    return [row["entity_id"] for row in rows]
+
+
+async def neighbors(
+    store: Store, entity_id: str, depth: int, limit: int, f: EdgeFilter
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The entities within ``depth`` hops (at most ``limit``, nearest first, the start
+    included at depth 0) and the relations between them, walked in the store: a node is
+    kept at its least depth, so a cycle ends the walk there."""
+    args: list[Any] = [entity_id, f.org_id, f.org_id]
+    join = _type_join(f, args)
+    args.append(depth)
+    edge = _edge_sql(f, args)
+    sql = (
+        "WITH RECURSIVE walk(node, depth) AS ("
+        " SELECT e.entity_id, 0 FROM graph_entities e WHERE e.entity_id = ? AND e.org_id = ?"
+        " UNION"
+        " SELECT r.to_node, w.depth + 1 FROM walk w"
+        f" JOIN graph_relations r ON r.org_id = ? AND r.from_node = w.node{join}"
+        f" WHERE w.depth < ? AND {edge})"
+        " SELECT n.entity_id, n.name, n.entity_type, MIN(w.depth) AS depth"
+        " FROM walk w JOIN graph_entities n ON n.entity_id = w.node"
+        " GROUP BY n.entity_id, n.name, n.entity_type ORDER BY depth, n.entity_id LIMIT ?"
+    )
+    nodes = await store.fetch_all(sql, *args, limit)
+    return nodes, await edges_among(store, [n["entity_id"] for n in nodes], f)
+
+
+async def edges_among(
+    store: Store, node_ids: Sequence[str], f: EdgeFilter, limit: int = 5_000
+) -> list[dict[str, Any]]:
+    """The relations (forward rows) between entities of ``node_ids`` that ``f`` follows."""
+    if len(node_ids) < 2:
+        return []
+    args: list[Any] = [f.org_id, *node_ids]
+    edge = _edge_sql(f, args)
+    rows = await store.fetch_all(
+        f"SELECT {_R_COLUMNS} FROM graph_relations r WHERE r.org_id = ? AND r.direction = 0 "
+        f"AND r.from_node IN ({_marks(node_ids)}) AND {edge} ORDER BY r.relation_id LIMIT ?",
+        *args,
+        limit,
+    )
+    inside = set(node_ids)
+    return [r for r in rows if r["to_node"] in inside]
+
+
+async def path(
+    store: Store, from_id: str, to_id: str, max_depth: int, f: EdgeFilter
+) -> tuple[list[str], list[str]] | None:
+    """A shortest path: its entities and its relations, or None within ``max_depth``. The
+    walk never enters an entity already on its own trail (cycles end there)."""
+    args: list[Any] = [from_id, f.org_id, f.org_id]
+    join = _type_join(f, args)
+    args += [max_depth, to_id]
+    edge = _edge_sql(f, args)
+    sql = (
+        "WITH RECURSIVE walk(node, depth, trail, hops) AS ("
+        " SELECT e.entity_id, 0, ',' || e.entity_id || ',', substr(e.entity_id, 1, 0)"
+        " FROM graph_entities e WHERE e.entity_id = ? AND e.org_id = ?"
+        " UNION ALL"
+        " SELECT r.to_node, w.depth + 1, w.trail || r.to_node || ',',"
+        " w.hops || r.relation_id || ','"
+        f" FROM walk w JOIN graph_relations r ON r.org_id = ? AND r.from_node = w.node{join}"
+        " WHERE w.depth < ? AND w.node <> ?"
+        f" AND w.trail NOT LIKE '%,' || r.to_node || ',%' AND {edge})"
+        " SELECT trail, hops FROM walk WHERE node = ? ORDER BY depth, trail LIMIT 1"
+    )
+    row = await store.fetch_one(sql, *args, to_id)
+    if row is None:
+        return None
+    return row["trail"].strip(",").split(","), [h for h in row["hops"].split(",") if h]
+
+
+async def relations_by_id(store: Store, relation_ids: Sequence[str]) -> list[dict[str, Any]]:
+    if not relation_ids:
+        return []
+    return await store.fetch_all(
+        f"SELECT {_R_COLUMNS} FROM graph_relations r WHERE r.direction = 0 "
+        f"AND r.relation_id IN ({_marks(relation_ids)})",
+        *relation_ids,
+    )
+
+
+async def facts_about(
+    store: Store, entity_id: str, at: At, org_id: str, limit: int
+) -> list[dict[str, Any]]:
+    """The relations of an entity, as subject or object, valid at ``at``, with both ends'
+    names, the most confident first."""
+    args: list[Any] = [org_id, entity_id]
+    edge = _known_sql(at, args)
+    return await store.fetch_all(
+        f"SELECT {_R_COLUMNS}, a.name AS from_name, b.name AS to_name FROM graph_relations r "
+        "JOIN graph_entities a ON a.entity_id = r.from_node "
+        "JOIN graph_entities b ON b.entity_id = r.to_node "
+        f"WHERE r.org_id = ? AND r.from_node = ? AND {edge} "
+        "ORDER BY r.confidence DESC, r.valid_from DESC, r.relation_id LIMIT ?",
+        *args,
+        limit,
+    )
+
+
+async def get_relation(store: Store, relation_id: str) -> dict[str, Any] | None:
+    return await store.fetch_one(
+        f"SELECT {_R_COLUMNS} FROM graph_relations r WHERE r.relation_id = ? AND r.direction = 0",
+        relation_id,
+    )
+
+
+async def stats(store: Store, org_id: str, now: int) -> dict[str, Any]:
+    types = await store.fetch_all(
+        "SELECT entity_type, COUNT(*) AS n FROM graph_entities WHERE org_id = ? "
+        "AND canonical_id = entity_id GROUP BY entity_type ORDER BY entity_type",
+        org_id,
+    )
+    predicates = await store.fetch_all(
+        "SELECT predicate, COUNT(*) AS n, SUM(CASE WHEN valid_from <= ? AND valid_to > ? "
+        "THEN 1 ELSE 0 END) AS valid FROM graph_relations WHERE org_id = ? AND direction = 0 "
+        "AND retracted_seq = ? GROUP BY predicate ORDER BY predicate",
+        now,
+        now,
+        org_id,
+        OPEN,
+    )
+    links = await store.fetch_one(
+        "SELECT COUNT(*) AS n FROM graph_associations WHERE org_id = ?", org_id
+    )
+    return {
+        "entities": sum(int(t["n"]) for t in types),
+        "relations": sum(int(p["n"]) for p in predicates),
+        "valid_relations": sum(int(p["valid"]) for p in predicates),
+        "associations": int(links["n"]) if links else 0,
+        "entity_types": {t["entity_type"]: int(t["n"]) for t in types},
+        "predicates": {p["predicate"]: int(p["n"]) for p in predicates},
+    }
+
+
+async def associations(
+    store: Store,
+    memory_id: str,
+    direction: str,
+    association_type: str | None,
+    min_strength: float,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A memory's links, strongest first; ``memory_id`` in each is the other memory."""
+    parts = []
+    args: list[Any] = []
+    ends = {"out": ("from_memory_id", "to_memory_id"), "in": ("to_memory_id", "from_memory_id")}
+    for name, (mine, other) in ends.items():
+        if direction not in ("both", name):
+            continue
+        where = [f"{mine} = ?", "strength >= ?"]
+        args += [memory_id, millionths(min_strength)]
+        if association_type is not None:
+            where.append("association_type = ?")
+            args.append(association_type)
+        parts.append(
+            f"SELECT {other} AS memory_id, '{name}' AS direction, association_type, strength, "
+            f"created_at, version FROM graph_associations WHERE {' AND '.join(where)}"
+        )
+    rows = await store.fetch_all(
+        f"SELECT * FROM ({' UNION ALL '.join(parts)}) x "
+        "ORDER BY strength DESC, memory_id, direction LIMIT ?",
+        *args,
+        limit,
+    )
+    return [{**row, "strength": row["strength"] / SCALE} for row in rows]

@@ -1,0 +1,391 @@
+"""The knowledge graph over NATS, against the real service and a real nats-server, on each
+projection store (``STORES``): entities and their resolution, relations with valid and
+system time, single-valued predicates, retraction, merge and unmerge, walks, associations
+between memories, deletion, organizations kept apart, and replay.
+
+The complaints about graph memory (issue 14) are one test each, named for what they check:
+``test_a_newer_fact_invalidates_the_old_edge_and_never_deletes_it``,
+``test_a_fact_about_one_person_never_invalidates_a_fact_about_another``,
+``test_the_same_person_is_not_stored_twice`` (and ten concurrent creates),
+``test_a_deleted_scope_leaves_no_entity_relation_or_association_behind``,
+``test_another_organizations_graph_is_not_found_on_every_subject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, ConflictError, InvalidError, NotFoundError, subjects
+from agentmem.projections.graph import TABLES
+from agentmem.service import Service
+from tests.realparts import dump_store, replay_into, wait_caught_up
+
+STORES = ("sqlite", "postgres")
+
+PASSWORD = "long-enough-password"
+DAY = 24 * 3600 * 1000
+T0 = 1_700_000_000_000  # a fixed valid time, in the past
+
+
+async def last_seq(nc: NATS) -> int:
+    info = await nc.jetstream().stream_info(subjects.STREAM_NAME)
+    return int(info.state.last_seq)
+
+
+async def as_user(admin: Client, org_id: str, email: str, roles: list[Any]) -> Client:
+    user = await admin.register_user(org_id, "Someone", email, PASSWORD, roles=roles)
+    key = await admin.create_api_key("test", user_id=user.fields["user_id"])
+    return admin.with_token(str(key.fields["token"]))
+
+
+@pytest.fixture
+async def acme(client: Client) -> tuple[str, Client]:
+    """A fresh organization and a client of one of its members."""
+    org_id = str((await client.create_org("Acme")).fields["org_id"])
+    return org_id, await as_user(client, org_id, "member@acme.example", ["member"])
+
+
+async def entity(api: Client, name: str, entity_type: str = "person", **fields: Any) -> str:
+    return str((await api.create_entity(entity_type, name, **fields)).fields["entity_id"])
+
+
+async def objects_of(api: Client, entity_id: str, predicate: str, **at: Any) -> list[str]:
+    facts = await api.graph_facts(entity_id, after_seq=api.last_seq, **at)
+    return sorted(
+        f.object_name for f in facts.items if f.predicate == predicate and f.subject_id == entity_id
+    )
+
+
+# Entities and resolution -------------------------------------------------------------------
+async def test_create_get_rename_alias_attributes(acme: tuple[str, Client]) -> None:
+    org_id, api = acme
+    made = await api.create_entity(
+        "person", "Ann Lee", aliases=["Annie"], attributes={"born": 1990}, user_id="u1"
+    )
+    assert made.event == "entity.created"
+    assert made.fields["deduplicated"] is False
+    ann = made.fields["entity_id"]
+    await api.rename_entity(ann, "Ann Smith")
+    await api.add_entity_alias(ann, "A. Smith")
+    await api.remove_entity_alias(ann, "Annie")
+    await api.set_entity_attributes(ann, {"born": None, "city": "Paris"})
+    got = await api.get_entity(ann, after_seq=api.last_seq)
+    assert (got.org_id, got.name, got.entity_type, got.user_id) == (
+        org_id,
+        "Ann Smith",
+        "person",
+        "u1",
+    )
+    assert sorted(got.aliases) == ["A. Smith", "Ann Lee"]  # the old name stays an alias
+    assert got.attributes == {"city": "Paris"}
+    with pytest.raises(NotFoundError):
+        await api.remove_entity_alias(ann, "never")
+    listed = await api.list_entities(name_prefix="ann", after_seq=api.last_seq)
+    assert [e.entity_id for e in listed.items] == [ann]
+    assert (await api.list_entities(entity_type="place")).items == []
+
+
+async def test_the_same_person_is_not_stored_twice(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    ann = await entity(api, "Ann Lee")
+    again = await api.create_entity("person", "  ann   LEE ")
+    assert (again.fields["entity_id"], again.fields["deduplicated"]) == (ann, True)
+    await api.add_entity_alias(ann, "Annie")
+    await api.get_entity(ann, after_seq=api.last_seq)
+    by_alias = await api.create_entity("person", "annie")
+    assert (by_alias.fields["entity_id"], by_alias.fields["matched_by"]) == (ann, "alias")
+    # Another type or another scope is another entity.
+    assert await entity(api, "Ann Lee", "organization") != ann
+    assert await entity(api, "Ann Lee", user_id="u2") != ann
+
+
+async def test_ten_concurrent_creates_of_one_name_give_one_entity(
+    acme: tuple[str, Client], nc: NATS
+) -> None:
+    _, api = acme
+    before = await last_seq(nc)
+    made = await asyncio.gather(*(api.create_entity("person", "Bo Chen") for _ in range(10)))
+    assert len({m.fields["entity_id"] for m in made}) == 1
+    assert sum(not m.fields["deduplicated"] for m in made) == 1
+    assert await last_seq(nc) == before + 1
+
+
+async def test_resolve_explains_its_layers(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    jon = await entity(api, "Jonathan Smith", aliases=["Jon"])
+    await entity(api, "Jane Doe")
+    await api.get_entity(jon, after_seq=api.last_seq)
+    exact = await api.resolve_entity("jonathan  smith")
+    assert (exact.entity_id, exact.layer) == (jon, "name")
+    alias = await api.resolve_entity("JON")
+    assert (alias.entity_id, alias.layer) == (jon, "alias")
+    assert "alias" in alias.explanation
+    similar = await api.resolve_entity("Jonathon Smith")
+    assert similar.entity_id is None  # proposed, never decided
+    assert [(c.entity_id, c.layer) for c in similar.candidates] == [(jon, "similar")]
+    assert 0.6 <= similar.candidates[0].score < 1.0
+    nothing = await api.resolve_entity("Zed")
+    assert (nothing.entity_id, nothing.candidates) == (None, [])
+
+
+# Relations and time ------------------------------------------------------------------------
+async def test_a_newer_fact_invalidates_the_old_edge_and_never_deletes_it(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    ann = await entity(api, "Ann")
+    paris = await entity(api, "Paris", "place")
+    berlin = await entity(api, "Berlin", "place")
+    first = await api.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    moved = await api.assert_relation(ann, "lives_in", berlin, valid_from=T0 + 10 * DAY)
+    assert moved.fields["invalidated"] == [first.fields["relation_id"]]
+    assert await objects_of(api, ann, "lives_in") == ["Berlin"]
+    assert await objects_of(api, ann, "lives_in", as_of=T0 + DAY) == ["Paris"]
+    assert await objects_of(api, ann, "lives_in", as_of=T0 - DAY) == []
+    # What the service knew before the move: Paris, still valid now.
+    assert await objects_of(api, ann, "lives_in", known_at_seq=first.seq) == ["Paris"]
+    # The old edge is still there, invalidated, on a walk as of before the move.
+    old = await api.neighbors(ann, as_of=T0 + DAY)
+    assert {n.name for n in old.nodes} == {"Ann", "Paris"}
+    assert [e.valid_to for e in old.edges] == [T0 + 10 * DAY]
+    # Asserting an older value after the newer one records history, invalidates nothing.
+    rome = await entity(api, "Rome", "place")
+    history = await api.assert_relation(ann, "lives_in", rome, valid_from=T0 - 30 * DAY)
+    assert history.fields["invalidated"] == []
+    assert history.fields["valid_to"] == T0
+    assert await objects_of(api, ann, "lives_in") == ["Berlin"]
+    # The same fact again is the same relation.
+    again = await api.assert_relation(ann, "lives_in", berlin, valid_from=T0 + 10 * DAY)
+    assert again.fields["deduplicated"] is True
+    assert again.fields["relation_id"] == moved.fields["relation_id"]
+
+
+async def test_a_fact_about_one_person_never_invalidates_a_fact_about_another(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    ann, bob = await entity(api, "Ann"), await entity(api, "Bob")
+    paris, berlin = await entity(api, "Paris", "place"), await entity(api, "Berlin", "place")
+    acme_co = await entity(api, "Acme", "organization")
+    await api.assert_relation(bob, "lives_in", paris, valid_from=T0)
+    await api.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    await api.assert_relation(ann, "works_at", acme_co, valid_from=T0)
+    await api.assert_relation(ann, "likes", paris, valid_from=T0)
+    moved = await api.assert_relation(ann, "lives_in", berlin, valid_from=T0 + DAY)
+    assert len(moved.fields["invalidated"]) == 1
+    assert await objects_of(api, bob, "lives_in") == ["Paris"]
+    assert await objects_of(api, ann, "works_at") == ["Acme"]
+    # A predicate that is not single-valued keeps every value.
+    await api.assert_relation(ann, "likes", berlin, valid_from=T0 + DAY)
+    assert await objects_of(api, ann, "likes") == ["Berlin", "Paris"]
+
+
+async def test_retract_and_invalidate(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    ann, paris = await entity(api, "Ann"), await entity(api, "Paris", "place")
+    wrong = await api.assert_relation(ann, "visited", paris, valid_from=T0, confidence=0.4)
+    relation_id = wrong.fields["relation_id"]
+    retracted = await api.retract_relation(relation_id, reason="never went")
+    assert retracted.event == "relation.retracted"
+    assert await objects_of(api, ann, "visited") == []
+    # Known before the retraction, it was there.
+    assert await objects_of(api, ann, "visited", known_at_seq=wrong.seq) == ["Paris"]
+    with pytest.raises(ConflictError):
+        await api.retract_relation(relation_id)
+    with pytest.raises(NotFoundError):
+        await api.retract_relation(f"{ann}_99")
+    kept = await api.assert_relation(ann, "knows_of", paris, valid_from=T0)
+    await api.invalidate_relation(kept.fields["relation_id"], valid_to=T0 + DAY)
+    assert await objects_of(api, ann, "knows_of") == []
+    assert await objects_of(api, ann, "knows_of", as_of=T0 + 1) == ["Paris"]
+    with pytest.raises(InvalidError):
+        await api.invalidate_relation(kept.fields["relation_id"], valid_to=T0 - 1)
+
+
+async def test_a_wrong_merge_undone_restores_both_entities_and_their_relations(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    ann = await entity(api, "Ann Lee")
+    other = await entity(api, "Ann Li")
+    paris, oslo = await entity(api, "Paris", "place"), await entity(api, "Oslo", "place")
+    await api.assert_relation(ann, "likes", paris, valid_from=T0)
+    await api.assert_relation(other, "likes", oslo, valid_from=T0)
+    merged = await api.merge_entity(other, ann)
+    assert merged.event == "entity.absorbed"
+    got = await api.get_entity(other, after_seq=api.last_seq)
+    assert (got.entity_id, got.members) == (ann, [other])
+    assert await objects_of(api, ann, "likes") == ["Oslo", "Paris"]
+    assert (await api.resolve_entity("Ann Li")).entity_id == ann
+    undone = await api.unmerge_entity(other)
+    assert undone.event == "entity.unmerged"
+    assert (await api.get_entity(other, after_seq=api.last_seq)).entity_id == other
+    assert (await api.get_entity(ann)).members == []
+    assert await objects_of(api, ann, "likes") == ["Paris"]
+    assert await objects_of(api, other, "likes") == ["Oslo"]
+    assert (await api.resolve_entity("Ann Li")).entity_id == other
+    with pytest.raises(ConflictError):
+        await api.unmerge_entity(other)
+
+
+async def test_walks_handle_cycles_and_filters(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    a, b, c, d = [await entity(api, n) for n in ("A", "B", "C", "D")]
+    place = await entity(api, "Hub", "place")
+    await api.assert_relation(a, "knows", b, valid_from=T0)
+    await api.assert_relation(b, "knows", c, valid_from=T0)
+    await api.assert_relation(c, "knows", a, valid_from=T0)  # a cycle
+    await api.assert_relation(c, "knows", d, valid_from=T0, confidence=0.2)
+    await api.assert_relation(a, "visited", place, valid_from=T0)
+    one = await api.neighbors(a, after_seq=api.last_seq)
+    assert {(n.name, n.depth) for n in one.nodes} == {("A", 0), ("B", 1), ("C", 1), ("Hub", 1)}
+    two = await api.neighbors(a, depth=2, predicates=["knows"])
+    assert {(n.name, n.depth) for n in two.nodes} == {("A", 0), ("B", 1), ("C", 1), ("D", 2)}
+    assert len(two.edges) == 4
+    confident = await api.neighbors(a, depth=3, min_confidence=0.5, entity_types=["person"])
+    assert {n.name for n in confident.nodes} == {"A", "B", "C"}
+    capped = await api.neighbors(a, depth=3, limit=2)
+    assert (len(capped.nodes), capped.truncated) == (2, True)
+    found = await api.graph_path(a, d)
+    assert found.found and found.entity_ids == [a, c, d]
+    assert [e.predicate for e in found.edges] == ["knows", "knows"]
+    assert not (await api.graph_path(a, d, max_depth=1)).found
+    stats = await api.graph_stats()
+    assert (stats.entities, stats.relations, stats.valid_relations) == (5, 5, 5)
+    assert stats.predicates == {"knows": 4, "visited": 1}
+
+
+async def test_walks_stay_inside_a_scope(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    shared = await entity(api, "Acme", "organization")
+    ann = await entity(api, "Ann", user_id="u1")
+    bob = await entity(api, "Bob", user_id="u2")
+    await api.assert_relation(ann, "works_at", shared, valid_from=T0)
+    await api.assert_relation(bob, "works_at", shared, valid_from=T0)
+    mine = await api.neighbors(shared, user_id="u1", after_seq=api.last_seq)
+    assert {n.name for n in mine.nodes} == {"Acme", "Ann"}
+    assert not (await api.graph_path(ann, bob, user_id="u1")).found
+    with pytest.raises(InvalidError):  # one user's entity cannot point into another's
+        await api.assert_relation(ann, "knows", bob)
+
+
+# Associations between memories -------------------------------------------------------------
+async def test_associations_both_ways_and_gone_with_a_memory(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    rain = (await api.add_memory("It rained", user_id="u1")).fields["memory_id"]
+    wet = (await api.add_memory("The road was wet", user_id="u1")).fields["memory_id"]
+    made = await api.associate_memories(rain, wet, association_type="causal", strength=0.9)
+    assert made.event == "memory.associated"
+    out = await api.memory_associations(rain, after_seq=api.last_seq)
+    assert [(a.memory_id, a.direction, a.strength) for a in out] == [(wet, "out", 0.9)]
+    back = await api.memory_associations(wet)
+    assert [(a.memory_id, a.direction, a.association_type) for a in back] == [
+        (rain, "in", "causal")
+    ]
+    await api.delete_memory(wet)
+    assert await api.memory_associations(rain, after_seq=api.last_seq) == []
+    with pytest.raises(NotFoundError):
+        await api.associate_memories(rain, wet)
+
+
+# Deletion and tenants ----------------------------------------------------------------------
+async def test_a_deleted_scope_leaves_no_entity_relation_or_association_behind(
+    acme: tuple[str, Client], client: Client, service: Service, nc: NATS, admin_token: str
+) -> None:
+    org_id, api = acme
+    ann = await entity(api, "Ann", user_id="gone")
+    paris = await entity(api, "Paris", "place", user_id="gone")
+    kept = await entity(api, "Kept", user_id="stays")
+    await api.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    await api.assert_relation(kept, "knows", kept, valid_from=T0)
+    rain = (await api.add_memory("rain", user_id="gone")).fields["memory_id"]
+    wet = (await api.add_memory("wet", user_id="gone")).fields["memory_id"]
+    await api.associate_memories(rain, wet)
+    deleted = await client.delete_entity_scope(user_id="gone", org_id=org_id)
+    assert deleted.deleted == 2
+    await client.delete_memory_scope(user_id="gone", org_id=org_id)
+    await wait_caught_up(nc, admin_token)
+    assert service.store is not None
+    rows = await dump_store(service.store)
+    left = [row for table in TABLES for row in rows[table.name]]
+    text = repr(left)
+    for gone in (ann, paris, rain, wet, "Paris", "lives_in"):
+        assert gone not in text
+    assert kept in text
+    with pytest.raises(NotFoundError):
+        await api.get_entity(ann)
+
+
+async def test_another_organizations_graph_is_not_found_on_every_subject(
+    client: Client, acme: tuple[str, Client], nc: NATS
+) -> None:
+    org_id, api = acme
+    ann, paris = await entity(api, "Ann"), await entity(api, "Paris", "place")
+    fact = await api.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    relation_id = fact.fields["relation_id"]
+    memory_id = (await api.add_memory("Acme's", user_id="u")).fields["memory_id"]
+    other_org = str((await client.create_org("Other")).fields["org_id"])
+    other = await as_user(client, other_org, "admin@other.example", ["admin"])
+    mine = await entity(other, "Mine")
+    before = await last_seq(nc)
+    for call in (
+        other.get_entity(ann, after_seq=api.last_seq),
+        other.rename_entity(ann, "x"),
+        other.add_entity_alias(ann, "x"),
+        other.remove_entity_alias(ann, "x"),
+        other.set_entity_attributes(ann, {"a": 1}),
+        other.merge_entity(ann, paris),
+        other.merge_entity(mine, ann),
+        other.unmerge_entity(ann),
+        other.delete_entity(ann),
+        other.assert_relation(ann, "knows", paris),
+        other.assert_relation(mine, "knows", ann),
+        other.invalidate_relation(relation_id),
+        other.retract_relation(relation_id),
+        other.neighbors(ann),
+        other.graph_path(ann, paris),
+        other.graph_facts(ann),
+        other.list_entities(org_id=org_id),
+        other.resolve_entity("Ann", org_id=org_id),
+        other.graph_stats(org_id=org_id),
+        other.delete_entity_scope(user_id="u", org_id=org_id),
+        other.memory_associations(memory_id),
+        other.associate_memories(memory_id, memory_id),
+        other.dissociate_memories(memory_id, memory_id),
+    ):
+        with pytest.raises(NotFoundError):
+            await call
+    assert await last_seq(nc) == before
+    assert (await other.resolve_entity("Ann")).candidates == []
+    assert (await other.graph_stats()).entities == 1
+
+
+async def test_replay_equals_live(
+    acme: tuple[str, Client], service: Service, nc: NATS, admin_token: str, tmp_path: Path
+) -> None:
+    _, api = acme
+    ann, bob = await entity(api, "Ann", aliases=["Annie"]), await entity(api, "Bob")
+    paris, berlin = await entity(api, "Paris", "place"), await entity(api, "Berlin", "place")
+    await api.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    await api.assert_relation(ann, "lives_in", berlin, valid_from=T0 + DAY)
+    wrong = await api.assert_relation(bob, "knows", ann, valid_from=T0)
+    await api.retract_relation(wrong.fields["relation_id"])
+    await api.merge_entity(bob, ann)
+    await api.unmerge_entity(bob)
+    await api.rename_entity(paris, "Paris, France")
+    m1 = (await api.add_memory("one", user_id="u")).fields["memory_id"]
+    m2 = (await api.add_memory("two", user_id="u")).fields["memory_id"]
+    await api.associate_memories(m1, m2, strength=0.3)
+    await api.delete_entity(berlin)
+    await wait_caught_up(nc, admin_token)
+    assert service.store is not None
+    live = await dump_store(service.store)
+    assert live["graph_relations"]
+    replayed = await replay_into(nc, tmp_path / "replayed.db")
+    for table in TABLES:
+        assert replayed[table.name] == live[table.name], table.name
