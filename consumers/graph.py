@@ -485,7 +485,7 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, query.after_seq)
         norm = entities.normalise(query.name)
         if not norm:
-            raise invalid("name must hold more than white space", "$.name", "invalid_value")
+            raise invalid("`$.name` must hold more than white space", "$.name", "invalid_value")
         scope = (query.entity_type, query.user_id, query.agent_id)
         exact = await reads.names_matching(store, org_id, norm, *scope, exact_scope=False)
         candidates: dict[str, dict[str, Any]] = {}

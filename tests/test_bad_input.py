@@ -70,6 +70,25 @@ from agentmem.domain.blocks import (
     ReplaceInBlock,
     SetBlock,
 )
+from agentmem.domain.associations import (
+    AssociateMemories,
+    DissociateMemories,
+    MemoryAssociations,
+)
+from agentmem.domain.entities import (
+    AddEntityAlias,
+    CreateEntity,
+    DeleteEntity,
+    DeleteEntityScope,
+    GetEntity,
+    ListEntities,
+    MergeEntity,
+    RemoveEntityAlias,
+    RenameEntity,
+    ResolveEntity,
+    SetEntityAttributes,
+    UnmergeEntity,
+)
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -90,6 +109,15 @@ from agentmem.domain.working import (
     GetWorkingMemory,
     PutWorkingItem,
     RemoveWorkingItem,
+)
+from agentmem.domain.relations import (
+    AssertRelation,
+    FindGraphPath,
+    GraphFacts,
+    GraphNeighbors,
+    GraphStatsQuery,
+    InvalidateRelation,
+    RetractRelation,
 )
 from agentmem.protocol import operations
 from agentmem.queries import (
@@ -219,6 +247,28 @@ VALID: dict[str, dict[str, Any]] = {
     ClearWorkingMemory.op.subject: {"session_id": "s1"},
     GetWorkingMemory.op.subject: {"session_id": "s1", "min_priority": 0.5},
     MemoryStats.op.subject: {"user_id": "u1"},
+    CreateEntity.op.subject: {"entity_type": "person", "name": "Ann"},
+    RenameEntity.op.subject: {"entity_id": "e1", "name": "Ann Lee"},
+    AddEntityAlias.op.subject: {"entity_id": "e1", "alias": "Annie"},
+    RemoveEntityAlias.op.subject: {"entity_id": "e1", "alias": "Annie"},
+    SetEntityAttributes.op.subject: {"entity_id": "e1", "attributes": {"born": 1990}},
+    MergeEntity.op.subject: {"entity_id": "e1", "into": "e2"},
+    UnmergeEntity.op.subject: {"entity_id": "e1"},
+    DeleteEntity.op.subject: {"entity_id": "e1"},
+    DeleteEntityScope.op.subject: {"user_id": "u1"},
+    GetEntity.op.subject: {"entity_id": "e1"},
+    ListEntities.op.subject: {"entity_type": "person", "name_prefix": "an"},
+    ResolveEntity.op.subject: {"name": "Ann"},
+    AssertRelation.op.subject: {"subject_id": "e1", "predicate": "lives_in", "object_id": "e2"},
+    InvalidateRelation.op.subject: {"relation_id": "e1_1"},
+    RetractRelation.op.subject: {"relation_id": "e1_1", "reason": "wrong"},
+    GraphNeighbors.op.subject: {"entity_id": "e1", "depth": 2},
+    FindGraphPath.op.subject: {"from_id": "e1", "to_id": "e2"},
+    GraphFacts.op.subject: {"entity_id": "e1", "as_of": 5},
+    GraphStatsQuery.op.subject: {},
+    AssociateMemories.op.subject: {"from_memory_id": "m1", "to_memory_id": "m2"},
+    DissociateMemories.op.subject: {"from_memory_id": "m1", "to_memory_id": "m2"},
+    MemoryAssociations.op.subject: {"memory_id": "m1"},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -295,6 +345,28 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     ClearWorkingMemory.op.subject: ("session_id", ["s1"]),
     GetWorkingMemory.op.subject: ("min_priority", "0.5"),
     MemoryStats.op.subject: ("memory_type", 5),
+    CreateEntity.op.subject: ("aliases", "Annie"),
+    RenameEntity.op.subject: ("name", 5),
+    AddEntityAlias.op.subject: ("alias", ["a"]),
+    RemoveEntityAlias.op.subject: ("alias", None),
+    SetEntityAttributes.op.subject: ("attributes", [1]),
+    MergeEntity.op.subject: ("into", 2),
+    UnmergeEntity.op.subject: ("expected_version", "3"),
+    DeleteEntity.op.subject: ("entity_id", 1),
+    DeleteEntityScope.op.subject: ("agent_id", 5),
+    GetEntity.op.subject: ("entity_id", []),
+    ListEntities.op.subject: ("known_at_seq", "1"),
+    ResolveEntity.op.subject: ("min_score", "high"),
+    AssertRelation.op.subject: ("confidence", "high"),
+    InvalidateRelation.op.subject: ("valid_to", "now"),
+    RetractRelation.op.subject: ("reason", 5),
+    GraphNeighbors.op.subject: ("predicates", "knows"),
+    FindGraphPath.op.subject: ("max_depth", "4"),
+    GraphFacts.op.subject: ("as_of", "today"),
+    GraphStatsQuery.op.subject: ("org_id", 5),
+    AssociateMemories.op.subject: ("strength", "strong"),
+    DissociateMemories.op.subject: ("association_type", 1),
+    MemoryAssociations.op.subject: ("direction", 1),
 }
 
 
@@ -851,6 +923,30 @@ BAD_VALUES = [
     (SearchMemories.op.subject, "known_at", -5, "out_of_range"),
     (SearchMemories.op.subject, "states", ["gone"], "invalid_value"),
     (MemoryStats.op.subject, "memory_type", "core", "invalid_value"),
+    (CreateEntity.op.subject, "entity_type", "Person", "pattern"),
+    (CreateEntity.op.subject, "name", "", "too_short"),
+    (CreateEntity.op.subject, "name", "n" * 201, "too_long"),
+    (CreateEntity.op.subject, "name", "   ", "invalid_value"),
+    (CreateEntity.op.subject, "aliases", ["a"] * 33, "too_long"),
+    (AddEntityAlias.op.subject, "alias", "", "too_short"),
+    (AssertRelation.op.subject, "predicate", "Lives In", "pattern"),
+    (AssertRelation.op.subject, "confidence", 1.5, "out_of_range"),
+    (AssertRelation.op.subject, "valid_from", -1, "out_of_range"),
+    (AssertRelation.op.subject, "fact", "f" * 2001, "too_long"),
+    (AssertRelation.op.subject, "source", {"memory_ids": ["a.b"]}, "pattern"),
+    (InvalidateRelation.op.subject, "relation_id", "e1", "pattern"),
+    (RetractRelation.op.subject, "relation_id", "e1_x", "pattern"),
+    (GraphNeighbors.op.subject, "depth", 5, "out_of_range"),
+    (GraphNeighbors.op.subject, "limit", 1001, "out_of_range"),
+    (GraphNeighbors.op.subject, "min_confidence", -0.1, "out_of_range"),
+    (GraphNeighbors.op.subject, "entity_types", ["a b"], "pattern"),
+    (FindGraphPath.op.subject, "max_depth", 7, "out_of_range"),
+    (GraphFacts.op.subject, "known_at_seq", -1, "out_of_range"),
+    (ResolveEntity.op.subject, "limit", 51, "out_of_range"),
+    (ResolveEntity.op.subject, "name", " ", "invalid_value"),
+    (AssociateMemories.op.subject, "strength", 2, "out_of_range"),
+    (AssociateMemories.op.subject, "association_type", "Causal", "pattern"),
+    (MemoryAssociations.op.subject, "direction", "up", "invalid_value"),
 ]
 
 # Metadata filters outside the language or its bounds: where the reply says, and why.
@@ -909,6 +1005,13 @@ async def test_known_at_once(bus: Bus) -> None:
 async def test_bad_value(bus: Bus, subject: str, field: str, value: Any, reason: str) -> None:
     body = {**VALID[subject], field: value}
     await assert_invalid(bus, subject, encode(body), f"`$.{field}", under=field, reason=reason)
+
+
+async def test_entity_attributes_over_the_cap(bus: Bus) -> None:
+    body = {**VALID[CreateEntity.op.subject], "attributes": {"x": "y" * 20_000}}
+    await assert_invalid(
+        bus, CreateEntity.op.subject, encode(body), "bytes", path="$.attributes", reason="too_large"
+    )
 
 
 async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
@@ -1080,6 +1183,8 @@ DEEP_FIELDS: list[tuple[str, list[str | int], str]] = [
     (UpdateMemory.op.subject, ["metadata"], "$.metadata"),
     (SupersedeMemory.op.subject, ["metadata"], "$.metadata"),
     (PutWorkingItem.op.subject, ["metadata"], "$.metadata"),
+    (CreateEntity.op.subject, ["attributes"], "$.attributes"),
+    (SetEntityAttributes.op.subject, ["attributes"], "$.attributes"),
 ]
 
 

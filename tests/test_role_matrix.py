@@ -106,6 +106,8 @@ class World:
     memory_id: str = ""  # a memory of MEMORY_USER in ``own``
     block_id: str = ""  # a block of ``agent_id``, labelled "persona"
     working_key: str = ""  # an item of WORKING_SESSION in ``own``
+    entity_id: str = ""  # a person in ``own``, who lives in ``place_id``
+    place_id: str = ""
     seen: int = 0  # the log's end once all of the above was made: queries read after it
     _names: Iterator[int] = field(default_factory=itertools.count)
 
@@ -170,6 +172,21 @@ class World:
         session_id = session_id or self.unique("working")
         put = await self.root.put_working(session_id, "table note", org_id=self.own)
         return session_id, str(put.fields["key"])
+    async def new_entity(self, user_id: str | None = None, aliases: list[str] | None = None) -> str:
+        made = await self.root.create_entity(
+            "person",
+            self.unique("Someone"),
+            org_id=self.own,
+            user_id=user_id,
+            aliases=aliases or [],
+        )
+        return str(made.fields["entity_id"])
+
+    async def new_relation(self) -> str:
+        made = await self.root.assert_relation(
+            await self.new_entity(), "knows", self.entity_id, valid_from=1
+        )
+        return str(made.fields["relation_id"])
 
     async def new_key(self, user_id: str) -> str:
         return str((await self.root.create_api_key("spare", user_id=user_id)).fields["key_id"])
@@ -290,6 +307,45 @@ async def memory_scope_body(s: Scene) -> dict[str, Any]:
     user_id = s.w.unique("scope-user")
     await s.w.new_memory(user_id)
     return {"org_id": s.w.own, "user_id": user_id}
+
+
+def on_fresh_entity(make: Callable[[Scene, str], dict[str, Any]]) -> Body:
+    """A body about an entity made fresh for the cell (one a command changes)."""
+
+    async def build(s: Scene) -> dict[str, Any]:
+        return make(s, await s.w.new_entity())
+
+    return build
+
+
+async def aliased_entity(s: Scene) -> dict[str, Any]:
+    return {"entity_id": await s.w.new_entity(aliases=["alt"]), "alias": "alt"}
+
+
+async def entity_scope_body(s: Scene) -> dict[str, Any]:
+    user_id = s.w.unique("scope-user")
+    await s.w.new_entity(user_id)
+    return {"org_id": s.w.own, "user_id": user_id}
+
+
+async def merge_body(s: Scene) -> dict[str, Any]:
+    return {"entity_id": await s.w.new_entity(), "into": await s.w.new_entity()}
+
+
+async def unmerge_body(s: Scene) -> dict[str, Any]:
+    merged = await s.w.new_entity()
+    await s.w.root.merge_entity(merged, await s.w.new_entity())
+    return {"entity_id": merged}
+
+
+async def fresh_relation(s: Scene) -> dict[str, Any]:
+    return {"relation_id": await s.w.new_relation()}
+
+
+async def association_body(s: Scene) -> dict[str, Any]:
+    memory_id = await s.w.new_memory()
+    await s.w.root.associate_memories(memory_id, s.w.memory_id)
+    return {"from_memory_id": memory_id, "to_memory_id": s.w.memory_id}
 
 
 async def archive_body(s: Scene) -> dict[str, Any]:
@@ -707,6 +763,113 @@ ROWS: list[Row] = [
         "org",
         built(lambda s: {"org_id": s.w.own, "user_id": MEMORY_USER, "after_seq": s.w.seen}),
         lambda s, d: d["org_id"] == s.w.own and d["by_state"]["live"] >= 1,
+    # The knowledge graph
+    Row(
+        "agentmem.cmd.entity.create",
+        "member",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "entity_type": "person", "name": s.w.unique("P")}),
+    ),
+    Row(
+        "agentmem.cmd.entity.rename",
+        "member",
+        "org",
+        on_fresh_entity(lambda s, e: {"entity_id": e, "name": s.w.unique("N")}),
+    ),
+    Row(
+        "agentmem.cmd.entity.add_alias",
+        "member",
+        "org",
+        on_fresh_entity(lambda s, e: {"entity_id": e, "alias": "alt"}),
+    ),
+    Row("agentmem.cmd.entity.remove_alias", "member", "org", aliased_entity),
+    Row(
+        "agentmem.cmd.entity.set_attributes",
+        "member",
+        "org",
+        on_fresh_entity(lambda s, e: {"entity_id": e, "attributes": {"a": 1}}),
+    ),
+    Row(
+        "agentmem.cmd.entity.delete",
+        "member",
+        "org",
+        on_fresh_entity(lambda s, e: {"entity_id": e}),
+    ),
+    Row("agentmem.cmd.entity.delete_scope", "org_admin", "org", entity_scope_body),
+    Row("agentmem.cmd.entity.merge", "member", "org", merge_body),
+    Row("agentmem.cmd.entity.unmerge", "member", "org", unmerge_body),
+    Row(
+        "agentmem.cmd.relation.assert",
+        "member",
+        "org",
+        on_fresh_entity(
+            lambda s, e: {"subject_id": e, "predicate": "knows", "object_id": s.w.entity_id}
+        ),
+    ),
+    Row("agentmem.cmd.relation.invalidate", "member", "org", fresh_relation),
+    Row("agentmem.cmd.relation.retract", "member", "org", fresh_relation),
+    Row(
+        "agentmem.cmd.memory.associate",
+        "member",
+        "org",
+        on_fresh_memory(lambda s, m: {"from_memory_id": m, "to_memory_id": s.w.memory_id}),
+    ),
+    Row("agentmem.cmd.memory.dissociate", "member", "org", association_body),
+    Row(
+        "agentmem.q.entity.get",
+        "reader",
+        "org",
+        built(lambda s: {"entity_id": s.w.entity_id, "after_seq": s.w.seen}),
+        lambda s, d: d["entity_id"] == s.w.entity_id,
+    ),
+    Row(
+        "agentmem.q.entity.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "name_prefix": "Ann", "after_seq": s.w.seen}),
+        lambda s, d: listed(d, "entity_id") == [s.w.entity_id],
+    ),
+    Row(
+        "agentmem.q.entity.resolve",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "name": "ann table", "after_seq": s.w.seen}),
+        lambda s, d: d["entity_id"] == s.w.entity_id,
+    ),
+    Row(
+        "agentmem.q.graph.neighbors",
+        "reader",
+        "org",
+        built(lambda s: {"entity_id": s.w.entity_id, "after_seq": s.w.seen}),
+        lambda s, d: s.w.place_id in listed({"items": d["nodes"]}, "entity_id"),
+    ),
+    Row(
+        "agentmem.q.graph.path",
+        "reader",
+        "org",
+        built(lambda s: {"from_id": s.w.entity_id, "to_id": s.w.place_id, "after_seq": s.w.seen}),
+        lambda s, d: d["entity_ids"] == [s.w.entity_id, s.w.place_id],
+    ),
+    Row(
+        "agentmem.q.graph.facts",
+        "reader",
+        "org",
+        built(lambda s: {"entity_id": s.w.entity_id, "after_seq": s.w.seen}),
+        lambda s, d: "lives in" in d["text"],
+    ),
+    Row(
+        "agentmem.q.graph.stats",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "after_seq": s.w.seen}),
+        lambda s, d: d["entities"] >= 2,
+    ),
+    Row(
+        "agentmem.q.memory.associations",
+        "reader",
+        "org",
+        built(lambda s: {"memory_id": s.w.memory_id, "after_seq": s.w.seen}),
+        lambda s, d: isinstance(d["items"], list),
     ),
     # Organizations
     Row("agentmem.cmd.org.create", "service_admin", "none", built(lambda s: {"name": "New"})),
@@ -916,6 +1079,11 @@ async def world(
     persona = await root.create_block("persona", "shared persona", agent_id=agent_id, org_id=own)
     w.block_id = str(persona.fields["block_id"])
     _, w.working_key = await w.new_working_item(WORKING_SESSION)
+    ann = await root.create_entity("person", "Ann Table", org_id=own)
+    w.entity_id = str(ann.fields["entity_id"])
+    place = await root.create_entity("place", "Table Town", org_id=own)
+    w.place_id = str(place.fields["entity_id"])
+    await root.assert_relation(w.entity_id, "lives_in", w.place_id, valid_from=1)
     w.seen = await w.log_end()
     yield w
     await nc.close()

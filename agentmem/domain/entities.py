@@ -318,10 +318,12 @@ def check_attributes(attributes: Mapping[str, Any], path: str) -> None:
 
 
 def check_names(name: str, aliases: list[str] | tuple[str, ...], path: str) -> None:
-    for label, value in [("name", name), *(("aliases", a) for a in aliases)]:
+    for where, value in [("name", name), *((f"aliases[{n}]", a) for n, a in enumerate(aliases))]:
         if not normalise(value):
             raise invalid(
-                f"{label} must hold more than white space", f"{path}.{label}", "invalid_value"
+                f"`{path}.{where}` must hold more than white space",
+                f"{path}.{where}",
+                "invalid_value",
             )
 
 
