@@ -25,6 +25,7 @@ from agentmem.projections.memories import MemoriesProjection
 from bench import (
     baselines,
     env,
+    graph,
     harness,
     longchat,
     memories,
@@ -52,6 +53,7 @@ ON_REQUEST: list[Workload] = [
     *longchat.ON_REQUEST,
     *spread.ON_REQUEST,
     *memories.ON_REQUEST,
+    *graph.ON_REQUEST,
 ]
 LARGE_REPLAY = 1_000_000
 

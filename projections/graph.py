@@ -462,15 +462,21 @@ def _edge_sql(f: EdgeFilter, args: list[Any]) -> str:
     return " AND ".join(where)
 
 
-def _type_join(f: EdgeFilter, args: list[Any]) -> str:
-    """Walk only into entities of the types asked."""
-    if not f.entity_types:
-        return ""
-    args += f.entity_types
-    return (
-        " JOIN graph_entities t ON t.entity_id = r.to_node AND "
-        f"t.entity_type IN ({_marks(f.entity_types)})"
-    )
+def _step(f: EdgeFilter, args: list[Any]) -> str:
+    """The recursive step of a walk from ``w.node``: the tables after ``FROM walk w`` and
+    the conditions (its ``WHERE``) on the relation ``r`` it follows, into entities of the
+    types asked. ``CROSS JOIN`` keeps the walk's row the outer loop on SQLite, whose planner
+    would otherwise scan the organization's relations for every node (Postgres plans it
+    as the same join)."""
+    tables = " CROSS JOIN graph_relations r"
+    where = ["r.org_id = ?", "r.from_node = w.node"]
+    args.append(f.org_id)
+    if f.entity_types:
+        tables += " CROSS JOIN graph_entities t"
+        where.append(f"t.entity_id = r.to_node AND t.entity_type IN ({_marks(f.entity_types)})")
+        args += f.entity_types
+    where.append(_edge_sql(f, args))
+    return f"{tables} WHERE {' AND '.join(where)}"
 
 
 def relation_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -714,19 +720,16 @@ async def neighbors(
     """The entities within ``depth`` hops (at most ``limit``, nearest first, the start
     included at depth 0) and the relations between them, walked in the store: a node is
     kept at its least depth, so a cycle ends the walk there."""
-    args: list[Any] = [entity_id, f.org_id, f.org_id]
-    join = _type_join(f, args)
+    args: list[Any] = [entity_id, f.org_id]
+    step = _step(f, args)
     args.append(depth)
-    edge = _edge_sql(f, args)
     sql = (
         "WITH RECURSIVE walk(node, depth) AS ("
         " SELECT e.entity_id, 0 FROM graph_entities e WHERE e.entity_id = ? AND e.org_id = ?"
         " UNION"
-        " SELECT r.to_node, w.depth + 1 FROM walk w"
-        f" JOIN graph_relations r ON r.org_id = ? AND r.from_node = w.node{join}"
-        f" WHERE w.depth < ? AND {edge})"
+        f" SELECT r.to_node, w.depth + 1 FROM walk w{step} AND w.depth < ?)"
         " SELECT n.entity_id, n.name, n.entity_type, MIN(w.depth) AS depth"
-        " FROM walk w JOIN graph_entities n ON n.entity_id = w.node"
+        " FROM walk w CROSS JOIN graph_entities n WHERE n.entity_id = w.node"
         " GROUP BY n.entity_id, n.name, n.entity_type ORDER BY depth, n.entity_id LIMIT ?"
     )
     nodes = await store.fetch_all(sql, *args, limit)
@@ -756,10 +759,9 @@ async def path(
 ) -> tuple[list[str], list[str]] | None:
     """A shortest path: its entities and its relations, or None within ``max_depth``. The
     walk never enters an entity already on its own trail (cycles end there)."""
-    args: list[Any] = [from_id, f.org_id, f.org_id]
-    join = _type_join(f, args)
+    args: list[Any] = [from_id, f.org_id]
+    step = _step(f, args)
     args += [max_depth, to_id]
-    edge = _edge_sql(f, args)
     sql = (
         "WITH RECURSIVE walk(node, depth, trail, hops) AS ("
         " SELECT e.entity_id, 0, ',' || e.entity_id || ',', substr(e.entity_id, 1, 0)"
@@ -767,9 +769,8 @@ async def path(
         " UNION ALL"
         " SELECT r.to_node, w.depth + 1, w.trail || r.to_node || ',',"
         " w.hops || r.relation_id || ','"
-        f" FROM walk w JOIN graph_relations r ON r.org_id = ? AND r.from_node = w.node{join}"
-        " WHERE w.depth < ? AND w.node <> ?"
-        f" AND w.trail NOT LIKE '%,' || r.to_node || ',%' AND {edge})"
+        f" FROM walk w{step} AND w.depth < ? AND w.node <> ?"
+        " AND w.trail NOT LIKE '%,' || r.to_node || ',%')"
         " SELECT trail, hops FROM walk WHERE node = ? ORDER BY depth, trail LIMIT 1"
     )
     row = await store.fetch_one(sql, *args, to_id)
@@ -793,10 +794,20 @@ async def facts_about(
 ) -> list[dict[str, Any]]:
     """The relations of an entity, as subject or object, valid at ``at``, with both ends'
     names, the most confident first."""
-    args: list[Any] = [org_id, entity_id]
+    args: list[Any] = []
+    effective = "r.valid_to"
+    if at.known_seq is not None or at.known_at is not None:
+        # The valid time as the service knew it then (a later invalidation not yet made).
+        suffix, point = ("seq", at.known_seq) if at.known_seq is not None else ("at", at.known_at)
+        effective = (
+            f"CASE WHEN r.invalidated_{suffix} <= ? THEN r.valid_to ELSE r.asserted_valid_to END"
+        )
+        args.append(point)
+    args += [org_id, entity_id]
     edge = _known_sql(at, args)
     return await store.fetch_all(
-        f"SELECT {_R_COLUMNS}, a.name AS from_name, b.name AS to_name FROM graph_relations r "
+        f"SELECT {_R_COLUMNS}, {effective} AS effective_valid_to, a.name AS from_name, "
+        "b.name AS to_name FROM graph_relations r "
         "JOIN graph_entities a ON a.entity_id = r.from_node "
         "JOIN graph_entities b ON b.entity_id = r.to_node "
         f"WHERE r.org_id = ? AND r.from_node = ? AND {edge} "

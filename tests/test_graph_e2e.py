@@ -149,6 +149,12 @@ async def test_a_newer_fact_invalidates_the_old_edge_and_never_deletes_it(
     assert await objects_of(api, ann, "lives_in", as_of=T0 - DAY) == []
     # What the service knew before the move: Paris, still valid now.
     assert await objects_of(api, ann, "lives_in", known_at_seq=first.seq) == ["Paris"]
+    believed = await api.graph_facts(ann, known_at_seq=first.seq)
+    assert [(f.valid_to, f.status) for f in believed.items] == [(None, "valid")]
+    now = await api.graph_facts(ann, as_of=T0 + DAY)
+    assert [(f.valid_to, f.superseded_by) for f in now.items] == [
+        (T0 + 10 * DAY, moved.fields["relation_id"])
+    ]
     # The old edge is still there, invalidated, on a walk as of before the move.
     old = await api.neighbors(ann, as_of=T0 + DAY)
     assert {n.name for n in old.nodes} == {"Ann", "Paris"}
