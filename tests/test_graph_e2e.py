@@ -258,7 +258,8 @@ async def test_walks_handle_cycles_and_filters(acme: tuple[str, Client]) -> None
     capped = await api.neighbors(a, depth=3, limit=2)
     assert (len(capped.nodes), capped.truncated) == (2, True)
     found = await api.graph_path(a, d)
-    assert found.found and found.entity_ids == [a, c, d]
+    assert found.found
+    assert found.entity_ids == [a, c, d]
     assert [e.predicate for e in found.edges] == ["knows", "knows"]
     assert not (await api.graph_path(a, d, max_depth=1)).found
     stats = await api.graph_stats()
