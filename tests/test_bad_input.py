@@ -58,6 +58,11 @@ from agentmem.commands import (
 from agentmem.consumers.queries import encode_cursor
 from agentmem.consumers.router import MAX_HEADER_BYTES, MAX_REQUEST_BYTES
 from agentmem.domain.agents import MAX_STATE_BYTES
+from agentmem.domain.associations import (
+    AssociateMemories,
+    DissociateMemories,
+    MemoryAssociations,
+)
 from agentmem.domain.blocks import (
     AppendToBlock,
     AttachBlock,
@@ -69,11 +74,6 @@ from agentmem.domain.blocks import (
     ListBlocks,
     ReplaceInBlock,
     SetBlock,
-)
-from agentmem.domain.associations import (
-    AssociateMemories,
-    DissociateMemories,
-    MemoryAssociations,
 )
 from agentmem.domain.entities import (
     AddEntityAlias,
@@ -104,12 +104,6 @@ from agentmem.domain.memories import (
     SupersedeMemory,
     UpdateMemory,
 )
-from agentmem.domain.working import (
-    ClearWorkingMemory,
-    GetWorkingMemory,
-    PutWorkingItem,
-    RemoveWorkingItem,
-)
 from agentmem.domain.relations import (
     AssertRelation,
     FindGraphPath,
@@ -118,6 +112,12 @@ from agentmem.domain.relations import (
     GraphStatsQuery,
     InvalidateRelation,
     RetractRelation,
+)
+from agentmem.domain.working import (
+    ClearWorkingMemory,
+    GetWorkingMemory,
+    PutWorkingItem,
+    RemoveWorkingItem,
 )
 from agentmem.protocol import operations
 from agentmem.queries import (

@@ -172,6 +172,7 @@ class World:
         session_id = session_id or self.unique("working")
         put = await self.root.put_working(session_id, "table note", org_id=self.own)
         return session_id, str(put.fields["key"])
+
     async def new_entity(self, user_id: str | None = None, aliases: list[str] | None = None) -> str:
         made = await self.root.create_entity(
             "person",
@@ -763,6 +764,7 @@ ROWS: list[Row] = [
         "org",
         built(lambda s: {"org_id": s.w.own, "user_id": MEMORY_USER, "after_seq": s.w.seen}),
         lambda s, d: d["org_id"] == s.w.own and d["by_state"]["live"] >= 1,
+    ),
     # The knowledge graph
     Row(
         "agentmem.cmd.entity.create",
@@ -1076,14 +1078,14 @@ async def world(
     await w.new_key(w.victim.user_id)
     await w.new_message(w.session_id)
     w.memory_id = await w.new_memory()
-    persona = await root.create_block("persona", "shared persona", agent_id=agent_id, org_id=own)
-    w.block_id = str(persona.fields["block_id"])
-    _, w.working_key = await w.new_working_item(WORKING_SESSION)
     ann = await root.create_entity("person", "Ann Table", org_id=own)
     w.entity_id = str(ann.fields["entity_id"])
     place = await root.create_entity("place", "Table Town", org_id=own)
     w.place_id = str(place.fields["entity_id"])
     await root.assert_relation(w.entity_id, "lives_in", w.place_id, valid_from=1)
+    persona = await root.create_block("persona", "shared persona", agent_id=agent_id, org_id=own)
+    w.block_id = str(persona.fields["block_id"])
+    _, w.working_key = await w.new_working_item(WORKING_SESSION)
     w.seen = await w.log_end()
     yield w
     await nc.close()
