@@ -17,8 +17,10 @@ Each run then asks, one request at a time, ``WALKS`` times each, from random ent
   concurrent clients (on 8 connections), each fact about one of 1,000 subjects created for it.
 
 ``raw-graph-*`` is the baseline in the same run: the same named reads
-(``agentmem.projections.graph.neighbors`` and ``path``) called on the store in this
-process, without NATS, the service or authorization: what the store's recursive query costs.
+(``agentmem.projections.graph.neighbors`` and ``path``, so the same SQL) called in this
+process without NATS, the service or authorization: on SQLite over a plain connection on
+the calling thread (the store itself moves a read past its loop budget to a reader thread),
+on Postgres through the store. What the recursive queries themselves cost.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from agentmem.events import AnyEvent, EntityCreated, RelationAsserted
 from agentmem.projections import graph as reads
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.store import ProjectionBatch, Store, open_store
+from agentmem.store.sqlite import sqlite3
 from bench import env
 from bench.harness import Config, Loop, Metric, Run, Workload, check, concurrent, sequential
 from bench.pg import postgres_store
@@ -216,13 +219,34 @@ def service_session(kind: str) -> Any:
     return session
 
 
+class PlainSQLite:
+    """The least a walk can cost on SQLite: the store's own statements on a plain
+    connection, run on the calling thread (no loop budget, no reader thread)."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(sql, args)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    async def fetch_one(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        rows = await self.fetch_all(sql, *args)
+        return rows[0] if rows else None
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
 def raw_session(kind: str) -> Any:
     name = f"raw-graph-{kind}"
 
     @contextlib.asynccontextmanager
     async def session(cfg: Config) -> AsyncIterator[Run]:
         async with graph_store(cfg, kind, name) as url:
-            store = await open_store(url)
+            # SQLite: a plain connection; Postgres: the store (an asyncpg pool) itself.
+            store: Any = PlainSQLite(url) if kind == "sqlite" else await open_store(url)
             f = reads.EdgeFilter(org_id=ORG, at=reads.At(T0 + 1))
             try:
 

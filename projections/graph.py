@@ -714,15 +714,14 @@ async def scope_entity_ids(
     return [row["entity_id"] for row in rows]
 
 
-async def neighbors(
-    store: Store, entity_id: str, depth: int, limit: int, f: EdgeFilter
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The entities within ``depth`` hops (at most ``limit``, nearest first, the start
-    included at depth 0) and the relations between them, walked in the store: a node is
-    kept at its least depth, so a cycle ends the walk there."""
+Statement = tuple[str, list[Any]]
+
+
+def neighbors_statement(entity_id: str, depth: int, limit: int, f: EdgeFilter) -> Statement:
+    """The walk of ``neighbors``: its SQL (the same on both stores) and arguments."""
     args: list[Any] = [entity_id, f.org_id]
     step = _step(f, args)
-    args.append(depth)
+    args += [depth, limit]
     sql = (
         "WITH RECURSIVE walk(node, depth) AS ("
         " SELECT e.entity_id, 0 FROM graph_entities e WHERE e.entity_id = ? AND e.org_id = ?"
@@ -732,36 +731,26 @@ async def neighbors(
         " FROM walk w CROSS JOIN graph_entities n WHERE n.entity_id = w.node"
         " GROUP BY n.entity_id, n.name, n.entity_type ORDER BY depth, n.entity_id LIMIT ?"
     )
-    nodes = await store.fetch_all(sql, *args, limit)
-    return nodes, await edges_among(store, [n["entity_id"] for n in nodes], f)
+    return sql, args
 
 
-async def edges_among(
-    store: Store, node_ids: Sequence[str], f: EdgeFilter, limit: int = 5_000
-) -> list[dict[str, Any]]:
-    """The relations (forward rows) between entities of ``node_ids`` that ``f`` follows."""
-    if len(node_ids) < 2:
-        return []
+def edges_statement(node_ids: Sequence[str], f: EdgeFilter, limit: int = 5_000) -> Statement:
+    """The relations (forward rows) that ``f`` follows from entities of ``node_ids``;
+    ``edges_among`` keeps those that end among them too."""
     args: list[Any] = [f.org_id, *node_ids]
     edge = _edge_sql(f, args)
-    rows = await store.fetch_all(
+    sql = (
         f"SELECT {_R_COLUMNS} FROM graph_relations r WHERE r.org_id = ? AND r.direction = 0 "
-        f"AND r.from_node IN ({_marks(node_ids)}) AND {edge} ORDER BY r.relation_id LIMIT ?",
-        *args,
-        limit,
+        f"AND r.from_node IN ({_marks(node_ids)}) AND {edge} ORDER BY r.relation_id LIMIT ?"
     )
-    inside = set(node_ids)
-    return [r for r in rows if r["to_node"] in inside]
+    return sql, [*args, limit]
 
 
-async def path(
-    store: Store, from_id: str, to_id: str, max_depth: int, f: EdgeFilter
-) -> tuple[list[str], list[str]] | None:
-    """A shortest path: its entities and its relations, or None within ``max_depth``. The
-    walk never enters an entity already on its own trail (cycles end there)."""
+def path_statement(from_id: str, to_id: str, max_depth: int, f: EdgeFilter) -> Statement:
+    """The walk of ``path``: it carries its trail and never re-enters an entity on it."""
     args: list[Any] = [from_id, f.org_id]
     step = _step(f, args)
-    args += [max_depth, to_id]
+    args += [max_depth, to_id, to_id]
     sql = (
         "WITH RECURSIVE walk(node, depth, trail, hops) AS ("
         " SELECT e.entity_id, 0, ',' || e.entity_id || ',', substr(e.entity_id, 1, 0)"
@@ -773,10 +762,42 @@ async def path(
         " AND w.trail NOT LIKE '%,' || r.to_node || ',%')"
         " SELECT trail, hops FROM walk WHERE node = ? ORDER BY depth, trail LIMIT 1"
     )
-    row = await store.fetch_one(sql, *args, to_id)
-    if row is None:
-        return None
-    return row["trail"].strip(",").split(","), [h for h in row["hops"].split(",") if h]
+    return sql, args
+
+
+def path_found(trail: str, hops: str) -> tuple[list[str], list[str]]:
+    """A path's entities and relations, from the walk's trail and hops."""
+    return trail.strip(",").split(","), [h for h in hops.split(",") if h]
+
+
+async def neighbors(
+    store: Store, entity_id: str, depth: int, limit: int, f: EdgeFilter
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The entities within ``depth`` hops (at most ``limit``, nearest first, the start
+    included at depth 0) and the relations between them, walked in the store: a node is
+    kept at its least depth, so a cycle ends the walk there."""
+    sql, args = neighbors_statement(entity_id, depth, limit, f)
+    nodes = await store.fetch_all(sql, *args)
+    return nodes, await edges_among(store, [n["entity_id"] for n in nodes], f)
+
+
+async def edges_among(store: Store, node_ids: Sequence[str], f: EdgeFilter) -> list[dict[str, Any]]:
+    """The relations (forward rows) between entities of ``node_ids`` that ``f`` follows."""
+    if len(node_ids) < 2:
+        return []
+    sql, args = edges_statement(node_ids, f)
+    inside = set(node_ids)
+    return [r for r in await store.fetch_all(sql, *args) if r["to_node"] in inside]
+
+
+async def path(
+    store: Store, from_id: str, to_id: str, max_depth: int, f: EdgeFilter
+) -> tuple[list[str], list[str]] | None:
+    """A shortest path: its entities and its relations, or None within ``max_depth``. The
+    walk never enters an entity already on its own trail (cycles end there)."""
+    sql, args = path_statement(from_id, to_id, max_depth, f)
+    row = await store.fetch_one(sql, *args)
+    return None if row is None else path_found(row["trail"], row["hops"])
 
 
 async def relations_by_id(store: Store, relation_ids: Sequence[str]) -> list[dict[str, Any]]:
