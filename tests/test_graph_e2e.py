@@ -328,6 +328,26 @@ async def test_a_deleted_scope_leaves_no_entity_relation_or_association_behind(
         await api.get_entity(ann)
 
 
+async def test_a_deleted_organization_leaves_no_graph_row(
+    client: Client, service: Service, nc: NATS, admin_token: str
+) -> None:
+    gone = str((await client.create_org("Gone")).fields["org_id"])
+    ann = await entity(client, "Ann", org_id=gone)
+    paris = await entity(client, "Paris", "place", org_id=gone)
+    await client.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    m1 = (await client.add_memory("one", user_id="u", org_id=gone)).fields["memory_id"]
+    m2 = (await client.add_memory("two", user_id="u", org_id=gone)).fields["memory_id"]
+    await client.associate_memories(m1, m2)
+    await wait_caught_up(nc, admin_token)
+    assert service.store is not None
+    before = await dump_store(service.store)
+    assert all(before[table.name] for table in TABLES)
+    await client.delete_org(gone)
+    await wait_caught_up(nc, admin_token)
+    after = await dump_store(service.store)
+    assert not any(gone in repr(after[table.name]) for table in TABLES)
+
+
 async def test_another_organizations_graph_is_not_found_on_every_subject(
     client: Client, acme: tuple[str, Client], nc: NATS
 ) -> None:
