@@ -391,8 +391,8 @@ class GraphEdge(msgspec.Struct, frozen=True):
 
 
 class Neighbors(msgspec.Struct, frozen=True):
-    """The entities within ``depth`` hops and the relations between them; ``truncated``
-    when ``limit`` cut the answer short."""
+    """The entities within ``depth`` hops and the relations the walk followed between them;
+    ``truncated`` when ``limit`` cut the answer short."""
 
     entity_id: str
     nodes: list[GraphNode]

@@ -129,7 +129,7 @@ class Walk(AtTime, frozen=True, kw_only=True):
 @query("graph.neighbors", need="reader", reply=Neighbors)
 class GraphNeighbors(Walk, frozen=True, kw_only=True):
     """The entities within ``depth`` hops of ``entity_id`` (either direction), walked in
-    the store, and the relations between them."""
+    the store, and the relations it followed between them."""
 
     entity_id: Id
     depth: Annotated[int, msgspec.Meta(ge=1, le=MAX_DEPTH)] = 1
