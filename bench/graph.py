@@ -155,7 +155,9 @@ def service_session(kind: str) -> Any:
             store = await stack.enter_async_context(graph_store(cfg, kind, name))
             url = await stack.enter_async_context(env.nats_server(cfg, name))
             svc = await stack.enter_async_context(env.service(cfg, url, name, 2, store))
-            conns = await stack.enter_async_context(env.connections(url, cfg.sizes.connections))
+            conns = await stack.enter_async_context(
+                env.client_connections(url, cfg.sizes.connections, svc.token)
+            )
             clients = [env.client(nc, svc.token) for nc in conns]
             admin = clients[0]
             subjects_ = [
