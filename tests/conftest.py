@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -121,8 +123,28 @@ async def service(
 ) -> AsyncIterator[Service]:
     svc = Service(settings_for(nats_server, tmp_path, store_url))
     await svc.start()
+    await answering(nats_server.url)
     yield svc
     await svc.stop()
+
+
+async def answering(url: str, seconds: float = 5.0) -> None:
+    """Until the service answers a request sent from another connection: a busy server can
+    make the service's new subscriptions visible to other connections a moment after the
+    service's own flush, and a test's first raw request would find no responder."""
+    connection = await nats.connect(url)
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            try:
+                await connection.request("agentmem.sys.health", b"{}", timeout=seconds)
+                return
+            except nats.errors.NoRespondersError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
 
 
 @pytest.fixture
