@@ -149,11 +149,13 @@ from agentmem.replies import (
     MemoriesAdded,
     Memory,
     MemoryCounts,
+    MemorySearchResult,
     Message,
     Neighbors,
     Org,
     Page,
     ScopeDeleted,
+    ScoredMemory,
     Tool,
     User,
     WorkingItem,
@@ -987,7 +989,7 @@ class Client:
         session_id: str | None = None,
         limit: int = 10,
         **filters: Any,
-    ) -> list[Memory]:
+    ) -> list[ScoredMemory]:
         """The live memories of a scope that best match ``query`` (mem0's ``search``), read
         after this client's own writes."""
         return await self.search_memories(
@@ -1050,10 +1052,14 @@ class Client:
         ``metadata_filter``, ``order_by="importance"``, ``cursor``...)."""
         return await self._query(ListMemories, Page[Memory], **filters)
 
-    async def search_memories(self, text: str, **filters: Any) -> list[Memory]:
-        """``memory.search``, with any filter of ``memory.list`` as a keyword."""
-        found = await self._query(SearchMemories, Items[Memory], text=text, **filters)
-        return found.items
+    async def search_memories(self, text: str, **filters: Any) -> list[ScoredMemory]:
+        """The results of ``memory.search`` (``mode``: text, vector or hybrid, the default; any
+        filter of ``memory.list`` as a keyword); ``search_memories_result`` has the whole reply
+        (whether anything matched with confidence, and the model)."""
+        return (await self.search_memories_result(text, **filters)).items
+
+    async def search_memories_result(self, text: str, **filters: Any) -> MemorySearchResult:
+        return await self._query(SearchMemories, MemorySearchResult, text=text, **filters)
 
     async def memory_stats(self, **scope: Any) -> MemoryCounts:
         """``memory.stats``: counts by type, state and scope; ``user_id``, ``agent_id``,

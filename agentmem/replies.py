@@ -159,6 +159,32 @@ class MemoryCounts(msgspec.Struct, frozen=True):
     memory_type: str | None = None
 
 
+class Scores(msgspec.Struct, frozen=True):
+    """What a search result's score is made of (agentmem/ranking.py): ``relevance`` is the
+    weighted mean of ``text`` and ``vector``; ``recency`` and ``importance`` are the boosts,
+    before their weights (null when not asked)."""
+
+    relevance: float
+    text: float | None = None
+    vector: float | None = None
+    recency: float | None = None
+    importance: float | None = None
+
+
+class ScoredMemory(Memory, frozen=True, kw_only=True):
+    score: float = 0.0
+    scores: Scores | None = None
+
+
+class MemorySearchResult(msgspec.Struct, frozen=True):
+    items: list[ScoredMemory]
+    mode: str  # text, vector or hybrid
+    # Some result's relevance reached the mode's confident bar (agentmem/ranking.py); false:
+    # the items, if any, are the closest there were, not good matches.
+    confident: bool
+    model: str | None = None  # the embedding model of the vector side (null in text mode)
+
+
 class Page(msgspec.Struct, Generic[T], frozen=True):
     items: list[T]
     next_cursor: str | None

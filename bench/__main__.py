@@ -33,6 +33,7 @@ from bench import (
     pgbatch,
     search,
     spread,
+    vectors,
     workloads,
 )
 from bench.harness import NORMAL, QUICK, Config, Workload
@@ -43,6 +44,7 @@ ALL: list[Workload] = [
     *messages.WORKLOADS,
     *search.WORKLOADS,
     *memories.WORKLOADS,
+    *vectors.WORKLOADS,
 ]
 # Run only when named with --only: they need a Postgres server (AGENTMEM_BENCH_POSTGRES).
 ON_REQUEST: list[Workload] = [
@@ -54,6 +56,7 @@ ON_REQUEST: list[Workload] = [
     *spread.ON_REQUEST,
     *memories.ON_REQUEST,
     *graph.ON_REQUEST,
+    *vectors.ON_REQUEST,
 ]
 LARGE_REPLAY = 1_000_000
 
@@ -202,6 +205,8 @@ def child(args: argparse.Namespace) -> int:
     elif kind == "memory-replay":
         replayed = workloads.replay_child(url, store, events, MemoriesProjection())
         result = run_loop(replayed, args.loop)
+    elif kind == "vectors-rebuild":
+        result = run_loop(vectors.rebuild_child(url, store, events), args.loop)
     elif kind == "raw-projection":
         result = run_loop(baselines.raw_projection_child(url, Path(store), events), args.loop)
     elif kind == "raw-memory-projection":

@@ -26,6 +26,7 @@ from agentmem.consumers.queries import (
     encode_cursor,
     page,
 )
+from agentmem.consumers.recall import Recall
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import memories, orgs
 from agentmem.domain.aggregate import Loaded, Write
@@ -387,15 +388,14 @@ def query_router(parts: Parts) -> Router:
             del item["cursor"]
         return result, seq
 
+    recall = Recall(store, freshness)
+
     @router.handle(SearchMemories)
     async def search_memories(request: Request[SearchMemories]) -> Result:
+        """Text, vector or hybrid search (``agentmem.consumers.recall``)."""
         query = request.body
         org_id = readable_org(request, query.org_id)
-        memory_filter = memories.filter_of(query, org_id)
-        seq = await freshness.wait(PROJECTION, query.after_seq)
-        now = now_ms()
-        rows = await reads.search_memories(store, query.text, memory_filter, now, query.limit)
-        return {"items": [reads.memory_view(r, now) for r in rows]}, seq
+        return await recall.search(query, memories.filter_of(query, org_id))
 
     @router.handle(MemoryStats)
     async def memory_stats(request: Request[MemoryStats]) -> Result:

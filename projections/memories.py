@@ -317,6 +317,28 @@ def _rows_of(memory_filter: MemoryFilter, dialect: Dialect, now: int) -> Conditi
     )
 
 
+async def memory_ids(store: Store, memory_filter: MemoryFilter, now: int) -> list[str]:
+    """The ids of every memory ``memory_filter`` keeps: the vector side's candidates when a
+    filter is not one its index holds."""
+    rows = _rows_of(memory_filter, store.dialect, now)
+    return [
+        r["memory_id"]
+        for r in await store.fetch_all(f"SELECT t.memory_id FROM {rows.sql}", *rows.args)
+    ]
+
+
+async def memories_among(
+    store: Store, memory_filter: MemoryFilter, now: int, memory_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The rows (versions, with ``known_at``) of ``memory_ids`` that ``memory_filter`` keeps."""
+    if not memory_ids:
+        return []
+    rows = _rows_of(memory_filter, store.dialect, now)
+    marks = ", ".join("?" for _ in memory_ids)
+    sql = f"SELECT {_T_COLUMNS} FROM {rows.sql} WHERE t.memory_id IN ({marks})"
+    return await store.fetch_all(sql, *rows.args, *memory_ids)
+
+
 async def list_memories(
     store: Store,
     memory_filter: MemoryFilter,

@@ -25,6 +25,7 @@ from agentmem.projections.messages import MESSAGE_COMMANDS, MESSAGE_REDACTIONS, 
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
 from agentmem.projections.users import API_KEYS, USERS
+from agentmem.projections.vectors import MEMORY_VECTORS
 from agentmem.projections.working import WORKING_ITEMS
 from agentmem.store import fulltext
 from agentmem.store.port import FullText, Migration, Sql
@@ -204,6 +205,20 @@ MIGRATIONS: list[Migration] = [
                     "2^62; confidence in millionths'",
                     "COMMENT ON TABLE graph_associations IS 'AgentMem projection graph: one row "
                     "per typed link between two memories; strength in millionths'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        10,
+        "memory vectors (embeddings), one row per memory and model",
+        (
+            MEMORY_VECTORS,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE memory_vectors IS 'AgentMem projection vectors-*: one "
+                    "embedding per memory and model (float32 bytes), with the columns a search "
+                    "filters by; a deleted memory keeps a tombstone without vector'",
                 )
             ),
         ),

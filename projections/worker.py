@@ -149,15 +149,22 @@ class ProjectionWorker:
                     await self.js.delete_consumer(self.stream, self.consumer)
             log.info("projection stopped", projection=self.name, checkpoint=self.checkpoint)
 
+    async def _prepare(self, commits: list[StoredCommit]) -> None:
+        """A projection with a ``prepare(store, commits)`` step (derived data made in bulk,
+        such as embeddings) gets the whole batch before its commits are projected."""
+        prepare = getattr(self.projection, "prepare", None)
+        if prepare is not None and commits:
+            await prepare(self.store, commits)
+
     async def _apply(self, messages: list[Msg]) -> int:
         """Apply one fetched batch; returns how many messages are still pending after it."""
         # Built on this worker's checkpoint: the store applies it only if that is still the
         # stored one, so a worker that lost its lease cannot apply a batch late.
         batch = ProjectionBatch(self.name, self.checkpoint, after=self.checkpoint)
         last_seq = self.checkpoint
+        decoded: list[tuple[Msg, StoredCommit | Exception]] = []
         for message in messages:
-            meta = message.metadata
-            seq = meta.sequence.stream
+            seq = message.metadata.sequence.stream
             if seq <= self.checkpoint:
                 continue  # applied before a crash that came between commit and ack
             if self.until_seq is not None and seq > self.until_seq:
@@ -171,8 +178,17 @@ class ProjectionWorker:
                     headers=message.headers or {},
                     events=decode_commit(message.data).events,
                 )
-                batch.items.append((seq, message.subject, self.projection.project(commit)))
+                decoded.append((message, commit))
             except Exception as exc:  # an event this code cannot read must not stall the rest
+                decoded.append((message, exc))
+        await self._prepare([c for _, c in decoded if isinstance(c, StoredCommit)])
+        for message, commit_or_error in decoded:
+            seq = message.metadata.sequence.stream
+            try:
+                if isinstance(commit_or_error, Exception):
+                    raise commit_or_error
+                batch.items.append((seq, message.subject, self.projection.project(commit_or_error)))
+            except Exception as exc:
                 batch.parked.append(
                     Parked(self.name, seq, message.subject, f"{type(exc).__name__}: {exc}")
                 )

@@ -59,9 +59,9 @@ from agentmem.queries import InOrg as QueryInOrg
 from agentmem.replies import (
     Deduplicated,
     HistoryEntry,
-    Items,
     MemoriesAdded,
     MemoryCounts,
+    MemorySearchResult,
     Page,
     ScopeDeleted,
 )
@@ -87,6 +87,8 @@ Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # the memories projection (every later memory event waited behind it).
 MAX_TIME_MS = 253_402_300_799_999
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+HalfLife = Annotated[float, msgspec.Meta(gt=0.0, le=36_500.0)]
 Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048)]
 MimeType = Annotated[
     str, msgspec.Meta(max_length=255, pattern=r"^[A-Za-z0-9][\w.+\-]*/[\w.+\-]+$(?!\n)")
@@ -260,13 +262,20 @@ class ListMemories(MemoryFilters, frozen=True, kw_only=True):
     cursor: Cursor | None = None
 
 
-@query("memory.search", need="reader", reply=Items[MemoryReply])
+@query("memory.search", need="reader", reply=MemorySearchResult)
 class SearchMemories(MemoryFilters, frozen=True, kw_only=True):
-    """Full-text search, best match first, over one scope's memories, with every filter of
-    ``memory.list``."""
+    """Memories that match ``text``, best first, with every filter of ``memory.list``: by
+    its words (``text``), its meaning (``vector``) or both (``hybrid``); see
+    agentmem/ranking.py for the score."""
 
     text: SearchText
     limit: Limit = 20
+    mode: Literal["text", "vector", "hybrid"] = "hybrid"
+    min_score: Unit | None = None  # the floor of relevance (before boosts)
+    recency_weight: Unit = 0.0
+    importance_weight: Unit = 0.0
+    half_life_days: HalfLife = 30.0
+    mmr: Unit | None = None  # λ of maximal marginal relevance (1: relevance only)
 
 
 @query("memory.stats", need="reader", reply=MemoryCounts)

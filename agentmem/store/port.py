@@ -8,7 +8,8 @@ from typing import Any, Literal, Protocol
 
 from agentmem.errors import UnavailableError
 
-ColumnType = Literal["text", "integer", "json"]
+# "blob": bytes (derived vectors: float32, little-endian).
+ColumnType = Literal["text", "integer", "json", "blob"]
 Row = dict[str, Any]
 
 # Every read of a query (``fetch_one``, ``fetch_all``, ``search``; not ``dump``) is stopped

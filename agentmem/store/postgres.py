@@ -52,6 +52,7 @@ _TYPES: dict[ColumnType, str] = {
     "text": 'TEXT COLLATE "C"',
     "integer": "BIGINT",
     "json": 'TEXT COLLATE "C"',
+    "blob": "BYTEA",
 }
 
 _SYSTEM_TABLES = [

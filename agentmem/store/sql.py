@@ -7,7 +7,12 @@ from functools import lru_cache
 
 from agentmem.store.port import Column, ColumnType, Copy, Delete, RowOp, Table, Update, Upsert
 
-TYPES: dict[ColumnType, str] = {"text": "TEXT", "integer": "BIGINT", "json": "TEXT"}
+TYPES: dict[ColumnType, str] = {
+    "text": "TEXT",
+    "integer": "BIGINT",
+    "json": "TEXT",
+    "blob": "BLOB",
+}
 
 
 def create_table(table: Table, types: Mapping[ColumnType, str] = TYPES) -> list[str]:

@@ -1,0 +1,138 @@
+"""``python -m bench.fusion``: choose hybrid search's weights and floors by measurement, on
+the development split of the retrieval set (bench/eval/retrieval.json), never the test split.
+
+The set is loaded into a real service once; each dev query is asked once in ``hybrid`` mode
+with ``min_score`` 0 and a long ``limit``, which returns every candidate of both sides with
+its ``text`` and ``vector`` components. Each setting of the grid then re-ranks those
+candidates as ``agentmem.ranking`` would (relevance = w·text + (1-w)·cosine, the floor, the
+confident bar) and is scored with the evaluation's own metrics. It prints the best settings
+by mean nDCG@10 and the values ``agentmem/ranking.py`` holds, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agentmem import ranking
+from agentmem.domain.memories import SearchMemories
+from bench.eval import dataset
+from bench.eval.metrics import Score, mean
+from bench.eval.run import _scope_fields, load, service_client, wait_idle
+
+TEXT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+FLOORS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
+BARS = tuple(round(0.05 * i, 2) for i in range(1, 16))
+CANDIDATES = 200
+
+
+Asked = tuple[dataset.Query, list[tuple[str | None, float, float]]]
+
+
+async def ask_all(split: str) -> list[Asked]:
+    data = dataset.load(dataset.PATH).split([split])  # type: ignore[list-item]
+    asked: list[Asked] = []
+    async with service_client("sqlite") as client:
+        org_ids = {
+            org: str((await client.create_org(name)).fields["org_id"])
+            for org, name in data.organizations.items()
+        }
+        ids = await load(client, data, org_ids)
+        await wait_idle(client)
+        keys = {memory_id: key for key, memory_id in ids.items()}
+        for query in data.queries:
+            body: dict[str, Any] = {
+                "text": query.text,
+                "org_id": org_ids[query.scope.org],
+                "limit": CANDIDATES,
+                "min_score": 0.0,
+                **_scope_fields(query.scope),
+            }
+            reply = (await client.request(SearchMemories.op.subject, body)).data
+            found = []
+            for item in reply["items"]:
+                scores = item["scores"]
+                found.append(
+                    (keys.get(item["memory_id"]), scores["text"] or 0.0, scores["vector"] or 0.0)
+                )
+            asked.append((query, found))
+    return asked
+
+
+def relevances(asked: Sequence[Asked], text_weight: float) -> list[list[tuple[float, str | None]]]:
+    """Each query's candidates by relevance under ``text_weight``, best first."""
+    ranked = []
+    for _, found in asked:
+        scored = [(text_weight * t + (1 - text_weight) * max(v, 0.0), key) for key, t, v in found]
+        ranked.append(sorted(scored, key=lambda pair: -pair[0]))
+    return ranked
+
+
+def balanced_accuracy(
+    asked: Sequence[Asked], ranked: list[list[tuple[float, Any]]], bar: float
+) -> float:
+    """How well ``confident`` (some candidate at or above ``bar``) tells answerable queries
+    from unanswerable ones: the mean of the two classes' hit rates (unanswerable queries are
+    a sixth of the set, so plain accuracy would favour calling everything confident)."""
+    hits = {True: [0, 0], False: [0, 0]}
+    for (query, _), candidates in zip(asked, ranked, strict=True):
+        answerable = bool(query.relevant)
+        confident = any(r >= bar for r, _ in candidates)
+        hits[answerable][0] += confident == answerable
+        hits[answerable][1] += 1
+    return sum(right / max(total, 1) for right, total in hits.values()) / 2
+
+
+def evaluate(
+    ranked: list[list[tuple[float, Any]]], asked: Sequence[Asked], floor: float, bar: float
+) -> Score:
+    scores = []
+    for (query, _), candidates in zip(asked, ranked, strict=True):
+        kept = [(r, key) for r, key in candidates if r >= floor]
+        confident = any(r >= bar for r, _ in kept)
+        relevant: Mapping[str, int] = query.relevant
+        scores.append(Score.of([key for _, key in kept][:10], relevant, confident))
+    result = mean(scores)
+    assert result is not None
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__)
+    p.add_argument("--split", default="dev", choices=["dev"], help="only dev: test is for reports")
+    args = p.parse_args()
+    asked = asyncio.run(ask_all(args.split))
+    print(f"{len(asked)} {args.split} queries. Per text weight: the confident bar with the best")
+    print("balanced accuracy (lowest among ties), then the floor with the best nDCG@10 under it.")
+    print("text_weight  bar   balanced  floor  nDCG@10  MRR    R@1")
+    best: tuple[float, float, float, float] | None = None
+    for weight in TEXT_WEIGHTS:
+        ranked = relevances(asked, weight)
+        bar = max(BARS, key=lambda b: (balanced_accuracy(asked, ranked, b), -b))
+        floor = max(FLOORS, key=lambda f: (evaluate(ranked, asked, f, bar).ndcg_10, f))
+        score = evaluate(ranked, asked, floor, bar)
+        accuracy = balanced_accuracy(asked, ranked, bar)
+        print(
+            f"{weight:11.2f}  {bar:4.2f}  {accuracy:8.3f}  {floor:5.2f}  {score.ndcg_10:7.3f}  "
+            f"{score.mrr:5.3f}  {score.recall_1:5.3f}"
+        )
+        # Both matter: the order of the results, and a confident flag one can act on.
+        if best is None or score.ndcg_10 + accuracy > best[0]:
+            best = (score.ndcg_10 + accuracy, weight, floor, bar)
+    assert best is not None
+    print(
+        f"best (nDCG@10 + balanced accuracy): text weight {best[1]:.2f}, floor {best[2]:.2f}, "
+        f"bar {best[3]:.2f}"
+    )
+    text_weight, vector_weight = ranking.WEIGHTS["hybrid"]
+    print(
+        f"agentmem/ranking.py holds: hybrid text weight "
+        f"{text_weight / (text_weight + vector_weight):.2f}, floor {ranking.FLOOR['hybrid']:.2f}, "
+        f"bars {ranking.CONFIDENT}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The query side's vector index: each organization's vectors in one numpy matrix, kept in
+the query process and caught up from the store before each search.
+
+Where it lives and why: the store holds the vectors (``memory_vectors``, made by the
+``vectors-*`` projection) and is the only truth; each query process holds a copy of the
+organizations it searched, as a float32 matrix and one numpy array per filter column. A
+search filters those arrays (scope, type, state, expiry, valid time) and scores the rows
+left with one matrix product: exact, so its recall is that of the model (about 6 ms for
+100,000 vectors of 256 dimensions on 2 cores; a scope of 1,000 well under 1 ms).
+
+- **Catching up.** Every row carries the sequence of the commit that last changed it. Before
+  a search the index reads the organization's rows changed after the last one it holds
+  (one indexed range read, usually empty), so a process sees other processes' writes, and
+  a deletion arrives as a tombstone row that removes the vector from the matrix.
+- **Restart.** Nothing is saved: the first search of an organization loads its rows
+  (100,000 in about a second) and later ones only the changes.
+- **Replay.** A replay into another store is another process's business; a projection
+  reset under this process (checkpoint moved back) drops every copy, which then reloads.
+- **Tenants.** One copy per organization and model: a search never scores another
+  organization's vectors, and its cost is that of its own organization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agentmem.projections import vectors as reads
+from agentmem.store import Store
+
+PAGE = 20_000  # rows read per statement while catching up
+NEVER = np.iinfo(np.int64).max  # a NULL valid_to or expires_at
+STATES = {"live": 0, "archived": 1, "superseded": 2, "deleted": 3, "expired": 4}
+SCOPE_COLUMNS = ("user_id", "agent_id", "session_id", "memory_type")
+# Dead rows (deleted since loaded) past this share of the copy: it is loaded afresh.
+COMPACT_SHARE = 0.5
+TIMES = ("importance", "valid_from", "valid_to", "expires_at", "created_at")  # int64
+
+Floats = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class VectorFilter:
+    """What ``memory.search`` filters by, as the index can: scope columns equal, the states
+    asked (as ``memory.list`` counts them: a live or archived memory whose ``expires_at``
+    has passed is expired only), valid at ``as_of`` when given, and among ``allowed`` ids
+    when the store computed them (filters the index does not hold: tags, metadata...)."""
+
+    scope: dict[str, str]
+    states: tuple[str, ...]
+    now: int
+    as_of: int | None = None
+    allowed: frozenset[str] | None = None
+
+
+class OrgVectors:
+    """One organization's vectors under one model."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.n = 0
+        self.dead = 0
+        self.ids: list[str] = []
+        self.row_of: dict[str, int] = {}
+        self.after: tuple[int, str] = (0, "")
+        self.checkpoint = 0
+        self.codes: dict[str, dict[str | None, int]] = {c: {} for c in SCOPE_COLUMNS}
+        self.matrix = np.zeros((0, dim), dtype=np.float32)
+        self.columns: dict[str, npt.NDArray[Any]] = {}
+        self._grow(1024)
+
+    def _grow(self, capacity: int) -> None:
+        old = self.matrix.shape[0]
+        matrix = np.zeros((capacity, self.dim), dtype=np.float32)
+        matrix[:old] = self.matrix
+        self.matrix = matrix
+        kinds = {**{c: np.int32 for c in SCOPE_COLUMNS}, "state": np.int8, "alive": np.bool_}
+        for name in (*kinds, *TIMES):
+            column: npt.NDArray[Any] = np.zeros(capacity, dtype=kinds.get(name, np.int64))
+            if name in self.columns:
+                column[:old] = self.columns[name]
+            self.columns[name] = column
+
+    def _code(self, column: str, value: str | None) -> int:
+        codes = self.codes[column]
+        code = codes.get(value)
+        if code is None:
+            code = codes[value] = len(codes)
+        return code
+
+    def apply(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows of ``memory_vectors`` changed since the last call, in (seq, id) order."""
+        if not rows:
+            return
+        slots: list[int] = []
+        kept: list[dict[str, Any]] = []
+        for row in rows:
+            memory_id = row["memory_id"]
+            slot = self.row_of.get(memory_id)
+            gone = not row["vector"]  # a tombstone: deleted, or expired and emptied
+            if slot is None:
+                if gone:
+                    continue  # gone before this copy saw it
+                slot = self.row_of[memory_id] = self.n
+                self.ids.append(memory_id)
+                self.n += 1
+            elif gone and self.columns["alive"][slot]:
+                self.dead += 1
+            slots.append(slot)
+            kept.append(row)
+        last = rows[-1]
+        self.after = (int(last["seq"]), str(last["memory_id"]))
+        if not kept:
+            return
+        if self.n > self.matrix.shape[0]:
+            self._grow(max(self.n, 2 * self.matrix.shape[0]))
+        at = np.array(slots, dtype=np.int64)
+        alive = np.array([bool(r["vector"]) for r in kept], dtype=np.bool_)
+        vectors = np.zeros((len(kept), self.dim), dtype=np.float32)
+        for i, row in enumerate(kept):
+            if alive[i]:
+                vectors[i] = np.frombuffer(row["vector"], dtype=reads.VECTOR_DTYPE)
+        self.matrix[at] = vectors
+        columns = self.columns
+        columns["alive"][at] = alive
+        for name in SCOPE_COLUMNS:
+            columns[name][at] = [self._code(name, r[name]) for r in kept]
+        columns["state"][at] = [STATES[r["state"]] for r in kept]
+        for name in ("importance", "valid_from", "created_at"):
+            columns[name][at] = [r[name] for r in kept]
+        for name in ("valid_to", "expires_at"):
+            columns[name][at] = [NEVER if r[name] is None else r[name] for r in kept]
+
+    def mask(self, where: VectorFilter) -> npt.NDArray[np.bool_] | None:
+        """The rows a search may return; None when none can (an unknown scope value)."""
+        n, columns = self.n, self.columns
+        mask = columns["alive"][:n].copy()
+        for name, value in where.scope.items():
+            code = self.codes[name].get(value)
+            if code is None:
+                return None
+            mask &= columns[name][:n] == code
+        state = columns["state"][:n]
+        expired = columns["expires_at"][:n] <= where.now
+        wanted = np.zeros(n, dtype=np.bool_)
+        for name in where.states:
+            if name == "superseded":
+                wanted |= state == STATES["superseded"]
+            elif name == "expired":
+                timed_out = (state == STATES["live"]) | (state == STATES["archived"])
+                wanted |= (state == STATES["expired"]) | (timed_out & expired)
+            else:
+                wanted |= (state == STATES[name]) & ~expired
+        mask &= wanted
+        if where.allowed is not None:
+            allowed = np.zeros(n, dtype=np.bool_)
+            slots = [self.row_of[m] for m in where.allowed if m in self.row_of]
+            allowed[np.array(slots, dtype=np.int64)] = True
+            mask &= allowed
+        if where.as_of is not None:
+            mask &= columns["valid_from"][:n] <= where.as_of
+            mask &= columns["valid_to"][:n] > where.as_of
+        return mask
+
+    def search(self, query: Floats, where: VectorFilter, k: int) -> list[tuple[str, float]]:
+        """The ``k`` rows nearest ``query`` (cosine, exact) among those ``where`` allows."""
+        mask = self.mask(where) if self.n else None
+        if mask is None:
+            return []
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return []
+        if rows.size * 4 < self.n:  # a small scope: gather its rows
+            scores = self.matrix[rows] @ query
+        else:  # most of the organization: one product over the whole matrix
+            scores = (self.matrix[: self.n] @ query)[rows]
+        best = np.argpartition(-scores, k - 1)[:k] if rows.size > k else np.arange(rows.size)
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(self.ids[int(rows[i])], float(scores[i])) for i in best]
+
+    def vectors(self, memory_ids: Sequence[str]) -> dict[str, Floats]:
+        """The vectors of these memories that this copy holds (alive)."""
+        found: dict[str, Floats] = {}
+        alive = self.columns["alive"]
+        for memory_id in memory_ids:
+            slot = self.row_of.get(memory_id)
+            if slot is not None and alive[slot]:
+                found[memory_id] = self.matrix[slot]
+        return found
+
+
+class VectorIndex:
+    """Every organization's copy in this process, for one model."""
+
+    def __init__(self, model: str, dim: int) -> None:
+        self.model = model
+        self.dim = dim
+        self._orgs: dict[str, OrgVectors] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def fresh(self, store: Store, org_id: str, checkpoint: int) -> OrgVectors:
+        """The organization's copy, caught up with the store. ``checkpoint``: the vector
+        projection's, as the query read it (lower than before: the table was rebuilt)."""
+        lock = self._locks.setdefault(org_id, asyncio.Lock())
+        async with lock:
+            copy = self._orgs.get(org_id)
+            stale = copy is not None and (
+                checkpoint < copy.checkpoint
+                or (copy.dead > 1_000 and copy.dead > COMPACT_SHARE * copy.n)
+            )
+            if copy is None or stale:
+                copy = self._orgs[org_id] = OrgVectors(self.dim)
+            while True:
+                rows = await reads.changed_since(store, org_id, self.model, copy.after, PAGE)
+                copy.apply(rows)
+                if len(rows) < PAGE:
+                    break
+            copy.checkpoint = max(copy.checkpoint, checkpoint)
+            return copy

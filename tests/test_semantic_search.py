@@ -1,0 +1,189 @@
+"""Semantic and hybrid ``memory.search`` over NATS, against the real service, the real default
+embedder (offline, from its wheel) and each store: a paraphrase found by meaning, the three
+modes and their score components, a floor that answers "nothing confident" instead of junk,
+the vectors of a deleted memory gone from the vector table, unchanged content not embedded
+again, filters and organizations kept apart on the vector side, and replay equal to live.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, ranking
+from agentmem.projections import vectors
+from agentmem.projections.vectors import MEMORY_VECTORS
+from agentmem.service import Service
+from tests.realparts import dump_store, replay_into, wait_caught_up
+
+STORES = ("sqlite", "postgres")
+PASSWORD = "long-enough-password"
+
+FACTS = [
+    "Ann is allergic to peanuts",
+    "The deploy pipeline runs every Friday afternoon",
+    "Bob prefers window seats on long flights",
+    "The staging database password rotates monthly",
+]
+
+
+@pytest.fixture
+async def acme(client: Client) -> tuple[str, Client]:
+    org_id = str((await client.create_org("Acme")).fields["org_id"])
+    user = await client.register_user(org_id, "M", "m@acme.example", PASSWORD, roles=["member"])
+    key = await client.create_api_key("test", user_id=user.fields["user_id"])
+    return org_id, client.with_token(str(key.fields["token"]))
+
+
+async def add_facts(api: Client, user_id: str = "ann") -> dict[str, str]:
+    ids = {}
+    for fact in FACTS:
+        ids[fact] = str((await api.add_memory(fact, user_id=user_id)).fields["memory_id"])
+    return ids
+
+
+async def vector_rows(service: Service) -> list[dict[str, Any]]:
+    return await service.store.fetch_all(
+        "SELECT memory_id, state, content_hash, vector FROM memory_vectors ORDER BY memory_id"
+    )
+
+
+async def test_a_paraphrase_is_found_by_meaning_not_by_words(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    ids = await add_facts(api)
+    seq = api.last_seq
+    question = "nut allergy"  # no word (stem) in common with the peanut fact
+    text = await api.search_memories_result(question, user_id="ann", mode="text", after_seq=seq)
+    assert ids[FACTS[0]] not in [m.memory_id for m in text.items]
+    found = await api.search_memories_result(question, user_id="ann", mode="vector")
+    assert found.items[0].memory_id == ids[FACTS[0]]
+    assert found.mode == "vector"
+    assert found.model == vectors.PROJECTION.model
+    best = found.items[0]
+    assert best.scores is not None
+    assert best.scores.vector is not None
+    assert best.scores.text is None
+    assert best.score == pytest.approx(best.scores.vector)
+    hybrid = await api.search_memories_result(question, user_id="ann")
+    assert hybrid.mode == "hybrid"
+    assert hybrid.items[0].memory_id == ids[FACTS[0]]
+
+
+async def test_hybrid_scores_carry_both_components(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    ids = await add_facts(api)
+    found = await api.search_memories("peanuts allergy", user_id="ann", after_seq=api.last_seq)
+    top = found[0]
+    assert top.memory_id == ids[FACTS[0]]
+    assert top.scores is not None
+    assert top.scores.text == pytest.approx(0.5)  # one word of two
+    assert top.scores.vector is not None
+    assert top.scores.vector > 0.3
+    text_weight, vector_weight = ranking.WEIGHTS["hybrid"]
+    fused = (text_weight * 0.5 + vector_weight * top.scores.vector) / (text_weight + vector_weight)
+    assert top.scores.relevance == pytest.approx(fused)
+    assert [s.score for s in found] == sorted((s.score for s in found), reverse=True)
+
+
+async def test_nothing_confident_is_said_instead_of_returning_junk(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    await add_facts(api)
+    seq = api.last_seq
+    found = await api.search_memories_result(
+        "quantum chromodynamics lattice gauge", user_id="ann", after_seq=seq
+    )
+    assert found.confident is False
+    bar = ranking.CONFIDENT["hybrid"]
+    assert all(m.scores is not None and m.scores.relevance < bar for m in found.items)
+    # min_score 0: every memory of the scope comes back, ranked, still not confident.
+    everything = await api.search_memories_result(
+        "quantum chromodynamics lattice gauge", user_id="ann", min_score=0.0
+    )
+    assert len(everything.items) == len(FACTS)
+    assert everything.confident is False
+    sure = await api.search_memories_result("peanut allergy", user_id="ann", mode="vector")
+    assert sure.confident is True
+
+
+async def test_the_vector_side_keeps_scopes_states_and_organizations_apart(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    org_id, api = acme
+    ids = await add_facts(api, "ann")
+    bob_ids = await add_facts(api, "bob")
+    other = str((await client.create_org("Other")).fields["org_id"])
+    await client.add_memory(FACTS[0], org_id=other, user_id="ann")
+    seq = max(api.last_seq, client.last_seq)
+    found = await api.search_memories(
+        "peanut allergy", user_id="ann", mode="vector", min_score=0, after_seq=seq
+    )
+    assert {m.memory_id for m in found} == set(ids.values())
+    assert {m.org_id for m in found} == {org_id}
+    await api.archive_memory(bob_ids[FACTS[0]])
+    live = await api.search_memories(
+        "peanut allergy", user_id="bob", mode="vector", after_seq=api.last_seq
+    )
+    assert bob_ids[FACTS[0]] not in [m.memory_id for m in live]
+    archived = await api.search_memories(
+        "peanut allergy", user_id="bob", mode="vector", states=["archived"]
+    )
+    assert [m.memory_id for m in archived] == [bob_ids[FACTS[0]]]
+
+
+async def test_a_deleted_memory_leaves_the_vector_table(
+    service: Service, acme: tuple[str, Client]
+) -> None:
+    _, api = acme
+    ids = await add_facts(api)
+    peanuts = ids[FACTS[0]]
+    assert await api.search_memories("peanut allergy", user_id="ann", after_seq=api.last_seq)
+    await api.delete_memory(peanuts)
+    found = await api.search_memories(
+        "peanut allergy", user_id="ann", mode="vector", min_score=0, after_seq=api.last_seq
+    )
+    assert peanuts not in [m.memory_id for m in found]
+    assert len(found) == len(FACTS) - 1
+    rows = {r["memory_id"]: r for r in await vector_rows(service)}
+    assert rows[peanuts]["state"] == "deleted"
+    assert bytes(rows[peanuts]["vector"]) == b""
+    assert rows[peanuts]["content_hash"] == ""
+    assert all(len(bytes(r["vector"])) == 256 * 4 for m, r in rows.items() if m != peanuts)
+
+
+async def test_unchanged_content_is_not_embedded_again(
+    service: Service, acme: tuple[str, Client]
+) -> None:
+    _, api = acme
+    ids = await add_facts(api)
+    await api.search_memories("peanuts", user_id="ann", after_seq=api.last_seq)
+    before = vectors.PROJECTION.embedded
+    # The same text in another scope, and an update that changes only tags.
+    await api.add_memory(FACTS[1], user_id="carl")
+    await api.update_memory(ids[FACTS[2]], tags=["travel"])
+    found = await api.search_memories(
+        "Friday deploy", user_id="carl", mode="vector", after_seq=api.last_seq
+    )
+    assert [m.content for m in found][:1] == [FACTS[1]]
+    assert vectors.PROJECTION.embedded == before
+    await api.update_memory(ids[FACTS[2]], content="Bob prefers aisle seats")
+    await api.search_memories("seat", user_id="ann", after_seq=api.last_seq)
+    assert vectors.PROJECTION.embedded == before + 1
+
+
+async def test_replay_rebuilds_the_same_vectors(
+    service: Service, nc: NATS, admin_token: str, acme: tuple[str, Client], tmp_path: Path
+) -> None:
+    _, api = acme
+    ids = await add_facts(api)
+    await api.update_memory(ids[FACTS[1]], content="The deploy pipeline runs on Mondays")
+    await api.delete_memory(ids[FACTS[3]])
+    await wait_caught_up(nc, admin_token)
+    live = (await dump_store(service.store))[MEMORY_VECTORS.name]
+    replayed = (await replay_into(nc, tmp_path / "replayed.db"))[MEMORY_VECTORS.name]
+    assert live == replayed
+    assert len(live) == len(FACTS)

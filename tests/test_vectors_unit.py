@@ -1,0 +1,240 @@
+"""The parts of semantic search that need no service: the embedders (the default one loaded
+with every network connection refused; the OpenAI-compatible one against a local HTTP
+server), the query side's vector index against a brute-force search, and the pure ranking
+(fusion, boosts, floor, confidence, MMR)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agentmem import ranking
+from agentmem.consumers.vector_index import OrgVectors, VectorFilter
+from agentmem.embedding import content_hash
+from agentmem.embedding.remote import RemoteEmbedder
+from agentmem.embedding.wordllama import WordLlamaEmbedder
+from agentmem.projections.vectors import projection_name, vector_bytes
+
+
+# Embedders --------------------------------------------------------------------------------
+def test_the_default_model_loads_and_embeds_with_the_network_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the embedder tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    embedder = WordLlamaEmbedder()
+    vectors = embedder.embed(["Ann is allergic to peanuts", "nut allergy", "Friday deploys"])
+    assert vectors.shape == (3, 256)
+    assert vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3  # related beats unrelated
+    assert embedder.model_id.startswith("wordllama-l2_supercat-256@")
+    assert embedder.embed([]).shape == (0, 256)
+
+
+class _Embeddings(http.server.BaseHTTPRequestHandler):
+    """A local /v1/embeddings: the vector of a text is its length and its vowel count."""
+
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Embeddings.seen.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), **body}
+        )
+        data = [
+            {"index": i, "embedding": [float(len(t)), float(sum(c in "aeiou" for c in t))]}
+            for i, t in enumerate(body["input"])
+        ]
+        reply = json.dumps({"data": list(reversed(data)), "model": body["model"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def embeddings_server() -> Iterator[str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Embeddings)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_openai_compatible_endpoint_embeds_in_order_with_its_key(embeddings_server: str) -> None:
+    _Embeddings.seen.clear()
+    embedder = RemoteEmbedder(embeddings_server, "tiny", key="sk-test")
+    vectors = embedder.embed(["aa", "bbbb"])
+    assert embedder.model_id == "openai-tiny"
+    assert _Embeddings.seen == [
+        {
+            "path": "/v1/embeddings",
+            "auth": "Bearer sk-test",
+            "model": "tiny",
+            "input": ["aa", "bbbb"],
+        }
+    ]
+    # Sorted back by index (the server answered in reverse), and scaled to unit length.
+    assert np.allclose(vectors, [[2 / np.sqrt(8), 2 / np.sqrt(8)], [1.0, 0.0]])
+    assert embedder.dim == 2
+
+
+def test_each_model_is_its_own_projection_and_contents_hash_stably() -> None:
+    assert projection_name("a") != projection_name("b")
+    assert projection_name("a") == projection_name("a")
+    assert projection_name("a").startswith("vectors-")
+    assert content_hash("x") == content_hash("x") != content_hash("y")
+
+
+# The vector index -------------------------------------------------------------------------
+def _row(
+    memory_id: str, embedding: np.ndarray[Any, Any], seq: int, **fields: Any
+) -> dict[str, Any]:
+    row = {
+        "memory_id": memory_id,
+        "user_id": "ann",
+        "agent_id": None,
+        "session_id": None,
+        "memory_type": "semantic",
+        "state": "live",
+        "importance": 500_000,
+        "valid_from": 0,
+        "valid_to": None,
+        "expires_at": None,
+        "created_at": seq,
+        "vector": vector_bytes(embedding),
+        "seq": seq,
+    }
+    return {**row, **fields}
+
+
+def test_the_index_finds_what_brute_force_finds_under_every_filter() -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3_000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    users = [f"u{i % 7}" for i in range(3_000)]
+    states = ["archived" if i % 11 == 0 else "live" for i in range(3_000)]
+    expiry = [5 if i % 13 == 0 else None for i in range(3_000)]
+    rows = [
+        _row(f"m{i:05}", vectors[i], i + 1, user_id=users[i], state=states[i], expires_at=expiry[i])
+        for i in range(3_000)
+    ]
+    copy = OrgVectors(16)
+    for start in range(0, 3_000, 700):  # caught up in several pages, growing as it goes
+        copy.apply(rows[start : start + 700])
+    query = vectors[42] + 0.1
+    for scope, state in (({"user_id": "u3"}, "live"), ({}, "live"), ({}, "archived")):
+        allowed = [
+            i
+            for i in range(3_000)
+            if states[i] == state
+            and expiry[i] is None
+            and all(users[i] == v for v in scope.values())
+        ]
+        scores = vectors[allowed] @ query
+        truth = [f"m{allowed[i]:05}" for i in np.argsort(-scores)[:10]]
+        found = copy.search(query, VectorFilter(scope, (state,), now=10), 10)
+        assert [memory_id for memory_id, _ in found] == truth
+    assert copy.search(query, VectorFilter({"user_id": "nobody"}, ("live",), now=10), 10) == []
+
+
+def test_a_tombstone_and_a_change_reach_the_index() -> None:
+    a, b = np.eye(4, dtype=np.float32)[:2]
+    copy = OrgVectors(4)
+    copy.apply([_row("m1", a, 1), _row("m2", b, 1)])
+    copy.apply([_row("m1", a, 2, state="deleted", vector=b"")])
+    copy.apply([_row("m2", a, 3, user_id="bob")])  # new content and scope
+    copy.apply([_row("m3", b, 4, state="deleted", vector=b"")])  # deleted before seen
+    assert copy.search(a, VectorFilter({}, ("live",), now=0), 10) == [("m2", 1.0)]
+    assert copy.search(a, VectorFilter({"user_id": "ann"}, ("live",), now=0), 10) == []
+    assert copy.dead == 1
+    assert copy.n == 2
+    assert copy.after == (4, "m3")
+
+
+def test_as_of_keeps_what_was_valid_then() -> None:
+    a = np.eye(4, dtype=np.float32)[0]
+    copy = OrgVectors(4)
+    copy.apply(
+        [
+            _row("old", a, 1, valid_from=0, valid_to=100, state="superseded"),
+            _row("new", a, 2, valid_from=100),
+        ]
+    )
+    then = copy.search(a, VectorFilter({}, ("superseded",), now=0, as_of=50), 10)
+    assert [m for m, _ in then] == ["old"]
+    assert copy.search(a, VectorFilter({}, ("live",), now=0, as_of=50), 10) == []
+    assert [m for m, _ in copy.search(a, VectorFilter({}, ("live",), now=0, as_of=150), 10)] == [
+        "new"
+    ]
+
+
+# Ranking -----------------------------------------------------------------------------------
+def _candidate(
+    memory_id: str, text: float | None, vector: float | None, **kw: Any
+) -> ranking.Candidate:
+    return ranking.Candidate(
+        memory_id, text, vector, kw.get("created_at", 0), kw.get("importance", 0.5)
+    )
+
+
+def test_hybrid_relevance_is_the_weighted_mean_and_negative_cosines_count_as_zero() -> None:
+    text_weight, vector_weight = ranking.WEIGHTS["hybrid"]
+    fused = ranking.relevance("hybrid", 1.0, 0.5)
+    assert fused == pytest.approx(
+        (text_weight + vector_weight * 0.5) / (text_weight + vector_weight)
+    )
+    assert ranking.relevance("hybrid", 0.0, -0.4) == 0.0
+    assert ranking.relevance("text", 0.5, 0.9) == 0.5
+    assert ranking.relevance("vector", 0.5, 0.9) == pytest.approx(0.9)
+
+
+def test_boosts_add_to_relevance_and_the_floor_ignores_them() -> None:
+    day = ranking.DAY_MS
+    now = 100 * day
+    fresh = _candidate("fresh", 0.0, 0.2, created_at=now, importance=1.0)
+    old = _candidate("old", 0.0, 0.3, created_at=now - 30 * day, importance=1.0)
+    plain = ranking.score("vector", [fresh, old], ranking.Boosts(), now)
+    assert [s.memory_id for s in plain] == ["old", "fresh"]
+    boosted = ranking.score("vector", [fresh, old], ranking.Boosts(recency=0.5), now)
+    assert [s.memory_id for s in boosted] == ["fresh", "old"]
+    assert boosted[0].components["recency"] == pytest.approx(1.0)
+    assert boosted[1].components["recency"] == pytest.approx(0.5)  # one half-life old
+    assert boosted[0].score == pytest.approx(0.2 + 0.5)
+    important = ranking.score("vector", [fresh], ranking.Boosts(importance=0.4), now)
+    assert important[0].components["importance"] == pytest.approx(1.0)
+    assert ranking.floor("vector", boosted, 0.25) == [boosted[1]]  # fresh: relevance 0.2
+    # Relevance 0.2 and 0.3 against the bar; the boosts (scores 0.7, 0.55) do not count.
+    assert ranking.confident("vector", boosted) is (ranking.CONFIDENT["vector"] <= 0.3)
+    assert ranking.confident("vector", boosted[:1]) is (ranking.CONFIDENT["vector"] <= 0.2)
+    assert ranking.confident(
+        "vector", ranking.score("vector", [_candidate("x", None, 0.9)], ranking.Boosts(), now)
+    )
+
+
+def test_mmr_trades_relevance_for_diversity() -> None:
+    a, b = np.eye(2, dtype=np.float32)
+    scored = [
+        ranking.Scored("a1", 0.9, {}),
+        ranking.Scored("a2", 0.85, {}),
+        ranking.Scored("b1", 0.6, {}),
+    ]
+    vectors = {"a1": a, "a2": a, "b1": b}
+    assert [s.memory_id for s in ranking.mmr(scored, vectors, 1.0, 3)] == ["a1", "a2", "b1"]
+    assert [s.memory_id for s in ranking.mmr(scored, vectors, 0.5, 2)] == ["a1", "b1"]
