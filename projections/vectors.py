@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from agentmem import embedding, subjects
+from agentmem.domain.memories import millionths
 from agentmem.embedding import Embedder
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
@@ -47,7 +48,6 @@ from agentmem.events import (
     OrgDeleted,
 )
 from agentmem.projections import memories
-from agentmem.domain.memories import millionths
 from agentmem.projections.memories import position
 from agentmem.store import Column, RowOp, Store, Table, Update, Upsert
 
