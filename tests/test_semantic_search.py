@@ -187,3 +187,39 @@ async def test_replay_rebuilds_the_same_vectors(
     replayed = (await replay_into(nc, tmp_path / "replayed.db"))[MEMORY_VECTORS.name]
     assert live == replayed
     assert len(live) == len(FACTS)
+
+
+async def test_every_filter_of_memory_list_holds_on_the_vector_side(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    day, t0 = 86_400_000, 1_700_000_000_000
+    food = await api.add_memory(
+        "Ann is allergic to peanuts", user_id="ann", metadata={"topic": "health"}, tags=["a"]
+    )
+    await api.add_memory(
+        "Ann avoids peanut butter cookies", user_id="ann", metadata={"topic": "snacks"}
+    )
+    old = await api.add_memory("Ann lives in Paris", user_id="ann", valid_from=t0)
+    new = await api.supersede_memory(
+        old.fields["memory_id"], "Ann lives in Berlin", valid_from=t0 + 10 * day
+    )
+    seq = api.last_seq
+    by_metadata = await api.search_memories(
+        "nut allergy",
+        user_id="ann",
+        mode="vector",
+        metadata_filter={"topic": {"eq": "health"}},
+        after_seq=seq,
+    )
+    assert [m.memory_id for m in by_metadata] == [food.fields["memory_id"]]
+    by_tag = await api.search_memories("nut allergy", user_id="ann", mode="vector", tags_any=["a"])
+    assert [m.memory_id for m in by_tag] == [food.fields["memory_id"]]
+    where = "which city is Ann's home"
+    then = await api.search_memories(
+        where, user_id="ann", mode="vector", as_of=t0 + day, min_score=0.0
+    )
+    assert [m.memory_id for m in then] == [old.fields["memory_id"]]
+    now = await api.search_memories(where, user_id="ann", mode="vector", min_score=0.0)
+    assert new.fields["superseded_by"] in [m.memory_id for m in now]
+    assert old.fields["memory_id"] not in [m.memory_id for m in now]

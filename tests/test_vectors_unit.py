@@ -20,7 +20,10 @@ from agentmem.consumers.vector_index import OrgVectors, VectorFilter
 from agentmem.embedding import content_hash
 from agentmem.embedding.remote import RemoteEmbedder
 from agentmem.embedding.wordllama import WordLlamaEmbedder
-from agentmem.projections.vectors import projection_name, vector_bytes
+from agentmem.eventlog import StoredCommit
+from agentmem.events import MemoryDeleted, MemoryExpired
+from agentmem.projections.vectors import VectorsProjection, projection_name, vector_bytes
+from agentmem.store import Update
 
 
 # Embedders --------------------------------------------------------------------------------
@@ -238,3 +241,18 @@ def test_mmr_trades_relevance_for_diversity() -> None:
     vectors = {"a1": a, "a2": a, "b1": b}
     assert [s.memory_id for s in ranking.mmr(scored, vectors, 1.0, 3)] == ["a1", "a2", "b1"]
     assert [s.memory_id for s in ranking.mmr(scored, vectors, 0.5, 2)] == ["a1", "b1"]
+
+
+def test_an_expired_or_deleted_memory_leaves_only_a_tombstone_for_every_model() -> None:
+    projection = VectorsProjection(WordLlamaEmbedder())
+    for event, state in (
+        (MemoryExpired(memory_id="m1", expires_at=5), "expired"),
+        (MemoryDeleted(memory_id="m1"), "deleted"),
+    ):
+        commit = StoredCommit(
+            seq=9, subject="agentmem.evt.o1.memory.m1", headers={}, events=[event]
+        )
+        (op,) = projection.project(commit)
+        assert isinstance(op, Update)
+        assert op.key == {"memory_id": "m1"}  # every model's row
+        assert op.values == {"state": state, "content_hash": "", "vector": b"", "seq": 9}
