@@ -408,10 +408,12 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
         f"log {stream['name']}: last seq {stream['last_seq']:,}, "
         f"{stream['messages']:,} messages, {stream['bytes']:,} bytes"
     )
-    print(f"{'projection':<12} {'checkpoint':>12} {'lag':>10} {'parked':>8}")
+    # As wide as the longest name (a vector projection's carries its model's digest).
+    width = max([12, *(len(name) for name in report["projections"])])
+    print(f"{'projection':<{width}} {'checkpoint':>12} {'lag':>10} {'parked':>8}")
     for name, p in report["projections"].items():
         lag = "-" if p["lag"] is None else f"{p['lag']:,}"
-        print(f"{name:<12} {p['checkpoint']:>12,} {lag:>10} {p['parked']:>8,}")
+        print(f"{name:<{width}} {p['checkpoint']:>12,} {lag:>10} {p['parked']:>8,}")
     behind = [
         name
         for name, p in report["projections"].items()
