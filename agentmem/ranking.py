@@ -11,8 +11,9 @@ means the same thing whatever else matched):
 ``relevance`` is their weighted mean (``WEIGHTS``, per mode; hybrid's were chosen on the
 development split of the evaluation set, docs/architecture.md "Semantic search"). Two
 optional boosts are then added: ``recency`` (1 for a memory made now, halving every
-``half_life``) and ``importance`` (its importance, decayed the same way), each times the
-weight the request gives it. ``min_score`` is a floor on relevance, before boosts, so that
+``half_life_days``) and ``importance`` (its importance decayed as ``memory.list`` decays it,
+``decayed_importance``: per type, since its last write), each times the weight the request
+gives it. ``min_score`` is a floor on relevance, before boosts, so that
 a boost never lifts an unrelated memory over it. MMR (``mmr`` = λ), when asked, picks the
 results one at a time by λ·score - (1-λ)·(the highest cosine to one already picked).
 """
@@ -48,7 +49,7 @@ class Candidate:
     text: float | None  # share of the query's words held; None: not found by that side
     vector: float | None  # cosine; None: no vector (not embedded yet, or text mode)
     created_at: int
-    importance: float
+    importance: float  # decayed to the query's time, as memory.list decays it (per type)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ def score(mode: str, candidates: list[Candidate], boosts: Boosts, now: int) -> l
             "vector": c.vector,
             "relevance": fused,
             "recency": fade if boosts.recency else None,
-            "importance": c.importance * fade if boosts.importance else None,
+            "importance": c.importance if boosts.importance else None,
         }
-        total = fused + boosts.recency * fade + boosts.importance * c.importance * fade
+        total = fused + boosts.recency * fade + boosts.importance * c.importance
         scored.append((total, c.created_at, Scored(c.memory_id, total, components)))
     scored.sort(key=lambda item: (-item[0], -item[1]))
     return [item[2] for item in scored]
