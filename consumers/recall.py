@@ -145,7 +145,10 @@ class Recall:
             else:  # every filter, in the store (with known_at: the versions known then)
                 kept = await memory_reads.memories_among(self.store, memory_filter, now, missing)
             for row in kept:
-                rows.setdefault(row["memory_id"], row)
+                # A memory the expiry sweep emptied has no content left to match: a vector
+                # the index still holds of it (its tombstone not read yet) is stale.
+                if row["state"] != "expired":
+                    rows.setdefault(row["memory_id"], row)
         candidates = [
             ranking.Candidate(
                 memory_id=memory_id,
