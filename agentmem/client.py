@@ -80,6 +80,7 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
+from agentmem.domain.context import AssembleContext
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -137,6 +138,7 @@ from agentmem.queries import (
 from agentmem.replies import (
     Agent,
     AgentState,
+    AssembledContext,
     Association,
     Block,
     Entity,
@@ -1247,3 +1249,18 @@ class Client:
             MemoryAssociations, Items[Association], memory_id=memory_id, **filters
         )
         return found.items
+    # Context for a model call -----------------------------------------------------------
+    async def assemble_context(
+        self, agent_id: str, query: str, max_tokens: int, **fields: Any
+    ) -> AssembledContext:
+        """``context.assemble``: what to put before a model call, within ``max_tokens``;
+        ``fields``: ``user_id``, ``session_id``, ``counter`` (``chars4`` or ``words``),
+        ``memories``, ``messages``, ``working_items``, ``org_id``, ``after_seq``."""
+        return await self._query(
+            AssembleContext,
+            AssembledContext,
+            agent_id=agent_id,
+            query=query,
+            max_tokens=max_tokens,
+            **fields,
+        )

@@ -460,3 +460,38 @@ class Association(msgspec.Struct, frozen=True):
     strength: float
     created_at: int
     version: int
+class ContextItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing to put before a model call (``context.assemble``)."""
+
+    section: str  # persona, block, working, memory or message: the order they come in
+    id: str  # the agent's, block's, working item's key, memory's or message's id
+    type: str  # persona; core (a block); working; the memory's type; the message's role
+    text: str  # what to put in the prompt; ``tokens`` counts this
+    tokens: int
+    created_at: int
+    updated_at: int | None = None
+    label: str | None = None  # a block's
+    valid_from: int | None = None  # a memory's valid time
+    valid_to: int | None = None
+    expires_at: int | None = None  # a memory's or working item's, when it has one
+    score: float | None = None  # a memory's: its search rank or score, higher is better
+    position: int | None = None  # a message's place in its conversation
+
+
+class LeftOutItem(msgspec.Struct, frozen=True, kw_only=True):
+    """An item that matched but did not fit in what was left of the budget."""
+
+    section: str
+    id: str
+    type: str
+    tokens: int
+
+
+class AssembledContext(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ContextItem]  # persona, blocks, working, memories, messages (oldest first)
+    left_out: list[LeftOutItem]  # in the order they were considered
+    tokens: int  # the sum of the items' tokens: never above max_tokens
+    max_tokens: int
+    counter: str  # the token counter used (agentmem/tokens.py)
+    # What memory.search said beside its items (its mode, whether it was confident...).
+    memory_search: dict[str, Any] = {}

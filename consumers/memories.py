@@ -26,7 +26,7 @@ from agentmem.consumers.queries import (
     encode_cursor,
     page,
 )
-from agentmem.consumers.recall import Recall
+from agentmem.consumers.recall import recall_of
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import memories, orgs
 from agentmem.domain.aggregate import Loaded, Write
@@ -339,6 +339,12 @@ def _cursor(cursor: str | None, order_by: str) -> tuple[float, int, int | None] 
     )
 
 
+async def search(parts: Parts, query: SearchMemories, memory_filter: MemoryFilter) -> Result:
+    """``memory.search``'s answer to an authorized query: the one search that its handler
+    and ``context.assemble`` both call, so the two rank memories alike."""
+    return await recall_of(parts).search(query, memory_filter)
+
+
 def query_router(parts: Parts) -> Router:
     router = Router()
     store, freshness, log, runner = parts.store, parts.freshness, parts.log, parts.runner
@@ -388,14 +394,12 @@ def query_router(parts: Parts) -> Router:
             del item["cursor"]
         return result, seq
 
-    recall = Recall(store, freshness)
-
     @router.handle(SearchMemories)
     async def search_memories(request: Request[SearchMemories]) -> Result:
         """Text, vector or hybrid search (``agentmem.consumers.recall``)."""
         query = request.body
         org_id = readable_org(request, query.org_id)
-        return await recall.search(query, memories.filter_of(query, org_id))
+        return await search(parts, query, memories.filter_of(query, org_id))
 
     @router.handle(MemoryStats)
     async def memory_stats(request: Request[MemoryStats]) -> Result:

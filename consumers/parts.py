@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from agentmem.consumers.access_view import AccessView
     from agentmem.consumers.commands import CommandRunner
     from agentmem.consumers.freshness import Freshness
+    from agentmem.consumers.recall import Recall
     from agentmem.eventlog import EventLog
     from agentmem.store import Store
 
@@ -60,6 +61,8 @@ class Parts:
     metrics: Metrics = field(default_factory=Metrics)
     # Ready (agentmem.sys.health, /readyz): every projection at most this far behind the log.
     ready_lag: int = 1000
+    # memory.search's ranking and vector index, shared by its users (recall.recall_of).
+    recall: Recall | None = None
 
 
 def modules() -> Iterator[ModuleType]:

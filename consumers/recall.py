@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentmem import ranking
 from agentmem.consumers.freshness import Freshness
@@ -34,6 +34,9 @@ from agentmem.embedding import Embedder
 from agentmem.projections import memories as memory_reads
 from agentmem.projections import vectors as vector_reads
 from agentmem.store import Store, fulltext
+
+if TYPE_CHECKING:
+    from agentmem.consumers.parts import Parts
 
 T = TypeVar("T")
 MEMORIES = "memories"
@@ -208,6 +211,14 @@ class Recall:
             allowed = frozenset(await memory_reads.memory_ids(self.store, memory_filter, now))
         where = VectorFilter(scope, memory_filter.states, now, memory_filter.as_of, allowed)
         return copy, asked, copy.search(asked, where, pool)
+
+
+def recall_of(parts: Parts) -> Recall:
+    """The process's one ``Recall`` (and so one vector index): ``memory.search`` and
+    ``context.assemble`` share it."""
+    if parts.recall is None:
+        parts.recall = Recall(parts.store, parts.freshness)
+    return parts.recall
 
 
 async def _maybe(work: Awaitable[T] | None) -> T | None:

@@ -1,0 +1,81 @@
+"""``context.assemble``: what to put before a model call, within a token budget.
+
+The candidates come in five sections, always in this order: the agent's persona, the core
+blocks (the agent's, then the user's, by label), the session's working memory (highest
+priority first), the memories that match the query (best first, as ``memory.search`` ranks
+them, live and unexpired only), and the conversation's tail. The budget is spent in that
+order, so what an agent is and what it must always know come before what it recalls, and
+recall before the older turns of the conversation.
+
+``fit`` is the whole rule, and pure: an item of the first four sections is taken when its
+``tokens`` fit in what is left, else left out (a later, smaller one may still fit); the
+conversation's tail is taken from the newest message back while each fits, and the first
+that does not ends it (that one and every older one are left out: a conversation with a
+hole in it would mislead the model). The items returned never add up to more than the
+budget, counted by the request's counter (``agentmem.tokens``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from agentmem.commands import Id
+from agentmem.protocol import query
+from agentmem.queries import InOrg, Limit, SearchText
+from agentmem.replies import AssembledContext, ContextItem, LeftOutItem
+from agentmem.tokens import CounterName
+
+SECTIONS = ("persona", "block", "working", "memory", "message")
+MAX_TOKENS = 2_000_000  # beyond any model's context window today
+
+Budget = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+
+
+@query("context.assemble", need="reader", reply=AssembledContext)
+class AssembleContext(InOrg, frozen=True, kw_only=True):
+    """What to put before a model call for ``agent_id`` (and ``user_id``, ``session_id``),
+    ``query`` being what the memories are searched with, within ``max_tokens``."""
+
+    agent_id: Id
+    query: SearchText
+    max_tokens: Budget
+    user_id: Id | None = None  # the user's blocks, and the memories of this user
+    session_id: Id | None = None  # its working memory and its conversation's tail
+    counter: CounterName = "chars4"
+    memories: Limit = 20  # at most this many memories are considered
+    messages: Limit = 50  # the conversation's last this many messages are considered
+    working_items: Limit = 50
+
+
+def fit(
+    sections: list[list[ContextItem]], max_tokens: int
+) -> tuple[list[ContextItem], list[LeftOutItem]]:
+    """The items kept, in order (the tail oldest first), and those left out for lack of
+    room; ``sections`` in ``SECTIONS`` order, the conversation's tail newest first."""
+    left = max_tokens
+    kept: list[ContextItem] = []
+    left_out: list[LeftOutItem] = []
+
+    def leave(item: ContextItem) -> None:
+        left_out.append(
+            LeftOutItem(section=item.section, id=item.id, type=item.type, tokens=item.tokens)
+        )
+
+    for items in sections:
+        taken: list[ContextItem] = []
+        ended = False  # the tail has ended: every older message stays out
+        for item in items:
+            tail = item.section == "message"
+            if item.tokens <= left and not ended:
+                taken.append(item)
+                left -= item.tokens
+            else:
+                ended = tail
+                leave(item)
+        kept.extend(taken[::-1] if taken and taken[0].section == "message" else taken)
+    return kept, left_out
+
+
+__all__ = ["AssembleContext", "fit"]
