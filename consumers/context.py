@@ -64,7 +64,7 @@ def query_router(parts: Parts) -> Router:
         reply = {
             "items": kept,
             "left_out": left_out,
-            "tokens": sum(item.tokens for item in kept),
+            "tokens": sum(kept_item.tokens for kept_item in kept),
             "max_tokens": query.max_tokens,
             "counter": tokens.name,
             "memory_search": {k: v for k, v in found.items() if k != "items"},
@@ -88,17 +88,23 @@ def memory_query(query: AssembleContext, org_id: str) -> SearchMemories:
     )
 
 
+def item(tokens: TokenCounter, **fields: Any) -> ContextItem:
+    """An item whose ``tokens`` is the counter's count of its ``text``: the one place an
+    item's cost is counted."""
+    return ContextItem(**fields, tokens=tokens.count(fields["text"]))
+
+
 def persona(agent: dict[str, Any], tokens: TokenCounter) -> list[ContextItem]:
     text = agent["persona"]
     if not text:
         return []
     return [
-        ContextItem(
+        item(
+            tokens,
             section="persona",
             id=agent["agent_id"],
             type="persona",
             text=text,
-            tokens=tokens.count(text),
             created_at=agent["created_at"],
             updated_at=agent["updated_at"],
         )
@@ -113,13 +119,13 @@ async def core_blocks(
     if query.user_id is not None:
         rows += await block_reads.user_blocks(parts.store, org_id, query.user_id, "", MAX_BLOCKS)
     return [
-        ContextItem(
+        item(
+            tokens,
             section="block",
             id=row["block_id"],
             type="core",
             label=row["label"],
             text=row["content"],
-            tokens=tokens.count(row["content"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
@@ -138,12 +144,12 @@ async def working_items(
         parts.store, org_id, query.session_id, now, None, query.working_items
     )
     return [
-        ContextItem(
+        item(
+            tokens,
             section="working",
             id=row["item_key"],
             type="working",
             text=row["content"],
-            tokens=tokens.count(row["content"]),
             created_at=row["created_at"],
             expires_at=row["expires_at"],
         )
@@ -152,12 +158,12 @@ async def working_items(
 
 
 def memory_item(view: dict[str, Any], tokens: TokenCounter) -> ContextItem:
-    return ContextItem(
+    return item(
+        tokens,
         section="memory",
         id=view["memory_id"],
         type=view["memory_type"],
         text=view["content"],
-        tokens=tokens.count(view["content"]),
         created_at=view["created_at"],
         updated_at=view["updated_at"],
         valid_from=view["valid_from"],
@@ -176,12 +182,12 @@ async def tail(
         return []
     rows = await message_reads.last_messages(parts.store, org_id, query.session_id, query.messages)
     return [
-        ContextItem(
+        item(
+            tokens,
             section="message",
             id=row["message_id"],
             type=row["role"],
             text=row["content"],
-            tokens=tokens.count(row["content"]),
             created_at=row["created_at"],
             position=row["position"],
         )

@@ -75,6 +75,7 @@ from agentmem.domain.blocks import (
     ReplaceInBlock,
     SetBlock,
 )
+from agentmem.domain.context import AssembleContext
 from agentmem.domain.entities import (
     AddEntityAlias,
     CreateEntity,
@@ -269,6 +270,7 @@ VALID: dict[str, dict[str, Any]] = {
     AssociateMemories.op.subject: {"from_memory_id": "m1", "to_memory_id": "m2"},
     DissociateMemories.op.subject: {"from_memory_id": "m1", "to_memory_id": "m2"},
     MemoryAssociations.op.subject: {"memory_id": "m1"},
+    AssembleContext.op.subject: {"agent_id": "a1", "query": "tea", "max_tokens": 1000},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -367,6 +369,7 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     AssociateMemories.op.subject: ("strength", "strong"),
     DissociateMemories.op.subject: ("association_type", 1),
     MemoryAssociations.op.subject: ("direction", 1),
+    AssembleContext.op.subject: ("max_tokens", "1000"),
 }
 
 

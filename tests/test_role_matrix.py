@@ -683,6 +683,23 @@ ROWS: list[Row] = [
         ),
         lambda s, d: s.w.working_key in listed(d, "key"),
     ),
+    # Context for a model call
+    Row(
+        "agentmem.q.context.assemble",
+        "reader",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "agent_id": s.w.agent_id,
+                "session_id": s.w.session_id,
+                "query": "hello",
+                "max_tokens": 100_000,
+                "after_seq": s.w.seen,
+            }
+        ),
+        lambda s, d: "hello from the table" in [i["text"] for i in d["items"]],
+    ),
     # Memories
     Row(
         "agentmem.cmd.memory.add",
