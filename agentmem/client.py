@@ -1255,7 +1255,8 @@ class Client:
     ) -> AssembledContext:
         """``context.assemble``: what to put before a model call, within ``max_tokens``;
         ``fields``: ``user_id``, ``session_id``, ``counter`` (``chars4`` or ``words``),
-        ``memories``, ``messages``, ``working_items``, ``org_id``, ``after_seq``."""
+        ``mode`` and ``min_score`` (of the memory search), ``memories``, ``messages``,
+        ``working_items``, ``org_id``, ``after_seq``."""
         return await self._query(
             AssembleContext,
             AssembledContext,

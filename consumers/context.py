@@ -82,6 +82,8 @@ def memory_query(query: AssembleContext, org_id: str) -> SearchMemories:
         text=query.query,
         limit=query.memories,
         states=["live"],
+        mode=query.mode,
+        min_score=query.min_score,
         after_seq=query.after_seq,
         user_id=query.user_id,
         agent_id=query.agent_id if query.user_id is None else None,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agentmem import Client, InvalidError, NotFoundError
+from agentmem import Client, InvalidError, NotFoundError, ranking
 from agentmem.replies import AssembledContext
 
 STORES = ("sqlite", "postgres")
@@ -230,3 +230,24 @@ async def test_bad_input_is_refused(client: Client) -> None:
         await api.assemble_context(agent_id, "", 100)
     with pytest.raises(NotFoundError):
         await api.assemble_context("no-such-agent", QUERY, 100)
+
+
+async def test_memories_are_found_by_meaning_above_the_relevance_floor(client: Client) -> None:
+    _, api = await new_org(client, "Acme")
+    agent_id = str((await api.create_agent("Plain")).fields["agent_id"])
+    peanuts = await api.add_memory("Ann is allergic to peanuts", user_id="ann")
+    await api.add_memory("The deploy pipeline runs every Friday afternoon", user_id="ann")
+    await api.add_memory("Bob prefers window seats on long flights", user_id="ann")
+    seq = api.last_seq
+    question = "nut allergy"  # no word (stem) in common with the peanut fact
+    found = await api.assemble_context(agent_id, question, 1_000, user_id="ann", after_seq=seq)
+    memories = [i for i in found.items if i.section == "memory"]
+    assert memories[0].id == peanuts.fields["memory_id"]
+    assert found.memory_search["mode"] == "hybrid"  # the default
+    assert all(m.score is not None and m.score >= ranking.FLOOR["hybrid"] for m in memories)
+    # By words alone the peanut fact is not found.
+    text = await api.assemble_context(agent_id, question, 1_000, user_id="ann", mode="text")
+    assert peanuts.fields["memory_id"] not in [i.id for i in text.items]
+    # A floor no memory reaches: none, rather than the closest junk.
+    floored = await api.assemble_context(agent_id, question, 1_000, user_id="ann", min_score=1.0)
+    assert [i for i in floored.items if i.section == "memory"] == []

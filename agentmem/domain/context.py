@@ -22,6 +22,7 @@ from typing import Annotated
 import msgspec
 
 from agentmem.commands import Id
+from agentmem.domain.memories import SearchMode, Unit
 from agentmem.protocol import query
 from agentmem.queries import InOrg, Limit, SearchText
 from agentmem.replies import AssembledContext, ContextItem, LeftOutItem
@@ -44,6 +45,10 @@ class AssembleContext(InOrg, frozen=True, kw_only=True):
     user_id: Id | None = None  # the user's blocks, and the memories of this user
     session_id: Id | None = None  # its working memory and its conversation's tail
     counter: CounterName = "chars4"
+    # How memory.search finds the memories: hybrid by default, with its floor of relevance
+    # (the mode's default floor, agentmem/ranking.py, unless min_score is given).
+    mode: SearchMode = "hybrid"
+    min_score: Unit | None = None
     memories: Limit = 20  # at most this many memories are considered
     messages: Limit = 50  # the conversation's last this many messages are considered
     working_items: Limit = 50

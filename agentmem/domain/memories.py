@@ -88,6 +88,7 @@ Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 MAX_TIME_MS = 253_402_300_799_999
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
 Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+SearchMode = Literal["text", "vector", "hybrid"]
 HalfLife = Annotated[float, msgspec.Meta(gt=0.0, le=36_500.0)]
 Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048)]
 MimeType = Annotated[
@@ -270,7 +271,7 @@ class SearchMemories(MemoryFilters, frozen=True, kw_only=True):
 
     text: SearchText
     limit: Limit = 20
-    mode: Literal["text", "vector", "hybrid"] = "hybrid"
+    mode: SearchMode = "hybrid"
     min_score: Unit | None = None  # the floor of relevance (before boosts)
     recency_weight: Unit = 0.0
     importance_weight: Unit = 0.0
