@@ -66,6 +66,7 @@ from agentmem.domain.blocks import (
     ReplaceInBlock,
     SetBlock,
 )
+from agentmem.domain.context import AssembleContext
 from agentmem.domain.entities import (
     AddEntityAlias,
     CreateEntity,
@@ -80,7 +81,6 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
-from agentmem.domain.context import AssembleContext
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -1249,6 +1249,7 @@ class Client:
             MemoryAssociations, Items[Association], memory_id=memory_id, **filters
         )
         return found.items
+
     # Context for a model call -----------------------------------------------------------
     async def assemble_context(
         self, agent_id: str, query: str, max_tokens: int, **fields: Any

@@ -460,6 +460,8 @@ class Association(msgspec.Struct, frozen=True):
     strength: float
     created_at: int
     version: int
+
+
 class ContextItem(msgspec.Struct, frozen=True, kw_only=True):
     """One thing to put before a model call (``context.assemble``)."""
 
