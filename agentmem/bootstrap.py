@@ -72,7 +72,11 @@ async def ensure_admin(log: EventLog, password_cost: int) -> str | None:
         Write(
             reservation_subject,
             reservation[-1].seq if reservation else 0,
-            [EmailReserved(email=ADMIN_EMAIL, user_id=user_id, command_id="bootstrap")],
+            [
+                EmailReserved(
+                    email=ADMIN_EMAIL, user_id=user_id, command_id="bootstrap", org_id=org_id
+                )
+            ],
         ),
         Write(
             users.subject(org_id, user_id),

@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         help="write the config block to this file (private, 0600) instead of stdout; "
         "include it in every node's config",
     )
+    rewrap = admin_commands.add_parser(
+        "rewrap-keys",
+        help="wrap every data key again with the current (first) master key, after a "
+        "rotation (docs/security.md, 'Forgetting')",
+    )
+    connection_flags(rewrap)
     replay = commands.add_parser("replay", help="rebuild projections from the log")
     connection_flags(replay)
     which = replay.add_mutually_exclusive_group(required=True)
@@ -408,6 +414,12 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
         f"log {stream['name']}: last seq {stream['last_seq']:,}, "
         f"{stream['messages']:,} messages, {stream['bytes']:,} bytes"
     )
+    if stream.get("plaintext_until"):
+        print(
+            f"! the log holds plaintext personal data up to seq {stream['plaintext_until']:,}: "
+            "events written by earlier versions, before personal fields were sealed; they "
+            'cannot be forgotten (docs/security.md, "Forgetting")'
+        )
     # As wide as the longest name (a vector projection's carries its model's digest).
     width = max([12, *(len(name) for name in report["projections"])])
     print(f"{'projection':<{width}} {'checkpoint':>12} {'lag':>10} {'parked':>8}")
@@ -464,6 +476,7 @@ async def _replay(
     until_seq: int | None = None,
     until_time: datetime | None = None,
 ) -> int:
+    from agentmem.keys import KeyRing
     from agentmem.projections import ALL, BY_NAME
     from agentmem.projections.replay import progress_bar, replay, seq_at_time
     from agentmem.store import open_store
@@ -508,6 +521,8 @@ async def _replay(
                 until_seq = await seq_at_time(nc, until_time)
                 print(f"the log at {until_time.isoformat()} ended at sequence {until_seq:,}")
             store = await open_store(target)
+            keys = KeyRing(nc, settings.master_keys())
+            await keys.start()
             try:
                 for projection in chosen:
                     result = await replay(
@@ -516,6 +531,7 @@ async def _replay(
                         projection,
                         on_progress=progress_bar(projection.name),
                         until_seq=until_seq,
+                        keys=keys,
                     )
                     print(
                         f"{result.projection}: {result.events:,} events in "
@@ -523,6 +539,7 @@ async def _replay(
                         f"checkpoint {result.checkpoint:,}"
                     )
             finally:
+                await keys.stop()
                 await store.close()
     finally:
         await leases.close()
@@ -531,14 +548,32 @@ async def _replay(
     return 0
 
 
+async def _rewrap_keys(settings: Settings) -> int:
+    from agentmem.keys import KeyRing
+
+    async with _log_connection(settings) as nc:
+        keys = KeyRing(nc, settings.master_keys())
+        await keys.start()
+        try:
+            count = await keys.rewrap()
+        finally:
+            await keys.stop()
+    print(f"wrapped {count:,} data keys again with master key {keys.master.current}")
+    return 0
+
+
 async def _create_admin_key(settings: Settings, name: str) -> int:
     from agentmem.bootstrap import create_admin_key
     from agentmem.errors import NotFoundError
     from agentmem.eventlog import EventLog
+    from agentmem.keys import KeyRing
 
     async with _log_connection(settings) as nc:
+        keys = KeyRing(nc, settings.master_keys())
+        await keys.start()
         try:
-            key = await create_admin_key(EventLog(nc), name)
+            key = await create_admin_key(EventLog(nc, keys=keys), name)
+            await keys.stop()
         except NotFoundError as exc:
             print(f"agentmem: {exc.message}", file=sys.stderr)
             return 2
@@ -575,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(
                 _status(settings, args.json, _status_token(settings, args.token_file))
             )
+        if args.command == "admin" and args.admin_command == "rewrap-keys":
+            return asyncio.run(_rewrap_keys(settings))
         if args.command == "admin":
             return asyncio.run(_create_admin_key(settings, args.name))
         return asyncio.run(

@@ -81,6 +81,13 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
+from agentmem.domain.forget import (
+    ForgetAgent,
+    ForgetConversation,
+    ForgetMemory,
+    ForgetMemoryScope,
+    ForgetUser,
+)
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -1265,4 +1272,30 @@ class Client:
             query=query,
             max_tokens=max_tokens,
             **fields,
+        )
+
+    # Forgetting (crypto-shredding: docs/security.md, "Forgetting") -----------------------
+    async def forget_user(self, user_id: str, **fields: Any) -> Written:
+        """``user.forget``: the user, their messages in every conversation, their memories."""
+        return await self._command(ForgetUser, user_id=user_id, **fields)
+
+    async def forget_agent(self, agent_id: str, **fields: Any) -> Written:
+        return await self._command(ForgetAgent, agent_id=agent_id, **fields)
+
+    async def forget_conversation(self, session_id: str, **fields: Any) -> Written:
+        return await self._command(ForgetConversation, session_id=session_id, **fields)
+
+    async def forget_memory(self, memory_id: str, **fields: Any) -> Written:
+        return await self._command(ForgetMemory, memory_id=memory_id, **fields)
+
+    async def forget_memory_scope(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        **fields: Any,
+    ) -> Written:
+        return await self._command(
+            ForgetMemoryScope, user_id=user_id, agent_id=agent_id, session_id=session_id, **fields
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentmem.domain.passwords import DEFAULT_COST
+from agentmem.keys import MASTER_KEY_FILE, MasterKeys
 
 DEFAULT_LISTEN = "127.0.0.1:4222"
 
@@ -74,6 +75,17 @@ class Settings:
     metrics: str | None = field(default_factory=lambda: _env("METRICS"))
     # /readyz: ready while every projection is at most this many events behind the log.
     ready_lag: int = field(default_factory=lambda: _env_int("READY_LAG", 1000))
+    # The master keys that wrap the data keys of personal data, in base64, newest first,
+    # separated by commas (docs/security.md, "Keys"). None: the file <data-dir>/master.key,
+    # made on the first start. Every process of a deployment needs the same ones.
+    master_key: str | None = field(default_factory=lambda: _env("MASTER_KEY"))
+
+    def master_keys(self, create: bool = False) -> MasterKeys:
+        """The master keys; ``create``: make the file when missing (``serve`` only)."""
+        try:
+            return MasterKeys.load(self.data_dir / MASTER_KEY_FILE, self.master_key, create)
+        except ValueError as exc:
+            raise StartupError(f"AGENTMEM_MASTER_KEY or {MASTER_KEY_FILE}: {exc}") from None
 
     @property
     def nats_servers(self) -> list[str]:

@@ -25,7 +25,9 @@ from nats.aio.client import Client as NATS
 from agentmem import ids, subjects
 from agentmem.domain.aggregate import Write
 from agentmem.errors import AgentMemError, UnavailableError
-from agentmem.events import COMMIT_SCHEMA, AnyEvent, encode_commit, read_commit
+from agentmem.events import COMMIT_SCHEMA, AnyEvent
+from agentmem.keys import KeyRing
+from agentmem.sealing import read_events, seal
 
 log = structlog.get_logger(__name__)
 
@@ -113,12 +115,15 @@ class StoredCommit:
         return int(self.headers.get(H_TIME, "0"))
 
 
-def stored_commit(seq: int, subject: str, headers: dict[str, str], data: bytes) -> StoredCommit:
-    """A commit as the command and authentication paths read it: tolerantly. What this
-    version cannot read is left out and logged (as the projections park it); the commit
-    still counts, so the aggregate's version stays the subject's last sequence and state is
-    decided from the events that were understood."""
-    events, skipped = read_commit(data)
+async def stored_commit(
+    seq: int, subject: str, headers: dict[str, str], data: bytes, keys: KeyRing | None
+) -> StoredCommit:
+    """A commit as the command and authentication paths read it: tolerantly, its personal
+    fields opened with ``keys`` (``agentmem.sealing``). What this version cannot read is
+    left out and logged (as the projections park it); the commit still counts, so the
+    aggregate's version stays the subject's last sequence and state is decided from the
+    events that were understood."""
+    events, skipped = await read_events(data, keys)
     if skipped is not None:
         log.warning(
             "skipped a commit this version cannot read", subject=subject, seq=seq, reason=skipped
@@ -192,8 +197,17 @@ _CHECKED = (
 
 
 class EventLog:
-    def __init__(self, nc: NATS, stream: str = subjects.STREAM_NAME, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str = subjects.STREAM_NAME,
+        timeout: float = 5.0,
+        keys: KeyRing | None = None,
+    ) -> None:
         self.nc = nc
+        # Seals personal fields on append and opens them on read; without it (a test's log,
+        # a tool that reads no personal data) appends are plaintext and sealed events unread.
+        self.keys = keys
         self.stream = stream
         self.timeout = timeout
         self._direct_get = f"$JS.API.DIRECT.GET.{stream}"
@@ -282,9 +296,8 @@ class EventLog:
         self, write: Write, headers: dict[str, str], command_id: str
     ) -> Appended:
         headers = {**headers, "Nats-Msg-Id": command_id, **_expect(write)}
-        reply = await self.nc.request(
-            write.subject, encode_commit(write.events), timeout=self.timeout, headers=headers
-        )
+        payload = await seal(write.subject, write.events, self.keys)
+        reply = await self.nc.request(write.subject, payload, timeout=self.timeout, headers=headers)
         ack = self._check_ack(reply.data)
         return Appended(seqs=[ack.seq], duplicate=ack.duplicate)
 
@@ -296,7 +309,9 @@ class EventLog:
         batch_id = ids.new_id()
         count = len(writes)
         ack = _PubAck()
-        for index, write in enumerate(writes, start=1):
+        # Sealed first: a key made for this batch is stored before any of its messages.
+        payloads = [await seal(w.subject, w.events, self.keys) for w in writes]
+        for index, (write, payload) in enumerate(zip(writes, payloads, strict=True), start=1):
             message_headers = {
                 **headers,
                 "Nats-Msg-Id": f"{command_id}:{index}",
@@ -306,7 +321,6 @@ class EventLog:
             }
             if index == count:
                 message_headers["Nats-Batch-Commit"] = "1"
-            payload = encode_commit(write.events)
             if index in (1, count):
                 reply = await self.nc.request(
                     write.subject, payload, timeout=self.timeout, headers=message_headers
@@ -351,12 +365,18 @@ class EventLog:
             raise UnavailableError(
                 f"the event log refused a read: {status} {headers.get('Description', '')}"
             )
-        commit = stored_commit(
+        commit = await self.open(
             int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, reply.data
         )
         if commit.skipped is not None:
             self.skipped += 1
         return commit
+
+    async def open(
+        self, seq: int, subject: str, headers: dict[str, str], data: bytes
+    ) -> StoredCommit:
+        """A message of the stream read tolerantly, personal fields opened (``stored_commit``)."""
+        return await stored_commit(seq, subject, headers, data, self.keys)
 
     async def get(self, seq: int) -> StoredCommit | None:
         return await self._get({"seq": seq})

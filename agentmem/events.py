@@ -3,6 +3,10 @@
 A commit is one JetStream message: the events one command produced, in order, on the subject
 of the aggregate they belong to. Adding a field means giving it a default; changing the
 meaning of one means a new tag and an upcaster, so that old commits still decode.
+
+A field that holds personal data says so in its type, ``Personal[str]`` (``agentmem.personal``):
+it is written to the log encrypted under its data subject's key, and reads as gone once that
+key is forgotten (``agentmem.sealing``). Ids, types, times, roles and counts stay plain.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+from agentmem.personal import Personal
 
 Role = Literal["admin", "member", "readonly"]
 MessageRole = Literal["user", "assistant", "system", "tool"]
@@ -40,8 +46,8 @@ class OrgDeleted(Event, tag="org.deleted", frozen=True):
 class UserRegistered(Event, tag="user.registered", frozen=True):
     user_id: str
     org_id: str
-    name: str
-    email: str
+    name: Personal[str]
+    email: Personal[str]
     password_hash: str
     roles: tuple[Role, ...] = ("member",)
     # Only the bootstrap of a fresh deployment registers a service administrator.
@@ -50,8 +56,8 @@ class UserRegistered(Event, tag="user.registered", frozen=True):
 
 class UserProfileUpdated(Event, tag="user.profile_updated", frozen=True):
     user_id: str
-    name: str
-    email: str
+    name: Personal[str]
+    email: Personal[str]
 
 
 class UserPasswordChanged(Event, tag="user.password_changed", frozen=True):
@@ -72,7 +78,7 @@ class UserDeleted(Event, tag="user.deleted", frozen=True):
 class ApiKeyCreated(Event, tag="user.api_key_created", frozen=True):
     user_id: str
     key_id: str
-    name: str
+    name: Personal[str]
     prefix: str  # what a listing shows: enough to recognise the key, nothing to use it
     digest: str  # SHA-256 of the secret; the secret itself is never stored
 
@@ -103,38 +109,40 @@ class ServiceBootstrapped(Event, tag="service.bootstrapped", frozen=True):
 
 # Email reservations: the log's own unique index of emails --------------------------------
 class EmailReserved(Event, tag="email.reserved", frozen=True):
-    email: str
+    email: Personal[str]
     user_id: str
     command_id: str
+    org_id: str = ""  # the user's: its data key is the user's organization's
 
 
 class EmailReleased(Event, tag="email.released", frozen=True):
-    email: str
+    email: Personal[str]
     user_id: str
+    org_id: str = ""
 
 
 # Agents ---------------------------------------------------------------------------------
 class AgentCreated(Event, tag="agent.created", frozen=True):
     agent_id: str
     org_id: str
-    name: str
-    description: str = ""
-    persona: str = ""  # the system prompt the agent runs with
+    name: Personal[str]
+    description: Personal[str] = ""
+    persona: Personal[str] = ""  # the system prompt the agent runs with
     model: dict[str, Any] = {}  # model settings: provider, name, temperature, ...
-    metadata: dict[str, Any] = {}
-    tags: tuple[str, ...] = ()
+    metadata: Personal[dict[str, Any]] = {}
+    tags: Personal[tuple[str, ...]] = ()
 
 
 class AgentUpdated(Event, tag="agent.updated", frozen=True):
     """The agent's profile after the update: every field, so a projection needs no lookup."""
 
     agent_id: str
-    name: str
-    description: str
-    persona: str
+    name: Personal[str]
+    description: Personal[str]
+    persona: Personal[str]
     model: dict[str, Any]
-    metadata: dict[str, Any]
-    tags: tuple[str, ...]
+    metadata: Personal[dict[str, Any]]
+    tags: Personal[tuple[str, ...]]
 
 
 class AgentArchived(Event, tag="agent.archived", frozen=True):
@@ -154,7 +162,7 @@ class AgentStateSet(Event, tag="agent.state_set", frozen=True):
     """The whole document after a replace or a patch, so replay needs no merge logic."""
 
     agent_id: str
-    state: dict[str, Any]
+    state: Personal[dict[str, Any]]
     patched: bool = False  # True when a JSON merge patch produced it
 
 
@@ -168,17 +176,17 @@ class MessageAppended(Event, tag="message.appended", frozen=True):
     session_id: str
     agent_id: str
     role: MessageRole
-    content: str
+    content: Personal[str]
     user_id: str | None = None
-    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_calls: Personal[tuple[dict[str, Any], ...]] = ()
     tool_call_id: str | None = None  # a tool message answers this call
-    metadata: dict[str, Any] = {}
+    metadata: Personal[dict[str, Any]] = {}
 
 
 class MessageRedacted(Event, tag="message.redacted", frozen=True):
     message_id: str
     session_id: str
-    reason: str = ""
+    reason: Personal[str] = ""
 
 
 class ConversationDeleted(Event, tag="conversation.deleted", frozen=True):
@@ -232,18 +240,18 @@ class MemoryAdded(Event, tag="memory.added", frozen=True):
     memory_id: str
     org_id: str
     memory_type: MemoryType
-    content: str
+    content: Personal[str]
     valid_from: int  # ms since the Unix epoch: since when the fact is true in the world
     user_id: str | None = None
     agent_id: str | None = None
     session_id: str | None = None
-    metadata: dict[str, Any] = {}
-    tags: tuple[str, ...] = ()
+    metadata: Personal[dict[str, Any]] = {}
+    tags: Personal[tuple[str, ...]] = ()
     importance: float = 0.5
     valid_to: int | None = None
     expires_at: int | None = None
-    source: dict[str, Any] = {}  # session_id, message_ids, producer
-    uri: str | None = None  # resource memories: what they refer to
+    source: Personal[dict[str, Any]] = {}  # session_id, message_ids, producer
+    uri: Personal[str | None] = None  # resource memories: what they refer to
     mime_type: str | None = None
     supersedes: str | None = None  # the memory this one replaced (memory.supersede)
 
@@ -252,13 +260,17 @@ class MemoryUpdated(Event, tag="memory.updated", frozen=True):
     """Every changeable field after the update, so a projection needs no lookup."""
 
     memory_id: str
-    content: str
-    metadata: dict[str, Any]
-    tags: tuple[str, ...]
+    content: Personal[str]
+    metadata: Personal[dict[str, Any]]
+    tags: Personal[tuple[str, ...]]
     importance: float
     valid_from: int
     valid_to: int | None = None
     expires_at: int | None = None
+    # The memory's scope, repeated: whose data key seals the content (``agentmem.personal``).
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
 
 
 class MemoryContentClaimed(Event, tag="memory.content_claimed", frozen=True):
@@ -512,6 +524,33 @@ class MemoryDissociated(Event, tag="memory.dissociated", frozen=True):
     association_type: str
 
 
+# Forgetting ------------------------------------------------------------------------------
+ForgetTarget = Literal["user", "agent", "conversation", "memory", "memory_scope"]
+
+
+class DataForgotten(Event, tag="data.forgotten", frozen=True):
+    """Someone's data was forgotten: its keys are deleted (so every event sealed with them
+    reads as ``Shredded``), and the projections drop every row of it. On the subject
+    ``agentmem.evt.<org>.forget.<forget_id>``: it says what was forgotten (ids only), and
+    its commit says when and by whom."""
+
+    forget_id: str
+    org_id: str
+    target: ForgetTarget
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    memory_id: str | None = None
+    keys: int = 0  # how many data keys were deleted
+
+
+class Shredded(Event, tag="shredded", frozen=True):
+    """What an event reads as once its data key is forgotten: its type, nothing else.
+    Never written to the log; an aggregate or a projection passes over it."""
+
+    of: str
+
+
 AnyEvent = (
     OrgCreated
     | OrgRenamed
@@ -576,6 +615,8 @@ AnyEvent = (
     | RelationRetracted
     | MemoryAssociated
     | MemoryDissociated
+    | DataForgotten
+    | Shredded
 )
 
 

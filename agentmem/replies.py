@@ -222,6 +222,9 @@ class StreamReport(msgspec.Struct, frozen=True):
     last_seq: int
     messages: int
     bytes: int
+    # Up to this seq the log may hold plaintext personal data written by earlier versions,
+    # which cannot be forgotten; null when every event was written sealed.
+    plaintext_until: int | None = None
 
 
 class ProjectionReport(msgspec.Struct, frozen=True):

@@ -36,6 +36,7 @@ from agentmem.consumers.system import collect_status
 from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog, StreamConfigMismatch
+from agentmem.keys import KeyRing
 from agentmem.metrics import Metrics
 from agentmem.metrics_http import MetricsListener
 from agentmem.projections import ALL, Projection
@@ -288,6 +289,7 @@ class Service:
         self.leader_tasks: dict[str, asyncio.Task[None]] = {}
         self.dispatcher: Dispatcher | None = None
         self.access: AccessView | None = None
+        self.keys: KeyRing | None = None
         self._lock: IO[str] | None = None
         self._data_lock: IO[str] | None = None
         self._service_file: Path | None = None
@@ -357,8 +359,11 @@ class Service:
                 "agentmem-system",
                 self.metrics,
             )
-        log_ = EventLog(self.nc)
+        # The data keys first: nothing personal is written without them (agentmem.keys).
+        self.keys = KeyRing(self.nc, settings.master_keys(create=True))
+        log_ = EventLog(self.nc, keys=self.keys)
         await ensure_stream(log_, settings.replicas)
+        await self.keys.start(settings.replicas, await log_.last_seq())
         if self.embedded is not None:
             self._service_file = record_service(
                 settings.data_dir, self.embedded.url, settings.store_url
@@ -382,6 +387,8 @@ class Service:
             await asyncio.gather(*(leader.first_look.wait() for leader in self.leaders.values()))
 
         cache = AggregateCache(log_)
+        # A forgotten key takes what was folded from its events out of this process's cache.
+        self.keys.on_forget(cache.clear)
         self.access = AccessView(self.nc, FreshReads(cache), replicas=settings.replicas)
         await self.access.start()
         nc = self.nc
@@ -453,10 +460,10 @@ class Service:
         assert self.nc is not None
         assert self.store is not None
         assert self.leases is not None
-        nc, store = self.nc, self.store
+        nc, store, keys = self.nc, self.store, self.keys
 
         def make_worker() -> ProjectionWorker:
-            return ProjectionWorker(nc, store, projection, board, metrics=self.metrics)
+            return ProjectionWorker(nc, store, projection, board, metrics=self.metrics, keys=keys)
 
         leader = ProjectionLeader(projection.name, make_worker, self.leases, board)
         self.leaders[projection.name] = leader
@@ -505,6 +512,8 @@ class Service:
         if self.leases:
             # Another process takes the projections over at its next look (about 1 s).
             await self.leases.close()
+        if self.keys:
+            await self.keys.stop()
         if self.nc:
             if self.failed.is_set():
                 # No server to drain to: a drain would wait for a reconnect that never comes.

@@ -25,6 +25,7 @@ from agentmem.projections.memories import MemoriesProjection
 from bench import (
     baselines,
     env,
+    forget,
     graph,
     harness,
     longchat,
@@ -57,6 +58,7 @@ ON_REQUEST: list[Workload] = [
     *memories.ON_REQUEST,
     *graph.ON_REQUEST,
     *vectors.ON_REQUEST,
+    *forget.ON_REQUEST,
 ]
 LARGE_REPLAY = 1_000_000
 

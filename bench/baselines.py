@@ -227,8 +227,10 @@ async def raw_last50(cfg: Config) -> AsyncIterator[Run]:
 class _UserRegistered(msgspec.Struct):
     user_id: str
     org_id: str
-    name: str
-    email: str
+    # Sealed in the seeded log (agentmem.sealing): the raw baseline does not decrypt, so it
+    # writes them empty; what opening them costs shows in the replay's ratio to this.
+    name: str = ""
+    email: str = ""
     roles: list[str] = msgspec.field(default_factory=lambda: ["member"])
     service_admin: bool = False
 
@@ -288,7 +290,8 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
             for e in decoder.decode(message.data).events:
                 roles = _encoder.encode(e.roles).decode()
                 admin = int(e.service_admin)
-                rows.append((e.user_id, e.org_id, e.name, e.email, roles, admin, at, at, seq))
+                email = e.email or f"{e.user_id}@sealed"  # unique, as the index wants
+                rows.append((e.user_id, e.org_id, e.name, email, roles, admin, at, at, seq))
         db.execute("BEGIN IMMEDIATE")
         db.executemany(RAW_PROJECTION_INSERT, rows)
         db.execute(

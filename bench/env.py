@@ -9,6 +9,7 @@ shares its CPU time or its event loop with the load it answers."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -34,8 +35,10 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ids, natsauth, subjects
 from agentmem.embedded import EmbeddedNats, server_binary
 from agentmem.eventlog import CommitMeta, EventLog
-from agentmem.events import AnyEvent, UserRegistered, encode_commit
+from agentmem.events import AnyEvent, UserRegistered
+from agentmem.keys import KeyRing, MasterKeys
 from agentmem.queries import Health
+from agentmem.sealing import seal
 from bench.harness import Config, Run
 
 PUBLISH_WINDOW = 256
@@ -277,6 +280,8 @@ async def seed_commits(nc: NATS, n: int, make: Callable[[int], Commit]) -> int:
     headers, expected sequence 0 on a fresh subject), in gathered windows. Returns the last
     sequence."""
     last = 0
+    keys = KeyRing(nc, master_keys())
+    await keys.start()
 
     async def publish(i: int) -> int:
         subject, event, commit_type = make(i)
@@ -286,7 +291,9 @@ async def seed_commits(nc: NATS, n: int, make: Callable[[int], Commit]) -> int:
             "Nats-Msg-Id": command_id,
             "Nats-Expected-Last-Subject-Sequence": "0",
         }
-        reply = await nc.request(subject, encode_commit([event]), timeout=30, headers=headers)
+        # Sealed as the service seals it: personal fields under their data subject's key.
+        body = await seal(subject, [event], keys)
+        reply = await nc.request(subject, body, timeout=30, headers=headers)
         ack = _ack.decode(reply.data)
         if ack.error is not None:
             raise RuntimeError(f"seeding the log failed: {ack.error}")
@@ -296,6 +303,7 @@ async def seed_commits(nc: NATS, n: int, make: Callable[[int], Commit]) -> int:
         window = range(start, min(start + PUBLISH_WINDOW, n))
         seqs = await asyncio.gather(*(publish(i) for i in window))
         last = max(last, *seqs)
+    await keys.stop()
     return last
 
 
@@ -321,6 +329,14 @@ async def seed_users(nc: NATS, n: int, keep_ids: bool = False) -> tuple[int, lis
 
 async def _seed_users(nc: NATS, n: int) -> int:
     return (await seed_users(nc, n))[0]
+
+
+def master_keys() -> MasterKeys:
+    """The master key of every log and service of this run (``AGENTMEM_MASTER_KEY``, set
+    once here and inherited by the children: the seeded log's keys open in the replay)."""
+    if not os.environ.get("AGENTMEM_MASTER_KEY"):
+        os.environ["AGENTMEM_MASTER_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    return MasterKeys.parse(os.environ["AGENTMEM_MASTER_KEY"])
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from agentmem import Client
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.domain.passwords import DEFAULT_COST
 from agentmem.errors import UnavailableError
+from agentmem.keys import KeyRing
 from agentmem.projections.base import Projection
 from agentmem.projections.replay import replay
 from agentmem.projections.users import UsersProjection
@@ -190,10 +191,13 @@ async def replay_child(
     peak RSS."""
     nc = await nats.connect(url)
     db = await open_store(store)
+    keys = KeyRing(nc, env.master_keys())
+    await keys.start()
     rss_start = env.peak_rss_mb()
     started = time.perf_counter()
-    result = await replay(nc, db, projection or UsersProjection())
+    result = await replay(nc, db, projection or UsersProjection(), keys=keys)
     seconds = time.perf_counter() - started
+    await keys.stop()
     await db.close()
     await nc.close()
     return {

@@ -52,7 +52,7 @@ from agentmem.consumers.aggregates import (
 from agentmem.consumers.lru import LRU
 from agentmem.domain.aggregate import Evolve, Loaded
 from agentmem.errors import UnavailableError
-from agentmem.eventlog import StoredCommit, stored_commit
+from agentmem.eventlog import StoredCommit
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +163,9 @@ class AccessView:
         subject = msg.subject
         # Read tolerantly, as the log's reads are: what this version cannot read is skipped
         # (and logged), and the commit's other events still apply.
-        commit = stored_commit(meta.sequence.stream, subject, msg.headers or {}, msg.data)
+        commit = await self.fresh.cache.log.open(
+            meta.sequence.stream, subject, msg.headers or {}, msg.data
+        )
         entry = self._entries.get(subject, touch=False)
         if entry is not None and commit.seq > entry.loaded.version:
             loaded = advance(entry.loaded, entry.evolve, [commit])

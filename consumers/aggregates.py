@@ -113,6 +113,11 @@ class AggregateCache:
     def forget(self, subject: str) -> None:
         self._entries.pop(subject)
 
+    def clear(self) -> None:
+        """Drop every entry: a data key was deleted, and what was folded from the events it
+        opened must not outlive it here (forgets are rare; the cache refills from the log)."""
+        self._entries.clear()
+
     def _store(self, subject: str, loaded: Loaded[Any], evolve: Evolve[Any]) -> None:
         self._entries.put(subject, Entry(loaded, evolve))
 

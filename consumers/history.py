@@ -28,7 +28,7 @@ from agentmem.eventlog import (
     EventLog,
     StoredCommit,
 )
-from agentmem.events import MessageAppended
+from agentmem.events import MessageAppended, Shredded
 from agentmem.projections import messages as messages_read
 from agentmem.queries import GetHistory
 
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
     events = []
     for event in commit.events:
+        if isinstance(event, Shredded):
+            # Forgotten: that something was here, and what kind of thing, never what.
+            events.append({"type": event.of, "forgotten": True})
+            continue
         fields = msgspec.to_builtins(event)
         view = {k: v for k, v in fields.items() if k not in SECRET_FIELDS}
         if isinstance(event, MessageAppended) and event.message_id in hidden:

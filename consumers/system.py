@@ -12,6 +12,7 @@ from agentmem import asyncapi, subjects
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.eventlog import EventLog
+from agentmem.keys import plaintext_until
 from agentmem.projections import ALL
 from agentmem.projections.worker import durable_name
 from agentmem.queries import Health, Schema, Status
@@ -50,6 +51,9 @@ async def collect_status(
             "last_seq": state["last_seq"],
             "messages": state["messages"],
             "bytes": state["bytes"],
+            # Up to this seq, earlier versions may have written personal data in plaintext,
+            # which no forget can erase (docs/security.md, "Forgetting"); null: none.
+            "plaintext_until": await plaintext_until(nc),
         },
         "projections": projections,
         "parked": [

@@ -22,9 +22,10 @@ from agentmem.events import (
     AgentStateSet,
     AgentUnarchived,
     AgentUpdated,
+    DataForgotten,
     OrgDeleted,
 )
-from agentmem.projections.rows import json_text, tag_rows, tag_table
+from agentmem.projections.rows import forgotten_rows, json_text, tag_rows, tag_table
 from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
 
 AGENTS = Table(
@@ -73,6 +74,7 @@ class AgentsProjection:
         subjects.events_of("agent"),
         subjects.events_of("agent_state"),
         subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
     ]
     tables = [AGENTS, AGENT_TAGS, AGENT_STATES]
 
@@ -139,6 +141,8 @@ class AgentsProjection:
                 case OrgDeleted(org_id=deleted):
                     for table in ("agents", "agent_tags", "agent_states"):
                         ops.append(Delete(table, {"org_id": deleted}))
+                case DataForgotten():
+                    ops += forgotten_rows(event, frozenset({"agent"}), self.tables)
         return ops
 
 

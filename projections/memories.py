@@ -25,6 +25,8 @@ from agentmem.domain.memories import MAX_BATCH, SCOPE_FIELDS, millionths
 from agentmem.domain.memory_filter import MemoryFilter, decayed
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
+    DataForgotten,
+    ForgetTarget,
     MemoryAdded,
     MemoryArchived,
     MemoryDeleted,
@@ -35,7 +37,7 @@ from agentmem.events import (
     OrgDeleted,
 )
 from agentmem.projections.memory_filters import condition, decayed_sql
-from agentmem.projections.rows import json_text, tag_rows, tag_table
+from agentmem.projections.rows import forgotten_rows, json_text, tag_rows, tag_table
 from agentmem.store import (
     Column,
     Condition,
@@ -99,6 +101,9 @@ MEMORIES = Table(
 )
 
 MEMORY_TAGS = tag_table("memory_tags", "memory_id")
+FORGETS: frozenset[ForgetTarget] = frozenset(
+    {"user", "agent", "conversation", "memory", "memory_scope"}
+)
 
 # What the service knew when (``known_at``): the ``memories`` row is each memory's current
 # version, recorded at its ``version`` (``updated_at``); ``memory_versions`` keeps every
@@ -159,7 +164,12 @@ def _changed(memory_id: str, values: dict[str, Any], seq: int, at: int, key: int
 class MemoriesProjection:
     name = "memories"
     # Org deletions too (their own subject): they remove the organization's memories.
-    filter_subjects = [subjects.events_of("memory"), subjects.events_of("org_deletion")]
+    # Forgets too: every forget target may hold memories (a user's, an agent's, a session's).
+    filter_subjects = [
+        subjects.events_of("memory"),
+        subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
+    ]
     tables = [MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
@@ -245,6 +255,14 @@ class MemoriesProjection:
                     ops.append(Delete("memories", {"org_id": deleted}))
                     ops.append(Delete("memory_tags", {"org_id": deleted}))
                     ops.append(Delete("memory_versions", {"org_id": deleted}))
+                case DataForgotten():
+                    # The tags first: they are found through their memories' rows.
+                    ops += forgotten_rows(
+                        event,
+                        FORGETS,
+                        [MEMORY_TAGS, MEMORY_VERSIONS, MEMORIES],
+                        {"memory_tags": MEMORIES},
+                    )
         return ops
 
 

@@ -24,11 +24,13 @@ from agentmem.eventlog import StoredCommit
 from agentmem.events import (
     AgentDeleted,
     ConversationDeleted,
+    DataForgotten,
+    ForgetTarget,
     MessageAppended,
     MessageRedacted,
     OrgDeleted,
 )
-from agentmem.projections.rows import json_text
+from agentmem.projections.rows import forgotten_rows, json_text
 from agentmem.store import Column, Delete, FullText, Row, RowOp, Store, Table, Update, Upsert
 
 PER_COMMIT = MAX_MESSAGES_PER_BATCH  # positions per commit
@@ -97,6 +99,8 @@ MESSAGE_COMMANDS = Table(
     ),
     primary_key=("org_id", "session_id", "command_id"),
 )
+# The forgets that drop messages: a user's, an agent's, a conversation's.
+FORGETS: frozenset[ForgetTarget] = frozenset({"user", "agent", "conversation"})
 
 EMPTY_LIST = "[]"
 EMPTY_OBJECT = "{}"
@@ -115,6 +119,7 @@ class MessagesProjection:
         subjects.events_of("conversation"),
         subjects.events_of("agent"),
         subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
     ]
     tables = [MESSAGES, MESSAGE_REDACTIONS, MESSAGE_COMMANDS]
 
@@ -179,6 +184,8 @@ class MessagesProjection:
                     ops.append(Delete("messages", {"org_id": deleted}))
                     ops.append(Delete("message_redactions", {"org_id": deleted}))
                     ops.append(Delete("message_commands", {"org_id": deleted}))
+                case DataForgotten():
+                    ops += forgotten_rows(event, FORGETS, self.tables)
         return ops
 
 

@@ -14,6 +14,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
+from agentmem.keys import KeyRing
 from agentmem.projections.base import Projection
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.worker import ProjectionWorker
@@ -53,12 +54,15 @@ async def replay(
     stream: str = subjects.STREAM_NAME,
     on_progress: Callable[[int, int], None] | None = None,
     until_seq: int | None = None,
+    keys: KeyRing | None = None,
 ) -> ReplayResult:
     """Empty the projection's tables and apply the whole log again (or, with ``until_seq``,
     its commits up to that sequence), through the same code path as the live worker, on a
     consumer of its own (the live one is left alone)."""
     await store.migrate(MIGRATIONS)
     await store.reset(projection.name, projection.tables)
+    if keys is not None:
+        await keys.preload()  # events of every data subject come: their keys in one pass
     worker = ProjectionWorker(
         nc,
         store,
@@ -66,6 +70,7 @@ async def replay(
         stream=stream,
         consumer=f"agentmem-replay-{projection.name}",
         until_seq=until_seq,
+        keys=keys,
     )
     started = time.perf_counter()
     await worker.run(until_caught_up=True, on_progress=on_progress)

@@ -9,6 +9,7 @@ from agentmem.eventlog import StoredCommit
 from agentmem.events import (
     ApiKeyCreated,
     ApiKeyRevoked,
+    DataForgotten,
     OrgDeleted,
     UserDeleted,
     UserPasswordChanged,
@@ -16,7 +17,7 @@ from agentmem.events import (
     UserRegistered,
     UserRolesSet,
 )
-from agentmem.projections.rows import json_text
+from agentmem.projections.rows import forgotten_rows, json_text
 from agentmem.store import Column, Delete, Row, RowOp, Store, Table, Update, Upsert
 
 USERS = Table(
@@ -59,7 +60,12 @@ API_KEYS = Table(
 class UsersProjection:
     name = "users"
     # Org events too: deleting an organization removes its users from the table.
-    filter_subjects = [subjects.events_of("user"), subjects.events_of("org")]
+    # Forgets too (their own subject): forgetting a user erases its rows.
+    filter_subjects = [
+        subjects.events_of("user"),
+        subjects.events_of("org"),
+        subjects.events_of("forget"),
+    ]
     tables = [USERS, API_KEYS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
@@ -96,6 +102,8 @@ class UsersProjection:
                 case OrgDeleted(org_id=org_id):
                     ops.append(Delete("users", {"org_id": org_id}))
                     ops.append(Delete("api_keys", {"org_id": org_id}))
+                case DataForgotten():
+                    ops += forgotten_rows(event, frozenset({"user"}), self.tables)
                 case ApiKeyCreated():
                     row = {
                         "key_id": event.key_id,

@@ -22,11 +22,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
-from agentmem.events import decode_commit
+from agentmem.keys import KeyRing
 from agentmem.metrics import Metrics
 from agentmem.projections.base import Projection
 from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.feed import PullFeed
+from agentmem.sealing import open_events
 from agentmem.store import Parked, ProjectionBatch, Store
 
 log = structlog.get_logger(__name__)
@@ -52,8 +53,10 @@ class ProjectionWorker:
         consumer: str | None = None,
         until_seq: int | None = None,
         metrics: Metrics | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.nc = nc
+        self.keys = keys  # opens sealed personal fields (``agentmem.sealing``)
         self.js = nc.jetstream()
         self.store = store
         self.projection = projection
@@ -163,20 +166,29 @@ class ProjectionWorker:
         batch = ProjectionBatch(self.name, self.checkpoint, after=self.checkpoint)
         last_seq = self.checkpoint
         decoded: list[tuple[Msg, StoredCommit | Exception]] = []
-        for message in messages:
-            seq = message.metadata.sequence.stream
-            if seq <= self.checkpoint:
-                continue  # applied before a crash that came between commit and ack
-            if self.until_seq is not None and seq > self.until_seq:
+        # At or below the checkpoint: applied before a crash between the commit and the ack.
+        fresh = [m for m in messages if m.metadata.sequence.stream > self.checkpoint]
+        if self.until_seq is not None:
+            beyond = [m for m in fresh if m.metadata.sequence.stream > self.until_seq]
+            if beyond:
                 self._past_until = True
-                break
+                fresh = [m for m in fresh if m.metadata.sequence.stream <= self.until_seq]
+        # Opened together: the data keys this process has not cached yet are read from the
+        # bucket at once, not one commit after the other.
+        opened = await asyncio.gather(
+            *(open_events(m.data, self.keys) for m in fresh), return_exceptions=True
+        )
+        for message, events in zip(fresh, opened, strict=True):
+            seq = message.metadata.sequence.stream
             last_seq = max(last_seq, seq)
             try:
+                if isinstance(events, BaseException):
+                    raise events
                 commit = StoredCommit(
                     seq=seq,
                     subject=message.subject,
                     headers=message.headers or {},
-                    events=decode_commit(message.data).events,
+                    events=events,
                 )
                 decoded.append((message, commit))
             except Exception as exc:  # an event this code cannot read must not stall the rest
@@ -209,8 +221,8 @@ class ProjectionWorker:
             self.applied += len(batch.items) + len(batch.parked) - len(parked)
             self.checkpoint = last_seq
             self.board.advance(self.name, last_seq)
-            events = len(batch.items) + len(batch.parked)
-            self.metrics.batch(self.name, events, len(parked), seconds)
+            applied = len(batch.items) + len(batch.parked)
+            self.metrics.batch(self.name, applied, len(parked), seconds)
             log.debug(
                 "batch applied",
                 projection=self.name,

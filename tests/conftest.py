@@ -12,9 +12,10 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client
 from agentmem.config import Settings
+from agentmem.keys import MASTER_KEY_FILE
 from agentmem.service import Service
 from tests.pg import DSN, postgres_schema, with_search_path
-from tests.support import TEST_PASSWORD_COST, NatsServer
+from tests.support import TEST_MASTER_KEY, TEST_PASSWORD_COST, NatsServer
 
 STORE_KINDS = ("sqlite", "postgres")
 
@@ -109,6 +110,11 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 def settings_for(server: NatsServer, tmp_path: Path, store: str | None = None) -> Settings:
+    master = tmp_path / MASTER_KEY_FILE
+    if not master.exists():
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        master.write_text(TEST_MASTER_KEY + "\n")
+        master.chmod(0o600)
     settings = Settings()
     settings.nats_url = server.url
     settings.data_dir = tmp_path

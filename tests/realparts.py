@@ -26,12 +26,13 @@ from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.commands import CommandRunner, client_command_id
 from agentmem.consumers.parts import Parts
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL, EventLog
+from agentmem.keys import KeyRing, MasterKeys
 from agentmem.projections import ALL
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.replay import replay
 from agentmem.queries import Status
 from agentmem.store import Store, Table, open_store
-from tests.support import TEST_PASSWORD_COST
+from tests.support import TEST_MASTER_KEY, TEST_PASSWORD_COST
 
 T = TypeVar("T")
 
@@ -186,15 +187,30 @@ async def dump_file(path: Path | str) -> dict[str, Any]:
         await store.close()
 
 
+def deployment_keys(nc: NATS) -> KeyRing:
+    """The data keys of a deployment a test started (``TEST_MASTER_KEY``), as another
+    process holds them: its own cache. Not started: no delete reaches its cache."""
+    return KeyRing(nc, MasterKeys.parse(TEST_MASTER_KEY))
+
+
+async def keys_of(nc: NATS) -> KeyRing:
+    """``deployment_keys``, started: deletes reach its cache as they reach a process's."""
+    keys = deployment_keys(nc)
+    await keys.start()
+    return keys
+
+
 async def replay_into(nc: NATS, path: Path) -> dict[str, Any]:
     """Rebuild every projection from sequence 1 into a fresh SQLite file; dump it."""
     assert not await asyncio.to_thread(path.exists)
+    keys = await keys_of(nc)
     store = await open_store(str(path))
     try:
         for projection in ALL:
-            await asyncio.wait_for(replay(nc, store, projection), 60)
+            await asyncio.wait_for(replay(nc, store, projection, keys=keys), 60)
         return await dump_store(store)
     finally:
+        await keys.stop()
         await store.close()
 
 
@@ -307,7 +323,7 @@ def cmdline(pid: int) -> str:
 def second_process(nc: NATS, runner: CommandRunner | None = None) -> Parts:
     """The command side of another service process on the same log: its own, empty caches
     (or ``runner``'s). It has no store: only command handlers are built from it."""
-    log = EventLog(nc)
+    log = EventLog(nc, keys=deployment_keys(nc))
     return Parts(
         nc=nc,
         log=log,

@@ -17,6 +17,9 @@ from agentmem.queries import Health
 
 # Tests hash passwords with a low scrypt cost: the KDF is tested for itself in unit tests.
 TEST_PASSWORD_COST = 2**10
+# The master key of every deployment a test starts (``tests.conftest.settings_for`` writes it
+# as the data dir's master.key), so that a test's second process or replay opens its events.
+TEST_MASTER_KEY = "dGVzdC1tYXN0ZXIta2V5LW9mLWFnZW50bWVtLXRlc3Q="
 
 
 def free_port() -> int:
@@ -109,6 +112,8 @@ class ServiceProcess:
             "AGENTMEM_DATA_DIR": str(self.data_dir),
             "AGENTMEM_PASSWORD_COST": str(TEST_PASSWORD_COST),
             "AGENTMEM_LOG_FORMAT": "json",
+            # The tests' own master key, so that a test's replay opens what it sealed.
+            "AGENTMEM_MASTER_KEY": TEST_MASTER_KEY,
             **self.env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115

@@ -50,6 +50,7 @@ from agentmem.queries import GetOrg
 from agentmem.service import Service
 from tests.conftest import admin_key, settings_for
 from tests.pg import DSN, postgres_schema, with_search_path
+from tests.realparts import deployment_keys
 from tests.support import NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -274,10 +275,11 @@ async def test_a_process_that_stops_confirming_is_cut_off_and_reads_the_log(
     first, _, root = processes
     person = await someone(processes)
     stuck_nc = await nats.connect(server.url)
-    view = AccessView(stuck_nc, FreshReads(AggregateCache(EventLog(stuck_nc))))
+    stuck_log = EventLog(stuck_nc, keys=deployment_keys(stuck_nc))
+    view = AccessView(stuck_nc, FreshReads(AggregateCache(stuck_log)))
     await view.start()
     try:
-        authenticate = Authenticator(AggregateCache(EventLog(stuck_nc)), view)
+        authenticate = Authenticator(AggregateCache(stuck_log), view)
         headers = {tokens.HEADER: f"Bearer {person.key}"}
         assert (await authenticate(headers)).user_id == person.user_id
         assert view.peek(subjects.event(person.org_id, "user", person.user_id)) is not None
@@ -318,7 +320,9 @@ async def test_a_stopped_process_leaves_no_consumer_behind(
 ) -> None:
     watcher = await nats.connect(server.url)
     js = watcher.jetstream()
-    view = AccessView(watcher, FreshReads(AggregateCache(EventLog(watcher))))
+    view = AccessView(
+        watcher, FreshReads(AggregateCache(EventLog(watcher, keys=deployment_keys(watcher))))
+    )
     await view.start()
     names = {c.name for c in await js.consumers_info(subjects.STREAM_NAME)}
     assert view.consumer in names

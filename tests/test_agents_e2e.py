@@ -36,7 +36,7 @@ from agentmem.domain.agents import MAX_STATE_BYTES
 from agentmem.eventlog import EventLog
 from agentmem.events import AgentArchived, AgentStateCleared, AgentStateSet
 from agentmem.replies import Agent
-from tests.realparts import bearer, second_process
+from tests.realparts import bearer, deployment_keys, second_process
 from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
@@ -451,7 +451,7 @@ async def test_a_deletion_racing_state_writes_leaves_no_state_behind(
     _, api = acme
     agent_id = (await api.create_agent("Racing")).fields["agent_id"]
     await api.set_agent_state(agent_id, {"n": 0})
-    log = EventLog(nc)
+    log = EventLog(nc, keys=deployment_keys(nc))
     other_process = CommandRunner(log, AggregateCache(log))
     dispatcher = Dispatcher(
         nc,

@@ -177,11 +177,11 @@ async def test_a_revoked_key_is_refused_at_once_by_another_service_process(
     from agentmem.consumers.commands import CommandRunner, command_router
     from agentmem.consumers.router import Dispatcher
     from agentmem.eventlog import EventLog
-    from tests.realparts import second_process
+    from tests.realparts import deployment_keys, second_process
 
     org = world.tenants["own"].org_id
     user_id, key = await new_user(world.root, org, ["admin"])
-    log = EventLog(nc)
+    log = EventLog(nc, keys=deployment_keys(nc))
     cache = AggregateCache(log)
     second = Dispatcher(
         nc,
@@ -298,6 +298,7 @@ async def test_replay_reproduces_users_keys_and_roles(
     from agentmem.projections import BY_NAME
     from agentmem.projections.replay import replay
     from agentmem.store import open_store
+    from tests.realparts import deployment_keys
 
     users = BY_NAME["users"]
     await world.root.list_users(after_seq=await log_end(nc))  # the live table caught up
@@ -305,7 +306,7 @@ async def test_replay_reproduces_users_keys_and_roles(
     live = {t.name: await module_service.store.dump(t) for t in users.tables}
     rebuilt_store = await open_store(str(tmp_path / "rebuilt.db"))
     try:
-        await replay(nc, rebuilt_store, users)
+        await replay(nc, rebuilt_store, users, keys=deployment_keys(nc))
         rebuilt = {t.name: await rebuilt_store.dump(t) for t in users.tables}
     finally:
         await rebuilt_store.close()
@@ -318,8 +319,9 @@ async def test_an_org_admin_in_the_service_org_cannot_take_over_the_service_admi
 ) -> None:
     from agentmem.bootstrap import find_admin
     from agentmem.eventlog import EventLog
+    from tests.realparts import deployment_keys
 
-    admin = await find_admin(EventLog(nc))
+    admin = await find_admin(EventLog(nc, keys=deployment_keys(nc)))
     assert admin is not None
     _, key = await new_user(world.root, admin.org_id, ["admin"])
     insider = world.root.with_token(key)

@@ -90,6 +90,13 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
+from agentmem.domain.forget import (
+    ForgetAgent,
+    ForgetConversation,
+    ForgetMemory,
+    ForgetMemoryScope,
+    ForgetUser,
+)
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -271,6 +278,11 @@ VALID: dict[str, dict[str, Any]] = {
     DissociateMemories.op.subject: {"from_memory_id": "m1", "to_memory_id": "m2"},
     MemoryAssociations.op.subject: {"memory_id": "m1"},
     AssembleContext.op.subject: {"agent_id": "a1", "query": "tea", "max_tokens": 1000},
+    ForgetUser.op.subject: {"user_id": "u1"},
+    ForgetAgent.op.subject: {"agent_id": "a1"},
+    ForgetConversation.op.subject: {"session_id": "s1"},
+    ForgetMemory.op.subject: {"memory_id": "m1"},
+    ForgetMemoryScope.op.subject: {"user_id": "u1"},
 }
 
 # One field per subject given a value of the wrong JSON type.
@@ -370,6 +382,11 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     DissociateMemories.op.subject: ("association_type", 1),
     MemoryAssociations.op.subject: ("direction", 1),
     AssembleContext.op.subject: ("max_tokens", "1000"),
+    ForgetUser.op.subject: ("user_id", 5),
+    ForgetAgent.op.subject: ("agent_id", ["a1"]),
+    ForgetConversation.op.subject: ("session_id", {"id": "s1"}),
+    ForgetMemory.op.subject: ("memory_id", None),
+    ForgetMemoryScope.op.subject: ("session_id", 1.5),
 }
 
 

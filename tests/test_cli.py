@@ -777,3 +777,43 @@ async def test_the_other_commands_find_the_running_service_from_the_data_dir(
         assert not (data / "service.json").exists()
     finally:
         stray.stop()
+
+
+async def test_a_forget_over_nats_leaves_no_file_with_the_text(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    """The bar of issue 16: on a fresh ``agentmem serve`` (embedded nats-server, SQLite),
+    after a forget over NATS, no file under the data dir holds the forgotten text."""
+    port = free_port()
+    data = tmp_path / "data"
+    serve = new_serve(serves, tmp_path, ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    nc = await serve.connect(f"nats://127.0.0.1:{port}")
+    text = "Xylophagous Quentarella told us her blood type"
+    email = "quentarella.x@example.org"
+    needles = [text.encode(), email.encode(), b"Quentarella", b"quentarella"]
+    try:
+        key = admin_key(data)
+        client = Client(nc, key)
+        org_id = str((await client.create_org("Acme")).fields["org_id"])
+        user = await client.register_user(org_id, "Quentarella X", email, "long-enough-password")
+        user_id = str(user.fields["user_id"])
+        agent_id = str((await client.create_agent("A", org_id=org_id)).fields["agent_id"])
+        await client.append_message("s1", agent_id, "user", text, user_id=user_id, org_id=org_id)
+        await client.add_memory(text, user_id=user_id, org_id=org_id)
+        await wait_caught_up(nc, key)
+        held = [p for p in data.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+        assert held, "the text was in no file before the forget"
+        assert not [p for p in held if "jetstream" in str(p)], held  # sealed in the log
+        await client.forget_user(user_id)
+        await wait_caught_up(nc, key)
+    finally:
+        await nc.close()
+    assert serve.stop() == 0
+    left = [
+        f"{path.relative_to(data)}: {needle!r}"
+        for path in data.rglob("*")
+        if path.is_file()
+        for needle in needles
+        if needle in path.read_bytes()
+    ]
+    assert left == []

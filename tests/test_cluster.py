@@ -56,7 +56,7 @@ from tests.realparts import (
     rows,
     wait_caught_up,
 )
-from tests.support import TEST_PASSWORD_COST, free_port
+from tests.support import TEST_MASTER_KEY, TEST_PASSWORD_COST, free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -246,6 +246,7 @@ def settings_for(cluster: NatsCluster, data_dir: Path, store: str, replicas: int
     settings.store = store
     settings.replicas = replicas
     settings.password_cost = TEST_PASSWORD_COST
+    settings.master_key = TEST_MASTER_KEY  # so that the test's replay opens what it seals
     return settings
 
 

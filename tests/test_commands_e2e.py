@@ -39,7 +39,7 @@ from agentmem.protocol import Operation, operations
 from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
 from agentmem.replies import Org
 from agentmem.service import Service
-from tests.realparts import second_process
+from tests.realparts import deployment_keys, second_process
 from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
@@ -901,7 +901,7 @@ async def test_a_retried_create_is_answered_even_by_a_process_with_a_stale_cache
     answered with its first outcome, not refused as a taken id."""
     operation = creates_with_a_chosen_id()[aggregate]
     org_id = CHOSEN_ID if aggregate == "org" else (await api.create_org("Retry")).fields["org_id"]
-    log = EventLog(nc)
+    log = EventLog(nc, keys=deployment_keys(nc))
     runner = command_handlers.CommandRunner(log, AggregateCache(log))
     stale = await runner.cache.load(subjects.event(org_id, aggregate, CHOSEN_ID), lambda s, e: e)
     assert stale.state is None

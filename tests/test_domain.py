@@ -219,7 +219,7 @@ def test_register_reserves_the_email_and_creates_the_user() -> None:
         (subjects.event(ORG_ID, "user", USER_ID), 0),
     ]
     assert writes[0].events == [
-        EmailReserved(email="ann@example.com", user_id=USER_ID, command_id="cmd-1")
+        EmailReserved(email="ann@example.com", user_id=USER_ID, command_id="cmd-1", org_id=ORG_ID)
     ]
     assert writes[1].events == [registered(roles=("admin", "member"))]
 
@@ -320,9 +320,10 @@ def test_update_profile_email_change_reserves_releases_and_updates() -> None:
         (loaded.subject, 8),
     ]
     assert writes[0].events == [
-        EmailReserved(email="new@example.com", user_id=USER_ID, command_id="c9")
+        EmailReserved(email="new@example.com", user_id=USER_ID, command_id="c9", org_id=ORG_ID)
     ]
-    assert writes[1].events == [EmailReleased(email="ann@example.com", user_id=USER_ID)]
+    released = EmailReleased(email="ann@example.com", user_id=USER_ID, org_id=ORG_ID)
+    assert writes[1].events == [released]
     assert writes[2].events == [
         UserProfileUpdated(user_id=USER_ID, name="Ann", email="new@example.com")
     ]
@@ -380,7 +381,8 @@ def test_delete_releases_the_users_reservation_in_the_same_commit() -> None:
     held = reservation("ann@example.com", holder=USER_ID, version=3)
     writes = users.delete(loaded, DeleteUser(user_id=USER_ID), held)
     assert [(w.subject, w.expected) for w in writes] == [(held.subject, 3), (loaded.subject, 6)]
-    assert writes[0].events == [EmailReleased(email="ann@example.com", user_id=USER_ID)]
+    released = EmailReleased(email="ann@example.com", user_id=USER_ID, org_id=ORG_ID)
+    assert writes[0].events == [released]
     assert writes[1].events == [UserDeleted(user_id=USER_ID)]
 
 

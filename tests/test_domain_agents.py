@@ -546,11 +546,12 @@ def test_projection_of_an_org_deletion_removes_its_rows() -> None:
     ]
 
 
-def test_projection_reads_the_agent_state_and_org_deletion_subjects_only() -> None:
+def test_projection_reads_the_agent_state_org_deletion_and_forget_subjects_only() -> None:
     assert sorted(AgentsProjection().filter_subjects) == sorted(
         [
             "agentmem.evt.*.agent.*",
             "agentmem.evt.*.agent_state.*",
             "agentmem.evt.*.org_deletion.*",
+            "agentmem.evt.*.forget.*",
         ]
     )

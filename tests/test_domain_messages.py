@@ -232,11 +232,12 @@ def test_deletions_delete_the_messages() -> None:
     ]
 
 
-def test_the_projection_reads_conversations_agents_and_org_deletions() -> None:
+def test_the_projection_reads_conversations_agents_org_deletions_and_forgets() -> None:
     assert MessagesProjection().filter_subjects == [
         subjects.events_of("conversation"),
         subjects.events_of("agent"),
         subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
     ]
 
 

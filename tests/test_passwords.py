@@ -32,6 +32,7 @@ from agentmem.eventlog import EventLog
 from agentmem.events import UserPasswordChanged
 from agentmem.service import Service
 from tests.conftest import admin_key, settings_for
+from tests.realparts import deployment_keys
 from tests.support import NatsServer
 
 PASSWORD = "correct horse battery"
@@ -213,7 +214,7 @@ async def test_a_login_rehashes_a_password_made_at_a_lower_cost(
     try:
         await admin.login("ann@acme.example", PASSWORD)
         await admin.login("ann@acme.example", PASSWORD)  # the second one has nothing to do
-        log = EventLog(nc)
+        log = EventLog(nc, keys=deployment_keys(nc))
         commits = await log.read_subject(users.subject(org_id, str(user.fields["user_id"])))
         rehashes = [e for c in commits for e in c.events if isinstance(e, UserPasswordChanged)]
         assert len(rehashes) == 1

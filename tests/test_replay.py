@@ -30,7 +30,7 @@ from tests.realparts import (
     run_cli,
     wait_caught_up,
 )
-from tests.support import NatsServer
+from tests.support import TEST_MASTER_KEY, NatsServer
 
 # Only the ``service`` test takes a store: its live tables, on either store, must equal a
 # replay into a fresh SQLite file. The CLI test replays an SQLite file in place.
@@ -164,7 +164,9 @@ async def test_replay_all_in_place_through_the_cli(
     before = await dump_store(service.store)
     assert_mix(before, people, the_admin(await read_log(nc)))
     db = service.settings.store_url
-    env = clean_env(AGENTMEM_NATS=nats_server.url, AGENTMEM_STORE=db)
+    env = clean_env(
+        AGENTMEM_NATS=nats_server.url, AGENTMEM_STORE=db, AGENTMEM_MASTER_KEY=TEST_MASTER_KEY
+    )
 
     # While the service runs the projections (it owns the SQLite file, or holds the
     # Postgres leases), an in-place replay is refused, clearly.

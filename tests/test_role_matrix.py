@@ -349,6 +349,31 @@ async def association_body(s: Scene) -> dict[str, Any]:
     return {"from_memory_id": memory_id, "to_memory_id": s.w.memory_id}
 
 
+async def forgettable_memory(s: Scene) -> dict[str, Any]:
+    """Someone else's memory, outside the scope the memory reads look at (a refused
+    forget leaves it, and the reads' pages must still hold the world's memory)."""
+    return {"memory_id": await s.w.new_memory(s.w.unique("forget-user"))}
+
+
+async def own_memory(s: Scene) -> dict[str, Any]:
+    """A memory of the caller's own, in the caller's organization."""
+    org_id = (s.caller or s.w.victim).org_id
+    made = await s.w.root.add_memory(f"mine {s.w.unique('fact')}", org_id=org_id, user_id=s.me)
+    return {"memory_id": made.fields["memory_id"]}
+
+
+async def forget_self(s: Scene) -> dict[str, Any]:
+    """The caller's own account, but a fresh one of the same role: a forget takes it away,
+    and the other cells still need theirs. The service administrator forgets a member of
+    the organization (it may forget anyone; forgetting itself would end the table)."""
+    if s.role in ORG_ROLE:
+        org_id = s.w.other if s.role == "other_org_admin" else s.w.own
+        person = await s.w.person(org_id, ORG_ROLE[s.role])
+        s.token = person.token
+        return {"user_id": person.user_id}
+    return {"user_id": (await s.w.person(s.w.own, "member")).user_id}
+
+
 async def archive_body(s: Scene) -> dict[str, Any]:
     return {"agent_id": await s.w.new_agent()}
 
@@ -440,6 +465,7 @@ ROWS: list[Row] = [
         built(lambda s: {"org_id": s.w.own, "name": s.w.unique("made")}),
     ),
     Row("agentmem.cmd.agent.delete", "org_admin", "org", delete_agent_body),
+    Row("agentmem.cmd.agent.forget", "org_admin", "org", delete_agent_body),
     Row(
         "agentmem.cmd.agent.patch_state",
         "member",
@@ -532,6 +558,7 @@ ROWS: list[Row] = [
     ),
     # Messages
     Row("agentmem.cmd.conversation.delete", "member", "org", delete_conversation_body),
+    Row("agentmem.cmd.conversation.forget", "org_admin", "org", delete_conversation_body),
     Row(
         "agentmem.cmd.message.append",
         "member",
@@ -727,6 +754,28 @@ ROWS: list[Row] = [
     Row("agentmem.cmd.memory.archive", "member", "org", fresh_memory),
     Row("agentmem.cmd.memory.delete", "member", "org", fresh_memory),
     Row("agentmem.cmd.memory.delete_scope", "org_admin", "org", memory_scope_body),
+    Row(
+        "agentmem.cmd.memory.forget",
+        "self",
+        "org",
+        forgettable_memory,
+        variant="another user's",
+    ),
+    Row("agentmem.cmd.memory.forget", "self", "own", own_memory, variant="own"),
+    Row(
+        "agentmem.cmd.memory.forget_scope",
+        "self",
+        "org",
+        memory_scope_body,
+        variant="another user's",
+    ),
+    Row(
+        "agentmem.cmd.memory.forget_scope",
+        "self",
+        "own",
+        built(lambda s: {"org_id": (s.caller or s.w.victim).org_id, "user_id": s.me}),
+        variant="own",
+    ),
     Row("agentmem.cmd.memory.restore", "member", "org", archived_memory),
     Row(
         "agentmem.cmd.memory.supersede",
@@ -966,6 +1015,8 @@ ROWS: list[Row] = [
         special={"service_admin": SERVICE_ADMIN_PASSWORD_UNKNOWN},
     ),
     Row("agentmem.cmd.user.delete", "org_admin", "org", fresh_victim),
+    Row("agentmem.cmd.user.forget", "self", "org", fresh_victim, variant="another user's"),
+    Row("agentmem.cmd.user.forget", "self", "own", forget_self, variant="own"),
     Row(
         "agentmem.cmd.user.register",
         "org_admin",

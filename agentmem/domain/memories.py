@@ -590,6 +590,9 @@ def update(
         valid_from=valid_from,
         valid_to=valid_to,
         expires_at=pick(command.expires_at, memory.expires_at),
+        user_id=memory.user_id,
+        agent_id=memory.agent_id,
+        session_id=memory.session_id,
     )
     writes = [Write(loaded.subject, loaded.version, [event])]
     if probe is None:

@@ -126,10 +126,12 @@ def require_live(loaded: Loaded[User], user_id: str) -> User:
     return loaded.state
 
 
-def _reserve(reservation: Loaded[Reservation], email: str, user_id: str, command_id: str) -> Write:
+def _reserve(
+    reservation: Loaded[Reservation], email: str, user_id: str, command_id: str, org_id: str
+) -> Write:
     if reservation.state is not None:
         raise ConflictError(f"email {email} is already registered", {"email": email})
-    event = EmailReserved(email=email, user_id=user_id, command_id=command_id)
+    event = EmailReserved(email=email, user_id=user_id, command_id=command_id, org_id=org_id)
     return Write(reservation.subject, reservation.version, [event])
 
 
@@ -152,7 +154,7 @@ def register(
         roles=tuple(dict.fromkeys(command.roles)),
     )
     return [
-        _reserve(reservation, email, user_id, command_id),
+        _reserve(reservation, email, user_id, command_id, command.org_id),
         Write(subject(command.org_id, user_id), 0, [registered]),
     ]
 
@@ -173,8 +175,8 @@ def update_profile(
     if new_email is not None and new_email != user.email:
         if new_reservation is None or old_reservation is None:
             raise ValueError("an email change needs both reservations loaded")
-        writes.append(_reserve(new_reservation, new_email, user.user_id, command_id))
-        released = EmailReleased(email=user.email, user_id=user.user_id)
+        writes.append(_reserve(new_reservation, new_email, user.user_id, command_id, user.org_id))
+        released = EmailReleased(email=user.email, user_id=user.user_id, org_id=user.org_id)
         writes.append(Write(old_reservation.subject, old_reservation.version, [released]))
         email = new_email
     event = UserProfileUpdated(user_id=user.user_id, name=command.name or user.name, email=email)
@@ -207,7 +209,7 @@ def delete(
     writes = []
     # Free the address for someone else, in the same atomic batch as the deletion.
     if reservation.state is not None and reservation.state.user_id == user.user_id:
-        released = EmailReleased(email=user.email, user_id=user.user_id)
+        released = EmailReleased(email=user.email, user_id=user.user_id, org_id=user.org_id)
         writes.append(Write(reservation.subject, reservation.version, [released]))
     writes.append(Write(loaded.subject, loaded.version, [UserDeleted(user_id=user.user_id)]))
     return writes

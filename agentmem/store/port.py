@@ -107,8 +107,15 @@ class Update:
 
 @dataclass(frozen=True)
 class Delete:
+    """Delete the rows matching ``key``. With ``through``: the rows whose first primary key
+    column is that column of a row of table ``through`` matching ``key`` (the tags of every
+    memory of a user). ``erase``: what it deletes must leave the files too, as for a
+    ``scrub`` table (a forget)."""
+
     table: str
     key: Row
+    through: str | None = None
+    erase: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,11 @@ def _update(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 
 @lru_cache(maxsize=512)
-def _delete(table: str, key: tuple[str, ...]) -> str:
-    return f"DELETE FROM {table} WHERE {' AND '.join(f'{k} = ?' for k in key)}"
+def _delete(table: str, key: tuple[str, ...], through: str | None, owner: str) -> str:
+    where = " AND ".join(f"{k} = ?" for k in key)
+    if through is None:
+        return f"DELETE FROM {table} WHERE {where}"
+    return f"DELETE FROM {table} WHERE {owner} IN (SELECT {owner} FROM {through} WHERE {where})"
 
 
 @lru_cache(maxsize=512)
@@ -88,8 +91,8 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
                 *values.values(),
                 *key.values(),
             )
-        case Delete(table=table, key=key):
-            return _delete(table, tuple(key)), tuple(key.values())
+        case Delete(table=table, key=key, through=through):
+            return _delete(table, tuple(key), through, keys[table][0]), tuple(key.values())
         case Copy(table=table, source=source, key=key, columns=columns, values=values):
             given = tuple(c for c in columns if c in values)
             text = _copy(table, source, columns, given, op.renamed, tuple(key))

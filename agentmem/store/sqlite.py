@@ -437,7 +437,8 @@ class SQLiteStore(SystemReads):
     def _erases(self, batch: ProjectionBatch) -> bool:
         """Did the batch overwrite or delete rows of a scrubbed table?"""
         return any(
-            isinstance(op, Update | Delete) and op.table in self._scrubbed
+            (isinstance(op, Update | Delete) and op.table in self._scrubbed)
+            or (isinstance(op, Delete) and op.erase)
             for _, _, ops in batch.items
             for op in ops
         )

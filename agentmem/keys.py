@@ -1,0 +1,570 @@
+"""Data keys for crypto-shredding: one per data subject, kept apart from the log.
+
+Where they live: the JetStream key-value bucket ``AGENTMEM_KEYS`` (stream
+``KV_AGENTMEM_KEYS``, file storage, one value per key, replicated like the event log). It
+allows deletes, which the event stream does not. A key's name is its data subject
+(``agentmem.personal.key_name``); its value is the 256-bit AES-GCM key *wrapped* (itself
+encrypted with AES-GCM) by a master key that is not in NATS (``MasterKeys``: a file under
+the data dir, or a setting), with a random ``kid`` that the sealed events name.
+
+Created with the first event that needs it: ``KeyRing.key_for`` writes it with expected
+last subject sequence, so two processes racing to create one agree on the first.
+
+Forgetting deletes keys for real: each value's message is erased in place
+(``$JS.API.STREAM.MSG.DELETE`` without ``no_erase``: nats-server overwrites its bytes in the
+block file, which a purge or a plain delete does not), then one notice on the bucket's key
+``_meta.forgotten`` names the wildcard of the keys deleted, so that every process hears of it.
+
+Each process caches the keys it used (``KeyRing``), and drops the matching ones as soon as
+the notice arrives: an ordered push consumer on the bucket's subjects, which recovers by
+itself from a lost message or a reconnect. A sealed event names its key's ``kid``, so a key deleted
+and created again under the same name (a conversation forgotten, then used again) never
+opens what the old one sealed, and a ``kid`` that the bucket does not hold is known to be
+gone, for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from agentmem.errors import AgentMemError, UnavailableError
+
+log = structlog.get_logger(__name__)
+
+BUCKET = "AGENTMEM_KEYS"
+STREAM = f"KV_{BUCKET}"
+PREFIX = f"$KV.{BUCKET}."
+MASTER_KEY_FILE = "master.key"
+# Where the bucket records, when it was first made for a log that already held events, the
+# last sequence that earlier versions may have written personal data to in plaintext.
+PLAINTEXT_MARK = "_meta.plaintext_until"
+# Where each forget says which keys it deleted (a wildcard over key names, in a header).
+FORGOTTEN = "_meta.forgotten"
+H_FORGOTTEN = "AgentMem-Forgotten"
+
+WRONG_LAST_SEQUENCE = 10071
+STREAM_NOT_FOUND = 10059
+NO_MESSAGE = 10037
+MAX_CACHED = 100_000
+# How many keys a forget erases at once (each: a read, an erase, a marker).
+FORGET_CONCURRENCY = 64
+SUBJECTS_PAGE = 100_000
+READS_IN_FLIGHT = 16
+# A replay reads the bucket in one pass first (``preload``): at most this many wrapped keys
+# are held (about 200 bytes each), the rest are read one by one as their events come.
+MAX_PRELOADED = 200_000
+
+
+class KeyError_(AgentMemError):
+    """A data key that exists but cannot be opened here (another master key)."""
+
+    code = "internal"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+class _Wrapped(msgspec.Struct, frozen=True):
+    """A data key as the bucket holds it."""
+
+    kid: str
+    master: str  # the id of the master key that wrapped it
+    nonce: bytes
+    key: bytes  # AES-GCM(master, nonce, data key, aad = name and kid)
+
+
+_wrapped_decoder = msgspec.json.Decoder(_Wrapped)
+_json = msgspec.json.Encoder()
+
+
+class MasterKeys:
+    """The keys that wrap data keys. The first wraps new ones; any of them unwraps.
+
+    Rotation: put a new key first (a new line at the top of the file, or first in the
+    setting), restart, run ``agentmem admin rewrap-keys`` (every data key wrapped again by
+    the new one), then remove the old key. A master key is never in NATS: a copy of the
+    bucket without it opens nothing."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        if not keys or any(len(k) != 32 for k in keys):
+            raise ValueError("master keys are 32 bytes each")
+        self._keys = {self.key_id(k): AESGCM(k) for k in keys}
+        self.current = self.key_id(keys[0])
+
+    @staticmethod
+    def key_id(key: bytes) -> str:
+        return hashlib.sha256(b"agentmem master key" + key).hexdigest()[:16]
+
+    @classmethod
+    def parse(cls, text: str) -> MasterKeys:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        try:
+            return cls([base64.urlsafe_b64decode(line) for line in lines])
+        except ValueError as exc:
+            raise ValueError(f"a master key must be 32 bytes in base64: {exc}") from None
+
+    @classmethod
+    def load(cls, path: Path, setting: str | None = None, create: bool = True) -> MasterKeys:
+        """From ``setting`` (keys in base64, separated by commas or lines) when given; else
+        from the file at ``path``, made (0600, one new random key) when missing and
+        ``create`` (a deployment's first start; a tool must find the deployment's own)."""
+        if setting:
+            return cls.parse(setting.replace(",", "\n"))
+        if not path.exists() and not create:
+            raise ValueError(
+                f"no master key at {path}: give the deployment's data dir (--data-dir) or "
+                "its AGENTMEM_MASTER_KEY"
+            )
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(_b64(secrets.token_bytes(32)) + "\n")
+        return cls.parse(path.read_text())
+
+    def wrap(self, name: str, kid: str, key: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        sealed = self._keys[self.current].encrypt(nonce, key, f"{name}|{kid}".encode())
+        return _json.encode(_Wrapped(kid, self.current, nonce, sealed))
+
+    def unwrap(self, name: str, data: bytes) -> tuple[str, bytes]:
+        wrapped = _wrapped_decoder.decode(data)
+        master = self._keys.get(wrapped.master)
+        if master is None:
+            raise KeyError_(
+                f"data key {name} is wrapped by master key {wrapped.master}, which this "
+                "process does not have (see docs/security.md, 'Keys')"
+            )
+        try:
+            key = master.decrypt(wrapped.nonce, wrapped.key, f"{name}|{wrapped.kid}".encode())
+        except InvalidTag:
+            raise KeyError_(f"data key {name} does not open with its master key") from None
+        return wrapped.kid, key
+
+    def needs_rewrap(self, data: bytes) -> bool:
+        return _wrapped_decoder.decode(data).master != self.current
+
+
+async def plaintext_until(nc: NATS, timeout: float = 5.0) -> int | None:
+    """The last sequence of the log that earlier versions may have written personal data
+    to in plaintext (recorded when the key bucket was first made for a log that already
+    held events); None when the whole log was written sealed, or there is no bucket yet."""
+    try:
+        reply = await nc.request(
+            f"$JS.API.STREAM.MSG.GET.{STREAM}",
+            _json.encode({"last_by_subj": PREFIX + PLAINTEXT_MARK}),
+            timeout=timeout,
+        )
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return None
+    message = msgspec.json.decode(reply.data).get("message")
+    if not message or not message.get("data"):
+        return None
+    return int(msgspec.json.decode(base64.b64decode(message["data"]))["last_seq"])
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Does the NATS wildcard ``pattern`` (``*`` one token, ``>`` the rest) match ``name``?"""
+    tokens = name.split(".")
+    for index, token in enumerate(pattern.split(".")):
+        if token == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or token not in ("*", tokens[index]):
+            return False
+    return len(pattern.split(".")) == len(tokens)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    name: str
+    kid: str
+    aead: AESGCM
+
+
+def bucket_config(replicas: int = 1) -> dict[str, Any]:
+    """A key-value bucket (``nats kv`` reads it) with one value per key, kept forever,
+    replicated like the log; deletes allowed, which is the point."""
+    return {
+        "name": STREAM,
+        "subjects": [f"{PREFIX}>"],
+        "retention": "limits",
+        "storage": "file",
+        "max_msgs_per_subject": 1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "discard": "old",
+        "num_replicas": replicas,
+        "duplicate_window": 120 * 1_000_000_000,
+        "allow_rollup_hdrs": True,
+        "deny_delete": False,
+        "deny_purge": False,
+        "allow_direct": False,  # reads go to the leader: a key just made is always there
+    }
+
+
+class KeyRing:
+    """This process's view of the data keys: cached, created on first use, forgotten
+    everywhere within the time a delete marker takes to arrive (milliseconds)."""
+
+    def __init__(self, nc: NATS, master: MasterKeys, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.master = master
+        self.timeout = timeout
+        self._keys: OrderedDict[str, DataKey] = OrderedDict()
+        self._gone: OrderedDict[str, None] = OrderedDict()  # kids known to be deleted
+        self._creating: dict[str, asyncio.Lock] = {}
+        self._reading: dict[str, asyncio.Future[tuple[int, bytes | None] | None]] = {}
+        self._read_slots = asyncio.Semaphore(READS_IN_FLIGHT)
+        # name -> wrapped key, read by ``preload`` and unwrapped on first use.
+        self._preloaded: dict[str, bytes] = {}
+        self._watch: Any = None
+        self._listeners: list[Callable[[], None]] = []
+        self.plaintext_until: int | None = None
+
+    # Starting --------------------------------------------------------------------------
+    async def start(self, replicas: int = 1, log_last_seq: int = 0) -> None:
+        """Make the bucket when missing (noting the log's last sequence when it already held
+        events: those may hold personal data in plaintext), then listen for deletes."""
+        info = await self._api(f"STREAM.INFO.{STREAM}")
+        error = info.get("error")
+        if error and error.get("err_code") == STREAM_NOT_FOUND:
+            created = await self._api(f"STREAM.CREATE.{STREAM}", bucket_config(replicas))
+            if "error" in created and "already in use" not in str(created["error"]):
+                raise UnavailableError(f"could not create the key bucket: {created['error']}")
+            if log_last_seq > 0:
+                await self.nc.request(
+                    PREFIX + PLAINTEXT_MARK,
+                    _json.encode({"last_seq": log_last_seq}),
+                    timeout=self.timeout,
+                    headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+                )
+        elif error:
+            raise UnavailableError(f"key bucket: {error.get('description')}")
+        self.plaintext_until = await plaintext_until(self.nc, self.timeout)
+        self._watch = await self.nc.jetstream().subscribe(
+            f"{PREFIX}>",
+            cb=self._on_change,
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            headers_only=True,
+            idle_heartbeat=5.0,
+        )
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await self._watch.unsubscribe()
+            self._watch = None
+
+    def on_forget(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs whenever a key is deleted (here or in another process): the
+        aggregate caches drop what they folded from events that no longer open."""
+        self._listeners.append(listener)
+
+    async def _on_change(self, msg: Msg) -> None:
+        # A new value (a key made, or wrapped again) changes no key this process holds: a
+        # key is never replaced under a name while it lives, only deleted, and a forget
+        # says which ones on FORGOTTEN (a delete by hand, ``nats kv del``, by its marker).
+        headers = msg.headers or {}
+        pattern = headers.get(H_FORGOTTEN)
+        if pattern is None and headers.get("KV-Operation") in ("DEL", "PURGE"):
+            pattern = msg.subject.removeprefix(PREFIX)
+        if pattern is not None:
+            self._drop(pattern)
+
+    # Reading and creating ----------------------------------------------------------------
+    async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = _json.encode(body) if body is not None else b""
+        try:
+            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise UnavailableError(f"the key bucket did not answer: {exc!r}") from exc
+        result: dict[str, Any] = msgspec.json.decode(reply.data)
+        return result
+
+    async def _last(self, name: str) -> tuple[int, bytes | None] | None:
+        """The last message on a key: its sequence and its value (None for a delete
+        marker); None when the key never had one."""
+        reply = await self._api(f"STREAM.MSG.GET.{STREAM}", {"last_by_subj": PREFIX + name})
+        error = reply.get("error")
+        if error:
+            if error.get("err_code") == NO_MESSAGE:
+                return None
+            raise UnavailableError(f"key bucket read: {error.get('description')}")
+        message = reply["message"]
+        headers = base64.b64decode(message.get("hdrs") or b"")
+        if b"KV-Operation" in headers:
+            return int(message["seq"]), None
+        return int(message["seq"]), base64.b64decode(message.get("data") or b"")
+
+    def _remember(self, key: DataKey) -> DataKey:
+        self._keys[key.name] = key
+        self._keys.move_to_end(key.name)
+        while len(self._keys) > MAX_CACHED:
+            self._keys.popitem(last=False)
+        return key
+
+    def _open(self, name: str, data: bytes) -> DataKey:
+        kid, key = self.master.unwrap(name, data)
+        return DataKey(name, kid, AESGCM(key))
+
+    async def key_for(self, name: str) -> DataKey:
+        """The key that seals new events of data subject ``name``, made when it has none."""
+        cached = self._keys.get(name)
+        if cached is not None:
+            return cached
+        lock = self._creating.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._key_for(name)
+        finally:
+            if not lock.locked():
+                self._creating.pop(name, None)
+
+    async def _key_for(self, name: str) -> DataKey:
+        # Most keys are asked for by the first event of their data subject: try to make it
+        # at once (expected sequence 0); only when the name is taken, read what holds it.
+        last: tuple[int, bytes | None] | None = None
+        for attempt in range(5):
+            cached = self._keys.get(name)
+            if cached is not None:
+                return cached
+            if attempt > 0:
+                last = await self._last(name)
+                if last is not None and last[1] is not None:
+                    return self._remember(self._open(name, last[1]))
+            kid = secrets.token_hex(8)
+            raw = AESGCM.generate_key(bit_length=256)
+            reply = await self.nc.request(
+                PREFIX + name,
+                self.master.wrap(name, kid, raw),
+                timeout=self.timeout,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last[0] if last else 0)},
+            )
+            ack = msgspec.json.decode(reply.data)
+            error = ack.get("error")
+            if error is None:
+                return self._remember(DataKey(name, kid, AESGCM(raw)))
+            if error.get("err_code") != WRONG_LAST_SEQUENCE:
+                raise UnavailableError(f"could not store data key {name}: {error}")
+            # Made before (by another process, or deleted since): read it, then decide again.
+        raise UnavailableError(f"data key {name} kept changing; retry")
+
+    async def resolve(self, wanted: list[tuple[str, str]]) -> None:
+        """Make ``opener(name, kid)`` answer for each of ``wanted`` without I/O: read from
+        the bucket each key this process has not cached (``kid`` is the one a sealed event
+        names). A kid the bucket does not hold (deleted, or made again) is gone for good."""
+        missing = {
+            (name, kid)
+            for name, kid in wanted
+            if kid not in self._gone and getattr(self._keys.get(name), "kid", None) != kid
+        }
+        if missing:
+            await asyncio.gather(*(self._read(name, kid) for name, kid in missing))
+
+    async def preload(self, batch: int = 1000) -> int:
+        """Read the whole bucket in one pass (a pull of ``batch`` values at a time), for a
+        replay: it opens events of every data subject from the first on, and one read per
+        key costs far more than one delivery. Keys deleted during or after the pass are
+        dropped by their delete markers as usual. Returns how many values it holds."""
+        js = self.nc.jetstream()
+        left = min((await js.stream_info(STREAM)).state.messages, MAX_PRELOADED)
+        subscription = await js.pull_subscribe(
+            f"{PREFIX}>",
+            stream=STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                inactive_threshold=30.0,
+            ),
+        )
+        try:
+            while left > 0:
+                try:
+                    messages = await subscription.fetch(min(batch, left), timeout=self.timeout)
+                except nats.errors.TimeoutError:
+                    break
+                left -= len(messages)
+                for message in messages:
+                    name = message.subject.removeprefix(PREFIX)
+                    if message.data and not (message.headers or {}).get("KV-Operation"):
+                        self._preloaded[name] = message.data
+                if not messages or messages[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        return len(self._preloaded)
+
+    async def _read(self, name: str, kid: str) -> None:
+        """Read one key from the bucket (its leader: a key just made is there); readers of
+        the same key share one read."""
+        wrapped = self._preloaded.pop(name, None)
+        if wrapped is not None and self._found(name, kid, (0, wrapped)):
+            return
+        reading = self._reading.get(name)
+        if reading is None:
+            reading = self._reading[name] = asyncio.ensure_future(self._read_slot(name))
+            reading.add_done_callback(lambda _: self._reading.pop(name, None))
+        if self._found(name, kid, await asyncio.shield(reading)):
+            return
+        self._gone[kid] = None
+        while len(self._gone) > MAX_CACHED:
+            self._gone.popitem(last=False)
+
+    async def _read_slot(self, name: str) -> tuple[int, bytes | None] | None:
+        # A few reads in flight at a time: a thousand at once were five times slower per
+        # key here than sixteen (the client's and the JetStream API's queues).
+        async with self._read_slots:
+            return await self._last(name)
+
+    def _found(self, name: str, kid: str, last: tuple[int, bytes | None] | None) -> bool:
+        """Whether ``last`` (a read of key ``name``) holds the key ``kid``; it is cached."""
+        if last is None or last[1] is None:
+            return False
+        key = self._open(name, last[1])
+        if key.kid != kid:
+            return False
+        self._remember(key)
+        return True
+
+    def cached(self, name: str) -> str | None:
+        """The id of the key this process holds for ``name``, if it holds one."""
+        key = self._keys.get(name)
+        return key.kid if key is not None else None
+
+    def opener(self, name: str, kid: str) -> AESGCM | None:
+        """The cipher of key ``name`` with ``kid``, or None when it is gone (after
+        ``resolve``)."""
+        key = self._keys.get(name)
+        if key is not None and key.kid == kid:
+            return key.aead
+        if kid in self._gone:
+            return None
+        raise UnavailableError(f"data key {name} was not read before use")
+
+    # Forgetting ----------------------------------------------------------------------------
+    async def names(self, pattern: str) -> list[str]:
+        """The names of the keys matching a wildcard ``pattern`` that hold a value or did."""
+        found: list[str] = []
+        offset = 0
+        while True:
+            reply = await self._api(
+                f"STREAM.INFO.{STREAM}", {"subjects_filter": PREFIX + pattern, "offset": offset}
+            )
+            if "error" in reply:
+                raise UnavailableError(f"key bucket listing: {reply['error'].get('description')}")
+            page = reply.get("state", {}).get("subjects") or {}
+            found += [subject.removeprefix(PREFIX) for subject in page]
+            total = int(reply.get("total", 0))
+            offset += len(page)
+            if not page or offset >= total or len(page) < SUBJECTS_PAGE:
+                return found
+
+    async def _values(self, pattern: str) -> list[tuple[str, int]]:
+        """The name and sequence of every key matching ``pattern`` that holds a value: one
+        pass over the bucket's last message per key (headers only), a thousand at a time
+        (each fetch asks for exactly what is left: nats-py waits for a full batch)."""
+        left = len(await self.names(pattern))
+        if not left:
+            return []
+        subscription = await self.nc.jetstream().pull_subscribe(
+            PREFIX + pattern,
+            stream=STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=True,
+                inactive_threshold=30.0,
+            ),
+        )
+        found: list[tuple[str, int]] = []
+        try:
+            while left > 0:
+                try:
+                    messages = await subscription.fetch(min(1000, left), timeout=self.timeout)
+                except nats.errors.TimeoutError:
+                    return found
+                left -= len(messages)
+                for message in messages:
+                    if not (message.headers or {}).get("KV-Operation"):
+                        name = message.subject.removeprefix(PREFIX)
+                        found.append((name, message.metadata.sequence.stream))
+                if not messages or messages[-1].metadata.num_pending == 0:
+                    return found
+            return found
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def forget(self, pattern: str) -> int:
+        """Delete every key matching ``pattern``: each value erased on disk, then one
+        notice (the pattern, on ``FORGOTTEN``) that every process hears and drops the
+        matching keys on. Returns how many keys were erased. Deleting again is harmless,
+        so a forget that failed half-way is finished by running it again."""
+        values = await self._values(pattern)
+        slots = asyncio.Semaphore(FORGET_CONCURRENCY)
+
+        async def erase(name: str, seq: int) -> None:
+            async with slots:
+                erased = await self._api(
+                    f"STREAM.MSG.DELETE.{STREAM}", {"seq": seq, "no_erase": False}
+                )
+            if "error" in erased and erased["error"].get("err_code") != NO_MESSAGE:
+                raise UnavailableError(f"could not erase data key {name}: {erased['error']}")
+
+        await asyncio.gather(*(erase(name, seq) for name, seq in values))
+        await self.nc.request(
+            PREFIX + FORGOTTEN, b"", timeout=self.timeout, headers={H_FORGOTTEN: pattern}
+        )
+        self._drop(pattern)
+        return len(values)
+
+    def _drop(self, pattern: str) -> None:
+        """Forget the cached keys that ``pattern`` matches, and what was folded from them."""
+        for cache in (self._keys, self._preloaded):
+            for name in [name for name in cache if matches(pattern, name)]:
+                del cache[name]
+        for listener in self._listeners:
+            listener()
+
+    async def rewrap(self) -> int:
+        """Wrap every data key again with the current master key (after a rotation)."""
+        count = 0
+        for name in await self.names(">"):
+            last = await self._last(name)
+            if last is None or not last[1] or name.startswith("_meta."):
+                continue
+            if not self.master.needs_rewrap(last[1]):
+                continue
+            kid, raw = self.master.unwrap(name, last[1])
+            await self.nc.request(
+                PREFIX + name,
+                self.master.wrap(name, kid, raw),
+                timeout=self.timeout,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last[0])},
+            )
+            count += 1
+        return count

@@ -1,0 +1,460 @@
+"""Forgetting for real (crypto-shredding), against the real service, a real nats-server and
+each projection store: personal fields are sealed in the log; a forget deletes the keys
+(erased on disk), the rows and the search index entries; queries answer as if the data
+never existed; history says that something was forgotten, when and by whom; replay gives
+the same tables; and no byte of the forgotten text, its email or its wrapped key is left
+in any file under the data dir (JetStream store, SQLite file, -wal, -shm) or in any
+Postgres table.
+
+``AGENTMEM_TEST_SKIP_FORGET=1`` runs the proof without the forget: it must then fail
+(the text is still there), which shows that the search for leftovers can find them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, ForbiddenError, NotFoundError, UnauthenticatedError, subjects
+from agentmem.domain import forget
+from agentmem.domain.aggregate import Write
+from agentmem.eventlog import CommitMeta, EventLog
+from agentmem.events import DataForgotten, Event, MessageAppended, OrgCreated, Shredded
+from agentmem.keys import PREFIX, STREAM, KeyRing, MasterKeys, matches, plaintext_until
+from agentmem.personal import Personal, key_filter, key_name, personal_fields
+from agentmem.projections.memories import FORGETS, MEMORIES, MEMORY_TAGS
+from agentmem.projections.messages import MESSAGES
+from agentmem.projections.rows import forgotten_rows
+from agentmem.projections.users import USERS
+from agentmem.sealing import open_events, seal
+from agentmem.service import Service
+from agentmem.store import Delete
+from tests.conftest import admin_key, settings_for
+from tests.realparts import (
+    clean_env,
+    dump_store,
+    eventually,
+    keys_of,
+    replay_into,
+    rows,
+    run_cli,
+    status,
+    wait_caught_up,
+)
+from tests.support import NatsServer
+
+STORES = ("sqlite", "postgres")
+
+NAME = "Wilhelmina Quorvexcombe"
+EMAIL = "wilhelmina.quorvexcombe@example.org"
+MESSAGE = "Quixotrellium note: Wilhelmina cannot eat peanuts, tell the kitchen"
+MEMORY = "Wilhelmina Quorvexcombe is allergic to peanuts (Quixotrellium)"
+TAG = "zebracorn-allergy"
+STATE = "Vorpalquince state document"
+PASSWORD = "long-enough-password"
+SKIP_FORGET = os.environ.get("AGENTMEM_TEST_SKIP_FORGET") == "1"
+
+
+def needles(*extra: bytes) -> list[bytes]:
+    texts = [NAME, EMAIL, MESSAGE, MEMORY, TAG, "Quixotrellium", "quixotrellium", STATE]
+    return [t.encode() for t in texts] + list(extra)
+
+
+def leftovers(folder: Path, wanted: list[bytes]) -> list[str]:
+    """Every (file, needle) where a file under ``folder`` holds a needle's bytes."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        found += [f"{path.relative_to(folder)}: {n[:40]!r}" for n in wanted if n in data]
+    return found
+
+
+async def postgres_leftovers(store_url: str, wanted: list[bytes]) -> list[str]:
+    """Every (table, needle) where a row of a table of the test's schema holds a needle."""
+    connection = await asyncpg.connect(store_url)
+    try:
+        tables = await connection.fetch(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+        found = []
+        for (table,) in tables:
+            for (text,) in await connection.fetch(f"SELECT t::text FROM {table} t"):
+                found += [f"{table}: {n[:40]!r}" for n in wanted if n in text.encode()]
+        return found
+    finally:
+        await connection.close()
+
+
+async def wrapped_keys(nc: NATS, pattern: str) -> list[bytes]:
+    """The values the key bucket holds for ``pattern``: the wrapped keys as they are stored."""
+    keys = KeyRing(nc, MasterKeys([bytes(32)]))
+    values = []
+    for name in await keys.names(pattern):
+        reply = await nc.request(
+            f"$JS.API.STREAM.MSG.GET.{STREAM}",
+            msgspec.json.encode({"last_by_subj": PREFIX + name}),
+        )
+        message = msgspec.json.decode(reply.data).get("message")
+        if message and message.get("data"):
+            data = base64.b64decode(message["data"])
+            if data:
+                values.append(data)
+    return values
+
+
+# The declaration and the cipher, against a real nats-server -------------------------------
+async def test_personal_fields_are_sealed_and_read_back(nats_server: NatsServer, tmp_path: Path):
+    nc = await nats.connect(nats_server.url)
+    keys = KeyRing(nc, MasterKeys.load(tmp_path / "master.key"))
+    await keys.start()
+    try:
+        subject = subjects.event("o1", "conversation", "s1")
+        event = MessageAppended(
+            message_id="m1",
+            session_id="s1",
+            agent_id="a1",
+            role="user",
+            content=MESSAGE,
+            user_id="u1",
+            metadata={"email": EMAIL},
+        )
+        payload = await seal(subject, [event, OrgCreated(org_id="o1", name="Acme")], keys)
+        assert MESSAGE.encode() not in payload
+        assert EMAIL.encode() not in payload
+        assert b'"message_id":"m1"' in payload  # ids and roles stay readable
+        assert b'"role":"user"' in payload
+        assert key_name(subject, event) == "o1.u1.a1.s1.conversation.s1"
+        assert await open_events(payload, keys) == [event, OrgCreated(org_id="o1", name="Acme")]
+        # The master key file is the deployment's secret: readable by the service alone.
+        assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
+
+        # A second process, which has the key cached, stops using it once it is deleted.
+        other_nc = await nats.connect(nats_server.url)
+        other = KeyRing(other_nc, MasterKeys.load(tmp_path / "master.key"))
+        await other.start()
+        assert await open_events(payload, other) == [event, OrgCreated(org_id="o1", name="Acme")]
+        assert await keys.forget(key_filter("o1", user_id="u1")) == 1
+        started = time.perf_counter()
+        while other.cached("o1.u1.a1.s1.conversation.s1") == _kid(payload):
+            assert time.perf_counter() - started < 2, "the other process kept the deleted key"
+            await asyncio.sleep(0.001)
+        shredded = [Shredded(of="message.appended"), OrgCreated(org_id="o1", name="Acme")]
+        assert await open_events(payload, other) == shredded
+        assert await open_events(payload, keys) == shredded
+        # A new key under the same name never opens what the old one sealed.
+        again = await seal(subject, [event], keys)
+        assert await open_events(payload, keys) == shredded
+        assert await open_events(again, other) == [event]
+        await other.stop()
+        await other_nc.close()
+    finally:
+        await keys.stop()
+        await nc.close()
+
+
+def _kid(payload: bytes) -> str:
+    return str(msgspec.json.decode(payload)["events"][0]["_sealed"]["i"])
+
+
+async def test_before_encryption_the_text_is_in_the_jetstream_files(
+    nats_server: NatsServer, nc: NATS
+) -> None:
+    """What the proof's search finds in a log written without keys (as earlier versions
+    wrote it): the text itself, in the stream's block files. So its finding nothing after a
+    forget means something."""
+    log = EventLog(nc)
+    await log.ensure_stream()
+    event = MessageAppended(
+        message_id="m1", session_id="s1", agent_id="a1", role="user", content=MESSAGE
+    )
+    write = Write(subjects.event("o1", "conversation", "s1"), None, [event])
+    await log.append([write], CommitMeta(command_id="c1", commit_type="message.append"))
+    assert leftovers(nats_server.store_dir, [MESSAGE.encode()])
+
+
+# The proof, on each store ------------------------------------------------------------------
+async def test_a_forgotten_user_leaves_no_byte_behind(
+    service: Service, nc: NATS, admin_token: str, tmp_path: Path, store_url: str, store_kind: str
+) -> None:
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Forgetful")).fields["org_id"])
+    user = await admin.register_user(org_id, NAME, EMAIL, PASSWORD)
+    user_id = str(user.fields["user_id"])
+    agent_id = str((await admin.create_agent("Helper", org_id=org_id)).fields["agent_id"])
+    other_id = str(
+        (await admin.register_user(org_id, "Other", "o@example.org", PASSWORD)).fields["user_id"]
+    )
+    await admin.append_message("s1", agent_id, "user", MESSAGE, user_id=user_id, org_id=org_id)
+    await admin.append_message(
+        "s1", agent_id, "assistant", "Noted.", user_id=user_id, org_id=org_id
+    )
+    await admin.append_message(
+        "s2", agent_id, "user", "Kept message", user_id=other_id, org_id=org_id
+    )
+    memory = await admin.add_memory(MEMORY, user_id=user_id, tags=[TAG], org_id=org_id)
+    memory_id = str(memory.fields["memory_id"])
+    kept = await admin.add_memory("A memory of someone else", user_id=other_id, org_id=org_id)
+    await wait_caught_up(nc, admin_token)
+
+    # Before: in the tables (and in the SQLite files), never in the JetStream files.
+    assert (await admin.get_user(user_id)).email == EMAIL
+    assert [
+        m.content
+        for m in await admin.search_messages("Quixotrellium", agent_id=agent_id, org_id=org_id)
+    ]
+    assert (await admin.get_memory(memory_id)).content == MEMORY
+    keys = await wrapped_keys(nc, key_filter(org_id, user_id=user_id))
+    assert len(keys) >= 4  # profile, email reservation, conversation, memory
+    in_files = leftovers(tmp_path, needles())
+    assert not [f for f in in_files if f.startswith("nats/")], in_files
+    if store_kind == "sqlite":
+        assert in_files, "the SQLite files held none of the text before the forget"
+    else:
+        assert await postgres_leftovers(store_url, needles())
+    assert leftovers(tmp_path / "nats", keys)  # the wrapped keys are in the bucket's files
+
+    if not SKIP_FORGET:
+        forgotten = await admin.forget_user(user_id)
+        assert forgotten.event == "data.forgotten"
+        assert forgotten.fields["keys"] == len(keys)
+    await wait_caught_up(nc, admin_token)
+
+    # No byte left: not in the log's or the bucket's files, not in the store.
+    await asyncio.sleep(0.2)
+    assert leftovers(tmp_path, needles(*keys)) == []
+    if store_kind == "postgres":
+        assert await postgres_leftovers(store_url, needles()) == []
+
+    # Queries answer as if the data never existed; everyone else's stays.
+    with pytest.raises(NotFoundError):
+        await admin.get_user(user_id)
+    with pytest.raises(NotFoundError):
+        await admin.get_memory(memory_id)
+    assert await admin.search_messages("Quixotrellium", agent_id=agent_id, org_id=org_id) == []
+    assert await admin.search_messages("peanuts", agent_id=agent_id, org_id=org_id) == []
+    assert not await admin.email_exists(EMAIL)
+    assert [m.content for m in (await admin.list_messages("s1", org_id=org_id)).items] == []
+    assert [m.content for m in (await admin.list_messages("s2", org_id=org_id)).items] == [
+        "Kept message"
+    ]
+    assert (await admin.get_memory(str(kept.fields["memory_id"]))).user_id == other_id
+
+    # History: that something was, when and by whom, never what.
+    history = (await admin.history("user", user_id, org_id=org_id)).items
+    events = [e for entry in history for e in entry["events"]]
+    assert {"type": "user.registered", "forgotten": True} in events
+    assert NAME not in str(history)
+    assert EMAIL not in str(history)
+
+    # The address is free again (after the search: the new user's row holds it).
+    again = await admin.register_user(org_id, "Someone new", EMAIL, PASSWORD)
+    assert again.fields["user_id"] != user_id
+
+    # Replay gives the very same tables.
+    await wait_caught_up(nc, admin_token)
+    live = await dump_store(service.store)  # type: ignore[arg-type]
+    replayed = await replay_into(nc, tmp_path / "replayed" / "agentmem.db")
+    assert rows(replayed, MESSAGES) == rows(live, MESSAGES)
+    for table in ("users", "api_keys", "memories", "memory_tags", "messages"):
+        assert replayed[table] == live[table], table
+
+
+async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
+    service: Service, nc: NATS, admin_token: str, tmp_path: Path
+) -> None:
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Forgetful")).fields["org_id"])
+    agent_id = str((await admin.create_agent("Vorpal agent", org_id=org_id)).fields["agent_id"])
+    await admin.set_agent_state(agent_id, {"notes": STATE})
+    await admin.append_message("s1", agent_id, "user", MESSAGE, org_id=org_id)
+    await admin.append_message("s2", agent_id, "user", "Other talk", org_id=org_id)
+    one = await admin.add_memory(MEMORY, agent_id=agent_id, org_id=org_id)
+    scoped = await admin.add_memory("In session s3", session_id="s3", org_id=org_id)
+    await admin.add_memory("kept", session_id="s4", org_id=org_id)
+
+    await admin.forget_conversation("s1", org_id=org_id)
+    assert (await admin.list_messages("s1", org_id=org_id)).items == []
+    assert len((await admin.list_messages("s2", org_id=org_id)).items) == 1
+
+    await admin.forget_memory(str(one.fields["memory_id"]))
+    with pytest.raises(NotFoundError):
+        await admin.get_memory(str(one.fields["memory_id"]))
+    # Forgetting it again (a forget cut short is finished so) finds no key left.
+    assert (await admin.forget_memory(str(one.fields["memory_id"]))).fields["keys"] == 0
+
+    await admin.forget_memory_scope(session_id="s3", org_id=org_id)
+    with pytest.raises(NotFoundError):
+        await admin.get_memory(str(scoped.fields["memory_id"]))
+    assert [m.content for m in (await admin.list_memories(org_id=org_id)).items] == ["kept"]
+
+    await admin.forget_agent(agent_id)
+    with pytest.raises(NotFoundError):
+        await admin.get_agent(agent_id)
+    assert (await admin.list_messages("s2", org_id=org_id)).items == []
+    with pytest.raises(NotFoundError):
+        await admin.forget_conversation("never-was", org_id=org_id)
+    await wait_caught_up(nc, admin_token)
+    await asyncio.sleep(0.2)
+    assert leftovers(tmp_path, needles()) == []
+
+
+async def test_a_user_may_forget_themself_but_not_another(
+    service: Service, nc: NATS, admin_token: str
+) -> None:
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Selves")).fields["org_id"])
+    me = str(
+        (await admin.register_user(org_id, "Me", "me@example.org", PASSWORD)).fields["user_id"]
+    )
+    you = str(
+        (await admin.register_user(org_id, "You", "you@example.org", PASSWORD)).fields["user_id"]
+    )
+    token = str((await admin.create_api_key("mine", user_id=me)).fields["token"])
+    mine = admin.with_token(token)
+    with pytest.raises(ForbiddenError):
+        await mine.forget_user(you)
+    await mine.forget_user(me)
+    with pytest.raises(NotFoundError):
+        await admin.get_user(me, after_seq=mine.last_seq)
+    # Its key went with it: the next request is refused.
+    with pytest.raises(UnauthenticatedError):
+        await mine.get_user(me)
+    assert (await admin.get_user(you)).name == "You"
+
+
+async def test_the_cache_of_a_second_process_lets_go(
+    service: Service, nc: NATS, admin_token: str, tmp_path: Path
+) -> None:
+    """A key deleted by one process is not used by another that cached it."""
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Two")).fields["org_id"])
+    agent_id = str((await admin.create_agent("A", org_id=org_id)).fields["agent_id"])
+    await admin.append_message("s1", agent_id, "user", MESSAGE, org_id=org_id)
+    other_nc = await nats.connect(service.settings.nats_url or "")
+    other = await keys_of(other_nc)
+    log = EventLog(other_nc, keys=other)
+    try:
+        commits = await log.read_subject(subjects.event(org_id, "conversation", "s1"))
+        assert [e.content for e in commits[0].events if isinstance(e, MessageAppended)] == [MESSAGE]
+        await admin.forget_conversation("s1", org_id=org_id)
+
+        async def shredded() -> bool | None:
+            again = await log.read_subject(subjects.event(org_id, "conversation", "s1"))
+            return again[0].events == [Shredded(of="message.appended")] or None
+
+        await eventually(shredded, 2.0, 0.001, "the second process let go of the key")
+    finally:
+        await other.stop()
+        await other_nc.close()
+
+
+async def test_rotating_the_master_key(nats_server: NatsServer, nc: NATS) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    keys = KeyRing(nc, MasterKeys([old]))
+    await keys.start()
+    subject = subjects.event("o1", "conversation", "s1")
+    event = MessageAppended(
+        message_id="m1", session_id="s1", agent_id="a1", role="user", content=MESSAGE
+    )
+    payload = await seal(subject, [event], keys)
+    await keys.stop()
+    # Both keys while rotating: everything wrapped again by the new one.
+    rotating = KeyRing(nc, MasterKeys([new, old]))
+    await rotating.start()
+    assert await rotating.rewrap() == 1
+    assert await rotating.rewrap() == 0
+    await rotating.stop()
+    # The old key gone: the data still opens.
+    rotated = KeyRing(nc, MasterKeys([new]))
+    await rotated.start()
+    assert await open_events(payload, rotated) == [event]
+    await rotated.stop()
+
+
+async def test_a_log_with_plaintext_from_earlier_versions_says_so(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    """A log that held events before the key bucket existed (written by an earlier version,
+    unsealed) is marked, and status reports up to where it holds plaintext."""
+    log = EventLog(nc)  # no keys: as an earlier version wrote
+    await log.ensure_stream()
+    event = MessageAppended(
+        message_id="m1", session_id="s1", agent_id="a1", role="user", content=MESSAGE
+    )
+    write = Write(subjects.event("o1", "conversation", "s1"), None, [event])
+    await log.append([write], CommitMeta(command_id="c1", commit_type="message.append"))
+    assert await plaintext_until(nc) is None
+    settings = settings_for(nats_server, tmp_path)
+    upgraded = Service(settings)
+    await upgraded.start()
+    try:
+        assert upgraded.keys is not None
+        assert upgraded.keys.plaintext_until == 1
+        report = await status(nc, admin_key(tmp_path))
+        assert report["stream"]["plaintext_until"] == 1
+    finally:
+        await upgraded.stop()
+    ran = await run_cli(
+        "status", "--data-dir", str(tmp_path), "--nats", nats_server.url, env=clean_env()
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "plaintext personal data up to seq 1" in ran.stdout
+
+
+# The declaration and the forget's reach, pure ------------------------------------------------
+def test_one_annotation_makes_a_field_personal() -> None:
+    class NoteTaken(Event, tag="test.note_taken", frozen=True):
+        note_id: str
+        user_id: str
+        text: Personal[str]
+        labels: Personal[tuple[str, ...]] = ()
+
+    assert personal_fields(NoteTaken) == ("text", "labels")
+    assert personal_fields(OrgCreated) == ()
+    event = NoteTaken(note_id="n1", user_id="u1", text="hi")
+    assert key_name(subjects.event("o1", "note", "n1"), event) == "o1.u1.=.=.note.n1"
+
+
+def test_what_each_forget_deletes() -> None:
+    assert forget.keys_of("user", "o1", {"user_id": "u1"}) == "o1.u1.*.*.>"
+    assert forget.keys_of("agent", "o1", {"agent_id": "a1"}) == "o1.*.a1.*.>"
+    assert forget.keys_of("conversation", "o1", {"session_id": "s1"}) == "o1.*.*.s1.>"
+    assert forget.keys_of("memory", "o1", {"memory_id": "m1"}) == "o1.*.*.*.memory.m1"
+    scope = {"user_id": "u1", "session_id": "s1"}
+    assert forget.keys_of("memory_scope", "o1", scope) == "o1.u1.*.s1.memory.*"
+    forgotten = DataForgotten(forget_id="f1", org_id="o1", target="user", user_id="u1")
+    # The memories' tags go through their memories' rows, before them; erased from the files.
+    assert forgotten_rows(
+        forgotten, FORGETS, [MEMORY_TAGS, MEMORIES], {"memory_tags": MEMORIES}
+    ) == [
+        Delete("memory_tags", {"org_id": "o1", "user_id": "u1"}, through="memories", erase=True),
+        Delete("memories", {"org_id": "o1", "user_id": "u1"}, erase=True),
+    ]
+    # A scope's forget never reaches the users table, whose rows have a user_id too.
+    scoped = DataForgotten(forget_id="f2", org_id="o1", target="memory_scope", user_id="u1")
+    assert forgotten_rows(scoped, frozenset({"user"}), [USERS]) == []
+    # A table without a column for an id holds none of it.
+    by_agent = DataForgotten(forget_id="f3", org_id="o1", target="agent", agent_id="a1")
+    assert forgotten_rows(by_agent, frozenset({"agent", "user"}), [USERS]) == []
+
+
+def test_a_forget_notice_names_its_keys_by_wildcard() -> None:
+    assert matches("o1.u1.*.*.>", "o1.u1.=.=.user.u1")
+    assert matches("o1.*.*.s1.>", "o1.u1.a1.s1.conversation.s1")
+    assert not matches("o1.*.*.s1.>", "o1.u1.a1.s2.conversation.s2")
+    assert matches("o1.*.*.*.memory.m1", "o1.=.=.s9.memory.m1")
+    assert not matches("o1.*.*.*.memory.m1", "o1.=.=.s9.memory.m1.x")
+    assert not matches("o1.u1.*.*.>", "o1.u1.=.=")
+    assert not matches("o2.u1.*.*.>", "o1.u1.=.=.user.u1")
