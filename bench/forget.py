@@ -81,6 +81,7 @@ async def forget_user(cfg: Config) -> AsyncIterator[Run]:
             await asyncio.gather(*(remember(s) for s in range(0, memories, BATCH)))
             await client.list_memories(org_id=org_id, user_id=user_id, limit=1)  # visible
 
+            client.timeout = 600.0  # erasing 10,000 keys takes longer than a request's 10 s
             started = time.perf_counter()
             forgotten = await client.forget_user(user_id)
             forget_s = time.perf_counter() - started
