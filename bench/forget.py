@@ -24,6 +24,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 
+from agentmem.errors import UnavailableError
 from bench import env
 from bench.harness import QUICK, Config, Metric, Run, Workload
 
@@ -85,8 +86,14 @@ async def forget_user(cfg: Config) -> AsyncIterator[Run]:
             started = time.perf_counter()
             forgotten = await client.forget_user(user_id)
             forget_s = time.perf_counter() - started
-            page = await client.list_memories(org_id=org_id, user_id=user_id, limit=1)
-            found = await client.list_messages(f"s{n}-0", org_id=org_id, limit=1)
+            while True:  # a query waits 5 s at most; dropping 20,000 rows may take longer
+                try:
+                    page = await client.list_memories(org_id=org_id, user_id=user_id, limit=1)
+                    found = await client.list_messages(f"s{n}-0", org_id=org_id, limit=1)
+                    break
+                except UnavailableError:
+                    if time.perf_counter() - started > 600:
+                        raise
             gone_s = time.perf_counter() - started
             if page.items or found.items:
                 raise RuntimeError("the forgotten user's rows are still there")
