@@ -80,7 +80,13 @@ async def forget_user(cfg: Config) -> AsyncIterator[Run]:
 
             await asyncio.gather(*(append(s) for s in range(0, messages, PER_SESSION)))
             await asyncio.gather(*(remember(s) for s in range(0, memories, BATCH)))
-            await client.list_memories(org_id=org_id, user_id=user_id, limit=1)  # visible
+            while True:  # until the projections show them (a query waits 5 s at most)
+                try:
+                    await client.list_memories(org_id=org_id, user_id=user_id, limit=1)
+                    await client.list_messages(f"s{n}-0", org_id=org_id, limit=1)
+                    break
+                except UnavailableError:
+                    continue
 
             client.timeout = 600.0  # erasing 10,000 keys takes longer than a request's 10 s
             started = time.perf_counter()
