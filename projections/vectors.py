@@ -22,6 +22,10 @@ side's index (``agentmem.consumers.vector_index``) filters and scores without a 
   ``seq`` and drops it. Archived and superseded memories, and expired ones the sweep has not
   reached, keep their vectors (``memory.search`` can ask for those states, and ``as_of`` for
   superseded facts) and are filtered at read.
+- **Forgotten, gone.** A forget (``data.forgotten``) of a memory, or of its user, agent,
+  conversation or scope, deletes the rows outright and erases them from the files, as
+  the memories projection does; the memory's events then read as ``shredded`` and a
+  replay embeds nothing of it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from agentmem.domain.memories import millionths
 from agentmem.embedding import Embedder
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
+    DataForgotten,
     MemoryAdded,
     MemoryArchived,
     MemoryDeleted,
@@ -48,7 +53,8 @@ from agentmem.events import (
     OrgDeleted,
 )
 from agentmem.projections import memories
-from agentmem.projections.memories import position
+from agentmem.projections.memories import FORGETS, position
+from agentmem.projections.rows import forgotten_rows
 from agentmem.store import Column, RowOp, Store, Table, Update, Upsert
 
 MEMORY_VECTORS = Table(
@@ -97,8 +103,12 @@ def vector_bytes(vector: np.ndarray[Any, Any]) -> bytes:
 
 
 class VectorsProjection:
-    # Org deletions too (their own subject): they remove the organization's vectors.
-    filter_subjects = [subjects.events_of("memory"), subjects.events_of("org_deletion")]
+    # Org deletions and forgets too (their own subjects): they remove vectors.
+    filter_subjects = [
+        subjects.events_of("memory"),
+        subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
+    ]
     tables = [MEMORY_VECTORS]
 
     def __init__(self, embedder: Embedder | None = None) -> None:
@@ -190,6 +200,12 @@ class VectorsProjection:
                 case OrgDeleted(org_id=deleted):
                     key = {"org_id": deleted}
                     ops.append(Update(MEMORY_VECTORS.name, key, {**_TOMBSTONE, "seq": seq}))
+                case DataForgotten():
+                    # Gone, rows and all (every model's, erased from the files), as from
+                    # the memories tables: a tombstone would keep who and when. The query
+                    # side's copy is not told; ``memory.search`` drops a vector hit whose
+                    # memory has no row (docs/security.md, "Forgetting").
+                    ops += forgotten_rows(event, FORGETS, [MEMORY_VECTORS])
         return ops
 
     def _update(self, memory_id: str, values: dict[str, Any]) -> Update:

@@ -97,6 +97,16 @@ async def postgres_leftovers(store_url: str, wanted: list[bytes]) -> list[str]:
         await connection.close()
 
 
+async def vector_ids(service: Service) -> set[str]:
+    """The memories the ``memory_vectors`` table holds a row of (any model, any state)."""
+    rows = await service.store.fetch_all("SELECT memory_id FROM memory_vectors")
+    return {str(row["memory_id"]) for row in rows}
+
+
+async def found_by_meaning(admin: Client, text: str, org_id: str) -> list[str]:
+    return [m.memory_id for m in await admin.search_memories(text, mode="vector", org_id=org_id)]
+
+
 async def wrapped_keys(nc: NATS, pattern: str) -> list[bytes]:
     """The values the key bucket holds for ``pattern``: the wrapped keys as they are stored."""
     keys = KeyRing(nc, MasterKeys([bytes(32)]))
@@ -215,6 +225,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         for m in await admin.search_messages("Quixotrellium", agent_id=agent_id, org_id=org_id)
     ]
     assert (await admin.get_memory(memory_id)).content == MEMORY
+    assert memory_id in await vector_ids(service)
+    assert memory_id in await found_by_meaning(admin, MEMORY, org_id)
     keys = await wrapped_keys(nc, key_filter(org_id, user_id=user_id))
     assert len(keys) >= 4  # profile, email reservation, conversation, memory
     in_files = leftovers(tmp_path, needles())
@@ -250,6 +262,10 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         "Kept message"
     ]
     assert (await admin.get_memory(str(kept.fields["memory_id"]))).user_id == other_id
+    # Out of the vector table too, rows and all, and so out of search by meaning.
+    assert memory_id not in await vector_ids(service)
+    assert str(kept.fields["memory_id"]) in await vector_ids(service)
+    assert memory_id not in await found_by_meaning(admin, MEMORY, org_id)
 
     # History: that something was, when and by whom, never what.
     history = (await admin.history("user", user_id, org_id=org_id)).items
@@ -288,9 +304,15 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     assert (await admin.list_messages("s1", org_id=org_id)).items == []
     assert len((await admin.list_messages("s2", org_id=org_id)).items) == 1
 
+    await wait_caught_up(nc, admin_token)
+    assert str(one.fields["memory_id"]) in await vector_ids(service)
+    assert str(one.fields["memory_id"]) in await found_by_meaning(admin, MEMORY, org_id)
     await admin.forget_memory(str(one.fields["memory_id"]))
     with pytest.raises(NotFoundError):
         await admin.get_memory(str(one.fields["memory_id"]))
+    await wait_caught_up(nc, admin_token)
+    assert str(one.fields["memory_id"]) not in await vector_ids(service)
+    assert str(one.fields["memory_id"]) not in await found_by_meaning(admin, MEMORY, org_id)
     # Forgetting it again (a forget cut short is finished so) finds no key left.
     assert (await admin.forget_memory(str(one.fields["memory_id"]))).fields["keys"] == 0
 

@@ -31,6 +31,7 @@ from tests.realparts import (
     agentmem_command,
     bearer,
     clean_env,
+    deployment_keys,
     eventually,
     run_cli,
     second_process,
@@ -247,7 +248,8 @@ async def test_a_command_decided_again_after_another_process_wrote_is_counted(
     client = Client(nc, token)
     org = (await client.create_org("Acme")).fields["org_id"]
     await client.rename_org(org, "One")  # the service's cache holds the org now
-    log = EventLog(nc)
+    # Another process of the deployment: with its master key, it opens the sealed events.
+    log = EventLog(nc, keys=deployment_keys(nc))
     other = CommandRunner(log, AggregateCache(log))
     elsewhere = Dispatcher(
         nc, command_handlers.command_router(second_process(nc, other)), Authenticator(other.cache)

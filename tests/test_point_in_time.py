@@ -17,7 +17,7 @@ from agentmem.projections.replay import seq_at_time
 from agentmem.service import Service
 from tests.pg import DSN, postgres_schema, with_search_path
 from tests.realparts import clean_env, dump_file, dump_store, run_cli, wait_caught_up
-from tests.support import NatsServer
+from tests.support import TEST_MASTER_KEY, NatsServer
 
 STORES = ("sqlite", "postgres")
 
@@ -72,7 +72,7 @@ async def test_a_replay_until_a_sequence_or_a_time_equals_the_live_tables_then(
     assert await seq_at_time(nc, datetime(2000, 1, 1, tzinfo=UTC)) == 0
     assert await seq_at_time(nc, datetime.now(UTC)) == await last_seq(nc)
 
-    env = clean_env()
+    env = clean_env(AGENTMEM_MASTER_KEY=TEST_MASTER_KEY)  # the deployment's: its events are sealed
     connection = ("--nats", nats_server.url, "--data-dir", str(tmp_path / "cli"))
     by_seq = await run_cli(
         "replay", "--all", "--into", other_store, "--until-seq", str(then), *connection, env=env
@@ -97,10 +97,18 @@ async def test_a_replay_until_a_sequence_or_a_time_equals_the_live_tables_then(
 
 
 async def test_a_point_in_time_replay_never_writes_over_the_live_store(
-    service: Service, nats_server: NatsServer, tmp_path: Path, store_url: str
+    service: Service,
+    nats_server: NatsServer,
+    nc: NATS,
+    admin_token: str,
+    tmp_path: Path,
+    store_url: str,
 ) -> None:
+    # The live service's projections first finish what it wrote at its start: only a
+    # replay may not change the store from here on.
+    await wait_caught_up(nc, admin_token)
     before = await dump_file(store_url)
-    env = clean_env()
+    env = clean_env(AGENTMEM_MASTER_KEY=TEST_MASTER_KEY)  # the deployment's: its events are sealed
     connection = ("--nats", nats_server.url, "--store", store_url)
     for until in (["--until-seq", "1"], ["--until-time", "2026-01-01T00:00:00Z"]):
         ran = await run_cli("replay", "--all", *until, *connection, env=env)
