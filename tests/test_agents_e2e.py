@@ -503,7 +503,7 @@ async def test_an_archive_racing_state_writes_leaves_no_state_write_after_it(
     _, api = acme
     agent_id = (await api.create_agent("Racing")).fields["agent_id"]
     await api.set_agent_state(agent_id, {"n": 0})
-    log = EventLog(nc)
+    log = EventLog(nc, keys=deployment_keys(nc))
     other_process = CommandRunner(log, AggregateCache(log))
     dispatcher = Dispatcher(
         nc,

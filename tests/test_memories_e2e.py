@@ -30,7 +30,7 @@ from agentmem.eventlog import EventLog
 from agentmem.events import MemoryExpired
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
 from agentmem.service import Service
-from tests.realparts import dump_store, replay_into, wait_caught_up
+from tests.realparts import deployment_keys, dump_store, replay_into, wait_caught_up
 
 STORES = ("sqlite", "postgres")
 
@@ -621,7 +621,7 @@ async def test_stats_count_by_type_state_and_scope(
 def _sweeper(nc: NATS, service: Service) -> ExpirySweeper:
     """A sweeper of its own (another process's, as far as the log is concerned)."""
     assert service.store is not None
-    log_ = EventLog(nc)
+    log_ = EventLog(nc, keys=deployment_keys(nc))
     return ExpirySweeper(log_, AggregateCache(log_), service.store)
 
 
@@ -637,7 +637,9 @@ async def test_the_expiry_sweep_writes_one_event_however_many_sweep(
     # Four sweepers at once, each with its own cache: one event.
     counts = await asyncio.gather(*(_sweeper(nc, service).sweep() for _ in range(4)))
     assert sum(counts) == 1
-    commits = await EventLog(nc).read_subject(subjects.event(org_id, "memory", memory_id))
+    commits = await EventLog(nc, keys=deployment_keys(nc)).read_subject(
+        subjects.event(org_id, "memory", memory_id)
+    )
     expired = [e for c in commits for e in c.events if isinstance(e, MemoryExpired)]
     assert len(expired) == 1
     assert await _sweeper(nc, service).sweep() == 0
