@@ -54,7 +54,9 @@ from agentmem.domain.memories import MAX_BATCH
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import MemoryAdded
+from agentmem.keys import KeyRing
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, PROJECTION
+from agentmem.sealing import open_events
 from agentmem.store import Upsert, fulltext, sql
 from bench import env
 from bench.harness import (
@@ -520,10 +522,13 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
     over every memory commit, each batch one transaction."""
     if MEMORIES.column_names != RAW_COLUMNS:
         raise RuntimeError(f"the memories table has other columns now: {MEMORIES.column_names}")
-    decoder = msgspec.json.Decoder(_Commit)
     encoder = msgspec.json.Encoder()
     durable = "bench-raw-memory-projection"
     nc = await nats.connect(url)
+    # The seeded log is sealed as the service seals it: the baseline opens it as the
+    # projection does, so both pay the same decryption.
+    keys = KeyRing(nc, env.master_keys())
+    await keys.start()
     db = open_memories_db(store)
     stage = insert(RAW_COLUMNS, "temp.staged")
     move = "INSERT INTO main.memories SELECT * FROM temp.staged ORDER BY rowid"
@@ -550,7 +555,8 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
         for message in messages:
             at = int((message.headers or {}).get(H_TIME, "0"))
             seq = message.metadata.sequence.stream
-            for index, e in enumerate(decoder.decode(message.data).events):
+            opened = await open_events(message.data, keys)
+            for index, e in enumerate(x for x in opened if isinstance(x, MemoryAdded)):
                 rows.append(
                     (
                         e.memory_id,
@@ -560,7 +566,7 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
                         e.agent_id,
                         e.session_id,
                         e.content,
-                        bytes(e.metadata).decode(),
+                        encoder.encode(e.metadata).decode(),
                         encoder.encode(e.tags).decode(),
                         round(e.importance * 1_000_000),
                         e.valid_from,
@@ -569,7 +575,7 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
                         "live",
                         None,
                         e.supersedes,
-                        bytes(e.source).decode(),
+                        encoder.encode(e.source).decode(),
                         e.uri,
                         e.mime_type,
                         seq * MAX_BATCH + index,
@@ -594,6 +600,7 @@ async def raw_projection_child(url: str, store: Path, events: int) -> dict[str, 
         done += len(messages)
     seconds = time.perf_counter() - started
     await js.delete_consumer(subjects.STREAM_NAME, durable)
+    await keys.stop()
     db.close()
     await nc.close()
     return {"events": done, "seconds": seconds, "rss_start": rss_start, "rss": env.peak_rss_mb()}
