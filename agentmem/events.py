@@ -402,33 +402,42 @@ class EntityCreated(Event, tag="entity.created", frozen=True):
     entity_id: str
     org_id: str
     entity_type: str
-    name: str  # personal: what people call it
-    aliases: tuple[str, ...] = ()  # personal
-    attributes: dict[str, Any] = {}  # personal
+    name: Personal[str]  # what people call it
+    aliases: Personal[tuple[str, ...]] = ()
+    attributes: Personal[dict[str, Any]] = {}
     user_id: str | None = None
     agent_id: str | None = None
 
 
 class EntityRenamed(Event, tag="entity.renamed", frozen=True):
     entity_id: str
-    name: str  # personal
+    name: Personal[str]
+    # The entity's scope, repeated: whose data key seals the name (``agentmem.personal``).
+    user_id: str | None = None
+    agent_id: str | None = None
 
 
 class EntityAliasAdded(Event, tag="entity.alias_added", frozen=True):
     entity_id: str
-    alias: str  # personal
+    alias: Personal[str]
+    user_id: str | None = None  # the entity's scope, as on entity.renamed
+    agent_id: str | None = None
 
 
 class EntityAliasRemoved(Event, tag="entity.alias_removed", frozen=True):
     entity_id: str
-    alias: str  # personal
+    alias: Personal[str]
+    user_id: str | None = None  # the entity's scope, as on entity.renamed
+    agent_id: str | None = None
 
 
 class EntityAttributesSet(Event, tag="entity.attributes_set", frozen=True):
     """Every attribute after the change, so a projection needs no lookup."""
 
     entity_id: str
-    attributes: dict[str, Any]  # personal
+    attributes: Personal[dict[str, Any]]
+    user_id: str | None = None  # the entity's scope, as on entity.renamed
+    agent_id: str | None = None
 
 
 class EntityMerged(Event, tag="entity.merged", frozen=True):
@@ -482,7 +491,7 @@ class RelationAsserted(Event, tag="relation.asserted", frozen=True):
     subject_id: str
     predicate: str
     object_id: str
-    fact: str  # personal: the fact as text
+    fact: Personal[str]  # the fact as text
     confidence: float
     valid_from: int
     valid_to: int | None = None
@@ -505,7 +514,10 @@ class RelationRetracted(Event, tag="relation.retracted", frozen=True):
     ``known_at`` a time before this commit still does."""
 
     relation_id: str
-    reason: str = ""
+    reason: Personal[str] = ""
+    # The relation's scope, repeated: whose data key seals the reason (``agentmem.personal``).
+    user_id: str | None = None
+    agent_id: str | None = None
 
 
 class MemoryAssociated(Event, tag="memory.associated", frozen=True):

@@ -53,6 +53,8 @@ def command_router(parts: Parts) -> Router:
         if keys is None:
             raise UnavailableError("this process holds no data keys: it cannot forget")
         erased = await keys.forget(forget.keys_of(target, org_id, target_ids))
+        for pattern in forget.graph_keys_of(target, org_id, target_ids):
+            erased += await keys.forget(pattern)
         forget_id = ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:

@@ -303,20 +303,25 @@ def command_router(parts: Parts) -> Router:
                 entity_id = relations.subject_entity_of(relation_id)
                 missing = relations.missing(relation_id)
                 try:
-                    _, org_id = await load_entity(runner, loader, request, entity_id)
+                    loaded, org_id = await load_entity(runner, loader, request, entity_id)
                 except NotFoundError:
                     raise missing from None
+                entity = entities.require_entity(loaded, entity_id)
                 facts = await loader.load(relations.subject(org_id, entity_id), relations.evolve)
-                writes: list[Write] = decide(facts, request.body, now)
+                writes: list[Write] = decide(facts, request.body, now, entity)
                 return writes
 
             return await runner.run(request, plan)
 
         return handle
 
-    router.handle(InvalidateRelation)(on_one_relation(relations.invalidate))
+    router.handle(InvalidateRelation)(
+        on_one_relation(lambda facts, command, now, _: relations.invalidate(facts, command, now))
+    )
     router.handle(RetractRelation)(
-        on_one_relation(lambda facts, command, now: relations.retract(facts, command))
+        on_one_relation(
+            lambda facts, command, now, entity: relations.retract(facts, command, entity)
+        )
     )
 
     async def live_memory(loader: Loader, request: Request[Any], memory_id: str) -> str:

@@ -36,6 +36,7 @@ from agentmem import subjects
 from agentmem.domain.entities import normalise
 from agentmem.eventlog import StoredCommit
 from agentmem.events import (
+    DataForgotten,
     EntityAbsorbed,
     EntityAliasAdded,
     EntityAliasRemoved,
@@ -46,6 +47,7 @@ from agentmem.events import (
     EntityReleased,
     EntityRenamed,
     EntityUnmerged,
+    ForgetTarget,
     MemoryAssociated,
     MemoryDeleted,
     MemoryDissociated,
@@ -54,7 +56,7 @@ from agentmem.events import (
     RelationInvalidated,
     RelationRetracted,
 )
-from agentmem.projections.rows import json_text
+from agentmem.projections.rows import forgotten_rows, json_text
 from agentmem.store import Column, Delete, RowOp, Store, Table, Update, Upsert
 
 OPEN = 2**62  # a time not reached: an open valid_to, a relation never invalidated
@@ -178,6 +180,14 @@ GRAPH_ASSOCIATIONS = Table(
 
 TABLES = [GRAPH_ENTITIES, GRAPH_NAMES, GRAPH_NAME_GRAMS, GRAPH_RELATIONS, GRAPH_ASSOCIATIONS]
 
+# The forgets that reach the graph: entities and relations are scoped by user and agent (a
+# session holds none, so a conversation's forget, or a memory scope's with a session,
+# finds no row here). A forgotten memory's associations go with its ``memory.deleted``.
+FORGETS: frozenset[ForgetTarget] = frozenset({"user", "agent", "memory_scope"})
+# Names and grams have no scope of their own: they go through their entities' rows, first.
+FORGOTTEN_TABLES = [GRAPH_NAMES, GRAPH_NAME_GRAMS, GRAPH_RELATIONS, GRAPH_ENTITIES]
+FORGOTTEN_THROUGH = {"graph_names": GRAPH_ENTITIES, "graph_name_grams": GRAPH_ENTITIES}
+
 
 def grams(norm: str) -> list[str]:
     """What a similar name must share with this one: the start of one of its words."""
@@ -228,13 +238,15 @@ def _moved(org_id: str, column: str, old: str, node: str) -> list[RowOp]:
 
 class GraphProjection:
     name = "graph"
-    # Memory deletions remove their associations; org deletions every row of the org.
+    # Memory deletions remove their associations; org deletions every row of the org;
+    # forgets a user's or an agent's entities and relations.
     filter_subjects = [
         subjects.events_of("entity"),
         subjects.events_of("facts"),
         subjects.events_of("association"),
         subjects.events_of("memory"),
         subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
     ]
     tables = TABLES
 
@@ -352,6 +364,8 @@ class GraphProjection:
                 case OrgDeleted(org_id=deleted):
                     for table in TABLES:
                         ops.append(Delete(table.name, {"org_id": deleted}))
+                case DataForgotten():
+                    ops += forgotten_rows(event, FORGETS, FORGOTTEN_TABLES, FORGOTTEN_THROUGH)
         return ops
 
     @staticmethod

@@ -60,12 +60,19 @@ MESSAGE = "Quixotrellium note: Wilhelmina cannot eat peanuts, tell the kitchen"
 MEMORY = "Wilhelmina Quorvexcombe is allergic to peanuts (Quixotrellium)"
 TAG = "zebracorn-allergy"
 STATE = "Vorpalquince state document"
+# The knowledge graph's text: an entity's name, alias and attributes, a fact, a retraction.
+PLACE = "Glimmerwick Abbey"
+ALIAS = "Willa Quorvex"
+ATTRIBUTE = "Snorkelbrook Lane 7"
+FACT = "Wilhelmina lives at Glimmerwick Abbey since Quixotrellium"
+REASON = "Frumblewort mistake"
 PASSWORD = "long-enough-password"
 SKIP_FORGET = os.environ.get("AGENTMEM_TEST_SKIP_FORGET") == "1"
 
 
 def needles(*extra: bytes) -> list[bytes]:
     texts = [NAME, EMAIL, MESSAGE, MEMORY, TAG, "Quixotrellium", "quixotrellium", STATE]
+    texts += [PLACE, PLACE.casefold(), ALIAS, ATTRIBUTE, FACT, REASON]
     return [t.encode() for t in texts] + list(extra)
 
 
@@ -216,6 +223,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     memory = await admin.add_memory(MEMORY, user_id=user_id, tags=[TAG], org_id=org_id)
     memory_id = str(memory.fields["memory_id"])
     kept = await admin.add_memory("A memory of someone else", user_id=other_id, org_id=org_id)
+    graph = await graph_of_user(admin, org_id, user_id)
+    theirs = await admin.create_entity("person", "Someone Else", user_id=other_id, org_id=org_id)
     await wait_caught_up(nc, admin_token)
 
     # Before: in the tables (and in the SQLite files), never in the JetStream files.
@@ -227,8 +236,11 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert (await admin.get_memory(memory_id)).content == MEMORY
     assert memory_id in await vector_ids(service)
     assert memory_id in await found_by_meaning(admin, MEMORY, org_id)
+    assert (await admin.get_entity(graph["person"])).aliases == ["W. Q.", ALIAS]
+    assert FACT in (await admin.graph_facts(graph["person"])).text
     keys = await wrapped_keys(nc, key_filter(org_id, user_id=user_id))
-    assert len(keys) >= 4  # profile, email reservation, conversation, memory
+    # profile, email reservation, conversation, memory, two entities, one facts subject
+    assert len(keys) >= 7
     in_files = leftovers(tmp_path, needles())
     assert not [f for f in in_files if f.startswith("nats/")], in_files
     if store_kind == "sqlite":
@@ -266,6 +278,18 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert memory_id not in await vector_ids(service)
     assert str(kept.fields["memory_id"]) in await vector_ids(service)
     assert memory_id not in await found_by_meaning(admin, MEMORY, org_id)
+    # Out of the graph: no entity, name or relation of the user's scope is left.
+    for entity_id in graph.values():
+        with pytest.raises(NotFoundError):
+            await admin.get_entity(entity_id)
+    assert (await admin.resolve_entity(NAME, org_id=org_id)).candidates == []
+    assert await graph_rows(service, org_id, user_id) == {}
+    assert (await admin.get_entity(str(theirs.fields["entity_id"]))).name == "Someone Else"
+    # The same name in the same scope is a new entity (its subject reads as gone).
+    again_person = await admin.create_entity("person", NAME, user_id=user_id, org_id=org_id)
+    assert again_person.fields["deduplicated"] is False
+    assert again_person.fields["entity_id"] != graph["person"]
+    await admin.delete_entity(str(again_person.fields["entity_id"]))
 
     # History: that something was, when and by whom, never what.
     history = (await admin.history("user", user_id, org_id=org_id)).items
@@ -285,6 +309,47 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert rows(replayed, MESSAGES) == rows(live, MESSAGES)
     for table in ("users", "api_keys", "memories", "memory_tags", "messages"):
         assert replayed[table] == live[table], table
+    for table in ("graph_entities", "graph_names", "graph_name_grams", "graph_relations"):
+        assert replayed[table] == live[table], table
+
+
+async def graph_of_user(admin: Client, org_id: str, user_id: str) -> dict[str, str]:
+    """A person and a place of the user's scope, with an alias, attributes, a fact and a
+    retracted one: every personal field of the graph's events."""
+    scope = {"user_id": user_id, "org_id": org_id}
+    person = str((await admin.create_entity("person", "W. Q.", **scope)).fields["entity_id"])
+    await admin.rename_entity(person, NAME)
+    await admin.add_entity_alias(person, ALIAS)
+    await admin.add_entity_alias(person, "Mina")
+    await admin.remove_entity_alias(person, "Mina")
+    await admin.set_entity_attributes(person, {"address": ATTRIBUTE})
+    place = str((await admin.create_entity("place", PLACE, **scope)).fields["entity_id"])
+    await admin.assert_relation(person, "lives_in", place, fact=FACT)
+    wrong = await admin.assert_relation(place, "near", person, fact=f"{PLACE} is near {NAME}")
+    await admin.retract_relation(str(wrong.fields["relation_id"]), reason=REASON)
+    return {"person": person, "place": place}
+
+
+async def graph_rows(service: Service, org_id: str, user_id: str) -> dict[str, int]:
+    """How many rows of the user's scope each graph table holds (names and grams through
+    their entities' ids, which outlive the rows in nothing)."""
+    found = {}
+    for table, where in (
+        ("graph_entities", "user_id = ?"),
+        ("graph_relations", "user_id = ?"),
+        ("graph_names", "name IN (?, ?, ?)"),
+        ("graph_name_grams", "norm IN (?, ?)"),
+    ):
+        args: list[object] = [org_id, user_id]
+        if table == "graph_names":
+            args = [org_id, NAME, ALIAS, PLACE]
+        elif table == "graph_name_grams":
+            args = [org_id, NAME.casefold(), PLACE.casefold()]
+        sql = f"SELECT COUNT(*) AS n FROM {table} WHERE org_id = ? AND {where}"
+        row = await service.store.fetch_one(sql, *args)
+        if row and int(row["n"]):
+            found[table] = int(row["n"])
+    return found
 
 
 async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
@@ -299,6 +364,11 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     one = await admin.add_memory(MEMORY, agent_id=agent_id, org_id=org_id)
     scoped = await admin.add_memory("In session s3", session_id="s3", org_id=org_id)
     await admin.add_memory("kept", session_id="s4", org_id=org_id)
+    lair = await admin.create_entity("place", PLACE, agent_id=agent_id, org_id=org_id)
+    scope = {"user_id": "u-scope", "org_id": org_id}
+    person = str((await admin.create_entity("person", ALIAS, **scope)).fields["entity_id"])
+    street = str((await admin.create_entity("place", ATTRIBUTE, **scope)).fields["entity_id"])
+    await admin.assert_relation(person, "lives_in", street, fact=FACT)
 
     await admin.forget_conversation("s1", org_id=org_id)
     assert (await admin.list_messages("s1", org_id=org_id)).items == []
@@ -320,10 +390,20 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     with pytest.raises(NotFoundError):
         await admin.get_memory(str(scoped.fields["memory_id"]))
     assert [m.content for m in (await admin.list_memories(org_id=org_id)).items] == ["kept"]
+    # A session holds no entity; a user's memory scope holds theirs, and their facts.
+    assert (await admin.get_entity(person)).name == ALIAS
+    forgotten = await admin.forget_memory_scope(user_id="u-scope", org_id=org_id)
+    assert forgotten.fields["keys"] == 3  # two entities, one facts subject
+    for entity_id in (person, street):
+        with pytest.raises(NotFoundError):
+            await admin.get_entity(entity_id, after_seq=admin.last_seq)
+    assert (await admin.graph_stats(org_id=org_id)).relations == 0
 
     await admin.forget_agent(agent_id)
     with pytest.raises(NotFoundError):
         await admin.get_agent(agent_id)
+    with pytest.raises(NotFoundError):
+        await admin.get_entity(str(lair.fields["entity_id"]), after_seq=admin.last_seq)
     assert (await admin.list_messages("s2", org_id=org_id)).items == []
     with pytest.raises(NotFoundError):
         await admin.forget_conversation("never-was", org_id=org_id)
@@ -456,6 +536,13 @@ def test_what_each_forget_deletes() -> None:
     assert forget.keys_of("memory", "o1", {"memory_id": "m1"}) == "o1.*.*.*.memory.m1"
     scope = {"user_id": "u1", "session_id": "s1"}
     assert forget.keys_of("memory_scope", "o1", scope) == "o1.u1.*.s1.memory.*"
+    # A memory scope's entities and relations too; a user's and an agent's are in keys_of.
+    assert forget.graph_keys_of("memory_scope", "o1", {"user_id": "u1"}) == [
+        "o1.u1.*.*.entity.*",
+        "o1.u1.*.*.facts.*",
+    ]
+    assert forget.graph_keys_of("user", "o1", {"user_id": "u1"}) == []
+    assert matches("o1.u1.*.*.>", "o1.u1.=.=.facts.e1-0")
     forgotten = DataForgotten(forget_id="f1", org_id="o1", target="user", user_id="u1")
     # The memories' tags go through their memories' rows, before them; erased from the files.
     assert forgotten_rows(

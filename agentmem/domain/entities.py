@@ -348,6 +348,12 @@ def create(org_id: str, command: CreateEntity, free: Loaded[Entity]) -> list[Wri
     return [Write(free.subject, 0, [event])]
 
 
+def owner(entity: Entity) -> dict[str, str | None]:
+    """The scope an event about ``entity`` repeats, so that its personal fields are sealed
+    under the key of the entity's user and agent (``agentmem.personal``)."""
+    return {"user_id": entity.user_id, "agent_id": entity.agent_id}
+
+
 def _one(loaded: Loaded[Entity], event: AnyEvent) -> list[Write]:
     return [Write(loaded.subject, loaded.version, [event])]
 
@@ -356,7 +362,9 @@ def rename(loaded: Loaded[Entity], command: RenameEntity) -> list[Write]:
     entity = require_live(loaded, command.entity_id)
     check_version(loaded, command.expected_version)
     check_names(command.name, (), "$")
-    return _one(loaded, EntityRenamed(entity_id=entity.entity_id, name=command.name))
+    return _one(
+        loaded, EntityRenamed(entity_id=entity.entity_id, name=command.name, **owner(entity))
+    )
 
 
 def add_alias(loaded: Loaded[Entity], command: AddEntityAlias) -> list[Write]:
@@ -367,7 +375,8 @@ def add_alias(loaded: Loaded[Entity], command: AddEntityAlias) -> list[Write]:
         raise invalid("the alias is the entity's own name", "$.alias", "invalid_value")
     if len(_without(entity.aliases, command.alias)) >= MAX_ALIASES:
         raise invalid(f"an entity has at most {MAX_ALIASES} aliases", "$.alias", "too_long")
-    return _one(loaded, EntityAliasAdded(entity_id=entity.entity_id, alias=command.alias))
+    event = EntityAliasAdded(entity_id=entity.entity_id, alias=command.alias, **owner(entity))
+    return _one(loaded, event)
 
 
 def remove_alias(loaded: Loaded[Entity], command: RemoveEntityAlias) -> list[Write]:
@@ -378,7 +387,8 @@ def remove_alias(loaded: Loaded[Entity], command: RemoveEntityAlias) -> list[Wri
             f"entity {entity.entity_id} has no alias {command.alias!r}",
             {"entity_id": entity.entity_id, "alias": command.alias},
         )
-    return _one(loaded, EntityAliasRemoved(entity_id=entity.entity_id, alias=command.alias))
+    event = EntityAliasRemoved(entity_id=entity.entity_id, alias=command.alias, **owner(entity))
+    return _one(loaded, event)
 
 
 def set_attributes(loaded: Loaded[Entity], command: SetEntityAttributes) -> list[Write]:
@@ -387,7 +397,8 @@ def set_attributes(loaded: Loaded[Entity], command: SetEntityAttributes) -> list
     check_attributes(command.attributes, "$.attributes")
     attributes = merge_patch(dict(entity.attributes), command.attributes)
     check_attributes(attributes, "$.attributes")
-    return _one(loaded, EntityAttributesSet(entity_id=entity.entity_id, attributes=attributes))
+    event = EntityAttributesSet(entity_id=entity.entity_id, attributes=attributes, **owner(entity))
+    return _one(loaded, event)
 
 
 def merge(source: Loaded[Entity], target: Loaded[Entity], command: MergeEntity) -> list[Write]:

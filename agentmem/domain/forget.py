@@ -21,7 +21,11 @@ Which keys each target deletes (``keys_of``: a wildcard over the key names
 - conversation: every message of the session, and the memories scoped to it; its messages
   and redactions, and those memories.
 - memory: that memory's key and row.
-- memory scope: every memory whose scope has each id given; those memories.
+- memory scope: every memory whose scope has each id given; those memories. And the
+  entities and relations of that scope (``graph_keys_of``: a session holds none).
+
+A user's and an agent's keys cover their knowledge graph too (entities and relations are
+scoped by user and agent); their entities, names and relations leave the graph's tables.
 """
 
 from __future__ import annotations
@@ -117,6 +121,15 @@ def keys_of(target: ForgetTarget, org_id: str, ids: dict[str, str]) -> str:
         case "memory_scope":
             return key_filter(org_id, **ids, aggregate="memory")
     raise ValueError(f"nothing to forget for {target!r}")
+
+
+def graph_keys_of(target: ForgetTarget, org_id: str, ids: dict[str, str]) -> list[str]:
+    """The wildcards over the knowledge graph's keys (entities, relations) that ``target``
+    forgets besides ``keys_of``: a memory scope's entities and relations (a user's and an
+    agent's are in ``keys_of`` already)."""
+    if target != "memory_scope":
+        return []
+    return [key_filter(org_id, **ids, aggregate=aggregate) for aggregate in ("entity", "facts")]
 
 
 def forget(

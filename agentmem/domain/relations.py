@@ -35,7 +35,13 @@ from agentmem.commands import Id, Targeted
 from agentmem.domain.aggregate import Loaded, Write, check_version
 from agentmem.domain.entities import Entity, EntityType
 from agentmem.errors import ConflictError, NotFoundError
-from agentmem.events import AnyEvent, RelationAsserted, RelationInvalidated, RelationRetracted
+from agentmem.events import (
+    AnyEvent,
+    RelationAsserted,
+    RelationInvalidated,
+    RelationRetracted,
+    Shredded,
+)
 from agentmem.protocol import command, query
 from agentmem.queries import InOrg as QueryInOrg
 from agentmem.queries import Query, Seq
@@ -215,6 +221,9 @@ def evolve(state: Facts | None, event: AnyEvent) -> Facts | None:
         case RelationRetracted(relation_id=rid) if rid in facts.relations:
             changed = replace(facts.relations[rid], retracted=True)
             return replace(facts, relations={**facts.relations, rid: changed})
+        case Shredded(of="relation.asserted"):
+            # Forgotten, but counted: the next relation's id stays new.
+            return replace(facts, asserted=facts.asserted + 1)
     return state
 
 
@@ -371,7 +380,9 @@ def invalidate(loaded: Loaded[Facts], command: InvalidateRelation, now: int) -> 
     return [Write(loaded.subject, loaded.version, [event])]
 
 
-def retract(loaded: Loaded[Facts], command: RetractRelation) -> list[Write]:
+def retract(loaded: Loaded[Facts], command: RetractRelation, entity: Entity) -> list[Write]:
+    """``entity``: the relation's subject entity, whose scope the event repeats (its reason
+    is sealed under that scope's key, as the fact is)."""
     relation = require_relation(loaded, command.relation_id)
     check_version(loaded, command.expected_version)
     if relation.retracted:
@@ -379,7 +390,12 @@ def retract(loaded: Loaded[Facts], command: RetractRelation) -> list[Write]:
             f"relation {relation.relation_id} was retracted already",
             {"relation_id": relation.relation_id},
         )
-    event = RelationRetracted(relation_id=relation.relation_id, reason=command.reason)
+    event = RelationRetracted(
+        relation_id=relation.relation_id,
+        reason=command.reason,
+        user_id=entity.user_id,
+        agent_id=entity.agent_id,
+    )
     return [Write(loaded.subject, loaded.version, [event])]
 
 
