@@ -316,7 +316,8 @@ class MemoriesAdded(msgspec.Struct, frozen=True):
 
 class ScopeDeleted(msgspec.Struct, frozen=True):
     """``memory.delete_scope``: how many memories were deleted, and the scope. ``version``:
-    the last deletion's log sequence (0 when the scope held no memory)."""
+    the last deletion's log sequence (0 when the scope held no memory). ``entities``: how
+    many of the scope's entities went with its memories (``memory.delete_scope``)."""
 
     event: str
     version: int
@@ -325,6 +326,7 @@ class ScopeDeleted(msgspec.Struct, frozen=True):
     user_id: str | None = None
     agent_id: str | None = None
     session_id: str | None = None
+    entities: int = 0
 
 
 # The knowledge graph ----------------------------------------------------------------------

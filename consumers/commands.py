@@ -32,6 +32,7 @@ from agentmem.commands import (
 )
 from agentmem.consumers.aggregates import AggregateCache, AlreadyApplied, Loader, SubjectLocks
 from agentmem.consumers.auth import authorize
+from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import orgs, users
 from agentmem.domain.access import Need, Principal, narrows_access
@@ -553,6 +554,12 @@ def command_router(parts: Parts) -> Router:
             )
             return users.delete(user, request.body, reservation)
 
-        return await runner.run(request, plan)
+        result = await runner.run(request, plan)
+        # The user's entities and relations go after them (``graph_scope``): sent again with
+        # its command_id, a deletion cut short here finishes.
+        subject = await runner.subject_of("user", request.body.user_id)
+        org_id = subjects.parse(subject).org_id
+        await delete_entities_of_scope(parts, request, org_id, request.body.user_id, None)
+        return result
 
     return router

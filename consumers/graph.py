@@ -18,6 +18,7 @@ from agentmem import subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import associations, entities, memories, orgs, relations
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
 PROJECTION = "graph"
-SCOPE_PAGE = 500  # entity.delete_scope deletes this many entities at a time
 MAX_MERGE_HOPS = 16  # a chain of merges followed to the entity that answers
 
 
@@ -224,34 +224,12 @@ def command_router(parts: Parts) -> Router:
 
     @router.handle(DeleteEntityScope)
     async def delete_scope(request: Request[DeleteEntityScope]) -> Result:
-        """Every entity the scope holds when the command starts: found in the projection
-        once it has applied the whole log, then deleted one commit each (not atomically:
-        sent again with the same command_id, it finishes the work)."""
+        """Every entity the scope holds when the command starts (``graph_scope``)."""
         command = request.body
         org_id = writable_org(request, command.org_id)
-        entities.check_scope(command.user_id, command.agent_id)
-        await freshness.wait(PROJECTION, await runner.log.last_seq())
-
-        def plan_for(entity_id: str) -> Any:
-            async def plan(loader: Loader, command_id: str) -> list[Write]:
-                loaded = await loader.load(entities.subject(org_id, entity_id), entities.evolve)
-                return entities.delete_in_scope(loaded, entity_id)
-
-            return plan
-
-        deleted, version, after = 0, 0, ""
-        while True:
-            found = await reads.scope_entity_ids(
-                store, org_id, command.user_id, command.agent_id, after, SCOPE_PAGE
-            )
-            if not found:
-                break
-            results = await runner.run_each(request, [(e, plan_for(e)) for e in found])
-            for result in results:
-                if result is not None:
-                    deleted += 1
-                    version = max(version, result[1] or 0)
-            after = found[-1]
+        deleted, version = await delete_entities_of_scope(
+            parts, request, org_id, command.user_id, command.agent_id
+        )
         scope = {"user_id": command.user_id, "agent_id": command.agent_id}
         reply = {"event": "entity.deleted", "version": version, "deleted": deleted}
         return {**reply, "org_id": org_id, **scope}, (version or None)

@@ -18,6 +18,7 @@ from agentmem import subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.history import commits_page, entry
 from agentmem.consumers.queries import (
     MAX_PAGE_BYTES,
@@ -309,8 +310,15 @@ def command_router(parts: Parts) -> Router:
                     deleted += 1
                     version = max(version, result[1] or 0)
             after = found[-1]
+        # The scope's entities and relations go too (a session's scope holds none).
+        graph_deleted = 0
+        if command.session_id is None:
+            graph_deleted, graph_version = await delete_entities_of_scope(
+                parts, request, org_id, command.user_id, command.agent_id
+            )
+            version = max(version, graph_version)
         reply = {"event": "memory.deleted", "version": version, "deleted": deleted}
-        return {**reply, "org_id": org_id, **scope}, (version or None)
+        return {**reply, "org_id": org_id, **scope, "entities": graph_deleted}, (version or None)
 
     return router
 

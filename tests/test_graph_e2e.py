@@ -313,19 +313,49 @@ async def test_a_deleted_scope_leaves_no_entity_relation_or_association_behind(
     rain = (await api.add_memory("rain", user_id="gone")).fields["memory_id"]
     wet = (await api.add_memory("wet", user_id="gone")).fields["memory_id"]
     await api.associate_memories(rain, wet)
-    deleted = await client.delete_entity_scope(user_id="gone", org_id=org_id)
-    assert deleted.deleted == 2
-    await client.delete_memory_scope(user_id="gone", org_id=org_id)
+    # A memory scope's deletion takes the scope's entities and relations with it.
+    deleted = await client.delete_memory_scope(user_id="gone", org_id=org_id)
+    assert (deleted.deleted, deleted.entities) == (2, 2)
     await wait_caught_up(nc, admin_token)
-    assert service.store is not None
-    rows = await dump_store(service.store)
-    left = [row for table in TABLES for row in rows[table.name]]
-    text = repr(left)
-    for gone in (ann, paris, rain, wet, "Paris", "lives_in"):
-        assert gone not in text
-    assert kept in text
+    await assert_graph_left(service, [ann, paris, rain, wet, "Paris", "lives_in"], [kept])
     with pytest.raises(NotFoundError):
         await api.get_entity(ann)
+    # entity.delete_scope, the graph's own, finds nothing left; a session holds no entity.
+    assert (await client.delete_entity_scope(user_id="gone", org_id=org_id)).deleted == 0
+    session = await client.delete_memory_scope(session_id="s1", org_id=org_id)
+    assert session.entities == 0
+    # The same name in that scope is a new entity.
+    again = await api.create_entity("person", "Ann", user_id="gone")
+    assert again.fields["deduplicated"] is False
+
+
+async def test_a_deleted_user_leaves_no_entity_or_relation_behind(
+    acme: tuple[str, Client], client: Client, service: Service, nc: NATS, admin_token: str
+) -> None:
+    org_id, api = acme
+    user = await client.register_user(org_id, "Leaving", "leaving@acme.example", PASSWORD)
+    user_id = str(user.fields["user_id"])
+    ann = await entity(api, "Ann", user_id=user_id)
+    paris = await entity(api, "Paris", "place", user_id=user_id)
+    shared = await entity(api, "Acme HQ", "place")
+    await api.assert_relation(ann, "lives_in", paris, valid_from=T0)
+    await api.assert_relation(ann, "works_at", shared, valid_from=T0)
+    await client.delete_user(user_id)
+    await wait_caught_up(nc, admin_token)
+    await assert_graph_left(service, [ann, paris, "Paris", "lives_in", "works_at"], [shared])
+    for gone in (ann, paris):
+        with pytest.raises(NotFoundError):
+            await api.get_entity(gone)
+    assert (await api.graph_stats()).relations == 0
+
+
+async def assert_graph_left(service: Service, gone: list[str], kept: list[str]) -> None:
+    """No row of any graph table holds any of ``gone``; some row holds each of ``kept``."""
+    assert service.store is not None
+    rows = await dump_store(service.store)
+    text = repr([row for table in TABLES for row in rows[table.name]])
+    assert [g for g in gone if g in text] == []
+    assert [k for k in kept if k not in text] == []
 
 
 async def test_a_deleted_organization_leaves_no_graph_row(
