@@ -81,6 +81,7 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
+from agentmem.domain.extraction import ExtractGraph
 from agentmem.domain.forget import (
     ForgetAgent,
     ForgetConversation,
@@ -150,6 +151,7 @@ from agentmem.replies import (
     Block,
     Entity,
     EntityResolution,
+    Extracted,
     Facts,
     GraphPath,
     GraphStats,
@@ -1236,6 +1238,28 @@ class Client:
 
     async def graph_stats(self, **filters: Any) -> GraphStats:
         return await self._query(GraphStatsQuery, GraphStats, **filters)
+
+    async def extract_graph(
+        self,
+        *,
+        memory_id: str | None = None,
+        session_id: str | None = None,
+        message_id: str | None = None,
+        extractor: str = "rules",
+        **fields: Any,
+    ) -> Extracted:
+        """``graph.extract``: the entities and relations found in one memory, or one message
+        (``session_id`` and ``message_id``), put in the graph."""
+        body = {
+            "memory_id": memory_id,
+            "session_id": session_id,
+            "message_id": message_id,
+            "extractor": extractor,
+            **fields,
+        }
+        reply = await self.request(ExtractGraph.op.subject, body)
+        self.last_seq = max(self.last_seq, reply.seq or 0)
+        return msgspec.convert(reply.data, Extracted)
 
     async def associate_memories(
         self, from_memory_id: str, to_memory_id: str, **fields: Any

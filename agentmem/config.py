@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentmem.domain.passwords import DEFAULT_COST
 from agentmem.keys import MASTER_KEY_FILE, MasterKeys
+
+if TYPE_CHECKING:
+    from agentmem.extraction_model import ModelEndpoint
 
 DEFAULT_LISTEN = "127.0.0.1:4222"
 
@@ -79,6 +83,15 @@ class Settings:
     # separated by commas (docs/security.md, "Keys"). None: the file <data-dir>/master.key,
     # made on the first start. Every process of a deployment needs the same ones.
     master_key: str | None = field(default_factory=lambda: _env("MASTER_KEY"))
+    # graph.extract's optional model: an OpenAI-compatible chat endpoint's base URL, the
+    # model's name and its key (docs/architecture.md, Extraction). None: rules only.
+    extraction_url: str | None = field(default_factory=lambda: _env("EXTRACTION_URL"))
+    extraction_model: str | None = field(default_factory=lambda: _env("EXTRACTION_MODEL"))
+    extraction_key: str | None = field(default_factory=lambda: _env("EXTRACTION_KEY"))
+    # Extract entities and relations (with the rules) from every memory as it is added.
+    extract_on_add: bool = field(
+        default_factory=lambda: (_env("EXTRACT_ON_ADD", "") or "").lower() in ("1", "true", "yes")
+    )
 
     def master_keys(self, create: bool = False) -> MasterKeys:
         """The master keys; ``create``: make the file when missing (``serve`` only)."""
@@ -86,6 +99,14 @@ class Settings:
             return MasterKeys.load(self.data_dir / MASTER_KEY_FILE, self.master_key, create)
         except ValueError as exc:
             raise StartupError(f"AGENTMEM_MASTER_KEY or {MASTER_KEY_FILE}: {exc}") from None
+
+    def extraction_endpoint(self) -> ModelEndpoint | None:
+        """The extraction model, when both its URL and its model are set."""
+        from agentmem.extraction_model import ModelEndpoint  # it needs the domain: not at start
+
+        if not self.extraction_url or not self.extraction_model:
+            return None
+        return ModelEndpoint(self.extraction_url, self.extraction_model, self.extraction_key)
 
     @property
     def nats_servers(self) -> list[str]:

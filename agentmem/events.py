@@ -536,6 +536,29 @@ class MemoryDissociated(Event, tag="memory.dissociated", frozen=True):
     association_type: str
 
 
+class GraphExtracted(Event, tag="graph.extracted", frozen=True):
+    """On ``extraction.<extraction_id>``: what an extractor found in one memory or message,
+    stored before it is applied, so that the same extraction again (a retry, a replay)
+    never asks a model again. ``model``: the model, or the rules' version; ``prompt_sha256``:
+    the SHA-256 of what it was given. ``entities`` (``name``, ``type``) and ``relations``
+    (``subject``, ``predicate``, ``object``, ``fact``, ``confidence``) are the answer, as
+    validated (``agentmem.domain.extraction``)."""
+
+    extraction_id: str
+    org_id: str
+    extractor: Literal["rules", "model"]
+    model: str
+    prompt_sha256: str
+    memory_id: str | None = None
+    message_id: str | None = None
+    # The source's scope: the extracted entities' scope, and whose key seals the answer.
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    entities: Personal[tuple[dict[str, Any], ...]] = ()
+    relations: Personal[tuple[dict[str, Any], ...]] = ()
+
+
 # Forgetting ------------------------------------------------------------------------------
 ForgetTarget = Literal["user", "agent", "conversation", "memory", "memory_scope"]
 
@@ -627,6 +650,7 @@ AnyEvent = (
     | RelationRetracted
     | MemoryAssociated
     | MemoryDissociated
+    | GraphExtracted
     | DataForgotten
     | Shredded
 )

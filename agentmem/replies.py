@@ -395,6 +395,47 @@ class Relation(msgspec.Struct, frozen=True):
     object_name: str = ""
 
 
+class ExtractedEntity(msgspec.Struct, frozen=True):
+    """An entity an extraction found: the graph's entity it resolved to (``created`` when it
+    is new)."""
+
+    entity_id: str
+    name: str
+    entity_type: str
+    created: bool
+
+
+class ExtractedRelation(msgspec.Struct, frozen=True):
+    """A relation an extraction found, as ``relation.assert`` decided it."""
+
+    relation_id: str
+    subject_id: str
+    predicate: str
+    object_id: str
+    fact: str
+    confidence: float
+    deduplicated: bool
+    invalidated: list[str] = msgspec.field(default_factory=list)
+
+
+class Extracted(msgspec.Struct, frozen=True):
+    """``graph.extract``: the stored answer (``extraction_id``; ``reused`` when it was in the
+    log already, so no extractor ran) and what it did to the graph. ``version``: the last
+    commit it appended (0: none, when everything was there already)."""
+
+    event: str
+    version: int
+    extraction_id: str
+    extractor: str
+    model: str
+    prompt_sha256: str
+    reused: bool
+    entities: list[ExtractedEntity]
+    relations: list[ExtractedRelation]
+    memory_id: str | None = None
+    message_id: str | None = None
+
+
 class RelationOutcome(msgspec.Struct, frozen=True):
     """``relation.assert``: true when the same fact was valid already (nothing appended);
     ``invalidated``: the relations this assertion ended (a single-valued predicate)."""

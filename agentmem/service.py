@@ -410,6 +410,8 @@ class Service:
             this_process=self.this_process,
             metrics=self.metrics,
             ready_lag=settings.ready_lag,
+            extraction_model=settings.extraction_endpoint(),
+            extract_on_add=settings.extract_on_add,
         )
         if "commands" in roles and settings.expiry_sweep_s > 0:
             sweeper = ExpirySweeper(log_, cache, self.store)

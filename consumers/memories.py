@@ -18,6 +18,7 @@ from agentmem import subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.extraction import extract_added_memory
 from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.history import commits_page, entry
 from agentmem.consumers.queries import (
@@ -152,6 +153,9 @@ def command_router(parts: Parts) -> Router:
             holder = found[0]
             assert holder.holder is not None
             return memories.view(holder.holder, holder.holder_version), holder.holder_version
+        if parts.extract_on_add:
+            extracted = await extract_added_memory(parts, request, str(data["memory_id"]))
+            seq = max(seq or 0, extracted) or None
         return {**data, "deduplicated": False}, seq
 
     @router.handle(AddMemories)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from agentmem.consumers.freshness import Freshness
     from agentmem.consumers.recall import Recall
     from agentmem.eventlog import EventLog
+    from agentmem.extraction_model import ModelEndpoint
     from agentmem.store import Store
 
 # Which builder serves which role; the system subjects are answered by every process.
@@ -63,6 +64,10 @@ class Parts:
     ready_lag: int = 1000
     # memory.search's ranking and vector index, shared by its users (recall.recall_of).
     recall: Recall | None = None
+    # graph.extract's model (None: the rules only), and whether every added memory is
+    # extracted from (with the rules) as it is added.
+    extraction_model: ModelEndpoint | None = None
+    extract_on_add: bool = False
 
 
 def modules() -> Iterator[ModuleType]:

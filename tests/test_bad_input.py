@@ -90,6 +90,7 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
+from agentmem.domain.extraction import ExtractGraph
 from agentmem.domain.forget import (
     ForgetAgent,
     ForgetConversation,
@@ -268,6 +269,7 @@ VALID: dict[str, dict[str, Any]] = {
     ListEntities.op.subject: {"entity_type": "person", "name_prefix": "an"},
     ResolveEntity.op.subject: {"name": "Ann"},
     AssertRelation.op.subject: {"subject_id": "e1", "predicate": "lives_in", "object_id": "e2"},
+    ExtractGraph.op.subject: {"memory_id": "m1"},
     InvalidateRelation.op.subject: {"relation_id": "e1_1"},
     RetractRelation.op.subject: {"relation_id": "e1_1", "reason": "wrong"},
     GraphNeighbors.op.subject: {"entity_id": "e1", "depth": 2},
@@ -372,6 +374,7 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     ListEntities.op.subject: ("known_at_seq", "1"),
     ResolveEntity.op.subject: ("min_score", "high"),
     AssertRelation.op.subject: ("confidence", "high"),
+    ExtractGraph.op.subject: ("extractor", 1),
     InvalidateRelation.op.subject: ("valid_to", "now"),
     RetractRelation.op.subject: ("reason", 5),
     GraphNeighbors.op.subject: ("predicates", "knows"),

@@ -875,6 +875,12 @@ ROWS: list[Row] = [
         ),
     ),
     Row("agentmem.cmd.relation.invalidate", "member", "org", fresh_relation),
+    Row(
+        "agentmem.cmd.graph.extract",
+        "member",
+        "org",
+        on_fresh_memory(lambda s, m: {"memory_id": m}),
+    ),
     Row("agentmem.cmd.relation.retract", "member", "org", fresh_relation),
     Row(
         "agentmem.cmd.memory.associate",
