@@ -226,6 +226,10 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     graph = await graph_of_user(admin, org_id, user_id)
     theirs = await admin.create_entity("person", "Someone Else", user_id=other_id, org_id=org_id)
     await wait_caught_up(nc, admin_token)
+    # An extraction's stored answer holds the memory's names: sealed, and forgotten with it.
+    extracted = await admin.extract_graph(memory_id=memory_id)
+    assert [e.entity_id for e in extracted.entities] == [graph["person"]]
+    await wait_caught_up(nc, admin_token)
 
     # Before: in the tables (and in the SQLite files), never in the JetStream files.
     assert (await admin.get_user(user_id)).email == EMAIL
@@ -239,8 +243,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert (await admin.get_entity(graph["person"])).aliases == ["W. Q.", ALIAS]
     assert FACT in (await admin.graph_facts(graph["person"])).text
     keys = await wrapped_keys(nc, key_filter(org_id, user_id=user_id))
-    # profile, email reservation, conversation, memory, two entities, one facts subject
-    assert len(keys) >= 7
+    # profile, email reservation, conversation, memory, 2 entities, 2 facts, 1 extraction
+    assert len(keys) >= 9
     in_files = leftovers(tmp_path, needles())
     assert not [f for f in in_files if f.startswith("nats/")], in_files
     if store_kind == "sqlite":
@@ -540,6 +544,7 @@ def test_what_each_forget_deletes() -> None:
     assert forget.graph_keys_of("memory_scope", "o1", {"user_id": "u1"}) == [
         "o1.u1.*.*.entity.*",
         "o1.u1.*.*.facts.*",
+        "o1.u1.*.*.extraction.*",
     ]
     assert forget.graph_keys_of("user", "o1", {"user_id": "u1"}) == []
     assert matches("o1.u1.*.*.>", "o1.u1.=.=.facts.e1-0")

@@ -22,7 +22,8 @@ Which keys each target deletes (``keys_of``: a wildcard over the key names
   and redactions, and those memories.
 - memory: that memory's key and row.
 - memory scope: every memory whose scope has each id given; those memories. And the
-  entities and relations of that scope (``graph_keys_of``: a session holds none).
+  entities, relations and extractions of that scope (``graph_keys_of``; a session holds
+  no entity).
 
 A user's and an agent's keys cover their knowledge graph too (entities and relations are
 scoped by user and agent); their entities, names and relations leave the graph's tables.
@@ -124,12 +125,13 @@ def keys_of(target: ForgetTarget, org_id: str, ids: dict[str, str]) -> str:
 
 
 def graph_keys_of(target: ForgetTarget, org_id: str, ids: dict[str, str]) -> list[str]:
-    """The wildcards over the knowledge graph's keys (entities, relations) that ``target``
-    forgets besides ``keys_of``: a memory scope's entities and relations (a user's and an
-    agent's are in ``keys_of`` already)."""
+    """The wildcards over the knowledge graph's keys (entities, relations, extractions) that
+    ``target`` forgets besides ``keys_of``: a memory scope's (a user's and an agent's are in
+    ``keys_of`` already)."""
     if target != "memory_scope":
         return []
-    return [key_filter(org_id, **ids, aggregate=aggregate) for aggregate in ("entity", "facts")]
+    graph = ("entity", "facts", "extraction")
+    return [key_filter(org_id, **ids, aggregate=aggregate) for aggregate in graph]
 
 
 def forget(
