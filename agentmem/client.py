@@ -104,6 +104,7 @@ from agentmem.domain.memories import (
     SupersedeMemory,
     UpdateMemory,
 )
+from agentmem.domain.predicates import DeclarePredicate, ListPredicates
 from agentmem.domain.relations import (
     AssertRelation,
     FindGraphPath,
@@ -165,6 +166,7 @@ from agentmem.replies import (
     Neighbors,
     Org,
     Page,
+    PredicateRule,
     ScopeDeleted,
     ScoredMemory,
     Tool,
@@ -1238,6 +1240,19 @@ class Client:
 
     async def graph_stats(self, **filters: Any) -> GraphStats:
         return await self._query(GraphStatsQuery, GraphStats, **filters)
+
+    async def declare_predicate(
+        self, predicate: str, single_valued: bool, **fields: Any
+    ) -> Written:
+        """``predicate.declare``: whether ``predicate`` is single-valued in the organization."""
+        return await self._command(
+            DeclarePredicate, predicate=predicate, single_valued=single_valued, **fields
+        )
+
+    async def list_predicates(self, **filters: Any) -> list[PredicateRule]:
+        """``predicate.list``: the declared predicates and the single-valued defaults."""
+        found = await self._query(ListPredicates, Items[PredicateRule], **filters)
+        return found.items
 
     async def extract_graph(
         self,

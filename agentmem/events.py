@@ -536,6 +536,15 @@ class MemoryDissociated(Event, tag="memory.dissociated", frozen=True):
     association_type: str
 
 
+class PredicateDeclared(Event, tag="predicate.declared", frozen=True):
+    """On ``predicates.<org_id>``: whether ``predicate`` is single-valued in the organization
+    (one value per subject at a time: a new one ends the previous one)."""
+
+    org_id: str
+    predicate: str
+    single_valued: bool
+
+
 class GraphExtracted(Event, tag="graph.extracted", frozen=True):
     """On ``extraction.<extraction_id>``: what an extractor found in one memory or message,
     stored before it is applied, so that the same extraction again (a retry, a replay)
@@ -650,6 +659,7 @@ AnyEvent = (
     | RelationRetracted
     | MemoryAssociated
     | MemoryDissociated
+    | PredicateDeclared
     | GraphExtracted
     | DataForgotten
     | Shredded

@@ -395,6 +395,16 @@ class Relation(msgspec.Struct, frozen=True):
     object_name: str = ""
 
 
+class PredicateRule(msgspec.Struct, frozen=True):
+    """``predicate.list``: whether a predicate is single-valued in the organization, and
+    whether the organization declared it so (else it is the service's default)."""
+
+    predicate: str
+    single_valued: bool
+    declared: bool
+    version: int | None = None  # the declaration's log sequence
+
+
 class ExtractedEntity(msgspec.Struct, frozen=True):
     """An entity an extraction found: the graph's entity it resolved to (``created`` when it
     is new)."""

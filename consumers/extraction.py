@@ -23,7 +23,15 @@ from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import missing_org
 from agentmem.consumers.graph import answering, probe
 from agentmem.consumers.router import Request, Result, Router
-from agentmem.domain import entities, extraction, memories, messages, orgs, relations
+from agentmem.domain import (
+    entities,
+    extraction,
+    memories,
+    messages,
+    orgs,
+    predicates,
+    relations,
+)
 from agentmem.domain.aggregate import Write
 from agentmem.domain.entities import CreateEntity
 from agentmem.domain.extraction import (
@@ -266,8 +274,10 @@ async def _relations(
                 facts = await loader.load(
                     relations.subject(org_id, subject_entity.entity_id), relations.evolve
                 )
+                declared = await loader.load(predicates.subject(org_id), predicates.evolve)
+                single = predicates.is_single(declared.state, command.predicate)
                 decided = relations.assert_relation(
-                    facts, command, subject_entity, object_entity, now
+                    facts, command, subject_entity, object_entity, now, single
                 )
                 outcome[:] = [decided]
                 return decided.writes

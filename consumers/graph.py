@@ -21,7 +21,7 @@ from agentmem.consumers.commands import CommandRunner, missing_org
 from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page
 from agentmem.consumers.router import Request, Result, Router
-from agentmem.domain import associations, entities, memories, orgs, relations
+from agentmem.domain import associations, entities, memories, orgs, predicates, relations
 from agentmem.domain.aggregate import Loaded, Write
 from agentmem.domain.associations import (
     AssociateMemories,
@@ -43,6 +43,7 @@ from agentmem.domain.entities import (
     SetEntityAttributes,
     UnmergeEntity,
 )
+from agentmem.domain.predicates import DeclarePredicate, ListPredicates
 from agentmem.domain.relations import (
     AssertRelation,
     AtTime,
@@ -250,7 +251,11 @@ def command_router(parts: Parts) -> Router:
             facts = await loader.load(
                 relations.subject(org_id, subject_entity.entity_id), relations.evolve
             )
-            decided = relations.assert_relation(facts, command, subject_entity, object_entity, now)
+            declared = await loader.load(predicates.subject(org_id), predicates.evolve)
+            single = predicates.is_single(declared.state, command.predicate)
+            decided = relations.assert_relation(
+                facts, command, subject_entity, object_entity, now, single
+            )
             outcome[:], where[:] = [decided], [facts]
             if decided.existing is not None:
                 raise _Found
@@ -292,6 +297,17 @@ def command_router(parts: Parts) -> Router:
             return await runner.run(request, plan)
 
         return handle
+
+    @router.handle(DeclarePredicate)
+    async def declare_predicate(request: Request[DeclarePredicate]) -> Result:
+        org_id = writable_org(request, request.body.org_id)
+
+        async def plan(loader: Loader, command_id: str) -> list[Write]:
+            orgs.require_live(await loader.load(orgs.subject(org_id), orgs.evolve), org_id)
+            loaded = await loader.load(predicates.subject(org_id), predicates.evolve)
+            return predicates.declare(loaded, org_id, request.body)
+
+        return await runner.run(request, plan)
 
     router.handle(InvalidateRelation)(
         on_one_relation(lambda facts, command, now, _: relations.invalidate(facts, command, now))
@@ -568,6 +584,25 @@ def query_router(parts: Parts) -> Router:
         org_id = readable_org(request, request.body.org_id)
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
         return await reads.stats(store, org_id, now_ms()), seq
+
+    @router.handle(ListPredicates)
+    async def list_predicates(request: Request[ListPredicates]) -> Result:
+        org_id = readable_org(request, request.body.org_id)
+        seq = await freshness.wait(PROJECTION, request.body.after_seq)
+        declared = {row["predicate"]: row for row in await reads.predicates(store, org_id)}
+        names = sorted({*declared, *relations.SINGLE_VALUED})
+        items = [
+            {
+                "predicate": name,
+                "single_valued": bool(declared[name]["single_valued"])
+                if name in declared
+                else True,
+                "declared": name in declared,
+                "version": declared[name]["version"] if name in declared else None,
+            }
+            for name in names
+        ]
+        return {"items": items}, seq
 
     @router.handle(MemoryAssociations)
     async def memory_associations(request: Request[MemoryAssociations]) -> Result:

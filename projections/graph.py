@@ -52,6 +52,7 @@ from agentmem.events import (
     MemoryDeleted,
     MemoryDissociated,
     OrgDeleted,
+    PredicateDeclared,
     RelationAsserted,
     RelationInvalidated,
     RelationRetracted,
@@ -178,7 +179,26 @@ GRAPH_ASSOCIATIONS = Table(
     ),
 )
 
-TABLES = [GRAPH_ENTITIES, GRAPH_NAMES, GRAPH_NAME_GRAMS, GRAPH_RELATIONS, GRAPH_ASSOCIATIONS]
+GRAPH_PREDICATES = Table(
+    name="graph_predicates",
+    columns=(
+        Column("org_id", "text"),
+        Column("predicate", "text"),
+        Column("single_valued", "integer"),  # 1 or 0
+        Column("declared_at", "integer"),
+        Column("version", "integer"),
+    ),
+    primary_key=("org_id", "predicate"),
+)
+
+TABLES = [
+    GRAPH_ENTITIES,
+    GRAPH_NAMES,
+    GRAPH_NAME_GRAMS,
+    GRAPH_RELATIONS,
+    GRAPH_ASSOCIATIONS,
+    GRAPH_PREDICATES,
+]
 
 # The forgets that reach the graph: entities and relations are scoped by user and agent (a
 # session holds none, so a conversation's forget, or a memory scope's with a session,
@@ -247,6 +267,7 @@ class GraphProjection:
         subjects.events_of("memory"),
         subjects.events_of("org_deletion"),
         subjects.events_of("forget"),
+        subjects.events_of("predicates"),
     ]
     tables = TABLES
 
@@ -366,6 +387,15 @@ class GraphProjection:
                         ops.append(Delete(table.name, {"org_id": deleted}))
                 case DataForgotten():
                     ops += forgotten_rows(event, FORGETS, FORGOTTEN_TABLES, FORGOTTEN_THROUGH)
+                case PredicateDeclared():
+                    row = {
+                        "org_id": event.org_id,
+                        "predicate": event.predicate,
+                        "single_valued": int(event.single_valued),
+                        "declared_at": at,
+                        "version": seq,
+                    }
+                    ops.append(Upsert("graph_predicates", row))
         return ops
 
     @staticmethod
@@ -855,6 +885,15 @@ async def facts_about(
         "ORDER BY r.confidence DESC, r.valid_from DESC, r.relation_id LIMIT ?",
         *args,
         limit,
+    )
+
+
+async def predicates(store: Store, org_id: str) -> list[dict[str, Any]]:
+    """An organization's declared predicates (``predicate.declare``), by name."""
+    return await store.fetch_all(
+        "SELECT predicate, single_valued, version FROM graph_predicates WHERE org_id = ? "
+        "ORDER BY predicate",
+        org_id,
     )
 
 

@@ -18,6 +18,7 @@ from agentmem.projections.graph import (
     GRAPH_ENTITIES,
     GRAPH_NAME_GRAMS,
     GRAPH_NAMES,
+    GRAPH_PREDICATES,
     GRAPH_RELATIONS,
 )
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
@@ -219,6 +220,20 @@ MIGRATIONS: list[Migration] = [
                     "COMMENT ON TABLE memory_vectors IS 'AgentMem projection vectors-*: one "
                     "embedding per memory and model (float32 bytes), with the columns a search "
                     "filters by; a deleted memory keeps a tombstone without vector'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        11,
+        "the knowledge graph's single-valued predicates, declared per organization",
+        (
+            GRAPH_PREDICATES,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE graph_predicates IS 'AgentMem projection graph: one row "
+                    "per predicate an organization declared (predicate.declare); single_valued "
+                    "1 or 0'",
                 )
             ),
         ),

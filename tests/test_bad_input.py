@@ -113,6 +113,7 @@ from agentmem.domain.memories import (
     SupersedeMemory,
     UpdateMemory,
 )
+from agentmem.domain.predicates import DeclarePredicate, ListPredicates
 from agentmem.domain.relations import (
     AssertRelation,
     FindGraphPath,
@@ -270,6 +271,8 @@ VALID: dict[str, dict[str, Any]] = {
     ResolveEntity.op.subject: {"name": "Ann"},
     AssertRelation.op.subject: {"subject_id": "e1", "predicate": "lives_in", "object_id": "e2"},
     ExtractGraph.op.subject: {"memory_id": "m1"},
+    DeclarePredicate.op.subject: {"predicate": "employer", "single_valued": True},
+    ListPredicates.op.subject: {},
     InvalidateRelation.op.subject: {"relation_id": "e1_1"},
     RetractRelation.op.subject: {"relation_id": "e1_1", "reason": "wrong"},
     GraphNeighbors.op.subject: {"entity_id": "e1", "depth": 2},
@@ -375,6 +378,8 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     ResolveEntity.op.subject: ("min_score", "high"),
     AssertRelation.op.subject: ("confidence", "high"),
     ExtractGraph.op.subject: ("extractor", 1),
+    DeclarePredicate.op.subject: ("single_valued", "yes"),
+    ListPredicates.op.subject: ("org_id", 5),
     InvalidateRelation.op.subject: ("valid_to", "now"),
     RetractRelation.op.subject: ("reason", 5),
     GraphNeighbors.op.subject: ("predicates", "knows"),

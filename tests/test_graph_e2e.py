@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, ConflictError, InvalidError, NotFoundError, subjects
+from agentmem import (
+    Client,
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    NotFoundError,
+    subjects,
+)
 from agentmem.projections.graph import TABLES
 from agentmem.service import Service
 from tests.realparts import dump_store, replay_into, wait_caught_up
@@ -189,6 +196,47 @@ async def test_a_fact_about_one_person_never_invalidates_a_fact_about_another(
     # A predicate that is not single-valued keeps every value.
     await api.assert_relation(ann, "likes", berlin, valid_from=T0 + DAY)
     assert await objects_of(api, ann, "likes") == ["Berlin", "Paris"]
+
+
+async def test_single_valued_predicates_are_declared_per_organization(
+    acme: tuple[str, Client], client: Client
+) -> None:
+    org_id, api = acme
+    other_org = str((await client.create_org("Other")).fields["org_id"])
+    with pytest.raises(ForbiddenError):  # a member may not change the organization's rules
+        await api.declare_predicate("employer", True)
+    await client.declare_predicate("employer", True, org_id=org_id)
+    await client.declare_predicate("works_at", False, org_id=org_id)
+    ann, bob = await entity(api, "Ann"), await entity(api, "Bob")
+    acme_co, globex = (
+        await entity(api, "Acme", "organization"),
+        await entity(api, "Globex", "organization"),
+    )
+    await api.assert_relation(ann, "employer", acme_co, valid_from=T0)
+    await api.assert_relation(bob, "employer", acme_co, valid_from=T0)
+    changed = await api.assert_relation(ann, "employer", globex, valid_from=T0 + DAY)
+    # The new value ends the old one of the same subject, in the same commit, and only it.
+    assert len(changed.fields["invalidated"]) == 1
+    assert await objects_of(api, ann, "employer") == ["Globex"]
+    assert await objects_of(api, ann, "employer", as_of=T0 + 1) == ["Acme"]
+    assert await objects_of(api, bob, "employer") == ["Acme"]
+    # works_at declared multi-valued here: both stay; a request's own flag still wins.
+    await api.assert_relation(ann, "works_at", acme_co, valid_from=T0)
+    await api.assert_relation(ann, "works_at", globex, valid_from=T0 + DAY)
+    assert await objects_of(api, ann, "works_at") == ["Acme", "Globex"]
+    await api.assert_relation(bob, "works_at", acme_co, valid_from=T0)
+    flagged = await api.assert_relation(
+        bob, "works_at", globex, valid_from=T0 + DAY, single_valued=True
+    )
+    assert len(flagged.fields["invalidated"]) == 1
+    rules = {r.predicate: (r.single_valued, r.declared) for r in await api.list_predicates()}
+    assert rules["employer"] == (True, True)
+    assert rules["works_at"] == (False, True)
+    assert rules["lives_in"] == (True, False)  # the service's default
+    # Another organization keeps the defaults.
+    theirs = await client.list_predicates(org_id=other_org)
+    assert {r.predicate: r.single_valued for r in theirs}["works_at"] is True
+    assert "employer" not in {r.predicate for r in theirs}
 
 
 async def test_retract_and_invalidate(acme: tuple[str, Client]) -> None:
@@ -368,6 +416,7 @@ async def test_a_deleted_organization_leaves_no_graph_row(
     m1 = (await client.add_memory("one", user_id="u", org_id=gone)).fields["memory_id"]
     m2 = (await client.add_memory("two", user_id="u", org_id=gone)).fields["memory_id"]
     await client.associate_memories(m1, m2)
+    await client.declare_predicate("employer", True, org_id=gone)
     await wait_caught_up(nc, admin_token)
     assert service.store is not None
     before = await dump_store(service.store)

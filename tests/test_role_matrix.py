@@ -876,6 +876,12 @@ ROWS: list[Row] = [
     ),
     Row("agentmem.cmd.relation.invalidate", "member", "org", fresh_relation),
     Row(
+        "agentmem.cmd.predicate.declare",
+        "org_admin",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "predicate": "employer", "single_valued": True}),
+    ),
+    Row(
         "agentmem.cmd.graph.extract",
         "member",
         "org",
@@ -930,6 +936,13 @@ ROWS: list[Row] = [
         "org",
         built(lambda s: {"entity_id": s.w.entity_id, "after_seq": s.w.seen}),
         lambda s, d: "lives in" in d["text"],
+    ),
+    Row(
+        "agentmem.q.predicate.list",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "after_seq": s.w.seen}),
+        lambda s, d: "lives_in" in listed(d, "predicate"),
     ),
     Row(
         "agentmem.q.graph.stats",

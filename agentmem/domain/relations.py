@@ -93,7 +93,9 @@ class AssertRelation(Targeted, frozen=True, kw_only=True):
     confidence: Confidence = 1.0
     valid_from: TimeMs | None = None  # default: now
     valid_to: TimeMs | None = None
-    single_valued: bool | None = None  # default: whether the predicate is in SINGLE_VALUED
+    # Default: as the organization declared the predicate (predicate.declare), else whether
+    # it is in SINGLE_VALUED.
+    single_valued: bool | None = None
     source: Provenance | None = None
 
 
@@ -261,9 +263,12 @@ def assert_relation(
     subject_entity: Entity,
     object_entity: Entity,
     now: int,
+    single_by_default: bool | None = None,
 ) -> Asserted:
     """``subject_entity`` and ``object_entity``: live, of one organization (merges already
-    followed: the ids in ``command`` may name merged entities)."""
+    followed: the ids in ``command`` may name merged entities). ``single_by_default``:
+    whether the organization holds the predicate single-valued (``predicates.is_single``;
+    None: the service's default), unless the command says."""
     check_version(loaded, command.expected_version)
     check_scopes(subject_entity, object_entity)
     facts = loaded.state or Facts()
@@ -292,11 +297,9 @@ def assert_relation(
             and valid_to is None
         ):
             return Asserted([], existing=relation.relation_id)
-    single = (
-        command.single_valued
-        if command.single_valued is not None
-        else command.predicate in SINGLE_VALUED
-    )
+    if single_by_default is None:
+        single_by_default = command.predicate in SINGLE_VALUED
+    single = command.single_valued if command.single_valued is not None else single_by_default
     new_id = relation_id(subject_entity.entity_id, facts.asserted + 1)
     events: list[AnyEvent] = []
     ended: list[str] = []
