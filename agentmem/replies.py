@@ -521,18 +521,20 @@ class Association(msgspec.Struct, frozen=True):
 class ContextItem(msgspec.Struct, frozen=True, kw_only=True):
     """One thing to put before a model call (``context.assemble``)."""
 
-    section: str  # persona, block, working, memory or message: the order they come in
-    id: str  # the agent's, block's, working item's key, memory's or message's id
-    type: str  # persona; core (a block); working; the memory's type; the message's role
+    section: str  # persona, block, working, memory, fact or message: the order they come in
+    id: str  # the agent's, block's, working item's key, memory's, relation's or message's id
+    # persona; core (a block); working; the memory's type; the fact's predicate; the
+    # message's role
+    type: str
     text: str  # what to put in the prompt; ``tokens`` counts this
     tokens: int
     created_at: int
     updated_at: int | None = None
     label: str | None = None  # a block's
-    valid_from: int | None = None  # a memory's valid time
+    valid_from: int | None = None  # a memory's or a fact's valid time
     valid_to: int | None = None
     expires_at: int | None = None  # a memory's or working item's, when it has one
-    score: float | None = None  # a memory's: its search rank or score, higher is better
+    score: float | None = None  # a memory's search rank or score; a fact's confidence
     position: int | None = None  # a message's place in its conversation
 
 

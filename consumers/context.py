@@ -20,10 +20,11 @@ from agentmem.consumers.commands import missing_org
 from agentmem.consumers.memories import search as search_memories
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, memories
-from agentmem.domain.context import AssembleContext, fit
+from agentmem.domain.context import AssembleContext, fit, named_in
 from agentmem.domain.memories import SearchMemories
 from agentmem.projections import agents as agent_reads
 from agentmem.projections import blocks as block_reads
+from agentmem.projections import graph as graph_reads
 from agentmem.projections import messages as message_reads
 from agentmem.projections import working as working_reads
 from agentmem.replies import ContextItem
@@ -32,7 +33,8 @@ from agentmem.tokens import TokenCounter, counter
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
-PROJECTIONS = ("agents", "blocks", "working", "memories", "messages")
+PROJECTIONS = ("agents", "blocks", "working", "memories", "graph", "messages")
+MAX_NAMED = 200  # the query's word runs looked up as names (a long query's first ones)
 MAX_BLOCKS = 500  # an agent's blocks and a user's, each: far more than any prompt holds
 
 
@@ -46,7 +48,7 @@ def query_router(parts: Parts) -> Router:
         org_id = query.org_id or request.caller.org_id
         authorize(request.caller, request.need, org_id, missing_org(org_id))
         tokens = counter(query.counter)
-        # The answer is read at the least of the five checkpoints: every part covers it.
+        # The answer is read at the least of the checkpoints: every part covers it.
         seq = min([await freshness.wait(name, query.after_seq) for name in PROJECTIONS])
         agent = await agent_reads.get_agent(store, query.agent_id)
         if agent is None or agent["org_id"] != org_id:
@@ -58,6 +60,7 @@ def query_router(parts: Parts) -> Router:
             await core_blocks(parts, query, org_id, tokens),
             await working_items(parts, query, org_id, tokens),
             [memory_item(view, tokens) for view in found["items"]],
+            await facts(parts, query, org_id, tokens),
             await tail(parts, query, org_id, tokens),
         ]
         kept, left_out = fit(sections, query.max_tokens)
@@ -173,6 +176,42 @@ def memory_item(view: dict[str, Any], tokens: TokenCounter) -> ContextItem:
         expires_at=view["expires_at"],
         score=view.get("score", view.get("rank")),
     )
+
+
+async def facts(
+    parts: Parts, query: AssembleContext, org_id: str, tokens: TokenCounter
+) -> list[ContextItem]:
+    """The valid facts (now) about the entities the query names, by a name or an alias, in
+    the scope asked: entities and relations of the organization's own scope, and of the
+    user's and the agent's, never another's. Each relation once, at most ``query.facts``."""
+    names = named_in(query.query)[:MAX_NAMED]
+    named = await graph_reads.entities_named(
+        parts.store, org_id, names, query.user_id, query.agent_id
+    )
+    at = graph_reads.At(time.time_ns() // 1_000_000)
+    items: dict[str, ContextItem] = {}
+    for entity_id in named:
+        rows = await graph_reads.facts_about(
+            parts.store, entity_id, at, org_id, query.facts, (query.user_id, query.agent_id)
+        )
+        for row in rows:
+            if len(items) >= query.facts:
+                break
+            items.setdefault(
+                row["relation_id"],
+                item(
+                    tokens,
+                    section="fact",
+                    id=row["relation_id"],
+                    type=row["predicate"],
+                    text=row["fact"],
+                    created_at=row["recorded_at"],
+                    valid_from=row["valid_from"],
+                    valid_to=None if row["valid_to"] == graph_reads.OPEN else row["valid_to"],
+                    score=row["confidence"] / graph_reads.SCALE,
+                ),
+            )
+    return list(items.values())
 
 
 async def tail(

@@ -861,10 +861,17 @@ async def relations_by_id(store: Store, relation_ids: Sequence[str]) -> list[dic
 
 
 async def facts_about(
-    store: Store, entity_id: str, at: At, org_id: str, limit: int
+    store: Store,
+    entity_id: str,
+    at: At,
+    org_id: str,
+    limit: int,
+    scope: tuple[str | None, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The relations of an entity, as subject or object, valid at ``at``, with both ends'
-    names, the most confident first."""
+    names, the most confident first. ``scope`` (a user, an agent): only the relations of
+    the organization's own scope and of these (an organization's place is named in many
+    users' facts; one user's context must not show another's)."""
     args: list[Any] = []
     effective = "r.valid_to"
     if at.known_seq is not None or at.known_at is not None:
@@ -876,6 +883,13 @@ async def facts_about(
         args.append(point)
     args += [org_id, entity_id]
     edge = _known_sql(at, args)
+    if scope is not None:
+        for column, value in zip(("user_id", "agent_id"), scope, strict=True):
+            if value is None:
+                edge += f" AND r.{column} IS NULL"
+            else:
+                edge += f" AND (r.{column} IS NULL OR r.{column} = ?)"
+                args.append(value)
     return await store.fetch_all(
         f"SELECT {_R_COLUMNS}, {effective} AS effective_valid_to, a.name AS from_name, "
         "b.name AS to_name FROM graph_relations r "
@@ -886,6 +900,37 @@ async def facts_about(
         *args,
         limit,
     )
+
+
+async def entities_named(
+    store: Store,
+    org_id: str,
+    norms: Sequence[str],
+    user_id: str | None,
+    agent_id: str | None,
+    limit: int = 20,
+) -> list[str]:
+    """The live entities one of whose names or aliases is one of ``norms``, in the order
+    of ``norms``: of the organization's own scope, or of ``user_id``'s and ``agent_id``'s
+    (an entity of another user or agent is never named)."""
+    if not norms:
+        return []
+    args: list[Any] = [org_id, *norms]
+    where = ["n.org_id = ?", f"n.norm IN ({_marks(norms)})"]
+    for column, value in (("user_id", user_id), ("agent_id", agent_id)):
+        if value is None:
+            where.append(f"e.{column} IS NULL")
+        else:
+            where.append(f"(e.{column} IS NULL OR e.{column} = ?)")
+            args.append(value)
+    rows = await store.fetch_all(
+        "SELECT DISTINCT n.norm, e.entity_id FROM graph_names n JOIN graph_entities e "
+        f"ON e.entity_id = n.canonical_id WHERE {' AND '.join(where)}",
+        *args,
+    )
+    order = {norm: n for n, norm in enumerate(norms)}
+    ranked = sorted(rows, key=lambda r: (order[r["norm"]], r["entity_id"]))
+    return list(dict.fromkeys(r["entity_id"] for r in ranked))[:limit]
 
 
 async def predicates(store: Store, org_id: str) -> list[dict[str, Any]]:

@@ -251,3 +251,50 @@ async def test_memories_are_found_by_meaning_above_the_relevance_floor(client: C
     # A floor no memory reaches: none, rather than the closest junk.
     floored = await api.assemble_context(agent_id, question, 1_000, user_id="ann", min_score=1.0)
     assert [i for i in floored.items if i.section == "memory"] == []
+
+
+async def test_the_valid_facts_about_the_entities_the_query_names(client: Client) -> None:
+    _, api = await new_org(client, "Acme")
+    agent_id = str((await api.create_agent("Helper")).fields["agent_id"])
+    ann = str(
+        (await api.create_entity("person", "Ann Lee", aliases=["Ann"], user_id="ann")).fields[
+            "entity_id"
+        ]
+    )
+    paris = str((await api.create_entity("place", "Paris")).fields["entity_id"])
+    berlin = str((await api.create_entity("place", "Berlin")).fields["entity_id"])
+    await api.assert_relation(ann, "lives_in", paris, valid_from=T0, fact="Ann lives in Paris")
+    await api.assert_relation(
+        ann, "lives_in", berlin, valid_from=T0 + 1, fact="Ann moved to Berlin"
+    )
+    # Another user's Ann, and a fact about her: never in ann's context.
+    other = str((await api.create_entity("person", "Ann", user_id="bob")).fields["entity_id"])
+    await api.assert_relation(other, "likes", paris, valid_from=T0, fact="Bob's Ann likes tea")
+    await api.append_message(SESSION, agent_id, "user", "Hello")
+    context = await api.assemble_context(
+        agent_id,
+        "Where does Ann live now?",
+        10_000,
+        user_id="ann",
+        session_id=SESSION,
+        after_seq=api.last_seq,
+    )
+    assert sections(context) == ["fact", "message"]
+    [fact] = [item for item in context.items if item.section == "fact"]
+    assert (fact.type, fact.text, fact.score, fact.valid_to) == (
+        "lives_in",
+        "Ann moved to Berlin",
+        1.0,
+        None,
+    )
+    # Named by a place: the same fact, once; no user: only the organization's own entities.
+    by_place = await api.assemble_context(agent_id, "news from berlin", 10_000, user_id="ann")
+    assert [i.text for i in by_place.items if i.section == "fact"] == ["Ann moved to Berlin"]
+    # Without a user, or for another: Berlin is the organization's, but ann's facts about it
+    # are hers alone.
+    no_user = await api.assemble_context(agent_id, "Ann in Berlin? Paris?", 10_000)
+    assert [i for i in no_user.items if i.section == "fact"] == []
+    bob = await api.assemble_context(agent_id, "Ann in Berlin? Paris?", 10_000, user_id="bob")
+    assert [i.text for i in bob.items if i.section == "fact"] == ["Bob's Ann likes tea"]
+    limited = await api.assemble_context(agent_id, "Ann", 10_000, user_id="ann", facts=1)
+    assert len([i for i in limited.items if i.section == "fact"]) == 1

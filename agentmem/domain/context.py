@@ -1,9 +1,11 @@
 """``context.assemble``: what to put before a model call, within a token budget.
 
-The candidates come in five sections, always in this order: the agent's persona, the core
+The candidates come in six sections, always in this order: the agent's persona, the core
 blocks (the agent's, then the user's, by label), the session's working memory (highest
 priority first), the memories that match the query (best first, as ``memory.search`` ranks
-them, live and unexpired only), and the conversation's tail. The budget is spent in that
+them, live and unexpired only), the valid facts of the knowledge graph about the entities
+the query names (``graph.facts``' order, entity by entity as the query names them), and
+the conversation's tail. The budget is spent in that
 order, so what an agent is and what it must always know come before what it recalls, and
 recall before the older turns of the conversation.
 
@@ -28,7 +30,8 @@ from agentmem.queries import InOrg, Limit, SearchText
 from agentmem.replies import AssembledContext, ContextItem, LeftOutItem
 from agentmem.tokens import CounterName
 
-SECTIONS = ("persona", "block", "working", "memory", "message")
+SECTIONS = ("persona", "block", "working", "memory", "fact", "message")
+MAX_NAME_WORDS = 4  # the longest run of the query's words looked up as an entity's name
 MAX_TOKENS = 2_000_000  # beyond any model's context window today
 
 Budget = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
@@ -52,6 +55,23 @@ class AssembleContext(InOrg, frozen=True, kw_only=True):
     memories: Limit = 20  # at most this many memories are considered
     messages: Limit = 50  # the conversation's last this many messages are considered
     working_items: Limit = 50
+    facts: Limit = 20  # at most this many facts about the entities the query names
+
+
+def named_in(text: str) -> list[str]:
+    """Every run of 1 to ``MAX_NAME_WORDS`` words of ``text``, normalised as entity names
+    are (``entities.normalise``), punctuation at a word's ends dropped, in the order they
+    start: the names a query may say, looked up among the entities' names and aliases."""
+    from agentmem.domain.entities import normalise
+
+    words = [w.strip(".,;:!?()[]{}\"'") for w in normalise(text).split()]
+    words = [w for w in words if w]
+    runs: dict[str, None] = {}
+    for start in range(len(words)):
+        for size in range(1, MAX_NAME_WORDS + 1):
+            if start + size <= len(words):
+                runs[" ".join(words[start : start + size])] = None
+    return list(runs)
 
 
 def fit(
@@ -83,4 +103,4 @@ def fit(
     return kept, left_out
 
 
-__all__ = ["AssembleContext", "fit"]
+__all__ = ["AssembleContext", "fit", "named_in"]
