@@ -1204,6 +1204,10 @@ class Client:
     async def get_entity(self, entity_id: str, *, after_seq: int | None = None) -> Entity:
         return await self._query(GetEntity, Entity, entity_id=entity_id, after_seq=after_seq)
 
+    async def get_entity_at(self, entity_id: str, **at: Any) -> Entity:
+        """``entity.get`` by system time: ``known_at`` (ms) or ``known_at_seq``."""
+        return await self._query(GetEntity, Entity, entity_id=entity_id, **at)
+
     async def list_entities(self, **filters: Any) -> Page[Entity]:
         return await self._query(ListEntities, Page[Entity], **filters)
 

@@ -440,14 +440,22 @@ def query_router(parts: Parts) -> Router:
 
     @router.handle(GetEntity)
     async def get_entity(request: Request[GetEntity]) -> Result:
+        query = request.body
         authorize(request.caller, request.need, None)
-        seq = await freshness.wait(PROJECTION, request.body.after_seq)
-        return await entity_row(request, request.body.entity_id), seq
+        entities.check_known(query)
+        seq = await freshness.wait(PROJECTION, query.after_seq)
+        row = await reads.get_entity(store, query.entity_id, query.known_at_seq, query.known_at)
+        missing = entities.missing(query.entity_id)
+        if row is None:
+            raise missing  # or not known yet then
+        authorize(request.caller, request.need, row["org_id"], missing)
+        return row, seq
 
     @router.handle(ListEntities)
     async def list_entities(request: Request[ListEntities]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
+        entities.check_known(query)
         after = _cursor(query.cursor)
         seq = await freshness.wait(PROJECTION, query.after_seq)
         rows = await reads.list_entities(
@@ -460,6 +468,7 @@ def query_router(parts: Parts) -> Router:
             known_seq=query.known_at_seq,
             after=after,
             limit=query.limit + 1,
+            known_at=query.known_at,
         )
         aliases = await reads.aliases_of(store, [r["entity_id"] for r in rows])
         items = [
@@ -481,17 +490,22 @@ def query_router(parts: Parts) -> Router:
     async def resolve_entity(request: Request[ResolveEntity]) -> Result:
         query = request.body
         org_id = readable_org(request, query.org_id)
+        entities.check_known(query)
         seq = await freshness.wait(PROJECTION, query.after_seq)
         norm = entities.normalise(query.name)
         if not norm:
             raise invalid("`$.name` must hold more than white space", "$.name", "invalid_value")
         scope = (query.entity_type, query.user_id, query.agent_id)
-        exact = await reads.names_matching(store, org_id, norm, *scope, exact_scope=False)
+        known_seq, known_at = query.known_at_seq, query.known_at
+        exact = await reads.names_matching(store, org_id, norm, *scope, False, known_seq, known_at)
         candidates: dict[str, dict[str, Any]] = {}
         for row in exact:
             layer = "name" if row["kind"] == "name" else "alias"
             candidates.setdefault(row["entity_id"], _candidate(row, layer, 1.0))
-        for row in await reads.names_like(store, org_id, norm, *scope):
+        similar = await reads.names_like(
+            store, org_id, norm, *scope, known_seq=known_seq, known_at=known_at
+        )
+        for row in similar:
             score = reads.similarity(norm, row["norm"])
             if score >= query.min_score and row["entity_id"] not in candidates:
                 candidates[row["entity_id"]] = _candidate(row, "similar", score)

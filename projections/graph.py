@@ -573,14 +573,22 @@ def entity_view(row: dict[str, Any], aliases: list[str], members: list[str]) -> 
     }
 
 
-async def get_entity(store: Store, entity_id: str) -> dict[str, Any] | None:
-    """An entity as it answers now: a merged one as the entity it was merged into."""
+async def get_entity(
+    store: Store, entity_id: str, known_seq: int | None = None, known_at: int | None = None
+) -> dict[str, Any] | None:
+    """An entity as it answers now: a merged one as the entity it was merged into. With
+    ``known_seq`` or ``known_at``: None unless the service knew it then (it was created
+    by then)."""
     row = await store.fetch_one(
         f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE e.entity_id = "
         "(SELECT m.canonical_id FROM graph_entities m WHERE m.entity_id = ?)",
         entity_id,
     )
     if row is None:
+        return None
+    if (known_seq is not None and row["created_seq"] > known_seq) or (
+        known_at is not None and row["created_at"] > known_at
+    ):
         return None
     names = await store.fetch_all(
         "SELECT name FROM graph_names WHERE entity_id = ? AND kind = 'alias' ORDER BY norm",
@@ -621,8 +629,10 @@ async def list_entities(
     known_seq: int | None,
     after: tuple[str, str] | None,
     limit: int,
+    known_at: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Live entities by normalised name (then id), after ``after`` (norm, id)."""
+    """Live entities by normalised name (then id), after ``after`` (norm, id); with
+    ``known_seq`` or ``known_at``, those created by then."""
     args: list[Any] = [org_id]
     where = ["e.org_id = ?", "e.canonical_id = e.entity_id"]
     if entity_type is not None:
@@ -633,9 +643,7 @@ async def list_entities(
         where.append("e.norm >= ? AND e.norm < ?")
         args += [prefix, prefix + _TOP]
     where += _scope_sql("e", user_id, agent_id, False, args)
-    if known_seq is not None:
-        where.append("e.created_seq <= ?")
-        args.append(known_seq)
+    where += _created_sql("e", known_seq, known_at, args)
     if after is not None:
         where.append("(e.norm > ? OR (e.norm = ? AND e.entity_id > ?))")
         args += [after[0], after[0], after[1]]
@@ -644,6 +652,18 @@ async def list_entities(
         "ORDER BY e.norm, e.entity_id LIMIT ?"
     )
     return await store.fetch_all(sql, *args, limit)
+
+
+def _created_sql(
+    alias: str, known_seq: int | None, known_at: int | None, args: list[Any]
+) -> list[str]:
+    """System time on entities: those created at or before the log sequence or time."""
+    where = []
+    for column, point in (("created_seq", known_seq), ("created_at", known_at)):
+        if point is not None:
+            where.append(f"{alias}.{column} <= ?")
+            args.append(point)
+    return where
 
 
 async def aliases_of(store: Store, entity_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -688,14 +708,18 @@ async def names_matching(
     user_id: str | None,
     agent_id: str | None,
     exact_scope: bool,
+    known_seq: int | None = None,
+    known_at: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The live entities one of whose names or aliases is ``norm`` exactly, in scope."""
+    """The live entities one of whose names or aliases is ``norm`` exactly, in scope (and
+    created by ``known_seq`` or ``known_at``, when given)."""
     args: list[Any] = [org_id, norm]
     where = ["n.org_id = ?", "n.norm = ?"]
     if entity_type is not None:
         where.append("e.entity_type = ?")
         args.append(entity_type)
     where += _scope_sql("e", user_id, agent_id, exact_scope, args)
+    where += _created_sql("e", known_seq, known_at, args)
     sql = (
         f"SELECT {_NAME_COLUMNS} FROM graph_names n JOIN graph_entities e "
         f"ON e.entity_id = n.canonical_id WHERE {' AND '.join(where)} "
@@ -712,6 +736,8 @@ async def names_like(
     user_id: str | None,
     agent_id: str | None,
     limit: int = 500,
+    known_seq: int | None = None,
+    known_at: int | None = None,
 ) -> list[dict[str, Any]]:
     """Names that share the start of a word with ``norm``: the candidates a similarity
     score is computed for (a bounded set, along the gram index)."""
@@ -724,6 +750,7 @@ async def names_like(
         where.append("e.entity_type = ?")
         args.append(entity_type)
     where += _scope_sql("e", user_id, agent_id, False, args)
+    where += _created_sql("e", known_seq, known_at, args)
     sql = (
         f"SELECT DISTINCT {_NAME_COLUMNS} FROM graph_name_grams g "
         "JOIN graph_names n ON n.entity_id = g.entity_id AND n.norm = g.norm "

@@ -122,6 +122,36 @@ async def test_ten_concurrent_creates_of_one_name_give_one_entity(
     assert await last_seq(nc) == before + 1
 
 
+async def test_entity_reads_by_system_time(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    before = api.last_seq
+    ann_made = await api.create_entity("person", "Ann Lee")
+    ann = str(ann_made.fields["entity_id"])
+    between = api.last_seq
+    await asyncio.sleep(0.01)
+    between_ms = (await api.get_entity(ann, after_seq=api.last_seq)).created_at
+    await asyncio.sleep(0.01)
+    bob = await entity(api, "Ann Leigh")
+    # get: not known before its creation, known after, by sequence or by time.
+    with pytest.raises(NotFoundError):
+        await api.get_entity_at(ann, known_at_seq=before)
+    assert (await api.get_entity_at(ann, known_at_seq=between)).name == "Ann Lee"
+    assert (await api.get_entity_at(ann, known_at=between_ms)).name == "Ann Lee"
+    with pytest.raises(NotFoundError):
+        await api.get_entity_at(bob, known_at=between_ms)
+    # list and resolve: only what was known then.
+    listed = await api.list_entities(name_prefix="Ann", known_at_seq=between)
+    assert [e.entity_id for e in listed.items] == [ann]
+    listed = await api.list_entities(name_prefix="Ann", known_at=between_ms)
+    assert [e.entity_id for e in listed.items] == [ann]
+    assert len((await api.list_entities(name_prefix="Ann")).items) == 2
+    then = await api.resolve_entity("Ann Leigh", known_at_seq=between)
+    assert [c.entity_id for c in then.candidates] == [ann]  # similar, not yet Ann Leigh
+    assert (await api.resolve_entity("Ann Leigh")).entity_id == bob
+    with pytest.raises(InvalidError):
+        await api.list_entities(known_at=1, known_at_seq=1)
+
+
 async def test_resolve_explains_its_layers(acme: tuple[str, Client]) -> None:
     _, api = acme
     jon = await entity(api, "Jonathan Smith", aliases=["Jon"])

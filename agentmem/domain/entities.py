@@ -149,28 +149,43 @@ class DeleteEntityScope(CommandInOrg, frozen=True, kw_only=True):
     agent_id: Id | None = None
 
 
+class KnownAt(Query, frozen=True, kw_only=True):
+    """System time on an entity read: only the entities the service knew at this time
+    (``known_at``, ms) or log sequence (``known_at_seq``), each as it is now (an entity's
+    names and attributes are not versioned; a deleted one has left the tables)."""
+
+    known_at: TimeMs | None = None
+    known_at_seq: Seq | None = None
+
+
+class KnownAtInOrg(QueryInOrg, frozen=True, kw_only=True):
+    """``KnownAt``, on a read of an organization."""
+
+    known_at: TimeMs | None = None
+    known_at_seq: Seq | None = None
+
+
 @query("entity.get", need="reader", reply=EntityReply)
-class GetEntity(Query, frozen=True, kw_only=True):
+class GetEntity(KnownAt, frozen=True, kw_only=True):
     """An entity; a merged one answers with the entity it was merged into."""
 
     entity_id: Id
 
 
 @query("entity.list", need="reader", reply=Page[EntityReply])
-class ListEntities(QueryInOrg, frozen=True, kw_only=True):
+class ListEntities(KnownAtInOrg, frozen=True, kw_only=True):
     """Live entities of an organization, by normalised name, page by page."""
 
     entity_type: EntityType | None = None
     name_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     user_id: Id | None = None
     agent_id: Id | None = None
-    known_at_seq: Seq | None = None  # those the service knew at this log sequence
     limit: Limit = 50
     cursor: Cursor | None = None
 
 
 @query("entity.resolve", need="reader", reply=EntityResolution)
-class ResolveEntity(QueryInOrg, frozen=True, kw_only=True):
+class ResolveEntity(KnownAtInOrg, frozen=True, kw_only=True):
     """Which entity is this name? In layers, each named in the answer: the exact
     normalised name, then a known alias, then similar names (proposed, never merged)."""
 
@@ -474,6 +489,15 @@ def delete_in_scope(loaded: Loaded[Entity], entity_id: str) -> list[Write]:
         return []
     event = EntityDeleted(entity_id=entity_id, members=entity.absorbed, scope_deletion=True)
     return _one(loaded, event)
+
+
+def check_known(query: KnownAt | KnownAtInOrg) -> None:
+    if query.known_at is not None and query.known_at_seq is not None:
+        raise invalid(
+            "known_at_seq and known_at are two ways to name one point: give one",
+            "$.known_at",
+            "invalid_value",
+        )
 
 
 def check_scope(user_id: str | None, agent_id: str | None) -> None:
