@@ -153,7 +153,16 @@ GRAPH_RELATIONS = Table(
     ),
     primary_key=("relation_id", "direction"),
     indexes=(
-        ("graph_relations_walk", ("org_id", "from_node", "predicate"), False),
+        # The walk's step, answered from the index alone (no row read): the equality and
+        # range terms of a walk now (``_known_sql``), then what it returns and may filter by.
+        (
+            "graph_relations_cover",
+            (
+                *("org_id", "from_node", "retracted_seq", "valid_from", "valid_to"),
+                *("to_node", "relation_id", "predicate", "confidence", "user_id", "agent_id"),
+            ),
+            False,
+        ),
         ("graph_relations_to_node", ("org_id", "to_node"), False),
         ("graph_relations_from_id", ("org_id", "from_id"), False),
         ("graph_relations_to_id", ("org_id", "to_id"), False),

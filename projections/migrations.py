@@ -226,9 +226,14 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(
         11,
-        "the knowledge graph's single-valued predicates, declared per organization",
+        "the knowledge graph's single-valued predicates per organization; a covering walk index",
         (
             GRAPH_PREDICATES,
+            GRAPH_RELATIONS,  # creates what is missing: graph_relations_cover
+            Sql(
+                sqlite=("DROP INDEX IF EXISTS graph_relations_walk",),
+                postgres=("DROP INDEX IF EXISTS graph_relations_walk",),
+            ),
             Sql(
                 postgres=(
                     "COMMENT ON TABLE graph_predicates IS 'AgentMem projection graph: one row "
