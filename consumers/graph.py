@@ -430,8 +430,9 @@ def query_router(parts: Parts) -> Router:
         return target
 
     async def entity_row(request: Request[Any], entity_id: str) -> dict[str, Any]:
-        """The entity (as it answers now) the caller may read; else not_found."""
-        row = await reads.get_entity(store, entity_id)
+        """The entity (as it answers now: its ``entity_id`` and ``org_id``) the caller may
+        read; else not_found."""
+        row = await reads.answering_as(store, entity_id)
         missing = entities.missing(entity_id)
         if row is None:
             raise missing

@@ -612,6 +612,17 @@ async def get_entity(
     return entity_view(row, [n["name"] for n in names], [m["entity_id"] for m in members])
 
 
+async def answering_as(store: Store, entity_id: str) -> dict[str, Any] | None:
+    """The entity ``entity_id`` answers as (itself, or what it was merged into): its id and
+    organization only, in one indexed read, for the walks (``get_entity`` reads its aliases
+    and members too)."""
+    return await store.fetch_one(
+        "SELECT e.entity_id, e.org_id FROM graph_entities m "
+        "JOIN graph_entities e ON e.entity_id = m.canonical_id WHERE m.entity_id = ?",
+        entity_id,
+    )
+
+
 def _scope_sql(
     alias: str, user_id: str | None, agent_id: str | None, exact: bool, args: list[Any]
 ) -> list[str]:
