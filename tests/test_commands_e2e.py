@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -32,13 +33,16 @@ from agentmem.commands import ChangePassword, CreateOrg, DeleteUser, RegisterUse
 from agentmem.consumers import commands as command_handlers
 from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.auth import Authenticator
+from agentmem.consumers.freshness import Freshness
 from agentmem.consumers.parts import routers
 from agentmem.consumers.router import Dispatcher
 from agentmem.eventlog import EventLog
+from agentmem.projections.board import CheckpointBoard
 from agentmem.protocol import Operation, operations
 from agentmem.queries import EmailExists, GetOrg, GetUser, GetUserByEmail, ListOrgs, ListUsers
 from agentmem.replies import Org
 from agentmem.service import Service
+from agentmem.store import Store
 from tests.realparts import deployment_keys, second_process
 from tests.support import NatsServer
 
@@ -139,9 +143,15 @@ async def raw(nc: Any, subject: str, body: dict[str, Any]) -> envelope.Reply:
     return envelope.decode(message.data)
 
 
-async def cold_handle(nc: NATS, subject: str, body: dict[str, Any]) -> envelope.Reply:
-    """Handle a command as a second service process would: its own, empty aggregate cache."""
+async def cold_handle(
+    nc: NATS, subject: str, body: dict[str, Any], store: Store | None = None
+) -> envelope.Reply:
+    """Handle a command as a second service process would: its own, empty aggregate cache
+    (and the deployment's ``store``, for a command that reads projections: ``user.delete``
+    deletes the user's entities, found in the graph's tables)."""
     parts = second_process(nc)
+    if store is not None:
+        parts = replace(parts, store=store, freshness=Freshness(nc, store, CheckpointBoard()))
     router = command_handlers.command_router(parts)
     dispatcher = Dispatcher(nc, router, Authenticator(parts.runner.cache))
     payload = msgspec.json.encode(body)
@@ -570,7 +580,7 @@ async def test_concurrent_retries_of_one_registration_are_stored_once(
 
 
 async def test_retried_user_delete_is_stored_once(
-    api: Client, recorded: RecordingConnection, nc: NATS
+    api: Client, recorded: RecordingConnection, nc: NATS, service: Service
 ) -> None:
     org_id = await new_org(api)
     user_id = await new_user(api, org_id, "gone@example.com")
@@ -580,7 +590,7 @@ async def test_retried_user_delete_is_stored_once(
         nc, lambda: raw(recorded, DeleteUser.op.subject, body), stored=2
     )
     assert first.data == {"user_id": user_id, "event": "user.deleted", "version": first.seq}
-    assert (await cold_handle(nc, DeleteUser.op.subject, body)) == first
+    assert (await cold_handle(nc, DeleteUser.op.subject, body, service.store)) == first
     # A new command id is a new command: the user is gone.
     with pytest.raises(NotFoundError):
         await api.delete_user(user_id, command_id="delete-2")
