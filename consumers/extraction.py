@@ -182,7 +182,7 @@ async def _entities(
     runner, org_id = parts.runner, source.org_id
     found: dict[str, dict[str, Any]] = {}
     plans = []
-    for item in answer.entities:
+    for n, item in enumerate(answer.entities):
         norm = entities.normalise(item.name)
         known = await reads.names_matching(
             parts.store, org_id, norm, None, source.user_id, source.agent_id, exact_scope=True
@@ -194,12 +194,14 @@ async def _entities(
         command = CreateEntity(
             entity_type=item.type, name=item.name, user_id=source.user_id, agent_id=source.agent_id
         )
-        plans.append((norm, command, _create_plan(org_id, command, norm, found)))
+        plans.append((n, norm, command, _create_plan(org_id, command, norm, found)))
         found[norm] = {}  # its place, in the answer's order
+    # Keyed by the entity's place in the stored answer (the same on a retry), not by its
+    # name: a command id goes into a header, and a name may hold any character.
     results = await runner.run_each(
-        request, [(f"e-{extraction_id}-{norm}", plan) for norm, _, plan in plans]
+        request, [(f"e-{extraction_id}-{n}", plan) for n, _, _, plan in plans]
     )
-    for (norm, command, _), result in zip(plans, results, strict=True):
+    for (_, norm, command, _), result in zip(plans, results, strict=True):
         if result is not None:
             seqs.append(result[1] or 0)
             found[norm] = _entity(
