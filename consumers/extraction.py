@@ -1,4 +1,5 @@
-"""``graph.extract`` over NATS, and extraction as every memory is added (a setting).
+"""``graph.extract`` over NATS, and extraction as every memory is added (a setting:
+``memory.add`` and ``memory.add_batch`` call ``extract_added_memory``).
 
 The answer (rules, or the configured model: ``agentmem.extraction_model``) is stored as
 ``graph.extracted`` first, once per source, extractor, model and prompt; an answer already

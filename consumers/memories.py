@@ -226,12 +226,18 @@ def command_router(parts: Parts) -> Router:
         except _Duplicate:
             memory_ids, duplicates = outcome[0]
             version, seq = 0, None
+        added = list(dict.fromkeys(m for m, d in zip(memory_ids, duplicates, strict=True) if not d))
+        if parts.extract_on_add:
+            # One extraction per memory added, after the batch (a retried batch finishes them).
+            for memory_id in added:
+                extracted = await extract_added_memory(parts, request, memory_id)
+                seq = max(seq or 0, extracted) or None
         reply = {
             "event": "memory.added",
             "version": version,
             "memory_ids": memory_ids,
             "deduplicated": duplicates,
-            "added": len(set(m for m, d in zip(memory_ids, duplicates, strict=True) if not d)),
+            "added": len(added),
         }
         return reply, seq
 

@@ -253,6 +253,20 @@ async def test_rules_on_a_memory_and_again(api: Client) -> None:
         ("Ann Lee", "works_at", "Acme Corp"),
     ]
     assert len((await api.resolve_entity("Ann Lee", user_id="u1")).candidates) == 1
+    # A batch too: each memory it adds.
+    batch = await api.add_memories(
+        [
+            {"content": "Bo Chen works at Initech.", "user_id": "u1"},
+            {"content": "Bo Chen lives in Oslo.", "user_id": "u1"},
+        ]
+    )
+    assert batch.added == 2
+    bo = (await api.resolve_entity("Bo Chen", user_id="u1", after_seq=api.last_seq)).entity_id
+    assert bo is not None
+    assert await facts_of(api, bo) == [
+        ("Bo Chen", "lives_in", "Oslo"),
+        ("Bo Chen", "works_at", "Initech"),
+    ]
 
 
 async def test_a_message_and_the_speaker(member: tuple[Client, str]) -> None:
