@@ -42,14 +42,15 @@ from agentmem.domain.extraction import (
     Extractor,
     Source,
     answer_of,
-    extract_rules,
     prompt_hash,
 )
+from agentmem.domain.extraction_rules import extract_rules
 from agentmem.domain.relations import AssertRelation, Provenance
 from agentmem.errors import NotFoundError
 from agentmem.events import GraphExtracted
 from agentmem.extraction_model import ask
 from agentmem.projections import graph as reads
+from agentmem.projections import messages as message_reads
 from agentmem.validation import invalid
 
 if TYPE_CHECKING:
@@ -93,13 +94,7 @@ async def message_source(
     it has applied the whole log; else not_found."""
     authorize(request.caller, request.need, org_id, missing_org(org_id))
     await parts.freshness.wait("messages", await parts.runner.log.last_seq())
-    row = await parts.store.fetch_one(
-        "SELECT agent_id, user_id, content, redacted_at FROM messages "
-        "WHERE org_id = ? AND session_id = ? AND message_id = ?",
-        org_id,
-        session_id,
-        message_id,
-    )
+    row = await message_reads.message_of(parts.store, org_id, session_id, message_id)
     if row is None or row["redacted_at"] is not None:
         raise messages.missing_message(message_id, session_id)
     return Source(

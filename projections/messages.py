@@ -313,6 +313,17 @@ async def search_messages(store: Store, text: str, where: dict[str, Any], limit:
     return [{**message_view(r), "rank": r["rank"]} for r in rows]
 
 
+async def message_of(store: Store, org_id: str, session_id: str, message_id: str) -> Row | None:
+    """One message of a conversation: its scope, content and whether it was redacted."""
+    return await store.fetch_one(
+        "SELECT agent_id, user_id, content, redacted_at FROM messages "
+        "WHERE org_id = ? AND session_id = ? AND message_id = ?",
+        org_id,
+        session_id,
+        message_id,
+    )
+
+
 async def redaction_of(store: Store, org_id: str, session_id: str, message_id: str) -> Row | None:
     """A message's log sequence and, if it was redacted, when, at which sequence and why."""
     return await store.fetch_one(

@@ -20,14 +20,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, InvalidError, NotFoundError, UnavailableError, subjects
-from agentmem.domain.extraction import (
-    ANSWER_SCHEMA,
-    PATTERNS,
-    RULE_CONFIDENCE,
-    SPEAKER,
-    extract_rules,
-    iso_date,
-)
+from agentmem.domain.extraction import ANSWER_SCHEMA, RULE_CONFIDENCE, SPEAKER
+from agentmem.domain.extraction_rules import PATTERNS, extract_rules, iso_date
 from agentmem.eventlog import EventLog
 from agentmem.events import GraphExtracted
 from agentmem.extraction_model import parse_answer

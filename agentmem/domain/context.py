@@ -24,6 +24,7 @@ from typing import Annotated
 import msgspec
 
 from agentmem.commands import Id
+from agentmem.domain.entities import normalise
 from agentmem.domain.memories import SearchMode, Unit
 from agentmem.protocol import query
 from agentmem.queries import InOrg, Limit, SearchText
@@ -62,8 +63,6 @@ def named_in(text: str) -> list[str]:
     """Every run of 1 to ``MAX_NAME_WORDS`` words of ``text``, normalised as entity names
     are (``entities.normalise``), punctuation at a word's ends dropped, in the order they
     start: the names a query may say, looked up among the entities' names and aliases."""
-    from agentmem.domain.entities import normalise
-
     words = [w.strip(".,;:!?()[]{}\"'") for w in normalise(text).split()]
     words = [w for w in words if w]
     runs: dict[str, None] = {}
