@@ -92,6 +92,10 @@ class Settings:
     extract_on_add: bool = field(
         default_factory=lambda: (_env("EXTRACT_ON_ADD", "") or "").lower() in ("1", "true", "yes")
     )
+    # The ingestion stream's bounds, when the service creates it (docs/architecture.md,
+    # Ingestion): past them a JetStream publish is refused and a plain publish is lost.
+    ingest_max_msgs: int = field(default_factory=lambda: _env_int("INGEST_MAX_MSGS", 1_000_000))
+    ingest_max_bytes: int = field(default_factory=lambda: _env_int("INGEST_MAX_BYTES", 1024**3))
 
     def master_keys(self, create: bool = False) -> MasterKeys:
         """The master keys; ``create``: make the file when missing (``serve`` only)."""

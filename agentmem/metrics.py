@@ -115,11 +115,30 @@ class Metrics:
             registry=registry,
         )
 
+        self.ingest_executed = Counter(
+            "agentmem_ingest_executed",
+            "Published commands this process executed and acknowledged, whatever their outcome",
+            registry=registry,
+        )
+        self.ingest_backlog = Gauge(
+            "agentmem_ingest_backlog",
+            "Published commands waiting in the ingestion stream (-1: no ingestion stream)",
+            registry=registry,
+        )
+        self.ingest_parked = Gauge(
+            "agentmem_ingest_parked",
+            "Published commands parked after transient failures, for an operator",
+            registry=registry,
+        )
+
     def request(self, subject: str, outcome: str, seconds: float) -> None:
         self.requests.labels(subject, outcome).inc()
         self.request_seconds.labels(subject, outcome).observe(seconds)
         if outcome == "conflict" and subject.startswith(subjects.COMMAND_PREFIX):
             self.command_conflicts.labels(subject).inc()
+
+    def ingested(self, commands: int) -> None:
+        self.ingest_executed.inc(commands)
 
     def batch(self, projection: str, events: int, parked: int, seconds: float) -> None:
         self.batch_events.labels(projection).observe(events)
@@ -136,6 +155,9 @@ class Metrics:
             lag = projection["lag"]
             self.lag.labels(name).set(-1 if lag is None else lag)
             self.parked.labels(name).set(projection["parked"])
+        ingest = report.get("ingest")
+        self.ingest_backlog.set(-1 if ingest is None else ingest["backlog"])
+        self.ingest_parked.set(0 if ingest is None else ingest["parked"])
 
     def text(self) -> bytes:
         """The Prometheus text exposition of every metric."""

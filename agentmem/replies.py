@@ -240,10 +240,34 @@ class ParkedEvent(msgspec.Struct, frozen=True):
     error: str
 
 
+class IngestReport(msgspec.Struct, frozen=True):
+    """The ingestion stream (docs/architecture.md, Ingestion): what waits, what is parked."""
+
+    backlog: int  # published commands not yet executed (the ingestion stream's messages)
+    bytes: int
+    parked: int  # commands parked after transient failures, for an operator
+    max_msgs: int
+    max_bytes: int
+
+
+class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a published command (``ingest.status``)."""
+
+    command_id: str
+    status: str  # pending | stored | refused | parked | dropped
+    seq: int | None = None  # stored: the log sequence of its commit
+    error: dict[str, Any] | None = None  # refused or parked: the error envelope's error
+    operation: str | None = None  # "message.append"
+    ingest_seq: int | None = None  # its sequence in the ingestion stream
+    attempts: int = 0  # how many times it was executed before this outcome
+    at: int | None = None  # when the outcome was recorded (ms since the epoch)
+
+
 class StatusReport(msgspec.Struct, frozen=True):
     stream: StreamReport
     projections: dict[str, ProjectionReport]
     parked: list[ParkedEvent]
+    ingest: IngestReport | None = None  # None: no ingestion stream (yet)
     process: dict[str, Any] | None = None  # which process answered: its roles and leases
     # The answering process's metrics (agentmem.metrics): each one's samples.
     metrics: dict[str, list[dict[str, Any]]] | None = None

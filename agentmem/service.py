@@ -21,7 +21,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import bootstrap, natsauth
+from agentmem import bootstrap, ingestion, natsauth
 from agentmem.config import ROLES, Settings, StartupError
 from agentmem.consumers.access_view import AccessView, confirm_everywhere
 from agentmem.consumers.aggregates import AggregateCache, FreshReads
@@ -29,6 +29,7 @@ from agentmem.consumers.auth import Authenticator
 from agentmem.consumers.commands import CommandRunner
 from agentmem.consumers.expiry import ExpirySweeper
 from agentmem.consumers.freshness import Freshness
+from agentmem.consumers.ingest import IngestWorker
 from agentmem.consumers.nats_gate import ConnectionGate, Disconnector
 from agentmem.consumers.parts import Parts, routers
 from agentmem.consumers.router import Dispatcher
@@ -287,6 +288,9 @@ class Service:
         # while this process holds the projection's lease.
         self.leaders: dict[str, ProjectionLeader] = {}
         self.leader_tasks: dict[str, asyncio.Task[None]] = {}
+        # One per partition of the ingestion stream, in a process with the commands role.
+        self.ingest_leaders: dict[str, ProjectionLeader] = {}
+        self.ingest_tasks: dict[str, asyncio.Task[None]] = {}
         self.dispatcher: Dispatcher | None = None
         self.access: AccessView | None = None
         self.keys: KeyRing | None = None
@@ -363,6 +367,12 @@ class Service:
         self.keys = KeyRing(self.nc, settings.master_keys(create=True))
         log_ = EventLog(self.nc, keys=self.keys)
         await ensure_stream(log_, settings.replicas)
+        try:
+            await ingestion.ensure_all(
+                self.nc, settings.replicas, settings.ingest_max_msgs, settings.ingest_max_bytes
+            )
+        except StreamConfigMismatch as exc:
+            raise StartupError(f"{exc.message}: {exc.details.get('settings')}") from None
         await self.keys.start(settings.replicas, await log_.last_seq())
         if self.embedded is not None:
             self._service_file = record_service(
@@ -379,8 +389,9 @@ class Service:
             )
 
         board = CheckpointBoard()
-        if "projections" in roles:
+        if "projections" in roles or "commands" in roles:
             self.leases = open_leases(settings.store_url)
+        if "projections" in roles:
             for projection in ALL:
                 self._lead(projection, board)
             # Ready means each lease was asked for once: status then says what runs here.
@@ -427,6 +438,10 @@ class Service:
             await self.gate.start()
         self.dispatcher = Dispatcher(self.nc, router, authenticator, metrics=self.metrics)
         await self.dispatcher.start(trees)
+        if "commands" in roles:
+            # After the dispatcher: a published command runs through it.
+            for partition in range(ingestion.PARTITIONS):
+                self._ingest(partition, board)
         if metrics_at is not None:
             store = self.store
             self.metrics_listener = MetricsListener(
@@ -473,6 +488,21 @@ class Service:
             leader.run(), name=f"projection-leader-{projection.name}"
         )
 
+    def _ingest(self, partition: int, board: CheckpointBoard) -> None:
+        assert self.nc is not None
+        assert self.leases is not None
+        assert self.dispatcher is not None
+        nc, execute = self.nc, self.dispatcher.execute
+        name = f"ingest-{partition}"
+
+        def make_worker() -> IngestWorker:
+            return IngestWorker(nc, partition, execute, metrics=self.metrics)
+
+        total = ingestion.PARTITIONS + (len(ALL) if "projections" in self.settings.roles else 0)
+        leader = ProjectionLeader(name, make_worker, self.leases, board, total=total)
+        self.ingest_leaders[name] = leader
+        self.ingest_tasks[name] = asyncio.create_task(leader.run(), name=f"leader-{name}")
+
     def workers_alive(self) -> dict[str, bool]:
         """Per projection: whether this process keeps it (runs its worker, or stands by for
         its lease); a projection another process runs is fine either way."""
@@ -484,7 +514,11 @@ class Service:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "roles": [r for r in ROLES if r in self.settings.roles],
-            "active": sorted(name for name, leader in self.leaders.items() if leader.active),
+            "active": sorted(
+                name
+                for name, leader in {**self.leaders, **self.ingest_leaders}.items()
+                if leader.active
+            ),
         }
 
     async def stop(self) -> None:
@@ -496,6 +530,12 @@ class Service:
             await self.gate.stop()
         if self.metrics_listener is not None:
             await self.metrics_listener.stop()
+        # Ingestion first: a batch in hand finishes through the dispatcher (or is
+        # redelivered to the next holder of its partition).
+        for leader in self.ingest_leaders.values():
+            leader.stop()
+        if self.ingest_tasks:
+            await asyncio.wait(self.ingest_tasks.values(), timeout=STEP_TIMEOUT_S)
         if self.dispatcher:
             await self.dispatcher.stop()
         if self._sweeper is not None:

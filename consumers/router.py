@@ -69,6 +69,8 @@ class Request(Generic[R]):
 
 
 Result = tuple[Any, int | None]
+# Adjusts a decoded request before its handler runs (a published command's id and org).
+Prepare = Callable[[Any], Any]
 Handler = Callable[[Request[Any]], Awaitable[Result]]
 Authenticate = Callable[[dict[str, str]], Awaitable[Principal]]
 
@@ -208,12 +210,26 @@ class Dispatcher:
     async def handle(self, subject: str, data: bytes, headers: dict[str, str]) -> bytes:
         """Answer one request, and log one line for it at info: its subject, outcome (``ok``
         or the error code), duration and principal; never a header's value or the body."""
+        payload, _ = await self.execute(subject, data, headers)
+        return payload
+
+    async def execute(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        prepare: Prepare | None = None,
+        kind: str = "request",
+    ) -> tuple[bytes, Principal | None]:
+        """``handle``, for a request or a published command (``consumers/ingest.py``): the
+        same checks, handler and envelope; ``prepare`` adjusts the decoded body first. Also
+        says who the caller was (None: refused before it was known)."""
         started = time.perf_counter()
         caller: list[Principal] = []
-        payload, outcome = await self._handle(subject, data, headers, caller)
+        payload, outcome = await self._handle(subject, data, headers, caller, prepare)
         seconds = time.perf_counter() - started
         log.info(
-            "request",
+            kind,
             subject=subject,
             outcome=outcome,
             ms=round(seconds * 1000, 2),
@@ -221,10 +237,15 @@ class Dispatcher:
         )
         known = subject if subject in self.router.routes else UNKNOWN_SUBJECT
         self.metrics.request(known, outcome, seconds)
-        return payload
+        return payload, caller[0] if caller else None
 
     async def _handle(
-        self, subject: str, data: bytes, headers: dict[str, str], caller: list[Principal]
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        caller: list[Principal],
+        prepare: Prepare | None = None,
     ) -> tuple[bytes, str]:
         try:
             route = self.router.routes.get(subject)
@@ -265,6 +286,8 @@ class Dispatcher:
                 raise _describe(exc, data) from exc
             except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes in a string
                 raise _describe(exc, data) from exc
+            if prepare is not None:
+                body = prepare(body)
             result, seq = await route.handler(Request(body, headers, subject, principal))
             return envelope.ok(result, seq), "ok"
         except InvalidError as exc:

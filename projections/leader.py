@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from agentmem.projections.board import CheckpointBoard
-from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import StaleBatch
 from agentmem.store.leases import Leases, fair_share
 
@@ -42,6 +42,17 @@ STAND_BACK_ROUNDS = 3
 ORPHAN_ROUNDS = 2
 
 
+class LeasedWorker(Protocol):
+    """What a leader runs while it holds its lease: a projection's worker, or an ingestion
+    partition's (``consumers/ingest.py``)."""
+
+    last_error: str | None
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 def _count_projections() -> int:
     from agentmem.projections import ALL  # the package imports this module while it looks
 
@@ -52,7 +63,7 @@ class ProjectionLeader:
     def __init__(
         self,
         name: str,
-        make_worker: Callable[[], ProjectionWorker],
+        make_worker: Callable[[], LeasedWorker],
         leases: Leases,
         board: CheckpointBoard,
         poll: float = POLL_S,
@@ -65,7 +76,7 @@ class ProjectionLeader:
         self.leases = leases
         self.board = board
         self.poll = poll
-        self.worker: ProjectionWorker | None = None
+        self.worker: LeasedWorker | None = None
         self.last_error: str | None = None
         self.active_since: float | None = None  # time.time() when this process took over
         self._holding = False

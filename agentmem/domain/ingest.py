@@ -1,0 +1,160 @@
+"""Ingestion: what an agent may publish (instead of request), and the pure rules of its path.
+
+An agent publishes a command's body on ``agentmem.in.<org_id>.<aggregate>.<verb>``; JetStream
+keeps it in the stream ``AGENTMEM_INGEST`` until a service process has executed it through
+the same command path as a request (``consumers/ingest.py``). What is here decides, from
+the published message alone: which command it is, its command id, the order key it queues
+behind, and what an outcome means (stored, refused for good, or worth another try).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from agentmem import subjects
+from agentmem.commands import Id
+from agentmem.protocol import query
+from agentmem.queries import Query
+from agentmem.replies import IngestOutcome
+
+INGEST_PREFIX = f"{subjects.PREFIX}.in"
+# Exactly three tokens after the prefix: a publish on any other shape is not captured (a
+# JetStream publish gets "no responders"), rather than kept where no consumer reads it.
+INGEST_SUBJECTS = f"{INGEST_PREFIX}.*.*.*"
+
+# The commands that may be published, by operation name: appends and adds, the writes an
+# agent makes in the middle of a conversation. Anything that needs its answer (a create
+# whose id the caller needs, a login) stays a request.
+PUBLISHABLE = frozenset(
+    {
+        "message.append",
+        "message.append_batch",
+        "memory.add",
+        "memory.add_batch",
+        "working.put",
+        "agent.patch_state",
+        "agent.set_state",
+    }
+)
+
+# Headers a publisher may set (docs/protocol.md, Ingestion).
+H_MSG_ID = "Nats-Msg-Id"
+# Where the service publishes the outcome as well, when the publisher names a subject.
+H_OUTCOME_TO = "AgentMem-Outcome-To"
+# Set by the service on a parked command put back by `agentmem ingest retry`: the command id
+# it was first executed under (its Nats-Msg-Id would be dropped as a duplicate by the stream).
+H_INGEST_ID = "AgentMem-Ingest-Id"
+
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+Status = Literal["pending", "stored", "refused", "parked", "dropped"]
+# Error codes that no retry can change: the command is refused for good.
+FINAL_ERRORS = frozenset({"invalid", "not_found", "conflict", "unauthenticated", "forbidden"})
+
+
+class Target(msgspec.Struct, frozen=True):
+    """A published subject taken apart: the organization and the command's subject."""
+
+    org_id: str
+    operation: str  # "message.append"
+
+    @property
+    def command_subject(self) -> str:
+        aggregate, verb = self.operation.split(".", 1)
+        return subjects.command(aggregate, verb)
+
+
+def target(subject: str) -> Target | None:
+    """``agentmem.in.<org>.<aggregate>.<verb>`` (as published, or as stored with its
+    partition token after it); None for anything else."""
+    parts = subject.split(".")
+    if len(parts) not in (5, 6) or ".".join(parts[:2]) != INGEST_PREFIX:
+        return None
+    return Target(parts[2], f"{parts[3]}.{parts[4]}")
+
+
+def partition_of(stored_subject: str) -> int | None:
+    """The partition JetStream wrote into a stored subject (its last token)."""
+    last = stored_subject.rsplit(".", 1)[-1]
+    return int(last) if last.isdigit() else None
+
+
+def command_id(headers: dict[str, str], body_id: str | None, stream_id: str) -> str:
+    """The id a published command runs under: the id the body names (as a request's
+    ``command_id``), else the service's own id of a command put back after parking, else
+    the message's ``Nats-Msg-Id``, else its place in the stream (``stream_id``): the same on
+    every redelivery, so that a command is stored once however often it is delivered."""
+    for candidate in (body_id, headers.get(H_INGEST_ID), headers.get(H_MSG_ID)):
+        if candidate:
+            return candidate
+    return stream_id
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+class _Keys(msgspec.Struct, frozen=True):
+    """The fields of a published body that name the aggregate it writes to; every other
+    field is skipped unread."""
+
+    command_id: Any = None
+    session_id: Any = None
+    agent_id: Any = None
+    user_id: Any = None
+
+
+_keys_decoder = msgspec.json.Decoder(_Keys)
+
+
+def read_keys(data: bytes) -> _Keys | None:
+    try:
+        return _keys_decoder.decode(data or b"{}")
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return None
+
+
+def order_key(org_id: str, operation: str, keys: _Keys | None) -> tuple[str, ...]:
+    """What a command queues behind: publishes with one key run one at a time, in stream
+    order; other keys run beside them. A conversation's appends share its session; working
+    memory its session; an agent's state its agent; memories their scope. A body that does
+    not decode gets no key of its own worth waiting for (it is refused at once)."""
+    aggregate = operation.split(".", 1)[0]
+    if keys is None:
+        return (org_id, aggregate, "?")
+    scope = (keys.session_id, keys.agent_id, keys.user_id)
+    if aggregate in ("message", "working"):
+        scope = (keys.session_id, None, None)
+    elif aggregate == "agent":
+        scope = (None, keys.agent_id, None)
+    return (org_id, aggregate, *(str(s) if isinstance(s, str) else "" for s in scope))
+
+
+def classify(reply: dict[str, Any]) -> Literal["stored", "refused", "retry"]:
+    """What a command path's envelope means for a published command."""
+    if reply.get("ok"):
+        return "stored"
+    code = (reply.get("error") or {}).get("code")
+    return "refused" if code in FINAL_ERRORS else "retry"
+
+
+def backoff_s(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
+    """The pause before retry ``attempt`` (1, 2, ...) of a transient failure."""
+    return float(min(cap, base * 2 ** (attempt - 1)))
+
+
+@query("ingest.status", need="reader", reply=IngestOutcome)
+class IngestStatus(Query, frozen=True, kw_only=True):
+    """The outcome of a published command, by its command id: ``pending`` (no outcome
+    recorded yet: still in the stream, or never received), ``stored`` with the sequence of
+    its commit, ``refused`` with the error, ``parked`` after transient failures (an
+    operator retries or drops it), ``dropped`` by an operator."""
+
+    command_id: Id
+    # Another user's command (an org_admin of the organization, or a service administrator).
+    user_id: Id | None = None
+    # Another organization's command (a service administrator only).
+    org_id: Id | None = None

@@ -1,0 +1,293 @@
+"""The ingestion streams: where published commands wait, their outcomes, the parked ones.
+
+- ``AGENTMEM_INGEST`` captures ``agentmem.in.<org>.<aggregate>.<verb>``: a work queue (a
+  command is removed once a service process has acknowledged it, after its outcome is in
+  the log), file storage, bounded (``discard: new``: a full stream refuses a JetStream
+  publish, so the publisher knows), replicated like the log. JetStream adds a partition
+  token to every stored subject (a hash of the organization), so that each partition is
+  read by one process at a time, in stream order.
+- ``AGENTMEM_INGEST_OUTCOMES``: one message per command id (``ingest.status`` reads the
+  last one of its subject), kept for ``OUTCOME_AGE_S``.
+- ``AGENTMEM_INGEST_PARKED``: commands that failed for a transient reason more than
+  ``MAX_ATTEMPTS`` times, as published, for ``agentmem ingest retry|drop``.
+
+The ingestion stream is separate from the event log, which holds only decided events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from agentmem import subjects
+from agentmem.domain.ingest import H_INGEST_ID, INGEST_PREFIX, INGEST_SUBJECTS
+from agentmem.errors import UnavailableError
+from agentmem.eventlog import DUPLICATE_WINDOW_S, StreamConfigMismatch
+from agentmem.replies import IngestOutcome
+
+STREAM = "AGENTMEM_INGEST"
+OUTCOMES = "AGENTMEM_INGEST_OUTCOMES"
+PARKED = "AGENTMEM_INGEST_PARKED"
+OUTCOME_PREFIX = f"{subjects.PREFIX}.outcome"
+PARKED_PREFIX = f"{subjects.PREFIX}.parked"
+
+# Fixed when the stream is created: the stored subjects carry the partition.
+PARTITIONS = 8
+# The defaults of the stream's bounds (settings: AGENTMEM_INGEST_MAX_MSGS, _MAX_BYTES).
+MAX_MSGS = 1_000_000
+MAX_BYTES = 1024**3
+OUTCOME_AGE_S = 7 * 24 * 3600
+PARKED_MAX_BYTES = 1024**3
+
+# Headers the service sets on a parked command.
+H_PARKED_SUBJECT = "AgentMem-Ingest-Subject"
+H_PARKED_ERROR = "AgentMem-Ingest-Error"
+H_PARKED_OUTCOME = "AgentMem-Ingest-Outcome"  # where its outcome is recorded
+
+
+def ingest_config(
+    replicas: int = 1, max_msgs: int = MAX_MSGS, max_bytes: int = MAX_BYTES
+) -> dict[str, Any]:
+    return {
+        "name": STREAM,
+        "subjects": [INGEST_SUBJECTS],
+        "retention": "workqueue",
+        "storage": "file",
+        "discard": "new",
+        "max_msgs": max_msgs,
+        "max_bytes": max_bytes,
+        "max_age": 0,
+        "max_msgs_per_subject": -1,
+        "num_replicas": replicas,
+        # A publish repeated with the same Nats-Msg-Id within 10 minutes is stored once in
+        # the stream; past that the command id does it (consumers/ingest.py).
+        "duplicate_window": DUPLICATE_WINDOW_S * 1_000_000_000,
+        "allow_direct": True,
+        "subject_transform": {
+            "src": INGEST_SUBJECTS,
+            "dest": f"{INGEST_PREFIX}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}."
+            f"{{{{wildcard(3)}}}}.{{{{partition({PARTITIONS},1)}}}}",
+        },
+    }
+
+
+def outcomes_config(replicas: int = 1) -> dict[str, Any]:
+    return {
+        "name": OUTCOMES,
+        "subjects": [f"{OUTCOME_PREFIX}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "old",
+        "max_msgs_per_subject": 1,
+        "max_age": OUTCOME_AGE_S * 1_000_000_000,
+        "num_replicas": replicas,
+        "allow_direct": True,
+    }
+
+
+def parked_config(replicas: int = 1) -> dict[str, Any]:
+    return {
+        "name": PARKED,
+        "subjects": [f"{PARKED_PREFIX}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "new",
+        "max_bytes": PARKED_MAX_BYTES,
+        "num_replicas": replicas,
+        "allow_direct": True,
+    }
+
+
+# What must match on an existing stream for this code to be right; the bounds may be tuned.
+_CHECKED = ("subjects", "retention", "storage", "subject_transform")
+
+
+async def _api(nc: NATS, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    payload = json.dumps(body).encode() if body is not None else b""
+    reply = await nc.request(subject, payload, timeout=5.0)
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+async def ensure(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
+    """Create a stream when missing; when present, check the settings this code relies on
+    (never rewrite them)."""
+    name = config["name"]
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
+    error = info.get("error")
+    if error and error.get("err_code") == 10059:  # not found
+        info = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
+        error = info.get("error")
+    if error:
+        raise UnavailableError(f"stream {name}: {error.get('description')}")
+    actual = info["config"]
+    wrong = {
+        key: {"expected": config[key], "actual": actual.get(key)}
+        for key in _CHECKED
+        if key in config and _normal(actual.get(key)) != _normal(config[key])
+    }
+    if wrong:
+        raise StreamConfigMismatch(
+            f"stream {name} exists with settings AgentMem cannot work with",
+            {"settings": wrong},
+        )
+    return info
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v not in (None, "")}
+    return value
+
+
+async def ensure_all(
+    nc: NATS, replicas: int = 1, max_msgs: int = MAX_MSGS, max_bytes: int = MAX_BYTES
+) -> None:
+    await ensure(nc, ingest_config(replicas, max_msgs, max_bytes))
+    await ensure(nc, outcomes_config(replicas))
+    await ensure(nc, parked_config(replicas))
+
+
+def consumer_name(partition: int) -> str:
+    return f"agentmem-ingest-{partition}"
+
+
+def partition_filter(partition: int) -> str:
+    return f"{INGEST_PREFIX}.*.*.*.{partition}"
+
+
+# Outcomes --------------------------------------------------------------------------------
+def outcome_subject(org_id: str, user: str, command_id: str) -> str:
+    """Whose command it was is part of its key: a command id is unique only within the
+    space of whoever sent it (``CommandRunner``'s rule), and a caller reads only its own."""
+    return f"{OUTCOME_PREFIX}.{org_id}.{user}.{command_id}"
+
+
+ANONYMOUS = "anonymous"  # the user token of a command refused before it had a caller
+
+_outcome_encoder = msgspec.json.Encoder()
+_outcome_decoder = msgspec.json.Decoder(IngestOutcome)
+
+
+def encode_outcome(outcome: IngestOutcome) -> bytes:
+    return _outcome_encoder.encode(outcome)
+
+
+async def read_outcome(nc: NATS, subject: str) -> IngestOutcome | None:
+    """The last outcome recorded on ``subject`` (direct get), or None."""
+    reply = await nc.request(
+        f"$JS.API.DIRECT.GET.{OUTCOMES}",
+        json.dumps({"last_by_subj": subject}).encode(),
+        timeout=5.0,
+    )
+    status = (reply.headers or {}).get("Status")
+    if status == "404":
+        return None
+    if status:
+        raise UnavailableError(f"outcomes unreadable ({status})")
+    return _outcome_decoder.decode(reply.data)
+
+
+# Status ----------------------------------------------------------------------------------
+async def report(nc: NATS) -> dict[str, Any] | None:
+    """The backlog and the parked count; None when there is no ingestion stream."""
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{STREAM}")
+    if info.get("error"):
+        return None
+    parked = await _api(nc, f"$JS.API.STREAM.INFO.{PARKED}")
+    return {
+        "backlog": int(info["state"]["messages"]),
+        "bytes": int(info["state"]["bytes"]),
+        "parked": 0 if parked.get("error") else int(parked["state"]["messages"]),
+        "max_msgs": int(info["config"].get("max_msgs", -1)),
+        "max_bytes": int(info["config"].get("max_bytes", -1)),
+    }
+
+
+# Parked commands -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parked:
+    seq: int  # in the parked stream
+    subject: str  # as published
+    headers: dict[str, str]
+    data: bytes
+    command_id: str
+    error: dict[str, Any]
+    outcome_subject: str
+    time: str = ""
+
+
+async def list_parked(nc: NATS, limit: int = 1000) -> list[Parked]:
+    """Up to ``limit`` parked commands, oldest first."""
+    found: list[Parked] = []
+    seq = 1
+    while len(found) < limit:
+        reply = await nc.request(
+            f"$JS.API.DIRECT.GET.{PARKED}", json.dumps({"seq": seq}).encode(), timeout=5.0
+        )
+        headers = dict(reply.headers or {})
+        if headers.get("Status"):
+            break  # 404: no message at or after seq
+        stored = int(headers["Nats-Sequence"])
+        found.append(_parked(stored, headers, reply.data))
+        seq = stored + 1
+    return found
+
+
+def _parked(seq: int, headers: dict[str, str], data: bytes) -> Parked:
+    own = {k: v for k, v in headers.items() if not k.startswith("Nats-") or k == "Nats-Msg-Id"}
+    try:
+        error = json.loads(headers.get(H_PARKED_ERROR, "{}"))
+    except ValueError:
+        error = {}
+    return Parked(
+        seq,
+        headers.get(H_PARKED_SUBJECT, ""),
+        own,
+        data,
+        headers.get(H_INGEST_ID, ""),
+        error,
+        headers.get(H_PARKED_OUTCOME, ""),
+        headers.get("Nats-Time-Stamp", ""),
+    )
+
+
+async def delete_parked(nc: NATS, seq: int) -> bool:
+    answer = await _api(nc, f"$JS.API.STREAM.MSG.DELETE.{PARKED}", {"seq": seq})
+    return bool(answer.get("success"))
+
+
+async def retry_parked(nc: NATS, parked: Parked) -> int:
+    """Put a parked command back on its subject, under the command id it first ran under
+    (without its Nats-Msg-Id, which the stream would drop as a duplicate), then remove it
+    from the parked stream. Returns its new sequence in the ingestion stream."""
+    headers = {
+        k: v
+        for k, v in parked.headers.items()
+        if k not in ("Nats-Msg-Id", H_PARKED_SUBJECT, H_PARKED_ERROR, H_PARKED_OUTCOME)
+    }
+    headers[H_INGEST_ID] = parked.command_id
+    reply = await nc.request(parked.subject, parked.data, timeout=5.0, headers=headers)
+    ack = json.loads(reply.data)
+    if "error" in ack:
+        raise UnavailableError(f"could not put it back: {ack['error'].get('description')}")
+    await delete_parked(nc, parked.seq)
+    return int(ack["seq"])
+
+
+async def drop_parked(nc: NATS, parked: Parked) -> None:
+    """Record the command as dropped (``ingest.status``), then remove it."""
+    outcome = IngestOutcome(
+        command_id=parked.command_id,
+        status="dropped",
+        error=parked.error or None,
+        at=time.time_ns() // 1_000_000,
+    )
+    if parked.outcome_subject:
+        await nc.request(parked.outcome_subject, encode_outcome(outcome), timeout=5.0)
+    await delete_parked(nc, parked.seq)

@@ -1,0 +1,341 @@
+"""Published commands: executed through the request path, exactly once, in order per aggregate.
+
+One ``IngestWorker`` per partition of the ingestion stream (``agentmem/ingestion.py``) runs
+in the process that holds the partition's lease (``ProjectionLeader``, as projections do),
+so one process at a time reads a partition, in stream order. For each batch it reads:
+
+1. Each message gets its command id (``domain.ingest.command_id``: the body's
+   ``command_id``, else ``Nats-Msg-Id``, else its place in the stream) and its order key
+   (its conversation, session, agent or memory scope). Messages of one key run one after
+   the other, in stream order; keys run side by side.
+2. Each runs through ``Dispatcher.execute``, the request path itself: size and header
+   bounds, the credential in its headers, decoding, the handler, ``CommandRunner`` with
+   that command id. A redelivered or republished command is recognised by the command path
+   (the log's duplicate window, the aggregate's recent command ids, the messages
+   projection's index of command ids) and answered with its first outcome.
+3. A refusal that no retry changes (``invalid``, ``unauthenticated``, ``forbidden``,
+   ``not_found``, ``conflict``) is the command's outcome. Another (``unavailable``,
+   ``internal``) is retried with backoff, and after ``MAX_ATTEMPTS`` the command is parked
+   (copied to the parked stream) for an operator.
+4. The outcomes are recorded (``ingest.status`` reads them), then the messages are acked,
+   which removes them from the work queue. A crash anywhere before the ack redelivers the
+   message; its command is then recognised as done, and the same outcome recorded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from agentmem import ingestion
+from agentmem.consumers.auth import authorize
+from agentmem.consumers.router import Prepare, Request, Result, Router
+from agentmem.domain.access import Principal
+from agentmem.domain.ingest import (
+    H_INGEST_ID,
+    H_OUTCOME_TO,
+    PUBLISHABLE,
+    IngestStatus,
+    Target,
+    backoff_s,
+    classify,
+    command_id,
+    order_key,
+    read_keys,
+    target,
+    valid_id,
+)
+from agentmem.errors import NotFoundError
+from agentmem.metrics import Metrics
+from agentmem.projections.feed import PullFeed
+from agentmem.replies import IngestOutcome
+from agentmem.validation import invalid
+
+if TYPE_CHECKING:
+    from agentmem.consumers.parts import Parts
+
+log = structlog.get_logger(__name__)
+
+BATCH = 256
+MAX_ATTEMPTS = 5  # executions of a command that failed for a transient reason, then parked
+ACK_WAIT_S = 60
+IDLE_WAIT_S = 1.0
+
+# What executes a command as a request would be: ``Dispatcher.execute``.
+Execute = Callable[
+    [str, bytes, dict[str, str], Prepare | None, str],
+    Awaitable[tuple[bytes, Principal | None]],
+]
+
+_reply_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def with_ingest_fields(org_id: str, cid: str) -> Prepare:
+    """The decoded body as the published subject and message make it: the command id when
+    the body names none, and the subject's organization (a body that names another one is
+    refused: the subject is what the publisher was allowed to publish on)."""
+
+    def prepare(body: Any) -> Any:
+        changes: dict[str, Any] = {}
+        if getattr(body, "command_id", "") is None:
+            changes["command_id"] = cid
+        if hasattr(body, "org_id"):
+            if body.org_id is None:
+                changes["org_id"] = org_id
+            elif body.org_id != org_id:
+                raise invalid(
+                    f"org_id {body.org_id} is not the organization of the subject ({org_id})",
+                    "$.org_id",
+                    "invalid_value",
+                )
+        return msgspec.structs.replace(body, **changes) if changes else body
+
+    return prepare
+
+
+def _refusal(message: str, reason: str) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": {
+            "code": "invalid",
+            "message": message,
+            "details": {"path": "$", "reason": reason},
+        },
+    }
+
+
+class Done(msgspec.Struct):
+    """One message's outcome, before it is recorded and acked."""
+
+    msg: Msg
+    subject: str  # where the outcome is recorded
+    outcome: IngestOutcome
+    park: bool = False
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        nc: NATS,
+        partition: int,
+        execute: Execute,
+        metrics: Metrics | None = None,
+        batch: int = BATCH,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.partition = partition
+        self.execute = execute
+        self.metrics = metrics or Metrics()
+        self.batch = batch
+        self.max_attempts = max_attempts
+        self.last_error: str | None = None
+        self._stopping = asyncio.Event()
+        self._feed: PullFeed | None = None
+        self._stream_id = ""  # the stream's creation time, part of an id made from a seq
+
+    @property
+    def consumer(self) -> str:
+        return ingestion.consumer_name(self.partition)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._feed is not None:
+            self._feed.interrupt()
+
+    async def _subscribe(self) -> PullFeed:
+        """A fresh consumer: whatever a process that died had in hand is delivered now, not
+        after its ack wait (the work queue holds every message not yet acked)."""
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_consumer(ingestion.STREAM, self.consumer)
+        await self.js.add_consumer(
+            ingestion.STREAM,
+            ConsumerConfig(
+                durable_name=self.consumer,
+                filter_subject=ingestion.partition_filter(self.partition),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ACK_WAIT_S,
+                max_ack_pending=self.batch * 4,
+                max_waiting=16,
+            ),
+        )
+        feed = PullFeed(self.nc, ingestion.STREAM, self.consumer, self.batch, IDLE_WAIT_S)
+        await feed.start()
+        return feed
+
+    async def run(self) -> None:
+        # A command without an id of its own runs under its place in the stream, with the
+        # stream's creation time: a stream made again starts its sequences at 1 again.
+        created = (await self.js.stream_info(ingestion.STREAM)).created
+        self._stream_id = (
+            str(int(created.timestamp()))
+            if isinstance(created, datetime)
+            else "".join(c for c in str(created or "") if c.isdigit())[:14]
+        )
+        feed = self._feed = await self._subscribe()
+        if self._stopping.is_set():
+            feed.interrupt()
+        log.info("ingestion partition started", partition=self.partition)
+        try:
+            while not self._stopping.is_set():
+                messages = await feed.next_batch()
+                if messages:
+                    await self._run_batch(messages)
+        finally:
+            with contextlib.suppress(Exception):
+                await feed.stop()
+            log.info("ingestion partition stopped", partition=self.partition)
+
+    async def _run_batch(self, messages: list[Msg]) -> None:
+        queues: dict[tuple[str, ...], list[tuple[Msg, Target | None]]] = {}
+        for msg in messages:
+            found = target(msg.subject)
+            key = (
+                order_key(found.org_id, found.operation, read_keys(msg.data))
+                if found is not None
+                else ("?", msg.subject)
+            )
+            queues.setdefault(key, []).append((msg, found))
+
+        async def one_queue(queue: list[tuple[Msg, Target | None]]) -> list[Done]:
+            return [await self._run_one(msg, found) for msg, found in queue]
+
+        done = [d for q in await asyncio.gather(*map(one_queue, queues.values())) for d in q]
+        await self._record(done)
+        for d in done:
+            await d.msg.ack()
+        self.metrics.ingested(len(done))
+
+    async def _run_one(self, msg: Msg, found: Target | None) -> Done:
+        headers = dict(msg.headers or {})
+        ingest_seq = msg.metadata.sequence.stream
+        org_id = found.org_id if found is not None else "_"
+        keys = read_keys(msg.data)
+        body_id = keys.command_id if keys is not None and isinstance(keys.command_id, str) else None
+        cid = command_id(headers, body_id, f"in{self._stream_id}-{ingest_seq}")
+        operation = found.operation if found is not None else None
+        principal: Principal | None = None
+        attempts = 0
+        reply: dict[str, Any]
+        if found is None or found.operation not in PUBLISHABLE:
+            reply = _refusal(
+                f"{operation or msg.subject} cannot be published; publishable: "
+                + ", ".join(sorted(PUBLISHABLE)),
+                "unknown_subject",
+            )
+        elif not valid_id(cid):
+            reply = _refusal(
+                "the command id (command_id, else Nats-Msg-Id) must be 1 to 64 letters, "
+                "digits, '_' or '-'",
+                "invalid_command_id",
+            )
+            cid = f"in{self._stream_id}-{ingest_seq}"
+        else:
+            prepare = with_ingest_fields(found.org_id, cid)
+            while True:
+                attempts += 1
+                payload, principal = await self.execute(
+                    found.command_subject, msg.data, headers, prepare, "ingest"
+                )
+                reply = _reply_decoder.decode(payload)
+                if classify(reply) != "retry" or attempts >= self.max_attempts:
+                    break
+                await asyncio.sleep(backoff_s(attempts))
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+        verdict = classify(reply)
+        status = {"stored": "stored", "refused": "refused", "retry": "parked"}[verdict]
+        outcome = IngestOutcome(
+            command_id=cid,
+            status=status,
+            seq=reply.get("seq") if verdict == "stored" else None,
+            error=reply.get("error") if verdict != "stored" else None,
+            operation=operation,
+            ingest_seq=ingest_seq,
+            attempts=attempts,
+            at=time.time_ns() // 1_000_000,
+        )
+        user = principal.user_id if principal is not None else ingestion.ANONYMOUS
+        subject = ingestion.outcome_subject(org_id, user, cid)
+        return Done(msg, subject, outcome, park=verdict == "retry")
+
+    async def _record(self, done: list[Done]) -> None:
+        """Every outcome in the outcomes stream (and the parked commands in theirs) before
+        any message is acked; an outcome the publisher asked for, too."""
+
+        async def record(d: Done) -> None:
+            encoded = ingestion.encode_outcome(d.outcome)
+            if d.park:
+                await self._park(d)
+            ack = await self.nc.request(d.subject, encoded, timeout=10.0)
+            if b'"error"' in ack.data:
+                raise RuntimeError(f"outcome not recorded: {ack.data[:200]!r}")
+            reply_to = (d.msg.headers or {}).get(H_OUTCOME_TO)
+            if reply_to:
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(reply_to, encoded)
+
+        await asyncio.gather(*map(record, done))
+
+    async def _park(self, d: Done) -> None:
+        msg = d.msg
+        published = msg.subject.rsplit(".", 1)[0]  # without the partition token
+        headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
+        headers[ingestion.H_PARKED_SUBJECT] = published
+        headers[ingestion.H_PARKED_ERROR] = json.dumps(d.outcome.error or {})
+        headers[ingestion.H_PARKED_OUTCOME] = d.subject
+        headers[H_INGEST_ID] = d.outcome.command_id
+        parked_subject = ingestion.PARKED_PREFIX + published.removeprefix("agentmem.in")
+        ack = await self.nc.request(parked_subject, msg.data, timeout=10.0, headers=headers)
+        if b'"error"' in ack.data:
+            raise RuntimeError(f"could not park: {ack.data[:200]!r}")
+        log.warning(
+            "published command parked after transient failures",
+            subject=published,
+            command_id=d.outcome.command_id,
+            error=(d.outcome.error or {}).get("code"),
+        )
+
+
+# ingest.status --------------------------------------------------------------------------
+def query_router(parts: Parts) -> Router:
+    router = Router()
+    nc = parts.nc
+
+    @router.handle(IngestStatus)
+    async def ingest_status(request: Request[IngestStatus]) -> Result:
+        caller = request.caller
+        query = request.body
+        org_id = query.org_id or caller.org_id
+        user_id = query.user_id or caller.user_id
+        if user_id != caller.user_id or org_id != caller.org_id:
+            # Another user's commands: that organization's administrators'.
+            authorize(
+                caller,
+                "org_admin",
+                org_id,
+                NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id}),
+            )
+        for user in (user_id, ingestion.ANONYMOUS):
+            found = await ingestion.read_outcome(
+                nc, ingestion.outcome_subject(org_id, user, query.command_id)
+            )
+            if found is not None:
+                return found, None
+        return IngestOutcome(command_id=query.command_id, status="pending"), None
+
+    return router

@@ -1,0 +1,399 @@
+"""Published commands (issue 18) against the real service and a real nats-server, on each
+store: stored once and in order, a duplicate publish stored once, refusals and outcomes in
+``ingest.status``, the outcome published where the publisher asked, bounds on the stream,
+and parking after transient failures (with the operator's retry and drop).
+
+The crash and restart tests (a stopped service, SIGKILL) are in tests/test_ingest_crash.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, ingestion
+from agentmem.auth import tokens
+from agentmem.consumers.ingest import IngestWorker
+from agentmem.domain.access import Principal
+from agentmem.domain.ingest import IngestStatus
+from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE
+from agentmem.service import Service
+from tests.conftest import settings_for
+from tests.realparts import bearer, eventually, read_log
+from tests.support import NatsServer
+
+STORES = ("sqlite", "postgres")
+
+
+def org_of(token: str) -> str:
+    parsed = tokens.parse(f"Bearer {token}")
+    assert parsed is not None
+    return parsed.org_id
+
+
+def append_body(session: str, agent: str, n: int, **extra: Any) -> bytes:
+    body = {
+        "session_id": session,
+        "agent_id": agent,
+        "message": {"role": "user", "content": f"message {n}"},
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+async def ingest_status(nc: NATS, token: str, command_id: str, **extra: Any) -> dict[str, Any]:
+    reply = await nc.request(
+        IngestStatus.op.subject,
+        json.dumps({"command_id": command_id, **extra}).encode(),
+        headers=bearer(token),
+        timeout=5,
+    )
+    answer: dict[str, Any] = json.loads(reply.data)
+    assert answer["ok"], answer
+    data: dict[str, Any] = answer["data"]
+    return data
+
+
+async def settled(nc: NATS, token: str, command_id: str, timeout: float = 20) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        found = await ingest_status(nc, token, command_id)
+        return found if found["status"] != "pending" else None
+
+    return await eventually(done, timeout, 0.05, f"an outcome for {command_id}")
+
+
+async def settled_as(
+    nc: NATS, token: str, command_id: str, status: str, timeout: float = 20
+) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        found = await ingest_status(nc, token, command_id)
+        return found if found["status"] == status else None
+
+    return await eventually(done, timeout, 0.05, f"{command_id} {status}")
+
+
+async def commits_by_command(nc: NATS) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for message in await read_log(nc):
+        found.setdefault(message.headers.get(H_COMMAND_ID, ""), []).append(message.seq)
+    return found
+
+
+async def test_published_appends_stored_once_in_order(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Publisher")).fields["agent_id"]
+    js = nc.jetstream()
+    subject = f"agentmem.in.{org}.message.append"
+    acks = await asyncio.gather(
+        *(
+            js.publish(
+                subject,
+                append_body(f"s{n % 3}", agent, n),
+                headers={**bearer(admin_token), "Nats-Msg-Id": f"m-{n:03d}"},
+            )
+            for n in range(60)
+        )
+    )
+    assert [a.seq for a in acks] == sorted(a.seq for a in acks)
+    # The same message id again: the stream keeps it once.
+    again = await js.publish(
+        subject,
+        append_body("s0", agent, 0),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "m-000"},
+    )
+    assert again.duplicate
+    last = await settled(nc, admin_token, "m-059")
+    assert last["status"] == "stored"
+    assert last["seq"] > 0
+    for session in ("s0", "s1", "s2"):
+        page = await client.list_messages(session, limit=100, after_seq=last["seq"])
+        contents = [m.content for m in page.items]
+        expected = [f"message {n}" for n in range(60) if n % 3 == int(session[1])]
+        assert contents == expected
+    commits = await commits_by_command(nc)
+    published = {f"m-{n:03d}" for n in range(60)}
+    stored = [seqs for key, seqs in commits.items() if key.rsplit(".", 1)[-1] in published]
+    assert len(stored) == 60
+    assert all(len(seqs) == 1 for seqs in stored)
+
+
+async def test_a_command_published_twice_under_new_message_ids_is_stored_once(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """Past the stream's duplicate window (or with another Nats-Msg-Id) the command id does it."""
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Twice")).fields["agent_id"]
+    js = nc.jetstream()
+    body = append_body("twice", agent, 1, command_id="same-command")
+    for n in range(3):
+        await js.publish(
+            f"agentmem.in.{org}.message.append",
+            body,
+            headers={**bearer(admin_token), "Nats-Msg-Id": f"other-{n}"},
+        )
+    stored = await settled(nc, admin_token, "same-command")
+    assert stored["status"] == "stored"
+    # Until the three are executed and acked, they are in the backlog.
+    await eventually(lambda: _backlog_empty(nc), 20, 0.05, "an empty backlog")
+    commits = await commits_by_command(nc)
+    assert [seqs for key, seqs in commits.items() if key.endswith(".same-command")] == [
+        [stored["seq"]]
+    ]
+
+
+async def _backlog_empty(nc: NATS) -> bool:
+    report = await ingestion.report(nc)
+    return report is not None and report["backlog"] == 0
+
+
+async def test_refused_publishes_are_recorded_with_their_error(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Refused")).fields["agent_id"]
+    js = nc.jetstream()
+    subject = f"agentmem.in.{org}.message.append"
+    # No credential: refused, recorded under the organization's anonymous outcomes.
+    await js.publish(subject, append_body("r", agent, 1), headers={"Nats-Msg-Id": "no-credential"})
+    # A wrong type: refused as invalid.
+    await js.publish(
+        subject,
+        json.dumps({"session_id": "r", "agent_id": agent, "message": 5}).encode(),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "bad-body"},
+    )
+    # An agent that does not exist: not_found.
+    await js.publish(
+        subject,
+        append_body("r", "no-such-agent", 1),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "no-agent"},
+    )
+    # A command that cannot be published.
+    await js.publish(
+        f"agentmem.in.{org}.org.delete",
+        json.dumps({"org_id": org}).encode(),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "not-publishable"},
+    )
+    # Another organization in the body than in the subject.
+    await js.publish(
+        subject,
+        append_body("r", agent, 1, org_id="another-org"),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "org-mismatch"},
+    )
+    expected = {
+        "no-credential": "unauthenticated",
+        "bad-body": "invalid",
+        "no-agent": "not_found",
+        "not-publishable": "invalid",
+        "org-mismatch": "invalid",
+    }
+    for command_id, code in expected.items():
+        outcome = await settled(nc, admin_token, command_id)
+        assert outcome["status"] == "refused", outcome
+        assert outcome["error"]["code"] == code, outcome
+        assert outcome["attempts"] <= 1
+    assert (await ingest_status(nc, admin_token, "never-published"))["status"] == "pending"
+    report = await ingestion.report(nc)
+    assert report is not None
+    assert report["parked"] == 0
+
+
+async def test_the_outcome_is_published_where_the_publisher_asks(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Outcome")).fields["agent_id"]
+    inbox = nc.new_inbox()
+    subscription = await nc.subscribe(inbox)
+    await nc.flush()
+    await nc.publish(  # a plain publish: no acknowledgement, the outcome comes later
+        f"agentmem.in.{org}.message.append",
+        append_body("o", agent, 1),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "tell-me", "AgentMem-Outcome-To": inbox},
+    )
+    message = await subscription.next_msg(timeout=20)
+    outcome = json.loads(message.data)
+    assert outcome["command_id"] == "tell-me"
+    assert outcome["status"] == "stored"
+    assert outcome["operation"] == "message.append"
+
+
+async def test_ingest_status_keeps_users_and_organizations_apart(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Apart")).fields["agent_id"]
+    await nc.jetstream().publish(
+        f"agentmem.in.{org}.message.append",
+        append_body("a", agent, 1),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "admins-own"},
+    )
+    assert (await settled(nc, admin_token, "admins-own"))["status"] == "stored"
+    other = await client.create_org("Other")
+    other_org = other.fields["org_id"]
+    await client.register_user(
+        other_org, "Reader", "reader@example.com", "password123", roles=["member"]
+    )
+    reader = Client(nc, "")
+    login = await reader.login("reader@example.com", "password123")
+    token = str(login.fields["token"])
+    # Another organization's user sees nothing of it, even naming the admin's organization.
+    assert (await ingest_status(nc, token, "admins-own"))["status"] == "pending"
+    reply = json.loads(
+        (
+            await nc.request(
+                IngestStatus.op.subject,
+                json.dumps({"command_id": "admins-own", "org_id": org}).encode(),
+                headers=bearer(token),
+                timeout=5,
+            )
+        ).data
+    )
+    assert reply["error"]["code"] == "not_found"
+
+
+async def test_a_full_stream_refuses_a_jetstream_publish(
+    nats_server: NatsServer, tmp_path: Path, store_url: str
+) -> None:
+    """Backpressure: past the stream's bound a JetStream publisher is told (discard new); the
+    commands already in the stream are executed once the service runs."""
+    settings = settings_for(nats_server, tmp_path, store_url)
+    settings.ingest_max_msgs = 5
+    first = Service(settings)
+    await first.start()
+    await first.stop()
+    token = (tmp_path / "admin.key").read_text().strip()
+    org = org_of(token)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        subject = f"agentmem.in.{org}.agent.patch_state"
+        body = json.dumps({"agent_id": "none", "patch": {"a": 1}}).encode()
+        for n in range(5):
+            await js.publish(subject, body, headers={**bearer(token), "Nats-Msg-Id": f"full-{n}"})
+        with pytest.raises(nats.js.errors.APIError) as refused:
+            await js.publish(subject, body, headers={**bearer(token), "Nats-Msg-Id": "full-5"})
+        assert "maximum messages exceeded" in str(refused.value).lower()
+        second = Service(settings)
+        await second.start()
+        try:
+            for n in range(5):
+                outcome = await settled(nc, token, f"full-{n}")
+                assert outcome["error"]["code"] == "not_found"
+            assert (await ingest_status(nc, token, "full-5"))["status"] == "pending"
+        finally:
+            await second.stop()
+    finally:
+        await nc.close()
+
+
+async def test_transient_failures_are_retried_then_parked_and_an_operator_retries_or_drops(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """The service's own worker is stopped, so that one whose command path answers
+    ``unavailable`` (a store or log outage, stood in for here) takes the partition."""
+    for leader in service.ingest_leaders.values():
+        leader.stop()
+    await asyncio.wait(service.ingest_tasks.values(), timeout=10)
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Parked")).fields["agent_id"]
+    calls: list[str] = []
+    failing = True
+    assert service.dispatcher is not None
+    real = service.dispatcher.execute
+
+    async def outage(
+        subject: str, data: bytes, headers: dict[str, str], prepare: Any, kind: str
+    ) -> tuple[bytes, Principal | None]:
+        calls.append(subject)
+        if failing:
+            error = {"code": "unavailable", "message": "the store is away", "details": {}}
+            return json.dumps({"ok": False, "error": error}).encode(), None
+        return await real(subject, data, headers, prepare, kind)
+
+    subject = f"agentmem.in.{org}.message.append"
+    await nc.jetstream().publish(
+        subject,
+        append_body("p", agent, 1),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "flaky-1"},
+    )
+    await nc.jetstream().publish(
+        subject,
+        append_body("p", agent, 2),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "flaky-2"},
+    )
+    partition = ingestion.PARTITIONS  # whichever: run every partition's worker
+    workers = [IngestWorker(nc, p, outage, max_attempts=3) for p in range(partition)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        parked = await eventually(lambda: _parked(nc, 2), 20, 0.05, "two parked commands")
+        assert len(calls) == 6  # three attempts each
+        assert {p.command_id for p in parked} == {"flaky-1", "flaky-2"}
+        assert parked[0].subject == subject
+        assert parked[0].error["code"] == "unavailable"
+        assert (await ingest_status(nc, admin_token, "flaky-1"))["status"] == "parked"
+        report = await ingestion.report(nc)
+        assert report is not None
+        assert report["parked"] == 2
+        assert report["backlog"] == 0
+        failing = False
+        await ingestion.retry_parked(nc, parked[0])
+        await ingestion.drop_parked(nc, parked[1])
+        await eventually(lambda: _parked_count(nc, 0), 10, 0.05, "none parked")
+        retried = await settled_as(nc, admin_token, "flaky-1", "stored")
+        assert retried["seq"] > 0
+        assert (await ingest_status(nc, admin_token, "flaky-2"))["status"] == "dropped"
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _parked(nc: NATS, count: int) -> list[ingestion.Parked] | None:
+    found = await ingestion.list_parked(nc)
+    return found if len(found) == count else None
+
+
+async def _parked_count(nc: NATS, count: int) -> bool:
+    return len(await ingestion.list_parked(nc)) == count
+
+
+async def test_commit_types_of_published_commands_are_the_operations(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Kinds")).fields["agent_id"]
+    js = nc.jetstream()
+    headers = bearer(admin_token)
+    bodies = {
+        "message.append_batch": {
+            "session_id": "k",
+            "agent_id": agent,
+            "messages": [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}],
+        },
+        "memory.add": {"content": "Ann likes tea", "agent_id": agent},
+        "memory.add_batch": {"memories": [{"content": "Bob likes coffee", "agent_id": agent}]},
+        "working.put": {"session_id": "k", "key": "goal", "content": "find the tea"},
+        "agent.patch_state": {"agent_id": agent, "patch": {"mood": "calm"}},
+        "agent.set_state": {"agent_id": agent, "state": {"mood": "busy"}},
+    }
+    for operation, body in bodies.items():
+        await js.publish(
+            f"agentmem.in.{org}.{operation}",
+            json.dumps(body).encode(),
+            headers={**headers, "Nats-Msg-Id": f"kind-{operation.replace('.', '-')}"},
+        )
+    for operation in bodies:
+        outcome = await settled(nc, admin_token, f"kind-{operation.replace('.', '-')}")
+        assert outcome["status"] == "stored", outcome
+        assert outcome["operation"] == operation
+    types = {m.headers.get(H_COMMIT_TYPE) for m in await read_log(nc)}
+    assert set(bodies) <= types
