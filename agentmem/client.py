@@ -89,6 +89,7 @@ from agentmem.domain.forget import (
     ForgetMemoryScope,
     ForgetUser,
 )
+from agentmem.domain.ingest import IngestStatus
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -120,7 +121,7 @@ from agentmem.domain.working import (
     PutWorkingItem,
     RemoveWorkingItem,
 )
-from agentmem.errors import ERRORS_BY_CODE, InternalError, UnavailableError
+from agentmem.errors import ERRORS_BY_CODE, InternalError, InvalidError, UnavailableError
 from agentmem.events import MemoryType, MessageRole, Role
 from agentmem.headers import header
 from agentmem.protocol import Operation, Request, operation_of, operations
@@ -960,6 +961,65 @@ class Client:
             cursor=cursor,
             after_seq=after_seq,
         )
+
+    # Ingestion (docs/protocol.md, Ingestion) ------------------------------------------------
+    async def publish(
+        self,
+        request: Request,
+        *,
+        message_id: str | None = None,
+        org_id: str | None = None,
+        outcome_to: str | None = None,
+    ) -> int:
+        """Publish a command to be executed later, instead of sending it as a request:
+        ``client.publish(AppendMessage(session_id=..., agent_id=..., message=...),
+        message_id="m-1")``. JetStream acknowledges that it is kept (the ingestion stream's
+        sequence is returned); a service executes it once, in order per conversation, even
+        if it is down now. ``message_id`` (``Nats-Msg-Id``) is its command id unless the
+        request names one: ``ingest_status(message_id)`` then says what became of it.
+        ``org_id``: the organization's subject it is published on (default: the request's
+        ``org_id``, else the credential's organization)."""
+        operation = operation_of(type(request))
+        body = msgspec.to_builtins(request)
+        org = org_id or body.get("org_id") or self._token_org()
+        subject = f"agentmem.in.{org}.{operation.name}"
+        headers: dict[str, str] = {}
+        if self.token:
+            headers[tokens.HEADER] = f"Bearer {self.token}"
+        if message_id:
+            headers["Nats-Msg-Id"] = message_id
+        if outcome_to:
+            headers["AgentMem-Outcome-To"] = outcome_to
+        try:
+            ack = await self.nc.request(
+                subject, msgspec.json.encode(body), timeout=self.timeout, headers=headers
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise InvalidError(
+                f"nothing keeps {subject}: no ingestion stream (the service has never "
+                "started on this NATS server), or not an operation that can be published",
+                {"subject": subject},
+            ) from exc
+        answer = msgspec.json.decode(ack.data)
+        if "error" in answer:
+            raise UnavailableError(
+                f"not kept: {answer['error'].get('description')}", {"subject": subject}
+            )
+        return int(answer["seq"])
+
+    def _token_org(self) -> str:
+        parsed = tokens.parse(f"Bearer {self.token}") if self.token else None
+        if parsed is None:
+            raise InvalidError("publishing needs a credential, or an org_id")
+        return parsed.org_id
+
+    async def ingest_status(
+        self, command_id: str, *, user_id: str | None = None, org_id: str | None = None
+    ) -> dict[str, Any]:
+        """What became of a published command: ``status`` pending, stored (``seq``),
+        refused (``error``), parked or dropped."""
+        body = {"command_id": command_id, "user_id": user_id, "org_id": org_id}
+        return dict((await self.request(IngestStatus.op.subject, body)).data)
 
     # System -----------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:

@@ -6,13 +6,14 @@ Three NATS accounts, each a subject namespace of its own:
 - ``AGENTMEM``: the service principal (user ``agentmem``) and JetStream, so the event
   stream, its API and the service's own inboxes exist only here. It exports the request
   subjects as services.
-- ``CLIENTS``: every other connection. It imports ``agentmem.cmd.>``, ``agentmem.q.>`` and
-  ``agentmem.sys.>`` (with the caller's connection details shared, ``Nats-Request-Info``)
-  and nothing else: no event subject, no ``$JS.API``, no service inbox exists in it. Its
-  users are made per connection by the service through nats-server's *auth callout*: a
-  client sends its AgentMem credential (API key or session token) as its NATS token, the
-  service checks it as it checks a request, and the connection may then publish requests
-  and subscribe to its own inbox prefix only (``inbox_prefix``).
+- ``CLIENTS``: every other connection. It imports ``agentmem.cmd.>``, ``agentmem.q.>``,
+  ``agentmem.sys.>`` and the ingestion tree ``agentmem.in.>`` (with the caller's
+  connection details shared, ``Nats-Request-Info``) and nothing else: no event subject, no
+  ``$JS.API``, no service inbox exists in it. Its users are made per connection by the
+  service through nats-server's *auth callout*: a client sends its AgentMem credential (API
+  key or session token) as its NATS token, the service checks it as it checks a request,
+  and the connection may then publish requests and commands to be ingested, and subscribe
+  to its own inbox prefix only (``inbox_prefix``).
 - ``SYS``: the system account, whose user ``agentmem-system`` lets the service close the
   connections of a credential it revoked.
 
@@ -40,6 +41,12 @@ SERVICE_USER = "agentmem"
 SYSTEM_USER = "agentmem-system"
 # What the service exports and every client connection may send requests to.
 REQUEST_SUBJECTS = ["agentmem.cmd.>", "agentmem.q.>", "agentmem.sys.>"]
+# Where clients publish commands to be executed later (docs/protocol.md, Ingestion): the
+# ingestion stream in the service's account captures them; a JetStream publish's
+# acknowledgement comes back as a request's reply does.
+INGEST_SUBJECTS = ["agentmem.in.>"]
+# What the service exports and a client with a credential may publish to.
+CLIENT_SUBJECTS = REQUEST_SUBJECTS + INGEST_SUBJECTS
 # A connection without a credential may only reach the public subjects.
 PUBLIC_SUBJECTS = ["agentmem.cmd.auth.login", "agentmem.sys.health", "agentmem.sys.schema"]
 ANONYMOUS_PREFIX = "anon_"
@@ -110,12 +117,12 @@ def ensure_secrets(path: Path) -> NatsSecrets:
 def server_config(found: NatsSecrets) -> str:
     """The accounts and the auth callout, as a nats-server config block (the embedded server
     writes it into its config; ``agentmem nats-config`` prints it for a cluster)."""
-    exports = "\n".join(f'      {{ service: "{s}" }}' for s in REQUEST_SUBJECTS)
+    exports = "\n".join(f'      {{ service: "{s}" }}' for s in CLIENT_SUBJECTS)
     service = f"{{ user: {SERVICE_USER}, password: {json.dumps(found.service_password)} }}"
     system = f"{{ user: {SYSTEM_USER}, password: {json.dumps(found.system_password)} }}"
     imports = "\n".join(
         f'      {{ service: {{ account: {SERVICE_ACCOUNT}, subject: "{s}" }}, share: true }}'
-        for s in REQUEST_SUBJECTS
+        for s in CLIENT_SUBJECTS
     )
     return (
         "accounts {\n"

@@ -5,7 +5,8 @@ that is not the service's own; the service answers with a user of the ``CLIENTS`
 (``agentmem/natsauth.py``) or a refusal:
 
 - a valid API key or session token as the NATS token: may publish requests
-  (``agentmem.cmd.>``, ``agentmem.q.>``, ``agentmem.sys.>``) and subscribe to
+  (``agentmem.cmd.>``, ``agentmem.q.>``, ``agentmem.sys.>``) and commands to be ingested
+  (``agentmem.in.>``), and subscribe to
   ``_INBOX_<credential id>.>``; a session's connection ends when the session does;
 - an anonymous token (``anon_<random>``): the public subjects only (login, health, schema),
   and its own inbox;
@@ -94,7 +95,7 @@ class ConnectionGate:
         publish, expires = natsauth.PUBLIC_SUBJECTS, None
         if credential is not None:
             principal = await self.authenticate({tokens.HEADER: nats_token})
-            publish = natsauth.REQUEST_SUBJECTS
+            publish = natsauth.CLIENT_SUBJECTS
             if principal.expires_at is not None:
                 expires = principal.expires_at // 1000
         return natsjwt.user_jwt(

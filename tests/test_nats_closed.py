@@ -421,3 +421,36 @@ async def test_a_spray_of_other_emails_meets_the_limit_per_address(
     assert all(not r["ok"] for r in spray)
     assert "from your address" in after["error"]["message"], after
     assert after["error"]["details"]["retry_after_s"] > 0
+
+
+# Publishing commands to be ingested (issue 18) -----------------------------------------------
+async def test_a_client_publishes_to_the_ingestion_tree_and_gets_its_acknowledgement(
+    deployment: Deployment, root: Client
+) -> None:
+    """A credential's connection may publish on ``agentmem.in.>`` (the ingestion stream's
+    PubAck comes back to its own inbox); the command runs as that credential's, checked when
+    it is executed; an anonymous connection may not publish there at all."""
+    ann = await member(deployment, root)
+    agent = (await root.create_agent("Ingest", org_id=ann.org_id)).fields["agent_id"]
+    body = json.dumps(
+        {"session_id": "s", "agent_id": agent, "message": {"role": "user", "content": "hi"}}
+    ).encode()
+    subject = f"agentmem.in.{ann.org_id}.message.append"
+    client = await Client.connect(deployment.url, token=ann.key)
+    anonymous = await Client.connect(deployment.url, timeout=1)
+    try:
+        headers = {tokens.HEADER: f"Bearer {ann.key}", "Nats-Msg-Id": "closed-1"}
+        ack = json.loads((await client.nc.request(subject, body, headers=headers, timeout=5)).data)
+        assert ack["stream"] == "AGENTMEM_INGEST"
+        assert ack["seq"] >= 1
+
+        async def stored() -> dict[str, Any] | None:
+            found = await client.ingest_status("closed-1")
+            return found if found["status"] == "stored" else None
+
+        outcome = await eventually(stored, 20, 0.05, "the published append stored")
+        assert outcome["seq"] > 0
+        assert await answered(anonymous.nc, subject, body) is None
+    finally:
+        await client.close()
+        await anonymous.close()
