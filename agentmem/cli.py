@@ -119,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
         "rotation (docs/security.md, 'Forgetting')",
     )
     connection_flags(rewrap)
+    ingest = commands.add_parser(
+        "ingest", help="published commands parked after transient failures (list, retry, drop)"
+    )
+    ingest_commands = ingest.add_subparsers(dest="ingest_command", required=True)
+    parked = ingest_commands.add_parser("parked", help="list the parked commands")
+    connection_flags(parked)
+    parked.add_argument("--json", action="store_true", help="one JSON object a line")
+    for verb, what in (
+        ("retry", "put parked commands back in the ingestion stream, to be executed again"),
+        ("drop", "remove parked commands; ingest.status says dropped"),
+    ):
+        sub = ingest_commands.add_parser(verb, help=what)
+        connection_flags(sub)
+        sub.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="parked seqs")
+        sub.add_argument("--all", action="store_true", help="every parked command")
     replay = commands.add_parser("replay", help="rebuild projections from the log")
     connection_flags(replay)
     which = replay.add_mutually_exclusive_group(required=True)
@@ -443,6 +458,13 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
             f"parked: {parked['projection']} seq {parked['seq']} {parked['subject']}: "
             f"{parked['error']}"
         )
+    ingest = report.get("ingest")
+    if ingest is not None:
+        print(
+            f"ingestion: {ingest['backlog']:,} published commands waiting "
+            f"(bound {ingest['max_msgs']:,}), {ingest['parked']:,} parked"
+            + (" (agentmem ingest parked)" if ingest["parked"] else "")
+        )
     process = report.get("process")
     if process:  # the running service that answered: one of several, perhaps
         active = ", ".join(process["active"]) or "none"
@@ -454,6 +476,40 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
     if answered:
         print(f"requests it answered since its start: {answered}")
     return 0
+
+
+async def _ingest(settings: Settings, verb: str, seqs: list[int], args: argparse.Namespace) -> int:
+    """``agentmem ingest parked|retry|drop``: straight on the parked stream, as the service."""
+    from agentmem import ingestion
+
+    async with _log_connection(settings) as nc:
+        parked = await ingestion.list_parked(nc, limit=100_000)
+        if verb == "parked":
+            for p in parked:
+                if args.json:
+                    row = {"seq": p.seq, "subject": p.subject, "command_id": p.command_id}
+                    print(json.dumps({**row, "error": p.error, "time": p.time}))
+                else:
+                    error = f"{p.error.get('code')}: {p.error.get('message')}"
+                    print(f"{p.seq:>8} {p.subject} command {p.command_id}: {error}")
+            if not args.json:
+                print(f"{len(parked):,} parked")
+            return 0
+        if bool(seqs) == bool(args.all):
+            print(f"agentmem ingest {verb}: name parked seqs, or --all", file=sys.stderr)
+            return 2
+        chosen = parked if args.all else [p for p in parked if p.seq in set(seqs)]
+        unknown = set(seqs) - {p.seq for p in parked}
+        for seq in sorted(unknown):
+            print(f"agentmem ingest {verb}: no parked command at seq {seq}", file=sys.stderr)
+        for p in chosen:
+            if verb == "retry":
+                at = await ingestion.retry_parked(nc, p)
+                print(f"{p.seq}: command {p.command_id} back in the ingestion stream at {at}")
+            else:
+                await ingestion.drop_parked(nc, p)
+                print(f"{p.seq}: command {p.command_id} dropped")
+        return 1 if unknown else 0
 
 
 def _requests_answered(figures: dict[str, list[dict[str, Any]]]) -> str:
@@ -609,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return asyncio.run(
                 _status(settings, args.json, _status_token(settings, args.token_file))
+            )
+        if args.command == "ingest":
+            return asyncio.run(
+                _ingest(settings, args.ingest_command, getattr(args, "seqs", []), args)
             )
         if args.command == "admin" and args.admin_command == "rewrap-keys":
             return asyncio.run(_rewrap_keys(settings))

@@ -228,7 +228,10 @@ async def list_parked(nc: NATS, limit: int = 1000) -> list[Parked]:
     seq = 1
     while len(found) < limit:
         reply = await nc.request(
-            f"$JS.API.DIRECT.GET.{PARKED}", json.dumps({"seq": seq}).encode(), timeout=5.0
+            f"$JS.API.DIRECT.GET.{PARKED}",
+            # The first at or after seq: a retried or dropped one leaves a gap.
+            json.dumps({"seq": seq, "next_by_subj": f"{PARKED_PREFIX}.>"}).encode(),
+            timeout=5.0,
         )
         headers = dict(reply.headers or {})
         if headers.get("Status"):

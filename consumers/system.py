@@ -8,7 +8,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import asyncapi, subjects
+from agentmem import asyncapi, ingestion, subjects
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.eventlog import EventLog
@@ -56,6 +56,7 @@ async def collect_status(
             "plaintext_until": await plaintext_until(nc),
         },
         "projections": projections,
+        "ingest": await ingestion.report(nc),
         "parked": [
             {"projection": p.projection, "seq": p.seq, "subject": p.subject, "error": p.error}
             for p in parked[:50]

@@ -26,7 +26,7 @@ from agentmem.domain.ingest import IngestStatus
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE
 from agentmem.service import Service
 from tests.conftest import settings_for
-from tests.realparts import bearer, eventually, read_log
+from tests.realparts import bearer, clean_env, eventually, read_log, run_cli, status
 from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
@@ -296,10 +296,16 @@ async def test_a_full_stream_refuses_a_jetstream_publish(
 
 
 async def test_transient_failures_are_retried_then_parked_and_an_operator_retries_or_drops(
-    service: Service, nc: NATS, client: Client, admin_token: str
+    service: Service,
+    nc: NATS,
+    client: Client,
+    admin_token: str,
+    nats_server: NatsServer,
+    tmp_path: Path,
 ) -> None:
     """The service's own worker is stopped, so that one whose command path answers
     ``unavailable`` (a store or log outage, stood in for here) takes the partition."""
+    nats_url = nats_server.url
     for leader in service.ingest_leaders.values():
         leader.stop()
     await asyncio.wait(service.ingest_tasks.values(), timeout=10)
@@ -345,8 +351,25 @@ async def test_transient_failures_are_retried_then_parked_and_an_operator_retrie
         assert report["parked"] == 2
         assert report["backlog"] == 0
         failing = False
-        await ingestion.retry_parked(nc, parked[0])
-        await ingestion.drop_parked(nc, parked[1])
+        # The operator's view and hands: agentmem ingest parked | retry | drop.
+        env = clean_env(AGENTMEM_NATS=nats_url, AGENTMEM_DATA_DIR=str(tmp_path))
+        listed = await run_cli("ingest", "parked", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [r["command_id"] for r in rows] == [p.command_id for p in parked]
+        assert rows[0]["error"]["code"] == "unavailable"
+        # agentmem status, and the Prometheus gauges it sets, show the parked count.
+        report = await status(nc, admin_token)
+        assert report["ingest"]["parked"] == 2
+        gauges = {m["name"]: m["value"] for m in report["metrics"]["agentmem_ingest_parked"]}
+        assert gauges == {"agentmem_ingest_parked": 2}
+        shown = await run_cli("status", env=env)
+        assert "2 parked" in shown.stdout, shown.stdout + shown.stderr
+        retried = await run_cli("ingest", "retry", str(parked[0].seq), env=env)
+        assert retried.returncode == 0, retried.stderr
+        dropped = await run_cli("ingest", "drop", "--all", env=env)
+        assert dropped.returncode == 0, dropped.stderr
+        assert "flaky-2 dropped" in dropped.stdout
         await eventually(lambda: _parked_count(nc, 0), 10, 0.05, "none parked")
         retried = await settled_as(nc, admin_token, "flaky-1", "stored")
         assert retried["seq"] > 0
