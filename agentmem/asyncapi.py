@@ -22,20 +22,18 @@ from agentmem.protocol import Operation, operations
 REF = "#/components/schemas/{name}"
 # Fields a reply never carries (consumers.commands.SECRET_FIELDS).
 SECRETS = frozenset({"password_hash", "password", "digest"})
-HEADERS = {
-    "type": "object",
-    "properties": {
-        "Authorization": {
-            "type": "string",
-            "description": "`Bearer <API key or session token>`; the header name is "
-            "matched without regard to case.",
-        },
-        "AgentMem-Correlation-Id": {
-            "type": "string",
-            "description": "Carried into every commit the command writes.",
-        },
+HEADER_FIELDS: dict[str, dict[str, str]] = {
+    "Authorization": {
+        "type": "string",
+        "description": "`Bearer <API key or session token>`; the header name is "
+        "matched without regard to case.",
+    },
+    "AgentMem-Correlation-Id": {
+        "type": "string",
+        "description": "Carried into every commit the command writes.",
     },
 }
+HEADERS = {"type": "object", "properties": HEADER_FIELDS}
 DESCRIPTION = (
     "An event-sourced memory service for AI agents over NATS. Every request is a NATS "
     "request with a JSON body; every reply is the envelope `{ok, data, seq}` or "
@@ -179,6 +177,7 @@ def document() -> dict[str, Any]:
         "parameters": {"org_id": {}, "aggregate": {}, "aggregate_id": {}},
         "messages": {"commit": {"$ref": "#/components/messages/Commit"}},
     }
+    _ingestion(ops, channels, operations_, messages)
     operations_["events"] = {
         "action": "send",
         "channel": {"$ref": "#/channels/events"},
@@ -199,6 +198,81 @@ def document() -> dict[str, Any]:
         "channels": channels,
         "operations": operations_,
         "components": {"messages": messages, "schemas": components},
+    }
+
+
+INGEST_HEADERS = {
+    "type": "object",
+    "properties": {
+        **HEADER_FIELDS,
+        "Nats-Msg-Id": {
+            "type": "string",
+            "description": "The command id (unless the body names `command_id`): 1 to 64 "
+            "letters, digits, `_` or `-`. A repeat is stored once.",
+        },
+        "AgentMem-Outcome-To": {
+            "type": "string",
+            "description": "A subject the outcome (IngestOutcome) is published on as well.",
+        },
+    },
+}
+
+
+def _ingestion(
+    ops: list[Operation],
+    channels: dict[str, Any],
+    operations_: dict[str, Any],
+    messages: dict[str, Any],
+) -> None:
+    """The commands that may be published instead of requested (docs/protocol.md,
+    Ingestion): the same bodies, on ``agentmem.in.<org_id>.<aggregate>.<verb>``, kept by
+    the JetStream stream AGENTMEM_INGEST until executed; and the outcome a publisher may
+    ask for."""
+    from agentmem.domain.ingest import INGEST_PREFIX, PUBLISHABLE
+
+    for op in ops:
+        if op.name not in PUBLISHABLE:
+            continue
+        key = f"ingest.{op.name}"
+        name = f"{op.request.__name__}Published"
+        messages[name] = {
+            "name": name,
+            "contentType": "application/json",
+            "payload": messages[f"{op.request.__name__}Request"]["payload"],
+            "headers": INGEST_HEADERS,
+        }
+        channels[key] = {
+            "address": f"{INGEST_PREFIX}.{{org_id}}.{op.name}",
+            "description": "Published (plain or JetStream publish), kept by the stream "
+            "AGENTMEM_INGEST until a service executes it; a JetStream publish is "
+            "acknowledged by the stream's PubAck.",
+            "parameters": {"org_id": {}},
+            "messages": {"command": {"$ref": f"#/components/messages/{name}"}},
+        }
+        operations_[key] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/{key}"},
+            "summary": f"publish {op.name} to be executed later",
+            "description": f"Executed as the request {op.name} (needs the role "
+            f"`{op.need}`), once, in order per aggregate; its outcome is read with "
+            "ingest.status.",
+            "messages": [{"$ref": f"#/channels/{key}/messages/command"}],
+        }
+    messages["IngestOutcome"] = {
+        "name": "IngestOutcome",
+        "contentType": "application/json",
+        "payload": {"$ref": REF.format(name="IngestOutcome")},
+    }
+    channels["ingest.outcome"] = {
+        "address": None,
+        "description": "The subject a publisher named in AgentMem-Outcome-To.",
+        "messages": {"outcome": {"$ref": "#/components/messages/IngestOutcome"}},
+    }
+    operations_["ingest.outcome"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/ingest.outcome"},
+        "summary": "The outcome of a published command, where its publisher asked for it.",
+        "messages": [{"$ref": "#/channels/ingest.outcome/messages/outcome"}],
     }
 
 

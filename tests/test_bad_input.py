@@ -98,6 +98,7 @@ from agentmem.domain.forget import (
     ForgetMemoryScope,
     ForgetUser,
 )
+from agentmem.domain.ingest import IngestStatus
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -256,6 +257,7 @@ VALID: dict[str, dict[str, Any]] = {
     RemoveWorkingItem.op.subject: {"session_id": "s1", "key": "k1"},
     ClearWorkingMemory.op.subject: {"session_id": "s1"},
     GetWorkingMemory.op.subject: {"session_id": "s1", "min_priority": 0.5},
+    IngestStatus.op.subject: {"command_id": "c1"},
     MemoryStats.op.subject: {"user_id": "u1"},
     CreateEntity.op.subject: {"entity_type": "person", "name": "Ann"},
     RenameEntity.op.subject: {"entity_id": "e1", "name": "Ann Lee"},
@@ -363,6 +365,7 @@ WRONG_TYPES: dict[str, tuple[str, Any]] = {
     RemoveWorkingItem.op.subject: ("key", 1),
     ClearWorkingMemory.op.subject: ("session_id", ["s1"]),
     GetWorkingMemory.op.subject: ("min_priority", "0.5"),
+    IngestStatus.op.subject: ("command_id", 5),
     MemoryStats.op.subject: ("memory_type", 5),
     CreateEntity.op.subject: ("aliases", "Annie"),
     RenameEntity.op.subject: ("name", 5),

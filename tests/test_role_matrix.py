@@ -710,6 +710,28 @@ ROWS: list[Row] = [
         ),
         lambda s, d: s.w.working_key in listed(d, "key"),
     ),
+    # Published commands (ingestion): what became of one
+    Row(
+        "agentmem.q.ingest.status",
+        "reader",
+        "org",
+        built(lambda s: {"org_id": s.w.own, "command_id": "never-published"}),
+        lambda s, d: d["status"] == "pending",
+    ),
+    Row(
+        "agentmem.q.ingest.status",
+        "org_admin",
+        "org",
+        built(
+            lambda s: {
+                "org_id": s.w.own,
+                "user_id": s.w.victim.user_id,
+                "command_id": "never-published",
+            }
+        ),
+        lambda s, d: d["status"] == "pending",
+        variant="another user's",
+    ),
     # Context for a model call
     Row(
         "agentmem.q.context.assemble",
