@@ -28,6 +28,7 @@ from bench import (
     forget,
     graph,
     harness,
+    ingest,
     longchat,
     memories,
     messages,
@@ -46,6 +47,7 @@ ALL: list[Workload] = [
     *search.WORKLOADS,
     *memories.WORKLOADS,
     *vectors.WORKLOADS,
+    *ingest.WORKLOADS,
 ]
 # Run only when named with --only: they need a Postgres server (AGENTMEM_BENCH_POSTGRES).
 ON_REQUEST: list[Workload] = [

@@ -42,6 +42,7 @@ class Sizes:
     search: int = 100_000  # matching messages in the searched scope, and in another org
     memories: int = 100_000  # memories per add_batch run, and in the list and search store
     memory_scopes: int = 1_000  # the users those memories belong to
+    ingest: int = 20_000  # published message appends per run of the ingest workloads
 
 
 NORMAL = Sizes(
@@ -73,6 +74,7 @@ QUICK = Sizes(
     search=2_000,
     memories=2_000,
     memory_scopes=20,
+    ingest=1_000,
 )
 
 

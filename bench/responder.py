@@ -43,6 +43,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from agentmem import ids, subjects
 from agentmem.projections.memories import MEMORIES
@@ -50,6 +51,11 @@ from agentmem.projections.messages import MESSAGES
 from agentmem.projections.users import USERS
 from agentmem.store import Table, fulltext
 
+RAW_INGEST_IN = "bench.rawin"  # the work queue published to (raw-ingest, faststream-ingest)
+RAW_INGEST_LOG = "bench.rawlog"  # the stream its consumer publishes each message to
+RAW_IN_STREAM = "BENCH_RAW_IN"
+RAW_LOG_STREAM = "BENCH_RAW_LOG"
+INGEST_BATCH = 256
 RAW_COMMAND = "bench.raw.cmd"
 RAW_QUERY = "bench.raw.get"
 RAW_LAST = "bench.raw.last"
@@ -59,7 +65,15 @@ RAW_MEMORY_SEARCH = "bench.raw.memory.search"
 USER_COLUMNS = USERS.column_names
 MESSAGE_COLUMNS = MESSAGES.column_names
 MEMORY_COLUMNS = MEMORIES.column_names
-KINDS = ("raw-command", "raw-query", "raw-last50", "raw-search", "raw-memory-read")
+KINDS = (
+    "raw-command",
+    "raw-query",
+    "raw-last50",
+    "raw-search",
+    "raw-memory-read",
+    "raw-ingest",
+    "faststream-ingest",
+)
 
 
 class _Command(msgspec.Struct):
@@ -241,6 +255,106 @@ async def memory_responder(nc: NATS, db: sqlite3.Connection) -> None:
     await _serve(nc, RAW_MEMORY_SEARCH, search_answer)
 
 
+async def _ingest_streams(nc: NATS) -> None:
+    """A work-queue stream like AGENTMEM_INGEST and a "log" stream to publish to."""
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(
+            name=RAW_IN_STREAM,
+            subjects=[f"{RAW_INGEST_IN}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=600,
+        )
+    )
+    await js.add_stream(
+        StreamConfig(
+            name=RAW_LOG_STREAM,
+            subjects=[f"{RAW_INGEST_LOG}.>"],
+            storage=StorageType.FILE,
+            duplicate_window=600,
+        )
+    )
+
+
+async def _forward(nc: NATS, messages: list[Msg]) -> None:
+    """Publish each message to the log stream (awaited, gathered), then ack each."""
+    await _forward_only(nc, messages)
+    for m in messages:
+        await m.ack()
+
+
+async def ingest_consumer(nc: NATS) -> asyncio.Task[None]:
+    """raw-ingest: one pull consumer read as the service's workers read theirs (PullFeed,
+    batches of up to 256), each batch forwarded and acked."""
+    from agentmem.projections.feed import PullFeed
+
+    await _ingest_streams(nc)
+    await nc.jetstream().add_consumer(
+        RAW_IN_STREAM,
+        ConsumerConfig(
+            durable_name="raw",
+            ack_policy=AckPolicy.EXPLICIT,
+            max_ack_pending=INGEST_BATCH * 4,
+        ),
+    )
+    feed = PullFeed(nc, RAW_IN_STREAM, "raw", INGEST_BATCH, 1.0)
+    await feed.start()
+
+    async def loop() -> None:
+        while True:
+            batch = await feed.next_batch()
+            if batch:
+                await _forward(nc, batch)
+
+    return asyncio.create_task(loop())
+
+
+async def faststream_consumer(url: str, nc: NATS) -> Any:
+    """faststream-ingest: the same pipeline with FastStream's JetStream pull subscriber
+    (batches of up to 256, acked by FastStream after the handler returns)."""
+    from faststream import Context
+    from faststream.nats import JStream, NatsBroker, PullSub
+    from faststream.nats.message import NatsBatchMessage
+
+    await _ingest_streams(nc)
+    broker = NatsBroker(url, logger=None)
+
+    @broker.subscriber(
+        f"{RAW_INGEST_IN}.>",
+        stream=JStream(RAW_IN_STREAM, declare=False),
+        durable="faststream",
+        pull_sub=PullSub(batch_size=INGEST_BATCH, timeout=1.0, batch=True),
+    )
+    async def forward(
+        body: list[dict[str, Any]],
+        message: NatsBatchMessage = Context("message"),  # noqa: B008
+    ) -> None:
+        # FastStream decodes the bodies (JSON, validated by its serializer); the publishes
+        # need the messages' ids, from the batch's raw messages.
+        await _forward_only(nc, list(message.raw_message))
+
+    await broker.start()
+    return broker
+
+
+async def _forward_only(nc: NATS, messages: list[Msg]) -> None:
+    """Publish each message to the log stream, awaited, gathered."""
+    acks = await asyncio.gather(
+        *(
+            nc.request(
+                f"{RAW_INGEST_LOG}.{m.subject.rsplit('.', 1)[-1]}",
+                m.data,
+                timeout=30,
+                headers={"Nats-Msg-Id": (m.headers or {}).get("Nats-Msg-Id", "")},
+            )
+            for m in messages
+        )
+    )
+    if any(b'"error"' in a.data for a in acks):
+        raise RuntimeError("a publish to the log stream was refused")
+
+
 async def run(kind: str, url: str, db_path: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -248,9 +362,14 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     nc = await nats.connect(url, name=f"bench-{kind}")
     db: sqlite3.Connection | None = None
+    keep: Any = None  # the ingest consumer's task or broker, kept alive
     try:
         if kind == "raw-command":
             await command_responder(nc)
+        elif kind == "raw-ingest":
+            keep = await ingest_consumer(nc)
+        elif kind == "faststream-ingest":
+            keep = await faststream_consumer(url, nc)
         else:
             if db_path is None:
                 raise SystemExit(f"{kind} needs --db")
@@ -266,6 +385,8 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
                 await query_responder(nc, db)
         print("ready", flush=True)
         await stop.wait()
+        if keep is not None and hasattr(keep, "stop"):
+            await keep.stop()
     finally:
         await nc.drain()
         if db is not None:
