@@ -146,6 +146,9 @@ class IngestWorker:
         self._stopping = asyncio.Event()
         self._feed: PullFeed | None = None
         self._stream_id = ""  # the stream's creation time, part of an id made from a seq
+        self._running: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None  # the first command that failed the worker
+        self._tails: dict[tuple[str, ...], asyncio.Task[None]] = {}
 
     @property
     def consumer(self) -> str:
@@ -193,32 +196,65 @@ class IngestWorker:
         try:
             while not self._stopping.is_set():
                 messages = await feed.next_batch()
-                if messages:
-                    await self._run_batch(messages)
+                for msg in messages:
+                    self._start(msg)
+                await self._keep_in_bounds()
+            await self._finish(self._running)
         finally:
+            for task in list(self._running):
+                task.cancel()  # unacked: delivered again to the next holder
             with contextlib.suppress(Exception):
                 await feed.stop()
             log.info("ingestion partition stopped", partition=self.partition)
 
-    async def _run_batch(self, messages: list[Msg]) -> None:
-        queues: dict[tuple[str, ...], list[tuple[Msg, Target | None]]] = {}
-        for msg in messages:
-            found = target(msg.subject)
-            key = (
-                order_key(found.org_id, found.operation, read_keys(msg.data))
-                if found is not None
-                else ("?", msg.subject)
-            )
-            queues.setdefault(key, []).append((msg, found))
+    def _start(self, msg: Msg) -> None:
+        """Run one command as soon as the one before it with the same order key is done (a
+        chain per key, across batches): commands of other keys, and the next batch, need
+        not wait for it."""
+        found = target(msg.subject)
+        key = (
+            order_key(found.org_id, found.operation, read_keys(msg.data))
+            if found is not None
+            else ("?", msg.subject)
+        )
+        before = self._tails.get(key)
+        task = asyncio.create_task(self._after(before, msg, found))
+        self._tails[key] = task
+        self._running.add(task)
 
-        async def one_queue(queue: list[tuple[Msg, Target | None]]) -> list[Done]:
-            return [await self._run_one(msg, found) for msg, found in queue]
+        def done(finished: asyncio.Task[None]) -> None:
+            self._running.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                self._failure = self._failure or finished.exception()
+            if self._tails.get(key) is finished:
+                del self._tails[key]
 
-        done = [d for q in await asyncio.gather(*map(one_queue, queues.values())) for d in q]
-        await self._record(done)
-        for d in done:
-            await d.msg.ack()
-        self.metrics.ingested(len(done))
+        task.add_done_callback(done)
+
+    async def _after(
+        self, before: asyncio.Task[None] | None, msg: Msg, found: Target | None
+    ) -> None:
+        if before is not None:
+            # A failure before it stops the chain: this one must not overtake it.
+            await asyncio.shield(before)
+        d = await self._run_one(msg, found)
+        await self._record([d])
+        await msg.ack()
+        self.metrics.ingested(1)
+
+    async def _keep_in_bounds(self) -> None:
+        """At most ``IN_FLIGHT`` commands under way (the consumer's max_ack_pending is
+        above it); a failed one fails the worker, which starts again from the stream."""
+        if self._failure is not None:
+            raise self._failure
+        while len(self._running) >= self.batch * 2:
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+            if self._failure is not None:
+                raise self._failure
+
+    async def _finish(self, running: set[asyncio.Task[None]]) -> None:
+        if running:
+            await asyncio.wait(set(running), timeout=ACK_WAIT_S)
 
     async def _run_one(self, msg: Msg, found: Target | None) -> Done:
         headers = dict(msg.headers or {})
