@@ -6,8 +6,8 @@ so one process at a time reads a partition, in stream order. For each batch it r
 
 1. Each message gets its command id (``domain.ingest.command_id``: the body's
    ``command_id``, else ``Nats-Msg-Id``, else its place in the stream) and its order key
-   (its conversation, session, agent or memory scope). Messages of one key run one after
-   the other, in stream order; keys run side by side.
+   (its conversation, session, agent or memory scope). Messages of one key form a chain
+   across batches: each is executed once the one before it has been; keys run side by side.
 2. Each runs through ``Dispatcher.execute``, the request path itself: size and header
    bounds, the credential in its headers, decoding, the handler, ``CommandRunner`` with
    that command id. A redelivered or republished command is recognised by the command path
@@ -17,8 +17,8 @@ so one process at a time reads a partition, in stream order. For each batch it r
    ``not_found``, ``conflict``) is the command's outcome. Another (``unavailable``,
    ``internal``) is retried with backoff, and after ``MAX_ATTEMPTS`` the command is parked
    (copied to the parked stream) for an operator.
-4. The outcomes are recorded (``ingest.status`` reads them), then the messages are acked,
-   which removes them from the work queue. A crash anywhere before the ack redelivers the
+4. The outcome is recorded (``ingest.status`` reads it), then the message is acked,
+   which removes it from the work queue. A crash anywhere before the ack redelivers the
    message; its command is then recognised as done, and the same outcome recorded again.
 """
 
@@ -148,7 +148,8 @@ class IngestWorker:
         self._stream_id = ""  # the stream's creation time, part of an id made from a seq
         self._running: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None  # the first command that failed the worker
-        self._tails: dict[tuple[str, ...], asyncio.Task[None]] = {}
+        # Per order key: the last command started, done once it has been executed.
+        self._tails: dict[tuple[str, ...], asyncio.Future[None]] = {}
 
     @property
     def consumer(self) -> str:
@@ -208,9 +209,9 @@ class IngestWorker:
             log.info("ingestion partition stopped", partition=self.partition)
 
     def _start(self, msg: Msg) -> None:
-        """Run one command as soon as the one before it with the same order key is done (a
-        chain per key, across batches): commands of other keys, and the next batch, need
-        not wait for it."""
+        """Run one command as soon as the one before it with the same order key has been
+        executed (a chain per key, across batches): commands of other keys, the next batch,
+        and the recording of the one before need not be waited for."""
         found = target(msg.subject)
         key = (
             order_key(found.org_id, found.operation, read_keys(msg.data))
@@ -218,32 +219,46 @@ class IngestWorker:
             else ("?", msg.subject)
         )
         before = self._tails.get(key)
-        task = asyncio.create_task(self._after(before, msg, found))
-        self._tails[key] = task
+        executed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._after(before, executed, msg, found))
+        self._tails[key] = executed
         self._running.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._running.discard(finished)
+            if not executed.done():
+                executed.cancel()
+            elif not executed.cancelled():
+                executed.exception()  # retrieved: a chain's failure is the task's own
             if not finished.cancelled() and finished.exception() is not None:
                 self._failure = self._failure or finished.exception()
-            if self._tails.get(key) is finished:
+            if self._tails.get(key) is executed:
                 del self._tails[key]
 
         task.add_done_callback(done)
 
     async def _after(
-        self, before: asyncio.Task[None] | None, msg: Msg, found: Target | None
+        self,
+        before: asyncio.Future[None] | None,
+        executed: asyncio.Future[None],
+        msg: Msg,
+        found: Target | None,
     ) -> None:
-        if before is not None:
-            # A failure before it stops the chain: this one must not overtake it.
-            await asyncio.shield(before)
-        d = await self._run_one(msg, found)
+        try:
+            if before is not None:
+                # A failure before it stops the chain: this one must not overtake it.
+                await asyncio.shield(before)
+            d = await self._run_one(msg, found)
+        except Exception as exc:
+            executed.set_exception(exc)
+            raise
+        executed.set_result(None)
         await self._record([d])
         await msg.ack()
         self.metrics.ingested(1)
 
     async def _keep_in_bounds(self) -> None:
-        """At most ``IN_FLIGHT`` commands under way (the consumer's max_ack_pending is
+        """At most two batches of commands under way (the consumer's max_ack_pending is
         above it); a failed one fails the worker, which starts again from the stream."""
         if self._failure is not None:
             raise self._failure
