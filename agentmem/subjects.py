@@ -25,6 +25,12 @@ GLOBAL_ORG = "_global"
 
 QUEUE_GROUP = "agentmem"
 
+# Commands published to be executed later (issue 18): exactly an organization, an aggregate
+# and a verb after the prefix. The ingestion stream stores them with a partition token
+# appended (agentmem/ingestion.py).
+INGEST_PREFIX = f"{PREFIX}.in"
+INGEST_SUBJECTS = f"{INGEST_PREFIX}.*.*.*"
+
 
 def command(aggregate: str, verb: str) -> str:
     return f"{COMMAND_PREFIX}.{aggregate}.{verb}"
@@ -89,3 +95,24 @@ def tool_name_reservation(org_id: str, name: str) -> str:
 def events_of(aggregate: str) -> str:
     """Filter matching every event subject of one aggregate type, in every org."""
     return f"{EVENT_PREFIX}.*.{aggregate}.*"
+
+
+class IngestRef(NamedTuple):
+    """What a published subject names: ``agentmem.in.<org_id>.<aggregate>.<verb>``."""
+
+    org_id: str
+    operation: str  # "message.append"
+
+
+def parse_ingest(subject: str) -> IngestRef | None:
+    """A published subject, as published or as stored (with its partition token); None
+    for anything else."""
+    parts = subject.split(".")
+    if len(parts) not in (5, 6) or ".".join(parts[:2]) != INGEST_PREFIX:
+        return None
+    return IngestRef(parts[2], f"{parts[3]}.{parts[4]}")
+
+
+def as_published(stored: str) -> str:
+    """A stored ingestion subject without the partition token JetStream appended."""
+    return stored.rsplit(".", 1)[0] if len(stored.split(".")) == 6 else stored

@@ -39,7 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from agentmem import ingestion
+from agentmem import ingestion, subjects
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.router import Prepare, Request, Result, Router
 from agentmem.domain.access import Principal
@@ -344,7 +344,7 @@ class IngestWorker:
 
     async def _park(self, d: Done) -> None:
         msg = d.msg
-        published = msg.subject.rsplit(".", 1)[0]  # without the partition token
+        published = subjects.as_published(msg.subject)
         headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
         headers[ingestion.H_PARKED_SUBJECT] = published
         headers[ingestion.H_PARKED_ERROR] = json.dumps(d.outcome.error or {})

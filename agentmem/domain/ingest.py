@@ -20,10 +20,10 @@ from agentmem.protocol import query
 from agentmem.queries import Query
 from agentmem.replies import IngestOutcome
 
-INGEST_PREFIX = f"{subjects.PREFIX}.in"
 # Exactly three tokens after the prefix: a publish on any other shape is not captured (a
 # JetStream publish gets "no responders"), rather than kept where no consumer reads it.
-INGEST_SUBJECTS = f"{INGEST_PREFIX}.*.*.*"
+INGEST_PREFIX = subjects.INGEST_PREFIX
+INGEST_SUBJECTS = subjects.INGEST_SUBJECTS
 
 # The commands that may be published, by operation name: appends and adds, the writes an
 # agent makes in the middle of a conversation. Anything that needs its answer (a create
@@ -70,16 +70,8 @@ class Target(msgspec.Struct, frozen=True):
 def target(subject: str) -> Target | None:
     """``agentmem.in.<org>.<aggregate>.<verb>`` (as published, or as stored with its
     partition token after it); None for anything else."""
-    parts = subject.split(".")
-    if len(parts) not in (5, 6) or ".".join(parts[:2]) != INGEST_PREFIX:
-        return None
-    return Target(parts[2], f"{parts[3]}.{parts[4]}")
-
-
-def partition_of(stored_subject: str) -> int | None:
-    """The partition JetStream wrote into a stored subject (its last token)."""
-    last = stored_subject.rsplit(".", 1)[-1]
-    return int(last) if last.isdigit() else None
+    found = subjects.parse_ingest(subject)
+    return Target(found.org_id, found.operation) if found is not None else None
 
 
 def command_id(headers: dict[str, str], body_id: str | None, stream_id: str) -> str:
