@@ -291,6 +291,7 @@ class Service:
         # One per partition of the ingestion stream, in a process with the commands role.
         self.ingest_leaders: dict[str, ProjectionLeader] = {}
         self.ingest_tasks: dict[str, asyncio.Task[None]] = {}
+        self.ingest_leases: Leases | None = None
         self.dispatcher: Dispatcher | None = None
         self.access: AccessView | None = None
         self.keys: KeyRing | None = None
@@ -389,9 +390,8 @@ class Service:
             )
 
         board = CheckpointBoard()
-        if "projections" in roles or "commands" in roles:
-            self.leases = open_leases(settings.store_url)
         if "projections" in roles:
+            self.leases = open_leases(settings.store_url)
             for projection in ALL:
                 self._lead(projection, board)
             # Ready means each lease was asked for once: status then says what runs here.
@@ -439,7 +439,9 @@ class Service:
         self.dispatcher = Dispatcher(self.nc, router, authenticator, metrics=self.metrics)
         await self.dispatcher.start(trees)
         if "commands" in roles:
-            # After the dispatcher: a published command runs through it.
+            # After the dispatcher: a published command runs through it. The partitions'
+            # leases are a group of their own: only processes with this role share them.
+            self.ingest_leases = open_leases(settings.store_url, group="ingest")
             for partition in range(ingestion.PARTITIONS):
                 self._ingest(partition, board)
         if metrics_at is not None:
@@ -490,7 +492,7 @@ class Service:
 
     def _ingest(self, partition: int, board: CheckpointBoard) -> None:
         assert self.nc is not None
-        assert self.leases is not None
+        assert self.ingest_leases is not None
         assert self.dispatcher is not None
         nc, execute = self.nc, self.dispatcher.execute
         name = f"ingest-{partition}"
@@ -498,8 +500,9 @@ class Service:
         def make_worker() -> IngestWorker:
             return IngestWorker(nc, partition, execute, metrics=self.metrics)
 
-        total = ingestion.PARTITIONS + (len(ALL) if "projections" in self.settings.roles else 0)
-        leader = ProjectionLeader(name, make_worker, self.leases, board, total=total)
+        leader = ProjectionLeader(
+            name, make_worker, self.ingest_leases, board, total=ingestion.PARTITIONS
+        )
         self.ingest_leaders[name] = leader
         self.ingest_tasks[name] = asyncio.create_task(leader.run(), name=f"leader-{name}")
 
@@ -514,10 +517,10 @@ class Service:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "roles": [r for r in ROLES if r in self.settings.roles],
-            "active": sorted(
-                name
-                for name, leader in {**self.leaders, **self.ingest_leaders}.items()
-                if leader.active
+            "active": sorted(name for name, leader in self.leaders.items() if leader.active),
+            # The partitions of the ingestion stream this process reads.
+            "ingesting": sorted(
+                name for name, leader in self.ingest_leaders.items() if leader.active
             ),
         }
 
@@ -536,6 +539,8 @@ class Service:
             leader.stop()
         if self.ingest_tasks:
             await asyncio.wait(self.ingest_tasks.values(), timeout=STEP_TIMEOUT_S)
+        if self.ingest_leases:
+            await self.ingest_leases.close()
         if self.dispatcher:
             await self.dispatcher.stop()
         if self._sweeper is not None:

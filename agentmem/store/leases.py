@@ -120,9 +120,12 @@ def _key_parts(key: int) -> tuple[int, int]:
 
 
 class PostgresLeases:
-    def __init__(self, dsn: str, holder: str | None = None) -> None:
+    def __init__(self, dsn: str, holder: str | None = None, group: str = "projection") -> None:
+        """``group``: leases shared apart from the others, with members of their own (the
+        ingestion partitions are one: only processes with the commands role compete)."""
         self.dsn = dsn
         self.holder = holder or holder_name()
+        self._members_name = MEMBERS if group == "projection" else f"members of the {group} leases"
         self._conn: asyncpg.Connection | None = None
         self._schema = "public"
         self._held: set[str] = set()
@@ -148,7 +151,7 @@ class PostgresLeases:
                 )
                 await conn.fetchval(
                     "SELECT pg_try_advisory_lock_shared($1)",
-                    self.key(MEMBERS),
+                    self.key(self._members_name),
                     timeout=CALL_TIMEOUT_S,
                 )
             except BaseException:
@@ -171,7 +174,7 @@ class PostgresLeases:
         now = time.monotonic()
         if now - self._members_at > MEMBERS_TTL_S:
             try:
-                self._members = max(1, await self._holders(MEMBERS, "ShareLock"))
+                self._members = max(1, await self._holders(self._members_name, "ShareLock"))
             except Exception as exc:  # the next hold() drops the connection and says so
                 log.warning("could not count the lease members", error=repr(exc))
             self._members_at = now
@@ -243,7 +246,7 @@ class PostgresLeases:
                     conn.terminate()
 
 
-def open_leases(store_url: str) -> Leases:
+def open_leases(store_url: str, group: str = "projection") -> Leases:
     if store_url.startswith(("postgres://", "postgresql://")):
-        return PostgresLeases(store_url)
+        return PostgresLeases(store_url, group=group)
     return OwnedStore()
