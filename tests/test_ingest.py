@@ -420,3 +420,64 @@ async def test_commit_types_of_published_commands_are_the_operations(
         assert outcome["operation"] == operation
     types = {m.headers.get(H_COMMIT_TYPE) for m in await read_log(nc)}
     assert set(bodies) <= types
+
+
+async def test_two_processes_share_the_partitions_and_keep_the_order(
+    nats_server: NatsServer, tmp_path: Path, store_url: str, store_kind: str
+) -> None:
+    """Several processes (Postgres) share the partitions by lease: each reads some, and the
+    commands of every conversation are still stored once, in publish order."""
+    if store_kind != "postgres":
+        pytest.skip("several processes share a deployment on Postgres only")
+    first = Service(settings_for(nats_server, tmp_path / "a", store_url))
+    await first.start()
+    second = Service(settings_for(nats_server, tmp_path / "b", store_url))
+    await second.start()
+    nc = await nats.connect(nats_server.url)
+    try:
+        token = (tmp_path / "a" / "admin.key").read_text().strip()
+        root = Client(nc, token)
+
+        async def spread() -> bool:
+            return bool(first.this_process()["ingesting"] and second.this_process()["ingesting"])
+
+        await eventually(spread, 30, 0.1, "the partitions spread over both processes")
+        sent: list[tuple[str, str, int]] = []  # (org, session, rank)
+        js = nc.jetstream()
+        for o in range(8):
+            org = str((await root.create_org(f"Org {o}")).fields["org_id"])
+            agent = str((await root.create_agent("A", org_id=org)).fields["agent_id"])
+            for n in range(30):
+                session = f"s{n % 2}"
+                await js.publish(
+                    f"agentmem.in.{org}.message.append",
+                    append_body(session, agent, n),
+                    headers={**bearer(token), "Nats-Msg-Id": f"o{o}-{session}-{n:03d}"},
+                )
+                sent.append((org, session, n))
+        await eventually(lambda: _backlog_empty(nc), 60, 0.1, "an empty backlog")
+        commits = await commits_by_command(nc)
+        ranks: dict[str, list[tuple[int, int]]] = {}
+        for key, seqs in commits.items():
+            command_id = key.rsplit(".", 1)[-1]
+            if command_id.startswith("o") and command_id.count("-") == 2:
+                assert len(seqs) == 1, f"{command_id} stored {len(seqs)} times"
+                group, rank = command_id.rsplit("-", 1)
+                ranks.setdefault(group, []).append((seqs[0], int(rank)))
+        assert sum(len(r) for r in ranks.values()) == len(sent)
+        for group, stored in ranks.items():
+            in_log = [rank for _, rank in sorted(stored)]
+            assert in_log == sorted(in_log), f"{group} out of publish order"
+        executed = [
+            sum(
+                sample["value"]
+                for sample in s.metrics.snapshot()["agentmem_ingest_executed"]
+                if sample["name"].endswith("_total")
+            )
+            for s in (first, second)
+        ]
+        assert all(executed), f"one process executed nothing: {executed}"
+    finally:
+        await nc.close()
+        await second.stop()
+        await first.stop()
