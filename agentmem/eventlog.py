@@ -27,7 +27,7 @@ from agentmem.domain.aggregate import Write
 from agentmem.errors import AgentMemError, UnavailableError
 from agentmem.events import COMMIT_SCHEMA, AnyEvent
 from agentmem.keys import KeyRing
-from agentmem.sealing import read_events, seal
+from agentmem.sealing import read_events, seal, sealed_key_names
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,8 @@ MAX_WRITES_PER_COMMAND = 8
 # The most subjects one command may write: nats-server's limit of one atomic batch (a
 # batch of 1,001 is refused with err_code 10199). Only memory.add_batch comes near it.
 MAX_BATCH_WRITES = 1000
+# How many of an atomic batch's commits are sealed at once (each may store a new data key).
+SEALS_IN_FLIGHT = 64
 
 
 class StaleVersion(Exception):
@@ -296,7 +298,7 @@ class EventLog:
         self, write: Write, headers: dict[str, str], command_id: str
     ) -> Appended:
         headers = {**headers, "Nats-Msg-Id": command_id, **_expect(write)}
-        payload = await seal(write.subject, write.events, self.keys)
+        payload = await seal(write.subject, write.events, self.keys, fresh=write.expected == 0)
         reply = await self.nc.request(write.subject, payload, timeout=self.timeout, headers=headers)
         ack = self._check_ack(reply.data)
         return Appended(seqs=[ack.seq], duplicate=ack.duplicate)
@@ -309,8 +311,15 @@ class EventLog:
         batch_id = ids.new_id()
         count = len(writes)
         ack = _PubAck()
-        # Sealed first: a key made for this batch is stored before any of its messages.
-        payloads = [await seal(w.subject, w.events, self.keys) for w in writes]
+        # Sealed first: a key made for this batch is stored before any of its messages. A
+        # batch of new memories needs a key each: made a few dozen at a time, not in series.
+        slots = asyncio.Semaphore(SEALS_IN_FLIGHT)
+
+        async def sealed(write: Write) -> bytes:
+            async with slots:
+                return await seal(write.subject, write.events, self.keys, write.expected == 0)
+
+        payloads = await asyncio.gather(*(sealed(w) for w in writes))
         for index, (write, payload) in enumerate(zip(writes, payloads, strict=True), start=1):
             message_headers = {
                 **headers,
@@ -377,6 +386,31 @@ class EventLog:
     ) -> StoredCommit:
         """A message of the stream read tolerantly, personal fields opened (``stored_commit``)."""
         return await stored_commit(seq, subject, headers, data, self.keys)
+
+    async def sealed_keys(self, subject: str) -> set[str]:
+        """The names of every data key that the commits on ``subject`` were sealed with
+        (read from their sealed parts, which stay readable when the keys are gone)."""
+        names: set[str] = set()
+        next_seq = 1
+        while True:
+            try:
+                reply = await self.nc.request(
+                    self._direct_get,
+                    _json.encode({"seq": next_seq, "next_by_subj": subject}),
+                    timeout=self.timeout,
+                )
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+                raise UnavailableError(f"the event log did not answer a read: {exc!r}") from exc
+            headers = reply.headers or {}
+            if not reply.data:
+                if headers.get("Status") == "404":
+                    return names
+                raise UnavailableError(
+                    f"the event log refused a read: {headers.get('Status')} "
+                    f"{headers.get('Description', '')}"
+                )
+            names |= sealed_key_names(reply.data)
+            next_seq = int(headers["Nats-Sequence"]) + 1
 
     async def get(self, seq: int) -> StoredCommit | None:
         return await self._get({"seq": seq})

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
@@ -47,6 +47,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem.errors import AgentMemError, UnavailableError
+
+if TYPE_CHECKING:
+    from agentmem.keypool import KeyPool
 
 log = structlog.get_logger(__name__)
 
@@ -241,6 +244,8 @@ class KeyRing:
         self._watch: Any = None
         self._listeners: list[Callable[[], None]] = []
         self.plaintext_until: int | None = None
+        # Keys made ahead for new memories (``agentmem.keypool``), made on first use.
+        self.pool: KeyPool | None = None
 
     # Starting --------------------------------------------------------------------------
     async def start(self, replicas: int = 1, log_last_seq: int = 0) -> None:
@@ -273,6 +278,8 @@ class KeyRing:
         )
 
     async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.stop()
         if self._watch is not None:
             with contextlib.suppress(Exception):
                 await self._watch.unsubscribe()
@@ -371,6 +378,26 @@ class KeyRing:
                 raise UnavailableError(f"could not store data key {name}: {error}")
             # Made before (by another process, or deleted since): read it, then decide again.
         raise UnavailableError(f"data key {name} kept changing; retry")
+
+    async def create(self, name: str) -> DataKey:
+        """Store a new key under ``name``, which no key has had (a fresh random name:
+        ``agentmem.keypool``), and hold it. Raises when the name is taken or the bucket
+        does not store it."""
+        kid = secrets.token_hex(8)
+        raw = AESGCM.generate_key(bit_length=256)
+        try:
+            reply = await self.nc.request(
+                PREFIX + name,
+                self.master.wrap(name, kid, raw),
+                timeout=self.timeout,
+                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise UnavailableError(f"the key bucket did not answer: {exc!r}") from exc
+        error = msgspec.json.decode(reply.data).get("error")
+        if error is not None:
+            raise UnavailableError(f"could not store data key {name}: {error}")
+        return self._remember(DataKey(name, kid, AESGCM(raw)))
 
     async def resolve(self, wanted: list[tuple[str, str]]) -> None:
         """Make ``opener(name, kid)`` answer for each of ``wanted`` without I/O: read from

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from agentmem import subjects
 from agentmem.events import (
     EVENT_TYPES,
     AnyEvent,
@@ -34,7 +35,8 @@ from agentmem.events import (
     encode_commit,
     read_commit,
 )
-from agentmem.keys import KeyRing
+from agentmem.keypool import KeyPool
+from agentmem.keys import DataKey, KeyRing
 from agentmem.personal import key_name, personal_fields
 
 SEALED = "_sealed"
@@ -64,16 +66,43 @@ def _aad(event_type: str, name: str, kid: str) -> bytes:
     return f"{event_type}|{name}|{kid}".encode()
 
 
+# The aggregates whose new subjects take a key made ahead (``agentmem.keypool``): each new
+# one is a data subject of its own, and its single forget finds its keys by their names in
+# its events (``EventLog.sealed_keys``).
+POOLED = frozenset({"memory"})
+
+
 def is_personal(event: AnyEvent) -> bool:
     return type(event) in PERSONAL
 
 
-async def seal(subject: str, events: list[AnyEvent], keys: KeyRing | None) -> bytes:
+def _pool(keys: KeyRing) -> KeyPool:
+    if keys.pool is None:
+        keys.pool = KeyPool(keys)
+    return keys.pool
+
+
+async def _key(keys: KeyRing, subject: str, name: str, fresh: bool) -> DataKey:
+    """The key that seals an event whose usual key is ``name``: for the first event of a
+    new memory, one made ahead; for a later one, the key its first event used here."""
+    if keys.pool is None and not (fresh and subjects.parse(subject).aggregate in POOLED):
+        return await keys.key_for(name)
+    pool = _pool(keys)
+    if fresh and subjects.parse(subject).aggregate in POOLED:
+        return await pool.take(subject, name)
+    return await keys.key_for(pool.name_for(subject, name))
+
+
+async def seal(
+    subject: str, events: list[AnyEvent], keys: KeyRing | None, fresh: bool = False
+) -> bytes:
     """The commit body of ``events`` on ``subject``, personal fields sealed (plaintext
-    without ``keys``: a test's log, or a tool that writes no personal data)."""
+    without ``keys``: a test's log, or a tool that writes no personal data). ``fresh``:
+    the subject's first commit (written at expected sequence 0)."""
     if keys is None or not any(type(e) in PERSONAL for e in events):
         return encode_commit(events)
     items: list[Any] = []
+    chosen: dict[str, DataKey] = {}  # by usual name: a new memory's events share one key
     for event in events:
         fields = PERSONAL.get(type(event))
         if fields is None:
@@ -82,14 +111,16 @@ async def seal(subject: str, events: list[AnyEvent], keys: KeyRing | None) -> by
             items.append(event)
             continue
         name = key_name(subject, event)
-        key = await keys.key_for(name)
+        key = chosen.get(name)
+        if key is None:
+            key = chosen[name] = await _key(keys, subject, name, fresh)
         body: dict[str, Any] = msgspec.to_builtins(event)
         secret = {field: body.pop(field) for field in fields}
         nonce = secrets.token_bytes(12)
         ciphertext = key.aead.encrypt(
-            nonce, _json.encode(secret), _aad(body["type"], name, key.kid)
+            nonce, _json.encode(secret), _aad(body["type"], key.name, key.kid)
         )
-        body[SEALED] = Sealed(name, key.kid, nonce, ciphertext)
+        body[SEALED] = Sealed(key.name, key.kid, nonce, ciphertext)
         items.append(body)
     return _json.encode({"events": items})
 
@@ -145,6 +176,18 @@ async def _opened(payload: bytes, keys: KeyRing | None) -> list[bytes | Shredded
         fields = cipher.decrypt(part.n, part.c, _aad(envelope.type, part.k, part.i))
         opened.append(_join(raw, fields))
     return opened
+
+
+def sealed_key_names(payload: bytes) -> set[str]:
+    """The names of the keys that a commit's sealed parts name (none for a plain one)."""
+    if _MARK not in payload:
+        return set()
+    try:
+        raws = _raw_commit.decode(payload).events
+        envelopes = [_envelope.decode(raw) for raw in raws]
+    except msgspec.DecodeError:
+        return set()
+    return {e._sealed.k for e in envelopes if e._sealed is not None}
 
 
 def _event_of(item: bytes | Shredded) -> AnyEvent:

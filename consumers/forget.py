@@ -26,6 +26,7 @@ from agentmem.domain.forget import (
 )
 from agentmem.errors import AgentMemError, NotFoundError, UnavailableError
 from agentmem.events import ForgetTarget
+from agentmem.keys import matches
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
@@ -48,6 +49,7 @@ def command_router(parts: Parts) -> Router:
         target_ids: dict[str, str],
         subject: str | None = None,
         evolve: Evolve[Any] | None = None,
+        named: tuple[str, ...] = (),
     ) -> Result:
         keys = log.keys
         if keys is None:
@@ -55,6 +57,10 @@ def command_router(parts: Parts) -> Router:
         erased = await keys.forget(forget.keys_of(target, org_id, target_ids))
         for pattern in forget.graph_keys_of(target, org_id, target_ids):
             erased += await keys.forget(pattern)
+        # Keys its events name that the wildcard does not match (a new memory's key, made
+        # ahead: agentmem.keypool).
+        for name in named:
+            erased += await keys.forget(name)
         forget_id = ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
@@ -107,7 +113,11 @@ def command_router(parts: Parts) -> Router:
         owner = state.user_id if isinstance(state, memories.Memory) else None
         authorize(request.caller, request.need, org_id, memories.missing(memory_id), owner)
         target = {"memory_id": memory_id}
-        return await forget_and_record(request, "memory", org_id, target, subject, memories.evolve)
+        wildcard = forget.keys_of("memory", org_id, target)
+        named = tuple(sorted(k for k in await log.sealed_keys(subject) if not matches(wildcard, k)))
+        return await forget_and_record(
+            request, "memory", org_id, target, subject, memories.evolve, named
+        )
 
     @router.handle(ForgetMemoryScope)
     async def forget_scope(request: Request[ForgetMemoryScope]) -> Result:

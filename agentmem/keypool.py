@@ -1,0 +1,157 @@
+"""Data keys made ahead, so that a new memory does not wait for its key to be stored.
+
+A memory is its own data subject (``agentmem.personal``): each new one needs a key, and
+storing a key is a write to the key bucket, fsynced like the event's own write. Made on
+the request path, it was one more durable write in series before the event's append: it
+took ``memory.add`` from 1.8x to 4.2x the raw command (docs/performance.md, "Memories").
+Written concurrently with the event instead, an event could be stored sealed with a key that
+never is (the key's write failing, or the process dying in between), and two processes
+racing to make one memory's key could each seal with their own: an unreadable memory.
+
+So a process keeps, per scope that it adds memories to again and again, a few keys made
+ahead, off the request path, each *already stored* before any event names it:
+
+    <org>.<user>.<agent>.<session>.memory.k_<16 hex>
+
+A new memory takes one (``take``): its first event is sealed under it, and the event's
+sealed part names it (``Sealed.k``), as it names every key. Each key seals one memory only
+and is under the scope's prefix, so:
+
+- forgetting a user, an agent, a session or a memory scope finds it by the same wildcard
+  as before (``agentmem.domain.forget.keys_of``);
+- forgetting one memory deletes, besides that wildcard, every key its events name
+  (``EventLog.sealed_keys``): this one, and no other memory's.
+
+A process's later events on that memory are sealed with the same key (``name_for``); another
+process's, which never saw it made, with the memory's usual key (``<scope>.memory.<id>``),
+which its events name too. Keys made ahead and never used (the process stopped, or the
+scope went quiet and its pool was dropped) seal nothing: they stay in the bucket, at most
+``POOL_SIZE`` per scope per such event, and go with the scope's forget.
+
+A forget anywhere (``KeyRing.on_forget``) empties every pool: a key it erased must never
+seal a new memory; a refill under way when it came is thrown away when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections import OrderedDict
+
+import structlog
+
+from agentmem.keys import DataKey, KeyRing
+
+log = structlog.get_logger(__name__)
+
+# Keys made ahead per scope. A pool is refilled when half of it is used, all at once: each
+# key is a durable write, and the writes of a refill delay the events written meanwhile
+# (one disk), so a few large refills delay few adds, where one key per add delayed each.
+POOL_SIZE = int(__import__("os").environ.get("POOLSZ", "16"))
+# Scopes with a pool; the least recently used one's pool is dropped past this.
+MAX_POOLS = 1024
+# Scopes seen once (a pool starts at a scope's second new memory: one-off scopes get none).
+MAX_SEEN = 16_384
+# Subjects whose key this process chose (``name_for``).
+MAX_NAMED = 100_000
+POOL_TOKEN = "k_"
+
+
+def prefix_of(name: str) -> str:
+    """A key name without its last token: ``<org>.<user>.<agent>.<session>.<aggregate>``."""
+    return name.rsplit(".", 1)[0]
+
+
+class KeyPool:
+    def __init__(self, ring: KeyRing, size: int = POOL_SIZE) -> None:
+        self.ring = ring
+        self.size = size
+        self._pools: OrderedDict[str, list[DataKey]] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._named: OrderedDict[str, str] = OrderedDict()  # subject -> key name
+        self._refills: dict[str, asyncio.Task[None]] = {}
+        # Bumped by every forget: a refill that began before it keeps nothing it made.
+        self._generation = 0
+        ring.on_forget(self.clear)
+
+    async def take(self, subject: str, name: str) -> DataKey:
+        """A stored key, never used, for the new aggregate on ``subject`` whose usual key
+        is ``name``: one made ahead when the scope has some, else one made now."""
+        prefix = prefix_of(name)
+        pool = self._pools.get(prefix)
+        key: DataKey | None = None
+        if pool:
+            self._pools.move_to_end(prefix)
+            key = pool.pop()
+        elif prefix in self._seen:
+            self._pools[prefix] = []
+            while len(self._pools) > MAX_POOLS:
+                self._pools.popitem(last=False)
+        else:
+            self._seen[prefix] = None
+            while len(self._seen) > MAX_SEEN:
+                self._seen.popitem(last=False)
+        if prefix in self._pools and len(self._pools[prefix]) <= self.size // 2:
+            self._refill(prefix)
+        if key is None:
+            key = await self.ring.create(self._new_name(prefix))
+        self._name(subject, key.name)
+        return key
+
+    def name_for(self, subject: str, name: str) -> str:
+        """The key this process sealed ``subject``'s first event with, when it chose one
+        under the same prefix as ``name`` (the usual key); else ``name``."""
+        chosen = self._named.get(subject)
+        if chosen is not None and prefix_of(chosen) == prefix_of(name):
+            return chosen
+        return name
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._pools.clear()
+        self._named.clear()
+
+    async def stop(self) -> None:
+        tasks = list(self._refills.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _name(self, subject: str, name: str) -> None:
+        self._named[subject] = name
+        self._named.move_to_end(subject)
+        while len(self._named) > MAX_NAMED:
+            self._named.popitem(last=False)
+
+    @staticmethod
+    def _new_name(prefix: str) -> str:
+        return f"{prefix}.{POOL_TOKEN}{secrets.token_hex(8)}"
+
+    def _refill(self, prefix: str) -> None:
+        if prefix in self._refills:
+            return
+        task = asyncio.ensure_future(self._fill(prefix, self._generation))
+        self._refills[prefix] = task
+        task.add_done_callback(lambda _: self._refills.pop(prefix, None))
+
+    async def _fill(self, prefix: str, generation: int) -> None:
+        pool = self._pools.get(prefix)
+        missing = self.size - len(pool or ())
+        if pool is None or missing <= 0:
+            return
+        made = await asyncio.gather(
+            *(self.ring.create(self._new_name(prefix)) for _ in range(missing)),
+            return_exceptions=True,
+        )
+        failed = [m for m in made if isinstance(m, BaseException)]
+        if failed:
+            # The adds take keys made on the spot meanwhile; the next one tries again.
+            log.warning("could not make data keys ahead", prefix=prefix, error=repr(failed[0]))
+        if generation != self._generation:
+            return  # a forget came meanwhile: these keys may be erased already
+        current = self._pools.get(prefix)
+        if current is not None:
+            current.extend(m for m in made if isinstance(m, DataKey))
