@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 # Keys made ahead per scope. A pool is refilled when half of it is used, all at once: each
 # key is a durable write, and the writes of a refill delay the events written meanwhile
 # (one disk), so a few large refills delay few adds, where one key per add delayed each.
-POOL_SIZE = int(__import__("os").environ.get("POOLSZ", "16"))
+POOL_SIZE = 16
 # Scopes with a pool; the least recently used one's pool is dropped past this.
 MAX_POOLS = 1024
 # Scopes seen once (a pool starts at a scope's second new memory: one-off scopes get none).

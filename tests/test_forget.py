@@ -416,6 +416,44 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     assert leftovers(tmp_path, needles()) == []
 
 
+async def test_forget_one_memory_of_a_busy_scope(
+    service: Service, nc: NATS, admin_token: str
+) -> None:
+    """A scope that keeps adding memories seals them with keys made ahead (agentmem.keypool):
+    still one key per memory, so a forget of one shreds that one (its update too) and no
+    other, and a forget of the scope finds every key by its wildcard."""
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Busy")).fields["org_id"])
+    ids = [
+        str(
+            (await admin.add_memory(f"busy fact {n}", user_id="busy", org_id=org_id)).fields[
+                "memory_id"
+            ]
+        )
+        for n in range(12)
+    ]
+    log = EventLog(nc)
+    named = [await log.sealed_keys(subjects.event(org_id, "memory", m)) for m in ids]
+    assert all(len(n) == 1 for n in named)
+    assert len({next(iter(n)) for n in named}) == len(ids), "two memories share a key"
+    await admin.update_memory(ids[5], content="busy fact five, corrected")
+    assert await log.sealed_keys(subjects.event(org_id, "memory", ids[5])) == named[5]
+
+    assert (await admin.forget_memory(ids[5])).fields["keys"] == 1
+    with pytest.raises(NotFoundError):
+        await admin.get_memory(ids[5])
+    keys = KeyRing(nc, MasterKeys([bytes(32)]))
+    assert next(iter(named[5])) not in await keys.names(f"{org_id}.>")
+    for n in (4, 6):
+        assert (await admin.get_memory(ids[n])).content == f"busy fact {n}"
+
+    await admin.forget_memory_scope(user_id="busy", org_id=org_id)
+    for n in (0, 11):
+        with pytest.raises(NotFoundError):
+            await admin.get_memory(ids[n])
+    assert await keys.names(key_filter(org_id, user_id="busy")) == []
+
+
 async def test_a_user_may_forget_themself_but_not_another(
     service: Service, nc: NATS, admin_token: str
 ) -> None:

@@ -1,0 +1,108 @@
+"""Keys made ahead for new memories (``agentmem.keypool``), against a real nats-server: each
+key is stored before it seals anything, seals one memory only, lies under its scope's
+prefix, and a forget empties every pool, a refill under way included."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+
+from agentmem import subjects
+from agentmem.events import MemoryAdded, MemoryUpdated, Shredded
+from agentmem.keypool import POOL_TOKEN, KeyPool, prefix_of
+from agentmem.keys import KeyRing, MasterKeys, matches
+from agentmem.personal import key_filter
+from agentmem.sealing import open_events, seal, sealed_key_names
+from tests.support import NatsServer
+
+SCOPE = "o1.u1.=.=.memory"
+
+
+def added(memory_id: str, content: str) -> MemoryAdded:
+    return MemoryAdded(
+        memory_id=memory_id,
+        org_id="o1",
+        memory_type="semantic",
+        content=content,
+        valid_from=0,
+        user_id="u1",
+    )
+
+
+@pytest.fixture
+async def ring(nats_server: NatsServer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    nc = await nats.connect(nats_server.url)
+    keys = KeyRing(nc, MasterKeys.load(tmp_path / "master.key"))
+    await keys.start()
+    yield keys
+    await keys.stop()
+    await nc.close()
+
+
+async def stored(keys: KeyRing, pattern: str) -> set[str]:
+    return set(await keys.names(pattern))
+
+
+async def test_each_new_memory_gets_a_stored_key_of_its_own(ring: KeyRing) -> None:
+    payloads = {}
+    for n in range(40):  # past a pool's size: its refills are used too
+        memory_id = f"m{n}"
+        subject = subjects.event("o1", "memory", memory_id)
+        payloads[memory_id] = await seal(subject, [added(memory_id, f"fact {n}")], ring, True)
+    names = {m: sealed_key_names(p) for m, p in payloads.items()}
+    assert all(len(n) == 1 for n in names.values())
+    used = [next(iter(n)) for n in names.values()]
+    assert len(set(used)) == len(used), "two memories share a key"
+    assert all(prefix_of(name) == SCOPE for name in used)
+    assert all(name.rsplit(".", 1)[1].startswith(POOL_TOKEN) for name in used)
+    # Every key is in the bucket (stored before it sealed), and matched by the scope's
+    # wildcards: the user's, and the memory scope's.
+    in_bucket = await stored(ring, key_filter("o1", user_id="u1"))
+    assert set(used) <= in_bucket
+    assert all(matches(key_filter("o1", user_id="u1", aggregate="memory"), n) for n in used)
+
+    # A later event of a memory is sealed with the key its add used, here.
+    subject = subjects.event("o1", "memory", "m3")
+    update = MemoryUpdated(
+        memory_id="m3",
+        content="new",
+        metadata={},
+        tags=(),
+        importance=0.5,
+        valid_from=0,
+        user_id="u1",
+    )
+    later = await seal(subject, [update], ring)
+    assert sealed_key_names(later) == names["m3"]
+
+    # Forgetting one memory's key shreds that memory only.
+    assert await ring.forget(next(iter(names["m3"]))) == 1
+    assert await open_events(payloads["m3"], ring) == [Shredded(of="memory.added")]
+    assert await open_events(later, ring) == [Shredded(of="memory.updated")]
+    assert await open_events(payloads["m4"], ring) == [added("m4", "fact 4")]
+
+
+async def test_a_forget_empties_the_pools_and_drops_a_refill_under_way(ring: KeyRing) -> None:
+    pool = KeyPool(ring, size=8)
+    ring.pool = pool
+    for n in range(3):  # the second new memory of a scope starts its pool
+        await pool.take(subjects.event("o1", "memory", f"m{n}"), f"{SCOPE}.m{n}")
+    await asyncio.gather(*pool._refills.values())
+    ahead = set(await stored(ring, f"{SCOPE}.*"))
+    assert len(ahead) >= 8
+
+    # A refill starts, then the scope is forgotten before it ends.
+    for n in range(3, 8):
+        await pool.take(subjects.event("o1", "memory", f"m{n}"), f"{SCOPE}.m{n}")
+    refills = list(pool._refills.values())
+    assert refills, "taking half of a pool refills it"
+    await ring.forget(key_filter("o1", user_id="u1"))
+    await asyncio.gather(*refills)
+    erased = ahead | await stored(ring, f"{SCOPE}.*")
+
+    key = await pool.take(subjects.event("o1", "memory", "m9"), f"{SCOPE}.m9")
+    assert key.name not in erased, "a key made before the forget sealed a new memory"
+    assert key.name in await stored(ring, f"{SCOPE}.*")
