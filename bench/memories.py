@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import nats
 import nats.js.errors
@@ -56,8 +57,9 @@ from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.events import MemoryAdded
 from agentmem.keys import KeyRing
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, PROJECTION
+from agentmem.projections.migrations import MIGRATIONS
 from agentmem.sealing import open_events
-from agentmem.store import Upsert, fulltext, sql
+from agentmem.store import Upsert, fulltext, open_store, sql
 from bench import env
 from bench.harness import (
     Config,
@@ -322,9 +324,15 @@ async def read_loop(
     return loop
 
 
-def read_metrics(baseline: bool) -> tuple[Metric, ...]:
+def read_metrics(baseline: bool, postgres: bool = False) -> tuple[Metric, ...]:
+    """``baseline``: compared with the raw SQLite read (and, ``postgres``, first with the
+    raw read of the same table in Postgres)."""
+
     def refs(key: str) -> tuple[str, ...]:
-        return (f"raw-memory-read:{key}",) if baseline else ()
+        if not baseline:
+            return ()
+        own = (f"raw-memory-read-postgres:{key}",) if postgres else ()
+        return (*own, f"raw-memory-read:{key}")
 
     return (
         Metric(
@@ -346,7 +354,7 @@ def read_workload(kind: str) -> Workload:
     return Workload(
         f"memory-read{'-postgres' if kind == 'postgres' else ''}",
         f"memory list and search, 100k memories ({kind})",
-        read_metrics(True),
+        read_metrics(True, kind == "postgres"),
         read_session(kind),
         group=GROUP,
     )
@@ -375,12 +383,10 @@ def insert(table_columns: tuple[str, ...], table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(table_columns)}) VALUES ({marks})"
 
 
-@contextlib.asynccontextmanager
-async def raw_memory_read(cfg: Config) -> AsyncIterator[Run]:
-    total, scopes = cfg.sizes.memories, cfg.sizes.memory_scopes
+async def _sqlite_table(cfg: Config, rows: dict[str, list[tuple[object, ...]]]) -> str:
+    """The SQLite file of ``raw-memory-read``: the tables like the projection's, the rows
+    with one ``executemany``, the FTS5 index filled once from them."""
     path = cfg.tmp / "raw-memory-read.db"
-    org_id = ids.new_id()
-    rows = projected_rows(org_id, total, scopes)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
@@ -394,38 +400,77 @@ async def raw_memory_read(cfg: Config) -> AsyncIterator[Run]:
         db.execute(statement)
     db.execute("COMMIT")
     db.close()
-    per_user = Counter(user_of(n, scopes) for n in range(total))
-    teas = tea_per_user(total, scopes)
-    encoder, decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
-    async with (
-        env.nats_server(cfg, "raw-memory-read") as url,
-        env.responder(cfg, "raw-memory-read", url, "--db", str(path)),
-        env.connections(url, 1) as (nc,),
-    ):
+    return str(path)
 
-        def reader(subject: str, limit: int) -> Any:
-            async def read(user_id: str) -> int:
-                body = {"org_id": org_id, "user_id": user_id, "limit": limit, "text": SEARCHED}
-                reply = decoder.decode((await nc.request(subject, encoder.encode(body), 10)).data)
-                if not reply.get("ok"):
-                    raise RuntimeError(f"raw memory read answered {reply}")
-                return len(reply["data"]["items"])
 
-            return read
+async def _postgres_table(url: str, rows: dict[str, list[tuple[object, ...]]]) -> None:
+    """A fresh schema made by the store's own migrations (tables, indexes, full-text
+    column), the rows copied in (``COPY``)."""
+    store = await open_store(url)
+    try:
+        await store.migrate(MIGRATIONS)
+    finally:
+        await store.close()
+    connection = await asyncpg.connect(url)
+    try:
+        for table in (MEMORIES, MEMORY_TAGS):
+            await connection.copy_records_to_table(
+                table.name, records=rows[table.name], columns=list(table.column_names)
+            )
+    finally:
+        await connection.close()
 
-        async def run(warmup: bool) -> dict[str, float]:
-            result: dict[str, float] = {}
-            for key, subject, expected, limit in (
-                ("list", RAW_MEMORY_LIST, per_user, LIST_LIMIT),
-                ("search", RAW_MEMORY_SEARCH, teas, SEARCH_LIMIT),
-            ):
-                read = reader(subject, limit)
-                loop = await read_loop(cfg, f"raw memory {key}", warmup, read, expected, limit)
-                result[f"{key}_p50"] = loop.us(0.5) / 1000
-                result[f"{key}_p99"] = loop.us(0.99) / 1000
-            return result
 
-        yield run
+def raw_read_session(kind: str) -> Session:
+    name = "raw-memory-read" + ("-postgres" if kind == "postgres" else "")
+
+    @contextlib.asynccontextmanager
+    async def session(cfg: Config) -> AsyncIterator[Run]:
+        total, scopes = cfg.sizes.memories, cfg.sizes.memory_scopes
+        org_id = ids.new_id()
+        rows = projected_rows(org_id, total, scopes)
+        per_user = Counter(user_of(n, scopes) for n in range(total))
+        teas = tea_per_user(total, scopes)
+        encoder, decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
+        async with contextlib.AsyncExitStack() as stack:
+            if kind == "postgres":
+                db = await stack.enter_async_context(postgres_store(name))
+                await _postgres_table(db, rows)
+            else:
+                db = await _sqlite_table(cfg, rows)
+            url = await stack.enter_async_context(env.nats_server(cfg, name))
+            await stack.enter_async_context(env.responder(cfg, name, url, "--db", db))
+            (nc,) = await stack.enter_async_context(env.connections(url, 1))
+
+            def reader(subject: str, limit: int) -> Any:
+                async def read(user_id: str) -> int:
+                    body = {"org_id": org_id, "user_id": user_id, "limit": limit, "text": SEARCHED}
+                    answer = await nc.request(subject, encoder.encode(body), 10)
+                    reply = decoder.decode(answer.data)
+                    if not reply.get("ok"):
+                        raise RuntimeError(f"raw memory read answered {reply}")
+                    return len(reply["data"]["items"])
+
+                return read
+
+            async def run(warmup: bool) -> dict[str, float]:
+                result: dict[str, float] = {}
+                for key, subject, expected, limit in (
+                    ("list", RAW_MEMORY_LIST, per_user, LIST_LIMIT),
+                    ("search", RAW_MEMORY_SEARCH, teas, SEARCH_LIMIT),
+                ):
+                    read = reader(subject, limit)
+                    loop = await read_loop(cfg, f"{name} {key}", warmup, read, expected, limit)
+                    result[f"{key}_p50"] = loop.us(0.5) / 1000
+                    result[f"{key}_p99"] = loop.us(0.99) / 1000
+                return result
+
+            yield run
+
+    return session
+
+
+raw_memory_read = raw_read_session("sqlite")
 
 
 # Replay -----------------------------------------------------------------------------------
@@ -664,6 +709,13 @@ WORKLOADS = [
 # Run when named (--only memories, or each by its id): they need a Postgres server.
 ON_REQUEST = [
     add_batch_workload("postgres"),
+    Workload(
+        "raw-memory-read-postgres",
+        "raw memory list and search (Postgres)",
+        read_metrics(False),
+        raw_read_session("postgres"),
+        group=GROUP,
+    ),
     read_workload("postgres"),
     Workload(
         "memory-replay-postgres",

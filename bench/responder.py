@@ -1,6 +1,6 @@
-"""``python -m bench.responder raw-command|raw-query|raw-last50|raw-search|raw-memory-read``: a
-raw baseline's responder, in a process of its own, as the service runs in its own
-(``python -m agentmem serve``).
+"""``python -m bench.responder raw-command|raw-query|raw-last50|raw-search|raw-memory-read|
+raw-memory-read-postgres|raw-ingest|faststream-ingest``: a raw baseline's responder, in a
+process of its own, as the service runs in its own
 
 The bench process starts it, reads ``ready`` from its stdout once it is subscribed, and
 stops it with SIGTERM. It runs asyncio, the loop ``agentmem serve`` runs, with one NATS
@@ -25,6 +25,10 @@ connection, as the service has.
   of one user matching any word of ``text`` with one FTS5 MATCH (the org's, the user's and
   the state's tokens AND the words), their rows read by position; each replied as JSON (the
   JSON columns as stored).
+- ``raw-memory-read-postgres``: the same two reads over a ``memories`` table in Postgres
+  made by the store's own migrations (``--db`` its URL), through one asyncpg connection:
+  the list with the same SQL, the search with the store's own full-text query and settings
+  (``agentmem.store.fulltext.postgres_search``), the JSON columns as stored.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
@@ -50,6 +55,7 @@ from agentmem.projections.memories import MEMORIES
 from agentmem.projections.messages import MESSAGES
 from agentmem.projections.users import USERS
 from agentmem.store import Table, fulltext
+from agentmem.store.postgres import translate
 
 RAW_INGEST_IN = "bench.rawin"  # the work queue published to (raw-ingest, faststream-ingest)
 RAW_INGEST_LOG = "bench.rawlog"  # the stream its consumer publishes each message to
@@ -73,6 +79,7 @@ KINDS = (
     "raw-memory-read",
     "raw-ingest",
     "faststream-ingest",
+    "raw-memory-read-postgres",
 )
 
 
@@ -355,6 +362,41 @@ async def _forward_only(nc: NATS, messages: list[Msg]) -> None:
         raise RuntimeError("a publish to the log stream was refused")
 
 
+async def postgres_memory_responder(nc: NATS, db: Any) -> None:
+    """``memory_responder``'s two reads on Postgres (``db``: an asyncpg connection)."""
+    decoder = msgspec.json.Decoder(_MemoryRead)
+    listing = (
+        f"SELECT {', '.join(MEMORY_COLUMNS)} FROM memories "
+        "WHERE org_id = $1 AND user_id = $2 AND state = 'live' "
+        "AND (expires_at IS NULL OR expires_at > $3) ORDER BY position DESC LIMIT $4"
+    )
+    settings = "; ".join(fulltext.PG_SEARCH_SETTINGS)
+
+    def reply(found: list[Any]) -> bytes:
+        items = [{c: row[c] for c in MEMORY_COLUMNS} for row in found]
+        return _encoder.encode({"ok": True, "data": {"items": items}, "seq": 0})
+
+    async def list_answer(msg: Msg) -> None:
+        read = decoder.decode(msg.data)
+        now = time.time_ns() // 1_000_000
+        found = await db.fetch(listing, read.org_id, read.user_id, now, read.limit)
+        await msg.respond(reply(found))
+
+    async def search_answer(msg: Msg) -> None:
+        read = decoder.decode(msg.data)
+        scope = {"org_id": read.org_id, "user_id": read.user_id, "state": "live"}
+        query, args = fulltext.postgres_search(
+            MEMORIES, fulltext.words(read.text), scope, read.limit
+        )
+        async with db.transaction(readonly=True):
+            await db.execute(settings)
+            found = await db.fetch(translate(query), *args)
+        await msg.respond(reply(found))
+
+    await _serve(nc, RAW_MEMORY_LIST, list_answer)
+    await _serve(nc, RAW_MEMORY_SEARCH, search_answer)
+
+
 async def run(kind: str, url: str, db_path: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -363,6 +405,7 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
     nc = await nats.connect(url, name=f"bench-{kind}")
     db: sqlite3.Connection | None = None
     keep: Any = None  # the ingest consumer's task or broker, kept alive
+    pg: Any = None
     try:
         if kind == "raw-command":
             await command_responder(nc)
@@ -370,6 +413,9 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
             keep = await ingest_consumer(nc)
         elif kind == "faststream-ingest":
             keep = await faststream_consumer(url, nc)
+        elif kind == "raw-memory-read-postgres":
+            pg = await asyncpg.connect(db_path)
+            await postgres_memory_responder(nc, pg)
         else:
             if db_path is None:
                 raise SystemExit(f"{kind} needs --db")
@@ -391,6 +437,8 @@ async def run(kind: str, url: str, db_path: str | None) -> None:
         await nc.drain()
         if db is not None:
             db.close()
+        if pg is not None:
+            await pg.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--db",
         help="raw-query, raw-last50, raw-search, raw-memory-read: the SQLite file holding the "
-        "users, messages or memories table",
+        "users, messages or memories table; raw-memory-read-postgres: the Postgres URL",
     )
     args = p.parse_args(argv)
     asyncio.run(run(args.kind, args.nats, args.db))
