@@ -8,7 +8,10 @@ request at a time, in alternating blocks of ``--block`` requests: the raw comman
 (``bench/responder.py``, in its own process, on the same nats-server), ``memory.add`` of a
 new sentence, ``org.rename`` of one org, ``message.append`` of one message. The first
 round is a warm-up. Each line gives the p50 and p90 of one command over the other rounds,
-and its p50 over the raw command's.
+and its p50 over the raw command's, then the CPU time per request (user and system, from
+``/proc``) of each process that took part: the service, the raw responder, nats-server and
+this client. On a machine shared with other work the CPU a request costs is steadier than
+its latency, and it is what the latency grows by when the cores are busy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,35 @@ from bench.harness import NORMAL, Config
 from bench.memories import drink, text
 from bench.messages import TEXT
 from bench.responder import RAW_COMMAND
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and of each kind of child."""
+    used = {"client": sum(os.times()[:2])}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) != os.getpid():
+            continue
+        kind = (
+            "service"
+            if "agentmem serve" in argv
+            else "responder"
+            if "bench.responder" in argv
+            else "nats-server"
+            if "nats-server" in argv
+            else "other"
+        )
+        used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return used
 
 
 async def main(rounds: int, block: int) -> None:
@@ -72,13 +104,19 @@ async def main(rounds: int, block: int) -> None:
                 "message.append": append,
             }
             latencies: dict[str, list[float]] = {name: [] for name in commands}
+            cpu: dict[str, dict[str, float]] = {name: {} for name in commands}
             for round_number in range(rounds + 1):
                 for name, call in commands.items():
+                    cpu_before = cpu_seconds()
                     for _ in range(block):
                         before = time.perf_counter()
                         await call()
                         if round_number:  # the first round warms up
                             latencies[name].append(time.perf_counter() - before)
+                    if round_number:
+                        for kind, seconds in cpu_seconds().items():
+                            spent = seconds - cpu_before.get(kind, 0.0)
+                            cpu[name][kind] = cpu[name].get(kind, 0.0) + spent
             raw_p50 = statistics.median(latencies["raw command"])
             for name, values in latencies.items():
                 values.sort()
@@ -88,6 +126,12 @@ async def main(rounds: int, block: int) -> None:
                     f"{name:15} n={len(values):,}  p50 {p50 * 1e6:7,.0f} µs  "
                     f"p90 {p90 * 1e6:7,.0f} µs  p50 / raw {p50 / raw_p50:.2f}x"
                 )
+                per_request = "  ".join(
+                    f"{kind} {seconds / len(values) * 1e3:.2f}"
+                    for kind, seconds in sorted(cpu[name].items())
+                    if kind != "other"
+                )
+                print(f"{'':15} CPU ms per request: {per_request}")
             print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
