@@ -34,7 +34,7 @@ async def main(writes: int) -> None:
         server = EmbeddedNats(Path(tmp) / "nats", "127.0.0.1", free_port(), sync_always=True)
         await server.start()
         nc = await nats.connect(server.url)
-        ring = KeyRing(nc, MasterKeys([secrets.token_bytes(32)]))
+        ring = KeyRing(nc, MasterKeys([secrets.token_bytes(32)]), timeout=30)
         await ring.start()
         await nc.jetstream().add_stream(name="KEYWRITES", subjects=["keywrites.>"])
         try:
@@ -46,6 +46,7 @@ async def main(writes: int) -> None:
                 return await nc.request(
                     f"keywrites.{secrets.token_hex(8)}",
                     b"x" * 300,
+                    timeout=30,
                     headers={"Nats-Expected-Last-Subject-Sequence": "0"},
                 )
 
