@@ -55,8 +55,9 @@ MAX_WRITES_PER_COMMAND = 8
 # The most subjects one command may write: nats-server's limit of one atomic batch (a
 # batch of 1,001 is refused with err_code 10199). Only memory.add_batch comes near it.
 MAX_BATCH_WRITES = 1000
-# How many of an atomic batch's commits are sealed at once (each may store a new data key).
-SEALS_IN_FLIGHT = 64
+# How many of an atomic batch's commits are sealed at once (each may store a new data key;
+# the key ring bounds the keys stored at once across batches).
+SEALS_IN_FLIGHT = 16
 
 
 class StaleVersion(Exception):

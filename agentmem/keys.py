@@ -72,6 +72,11 @@ MAX_CACHED = 100_000
 FORGET_CONCURRENCY = 64
 SUBJECTS_PAGE = 100_000
 READS_IN_FLIGHT = 16
+# New keys stored at once by ``create``: the disk takes a few thousand durable writes a
+# second at best, saturated from about 16 in flight (``python -m bench.keywrites``); more
+# only queue in nats-server, where a write can outwait its timeout on a busy machine (8
+# batches of 1,000 new memories, 64 each in flight, did).
+CREATES_IN_FLIGHT = 32
 # A replay reads the bucket in one pass first (``preload``): at most this many wrapped keys
 # are held (about 200 bytes each), the rest are read one by one as their events come.
 MAX_PRELOADED = 200_000
@@ -239,6 +244,7 @@ class KeyRing:
         self._creating: dict[str, asyncio.Lock] = {}
         self._reading: dict[str, asyncio.Future[tuple[int, bytes | None] | None]] = {}
         self._read_slots = asyncio.Semaphore(READS_IN_FLIGHT)
+        self._create_slots = asyncio.Semaphore(CREATES_IN_FLIGHT)
         # name -> wrapped key, read by ``preload`` and unwrapped on first use.
         self._preloaded: dict[str, bytes] = {}
         self._watch: Any = None
@@ -386,12 +392,13 @@ class KeyRing:
         kid = secrets.token_hex(8)
         raw = AESGCM.generate_key(bit_length=256)
         try:
-            reply = await self.nc.request(
-                PREFIX + name,
-                self.master.wrap(name, kid, raw),
-                timeout=self.timeout,
-                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
-            )
+            async with self._create_slots:
+                reply = await self.nc.request(
+                    PREFIX + name,
+                    self.master.wrap(name, kid, raw),
+                    timeout=self.timeout,
+                    headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+                )
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
             raise UnavailableError(f"the key bucket did not answer: {exc!r}") from exc
         error = msgspec.json.decode(reply.data).get("error")
