@@ -318,7 +318,9 @@ class EventLog:
 
         async def sealed(write: Write) -> bytes:
             async with slots:
-                return await seal(write.subject, write.events, self.keys, write.expected == 0)
+                return await seal(
+                    write.subject, write.events, self.keys, write.expected == 0, ahead=False
+                )
 
         payloads = await asyncio.gather(*(sealed(w) for w in writes))
         for index, (write, payload) in enumerate(zip(writes, payloads, strict=True), start=1):

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -49,6 +50,7 @@ log = structlog.get_logger(__name__)
 # key is a durable write, and the writes of a refill delay the events written meanwhile
 # (one disk), so a few large refills delay few adds, where one key per add delayed each.
 POOL_SIZE = 16
+FIRST_TARGET = 2
 # Scopes with a pool; the least recently used one's pool is dropped past this.
 MAX_POOLS = 1024
 # Scopes seen once (a pool starts at a scope's second new memory: one-off scopes get none).
@@ -63,11 +65,21 @@ def prefix_of(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
+@dataclass
+class _Pool:
+    """One scope's keys made ahead. ``target`` starts at 2 and doubles with each refill up
+    to the pool's size: a scope written twice gets two keys ahead, not sixteen, and only a
+    scope that keeps adding memories keeps many."""
+
+    keys: list[DataKey] = field(default_factory=list)
+    target: int = FIRST_TARGET
+
+
 class KeyPool:
     def __init__(self, ring: KeyRing, size: int = POOL_SIZE) -> None:
         self.ring = ring
         self.size = size
-        self._pools: OrderedDict[str, list[DataKey]] = OrderedDict()
+        self._pools: OrderedDict[str, _Pool] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._named: OrderedDict[str, str] = OrderedDict()  # subject -> key name
         self._refills: dict[str, asyncio.Task[None]] = {}
@@ -75,24 +87,26 @@ class KeyPool:
         self._generation = 0
         ring.on_forget(self.clear)
 
-    async def take(self, subject: str, name: str) -> DataKey:
+    async def take(self, subject: str, name: str, ahead: bool = True) -> DataKey:
         """A stored key, never used, for the new aggregate on ``subject`` whose usual key
-        is ``name``: one made ahead when the scope has some, else one made now."""
+        is ``name``: one made ahead when the scope has some, else one made now. ``ahead``
+        false (an atomic batch of new memories, which may span a thousand scopes once):
+        take one made ahead if there is one, but start or refill no pool."""
         prefix = prefix_of(name)
         pool = self._pools.get(prefix)
         key: DataKey | None = None
-        if pool:
+        if pool is not None and pool.keys:
             self._pools.move_to_end(prefix)
-            key = pool.pop()
-        elif prefix in self._seen:
-            self._pools[prefix] = []
+            key = pool.keys.pop()
+        elif pool is None and ahead and prefix in self._seen:
+            pool = self._pools[prefix] = _Pool()
             while len(self._pools) > MAX_POOLS:
                 self._pools.popitem(last=False)
-        else:
+        elif pool is None and ahead:
             self._seen[prefix] = None
             while len(self._seen) > MAX_SEEN:
                 self._seen.popitem(last=False)
-        if prefix in self._pools and len(self._pools[prefix]) <= self.size // 2:
+        if ahead and pool is not None and len(pool.keys) <= pool.target // 2:
             self._refill(prefix)
         if key is None:
             key = await self.ring.create(self._new_name(prefix))
@@ -139,8 +153,11 @@ class KeyPool:
 
     async def _fill(self, prefix: str, generation: int) -> None:
         pool = self._pools.get(prefix)
-        missing = self.size - len(pool or ())
-        if pool is None or missing <= 0:
+        if pool is None:
+            return
+        missing = pool.target - len(pool.keys)
+        pool.target = min(self.size, pool.target * 2)
+        if missing <= 0:
             return
         made = await asyncio.gather(
             *(self.ring.create(self._new_name(prefix)) for _ in range(missing)),
@@ -154,4 +171,4 @@ class KeyPool:
             return  # a forget came meanwhile: these keys may be erased already
         current = self._pools.get(prefix)
         if current is not None:
-            current.extend(m for m in made if isinstance(m, DataKey))
+            current.keys.extend(m for m in made if isinstance(m, DataKey))

@@ -82,23 +82,30 @@ def _pool(keys: KeyRing) -> KeyPool:
     return keys.pool
 
 
-async def _key(keys: KeyRing, subject: str, name: str, fresh: bool) -> DataKey:
+async def _key(keys: KeyRing, subject: str, name: str, fresh: bool, ahead: bool = True) -> DataKey:
     """The key that seals an event whose usual key is ``name``: for the first event of a
     new memory, one made ahead; for a later one, the key its first event used here."""
-    if keys.pool is None and not (fresh and subjects.parse(subject).aggregate in POOLED):
+    new = fresh and subjects.parse(subject).aggregate in POOLED
+    if keys.pool is None and not new:
         return await keys.key_for(name)
     pool = _pool(keys)
-    if fresh and subjects.parse(subject).aggregate in POOLED:
-        return await pool.take(subject, name)
+    if new:
+        return await pool.take(subject, name, ahead)
     return await keys.key_for(pool.name_for(subject, name))
 
 
 async def seal(
-    subject: str, events: list[AnyEvent], keys: KeyRing | None, fresh: bool = False
+    subject: str,
+    events: list[AnyEvent],
+    keys: KeyRing | None,
+    fresh: bool = False,
+    ahead: bool = True,
 ) -> bytes:
     """The commit body of ``events`` on ``subject``, personal fields sealed (plaintext
     without ``keys``: a test's log, or a tool that writes no personal data). ``fresh``:
-    the subject's first commit (written at expected sequence 0)."""
+    the subject's first commit (written at expected sequence 0). ``ahead`` false: a new
+    memory takes a key made ahead if its scope has one, but starts no pool (an atomic
+    batch: ``agentmem.keypool.KeyPool.take``)."""
     if keys is None or not any(type(e) in PERSONAL for e in events):
         return encode_commit(events)
     items: list[Any] = []
@@ -113,7 +120,7 @@ async def seal(
         name = key_name(subject, event)
         key = chosen.get(name)
         if key is None:
-            key = chosen[name] = await _key(keys, subject, name, fresh)
+            key = chosen[name] = await _key(keys, subject, name, fresh, ahead)
         body: dict[str, Any] = msgspec.to_builtins(event)
         secret = {field: body.pop(field) for field in fields}
         nonce = secrets.token_bytes(12)

@@ -88,21 +88,33 @@ async def test_each_new_memory_gets_a_stored_key_of_its_own(ring: KeyRing) -> No
 async def test_a_forget_empties_the_pools_and_drops_a_refill_under_way(ring: KeyRing) -> None:
     pool = KeyPool(ring, size=8)
     ring.pool = pool
-    for n in range(3):  # the second new memory of a scope starts its pool
+    for n in range(12):  # from the second new memory of a scope on, its pool fills
         await pool.take(subjects.event("o1", "memory", f"m{n}"), f"{SCOPE}.m{n}")
-    await asyncio.gather(*pool._refills.values())
-    ahead = set(await stored(ring, f"{SCOPE}.*"))
-    assert len(ahead) >= 8
+        await asyncio.gather(*pool._refills.values())
+    assert len(pool._pools[SCOPE].keys) >= 4, "a busy scope keeps keys made ahead"
+    made = await stored(ring, f"{SCOPE}.*")
 
-    # A refill starts, then the scope is forgotten before it ends.
-    for n in range(3, 8):
+    # Keys taken without a wait: a refill is scheduled, then the scope is forgotten.
+    for n in range(12, 20):
         await pool.take(subjects.event("o1", "memory", f"m{n}"), f"{SCOPE}.m{n}")
     refills = list(pool._refills.values())
     assert refills, "taking half of a pool refills it"
     await ring.forget(key_filter("o1", user_id="u1"))
     await asyncio.gather(*refills)
-    erased = ahead | await stored(ring, f"{SCOPE}.*")
+    erased = made | await stored(ring, f"{SCOPE}.*")
 
-    key = await pool.take(subjects.event("o1", "memory", "m9"), f"{SCOPE}.m9")
+    key = await pool.take(subjects.event("o1", "memory", "m99"), f"{SCOPE}.m99")
     assert key.name not in erased, "a key made before the forget sealed a new memory"
     assert key.name in await stored(ring, f"{SCOPE}.*")
+
+
+async def test_a_batch_takes_keys_made_ahead_but_starts_no_pool(ring: KeyRing) -> None:
+    """An atomic batch of new memories may span a thousand scopes once: it must not leave
+    each of them a pool of keys that nothing will use."""
+    pool = KeyPool(ring)
+    for n in range(4):
+        await pool.take(subjects.event("o1", "memory", f"b{n}"), f"o1.u{n}.=.=.memory.b{n}", False)
+        await pool.take(subjects.event("o1", "memory", f"c{n}"), f"o1.u{n}.=.=.memory.c{n}", False)
+    assert not pool._pools
+    assert not pool._refills
+    assert len(await stored(ring, "o1.>")) == 8
