@@ -1,6 +1,6 @@
 """``python -m bench.responder raw-command|raw-query|raw-last50|raw-search|raw-memory-read|
 raw-memory-read-postgres|raw-ingest|faststream-ingest``: a raw baseline's responder, in a
-process of its own, as the service runs in its own
+process of its own, as the service runs in its own (``python -m agentmem serve``).
 
 The bench process starts it, reads ``ready`` from its stdout once it is subscribed, and
 stops it with SIGTERM. It runs asyncio, the loop ``agentmem serve`` runs, with one NATS
