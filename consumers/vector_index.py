@@ -18,11 +18,20 @@ left with one matrix product: exact, so its recall is that of the model (about 6
   reset under this process (checkpoint moved back) drops every copy, which then reloads.
 - **Tenants.** One copy per organization and model: a search never scores another
   organization's vectors, and its cost is that of its own organization.
+- **Bounded.** The copies of one process hold at most ``max_rows`` rows together
+  (``AGENTMEM_VECTOR_INDEX_ROWS``, default 1,000,000: about 1.1 GB) and a copy not searched
+  for ``idle_seconds`` (``AGENTMEM_VECTOR_INDEX_IDLE_S``, default 900) is dropped: after a
+  search the least recently searched copies go until the rest fit, never the one just
+  searched. A dropped copy is loaded again from the store by the next search of its
+  organization, as after a restart: eviction costs time, never an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +50,16 @@ SCOPE_COLUMNS = ("user_id", "agent_id", "session_id", "memory_type")
 COMPACT_SHARE = 0.5
 TIMES = ("importance", "valid_from", "valid_to", "expires_at", "created_at")  # int64
 
+# The bounds of a process's copies (see "Bounded" above), from the environment.
+DEFAULT_MAX_ROWS = 1_000_000
+DEFAULT_IDLE_SECONDS = 900.0
+
 Floats = npt.NDArray[np.float32]
+
+
+def _setting(name: str, default: float) -> float:
+    value = os.environ.get(f"AGENTMEM_{name}")
+    return float(value) if value else default
 
 
 @dataclass(frozen=True)
@@ -195,13 +213,28 @@ class OrgVectors:
 
 
 class VectorIndex:
-    """Every organization's copy in this process, for one model."""
+    """Every organization's copy in this process, for one model, least recently searched
+    first, within ``max_rows`` rows and ``idle_seconds`` of idleness."""
 
-    def __init__(self, model: str, dim: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        dim: int,
+        max_rows: int | None = None,
+        idle_seconds: float | None = None,
+    ) -> None:
         self.model = model
         self.dim = dim
-        self._orgs: dict[str, OrgVectors] = {}
+        self.max_rows = max_rows or int(_setting("VECTOR_INDEX_ROWS", DEFAULT_MAX_ROWS))
+        self.idle_seconds = idle_seconds or _setting("VECTOR_INDEX_IDLE_S", DEFAULT_IDLE_SECONDS)
+        self.evicted = 0  # copies dropped since start (a figure for tests and operators)
+        self._orgs: OrderedDict[str, OrgVectors] = OrderedDict()
+        self._used: dict[str, float] = {}  # org -> monotonic time of its last search
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def held(self) -> dict[str, int]:
+        """The organizations this process holds a copy of, with their rows."""
+        return {org_id: copy.n for org_id, copy in self._orgs.items()}
 
     async def fresh(self, store: Store, org_id: str, checkpoint: int) -> OrgVectors:
         """The organization's copy, caught up with the store. ``checkpoint``: the vector
@@ -221,4 +254,24 @@ class VectorIndex:
                 if len(rows) < PAGE:
                     break
             copy.checkpoint = max(copy.checkpoint, checkpoint)
+            if self._orgs.get(org_id) is copy:  # not dropped by another search meanwhile
+                self._orgs.move_to_end(org_id)
+                self._used[org_id] = time.monotonic()
+                self._evict(keep=org_id)
             return copy
+
+    def _evict(self, keep: str) -> None:
+        """Drop the least recently searched copies past the bounds (never ``keep``). A
+        search that holds a dropped copy finishes with it; the next one reloads."""
+        now = time.monotonic()
+        total = sum(copy.matrix.shape[0] for copy in self._orgs.values())
+        for org_id in list(self._orgs):
+            idle = now - self._used.get(org_id, now) > self.idle_seconds
+            if org_id == keep or not (idle or total > self.max_rows):
+                continue
+            total -= self._orgs.pop(org_id).matrix.shape[0]
+            self._used.pop(org_id, None)
+            lock = self._locks.get(org_id)
+            if lock is not None and not lock.locked():
+                del self._locks[org_id]
+            self.evicted += 1

@@ -10,20 +10,22 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from agentmem import ranking
-from agentmem.consumers.vector_index import OrgVectors, VectorFilter
+from agentmem.consumers.vector_index import OrgVectors, VectorFilter, VectorIndex
 from agentmem.embedding import content_hash
 from agentmem.embedding.remote import RemoteEmbedder
 from agentmem.embedding.wordllama import WordLlamaEmbedder
 from agentmem.eventlog import StoredCommit
 from agentmem.events import MemoryDeleted, MemoryExpired
+from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.vectors import VectorsProjection, projection_name, vector_bytes
-from agentmem.store import Update
+from agentmem.store import ProjectionBatch, Update, Upsert, open_store
 
 
 # Embedders --------------------------------------------------------------------------------
@@ -256,3 +258,50 @@ def test_an_expired_or_deleted_memory_leaves_only_a_tombstone_for_every_model() 
         assert isinstance(op, Update)
         assert op.key == {"memory_id": "m1"}  # every model's row
         assert op.values == {"state": state, "content_hash": "", "vector": b"", "seq": 9}
+
+
+async def test_the_index_stays_within_its_rows_and_reloads_what_it_dropped(
+    tmp_path: Path,
+) -> None:
+    """Three organizations of 1,024 rows each (one matrix block) in an index of 2,048 rows:
+    the least recently searched copy goes, and a search of it loads it again, whole."""
+    store = await open_store(str(tmp_path / "vectors.db"))
+    try:
+        await store.migrate(MIGRATIONS)
+        rng = np.random.default_rng(3)
+        vectors = rng.normal(size=(3 * 1_000, 8)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ops: list[Any] = []
+        for i in range(3_000):
+            row = _row(f"m{i:05}", vectors[i], 1, content_hash=f"h{i}", position=i)
+            del row["vector"]
+            ops.append(
+                Upsert(
+                    "memory_vectors",
+                    {
+                        **row,
+                        "model": "m",
+                        "org_id": f"org{i % 3}",
+                        "vector": vector_bytes(vectors[i]),
+                    },
+                )
+            )
+        await store.apply(ProjectionBatch("vectors-test", 1, [(1, "s", ops)]))
+        index = VectorIndex("m", 8, max_rows=2_048)
+        where = VectorFilter({}, ("live",), now=10)
+        for org in ("org0", "org1", "org2"):
+            copy = await index.fresh(store, org, 1)
+            assert copy.n == 1_000
+        assert list(index.held()) == ["org1", "org2"]  # org0, the coldest, was dropped
+        assert index.evicted == 1
+        again = await index.fresh(store, "org0", 1)  # loaded from the store, whole
+        truth = max(range(0, 3_000, 3), key=lambda i: float(vectors[i] @ vectors[0]))
+        assert again.search(vectors[0], where, 1)[0][0] == f"m{truth:05}"
+        assert list(index.held()) == ["org2", "org0"]
+        # Idle copies go too, whatever room is left.
+        idle = VectorIndex("m", 8, max_rows=10_000, idle_seconds=1e-9)
+        await idle.fresh(store, "org0", 1)
+        await idle.fresh(store, "org1", 1)
+        assert list(idle.held()) == ["org1"]
+    finally:
+        await store.close()
