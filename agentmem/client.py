@@ -164,12 +164,14 @@ from agentmem.replies import (
     MemoryCounts,
     MemorySearchResult,
     Message,
+    MessageSearchResult,
     Neighbors,
     Org,
     Page,
     PredicateRule,
     ScopeDeleted,
     ScoredMemory,
+    ScoredMessage,
     Tool,
     User,
     WorkingItem,
@@ -857,12 +859,14 @@ class Client:
         org_id: str | None = None,
         limit: int = 20,
         after_seq: int | None = None,
-    ) -> list[Message]:
-        """Best match first, over one agent's or one user's messages."""
-        page = await self._query(
-            SearchMessages,
-            Items[Message],
-            text=text,
+        mode: str = "text",
+        min_score: float | None = None,
+    ) -> list[ScoredMessage]:
+        """Best match first, over one agent's or one user's messages, by their words
+        (``mode="text"``, the default), their meaning (``vector``) or both (``hybrid``);
+        ``search_messages_result`` has the whole reply."""
+        result = await self.search_messages_result(
+            text,
             agent_id=agent_id,
             user_id=user_id,
             session_id=session_id,
@@ -870,8 +874,15 @@ class Client:
             org_id=org_id,
             limit=limit,
             after_seq=after_seq,
+            mode=mode,
+            min_score=min_score,
         )
-        return page.items
+        return result.items
+
+    async def search_messages_result(self, text: str, **filters: Any) -> MessageSearchResult:
+        """The whole reply of ``message.search``: the items, the mode, whether anything
+        matched with confidence, and the model of the vector side."""
+        return await self._query(SearchMessages, MessageSearchResult, text=text, **filters)
 
     # Tools ------------------------------------------------------------------------------
     async def register_tool(

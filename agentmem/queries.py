@@ -18,6 +18,7 @@ from agentmem.replies import (
     HistoryEntry,
     Items,
     Message,
+    MessageSearchResult,
     Org,
     StatusReport,
     Tool,
@@ -30,6 +31,9 @@ from agentmem.replies import (
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 Cursor = Annotated[str, msgspec.Meta(max_length=512)]
+# A search's modes (memory.search, message.search) and a score in [0, 1].
+SearchMode = Literal["text", "vector", "hybrid"]
+Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 class Query(Request, frozen=True, kw_only=True):
@@ -136,9 +140,11 @@ class LastMessages(InOrg, frozen=True, kw_only=True):
     n: Limit = 50
 
 
-@query("message.search", need="reader", reply=Items[Message])
+@query("message.search", need="reader", reply=MessageSearchResult)
 class SearchMessages(InOrg, frozen=True, kw_only=True):
-    """Full-text search, best match first, over one agent's or one user's messages."""
+    """Best match first, over one agent's or one user's messages: by their words (``text``,
+    the default), their meaning (``vector``) or both (``hybrid``), scored as
+    ``memory.search`` scores (agentmem/ranking.py)."""
 
     text: SearchText
     agent_id: Id | None = None
@@ -146,6 +152,8 @@ class SearchMessages(InOrg, frozen=True, kw_only=True):
     session_id: Id | None = None
     role: MessageRole | None = None
     limit: Limit = 20
+    mode: SearchMode = "text"
+    min_score: Unit | None = None  # the floor of relevance
 
 
 @query("tool.get", need="reader", reply=Tool)

@@ -185,6 +185,20 @@ class MemorySearchResult(msgspec.Struct, frozen=True):
     model: str | None = None  # the embedding model of the vector side (null in text mode)
 
 
+class ScoredMessage(Message, frozen=True, kw_only=True):
+    score: float = 0.0
+    scores: Scores | None = None
+
+
+class MessageSearchResult(msgspec.Struct, frozen=True):
+    """``message.search``'s reply: as ``memory.search``'s, over messages (no boosts)."""
+
+    items: list[ScoredMessage]
+    mode: str = "text"  # text, vector or hybrid
+    confident: bool = True  # some result reached the mode's confident bar
+    model: str | None = None  # the embedding model of the vector side (null in text mode)
+
+
 class Page(msgspec.Struct, Generic[T], frozen=True):
     items: list[T]
     next_cursor: str | None

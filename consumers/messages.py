@@ -29,6 +29,7 @@ from agentmem.consumers.access_view import AccessView
 from agentmem.consumers.aggregates import AlreadyApplied, FreshReads, Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import event_view, missing_org
+from agentmem.consumers.message_recall import MessageRecall
 from agentmem.consumers.queries import (
     cursor_number,
     encode_cursor,
@@ -282,6 +283,7 @@ def command_router(parts: Parts) -> Router:
 def query_router(parts: Parts) -> Router:
     router = Router()
     store, freshness = parts.store, parts.freshness
+    recall = MessageRecall(store, freshness)
 
     def readable_org(request: Request[Any], org_id: str | None) -> str | None:
         """The organization to read in; None for another organization's (answered empty,
@@ -335,10 +337,11 @@ def query_router(parts: Parts) -> Router:
         query = request.body
         org_id = readable_org(request, query.org_id)
         where = search_filters(query, org_id or "")
-        seq = await freshness.wait(PROJECTION, query.after_seq)
         if org_id is None:
-            return {"items": []}, seq
-        items = await messages_read.search_messages(store, query.text, where, query.limit)
-        return {"items": items[: fitting(items)]}, seq
+            seq = await freshness.wait(PROJECTION, query.after_seq)
+            return {"items": [], "mode": query.mode, "confident": False}, seq
+        reply, seq = await recall.search(query, where)
+        reply["items"] = reply["items"][: fitting(reply["items"])]
+        return reply, seq
 
     return router

@@ -324,6 +324,23 @@ async def message_of(store: Store, org_id: str, session_id: str, message_id: str
     )
 
 
+async def messages_among(
+    store: Store, where: dict[str, Any], message_ids: Sequence[str]
+) -> list[Row]:
+    """Of ``message_ids`` (the vector side's hits), the messages that ``where`` still
+    shows (its scope, not redacted): the vector table and this one may stand at different
+    points of the log."""
+    found: list[Row] = []
+    for start in range(0, len(message_ids), HIDDEN_CHUNK):
+        chunk = message_ids[start : start + HIDDEN_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        rows = await store.fetch_all(
+            f"SELECT {_COLUMNS} FROM messages WHERE message_id IN ({marks})", *chunk
+        )
+        found += [message_view(row) for row in rows if all(row[k] == v for k, v in where.items())]
+    return found
+
+
 async def redaction_of(store: Store, org_id: str, session_id: str, message_id: str) -> Row | None:
     """A message's log sequence and, if it was redacted, when, at which sequence and why."""
     return await store.fetch_one(

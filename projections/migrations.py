@@ -22,6 +22,7 @@ from agentmem.projections.graph import (
     GRAPH_RELATIONS,
 )
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
+from agentmem.projections.message_vectors import MESSAGE_VECTORS
 from agentmem.projections.messages import MESSAGE_COMMANDS, MESSAGE_REDACTIONS, MESSAGES
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
@@ -239,6 +240,21 @@ MIGRATIONS: list[Migration] = [
                     "COMMENT ON TABLE graph_predicates IS 'AgentMem projection graph: one row "
                     "per predicate an organization declared (predicate.declare); single_valued "
                     "1 or 0'",
+                )
+            ),
+        ),
+    ),
+    Migration(
+        12,
+        "message vectors (embeddings), one row per message and model",
+        (
+            MESSAGE_VECTORS,
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE message_vectors IS 'AgentMem projection "
+                    "message-vectors-*: one embedding per message with words and model "
+                    "(float32 bytes), with the columns message.search scopes by; removed "
+                    "with its message'",
                 )
             ),
         ),

@@ -216,14 +216,17 @@ PROJECTION = VectorsProjection()
 
 
 # Reads -------------------------------------------------------------------------------------
-async def cached_vectors(store: Store, model: str, hashes: list[str]) -> dict[str, bytes]:
-    """The stored vectors of these content hashes under ``model``."""
+async def cached_vectors(
+    store: Store, model: str, hashes: list[str], table: str = MEMORY_VECTORS.name
+) -> dict[str, bytes]:
+    """The stored vectors of these content hashes under ``model`` (in ``table``, which
+    has the columns ``model``, ``content_hash`` and ``vector``)."""
     found: dict[str, bytes] = {}
     for start in range(0, len(hashes), LOOKUP_CHUNK):
         chunk = hashes[start : start + LOOKUP_CHUNK]
         marks = ", ".join("?" for _ in chunk)
         rows = await store.fetch_all(
-            f"SELECT content_hash, vector FROM memory_vectors WHERE model = ? "
+            f"SELECT content_hash, vector FROM {table} WHERE model = ? "
             f"AND content_hash IN ({marks})",
             model,
             *chunk,

@@ -34,6 +34,7 @@ from agentmem.consumers.queries import MAX_PAGE_BYTES
 from agentmem.domain import messages as messages_domain
 from agentmem.eventlog import CommitMeta
 from agentmem.events import MessageAppended, encode_commit
+from agentmem.projections import message_vectors
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.replies import Message
 from agentmem.service import Service
@@ -367,6 +368,73 @@ async def test_search_ranks_and_filters(acme: Acme, client: Client) -> None:
         "allergic", agent_id=acme.agent_id, after_seq=member.last_seq
     )
     assert contents(again) == []
+
+
+async def test_search_by_meaning_and_both_ways_and_vectors_leave_with_their_message(
+    acme: Acme, service: Service, nc: NATS, admin_token: str
+) -> None:
+    """``mode`` vector and hybrid find a message by meaning, scoped as full-text search is;
+    text stays the default; a redaction, a conversation's deletion and an agent's
+    deletion remove the message's vectors."""
+    member = acme.member
+    other_agent = str((await member.create_agent("Other bot")).fields["agent_id"])
+    written = await member.append_messages(
+        "s1",
+        acme.agent_id,
+        [
+            {"role": "user", "content": "I am allergic to peanuts"},
+            {"role": "user", "content": "The deploy pipeline runs every Friday afternoon"},
+            {"role": "assistant", "content": "Bob prefers window seats on long flights"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "x"}]},
+        ],
+        user_id=acme.user_id,
+    )
+    peanuts = written.fields["message_ids"][0]
+    await member.append_message("s2", other_agent, "user", "nut allergy is serious")
+    seq = (await member.append_message("s3", acme.agent_id, "user", "hello there")).seq
+    question = "nut allergy"  # no word (stem) in common with the peanut message
+    text = await member.search_messages_result(question, agent_id=acme.agent_id, after_seq=seq)
+    assert (text.mode, text.items, text.model) == ("text", [], None)
+    assert text.confident is False
+    vector = await member.search_messages_result(question, agent_id=acme.agent_id, mode="vector")
+    assert vector.mode == "vector"
+    assert vector.model == message_vectors.PROJECTION.model
+    best = vector.items[0]
+    assert best.message_id == peanuts  # not the other agent's, which has the very words
+    assert best.scores is not None
+    assert best.scores.text is None
+    assert best.scores.vector is not None
+    assert best.score == pytest.approx(best.scores.vector)
+    assert vector.confident is True
+    hybrid = await member.search_messages_result(question, agent_id=acme.agent_id, mode="hybrid")
+    assert hybrid.items[0].message_id == peanuts
+    assert hybrid.items[0].scores is not None
+    assert hybrid.items[0].scores.text == 0.0
+    said = await member.search_messages(
+        "flights", agent_id=acme.agent_id, role="assistant", mode="hybrid"
+    )
+    assert contents(said)[0] == "Bob prefers window seats on long flights"
+    assert all(m.role == "assistant" for m in said)
+    everything = await member.search_messages(
+        question, agent_id=acme.agent_id, mode="vector", min_score=0.0
+    )
+    assert len(everything) == 4, "every message with words, none without"
+
+    async def vector_ids() -> set[str]:
+        rows = await service.store.fetch_all("SELECT message_id FROM message_vectors")
+        return {r["message_id"] for r in rows}
+
+    assert peanuts in await vector_ids()
+    await member.redact_message("s1", peanuts)
+    again = await member.search_messages(
+        question, agent_id=acme.agent_id, mode="vector", after_seq=member.last_seq
+    )
+    assert peanuts not in [m.message_id for m in again]
+    assert peanuts not in await vector_ids()
+    await member.delete_conversation("s1")
+    await acme.admin.delete_agent(other_agent)
+    await wait_caught_up(nc, admin_token)
+    assert len(await vector_ids()) == 1  # "hello there", in s3
 
 
 # Redaction and deletion ------------------------------------------------------------------

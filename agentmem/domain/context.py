@@ -25,9 +25,8 @@ import msgspec
 
 from agentmem.commands import Id
 from agentmem.domain.entities import normalise
-from agentmem.domain.memories import SearchMode, Unit
 from agentmem.protocol import query
-from agentmem.queries import InOrg, Limit, SearchText
+from agentmem.queries import InOrg, Limit, SearchMode, SearchText, Unit
 from agentmem.replies import AssembledContext, ContextItem, LeftOutItem
 from agentmem.tokens import CounterName
 

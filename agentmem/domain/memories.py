@@ -54,7 +54,7 @@ from agentmem.events import (
     MemoryUpdated,
 )
 from agentmem.protocol import command, query
-from agentmem.queries import Cursor, Limit, Query, SearchText, Seq
+from agentmem.queries import Cursor, Limit, Query, SearchMode, SearchText, Seq, Unit
 from agentmem.queries import InOrg as QueryInOrg
 from agentmem.replies import (
     Deduplicated,
@@ -87,8 +87,6 @@ Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # the memories projection (every later memory event waited behind it).
 MAX_TIME_MS = 253_402_300_799_999
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
-Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-SearchMode = Literal["text", "vector", "hybrid"]
 HalfLife = Annotated[float, msgspec.Meta(gt=0.0, le=36_500.0)]
 Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048)]
 MimeType = Annotated[
