@@ -922,6 +922,8 @@ BAD_VALUES = [
     (SearchMessages.op.subject, "text", "t" * 1001, "too_long"),
     (SearchMessages.op.subject, "role", "robot", "invalid_value"),
     (SearchMessages.op.subject, "limit", 0, "out_of_range"),
+    (SearchMessages.op.subject, "mode", "semantic", "invalid_value"),
+    (SearchMessages.op.subject, "min_score", 1.5, "out_of_range"),
     (SearchMessages.op.subject, "session_id", "s.>", "pattern"),
     (CreateBlock.op.subject, "label", "", "pattern"),
     (CreateBlock.op.subject, "label", "a/b", "pattern"),
