@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
 from agentmem import ranking
 from agentmem.consumers.freshness import Freshness
 from agentmem.consumers.vector_index import Floats, OrgVectors, VectorFilter, VectorIndex
@@ -134,10 +136,11 @@ class Recall:
         vectors: dict[str, Any] = {}
         model = None
         if near is not None:
-            copy, asked, hits = near
+            copy, asked, hits, past = near
             model = self._vectors()[1].model
             cosine.update(hits)
             vectors = copy.vectors(list(dict.fromkeys([*rows, *cosine])))
+            vectors.update((m, v) for m, v in past.items() if m in vectors or m in rows)
             if mode != "text":
                 for memory_id, vector in vectors.items():
                     cosine.setdefault(memory_id, float(vector @ asked))
@@ -188,9 +191,11 @@ class Recall:
 
     async def _vector_side(
         self, query: SearchMemories, memory_filter: MemoryFilter, now: int, pool: int
-    ) -> tuple[OrgVectors, Floats, list[tuple[str, float]]]:
-        """The organization's vectors, the query's, and the nearest ``pool`` (none in text
-        mode, where vectors serve MMR only)."""
+    ) -> tuple[OrgVectors, Floats, list[tuple[str, float]], dict[str, Floats]]:
+        """The organization's vectors, the query's, the nearest ``pool`` (none in text
+        mode, where vectors serve MMR only), and with ``known_at`` the vectors of the
+        contents known then that an update has replaced since (scored instead of the
+        current ones)."""
         embedder, index = self._vectors()
         projection = vector_reads.PROJECTION.name
         vector_seq = await self.freshness.wait(projection, query.after_seq)
@@ -201,16 +206,34 @@ class Recall:
             self._warm = True
         else:
             asked = embedder.embed([query.text])[0]
+        past: dict[str, Floats] = {}
+        if memory_filter.past:
+            stored = await vector_reads.past_vectors(
+                self.store,
+                memory_filter.org_id,
+                index.model,
+                memory_filter.known_at_seq,
+                memory_filter.known_at,
+            )
+            past = {m: np.frombuffer(v, dtype=vector_reads.VECTOR_DTYPE) for m, v in stored.items()}
         if query.mode == "text":
-            return copy, asked, []
+            return copy, asked, [], past
         scope = dict(memory_filter.scope)
         if memory_filter.memory_type is not None:
             scope["memory_type"] = memory_filter.memory_type
         allowed = None
         if not _simple(memory_filter):
             allowed = frozenset(await memory_reads.memory_ids(self.store, memory_filter, now))
+        if past and allowed is not None:
+            # The current vectors of contents replaced since are not what was known then.
+            then = {m: float(v @ asked) for m, v in past.items() if m in allowed}
+            allowed = allowed - past.keys()
+            where = VectorFilter(scope, memory_filter.states, now, memory_filter.as_of, allowed)
+            hits = [*copy.search(asked, where, pool), *then.items()]
+            hits.sort(key=lambda hit: -hit[1])
+            return copy, asked, hits[:pool], past
         where = VectorFilter(scope, memory_filter.states, now, memory_filter.as_of, allowed)
-        return copy, asked, copy.search(asked, where, pool)
+        return copy, asked, copy.search(asked, where, pool), past
 
 
 def recall_of(parts: Parts) -> Recall:

@@ -27,7 +27,7 @@ from agentmem.projections.messages import MESSAGE_COMMANDS, MESSAGE_REDACTIONS, 
 from agentmem.projections.orgs import ORGS
 from agentmem.projections.tools import TOOL_TAGS, TOOLS
 from agentmem.projections.users import API_KEYS, USERS
-from agentmem.projections.vectors import MEMORY_VECTORS
+from agentmem.projections.vectors import MEMORY_PAST_VECTORS, MEMORY_VECTORS
 from agentmem.projections.working import WORKING_ITEMS
 from agentmem.store import fulltext
 from agentmem.store.port import FullText, Migration, Sql
@@ -246,15 +246,18 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(
         12,
-        "message vectors (embeddings), one row per message and model",
+        "message vectors, one row per message and model; memory vectors of replaced contents",
         (
             MESSAGE_VECTORS,
+            MEMORY_PAST_VECTORS,
             Sql(
                 postgres=(
                     "COMMENT ON TABLE message_vectors IS 'AgentMem projection "
                     "message-vectors-*: one embedding per message with words and model "
                     "(float32 bytes), with the columns message.search scopes by; removed "
                     "with its message'",
+                    "COMMENT ON TABLE memory_past_vectors IS 'AgentMem projection vectors-*: "
+                    "the vector of a memory content an update replaced, for known_at'",
                 )
             ),
         ),

@@ -55,7 +55,7 @@ from agentmem.events import (
 from agentmem.projections import memories
 from agentmem.projections.memories import FORGETS, position
 from agentmem.projections.rows import forgotten_rows
-from agentmem.store import Column, RowOp, Store, Table, Update, Upsert
+from agentmem.store import Column, Copy, Delete, RowOp, Store, Table, Update, Upsert
 
 MEMORY_VECTORS = Table(
     name="memory_vectors",
@@ -87,6 +87,33 @@ MEMORY_VECTORS = Table(
     scrub=True,
 )
 
+# The vectors a memory's content had before an update replaced it, for ``known_at``: the
+# version known at a point is scored with its own vector (the earliest row replaced after
+# that point; none: the current content was known then). Kept with its scope columns, so that
+# a deletion, an organization's deletion and a forget reach it as they reach the memory.
+MEMORY_PAST_VECTORS = Table(
+    name="memory_past_vectors",
+    columns=(
+        Column("model", "text"),
+        Column("memory_id", "text"),
+        Column("seq", "integer"),  # the commit that replaced this content
+        Column("replaced_at", "integer"),  # and its time (ms)
+        Column("org_id", "text"),
+        Column("user_id", "text", nullable=True),
+        Column("agent_id", "text", nullable=True),
+        Column("session_id", "text", nullable=True),
+        Column("content_hash", "text"),
+        Column("vector", "blob"),
+    ),
+    primary_key=("model", "memory_id", "seq"),
+    indexes=(
+        ("memory_past_vectors_changes", ("org_id", "model", "seq"), False),
+        ("memory_past_vectors_time", ("org_id", "model", "replaced_at"), False),
+        ("memory_past_vectors_memory", ("memory_id",), False),
+    ),
+    scrub=True,
+)
+
 VECTOR_DTYPE = np.dtype("<f4")
 # Contents looked up per statement when ``prepare`` asks the store for cached vectors.
 LOOKUP_CHUNK = 500
@@ -109,7 +136,7 @@ class VectorsProjection:
         subjects.events_of("org_deletion"),
         subjects.events_of("forget"),
     ]
-    tables = [MEMORY_VECTORS]
+    tables = [MEMORY_VECTORS, MEMORY_PAST_VECTORS]
 
     def __init__(self, embedder: Embedder | None = None) -> None:
         # The model is loaded on the first embedding, not here: naming it is cheap.
@@ -180,6 +207,12 @@ class VectorsProjection:
                         "expires_at": event.expires_at,
                         "seq": seq,
                     }
+                    # The content known until now keeps its vector, for ``known_at``.
+                    key = {"model": model, "memory_id": event.memory_id}
+                    kept = {"seq": seq, "replaced_at": commit.time_ms}
+                    past = MEMORY_PAST_VECTORS.name
+                    columns = MEMORY_PAST_VECTORS.column_names
+                    ops.append(Copy(past, MEMORY_VECTORS.name, key, columns, kept))
                     ops.append(self._update(event.memory_id, values))
                 case MemorySuperseded():
                     values = {"state": "superseded", "valid_to": event.valid_to, "seq": seq}
@@ -193,19 +226,22 @@ class VectorsProjection:
                     key = {"memory_id": memory_id}
                     values = {**_TOMBSTONE, "state": "expired", "seq": seq}
                     ops.append(Update(MEMORY_VECTORS.name, key, values))
+                    ops.append(Delete(MEMORY_PAST_VECTORS.name, key))
                 case MemoryDeleted(memory_id=memory_id):
                     # Every model's row: an old model's vectors of it must go too.
                     key = {"memory_id": memory_id}
                     ops.append(Update(MEMORY_VECTORS.name, key, {**_TOMBSTONE, "seq": seq}))
+                    ops.append(Delete(MEMORY_PAST_VECTORS.name, key))
                 case OrgDeleted(org_id=deleted):
                     key = {"org_id": deleted}
                     ops.append(Update(MEMORY_VECTORS.name, key, {**_TOMBSTONE, "seq": seq}))
+                    ops.append(Delete(MEMORY_PAST_VECTORS.name, key))
                 case DataForgotten():
                     # Gone, rows and all (every model's, erased from the files), as from
                     # the memories tables: a tombstone would keep who and when. The query
                     # side's copy is not told; ``memory.search`` drops a vector hit whose
                     # memory has no row (docs/security.md, "Forgetting").
-                    ops += forgotten_rows(event, FORGETS, [MEMORY_VECTORS])
+                    ops += forgotten_rows(event, FORGETS, [MEMORY_VECTORS, MEMORY_PAST_VECTORS])
         return ops
 
     def _update(self, memory_id: str, values: dict[str, Any]) -> Update:
@@ -283,3 +319,24 @@ async def memory_rows(store: Store, org_id: str, memory_ids: list[str]) -> list[
         f"SELECT {memories.COLUMNS} FROM memories WHERE memory_id IN ({marks})", *memory_ids
     )
     return [row for row in rows if row["org_id"] == org_id]
+
+
+async def past_vectors(
+    store: Store, org_id: str, model: str, known_at_seq: int | None, known_at: int | None
+) -> dict[str, bytes]:
+    """For ``known_at``/``known_at_seq``: each memory of the organization whose content an
+    update replaced after that point, with the vector of the content known then (the
+    earliest one replaced after it). Usually few: the memories changed since."""
+    by_seq = known_at_seq is not None
+    column = "seq" if by_seq else "replaced_at"
+    rows = await store.fetch_all(
+        f"SELECT memory_id, vector FROM memory_past_vectors WHERE org_id = ? AND model = ? "
+        f"AND {column} > ? ORDER BY memory_id, seq",
+        org_id,
+        model,
+        known_at_seq if by_seq else known_at,
+    )
+    found: dict[str, bytes] = {}
+    for row in rows:
+        found.setdefault(row["memory_id"], bytes(row["vector"]))
+    return found

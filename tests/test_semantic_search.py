@@ -223,3 +223,46 @@ async def test_every_filter_of_memory_list_holds_on_the_vector_side(
     now = await api.search_memories(where, user_id="ann", mode="vector", min_score=0.0)
     assert new.fields["superseded_by"] in [m.memory_id for m in now]
     assert old.fields["memory_id"] not in [m.memory_id for m in now]
+
+
+async def test_known_at_scores_the_content_known_then(
+    acme: tuple[str, Client], service: Service
+) -> None:
+    """With ``known_at_seq`` the vector side scores the version known then with that
+    version's own vector: a memory whose content changed since is found by its old words'
+    meaning, not its new ones; a deleted memory leaves no past vector."""
+    _, api = acme
+    added = await api.add_memory("Ann is allergic to peanuts", user_id="ann")
+    memory_id = str(added.fields["memory_id"])
+    await api.add_memory("The deploy pipeline runs every Friday afternoon", user_id="ann")
+    before = api.last_seq
+    await api.update_memory(memory_id, content="Ann collects antique clocks")
+    seq = api.last_seq
+    question = "nut allergy"
+    then = await api.search_memories_result(
+        question, user_id="ann", mode="vector", known_at_seq=before, after_seq=seq
+    )
+    assert then.items[0].memory_id == memory_id
+    assert then.items[0].content == "Ann is allergic to peanuts"
+    assert then.confident is True
+    hybrid_then = await api.search_memories(question, user_id="ann", known_at_seq=before)
+    assert hybrid_then[0].memory_id == memory_id
+    now = await api.search_memories(question, user_id="ann", mode="vector", min_score=0.0)
+    now_vector = {m.memory_id: m.scores.vector for m in now if m.scores}
+    assert then.items[0].scores is not None
+    assert then.items[0].scores.vector is not None
+    assert (now_vector[memory_id] or 0.0) < then.items[0].scores.vector - 0.2
+    clocks = await api.search_memories("old timepieces", user_id="ann", mode="vector")
+    assert clocks[0].memory_id == memory_id
+    clocks_then = await api.search_memories(
+        "old timepieces", user_id="ann", mode="vector", known_at_seq=before, min_score=0.0
+    )
+    vector_then = {m.memory_id: m.scores.vector for m in clocks_then if m.scores}
+    assert vector_then[memory_id] == pytest.approx(
+        min(m.scores.vector for m in clocks_then if m.scores and m.scores.vector is not None)
+    ), "scored as the peanut fact it was, not as the clocks it is"
+    past = "SELECT memory_id FROM memory_past_vectors"
+    assert [r["memory_id"] for r in await service.store.fetch_all(past)] == [memory_id]
+    await api.delete_memory(memory_id)
+    await api.search_memories("x", user_id="ann", mode="vector", after_seq=api.last_seq)
+    assert await service.store.fetch_all(past) == []

@@ -25,7 +25,7 @@ from agentmem.eventlog import StoredCommit
 from agentmem.events import MemoryDeleted, MemoryExpired
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.vectors import VectorsProjection, projection_name, vector_bytes
-from agentmem.store import ProjectionBatch, Update, Upsert, open_store
+from agentmem.store import Delete, ProjectionBatch, Update, Upsert, open_store
 
 
 # Embedders --------------------------------------------------------------------------------
@@ -246,6 +246,7 @@ def test_mmr_trades_relevance_for_diversity() -> None:
 
 
 def test_an_expired_or_deleted_memory_leaves_only_a_tombstone_for_every_model() -> None:
+    """And no past vector (``known_at``'s) of any model."""
     projection = VectorsProjection(WordLlamaEmbedder())
     for event, state in (
         (MemoryExpired(memory_id="m1", expires_at=5), "expired"),
@@ -254,10 +255,11 @@ def test_an_expired_or_deleted_memory_leaves_only_a_tombstone_for_every_model() 
         commit = StoredCommit(
             seq=9, subject="agentmem.evt.o1.memory.m1", headers={}, events=[event]
         )
-        (op,) = projection.project(commit)
+        op, past = projection.project(commit)
         assert isinstance(op, Update)
         assert op.key == {"memory_id": "m1"}  # every model's row
         assert op.values == {"state": state, "content_hash": "", "vector": b"", "seq": 9}
+        assert past == Delete("memory_past_vectors", {"memory_id": "m1"})
 
 
 async def test_the_index_stays_within_its_rows_and_reloads_what_it_dropped(
