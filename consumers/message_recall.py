@@ -7,13 +7,11 @@
 - ``hybrid``: both, each asked for a pool larger than ``limit``, fused by
   ``agentmem.ranking`` with the weights, floor and confident bar of ``memory.search``.
 
-The vector side reads the scope's vectors from the store on each search and scores them with
-one matrix product: a message search always names an agent or a user (one of two indexes
-of the table), and messages have no states or time filters for an in-process copy to keep,
-so there is no cache to keep fresh or to bound. Its cost grows with the scope: about 1 KB
-read per message (docs/performance.md). Every hit is read back from ``messages`` through
-the same scope, not redacted, because the two projections may stand at different points of
-the log.
+The vector side scores the query against this process's copy of the scope's vectors (an
+agent's or a user's messages, ``consumers/message_vector_cache.py``), caught up from the
+store before each search, with one matrix product. Every hit is read back from
+``messages`` through the same scope, not redacted, because the two projections may stand
+at different points of the log and the copy learns of a removal only then.
 """
 
 from __future__ import annotations
@@ -26,10 +24,10 @@ import numpy as np
 
 from agentmem import ranking
 from agentmem.consumers.freshness import Freshness
+from agentmem.consumers.message_vector_cache import MessageVectorCache, ScopeVectors
 from agentmem.embedding import Embedder, Vectors
 from agentmem.projections import message_vectors
 from agentmem.projections import messages as messages_read
-from agentmem.projections.vectors import VECTOR_DTYPE
 from agentmem.queries import SearchMessages
 from agentmem.store import Store, fulltext
 
@@ -43,6 +41,7 @@ class MessageRecall:
         self.store = store
         self.freshness = freshness
         self._warm = False  # the model has embedded once in this process
+        self._cache: MessageVectorCache | None = None
 
     async def search(
         self, query: SearchMessages, where: dict[str, Any]
@@ -56,7 +55,7 @@ class MessageRecall:
             else _nothing()
         )
         vector_side = self._nearest(query, where, pool) if mode != "text" else _no_vectors()
-        found, (cosine, near) = await asyncio.gather(text_side, vector_side)
+        found, (cosine, near, copy) = await asyncio.gather(text_side, vector_side)
         rows = {row["message_id"]: row for row in found}
         words = max(len(fulltext.words(query.text)), 1)
         text_share = {m: min(row["rank"] / words, 1.0) for m, row in rows.items()}
@@ -64,6 +63,8 @@ class MessageRecall:
         missing = [m for m in nearest if m not in rows]
         for row in await messages_read.messages_among(self.store, where, missing):
             rows[row["message_id"]] = row
+        if copy is not None:  # redacted or deleted since the copy read them
+            copy.drop([m for m in missing if m not in rows], seq)
         candidates = [
             ranking.Candidate(
                 memory_id=message_id,
@@ -98,23 +99,24 @@ class MessageRecall:
 
     async def _nearest(
         self, query: SearchMessages, where: dict[str, Any], pool: int
-    ) -> tuple[dict[str, float], list[str]]:
+    ) -> tuple[dict[str, float], list[str], ScopeVectors | None]:
         """The cosine of the query with every message of the scope that has a vector (the
-        full-text side's finds get theirs from it), and the ``pool`` nearest, best first."""
+        full-text side's finds get theirs from it), the ``pool`` nearest, best first, and
+        the scope's copy they came from."""
         projection = message_vectors.PROJECTION
-        await self.freshness.wait(projection.name, query.after_seq)
+        checkpoint = await self.freshness.wait(projection.name, query.after_seq)
         asked = await self._embed(projection.embedder, query.text)
-        rows = await message_vectors.scope_vectors(self.store, projection.model, where)
-        if not rows:
-            return {}, []
-        matrix = np.frombuffer(b"".join(bytes(r["vector"]) for r in rows), dtype=VECTOR_DTYPE)
-        scores = matrix.reshape(len(rows), -1) @ asked
-        best = (
-            np.argpartition(-scores, pool - 1)[:pool] if len(rows) > pool else np.arange(len(rows))
-        )
+        if self._cache is None:
+            self._cache = MessageVectorCache(projection.model, projection.embedder.dim)
+        copy = await self._cache.fresh(self.store, where, checkpoint)
+        ids, scores = copy.scores(asked, where)
+        if not ids:
+            return {}, [], copy
+        best = np.arange(len(ids))
+        if len(ids) > pool:
+            best = np.argpartition(-scores, pool - 1)[:pool]
         best = best[np.argsort(-scores[best], kind="stable")]
-        ids = [r["message_id"] for r in rows]
-        return dict(zip(ids, scores.tolist(), strict=True)), [ids[int(i)] for i in best]
+        return dict(zip(ids, scores.tolist(), strict=True)), [ids[int(i)] for i in best], copy
 
     async def _embed(self, embedder: Embedder, text: str) -> Vectors:
         if embedder.blocking or not self._warm:
@@ -131,5 +133,5 @@ async def _nothing() -> list[dict[str, Any]]:
     return []
 
 
-async def _no_vectors() -> tuple[dict[str, float], list[str]]:
-    return {}, []
+async def _no_vectors() -> tuple[dict[str, float], list[str], ScopeVectors | None]:
+    return {}, [], None

@@ -12,8 +12,9 @@ conversation, role), so that the vector side reads only the scope asked for, wit
 rules as the full-text side. A message leaves the table, every model's row, when it is
 redacted, when its conversation, its agent or its organization is deleted, and when it is
 forgotten (a user's, an agent's or a conversation's forget, erased from the files): no
-tombstone is kept, because nothing caches these rows (the vector side reads them from the
-store on each search; docs/architecture.md, "Semantic search of messages"). A message
+tombstone is kept: a query process's copy of a scope's vectors learns of a removal when a
+hit is read back from ``messages`` and is missing (docs/architecture.md, "Semantic search
+of messages"). A message
 without words (an empty tool-call turn) has no row: there is nothing to find it by.
 """
 
@@ -58,9 +59,10 @@ MESSAGE_VECTORS = Table(
     ),
     primary_key=("model", "message_id"),
     indexes=(
-        # message.search names an agent or a user (or both): one of these two is its range.
-        ("message_vectors_agent", ("org_id", "agent_id", "model"), False),
-        ("message_vectors_user", ("org_id", "user_id", "model"), False),
+        # message.search names an agent or a user (or both): one of these two is its range,
+        # read from the last sequence a query process holds (consumers/message_recall.py).
+        ("message_vectors_agent", ("org_id", "agent_id", "model", "seq"), False),
+        ("message_vectors_user", ("org_id", "user_id", "model", "seq"), False),
         ("message_vectors_session", ("org_id", "session_id"), False),
         ("message_vectors_content", ("model", "content_hash"), False),
         ("message_vectors_message", ("message_id",), False),
@@ -157,18 +159,30 @@ PROJECTION = MessageVectorsProjection()
 
 # Reads -------------------------------------------------------------------------------------
 SCOPE_COLUMNS = ("agent_id", "user_id", "session_id", "role")
+CACHED_COLUMNS = ("message_id", "session_id", "agent_id", "user_id", "role", "vector", "seq")
 
 
-async def scope_vectors(store: Store, model: str, where: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ids and vectors of the messages in ``where`` (an organization and any of agent,
-    user, conversation and role; ``message.search``'s scope), read along the agent's or the
-    user's index."""
-    clauses = ["org_id = ?", "model = ?"]
-    args: list[Any] = [where["org_id"], model]
-    for column in SCOPE_COLUMNS:
-        if where.get(column) is not None:
-            clauses.append(f"{column} = ?")
-            args.append(where[column])
+async def scope_rows_since(
+    store: Store,
+    model: str,
+    org_id: str,
+    column: str,
+    value: str,
+    after: tuple[int, str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The rows of one agent's or one user's messages (``column`` = ``value``) after the
+    keyset ``after`` (sequence, message id), in that order: how a query process's copy
+    catches up."""
+    if column not in ("agent_id", "user_id"):
+        raise ValueError(f"a message scope is an agent or a user, not {column}")
     return await store.fetch_all(
-        f"SELECT message_id, vector FROM message_vectors WHERE {' AND '.join(clauses)}", *args
+        f"SELECT {', '.join(CACHED_COLUMNS)} FROM message_vectors WHERE org_id = ? "
+        f"AND {column} = ? AND model = ? AND (seq, message_id) > (?, ?) "
+        "ORDER BY seq, message_id LIMIT ?",
+        org_id,
+        value,
+        model,
+        *after,
+        limit,
     )

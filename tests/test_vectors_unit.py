@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agentmem import ranking
+from agentmem.consumers.message_vector_cache import ScopeVectors
 from agentmem.consumers.vector_index import OrgVectors, VectorFilter, VectorIndex
 from agentmem.embedding import content_hash
 from agentmem.embedding.remote import RemoteEmbedder
@@ -307,3 +308,31 @@ async def test_the_index_stays_within_its_rows_and_reloads_what_it_dropped(
         assert list(idle.held()) == ["org1"]
     finally:
         await store.close()
+
+
+def test_a_message_copy_drops_what_is_gone_but_not_what_is_only_late() -> None:
+    a, b, c = np.eye(4, dtype=np.float32)[:3]
+
+    def row(
+        message_id: str, vector: np.ndarray[Any, Any], seq: int, **fields: Any
+    ) -> dict[str, Any]:
+        base = {"session_id": "s1", "agent_id": "bot", "user_id": None, "role": "user"}
+        return {
+            **base,
+            "message_id": message_id,
+            "vector": vector_bytes(vector),
+            "seq": seq,
+            **fields,
+        }
+
+    copy = ScopeVectors(4)
+    copy.apply([row("m1", a, 1), row("m2", b, 2, role="assistant"), row("m3", c, 3)])
+    copy.apply([row("m3", c, 3)])  # read again (a page cut inside a commit): held once
+    assert copy.n == 3
+    ids, scores = copy.scores(a, {"org_id": "o", "agent_id": "bot"})
+    assert dict(zip(ids, scores.tolist(), strict=True)) == {"m1": 1.0, "m2": 0.0, "m3": 0.0}
+    assert copy.scores(a, {"role": "assistant"})[0] == ["m2"]
+    assert copy.scores(a, {"session_id": "nowhere"})[0] == []
+    copy.drop(["m1", "m3"], shown_until=2)  # m3 is newer than what messages shows: late
+    assert copy.scores(a, {})[0] == ["m2", "m3"]
+    assert copy.dead == 1
