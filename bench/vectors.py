@@ -39,6 +39,7 @@ from agentmem.domain.memories import MAX_BATCH
 # Imported here, it limits numpy to one BLAS thread in this process as in the service, so
 # that the raw baselines measure the same arithmetic.
 from agentmem.embedding.wordllama import WordLlamaEmbedder
+from agentmem.keys import KeyRing
 from agentmem.projections.replay import replay
 from agentmem.projections.vectors import VectorsProjection
 from agentmem.store import open_store
@@ -338,8 +339,13 @@ async def rebuild_child(url: str, store: str, events: int) -> dict[str, float]:
     rss_start = env.peak_rss_mb()
     started = time.perf_counter()
     projection = VectorsProjection(WordLlamaEmbedder())
-    result = await replay(nc, db, projection)
+    # The log's personal fields are sealed: the replay opens them with the deployment's keys,
+    # as the service's projection does (without them every memory event parks).
+    keys = KeyRing(nc, env.master_keys())
+    await keys.start()
+    result = await replay(nc, db, projection, keys=keys)
     seconds = time.perf_counter() - started
+    await keys.stop()
     await db.close()
     await nc.close()
     return {
