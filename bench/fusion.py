@@ -99,10 +99,97 @@ def evaluate(
     return result
 
 
+# The confident rule: families of rules on what a reply holds (its candidates' relevance,
+# cosine and word share), each family's parameters chosen on dev by balanced accuracy, then
+# the chosen rule of each family scored once on test (``--confidence``).
+Features = dict[str, float]
+
+
+def features(found: list[tuple[str | None, float, float]], text_weight: float) -> Features:
+    """What a rule may look at: the best relevance (``r1``) and its lead over the second
+    (``gap``), the best cosine (``v1``), the best word share (``t1``), and whether the two
+    sides' best candidates are the same memory (``agree``, 1 or 0)."""
+    if not found:
+        return {"r1": 0.0, "gap": 0.0, "v1": 0.0, "t1": 0.0, "agree": 0.0}
+    rel = sorted(
+        (text_weight * t + (1 - text_weight) * max(v, 0.0) for _, t, v in found), reverse=True
+    )
+    by_vector = max(range(len(found)), key=lambda i: found[i][2])
+    by_text = max(range(len(found)), key=lambda i: found[i][1])
+    return {
+        "r1": rel[0],
+        "gap": rel[0] - (rel[1] if len(rel) > 1 else 0.0),
+        "v1": max(v for _, _, v in found),
+        "t1": max(t for _, t, _ in found),
+        "agree": float(by_vector == by_text and found[by_text][1] > 0),
+    }
+
+
+Rule = tuple[str, float, float]  # (family, a, b)
+
+
+def confident_by(rule: Rule, f: Features) -> bool:
+    family, a, b = rule
+    if family == "relevance":  # today's rule: the best relevance reaches the bar a
+        return f["r1"] >= a
+    if family == "relevance+gap":  # a lead over the rest counts too
+        return f["r1"] + b * f["gap"] >= a
+    if family == "relevance|agree":  # both sides agree on the best, at a lower bar b
+        return f["r1"] >= a or (f["agree"] == 1.0 and f["r1"] >= b)
+    if family == "relevance|words":  # most of the query's words are in one memory
+        return f["r1"] >= a or f["t1"] >= b
+    raise ValueError(family)
+
+
+def accuracy_of(asked: Sequence[Asked], rule: Rule, text_weight: float) -> tuple[float, int, int]:
+    """Balanced accuracy, answerable queries said not confident, unanswerable said
+    confident."""
+    hits = {True: [0, 0], False: [0, 0]}
+    for query, found in asked:
+        answerable = bool(query.relevant)
+        said = confident_by(rule, features(found, text_weight))
+        hits[answerable][0] += said == answerable
+        hits[answerable][1] += 1
+    balanced = sum(right / max(total, 1) for right, total in hits.values()) / 2
+    return balanced, hits[True][1] - hits[True][0], hits[False][1] - hits[False][0]
+
+
+def confidence_study() -> None:
+    text_weight, vector_weight = ranking.WEIGHTS["hybrid"]
+    weight = text_weight / (text_weight + vector_weight)
+    dev, test = asyncio.run(ask_all("dev")), asyncio.run(ask_all("test"))
+    grid = [round(0.01 * i, 2) for i in range(5, 61)]
+    families: dict[str, list[Rule]] = {
+        "relevance": [("relevance", a, 0.0) for a in grid],
+        "relevance+gap": [("relevance+gap", a, b) for a in grid for b in (-1, -0.5, 0.5, 1)],
+        "relevance|agree": [("relevance|agree", a, b) for a in grid for b in grid if b < a],
+        "relevance|words": [("relevance|words", a, b) for a in grid for b in (0.5, 0.6, 0.75, 1)],
+    }
+    print(f"{len(dev)} dev and {len(test)} test queries, hybrid (text weight {weight:.2f}).")
+    print(
+        "family            chosen on dev         dev: bal  ans-  unans+   test: bal  ans-  unans+"
+    )
+    for family, rules in families.items():
+        best = max(rules, key=lambda r: (accuracy_of(dev, r, weight)[0], -r[1]))
+        d, t = accuracy_of(dev, best, weight), accuracy_of(test, best, weight)
+        print(
+            f"{family:16}  a={best[1]:.2f} b={best[2]:5.2f}     {d[0]:.3f}  {d[1]:4}  {d[2]:6}"
+            f"        {t[0]:.3f}  {t[1]:4}  {t[2]:6}"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__)
     p.add_argument("--split", default="dev", choices=["dev"], help="only dev: test is for reports")
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="compare rules for the confident flag: chosen on dev, each scored once on test",
+    )
     args = p.parse_args()
+    if args.confidence:
+        confidence_study()
+        return
     asked = asyncio.run(ask_all(args.split))
     print(f"{len(asked)} {args.split} queries. Per text weight: the confident bar with the best")
     print("balanced accuracy (lowest among ties), then the floor with the best nDCG@10 under it.")
