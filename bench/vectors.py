@@ -241,6 +241,7 @@ async def loaded_log(cfg: Config, kind: str, name: str) -> AsyncIterator[Loaded]
             await stack.enter_async_context(postgres_store(name)) if kind == "postgres" else None
         )
         url = await stack.enter_async_context(env.nats_server(cfg, name))
+        env.master_keys()  # set before the service starts: the rebuild child opens its log
         svc = await stack.enter_async_context(env.service(cfg, url, name, 2, store))
         (nc,) = await stack.enter_async_context(env.connections(url, 1))
         client = env.client(nc, svc.token)
@@ -345,11 +346,13 @@ async def rebuild_child(url: str, store: str, events: int) -> dict[str, float]:
     await keys.start()
     result = await replay(nc, db, projection, keys=keys)
     seconds = time.perf_counter() - started
+    parked = await db.parked(projection.name)
     await keys.stop()
     await db.close()
     await nc.close()
     return {
         "events": result.events,
+        "parked": float(len(parked)),
         "embedded": projection.embedded,
         "seconds": seconds,
         "rss_start": rss_start,
@@ -367,7 +370,10 @@ async def rebuild_session(cfg: Config) -> AsyncIterator[Run]:
         store = cfg.tmp / f"vectors-rebuild-{next(runs)}.db"
         result = await env.run_child(cfg, "vectors-rebuild", loaded.url, store, len(loaded.texts))
         if result["embedded"] != len(loaded.texts):
-            cfg.note(f"vectors-rebuild embedded {result['embedded']:.0f} of {len(loaded.texts)}")
+            cfg.note(
+                f"vectors-rebuild embedded {result['embedded']:.0f} of {len(loaded.texts)} "
+                f"({result['events']:.0f} events read, {result['parked']:.0f} parked)"
+            )
         return {
             "seconds": result["seconds"],
             "rate": result["embedded"] / result["seconds"],
