@@ -374,8 +374,8 @@ async def test_search_by_meaning_and_both_ways_and_vectors_leave_with_their_mess
     acme: Acme, service: Service, nc: NATS, admin_token: str
 ) -> None:
     """``mode`` vector and hybrid find a message by meaning, scoped as full-text search is;
-    text stays the default; a redaction, a conversation's deletion and an agent's
-    deletion remove the message's vectors."""
+    text stays the default; a redaction, a conversation's deletion, an agent's deletion
+    and a conversation's forget remove the message's vectors."""
     member = acme.member
     other_agent = str((await member.create_agent("Other bot")).fields["agent_id"])
     written = await member.append_messages(
@@ -435,6 +435,9 @@ async def test_search_by_meaning_and_both_ways_and_vectors_leave_with_their_mess
     await acme.admin.delete_agent(other_agent)
     await wait_caught_up(nc, admin_token)
     assert len(await vector_ids()) == 1  # "hello there", in s3
+    await acme.admin.forget_conversation("s3", org_id=acme.org_id)
+    await wait_caught_up(nc, admin_token)
+    assert await vector_ids() == set()
 
 
 # Redaction and deletion ------------------------------------------------------------------
