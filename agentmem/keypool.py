@@ -85,7 +85,7 @@ class KeyPool:
         self._refills: dict[str, asyncio.Task[None]] = {}
         # Bumped by every forget: a refill that began before it keeps nothing it made.
         self._generation = 0
-        ring.on_forget(self.clear)
+        ring.on_forget(lambda _pattern: self.clear())
 
     async def take(self, subject: str, name: str, ahead: bool = True) -> DataKey:
         """A stored key, never used, for the new aggregate on ``subject`` whose usual key

@@ -248,7 +248,7 @@ class KeyRing:
         # name -> wrapped key, read by ``preload`` and unwrapped on first use.
         self._preloaded: dict[str, bytes] = {}
         self._watch: Any = None
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[str], None]] = []
         self.plaintext_until: int | None = None
         # Keys made ahead for new memories (``agentmem.keypool``), made on first use.
         self.pool: KeyPool | None = None
@@ -291,9 +291,10 @@ class KeyRing:
                 await self._watch.unsubscribe()
             self._watch = None
 
-    def on_forget(self, listener: Callable[[], None]) -> None:
-        """``listener()`` runs whenever a key is deleted (here or in another process): the
-        aggregate caches drop what they folded from events that no longer open."""
+    def on_forget(self, listener: Callable[[str], None]) -> None:
+        """``listener(pattern)`` runs whenever keys are deleted (here or in another process),
+        with the wildcard over the names deleted: the aggregate caches drop what they folded
+        from events that no longer open, the vector index the vectors of forgotten data."""
         self._listeners.append(listener)
 
     async def _on_change(self, msg: Msg) -> None:
@@ -582,7 +583,7 @@ class KeyRing:
             for name in [name for name in cache if matches(pattern, name)]:
                 del cache[name]
         for listener in self._listeners:
-            listener()
+            listener(pattern)
 
     async def rewrap(self) -> int:
         """Wrap every data key again with the current master key (after a rotation)."""

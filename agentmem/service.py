@@ -399,7 +399,7 @@ class Service:
 
         cache = AggregateCache(log_)
         # A forgotten key takes what was folded from its events out of this process's cache.
-        self.keys.on_forget(cache.clear)
+        self.keys.on_forget(lambda _pattern: cache.clear())
         self.access = AccessView(self.nc, FreshReads(cache), replicas=settings.replicas)
         await self.access.start()
         nc = self.nc

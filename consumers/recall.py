@@ -39,6 +39,7 @@ from agentmem.store import Store, fulltext
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
+    from agentmem.eventlog import EventLog
 
 T = TypeVar("T")
 MEMORIES = "memories"
@@ -97,9 +98,10 @@ def _keeps(row: dict[str, Any], f: MemoryFilter, now: int) -> bool:
 
 
 class Recall:
-    def __init__(self, store: Store, freshness: Freshness) -> None:
+    def __init__(self, store: Store, freshness: Freshness, log: EventLog | None = None) -> None:
         self.store = store
         self.freshness = freshness
+        self.log = log
         self._index: VectorIndex | None = None
         self._embedder: Embedder | None = None
         self._warm = False  # the model has embedded once in this process
@@ -108,7 +110,11 @@ class Recall:
         if self._index is None or self._embedder is None:
             projection = vector_reads.PROJECTION
             self._embedder = projection.embedder
-            self._index = VectorIndex(projection.model, projection.embedder.dim)
+            last_seq = self.log.last_seq if self.log is not None else None
+            self._index = VectorIndex(projection.model, projection.embedder.dim, last_seq=last_seq)
+            if self.log is not None and self.log.keys is not None:
+                # A forget's vectors leave this process's copy as its notice arrives.
+                self.log.keys.on_forget(self._index.forget)
         return self._embedder, self._index
 
     async def search(
@@ -240,7 +246,7 @@ def recall_of(parts: Parts) -> Recall:
     """The process's one ``Recall`` (and so one vector index): ``memory.search`` and
     ``context.assemble`` share it."""
     if parts.recall is None:
-        parts.recall = Recall(parts.store, parts.freshness)
+        parts.recall = Recall(parts.store, parts.freshness, parts.log)
     return parts.recall
 
 

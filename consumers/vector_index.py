@@ -24,6 +24,13 @@ left with one matrix product: exact, so its recall is that of the model (about 6
   search the least recently searched copies go until the rest fit, never the one just
   searched. A dropped copy is loaded again from the store by the next search of its
   organization, as after a restart: eviction costs time, never an answer.
+- **Forgotten.** A forget deletes its rows outright (no tombstone), so catching up cannot
+  tell the copy. The key ring's notice does (``forget``, in every process, as it arrives):
+  the vectors its wildcard names (by each row's data key name) leave the copy at once and
+  are kept out of later catch-ups until the vector projection has passed the log's last
+  sequence at the notice (the forget's own event comes after it); then the copy is loaded
+  afresh from the store, which no longer holds them. So no vector of forgotten data stays
+  in a process's memory, and a memory written again after the forget comes back.
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ import asyncio
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from agentmem.keys import matches
+from agentmem.personal import NO_ID
 from agentmem.projections import vectors as reads
 from agentmem.store import Store
 
@@ -62,6 +71,21 @@ def _setting(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def key_name(org_id: str, row: dict[str, Any]) -> str:
+    """The name of the data key that sealed the memory of ``row`` (``personal.key_name``)."""
+    scope = [row["user_id"] or NO_ID, row["agent_id"] or NO_ID, row["session_id"] or NO_ID]
+    return ".".join([org_id, *scope, "memory", row["memory_id"]])
+
+
+@dataclass
+class Forgotten:
+    """A forget heard of: its wildcard over key names, and the log's last sequence when it
+    was heard (None until read); every row it forgets was last changed at or before it."""
+
+    pattern: str
+    bound: int | None = None
+
+
 @dataclass(frozen=True)
 class VectorFilter:
     """What ``memory.search`` filters by, as the index can: scope columns equal, the states
@@ -79,11 +103,13 @@ class VectorFilter:
 class OrgVectors:
     """One organization's vectors under one model."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, org_id: str = "") -> None:
         self.dim = dim
+        self.org_id = org_id
         self.n = 0
         self.dead = 0
         self.ids: list[str] = []
+        self.names: list[str] = []  # each row's data key name (``key_name``)
         self.row_of: dict[str, int] = {}
         self.after: tuple[int, str] = (0, "")
         self.checkpoint = 0
@@ -111,8 +137,9 @@ class OrgVectors:
             code = codes[value] = len(codes)
         return code
 
-    def apply(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows of ``memory_vectors`` changed since the last call, in (seq, id) order."""
+    def apply(self, rows: Sequence[dict[str, Any]], hidden: Sequence[str] = ()) -> None:
+        """Rows of ``memory_vectors`` changed since the last call, in (seq, id) order; a
+        row whose key name a wildcard of ``hidden`` matches (forgotten) is left out."""
         if not rows:
             return
         slots: list[int] = []
@@ -121,11 +148,17 @@ class OrgVectors:
             memory_id = row["memory_id"]
             slot = self.row_of.get(memory_id)
             gone = not row["vector"]  # a tombstone: deleted, or expired and emptied
+            name = key_name(self.org_id, row)
+            if hidden and any(matches(pattern, name) for pattern in hidden):
+                if slot is not None:
+                    self._evict(slot)
+                continue
             if slot is None:
                 if gone:
                     continue  # gone before this copy saw it
                 slot = self.row_of[memory_id] = self.n
                 self.ids.append(memory_id)
+                self.names.append(name)
                 self.n += 1
             elif gone and self.columns["alive"][slot]:
                 self.dead += 1
@@ -135,6 +168,8 @@ class OrgVectors:
         self.after = (int(last["seq"]), str(last["memory_id"]))
         if not kept:
             return
+        for slot, row in zip(slots, kept, strict=True):
+            self.names[slot] = key_name(self.org_id, row)
         if self.n > self.matrix.shape[0]:
             self._grow(max(self.n, 2 * self.matrix.shape[0]))
         at = np.array(slots, dtype=np.int64)
@@ -153,6 +188,22 @@ class OrgVectors:
             columns[name][at] = [r[name] for r in kept]
         for name in ("valid_to", "expires_at"):
             columns[name][at] = [NEVER if r[name] is None else r[name] for r in kept]
+
+    def _evict(self, slot: int) -> None:
+        """The row leaves the copy: its vector overwritten, never a search's hit again."""
+        if self.columns["alive"][slot]:
+            self.dead += 1
+        self.columns["alive"][slot] = False
+        self.matrix[slot] = 0.0
+
+    def forget(self, pattern: str) -> int:
+        """Evict every row whose key name ``pattern`` matches; how many it held."""
+        evicted = 0
+        for slot in range(self.n):
+            if self.columns["alive"][slot] and matches(pattern, self.names[slot]):
+                self._evict(slot)
+                evicted += 1
+        return evicted
 
     def mask(self, where: VectorFilter) -> npt.NDArray[np.bool_] | None:
         """The rows a search may return; None when none can (an unknown scope value)."""
@@ -222,6 +273,7 @@ class VectorIndex:
         dim: int,
         max_rows: int | None = None,
         idle_seconds: float | None = None,
+        last_seq: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.model = model
         self.dim = dim
@@ -231,6 +283,46 @@ class VectorIndex:
         self._orgs: OrderedDict[str, OrgVectors] = OrderedDict()
         self._used: dict[str, float] = {}  # org -> monotonic time of its last search
         self._locks: dict[str, asyncio.Lock] = {}
+        # The log's last sequence (``EventLog.last_seq``): where a forget heard now ends.
+        self._last_seq = last_seq
+        self._forgotten: dict[str, list[Forgotten]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def forget(self, pattern: str) -> None:
+        """A forget's notice (``KeyRing.on_forget``): the vectors ``pattern`` names leave
+        this process's copy now and stay out until the store has dropped them too."""
+        org_id = pattern.split(".", 1)[0]
+        if org_id in ("*", ">"):
+            self._orgs.clear()  # no forget names every organization; be safe if one did
+            return
+        copy = self._orgs.get(org_id)
+        if copy is not None:
+            copy.forget(pattern)
+        # Kept even when no copy is loaded: a first load may read a store that lags.
+        heard = Forgotten(pattern)
+        self._forgotten.setdefault(org_id, []).append(heard)
+        if self._last_seq is not None:
+            task = asyncio.get_running_loop().create_task(self._bound(heard))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _bound(self, heard: Forgotten) -> None:
+        assert self._last_seq is not None
+        try:
+            heard.bound = await self._last_seq()
+        except Exception:  # the next search reads it again
+            heard.bound = None
+
+    def _settled(self, org_id: str, checkpoint: int) -> bool:
+        """Have the forgets heard for ``org_id`` all reached the store (the copy may be
+        loaded afresh)? Drops them when they have."""
+        heard = self._forgotten.get(org_id)
+        if not heard:
+            return False
+        if any(h.bound is None or checkpoint < h.bound for h in heard):
+            return False
+        del self._forgotten[org_id]
+        return True
 
     def held(self) -> dict[str, int]:
         """The organizations this process holds a copy of, with their rows."""
@@ -242,15 +334,22 @@ class VectorIndex:
         lock = self._locks.setdefault(org_id, asyncio.Lock())
         async with lock:
             copy = self._orgs.get(org_id)
+            heard = self._forgotten.get(org_id, [])
+            if heard and self._last_seq is not None:
+                for forgotten in heard:
+                    if forgotten.bound is None:  # its read failed or has not ended: again
+                        await self._bound(forgotten)
             stale = copy is not None and (
                 checkpoint < copy.checkpoint
                 or (copy.dead > 1_000 and copy.dead > COMPACT_SHARE * copy.n)
+                or self._settled(org_id, checkpoint)
             )
             if copy is None or stale:
-                copy = self._orgs[org_id] = OrgVectors(self.dim)
+                copy = self._orgs[org_id] = OrgVectors(self.dim, org_id)
+            hidden = [h.pattern for h in self._forgotten.get(org_id, [])]
             while True:
                 rows = await reads.changed_since(store, org_id, self.model, copy.after, PAGE)
-                copy.apply(rows)
+                copy.apply(rows, hidden)
                 if len(rows) < PAGE:
                     break
             copy.checkpoint = max(copy.checkpoint, checkpoint)

@@ -5,6 +5,7 @@ server), the query side's vector index against a brute-force search, and the pur
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import socket
@@ -24,6 +25,7 @@ from agentmem.embedding.remote import RemoteEmbedder
 from agentmem.embedding.wordllama import WordLlamaEmbedder
 from agentmem.eventlog import StoredCommit
 from agentmem.events import MemoryDeleted, MemoryExpired
+from agentmem.personal import key_filter
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.vectors import VectorsProjection, projection_name, vector_bytes
 from agentmem.store import Delete, ProjectionBatch, Update, Upsert, open_store
@@ -172,6 +174,35 @@ def test_a_tombstone_and_a_change_reach_the_index() -> None:
     assert copy.dead == 1
     assert copy.n == 2
     assert copy.after == (4, "m3")
+
+
+def test_a_forget_evicts_its_vectors_and_keeps_them_out_of_catch_ups() -> None:
+    a, b = np.eye(4, dtype=np.float32)[:2]
+    copy = OrgVectors(4, "o1")
+    copy.apply([_row("m1", a, 1), _row("m2", b, 2, user_id="bob", session_id="s1")])
+    assert copy.names == ["o1.ann.=.=.memory.m1", "o1.bob.=.s1.memory.m2"]
+    assert copy.forget(key_filter("o1", user_id="ann")) == 1
+    assert copy.search(a, VectorFilter({}, ("live",), now=0), 10) == [("m2", 0.0)]
+    assert not copy.matrix[0].any()  # its numbers are gone from memory, not only masked
+    # A lagging store hands the forgotten row again: kept out while the forget is hidden.
+    hidden = [key_filter("o1", user_id="ann"), key_filter("o1", session_id="s1")]
+    copy.apply([_row("m1", a, 3), _row("m2", b, 3, user_id="bob", session_id="s1")], hidden)
+    assert copy.search(a, VectorFilter({}, ("live",), now=0), 10) == []
+    assert copy.after == (3, "m2")
+
+
+async def test_the_index_loads_afresh_once_the_store_has_passed_a_forget() -> None:
+    async def last_seq() -> int:
+        return 7
+
+    index = VectorIndex("m", 4, last_seq=last_seq)
+    index.forget("o1.ann.*.*.>")
+    await asyncio.sleep(0)  # the bound is read in a task of its own
+    heard = index._forgotten["o1"]
+    assert [(h.pattern, h.bound) for h in heard] == [("o1.ann.*.*.>", 7)]
+    assert not index._settled("o1", 6)  # the projection has not applied the forget yet
+    assert index._settled("o1", 7)
+    assert "o1" not in index._forgotten
 
 
 def test_as_of_keeps_what_was_valid_then() -> None:
