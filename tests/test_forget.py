@@ -104,6 +104,52 @@ async def postgres_leftovers(store_url: str, wanted: list[bytes]) -> list[str]:
         await connection.close()
 
 
+# Every file of the schema's tables: heap, indexes, TOAST and TOAST index.
+_RELATION_FILES = """
+SELECT c.relname AS name, pg_relation_filepath(c.oid) AS path FROM pg_class c
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'i')
+UNION
+SELECT c.relname || ' (TOAST)', pg_relation_filepath(c.reltoastrelid) FROM pg_class c
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.reltoastrelid <> 0
+UNION
+SELECT c.relname || ' (TOAST index)', pg_relation_filepath(i.indexrelid) FROM pg_class c
+  JOIN pg_index i ON i.indrelid = c.reltoastrelid
+ WHERE c.relnamespace = current_schema()::regnamespace
+"""
+
+
+async def postgres_file_leftovers(store_url: str, wanted: list[bytes]) -> list[str] | None:
+    """Every (file, needle) where a file of the schema's tables (heap, index, TOAST; read
+    after a CHECKPOINT wrote every dirty page) holds a needle's bytes: dead rows included,
+    which SQL cannot see. None when the server's data directory is not readable here (a
+    server on another machine: then the SQL check is what can be checked)."""
+    connection = await asyncpg.connect(store_url)
+    try:
+        folder = Path(await connection.fetchval("SHOW data_directory"))
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return None
+        await connection.execute("CHECKPOINT")
+        paths = {
+            row["path"]: row["name"]
+            for row in await connection.fetch(_RELATION_FILES)
+            if row["path"]
+        }
+    finally:
+        await connection.close()
+    return _files_holding(folder, paths, wanted)
+
+
+def _files_holding(folder: Path, paths: dict[str, str], wanted: list[bytes]) -> list[str]:
+    found = []
+    for relative, name in paths.items():
+        for path in sorted(folder.glob(f"{relative}*")):  # its segments: 123, 123.1, ...
+            if path.name.split(".")[0] != Path(relative).name or "_" in path.name:
+                continue  # another relation's file, or a free-space or visibility map
+            data = path.read_bytes()
+            found += [f"{name} ({relative}): {n[:40]!r}" for n in wanted if n in data]
+    return found
+
+
 async def vector_ids(service: Service) -> set[str]:
     """The memories the ``memory_vectors`` table holds a row of (any model, any state)."""
     rows = await service.store.fetch_all("SELECT memory_id FROM memory_vectors")
@@ -251,6 +297,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         assert in_files, "the SQLite files held none of the text before the forget"
     else:
         assert await postgres_leftovers(store_url, needles())
+        in_tables = await postgres_file_leftovers(store_url, needles())
+        assert in_tables is None or in_tables, "the table files held none of the text"
     assert leftovers(tmp_path / "nats", keys)  # the wrapped keys are in the bucket's files
 
     if not SKIP_FORGET:
@@ -264,6 +312,13 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert leftovers(tmp_path, needles(*keys)) == []
     if store_kind == "postgres":
         assert await postgres_leftovers(store_url, needles()) == []
+
+        # Dead rows too: the tables a forget deleted from are rewritten (VACUUM FULL) just
+        # after the projection's commit, as SQLite's -wal is emptied just after it.
+        async def erased() -> bool:
+            return await postgres_file_leftovers(store_url, needles()) in ([], None)
+
+        await eventually(erased, 10.0, 0.2, "the table files let go of the forgotten text")
 
     # Queries answer as if the data never existed; everyone else's stays.
     with pytest.raises(NotFoundError):

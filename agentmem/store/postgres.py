@@ -11,6 +11,18 @@ transaction is rolled back and the batch applied again one item at a time, each 
 savepoint (a nested ``conn.transaction()``); the items refused again are parked and the rest
 commits with the checkpoint, as in the SQLite store.
 
+Erasing: a deletion that must leave the files (``Delete.erase``, a forget) leaves its rows
+as dead tuples in the table's heap, TOAST and index files, where a plain ``VACUUM`` keeps
+their bytes (it only marks the space free; measured: the text is still in the heap file
+after ``DELETE``, ``VACUUM`` and ``CHECKPOINT``). So after a batch with erasing deletions, each
+of their tables is rewritten with ``VACUUM FULL`` (new files, indexes
+and TOAST included; the old ones are truncated at once and unlinked at the next
+checkpoint), whether or not the batch removed rows: earlier updates and deletions of the
+same data left dead rows too. It takes the table's exclusive lock for the rewrite: reads of
+that table wait for it (seconds for a table of a few hundred thousand rows), a price paid
+per forget (and per batch holding a forget in a replay).
+The WAL keeps what was written until its segments are recycled (docs/security.md).
+
 Text columns are created with ``COLLATE "C"`` so that ``ORDER BY`` and ``>`` on text compare
 bytes, as SQLite does: a page cursor and ``dump`` order are the same on both engines.
 
@@ -22,6 +34,7 @@ is passed to the server as libpq would.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -36,6 +49,7 @@ from agentmem.store.port import (
     READ_TIME_LIMIT_S,
     ColumnType,
     Condition,
+    Delete,
     Dialect,
     Migration,
     Parked,
@@ -87,6 +101,10 @@ COPY_MIN_ROWS = 100
 CLOSE_TIMEOUT_S = 10.0
 # After a failed attempt, this many long runs of the table go by executemany.
 COPY_BACKOFF_RUNS = 16
+# A rewrite after an erasure is done again while it had to keep dead rows (``_rewrite``).
+REWRITE_ATTEMPTS = 8
+REWRITE_PAUSE_S = 0.05
+_KEPT = re.compile(r"(\d+) dead row versions cannot be removed yet")
 
 
 @lru_cache(maxsize=2048)
@@ -213,15 +231,19 @@ class PostgresStore(SystemReads):
         return applied
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
+        ops = [op for _, _, item_ops in batch.items for op in item_ops]
+        # Tables a forget deletes from: rewritten after the commit, whatever this batch
+        # removed, as earlier deletions and updates of the same data left dead rows too.
+        erasing = {op.table for op in ops if isinstance(op, Delete) and op.erase}
         async with self.pool.acquire() as conn:
             parked = list(batch.parked)
             try:
                 async with conn.transaction():
                     await fence_batch(conn, batch)
-                    ops = [op for _, _, item_ops in batch.items for op in item_ops]
                     for statement, params in sql.grouped(ops, self._keys):
                         await self._write_run(conn, statement, params)
                     await self._finish(conn, batch, parked)
+                await self._rewrite(conn, erasing)
                 return parked
             except asyncpg.PostgresError:
                 pass
@@ -239,7 +261,49 @@ class PostgresStore(SystemReads):
                             Parked(batch.projection, seq, subject, f"{type(exc).__name__}: {exc}")
                         )
                 await self._finish(conn, batch, parked)
+            await self._rewrite(conn, erasing)
             return parked
+
+    @staticmethod
+    async def _rewrite(conn: asyncpg.Connection, tables: set[str]) -> None:
+        """``VACUUM FULL`` each table an erasing deletion touched (see "Erasing" above);
+        after the commit, as VACUUM runs outside a transaction. A rewrite copies the dead
+        rows that a transaction still running may see (another table's rewrite, a long
+        read): it is done again, a little later, until none is left. A failure is logged,
+        not raised: the batch is applied, and the next forget's rewrite takes these along."""
+        kept: list[int] = []
+
+        def listen(_conn: Any, message: Any) -> None:
+            found = _KEPT.search(getattr(message, "detail", None) or "")
+            if found:
+                kept.append(int(found.group(1)))
+
+        conn.add_log_listener(listen)
+        try:
+            for table in sorted(tables):
+                for attempt in range(REWRITE_ATTEMPTS):
+                    kept.clear()
+                    try:
+                        await conn.execute(f"VACUUM (FULL, VERBOSE) {table}")
+                    except asyncpg.PostgresError as exc:
+                        log.warning(
+                            "a table could not be rewritten after an erasure",
+                            table=table,
+                            error=str(exc),
+                        )
+                        break
+                    if not any(kept):
+                        break
+                    await asyncio.sleep(REWRITE_PAUSE_S * (attempt + 1))
+                else:
+                    log.warning(
+                        "dead rows of an erasure are still in a table's files: a "
+                        "transaction kept them visible",
+                        table=table,
+                        rows=sum(kept),
+                    )
+        finally:
+            conn.remove_log_listener(listen)
 
     async def _write_run(
         self, conn: asyncpg.Connection, statement: str, params: list[tuple[object, ...]]
