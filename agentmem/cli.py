@@ -158,6 +158,34 @@ def _parser() -> argparse.ArgumentParser:
         help="the state as it was at TIME, ISO 8601 (2026-12-06T04:00:00Z; UTC when it names "
         "no zone; needs --into)",
     )
+    export = commands.add_parser(
+        "export",
+        help="write an organization's (or one user's) events, decrypted, as NDJSON "
+        "(docs/deploy.md, 'Export and import'); reads the log with the deployment's keys",
+    )
+    connection_flags(export)
+    export.add_argument("--org", required=True, help="the organization to export")
+    export.add_argument("--user", help="only this user's events")
+    export.add_argument(
+        "--out", type=Path, help="write to this file (private, 0600) instead of stdout"
+    )
+    importer = commands.add_parser(
+        "import",
+        help="replay an export (or a mem0 memory list, with --mem0) into the running service "
+        "as commands; importing twice changes nothing",
+    )
+    connection_flags(importer)
+    importer.add_argument("file", type=Path, help="the export (NDJSON) or mem0 JSON file")
+    importer.add_argument(
+        "--mem0",
+        metavar="ORG",
+        help="the file is a mem0 memory list: add its memories to organization ORG",
+    )
+    importer.add_argument(
+        "--token-file",
+        help="a file holding the API key to send the commands with (else env AGENTMEM_TOKEN, "
+        "else <data-dir>/admin.key if readable)",
+    )
     return parser
 
 
@@ -637,6 +665,62 @@ async def _create_admin_key(settings: Settings, name: str) -> int:
     return 0
 
 
+async def _export(settings: Settings, org_id: str, user_id: str | None, out: Path | None) -> int:
+    from agentmem.exporting import export
+    from agentmem.keys import KeyRing
+
+    async with _log_connection(settings) as nc:
+        keys = KeyRing(nc, settings.master_keys(create=False))
+        await keys.start()
+        try:
+            if out is None:
+                counts = await export(nc, keys, sys.stdout.buffer, org_id, user_id)
+            else:
+                # The file holds personal data in clear: private to its owner from its birth.
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    counts = await export(nc, keys, handle, org_id, user_id)
+        finally:
+            await keys.stop()
+    print(
+        f"exported {counts.events:,} events; left out {counts.forgotten:,} forgotten and "
+        f"{counts.unreadable:,} unreadable",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _import(settings: Settings, path: Path, mem0_org: str | None, token: str | None) -> int:
+    from agentmem.client import Client
+    from agentmem.importing import ImportError_, import_export, import_mem0
+
+    if token is None:
+        print("agentmem: import needs an API key: --token-file or AGENTMEM_TOKEN", file=sys.stderr)
+        return 2
+    async with _log_connection(settings) as nc:
+        client = Client(nc, token, timeout=60.0)
+        try:
+            with path.open("rb") as source:
+                if mem0_org is not None:
+                    result = await import_mem0(client, source, mem0_org)
+                else:
+                    result = await import_export(client, source)
+        except ImportError_ as exc:
+            print(f"agentmem: {path}: {exc}", file=sys.stderr)
+            return 2
+    skipped = ", ".join(f"{kind} {n}" for kind, n in sorted(result.skipped.items()))
+    print(
+        f"applied {result.applied:,}, already there {result.already:,}, "
+        f"failed {len(result.failed):,}" + (f"; skipped (no command): {skipped}" if skipped else "")
+    )
+    for failure in result.failed[:20]:
+        print(f"  refused: {failure}", file=sys.stderr)
+    if not result.complete:
+        print("agentmem: the export has no end line: it was cut short", file=sys.stderr)
+        return 1
+    return 1 if result.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -674,6 +758,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_rewrap_keys(settings))
         if args.command == "admin":
             return asyncio.run(_create_admin_key(settings, args.name))
+        if args.command == "export":
+            return asyncio.run(_export(settings, args.org, args.user, args.out))
+        if args.command == "import":
+            token = _status_token(settings, args.token_file)
+            return asyncio.run(_import(settings, args.file, args.mem0, token))
         return asyncio.run(
             _replay(settings, args.projection, args.into, args.until_seq, args.until_time)
         )

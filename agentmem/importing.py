@@ -1,0 +1,352 @@
+"""``agentmem import``: an export (``agentmem.exporting``), or a mem0 memory list, replayed
+into a deployment as commands.
+
+Commands, not events: the target's own handlers decide every write, so its invariants
+(unique emails, label reservations, memory deduplication, limits) hold for imported data
+as for any other, and its own keys seal it. Each command is sent with a command id made
+from the source (the export's organization, the event's sequence and place in its commit;
+a mem0 memory's id), so importing the same file again is answered by the log with the
+first outcome (``AlreadyApplied``) and changes nothing; a create that meets what an
+earlier import made (``conflict``) counts as already there.
+
+Ids are kept: organizations, users, agents, tools and blocks are created with their own
+ids, and a memory's id is derived from its organization, scope and content as in the
+source (a memory whose source id had a later generation is mapped to the target's). A
+message is appended with a new id: message ids are the service's, global, and a client
+never picks one. Passwords are not carried (the export holds no hash): an imported user
+gets a random password and signs in after an administrator gives them a key or they
+change it. Events with no command (sessions, API keys, forgets, graph facts) are counted
+as skipped, by type.
+
+mem0: a JSON list of memories, or an object whose ``results`` is one (``get_all``), each
+``{"id", "memory", "user_id", "agent_id", "run_id", "metadata", "categories",
+"created_at", ...}``, becomes memories of the organization given: ``run_id`` is the
+session, ``categories`` the tags, ``created_at`` the valid time, and the mem0 id is kept
+in ``metadata.mem0_id`` (an id AgentMem does not allow, such as an email as ``user_id``,
+is made one, and the original kept in ``metadata``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import re
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgspec
+
+from agentmem.client import Client
+from agentmem.commands import (
+    AppendMessages,
+    ArchiveAgent,
+    CreateAgent,
+    CreateOrg,
+    RegisterTool,
+    RegisterUser,
+    SetAgentState,
+    UpdateAgent,
+    UpdateTool,
+)
+from agentmem.domain.blocks import AttachBlock, CreateBlock, DeleteBlock, SetBlock
+from agentmem.domain.memories import (
+    MAX_BATCH,
+    AddMemories,
+    AddMemory,
+    ArchiveMemory,
+    DeleteMemory,
+    UpdateMemory,
+)
+from agentmem.errors import AgentMemError, ConflictError
+from agentmem.exporting import FORMAT, VERSION
+from agentmem.protocol import Request, operation_of
+
+ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+# Which fields of an event its command takes, by name.
+AGENT: tuple[str, ...] = ("agent_id", "name", "description", "persona", "model", "metadata", "tags")
+TOOL: tuple[str, ...] = ("tool_id", "name", "description", "parameters", "tags")
+MEMORY: tuple[str, ...] = (
+    "content", "memory_type", "user_id", "agent_id", "session_id", "metadata", "tags",
+    "importance", "valid_from", "valid_to", "expires_at", "source", "uri", "mime_type",
+)  # fmt: skip
+MEMORY_UPDATE: tuple[str, ...] = (
+    "content", "metadata", "tags", "importance", "valid_from", "valid_to", "expires_at",
+)  # fmt: skip
+BLOCK: tuple[str, ...] = (
+    "block_id", "label", "content", "char_limit", "description", "agent_id", "user_id",
+)  # fmt: skip
+BLOCK_UPDATE: tuple[str, ...] = ("block_id", "content", "char_limit", "description")
+
+
+class ImportError_(ValueError):
+    """A file that is neither an export this version reads nor a mem0 memory list."""
+
+
+@dataclass
+class Imported:
+    applied: int = 0  # commands that wrote
+    already: int = 0  # commands an earlier import had applied
+    skipped: Counter[str] = field(default_factory=Counter)  # events with no command, by type
+    failed: list[str] = field(default_factory=list)  # what the target refused, and why
+    complete: bool = True  # False: the export had no trailer (it was cut short)
+
+
+def command_id(*parts: object) -> str:
+    """A command id made from the source: the same line imported twice has the same."""
+    digest = hashlib.sha256(msgspec.json.encode([str(p) for p in parts])).hexdigest()
+    return f"imp-{digest[:40]}"
+
+
+def _body(event: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: event[name] for name in names if event.get(name) is not None}
+
+
+class _Importer:
+    def __init__(self, client: Client, org_id: str, result: Imported) -> None:
+        self.client = client
+        self.org_id = org_id
+        self.result = result
+        self.memory_ids: dict[str, str] = {}  # source memory id -> the target's
+        # The target log's end before the import: a reply at or below it is the first
+        # outcome of a command an earlier import sent (or a duplicate the target found).
+        self.start = 0
+        self.fresh = False  # the last command's reply was a new write
+
+    async def begin(self) -> None:
+        """Read where the target's log ends (``agentmem.sys.status``; a caller that may
+        not read it counts every answered command as applied)."""
+        with contextlib.suppress(AgentMemError):
+            report = await self.client.status()
+            self.start = int(report["stream"]["last_seq"])
+
+    async def send(
+        self, request_type: type[Request], body: dict[str, Any], cid: str, count: bool = True
+    ) -> Any:
+        """One command; its reply's data, or None when the target refused it. ``count``:
+        count it as one applied (or already there); else the caller counts."""
+        subject = operation_of(request_type).subject
+        try:
+            reply = await self.client.request(subject, {**body, "command_id": cid})
+        except ConflictError as exc:
+            self.result.already += 1
+            return exc.details or {}
+        except AgentMemError as exc:
+            self.result.failed.append(f"{subject}: {exc.code}: {exc.message}")
+            return None
+        self.client.last_seq = max(self.client.last_seq, reply.seq or 0)
+        data = reply.data if isinstance(reply.data, dict) else {}
+        self.fresh = (reply.seq or 0) > self.start
+        if not count:
+            return data
+        if data.get("deduplicated") is True or not self.fresh:
+            self.result.already += 1
+        else:
+            self.result.applied += 1
+        return data
+
+    def memory(self, source_id: str) -> str:
+        return self.memory_ids.get(source_id, source_id)
+
+    async def commit(self, lines: list[dict[str, Any]]) -> None:
+        """The events of one source commit."""
+        first = lines[0]
+        cid = command_id(self.org_id, first["seq"])
+        events = [line["event"] for line in lines]
+        if all(e["type"] == "message.appended" for e in events):
+            await self.messages(events, cid)
+            return
+        for line in lines:
+            await self.event(line["event"], command_id(self.org_id, line["seq"], line["index"]))
+
+    async def messages(self, events: list[dict[str, Any]], cid: str) -> None:
+        head = events[0]
+        body = {
+            "org_id": self.org_id,
+            "session_id": head["session_id"],
+            "agent_id": head["agent_id"],
+            "user_id": head.get("user_id"),
+            "messages": [
+                _body(e, "role", "content", "tool_calls", "tool_call_id", "metadata")
+                for e in events
+            ],
+        }
+        await self.send(AppendMessages, body, cid)
+
+    async def event(self, event: dict[str, Any], cid: str) -> None:
+        kind = event["type"]
+        org = {"org_id": self.org_id}
+        match kind:
+            case "org.created":
+                await self.send(CreateOrg, {"org_id": event["org_id"], "name": event["name"]}, cid)
+            case "user.registered":
+                body = {
+                    **org,
+                    **_body(event, "user_id", "name", "email", "roles"),
+                    "password": secrets.token_urlsafe(24),
+                }
+                await self.send(RegisterUser, body, cid)
+            case "agent.created":
+                await self.send(CreateAgent, {**org, **_body(event, *AGENT)}, cid)
+            case "agent.updated":
+                await self.send(UpdateAgent, _body(event, *AGENT), cid)
+            case "agent.archived":
+                await self.send(ArchiveAgent, _body(event, "agent_id"), cid)
+            case "agent.state_set":
+                await self.send(SetAgentState, _body(event, "agent_id", "state"), cid)
+            case "tool.registered":
+                await self.send(RegisterTool, {**org, **_body(event, *TOOL)}, cid)
+            case "tool.updated":
+                await self.send(UpdateTool, _body(event, *TOOL), cid)
+            case "memory.added":
+                data = await self.send(AddMemory, {**org, **_body(event, *MEMORY)}, cid)
+                if data and data.get("memory_id"):
+                    self.memory_ids[event["memory_id"]] = str(data["memory_id"])
+            case "memory.updated":
+                body = {
+                    **_body(event, *MEMORY_UPDATE),
+                    "memory_id": self.memory(event["memory_id"]),
+                }
+                await self.send(UpdateMemory, body, cid)
+            case "memory.archived":
+                await self.send(ArchiveMemory, {"memory_id": self.memory(event["memory_id"])}, cid)
+            case "memory.deleted":
+                await self.send(DeleteMemory, {"memory_id": self.memory(event["memory_id"])}, cid)
+            case "block.created":
+                await self.send(CreateBlock, {**org, **_body(event, *BLOCK)}, cid)
+            case "block.updated":
+                await self.send(SetBlock, _body(event, *BLOCK_UPDATE), cid)
+            case "block.attached":
+                await self.send(AttachBlock, _body(event, "block_id", "agent_id"), cid)
+            case "block.deleted":
+                await self.send(DeleteBlock, _body(event, "block_id"), cid)
+            case _:
+                self.result.skipped[kind] += 1
+
+
+def _lines(source: IO[bytes]) -> Iterator[dict[str, Any]]:
+    for number, raw in enumerate(source, start=1):
+        if raw.strip():
+            try:
+                yield msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise ImportError_(f"line {number} is not JSON: {exc}") from None
+
+
+def _commits(lines: Iterable[dict[str, Any]], ended: list[bool]) -> Iterator[list[dict[str, Any]]]:
+    """The event lines grouped by the commit (sequence) they came from, in log order; the
+    trailer sets ``ended``."""
+    group: list[dict[str, Any]] = []
+    for line in lines:
+        if "end" in line:
+            ended.append(True)
+            break
+        if group and line["seq"] != group[0]["seq"]:
+            yield group
+            group = []
+        group.append(line)
+    if group:
+        yield group
+
+
+async def import_export(client: Client, source: IO[bytes]) -> Imported:
+    """Replay an ``agentmem export`` file into the deployment ``client`` speaks to."""
+    lines = _lines(source)
+    header = next(lines, None)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ImportError_(f"not an AgentMem export: its first line names no {FORMAT!r} format")
+    if header.get("version") != VERSION:
+        raise ImportError_(
+            f"an export of format version {header.get('version')}; this version reads {VERSION}"
+        )
+    result = Imported()
+    importer = _Importer(client, str(header["org_id"]), result)
+    await importer.begin()
+    ended: list[bool] = []
+    for commit in _commits(lines, ended):
+        await importer.commit(commit)
+    result.complete = bool(ended)
+    return result
+
+
+# mem0 ----------------------------------------------------------------------------------
+def _ms(value: Any) -> int | None:
+    """An ISO 8601 time (mem0's ``created_at``) as ms since the epoch; None when absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _id(value: Any, kind: str, metadata: dict[str, Any]) -> str | None:
+    """An id AgentMem allows: the value itself, or (keeping the original in ``metadata``)
+    its characters outside [A-Za-z0-9_-] made "-" plus a short hash, so two originals never
+    meet."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if ID.match(text):
+        return text
+    metadata[f"mem0_{kind}"] = text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '-', text)[:55]}-{digest}"
+
+
+def mem0_memories(data: Any) -> list[dict[str, Any]]:
+    """The memories of a mem0 export, as ``memory.add_batch`` items."""
+    items = data.get("results") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ImportError_("a mem0 export is a JSON list of memories, or has one as 'results'")
+    memories = []
+    for number, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("memory"), str):
+            raise ImportError_(f"mem0 memory {number} has no 'memory' text")
+        metadata = dict(item.get("metadata") or {})
+        if item.get("id"):
+            metadata["mem0_id"] = str(item["id"])
+        if item.get("app_id"):
+            metadata["mem0_app_id"] = str(item["app_id"])
+        memory: dict[str, Any] = {
+            "content": item["memory"],
+            "user_id": _id(item.get("user_id"), "user_id", metadata),
+            "agent_id": _id(item.get("agent_id"), "agent_id", metadata),
+            "session_id": _id(item.get("run_id"), "run_id", metadata),
+            "tags": [str(c)[:64] for c in (item.get("categories") or [])][:32],
+            "valid_from": _ms(item.get("created_at")),
+        }
+        memory["metadata"] = metadata
+        if not any(memory[k] for k in ("user_id", "agent_id", "session_id")):
+            memory["agent_id"] = "mem0"  # a memory needs a scope; mem0's had none named
+        memories.append({k: v for k, v in memory.items() if v is not None})
+    return memories
+
+
+async def import_mem0(client: Client, source: IO[bytes], org_id: str) -> Imported:
+    """Add the memories of a mem0 export to organization ``org_id``."""
+    try:
+        data = msgspec.json.decode(source.read())
+    except msgspec.DecodeError as exc:
+        raise ImportError_(f"not JSON: {exc}") from None
+    memories = mem0_memories(data)
+    result = Imported()
+    importer = _Importer(client, org_id, result)
+    await importer.begin()
+    for start in range(0, len(memories), MAX_BATCH):
+        batch = memories[start : start + MAX_BATCH]
+        ids = [m.get("metadata", {}).get("mem0_id") or m["content"] for m in batch]
+        cid = command_id("mem0", org_id, *ids)
+        body = {"org_id": org_id, "memories": batch}
+        added = await importer.send(AddMemories, body, cid, count=False)
+        if added is not None:  # counted by memory: those new, those already there
+            new = int(added.get("added", 0)) if importer.fresh else 0
+            result.applied += new
+            result.already += len(batch) - new
+    return result
