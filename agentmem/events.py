@@ -312,14 +312,15 @@ class MemoryExpired(Event, tag="memory.expired", frozen=True):
 # Core memory blocks: one subject per block, and one per label an agent or a user sees -------
 class BlockCreated(Event, tag="block.created", frozen=True):
     """A labelled block of text owned by an agent (``agent_id``) or a user (``user_id``).
-    ``content`` is what people wrote (personal data)."""
+    ``content`` and ``description`` are what people wrote (personal data, sealed under the
+    owner's key); the label stays readable, as the log's label reservations need it."""
 
     block_id: str
     org_id: str
     label: str
-    content: str
+    content: Personal[str]
     char_limit: int  # the most characters ``content`` may ever hold
-    description: str = ""
+    description: Personal[str] = ""
     agent_id: str | None = None
     user_id: str | None = None
 
@@ -329,10 +330,13 @@ class BlockUpdated(Event, tag="block.updated", frozen=True):
     the whole content, so a projection needs no lookup and history shows every version."""
 
     block_id: str
-    content: str
+    content: Personal[str]
     char_limit: int
-    description: str
+    description: Personal[str]
     change: Literal["set", "append", "replace"]
+    # The block's owner, repeated: whose data key seals the content (``agentmem.personal``).
+    agent_id: str | None = None
+    user_id: str | None = None
 
 
 class BlockAttached(Event, tag="block.attached", frozen=True):
@@ -375,14 +379,17 @@ class BlockLabelReleased(Event, tag="block_label.released", frozen=True):
 class WorkingItemPut(Event, tag="working.item_put", frozen=True):
     """An item of a session's working memory, new or replacing the one with its ``key``.
     It expires ``ttl_ms`` after the commit's recorded time (never the caller's clock).
-    ``content`` is what people wrote (personal data)."""
+    ``content`` and ``metadata`` are what people wrote (personal data, sealed under the key
+    of the session and of the user and agent it is about, when given)."""
 
     session_id: str
     key: str
-    content: str
+    content: Personal[str]
     priority: float
     ttl_ms: int | None = None  # None: until removed or cleared
-    metadata: dict[str, Any] = {}
+    metadata: Personal[dict[str, Any]] = {}
+    user_id: str | None = None
+    agent_id: str | None = None
 
 
 class WorkingItemRemoved(Event, tag="working.item_removed", frozen=True):

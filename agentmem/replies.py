@@ -139,6 +139,8 @@ class WorkingItem(msgspec.Struct, frozen=True):
     expires_at: int | None = None  # the put's recorded time + ttl_ms
     metadata: dict[str, Any] = {}
     created_at: int = 0  # when the put that made this item was recorded
+    user_id: str | None = None  # whom it is about, when the put said
+    agent_id: str | None = None
 
 
 class MemoryCounts(msgspec.Struct, frozen=True):

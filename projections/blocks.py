@@ -21,6 +21,7 @@ from agentmem.events import (
     BlockDeleted,
     BlockDetached,
     BlockUpdated,
+    DataForgotten,
     OrgDeleted,
 )
 from agentmem.projections.rows import json_text
@@ -65,8 +66,13 @@ _B_COLUMNS = ", ".join(f"b.{c}" for c in BLOCKS.column_names)
 
 class BlocksProjection:
     name = "blocks"
-    # Org deletions too (their own subject): they remove the organization's blocks.
-    filter_subjects = [subjects.events_of("block"), subjects.events_of("org_deletion")]
+    # Org deletions too (their own subject): they remove the organization's blocks; and
+    # forgets, which remove a forgotten user's or agent's blocks.
+    filter_subjects = [
+        subjects.events_of("block"),
+        subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
+    ]
     tables = [BLOCKS, BLOCK_AGENTS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
@@ -120,7 +126,24 @@ class BlocksProjection:
                 case OrgDeleted(org_id=deleted):
                     ops.append(Delete("blocks", {"org_id": deleted}))
                     ops.append(Delete("block_agents", {"org_id": deleted}))
+                case DataForgotten(target="user" | "agent"):
+                    ops += forgotten_blocks(event)
         return ops
+
+
+def forgotten_blocks(event: DataForgotten) -> list[RowOp]:
+    """A forgotten user's or agent's blocks leave both tables, erased from the files (their
+    keys are gone: the log's copies read as forgotten); a forgotten agent also stops
+    seeing the blocks attached to it."""
+    owner = {"user_id": event.user_id} if event.target == "user" else {"agent_id": event.agent_id}
+    key = {"org_id": event.org_id, **owner}
+    ops: list[RowOp] = [
+        Delete("block_agents", key, through="blocks", owner="block_id", erase=True),
+        Delete("blocks", key, erase=True),
+    ]
+    if event.target == "agent":
+        ops.append(Delete("block_agents", key, erase=True))
+    return ops
 
 
 def _seen(agent_id: str, label: str, block_id: str, org_id: str) -> Upsert:

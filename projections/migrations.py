@@ -36,6 +36,13 @@ from agentmem.store.port import FullText, Migration, Sql
 # replaced it): that migration's statements stay what they were when it was released.
 MESSAGES_INDEX_3 = replace(MESSAGES, full_text=FullText(columns=("content",), key="position"))
 
+# The working memory table as migration 6 made it, before migration 13 added whom an item is
+# about: that migration's statements stay what they were when it was released.
+WORKING_ITEMS_6 = replace(
+    WORKING_ITEMS,
+    columns=tuple(c for c in WORKING_ITEMS.columns if c.name not in ("user_id", "agent_id")),
+)
+
 _EXPIRES_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at)"
 
 MIGRATIONS: list[Migration] = [
@@ -136,7 +143,7 @@ MIGRATIONS: list[Migration] = [
         (
             BLOCKS,
             BLOCK_AGENTS,
-            WORKING_ITEMS,
+            WORKING_ITEMS_6,
             Sql(
                 postgres=(
                     "COMMENT ON TABLE blocks IS 'AgentMem projection blocks: one row per core "
@@ -260,6 +267,23 @@ MIGRATIONS: list[Migration] = [
                     "the vector of a memory content an update replaced, for known_at'",
                 )
             ),
+        ),
+    ),
+    Migration(
+        13,
+        "whom a working memory item is about, so that their forget takes it",
+        (
+            Sql(
+                sqlite=(
+                    "ALTER TABLE working_items ADD COLUMN user_id TEXT",
+                    "ALTER TABLE working_items ADD COLUMN agent_id TEXT",
+                ),
+                postgres=(
+                    'ALTER TABLE working_items ADD COLUMN user_id TEXT COLLATE "C"',
+                    'ALTER TABLE working_items ADD COLUMN agent_id TEXT COLLATE "C"',
+                ),
+            ),
+            WORKING_ITEMS,  # its shape now (the columns above; nothing else is missing)
         ),
     ),
 ]

@@ -14,8 +14,15 @@ import msgspec
 
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
-from agentmem.events import OrgDeleted, WorkingCleared, WorkingItemPut, WorkingItemRemoved
-from agentmem.projections.rows import json_text
+from agentmem.events import (
+    DataForgotten,
+    ForgetTarget,
+    OrgDeleted,
+    WorkingCleared,
+    WorkingItemPut,
+    WorkingItemRemoved,
+)
+from agentmem.projections.rows import forgotten_rows, json_text
 from agentmem.store import Column, Delete, RowOp, Store, Table, Upsert
 
 PRIORITY_SCALE = 1_000_000
@@ -33,6 +40,9 @@ WORKING_ITEMS = Table(
         Column("metadata", "json"),
         Column("created_at", "integer"),
         Column("version", "integer"),
+        # Whom the item is about (migration 13): a forget of them takes it.
+        Column("user_id", "text", nullable=True),
+        Column("agent_id", "text", nullable=True),
     ),
     primary_key=("org_id", "session_id", "item_key"),
     indexes=(("working_items_priority", ("org_id", "session_id", "priority", "version"), False),),
@@ -46,10 +56,19 @@ def millionths(priority: float) -> int:
     return round(priority * PRIORITY_SCALE)
 
 
+# The forgets whose rows this projection drops: a user's, an agent's, a conversation's.
+FORGETS: frozenset[ForgetTarget] = frozenset({"user", "agent", "conversation"})
+
+
 class WorkingProjection:
     name = "working"
-    # Org deletions too (their own subject): they remove the organization's items.
-    filter_subjects = [subjects.events_of("working"), subjects.events_of("org_deletion")]
+    # Org deletions too (their own subject): they remove the organization's items; and
+    # forgets, which remove the items of a forgotten session, user or agent.
+    filter_subjects = [
+        subjects.events_of("working"),
+        subjects.events_of("org_deletion"),
+        subjects.events_of("forget"),
+    ]
     tables = [WORKING_ITEMS]
 
     def project(self, commit: StoredCommit) -> list[RowOp]:
@@ -70,6 +89,8 @@ class WorkingProjection:
                         "metadata": json_text(event.metadata),
                         "created_at": at,
                         "version": seq,
+                        "user_id": event.user_id,
+                        "agent_id": event.agent_id,
                     }
                     ops.append(Upsert("working_items", row))
                 case WorkingItemRemoved(session_id=session_id, key=key):
@@ -81,6 +102,8 @@ class WorkingProjection:
                     )
                 case OrgDeleted(org_id=deleted):
                     ops.append(Delete("working_items", {"org_id": deleted}))
+                case DataForgotten():
+                    ops += forgotten_rows(event, FORGETS, self.tables)
         return ops
 
 

@@ -156,8 +156,9 @@ def test_create_reserves_the_label_with_the_block() -> None:
 def test_set_append_replace_keep_the_limit() -> None:
     loaded = block("Name: Ann", char_limit=20)
     set_to = only_event(blocks.set_content(loaded, SetBlock(block_id="b1", content="Ann")))
+    # The owner is repeated: its data key seals the content (a forget of the agent takes it).
     assert set_to == BlockUpdated(
-        block_id="b1", content="Ann", char_limit=20, description="", change="set"
+        block_id="b1", content="Ann", char_limit=20, description="", change="set", agent_id="a1"
     )
     appended = only_event(blocks.append(loaded, AppendToBlock(block_id="b1", content="nurse")))
     assert isinstance(appended, BlockUpdated)
@@ -350,6 +351,8 @@ def test_the_working_projection_expires_from_the_recorded_time() -> None:
                 "metadata": "{}",
                 "created_at": AT + 3,
                 "version": 3,
+                "user_id": None,
+                "agent_id": None,
             },
         )
     ]

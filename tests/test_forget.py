@@ -66,6 +66,8 @@ ALIAS = "Willa Quorvex"
 ATTRIBUTE = "Snorkelbrook Lane 7"
 FACT = "Wilhelmina lives at Glimmerwick Abbey since Quixotrellium"
 REASON = "Frumblewort mistake"
+BLOCK = "Core block: Wilhelmina prefers Glimmerwhistle tea"
+WORKING = "Working note: Frobnizzle appointment at noon"
 PASSWORD = "long-enough-password"
 SKIP_FORGET = os.environ.get("AGENTMEM_TEST_SKIP_FORGET") == "1"
 
@@ -73,6 +75,7 @@ SKIP_FORGET = os.environ.get("AGENTMEM_TEST_SKIP_FORGET") == "1"
 def needles(*extra: bytes) -> list[bytes]:
     texts = [NAME, EMAIL, MESSAGE, MEMORY, TAG, "Quixotrellium", "quixotrellium", STATE]
     texts += [PLACE, PLACE.casefold(), ALIAS, ATTRIBUTE, FACT, REASON]
+    texts += [BLOCK, "Glimmerwhistle", WORKING, "Frobnizzle"]
     return [t.encode() for t in texts] + list(extra)
 
 
@@ -275,6 +278,11 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     # An extraction's stored answer holds the memory's names: sealed, and forgotten with it.
     extracted = await admin.extract_graph(memory_id=memory_id)
     assert [e.entity_id for e in extracted.entities] == [graph["person"]]
+    block = await admin.create_block("human", "draft", user_id=user_id, org_id=org_id)
+    block_id = str(block.fields["block_id"])
+    await admin.set_block(block_id, BLOCK)
+    await admin.put_working("s1", WORKING, user_id=user_id, org_id=org_id)
+    await admin.put_working("s1", "Kept working item", org_id=org_id)
     await wait_caught_up(nc, admin_token)
 
     # Before: in the tables (and in the SQLite files), never in the JetStream files.
@@ -284,13 +292,16 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         for m in await admin.search_messages("Quixotrellium", agent_id=agent_id, org_id=org_id)
     ]
     assert (await admin.get_memory(memory_id)).content == MEMORY
+    assert (await admin.get_block(block_id)).content == BLOCK
+    assert WORKING in [i.content for i in await admin.get_working("s1", org_id=org_id)]
     assert memory_id in await vector_ids(service)
     assert memory_id in await found_by_meaning(admin, MEMORY, org_id)
     assert (await admin.get_entity(graph["person"])).aliases == ["W. Q.", ALIAS]
     assert FACT in (await admin.graph_facts(graph["person"])).text
     keys = await wrapped_keys(nc, key_filter(org_id, user_id=user_id))
-    # profile, email reservation, conversation, memory, 2 entities, 2 facts, 1 extraction
-    assert len(keys) >= 9
+    # profile, email reservation, conversation, memory, 2 entities, 2 facts, 1 extraction,
+    # block, working memory
+    assert len(keys) >= 11
     in_files = leftovers(tmp_path, needles())
     assert not [f for f in in_files if f.startswith("nats/")], in_files
     if store_kind == "sqlite":
@@ -333,6 +344,11 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         "Kept message"
     ]
     assert (await admin.get_memory(str(kept.fields["memory_id"]))).user_id == other_id
+    with pytest.raises(NotFoundError):
+        await admin.get_block(block_id)
+    assert [i.content for i in await admin.get_working("s1", org_id=org_id)] == [
+        "Kept working item"
+    ]
     # Out of the vector table too, rows and all, and so out of search by meaning.
     assert memory_id not in await vector_ids(service)
     assert str(kept.fields["memory_id"]) in await vector_ids(service)
@@ -366,7 +382,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     live = await dump_store(service.store)  # type: ignore[arg-type]
     replayed = await replay_into(nc, tmp_path / "replayed" / "agentmem.db")
     assert rows(replayed, MESSAGES) == rows(live, MESSAGES)
-    for table in ("users", "api_keys", "memories", "memory_tags", "messages"):
+    tables = ("users", "api_keys", "memories", "memory_tags", "messages", "blocks")
+    for table in (*tables, "block_agents", "working_items"):
         assert replayed[table] == live[table], table
     for table in ("graph_entities", "graph_names", "graph_name_grams", "graph_relations"):
         assert replayed[table] == live[table], table
@@ -418,6 +435,9 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     org_id = str((await admin.create_org("Forgetful")).fields["org_id"])
     agent_id = str((await admin.create_agent("Vorpal agent", org_id=org_id)).fields["agent_id"])
     await admin.set_agent_state(agent_id, {"notes": STATE})
+    await admin.create_block("persona", BLOCK, agent_id=agent_id, org_id=org_id)
+    await admin.put_working("s9", WORKING, agent_id=agent_id, org_id=org_id)
+    await admin.put_working("s1", "Frobnizzle in the forgotten session", org_id=org_id)
     await admin.append_message("s1", agent_id, "user", MESSAGE, org_id=org_id)
     await admin.append_message("s2", agent_id, "user", "Other talk", org_id=org_id)
     one = await admin.add_memory(MEMORY, agent_id=agent_id, org_id=org_id)
@@ -431,6 +451,7 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
 
     await admin.forget_conversation("s1", org_id=org_id)
     assert (await admin.list_messages("s1", org_id=org_id)).items == []
+    assert await admin.get_working("s1", org_id=org_id) == []
     assert len((await admin.list_messages("s2", org_id=org_id)).items) == 1
 
     await wait_caught_up(nc, admin_token)
@@ -463,6 +484,8 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
         await admin.get_agent(agent_id)
     with pytest.raises(NotFoundError):
         await admin.get_entity(str(lair.fields["entity_id"]), after_seq=admin.last_seq)
+    assert await admin.get_working("s9", org_id=org_id) == []
+    assert (await admin.list_blocks(agent_id=agent_id, org_id=org_id)).items == []
     assert (await admin.list_messages("s2", org_id=org_id)).items == []
     with pytest.raises(NotFoundError):
         await admin.forget_conversation("never-was", org_id=org_id)

@@ -326,6 +326,8 @@ def _updated(
         char_limit=limit,
         description=block.description if description is None else description,
         change=change,
+        agent_id=block.agent_id,
+        user_id=block.user_id,
     )
     return [Write(loaded.subject, loaded.version, [event])]
 

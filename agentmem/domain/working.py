@@ -51,6 +51,10 @@ class PutWorkingItem(CommandInOrg, frozen=True, kw_only=True):
     priority: Priority = 0.5
     ttl_ms: TtlMs | None = None
     metadata: JsonObject = msgspec.field(default_factory=dict)
+    # Whom the item is about: a forget of this user or agent takes it too (the session's
+    # forget takes every item of the session).
+    user_id: Id | None = None
+    agent_id: Id | None = None
 
 
 @command("working.remove", need="member", reply=WorkingItemRemoved)
@@ -108,6 +112,8 @@ def put(loaded: Loaded[Session], request: PutWorkingItem) -> list[Write]:
         priority=request.priority,
         ttl_ms=request.ttl_ms,
         metadata=request.metadata,
+        user_id=request.user_id,
+        agent_id=request.agent_id,
     )
     return [Write(loaded.subject, loaded.version, [event])]
 

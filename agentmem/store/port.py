@@ -109,13 +109,15 @@ class Update:
 class Delete:
     """Delete the rows matching ``key``. With ``through``: the rows whose first primary key
     column is that column of a row of table ``through`` matching ``key`` (the tags of every
-    memory of a user). ``erase``: what it deletes must leave the files too, as for a
-    ``scrub`` table (a forget)."""
+    memory of a user); ``owner`` names another column of this table to match instead of the
+    first primary key column (it must be a column of ``through`` too). ``erase``: what it
+    deletes must leave the files too, as for a ``scrub`` table (a forget)."""
 
     table: str
     key: Row
     through: str | None = None
     erase: bool = False
+    owner: str | None = None
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
                 *values.values(),
                 *key.values(),
             )
-        case Delete(table=table, key=key, through=through):
-            return _delete(table, tuple(key), through, keys[table][0]), tuple(key.values())
+        case Delete(table=table, key=key, through=through, owner=owner):
+            column = owner or keys[table][0]
+            return _delete(table, tuple(key), through, column), tuple(key.values())
         case Copy(table=table, source=source, key=key, columns=columns, values=values):
             given = tuple(c for c in columns if c in values)
             text = _copy(table, source, columns, given, op.renamed, tuple(key))
@@ -101,8 +102,13 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
 
 
 def tables_of(op: RowOp) -> tuple[str, ...]:
-    """The tables an operation writes or reads (a ``Copy`` reads its source)."""
-    return (op.table, op.source) if isinstance(op, Copy) else (op.table,)
+    """The tables an operation writes or reads (a ``Copy`` reads its source, a ``Delete``
+    through another table reads that one)."""
+    if isinstance(op, Copy):
+        return (op.table, op.source)
+    if isinstance(op, Delete) and op.through is not None:
+        return (op.table, op.through)
+    return (op.table,)
 
 
 def grouped(
