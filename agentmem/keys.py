@@ -10,10 +10,21 @@ the data dir, or a setting), with a random ``kid`` that the sealed events name.
 Created with the first event that needs it: ``KeyRing.key_for`` writes it with expected
 last subject sequence, so two processes racing to create one agree on the first.
 
-Forgetting deletes keys for real: each value's message is erased in place
+Forgetting deletes keys for real: a value's message is erased in place
 (``$JS.API.STREAM.MSG.DELETE`` without ``no_erase``: nats-server overwrites its bytes in the
 block file, which a purge or a plain delete does not), then one notice on the bucket's key
 ``_meta.forgotten`` names the wildcard of the keys deleted, so that every process hears of it.
+
+A secure erase rewrites the whole block file that holds the message (nats-server's
+``eraseMsg``: ``atomicOverwriteFile`` of the block, up to 8 MB), so erasing 10,000 keys one
+by one rewrote megabytes 10,000 times (37-102 s for a user with 10,000 memories). Hence
+*scope keys*: a data key whose name holds a user, an agent or a session is also wrapped,
+inside the master key's layer, by the scope key of each (``_scope.<org>.<user|agent|session>.<id>``,
+one AES-GCM layer each, innermost the user's). Forgetting a whole user, agent or
+conversation erases that one scope key, after which none of its data keys opens, whatever
+bytes of them are left; then the data keys are purged (one request, not an erase) and only
+keys made before scope keys existed are erased one by one. A forget of one memory, or of a
+memory scope that is not a whole user, agent or session, erases its data keys one by one.
 
 Each process caches the keys it used (``KeyRing``), and drops the matching ones as soon as
 the notice arrives: an ordered push consumer on the bucket's subjects, which recovers by
@@ -80,6 +91,10 @@ CREATES_IN_FLIGHT = 32
 # A replay reads the bucket in one pass first (``preload``): at most this many wrapped keys
 # are held (about 200 bytes each), the rest are read one by one as their events come.
 MAX_PRELOADED = 200_000
+# Scope keys: one per user, agent and session, named after the positions of a key name.
+SCOPE_PREFIX = "_scope"
+SCOPE_KINDS = ("user", "agent", "session")
+NO_ID = "="  # ``agentmem.personal.NO_ID``: a key name's token for an id the event has none of
 
 
 class KeyError_(AgentMemError):
@@ -99,6 +114,9 @@ class _Wrapped(msgspec.Struct, frozen=True):
     master: str  # the id of the master key that wrapped it
     nonce: bytes
     key: bytes  # AES-GCM(master, nonce, data key, aad = name and kid)
+    # The scope keys (name, kid) whose layers ``key`` holds inside the master's, innermost
+    # first; none for a scope key itself, and for keys made before scope keys existed.
+    scopes: tuple[tuple[str, str], ...] = ()
 
 
 _wrapped_decoder = msgspec.json.Decoder(_Wrapped)
@@ -150,10 +168,18 @@ class MasterKeys:
                 handle.write(_b64(secrets.token_bytes(32)) + "\n")
         return cls.parse(path.read_text())
 
-    def wrap(self, name: str, kid: str, key: bytes) -> bytes:
+    def wrap(
+        self, name: str, kid: str, key: bytes, scopes: tuple[tuple[str, str], ...] = ()
+    ) -> bytes:
+        """``key``: the data key, or its scope layers (``scopes``) around it."""
         nonce = secrets.token_bytes(12)
         sealed = self._keys[self.current].encrypt(nonce, key, f"{name}|{kid}".encode())
-        return _json.encode(_Wrapped(kid, self.current, nonce, sealed))
+        return _json.encode(_Wrapped(kid, self.current, nonce, sealed, scopes))
+
+    @staticmethod
+    def scopes_of(data: bytes) -> tuple[tuple[str, str], ...]:
+        """The scope keys (name, kid) a stored value is wrapped under."""
+        return _wrapped_decoder.decode(data).scopes
 
     def unwrap(self, name: str, data: bytes) -> tuple[str, bytes]:
         wrapped = _wrapped_decoder.decode(data)
@@ -200,6 +226,51 @@ def matches(pattern: str, name: str) -> bool:
         if index >= len(tokens) or token not in ("*", tokens[index]):
             return False
     return len(pattern.split(".")) == len(tokens)
+
+
+def scope_names(name: str) -> list[str]:
+    """The scope keys that data key ``name`` is wrapped under: one per id its name holds
+    (user, agent, session: ``agentmem.personal.key_name``), innermost first."""
+    tokens = name.split(".")
+    if len(tokens) != 6 or name.startswith("_"):
+        return []
+    return [
+        f"{SCOPE_PREFIX}.{tokens[0]}.{kind}.{value}"
+        for kind, value in zip(SCOPE_KINDS, tokens[1:4], strict=True)
+        if value != NO_ID
+    ]
+
+
+def scope_of(pattern: str) -> str | None:
+    """The scope key whose data keys are exactly those of a forget's wildcard: a whole
+    user's (``<org>.<user>.*.*.>``), agent's or session's; None for any other wildcard."""
+    tokens = pattern.split(".")
+    if len(tokens) != 5 or tokens[4] != ">" or tokens[0] in ("*", ">"):
+        return None
+    named = [(k, v) for k, v in zip(SCOPE_KINDS, tokens[1:4], strict=True) if v != "*"]
+    if len(named) != 1 or named[0][1] in (">", NO_ID):
+        return None
+    kind, value = named[0]
+    return f"{SCOPE_PREFIX}.{tokens[0]}.{kind}.{value}"
+
+
+def _layer_aad(name: str, kid: str, scope: DataKey) -> bytes:
+    return f"{name}|{kid}|{scope.name}|{scope.kid}".encode()
+
+
+def _seal_layers(raw: bytes, name: str, kid: str, layers: list[DataKey]) -> bytes:
+    """``raw`` in one AES-GCM layer per scope key, innermost the first."""
+    data = raw
+    for scope in layers:
+        nonce = secrets.token_bytes(12)
+        data = nonce + scope.aead.encrypt(nonce, data, _layer_aad(name, kid, scope))
+    return data
+
+
+def _open_layers(data: bytes, name: str, kid: str, layers: list[DataKey]) -> bytes:
+    for scope in reversed(layers):
+        data = scope.aead.decrypt(data[:12], data[12:], _layer_aad(name, kid, scope))
+    return data
 
 
 @dataclass(frozen=True)
@@ -340,9 +411,41 @@ class KeyRing:
             self._keys.popitem(last=False)
         return key
 
-    def _open(self, name: str, data: bytes) -> DataKey:
+    async def _open(self, name: str, data: bytes) -> DataKey | None:
+        """The key a stored value holds; None when a scope key it is wrapped under is gone
+        (forgotten: the key is gone too)."""
         kid, key = self.master.unwrap(name, data)
+        scopes = self.master.scopes_of(data)
+        if scopes:
+            layers = [await self._scope_key(scope, skid) for scope, skid in scopes]
+            if any(layer is None for layer in layers):
+                return None
+            try:
+                key = _open_layers(key, name, kid, [k for k in layers if k is not None])
+            except InvalidTag:
+                raise KeyError_(f"data key {name} does not open with its scope keys") from None
         return DataKey(name, kid, AESGCM(key))
+
+    async def _scope_key(self, name: str, kid: str) -> DataKey | None:
+        """Scope key ``name`` with ``kid``, read once and cached; None when it is gone."""
+        cached = self._keys.get(name)
+        if cached is not None and cached.kid == kid:
+            return cached
+        if kid in self._gone:
+            return None
+        wrapped = self._preloaded.pop(name, None)
+        last = (0, wrapped) if wrapped is not None else await self._read_slot(name)
+        if last is not None and last[1] is not None:
+            key = await self._open(name, last[1])
+            if key is not None and key.kid == kid:
+                return self._remember(key)
+        self._forget_kid(kid)
+        return None
+
+    def _forget_kid(self, kid: str) -> None:
+        self._gone[kid] = None
+        while len(self._gone) > MAX_CACHED:
+            self._gone.popitem(last=False)
 
     async def key_for(self, name: str) -> DataKey:
         """The key that seals new events of data subject ``name``, made when it has none."""
@@ -368,12 +471,17 @@ class KeyRing:
             if attempt > 0:
                 last = await self._last(name)
                 if last is not None and last[1] is not None:
-                    return self._remember(self._open(name, last[1]))
+                    found = await self._open(name, last[1])
+                    if found is not None:
+                        return self._remember(found)
+                    # Wrapped under a scope key since forgotten: replaced below.
             kid = secrets.token_hex(8)
             raw = AESGCM.generate_key(bit_length=256)
+            layers = [await self.key_for(scope) for scope in scope_names(name)]
+            scopes = tuple((layer.name, layer.kid) for layer in layers)
             reply = await self.nc.request(
                 PREFIX + name,
-                self.master.wrap(name, kid, raw),
+                self.master.wrap(name, kid, _seal_layers(raw, name, kid, layers), scopes),
                 timeout=self.timeout,
                 headers={"Nats-Expected-Last-Subject-Sequence": str(last[0] if last else 0)},
             )
@@ -457,17 +565,15 @@ class KeyRing:
         """Read one key from the bucket (its leader: a key just made is there); readers of
         the same key share one read."""
         wrapped = self._preloaded.pop(name, None)
-        if wrapped is not None and self._found(name, kid, (0, wrapped)):
+        if wrapped is not None and await self._found(name, kid, (0, wrapped)):
             return
         reading = self._reading.get(name)
         if reading is None:
             reading = self._reading[name] = asyncio.ensure_future(self._read_slot(name))
             reading.add_done_callback(lambda _: self._reading.pop(name, None))
-        if self._found(name, kid, await asyncio.shield(reading)):
+        if await self._found(name, kid, await asyncio.shield(reading)):
             return
-        self._gone[kid] = None
-        while len(self._gone) > MAX_CACHED:
-            self._gone.popitem(last=False)
+        self._forget_kid(kid)
 
     async def _read_slot(self, name: str) -> tuple[int, bytes | None] | None:
         # A few reads in flight at a time: a thousand at once were five times slower per
@@ -475,12 +581,12 @@ class KeyRing:
         async with self._read_slots:
             return await self._last(name)
 
-    def _found(self, name: str, kid: str, last: tuple[int, bytes | None] | None) -> bool:
+    async def _found(self, name: str, kid: str, last: tuple[int, bytes | None] | None) -> bool:
         """Whether ``last`` (a read of key ``name``) holds the key ``kid``; it is cached."""
         if last is None or last[1] is None:
             return False
-        key = self._open(name, last[1])
-        if key.kid != kid:
+        key = await self._open(name, last[1])
+        if key is None or key.kid != kid:
             return False
         self._remember(key)
         return True
@@ -518,10 +624,10 @@ class KeyRing:
             if not page or offset >= total or len(page) < SUBJECTS_PAGE:
                 return found
 
-    async def _values(self, pattern: str) -> list[tuple[str, int]]:
-        """The name and sequence of every key matching ``pattern`` that holds a value: one
-        pass over the bucket's last message per key (headers only), a thousand at a time
-        (each fetch asks for exactly what is left: nats-py waits for a full batch)."""
+    async def _values(self, pattern: str) -> list[tuple[str, int, bytes]]:
+        """The name, sequence and value of every key matching ``pattern`` that holds one:
+        one pass over the bucket's last message per key, a thousand at a time (each fetch
+        asks for exactly what is left: nats-py waits for a full batch)."""
         left = len(await self.names(pattern))
         if not left:
             return []
@@ -531,11 +637,10 @@ class KeyRing:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.NONE,
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                headers_only=True,
                 inactive_threshold=30.0,
             ),
         )
-        found: list[tuple[str, int]] = []
+        found: list[tuple[str, int, bytes]] = []
         try:
             while left > 0:
                 try:
@@ -546,7 +651,7 @@ class KeyRing:
                 for message in messages:
                     if not (message.headers or {}).get("KV-Operation"):
                         name = message.subject.removeprefix(PREFIX)
-                        found.append((name, message.metadata.sequence.stream))
+                        found.append((name, message.metadata.sequence.stream, message.data))
                 if not messages or messages[-1].metadata.num_pending == 0:
                     return found
             return found
@@ -555,11 +660,15 @@ class KeyRing:
                 await subscription.unsubscribe()
 
     async def forget(self, pattern: str) -> int:
-        """Delete every key matching ``pattern``: each value erased on disk, then one
-        notice (the pattern, on ``FORGOTTEN``) that every process hears and drops the
-        matching keys on. Returns how many keys were erased. Deleting again is harmless,
-        so a forget that failed half-way is finished by running it again."""
+        """Delete every key matching ``pattern``, then send one notice (the pattern, on
+        ``FORGOTTEN``) that every process hears and drops the matching keys on. A whole
+        user's, agent's or session's wildcard erases its scope key and purges the data
+        keys wrapped under it; every other key (of another wildcard, or made before scope
+        keys) is erased on disk one by one. Returns how many data keys went. Deleting
+        again is harmless, so a forget that failed half-way is finished by running it
+        again."""
         values = await self._values(pattern)
+        scope = scope_of(pattern)
         slots = asyncio.Semaphore(FORGET_CONCURRENCY)
 
         async def erase(name: str, seq: int) -> None:
@@ -570,7 +679,23 @@ class KeyRing:
             if "error" in erased and erased["error"].get("err_code") != NO_MESSAGE:
                 raise UnavailableError(f"could not erase data key {name}: {erased['error']}")
 
-        await asyncio.gather(*(erase(name, seq) for name, seq in values))
+        if scope is None:
+            await asyncio.gather(*(erase(name, seq) for name, seq, _ in values))
+        else:
+            # Keys not wrapped under the scope key (made before there were scope keys) are
+            # erased each; the scope key once; then the rest are purged in one request.
+            alone = [
+                (name, seq)
+                for name, seq, data in values
+                if scope not in {n for n, _ in self.master.scopes_of(data)}
+            ]
+            await asyncio.gather(*(erase(name, seq) for name, seq in alone))
+            last = await self._last(scope)
+            if last is not None and last[1] is not None:
+                await erase(scope, last[0])
+            purged = await self._api(f"STREAM.PURGE.{STREAM}", {"filter": PREFIX + pattern})
+            if "error" in purged:
+                raise UnavailableError(f"could not purge data keys: {purged['error']}")
         await self.nc.request(
             PREFIX + FORGOTTEN, b"", timeout=self.timeout, headers={H_FORGOTTEN: pattern}
         )
@@ -578,9 +703,11 @@ class KeyRing:
         return len(values)
 
     def _drop(self, pattern: str) -> None:
-        """Forget the cached keys that ``pattern`` matches, and what was folded from them."""
+        """Forget the cached keys that ``pattern`` matches (and the scope key it names),
+        and what was folded from them."""
+        scope = scope_of(pattern)
         for cache in (self._keys, self._preloaded):
-            for name in [name for name in cache if matches(pattern, name)]:
+            for name in [name for name in cache if matches(pattern, name) or name == scope]:
                 del cache[name]
         for listener in self._listeners:
             listener(pattern)
@@ -597,7 +724,7 @@ class KeyRing:
             kid, raw = self.master.unwrap(name, last[1])
             await self.nc.request(
                 PREFIX + name,
-                self.master.wrap(name, kid, raw),
+                self.master.wrap(name, kid, raw, self.master.scopes_of(last[1])),
                 timeout=self.timeout,
                 headers={"Nats-Expected-Last-Subject-Sequence": str(last[0])},
             )

@@ -29,7 +29,16 @@ from agentmem.domain import forget
 from agentmem.domain.aggregate import Write
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import DataForgotten, Event, MessageAppended, OrgCreated, Shredded
-from agentmem.keys import PREFIX, STREAM, KeyRing, MasterKeys, matches, plaintext_until
+from agentmem.keys import (
+    PREFIX,
+    STREAM,
+    KeyRing,
+    MasterKeys,
+    matches,
+    plaintext_until,
+    scope_names,
+    scope_of,
+)
 from agentmem.personal import Personal, key_filter, key_name, personal_fields
 from agentmem.projections.memories import FORGETS, MEMORIES, MEMORY_TAGS
 from agentmem.projections.messages import MESSAGES
@@ -302,6 +311,12 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     # profile, email reservation, conversation, memory, 2 entities, 2 facts, 1 extraction,
     # block, working memory
     assert len(keys) >= 11
+    # Every one of them is wrapped under the user's scope key too: erasing that one makes
+    # them all unopenable, whatever bytes of them a purge leaves in the bucket's files.
+    scope = scope_of(key_filter(org_id, user_id=user_id))
+    assert scope == f"_scope.{org_id}.user.{user_id}"
+    (scope_key,) = await wrapped_keys(nc, scope)
+    assert all(scope in dict(MasterKeys.scopes_of(key)) for key in keys)
     in_files = leftovers(tmp_path, needles())
     assert not [f for f in in_files if f.startswith("nats/")], in_files
     if store_kind == "sqlite":
@@ -310,7 +325,7 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         assert await postgres_leftovers(store_url, needles())
         in_tables = await postgres_file_leftovers(store_url, needles())
         assert in_tables is None or in_tables, "the table files held none of the text"
-    assert leftovers(tmp_path / "nats", keys)  # the wrapped keys are in the bucket's files
+    assert leftovers(tmp_path / "nats", [*keys, scope_key])  # in the bucket's files
 
     if not SKIP_FORGET:
         forgotten = await admin.forget_user(user_id)
@@ -320,7 +335,9 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
 
     # No byte left: not in the log's or the bucket's files, not in the store.
     await asyncio.sleep(0.2)
-    assert leftovers(tmp_path, needles(*keys)) == []
+    assert leftovers(tmp_path, needles(scope_key)) == []
+    assert await wrapped_keys(nc, key_filter(org_id, user_id=user_id)) == []
+    assert await wrapped_keys(nc, scope) == []
     if store_kind == "postgres":
         assert await postgres_leftovers(store_url, needles()) == []
 
@@ -595,7 +612,8 @@ async def test_rotating_the_master_key(nats_server: NatsServer, nc: NATS) -> Non
     # Both keys while rotating: everything wrapped again by the new one.
     rotating = KeyRing(nc, MasterKeys([new, old]))
     await rotating.start()
-    assert await rotating.rewrap() == 1
+    # The conversation's data key, and the scope keys of its agent and its session.
+    assert await rotating.rewrap() == 3
     assert await rotating.rewrap() == 0
     await rotating.stop()
     # The old key gone: the data still opens.
@@ -688,3 +706,40 @@ def test_a_forget_notice_names_its_keys_by_wildcard() -> None:
     assert not matches("o1.*.*.*.memory.m1", "o1.=.=.s9.memory.m1.x")
     assert not matches("o1.u1.*.*.>", "o1.u1.=.=")
     assert not matches("o2.u1.*.*.>", "o1.u1.=.=.user.u1")
+
+
+def test_the_scope_keys_of_a_key_name_and_of_a_forget() -> None:
+    assert scope_names("o1.u1.=.s1.memory.m1") == ["_scope.o1.user.u1", "_scope.o1.session.s1"]
+    assert scope_names("o1.=.=.=.tool.t1") == []
+    assert scope_names("_scope.o1.user.u1") == []  # a scope key has no scope of its own
+    assert scope_of(forget.keys_of("user", "o1", {"user_id": "u1"})) == "_scope.o1.user.u1"
+    assert scope_of(forget.keys_of("agent", "o1", {"agent_id": "a1"})) == "_scope.o1.agent.a1"
+    conversation = forget.keys_of("conversation", "o1", {"session_id": "s1"})
+    assert scope_of(conversation) == "_scope.o1.session.s1"
+    # Not a whole scope: its keys are erased one by one.
+    assert scope_of(forget.keys_of("memory", "o1", {"memory_id": "m1"})) is None
+    assert scope_of("o1.u1.*.s1.memory.*") is None
+
+
+async def test_a_key_made_before_scope_keys_is_erased_by_a_scope_forget(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    """A data key wrapped by the master key alone (as before scope keys) is not covered by
+    the scope key's erasure: a forget of its user erases it on disk, as before."""
+    keys = KeyRing(nc, MasterKeys.load(tmp_path / "master.key"))
+    await keys.start()
+    try:
+        name = "o1.u1.=.=.user.u1"
+        legacy = keys.master.wrap(name, "0123456789abcdef", os.urandom(32))
+        await nc.request(PREFIX + name, legacy)
+        scoped = await keys.key_for("o1.u1.=.s1.memory.m1")
+        (scoped_value,) = await wrapped_keys(nc, scoped.name)
+        assert leftovers(nats_server.store_dir, [legacy, scoped_value])
+        assert await keys.forget(key_filter("o1", user_id="u1")) == 2
+        assert leftovers(nats_server.store_dir, [legacy]) == []
+        assert await wrapped_keys(nc, "o1.u1.>") == []
+        assert await wrapped_keys(nc, "_scope.o1.user.u1") == []
+        # The session's scope key stays: other data of the session still opens.
+        assert len(await wrapped_keys(nc, "_scope.o1.session.s1")) == 1
+    finally:
+        await keys.stop()
