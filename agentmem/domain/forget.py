@@ -7,6 +7,9 @@ Then one ``data.forgotten`` event, on ``agentmem.evt.<org>.forget.<forget_id>``,
 that something was forgotten (which ids, when, by whom, how many keys) and makes each
 projection drop its rows of it, search index entries included.
 
+The first three are whole scopes: their keys are all wrapped under one scope key, which the
+forget erases (``agentmem.keys``), so their count does not make it slower.
+
 The keys go first and the event second: an event appended while a process still held a
 key (before its delete marker arrived) is unreadable, like the rest; and a forget that
 failed between the two is finished by sending it again (deleting keys again is harmless).
@@ -15,11 +18,12 @@ Which keys each target deletes (``keys_of``: a wildcard over the key names
 ``<org>.<user>.<agent>.<session>.<aggregate>.<id>``), and which rows go:
 
 - user: every key of the user (profile, email, API key names, every message they were the
-  user of, every memory in their scope); the user, its API keys, messages and memories.
-- agent: the agent's profile and state, every message and memory with the agent; the
-  agent, its tags and state, its messages and memories.
-- conversation: every message of the session, and the memories scoped to it; its messages
-  and redactions, and those memories.
+  user of, every memory in their scope, the blocks they own, the working memory items put
+  about them); the user, its API keys, messages, memories, blocks and items.
+- agent: the agent's profile and state, every message, memory, block and working item with
+  the agent; the agent, its tags and state, its messages, memories, blocks and items.
+- conversation: every message of the session, the memories scoped to it and its working
+  memory; its messages and redactions, those memories and items.
 - memory: that memory's key and row.
 - memory scope: every memory whose scope has each id given; those memories. And the
   entities, relations and extractions of that scope (``graph_keys_of``; a session holds
