@@ -433,8 +433,8 @@ class KeyRing:
             return cached
         if kid in self._gone:
             return None
-        wrapped = self._preloaded.pop(name, None)
-        last = (0, wrapped) if wrapped is not None else await self._read_slot(name)
+        wrapped = self._preloaded.get(name)  # kept: every key of the scope needs it
+        last = (0, wrapped) if wrapped is not None else await self._shared_read(name)
         if last is not None and last[1] is not None:
             key = await self._open(name, last[1])
             if key is not None and key.kid == kid:
@@ -567,13 +567,17 @@ class KeyRing:
         wrapped = self._preloaded.pop(name, None)
         if wrapped is not None and await self._found(name, kid, (0, wrapped)):
             return
+        if await self._found(name, kid, await self._shared_read(name)):
+            return
+        self._forget_kid(kid)
+
+    async def _shared_read(self, name: str) -> tuple[int, bytes | None] | None:
+        """``_last(name)``, one read shared by every caller that asks meanwhile."""
         reading = self._reading.get(name)
         if reading is None:
             reading = self._reading[name] = asyncio.ensure_future(self._read_slot(name))
             reading.add_done_callback(lambda _: self._reading.pop(name, None))
-        if await self._found(name, kid, await asyncio.shield(reading)):
-            return
-        self._forget_kid(kid)
+        return await asyncio.shield(reading)
 
     async def _read_slot(self, name: str) -> tuple[int, bytes | None] | None:
         # A few reads in flight at a time: a thousand at once were five times slower per
