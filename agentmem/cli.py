@@ -671,7 +671,10 @@ async def _export(settings: Settings, org_id: str, user_id: str | None, out: Pat
 
     async with _log_connection(settings) as nc:
         keys = KeyRing(nc, settings.master_keys(create=False))
-        await keys.start()
+        # A log of an earlier version has no bucket yet: made here as serve makes it,
+        # marking up to where the log holds plaintext.
+        info = await nc.jetstream().stream_info(subjects.STREAM_NAME)
+        await keys.start(log_last_seq=int(info.state.last_seq))
         try:
             if out is None:
                 counts = await export(nc, keys, sys.stdout.buffer, org_id, user_id)
