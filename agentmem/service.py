@@ -294,6 +294,9 @@ class Service:
         self.ingest_leases: Leases | None = None
         self.dispatcher: Dispatcher | None = None
         self.access: AccessView | None = None
+        # What the handlers are built from (the process's vector index among them), once
+        # started.
+        self.parts: Parts | None = None
         self.keys: KeyRing | None = None
         self._lock: IO[str] | None = None
         self._data_lock: IO[str] | None = None
@@ -424,6 +427,7 @@ class Service:
             extraction_model=settings.extraction_endpoint(),
             extract_on_add=settings.extract_on_add,
         )
+        self.parts = parts
         if "commands" in roles and settings.expiry_sweep_s > 0:
             sweeper = ExpirySweeper(log_, cache, self.store)
             self._sweeper = asyncio.create_task(

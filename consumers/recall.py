@@ -106,6 +106,11 @@ class Recall:
         self._embedder: Embedder | None = None
         self._warm = False  # the model has embedded once in this process
 
+    @property
+    def index(self) -> VectorIndex | None:
+        """The process's vector index, once a search made it."""
+        return self._index
+
     def _vectors(self) -> tuple[Embedder, VectorIndex]:
         if self._index is None or self._embedder is None:
             projection = vector_reads.PROJECTION

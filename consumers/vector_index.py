@@ -288,6 +288,12 @@ class VectorIndex:
         self._forgotten: dict[str, list[Forgotten]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def holds(self, org_id: str, memory_id: str) -> bool:
+        """Does this process's copy of ``org_id`` hold a live vector of ``memory_id``?"""
+        copy = self._orgs.get(org_id)
+        slot = copy.row_of.get(memory_id) if copy is not None else None
+        return slot is not None and copy is not None and bool(copy.columns["alive"][slot])
+
     def forget(self, pattern: str) -> None:
         """A forget's notice (``KeyRing.on_forget``): the vectors ``pattern`` names leave
         this process's copy now and stay out until the store has dropped them too."""

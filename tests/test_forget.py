@@ -25,6 +25,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, ForbiddenError, NotFoundError, UnauthenticatedError, subjects
+from agentmem.consumers.vector_index import VectorIndex
 from agentmem.domain import forget
 from agentmem.domain.aggregate import Write
 from agentmem.eventlog import CommitMeta, EventLog
@@ -160,6 +161,15 @@ def _files_holding(folder: Path, paths: dict[str, str], wanted: list[bytes]) -> 
             data = path.read_bytes()
             found += [f"{name} ({relative}): {n[:40]!r}" for n in wanted if n in data]
     return found
+
+
+def in_memory_index(service: Service) -> VectorIndex:
+    """The query side's vector index of the service process (made by its first search)."""
+    assert service.parts is not None
+    assert service.parts.recall is not None
+    index = service.parts.recall.index
+    assert index is not None
+    return index
 
 
 async def vector_ids(service: Service) -> set[str]:
@@ -307,6 +317,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert memory_id in await found_by_meaning(admin, MEMORY, org_id)
     assert (await admin.get_entity(graph["person"])).aliases == ["W. Q.", ALIAS]
     assert FACT in (await admin.graph_facts(graph["person"])).text
+    index = in_memory_index(service)
+    assert index.holds(org_id, memory_id)  # the search loaded it into this process
     keys = await wrapped_keys(nc, key_filter(org_id, user_id=user_id))
     # profile, email reservation, conversation, memory, 2 entities, 2 facts, 1 extraction,
     # block, working memory
@@ -382,6 +394,9 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert again_person.fields["deduplicated"] is False
     assert again_person.fields["entity_id"] != graph["person"]
     await admin.delete_entity(str(again_person.fields["entity_id"]))
+    # And out of the process's in-memory vector index, not only filtered from its hits.
+    assert not index.holds(org_id, memory_id)
+    assert index.holds(org_id, str(kept.fields["memory_id"]))
 
     # History: that something was, when and by whom, never what.
     history = (await admin.history("user", user_id, org_id=org_id)).items
