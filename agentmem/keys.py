@@ -500,11 +500,14 @@ class KeyRing:
         does not store it."""
         kid = secrets.token_hex(8)
         raw = AESGCM.generate_key(bit_length=256)
+        # Wrapped under its scope keys too, as ``key_for`` wraps: a scope's forget covers it.
+        layers = [await self.key_for(scope) for scope in scope_names(name)]
+        scopes = tuple((layer.name, layer.kid) for layer in layers)
         try:
             async with self._create_slots:
                 reply = await self.nc.request(
                     PREFIX + name,
-                    self.master.wrap(name, kid, raw),
+                    self.master.wrap(name, kid, _seal_layers(raw, name, kid, layers), scopes),
                     timeout=self.timeout,
                     headers={"Nats-Expected-Last-Subject-Sequence": "0"},
                 )
