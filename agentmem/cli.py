@@ -465,10 +465,19 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
         )
     # As wide as the longest name (a vector projection's carries its model's digest).
     width = max([12, *(len(name) for name in report["projections"])])
-    print(f"{'projection':<{width}} {'checkpoint':>12} {'lag':>10} {'parked':>8}")
+    print(f"{'projection':<{width}} {'version':>7} {'checkpoint':>12} {'lag':>10} {'parked':>8}")
     for name, p in report["projections"].items():
         lag = "-" if p["lag"] is None else f"{p['lag']:,}"
-        print(f"{name:<{width}} {p['checkpoint']:>12,} {lag:>10} {p['parked']:>8,}")
+        version = "-" if p.get("version") is None else f"v{p['version']}"
+        print(f"{name:<{width}} {version:>7} {p['checkpoint']:>12,} {lag:>10} {p['parked']:>8,}")
+        build = p.get("build")
+        if build:  # a new version built beside the live one (docs/deploy.md)
+            build_lag = "-" if build["lag"] is None else f"{build['lag']:,}"
+            print(
+                f"  building v{build['version']}: checkpoint {build['checkpoint']:,}, lag "
+                f"{build_lag}, {build['progress']:.0%} of the live checkpoint, "
+                f"{build['parked']:,} parked; queries read v{p['version']} until the switch"
+            )
     behind = [
         name
         for name, p in report["projections"].items()

@@ -42,12 +42,14 @@ from agentmem.metrics import Metrics
 from agentmem.metrics_http import MetricsListener
 from agentmem.projections import ALL, Projection
 from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.build import Build
 from agentmem.projections.leader import ProjectionLeader
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
 from agentmem.store.metered import MeteredStore
+from agentmem.store.versions import build_key
 
 log = structlog.get_logger(__name__)
 
@@ -274,8 +276,10 @@ async def ensure_stream(log_: EventLog, replicas: int, wait_s: float = JETSTREAM
 
 
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, projections: list[Projection] | None = None) -> None:
         self.settings = settings
+        # The projections this code declares (a test may give other versions of them).
+        self.projections = list(ALL if projections is None else projections)
         self.embedded: EmbeddedNats | None = None
         self.nc: NATS | None = None
         # The system account's connection, to close revoked credentials' connections.
@@ -331,8 +335,20 @@ class Service:
         # The store first: a store this code cannot run on is refused before anything is
         # written to the log.
         self.store = await open_store(settings.store_url)
+        # A projection whose code is newer than its live tables is rebuilt beside them: its
+        # live tables are not checked against the new declarations.
+        versions = await self.store.versions()
+        rebuilt = [
+            p for p in self.projections if p.name in versions and p.version > versions[p.name].live
+        ]
         # Reported with "ready": a start that fails later says only why it failed.
-        migrated = await self.store.migrate(MIGRATIONS)
+        migrated = await self.store.migrate(
+            MIGRATIONS, unchecked={t.name for p in rebuilt for t in p.tables}
+        )
+        for projection in self.projections:
+            if projection.name not in versions:
+                # A new store (its tables are this code's), or one made before versions.
+                await self.store.adopt(projection.name, projection.version)
         servers = settings.nats_servers
         if not servers:
             host, port = settings.listen_host_port
@@ -395,8 +411,11 @@ class Service:
         board = CheckpointBoard()
         if "projections" in roles:
             self.leases = open_leases(settings.store_url)
-            for projection in ALL:
-                self._lead(projection, board)
+            total = len(self.projections) + len(rebuilt)
+            for projection in self.projections:
+                self._lead(projection, board, total)
+            for projection in rebuilt:
+                self._build(projection, board, total)
             # Ready means each lease was asked for once: status then says what runs here.
             await asyncio.gather(*(leader.first_look.wait() for leader in self.leaders.values()))
 
@@ -479,19 +498,65 @@ class Service:
                 return
             await asyncio.sleep(every_s)
 
-    def _lead(self, projection: Projection, board: CheckpointBoard) -> None:
+    def _lead(self, projection: Projection, board: CheckpointBoard, total: int) -> None:
+        """The projection's live worker, run while this process holds its lease and its
+        code's version is the live tables' one."""
         assert self.nc is not None
         assert self.store is not None
         assert self.leases is not None
         nc, store, keys = self.nc, self.store, self.keys
 
         def make_worker() -> ProjectionWorker:
-            return ProjectionWorker(nc, store, projection, board, metrics=self.metrics, keys=keys)
+            return ProjectionWorker(
+                nc,
+                store,
+                projection,
+                board,
+                metrics=self.metrics,
+                keys=keys,
+                version=projection.version,
+            )
 
-        leader = ProjectionLeader(projection.name, make_worker, self.leases, board)
-        self.leaders[projection.name] = leader
-        self.leader_tasks[projection.name] = asyncio.create_task(
-            leader.run(), name=f"projection-leader-{projection.name}"
+        async def live_is_mine() -> bool:
+            state = (await store.versions()).get(projection.name)
+            return state is None or state.live == projection.version
+
+        self._start_leader(
+            ProjectionLeader(
+                projection.name, make_worker, self.leases, board, total=total, may_run=live_is_mine
+            )
+        )
+
+    def _build(self, projection: Projection, board: CheckpointBoard, total: int) -> None:
+        """The projection's new version, built beside the live tables and switched to
+        while this process holds the build's lease (``agentmem.projections.build``)."""
+        assert self.nc is not None
+        assert self.store is not None
+        assert self.leases is not None
+        nc, store, keys = self.nc, self.store, self.keys
+
+        def make_build() -> Build:
+            return Build(nc, store, projection, board, metrics=self.metrics, keys=keys)
+
+        async def still_newer() -> bool:
+            state = (await store.versions()).get(projection.name)
+            return state is not None and state.live < projection.version
+
+        self._start_leader(
+            ProjectionLeader(
+                build_key(projection.name, projection.version),
+                make_build,
+                self.leases,
+                board,
+                total=total,
+                may_run=still_newer,
+            )
+        )
+
+    def _start_leader(self, leader: ProjectionLeader) -> None:
+        self.leaders[leader.name] = leader
+        self.leader_tasks[leader.name] = asyncio.create_task(
+            leader.run(), name=f"projection-leader-{leader.name}"
         )
 
     def _ingest(self, partition: int, board: CheckpointBoard) -> None:
@@ -526,6 +591,9 @@ class Service:
             "ingesting": sorted(
                 name for name, leader in self.ingest_leaders.items() if leader.active
             ),
+            # This process's code's version of each projection (the store's are in
+            # "projections"): during a rolling deploy, which processes run which.
+            "versions": {p.name: p.version for p in self.projections},
         }
 
     async def stop(self) -> None:

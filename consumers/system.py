@@ -14,9 +14,10 @@ from agentmem.consumers.router import Request, Result, Router
 from agentmem.eventlog import EventLog
 from agentmem.keys import plaintext_until
 from agentmem.projections import ALL
-from agentmem.projections.worker import durable_name
+from agentmem.projections.worker import build_consumer, durable_name
 from agentmem.queries import Health, Schema, Status
 from agentmem.store import Store
+from agentmem.store.versions import build_key
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
@@ -31,20 +32,42 @@ async def collect_status(
     state = info["state"]
     checkpoints = await store.checkpoints()
     parked = await store.parked()
+    versions = await store.versions()
     js = nc.jetstream()
+
+    async def lag_of(consumer_name: str) -> int | None:
+        try:
+            consumer = await js.consumer_info(stream, consumer_name)
+        except nats.js.errors.NotFoundError:
+            return None  # no worker has run since the consumer was removed
+        return int(consumer.num_pending + consumer.num_ack_pending)
+
     projections: dict[str, Any] = {}
     for projection in ALL:
-        lag: int | None
-        try:
-            consumer = await js.consumer_info(stream, durable_name(projection.name))
-            lag = int(consumer.num_pending + consumer.num_ack_pending)
-        except nats.js.errors.NotFoundError:
-            lag = None  # no worker has run since the consumer was removed
-        projections[projection.name] = {
-            "checkpoint": checkpoints.get(projection.name, 0),
-            "lag": lag,
-            "parked": sum(1 for p in parked if p.projection == projection.name),
+        name = projection.name
+        recorded = versions.get(name)
+        checkpoint = checkpoints.get(name, 0)
+        projections[name] = {
+            "checkpoint": checkpoint,
+            "lag": await lag_of(durable_name(name)),
+            "parked": sum(1 for p in parked if p.projection == name),
+            # The version of the live tables (what queries read).
+            "version": recorded.live if recorded else None,
         }
+        if recorded is not None and recorded.building is not None:
+            key = build_key(name, recorded.building)
+            built = checkpoints.get(key, 0)
+            projections[name]["build"] = {
+                "version": recorded.building,
+                "checkpoint": built,
+                # None while no process runs the build (between two of its runs).
+                "lag": await lag_of(build_consumer(name, recorded.building)),
+                "parked": sum(1 for p in parked if p.projection == key),
+                "started_at": recorded.build_started_at,
+                # How far it is, as its checkpoint over the live one's (both count the log's
+                # sequences of the projection's events).
+                "progress": round(min(1.0, built / checkpoint), 4) if checkpoint else 1.0,
+            }
     return {
         "stream": {
             "name": stream,

@@ -69,6 +69,7 @@ AGENT_STATES = Table(
 
 class AgentsProjection:
     name = "agents"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Org deletions too (their own subject, not every org event): they remove its agents.
     filter_subjects = [
         subjects.events_of("agent"),

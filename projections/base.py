@@ -11,6 +11,10 @@ from agentmem.store import RowOp, Table
 
 class Projection(Protocol):
     name: str
+    # What its rows are made by: bumped when ``project`` or ``tables`` change what the rows
+    # hold. A store whose live tables are of an older version gets the new one built beside
+    # them and switched to (``agentmem.projections.build``).
+    version: int
     filter_subjects: list[str]
     tables: list[Table]
 

@@ -66,6 +66,7 @@ _B_COLUMNS = ", ".join(f"b.{c}" for c in BLOCKS.column_names)
 
 class BlocksProjection:
     name = "blocks"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Org deletions too (their own subject): they remove the organization's blocks; and
     # forgets, which remove a forgotten user's or agent's blocks.
     filter_subjects = [

@@ -267,6 +267,7 @@ def _moved(org_id: str, column: str, old: str, node: str) -> list[RowOp]:
 
 class GraphProjection:
     name = "graph"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Memory deletions remove their associations; org deletions every row of the org;
     # forgets a user's or an agent's entities and relations.
     filter_subjects = [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
@@ -43,8 +43,9 @@ ORPHAN_ROUNDS = 2
 
 
 class LeasedWorker(Protocol):
-    """What a leader runs while it holds its lease: a projection's worker, or an ingestion
-    partition's (``consumers/ingest.py``)."""
+    """What a leader runs while it holds its lease: a projection's worker, a projection
+    version's ``Build`` (``projections/build.py``), or an ingestion partition's
+    (``consumers/ingest.py``)."""
 
     last_error: str | None
 
@@ -68,6 +69,7 @@ class ProjectionLeader:
         board: CheckpointBoard,
         poll: float = POLL_S,
         total: int | None = None,
+        may_run: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.name = name
         # How many projections share the leases: a fair share is counted from it.
@@ -76,6 +78,11 @@ class ProjectionLeader:
         self.leases = leases
         self.board = board
         self.poll = poll
+        # Asked every round before the lease: False while this process's code may not run
+        # the projection (its version is not the store's live one; a build is done): the
+        # leader then holds no lease and runs nothing (``agentmem.projections.build``).
+        self.may_run = may_run
+        self.standing_aside = False
         self.worker: LeasedWorker | None = None
         self.last_error: str | None = None
         self.active_since: float | None = None  # time.time() when this process took over
@@ -101,7 +108,11 @@ class ProjectionLeader:
     async def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                if not self._holding and time.monotonic() < self._stand_back_until:
+                if not await self._allowed():
+                    if self._holding:
+                        await self._stop_worker()
+                        await self.leases.release(self.name)
+                elif not self._holding and time.monotonic() < self._stand_back_until:
                     pass
                 elif await self._ask():
                     if not self._holding:
@@ -126,6 +137,26 @@ class ProjectionLeader:
             await self._stop_worker()
             with contextlib.suppress(Exception):
                 await self.leases.release(self.name)
+
+    async def _allowed(self) -> bool:
+        """``may_run``, or no change when it cannot be asked (the store is away: the worker
+        fails and restarts on its own meanwhile)."""
+        if self.may_run is None:
+            return True
+        try:
+            allowed = await self.may_run()
+        except Exception as exc:
+            log.warning(
+                "could not ask whether to run the projection", projection=self.name, error=repr(exc)
+            )
+            return not self.standing_aside
+        if allowed == self.standing_aside:
+            self.standing_aside = not allowed
+            log.info(
+                "projection runs here again" if allowed else "projection stands aside here",
+                projection=self.name,
+            )
+        return allowed
 
     async def _ask(self) -> bool:
         """Confirm the lease, or take it: while this process holds less than its fair share

@@ -163,6 +163,7 @@ def _changed(memory_id: str, values: dict[str, Any], seq: int, at: int, key: int
 
 class MemoriesProjection:
     name = "memories"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Org deletions too (their own subject): they remove the organization's memories.
     # Forgets too: every forget target may hold memories (a user's, an agent's, a session's).
     filter_subjects = [

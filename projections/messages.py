@@ -114,6 +114,7 @@ def position(seq: int, index: int) -> int:
 
 class MessagesProjection:
     name = "messages"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Agent events and org deletions too: deleting either deletes their messages.
     filter_subjects = [
         subjects.events_of("conversation"),

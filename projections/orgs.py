@@ -22,6 +22,7 @@ ORGS = Table(
 
 class OrgsProjection:
     name = "orgs"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     filter_subjects = [subjects.events_of("org")]
     tables = [ORGS]
 

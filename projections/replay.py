@@ -58,9 +58,12 @@ async def replay(
 ) -> ReplayResult:
     """Empty the projection's tables and apply the whole log again (or, with ``until_seq``,
     its commits up to that sequence), through the same code path as the live worker, on a
-    consumer of its own (the live one is left alone)."""
+    consumer of its own (the live one is left alone). The tables are then of this code's
+    version, and a build of another version under way is dropped."""
     await store.migrate(MIGRATIONS)
+    await store.drop_build(projection.name, projection.tables)
     await store.reset(projection.name, projection.tables)
+    await store.adopt(projection.name, projection.version)
     if keys is not None:
         await keys.preload()  # events of every data subject come: their keys in one pass
     worker = ProjectionWorker(

@@ -42,6 +42,7 @@ TOOL_TAGS = tag_table("tool_tags", "tool_id")
 
 class ToolsProjection:
     name = "tools"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Org deletions too (their own subject, not every org event): they remove its tools.
     filter_subjects = [subjects.events_of("tool"), subjects.events_of("org_deletion")]
     tables = [TOOLS, TOOL_TAGS]

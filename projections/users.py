@@ -59,6 +59,7 @@ API_KEYS = Table(
 
 class UsersProjection:
     name = "users"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Org events too: deleting an organization removes its users from the table.
     # Forgets too (their own subject): forgetting a user erases its rows.
     filter_subjects = [

@@ -137,6 +137,7 @@ class VectorsProjection:
         subjects.events_of("forget"),
     ]
     tables = [MEMORY_VECTORS, MEMORY_PAST_VECTORS]
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
 
     def __init__(self, embedder: Embedder | None = None) -> None:
         # The model is loaded on the first embedding, not here: naming it is cheap.

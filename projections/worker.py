@@ -29,6 +29,7 @@ from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.feed import PullFeed
 from agentmem.sealing import open_events
 from agentmem.store import Parked, ProjectionBatch, Store
+from agentmem.store.versions import build_key
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,11 @@ IDLE_WAIT_S = 0.5
 
 def durable_name(projection: str) -> str:
     return f"agentmem-projection-{projection}"
+
+
+def build_consumer(projection: str, version: int) -> str:
+    """A build's consumer: deleted when the build stops (and made again at its checkpoint)."""
+    return f"agentmem-build-{projection}-v{version}"
 
 
 class ProjectionWorker:
@@ -54,6 +60,8 @@ class ProjectionWorker:
         until_seq: int | None = None,
         metrics: Metrics | None = None,
         keys: KeyRing | None = None,
+        version: int | None = None,
+        building: bool = False,
     ) -> None:
         self.nc = nc
         self.keys = keys  # opens sealed personal fields (``agentmem.sealing``)
@@ -63,7 +71,19 @@ class ProjectionWorker:
         self.board = board or CheckpointBoard()
         self.stream = stream
         self.batch = batch
-        self.consumer = consumer or durable_name(projection.name)
+        # The projection version its batches carry: the store applies them only to tables of
+        # that version; with ``building``, to that version's build beside the live tables
+        # (``agentmem.projections.build``), under the build's checkpoint. None: unchecked.
+        self.version = version
+        self.building = building
+        if building and version is None:
+            raise ValueError("a build names its version")
+        self.key = build_key(projection.name, version) if building and version else projection.name
+        self.consumer = consumer or (
+            build_consumer(projection.name, version)
+            if building and version
+            else durable_name(projection.name)
+        )
         self.checkpoint = 0
         self._stopping = asyncio.Event()
         self._feed: PullFeed | None = None
@@ -122,14 +142,14 @@ class ProjectionWorker:
 
         ``on_progress(applied_in_this_run, pending)`` is called after every batch.
         """
-        self.checkpoint = await self.store.checkpoint(self.name)
-        self.board.advance(self.name, self.checkpoint)
+        self.checkpoint = await self.store.checkpoint(self.key)
+        self.board.advance(self.key, self.checkpoint)
         if self._reached_until:
             return
         feed = self._feed = await self._subscribe()
         if self._stopping.is_set():
             feed.interrupt()
-        log.info("projection started", projection=self.name, checkpoint=self.checkpoint)
+        log.info("projection started", projection=self.key, checkpoint=self.checkpoint)
         try:
             while not self._stopping.is_set():
                 messages = await feed.next_batch()
@@ -150,7 +170,7 @@ class ProjectionWorker:
             if self.consumer != durable_name(self.name):  # a replay's consumer is temporary
                 with contextlib.suppress(Exception):
                     await self.js.delete_consumer(self.stream, self.consumer)
-            log.info("projection stopped", projection=self.name, checkpoint=self.checkpoint)
+            log.info("projection stopped", projection=self.key, checkpoint=self.checkpoint)
 
     async def _prepare(self, commits: list[StoredCommit]) -> None:
         """A projection with a ``prepare(store, commits)`` step (derived data made in bulk,
@@ -163,7 +183,13 @@ class ProjectionWorker:
         """Apply one fetched batch; returns how many messages are still pending after it."""
         # Built on this worker's checkpoint: the store applies it only if that is still the
         # stored one, so a worker that lost its lease cannot apply a batch late.
-        batch = ProjectionBatch(self.name, self.checkpoint, after=self.checkpoint)
+        batch = ProjectionBatch(
+            self.name,
+            self.checkpoint,
+            after=self.checkpoint,
+            version=self.version,
+            building=self.building,
+        )
         last_seq = self.checkpoint
         decoded: list[tuple[Msg, StoredCommit | Exception]] = []
         # At or below the checkpoint: applied before a crash between the commit and the ack.
@@ -202,7 +228,7 @@ class ProjectionWorker:
                 batch.items.append((seq, message.subject, self.projection.project(commit_or_error)))
             except Exception as exc:
                 batch.parked.append(
-                    Parked(self.name, seq, message.subject, f"{type(exc).__name__}: {exc}")
+                    Parked(self.key, seq, message.subject, f"{type(exc).__name__}: {exc}")
                 )
         pending = messages[-1].metadata.num_pending if messages else 0
         if last_seq > self.checkpoint:
@@ -212,7 +238,7 @@ class ProjectionWorker:
             for item in parked:
                 log.error(
                     "event parked",
-                    projection=self.name,
+                    projection=self.key,
                     seq=item.seq,
                     subject=item.subject,
                     error=item.error,
@@ -220,12 +246,12 @@ class ProjectionWorker:
             seconds = time.perf_counter() - started
             self.applied += len(batch.items) + len(batch.parked) - len(parked)
             self.checkpoint = last_seq
-            self.board.advance(self.name, last_seq)
+            self.board.advance(self.key, last_seq)
             applied = len(batch.items) + len(batch.parked)
-            self.metrics.batch(self.name, applied, len(parked), seconds)
+            self.metrics.batch(self.key, applied, len(parked), seconds)
             log.debug(
                 "batch applied",
-                projection=self.name,
+                projection=self.key,
                 events=len(batch.items),
                 checkpoint=last_seq,
                 ms=round(seconds * 1000, 2),

@@ -62,6 +62,7 @@ FORGETS: frozenset[ForgetTarget] = frozenset({"user", "agent", "conversation"})
 
 class WorkingProjection:
     name = "working"
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
     # Org deletions too (their own subject): they remove the organization's items; and
     # forgets, which remove the items of a forgotten session, user or agent.
     filter_subjects = [

@@ -26,6 +26,7 @@ from agentmem.store.port import (
     Table,
     Update,
     Upsert,
+    VersionMismatch,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Table",
     "Update",
     "Upsert",
+    "VersionMismatch",
     "open_store",
 ]
 

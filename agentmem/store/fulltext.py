@@ -169,14 +169,22 @@ def _unscoped_sqlite_ddl(table: Table, index: FullText) -> tuple[str, ...]:
     )
 
 
-def sqlite_rebuild(table: Table) -> tuple[str, ...]:
-    """Replace the table's FTS5 index (whatever its shape) with the one its declaration
-    makes now, filled from the table's rows: for a migration that changes an index."""
+def sqlite_drop(table: Table) -> tuple[str, ...]:
+    """Drop the table's FTS5 index, whatever its shape: its triggers, table and view."""
     fts = fts_table(table)
     return (
         *(f"DROP TRIGGER IF EXISTS {fts}_{event}" for event in ("insert", "delete", "update")),
         f"DROP TABLE IF EXISTS {fts}",
         f"DROP VIEW IF EXISTS {fts_rows(table)}",
+    )
+
+
+def sqlite_rebuild(table: Table) -> tuple[str, ...]:
+    """Replace the table's FTS5 index (whatever its shape) with the one its declaration
+    makes now, filled from the table's rows: for a migration that changes an index."""
+    fts = fts_table(table)
+    return (
+        *sqlite_drop(table),
         *sqlite_ddl(table),
         f"INSERT INTO {fts} ({fts}) VALUES ('rebuild')",
     )

@@ -8,7 +8,7 @@ projection workers keep the bare store: their writes are timed per batch instead
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from agentmem.store.port import (
@@ -21,6 +21,7 @@ from agentmem.store.port import (
     Store,
     Table,
 )
+from agentmem.store.versions import VersionState
 
 
 class MeteredStore:
@@ -62,8 +63,10 @@ class MeteredStore:
     async def close(self) -> None:
         await self.store.close()
 
-    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
-        return await self.store.migrate(migrations)
+    async def migrate(
+        self, migrations: Sequence[Migration], unchecked: Collection[str] = ()
+    ) -> list[int]:
+        return await self.store.migrate(migrations, unchecked)
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
         return await self.store.apply(batch)
@@ -82,3 +85,18 @@ class MeteredStore:
 
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:
         return await self.store.dump(table)
+
+    async def versions(self) -> dict[str, VersionState]:
+        return await self.store.versions()
+
+    async def adopt(self, projection: str, version: int) -> None:
+        await self.store.adopt(projection, version)
+
+    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+        await self.store.begin_build(projection, tables, version)
+
+    async def switch(self, projection: str, tables: list[Table], version: int) -> int:
+        return await self.store.switch(projection, tables, version)
+
+    async def drop_build(self, projection: str, tables: list[Table]) -> None:
+        await self.store.drop_build(projection, tables)

@@ -16,7 +16,7 @@ on the first write.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
 from agentmem.config import StartupError
@@ -105,9 +105,12 @@ class Plan:
                 out += step.sqlite if engine == "sqlite" else step.postgres
         return out
 
-    def check_columns(self, found: Mapping[str, set[str]]) -> None:
-        """Refuse a store whose tables lack declared columns (``found``: table -> columns)."""
+    def check_columns(self, found: Mapping[str, set[str]], unchecked: Collection[str] = ()) -> None:
+        """Refuse a store whose tables lack declared columns (``found``: table -> columns),
+        but those ``unchecked`` (a projection version's build makes them as declared)."""
         for name, table in self.tables.items():
+            if name in unchecked:
+                continue
             columns = found.get(name, set())
             missing = [c for c in table.column_names if c not in columns]
             if missing:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agentmem.errors import UnavailableError
+
+if TYPE_CHECKING:
+    from agentmem.store.versions import VersionState
 
 # "blob": bytes (derived vectors: float32, little-endian).
 ColumnType = Literal["text", "integer", "json", "blob"]
@@ -148,12 +151,23 @@ class Parked:
     error: str
 
 
+def build_key(projection: str, version: int) -> str:
+    """The name a build's checkpoint, parked events, lease and consumer go by
+    (``agentmem.store.versions``)."""
+    return f"{projection}@v{version}"
+
+
 @dataclass
 class ProjectionBatch:
     """What one fetch from the log turns into: row ops per stream sequence, then a checkpoint.
 
     ``after`` is the checkpoint the batch was built on (the worker's last one); a store
     applies the batch only while that is still the stored checkpoint (see ``fence``).
+
+    ``version``: the projection version of the code that made the rows. A store applies a
+    batch for the live tables only while they are of that version, and with ``building``
+    writes the rows into the tables of that version's build instead, under the build's own
+    checkpoint (``agentmem.store.versions``). None: no version check (a replay, a test).
     """
 
     projection: str
@@ -161,11 +175,44 @@ class ProjectionBatch:
     items: list[tuple[int, str, list[RowOp]]] = field(default_factory=list)
     parked: list[Parked] = field(default_factory=list)
     after: int | None = None
+    version: int | None = None
+    building: bool = False
+
+    @property
+    def key(self) -> str:
+        """The name its checkpoint and parked events go by."""
+        if self.building:
+            if self.version is None:
+                raise ValueError("a build's batch names its version")
+            return build_key(self.projection, self.version)
+        return self.projection
 
 
 class StaleBatch(Exception):
     """The store refused a batch built on a checkpoint that is no longer the stored one:
     another worker moved the projection on (this one lost its lease). Nothing was written."""
+
+
+class VersionMismatch(StaleBatch):
+    """A batch, build or switch for a projection version the store is not at: the live
+    tables are of another version (another process's code moved them on), or that version
+    is not the one being built. Nothing was written."""
+
+
+def fence_version(batch: ProjectionBatch, live: int | None, building: int | None) -> None:
+    """Refuse a batch of code of another version than its target's (``live``/``building``:
+    what the store's ``projection_versions`` says; None: no row). Checked in the batch's
+    transaction, under the same lock as ``fence``, so that a switch and a late batch of the
+    old version's code never both commit."""
+    if batch.version is None:
+        return
+    target = building if batch.building else live
+    if (batch.building or live is not None) and target != batch.version:
+        where = "being built" if batch.building else "live"
+        raise VersionMismatch(
+            f"projection {batch.projection}: a batch of version {batch.version} refused; "
+            f"the version {where} is {target} (another process's code moved it on)"
+        )
 
 
 def fence(batch: ProjectionBatch, stored: int) -> None:
@@ -185,7 +232,7 @@ def fence(batch: ProjectionBatch, stored: int) -> None:
         problem = f"it would move the checkpoint back to {batch.checkpoint}"
     if problem is not None:
         raise StaleBatch(
-            f"projection {batch.projection}: batch refused, {problem} but the stored "
+            f"projection {batch.key}: batch refused, {problem} but the stored "
             f"checkpoint is {stored} (another worker applied it; this one is no longer active)"
         )
 
@@ -211,9 +258,13 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+    async def migrate(
+        self, migrations: Sequence[Migration], unchecked: Collection[str] = ()
+    ) -> list[int]:
         """Apply, in order, the migrations the store has not recorded yet; return their
-        versions. Raises ``StartupError`` when the store holds one this code does not know."""
+        versions. Raises ``StartupError`` when the store holds one this code does not know,
+        or a table (but those ``unchecked``: a projection about to be rebuilt) lacks a
+        declared column."""
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
         """Apply every item and set the checkpoint, in one transaction.
@@ -225,12 +276,33 @@ class Store(Protocol):
 
     async def checkpoint(self, projection: str) -> int: ...
 
+    async def versions(self) -> dict[str, VersionState]:
+        """Per projection, the version of its live tables and the one being built."""
+
+    async def adopt(self, projection: str, version: int) -> None:
+        """Record ``version`` as the live one of a projection the store has no version of
+        yet (a new store, or one made before versions): its tables are taken as they are."""
+
+    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+        """Make (or keep, to resume) the tables of ``version``'s build beside the live ones,
+        and record it as building; a leftover build of another version is dropped first."""
+
+    async def switch(self, projection: str, tables: list[Table], version: int) -> int:
+        """In one transaction: drop the live tables, make the build's the live ones, give
+        the projection the build's checkpoint and parked events, record ``version`` as live.
+        Returns the checkpoint the new live tables start at. Raises ``VersionMismatch`` when
+        ``version`` is not the one being built."""
+
+    async def drop_build(self, projection: str, tables: list[Table]) -> None:
+        """Drop the tables, checkpoint and parked events of the projection's build, if any."""
+
     async def checkpoints(self) -> dict[str, int]: ...
 
     async def parked(self, projection: str | None = None) -> list[Parked]: ...
 
     async def reset(self, projection: str, tables: list[Table]) -> None:
-        """Empty the projection's tables and forget its checkpoint and parked events."""
+        """Empty the projection's tables and forget its checkpoint, parked events and
+        version (whoever fills the tables again records theirs: ``adopt``)."""
 
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:
         """Every row, ordered by primary key: what replay-equals-live compares."""

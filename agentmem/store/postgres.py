@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -57,9 +57,20 @@ from agentmem.store.port import (
     Row,
     Table,
     fence,
+    fence_version,
     read_too_long,
 )
 from agentmem.store.system_reads import SystemReads
+from agentmem.store.versions import (
+    ADOPT,
+    VERSIONS,
+    VERSIONS_DDL,
+    VersionMismatch,
+    VersionState,
+    build_key,
+    build_schema,
+    versions_from,
+)
 
 # Text compared as bytes, as SQLite does: a dump or a page orders alike on both stores.
 _TYPES: dict[ColumnType, str] = {
@@ -82,6 +93,7 @@ _SYSTEM_TABLES = [
         parked_at BIGINT NOT NULL,
         PRIMARY KEY (projection, seq)
     )""",
+    VERSIONS_DDL["postgres"],
 ]
 
 # Two processes migrating at once must not race on CREATE ... IF NOT EXISTS (it can fail
@@ -133,18 +145,37 @@ async def fence_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
     """Refuse a stale batch (``port.fence``) against the checkpoint row, locked with
     FOR UPDATE until the transaction ends: a second worker's batch for the same projection
     waits here and then sees the first one's checkpoint, so one of them is refused."""
+    if batch.building:
+        # The live checkpoint row first, as a switch locks them: a switch and a build's
+        # batch wait for each other instead of deadlocking.
+        await lock_checkpoint(conn, batch.projection)
+    stored = await lock_checkpoint(conn, batch.key)
+    if batch.version is not None:
+        # A switch changes the versions under the live checkpoint's lock, which this
+        # transaction holds now: what it reads here stays true until it commits.
+        found = await conn.fetchrow(
+            "SELECT live, building FROM projection_versions WHERE projection = $1",
+            batch.projection,
+        )
+        live, building = (found["live"], found["building"]) if found else (None, None)
+        fence_version(batch, live, building)
+    fence(batch, stored)
+
+
+async def lock_checkpoint(conn: asyncpg.Connection, key: str) -> int:
+    """The checkpoint of ``key``, its row locked (FOR UPDATE) until the transaction ends."""
     query = "SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE"
-    stored = await conn.fetchval(query, batch.projection)
+    stored = await conn.fetchval(query, key)
     if stored is None:
         # No row to lock yet: create it (a concurrent creator makes this wait for its
         # commit), then lock it like any other.
         await conn.execute(
             "INSERT INTO checkpoints (projection, seq) VALUES ($1, 0) "
             "ON CONFLICT (projection) DO NOTHING",
-            batch.projection,
+            key,
         )
-        stored = await conn.fetchval(query, batch.projection)
-    fence(batch, int(stored))
+        stored = await conn.fetchval(query, key)
+    return int(stored)
 
 
 async def _columns(conn: asyncpg.Connection, tables: list[str]) -> dict[str, set[str]]:
@@ -172,6 +203,10 @@ class PostgresStore(SystemReads):
         # A query's read is cancelled after this long (``port.READ_TIME_LIMIT_S``).
         self.read_time_limit = READ_TIME_LIMIT_S
         self.dialect: Dialect = "postgres"
+        # The schema the live tables are in, and the search path, as the pool's connections
+        # have them: a build's tables go in a schema of their own, found first on its writes.
+        self.schema = "public"
+        self.search_path = "public"
 
     # Lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -179,6 +214,9 @@ class PostgresStore(SystemReads):
             self.dsn, min_size=self.min_size, max_size=self.max_size
         )
         await self._run_locked(_SYSTEM_TABLES)
+        async with self.pool.acquire() as conn:
+            self.schema = str(await conn.fetchval("SELECT current_schema()"))
+            self.search_path = str(await conn.fetchval("SHOW search_path"))
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -204,7 +242,9 @@ class PostgresStore(SystemReads):
                 await conn.execute(statement)
 
     # Writes ------------------------------------------------------------------------------
-    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+    async def migrate(
+        self, migrations: Sequence[Migration], unchecked: Collection[str] = ()
+    ) -> list[int]:
         plan = Plan(migrations)
         self._keys.update(plan.keys)
         applied: list[int] = []
@@ -225,7 +265,7 @@ class PostgresStore(SystemReads):
                     except asyncpg.PostgresError as exc:
                         raise failed(migration, exc) from exc
                     applied.append(migration.version)
-                plan.check_columns(await _columns(conn, list(plan.tables)))
+                plan.check_columns(await _columns(conn, list(plan.tables)), unchecked)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_SIGNED)
         return applied
@@ -239,6 +279,7 @@ class PostgresStore(SystemReads):
             parked = list(batch.parked)
             try:
                 async with conn.transaction():
+                    await self._into_build(conn, batch)
                     await fence_batch(conn, batch)
                     for statement, params in sql.grouped(ops, self._keys):
                         await self._write_run(conn, statement, params)
@@ -250,6 +291,7 @@ class PostgresStore(SystemReads):
             # Some item is refused: start over one item at a time, each in a savepoint, and
             # park the ones the database refuses.
             async with conn.transaction():
+                await self._into_build(conn, batch)
                 await fence_batch(conn, batch)
                 for seq, subject, item_ops in batch.items:
                     try:
@@ -258,7 +300,7 @@ class PostgresStore(SystemReads):
                                 await conn.executemany(translate(statement), params)
                     except asyncpg.PostgresError as exc:
                         parked.append(
-                            Parked(batch.projection, seq, subject, f"{type(exc).__name__}: {exc}")
+                            Parked(batch.key, seq, subject, f"{type(exc).__name__}: {exc}")
                         )
                 await self._finish(conn, batch, parked)
             await self._rewrite(conn, erasing)
@@ -346,9 +388,115 @@ class PostgresStore(SystemReads):
         await conn.execute(
             "INSERT INTO checkpoints (projection, seq) VALUES ($1, $2) "
             "ON CONFLICT (projection) DO UPDATE SET seq = excluded.seq",
-            batch.projection,
+            batch.key,
             batch.checkpoint,
         )
+
+    async def _into_build(self, conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
+        """A build's batch writes the tables of the build's schema, found first."""
+        if batch.building:
+            assert batch.version is not None  # a build's batch names its version
+            schema = build_schema(self.schema, batch.projection, batch.version)
+            await conn.execute(f'SET LOCAL search_path TO "{schema}", {self.search_path}')
+
+    # Versions (docs/architecture.md, "Projection versions") -------------------------------
+    async def adopt(self, projection: str, version: int) -> None:
+        await self.pool.execute(translate(ADOPT), projection, version)
+
+    @staticmethod
+    async def _versions_of(conn: asyncpg.Connection, projection: str) -> VersionState | None:
+        rows = await conn.fetch(
+            translate(f"{VERSIONS} WHERE projection = ? FOR UPDATE"), projection
+        )
+        return versions_from([dict(r.items()) for r in rows]).get(projection)
+
+    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await lock_checkpoint(conn, projection)
+            state = await self._versions_of(conn, projection)
+            if state is None or state.live >= version:
+                raise VersionMismatch(
+                    f"projection {projection}: no build of version {version}: the live "
+                    f"version is {state.live if state else 'not recorded'}"
+                )
+            if state.building is not None and state.building != version:
+                await self._drop_build(conn, projection, state.building)
+            schema = build_schema(self.schema, projection, version)
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            for table in tables:
+                for statement in sql.create_table(table, _TYPES):
+                    await conn.execute(statement)
+                if table.full_text is not None:
+                    for statement in fulltext.postgres_ddl(table):
+                        await conn.execute(statement)
+            await conn.execute(f"SET LOCAL search_path TO {self.search_path}")
+            if state.building != version:
+                await conn.execute(
+                    "UPDATE projection_versions SET building = $1, build_started_at = $2 "
+                    "WHERE projection = $3",
+                    version,
+                    time.time_ns() // 1_000_000,
+                    projection,
+                )
+
+    async def _drop_build(self, conn: asyncpg.Connection, projection: str, version: int) -> None:
+        schema = build_schema(self.schema, projection, version)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        key = build_key(projection, version)
+        await conn.execute("DELETE FROM checkpoints WHERE projection = $1", key)
+        await conn.execute("DELETE FROM parked_events WHERE projection = $1", key)
+        await conn.execute(
+            "UPDATE projection_versions SET building = NULL, build_started_at = NULL "
+            "WHERE projection = $1 AND building = $2",
+            projection,
+            version,
+        )
+
+    async def drop_build(self, projection: str, tables: list[Table]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await self._versions_of(conn, projection)
+            if state is not None and state.building is not None:
+                await self._drop_build(conn, projection, state.building)
+
+    async def switch(self, projection: str, tables: list[Table], version: int) -> int:
+        """One transaction: the checkpoint rows locked (a batch of either side waits, then
+        is refused by its fence), the live tables dropped, the build's moved into the live
+        schema with their indexes (``SET SCHEMA`` rewrites no row), the bookkeeping moved.
+        A query waits for the transaction's locks (milliseconds) and reads the new tables."""
+        key = build_key(projection, version)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await lock_checkpoint(conn, projection)
+            checkpoint = await lock_checkpoint(conn, key)
+            state = await self._versions_of(conn, projection)
+            if state is None or state.building != version:
+                raise VersionMismatch(
+                    f"projection {projection}: cannot switch to version {version}: the version "
+                    f"being built is {state.building if state else None}"
+                )
+            schema = build_schema(self.schema, projection, version)
+            for table in tables:
+                await conn.execute(f'DROP TABLE IF EXISTS "{self.schema}".{table.name}')
+                await conn.execute(
+                    f'ALTER TABLE "{schema}".{table.name} SET SCHEMA "{self.schema}"'
+                )
+            await conn.execute(f'DROP SCHEMA "{schema}"')  # empty now: not CASCADE
+            await conn.execute(
+                "UPDATE checkpoints SET seq = $1 WHERE projection = $2", checkpoint, projection
+            )
+            await conn.execute("DELETE FROM checkpoints WHERE projection = $1", key)
+            await conn.execute("DELETE FROM parked_events WHERE projection = $1", projection)
+            await conn.execute(
+                "UPDATE parked_events SET projection = $1 WHERE projection = $2", projection, key
+            )
+            await conn.execute(
+                "UPDATE projection_versions SET live = $1, building = NULL, "
+                "build_started_at = NULL, switched_at = $2 WHERE projection = $3",
+                version,
+                time.time_ns() // 1_000_000,
+                projection,
+            )
+        return checkpoint
 
     async def reset(self, projection: str, tables: list[Table]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -356,6 +504,9 @@ class PostgresStore(SystemReads):
                 await conn.execute(f"DELETE FROM {table.name}")
             await conn.execute("DELETE FROM checkpoints WHERE projection = $1", projection)
             await conn.execute("DELETE FROM parked_events WHERE projection = $1", projection)
+            await conn.execute(
+                "DELETE FROM projection_versions WHERE projection = $1", projection
+            )
 
     # Reads -------------------------------------------------------------------------------
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:

@@ -51,10 +51,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,18 +66,32 @@ from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan,
 from agentmem.store.port import (
     READ_TIME_LIMIT_S,
     Condition,
+    Copy,
     Delete,
     Dialect,
     Migration,
     Parked,
     ProjectionBatch,
     Row,
+    RowOp,
     Table,
     Update,
     fence,
+    fence_version,
     read_too_long,
 )
 from agentmem.store.system_reads import SystemReads
+from agentmem.store.versions import (
+    ADOPT,
+    VERSIONS,
+    VERSIONS_DDL,
+    VersionMismatch,
+    VersionState,
+    build_key,
+    shadow_name,
+    shadow_table,
+    versions_from,
+)
 
 if TYPE_CHECKING:
     import sqlite3
@@ -108,6 +123,7 @@ _SYSTEM_TABLES = [
         parked_at BIGINT NOT NULL,
         PRIMARY KEY (projection, seq)
     )""",
+    VERSIONS_DDL["sqlite"],
 ]
 
 # Threads for reads that are too long (or would wait) for the event loop thread.
@@ -247,14 +263,16 @@ class SQLiteStore(SystemReads):
         return self._conn
 
     # Writes (each method below the async one runs on the writer thread) --------------------
-    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+    async def migrate(
+        self, migrations: Sequence[Migration], unchecked: Collection[str] = ()
+    ) -> list[int]:
         plan = Plan(migrations)
         self._keys.update(plan.keys)
-        applied = await self._write(self._migrate, plan)
+        applied = await self._write(self._migrate, plan, unchecked)
         await self._write(self._secure_fulltext, plan)
         return applied
 
-    def _migrate(self, plan: Plan) -> list[int]:
+    def _migrate(self, plan: Plan, unchecked: Collection[str]) -> list[int]:
         """Each pending migration in a transaction of its own. BEGIN IMMEDIATE takes the
         write lock before the recorded versions are read again, so another process that
         migrated meanwhile is seen and its work not done twice."""
@@ -285,7 +303,8 @@ class SQLiteStore(SystemReads):
                     row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (name,))
                 }
                 for name in plan.tables
-            }
+            },
+            unchecked,
         )
         return applied
 
@@ -300,6 +319,8 @@ class SQLiteStore(SystemReads):
             parked = list(batch.parked)
             try:
                 ops = [op for _, _, item_ops in batch.items for op in item_ops]
+                if batch.building:
+                    ops = self._into_build(ops, batch)
                 for statement, params in sql.grouped(ops, self._keys):
                     self._run(conn, statement, params)
             except sqlite3.DatabaseError:
@@ -313,7 +334,7 @@ class SQLiteStore(SystemReads):
             conn.execute(
                 "INSERT INTO checkpoints (projection, seq) VALUES (?, ?) "
                 "ON CONFLICT (projection) DO UPDATE SET seq = excluded.seq",
-                (batch.projection, batch.checkpoint),
+                (batch.key, batch.checkpoint),
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -326,12 +347,32 @@ class SQLiteStore(SystemReads):
 
     @staticmethod
     def _fence(conn: sqlite3.Connection, batch: ProjectionBatch) -> None:
-        """Refuse a stale batch (``port.fence``). BEGIN IMMEDIATE already holds the write
-        lock, so the checkpoint read here cannot change before the COMMIT."""
+        """Refuse a stale batch (``port.fence``, ``port.fence_version``). BEGIN IMMEDIATE
+        already holds the write lock, so what is read here cannot change before the COMMIT."""
+        if batch.version is not None:
+            versions = conn.execute(
+                "SELECT live, building FROM projection_versions WHERE projection = ?",
+                (batch.projection,),
+            ).fetchone()
+            fence_version(batch, *(versions or (None, None)))
         row = conn.execute(
-            "SELECT seq FROM checkpoints WHERE projection = ?", (batch.projection,)
+            "SELECT seq FROM checkpoints WHERE projection = ?", (batch.key,)
         ).fetchone()
         fence(batch, int(row[0]) if row else 0)
+
+    def _into_build(self, ops: list[RowOp], batch: ProjectionBatch) -> list[RowOp]:
+        """A build's operations, on its own tables (``versions.shadow_name``)."""
+        version = batch.version
+        assert version is not None  # a build's batch names its version (ProjectionBatch.key)
+        moved: list[RowOp] = []
+        for op in ops:
+            changes: dict[str, Any] = {"table": shadow_name(op.table, version)}
+            if isinstance(op, Copy):
+                changes["source"] = shadow_name(op.source, version)
+            elif isinstance(op, Delete) and op.through is not None:
+                changes["through"] = shadow_name(op.through, version)
+            moved.append(dataclasses.replace(op, **changes))
+        return moved
 
     def _run(self, conn: sqlite3.Connection, statement: str, params: list[Any]) -> None:
         """One run of equal statements. A run of upserts into a table with a full-text index
@@ -379,13 +420,13 @@ class SQLiteStore(SystemReads):
         for seq, subject, ops in batch.items:
             conn.execute("SAVEPOINT item")
             try:
+                if batch.building:
+                    ops = self._into_build(ops, batch)
                 for statement, params in sql.grouped(ops, self._keys):
                     self._run(conn, statement, params)
             except sqlite3.DatabaseError as exc:
                 conn.execute("ROLLBACK TO item")
-                parked.append(
-                    Parked(batch.projection, seq, subject, f"{type(exc).__name__}: {exc}")
-                )
+                parked.append(Parked(batch.key, seq, subject, f"{type(exc).__name__}: {exc}"))
             conn.execute("RELEASE item")
         return parked
 
@@ -411,6 +452,7 @@ class SQLiteStore(SystemReads):
                 conn.execute(f"DELETE FROM {table.name}")
             conn.execute("DELETE FROM checkpoints WHERE projection = ?", (projection,))
             conn.execute("DELETE FROM parked_events WHERE projection = ?", (projection,))
+            conn.execute("DELETE FROM projection_versions WHERE projection = ?", (projection,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -418,6 +460,134 @@ class SQLiteStore(SystemReads):
             raise
         if any(table.name in self._scrubbed for table in tables):
             self._scrub(conn)
+
+    # Versions (docs/architecture.md, "Projection versions") ------------------------------
+    async def adopt(self, projection: str, version: int) -> None:
+        await self._write(
+            self._in_transaction, lambda conn: conn.execute(ADOPT, (projection, version))
+        )
+
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    @staticmethod
+    def _versions_of(conn: sqlite3.Connection, projection: str) -> VersionState | None:
+        cursor = conn.execute(f"{VERSIONS} WHERE projection = ?", (projection,))
+        return versions_from(_rows(cursor)).get(projection)
+
+    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+        for table in tables:
+            shadow = shadow_table(table, version)
+            self._keys[shadow.name] = shadow.primary_key
+            if table.scrub:
+                self._scrubbed.add(shadow.name)
+
+        def begin(conn: sqlite3.Connection) -> None:
+            state = self._versions_of(conn, projection)
+            if state is None or state.live >= version:
+                raise VersionMismatch(
+                    f"projection {projection}: no build of version {version}: the live "
+                    f"version is {state.live if state else 'not recorded'}"
+                )
+            if state.building is not None and state.building != version:
+                self._drop_build(conn, projection, tables, state.building)
+            for table in tables:
+                for statement in sql.create_table(shadow_table(table, version)):
+                    conn.execute(statement)
+            if state.building != version:
+                conn.execute(
+                    "UPDATE projection_versions SET building = ?, build_started_at = ? "
+                    "WHERE projection = ?",
+                    (version, time.time_ns() // 1_000_000, projection),
+                )
+
+        await self._write(self._in_transaction, begin)
+
+    @staticmethod
+    def _drop_build(
+        conn: sqlite3.Connection, projection: str, tables: list[Table], version: int
+    ) -> None:
+        for table in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {shadow_name(table.name, version)}")
+        key = build_key(projection, version)
+        conn.execute("DELETE FROM checkpoints WHERE projection = ?", (key,))
+        conn.execute("DELETE FROM parked_events WHERE projection = ?", (key,))
+        conn.execute(
+            "UPDATE projection_versions SET building = NULL, build_started_at = NULL "
+            "WHERE projection = ? AND building = ?",
+            (projection, version),
+        )
+
+    async def drop_build(self, projection: str, tables: list[Table]) -> None:
+        def drop(conn: sqlite3.Connection) -> None:
+            state = self._versions_of(conn, projection)
+            if state is not None and state.building is not None:
+                self._drop_build(conn, projection, tables, state.building)
+
+        await self._write(self._in_transaction, drop)
+
+    async def switch(self, projection: str, tables: list[Table], version: int) -> int:
+        return await self._write(
+            self._in_transaction, lambda conn: self._switch(conn, projection, tables, version)
+        )
+
+    def _switch(
+        self, conn: sqlite3.Connection, projection: str, tables: list[Table], version: int
+    ) -> int:
+        """Under the write lock (readers go on reading the last commit, WAL): the live
+        tables go, the build's take their names, then their indexes and full-text index are
+        made under the declared names (SQLite cannot rename an index): the cost of the
+        switch, paid by the writer alone."""
+        state = self._versions_of(conn, projection)
+        if state is None or state.building != version:
+            raise VersionMismatch(
+                f"projection {projection}: cannot switch to version {version}: the version "
+                f"being built is {state.building if state else None}"
+            )
+        for table in tables:
+            if table.full_text is not None:
+                for statement in fulltext.sqlite_drop(table):
+                    conn.execute(statement)
+            conn.execute(f"DROP TABLE IF EXISTS {table.name}")
+            shadow = shadow_table(table, version)
+            conn.execute(f"ALTER TABLE {shadow.name} RENAME TO {table.name}")
+            for name, _, _ in shadow.indexes:
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+            for statement in sql.create_table(table):
+                conn.execute(statement)
+            if table.full_text is not None:
+                fts = fulltext.fts_table(table)
+                for statement in fulltext.sqlite_ddl(table):
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('rebuild')")
+                if SECURE_FTS_DELETE:
+                    conn.execute(f"INSERT INTO {fts} ({fts}, rank) VALUES ('secure-delete', 1)")
+        key = build_key(projection, version)
+        row = conn.execute("SELECT seq FROM checkpoints WHERE projection = ?", (key,)).fetchone()
+        checkpoint = int(row[0]) if row else 0
+        conn.execute("DELETE FROM checkpoints WHERE projection IN (?, ?)", (projection, key))
+        conn.execute(
+            "INSERT INTO checkpoints (projection, seq) VALUES (?, ?)", (projection, checkpoint)
+        )
+        conn.execute("DELETE FROM parked_events WHERE projection = ?", (projection,))
+        conn.execute(
+            "UPDATE parked_events SET projection = ? WHERE projection = ?", (projection, key)
+        )
+        conn.execute(
+            "UPDATE projection_versions SET live = ?, building = NULL, build_started_at = NULL, "
+            "switched_at = ? WHERE projection = ?",
+            (version, time.time_ns() // 1_000_000, projection),
+        )
+        return checkpoint
 
     # Erasing (on the writer thread; see "Erasing" above) ----------------------------------
     def _secure_fulltext(self, plan: Plan) -> None:

@@ -1,4 +1,4 @@
-"""Reads of the two system tables every store keeps: checkpoints and parked events.
+"""Reads of the system tables every store keeps: checkpoints, parked events, versions.
 
 Written once in portable SQL on top of an adapter's ``fetch_one``/``fetch_all``.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentmem.store.port import Parked, Row
+from agentmem.store.versions import VERSIONS, VersionState, versions_from
 
 
 class SystemReads:
@@ -33,3 +34,6 @@ class SystemReads:
             else self.fetch_all(f"{query} ORDER BY projection, seq")
         )
         return [Parked(r["projection"], r["seq"], r["subject"], r["error"]) for r in rows]
+
+    async def versions(self) -> dict[str, VersionState]:
+        return versions_from(await self.fetch_all(VERSIONS))

@@ -1,0 +1,337 @@
+"""Projection versions and blue-green rebuilds (issue 19, point 1), on both stores.
+
+A projection whose code declares a newer version than the store's live tables is built
+beside them from sequence 1 while they keep answering, then switched to in one step; the
+old tables are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem import Client, subjects
+from agentmem.errors import AgentMemError
+from agentmem.eventlog import H_COMMAND_ID, H_TIME, CommitMeta, EventLog, StoredCommit
+from agentmem.events import MessageAppended, OrgCreated, encode_commit
+from agentmem.ids import new_id
+from agentmem.projections import ALL
+from agentmem.projections import messages as message_reads
+from agentmem.projections.base import Projection
+from agentmem.projections.messages import MessagesProjection
+from agentmem.projections.migrations import MIGRATIONS
+from agentmem.projections.orgs import ORGS
+from agentmem.service import Service
+from agentmem.store import (
+    ProjectionBatch,
+    RowOp,
+    StaleBatch,
+    Store,
+    Table,
+    Upsert,
+    VersionMismatch,
+    open_store,
+)
+from tests.conftest import admin_key, answering, settings_for
+from tests.realparts import eventually, status
+from tests.support import NatsServer
+
+STORES = ("sqlite", "postgres")
+
+
+@dataclass
+class Bumped:
+    """A projection as the next release declares it: version 2, and rows that differ (names
+    in capitals), so that a test sees which version answered."""
+
+    projection: Any
+    version: int = 2
+    name: str = field(init=False)
+    filter_subjects: list[str] = field(init=False)
+    tables: list[Table] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.projection.name
+        self.filter_subjects = self.projection.filter_subjects
+        self.tables = self.projection.tables
+
+    def project(self, commit: StoredCommit) -> list[RowOp]:
+        ops = self.projection.project(commit)
+        return [
+            Upsert(op.table, {**op.row, "name": op.row["name"].upper()})
+            if isinstance(op, Upsert) and op.table == "orgs"
+            else op
+            for op in ops
+        ]
+
+
+def bumped(name: str) -> list[Projection]:
+    """Every projection of this code, ``name`` at version 2."""
+    return [Bumped(p) if p.name == name else p for p in ALL]
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    store = await open_store(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def said(message_id: str, content: str) -> MessageAppended:
+    return MessageAppended(
+        message_id=message_id, session_id="s1", agent_id="a1", role="user", content=content
+    )
+
+
+# The store's part ------------------------------------------------------------------------
+async def test_a_build_is_written_beside_the_live_tables_and_switched_in_one_step(
+    store_url: str,
+) -> None:
+    """Live rows answer (full-text search included) while the build's rows are written
+    apart; the switch makes the build's rows, checkpoint and parked events the live ones,
+    drops the old tables, and from then on the old version's batches are refused."""
+    messages = MessagesProjection()
+    subject = subjects.event("o1", "conversation", "s1")
+
+    def batch(seq: int, content: str, **how: Any) -> ProjectionBatch:
+        commit = StoredCommit(
+            seq,
+            subject,
+            {H_TIME: str(1000 + seq), H_COMMAND_ID: f"c{seq}"},
+            [said(f"m{seq}", content)],
+        )
+        return ProjectionBatch("messages", seq, [(seq, subject, messages.project(commit))], **how)
+
+    async with opened(store_url) as store:
+        await store.migrate(MIGRATIONS)
+        await store.adopt("messages", 1)
+        await store.adopt("messages", 7)  # adopting again changes nothing
+        assert (await store.versions())["messages"].live == 1
+        await store.apply(batch(5, "old peanuts", after=0, version=1))
+
+        await store.begin_build("messages", messages.tables, 2)
+        await store.begin_build("messages", messages.tables, 2)  # resumed: nothing lost
+        state = (await store.versions())["messages"]
+        assert (state.live, state.building) == (1, 2)
+        await store.apply(batch(5, "new peanuts", after=0, version=2, building=True))
+        await store.apply(batch(8, "new almonds", after=5, version=2, building=True))
+        # A live batch of the new code is refused while the old version is live.
+        with pytest.raises(VersionMismatch):
+            await store.apply(batch(9, "x", after=5, version=2))
+        await store.apply(batch(9, "old almonds", after=5, version=1))
+
+        where = {"org_id": "o1"}
+        found = await message_reads.search_messages(store, "peanuts almonds", where, 10)
+        assert sorted(r["content"] for r in found) == ["old almonds", "old peanuts"]
+        assert await store.checkpoint("messages") == 9
+        assert await store.checkpoint("messages@v2") == 8
+
+        assert await store.switch("messages", messages.tables, 2) == 8
+        found = await message_reads.search_messages(store, "peanuts almonds", where, 10)
+        assert sorted(r["content"] for r in found) == ["new almonds", "new peanuts"]
+        assert await store.checkpoints() == {"messages": 8}
+        state = (await store.versions())["messages"]
+        assert (state.live, state.building) == (2, None)
+        assert state.switched_at is not None
+        # The old version's code, and a second switch, are refused; the new one goes on.
+        with pytest.raises(VersionMismatch):
+            await store.apply(batch(10, "late", after=8, version=1))
+        with pytest.raises(VersionMismatch):
+            await store.switch("messages", messages.tables, 2)
+        await store.apply(batch(10, "newer", after=8, version=2))
+        found = await message_reads.search_messages(store, "newer", where, 10)
+        assert [r["content"] for r in found] == ["newer"]
+        names = await table_names(store)
+        assert not [n for n in names if "__v" in n or "@" in n], names
+
+
+async def test_a_build_of_another_version_replaces_a_leftover_one(store_url: str) -> None:
+    async with opened(store_url) as store:
+        await store.migrate(MIGRATIONS)
+        await store.adopt("orgs", 1)
+        row = Upsert(
+            "orgs", {"org_id": "o1", "name": "A", "created_at": 1, "updated_at": 1, "version": 1}
+        )
+        await store.begin_build("orgs", [ORGS], 2)
+        await store.apply(
+            ProjectionBatch("orgs", 3, [(3, "s", [row])], after=0, version=2, building=True)
+        )
+        await store.begin_build("orgs", [ORGS], 3)  # the v2 build is dropped, v3 starts empty
+        assert "orgs@v2" not in await store.checkpoints()
+        with pytest.raises(StaleBatch):
+            await store.apply(
+                ProjectionBatch("orgs", 4, [(4, "s", [row])], after=3, version=2, building=True)
+            )
+        assert await store.checkpoint("orgs@v3") == 0
+        with pytest.raises(VersionMismatch):
+            await store.begin_build("orgs", [ORGS], 1)  # not newer than the live version
+        await store.drop_build("orgs", [ORGS])
+        assert (await store.versions())["orgs"].building is None
+
+
+async def table_names(store: Store) -> list[str]:
+    if store.dialect == "sqlite":
+        rows = await store.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = await store.fetch_all(
+            "SELECT table_schema || '.' || table_name AS name FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        )
+    return [str(r["name"]) for r in rows]
+
+
+# A running service -----------------------------------------------------------------------
+SEEDED = 100_000
+WINDOW = 5_000
+
+
+async def seed_orgs(nc: NATS, count: int) -> list[str]:
+    """``count`` organizations created in the log, published without waiting for each
+    acknowledgement (windows of ``WINDOW``): a large log in seconds."""
+    js = nc.jetstream(publish_async_max_pending=WINDOW * 2)
+    ids = [new_id() for _ in range(count)]
+    for start in range(0, count, WINDOW):
+        for org_id in ids[start : start + WINDOW]:
+            meta = CommitMeta(
+                command_id=f"seed-{org_id}", commit_type="org.create", principal="seed"
+            )
+            await js.publish_async(
+                subjects.event(org_id, "org", org_id),
+                encode_commit([OrgCreated(org_id=org_id, name=f"org {org_id[-6:]}")]),
+                headers=meta.headers(),
+            )
+        await js.publish_async_completed()
+    return ids
+
+
+@dataclass
+class Asking:
+    """Queries sent all along (an org by id, a page of orgs): every answer, and the errors."""
+
+    client: Client
+    org_id: str
+    answers: int = 0
+    names: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                org = await self.client.get_org(self.org_id, after_seq=0)
+                self.names.add(org.name)
+                await self.client.list_orgs(limit=20, after_seq=0)
+                self.answers += 1
+            except AgentMemError as exc:
+                self.errors.append(f"{exc.code}: {exc}")
+            await asyncio.sleep(0.01)
+
+
+async def orgs_status(nc: NATS, token: str) -> dict[str, Any]:
+    report = await status(nc, token, timeout=5.0)
+    orgs: dict[str, Any] = report["projections"]["orgs"]
+    return orgs
+
+
+async def test_a_version_bump_is_rebuilt_beside_the_old_one_while_queries_answer(
+    nats_server: NatsServer, tmp_path: Path, store_url: str, store_kind: str, nc: NATS
+) -> None:
+    """100,000 organizations in the log; the orgs projection's next version (names in
+    capitals) is built beside the live one while queries go on, then switched to. On
+    Postgres the old version's process keeps running beside the new one (a rolling
+    deploy); on SQLite (one process per file) the new code's process replaces it."""
+    # The log first, seeded before any worker competes for the machine's two cores.
+    await EventLog(nc).ensure_stream()
+    started = time.perf_counter()
+    ids = await seed_orgs(nc, SEEDED)
+    seeded_s = time.perf_counter() - started
+    old = Service(settings_for(nats_server, tmp_path, store_url))
+    await old.start()
+    new: Service | None = None
+    try:
+        await answering(nats_server.url)
+        token = admin_key(tmp_path)
+        client = Client(nc, token)
+
+        async def v1_caught_up() -> dict[str, Any] | None:
+            orgs = await orgs_status(nc, token)
+            return orgs if orgs["lag"] == 0 else None
+
+        await eventually(v1_caught_up, 60, 0.2, "the v1 orgs projection caught up")
+        assert (await client.get_org(ids[-1], after_seq=0)).name == f"org {ids[-1][-6:]}"
+
+        if store_kind == "sqlite":
+            await old.stop()
+        new = Service(settings_for(nats_server, tmp_path, store_url), projections=bumped("orgs"))
+        await new.start()
+        await answering(nats_server.url)
+        asking = Asking(client, ids[-1])
+        stop = asyncio.Event()
+        task = asyncio.create_task(asking.run(stop))
+        seen_building: list[dict[str, Any]] = []
+        try:
+
+            async def switched() -> dict[str, Any] | None:
+                orgs = await orgs_status(nc, token)
+                if "build" in orgs:
+                    seen_building.append(orgs["build"])
+                return orgs if orgs["version"] == 2 and orgs["lag"] == 0 else None
+
+            build_started = time.perf_counter()
+            after = await eventually(switched, 90, 0.2, "orgs switched to version 2")
+            build_s = time.perf_counter() - build_started
+            await eventually(
+                lambda: _named(client, ids[-1], f"ORG {ids[-1][-6:].upper()}"),
+                20,
+                0.1,
+                "queries read the new version",
+            )
+        finally:
+            stop.set()
+            await task
+        print(
+            f"\n{store_kind}: seeded {SEEDED:,} in {seeded_s:.1f} s; built and switched in "
+            f"{build_s:.1f} s; {asking.answers} query pairs answered meanwhile"
+        )
+        assert asking.errors == [], asking.errors[:5]
+        assert asking.answers > 0
+        assert f"org {ids[-1][-6:]}" in asking.names, "the old version answered during the build"
+        assert seen_building, "status showed the build under way"
+        assert all(b["version"] == 2 for b in seen_building)
+        assert "build" not in after
+
+        # The new version is the live one now: new events reach it; the old tables are gone.
+        created = await client.create_org("Late Comer")
+        late = await client.get_org(created.fields["org_id"], after_seq=created.seq)
+        assert late.name == "LATE COMER"
+        assert new.store is not None
+        names = await table_names(new.store)
+        assert not [n for n in names if "__v" in n or "__build_" in n], names
+        if store_kind == "postgres":
+            # The old code's process stands aside from the projection it no longer matches.
+            await eventually(
+                lambda: _stood_aside(old), 10, 0.1, "the v1 process stood aside from orgs"
+            )
+    finally:
+        if new is not None:
+            await new.stop()
+        if not old.stopped.is_set():
+            await old.stop()
+
+
+async def _named(client: Client, org_id: str, name: str) -> bool | None:
+    return (await client.get_org(org_id, after_seq=0)).name == name or None
+
+
+async def _stood_aside(service: Service) -> bool | None:
+    leader = service.leaders["orgs"]
+    return (leader.standing_aside and not leader.active) or None
