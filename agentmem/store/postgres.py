@@ -504,9 +504,7 @@ class PostgresStore(SystemReads):
                 await conn.execute(f"DELETE FROM {table.name}")
             await conn.execute("DELETE FROM checkpoints WHERE projection = $1", projection)
             await conn.execute("DELETE FROM parked_events WHERE projection = $1", projection)
-            await conn.execute(
-                "DELETE FROM projection_versions WHERE projection = $1", projection
-            )
+            await conn.execute("DELETE FROM projection_versions WHERE projection = $1", projection)
 
     # Reads -------------------------------------------------------------------------------
     async def dump(self, table: Table) -> list[tuple[Any, ...]]:
