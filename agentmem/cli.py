@@ -473,9 +473,10 @@ async def _status(settings: Settings, as_json: bool, token: str | None) -> int:
         build = p.get("build")
         if build:  # a new version built beside the live one (docs/deploy.md)
             build_lag = "-" if build["lag"] is None else f"{build['lag']:,}"
+            variant = f" ({build['variant']})" if build.get("variant") else ""
             print(
-                f"  building v{build['version']}: checkpoint {build['checkpoint']:,}, lag "
-                f"{build_lag}, {build['progress']:.0%} of the live checkpoint, "
+                f"  building v{build['version']}{variant}: checkpoint {build['checkpoint']:,}, "
+                f"lag {build_lag}, {build['progress']:.0%} of the live checkpoint, "
                 f"{build['parked']:,} parked; queries read v{p['version']} until the switch"
             )
     behind = [

@@ -114,6 +114,25 @@ class Metrics:
             ["projection"],
             registry=registry,
         )
+        self.version = Gauge(
+            "agentmem_projection_version",
+            "The projection version of each projection's live tables (what queries read)",
+            ["projection"],
+            registry=registry,
+        )
+        self.building = Gauge(
+            "agentmem_projection_building",
+            "The projection version being built beside the live tables (0: none)",
+            ["projection"],
+            registry=registry,
+        )
+        self.build_lag = Gauge(
+            "agentmem_projection_build_lag",
+            "Events a build still has to apply before it switches (-1: no build, or no "
+            "process runs it now)",
+            ["projection"],
+            registry=registry,
+        )
 
         self.ingest_executed = Counter(
             "agentmem_ingest_executed",
@@ -155,6 +174,12 @@ class Metrics:
             lag = projection["lag"]
             self.lag.labels(name).set(-1 if lag is None else lag)
             self.parked.labels(name).set(projection["parked"])
+            if projection.get("version") is not None:
+                self.version.labels(name).set(projection["version"])
+            build = projection.get("build")
+            self.building.labels(name).set(build["version"] if build else 0)
+            build_lag = build["lag"] if build else None
+            self.build_lag.labels(name).set(-1 if build_lag is None else build_lag)
         ingest = report.get("ingest")
         self.ingest_backlog.set(-1 if ingest is None else ingest["backlog"])
         self.ingest_parked.set(0 if ingest is None else ingest["parked"])

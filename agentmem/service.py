@@ -49,7 +49,7 @@ from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
 from agentmem.store.metered import MeteredStore
-from agentmem.store.versions import build_key
+from agentmem.store.versions import build_key, variant_of
 
 log = structlog.get_logger(__name__)
 
@@ -339,7 +339,9 @@ class Service:
         # live tables are not checked against the new declarations.
         versions = await self.store.versions()
         rebuilt = [
-            p for p in self.projections if p.name in versions and p.version > versions[p.name].live
+            p
+            for p in self.projections
+            if p.name in versions and versions[p.name].needs_build(p.version, variant_of(p))
         ]
         # Reported with "ready": a start that fails later says only why it failed.
         migrated = await self.store.migrate(
@@ -348,7 +350,7 @@ class Service:
         for projection in self.projections:
             if projection.name not in versions:
                 # A new store (its tables are this code's), or one made before versions.
-                await self.store.adopt(projection.name, projection.version)
+                await self.store.adopt(projection.name, projection.version, variant_of(projection))
         servers = settings.nats_servers
         if not servers:
             host, port = settings.listen_host_port
@@ -519,7 +521,7 @@ class Service:
 
         async def live_is_mine() -> bool:
             state = (await store.versions()).get(projection.name)
-            return state is None or state.live == projection.version
+            return state is None or state.runs_live(projection.version, variant_of(projection))
 
         self._start_leader(
             ProjectionLeader(
@@ -540,7 +542,9 @@ class Service:
 
         async def still_newer() -> bool:
             state = (await store.versions()).get(projection.name)
-            return state is not None and state.live < projection.version
+            return state is not None and state.needs_build(
+                projection.version, variant_of(projection)
+            )
 
         self._start_leader(
             ProjectionLeader(

@@ -3,7 +3,7 @@
 - ``text`` (the default): the store's full-text search, scoped inside the index;
 - ``vector``: the query embedded with the configured model and scored against the vectors
   of the messages in the search's scope (``message_vectors``, made by the
-  ``message-vectors-*`` projection);
+  ``message-vectors`` projection);
 - ``hybrid``: both, each asked for a pool larger than ``limit``, fused by
   ``agentmem.ranking`` with the weights, floor and confident bar of ``memory.search``.
 

@@ -53,12 +53,15 @@ async def collect_status(
             "parked": sum(1 for p in parked if p.projection == name),
             # The version of the live tables (what queries read).
             "version": recorded.live if recorded else None,
+            # What else its rows depend on ("" for most; the model id for vectors).
+            "variant": recorded.live_variant if recorded else None,
         }
         if recorded is not None and recorded.building is not None:
             key = build_key(name, recorded.building)
             built = checkpoints.get(key, 0)
             projections[name]["build"] = {
                 "version": recorded.building,
+                "variant": recorded.building_variant,
                 "checkpoint": built,
                 # None while no process runs the build (between two of its runs).
                 "lag": await lag_of(build_consumer(name, recorded.building)),

@@ -25,6 +25,7 @@ from agentmem.projections.base import Projection
 from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store
+from agentmem.store.versions import variant_of
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +70,14 @@ class Build:
 
     async def run(self) -> None:
         projection = self.projection
-        await self.store.begin_build(projection.name, projection.tables, self.version)
-        log.info("projection build started", projection=projection.name, version=self.version)
+        variant = variant_of(projection)
+        await self.store.begin_build(projection.name, projection.tables, self.version, variant)
+        log.info(
+            "projection build started",
+            projection=projection.name,
+            version=self.version,
+            variant=variant,
+        )
         await self.worker.run(until_caught_up=True)
         if self._stopping.is_set():
             return  # resumed from its checkpoint by whoever holds the build's lease next

@@ -1,10 +1,10 @@
 """The ``message_vectors`` table: one embedding per message and model, made from the log, so
 that ``message.search`` can find messages by meaning (``mode`` ``vector`` or ``hybrid``).
 
-Derived data, as memory vectors are (``projections/vectors.py``): another projection per
-model, ``message-vectors-<digest of the model id>``, with its own checkpoint, so that a
-deployment that already has messages builds their vectors from sequence 1 without touching
-the messages projection. Contents already embedded under the model (``(model, content
+Derived data, as memory vectors are (``projections/vectors.py``): a projection of its own,
+``message-vectors``, with its own checkpoint, so that a deployment that already has messages
+builds their vectors from sequence 1 without touching the messages projection. Its model is
+its *variant*: another model is a blue-green rebuild, as for ``vectors``. Contents already embedded under the model (``(model, content
 hash)``) are reused; the rest of a batch is embedded in one call, in a thread.
 
 Each row keeps the columns ``message.search`` scopes by (organization, agent, user,
@@ -21,7 +21,6 @@ without words (an empty tool-call turn) has no row: there is nothing to find it 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,11 +70,6 @@ MESSAGE_VECTORS = Table(
 )
 
 
-def projection_name(model_id: str) -> str:
-    """A NATS-token-safe name, one per model."""
-    return "message-vectors-" + hashlib.sha256(model_id.encode()).hexdigest()[:12]
-
-
 class MessageVectorsProjection:
     filter_subjects = [
         subjects.events_of("conversation"),
@@ -84,11 +78,14 @@ class MessageVectorsProjection:
         subjects.events_of("forget"),
     ]
     tables = [MESSAGE_VECTORS]
+    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
 
     def __init__(self, embedder: Embedder | None = None) -> None:
         self.embedder = embedder or embedding.configured()
         self.model = self.embedder.model_id
-        self.name = projection_name(self.model)
+        self.name = "message-vectors"
+        # The rows are a function of the log and this model: another model is a rebuild.
+        self.variant = self.model
         self._prepared: dict[str, bytes] = {}
         self.embedded = 0  # texts this process sent to the model (the cache's misses)
 

@@ -19,6 +19,7 @@ from agentmem.projections.base import Projection
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store
+from agentmem.store.versions import variant_of
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ async def replay(
     await store.migrate(MIGRATIONS)
     await store.drop_build(projection.name, projection.tables)
     await store.reset(projection.name, projection.tables)
-    await store.adopt(projection.name, projection.version)
+    await store.adopt(projection.name, projection.version, variant_of(projection))
     if keys is not None:
         await keys.preload()  # events of every data subject come: their keys in one pass
     worker = ProjectionWorker(

@@ -6,10 +6,11 @@ Embeddings are derived data: no event holds one. This projection reads the memor
 filters by (scope, type, state, importance, valid and expiry times), so that the query
 side's index (``agentmem.consumers.vector_index``) filters and scores without a join.
 
-- **Named by its model.** The projection's name is ``vectors-<digest of the model id>``:
-  another model is another projection, with its own checkpoint and lease, whose rows (keyed
-  by ``(model, memory_id)``) are built beside the old model's while that one keeps
-  serving. docs/architecture.md ("Semantic search") says how a switch happens.
+- **Its model is its variant.** The projection ``vectors`` declares the model id as its
+  ``variant``: a process configured with another model than the one the live rows were
+  made by builds the new model's rows beside them from sequence 1 (a blue-green rebuild,
+  as for a version bump) while the old ones keep serving, then switches in one step.
+  docs/architecture.md ("Projection versions", "Semantic search") says how.
 - **Embedded once.** ``prepare`` runs before a batch is projected: it finds the batch's
   contents whose ``(model, content hash)`` the table already holds and reuses those vectors
   (an update that leaves the content alone, the same text in two scopes, a restart), and
@@ -31,7 +32,6 @@ side's index (``agentmem.consumers.vector_index``) filters and scores without a 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,11 +120,6 @@ LOOKUP_CHUNK = 500
 _TOMBSTONE = {"state": "deleted", "content_hash": "", "vector": b""}
 
 
-def projection_name(model_id: str) -> str:
-    """A NATS-token-safe name, one per model."""
-    return "vectors-" + hashlib.sha256(model_id.encode()).hexdigest()[:12]
-
-
 def vector_bytes(vector: np.ndarray[Any, Any]) -> bytes:
     return np.asarray(vector, dtype=VECTOR_DTYPE).tobytes()
 
@@ -143,7 +138,9 @@ class VectorsProjection:
         # The model is loaded on the first embedding, not here: naming it is cheap.
         self.embedder = embedder or embedding.configured()
         self.model = self.embedder.model_id
-        self.name = projection_name(self.model)
+        self.name = "vectors"
+        # The rows are a function of the log and this model: another model is a rebuild.
+        self.variant = self.model
         self._prepared: dict[str, bytes] = {}  # content hash -> vector, for one batch
         self.embedded = 0  # texts this process sent to the model (the cache's misses)
 

@@ -29,7 +29,7 @@ from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.feed import PullFeed
 from agentmem.sealing import open_events
 from agentmem.store import Parked, ProjectionBatch, Store
-from agentmem.store.versions import build_key
+from agentmem.store.versions import build_key, variant_of
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +75,7 @@ class ProjectionWorker:
         # that version; with ``building``, to that version's build beside the live tables
         # (``agentmem.projections.build``), under the build's checkpoint. None: unchecked.
         self.version = version
+        self.variant = variant_of(projection)
         self.building = building
         if building and version is None:
             raise ValueError("a build names its version")
@@ -188,6 +189,7 @@ class ProjectionWorker:
             self.checkpoint,
             after=self.checkpoint,
             version=self.version,
+            variant=self.variant,
             building=self.building,
         )
         last_seq = self.checkpoint

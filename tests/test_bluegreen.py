@@ -23,6 +23,7 @@ from agentmem.errors import AgentMemError
 from agentmem.eventlog import H_COMMAND_ID, H_TIME, CommitMeta, EventLog, StoredCommit
 from agentmem.events import MessageAppended, OrgCreated, encode_commit
 from agentmem.ids import new_id
+from agentmem.metrics import Metrics
 from agentmem.projections import ALL
 from agentmem.projections import messages as message_reads
 from agentmem.projections.base import Projection
@@ -40,6 +41,7 @@ from agentmem.store import (
     VersionMismatch,
     open_store,
 )
+from agentmem.store.versions import VersionState
 from tests.conftest import admin_key, answering, settings_for
 from tests.realparts import eventually, status
 from tests.support import NatsServer
@@ -335,3 +337,76 @@ async def _named(client: Client, org_id: str, name: str) -> bool | None:
 async def _stood_aside(service: Service) -> bool | None:
     leader = service.leaders["orgs"]
     return (leader.standing_aside and not leader.active) or None
+
+
+async def test_another_variant_is_built_and_switched_like_a_version(store_url: str) -> None:
+    """The vectors' model is their variant: the same version of another model is built
+    beside the live rows; the old model's batches are refused after the switch."""
+    row = Upsert(
+        "orgs", {"org_id": "o1", "name": "A", "created_at": 1, "updated_at": 1, "version": 1}
+    )
+
+    def batch(seq: int, variant: str, after: int, building: bool = False) -> ProjectionBatch:
+        return ProjectionBatch(
+            "orgs",
+            seq,
+            [(seq, "s", [row])],
+            after=after,
+            version=1,
+            variant=variant,
+            building=building,
+        )
+
+    async with opened(store_url) as store:
+        await store.migrate(MIGRATIONS)
+        await store.adopt("orgs", 1, "model-a")
+        state = (await store.versions())["orgs"]
+        assert state.runs_live(1, "model-a")
+        assert not state.runs_live(1, "model-b")
+        assert state.needs_build(1, "model-b")
+        assert state.needs_build(2, "model-a")
+        assert not state.needs_build(1, "model-a")
+        with pytest.raises(VersionMismatch):
+            await store.apply(batch(2, "model-b", after=0))  # not the live model
+        await store.apply(batch(2, "model-a", after=0))
+        await store.begin_build("orgs", [ORGS], 1, "model-b")
+        await store.apply(batch(3, "model-b", after=0, building=True))
+        assert await store.switch("orgs", [ORGS], 1) == 3
+        state = (await store.versions())["orgs"]
+        assert (state.live, state.live_variant, state.building) == (1, "model-b", None)
+        with pytest.raises(VersionMismatch):
+            await store.apply(batch(4, "model-a", after=3))
+        await store.apply(batch(4, "model-b", after=3))
+
+
+def test_an_older_version_never_builds_back() -> None:
+    """An old process of a rolling deploy stands aside: it neither builds nor runs."""
+    live = VersionState("orgs", live=2)
+    assert not live.needs_build(1)
+    assert not live.runs_live(1)
+    assert live.runs_live(2)
+    assert not live.needs_build(2)
+
+
+def test_the_metrics_show_the_versions_and_a_build() -> None:
+    metrics = Metrics()
+    report: dict[str, Any] = {
+        "stream": {"last_seq": 10},
+        "projections": {
+            "orgs": {
+                "checkpoint": 10,
+                "lag": 0,
+                "parked": 0,
+                "version": 1,
+                "build": {"version": 2, "lag": 7},
+            },
+            "users": {"checkpoint": 10, "lag": 0, "parked": 0, "version": 3},
+        },
+    }
+    metrics.observe_status(report)
+    text = metrics.text().decode()
+    assert 'agentmem_projection_version{projection="orgs"} 1.0' in text
+    assert 'agentmem_projection_building{projection="orgs"} 2.0' in text
+    assert 'agentmem_projection_build_lag{projection="orgs"} 7.0' in text
+    assert 'agentmem_projection_building{projection="users"} 0.0' in text
+    assert 'agentmem_projection_build_lag{projection="users"} -1.0' in text

@@ -409,8 +409,13 @@ async def test_serve_exits_non_zero_when_its_nats_server_dies(
 def parse_status(text: str) -> tuple[int, dict[str, tuple[int, str, int]]]:
     last = re.search(r"last seq ([\d,]+)", text)
     assert last, text
-    rows = re.findall(r"^([\w-]+)\s+([\d,]+)\s+([\d,]+|-)\s+([\d,]+)$", text, re.MULTILINE)
-    table = {name: (int(cp.replace(",", "")), lag, int(parked)) for name, cp, lag, parked in rows}
+    rows = re.findall(
+        r"^([\w-]+)\s+(v\d+|-)\s+([\d,]+)\s+([\d,]+|-)\s+([\d,]+)$", text, re.MULTILINE
+    )
+    table = {
+        name: (int(cp.replace(",", "")), lag, int(parked)) for name, _, cp, lag, parked in rows
+    }
+    assert {version for _, version, _, _, _ in rows} == {"v1"}, text  # the live versions
     return int(last[1].replace(",", "")), table
 
 

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from agentmem.eventlog import StoredCommit
 from agentmem.events import MemoryDeleted, MemoryExpired
 from agentmem.personal import key_filter
 from agentmem.projections.migrations import MIGRATIONS
-from agentmem.projections.vectors import VectorsProjection, projection_name, vector_bytes
+from agentmem.projections.vectors import VectorsProjection, vector_bytes
 from agentmem.store import Delete, ProjectionBatch, Update, Upsert, open_store
 
 
@@ -103,10 +104,22 @@ def test_an_openai_compatible_endpoint_embeds_in_order_with_its_key(embeddings_s
     assert embedder.dim == 2
 
 
-def test_each_model_is_its_own_projection_and_contents_hash_stably() -> None:
-    assert projection_name("a") != projection_name("b")
-    assert projection_name("a") == projection_name("a")
-    assert projection_name("a").startswith("vectors-")
+@dataclass(frozen=True)
+class Named:
+    """An embedder that only has a model id (the projection loads nothing to name it)."""
+
+    model_id: str
+    dim: int = 2
+    blocking: bool = False
+
+    def embed(self, texts: list[str]) -> Any:
+        raise AssertionError("not called")
+
+
+def test_the_model_is_the_projections_variant_and_contents_hash_stably() -> None:
+    first, second = VectorsProjection(Named("a")), VectorsProjection(Named("b"))
+    assert first.name == second.name == "vectors"
+    assert (first.variant, second.variant) == ("a", "b")
     assert content_hash("x") == content_hash("x") != content_hash("y")
 
 

@@ -33,7 +33,7 @@ DEFAULT = "wordllama"
 
 
 class Embedder(Protocol):
-    # What made the vectors: stored with each one, and part of the vector projection's name.
+    # What made the vectors: stored with each one, and the vector projection's variant.
     @property
     def model_id(self) -> str: ...
 

@@ -89,11 +89,13 @@ class MeteredStore:
     async def versions(self) -> dict[str, VersionState]:
         return await self.store.versions()
 
-    async def adopt(self, projection: str, version: int) -> None:
-        await self.store.adopt(projection, version)
+    async def adopt(self, projection: str, version: int, variant: str = "") -> None:
+        await self.store.adopt(projection, version, variant)
 
-    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
-        await self.store.begin_build(projection, tables, version)
+    async def begin_build(
+        self, projection: str, tables: list[Table], version: int, variant: str = ""
+    ) -> None:
+        await self.store.begin_build(projection, tables, version, variant)
 
     async def switch(self, projection: str, tables: list[Table], version: int) -> int:
         return await self.store.switch(projection, tables, version)

@@ -176,6 +176,7 @@ class ProjectionBatch:
     parked: list[Parked] = field(default_factory=list)
     after: int | None = None
     version: int | None = None
+    variant: str = ""
     building: bool = False
 
     @property
@@ -199,19 +200,24 @@ class VersionMismatch(StaleBatch):
     is not the one being built. Nothing was written."""
 
 
-def fence_version(batch: ProjectionBatch, live: int | None, building: int | None) -> None:
-    """Refuse a batch of code of another version than its target's (``live``/``building``:
-    what the store's ``projection_versions`` says; None: no row). Checked in the batch's
+def fence_version(batch: ProjectionBatch, state: VersionState | None) -> None:
+    """Refuse a batch of code of another version (or variant) than its target's (``state``:
+    the store's ``projection_versions`` row; None: none). Checked in the batch's
     transaction, under the same lock as ``fence``, so that a switch and a late batch of the
     old version's code never both commit."""
     if batch.version is None:
         return
-    target = building if batch.building else live
-    if (batch.building or live is not None) and target != batch.version:
-        where = "being built" if batch.building else "live"
+    if batch.building:
+        refused = state is None or not state.building_this(batch.version, batch.variant)
+        where = "being built"
+    else:
+        refused = state is not None and not state.runs_live(batch.version, batch.variant)
+        where = "live"
+    if refused:
         raise VersionMismatch(
-            f"projection {batch.projection}: a batch of version {batch.version} refused; "
-            f"the version {where} is {target} (another process's code moved it on)"
+            f"projection {batch.projection}: a batch of version {batch.version} "
+            f"{batch.variant!r} refused; it is not the version {where} ({state}): another "
+            "process's code moved it on"
         )
 
 
@@ -279,13 +285,16 @@ class Store(Protocol):
     async def versions(self) -> dict[str, VersionState]:
         """Per projection, the version of its live tables and the one being built."""
 
-    async def adopt(self, projection: str, version: int) -> None:
+    async def adopt(self, projection: str, version: int, variant: str = "") -> None:
         """Record ``version`` as the live one of a projection the store has no version of
         yet (a new store, or one made before versions): its tables are taken as they are."""
 
-    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+    async def begin_build(
+        self, projection: str, tables: list[Table], version: int, variant: str = ""
+    ) -> None:
         """Make (or keep, to resume) the tables of ``version``'s build beside the live ones,
-        and record it as building; a leftover build of another version is dropped first."""
+        and record it as building; a leftover build of another version (or variant) is
+        dropped first. Raises ``VersionMismatch`` unless the live one ``needs_build``."""
 
     async def switch(self, projection: str, tables: list[Table], version: int) -> int:
         """In one transaction: drop the live tables, make the build's the live ones, give

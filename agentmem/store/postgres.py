@@ -63,6 +63,9 @@ from agentmem.store.port import (
 from agentmem.store.system_reads import SystemReads
 from agentmem.store.versions import (
     ADOPT,
+    END_BUILD,
+    START_BUILD,
+    SWITCHED,
     VERSIONS,
     VERSIONS_DDL,
     VersionMismatch,
@@ -153,12 +156,9 @@ async def fence_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
     if batch.version is not None:
         # A switch changes the versions under the live checkpoint's lock, which this
         # transaction holds now: what it reads here stays true until it commits.
-        found = await conn.fetchrow(
-            "SELECT live, building FROM projection_versions WHERE projection = $1",
-            batch.projection,
-        )
-        live, building = (found["live"], found["building"]) if found else (None, None)
-        fence_version(batch, live, building)
+        found = await conn.fetch(translate(f"{VERSIONS} WHERE projection = ?"), batch.projection)
+        state = versions_from([dict(r.items()) for r in found]).get(batch.projection)
+        fence_version(batch, state)
     fence(batch, stored)
 
 
@@ -400,8 +400,8 @@ class PostgresStore(SystemReads):
             await conn.execute(f'SET LOCAL search_path TO "{schema}", {self.search_path}')
 
     # Versions (docs/architecture.md, "Projection versions") -------------------------------
-    async def adopt(self, projection: str, version: int) -> None:
-        await self.pool.execute(translate(ADOPT), projection, version)
+    async def adopt(self, projection: str, version: int, variant: str = "") -> None:
+        await self.pool.execute(translate(ADOPT), projection, version, variant)
 
     @staticmethod
     async def _versions_of(conn: asyncpg.Connection, projection: str) -> VersionState | None:
@@ -410,16 +410,19 @@ class PostgresStore(SystemReads):
         )
         return versions_from([dict(r.items()) for r in rows]).get(projection)
 
-    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+    async def begin_build(
+        self, projection: str, tables: list[Table], version: int, variant: str = ""
+    ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await lock_checkpoint(conn, projection)
             state = await self._versions_of(conn, projection)
-            if state is None or state.live >= version:
+            if state is None or not state.needs_build(version, variant):
                 raise VersionMismatch(
-                    f"projection {projection}: no build of version {version}: the live "
-                    f"version is {state.live if state else 'not recorded'}"
+                    f"projection {projection}: no build of version {version} {variant!r}: "
+                    f"the live one is {state}"
                 )
-            if state.building is not None and state.building != version:
+            resumed = state.building_this(version, variant)
+            if state.building is not None and not resumed:
                 await self._drop_build(conn, projection, state.building)
             schema = build_schema(self.schema, projection, version)
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -431,14 +434,9 @@ class PostgresStore(SystemReads):
                     for statement in fulltext.postgres_ddl(table):
                         await conn.execute(statement)
             await conn.execute(f"SET LOCAL search_path TO {self.search_path}")
-            if state.building != version:
-                await conn.execute(
-                    "UPDATE projection_versions SET building = $1, build_started_at = $2 "
-                    "WHERE projection = $3",
-                    version,
-                    time.time_ns() // 1_000_000,
-                    projection,
-                )
+            if not resumed:
+                now = time.time_ns() // 1_000_000
+                await conn.execute(translate(START_BUILD), version, variant, now, projection)
 
     async def _drop_build(self, conn: asyncpg.Connection, projection: str, version: int) -> None:
         schema = build_schema(self.schema, projection, version)
@@ -446,12 +444,7 @@ class PostgresStore(SystemReads):
         key = build_key(projection, version)
         await conn.execute("DELETE FROM checkpoints WHERE projection = $1", key)
         await conn.execute("DELETE FROM parked_events WHERE projection = $1", key)
-        await conn.execute(
-            "UPDATE projection_versions SET building = NULL, build_started_at = NULL "
-            "WHERE projection = $1 AND building = $2",
-            projection,
-            version,
-        )
+        await conn.execute(translate(END_BUILD), projection)
 
     async def drop_build(self, projection: str, tables: list[Table]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -489,13 +482,7 @@ class PostgresStore(SystemReads):
             await conn.execute(
                 "UPDATE parked_events SET projection = $1 WHERE projection = $2", projection, key
             )
-            await conn.execute(
-                "UPDATE projection_versions SET live = $1, building = NULL, "
-                "build_started_at = NULL, switched_at = $2 WHERE projection = $3",
-                version,
-                time.time_ns() // 1_000_000,
-                projection,
-            )
+            await conn.execute(translate(SWITCHED), time.time_ns() // 1_000_000, projection)
         return checkpoint
 
     async def reset(self, projection: str, tables: list[Table]) -> None:

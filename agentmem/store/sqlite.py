@@ -83,6 +83,9 @@ from agentmem.store.port import (
 from agentmem.store.system_reads import SystemReads
 from agentmem.store.versions import (
     ADOPT,
+    END_BUILD,
+    START_BUILD,
+    SWITCHED,
     VERSIONS,
     VERSIONS_DDL,
     VersionMismatch,
@@ -350,11 +353,7 @@ class SQLiteStore(SystemReads):
         """Refuse a stale batch (``port.fence``, ``port.fence_version``). BEGIN IMMEDIATE
         already holds the write lock, so what is read here cannot change before the COMMIT."""
         if batch.version is not None:
-            versions = conn.execute(
-                "SELECT live, building FROM projection_versions WHERE projection = ?",
-                (batch.projection,),
-            ).fetchone()
-            fence_version(batch, *(versions or (None, None)))
+            fence_version(batch, SQLiteStore._versions_of(conn, batch.projection))
         row = conn.execute(
             "SELECT seq FROM checkpoints WHERE projection = ?", (batch.key,)
         ).fetchone()
@@ -462,9 +461,9 @@ class SQLiteStore(SystemReads):
             self._scrub(conn)
 
     # Versions (docs/architecture.md, "Projection versions") ------------------------------
-    async def adopt(self, projection: str, version: int) -> None:
+    async def adopt(self, projection: str, version: int, variant: str = "") -> None:
         await self._write(
-            self._in_transaction, lambda conn: conn.execute(ADOPT, (projection, version))
+            self._in_transaction, lambda conn: conn.execute(ADOPT, (projection, version, variant))
         )
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -484,7 +483,9 @@ class SQLiteStore(SystemReads):
         cursor = conn.execute(f"{VERSIONS} WHERE projection = ?", (projection,))
         return versions_from(_rows(cursor)).get(projection)
 
-    async def begin_build(self, projection: str, tables: list[Table], version: int) -> None:
+    async def begin_build(
+        self, projection: str, tables: list[Table], version: int, variant: str = ""
+    ) -> None:
         for table in tables:
             shadow = shadow_table(table, version)
             self._keys[shadow.name] = shadow.primary_key
@@ -493,22 +494,20 @@ class SQLiteStore(SystemReads):
 
         def begin(conn: sqlite3.Connection) -> None:
             state = self._versions_of(conn, projection)
-            if state is None or state.live >= version:
+            if state is None or not state.needs_build(version, variant):
                 raise VersionMismatch(
-                    f"projection {projection}: no build of version {version}: the live "
-                    f"version is {state.live if state else 'not recorded'}"
+                    f"projection {projection}: no build of version {version} {variant!r}: "
+                    f"the live one is {state}"
                 )
-            if state.building is not None and state.building != version:
+            resumed = state.building_this(version, variant)
+            if state.building is not None and not resumed:
                 self._drop_build(conn, projection, tables, state.building)
             for table in tables:
                 for statement in sql.create_table(shadow_table(table, version)):
                     conn.execute(statement)
-            if state.building != version:
-                conn.execute(
-                    "UPDATE projection_versions SET building = ?, build_started_at = ? "
-                    "WHERE projection = ?",
-                    (version, time.time_ns() // 1_000_000, projection),
-                )
+            if not resumed:
+                now = time.time_ns() // 1_000_000
+                conn.execute(START_BUILD, (version, variant, now, projection))
 
         await self._write(self._in_transaction, begin)
 
@@ -521,11 +520,7 @@ class SQLiteStore(SystemReads):
         key = build_key(projection, version)
         conn.execute("DELETE FROM checkpoints WHERE projection = ?", (key,))
         conn.execute("DELETE FROM parked_events WHERE projection = ?", (key,))
-        conn.execute(
-            "UPDATE projection_versions SET building = NULL, build_started_at = NULL "
-            "WHERE projection = ? AND building = ?",
-            (projection, version),
-        )
+        conn.execute(END_BUILD, (projection,))
 
     async def drop_build(self, projection: str, tables: list[Table]) -> None:
         def drop(conn: sqlite3.Connection) -> None:
@@ -582,11 +577,7 @@ class SQLiteStore(SystemReads):
         conn.execute(
             "UPDATE parked_events SET projection = ? WHERE projection = ?", (projection, key)
         )
-        conn.execute(
-            "UPDATE projection_versions SET live = ?, building = NULL, build_started_at = NULL, "
-            "switched_at = ? WHERE projection = ?",
-            (version, time.time_ns() // 1_000_000, projection),
-        )
+        conn.execute(SWITCHED, (time.time_ns() // 1_000_000, projection))
         return checkpoint
 
     # Erasing (on the writer thread; see "Erasing" above) ----------------------------------

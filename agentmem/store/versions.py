@@ -34,24 +34,42 @@ VERSIONS_DDL = {
     "sqlite": """CREATE TABLE IF NOT EXISTS projection_versions (
         projection TEXT NOT NULL PRIMARY KEY,
         live BIGINT NOT NULL,
+        live_variant TEXT NOT NULL DEFAULT '',
         building BIGINT,
+        building_variant TEXT,
         build_started_at BIGINT,
         switched_at BIGINT
     )""",
     "postgres": """CREATE TABLE IF NOT EXISTS projection_versions (
         projection TEXT COLLATE "C" NOT NULL PRIMARY KEY,
         live BIGINT NOT NULL,
+        live_variant TEXT COLLATE "C" NOT NULL DEFAULT '',
         building BIGINT,
+        building_variant TEXT COLLATE "C",
         build_started_at BIGINT,
         switched_at BIGINT
     )""",
 }
 VERSIONS = (
-    "SELECT projection, live, building, build_started_at, switched_at FROM projection_versions"
+    "SELECT projection, live, live_variant, building, building_variant, build_started_at, "
+    "switched_at FROM projection_versions"
 )
 ADOPT = (
-    "INSERT INTO projection_versions (projection, live) VALUES (?, ?) "
+    "INSERT INTO projection_versions (projection, live, live_variant) VALUES (?, ?, ?) "
     "ON CONFLICT (projection) DO NOTHING"
+)
+START_BUILD = (
+    "UPDATE projection_versions SET building = ?, building_variant = ?, build_started_at = ? "
+    "WHERE projection = ?"
+)
+END_BUILD = (
+    "UPDATE projection_versions SET building = NULL, building_variant = NULL, "
+    "build_started_at = NULL WHERE projection = ?"
+)
+SWITCHED = (
+    "UPDATE projection_versions SET live = building, live_variant = building_variant, "
+    "building = NULL, building_variant = NULL, build_started_at = NULL, switched_at = ? "
+    "WHERE projection = ?"
 )
 
 
@@ -61,9 +79,26 @@ class VersionState:
 
     projection: str
     live: int
+    # What else the rows depend on besides the code (the vectors' embedding model): a
+    # change of it is rebuilt like a version bump.
+    live_variant: str = ""
     building: int | None = None
+    building_variant: str | None = None
     build_started_at: int | None = None
     switched_at: int | None = None
+
+    def needs_build(self, version: int, variant: str = "") -> bool:
+        """Whether code of ``version`` (and ``variant``) builds its own version beside the
+        live one: it is newer, or the same version of another variant. Never older: an old
+        process of a rolling deploy stands aside instead of building its version back."""
+        return version > self.live or (version == self.live and variant != self.live_variant)
+
+    def runs_live(self, version: int, variant: str = "") -> bool:
+        """Whether code of ``version`` (and ``variant``) made the live tables."""
+        return (version, variant) == (self.live, self.live_variant)
+
+    def building_this(self, version: int, variant: str = "") -> bool:
+        return (self.building, self.building_variant or "") == (version, variant)
 
 
 def shadow_name(table: str, version: int) -> str:
@@ -87,6 +122,11 @@ def shadow_table(table: Table, version: int) -> Table:
 _UNSAFE = re.compile(r"[^a-z0-9_]")
 
 
+def variant_of(projection: object) -> str:
+    """A projection's ``variant`` (the vectors' model id), or "" when it declares none."""
+    return str(getattr(projection, "variant", ""))
+
+
 def build_schema(live_schema: str, projection: str, version: int) -> str:
     """Postgres: the schema a build's tables live in until the switch; within the 63
     characters of an identifier, and apart for each deployment (its live schema)."""
@@ -105,7 +145,9 @@ def versions_from(rows: list[dict[str, object]]) -> dict[str, VersionState]:
         str(r["projection"]): VersionState(
             projection=str(r["projection"]),
             live=int(str(r["live"])),
+            live_variant=str(r["live_variant"]),
             building=number(r["building"]),
+            building_variant=None if r["building_variant"] is None else str(r["building_variant"]),
             build_started_at=number(r["build_started_at"]),
             switched_at=number(r["switched_at"]),
         )
