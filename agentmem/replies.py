@@ -243,10 +243,26 @@ class StreamReport(msgspec.Struct, frozen=True):
     plaintext_until: int | None = None
 
 
+class BuildReport(msgspec.Struct, frozen=True):
+    """A projection's new version, built beside its live tables until it switches."""
+
+    version: int
+    variant: str | None
+    checkpoint: int
+    lag: int | None  # None: no process runs the build now
+    parked: int
+    started_at: int | None  # ms since the epoch
+    progress: float  # its checkpoint over the live one's, 0..1
+
+
 class ProjectionReport(msgspec.Struct, frozen=True):
     checkpoint: int
     lag: int | None  # None: no worker has run since its consumer was removed
     parked: int
+    # The projection version (and variant: the vectors' model id) of the live tables.
+    version: int | None = None
+    variant: str | None = None
+    build: BuildReport | None = None
 
 
 class ParkedEvent(msgspec.Struct, frozen=True):
