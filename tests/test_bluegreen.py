@@ -25,12 +25,13 @@ from agentmem.eventlog import H_COMMAND_ID, H_TIME, CommitMeta, EventLog, Stored
 from agentmem.events import MessageAppended, OrgCreated, encode_commit
 from agentmem.ids import new_id
 from agentmem.metrics import Metrics
-from agentmem.projections import ALL
+from agentmem.projections import ALL, vectors
 from agentmem.projections import messages as message_reads
 from agentmem.projections.base import Projection
 from agentmem.projections.messages import MessagesProjection
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.orgs import ORGS
+from agentmem.projections.vectors import VectorsProjection
 from agentmem.service import Service
 from agentmem.store import (
     ProjectionBatch,
@@ -423,3 +424,83 @@ def test_the_tables_of_a_projection_being_rebuilt_are_not_checked_against_the_ne
     with pytest.raises(StartupError, match="table orgs has no column created_at"):
         plan.check_columns(found)
     plan.check_columns(found, unchecked={"orgs"})
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """The configured embedder under another model id: the next model of a deployment."""
+
+    inner: Any
+    model_id: str = "the-next-model"
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    @property
+    def blocking(self) -> bool:
+        return bool(self.inner.blocking)
+
+    def embed(self, texts: list[str]) -> Any:
+        return self.inner.embed(texts)
+
+
+async def test_a_change_of_embedding_model_is_rebuilt_beside_and_switched(
+    nats_server: NatsServer,
+    tmp_path: Path,
+    store_url: str,
+    nc: NATS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The vectors projection's variant is its model: a service started with another model
+    rebuilds the vectors with it from the log and switches; the search then answers with
+    the new model, and the old model's rows went with the old table."""
+    old = Service(settings_for(nats_server, tmp_path, store_url))
+    await old.start()
+    try:
+        await answering(nats_server.url)
+        client = Client(nc, admin_key(tmp_path))
+        org_id = str((await client.create_org("Acme")).fields["org_id"])
+        allergy = await client.add_memory(
+            "Ann is allergic to peanuts", org_id=org_id, user_id="ann"
+        )
+        await client.add_memory("The deploy pipeline runs on Fridays", org_id=org_id, user_id="ann")
+        first = vectors.PROJECTION.model
+        await eventually(
+            lambda: _vectors_at(nc, client, first, allergy.seq), 30, 0.1, "vectors of the model"
+        )
+    finally:
+        await old.stop()
+
+    following = VectorsProjection(Renamed(vectors.PROJECTION.embedder))
+    monkeypatch.setattr(vectors, "PROJECTION", following)  # what the query side embeds with
+    new = Service(
+        settings_for(nats_server, tmp_path, store_url),
+        projections=[following if p.name == "vectors" else p for p in ALL],
+    )
+    await new.start()
+    try:
+        await answering(nats_server.url)
+        await eventually(
+            lambda: _vectors_at(nc, client, "the-next-model", allergy.seq),
+            30,
+            0.1,
+            "vectors switched to the next model",
+        )
+        found = await client.search_memories_result(
+            "nut allergy", org_id=org_id, user_id="ann", mode="vector", after_seq=0
+        )
+        assert found.model == "the-next-model"
+        assert found.items[0].memory_id == allergy.fields["memory_id"]
+        assert new.store is not None
+        models = await new.store.fetch_all("SELECT DISTINCT model FROM memory_vectors")
+        assert [r["model"] for r in models] == ["the-next-model"]
+    finally:
+        await new.stop()
+
+
+async def _vectors_at(nc: NATS, client: Client, model: str, seq: int) -> bool | None:
+    report = await status(nc, client.token, timeout=5.0)
+    at = report["projections"]["vectors"]
+    done = at["variant"] == model and "build" not in at and at["checkpoint"] >= seq
+    return done or None
