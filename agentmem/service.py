@@ -414,8 +414,18 @@ class Service:
         if "projections" in roles:
             self.leases = open_leases(settings.store_url)
             total = len(self.projections) + len(rebuilt)
+            # A projection being rebuilt whose live tables still have every column this
+            # code declares: this code keeps them moving until the switch (its rows fit
+            # them), so that reads of new writes are answered meanwhile, by any process.
+            columns = await self.store.columns([t.name for p in rebuilt for t in p.tables])
+            moving = {
+                p.name
+                for p in rebuilt
+                if versions[p.name].live_variant == variant_of(p)
+                and all(set(t.column_names) <= columns[t.name] for t in p.tables)
+            }
             for projection in self.projections:
-                self._lead(projection, board, total)
+                self._lead(projection, board, total, keeps_old=projection.name in moving)
             for projection in rebuilt:
                 self._build(projection, board, total)
             # Ready means each lease was asked for once: status then says what runs here.
@@ -500,9 +510,12 @@ class Service:
                 return
             await asyncio.sleep(every_s)
 
-    def _lead(self, projection: Projection, board: CheckpointBoard, total: int) -> None:
+    def _lead(
+        self, projection: Projection, board: CheckpointBoard, total: int, keeps_old: bool = False
+    ) -> None:
         """The projection's live worker, run while this process holds its lease and its
-        code's version is the live tables' one."""
+        code's version is the live tables' one (or, with ``keeps_old``, is being built
+        beside them, whose columns it still fits)."""
         assert self.nc is not None
         assert self.store is not None
         assert self.leases is not None
@@ -521,7 +534,12 @@ class Service:
 
         async def live_is_mine() -> bool:
             state = (await store.versions()).get(projection.name)
-            return state is None or state.runs_live(projection.version, variant_of(projection))
+            if state is None:
+                return True
+            version, variant = projection.version, variant_of(projection)
+            return state.runs_live(version, variant) or (
+                keeps_old and state.building_this(version, variant)
+            )
 
         self._start_leader(
             ProjectionLeader(

@@ -9,7 +9,8 @@ worker (``ProjectionWorker(building=True)``: the same batches, checkpoint and fe
 consumer of its own), and once nothing is pending switches (``Store.switch``: one
 transaction). Meanwhile the live tables keep answering queries; a process that still runs
 the old version's code keeps them moving until the switch, after which the store refuses its
-batches (``VersionMismatch``) and its leader stands aside.
+batches (``VersionMismatch``) and its leader stands aside. The new code keeps them moving
+itself when they still have every column it declares (``Service._lead``: ``keeps_old``).
 """
 
 from __future__ import annotations

@@ -124,15 +124,19 @@ async def test_a_build_is_written_beside_the_live_tables_and_switched_in_one_ste
         assert (await store.versions())["messages"].live == 1
         await store.apply(batch(5, "old peanuts", after=0, version=1))
 
+        # The new code's batches are refused by the live tables until its build is made.
+        with pytest.raises(VersionMismatch):
+            await store.apply(batch(9, "x", after=5, version=2))
         await store.begin_build("messages", messages.tables, 2)
         await store.begin_build("messages", messages.tables, 2)  # resumed: nothing lost
         state = (await store.versions())["messages"]
         assert (state.live, state.building) == (1, 2)
         await store.apply(batch(5, "new peanuts", after=0, version=2, building=True))
         await store.apply(batch(8, "new almonds", after=5, version=2, building=True))
-        # A live batch of the new code is refused while the old version is live.
+        # The live tables take the old code's batches, and the building code's (which
+        # keeps them moving when they fit it); a third version's are refused.
         with pytest.raises(VersionMismatch):
-            await store.apply(batch(9, "x", after=5, version=2))
+            await store.apply(batch(9, "x", after=5, version=3))
         await store.apply(batch(9, "old almonds", after=5, version=1))
 
         where = {"org_id": "o1"}
@@ -221,7 +225,8 @@ async def seed_orgs(nc: NATS, count: int) -> list[str]:
 
 @dataclass
 class Asking:
-    """Queries sent all along (an org by id, a page of orgs): every answer, and the errors."""
+    """Queries sent all along (an org by id, a page of orgs, and now and then a new org read
+    back with its ``after_seq``): every answer, and the errors."""
 
     client: Client
     org_id: str
@@ -229,12 +234,18 @@ class Asking:
     names: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
 
+    written: int = 0
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 org = await self.client.get_org(self.org_id, after_seq=0)
                 self.names.add(org.name)
                 await self.client.list_orgs(limit=20, after_seq=0)
+                if self.answers % 10 == 0:  # and a write, read back at once (read-your-writes)
+                    created = await self.client.create_org(f"asked {self.answers}")
+                    await self.client.get_org(created.fields["org_id"], after_seq=created.seq)
+                    self.written += 1
                 self.answers += 1
             except AgentMemError as exc:
                 self.errors.append(f"{exc.code}: {exc}")
@@ -309,6 +320,7 @@ async def test_a_version_bump_is_rebuilt_beside_the_old_one_while_queries_answer
         )
         assert asking.errors == [], asking.errors[:5]
         assert asking.answers > 0
+        assert asking.written > 0
         assert f"org {ids[-1][-6:]}" in asking.names, "the old version answered during the build"
         assert seen_building, "status showed the build under way"
         assert all(b["version"] == 2 for b in seen_building)

@@ -102,3 +102,6 @@ class MeteredStore:
 
     async def drop_build(self, projection: str, tables: list[Table]) -> None:
         await self.store.drop_build(projection, tables)
+
+    async def columns(self, tables: list[str]) -> dict[str, set[str]]:
+        return await self.store.columns(tables)

@@ -211,7 +211,13 @@ def fence_version(batch: ProjectionBatch, state: VersionState | None) -> None:
         refused = state is None or not state.building_this(batch.version, batch.variant)
         where = "being built"
     else:
-        refused = state is not None and not state.runs_live(batch.version, batch.variant)
+        # The live tables take the batches of the code that made them, and those of the
+        # code whose version is being built beside them, which keeps them moving until the
+        # switch when their columns are still its own (``ProjectionLeader``'s ``may_run``).
+        refused = state is not None and not (
+            state.runs_live(batch.version, batch.variant)
+            or state.building_this(batch.version, batch.variant)
+        )
         where = "live"
     if refused:
         raise VersionMismatch(
@@ -301,6 +307,9 @@ class Store(Protocol):
         the projection the build's checkpoint and parked events, record ``version`` as live.
         Returns the checkpoint the new live tables start at. Raises ``VersionMismatch`` when
         ``version`` is not the one being built."""
+
+    async def columns(self, tables: list[str]) -> dict[str, set[str]]:
+        """The columns each of the live ``tables`` has (none: the table is missing)."""
 
     async def drop_build(self, projection: str, tables: list[Table]) -> None:
         """Drop the tables, checkpoint and parked events of the projection's build, if any."""

@@ -446,6 +446,11 @@ class PostgresStore(SystemReads):
         await conn.execute("DELETE FROM parked_events WHERE projection = $1", key)
         await conn.execute(translate(END_BUILD), projection)
 
+    async def columns(self, tables: list[str]) -> dict[str, set[str]]:
+        async with self.pool.acquire() as conn:
+            found = await _columns(conn, tables)
+        return {name: found.get(name, set()) for name in tables}
+
     async def drop_build(self, projection: str, tables: list[Table]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             state = await self._versions_of(conn, projection)

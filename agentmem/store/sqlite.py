@@ -522,6 +522,13 @@ class SQLiteStore(SystemReads):
         conn.execute("DELETE FROM parked_events WHERE projection = ?", (key,))
         conn.execute(END_BUILD, (projection,))
 
+    async def columns(self, tables: list[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for name in tables:
+            rows = await self.fetch_all("SELECT name FROM pragma_table_info(?)", name)
+            found[name] = {str(r["name"]) for r in rows}
+        return found
+
     async def drop_build(self, projection: str, tables: list[Table]) -> None:
         def drop(conn: sqlite3.Connection) -> None:
             state = self._versions_of(conn, projection)
