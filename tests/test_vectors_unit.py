@@ -11,8 +11,8 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
