@@ -5,7 +5,8 @@ Derived data, as memory vectors are (``projections/vectors.py``): a projection o
 ``message-vectors``, with its own checkpoint, so that a deployment that already has messages
 builds their vectors from sequence 1 without touching the messages projection. Its model is
 its *variant*: another model is a blue-green rebuild, as for ``vectors``. Contents already
-embedded under the model (``(model, content hash)``) are reused; the rest of a batch is embedded in one call, in a thread.
+embedded under the model (``(model, content hash)``) are reused; the rest of a batch is
+embedded in one call, in a thread.
 
 Each row keeps the columns ``message.search`` scopes by (organization, agent, user,
 conversation, role), so that the vector side reads only the scope asked for, with the same
