@@ -11,7 +11,9 @@
   ones they answer as (a merge moves them, an unmerge moves them back). Times that are
   open (a valid_to not set, a relation not invalidated or retracted) hold ``OPEN``, so a
   condition is one comparison on both stores.
-- ``graph_associations``: one row per link between two memories.
+- ``graph_associations``: one row per link between two memories; ``graph_memory_scopes``:
+  whose each memory is (from its ``memory.added``), so that a forget of a scope, a user, an
+  agent or a conversation finds the links of its memories (a link names ids only).
 
 System time: ``recorded_seq``/``recorded_at`` (the assertion's commit), ``invalidated_*``
 (the commit that set ``valid_to``; before it the relation's valid time was
@@ -48,6 +50,7 @@ from agentmem.events import (
     EntityRenamed,
     EntityUnmerged,
     ForgetTarget,
+    MemoryAdded,
     MemoryAssociated,
     MemoryDeleted,
     MemoryDissociated,
@@ -188,6 +191,19 @@ GRAPH_ASSOCIATIONS = Table(
     ),
 )
 
+GRAPH_MEMORY_SCOPES = Table(
+    name="graph_memory_scopes",
+    columns=(
+        Column("memory_id", "text"),
+        Column("org_id", "text"),
+        Column("user_id", "text", nullable=True),
+        Column("agent_id", "text", nullable=True),
+        Column("session_id", "text", nullable=True),
+    ),
+    primary_key=("memory_id",),
+    indexes=(("graph_memory_scopes_org", ("org_id", "user_id", "agent_id", "session_id"), False),),
+)
+
 GRAPH_PREDICATES = Table(
     name="graph_predicates",
     columns=(
@@ -206,13 +222,18 @@ TABLES = [
     GRAPH_NAME_GRAMS,
     GRAPH_RELATIONS,
     GRAPH_ASSOCIATIONS,
+    GRAPH_MEMORY_SCOPES,
     GRAPH_PREDICATES,
 ]
 
 # The forgets that reach the graph: entities and relations are scoped by user and agent (a
 # session holds none, so a conversation's forget, or a memory scope's with a session,
-# finds no row here). A forgotten memory's associations go with its ``memory.deleted``.
+# finds no row here). The associations of forgotten memories go through their memories'
+# scopes (``_forgotten_links``), whatever the target.
 FORGETS: frozenset[ForgetTarget] = frozenset({"user", "agent", "memory_scope"})
+LINK_FORGETS: frozenset[ForgetTarget] = frozenset(
+    {"user", "agent", "conversation", "memory", "memory_scope"}
+)
 # Names and grams have no scope of their own: they go through their entities' rows, first.
 FORGOTTEN_TABLES = [GRAPH_NAMES, GRAPH_NAME_GRAMS, GRAPH_RELATIONS, GRAPH_ENTITIES]
 FORGOTTEN_THROUGH = {"graph_names": GRAPH_ENTITIES, "graph_name_grams": GRAPH_ENTITIES}
@@ -253,6 +274,44 @@ def _forget_entity(org_id: str, entity_id: str) -> list[RowOp]:
         Delete("graph_name_grams", {"entity_id": entity_id}),
         Delete("graph_relations", {"org_id": org_id, "from_id": entity_id}),
         Delete("graph_relations", {"org_id": org_id, "to_id": entity_id}),
+    ]
+
+
+def _forgotten_links(event: DataForgotten) -> list[RowOp]:
+    """The links from or to a forgotten memory, through its scope row, then the scope rows:
+    ``memory.delete`` removes a memory's links, a forget must too."""
+    scopes = forgotten_rows(event, LINK_FORGETS, [GRAPH_MEMORY_SCOPES])
+    links: list[RowOp] = [
+        Delete(
+            "graph_associations",
+            scope.key,
+            through="graph_memory_scopes",
+            erase=True,
+            owner=end,
+            via="memory_id",
+        )
+        for scope in scopes
+        if isinstance(scope, Delete)
+        for end in ("from_memory_id", "to_memory_id")
+    ]
+    return links + scopes
+
+
+def _unseen_ends(link: dict[str, Any]) -> list[RowOp]:
+    """A link goes again if either memory has no scope row: live, both were there (the
+    command checked them); on a replay, a forgotten memory's ``memory.added`` reads as
+    gone, and its links must not outlive it there either."""
+    key = {name: link[name] for name in GRAPH_ASSOCIATIONS.primary_key}
+    return [
+        Delete(
+            "graph_associations",
+            key,
+            through="graph_memory_scopes",
+            owner=end,
+            via="memory_id",
+            absent=True,
+        )
+        for end in ("from_memory_id", "to_memory_id")
     ]
 
 
@@ -382,6 +441,7 @@ class GraphProjection:
                         "version": seq,
                     }
                     ops.append(Upsert("graph_associations", row))
+                    ops += _unseen_ends(row)
                 case MemoryDissociated():
                     key = {
                         "from_memory_id": event.from_memory_id,
@@ -389,14 +449,25 @@ class GraphProjection:
                         "association_type": event.association_type,
                     }
                     ops.append(Delete("graph_associations", key))
+                case MemoryAdded():
+                    row = {
+                        "memory_id": event.memory_id,
+                        "org_id": event.org_id,
+                        "user_id": event.user_id,
+                        "agent_id": event.agent_id,
+                        "session_id": event.session_id,
+                    }
+                    ops.append(Upsert("graph_memory_scopes", row))
                 case MemoryDeleted(memory_id=memory_id):
                     ops.append(Delete("graph_associations", {"from_memory_id": memory_id}))
                     ops.append(Delete("graph_associations", {"to_memory_id": memory_id}))
+                    ops.append(Delete("graph_memory_scopes", {"memory_id": memory_id}))
                 case OrgDeleted(org_id=deleted):
                     for table in TABLES:
                         ops.append(Delete(table.name, {"org_id": deleted}))
                 case DataForgotten():
                     ops += forgotten_rows(event, FORGETS, FORGOTTEN_TABLES, FORGOTTEN_THROUGH)
+                    ops += _forgotten_links(event)
                 case PredicateDeclared():
                     row = {
                         "org_id": event.org_id,

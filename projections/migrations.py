@@ -16,6 +16,7 @@ from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
 from agentmem.projections.graph import (
     GRAPH_ASSOCIATIONS,
     GRAPH_ENTITIES,
+    GRAPH_MEMORY_SCOPES,
     GRAPH_NAME_GRAMS,
     GRAPH_NAMES,
     GRAPH_PREDICATES,
@@ -41,6 +42,11 @@ MESSAGES_INDEX_3 = replace(MESSAGES, full_text=FullText(columns=("content",), ke
 WORKING_ITEMS_6 = replace(
     WORKING_ITEMS,
     columns=tuple(c for c in WORKING_ITEMS.columns if c.name not in ("user_id", "agent_id")),
+)
+
+_MEMORY_SCOPES_FILL = (
+    "INSERT INTO graph_memory_scopes (memory_id, org_id, user_id, agent_id, session_id) "
+    "SELECT memory_id, org_id, user_id, agent_id, session_id FROM memories"
 )
 
 _EXPIRES_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at)"
@@ -284,6 +290,24 @@ MIGRATIONS: list[Migration] = [
                 ),
             ),
             WORKING_ITEMS,  # its shape now (the columns above; nothing else is missing)
+        ),
+    ),
+    Migration(
+        14,
+        "whose each memory is, in the graph, so that a forget takes its memories' associations",
+        (
+            GRAPH_MEMORY_SCOPES,
+            # The memories known before: their scopes from the memories' own rows (a replay
+            # writes the same rows from the memories' events).
+            Sql(
+                sqlite=(_MEMORY_SCOPES_FILL,),
+                postgres=(
+                    _MEMORY_SCOPES_FILL,
+                    "COMMENT ON TABLE graph_memory_scopes IS 'AgentMem projection graph: the "
+                    "scope of every memory not deleted, by which a forget finds its "
+                    "associations'",
+                ),
+            ),
         ),
     ),
 ]

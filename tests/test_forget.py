@@ -291,6 +291,10 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     memory = await admin.add_memory(MEMORY, user_id=user_id, tags=[TAG], org_id=org_id)
     memory_id = str(memory.fields["memory_id"])
     kept = await admin.add_memory("A memory of someone else", user_id=other_id, org_id=org_id)
+    kept_id = str(kept.fields["memory_id"])
+    # Links both ways between the user's memory and another's: ids only, gone with it.
+    await admin.associate_memories(memory_id, kept_id)
+    await admin.associate_memories(kept_id, memory_id, association_type="causal")
     graph = await graph_of_user(admin, org_id, user_id)
     theirs = await admin.create_entity("person", "Someone Else", user_id=other_id, org_id=org_id)
     await wait_caught_up(nc, admin_token)
@@ -372,7 +376,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     assert [m.content for m in (await admin.list_messages("s2", org_id=org_id)).items] == [
         "Kept message"
     ]
-    assert (await admin.get_memory(str(kept.fields["memory_id"]))).user_id == other_id
+    assert (await admin.get_memory(kept_id)).user_id == other_id
+    assert await admin.memory_associations(kept_id) == []
     with pytest.raises(NotFoundError):
         await admin.get_block(block_id)
     assert [i.content for i in await admin.get_working("s1", org_id=org_id)] == [
@@ -418,6 +423,8 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
     for table in (*tables, "block_agents", "working_items"):
         assert replayed[table] == live[table], table
     for table in ("graph_entities", "graph_names", "graph_name_grams", "graph_relations"):
+        assert replayed[table] == live[table], table
+    for table in ("graph_associations", "graph_memory_scopes"):
         assert replayed[table] == live[table], table
 
 
@@ -474,7 +481,8 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     await admin.append_message("s2", agent_id, "user", "Other talk", org_id=org_id)
     one = await admin.add_memory(MEMORY, agent_id=agent_id, org_id=org_id)
     scoped = await admin.add_memory("In session s3", session_id="s3", org_id=org_id)
-    await admin.add_memory("kept", session_id="s4", org_id=org_id)
+    kept = str((await admin.add_memory("kept", session_id="s4", org_id=org_id)).fields["memory_id"])
+    await admin.associate_memories(kept, str(scoped.fields["memory_id"]))
     lair = await admin.create_entity("place", PLACE, agent_id=agent_id, org_id=org_id)
     scope = {"user_id": "u-scope", "org_id": org_id}
     person = str((await admin.create_entity("person", ALIAS, **scope)).fields["entity_id"])
@@ -502,6 +510,8 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     with pytest.raises(NotFoundError):
         await admin.get_memory(str(scoped.fields["memory_id"]))
     assert [m.content for m in (await admin.list_memories(org_id=org_id)).items] == ["kept"]
+    # Its links went with it, as a memory.delete takes them.
+    assert await admin.memory_associations(kept, after_seq=admin.last_seq) == []
     # A session holds no entity; a user's memory scope holds theirs, and their facts.
     assert (await admin.get_entity(person)).name == ALIAS
     forgotten = await admin.forget_memory_scope(user_id="u-scope", org_id=org_id)

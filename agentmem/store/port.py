@@ -113,14 +113,20 @@ class Delete:
     """Delete the rows matching ``key``. With ``through``: the rows whose first primary key
     column is that column of a row of table ``through`` matching ``key`` (the tags of every
     memory of a user); ``owner`` names another column of this table to match instead of the
-    first primary key column (it must be a column of ``through`` too). ``erase``: what it
-    deletes must leave the files too, as for a ``scrub`` table (a forget)."""
+    first primary key column (it must be a column of ``through`` too, unless ``via`` names
+    the column of ``through`` it matches: a link's either end, through its memory's row).
+    ``erase``: what it deletes must leave the files too, as for a ``scrub`` table (a
+    forget). ``absent``: the other way round, the rows matching ``key`` whose ``owner`` has
+    no row in ``through`` (a link to a memory the projection never saw: its ``memory.added``
+    reads as forgotten on a replay)."""
 
     table: str
     key: Row
     through: str | None = None
     erase: bool = False
     owner: str | None = None
+    via: str | None = None
+    absent: bool = False
 
 
 @dataclass(frozen=True)

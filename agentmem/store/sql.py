@@ -58,11 +58,18 @@ def _update(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 
 @lru_cache(maxsize=512)
-def _delete(table: str, key: tuple[str, ...], through: str | None, owner: str) -> str:
+def _delete(
+    table: str, key: tuple[str, ...], through: str | None, owner: str, via: str, absent: bool
+) -> str:
     where = " AND ".join(f"{k} = ?" for k in key)
     if through is None:
         return f"DELETE FROM {table} WHERE {where}"
-    return f"DELETE FROM {table} WHERE {owner} IN (SELECT {owner} FROM {through} WHERE {where})"
+    if absent:
+        return (
+            f"DELETE FROM {table} WHERE {where} AND NOT EXISTS "
+            f"(SELECT 1 FROM {through} x WHERE x.{via} = {table}.{owner})"
+        )
+    return f"DELETE FROM {table} WHERE {owner} IN (SELECT {via} FROM {through} WHERE {where})"
 
 
 @lru_cache(maxsize=512)
@@ -91,9 +98,10 @@ def statement(op: RowOp, keys: dict[str, tuple[str, ...]]) -> tuple[str, tuple[o
                 *values.values(),
                 *key.values(),
             )
-        case Delete(table=table, key=key, through=through, owner=owner):
+        case Delete(table=table, key=key, through=through, owner=owner, via=via):
             column = owner or keys[table][0]
-            return _delete(table, tuple(key), through, column), tuple(key.values())
+            text = _delete(table, tuple(key), through, column, via or column, op.absent)
+            return text, tuple(key.values())
         case Copy(table=table, source=source, key=key, columns=columns, values=values):
             given = tuple(c for c in columns if c in values)
             text = _copy(table, source, columns, given, op.renamed, tuple(key))
