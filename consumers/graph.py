@@ -471,7 +471,13 @@ def query_router(parts: Parts) -> Router:
             limit=query.limit + 1,
             known_at=query.known_at,
         )
-        aliases = await reads.aliases_of(store, [r["entity_id"] for r in rows])
+        point = reads.point_of(query.known_at_seq, query.known_at)
+        listed = [r["entity_id"] for r in rows]
+        if point is None:
+            aliases = await reads.aliases_of(store, listed)
+        else:  # the aliases then
+            then = await reads.known_then(store, listed, point)
+            aliases = {e: then[e].aliases for e in listed}
         items = [
             {
                 **reads.entity_view(r, aliases[r["entity_id"]], []),
@@ -482,7 +488,11 @@ def query_router(parts: Parts) -> Router:
         result = page(items, query.limit, "cursor", MAX_PAGE_BYTES)
         for item in result["items"]:
             del item["cursor"]
-        members = await reads.members_of(store, org_id, [i["entity_id"] for i in result["items"]])
+        shown = [i["entity_id"] for i in result["items"]]
+        if point is None:
+            members = await reads.members_of(store, org_id, shown)
+        else:
+            members = {e: await reads.members_then(store, e, point) for e in shown}
         for item in result["items"]:
             item["members"] = members.get(item["entity_id"], [])
         return result, seq

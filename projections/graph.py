@@ -61,7 +61,7 @@ from agentmem.events import (
     RelationRetracted,
 )
 from agentmem.projections.rows import forgotten_rows, json_text
-from agentmem.store import Column, Delete, RowOp, Store, Table, Update, Upsert
+from agentmem.store import Column, Copy, Delete, RowOp, Store, Table, Update, Upsert
 
 OPEN = 2**62  # a time not reached: an open valid_to, a relation never invalidated
 SCALE = 1_000_000  # confidence and strength are kept in millionths
@@ -191,6 +191,32 @@ GRAPH_ASSOCIATIONS = Table(
     ),
 )
 
+# What the service knew of an entity when (``known_at``, ``known_at_seq``): one row per span
+# of time during which a value was the entity's, from ``from_seq`` (``from_at``) until
+# ``until_seq`` (``until_at``), ``OPEN`` while it still is. ``field``: ``name`` and ``alias``
+# (``norm`` the normalised name, ``value`` the name), ``attributes`` (``value`` the JSON
+# object) and ``merged_into`` (``value`` the entity it was merged into: a merged entity's
+# members answer through the chain). Events name only what changed; a rename keeps the old
+# name as an alias span, copied from ``graph_names`` before it changes. A deletion, a forget,
+# an organization's deletion take the spans with the entity.
+GRAPH_ENTITY_HISTORY = Table(
+    name="graph_entity_history",
+    columns=(
+        Column("entity_id", "text"),
+        Column("field", "text"),
+        Column("norm", "text"),
+        Column("from_seq", "integer"),
+        Column("value", "text"),
+        Column("org_id", "text"),
+        Column("from_at", "integer"),
+        Column("until_seq", "integer"),
+        Column("until_at", "integer"),
+    ),
+    primary_key=("entity_id", "field", "norm", "from_seq"),
+    indexes=(("graph_entity_history_norm", ("org_id", "norm", "field"), False),),
+    scrub=True,
+)
+
 GRAPH_MEMORY_SCOPES = Table(
     name="graph_memory_scopes",
     columns=(
@@ -223,6 +249,7 @@ TABLES = [
     GRAPH_RELATIONS,
     GRAPH_ASSOCIATIONS,
     GRAPH_MEMORY_SCOPES,
+    GRAPH_ENTITY_HISTORY,
     GRAPH_PREDICATES,
 ]
 
@@ -235,8 +262,18 @@ LINK_FORGETS: frozenset[ForgetTarget] = frozenset(
     {"user", "agent", "conversation", "memory", "memory_scope"}
 )
 # Names and grams have no scope of their own: they go through their entities' rows, first.
-FORGOTTEN_TABLES = [GRAPH_NAMES, GRAPH_NAME_GRAMS, GRAPH_RELATIONS, GRAPH_ENTITIES]
-FORGOTTEN_THROUGH = {"graph_names": GRAPH_ENTITIES, "graph_name_grams": GRAPH_ENTITIES}
+FORGOTTEN_TABLES = [
+    GRAPH_NAMES,
+    GRAPH_NAME_GRAMS,
+    GRAPH_ENTITY_HISTORY,
+    GRAPH_RELATIONS,
+    GRAPH_ENTITIES,
+]
+FORGOTTEN_THROUGH = {
+    "graph_names": GRAPH_ENTITIES,
+    "graph_name_grams": GRAPH_ENTITIES,
+    "graph_entity_history": GRAPH_ENTITIES,
+}
 
 
 def grams(norm: str) -> list[str]:
@@ -272,6 +309,7 @@ def _forget_entity(org_id: str, entity_id: str) -> list[RowOp]:
         Delete("graph_entities", {"entity_id": entity_id}),
         Delete("graph_names", {"entity_id": entity_id}),
         Delete("graph_name_grams", {"entity_id": entity_id}),
+        Delete("graph_entity_history", {"entity_id": entity_id}),
         Delete("graph_relations", {"org_id": org_id, "from_id": entity_id}),
         Delete("graph_relations", {"org_id": org_id, "to_id": entity_id}),
     ]
@@ -312,6 +350,59 @@ def _unseen_ends(link: dict[str, Any]) -> list[RowOp]:
             absent=True,
         )
         for end in ("from_memory_id", "to_memory_id")
+    ]
+
+
+def _span(
+    org_id: str, entity_id: str, field: str, norm: str, value: str, seq: int, at: int
+) -> list[RowOp]:
+    """A value the entity holds from this commit on; the one it held in its place ends."""
+    return [
+        *_ended(entity_id, field, norm, seq, at),
+        Upsert(
+            "graph_entity_history",
+            {
+                "entity_id": entity_id,
+                "field": field,
+                "norm": norm,
+                "from_seq": seq,
+                "value": value,
+                "org_id": org_id,
+                "from_at": at,
+                "until_seq": OPEN,
+                "until_at": OPEN,
+            },
+        ),
+    ]
+
+
+def _ended(entity_id: str, field: str, norm: str | None, seq: int, at: int) -> list[RowOp]:
+    """The open span of ``field`` (of ``norm``, if given) ends at this commit."""
+    key: dict[str, Any] = {"entity_id": entity_id, "field": field, "until_seq": OPEN}
+    if norm is not None:
+        key["norm"] = norm
+    return [Update("graph_entity_history", key, {"until_seq": seq, "until_at": at})]
+
+
+def _name_kept_as_alias(entity_id: str, seq: int, at: int) -> list[RowOp]:
+    """A rename: the old name's span ends, and it goes on as an alias (copied from its
+    ``graph_names`` row, since the event names only the new name)."""
+    return [
+        *_ended(entity_id, "name", None, seq, at),
+        Copy(
+            "graph_entity_history",
+            "graph_names",
+            {"entity_id": entity_id, "kind": "name"},
+            GRAPH_ENTITY_HISTORY.column_names,
+            {
+                "field": "alias",
+                "from_seq": seq,
+                "from_at": at,
+                "until_seq": OPEN,
+                "until_at": OPEN,
+            },
+            (("value", "name"),),
+        ),
     ]
 
 
@@ -366,24 +457,38 @@ class GraphProjection:
                     for alias in event.aliases:
                         ops += _name_rows(org_id, event.entity_id, alias, "alias")
                     ops += _name_rows(org_id, event.entity_id, event.name, "name")
+                    made = (org_id, event.entity_id)
+                    for alias in event.aliases:
+                        ops += _span(*made, "alias", normalise(alias), alias, seq, at)
+                    ops += _span(*made, "name", normalise(event.name), event.name, seq, at)
+                    text = json_text(event.attributes)
+                    ops += _span(*made, "attributes", "", text, seq, at)
                 case EntityRenamed(entity_id=entity_id, name=name):
                     key = {"entity_id": entity_id}
+                    ops += _name_kept_as_alias(entity_id, seq, at)
+                    ops += _ended(entity_id, "alias", normalise(name), seq, at)
+                    ops += _span(org_id, entity_id, "name", normalise(name), name, seq, at)
                     ops.append(Update("graph_names", {**key, "kind": "name"}, {"kind": "alias"}))
                     values = {"name": name, "norm": normalise(name), **touched}
                     ops.append(Update("graph_entities", key, values))
                     ops += _name_rows(org_id, entity_id, name, "name")
                 case EntityAliasAdded(entity_id=entity_id, alias=alias):
                     ops += _name_rows(org_id, entity_id, alias, "alias")
+                    ops += _span(org_id, entity_id, "alias", normalise(alias), alias, seq, at)
                     ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
                 case EntityAliasRemoved(entity_id=entity_id, alias=alias):
                     key = {"entity_id": entity_id, "norm": normalise(alias)}
                     ops.append(Delete("graph_names", key))
                     ops.append(Delete("graph_name_grams", key))
+                    ops += _ended(entity_id, "alias", normalise(alias), seq, at)
                     ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
                 case EntityAttributesSet(entity_id=entity_id, attributes=attributes):
                     values = {"attributes": json_text(attributes), **touched}
                     ops.append(Update("graph_entities", {"entity_id": entity_id}, values))
+                    text = str(values["attributes"])
+                    ops += _span(org_id, entity_id, "attributes", "", text, seq, at)
                 case EntityMerged(entity_id=entity_id, into=into):
+                    ops += _span(org_id, entity_id, "merged_into", "", into, seq, at)
                     ops += _moved(org_id, "canonical_id", entity_id, into)
                     for end in ("from_node", "to_node"):
                         ops.append(
@@ -395,6 +500,7 @@ class GraphProjection:
                         )
                     ops.append(Update("graph_entities", {"entity_id": entity_id}, touched))
                 case EntityUnmerged(entity_id=entity_id, members=members):
+                    ops += _ended(entity_id, "merged_into", None, seq, at)
                     for member in members:
                         ops += _moved(org_id, "entity_id", member, entity_id)
                         for end, named in (("from_node", "from_id"), ("to_node", "to_id")):
@@ -658,30 +764,133 @@ async def get_entity(
     store: Store, entity_id: str, known_seq: int | None = None, known_at: int | None = None
 ) -> dict[str, Any] | None:
     """An entity as it answers now: a merged one as the entity it was merged into. With
-    ``known_seq`` or ``known_at``: None unless the service knew it then (it was created
-    by then)."""
-    row = await store.fetch_one(
-        f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE e.entity_id = "
-        "(SELECT m.canonical_id FROM graph_entities m WHERE m.entity_id = ?)",
-        entity_id,
-    )
+    ``known_seq`` or ``known_at``: as the service knew it then (None unless it was created
+    by then), as the entity it answered as then, with its name, aliases, attributes and
+    members then."""
+    point = point_of(known_seq, known_at)
+    if point is None:
+        row = await store.fetch_one(
+            f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE e.entity_id = "
+            "(SELECT m.canonical_id FROM graph_entities m WHERE m.entity_id = ?)",
+            entity_id,
+        )
+    else:
+        answering = await _answering_then(store, entity_id, point)
+        row = await store.fetch_one(
+            f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE e.entity_id = ?", answering
+        )
     if row is None:
         return None
     if (known_seq is not None and row["created_seq"] > known_seq) or (
         known_at is not None and row["created_at"] > known_at
     ):
         return None
+    if point is not None:
+        then = (await known_then(store, [row["entity_id"]], point))[row["entity_id"]]
+        members = await members_then(store, row["entity_id"], point)
+        return entity_view({**row, **then.row}, then.aliases, members)
     names = await store.fetch_all(
         "SELECT name FROM graph_names WHERE entity_id = ? AND kind = 'alias' ORDER BY norm",
         row["entity_id"],
     )
-    members = await store.fetch_all(
+    found = await store.fetch_all(
         "SELECT entity_id FROM graph_entities WHERE org_id = ? AND canonical_id = ? "
         "AND entity_id <> canonical_id ORDER BY entity_id",
         row["org_id"],
         row["entity_id"],
     )
-    return entity_view(row, [n["name"] for n in names], [m["entity_id"] for m in members])
+    return entity_view(row, [n["name"] for n in names], [m["entity_id"] for m in found])
+
+
+# System time on an entity: a point, in log sequences (``seq``) or in ms (``at``).
+Point = tuple[str, int]
+_MAX_CHAIN = 32  # merges of merges followed at most; a chain has no cycle (merge checks)
+
+
+def point_of(known_seq: int | None, known_at: int | None) -> Point | None:
+    if known_seq is not None:
+        return ("seq", known_seq)
+    if known_at is not None:
+        return ("at", known_at)
+    return None
+
+
+def _window(alias: str, point: Point, args: list[Any]) -> str:
+    """The span ``alias`` held at the point."""
+    suffix, value = point
+    args += [value, value]
+    return f"{alias}.from_{suffix} <= ? AND {alias}.until_{suffix} > ?"
+
+
+@dataclass(frozen=True)
+class Then:
+    """An entity's values at a point: ``row`` the columns that differ from now."""
+
+    row: dict[str, Any]
+    aliases: list[str]
+
+
+async def known_then(store: Store, entity_ids: Sequence[str], point: Point) -> dict[str, Then]:
+    """The name, aliases and attributes of each entity at ``point`` (``graph_entity_history``);
+    what has no span there answers as now."""
+    if not entity_ids:
+        return {}
+    args: list[Any] = [*entity_ids]
+    window = _window("h", point, args)
+    rows = await store.fetch_all(
+        "SELECT h.entity_id, h.field, h.norm, h.value FROM graph_entity_history h "
+        f"WHERE h.entity_id IN ({_marks(entity_ids)}) AND h.field IN ('name', 'alias', "
+        f"'attributes') AND {window} ORDER BY h.entity_id, h.field, h.norm",
+        *args,
+    )
+    values: dict[str, dict[str, Any]] = {e: {} for e in entity_ids}
+    aliases: dict[str, list[str]] = {e: [] for e in entity_ids}
+    for row in rows:
+        match row["field"]:
+            case "name":
+                values[row["entity_id"]].update(name=row["value"], norm=row["norm"])
+            case "alias":
+                aliases[row["entity_id"]].append(row["value"])
+            case _:
+                values[row["entity_id"]]["attributes"] = row["value"]
+    return {e: Then(values[e], aliases[e]) for e in entity_ids}
+
+
+async def _answering_then(store: Store, entity_id: str, point: Point) -> str:
+    """The entity ``entity_id`` answered as at ``point``: along the merges open then."""
+    node = entity_id
+    for _ in range(_MAX_CHAIN):
+        args: list[Any] = [node]
+        window = _window("h", point, args)
+        row = await store.fetch_one(
+            "SELECT h.value FROM graph_entity_history h WHERE h.entity_id = ? "
+            f"AND h.field = 'merged_into' AND {window}",
+            *args,
+        )
+        if row is None:
+            break
+        node = row["value"]
+    return node
+
+
+async def members_then(store: Store, entity_id: str, point: Point) -> list[str]:
+    """The entities that answered as ``entity_id`` at ``point``, merged into it directly
+    or into one of them."""
+    found: list[str] = []
+    frontier = [entity_id]
+    for _ in range(_MAX_CHAIN):
+        if not frontier:
+            break
+        args: list[Any] = [*frontier]
+        window = _window("h", point, args)
+        rows = await store.fetch_all(
+            "SELECT h.entity_id FROM graph_entity_history h WHERE h.field = 'merged_into' "
+            f"AND h.value IN ({_marks(frontier)}) AND {window}",
+            *args,
+        )
+        frontier = [r["entity_id"] for r in rows]
+        found += frontier
+    return sorted(found)
 
 
 async def answering_as(store: Store, entity_id: str) -> dict[str, Any] | None:
@@ -725,25 +934,49 @@ async def list_entities(
 ) -> list[dict[str, Any]]:
     """Live entities by normalised name (then id), after ``after`` (norm, id); with
     ``known_seq`` or ``known_at``, those created by then."""
-    args: list[Any] = [org_id]
-    where = ["e.org_id = ?", "e.canonical_id = e.entity_id"]
+    point = point_of(known_seq, known_at)
+    args: list[Any] = []
+    # Now: the entity's own name and whether it answers as itself. At a point: its name
+    # span then, and no merge open then.
+    columns, tables, norm = _E_COLUMNS, "graph_entities e", "e.norm"
+    where = ["e.org_id = ?"]
+    if point is None:
+        where.append("e.canonical_id = e.entity_id")
+    else:
+        kept = [c for c in GRAPH_ENTITIES.column_names if c not in ("name", "norm")]
+        columns = ", ".join([*(f"e.{c}" for c in kept), "h.value AS name", "h.norm AS norm"])
+        tables += " JOIN graph_entity_history h ON h.entity_id = e.entity_id AND h.field = 'name'"
+        tables += f" AND {_window('h', point, args)}"
+        norm = "h.norm"
+        merged: list[Any] = []
+        where.append(
+            "NOT EXISTS (SELECT 1 FROM graph_entity_history m WHERE m.entity_id = e.entity_id "
+            f"AND m.field = 'merged_into' AND {_window('m', point, merged)})"
+        )
+    args.append(org_id)
+    if point is not None:
+        args += merged
     if entity_type is not None:
         where.append("e.entity_type = ?")
         args.append(entity_type)
     if name_prefix is not None:
         prefix = normalise(name_prefix)
-        where.append("e.norm >= ? AND e.norm < ?")
+        where.append(f"{norm} >= ? AND {norm} < ?")
         args += [prefix, prefix + _TOP]
     where += _scope_sql("e", user_id, agent_id, False, args)
     where += _created_sql("e", known_seq, known_at, args)
     if after is not None:
-        where.append("(e.norm > ? OR (e.norm = ? AND e.entity_id > ?))")
+        where.append(f"({norm} > ? OR ({norm} = ? AND e.entity_id > ?))")
         args += [after[0], after[0], after[1]]
     sql = (
-        f"SELECT {_E_COLUMNS} FROM graph_entities e WHERE {' AND '.join(where)} "
-        "ORDER BY e.norm, e.entity_id LIMIT ?"
+        f"SELECT {columns} FROM {tables} WHERE {' AND '.join(where)} "
+        f"ORDER BY {norm}, e.entity_id LIMIT ?"
     )
-    return await store.fetch_all(sql, *args, limit)
+    rows = await store.fetch_all(sql, *args, limit)
+    if point is None:
+        return rows
+    then = await known_then(store, [r["entity_id"] for r in rows], point)
+    return [{**r, **then[r["entity_id"]].row} for r in rows]
 
 
 def _created_sql(
@@ -805,19 +1038,78 @@ async def names_matching(
 ) -> list[dict[str, Any]]:
     """The live entities one of whose names or aliases is ``norm`` exactly, in scope (and
     created by ``known_seq`` or ``known_at``, when given)."""
+    point = point_of(known_seq, known_at)
+    if point is not None:
+        return await _names_matching_then(
+            store, org_id, norm, entity_type, user_id, agent_id, exact_scope, point
+        )
     args: list[Any] = [org_id, norm]
     where = ["n.org_id = ?", "n.norm = ?"]
     if entity_type is not None:
         where.append("e.entity_type = ?")
         args.append(entity_type)
     where += _scope_sql("e", user_id, agent_id, exact_scope, args)
-    where += _created_sql("e", known_seq, known_at, args)
     sql = (
         f"SELECT {_NAME_COLUMNS} FROM graph_names n JOIN graph_entities e "
         f"ON e.entity_id = n.canonical_id WHERE {' AND '.join(where)} "
         "ORDER BY n.kind DESC, e.entity_id LIMIT 50"
     )
     return await store.fetch_all(sql, *args)
+
+
+async def _names_matching_then(
+    store: Store,
+    org_id: str,
+    norm: str,
+    entity_type: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    exact_scope: bool,
+    point: Point,
+) -> list[dict[str, Any]]:
+    """``names_matching`` at a point: the names and aliases held then, each answering as
+    the entity its holder answered as then, with that entity's name then."""
+    args: list[Any] = [org_id, norm]
+    window = _window("h", point, args)
+    spans = await store.fetch_all(
+        "SELECT h.entity_id, h.field, h.value FROM graph_entity_history h WHERE h.org_id = ? "
+        f"AND h.norm = ? AND h.field IN ('name', 'alias') AND {window} "
+        "ORDER BY h.field DESC, h.entity_id LIMIT 50",
+        *args,
+    )
+    found: dict[str, dict[str, Any]] = {}
+    for span in spans:
+        answering = await _answering_then(store, span["entity_id"], point)
+        if answering in found:
+            continue
+        args = [answering]
+        if entity_type is not None:
+            args.append(entity_type)
+        where = _scope_sql("e", user_id, agent_id, exact_scope, args)
+        where += _created_sql("e", *_seq_at(point), args)
+        typed = " AND e.entity_type = ?" if entity_type is not None else ""
+        row = await store.fetch_one(
+            "SELECT e.entity_id, e.name, e.entity_type FROM graph_entities e "
+            f"WHERE e.entity_id = ?{typed}{''.join(' AND ' + w for w in where)}",
+            *args,
+        )
+        if row is None:
+            continue
+        name = (await known_then(store, [answering], point))[answering].row.get("name")
+        kind = span["field"] if answering == span["entity_id"] else "alias"
+        found[answering] = {
+            "norm": norm,
+            "matched": span["value"],
+            "kind": kind,
+            "entity_id": answering,
+            "name": row["name"] if name is None else name,
+            "entity_type": row["entity_type"],
+        }
+    return sorted(found.values(), key=lambda r: (r["kind"] != "name", r["entity_id"]))
+
+
+def _seq_at(point: Point) -> tuple[int | None, int | None]:
+    return (point[1], None) if point[0] == "seq" else (None, point[1])
 
 
 async def names_like(

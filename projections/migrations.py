@@ -16,11 +16,13 @@ from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
 from agentmem.projections.graph import (
     GRAPH_ASSOCIATIONS,
     GRAPH_ENTITIES,
+    GRAPH_ENTITY_HISTORY,
     GRAPH_MEMORY_SCOPES,
     GRAPH_NAME_GRAMS,
     GRAPH_NAMES,
     GRAPH_PREDICATES,
     GRAPH_RELATIONS,
+    OPEN,
 )
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
 from agentmem.projections.message_vectors import MESSAGE_VECTORS
@@ -47,6 +49,23 @@ WORKING_ITEMS_6 = replace(
 _MEMORY_SCOPES_FILL = (
     "INSERT INTO graph_memory_scopes (memory_id, org_id, user_id, agent_id, session_id) "
     "SELECT memory_id, org_id, user_id, agent_id, session_id FROM memories"
+)
+
+_HISTORY_COLUMNS = "entity_id, field, norm, from_seq, value, org_id, from_at, until_seq, until_at"
+_HISTORY_FILL = (
+    f"INSERT INTO graph_entity_history ({_HISTORY_COLUMNS}) "
+    "SELECT e.entity_id, 'name', e.norm, e.created_seq, e.name, e.org_id, e.created_at, "
+    f"{OPEN}, {OPEN} FROM graph_entities e",
+    f"INSERT INTO graph_entity_history ({_HISTORY_COLUMNS}) "
+    "SELECT e.entity_id, 'attributes', '', e.created_seq, e.attributes, e.org_id, "
+    f"e.created_at, {OPEN}, {OPEN} FROM graph_entities e",
+    f"INSERT INTO graph_entity_history ({_HISTORY_COLUMNS}) "
+    "SELECT n.entity_id, 'alias', n.norm, e.created_seq, n.name, e.org_id, e.created_at, "
+    f"{OPEN}, {OPEN} FROM graph_names n JOIN graph_entities e ON e.entity_id = n.entity_id "
+    "WHERE n.kind = 'alias'",
+    f"INSERT INTO graph_entity_history ({_HISTORY_COLUMNS}) "
+    "SELECT e.entity_id, 'merged_into', '', e.version, e.canonical_id, e.org_id, "
+    f"e.updated_at, {OPEN}, {OPEN} FROM graph_entities e WHERE e.canonical_id <> e.entity_id",
 )
 
 _EXPIRES_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at)"
@@ -307,6 +326,23 @@ MIGRATIONS: list[Migration] = [
                     "scope of every memory not deleted, by which a forget finds its "
                     "associations'",
                 ),
+            ),
+        ),
+    ),
+    Migration(
+        15,
+        "what the service knew of each entity when: spans of its names, aliases, attributes",
+        (
+            GRAPH_ENTITY_HISTORY,
+            # The entities known before: their values now, from their creation on (a store
+            # kept no history of them; a replay writes the true spans from the events).
+            Sql(sqlite=_HISTORY_FILL, postgres=_HISTORY_FILL),
+            Sql(
+                postgres=(
+                    "COMMENT ON TABLE graph_entity_history IS 'AgentMem projection graph: "
+                    "spans of log sequences and times during which an entity had a name, an "
+                    "alias, attributes or was merged into another (until 2^62: still)'",
+                )
             ),
         ),
     ),

@@ -424,7 +424,7 @@ async def test_a_forgotten_user_leaves_no_byte_behind(
         assert replayed[table] == live[table], table
     for table in ("graph_entities", "graph_names", "graph_name_grams", "graph_relations"):
         assert replayed[table] == live[table], table
-    for table in ("graph_associations", "graph_memory_scopes"):
+    for table in ("graph_associations", "graph_memory_scopes", "graph_entity_history"):
         assert replayed[table] == live[table], table
 
 
@@ -454,9 +454,10 @@ async def graph_rows(service: Service, org_id: str, user_id: str) -> dict[str, i
         ("graph_relations", "user_id = ?"),
         ("graph_names", "name IN (?, ?, ?)"),
         ("graph_name_grams", "norm IN (?, ?)"),
+        ("graph_entity_history", "value IN (?, ?, ?)"),
     ):
         args: list[object] = [org_id, user_id]
-        if table == "graph_names":
+        if table in ("graph_names", "graph_entity_history"):
             args = [org_id, NAME, ALIAS, PLACE]
         elif table == "graph_name_grams":
             args = [org_id, NAME.casefold(), PLACE.casefold()]

@@ -152,6 +152,50 @@ async def test_entity_reads_by_system_time(acme: tuple[str, Client]) -> None:
         await api.list_entities(known_at=1, known_at_seq=1)
 
 
+async def test_system_time_reads_say_what_was_known_then(acme: tuple[str, Client]) -> None:
+    """A rename, an alias, attributes and a merge after a point leave what a read at that
+    point answers as it was then (issue 14: not the entity as it is now)."""
+    _, api = acme
+    ann = await entity(api, "Ann Lee", aliases=["Annie"], attributes={"city": "Oslo"})
+    bob = await entity(api, "Bob")
+    first = api.last_seq
+    first_ms = (await api.get_entity(bob, after_seq=first)).updated_at
+    await asyncio.sleep(0.01)
+    await api.rename_entity(ann, "Ann Smith")
+    await api.add_entity_alias(ann, "Nan")
+    await api.remove_entity_alias(ann, "Annie")
+    await api.set_entity_attributes(ann, {"city": "Paris"})
+    await api.merge_entity(bob, ann)
+    merged = api.last_seq
+    await api.unmerge_entity(bob)
+
+    for at in ({"known_at_seq": first}, {"known_at": first_ms}):
+        then = await api.get_entity_at(ann, **at)
+        assert (then.name, then.aliases, then.attributes) == (
+            "Ann Lee",
+            ["Annie"],
+            {"city": "Oslo"},
+        )
+        assert then.members == []
+        assert (await api.get_entity_at(bob, **at)).entity_id == bob  # not merged yet
+        listed = await api.list_entities(name_prefix="Ann", **at)
+        assert [(e.name, e.aliases) for e in listed.items] == [("Ann Lee", ["Annie"])]
+        assert (await api.list_entities(name_prefix="Ann S", **at)).items == []
+        found = await api.resolve_entity("Annie", **at)
+        assert (found.entity_id, found.candidates[0].layer) == (ann, "alias")
+        assert (await api.resolve_entity("Nan", **at)).entity_id is None
+    # While merged: Bob answered as Ann, with its new name, aliases (the old name one of
+    # them) and attributes; now, Bob is himself again.
+    during = await api.get_entity_at(bob, known_at_seq=merged)
+    assert (during.entity_id, during.name, during.members) == (ann, "Ann Smith", [bob])
+    assert (during.aliases, during.attributes) == (["Ann Lee", "Nan"], {"city": "Paris"})
+    assert (await api.resolve_entity("Bob", known_at_seq=merged)).entity_id == ann
+    listed = await api.list_entities(known_at_seq=merged)
+    assert [e.entity_id for e in listed.items] == [ann]
+    assert (await api.get_entity(bob)).entity_id == bob
+    assert [e.name for e in (await api.list_entities()).items] == ["Ann Smith", "Bob"]
+
+
 async def test_resolve_explains_its_layers(acme: tuple[str, Client]) -> None:
     _, api = acme
     jon = await entity(api, "Jonathan Smith", aliases=["Jon"])
@@ -514,6 +558,9 @@ async def test_replay_equals_live(
     await api.merge_entity(bob, ann)
     await api.unmerge_entity(bob)
     await api.rename_entity(paris, "Paris, France")
+    await api.add_entity_alias(paris, "Lutetia")
+    await api.remove_entity_alias(paris, "Lutetia")
+    await api.set_entity_attributes(paris, {"population": 2_100_000})
     m1 = (await api.add_memory("one", user_id="u")).fields["memory_id"]
     m2 = (await api.add_memory("two", user_id="u")).fields["memory_id"]
     await api.associate_memories(m1, m2, strength=0.3)
