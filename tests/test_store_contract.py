@@ -28,6 +28,8 @@ from agentmem.events import (
     ApiKeyCreated,
     BlockAttached,
     BlockCreated,
+    EntityCreated,
+    EntityMerged,
     MemoryAdded,
     MemoryArchived,
     MemoryExpired,
@@ -42,10 +44,12 @@ from agentmem.events import (
 )
 from agentmem.projections import ALL
 from agentmem.projections import blocks as block_reads
+from agentmem.projections import graph as graph_reads
 from agentmem.projections import memories as reads
 from agentmem.projections import messages as message_reads
 from agentmem.projections import working as working_reads
 from agentmem.projections.blocks import BlocksProjection
+from agentmem.projections.graph import GraphProjection
 from agentmem.projections.memories import MemoriesProjection
 from agentmem.projections.messages import MessagesProjection
 from agentmem.projections.migrations import MIGRATIONS
@@ -1414,5 +1418,87 @@ async def test_graph_walks_in_the_store_stay_in_scope_and_time(store_url: str) -
         await write("o1", EntityMerged(entity_id="d", into="b", members=("d",)))
         assert await reached("c", 1, at(20)) == {"c": 0, "a": 1, "b": 1}
         assert (await graph.get_entity(store, "d") or {})["entity_id"] == "b"
+    finally:
+        await store.close()
+
+
+async def test_the_graph_history_and_memory_scopes_are_filled_on_upgrade(store_url: str) -> None:
+    """Migrations 14 and 15 on a store that already holds an entity (renamed, with an alias,
+    merged) and a memory: the memory's scope and the entity's values now become rows of
+    the new tables, so a forget finds the memory's links and a read at a point finds a
+    name (on Postgres the JSON attributes become text)."""
+    store = await open_store(store_url)
+    new = ("graph_entity_history", "graph_memory_scopes")
+    try:
+        await store.migrate([m for m in MIGRATIONS if m.version <= 13])
+        graph = GraphProjection()
+        made = [
+            commit(
+                3,
+                subjects.event("o1", "memory", "m1"),
+                MemoryAdded(
+                    memory_id="m1",
+                    org_id="o1",
+                    memory_type="semantic",
+                    content="x",
+                    valid_from=1,
+                    user_id="u1",
+                ),
+            ),
+            commit(
+                4,
+                subjects.event("o1", "entity", "e1"),
+                EntityCreated(
+                    entity_id="e1",
+                    org_id="o1",
+                    entity_type="person",
+                    name="Ann",
+                    aliases=("Annie",),
+                    attributes={"city": "Oslo"},
+                ),
+            ),
+            commit(
+                5,
+                subjects.event("o1", "entity", "e2"),
+                EntityCreated(
+                    entity_id="e2",
+                    org_id="o1",
+                    entity_type="person",
+                    name="Bob",
+                ),
+            ),
+            commit(
+                6,
+                subjects.event("o1", "entity", "e2"),
+                EntityMerged(
+                    entity_id="e2",
+                    into="e1",
+                    members=("e2",),
+                ),
+            ),
+        ]
+        for c in made:
+            ops = [*graph.project(c), *MemoriesProjection().project(c)]
+            kept = [op for op in ops if op.table not in new]
+            await store.apply(ProjectionBatch("graph", c.seq, [(c.seq, "evt", kept)]))
+        assert await store.migrate(MIGRATIONS) == [m.version for m in MIGRATIONS if m.version > 13]
+        scopes = await store.fetch_all("SELECT memory_id, user_id FROM graph_memory_scopes")
+        assert scopes == [{"memory_id": "m1", "user_id": "u1"}]
+        spans = await store.fetch_all(
+            "SELECT entity_id, field, norm, from_seq, value FROM graph_entity_history "
+            "ORDER BY entity_id, field, norm"
+        )
+        assert [(s["entity_id"], s["field"], s["value"]) for s in spans] == [
+            ("e1", "alias", "Annie"),
+            ("e1", "attributes", '{"city":"Oslo"}'),
+            ("e1", "name", "Ann"),
+            ("e2", "attributes", "{}"),
+            ("e2", "merged_into", "e1"),
+            ("e2", "name", "Bob"),
+        ]
+        for seq, answer in ((5, ("e2", "Bob", [])), (6, ("e1", "Ann", ["Annie"]))):
+            then = await graph_reads.get_entity(store, "e2", known_seq=seq)
+            assert then is not None
+            assert (then["entity_id"], then["name"], then["aliases"]) == answer
     finally:
         await store.close()
