@@ -212,7 +212,9 @@ INGEST_HEADERS = {
         },
         "AgentMem-Outcome-To": {
             "type": "string",
-            "description": "A subject the outcome (IngestOutcome) is published on as well.",
+            "description": "A subject the outcome (IngestOutcome) is published on as "
+            "well: agentmem.out.<org_id>.<user_id>.<tokens>, under the tree of the user the "
+            "command runs as; another is refused (outcome_to_refused in the outcome).",
         },
     },
 }
@@ -229,6 +231,7 @@ def _ingestion(
     the JetStream stream AGENTMEM_INGEST until executed; and the outcome a publisher may
     ask for."""
     from agentmem.domain.ingest import INGEST_PREFIX, PUBLISHABLE
+    from agentmem.subjects import OUTCOME_TO_PREFIX
 
     for op in ops:
         if op.name not in PUBLISHABLE:
@@ -264,8 +267,11 @@ def _ingestion(
         "payload": {"$ref": REF.format(name="IngestOutcome")},
     }
     channels["ingest.outcome"] = {
-        "address": None,
-        "description": "The subject a publisher named in AgentMem-Outcome-To.",
+        "address": f"{OUTCOME_TO_PREFIX}.{{org_id}}.{{user_id}}.{{name}}",
+        "description": "The subject a publisher named in AgentMem-Outcome-To, under the "
+        "tree of the user the command ran as (on a closed deployment, the only outcome tree "
+        "its connection may subscribe to).",
+        "parameters": {"org_id": {}, "user_id": {}, "name": {}},
         "messages": {"outcome": {"$ref": "#/components/messages/IngestOutcome"}},
     }
     operations_["ingest.outcome"] = {

@@ -19,7 +19,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from agentmem import envelope, natsauth
+from agentmem import envelope, natsauth, subjects
 from agentmem.auth import tokens
 from agentmem.commands import (
     AppendMessage,
@@ -989,7 +989,8 @@ class Client:
         if it is down now. ``message_id`` (``Nats-Msg-Id``) is its command id unless the
         request names one: ``ingest_status(message_id)`` then says what became of it.
         ``org_id``: the organization's subject it is published on (default: the request's
-        ``org_id``, else the credential's organization)."""
+        ``org_id``, else the credential's organization). ``outcome_to``: where the outcome
+        is published as well, under this user's tree (``outcome_subject(name)``)."""
         operation = operation_of(type(request))
         body = msgspec.to_builtins(request)
         org = org_id or body.get("org_id") or self._token_org()
@@ -1017,6 +1018,15 @@ class Client:
                 f"not kept: {answer['error'].get('description')}", {"subject": subject}
             )
         return int(answer["seq"])
+
+    def outcome_subject(self, name: str) -> str:
+        """A subject for ``publish(..., outcome_to=...)``: ``name`` under this credential's
+        user's outcome tree, the only place the service publishes an outcome to (and, on a
+        closed deployment, the only one this connection may subscribe to)."""
+        parsed = tokens.parse(f"Bearer {self.token}") if self.token else None
+        if parsed is None:
+            raise InvalidError("an outcome subject needs a credential")
+        return f"{subjects.outcome_tree(parsed.org_id, parsed.user_id)}.{name}"
 
     def _token_org(self) -> str:
         parsed = tokens.parse(f"Bearer {self.token}") if self.token else None

@@ -8,12 +8,15 @@ Three NATS accounts, each a subject namespace of its own:
   subjects as services.
 - ``CLIENTS``: every other connection. It imports ``agentmem.cmd.>``, ``agentmem.q.>``,
   ``agentmem.sys.>`` and the ingestion tree ``agentmem.in.>`` (with the caller's
-  connection details shared, ``Nats-Request-Info``) and nothing else: no event subject, no
+  connection details shared, ``Nats-Request-Info``), and the outcome tree ``agentmem.out.>``
+  as a stream (what the service sends there arrives in ``CLIENTS``), and nothing else: no
+  event subject, no
   ``$JS.API``, no service inbox exists in it. Its users are made per connection by the
   service through nats-server's *auth callout*: a client sends its AgentMem credential (API
   key or session token) as its NATS token, the service checks it as it checks a request,
   and the connection may then publish requests and commands to be ingested, and subscribe
-  to its own inbox prefix only (``inbox_prefix``).
+  to its own inbox prefix (``inbox_prefix``) and its own user's outcome tree
+  (``agentmem.out.<org_id>.<user_id>.>``) only.
 - ``SYS``: the system account, whose user ``agentmem-system`` lets the service close the
   connections of a credential it revoked.
 
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from agentmem import subjects
 from agentmem.auth import natsjwt, tokens
 
 SECRETS_FILE = "nats-credentials.json"
@@ -47,6 +51,10 @@ REQUEST_SUBJECTS = ["agentmem.cmd.>", "agentmem.q.>", "agentmem.sys.>"]
 INGEST_SUBJECTS = ["agentmem.in.>"]
 # What the service exports and a client with a credential may publish to.
 CLIENT_SUBJECTS = REQUEST_SUBJECTS + INGEST_SUBJECTS
+# What the service publishes for clients to receive: the outcomes of published commands
+# (``AgentMem-Outcome-To``), exported as a stream; a connection may subscribe to its own
+# user's subtree only (``outcome_subscriptions``).
+OUTCOME_SUBJECTS = [f"{subjects.OUTCOME_TO_PREFIX}.>"]
 # A connection without a credential may only reach the public subjects.
 PUBLIC_SUBJECTS = ["agentmem.cmd.auth.login", "agentmem.sys.health", "agentmem.sys.schema"]
 ANONYMOUS_PREFIX = "anon_"
@@ -117,12 +125,21 @@ def ensure_secrets(path: Path) -> NatsSecrets:
 def server_config(found: NatsSecrets) -> str:
     """The accounts and the auth callout, as a nats-server config block (the embedded server
     writes it into its config; ``agentmem nats-config`` prints it for a cluster)."""
-    exports = "\n".join(f'      {{ service: "{s}" }}' for s in CLIENT_SUBJECTS)
+    exports = "\n".join(
+        [f'      {{ service: "{s}" }}' for s in CLIENT_SUBJECTS]
+        + [f'      {{ stream: "{s}" }}' for s in OUTCOME_SUBJECTS]
+    )
     service = f"{{ user: {SERVICE_USER}, password: {json.dumps(found.service_password)} }}"
     system = f"{{ user: {SYSTEM_USER}, password: {json.dumps(found.system_password)} }}"
     imports = "\n".join(
-        f'      {{ service: {{ account: {SERVICE_ACCOUNT}, subject: "{s}" }}, share: true }}'
-        for s in CLIENT_SUBJECTS
+        [
+            f'      {{ service: {{ account: {SERVICE_ACCOUNT}, subject: "{s}" }}, share: true }}'
+            for s in CLIENT_SUBJECTS
+        ]
+        + [
+            f'      {{ stream: {{ account: {SERVICE_ACCOUNT}, subject: "{s}" }} }}'
+            for s in OUTCOME_SUBJECTS
+        ]
     )
     return (
         "accounts {\n"
@@ -176,6 +193,13 @@ def inbox_prefix(nats_token: str) -> str:
     if found is None:
         raise ValueError("not an AgentMem credential or an anonymous token")
     return f"_INBOX_{found}"
+
+
+def outcome_subscriptions(token: tokens.Token | None) -> list[str]:
+    """The outcome subjects a connection may subscribe to: its own user's tree."""
+    if token is None:
+        return []
+    return [subjects.outcome_tree(token.org_id, token.user_id) + ".>"]
 
 
 def connection_options(token: str | None) -> dict[str, str]:

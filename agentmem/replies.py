@@ -293,6 +293,8 @@ class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
     ingest_seq: int | None = None  # its sequence in the ingestion stream
     attempts: int = 0  # how many times it was executed before this outcome
     at: int | None = None  # when the outcome was recorded (ms since the epoch)
+    # Why the outcome was not published on the AgentMem-Outcome-To the publisher named.
+    outcome_to_refused: str | None = None
 
 
 class StatusReport(msgspec.Struct, frozen=True):

@@ -30,6 +30,16 @@ QUEUE_GROUP = "agentmem"
 # appended (agentmem/ingestion.py).
 INGEST_PREFIX = f"{PREFIX}.in"
 INGEST_SUBJECTS = f"{INGEST_PREFIX}.*.*.*"
+# Where the outcome of a published command may be sent (its ``AgentMem-Outcome-To``):
+# ``agentmem.out.<org_id>.<user_id>.<anything>``, the tree of the user it ran as. On a closed
+# deployment the service's account exports this tree as a stream and a connection may
+# subscribe to its own user's subtree only, so nobody receives another user's outcomes.
+OUTCOME_TO_PREFIX = f"{PREFIX}.out"
+
+
+def outcome_tree(org_id: str, user_id: str) -> str:
+    """The subtree a user's outcomes may be sent to (subscribe to ``<it>.>``)."""
+    return f"{OUTCOME_TO_PREFIX}.{org_id}.{user_id}"
 
 
 def command(aggregate: str, verb: str) -> str:

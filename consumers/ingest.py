@@ -17,7 +17,9 @@ so one process at a time reads a partition, in stream order. For each batch it r
    ``not_found``, ``conflict``) is the command's outcome. Another (``unavailable``,
    ``internal``) is retried with backoff, and after ``MAX_ATTEMPTS`` the command is parked
    (copied to the parked stream) for an operator.
-4. The outcome is recorded (``ingest.status`` reads it), then the message is acked,
+4. The outcome is recorded (``ingest.status`` reads it) and published where the publisher
+   asked (``AgentMem-Outcome-To``, only under ``agentmem.out.<org>.<user>.`` of the user it
+   ran as; another target is refused, and why is in the outcome), then the message is acked,
    which removes it from the work queue. A crash anywhere before the ack redelivers the
    message; its command is then recognised as done, and the same outcome recorded again.
 """
@@ -53,6 +55,7 @@ from agentmem.domain.ingest import (
     classify,
     command_id,
     order_key,
+    outcome_to_refusal,
     read_keys,
     target,
     valid_id,
@@ -123,6 +126,7 @@ class Done(msgspec.Struct):
     subject: str  # where the outcome is recorded
     outcome: IngestOutcome
     park: bool = False
+    outcome_to: str | None = None  # where the publisher asked for it, when allowed
 
 
 class IngestWorker:
@@ -320,9 +324,19 @@ class IngestWorker:
             attempts=attempts,
             at=time.time_ns() // 1_000_000,
         )
+        outcome_to = headers.get(H_OUTCOME_TO) or None
+        if outcome_to is not None:
+            refused = outcome_to_refusal(
+                outcome_to,
+                principal.org_id if principal is not None else None,
+                principal.user_id if principal is not None else None,
+            )
+            if refused is not None:
+                outcome = msgspec.structs.replace(outcome, outcome_to_refused=refused)
+                outcome_to = None
         user = principal.user_id if principal is not None else ingestion.ANONYMOUS
         subject = ingestion.outcome_subject(org_id, user, cid)
-        return Done(msg, subject, outcome, park=verdict == "retry")
+        return Done(msg, subject, outcome, park=verdict == "retry", outcome_to=outcome_to)
 
     async def _record(self, done: list[Done]) -> None:
         """Every outcome in the outcomes stream (and the parked commands in theirs) before
@@ -335,10 +349,9 @@ class IngestWorker:
             ack = await self.nc.request(d.subject, encoded, timeout=10.0)
             if b'"error"' in ack.data:
                 raise RuntimeError(f"outcome not recorded: {ack.data[:200]!r}")
-            reply_to = (d.msg.headers or {}).get(H_OUTCOME_TO)
-            if reply_to:
+            if d.outcome_to is not None:
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(reply_to, encoded)
+                    await self.nc.publish(d.outcome_to, encoded)
 
         await asyncio.gather(*map(record, done))
 

@@ -7,7 +7,9 @@ that is not the service's own; the service answers with a user of the ``CLIENTS`
 - a valid API key or session token as the NATS token: may publish requests
   (``agentmem.cmd.>``, ``agentmem.q.>``, ``agentmem.sys.>``) and commands to be ingested
   (``agentmem.in.>``), and subscribe to
-  ``_INBOX_<credential id>.>``; a session's connection ends when the session does;
+  ``_INBOX_<credential id>.>`` and its user's outcome tree ``agentmem.out.<org>.<user>.>``
+  (a principal is the credential's user: another user's outcomes never reach it); a
+  session's connection ends when the session does;
 - an anonymous token (``anon_<random>``): the public subjects only (login, health, schema),
   and its own inbox;
 - anything else (no token, a revoked, expired or unknown credential): refused.
@@ -103,7 +105,7 @@ class ConnectionGate:
             natsauth.CLIENT_ACCOUNT,
             natsauth.connection_name(credential),
             publish,
-            [f"_INBOX_{inbox}.>"],
+            [f"_INBOX_{inbox}.>", *natsauth.outcome_subscriptions(credential)],
             self.issuer_seed,
             expires,
         )

@@ -209,21 +209,51 @@ async def test_refused_publishes_are_recorded_with_their_error(
 async def test_the_outcome_is_published_where_the_publisher_asks(
     service: Service, nc: NATS, client: Client, admin_token: str
 ) -> None:
-    org = org_of(admin_token)
+    """``AgentMem-Outcome-To`` under the tree of the user the command ran as receives the
+    outcome; any other subject (an inbox, another user's tree, a wildcard) is refused, and
+    the refusal is in the outcome instead."""
+    parsed = tokens.parse(f"Bearer {admin_token}")
+    assert parsed is not None
+    org, user = parsed.org_id, parsed.user_id
     agent = (await client.create_agent("Outcome")).fields["agent_id"]
+    mine = f"agentmem.out.{org}.{user}.tell-me"
+    subscription = await nc.subscribe(mine)
     inbox = nc.new_inbox()
-    subscription = await nc.subscribe(inbox)
+    elsewhere = await nc.subscribe(inbox)
+    others = await nc.subscribe(f"agentmem.out.{org}.somebody-else.>")
     await nc.flush()
     await nc.publish(  # a plain publish: no acknowledgement, the outcome comes later
         f"agentmem.in.{org}.message.append",
         append_body("o", agent, 1),
-        headers={**bearer(admin_token), "Nats-Msg-Id": "tell-me", "AgentMem-Outcome-To": inbox},
+        headers={**bearer(admin_token), "Nats-Msg-Id": "tell-me", "AgentMem-Outcome-To": mine},
     )
     message = await subscription.next_msg(timeout=20)
     outcome = json.loads(message.data)
     assert outcome["command_id"] == "tell-me"
     assert outcome["status"] == "stored"
     assert outcome["operation"] == "message.append"
+    assert outcome["outcome_to_refused"] is None
+
+    refused_targets = {
+        "to-inbox": inbox,
+        "to-other": f"agentmem.out.{org}.somebody-else.x",
+        "to-wildcard": f"agentmem.out.{org}.{user}.>",
+        "to-request": "agentmem.cmd.org.delete",
+    }
+    for n, (cid, where) in enumerate(refused_targets.items(), start=2):
+        await nc.publish(
+            f"agentmem.in.{org}.message.append",
+            append_body("o", agent, n),
+            headers={**bearer(admin_token), "Nats-Msg-Id": cid, "AgentMem-Outcome-To": where},
+        )
+    for cid in refused_targets:
+        settled_outcome = await settled(nc, admin_token, cid)
+        assert settled_outcome["status"] == "stored", settled_outcome
+        assert f"agentmem.out.{org}.{user}." in settled_outcome["outcome_to_refused"]
+    with pytest.raises(nats.errors.TimeoutError):
+        await elsewhere.next_msg(timeout=0.3)
+    with pytest.raises(nats.errors.TimeoutError):
+        await others.next_msg(timeout=0.1)
 
 
 async def test_ingest_status_keeps_users_and_organizations_apart(

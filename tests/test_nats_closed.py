@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 
 from agentmem import Client, ids, natsauth, subjects
 from agentmem.auth import tokens
+from agentmem.commands import AppendMessage
 from agentmem.config import Settings
 from agentmem.consumers.passwords import SOURCE_LIMIT
 from agentmem.domain import users
@@ -454,3 +455,71 @@ async def test_a_client_publishes_to_the_ingestion_tree_and_gets_its_acknowledge
     finally:
         await client.close()
         await anonymous.close()
+
+
+async def test_the_outcome_reaches_its_publisher_and_nobody_else(
+    deployment: Deployment, root: Client
+) -> None:
+    """``AgentMem-Outcome-To`` on a closed deployment: the service's account exports the
+    outcome tree as a stream, so the outcome reaches Ann on ``agentmem.out.<org>.<ann>.…``.
+    Bob, a member of the same organization with a valid key, may subscribe to his own tree
+    only: his subscriptions to Ann's tree and to the whole tree get nothing, and Ann cannot
+    send her outcomes into his tree (refused, and said so in the outcome)."""
+    ann = await member(deployment, root)
+    bob_user = await root.register_user(
+        ann.org_id, "Bob", "bob@acme.example", PASSWORD, roles=["member"]
+    )
+    bob_id = str(bob_user.fields["user_id"])
+    bob_key = str((await root.create_api_key("bob laptop", user_id=bob_id)).fields["token"])
+    agent = (await root.create_agent("Outcomes", org_id=ann.org_id)).fields["agent_id"]
+    ann_tree = subjects.outcome_tree(ann.org_id, ann.user_id)
+    bob_tree = subjects.outcome_tree(ann.org_id, bob_id)
+    client = await Client.connect(deployment.url, token=ann.key)
+    bob = await Client.connect(deployment.url, token=bob_key)
+    heard_by_bob: list[Msg] = []
+
+    async def keep(msg: Msg) -> None:
+        heard_by_bob.append(msg)
+
+    try:
+        for wildcard in (f"{ann_tree}.>", f"{subjects.OUTCOME_TO_PREFIX}.>", ">"):
+            await bob.nc.subscribe(wildcard, cb=keep)
+        bobs_own = await bob.nc.subscribe(f"{bob_tree}.>")
+        mine = await client.nc.subscribe(f"{ann_tree}.>")
+        await client.nc.flush()
+        await bob.nc.flush()
+
+        def append(n: int) -> AppendMessage:
+            message = {"role": "user", "content": f"m{n}"}
+            body = {"session_id": "s", "agent_id": agent, "message": message}
+            return msgspec.convert(body, AppendMessage)
+
+        await client.publish(
+            append(1),
+            message_id="out-1",
+            outcome_to=client.outcome_subject("out-1"),
+        )
+        outcome = json.loads((await mine.next_msg(timeout=20)).data)
+        assert outcome["command_id"] == "out-1"
+        assert outcome["status"] == "stored"
+
+        await client.publish(
+            append(2),
+            message_id="out-2",
+            outcome_to=f"{bob_tree}.stolen",
+        )
+
+        async def settled() -> dict[str, Any] | None:
+            found = await client.ingest_status("out-2")
+            return found if found["status"] != "pending" else None
+
+        second = await eventually(settled, 20, 0.05, "the second outcome")
+        assert second["status"] == "stored"
+        assert ann_tree in second["outcome_to_refused"]
+        with pytest.raises(nats.errors.TimeoutError):
+            await bobs_own.next_msg(timeout=0.3)
+        await asyncio.sleep(0.2)
+    finally:
+        await client.close()
+        await bob.close()
+    assert not heard_by_bob, [m.subject for m in heard_by_bob]

@@ -85,6 +85,32 @@ def command_id(headers: dict[str, str], body_id: str | None, stream_id: str) -> 
     return stream_id
 
 
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+MAX_OUTCOME_TO = 255
+
+
+def outcome_to_refusal(outcome_to: str, org_id: str | None, user_id: str | None) -> str | None:
+    """Why the outcome may not be published on ``outcome_to`` (None: it may): only under
+    ``agentmem.out.<org_id>.<user_id>.`` of the user the command ran as, concrete tokens
+    only. Anything else would let a publisher make the service send on a subject of its
+    choosing (a request subject, another user's tree)."""
+    if org_id is None or user_id is None:
+        return "the command ran as nobody (refused before its caller was known)"
+    tree = subjects.outcome_tree(org_id, user_id)
+    rest = outcome_to.removeprefix(tree + ".")
+    if (
+        len(outcome_to) > MAX_OUTCOME_TO
+        or rest == outcome_to
+        or not all(_SUBJECT_TOKEN.match(token) for token in rest.split("."))
+    ):
+        return (
+            f"AgentMem-Outcome-To must be {tree}.<one or more tokens of letters, digits, "
+            f"'_' or '-'> (the tree of the user the command ran as), at most "
+            f"{MAX_OUTCOME_TO} characters"
+        )
+    return None
+
+
 def valid_id(value: str) -> bool:
     return bool(_ID.match(value))
 
