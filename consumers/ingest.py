@@ -387,10 +387,8 @@ def query_router(parts: Parts) -> Router:
         org_id = query.org_id or caller.org_id
         user_id = query.user_id or caller.user_id
         hidden = NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id})
-        authorize(caller, request.need, org_id, hidden)
-        if user_id != caller.user_id:
-            # Another user's commands: that organization's administrators' to see.
-            authorize(caller, "org_admin", org_id, hidden)
+        # ``self``: the caller's own commands, or an org admin's look at another user's.
+        authorize(caller, request.need, org_id, hidden, user_id)
         for user in (user_id, ingestion.ANONYMOUS):
             found = await ingestion.read_outcome(
                 nc, ingestion.outcome_subject(org_id, user, query.command_id)

@@ -519,7 +519,9 @@ async def check_one_truth(
     second_active = seen[second.process.pid]["active"]
     third_active = seen[third.process.pid]["active"]
     assert sorted(second_active + third_active) == PROJECTIONS
-    assert len(second_active) == -(-len(PROJECTIONS) // 2)
+    # An odd count splits one apart: either process may hold the larger half.
+    halves = sorted([len(second_active), len(third_active)])
+    assert halves == [len(PROJECTIONS) // 2, -(-len(PROJECTIONS) // 2)]
     for pid in (second.process.pid, third.process.pid):
         assert seen[pid]["roles"] == ["commands", "queries", "projections"]
 

@@ -713,14 +713,15 @@ ROWS: list[Row] = [
     # Published commands (ingestion): what became of one
     Row(
         "agentmem.q.ingest.status",
-        "reader",
-        "org",
-        built(lambda s: {"org_id": s.w.own, "command_id": "never-published"}),
+        "self",
+        "own",
+        built(lambda s: {"command_id": "never-published"}),
         lambda s, d: d["status"] == "pending",
+        variant="own",
     ),
     Row(
         "agentmem.q.ingest.status",
-        "org_admin",
+        "self",
         "org",
         built(
             lambda s: {

@@ -164,7 +164,7 @@ def backoff_s(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
     return float(min(cap, base * 2 ** (attempt - 1)))
 
 
-@query("ingest.status", need="reader", reply=IngestOutcome)
+@query("ingest.status", need="self", reply=IngestOutcome)
 class IngestStatus(Query, frozen=True, kw_only=True):
     """The outcome of a published command, by its command id: ``pending`` (no outcome
     recorded yet: still in the stream, or never received), ``stored`` with the sequence of
@@ -172,7 +172,8 @@ class IngestStatus(Query, frozen=True, kw_only=True):
     operator retries or drops it), ``dropped`` by an operator."""
 
     command_id: Id
-    # Another user's command (an org_admin of the organization, or a service administrator).
+    # Another user's command (an org admin of the organization, or a service administrator):
+    # the need ``self``, as for a user's own keys and sessions.
     user_id: Id | None = None
     # Another organization's command (a service administrator only).
     org_id: Id | None = None
