@@ -730,7 +730,9 @@ async def test_deleting_an_org_frees_its_users_emails_for_exactly_one_owner(
     # Held again: by the new owner, in the log and in the table.
     with pytest.raises(ConflictError):
         await new_user(api, other, "ann@example.com")
-    found = await api.get_user_by_email("ann@example.com", after_seq=api.last_seq)
+    # The winner may have written after the deletion, from another connection: wait for its
+    # own sequence, not for this client's last write.
+    found = await api.get_user_by_email("ann@example.com", after_seq=max(won[0].seq, api.last_seq))
     assert found.user_id == owner
     assert service.store is not None
     rows = await service.store.fetch_all(
