@@ -161,6 +161,15 @@ def partition_filter(partition: int) -> str:
     return f"{INGEST_PREFIX}.*.*.*.{partition}"
 
 
+def partition_of(org_id: str) -> int:
+    """The partition JetStream stores an organization's publishes in: nats-server's
+    ``partition()`` transform is FNV-1a (32 bits) of the token, modulo the partitions."""
+    digest = 0x811C9DC5
+    for byte in org_id.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return digest % PARTITIONS
+
+
 # Outcomes --------------------------------------------------------------------------------
 def outcome_subject(org_id: str, user: str, command_id: str) -> str:
     """Whose command it was is part of its key: a command id is unique only within the

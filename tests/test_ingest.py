@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nats
 import nats.js.errors
@@ -455,6 +456,27 @@ async def test_commit_types_of_published_commands_are_the_operations(
     assert set(bodies) <= types
 
 
+async def test_partition_of_names_the_partition_jetstream_stores_a_publish_in(
+    nats_server: NatsServer,
+) -> None:
+    """``ingestion.partition_of`` agrees with nats-server's ``partition()`` transform, so that
+    an operator (and the test below) can tell which process reads an organization."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        await ingestion.ensure_all(nc)
+        js = nc.jetstream()
+        orgs = [str(uuid.uuid4()) for _ in range(64)]
+        for org in orgs:
+            await js.publish(f"agentmem.in.{org}.message.append", b"{}")
+        stored = [await js.get_msg(ingestion.STREAM, seq) for seq in range(1, len(orgs) + 1)]
+        assert [int(m.subject.rsplit(".", 1)[1]) for m in stored] == [
+            ingestion.partition_of(org) for org in orgs
+        ]
+        assert len({ingestion.partition_of(org) for org in orgs}) == ingestion.PARTITIONS
+    finally:
+        await nc.close()
+
+
 async def test_two_processes_share_the_partitions_and_keep_the_order(
     nats_server: NatsServer, tmp_path: Path, store_url: str, store_kind: str
 ) -> None:
@@ -471,14 +493,24 @@ async def test_two_processes_share_the_partitions_and_keep_the_order(
         token = (tmp_path / "a" / "admin.key").read_text().strip()
         root = Client(nc, token)
 
-        async def spread() -> bool:
-            return bool(first.this_process()["ingesting"] and second.this_process()["ingesting"])
+        def partitions(service: Service) -> set[int]:
+            names = cast(list[str], service.this_process()["ingesting"])
+            return {int(name.rsplit("-", 1)[1]) for name in names}
 
-        await eventually(spread, 30, 0.1, "the partitions spread over both processes")
+        async def spread() -> bool:
+            # Each at its fair share: while a process still holds more, a lease moves mid-run.
+            return len(partitions(first)) == len(partitions(second)) == ingestion.PARTITIONS // 2
+
+        await eventually(spread, 30, 0.1, "the partitions spread evenly over both processes")
+        # Organizations whose publishes land in both processes' partitions (hashed by id).
+        orgs: list[str] = []
+        while len(orgs) < 8 or not all(
+            partitions(s) & {ingestion.partition_of(o) for o in orgs} for s in (first, second)
+        ):
+            orgs.append(str((await root.create_org(f"Org {len(orgs)}")).fields["org_id"]))
         sent: list[tuple[str, str, int]] = []  # (org, session, rank)
         js = nc.jetstream()
-        for o in range(8):
-            org = str((await root.create_org(f"Org {o}")).fields["org_id"])
+        for o, org in enumerate(orgs):
             agent = str((await root.create_agent("A", org_id=org)).fields["agent_id"])
             for n in range(30):
                 session = f"s{n % 2}"
