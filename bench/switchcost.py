@@ -25,31 +25,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agentmem import ids
-from agentmem.domain import memories as domain
-from agentmem.eventlog import H_TIME, StoredCommit
 from agentmem.projections.memories import PROJECTION
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.store import ProjectionBatch, RowOp, Store, open_store
-from bench.memories import added
 from bench.pg import postgres_store
-
-PER_BATCH = 1_000
-
-
-def batches(count: int) -> list[list[tuple[int, str, list[RowOp]]]]:
-    org_id, at = ids.new_id(), time.time_ns() // 1_000_000
-    made = []
-    for b in range(count):
-        items = []
-        for i in range(PER_BATCH):
-            seq = b * PER_BATCH + i + 1
-            event = added(org_id, seq, 1_000, at)
-            subject = domain.subject(org_id, event.memory_id)
-            ops = PROJECTION.project(StoredCommit(seq, subject, {H_TIME: str(at)}, [event]))
-            items.append((seq, subject, ops))
-        made.append(items)
-    return made
+from bench.projectionruns import PER_BATCH, batches
 
 
 async def apply_all(
@@ -87,7 +67,7 @@ async def fresh(kind: str) -> AsyncIterator[Store]:
 
 
 async def one_round(kind: str, count: int) -> tuple[float, float, float]:
-    prepared = batches(count)
+    prepared = batches(count, before=False)
     async with fresh(kind) as store:
         await store.migrate(MIGRATIONS)
         await store.adopt("memories", 1)
