@@ -22,7 +22,7 @@ import structlog
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import missing_org
-from agentmem.consumers.graph import answering, probe
+from agentmem.consumers.graph import decide_assertion, probe
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import (
     entities,
@@ -30,7 +30,6 @@ from agentmem.domain import (
     memories,
     messages,
     orgs,
-    predicates,
     relations,
 )
 from agentmem.domain.aggregate import Write
@@ -265,18 +264,7 @@ async def _relations(
 
         def plan_for(command: AssertRelation, outcome: list[relations.Asserted]) -> Any:
             async def plan(loader: Loader, command_id: str) -> list[Write]:
-                subject, org_id = await answering(runner, loader, request, command.subject_id)
-                target, _ = await answering(runner, loader, request, command.object_id)
-                subject_entity = entities.require_live(subject, command.subject_id)
-                object_entity = entities.require_live(target, command.object_id)
-                facts = await loader.load(
-                    relations.subject(org_id, subject_entity.entity_id), relations.evolve
-                )
-                declared = await loader.load(predicates.subject(org_id), predicates.evolve)
-                single = predicates.is_single(declared.state, command.predicate)
-                decided = relations.assert_relation(
-                    facts, command, subject_entity, object_entity, now, single
-                )
+                decided, _ = await decide_assertion(runner, loader, request, command, now)
                 outcome[:] = [decided]
                 return decided.writes
 

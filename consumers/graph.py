@@ -107,6 +107,28 @@ async def answering(
     )
 
 
+async def decide_assertion(
+    runner: CommandRunner,
+    loader: Loader,
+    request: Request[Any],
+    command: AssertRelation,
+    now: int,
+) -> tuple[relations.Asserted, Loaded[relations.Facts]]:
+    """Decide ``command`` against the live entities its ids answer as (both in one
+    organization) and the subject's facts, under the organization's declared predicates."""
+    subject, org_id = await answering(runner, loader, request, command.subject_id)
+    target, object_org = await answering(runner, loader, request, command.object_id)
+    if object_org != org_id:
+        raise entities.missing(command.object_id)
+    subject_entity = entities.require_live(subject, command.subject_id)
+    object_entity = entities.require_live(target, command.object_id)
+    facts = await loader.load(relations.subject(org_id, subject_entity.entity_id), relations.evolve)
+    declared = await loader.load(predicates.subject(org_id), predicates.evolve)
+    single = predicates.is_single(declared.state, command.predicate)
+    decided = relations.assert_relation(facts, command, subject_entity, object_entity, now, single)
+    return decided, facts
+
+
 async def probe(loader: Loader, org_id: str, key: str) -> tuple[Loaded[Entity], bool]:
     """Walk a name's subjects from generation 0: the entity that holds the name (True), or
     the first empty subject (False), where a new entity goes."""
@@ -242,20 +264,7 @@ def command_router(parts: Parts) -> Router:
         where: list[Loaded[relations.Facts]] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
-            subject, org_id = await answering(runner, loader, request, command.subject_id)
-            target, object_org = await answering(runner, loader, request, command.object_id)
-            if object_org != org_id:
-                raise entities.missing(command.object_id)
-            subject_entity = entities.require_live(subject, command.subject_id)
-            object_entity = entities.require_live(target, command.object_id)
-            facts = await loader.load(
-                relations.subject(org_id, subject_entity.entity_id), relations.evolve
-            )
-            declared = await loader.load(predicates.subject(org_id), predicates.evolve)
-            single = predicates.is_single(declared.state, command.predicate)
-            decided = relations.assert_relation(
-                facts, command, subject_entity, object_entity, now, single
-            )
+            decided, facts = await decide_assertion(runner, loader, request, command, now)
             outcome[:], where[:] = [decided], [facts]
             if decided.existing is not None:
                 raise _Found
