@@ -277,6 +277,24 @@ class CommandRunner:
 
         return list(await asyncio.gather(*(one(key, plan) for key, plan in plans)))
 
+    async def run_pages(
+        self,
+        request: Request[Any],
+        page: Callable[[str], Awaitable[list[str]]],
+        plan_for: Callable[[str], Plan],
+    ) -> tuple[int, int]:
+        """``run_each`` over every id that ``page(after)`` finds, page after page (ids in
+        order, each page after the last id of the one before) until a page is empty: how
+        many plans wrote, and the log sequence of the last of their commits (0: none wrote)."""
+        written, version, after = 0, 0, ""
+        while found := await page(after):
+            for result in await self.run_each(request, [(i, plan_for(i)) for i in found]):
+                if result is not None:
+                    written += 1
+                    version = max(version, result[1] or 0)
+            after = found[-1]
+        return written, version
+
     async def _run(self, request: Request[Any], plan: Plan, command_id: str) -> Result:
         meta = CommitMeta(
             command_id=command_id,

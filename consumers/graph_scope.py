@@ -45,14 +45,8 @@ async def delete_entities_of_scope(
 
         return plan
 
-    deleted, version, after = 0, 0, ""
-    while True:
-        found = await reads.scope_entity_ids(store, org_id, user_id, agent_id, after, SCOPE_PAGE)
-        if not found:
-            return deleted, version
-        results = await runner.run_each(request, [(e, plan_for(e)) for e in found])
-        for result in results:
-            if result is not None:
-                deleted += 1
-                version = max(version, result[1] or 0)
-        after = found[-1]
+    return await runner.run_pages(
+        request,
+        lambda after: reads.scope_entity_ids(store, org_id, user_id, agent_id, after, SCOPE_PAGE),
+        plan_for,
+    )

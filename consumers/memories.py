@@ -309,17 +309,11 @@ def command_router(parts: Parts) -> Router:
 
             return plan
 
-        deleted, version, after = 0, 0, ""
-        while True:
-            found = await reads.scope_memory_ids(store, org_id, scope, after, SCOPE_PAGE)
-            if not found:
-                break
-            results = await runner.run_each(request, [(m, plan_for(m)) for m in found])
-            for result in results:
-                if result is not None:
-                    deleted += 1
-                    version = max(version, result[1] or 0)
-            after = found[-1]
+        deleted, version = await runner.run_pages(
+            request,
+            lambda after: reads.scope_memory_ids(store, org_id, scope, after, SCOPE_PAGE),
+            plan_for,
+        )
         # The scope's entities and relations go too (a session's scope holds none).
         graph_deleted = 0
         if command.session_id is None:
