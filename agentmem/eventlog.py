@@ -22,9 +22,9 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import ids, subjects
+from agentmem import ids, jetstream, subjects
 from agentmem.domain.aggregate import Write
-from agentmem.errors import AgentMemError, UnavailableError
+from agentmem.errors import UnavailableError
 from agentmem.events import COMMIT_SCHEMA, AnyEvent
 from agentmem.keys import KeyRing
 from agentmem.sealing import read_events, seal, sealed_key_names
@@ -42,7 +42,6 @@ H_TIME = "AgentMem-Time"  # milliseconds since the Unix epoch, as decided
 
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
-STREAM_NOT_FOUND = 10059
 TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream (50)
 
 # Stay under the server's limit from this process; a rare refusal (other processes) is retried.
@@ -70,10 +69,6 @@ class DuplicateCommand(Exception):
 
 class TooManyBatches(Exception):
     """The server had too many atomic batches in flight on the stream; nothing was stored."""
-
-
-class StreamConfigMismatch(AgentMemError):
-    code = "internal"
 
 
 @dataclass(frozen=True)
@@ -219,13 +214,7 @@ class EventLog:
 
     # Stream management ------------------------------------------------------------------
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        payload = _json.encode(body) if body is not None else b""
-        try:
-            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-            raise UnavailableError(f"JetStream did not answer {subject}: {exc!r}") from exc
-        result: dict[str, Any] = msgspec.json.decode(reply.data)
-        return result
+        return await jetstream.api(self.nc, subject, body, self.timeout)
 
     async def info(self) -> dict[str, Any]:
         reply = await self._api(f"STREAM.INFO.{self.stream}")
@@ -239,41 +228,28 @@ class EventLog:
 
     async def ensure_stream(self, replicas: int = 1) -> dict[str, Any]:
         """Create the stream when missing; when present, check it and never rewrite it."""
-        wanted = stream_config(self.stream, replicas)
-        reply = await self._api(f"STREAM.INFO.{self.stream}")
-        error = reply.get("error")
-        if error and error.get("err_code") == STREAM_NOT_FOUND:
-            reply = await self._api(f"STREAM.CREATE.{self.stream}", wanted)
-            if "error" in reply:
-                raise StreamConfigMismatch(
-                    f"could not create stream {self.stream}: {reply['error'].get('description')}"
-                )
-            return reply
-        if error:
-            raise UnavailableError(f"stream {self.stream}: {error.get('description')}")
-        actual = reply["config"]
-        wrong = {
-            key: {"expected": wanted[key], "actual": actual.get(key)}
-            for key in _CHECKED
-            if actual.get(key) != wanted[key]
-        }
-        if actual.get("duplicate_window", 0) < 60 * 1_000_000_000:
-            wrong["duplicate_window"] = {
-                "expected": ">= 60s",
-                "actual": actual.get("duplicate_window"),
-            }
-        # Asking for another replica count than the stream has is a deployment mistake (a
-        # service pointed at the wrong cluster, or a flag left out): say so, change nothing.
-        # JetStream can change it in place, by hand: `nats stream edit <stream> --replicas N`.
-        if actual.get("num_replicas", 1) != replicas:
-            wrong["num_replicas"] = {"expected": replicas, "actual": actual.get("num_replicas", 1)}
-        if wrong:
-            raise StreamConfigMismatch(
-                f"stream {self.stream} exists with settings AgentMem cannot run on; "
-                "fix them by hand (AgentMem never rewrites a stream)",
-                {"settings": wrong},
-            )
-        return reply
+
+        def also(actual: dict[str, Any]) -> dict[str, Any]:
+            wrong: dict[str, Any] = {}
+            if actual.get("duplicate_window", 0) < 60 * 1_000_000_000:
+                wrong["duplicate_window"] = {
+                    "expected": ">= 60s",
+                    "actual": actual.get("duplicate_window"),
+                }
+            # Asking for another replica count than the stream has is a deployment mistake
+            # (a service pointed at the wrong cluster, or a flag left out): say so, change
+            # nothing. JetStream can change it in place, by hand:
+            # `nats stream edit <stream> --replicas N`.
+            if actual.get("num_replicas", 1) != replicas:
+                wrong["num_replicas"] = {
+                    "expected": replicas,
+                    "actual": actual.get("num_replicas", 1),
+                }
+            return wrong
+
+        return await jetstream.ensure_stream(
+            self.nc, stream_config(self.stream, replicas), _CHECKED, also, self.timeout
+        )
 
     # Appending --------------------------------------------------------------------------
     async def append(self, writes: list[Write], meta: CommitMeta) -> Appended:

@@ -24,10 +24,10 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
-from agentmem import subjects
+from agentmem import jetstream, subjects
 from agentmem.domain.ingest import H_INGEST_ID, INGEST_PREFIX, INGEST_SUBJECTS
 from agentmem.errors import UnavailableError
-from agentmem.eventlog import DUPLICATE_WINDOW_S, StreamConfigMismatch
+from agentmem.eventlog import DUPLICATE_WINDOW_S
 from agentmem.replies import IngestOutcome
 
 STREAM = "AGENTMEM_INGEST"
@@ -107,42 +107,8 @@ def parked_config(replicas: int = 1) -> dict[str, Any]:
 _CHECKED = ("subjects", "retention", "storage", "subject_transform")
 
 
-async def _api(nc: NATS, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    payload = json.dumps(body).encode() if body is not None else b""
-    reply = await nc.request(subject, payload, timeout=5.0)
-    answer: dict[str, Any] = json.loads(reply.data)
-    return answer
-
-
 async def ensure(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
-    """Create a stream when missing; when present, check the settings this code relies on
-    (never rewrite them)."""
-    name = config["name"]
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
-    error = info.get("error")
-    if error and error.get("err_code") == 10059:  # not found
-        info = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
-        error = info.get("error")
-    if error:
-        raise UnavailableError(f"stream {name}: {error.get('description')}")
-    actual = info["config"]
-    wrong = {
-        key: {"expected": config[key], "actual": actual.get(key)}
-        for key in _CHECKED
-        if key in config and _normal(actual.get(key)) != _normal(config[key])
-    }
-    if wrong:
-        raise StreamConfigMismatch(
-            f"stream {name} exists with settings AgentMem cannot work with",
-            {"settings": wrong},
-        )
-    return info
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: v for k, v in value.items() if v not in (None, "")}
-    return value
+    return await jetstream.ensure_stream(nc, config, _CHECKED)
 
 
 async def ensure_all(
@@ -205,10 +171,10 @@ async def read_outcome(nc: NATS, subject: str) -> IngestOutcome | None:
 # Status ----------------------------------------------------------------------------------
 async def report(nc: NATS) -> dict[str, Any] | None:
     """The backlog and the parked count; None when there is no ingestion stream."""
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{STREAM}")
+    info = await jetstream.api(nc, f"STREAM.INFO.{STREAM}")
     if info.get("error"):
         return None
-    parked = await _api(nc, f"$JS.API.STREAM.INFO.{PARKED}")
+    parked = await jetstream.api(nc, f"STREAM.INFO.{PARKED}")
     return {
         "backlog": int(info["state"]["messages"]),
         "bytes": int(info["state"]["bytes"]),
@@ -270,7 +236,7 @@ def _parked(seq: int, headers: dict[str, str], data: bytes) -> Parked:
 
 
 async def delete_parked(nc: NATS, seq: int) -> bool:
-    answer = await _api(nc, f"$JS.API.STREAM.MSG.DELETE.{PARKED}", {"seq": seq})
+    answer = await jetstream.api(nc, f"STREAM.MSG.DELETE.{PARKED}", {"seq": seq})
     return bool(answer.get("success"))
 
 

@@ -57,7 +57,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agentmem import jetstream
 from agentmem.errors import AgentMemError, UnavailableError
+from agentmem.jetstream import NO_MESSAGE, STREAM_NOT_FOUND
 
 if TYPE_CHECKING:
     from agentmem.keypool import KeyPool
@@ -76,8 +78,6 @@ FORGOTTEN = "_meta.forgotten"
 H_FORGOTTEN = "AgentMem-Forgotten"
 
 WRONG_LAST_SEQUENCE = 10071
-STREAM_NOT_FOUND = 10059
-NO_MESSAGE = 10037
 MAX_CACHED = 100_000
 # How many keys a forget erases at once (each: a read, an erase, a marker).
 FORGET_CONCURRENCY = 64
@@ -381,13 +381,7 @@ class KeyRing:
 
     # Reading and creating ----------------------------------------------------------------
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        payload = _json.encode(body) if body is not None else b""
-        try:
-            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-            raise UnavailableError(f"the key bucket did not answer: {exc!r}") from exc
-        result: dict[str, Any] = msgspec.json.decode(reply.data)
-        return result
+        return await jetstream.api(self.nc, subject, body, self.timeout)
 
     async def _last(self, name: str) -> tuple[int, bytes | None] | None:
         """The last message on a key: its sequence and its value (None for a delete

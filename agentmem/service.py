@@ -36,7 +36,8 @@ from agentmem.consumers.router import Dispatcher
 from agentmem.consumers.system import collect_status
 from agentmem.embedded import EmbeddedNats
 from agentmem.errors import UnavailableError
-from agentmem.eventlog import EventLog, StreamConfigMismatch
+from agentmem.eventlog import EventLog
+from agentmem.jetstream import StreamConfigMismatch
 from agentmem.keys import KeyRing
 from agentmem.metrics import Metrics
 from agentmem.metrics_http import MetricsListener

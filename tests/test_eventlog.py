@@ -16,9 +16,9 @@ from agentmem.eventlog import (
     CommitMeta,
     EventLog,
     StaleVersion,
-    StreamConfigMismatch,
 )
 from agentmem.events import OrgCreated, OrgRenamed, encode_commit
+from agentmem.jetstream import StreamConfigMismatch
 
 NS = 1_000_000_000
 

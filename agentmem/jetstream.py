@@ -1,0 +1,84 @@
+"""The JetStream API, asked directly (nats-py's wrappers add a round of decoding and hide the
+error codes): one request with its failures made ``unavailable``, and a stream made when
+missing or checked when present, never rewritten."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from agentmem.errors import AgentMemError, UnavailableError
+
+STREAM_NOT_FOUND = 10059
+NO_MESSAGE = 10037
+
+_json = msgspec.json.Encoder()
+
+
+class StreamConfigMismatch(AgentMemError):
+    code = "internal"
+
+
+async def api(
+    nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """``$JS.API.<subject>``'s answer, an ``error`` member and all; no answer in time is
+    ``UnavailableError``."""
+    payload = _json.encode(body) if body is not None else b""
+    try:
+        reply = await nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        raise UnavailableError(f"JetStream did not answer {subject}: {exc!r}") from exc
+    result: dict[str, Any] = msgspec.json.decode(reply.data)
+    return result
+
+
+def _normal(value: Any) -> Any:
+    """A setting as compared: JetStream leaves out or blanks the members of a nested setting
+    (a subject transform) that a config gives as empty."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v not in (None, "")}
+    return value
+
+
+async def ensure_stream(
+    nc: NATS,
+    config: dict[str, Any],
+    checked: Iterable[str],
+    also: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    timeout: float = 5.0,
+) -> dict[str, Any]:
+    """Create the stream ``config`` names when missing; when present, check the settings
+    ``checked`` (and what ``also`` finds wrong in the stream's config) and never rewrite
+    them: a stream this code cannot run on is ``StreamConfigMismatch``, for an operator."""
+    name = config["name"]
+    reply = await api(nc, f"STREAM.INFO.{name}", timeout=timeout)
+    error = reply.get("error")
+    if error and error.get("err_code") == STREAM_NOT_FOUND:
+        reply = await api(nc, f"STREAM.CREATE.{name}", config, timeout)
+        if "error" in reply:
+            raise StreamConfigMismatch(
+                f"could not create stream {name}: {reply['error'].get('description')}"
+            )
+        return reply
+    if error:
+        raise UnavailableError(f"stream {name}: {error.get('description')}")
+    actual = reply["config"]
+    wrong = {
+        key: {"expected": config[key], "actual": actual.get(key)}
+        for key in checked
+        if key in config and _normal(actual.get(key)) != _normal(config[key])
+    }
+    if also is not None:
+        wrong.update(also(actual))
+    if wrong:
+        raise StreamConfigMismatch(
+            f"stream {name} exists with settings AgentMem cannot run on; "
+            "fix them by hand (AgentMem never rewrites a stream)",
+            {"settings": wrong},
+        )
+    return reply
