@@ -338,7 +338,8 @@ class EventLog:
         return ack
 
     # Reading ----------------------------------------------------------------------------
-    async def _get(self, request: dict[str, Any]) -> StoredCommit | None:
+    async def _direct(self, request: dict[str, Any]) -> tuple[dict[str, str], bytes] | None:
+        """One message of the stream as stored (headers, payload); None when there is none."""
         try:
             reply = await self.nc.request(
                 self._direct_get, _json.encode(request), timeout=self.timeout
@@ -353,12 +354,25 @@ class EventLog:
             raise UnavailableError(
                 f"the event log refused a read: {status} {headers.get('Description', '')}"
             )
+        return headers, reply.data
+
+    async def _get(self, request: dict[str, Any]) -> StoredCommit | None:
+        found = await self._direct(request)
+        if found is None:
+            return None
+        headers, data = found
         commit = await self.open(
-            int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, reply.data
+            int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, data
         )
         if commit.skipped is not None:
             self.skipped += 1
         return commit
+
+    async def next_seq(self, subject: str, after: int = 0) -> int | None:
+        """The sequence of the first commit on ``subject`` after ``after`` (None: none),
+        without opening it: no key is asked for."""
+        found = await self._direct({"seq": after + 1, "next_by_subj": subject})
+        return None if found is None else int(found[0]["Nats-Sequence"])
 
     async def open(
         self, seq: int, subject: str, headers: dict[str, str], data: bytes
@@ -371,25 +385,11 @@ class EventLog:
         (read from their sealed parts, which stay readable when the keys are gone)."""
         names: set[str] = set()
         next_seq = 1
-        while True:
-            try:
-                reply = await self.nc.request(
-                    self._direct_get,
-                    _json.encode({"seq": next_seq, "next_by_subj": subject}),
-                    timeout=self.timeout,
-                )
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-                raise UnavailableError(f"the event log did not answer a read: {exc!r}") from exc
-            headers = reply.headers or {}
-            if not reply.data:
-                if headers.get("Status") == "404":
-                    return names
-                raise UnavailableError(
-                    f"the event log refused a read: {headers.get('Status')} "
-                    f"{headers.get('Description', '')}"
-                )
-            names |= sealed_key_names(reply.data)
+        while found := await self._direct({"seq": next_seq, "next_by_subj": subject}):
+            headers, data = found
+            names |= sealed_key_names(data)
             next_seq = int(headers["Nats-Sequence"]) + 1
+        return names
 
     async def get(self, seq: int) -> StoredCommit | None:
         return await self._get({"seq": seq})
@@ -413,8 +413,8 @@ class EventLog:
 
     async def first_subject(self, pattern: str) -> str | None:
         """The concrete subject of the first commit matching a wildcard ``pattern``."""
-        commit = await self._get({"seq": 1, "next_by_subj": pattern})
-        return commit.subject if commit else None
+        found = await self._direct({"seq": 1, "next_by_subj": pattern})
+        return found[0]["Nats-Subject"] if found else None
 
     async def read_command(self, seq: int, command_id: str) -> list[StoredCommit]:
         """The commits one command produced, found from any one of their sequences.

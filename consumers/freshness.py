@@ -75,16 +75,11 @@ class Freshness:
         the rows. One direct get per filter subject, and the stream's state."""
         checkpoint = await self.checkpoint(projection)
 
-        async def first_after(pattern: str) -> int | None:
-            async for commit in self.log.iter_subject(pattern, checkpoint):
-                return commit.seq
-            return None
-
         try:
             known = BY_NAME.get(projection)
             # A projection this code does not know: any later event may be its own.
             patterns = known.filter_subjects if known else [f"{subjects.EVENT_PREFIX}.>"]
-            firsts = await asyncio.gather(*(first_after(p) for p in patterns))
+            firsts = await asyncio.gather(*(self.log.next_seq(p, checkpoint) for p in patterns))
             stream = await self.js.stream_info(self.stream)
         except nats.errors.Error as exc:  # JetStream API errors are among them
             # A cluster without quorum, or a node restarting: the client may retry.

@@ -249,6 +249,38 @@ async def test_personal_fields_are_sealed_and_read_back(nats_server: NatsServer,
         await nc.close()
 
 
+async def test_a_reader_without_keys_finds_a_sealed_commit_without_opening_it(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A read-your-writes wait asks only where the next commit is: it opens nothing, so it
+    needs no key and counts no commit as skipped (it logged one on every sealed commit)."""
+    nc = await nats.connect(nats_server.url)
+    keys = KeyRing(nc, MasterKeys.load(tmp_path / "master.key"))
+    await keys.start()
+    try:
+        sealing = EventLog(nc, keys=keys)
+        await sealing.ensure_stream()
+        subject = subjects.event("o1", "conversation", "s1")
+        event = MessageAppended(
+            message_id="m1", session_id="s1", agent_id="a1", role="user", content=MESSAGE
+        )
+        [seq] = (await sealing.append([Write(subject, None, [event])], meta("c1"))).seqs
+        keyless = EventLog(nc)
+        assert await keyless.next_seq(subjects.event("o1", "conversation", "*")) == seq
+        assert await keyless.next_seq(subject, after=seq) is None
+        assert await keyless.first_subject(f"{subjects.EVENT_PREFIX}.>") == subject
+        assert keyless.skipped == 0
+        assert (await keyless.get(seq)) is not None  # opening it is what cannot be done
+        assert keyless.skipped == 1
+    finally:
+        await keys.stop()
+        await nc.close()
+
+
+def meta(command_id: str) -> CommitMeta:
+    return CommitMeta(command_id=command_id, commit_type="message.append")
+
+
 def _kid(payload: bytes) -> str:
     return str(msgspec.json.decode(payload)["events"][0]["_sealed"]["i"])
 
