@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -827,3 +828,54 @@ async def test_a_forget_over_nats_leaves_no_file_with_the_text(
         if needle in path.read_bytes()
     ]
     assert left == []
+
+
+async def test_a_plain_publish_while_the_embedded_service_is_down_is_stored_after_it_starts(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    """The bar of issue 18 on the embedded default: the nats-server stops with the service,
+    so a publish in between waits in the connected client (nats-py keeps what is published
+    while it reconnects, up to its ``pending_size``) and reaches the ingestion stream when
+    the service is back; it is then stored once."""
+    port = free_port()
+    data = tmp_path / "data"
+    serve = new_serve(serves, tmp_path, ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    url = f"nats://127.0.0.1:{port}"
+    await (await serve.connect(url)).close()
+    key = admin_key(data)
+    org = tokens.parse(f"Bearer {key}")
+    assert org is not None
+    agent = await Client.connect(url, token=key, reconnect_time_wait=0.2)
+    try:
+        assert serve.stop() == 0
+
+        async def cut_off() -> bool:
+            return not agent.nc.is_connected
+
+        await eventually(cut_off, 10, 0.05, "the client saw the server go")
+        body = json.dumps({"content": "published while the service was down", "user_id": "ann"})
+        await agent.nc.publish(
+            f"agentmem.in.{org.org_id}.memory.add",
+            body.encode(),
+            headers={"Authorization": f"Bearer {key}", "Nats-Msg-Id": "while-down-1"},
+        )
+        serve.start()
+        await (await serve.connect(url)).close()
+
+        async def stored() -> list[str]:
+            page = await agent.list_memories(user_id="ann")
+            return [m.content for m in page.items]
+
+        assert await eventually(stored, 30, 0.2, "the published memory stored") == [
+            "published while the service was down"
+        ]
+        await agent.nc.publish(  # the same message id again: stored once
+            f"agentmem.in.{org.org_id}.memory.add",
+            body.encode(),
+            headers={"Authorization": f"Bearer {key}", "Nats-Msg-Id": "while-down-1"},
+        )
+        await agent.nc.flush()
+        await asyncio.sleep(0.5)
+        assert len(await stored()) == 1
+    finally:
+        await agent.close()
