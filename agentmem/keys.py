@@ -60,6 +60,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from agentmem import jetstream
 from agentmem.errors import AgentMemError, UnavailableError
 from agentmem.jetstream import NO_MESSAGE, STREAM_NOT_FOUND
+from agentmem.pullfeed import PullFeed
 
 if TYPE_CHECKING:
     from agentmem.keypool import KeyPool
@@ -521,31 +522,37 @@ class KeyRing:
             for name, kid in wanted
             if kid not in self._gone and getattr(self._keys.get(name), "kid", None) != kid
         }
-        if missing:
-            await asyncio.gather(*(self._read(name, kid) for name, kid in missing))
+        # Those a replay's ``preload`` holds open without I/O, one after the other (a task
+        # each would cost more than the opening); the others are read concurrently.
+        held = [(name, kid) for name, kid in missing if name in self._preloaded]
+        for name, kid in held:
+            await self._read(name, kid)
+        if len(held) < len(missing):
+            await asyncio.gather(*(self._read(n, k) for n, k in missing.difference(held)))
 
     async def preload(self, batch: int = 1000) -> int:
-        """Read the whole bucket in one pass (a pull of ``batch`` values at a time), for a
-        replay: it opens events of every data subject from the first on, and one read per
-        key costs far more than one delivery. Keys deleted during or after the pass are
-        dropped by their delete markers as usual. Returns how many values it holds."""
+        """Read the whole bucket in one pass (pulls of ``batch`` values), for a replay: it
+        opens events of every data subject from the first on, and one read per key costs
+        far more than one delivery. A ``PullFeed``, not nats-py's ``fetch``, which waits for
+        each message apart (a task and an inbox id per message: most of the pass). Keys
+        deleted during or after the pass are dropped by their delete markers as usual.
+        Returns how many values it holds."""
         js = self.nc.jetstream()
         left = min((await js.stream_info(STREAM)).state.messages, MAX_PRELOADED)
-        subscription = await js.pull_subscribe(
-            f"{PREFIX}>",
-            stream=STREAM,
-            config=ConsumerConfig(
+        consumer = await js.add_consumer(
+            STREAM,
+            ConsumerConfig(
+                filter_subject=f"{PREFIX}>",
                 ack_policy=AckPolicy.NONE,
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                 inactive_threshold=30.0,
             ),
         )
+        feed = PullFeed(self.nc, STREAM, consumer.name, batch, idle_wait=self.timeout)
+        await feed.start()
         try:
             while left > 0:
-                try:
-                    messages = await subscription.fetch(min(batch, left), timeout=self.timeout)
-                except nats.errors.TimeoutError:
-                    break
+                messages = await feed.next_batch()
                 left -= len(messages)
                 for message in messages:
                     name = message.subject.removeprefix(PREFIX)
@@ -554,8 +561,9 @@ class KeyRing:
                 if not messages or messages[-1].metadata.num_pending == 0:
                     break
         finally:
+            await feed.stop()
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await js.delete_consumer(STREAM, consumer.name)
         return len(self._preloaded)
 
     async def _read(self, name: str, kid: str) -> None:

@@ -62,6 +62,7 @@ from agentmem.sealing import open_events
 from agentmem.store import Upsert, fulltext, open_store, sql
 from bench import env
 from bench.harness import (
+    Call,
     Config,
     Loop,
     Metric,
@@ -189,21 +190,58 @@ async def service_clients(cfg: Config, name: str, kind: str) -> AsyncIterator[li
 
 
 # memory.add -------------------------------------------------------------------------------
+def adding(cs: list[Client]) -> Call:
+    """A call that adds a new memory to the worker's own user: every content new (counted
+    across runs), so nothing is a duplicate."""
+    numbers = itertools.count()
+
+    async def call(worker: int, i: int) -> None:
+        n = next(numbers)
+        written = await cs[worker % len(cs)].add_memory(
+            text(n, drink(n, 1)), user_id=f"adder-{worker}", tags=[drink(n, 1)]
+        )
+        if written.fields["deduplicated"]:
+            raise RuntimeError(f"memory {n} was found a duplicate")
+
+    return call
+
+
 @contextlib.asynccontextmanager
 async def memory_add(cfg: Config) -> AsyncIterator[Run]:
     async with clients(cfg, "memory-add") as cs:
-        numbers = itertools.count()  # across runs: every content new, so nothing is a duplicate
-
-        async def call(worker: int, i: int) -> None:
-            n = next(numbers)
-            written = await cs[worker % len(cs)].add_memory(
-                text(n, drink(n, 1)), user_id=f"adder-{worker}", tags=[drink(n, 1)]
-            )
-            if written.fields["deduplicated"]:
-                raise RuntimeError(f"memory {n} was found a duplicate")
+        call = adding(cs)
 
         async def run(warmup: bool) -> dict[str, float]:
             return await two_ways(cfg, "memory.add", call, warmup)
+
+        yield run
+
+
+@contextlib.asynccontextmanager
+async def memory_add_split(cfg: Config) -> AsyncIterator[Run]:
+    """``memory-add`` on a deployment that runs its projections in a process of their own
+    (``--roles commands,queries`` and ``--roles projections``, sharing a Postgres schema):
+    the command path without the projections' work on the same event loop."""
+    name = "memory-add-split"
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(postgres_store(name))
+        url = await stack.enter_async_context(env.nats_server(cfg, name))
+        front = await stack.enter_async_context(
+            env.service(cfg, url, name, 2, store, {"AGENTMEM_ROLES": "commands,queries"})
+        )
+        await stack.enter_async_context(
+            env.service(
+                cfg, url, f"{name}-projections", 2, store, {"AGENTMEM_ROLES": "projections"}
+            )
+        )
+        conns = await stack.enter_async_context(
+            env.client_connections(url, cfg.sizes.connections, front.token)
+        )
+        cs = [env.client(nc, front.token) for nc in conns]
+        call = adding(cs)
+
+        async def run(warmup: bool) -> dict[str, float]:
+            return await two_ways(cfg, "memory.add (projections apart)", call, warmup)
 
         yield run
 
@@ -708,6 +746,13 @@ WORKLOADS = [
 ]
 # Run when named (--only memories, or each by its id): they need a Postgres server.
 ON_REQUEST = [
+    Workload(
+        "memory-add-split-postgres",
+        "memory.add, projections in a process of their own (Postgres)",
+        request_metrics("cmd/s", "raw-command"),
+        memory_add_split,
+        group=GROUP,
+    ),
     add_batch_workload("postgres"),
     Workload(
         "raw-memory-read-postgres",

@@ -294,7 +294,7 @@ async def _forward(nc: NATS, messages: list[Msg]) -> None:
 async def ingest_consumer(nc: NATS) -> asyncio.Task[None]:
     """raw-ingest: one pull consumer read as the service's workers read theirs (PullFeed,
     batches of up to 256), each batch forwarded and acked."""
-    from agentmem.projections.feed import PullFeed
+    from agentmem.pullfeed import PullFeed
 
     await _ingest_streams(nc)
     await nc.jetstream().add_consumer(

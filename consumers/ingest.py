@@ -62,7 +62,7 @@ from agentmem.domain.ingest import (
 )
 from agentmem.errors import NotFoundError
 from agentmem.metrics import Metrics
-from agentmem.projections.feed import PullFeed
+from agentmem.pullfeed import PullFeed
 from agentmem.replies import IngestOutcome
 from agentmem.validation import invalid
 

@@ -26,7 +26,7 @@ from agentmem.keys import KeyRing
 from agentmem.metrics import Metrics
 from agentmem.projections.base import Projection
 from agentmem.projections.board import CheckpointBoard
-from agentmem.projections.feed import PullFeed
+from agentmem.pullfeed import PullFeed
 from agentmem.sealing import open_events
 from agentmem.store import Parked, ProjectionBatch, Store
 from agentmem.store.versions import build_key, variant_of

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from agentmem.projections.feed import FeedBroken, PullFeed
+from agentmem.pullfeed import FeedBroken, PullFeed
 from tests.support import NatsServer
 
 STREAM = "FEED"
