@@ -76,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run")
     p.add_argument("--large", action="store_true", help=f"replay {LARGE_REPLAY:,} events")
+    p.add_argument(
+        "--replay-events",
+        type=int,
+        metavar="N",
+        help="replay N events (default 100,000; 500 with --quick; --large sets 1,000,000)",
+    )
     p.add_argument("--only", metavar="NAME[,NAME]", help=f"run only these workloads: {names}")
     p.add_argument(
         "--no-baselines",
@@ -141,8 +147,8 @@ def run_loop(main: Coroutine[Any, Any, Any], loop: str) -> Any:
 
 async def bench(args: argparse.Namespace, selected: list[Workload]) -> int:
     sizes = QUICK if args.quick else NORMAL
-    if args.large:
-        sizes = replace(sizes, replay_events=LARGE_REPLAY)
+    if args.large or args.replay_events:
+        sizes = replace(sizes, replay_events=args.replay_events or LARGE_REPLAY)
     repeats = args.repeats or (1 if args.quick else 3)
     meta: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
