@@ -95,14 +95,12 @@ class CommitMeta:
 
 
 @dataclass(frozen=True)
-class StoredCommit:
+class CommitHead:
+    """Where a commit is, and its headers: what can be read without opening its events."""
+
     seq: int
     subject: str
     headers: dict[str, str]
-    events: list[AnyEvent]
-    # Why some or all of this commit's events were left out: it was no commit, or held an
-    # event type this version does not know. ``None``: every event was read.
-    skipped: str | None = None
 
     @property
     def command_id(self) -> str:
@@ -111,6 +109,14 @@ class StoredCommit:
     @property
     def time_ms(self) -> int:
         return int(self.headers.get(H_TIME, "0"))
+
+
+@dataclass(frozen=True)
+class StoredCommit(CommitHead):
+    events: list[AnyEvent]
+    # Why some or all of this commit's events were left out: it was no commit, or held an
+    # event type this version does not know. ``None``: every event was read.
+    skipped: str | None = None
 
 
 async def stored_commit(
@@ -368,11 +374,14 @@ class EventLog:
             self.skipped += 1
         return commit
 
-    async def next_seq(self, subject: str, after: int = 0) -> int | None:
-        """The sequence of the first commit on ``subject`` after ``after`` (None: none),
-        without opening it: no key is asked for."""
+    async def next_head(self, subject: str, after: int = 0) -> CommitHead | None:
+        """The first commit on ``subject`` (a wildcard too) after sequence ``after``, None
+        when there is none, without opening its events: no key is asked for."""
         found = await self._direct({"seq": after + 1, "next_by_subj": subject})
-        return None if found is None else int(found[0]["Nats-Sequence"])
+        if found is None:
+            return None
+        headers = found[0]
+        return CommitHead(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers)
 
     async def open(
         self, seq: int, subject: str, headers: dict[str, str], data: bytes
@@ -413,8 +422,8 @@ class EventLog:
 
     async def first_subject(self, pattern: str) -> str | None:
         """The concrete subject of the first commit matching a wildcard ``pattern``."""
-        found = await self._direct({"seq": 1, "next_by_subj": pattern})
-        return found[0]["Nats-Subject"] if found else None
+        head = await self.next_head(pattern)
+        return head.subject if head else None
 
     async def read_command(self, seq: int, command_id: str) -> list[StoredCommit]:
         """The commits one command produced, found from any one of their sequences.

@@ -79,12 +79,12 @@ class Freshness:
             known = BY_NAME.get(projection)
             # A projection this code does not know: any later event may be its own.
             patterns = known.filter_subjects if known else [f"{subjects.EVENT_PREFIX}.>"]
-            firsts = await asyncio.gather(*(self.log.next_seq(p, checkpoint) for p in patterns))
+            heads = await asyncio.gather(*(self.log.next_head(p, checkpoint) for p in patterns))
             stream = await self.js.stream_info(self.stream)
         except nats.errors.Error as exc:  # JetStream API errors are among them
             # A cluster without quorum, or a node restarting: the client may retry.
             raise UnavailableError(f"the event log did not answer: {exc!r}") from exc
-        pending = min((seq for seq in firsts if seq is not None), default=None)
+        pending = min((head.seq for head in heads if head is not None), default=None)
         return pending, int(stream.state.last_seq)
 
     def _stored(self, projection: str) -> FreshCall[int]:

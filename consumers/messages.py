@@ -141,11 +141,8 @@ def command_router(parts: Parts) -> Router:
             last = await runner.log.last_on(subject)
             await freshness.wait(PROJECTION, last.seq if last is not None else None)
 
-        checkpoint = await freshness.checkpoint(PROJECTION)
-        pending = None
-        async for commit in runner.log.iter_subject(subject, checkpoint):
-            pending = commit  # the first one is enough
-            break
+        # The conversation's first commit the projection has not applied: its time alone.
+        pending = await runner.log.next_head(subject, await freshness.checkpoint(PROJECTION))
         if not trusted:
             trusted.append(await trusted_window_ms(runner.log))  # once: the stream's setting
         if pending is not None and pending.time_ms < time.time() * 1000 - trusted[0]:

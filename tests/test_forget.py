@@ -266,8 +266,10 @@ async def test_a_reader_without_keys_finds_a_sealed_commit_without_opening_it(
         )
         [seq] = (await sealing.append([Write(subject, None, [event])], meta("c1"))).seqs
         keyless = EventLog(nc)
-        assert await keyless.next_seq(subjects.event("o1", "conversation", "*")) == seq
-        assert await keyless.next_seq(subject, after=seq) is None
+        head = await keyless.next_head(subjects.event("o1", "conversation", "*"))
+        assert head is not None
+        assert (head.seq, head.subject, head.command_id) == (seq, subject, "c1")
+        assert await keyless.next_head(subject, after=seq) is None
         assert await keyless.first_subject(f"{subjects.EVENT_PREFIX}.>") == subject
         assert keyless.skipped == 0
         assert (await keyless.get(seq)) is not None  # opening it is what cannot be done
