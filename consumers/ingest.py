@@ -151,6 +151,7 @@ class IngestWorker:
         self._feed: PullFeed | None = None
         self._stream_id = ""  # the stream's creation time, part of an id made from a seq
         self._running: set[asyncio.Task[None]] = set()
+        self._finished = asyncio.Event()  # set whenever one of them ends
         self._failure: BaseException | None = None  # the first command that failed the worker
         # Per order key: the last command started, done once it has been executed.
         self._tails: dict[tuple[str, ...], asyncio.Future[None]] = {}
@@ -230,6 +231,7 @@ class IngestWorker:
 
         def done(finished: asyncio.Task[None]) -> None:
             self._running.discard(finished)
+            self._finished.set()
             if not executed.done():
                 executed.cancel()
             elif not executed.cancelled():
@@ -267,7 +269,10 @@ class IngestWorker:
         if self._failure is not None:
             raise self._failure
         while len(self._running) >= self.batch * 2:
-            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+            # Woken by the next command to end (``asyncio.wait`` on the whole set instead
+            # hooked and unhooked all 512 tasks each time: 6% of the service's samples).
+            self._finished.clear()
+            await self._finished.wait()
             if self._failure is not None:
                 raise self._failure
 
