@@ -345,22 +345,7 @@ class EventLog:
 
     # Reading ----------------------------------------------------------------------------
     async def _direct(self, request: dict[str, Any]) -> tuple[dict[str, str], bytes] | None:
-        """One message of the stream as stored (headers, payload); None when there is none."""
-        try:
-            reply = await self.nc.request(
-                self._direct_get, _json.encode(request), timeout=self.timeout
-            )
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-            raise UnavailableError(f"the event log did not answer a read: {exc!r}") from exc
-        headers = reply.headers or {}
-        if not reply.data:
-            status = headers.get("Status")
-            if status == "404":
-                return None
-            raise UnavailableError(
-                f"the event log refused a read: {status} {headers.get('Description', '')}"
-            )
-        return headers, reply.data
+        return await jetstream.direct_get(self.nc, self.stream, request, self.timeout)
 
     async def _get(self, request: dict[str, Any]) -> StoredCommit | None:
         found = await self._direct(request)

@@ -155,17 +155,8 @@ def encode_outcome(outcome: IngestOutcome) -> bytes:
 
 async def read_outcome(nc: NATS, subject: str) -> IngestOutcome | None:
     """The last outcome recorded on ``subject`` (direct get), or None."""
-    reply = await nc.request(
-        f"$JS.API.DIRECT.GET.{OUTCOMES}",
-        json.dumps({"last_by_subj": subject}).encode(),
-        timeout=5.0,
-    )
-    status = (reply.headers or {}).get("Status")
-    if status == "404":
-        return None
-    if status:
-        raise UnavailableError(f"outcomes unreadable ({status})")
-    return _outcome_decoder.decode(reply.data)
+    found = await jetstream.direct_get(nc, OUTCOMES, {"last_by_subj": subject})
+    return None if found is None else _outcome_decoder.decode(found[1])
 
 
 # Status ----------------------------------------------------------------------------------
@@ -202,17 +193,15 @@ async def list_parked(nc: NATS, limit: int = 1000) -> list[Parked]:
     found: list[Parked] = []
     seq = 1
     while len(found) < limit:
-        reply = await nc.request(
-            f"$JS.API.DIRECT.GET.{PARKED}",
-            # The first at or after seq: a retried or dropped one leaves a gap.
-            json.dumps({"seq": seq, "next_by_subj": f"{PARKED_PREFIX}.>"}).encode(),
-            timeout=5.0,
+        # The first at or after seq: a retried or dropped one leaves a gap.
+        message = await jetstream.direct_get(
+            nc, PARKED, {"seq": seq, "next_by_subj": f"{PARKED_PREFIX}.>"}
         )
-        headers = dict(reply.headers or {})
-        if headers.get("Status"):
-            break  # 404: no message at or after seq
+        if message is None:
+            break
+        headers, data = message
         stored = int(headers["Nats-Sequence"])
-        found.append(_parked(stored, headers, reply.data))
+        found.append(_parked(stored, headers, data))
         seq = stored + 1
     return found
 

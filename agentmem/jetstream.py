@@ -37,6 +37,29 @@ async def api(
     return result
 
 
+async def direct_get(
+    nc: NATS, stream: str, request: dict[str, Any], timeout: float = 5.0
+) -> tuple[dict[str, str], bytes] | None:
+    """One stored message of ``stream`` by direct get (``seq``, ``next_by_subj``,
+    ``last_by_subj``...): its headers (``Nats-Sequence``, ``Nats-Subject`` among them) and
+    payload; None when there is none. Any other refusal, or no answer, is unavailable."""
+    try:
+        reply = await nc.request(
+            f"$JS.API.DIRECT.GET.{stream}", _json.encode(request), timeout=timeout
+        )
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        raise UnavailableError(f"stream {stream} did not answer a read: {exc!r}") from exc
+    headers = dict(reply.headers or {})
+    status = headers.get("Status")
+    if status == "404":
+        return None
+    if status:
+        raise UnavailableError(
+            f"stream {stream} refused a read: {status} {headers.get('Description', '')}"
+        )
+    return headers, reply.data
+
+
 def _normal(value: Any) -> Any:
     """A setting as compared: JetStream leaves out or blanks the members of a nested setting
     (a subject transform) that a config gives as empty."""
