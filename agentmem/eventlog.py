@@ -22,7 +22,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from agentmem import ids, jetstream, subjects
+from agentmem import jetstream, subjects
 from agentmem.domain.aggregate import Write
 from agentmem.errors import UnavailableError
 from agentmem.events import COMMIT_SCHEMA, AnyEvent
@@ -42,7 +42,6 @@ H_TIME = "AgentMem-Time"  # milliseconds since the Unix epoch, as decided
 
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
-TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream (50)
 
 # Stay under the server's limit from this process; a rare refusal (other processes) is retried.
 MAX_BATCHES_IN_FLIGHT = 32
@@ -289,11 +288,8 @@ class EventLog:
     async def _publish_batch(
         self, writes: list[Write], headers: dict[str, str], command_id: str
     ) -> Appended:
-        # Atomic batch (nats-server 2.12+): the first and the last message are requests, the
-        # middle ones plain publishes; the commit's reply is the PubAck of the whole batch.
-        batch_id = ids.new_id()
+        # One atomic batch (``jetstream.publish_atomic``): every write stored, or none.
         count = len(writes)
-        ack = _PubAck()
         # Sealed first: a key made for this batch is stored before any of its messages. A
         # batch of new memories needs a key each: made a few dozen at a time, not in series.
         slots = asyncio.Semaphore(SEALS_IN_FLIGHT)
@@ -305,24 +301,15 @@ class EventLog:
                 )
 
         payloads = await asyncio.gather(*(sealed(w) for w in writes))
-        for index, (write, payload) in enumerate(zip(writes, payloads, strict=True), start=1):
-            message_headers = {
-                **headers,
-                "Nats-Msg-Id": f"{command_id}:{index}",
-                **_expect(write),
-                "Nats-Batch-Id": batch_id,
-                "Nats-Batch-Sequence": str(index),
-            }
-            if index == count:
-                message_headers["Nats-Batch-Commit"] = "1"
-            if index in (1, count):
-                reply = await self.nc.request(
-                    write.subject, payload, timeout=self.timeout, headers=message_headers
-                )
-                if reply.data:  # the first message answers only if it failed
-                    ack = self._check_ack(reply.data)
-            else:
-                await self.nc.publish(write.subject, payload, headers=message_headers)
+        messages = [
+            (
+                write.subject,
+                payload,
+                {**headers, "Nats-Msg-Id": f"{command_id}:{index}", **_expect(write)},
+            )
+            for index, (write, payload) in enumerate(zip(writes, payloads, strict=True), start=1)
+        ]
+        ack = self._check_ack(await jetstream.publish_atomic(self.nc, messages, self.timeout))
         first = ack.seq - count + 1
         return Appended(seqs=list(range(first, ack.seq + 1)))
 
@@ -335,7 +322,7 @@ class EventLog:
                 raise StaleVersion(ack.error.get("description", ""))
             if code == BATCH_DUPLICATE_MSG_ID:
                 raise DuplicateCommand(ack.error.get("description", ""))
-            if code == TOO_MANY_BATCHES:
+            if code == jetstream.TOO_MANY_BATCHES:
                 raise TooManyBatches(ack.error.get("description", ""))
             raise UnavailableError(
                 f"the event log refused the write: {ack.error.get('description')}",

@@ -6,7 +6,8 @@ Each new memory needs a data key, and storing a key is a durable write (nats-ser
 the key is written on the request path or ahead of it (``agentmem.keypool``), the disk
 takes two writes per new memory where the raw command takes one: this measures what one
 write costs on this disk, so that the ceiling of ``memory.add`` with many clients can be
-read off it. A fresh embedded nats-server in a temporary directory; ``--writes`` per
+read off it. Also keys stored many in one atomic batch (``KeyRing.create_many``, as
+the key pool refills), one batch at a time. A fresh embedded nats-server in a temporary directory; ``--writes`` per
 measurement; bursts sent with ``asyncio.gather``.
 """
 
@@ -27,6 +28,7 @@ from agentmem.keys import KeyRing, MasterKeys
 from bench.env import free_port
 
 BURSTS = (1, 4, 16, 64, 256)
+ATOMIC = (2, 16, 64)
 
 
 async def main(writes: int) -> None:
@@ -62,6 +64,18 @@ async def main(writes: int) -> None:
                         f"{name:8} burst {burst:3}: {done / seconds:7,.0f} writes/s  "
                         f"{seconds / done * 1e6:6,.0f} µs each"
                     )
+            for size in ATOMIC:
+                started = time.perf_counter()
+                for _ in range(writes // size):
+                    await ring.create_many(
+                        [f"o.u.=.=.memory.k_{secrets.token_hex(8)}" for _ in range(size)]
+                    )
+                seconds = time.perf_counter() - started
+                done = writes // size * size
+                print(
+                    f"data key atomic batch {size:3}: {done / seconds:7,.0f} keys/s  "
+                    f"{seconds / (writes // size) * 1e6:6,.0f} µs a batch"
+                )
             print(f"load average after: {os.getloadavg()[0]:.1f}")
         finally:
             await ring.stop()
