@@ -10,10 +10,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from agentmem import subjects
+from agentmem import jetstream, subjects
+from agentmem.errors import UnavailableError
 from agentmem.events import MemoryAdded, MemoryUpdated, Shredded
 from agentmem.keypool import POOL_TOKEN, KeyPool, prefix_of
-from agentmem.keys import KeyRing, MasterKeys, matches
+from agentmem.keys import STREAM, KeyRing, MasterKeys, bucket_config, matches
 from agentmem.personal import key_filter
 from agentmem.sealing import open_events, seal, sealed_key_names
 from tests.support import NatsServer
@@ -118,3 +119,56 @@ async def test_a_batch_takes_keys_made_ahead_but_starts_no_pool(ring: KeyRing) -
     assert not pool._pools
     assert not pool._refills
     assert len(await stored(ring, "o1.>")) == 8
+
+
+async def test_keys_made_many_at_once_are_stored_all_or_none(
+    ring: KeyRing, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A pool's refill of 16 keys or more is one atomic batch (``KeyRing.create_many``):
+    every key stored, each under its own name (so a memory's forget erases its own), or
+    none of them."""
+    names = [f"{SCOPE}.{POOL_TOKEN}{n:016x}" for n in range(64)]
+    made = await ring.create_many(names)
+    assert [key.name for key in made] == names
+    assert len({key.kid for key in made}) == 64
+    assert await stored(ring, f"{SCOPE}.*") == set(names)
+
+    # Another process (another connection, the same master key) opens every one.
+    nc = await nats.connect(nats_server.url)
+    other = KeyRing(nc, MasterKeys.load(tmp_path / "master.key"))
+    await other.start()
+    try:
+        await other.resolve([(key.name, key.kid) for key in made])
+        assert all(other.opener(key.name, key.kid) is not None for key in made)
+    finally:
+        await other.stop()
+        await nc.close()
+
+    # One name already taken: the whole batch is refused, and nothing of it is stored.
+    clash = [f"{SCOPE}.{POOL_TOKEN}{n:016x}" for n in range(100, 130)] + [names[0]]
+    with pytest.raises(UnavailableError):
+        await ring.create_many(clash)
+    assert await stored(ring, f"{SCOPE}.*") == set(names)
+
+    # Forgetting one key of the batch erases that one only.
+    assert await ring.forget(names[5]) == 1
+    assert await stored(ring, f"{SCOPE}.*") == set(names) - {names[5]}
+
+
+async def test_a_bucket_of_an_earlier_version_is_allowed_atomic_batches(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    earlier = {k: v for k, v in bucket_config().items() if k != "allow_atomic"}
+    created = await jetstream.api(nc, f"STREAM.CREATE.{STREAM}", earlier)
+    assert "error" not in created
+    assert not created["config"].get("allow_atomic")
+    keys = KeyRing(nc, MasterKeys.load(tmp_path / "master.key"))
+    await keys.start()
+    try:
+        info = await jetstream.api(nc, f"STREAM.INFO.{STREAM}")
+        assert info["config"]["allow_atomic"] is True
+        assert len(await keys.create_many([f"{SCOPE}.k_{n}" for n in range(20)])) == 20
+    finally:
+        await keys.stop()
+        await nc.close()
