@@ -27,7 +27,7 @@ from agentmem.domain.aggregate import Write
 from agentmem.errors import UnavailableError
 from agentmem.events import COMMIT_SCHEMA, AnyEvent
 from agentmem.keys import KeyRing
-from agentmem.sealing import read_events, seal, sealed_key_names
+from agentmem.sealing import new_keys, read_events, seal, sealed_key_names
 
 log = structlog.get_logger(__name__)
 
@@ -291,14 +291,14 @@ class EventLog:
         # One atomic batch (``jetstream.publish_atomic``): every write stored, or none.
         count = len(writes)
         # Sealed first: a key made for this batch is stored before any of its messages. A
-        # batch of new memories needs a key each: made a few dozen at a time, not in series.
+        # batch of new memories needs a key each: stored together (``new_keys``).
+        made = await new_keys(self.keys, [(w.subject, w.events) for w in writes if w.expected == 0])
         slots = asyncio.Semaphore(SEALS_IN_FLIGHT)
 
         async def sealed(write: Write) -> bytes:
             async with slots:
-                return await seal(
-                    write.subject, write.events, self.keys, write.expected == 0, ahead=False
-                )
+                fresh = write.expected == 0
+                return await seal(write.subject, write.events, self.keys, fresh, False, made)
 
         payloads = await asyncio.gather(*(sealed(w) for w in writes))
         messages = [

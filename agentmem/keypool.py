@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agentmem.keys import DataKey, KeyRing
+from agentmem.errors import UnavailableError
+from agentmem.keys import MAX_ATOMIC, DataKey, KeyRing
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,30 @@ class KeyPool:
             key = await self.ring.create(self._new_name(prefix))
         self._name(subject, key.name)
         return key
+
+    async def take_many(self, wanted: dict[str, str]) -> dict[str, DataKey]:
+        """``take`` without ``ahead`` for many new aggregates at once (an atomic batch of new
+        memories), by usual key name (``wanted``: name -> subject): keys made ahead where a
+        scope has some, the rest stored together in atomic batches, not one write each."""
+        chosen: dict[str, DataKey] = {}
+        missing: list[str] = []
+        for name in wanted:
+            pool = self._pools.get(prefix_of(name))
+            if pool is not None and pool.keys:
+                chosen[name] = pool.keys.pop()
+            else:
+                missing.append(name)
+        generation = self._generation
+        for start in range(0, len(missing), MAX_ATOMIC):
+            part = missing[start : start + MAX_ATOMIC]
+            made = await self.ring.create_many([self._new_name(prefix_of(n)) for n in part])
+            chosen.update(zip(part, made, strict=True))
+        if generation != self._generation:
+            # A forget came meanwhile, and may have erased some of them (``_fill`` too).
+            raise UnavailableError("data keys were forgotten while this batch's were made; retry")
+        for name, key in chosen.items():
+            self._name(wanted[name], key.name)
+        return chosen
 
     def name_for(self, subject: str, name: str) -> str:
         """The key this process sealed ``subject``'s first event with, when it chose one

@@ -540,6 +540,11 @@ class KeyRing:
         events written meanwhile wait behind."""
         if len(names) < ATOMIC_FROM:
             return list(await asyncio.gather(*(self.create(name) for name in names)))
+        # Their scope keys first, a few at a time (a batch of new memories may name a
+        # thousand new users); each is then at hand, cached.
+        scopes = sorted({scope for name in names for scope in scope_names(name)})
+        for start in range(0, len(scopes), CREATES_IN_FLIGHT):
+            await asyncio.gather(*map(self.key_for, scopes[start : start + CREATES_IN_FLIGHT]))
         made = [await self._new_value(name) for name in names]
         messages = [(PREFIX + key.name, value, _FIRST) for key, value in made]
         for attempt in range(BATCH_RETRIES):

@@ -94,18 +94,38 @@ async def _key(keys: KeyRing, subject: str, name: str, fresh: bool, ahead: bool 
     return await keys.key_for(pool.name_for(subject, name))
 
 
+async def new_keys(
+    keys: KeyRing | None, writes: list[tuple[str, list[AnyEvent]]]
+) -> dict[str, DataKey]:
+    """The keys that the new aggregates of an atomic batch that take keys made ahead (its
+    new memories: ``writes``, each one's subject and events) are sealed with, by usual key
+    name, for ``seal``'s ``made``: stored many in one atomic write (``KeyPool.take_many``),
+    where sealing each alone stored a key each."""
+    if keys is None:
+        return {}
+    wanted: dict[str, str] = {}
+    for subject, events in writes:
+        if subjects.parse(subject).aggregate in POOLED:
+            for event in events:
+                if type(event) in PERSONAL:
+                    wanted.setdefault(key_name(subject, event), subject)
+    return await _pool(keys).take_many(wanted) if wanted else {}
+
+
 async def seal(
     subject: str,
     events: list[AnyEvent],
     keys: KeyRing | None,
     fresh: bool = False,
     ahead: bool = True,
+    made: dict[str, DataKey] | None = None,
 ) -> bytes:
     """The commit body of ``events`` on ``subject``, personal fields sealed (plaintext
     without ``keys``: a test's log, or a tool that writes no personal data). ``fresh``:
     the subject's first commit (written at expected sequence 0). ``ahead`` false: a new
     memory takes a key made ahead if its scope has one, but starts no pool (an atomic
-    batch: ``agentmem.keypool.KeyPool.take``)."""
+    batch: ``agentmem.keypool.KeyPool.take``). ``made``: keys taken for this commit's new
+    aggregates already (``new_keys``), by usual name."""
     if keys is None or not any(type(e) in PERSONAL for e in events):
         return encode_commit(events)
     items: list[Any] = []
@@ -118,7 +138,7 @@ async def seal(
             items.append(event)
             continue
         name = key_name(subject, event)
-        key = chosen.get(name)
+        key = chosen.get(name) or (made.get(name) if made and fresh else None)
         if key is None:
             key = chosen[name] = await _key(keys, subject, name, fresh, ahead)
         body: dict[str, Any] = msgspec.to_builtins(event)

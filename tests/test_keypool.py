@@ -12,24 +12,24 @@ import pytest
 
 from agentmem import jetstream, subjects
 from agentmem.errors import UnavailableError
-from agentmem.events import MemoryAdded, MemoryUpdated, Shredded
+from agentmem.events import AnyEvent, MemoryAdded, MemoryUpdated, Shredded
 from agentmem.keypool import POOL_TOKEN, KeyPool, prefix_of
 from agentmem.keys import STREAM, KeyRing, MasterKeys, bucket_config, matches
 from agentmem.personal import key_filter
-from agentmem.sealing import open_events, seal, sealed_key_names
+from agentmem.sealing import new_keys, open_events, seal, sealed_key_names
 from tests.support import NatsServer
 
 SCOPE = "o1.u1.=.=.memory"
 
 
-def added(memory_id: str, content: str) -> MemoryAdded:
+def added(memory_id: str, content: str, user_id: str = "u1") -> MemoryAdded:
     return MemoryAdded(
         memory_id=memory_id,
         org_id="o1",
         memory_type="semantic",
         content=content,
         valid_from=0,
-        user_id="u1",
+        user_id=user_id,
     )
 
 
@@ -172,3 +172,23 @@ async def test_a_bucket_of_an_earlier_version_is_allowed_atomic_batches(
     finally:
         await keys.stop()
         await nc.close()
+
+
+async def test_a_batch_of_new_memories_takes_its_keys_together(ring: KeyRing) -> None:
+    """An atomic batch of new memories over many users: a key each, stored together before
+    any is used, each under its memory's scope, sealing that memory only."""
+    writes: list[tuple[str, list[AnyEvent]]] = [
+        (subjects.event("o1", "memory", f"n{i}"), [added(f"n{i}", f"fact {i}", f"u{i}")])
+        for i in range(40)
+    ]
+    made = await new_keys(ring, writes)
+    assert len({key.name for key in made.values()}) == 40
+    payloads = [await seal(s, events, ring, True, False, made) for s, events in writes]
+    for i, payload in enumerate(payloads):
+        (name,) = sealed_key_names(payload)
+        assert name == made[f"o1.u{i}.=.=.memory.n{i}"].name
+        assert prefix_of(name) == f"o1.u{i}.=.=.memory"
+        assert name in await stored(ring, key_filter("o1", user_id=f"u{i}"))
+    await ring.forget(key_filter("o1", user_id="u7"))
+    assert await open_events(payloads[7], ring) == [Shredded(of="memory.added")]
+    assert await open_events(payloads[8], ring) == [added("n8", "fact 8", "u8")]
