@@ -7,8 +7,8 @@ the key is written on the request path or ahead of it (``agentmem.keypool``), th
 takes two writes per new memory where the raw command takes one: this measures what one
 write costs on this disk, so that the ceiling of ``memory.add`` with many clients can be
 read off it. Also keys stored many in one atomic batch (``KeyRing.create_many``, as
-the key pool refills), one batch at a time. A fresh embedded nats-server in a temporary directory; ``--writes`` per
-measurement; bursts sent with ``asyncio.gather``.
+the key pool refills), one batch at a time. A fresh embedded nats-server in a temporary
+directory; ``--writes`` per measurement; bursts sent with ``asyncio.gather``.
 """
 
 from __future__ import annotations
