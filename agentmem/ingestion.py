@@ -16,12 +16,14 @@ The ingestion stream is separate from the event log, which holds only decided ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import jetstream, subjects
@@ -43,6 +45,8 @@ MAX_MSGS = 1_000_000
 MAX_BYTES = 1024**3
 OUTCOME_AGE_S = 7 * 24 * 3600
 PARKED_MAX_BYTES = 1024**3
+# Outcomes stored in one atomic batch at most (nats-server takes up to 1,000).
+MAX_OUTCOMES_AT_ONCE = 256
 
 # Headers the service sets on a parked command.
 H_PARKED_SUBJECT = "AgentMem-Ingest-Subject"
@@ -87,6 +91,8 @@ def outcomes_config(replicas: int = 1) -> dict[str, Any]:
         "max_age": OUTCOME_AGE_S * 1_000_000_000,
         "num_replicas": replicas,
         "allow_direct": True,
+        # Outcomes are recorded many at once (``OutcomeRecorder``).
+        "allow_atomic": True,
     }
 
 
@@ -115,7 +121,8 @@ async def ensure_all(
     nc: NATS, replicas: int = 1, max_msgs: int = MAX_MSGS, max_bytes: int = MAX_BYTES
 ) -> None:
     await ensure(nc, ingest_config(replicas, max_msgs, max_bytes))
-    await ensure(nc, outcomes_config(replicas))
+    outcomes = await ensure(nc, outcomes_config(replicas))
+    await jetstream.allow_atomic(nc, outcomes["config"])
     await ensure(nc, parked_config(replicas))
 
 
@@ -151,6 +158,60 @@ _outcome_decoder = msgspec.json.Decoder(IngestOutcome)
 
 def encode_outcome(outcome: IngestOutcome) -> bytes:
     return _outcome_encoder.encode(outcome)
+
+
+class OutcomeRecorder:
+    """Outcomes stored many at once, as a database commits a group: those waiting when a
+    write starts go in it, one atomic batch (``jetstream.publish_atomic``; a single one
+    alone), and those that come while it is under way go together in the next. Each
+    write is durable (fsynced): one per command was a third per published command (its
+    publish, its event, its outcome), where the disk's fsyncs are what ingestion runs
+    short of. ``record`` returns once its outcome is stored, so that the command's
+    message is acked only then."""
+
+    def __init__(self, nc: NATS, timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._waiting: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def record(self, subject: str, outcome: bytes) -> None:
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((subject, outcome, stored))
+        if self._writing is None:
+            self._writing = asyncio.ensure_future(self._write())
+        await stored
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[:MAX_OUTCOMES_AT_ONCE]
+                del self._waiting[:MAX_OUTCOMES_AT_ONCE]
+                try:
+                    await self._store([(subject, outcome) for subject, outcome, _ in group])
+                except Exception as exc:  # every command of the group fails, and is redelivered
+                    for *_, stored in group:
+                        if not stored.done():
+                            stored.set_exception(exc)
+                else:
+                    for *_, stored in group:
+                        if not stored.done():
+                            stored.set_result(None)
+        finally:
+            self._writing = None
+
+    async def _store(self, group: list[tuple[str, bytes]]) -> None:
+        try:
+            if len(group) == 1:
+                subject, outcome = group[0]
+                reply: bytes = (await self.nc.request(subject, outcome, timeout=self.timeout)).data
+            else:
+                messages: list[tuple[str, bytes, dict[str, str]]] = [(s, o, {}) for s, o in group]
+                reply = await jetstream.publish_atomic(self.nc, messages, self.timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise UnavailableError(f"the outcomes stream did not answer: {exc!r}") from exc
+        if b'"error"' in reply:
+            raise UnavailableError(f"outcomes not recorded: {reply[:200]!r}")
 
 
 async def read_outcome(nc: NATS, subject: str) -> IngestOutcome | None:

@@ -87,6 +87,18 @@ async def publish_atomic(
     raise ValueError("an atomic batch needs at least one message")
 
 
+async def allow_atomic(nc: NATS, config: dict[str, Any], timeout: float = 5.0) -> None:
+    """Allow atomic batches on the stream whose current ``config`` this is, when it does
+    not yet (a stream made by an earlier version): nothing stored changes, and nats-server
+    allows it on a live stream."""
+    if config.get("allow_atomic"):
+        return
+    name = config["name"]
+    updated = await api(nc, f"STREAM.UPDATE.{name}", {**config, "allow_atomic": True}, timeout)
+    if "error" in updated:
+        raise UnavailableError(f"could not allow atomic batches on {name}: {updated['error']}")
+
+
 def _normal(value: Any) -> Any:
     """A setting as compared: JetStream leaves out or blanks the members of a nested setting
     (a subject transform) that a config gives as empty."""

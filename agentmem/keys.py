@@ -362,14 +362,8 @@ class KeyRing:
                 )
         elif error:
             raise UnavailableError(f"key bucket: {error.get('description')}")
-        elif not info["config"].get("allow_atomic"):
-            # A bucket made by an earlier version: allowing atomic batches changes nothing
-            # that is stored (and nats-server allows it on a live stream).
-            updated = await self._api(
-                f"STREAM.UPDATE.{STREAM}", {**info["config"], "allow_atomic": True}
-            )
-            if "error" in updated:
-                raise UnavailableError(f"could not update the key bucket: {updated['error']}")
+        else:
+            await jetstream.allow_atomic(self.nc, info["config"], self.timeout)
         self.plaintext_until = await plaintext_until(self.nc, self.timeout)
         self._watch = await self.nc.jetstream().subscribe(
             f"{PREFIX}>",

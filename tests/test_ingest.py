@@ -24,6 +24,7 @@ from agentmem.auth import tokens
 from agentmem.consumers.ingest import IngestWorker
 from agentmem.domain.access import Principal
 from agentmem.domain.ingest import IngestStatus
+from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE
 from agentmem.service import Service
 from tests.conftest import settings_for
@@ -546,3 +547,65 @@ async def test_two_processes_share_the_partitions_and_keep_the_order(
         await nc.close()
         await second.stop()
         await first.stop()
+
+
+async def test_outcomes_are_stored_in_groups_each_before_its_record_returns(
+    nats_server: NatsServer,
+) -> None:
+    """``OutcomeRecorder``: outcomes recorded at once are stored together, in atomic
+    batches of at most ``MAX_OUTCOMES_AT_ONCE``, each readable when its ``record``
+    returns; a refused group fails every record of it."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        await ingestion.ensure_all(nc)
+        recorder = ingestion.OutcomeRecorder(nc)
+        writes: list[int] = []
+        store = recorder._store
+
+        async def counted(group: list[tuple[str, bytes]]) -> None:
+            writes.append(len(group))
+            await store(group)
+
+        recorder._store = counted  # type: ignore[method-assign]
+        subjects = [ingestion.outcome_subject("o1", "u1", f"c{n}") for n in range(300)]
+
+        async def record(subject: str) -> None:
+            await recorder.record(subject, json.dumps({"for": subject}).encode())
+            found = await nc.request(
+                f"$JS.API.DIRECT.GET.{ingestion.OUTCOMES}",
+                json.dumps({"last_by_subj": subject}).encode(),
+            )
+            assert json.loads(found.data) == {"for": subject}
+
+        await asyncio.gather(*map(record, subjects))
+        assert sum(writes) == 300
+        assert len(writes) <= 4, writes
+        assert max(writes) <= ingestion.MAX_OUTCOMES_AT_ONCE
+
+        # A group the stream refuses (one subject outside it): each of its records fails,
+        # as unavailable (its commands are redelivered); the next group is stored.
+        outside = "agentmem.nowhere.1"
+        results = await asyncio.gather(
+            *(recorder.record(s, b"{}") for s in [subjects[0], outside, subjects[1]]),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, UnavailableError) for r in results), results
+        await record(ingestion.outcome_subject("o1", "u1", "after"))
+    finally:
+        await nc.close()
+
+
+async def test_an_outcomes_stream_of_an_earlier_version_is_allowed_atomic_batches(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        earlier = {k: v for k, v in ingestion.outcomes_config().items() if k != "allow_atomic"}
+        await nc.jetstream().add_stream(
+            name=earlier["name"], subjects=earlier["subjects"], max_msgs_per_subject=1
+        )
+        await ingestion.ensure_all(nc)
+        info = await nc.request(f"$JS.API.STREAM.INFO.{ingestion.OUTCOMES}", b"")
+        assert json.loads(info.data)["config"]["allow_atomic"] is True
+    finally:
+        await nc.close()
