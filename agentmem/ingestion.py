@@ -189,10 +189,13 @@ class OutcomeRecorder:
                 del self._waiting[:MAX_OUTCOMES_AT_ONCE]
                 try:
                     await self._store([(subject, outcome) for subject, outcome, _ in group])
-                except Exception as exc:  # every command of the group fails, and is redelivered
+                except BaseException as exc:  # every command of the group fails: redelivered
+                    failed = exc if isinstance(exc, Exception) else UnavailableError("stopping")
                     for *_, stored in group:
                         if not stored.done():
-                            stored.set_exception(exc)
+                            stored.set_exception(failed)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the process is stopping
                 else:
                     for *_, stored in group:
                         if not stored.done():

@@ -579,6 +579,16 @@ async def test_outcomes_are_stored_in_groups_each_before_its_record_returns(
 
         await asyncio.gather(*map(record, subjects))
         assert sum(writes) == 300
+        # The same command's outcome twice in one group (a redelivery and its first
+        # delivery): both stored, the last one read.
+        twice = ingestion.outcome_subject("o1", "u1", "twice")
+        await asyncio.gather(recorder.record(twice, b'{"n":1}'), recorder.record(twice, b'{"n":2}'))
+        assert writes[-1] == 2
+        found = await nc.request(
+            f"$JS.API.DIRECT.GET.{ingestion.OUTCOMES}",
+            json.dumps({"last_by_subj": twice}).encode(),
+        )
+        assert json.loads(found.data) == {"n": 2}
         assert len(writes) <= 4, writes
         assert max(writes) <= ingestion.MAX_OUTCOMES_AT_ONCE
 
