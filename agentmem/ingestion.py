@@ -162,12 +162,11 @@ def encode_outcome(outcome: IngestOutcome) -> bytes:
 
 class OutcomeRecorder:
     """Outcomes stored many at once, as a database commits a group: those waiting when a
-    write starts go in it, one atomic batch (``jetstream.publish_atomic``; a single one
-    alone), and those that come while it is under way go together in the next. Each
-    write is durable (fsynced): one per command was a third per published command (its
-    publish, its event, its outcome), where the disk's fsyncs are what ingestion runs
-    short of. ``record`` returns once its outcome is stored, so that the command's
-    message is acked only then."""
+    write starts go in it, one atomic batch (``jetstream.publish_atomic``), and those that
+    come while it is under way go together in the next. Each write is durable (fsynced):
+    one per command was a third per published command (its publish, its event, its
+    outcome), where the disk's fsyncs are what ingestion runs short of. ``record`` returns
+    once its outcome is stored, so that the command's message is acked only then."""
 
     def __init__(self, nc: NATS, timeout: float = 10.0) -> None:
         self.nc = nc
@@ -204,13 +203,9 @@ class OutcomeRecorder:
             self._writing = None
 
     async def _store(self, group: list[tuple[str, bytes]]) -> None:
+        messages: list[tuple[str, bytes, dict[str, str]]] = [(s, o, {}) for s, o in group]
         try:
-            if len(group) == 1:
-                subject, outcome = group[0]
-                reply: bytes = (await self.nc.request(subject, outcome, timeout=self.timeout)).data
-            else:
-                messages: list[tuple[str, bytes, dict[str, str]]] = [(s, o, {}) for s, o in group]
-                reply = await jetstream.publish_atomic(self.nc, messages, self.timeout)
+            reply = await jetstream.publish_atomic(self.nc, messages, self.timeout)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
             raise UnavailableError(f"the outcomes stream did not answer: {exc!r}") from exc
         if b'"error"' in reply:

@@ -9,9 +9,9 @@ never is (the key's write failing, or the process dying in between), and two pro
 racing to make one memory's key could each seal with their own: an unreadable memory.
 
 So a process keeps, per scope that it adds memories to again and again, a few keys made
-ahead, off the request path, each *already stored* before any event names it; a refill of
-16 or more is stored in one atomic batch (``KeyRing.create_many``), so that a busy scope's
-keys cost one durable write per 64 memories, not one each:
+ahead, off the request path, each *already stored* before any event names it; a refill is
+stored in one atomic batch (``KeyRing.create_many``), so that a busy scope's keys cost one
+durable write per 64 memories, not one each:
 
     <org>.<user>.<agent>.<session>.memory.k_<16 hex>
 

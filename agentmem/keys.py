@@ -103,7 +103,6 @@ SCOPE_KINDS = ("user", "agent", "session")
 _FIRST = {"Nats-Expected-Last-Subject-Sequence": "0"}
 # nats-server's limit of messages in one atomic batch (``max_batch_size``, 1,000).
 MAX_ATOMIC = 1000
-ATOMIC_FROM = 16
 NO_ID = "="  # ``agentmem.personal.NO_ID``: a key name's token for an id the event has none of
 
 
@@ -527,13 +526,9 @@ class KeyRing:
         return self._remember(key)
 
     async def create_many(self, names: list[str]) -> list[DataKey]:
-        """``create`` for each of ``names`` (at most ``MAX_ATOMIC`` of them); from
-        ``ATOMIC_FROM`` on, stored in one atomic batch, all or none: a batch costs nats-server
-        about 2.5 ms plus 0.04 ms a key, where keys stored one by one cost 0.2-0.4 ms each
-        (``python -m bench.keywrites``), and each of those is a durable write that the
-        events written meanwhile wait behind."""
-        if len(names) < ATOMIC_FROM:
-            return list(await asyncio.gather(*(self.create(name) for name in names)))
+        """``create`` for each of ``names`` (at most ``MAX_ATOMIC`` of them), stored in one
+        atomic batch, all or none: one durable write where ``create`` each is one per key,
+        that the events written meanwhile wait behind (``jetstream.publish_atomic``)."""
         # Their scope keys first, a few at a time (a batch of new memories may name a
         # thousand new users); each is then at hand, cached.
         scopes = sorted({scope for name in names for scope in scope_names(name)})

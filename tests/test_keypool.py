@@ -124,7 +124,7 @@ async def test_a_batch_takes_keys_made_ahead_but_starts_no_pool(ring: KeyRing) -
 async def test_keys_made_many_at_once_are_stored_all_or_none(
     ring: KeyRing, nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    """A pool's refill of 16 keys or more is one atomic batch (``KeyRing.create_many``):
+    """A pool's refill is one atomic batch (``KeyRing.create_many``):
     every key stored, each under its own name (so a memory's forget erases its own), or
     none of them."""
     names = [f"{SCOPE}.{POOL_TOKEN}{n:016x}" for n in range(64)]
