@@ -26,6 +26,7 @@ from agentmem import jetstream, subjects
 from agentmem.domain.aggregate import Write
 from agentmem.errors import UnavailableError
 from agentmem.events import COMMIT_SCHEMA, AnyEvent
+from agentmem.headmarks import HeadMarks
 from agentmem.keys import KeyRing
 from agentmem.sealing import new_keys, read_events, seal, sealed_key_names
 
@@ -216,6 +217,7 @@ class EventLog:
         self._direct_get = f"$JS.API.DIRECT.GET.{stream}"
         self._batch_slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
         self.skipped = 0  # commits read with events left out (see ``StoredCommit.skipped``)
+        self.marks = HeadMarks()  # what this process's own appends say of the log's growth
 
     # Stream management ------------------------------------------------------------------
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -281,8 +283,11 @@ class EventLog:
     ) -> Appended:
         headers = {**headers, "Nats-Msg-Id": command_id, **_expect(write)}
         payload = await seal(write.subject, write.events, self.keys, fresh=write.expected == 0)
+        sent_at = self.marks.sent()
         reply = await self.nc.request(write.subject, payload, timeout=self.timeout, headers=headers)
         ack = self._check_ack(reply.data)
+        if not ack.duplicate:  # a duplicate's sequence is an earlier commit's
+            self.marks.stored(ack.seq, sent_at)
         return Appended(seqs=[ack.seq], duplicate=ack.duplicate)
 
     async def _publish_batch(

@@ -131,24 +131,28 @@ def command_router(parts: Parts) -> Router:
         messages projection's index of command ids does (one read by key, whatever the
         conversation's length). Together they miss nothing as long as the projection has
         applied every commit of this conversation older than the window (less a margin,
-        ``trusted_window_ms``: 9 minutes with the service's 10-minute window): that
-        is checked by one read of the log (the conversation's first commit after the
-        projection's checkpoint), and in the rare case it has not, the append waits for it
-        (bounded, as a query's ``after_seq``: ``unavailable`` after 5 s)."""
+        ``trusted_window_ms``: 9 minutes with the service's 10-minute window). That holds
+        when this process's own appends show every commit after the projection's checkpoint
+        to be younger than that (``HeadMarks``, no read); else one read of the log (the
+        conversation's first commit after the checkpoint) says, and in the rare case it
+        does not hold, the append waits for the projection (bounded, as a query's
+        ``after_seq``: ``unavailable`` after 5 s)."""
         subject = messages.subject(org_id, session_id)
 
         async def caught_up() -> None:
             last = await runner.log.last_on(subject)
             await freshness.wait(PROJECTION, last.seq if last is not None else None)
 
-        # The conversation's first commit the projection has not applied: its time alone.
-        pending = await runner.log.next_head(subject, await freshness.checkpoint(PROJECTION))
+        checkpoint = await freshness.checkpoint(PROJECTION)
         if not trusted:
             trusted.append(await trusted_window_ms(runner.log))  # once: the stream's setting
-        if pending is not None and pending.time_ms < time.time() * 1000 - trusted[0]:
-            await caught_up()
+        if not runner.log.marks.all_after_younger_than(checkpoint, trusted[0] / 1000):
+            # The conversation's first commit the projection has not applied: its time alone.
+            pending = await runner.log.next_head(subject, checkpoint)
+            if pending is not None and pending.time_ms < time.time() * 1000 - trusted[0]:
+                await caught_up()
         seq = await messages_read.appended_by(store, org_id, session_id, command_id)
-        if seq is not None and pending is not None:
+        if seq is not None and await runner.log.next_head(subject, checkpoint) is not None:
             # Found, but the conversation may have been deleted since (a deletion the
             # projection has not applied yet): only a retry pays for this wait.
             await caught_up()

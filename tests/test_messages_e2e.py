@@ -34,6 +34,7 @@ from agentmem.consumers.queries import MAX_PAGE_BYTES
 from agentmem.domain import messages as messages_domain
 from agentmem.eventlog import CommitMeta
 from agentmem.events import MessageAppended, encode_commit
+from agentmem.headmarks import HeadMarks
 from agentmem.projections import message_vectors
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
 from agentmem.replies import Message
@@ -203,7 +204,7 @@ async def store_as_if_long_ago(
 
 @pytest.mark.parametrize("applied_first", [True, False])
 async def test_an_append_retried_after_the_duplicate_window_is_stored_once(
-    acme: Acme, nc: NATS, applied_first: bool
+    acme: Acme, nc: NATS, service: Service, applied_first: bool, monkeypatch: Any
 ) -> None:
     """A retry long after the first attempt (past the log's 10-minute duplicate window) is
     recognised by its command id, for append_batch and append alike, whether the messages
@@ -212,6 +213,9 @@ async def test_an_append_retried_after_the_duplicate_window_is_stored_once(
     hour = 3_600_000
     first_seq, first_ids = await store_as_if_long_ago(nc, acme, "s1", "late", ["a", "b"], hour)
     one_seq, one_ids = await store_as_if_long_ago(nc, acme, "s1", "late-one", ["c"], hour)
+    # The service's own appends saw those commits arrive a moment ago (``HeadMarks``); the
+    # retry comes an hour later, to a process that has known the log only since then.
+    monkeypatch.setattr(service.parts.log, "marks", HeadMarks())
     if applied_first:
         await visible(acme.member, "s1", one_seq)
     before = await last_seq(nc)
