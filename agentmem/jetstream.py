@@ -5,11 +5,12 @@ stream made when missing or checked when present, never rewritten."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from agentmem import ids
 from agentmem.errors import AgentMemError, UnavailableError
@@ -19,6 +20,26 @@ NO_MESSAGE = 10037
 TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream (50)
 
 _json = msgspec.json.Encoder()
+
+
+class Delivery(NamedTuple):
+    stream_seq: int
+    consumer_seq: int
+    num_pending: int
+
+
+def delivery(message: Msg) -> Delivery:
+    """A pulled message's place, read from its ack subject. nats-py's ``Msg.metadata``
+    builds two dataclasses and a datetime for it (3 µs against 0.5 µs here), and every
+    worker reads it for every message it is delivered."""
+    tokens = (message.reply or "").split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
+    # or with <domain>.<account hash> after $JS.ACK (and a token at the end).
+    at = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else -1
+    if at < 0 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        meta = message.metadata  # raises nats-py's NotJSMessageError
+        return Delivery(meta.sequence.stream, meta.sequence.consumer, meta.num_pending)
+    return Delivery(int(tokens[at + 1]), int(tokens[at + 2]), int(tokens[at + 4]))
 
 
 class StreamConfigMismatch(AgentMemError):

@@ -23,6 +23,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from agentmem.jetstream import delivery
+
 NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"
 HEARTBEAT = "100"
@@ -89,7 +91,7 @@ class PullFeed:
                     break
                 await self._pull()
             if not self._arrived:
-                more_pending = messages and messages[-1].metadata.num_pending > 0
+                more_pending = messages and delivery(messages[-1]).num_pending > 0
                 if messages and not more_pending:
                     break
                 await self._wait()
@@ -138,7 +140,7 @@ class PullFeed:
             raise FeedBroken("the pull was not answered in time") from exc
 
     def _check_order(self, message: Msg) -> None:
-        consumer_seq = message.metadata.sequence.consumer
+        consumer_seq = delivery(message).consumer_seq
         if self._last_consumer_seq and consumer_seq != self._last_consumer_seq + 1:
             raise FeedBroken(
                 f"delivery {consumer_seq} after {self._last_consumer_seq}: a message went missing"

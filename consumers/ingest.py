@@ -61,6 +61,7 @@ from agentmem.domain.ingest import (
     valid_id,
 )
 from agentmem.errors import NotFoundError
+from agentmem.jetstream import delivery
 from agentmem.metrics import Metrics
 from agentmem.pullfeed import PullFeed
 from agentmem.replies import IngestOutcome
@@ -260,7 +261,7 @@ class IngestWorker:
             executed.set_exception(exc)
             raise
         executed.set_result(None)
-        await self._record([d])
+        await self._record(d)
         await msg.ack()
         self.metrics.ingested(1)
 
@@ -283,7 +284,7 @@ class IngestWorker:
 
     async def _run_one(self, msg: Msg, found: Target | None) -> Done:
         headers = dict(msg.headers or {})
-        ingest_seq = msg.metadata.sequence.stream
+        ingest_seq = delivery(msg).stream_seq
         org_id = found.org_id if found is not None else "_"
         keys = read_keys(msg.data)
         body_id = keys.command_id if keys is not None and isinstance(keys.command_id, str) else None
@@ -344,20 +345,17 @@ class IngestWorker:
         subject = ingestion.outcome_subject(org_id, user, cid)
         return Done(msg, subject, outcome, park=verdict == "retry", outcome_to=outcome_to)
 
-    async def _record(self, done: list[Done]) -> None:
-        """Every outcome in the outcomes stream (and the parked commands in theirs) before
-        any message is acked; an outcome the publisher asked for, too."""
-
-        async def record(d: Done) -> None:
-            encoded = ingestion.encode_outcome(d.outcome)
-            if d.park:
-                await self._park(d)
-            await self._outcomes.record(d.subject, encoded)
-            if d.outcome_to is not None:
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(d.outcome_to, encoded)
-
-        await asyncio.gather(*map(record, done))
+    async def _record(self, d: Done) -> None:
+        """The outcome in the outcomes stream (and a parked command in theirs) before the
+        message is acked; the outcome where the publisher asked for it, too. Outcomes of
+        commands recorded at the same time are stored together (``OutcomeRecorder``)."""
+        encoded = ingestion.encode_outcome(d.outcome)
+        if d.park:
+            await self._park(d)
+        await self._outcomes.record(d.subject, encoded)
+        if d.outcome_to is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(d.outcome_to, encoded)
 
     async def _park(self, d: Done) -> None:
         msg = d.msg

@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.eventlog import StoredCommit
+from agentmem.jetstream import delivery
 from agentmem.keys import KeyRing
 from agentmem.metrics import Metrics
 from agentmem.projections.base import Projection
@@ -193,21 +194,21 @@ class ProjectionWorker:
             building=self.building,
         )
         last_seq = self.checkpoint
-        decoded: list[tuple[Msg, StoredCommit | Exception]] = []
+        decoded: list[tuple[int, Msg, StoredCommit | Exception]] = []
+        placed = [(delivery(m).stream_seq, m) for m in messages]
         # At or below the checkpoint: applied before a crash between the commit and the ack.
-        fresh = [m for m in messages if m.metadata.sequence.stream > self.checkpoint]
+        fresh = [(seq, m) for seq, m in placed if seq > self.checkpoint]
         if self.until_seq is not None:
-            beyond = [m for m in fresh if m.metadata.sequence.stream > self.until_seq]
-            if beyond:
+            until = self.until_seq
+            if any(seq > until for seq, _ in fresh):
                 self._past_until = True
-                fresh = [m for m in fresh if m.metadata.sequence.stream <= self.until_seq]
+                fresh = [(seq, m) for seq, m in fresh if seq <= until]
         # Opened together: the data keys this process has not cached yet are read from the
         # bucket at once, not one commit after the other.
         opened = await asyncio.gather(
-            *(open_events(m.data, self.keys) for m in fresh), return_exceptions=True
+            *(open_events(m.data, self.keys) for _, m in fresh), return_exceptions=True
         )
-        for message, events in zip(fresh, opened, strict=True):
-            seq = message.metadata.sequence.stream
+        for (seq, message), events in zip(fresh, opened, strict=True):
             last_seq = max(last_seq, seq)
             try:
                 if isinstance(events, BaseException):
@@ -218,12 +219,11 @@ class ProjectionWorker:
                     headers=message.headers or {},
                     events=events,
                 )
-                decoded.append((message, commit))
+                decoded.append((seq, message, commit))
             except Exception as exc:  # an event this code cannot read must not stall the rest
-                decoded.append((message, exc))
-        await self._prepare([c for _, c in decoded if isinstance(c, StoredCommit)])
-        for message, commit_or_error in decoded:
-            seq = message.metadata.sequence.stream
+                decoded.append((seq, message, exc))
+        await self._prepare([c for _, _, c in decoded if isinstance(c, StoredCommit)])
+        for seq, message, commit_or_error in decoded:
             try:
                 if isinstance(commit_or_error, Exception):
                     raise commit_or_error
@@ -232,7 +232,7 @@ class ProjectionWorker:
                 batch.parked.append(
                     Parked(self.key, seq, message.subject, f"{type(exc).__name__}: {exc}")
                 )
-        pending = messages[-1].metadata.num_pending if messages else 0
+        pending = delivery(messages[-1]).num_pending if messages else 0
         if last_seq > self.checkpoint:
             batch.checkpoint = last_seq
             started = time.perf_counter()
