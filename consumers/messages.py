@@ -19,13 +19,12 @@ of command ids, so that a retry is recognised for as long as the conversation ex
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
 from agentmem import ids, subjects
 from agentmem.commands import AppendMessage, AppendMessages, DeleteConversation, RedactMessage
-from agentmem.consumers.access_view import AccessView
+from agentmem.consumers.access_view import AccessView, load_all
 from agentmem.consumers.aggregates import AlreadyApplied, FreshReads, Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import event_view, missing_org
@@ -112,13 +111,13 @@ def command_router(parts: Parts) -> Router:
         if subjects.parse(agent_subject).org_id != org_id:
             raise agents.missing(agent_id)
         user_subject = await runner.user_subject(user_id) if user_id is not None else None
-        loads: list[Any] = [
-            reads.load(orgs.subject(org_id), orgs.evolve),
-            reads.load(agent_subject, agents.evolve),
+        wanted: list[tuple[str, Any]] = [
+            (orgs.subject(org_id), orgs.evolve),
+            (agent_subject, agents.evolve),
         ]
         if user_subject is not None:
-            loads.append(reads.load(user_subject, users.evolve))
-        org, agent, *user = await asyncio.gather(*loads)
+            wanted.append((user_subject, users.evolve))
+        org, agent, *user = await load_all(reads, wanted)
         orgs.require_live(org, org_id)
         person: Loaded[users.User] | None = user[0] if user else None
         messages.check_speakers(org_id, agent, agent_id, person, user_id)
