@@ -13,7 +13,7 @@ a commit is stored after it was sent.
 from __future__ import annotations
 
 import time
-from collections import deque
+from bisect import bisect_right
 
 SPACING_S = 0.5  # at most two marks a second: a projection is rarely further behind
 KEPT = 128  # about a minute of marks when appends are steady; older ones are not needed
@@ -21,7 +21,9 @@ KEPT = 128  # about a minute of marks when appends are steady; older ones are no
 
 class HeadMarks:
     def __init__(self) -> None:
-        self._marks: deque[tuple[int, float]] = deque(maxlen=KEPT)
+        # Both grow: a mark is kept only if its sequence is not below the one before it.
+        self._seqs: list[int] = []  # "no commit after this sequence existed ..."
+        self._times: list[float] = []  # "... at this monotonic time"
 
     def sent(self) -> float:
         """The moment a publish is sent, for :meth:`stored` once it is acknowledged."""
@@ -29,17 +31,18 @@ class HeadMarks:
 
     def stored(self, seq: int, sent_at: float) -> None:
         """A commit sent at ``sent_at`` was stored, new (not a duplicate), at ``seq``."""
-        if self._marks and sent_at - self._marks[-1][1] < SPACING_S:
+        if self._times and (sent_at - self._times[-1] < SPACING_S or seq - 1 < self._seqs[-1]):
             return
-        self._marks.append((seq - 1, sent_at))
+        self._seqs.append(seq - 1)
+        self._times.append(sent_at)
+        if len(self._seqs) > KEPT:
+            del self._seqs[: KEPT // 2], self._times[: KEPT // 2]
 
     def all_after_since(self, seq: int) -> float | None:
         """A monotonic time before which no commit after ``seq`` existed (the latest this
         process knows), or None when it knows none."""
-        for at_most, at in reversed(self._marks):
-            if at_most <= seq:
-                return at
-        return None
+        index = bisect_right(self._seqs, seq)
+        return self._times[index - 1] if index else None
 
     def all_after_younger_than(self, seq: int, age_s: float) -> bool:
         """Whether every commit after ``seq`` was stored less than ``age_s`` ago."""

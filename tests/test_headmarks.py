@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from agentmem.headmarks import SPACING_S, HeadMarks
+from agentmem.headmarks import KEPT, SPACING_S, HeadMarks
 
 
 def test_a_stored_commit_bounds_every_later_one() -> None:
@@ -36,3 +36,15 @@ def test_marks_closer_than_the_spacing_are_not_kept() -> None:
     marks.stored(20, now - 1.0 + SPACING_S / 2)
     assert marks.all_after_since(19) == now - 1.0  # the second was not kept: 9 is the bound
     assert marks.all_after_since(8) is None
+
+
+def test_a_mark_below_the_one_before_is_not_kept_and_old_marks_go() -> None:
+    marks = HeadMarks()
+    now = time.monotonic() - 1000.0
+    marks.stored(50, now)
+    marks.stored(40, now + 1.0)  # stored out of order: kept marks stay in order
+    assert marks.all_after_since(45) is None
+    for n in range(1, KEPT + 2):
+        marks.stored(50 + n, now + 1.0 + n)
+    assert marks.all_after_since(49) is None  # the oldest half was dropped
+    assert marks.all_after_since(50 + KEPT) == now + 1.0 + KEPT + 1
