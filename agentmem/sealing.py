@@ -176,20 +176,29 @@ def _join(raw: bytes, fields: bytes) -> bytes:
     return raw.rstrip()[:-1] + b"," + fields.lstrip()[1:]
 
 
-async def _opened(payload: bytes, keys: KeyRing | None) -> list[bytes | Shredded] | None:
-    """The commit's events as JSON objects with their sealed parts opened (or ``Shredded``
-    when the key is gone); None when the commit holds nothing sealed."""
+def _parts(payload: bytes, keys: KeyRing | None) -> tuple[list[bytes], list[_Envelope]] | None:
+    """A commit's events, raw and as envelopes; None when it holds nothing sealed (or is
+    not a commit this reader knows: the plain readers say why)."""
     if _MARK not in payload:
         return None
     if keys is None:
         raise NoKeys("this commit holds sealed personal data and this reader has no keys")
     try:
         raws = [bytes(raw) for raw in _raw_commit.decode(payload).events]
-        envelopes = [_envelope.decode(raw) for raw in raws]
+        return raws, [_envelope.decode(raw) for raw in raws]
     except msgspec.DecodeError:
-        return None  # not a commit this reader knows: the plain readers say why
-    sealed = [e._sealed for e in envelopes if e._sealed is not None]
-    await keys.resolve([(part.k, part.i) for part in sealed])
+        return None
+
+
+def _wanted(envelopes: list[_Envelope]) -> list[tuple[str, str]]:
+    return [(e._sealed.k, e._sealed.i) for e in envelopes if e._sealed is not None]
+
+
+def _open_parts(
+    raws: list[bytes], envelopes: list[_Envelope], keys: KeyRing
+) -> list[bytes | Shredded]:
+    """The events with their sealed parts opened (or ``Shredded`` when the key is gone),
+    once ``keys.resolve`` has read their keys."""
     opened: list[bytes | Shredded] = []
     for raw, envelope in zip(raws, envelopes, strict=True):
         part = envelope._sealed
@@ -203,6 +212,17 @@ async def _opened(payload: bytes, keys: KeyRing | None) -> list[bytes | Shredded
         fields = cipher.decrypt(part.n, part.c, _aad(envelope.type, part.k, part.i))
         opened.append(_join(raw, fields))
     return opened
+
+
+async def _opened(payload: bytes, keys: KeyRing | None) -> list[bytes | Shredded] | None:
+    """The commit's events as JSON objects with their sealed parts opened (or ``Shredded``
+    when the key is gone); None when the commit holds nothing sealed."""
+    parts = _parts(payload, keys)
+    if parts is None or keys is None:
+        return None
+    raws, envelopes = parts
+    await keys.resolve(_wanted(envelopes))
+    return _open_parts(raws, envelopes, keys)
 
 
 def sealed_key_names(payload: bytes) -> set[str]:
@@ -233,6 +253,41 @@ async def open_events(payload: bytes, keys: KeyRing | None) -> list[AnyEvent]:
     return [_event_of(item) for item in opened]
 
 
+async def open_commits(
+    payloads: list[bytes], keys: KeyRing | None
+) -> list[list[AnyEvent] | Exception]:
+    """``open_events`` of each commit of a batch (a projection's), or what it raised: the
+    keys of all of them asked for at once, and no task per commit."""
+    parsed: list[tuple[list[bytes], list[_Envelope]] | Exception | None] = []
+    for payload in payloads:
+        try:
+            parsed.append(_parts(payload, keys))
+        except Exception as exc:
+            parsed.append(exc)
+    wanted = [k for p in parsed if isinstance(p, tuple) for k in _wanted(p[1])]
+    failed: Exception | None = None
+    if wanted and keys is not None:
+        try:
+            await keys.resolve(wanted)
+        except Exception as exc:  # each sealed commit fails with it, as each alone would
+            failed = exc
+    results: list[list[AnyEvent] | Exception] = []
+    for payload, p in zip(payloads, parsed, strict=True):
+        try:
+            if isinstance(p, Exception):
+                raise p
+            if p is None:
+                results.append(decode_commit(payload).events)
+                continue
+            if failed is not None and _wanted(p[1]):
+                raise failed
+            assert keys is not None  # _parts raised NoKeys without them
+            results.append([_event_of(item) for item in _open_parts(*p, keys)])
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
 async def read_events(payload: bytes, keys: KeyRing | None) -> tuple[list[AnyEvent], str | None]:
     """The events this version can read, and why any were left out (``read_commit``'s
     tolerance, for the command and authentication paths)."""
@@ -252,4 +307,4 @@ async def read_events(payload: bytes, keys: KeyRing | None) -> tuple[list[AnyEve
     return events, "; ".join(problems) or None
 
 
-__all__ = ["Commit", "open_events", "read_events", "seal"]
+__all__ = ["Commit", "open_commits", "open_events", "read_events", "seal"]

@@ -28,7 +28,7 @@ from agentmem.metrics import Metrics
 from agentmem.projections.base import Projection
 from agentmem.projections.board import CheckpointBoard
 from agentmem.pullfeed import PullFeed
-from agentmem.sealing import open_events
+from agentmem.sealing import open_commits
 from agentmem.store import Parked, ProjectionBatch, Store
 from agentmem.store.versions import build_key, variant_of
 
@@ -205,9 +205,7 @@ class ProjectionWorker:
                 fresh = [(seq, m) for seq, m in fresh if seq <= until]
         # Opened together: the data keys this process has not cached yet are read from the
         # bucket at once, not one commit after the other.
-        opened = await asyncio.gather(
-            *(open_events(m.data, self.keys) for _, m in fresh), return_exceptions=True
-        )
+        opened = await open_commits([m.data for _, m in fresh], self.keys)
         for (seq, message), events in zip(fresh, opened, strict=True):
             last_seq = max(last_seq, seq)
             try:
