@@ -35,6 +35,9 @@ UNKNOWN_SUBJECT = "unknown"
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
+        # Each request's pair of series by (subject, outcome), found once: ``labels`` takes a
+        # lock and checks its arguments on every call.
+        self._per_request: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter(
             "agentmem_requests",
             "Requests answered, by subject and outcome (ok or the error code)",
@@ -151,8 +154,14 @@ class Metrics:
         )
 
     def request(self, subject: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(subject, outcome).inc()
-        self.request_seconds.labels(subject, outcome).observe(seconds)
+        series = self._per_request.get((subject, outcome))
+        if series is None:
+            series = self._per_request[subject, outcome] = (
+                self.requests.labels(subject, outcome),
+                self.request_seconds.labels(subject, outcome),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
         if outcome == "conflict" and subject.startswith(subjects.COMMAND_PREFIX):
             self.command_conflicts.labels(subject).inc()
 
