@@ -192,6 +192,17 @@ async def _columns(conn: asyncpg.Connection, tables: list[str]) -> dict[str, set
     return found
 
 
+async def _after_use(conn: asyncpg.Connection) -> None:
+    """What a connection needs when it goes back to the pool: nothing more than asyncpg
+    does anyway (roll back a transaction left open). Every setting this store makes is
+    ``SET LOCAL`` (gone with its transaction), it opens no cursor and listens to nothing,
+    and its one session lock (``migrate``) is released by its holder, or the connection
+    closed. asyncpg's default reset (``RESET ALL``, ``CLOSE ALL``, ``UNLISTEN *``, every
+    advisory lock released) was one more round trip to the server on every query, before
+    the query's answer was handed over: a one-row read through the pool took 413-456 µs
+    with it and 171-200 µs without (p50 of 2,500, local Postgres, this 2-core machine)."""
+
+
 class PostgresStore(SystemReads):
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
         self.dsn = dsn
@@ -211,7 +222,7 @@ class PostgresStore(SystemReads):
     # Lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self.min_size, max_size=self.max_size
+            self.dsn, min_size=self.min_size, max_size=self.max_size, reset=_after_use
         )
         await self._run_locked(_SYSTEM_TABLES)
         async with self.pool.acquire() as conn:
@@ -267,7 +278,11 @@ class PostgresStore(SystemReads):
                     applied.append(migration.version)
                 plan.check_columns(await _columns(conn, list(plan.tables)), unchecked)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_SIGNED)
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_SIGNED)
+                except BaseException:
+                    conn.terminate()  # the pool does not reset sessions (``_after_use``)
+                    raise
         return applied
 
     async def apply(self, batch: ProjectionBatch) -> list[Parked]:
