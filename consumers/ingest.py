@@ -50,6 +50,7 @@ from agentmem.domain.ingest import (
     H_OUTCOME_TO,
     PUBLISHABLE,
     IngestStatus,
+    Keys,
     Target,
     backoff_s,
     classify,
@@ -220,14 +221,15 @@ class IngestWorker:
         executed (a chain per key, across batches): commands of other keys, the next batch,
         and the recording of the one before need not be waited for."""
         found = target(msg.subject)
+        keys = read_keys(msg.data)
         key = (
-            order_key(found.org_id, found.operation, read_keys(msg.data))
+            order_key(found.org_id, found.operation, keys)
             if found is not None
             else ("?", msg.subject)
         )
         before = self._tails.get(key)
         executed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._after(before, executed, msg, found))
+        task = asyncio.create_task(self._after(before, executed, msg, found, keys))
         self._tails[key] = executed
         self._running.add(task)
 
@@ -251,12 +253,13 @@ class IngestWorker:
         executed: asyncio.Future[None],
         msg: Msg,
         found: Target | None,
+        keys: Keys | None,
     ) -> None:
         try:
             if before is not None:
                 # A failure before it stops the chain: this one must not overtake it.
                 await asyncio.shield(before)
-            d = await self._run_one(msg, found)
+            d = await self._run_one(msg, found, keys)
         except Exception as exc:
             executed.set_exception(exc)
             raise
@@ -282,11 +285,10 @@ class IngestWorker:
         if running:
             await asyncio.wait(set(running), timeout=ACK_WAIT_S)
 
-    async def _run_one(self, msg: Msg, found: Target | None) -> Done:
+    async def _run_one(self, msg: Msg, found: Target | None, keys: Keys | None) -> Done:
         headers = dict(msg.headers or {})
         ingest_seq = delivery(msg).stream_seq
         org_id = found.org_id if found is not None else "_"
-        keys = read_keys(msg.data)
         body_id = keys.command_id if keys is not None and isinstance(keys.command_id, str) else None
         cid = command_id(headers, body_id, f"in{self._stream_id}-{ingest_seq}")
         operation = found.operation if found is not None else None

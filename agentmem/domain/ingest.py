@@ -115,7 +115,7 @@ def valid_id(value: str) -> bool:
     return bool(_ID.match(value))
 
 
-class _Keys(msgspec.Struct, frozen=True):
+class Keys(msgspec.Struct, frozen=True):
     """The fields of a published body that name the aggregate it writes to; every other
     field is skipped unread."""
 
@@ -125,17 +125,17 @@ class _Keys(msgspec.Struct, frozen=True):
     user_id: Any = None
 
 
-_keys_decoder = msgspec.json.Decoder(_Keys)
+_keys_decoder = msgspec.json.Decoder(Keys)
 
 
-def read_keys(data: bytes) -> _Keys | None:
+def read_keys(data: bytes) -> Keys | None:
     try:
         return _keys_decoder.decode(data or b"{}")
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
 
 
-def order_key(org_id: str, operation: str, keys: _Keys | None) -> tuple[str, ...]:
+def order_key(org_id: str, operation: str, keys: Keys | None) -> tuple[str, ...]:
     """What a command queues behind: publishes with one key run one at a time, in stream
     order; other keys run beside them. A conversation's appends share its session; working
     memory its session; an agent's state its agent; memories their scope. A body that does

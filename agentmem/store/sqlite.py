@@ -604,12 +604,16 @@ class SQLiteStore(SystemReads):
 
     def _erases(self, batch: ProjectionBatch) -> bool:
         """Did the batch overwrite or delete rows of a scrubbed table?"""
-        return any(
-            (isinstance(op, Update | Delete) and op.table in self._scrubbed)
-            or (isinstance(op, Delete) and op.erase)
-            for _, _, ops in batch.items
-            for op in ops
-        )
+        scrubbed = self._scrubbed
+        for _, _, ops in batch.items:
+            for op in ops:
+                # A loop, not ``any`` over a generator that built ``Update | Delete`` for
+                # each op: together 2% of the GIL samples under memory.add.
+                if isinstance(op, Delete) and (op.erase or op.table in scrubbed):
+                    return True
+                if isinstance(op, Update) and op.table in scrubbed:
+                    return True
+        return False
 
     def _scrub(self, conn: sqlite3.Connection) -> None:
         """Leave nothing on disk of what was just overwritten or deleted: the old page
