@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agentmem.errors import UnavailableError
@@ -65,8 +66,9 @@ class Table:
     # store also removes what would be left of them on disk (old page images, index entries).
     scrub: bool = False
 
-    @property
+    @cached_property
     def column_names(self) -> tuple[str, ...]:
+        # Once per table: a read shapes every row it returns by these (50 times a page).
         return tuple(c.name for c in self.columns)
 
 
