@@ -145,13 +145,15 @@ def command_router(parts: Parts) -> Router:
         checkpoint = await freshness.checkpoint(PROJECTION)
         if not trusted:
             trusted.append(await trusted_window_ms(runner.log))  # once: the stream's setting
-        if not runner.log.marks.all_after_younger_than(checkpoint, trusted[0] / 1000):
-            # The conversation's first commit the projection has not applied: its time alone.
-            pending = await runner.log.next_head(subject, checkpoint)
-            if pending is not None and pending.time_ms < time.time() * 1000 - trusted[0]:
-                await caught_up()
+        vouched = runner.log.marks.all_after_younger_than(checkpoint, trusted[0] / 1000)
+        # Else the conversation's first commit the projection has not applied: its time.
+        pending = None if vouched else await runner.log.next_head(subject, checkpoint)
+        if pending is not None and pending.time_ms < time.time() * 1000 - trusted[0]:
+            await caught_up()
         seq = await messages_read.appended_by(store, org_id, session_id, command_id)
-        if seq is not None and await runner.log.next_head(subject, checkpoint) is not None:
+        if seq is not None and vouched:
+            pending = await runner.log.next_head(subject, checkpoint)  # not read above
+        if seq is not None and pending is not None:
             # Found, but the conversation may have been deleted since (a deletion the
             # projection has not applied yet): only a retry pays for this wait.
             await caught_up()
