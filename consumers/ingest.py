@@ -43,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ingestion, subjects
 from agentmem.consumers.auth import authorize
+from agentmem.consumers.ingest_subscriber import ServiceBroker, subscribe
 from agentmem.consumers.router import Prepare, Request, Result, Router
 from agentmem.domain.access import Principal
 from agentmem.domain.ingest import (
@@ -64,7 +65,6 @@ from agentmem.domain.ingest import (
 from agentmem.errors import NotFoundError
 from agentmem.jetstream import delivery
 from agentmem.metrics import Metrics
-from agentmem.pullfeed import PullFeed
 from agentmem.replies import IngestOutcome
 from agentmem.validation import invalid
 
@@ -149,8 +149,7 @@ class IngestWorker:
         self.batch = batch
         self.max_attempts = max_attempts
         self.last_error: str | None = None
-        self._stopping = asyncio.Event()
-        self._feed: PullFeed | None = None
+        self._stopping = asyncio.Event()  # set to stop, or to start over after a failure
         self._stream_id = ""  # the stream's creation time, part of an id made from a seq
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()  # set whenever one of them ends
@@ -165,10 +164,8 @@ class IngestWorker:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._feed is not None:
-            self._feed.interrupt()
 
-    async def _subscribe(self) -> PullFeed:
+    async def _create_consumer(self) -> None:
         """A fresh consumer: whatever a process that died had in hand is delivered now, not
         after its ack wait (the work queue holds every message not yet acked)."""
         with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -185,9 +182,6 @@ class IngestWorker:
                 max_waiting=16,
             ),
         )
-        feed = PullFeed(self.nc, ingestion.STREAM, self.consumer, self.batch, IDLE_WAIT_S)
-        await feed.start()
-        return feed
 
     async def run(self) -> None:
         # A command without an id of its own runs under its place in the stream, with the
@@ -198,23 +192,50 @@ class IngestWorker:
             if isinstance(created, datetime)
             else "".join(c for c in str(created or "") if c.isdigit())[:14]
         )
-        feed = self._feed = await self._subscribe()
-        if self._stopping.is_set():
-            feed.interrupt()
+        await self._create_consumer()
+        broker = ServiceBroker(self.nc)
+        subscribe(
+            broker,
+            stream=ingestion.STREAM,
+            subject=ingestion.partition_filter(self.partition),
+            durable=self.consumer,
+            batch=self.batch,
+            idle_wait=IDLE_WAIT_S,
+            handle=self._take,
+            on_failure=self._fail,
+        )
+        await broker.start()
         log.info("ingestion partition started", partition=self.partition)
         try:
-            while not self._stopping.is_set():
-                messages = await feed.next_batch()
-                for msg in messages:
-                    self._start(msg)
-                await self._keep_in_bounds()
+            await self._stopping.wait()
+            await broker.stop()  # no more pulls; what was taken is finished or failed
+            if self._failure is not None:
+                raise self._failure
             await self._finish(self._running)
         finally:
+            with contextlib.suppress(Exception):
+                await broker.stop()
             for task in list(self._running):
                 task.cancel()  # unacked: delivered again to the next holder
-            with contextlib.suppress(Exception):
-                await feed.stop()
             log.info("ingestion partition stopped", partition=self.partition)
+
+    async def _take(self, messages: list[Msg]) -> None:
+        """One pull's messages, from FastStream's subscriber: each joins its chain; the
+        next pull waits while two batches are under way. A stopping worker takes no more:
+        they are delivered again to the partition's next holder."""
+        if self._stopping.is_set():
+            return
+        for msg in messages:
+            self._start(msg)
+        try:
+            await self._keep_in_bounds()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The worker fails and starts again from the stream (the leader runs it again)."""
+        self._failure = self._failure or exc
+        self._stopping.set()
 
     def _start(self, msg: Msg) -> None:
         """Run one command as soon as the one before it with the same order key has been
