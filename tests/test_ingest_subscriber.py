@@ -74,8 +74,7 @@ async def test_batches_in_stream_order_and_only_the_worker_acks(nc: NATS) -> Non
     # The broker stopped; the connection is the service's and stays open.
     assert nc.is_connected
     for m in taken:
-        await m.ack()
-    await nc.flush()
+        await m.ack_sync()  # confirmed by the server, so that the count below is final
     info = await nc.jetstream().consumer_info(STREAM, CONSUMER)
     assert info.num_ack_pending == 0
 
