@@ -27,7 +27,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from agentmem import jetstream, subjects
-from agentmem.domain.ingest import H_INGEST_ID, INGEST_PREFIX, INGEST_SUBJECTS
+from agentmem.domain.ingest import H_INGEST_ID, INGEST_PREFIX, INGEST_SUBJECTS, names_forgotten
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import DUPLICATE_WINDOW_S
 from agentmem.replies import IngestOutcome
@@ -306,14 +306,43 @@ async def retry_parked(nc: NATS, parked: Parked) -> int:
     return int(ack["seq"])
 
 
-async def drop_parked(nc: NATS, parked: Parked) -> None:
-    """Record the command as dropped (``ingest.status``), then remove it."""
+async def drop_parked(nc: NATS, parked: Parked, error: dict[str, Any] | None = None) -> None:
+    """Record the command as dropped (``ingest.status``, with ``error``, else the one it was
+    parked with), then remove it."""
     outcome = IngestOutcome(
         command_id=parked.command_id,
         status="dropped",
-        error=parked.error or None,
+        error=error or parked.error or None,
         at=time.time_ns() // 1_000_000,
     )
     if parked.outcome_subject:
         await nc.request(parked.outcome_subject, encode_outcome(outcome), timeout=5.0)
     await delete_parked(nc, parked.seq)
+
+
+async def forget_parked(nc: NATS, org_id: str, target: str, ids: dict[str, str]) -> int:
+    """Drop the organization's parked commands that hold data of a forgotten target
+    (``domain.ingest.names_forgotten``): each recorded as dropped, then deleted from the
+    parked stream, which overwrites it on disk. How many were dropped."""
+    dropped = 0
+    seq = 1
+    error = {
+        "code": "not_found",
+        "message": f"dropped while parked: the {target.replace('_', ' ')} it names was forgotten",
+        "details": ids,
+    }
+    while True:
+        message = await jetstream.direct_get(
+            nc, PARKED, {"seq": seq, "next_by_subj": f"{PARKED_PREFIX}.{org_id}.>"}
+        )
+        if message is None:
+            return dropped
+        headers, data = message
+        parked = _parked(int(headers["Nats-Sequence"]), headers, data)
+        seq = parked.seq + 1
+        found = subjects.parse_ingest(parked.subject)
+        outcome_tokens = parked.outcome_subject.split(".")
+        ran_as = outcome_tokens[3] if len(outcome_tokens) == 5 else None
+        if found is not None and names_forgotten(target, ids, found.operation, data, ran_as):
+            await drop_parked(nc, parked, error)
+            dropped += 1

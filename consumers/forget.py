@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agentmem import ids, subjects
+from agentmem import ids, ingestion, subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import missing_org, missing_user
@@ -61,6 +61,9 @@ def command_router(parts: Parts) -> Router:
         # ahead: agentmem.keypool).
         for name in named:
             erased += await keys.forget(name)
+        # Commands parked with the target's data in plaintext go too (before the event, so
+        # that a forget that failed here is finished by sending it again).
+        await ingestion.forget_parked(parts.nc, org_id, target, target_ids)
         forget_id = ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:

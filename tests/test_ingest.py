@@ -415,6 +415,54 @@ async def test_transient_failures_are_retried_then_parked_and_an_operator_retrie
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_a_forget_drops_the_parked_commands_that_hold_its_data(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """Parked commands wait in plaintext until an operator acts: a forget of the
+    conversation they append to drops them (recorded as dropped, erased from the parked
+    stream); another conversation's stay parked."""
+    for leader in service.ingest_leaders.values():
+        leader.stop()
+    await asyncio.wait(service.ingest_tasks.values(), timeout=10)
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Forgetful")).fields["agent_id"]
+    await client.append_message("gone", agent, "user", "the conversation to forget")
+
+    async def outage(
+        subject: str, data: bytes, headers: dict[str, str], prepare: Any, kind: str
+    ) -> tuple[bytes, Principal | None]:
+        error = {"code": "unavailable", "message": "the store is away", "details": {}}
+        return json.dumps({"ok": False, "error": error}).encode(), None
+
+    subject = f"agentmem.in.{org}.message.append"
+    for n, session in enumerate(("gone", "kept", "gone")):
+        await nc.jetstream().publish(
+            subject,
+            append_body(session, agent, n),
+            headers={**bearer(admin_token), "Nats-Msg-Id": f"parked-{n}"},
+        )
+    workers = [IngestWorker(nc, p, outage, max_attempts=1) for p in range(ingestion.PARTITIONS)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await eventually(lambda: _parked(nc, 3), 20, 0.05, "three parked commands")
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    await client.forget_conversation("gone")
+
+    left = await ingestion.list_parked(nc)
+    assert [p.command_id for p in left] == ["parked-1"]
+    assert json.loads(left[0].data)["session_id"] == "kept"
+    for command_id in ("parked-0", "parked-2"):
+        outcome = await ingest_status(nc, admin_token, command_id)
+        assert outcome["status"] == "dropped"
+        assert outcome["error"]["code"] == "not_found"
+        assert "forgotten" in outcome["error"]["message"]
+    assert (await ingest_status(nc, admin_token, "parked-1"))["status"] == "parked"
+
+
 async def _parked(nc: NATS, count: int) -> list[ingestion.Parked] | None:
     found = await ingestion.list_parked(nc)
     return found if len(found) == count else None

@@ -115,6 +115,49 @@ def valid_id(value: str) -> bool:
     return bool(_ID.match(value))
 
 
+# What a forget reaches among the commands it finds parked: the aggregates of the
+# operations that may hold the target's data.
+FORGET_REACHES: dict[str, frozenset[str]] = {
+    "user": frozenset({"message", "memory", "working", "agent"}),
+    "agent": frozenset({"message", "memory", "working", "agent"}),
+    "conversation": frozenset({"message", "memory", "working"}),
+    "memory": frozenset({"memory"}),
+    "memory_scope": frozenset({"memory"}),
+}
+
+
+def names_forgotten(
+    target: str, ids: dict[str, str], operation: str, data: bytes, ran_as: str | None
+) -> bool:
+    """Whether a parked command holds data of a forgotten target: one of the operations the
+    target reaches, whose body names every id of the target (as a string anywhere in it: a
+    batch's items too), or, for a user, that ran as that user."""
+    if operation.split(".", 1)[0] not in FORGET_REACHES.get(target, frozenset()):
+        return False
+    if target == "user" and ran_as is not None and ran_as == ids.get("user_id"):
+        return True
+    wanted = {v for v in ids.values() if v}
+    return bool(wanted) and wanted <= _strings_in(data)
+
+
+def _strings_in(data: bytes) -> set[str]:
+    try:
+        document = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return set()
+    found: set[str] = set()
+    waiting = [document]
+    while waiting:
+        value = waiting.pop()
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, dict):
+            waiting.extend(value.values())
+        elif isinstance(value, list):
+            waiting.extend(value)
+    return found
+
+
 class Keys(msgspec.Struct, frozen=True):
     """The fields of a published body that name the aggregate it writes to; every other
     field is skipped unread."""
