@@ -4,7 +4,9 @@
   the service is stopped are each stored exactly once, in publish order per conversation
   and per memory scope, once it starts (the bar of the issue);
 - the service SIGKILLed five times while it ingests 20,000 published commands: nothing is
-  lost, nothing doubled, order kept.
+  lost, nothing doubled, order kept;
+- the nats-server SIGKILLed twice under the running service while it ingests 10,000: the
+  same, and the service process lives on (its partitions' subscribers start over).
 
 The nats-server outlives the service here, as it does in a deployment with ``--nats``
 (docs/deploy.md, Ingestion). Fast by design: publishes are bulk (one flush, or JetStream
@@ -188,3 +190,33 @@ async def test_sigkill_five_times_while_ingesting(
             await asyncio.sleep(0.02)
     await drained(nc, 120)
     await check_stored_once_in_order(nc, sent)
+
+
+async def test_the_nats_server_killed_twice_while_ingesting(
+    nats_server: NatsServer, fast_nc: NATS, service_process: ServiceProcess
+) -> None:
+    nc = fast_nc
+    token, org, agent = await prepare(service_process, nc)
+    sent = publishes(org, agent, 10_000)
+    js = nc.jetstream()
+    for start in range(0, len(sent), 500):
+        window = sent[start : start + 500]
+        await asyncio.gather(
+            *(js.publish(s, b, headers={**bearer(token), "Nats-Msg-Id": i}) for s, b, i in window)
+        )
+    total = len(sent)
+    for kills in range(2):
+
+        async def far_enough(bound: float = total * (1 - (kills + 1) / 3)) -> bool:
+            return await backlog(nc) <= bound
+
+        await eventually(far_enough, 120, 0.02, f"ingestion under way before kill {kills + 1}")
+        assert await backlog(nc) > 0, "drained: the kills must land during ingestion"
+        nats_server.kill()
+        await asyncio.sleep(0.5)
+        nats_server.start()
+        await service_process.wait_ready(nc)
+    await drained(nc, 180)
+    await check_stored_once_in_order(nc, sent)
+    assert service_process.process is not None
+    assert service_process.process.poll() is None, "the service survived the outages"
