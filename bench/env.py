@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -223,6 +223,20 @@ async def service(
         child.check_alive()  # it did not die under the load
     finally:
         await child.stop()
+
+
+async def projections_settled(client: Client, seconds: float = 600.0) -> dict[str, Any]:
+    """Until every projection of the service has applied the whole log (a seed's events
+    included), so that what is timed next does not share the service with their work; the
+    last ``status`` reply."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = await client.status()
+        if all(p["lag"] == 0 for p in status["projections"].values()):
+            return status
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"projections still behind after {seconds:.0f} s: {status}")
+        await asyncio.sleep(0.2)
 
 
 @contextlib.asynccontextmanager

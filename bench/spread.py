@@ -85,11 +85,7 @@ async def spread_session(cfg: Config) -> AsyncIterator[Run]:
             client = env.client(nc, seeding.token)
             started = time.perf_counter()
             await seed(client, MESSAGES // factor, SINGLES // factor)
-            while True:  # until the seeding service's projections have applied it all
-                status = await client.status()
-                if all(p["lag"] == 0 for p in status["projections"].values()):
-                    break
-                await asyncio.sleep(0.2)
+            status = await env.projections_settled(client)
             targets = {n: int(p["checkpoint"]) for n, p in status["projections"].items()}
             events = int(status["stream"]["last_seq"])
             cfg.note(

@@ -271,15 +271,17 @@ PROJECTION = MemoriesProjection()
 
 
 # Reads -------------------------------------------------------------------------------------
-_json = msgspec.json.Decoder()
+_VIEW_COLUMNS = tuple(c for c in MEMORIES.column_names if c != "position")
 
 
 def memory_view(row: dict[str, Any], now: int) -> dict[str, Any]:
-    """A row as the queries answer it, its importance decayed to ``now``."""
-    view = {c: row[c] for c in MEMORIES.column_names if c != "position"}
-    view["metadata"] = _json.decode(row["metadata"])
-    view["tags"] = _json.decode(row["tags"])
-    view["source"] = _json.decode(row["source"])
+    """A row as the queries answer it, its importance decayed to ``now``. Its JSON columns
+    (metadata, tags, source) stay the JSON the projection stored (``msgspec.Raw``): the
+    reply's encoder writes them as they are, instead of decoding and encoding them again."""
+    view = {c: row[c] for c in _VIEW_COLUMNS}
+    view["metadata"] = msgspec.Raw(row["metadata"])
+    view["tags"] = msgspec.Raw(row["tags"])
+    view["source"] = msgspec.Raw(row["source"])
     view["importance"] = row["importance"] / IMPORTANCE_SCALE
     view["decayed_importance"] = decayed(
         view["importance"], row["memory_type"], row["updated_at"], now
