@@ -35,7 +35,7 @@ from agentmem.replies import IngestOutcome
 STREAM = "AGENTMEM_INGEST"
 OUTCOMES = "AGENTMEM_INGEST_OUTCOMES"
 PARKED = "AGENTMEM_INGEST_PARKED"
-OUTCOME_PREFIX = f"{subjects.PREFIX}.outcome"
+OUTCOME_PREFIX = subjects.INGEST_OUTCOME_PREFIX
 PARKED_PREFIX = f"{subjects.PREFIX}.parked"
 
 # Fixed when the stream is created: the stored subjects carry the partition.
@@ -341,8 +341,7 @@ async def forget_parked(nc: NATS, org_id: str, target: str, ids: dict[str, str])
         parked = _parked(int(headers["Nats-Sequence"]), headers, data)
         seq = parked.seq + 1
         found = subjects.parse_ingest(parked.subject)
-        outcome_tokens = parked.outcome_subject.split(".")
-        ran_as = outcome_tokens[3] if len(outcome_tokens) == 5 else None
+        ran_as = subjects.outcome_user(parked.outcome_subject)
         if found is not None and names_forgotten(target, ids, found.operation, data, ran_as):
             await drop_parked(nc, parked, error)
             dropped += 1

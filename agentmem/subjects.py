@@ -30,6 +30,8 @@ QUEUE_GROUP = "agentmem"
 # appended (agentmem/ingestion.py).
 INGEST_PREFIX = f"{PREFIX}.in"
 INGEST_SUBJECTS = f"{INGEST_PREFIX}.*.*.*"
+# Where a published command's outcome is recorded: <it>.<org>.<user>.<command id>.
+INGEST_OUTCOME_PREFIX = f"{PREFIX}.outcome"
 # Where the outcome of a published command may be sent (its ``AgentMem-Outcome-To``):
 # ``agentmem.out.<org_id>.<user_id>.<anything>``, the tree of the user it ran as. On a closed
 # deployment the service's account exports this tree as a stream and a connection may
@@ -121,6 +123,15 @@ def parse_ingest(subject: str) -> IngestRef | None:
     if len(parts) not in (5, 6) or ".".join(parts[:2]) != INGEST_PREFIX:
         return None
     return IngestRef(parts[2], f"{parts[3]}.{parts[4]}")
+
+
+def outcome_user(subject: str) -> str | None:
+    """The user a recorded outcome's subject names (the one the command ran as, or
+    ``anonymous``); None for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 5 or ".".join(parts[:2]) != INGEST_OUTCOME_PREFIX:
+        return None
+    return parts[3]
 
 
 def as_published(stored: str) -> str:

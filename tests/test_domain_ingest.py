@@ -1,4 +1,5 @@
-"""``domain.ingest.names_forgotten``: which parked commands a forget reaches (pure)."""
+"""``domain.ingest.names_forgotten``: which parked commands a forget reaches, and whose an
+outcome subject says it was (pure)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import pytest
 
+from agentmem import subjects
 from agentmem.domain.ingest import names_forgotten
 
 
@@ -54,3 +56,17 @@ def test_names_forgotten(
     reached: bool,
 ) -> None:
     assert names_forgotten(target, ids, operation, data, ran_as) is reached
+
+
+@pytest.mark.parametrize(
+    ("subject", "user"),
+    [
+        ("agentmem.outcome.org1.u1.cmd-1", "u1"),
+        ("agentmem.outcome.org1.anonymous.cmd-1", "anonymous"),
+        ("agentmem.outcome.org1.u1", None),
+        ("agentmem.out.org1.u1.cmd-1", None),
+        ("", None),
+    ],
+)
+def test_the_user_an_outcome_subject_names(subject: str, user: str | None) -> None:
+    assert subjects.outcome_user(subject) == user
