@@ -261,8 +261,9 @@ class IngestWorker:
                 executed.cancel()
             elif not executed.cancelled():
                 executed.exception()  # retrieved: a chain's failure is the task's own
-            if not finished.cancelled() and finished.exception() is not None:
-                self._failure = self._failure or finished.exception()
+            failed = None if finished.cancelled() else finished.exception()
+            if failed is not None:
+                self._fail(failed)  # now, not at the next pull: an idle partition has none
             if self._tails.get(key) is executed:
                 del self._tails[key]
 

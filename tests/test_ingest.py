@@ -505,6 +505,26 @@ async def test_commit_types_of_published_commands_are_the_operations(
     assert set(bodies) <= types
 
 
+async def test_a_command_that_fails_the_worker_stops_it_at_once(nc: NATS) -> None:
+    """An execution that raises (not a refusal: a fault of the service) fails the worker,
+    which its leader then starts again from the stream, at once: not when the next message
+    arrives, which on an idle partition may be never."""
+    await ingestion.ensure_all(nc)
+    org = str(uuid.uuid4())
+    await nc.jetstream().publish(f"agentmem.in.{org}.message.append", append_body("s", "a", 1))
+
+    async def broken(
+        subject: str, data: bytes, headers: dict[str, str], prepare: Any, kind: str
+    ) -> tuple[bytes, Principal | None]:
+        raise RuntimeError("the command path broke")
+
+    worker = IngestWorker(nc, ingestion.partition_of(org), broken)
+    with pytest.raises(RuntimeError, match="the command path broke"):
+        await asyncio.wait_for(worker.run(), 10)
+    backlog = (await nc.jetstream().stream_info(ingestion.STREAM)).state.messages
+    assert backlog == 1  # not acked: the next run executes it again
+
+
 async def test_partition_of_names_the_partition_jetstream_stores_a_publish_in(
     nats_server: NatsServer,
 ) -> None:
