@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,21 +248,27 @@ class Parked:
     time: str = ""
 
 
+async def parked_in(nc: NATS, tree: str = f"{PARKED_PREFIX}.>") -> AsyncIterator[Parked]:
+    """The parked commands on ``tree`` (every one, or an organization's), oldest first."""
+    seq = 1
+    while True:
+        # The first at or after seq: a retried or dropped one leaves a gap.
+        message = await jetstream.direct_get(nc, PARKED, {"seq": seq, "next_by_subj": tree})
+        if message is None:
+            return
+        headers, data = message
+        parked = _parked(int(headers["Nats-Sequence"]), headers, data)
+        yield parked
+        seq = parked.seq + 1
+
+
 async def list_parked(nc: NATS, limit: int = 1000) -> list[Parked]:
     """Up to ``limit`` parked commands, oldest first."""
     found: list[Parked] = []
-    seq = 1
-    while len(found) < limit:
-        # The first at or after seq: a retried or dropped one leaves a gap.
-        message = await jetstream.direct_get(
-            nc, PARKED, {"seq": seq, "next_by_subj": f"{PARKED_PREFIX}.>"}
-        )
-        if message is None:
+    async for parked in parked_in(nc):
+        if len(found) >= limit:
             break
-        headers, data = message
-        stored = int(headers["Nats-Sequence"])
-        found.append(_parked(stored, headers, data))
-        seq = stored + 1
+        found.append(parked)
     return found
 
 
@@ -325,23 +332,15 @@ async def forget_parked(nc: NATS, org_id: str, target: str, ids: dict[str, str])
     (``domain.ingest.names_forgotten``): each recorded as dropped, then deleted from the
     parked stream, which overwrites it on disk. How many were dropped."""
     dropped = 0
-    seq = 1
     error = {
         "code": "not_found",
         "message": f"dropped while parked: the {target.replace('_', ' ')} it names was forgotten",
         "details": ids,
     }
-    while True:
-        message = await jetstream.direct_get(
-            nc, PARKED, {"seq": seq, "next_by_subj": f"{PARKED_PREFIX}.{org_id}.>"}
-        )
-        if message is None:
-            return dropped
-        headers, data = message
-        parked = _parked(int(headers["Nats-Sequence"]), headers, data)
-        seq = parked.seq + 1
+    async for parked in parked_in(nc, f"{PARKED_PREFIX}.{org_id}.>"):
         found = subjects.parse_ingest(parked.subject)
         ran_as = subjects.outcome_user(parked.outcome_subject)
-        if found is not None and names_forgotten(target, ids, found.operation, data, ran_as):
+        if found is not None and names_forgotten(target, ids, found.operation, parked.data, ran_as):
             await drop_parked(nc, parked, error)
             dropped += 1
+    return dropped
