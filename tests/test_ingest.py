@@ -450,6 +450,17 @@ async def test_a_forget_drops_the_parked_commands_that_hold_its_data(
             w.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    # Another organization's conversation of the same id: its forget drops none of these.
+    other_org = (await client.create_org("Other")).fields["org_id"]
+    other_agent = (await client.create_agent("Elsewhere", org_id=other_org)).fields["agent_id"]
+    await client.append_message("gone", other_agent, "user", "theirs", org_id=other_org)
+    await client.forget_conversation("gone", org_id=other_org)
+    assert [p.command_id for p in await ingestion.list_parked(nc)] == [
+        "parked-0",
+        "parked-1",
+        "parked-2",
+    ]
+
     await client.forget_conversation("gone")
 
     left = await ingestion.list_parked(nc)
