@@ -391,7 +391,8 @@ async def test_postgres_search_reads_a_bounded_number_of_rows() -> None:
     read and rank every match (32,000 matches: 0.1 s). The statements the store sent are
     replayed under EXPLAIN ANALYZE, with the settings it sent before them."""
     async with postgres_schema() as schema:
-        store = PostgresStore(with_search_path(DSN, schema), min_size=1, max_size=1)
+        # Every read through the pool's one connection (no read lane), whose queries are logged.
+        store = PostgresStore(with_search_path(DSN, schema), min_size=1, max_size=1, read_lane=0)
         await store.open()
         try:
             await store.migrate(PROJECTION_MIGRATIONS)

@@ -1,0 +1,106 @@
+"""The Postgres store's reads on connections of their own (``agentmem/store/read_lane.py``),
+on the test server: kept between reads, dropped after any failure, never more than the
+lane's size (a burst goes through the pool), closed with the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from agentmem.errors import AgentMemError
+from agentmem.store.postgres import PostgresStore
+from tests.pg import DSN, postgres_schema, with_search_path
+
+LANE = 2
+POOL = 3
+PID = "SELECT pg_backend_pid() AS pid"
+
+
+@contextlib.asynccontextmanager
+async def store_with_lane() -> AsyncIterator[PostgresStore]:
+    async with postgres_schema() as schema:
+        store = PostgresStore(with_search_path(DSN, schema), max_size=POOL, read_lane=LANE)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+async def backend(store: PostgresStore) -> int:
+    row = await store.fetch_one(PID)
+    assert row is not None
+    return int(row["pid"])
+
+
+async def open_backends(pids: set[int]) -> set[int]:
+    """Which of ``pids`` still have a connection on the server."""
+    admin = await asyncpg.connect(DSN)
+    try:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids)
+        )
+    finally:
+        await admin.close()
+    return {row["pid"] for row in rows}
+
+
+async def test_reads_one_after_another_share_one_connection_apart_from_the_pool() -> None:
+    async with store_with_lane() as store:
+        first = await backend(store)
+        assert [await backend(store) for _ in range(5)] == [first] * 5
+        rows = await store.fetch_all(PID)
+        assert rows == [{"pid": first}]
+        async with store.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != first
+
+
+async def test_a_failed_read_drops_its_connection_and_the_next_read_opens_another() -> None:
+    async with store_with_lane() as store:
+        before = await backend(store)
+        with pytest.raises(asyncpg.PostgresError):
+            await store.fetch_all("SELECT * FROM no_such_table")
+        after = await backend(store)
+        assert after != before
+        assert await open_backends({before}) == set()
+
+
+async def test_a_read_cut_at_its_time_limit_leaves_the_lane_usable() -> None:
+    async with store_with_lane() as store:
+        store.read_time_limit = 0.2
+        before = await backend(store)
+        with pytest.raises(AgentMemError):
+            await store.fetch_all("SELECT pg_sleep(2)")
+        after = await backend(store)
+        assert after != before  # the cut read's connection was dropped, not reused
+
+
+async def test_a_burst_of_reads_goes_past_the_lane_through_the_pool() -> None:
+    async with store_with_lane() as store:
+        burst = LANE + POOL + 1
+        rows = await asyncio.gather(
+            *(store.fetch_all(f"{PID}, pg_sleep(0.3)") for _ in range(burst))
+        )
+        assert all(len(found) == 1 for found in rows)  # none refused
+        # The lane's connections and the pool's, the last read waiting for one of them: an
+        # unbounded lane would have opened one per read.
+        assert len({found[0]["pid"] for found in rows}) == LANE + POOL
+
+
+async def test_closing_the_store_closes_the_lane() -> None:
+    async with store_with_lane() as store:
+        pids = set(
+            found[0]["pid"]
+            for found in await asyncio.gather(
+                *(
+                    store.fetch_all("SELECT pg_backend_pid() AS pid, pg_sleep(0.2)")
+                    for _ in range(LANE)
+                )
+            )
+        )
+    await asyncio.sleep(0.2)  # the server notices the goodbyes
+    assert await open_backends(pids) == set()
