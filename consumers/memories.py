@@ -397,10 +397,9 @@ def query_router(parts: Parts) -> Router:
             limit=query.limit + 1,
         )
         at = f":{now}" if query.order_by == "importance" else ""
-        items = [
-            {**reads.memory_view(r, now), "cursor": f"{r['order_key']!r}:{r['position']}{at}"}
-            for r in rows
-        ]
+        items = reads.memory_views(rows, now)
+        for item, row in zip(items, rows, strict=True):
+            item["cursor"] = f"{row['order_key']!r}:{row['position']}{at}"
         result = page(items, query.limit, "cursor", MAX_PAGE_BYTES)
         for item in result["items"]:
             del item["cursor"]

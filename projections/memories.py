@@ -16,6 +16,7 @@ own bookkeeping for deduplication: no row. ``memory_versions``: the earlier vers
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -278,8 +279,19 @@ def memory_view(row: dict[str, Any], now: int) -> dict[str, Any]:
     """A row as the queries answer it, its importance decayed to ``now``. Its JSON columns
     (metadata, tags, source) stay the JSON the projection stored (``msgspec.Raw``): the
     reply's encoder writes them as they are, instead of decoding and encoding them again."""
+    return _view(row, now, row.keys() - _VIEW_COLUMNS)
+
+
+def memory_views(rows: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
+    """``memory_view`` of every row of one query: they share their columns, so what is not
+    the view's is found once (a set difference per row was a third of a view's time)."""
+    extras = rows[0].keys() - _VIEW_COLUMNS if rows else set()
+    return [_view(row, now, extras) for row in rows]
+
+
+def _view(row: dict[str, Any], now: int, extras: Iterable[str]) -> dict[str, Any]:
     view = row.copy()  # then without what is not the view's: a copy is C, a loop is not
-    for extra in row.keys() - _VIEW_COLUMNS:
+    for extra in extras:
         del view[extra]
     view["metadata"] = msgspec.Raw(row["metadata"])
     view["tags"] = msgspec.Raw(row["tags"])
