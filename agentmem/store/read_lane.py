@@ -20,6 +20,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
 
+# A read that needs a new connection waits this long for the server (asyncpg's own default
+# is 60 s), then fails like any read of a server that does not answer.
+CONNECT_TIMEOUT_S = 5.0
+
 
 class ReadLane:
     def __init__(self, dsn: str, size: int) -> None:
@@ -41,7 +45,7 @@ class ReadLane:
         elif self._count < self.size and not self._closed:
             self._count += 1
             try:
-                conn = await asyncpg.connect(self.dsn)
+                conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
             except BaseException:
                 self._count -= 1
                 raise
