@@ -69,6 +69,19 @@ async def test_a_failed_read_drops_its_connection_and_the_next_read_opens_anothe
         assert await open_backends({before}) == set()
 
 
+async def test_a_session_the_server_ended_is_replaced_without_a_failed_read() -> None:
+    async with store_with_lane() as store:
+        before = await backend(store)
+        admin = await asyncpg.connect(DSN)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", before)
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)  # the client sees its socket closed
+        after = await backend(store)
+        assert after != before
+
+
 async def test_a_read_cut_at_its_time_limit_leaves_the_lane_usable() -> None:
     async with store_with_lane() as store:
         store.read_time_limit = 0.2

@@ -10,7 +10,9 @@ beyond that it goes through the pool, so a burst of reads is never refused for t
 A connection goes back to the lane only after a read that ended normally. Any exception
 (an SQL error, a read cancelled at its time limit, a lost server, the task cancelled)
 closes it, so the lane never holds a connection in an unknown state; the next read opens
-a new one. Reads only: no session setting, lock or transaction outlives the ``async with``.
+a new one. An idle connection whose session the server ended is dropped before a read
+takes it, as the pool does. Reads only: no session setting, lock or transaction outlives
+the ``async with``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class ReadLane:
     @contextlib.asynccontextmanager
     async def connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         """A connection for one read: the lane's, or the pool's when the lane is busy."""
+        while self._idle and self._idle[-1].is_closed():
+            # Its server session ended while it waited (a restart, an operator's
+            # pg_terminate_backend): the pool would open a new one without a failed read.
+            self._drop(self._idle.pop())
         if self._idle:
             conn = self._idle.pop()
         elif self._count < self.size and not self._closed:
