@@ -37,13 +37,18 @@ async def backend(store: PostgresStore) -> int:
     return int(row["pid"])
 
 
-async def open_backends(pids: set[int]) -> set[int]:
-    """Which of ``pids`` still have a connection on the server."""
+async def open_backends(pids: set[int], seconds: float = 2.0) -> set[int]:
+    """Which of ``pids`` still have a session on the server once ``seconds`` have passed
+    (at once when none has): a connection leaves the lane at once and closes just after."""
     admin = await asyncpg.connect(DSN)
     try:
-        rows = await admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids)
-        )
+        for _ in range(int(seconds * 20)):
+            rows = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids)
+            )
+            if not rows:
+                break
+            await asyncio.sleep(0.05)
     finally:
         await admin.close()
     return {row["pid"] for row in rows}
@@ -115,5 +120,4 @@ async def test_closing_the_store_closes_the_lane() -> None:
                 )
             )
         )
-    await asyncio.sleep(0.2)  # the server notices the goodbyes
     assert await open_backends(pids) == set()

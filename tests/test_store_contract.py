@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -865,11 +866,13 @@ async def test_a_read_past_its_time_limit_is_stopped_and_answered_unavailable(
 ) -> None:
     """No query's read may hold a connection or a reader thread for ever: past the store's
     time limit it is stopped (SQLite: its progress handler; Postgres: asyncpg cancels it on
-    the server) and answered ``unavailable``, and the store goes on reading."""
+    the server) and answered ``unavailable``, and the store goes on reading. On Postgres the
+    query must be gone from the server too, not left running with nobody to read it."""
     assert store.read_time_limit == READ_TIME_LIMIT_S
     store.read_time_limit = 0.2
+    tag = f"/* cut {secrets.token_hex(6)} */"  # finds this test's queries on the server
     counting = (
-        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < ?) "
+        f"{tag} WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < ?) "
         "SELECT count(*) AS n FROM c"
     )
     long = 2_000_000_000  # minutes of work on either engine
@@ -878,6 +881,27 @@ async def test_a_read_past_its_time_limit_is_stopped_and_answered_unavailable(
     with pytest.raises(UnavailableError, match=r"took longer than 0\.2 s"):
         await asyncio.wait_for(store.fetch_one(counting, long), 30)
     assert await store.fetch_one(counting, 10) == {"n": 10}
+    if isinstance(store, PostgresStore):
+        assert await running_on_server(tag, seconds=5) == 0
+
+
+async def running_on_server(tag: str, seconds: float) -> int:
+    """How many queries holding ``tag`` still run on the test server once ``seconds`` have
+    passed (0 as soon as there are none)."""
+    admin = await asyncpg.connect(DSN)
+    try:
+        for _ in range(int(seconds * 10)):
+            running = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                tag,
+            )
+            if running == 0:
+                return 0
+            await asyncio.sleep(0.1)
+        return int(running)
+    finally:
+        await admin.close()
 
 
 # The memory reads ------------------------------------------------------------------------------
