@@ -487,16 +487,12 @@ def query_router(parts: Parts) -> Router:
         else:  # the aliases then
             then = await reads.known_then(store, listed, point)
             aliases = {e: then[e].aliases for e in listed}
-        items = [
-            {
-                **reads.entity_view(r, aliases[r["entity_id"]], []),
-                "cursor": f"{r['norm']}\x00{r['entity_id']}",
-            }
-            for r in rows
-        ]
-        result = page(items, query.limit, "cursor", MAX_PAGE_BYTES)
-        for item in result["items"]:
-            del item["cursor"]
+        items = [reads.entity_view(r, aliases[r["entity_id"]], []) for r in rows]
+
+        def cursor(index: int) -> str:
+            return f"{rows[index]['norm']}\x00{rows[index]['entity_id']}"
+
+        result = page(items, query.limit, cursor, MAX_PAGE_BYTES)
         shown = [i["entity_id"] for i in result["items"]]
         if point is None:
             members = await reads.members_of(store, org_id, shown)

@@ -397,13 +397,12 @@ def query_router(parts: Parts) -> Router:
             limit=query.limit + 1,
         )
         at = f":{now}" if query.order_by == "importance" else ""
-        items = reads.memory_views(rows, now)
-        for item, row in zip(items, rows, strict=True):
-            item["cursor"] = f"{row['order_key']!r}:{row['position']}{at}"
-        result = page(items, query.limit, "cursor", MAX_PAGE_BYTES)
-        for item in result["items"]:
-            del item["cursor"]
-        return result, seq
+
+        def cursor(index: int) -> str:
+            row = rows[index]
+            return f"{row['order_key']!r}:{row['position']}{at}"
+
+        return page(reads.memory_views(rows, now), query.limit, cursor, MAX_PAGE_BYTES), seq
 
     @router.handle(SearchMemories)
     async def search_memories(request: Request[SearchMemories]) -> Result:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -88,9 +89,16 @@ def fitting(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> int
 
 
 def page(
-    rows: list[dict[str, Any]], limit: int, key: str, max_bytes: int | None = None
+    rows: list[dict[str, Any]],
+    limit: int,
+    key: str | Callable[[int], str],
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Keyset pagination: fetch limit+1 rows; the extra one says a next page exists.
+
+    ``key``: the field of an item that the cursor holds, or, when the cursor is not a field
+    of the item, a function of the page's last index that makes it (made once, for the last
+    item only, instead of for every row).
 
     With ``max_bytes``, the page also ends before the item that would take its items past
     that many bytes of JSON (it always holds at least one), and the cursor goes on from there.
@@ -100,7 +108,10 @@ def page(
     if max_bytes is not None:
         fit = fitting(items, max_bytes)
         items, more = items[:fit], more or fit < len(items)
-    return {"items": items, "next_cursor": encode_cursor(items[-1][key]) if more else None}
+    if not more:
+        return {"items": items, "next_cursor": None}
+    last = key(len(items) - 1) if callable(key) else items[-1][key]
+    return {"items": items, "next_cursor": encode_cursor(last)}
 
 
 def readable(request: Request[Any], row: Row | None, missing: str) -> Row:
