@@ -218,12 +218,21 @@ async def _quiet_error(exc: Exception) -> None:
     _log.warning("nats: %s", exc or exc.__class__.__name__)
 
 
-async def _disconnected() -> None:
-    _log.warning("disconnected from AgentMem's NATS server; reconnecting")
+class _Notices:
+    """A lost and a regained server, one log line each. nats-py also calls its
+    disconnected callback when the client closes its own connection: that one is not
+    lost, and a script's last line on stderr would otherwise say it is reconnecting."""
 
+    def __init__(self) -> None:
+        self.nc: NATS | None = None  # set once connected
 
-async def _reconnected() -> None:
-    _log.info("reconnected to AgentMem's NATS server")
+    async def disconnected(self) -> None:
+        if self.nc is not None and self.nc.is_closed:
+            return
+        _log.warning("disconnected from AgentMem's NATS server; reconnecting")
+
+    async def reconnected(self) -> None:
+        _log.info("reconnected to AgentMem's NATS server")
 
 
 class Written(msgspec.Struct, frozen=True):
@@ -271,12 +280,13 @@ class Client:
         authenticated = "@" in urlsplit(servers[0]).netloc or any(
             name in nats_options for name in ("user", "token", "user_credentials", "nkeys_seed")
         )
+        notices = _Notices()
         options: dict[str, Any] = {
             **({} if authenticated else natsauth.connection_options(token)),
             "connect_timeout": _CONNECT_TIMEOUT_S,
             "error_cb": _quiet_error,
-            "disconnected_cb": _disconnected,
-            "reconnected_cb": _reconnected,
+            "disconnected_cb": notices.disconnected,
+            "reconnected_cb": notices.reconnected,
             **nats_options,
             # The first connect: two attempts, then give up (nats-py's own default is 60
             # attempts 2 s apart, each failure logged with a traceback).
@@ -294,6 +304,7 @@ class Client:
                 "(`agentmem serve`), and is that the address it listens on (--listen)?",
                 {"url": shown},
             ) from None
+        notices.nc = nc
         # From now on, a lost server is reconnected to, quietly (nats-py reads these live).
         nc.options["max_reconnect_attempts"] = max_reconnect_attempts
         nc.options["reconnect_time_wait"] = nats_options.get(

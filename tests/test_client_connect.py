@@ -58,6 +58,19 @@ async def test_a_restarted_server_is_reconnected_to_quietly(
     printed = capsys.readouterr()
     assert "Traceback" not in printed.err + printed.out
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "disconnected from AgentMem's NATS server; reconnecting" in warned
+
+
+async def test_closing_the_client_says_nothing_of_reconnecting(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-py calls the disconnected callback on a close too; a script that ends must not
+    print that it is reconnecting."""
+    with caplog.at_level(logging.DEBUG):
+        client = await Client.connect(nats_server.url)
+        await client.close()
+    assert not [r for r in caplog.records if "reconnecting" in r.getMessage()]
 
 
 async def test_a_request_that_finds_no_responder_is_sent_again_for_a_moment(
