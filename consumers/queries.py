@@ -55,6 +55,7 @@ def decode_cursor(cursor: str | None) -> str:
 # large rows (an agent's persona, a tool's schema) is cut short instead of never answering.
 MAX_PAGE_BYTES = 512 * 1024
 _item_encoder = msgspec.json.Encoder()
+_FIT_CHUNK = 16
 
 
 def cursor_number(cursor: str | None) -> int | None:
@@ -77,14 +78,23 @@ def item_size(item: Any) -> int:
 
 def fitting(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> int:
     """How many of ``items``, from the first, fit in ``max_bytes`` of JSON (at least one):
-    500 messages of 100,000 characters would not fit in one NATS message."""
-    if len(_item_encoder.encode(items)) <= max_bytes:
-        return len(items)  # the usual page, in one encoding instead of one per item
+    500 messages of 100,000 characters would not fit in one NATS message.
+
+    The sizes are summed a chunk at a time, from one encoding of the chunk (a list's JSON
+    is its items' joined by commas, in brackets), and item by item only within the chunk
+    that crosses the limit: a usual page takes a few encodings instead of one per item,
+    and a page of huge items is never encoded much past the limit."""
     total = 0
-    for n, item in enumerate(items):
-        total += item_size(item)
-        if total > max_bytes and n > 0:
-            return n
+    for start in range(0, len(items), _FIT_CHUNK):
+        chunk = items[start : start + _FIT_CHUNK]
+        size = len(_item_encoder.encode(chunk)) - len(chunk) - 1
+        if total + size <= max_bytes:
+            total += size
+            continue
+        for n, item in enumerate(chunk, start):
+            total += item_size(item)
+            if total > max_bytes and n > 0:
+                return n
     return len(items)
 
 
