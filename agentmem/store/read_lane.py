@@ -41,10 +41,6 @@ class ReadLane:
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
 
-    @property
-    def count(self) -> int:
-        return self._count
-
     @contextlib.asynccontextmanager
     async def connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         """A connection for one read: the lane's, or the pool's when the lane is busy."""
