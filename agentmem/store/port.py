@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agentmem.errors import UnavailableError
@@ -15,6 +16,14 @@ if TYPE_CHECKING:
 # "blob": bytes (derived vectors: float32, little-endian).
 ColumnType = Literal["text", "integer", "json", "blob"]
 Row = dict[str, Any]
+
+
+def as_rows(names: Sequence[str], values: Iterable[Sequence[Any]]) -> list[Row]:
+    """A query's rows as dicts: its column names, read once (every row of one query has
+    them all), zipped with each row's values. ``map`` over ``zip`` is a fifth faster than a
+    comprehension (51 memory rows: 40 against 49 µs); both stores make their rows here."""
+    return list(map(dict, map(zip, repeat(names), values)))
+
 
 # Every read of a query (``fetch_one``, ``fetch_all``, ``search``; not ``dump``) is stopped
 # after this long and answered ``unavailable``: no read may hold a connection or a reader

@@ -38,7 +38,6 @@ import re
 import time
 from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
-from itertools import repeat
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -57,6 +56,7 @@ from agentmem.store.port import (
     ProjectionBatch,
     Row,
     Table,
+    as_rows,
     fence,
     fence_version,
     read_too_long,
@@ -128,12 +128,8 @@ _KEPT = re.compile(r"(\d+) dead row versions cannot be removed yet")
 
 
 def rows_of(records: list[asyncpg.Record]) -> list[Row]:
-    """A query's records as rows: the names read once (every record of one query has the
-    same), zipped with each record's values (a quarter faster than ``record.items()``, and
-    ``map`` a fifth faster again than a comprehension: 40 against 49 µs for 51 rows)."""
-    if not records:
-        return []
-    return list(map(dict, map(zip, repeat(tuple(records[0].keys())), records)))
+    """A query's records as rows (``as_rows``: a quarter faster than ``record.items()``)."""
+    return as_rows(tuple(records[0].keys()), records) if records else []
 
 
 @lru_cache(maxsize=2048)
@@ -546,7 +542,7 @@ class PostgresStore(SystemReads):
                 record = await conn.fetchrow(translate(query), *args, timeout=self.read_time_limit)
         except TimeoutError as exc:
             raise read_too_long(self.read_time_limit) from exc
-        return dict(record.items()) if record is not None else None
+        return rows_of([record])[0] if record is not None else None
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
         """A query's read; asyncpg cancels it on the server after ``read_time_limit``."""

@@ -76,6 +76,7 @@ from agentmem.store.port import (
     RowOp,
     Table,
     Update,
+    as_rows,
     fence,
     fence_version,
     read_too_long,
@@ -165,8 +166,7 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
     found = cursor.fetchall()
     if not found:
         return []
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in found]
+    return as_rows([column[0] for column in cursor.description], found)
 
 
 def _moved(exc: sqlite3.OperationalError) -> bool:
