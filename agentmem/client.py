@@ -330,8 +330,14 @@ class Client:
 
     # Transport ---------------------------------------------------------------------------
     async def request(
-        self, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        data: Any = Any,
     ) -> envelope.Reply:
+        """One request; its reply's ``data`` decoded as ``data`` (a type msgspec can
+        describe; by default JSON's own types), or its error raised."""
         if self.last_seq and body.get("after_seq") is None and _reads_your_writes(subject):
             # Read-your-writes by default: the answer includes this client's last command.
             body = {**body, "after_seq": self.last_seq}
@@ -346,7 +352,7 @@ class Client:
             ) from exc
         except nats.errors.TimeoutError as exc:
             raise UnavailableError("AgentMem did not answer in time", {"subject": subject}) from exc
-        reply = envelope.decode(message.data)
+        reply = envelope.decode(message.data, data)
         if not reply.ok:
             error = reply.error
             if error is None:
@@ -376,10 +382,14 @@ class Client:
         body = msgspec.to_builtins(request)
         return await self._send(operation_of(type(request)), body)
 
-    async def _send(self, operation: Operation, body: dict[str, Any]) -> Any:
-        reply = await self.request(operation.subject, body)
+    async def _send(self, operation: Operation, body: dict[str, Any], result: Any = None) -> Any:
+        """A query's reply decoded once, straight into ``result`` (by default the type its
+        operation declares), not into dicts converted again: half the client's time on a
+        page of 50 memories. A command's as ``Written``."""
         if operation.kind != "command":
-            return msgspec.convert(reply.data, operation.reply)
+            reply = await self.request(operation.subject, body, data=result or operation.reply)
+            return reply.data
+        reply = await self.request(operation.subject, body)
         data = dict(reply.data)
         seq = reply.seq or 0
         self.last_seq = max(self.last_seq, seq)
@@ -391,8 +401,8 @@ class Client:
 
     async def _query(self, request_type: type[Request], result: type[T], **body: Any) -> T:
         """``result``: the type this method returns, the declared reply or one it unwraps."""
-        converted: T = msgspec.convert(await self._send(operation_of(request_type), body), result)
-        return converted
+        decoded: T = await self._send(operation_of(request_type), body, result)
+        return decoded
 
     # Organizations ----------------------------------------------------------------------
     async def create_org(
@@ -587,9 +597,12 @@ class Client:
         entry as a dict (its events are those of docs/events.md)."""
         body = {"aggregate": aggregate, "id": aggregate_id, "org_id": org_id}
         reply = await self.request(
-            GetHistory.op.subject, {**body, "limit": limit, "cursor": cursor}
+            GetHistory.op.subject,
+            {**body, "limit": limit, "cursor": cursor},
+            data=Page[dict[str, Any]],
         )
-        return msgspec.convert(reply.data, Page[dict[str, Any]])
+        page: Page[dict[str, Any]] = reply.data
+        return page
 
     # Agents -----------------------------------------------------------------------------
     async def create_agent(
@@ -1116,9 +1129,10 @@ class Client:
     ) -> MemoriesAdded:
         """``memory.add_batch``: all or none, up to 1,000."""
         body = {"memories": memories, "org_id": org_id, **fields}
-        reply = await self.request(AddMemories.op.subject, body)
+        reply = await self.request(AddMemories.op.subject, body, data=MemoriesAdded)
         self.last_seq = max(self.last_seq, reply.seq or 0)
-        return msgspec.convert(reply.data, MemoriesAdded)
+        added: MemoriesAdded = reply.data
+        return added
 
     async def update_memory(self, memory_id: str, **fields: Any) -> Written:
         return await self._command(UpdateMemory, memory_id=memory_id, **fields)
@@ -1144,9 +1158,10 @@ class Client:
         **fields: Any,
     ) -> ScopeDeleted:
         body = {"user_id": user_id, "agent_id": agent_id, "session_id": session_id, **fields}
-        reply = await self.request(DeleteMemoryScope.op.subject, body)
+        reply = await self.request(DeleteMemoryScope.op.subject, body, data=ScopeDeleted)
         self.last_seq = max(self.last_seq, reply.seq or 0)
-        return msgspec.convert(reply.data, ScopeDeleted)
+        deleted: ScopeDeleted = reply.data
+        return deleted
 
     async def get_memory(self, memory_id: str, *, after_seq: int | None = None) -> Memory:
         return await self._query(GetMemory, Memory, memory_id=memory_id, after_seq=after_seq)
@@ -1289,9 +1304,10 @@ class Client:
         self, *, user_id: str | None = None, agent_id: str | None = None, **fields: Any
     ) -> ScopeDeleted:
         body = {"user_id": user_id, "agent_id": agent_id, **fields}
-        reply = await self.request(DeleteEntityScope.op.subject, body)
+        reply = await self.request(DeleteEntityScope.op.subject, body, data=ScopeDeleted)
         self.last_seq = max(self.last_seq, reply.seq or 0)
-        return msgspec.convert(reply.data, ScopeDeleted)
+        deleted: ScopeDeleted = reply.data
+        return deleted
 
     async def get_entity(self, entity_id: str, *, after_seq: int | None = None) -> Entity:
         return await self._query(GetEntity, Entity, entity_id=entity_id, after_seq=after_seq)
@@ -1368,9 +1384,10 @@ class Client:
             "extractor": extractor,
             **fields,
         }
-        reply = await self.request(ExtractGraph.op.subject, body)
+        reply = await self.request(ExtractGraph.op.subject, body, data=Extracted)
         self.last_seq = max(self.last_seq, reply.seq or 0)
-        return msgspec.convert(reply.data, Extracted)
+        extracted: Extracted = reply.data
+        return extracted
 
     async def associate_memories(
         self, from_memory_id: str, to_memory_id: str, **fields: Any

@@ -23,7 +23,8 @@ class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Reply)
+# A decoder per type of data: JSON's own types (Any), or a reply type a client decodes into.
+_decoders: dict[Any, msgspec.json.Decoder[Reply]] = {Any: msgspec.json.Decoder(Reply)}
 
 
 def ok(data: Any, seq: int | None = None) -> bytes:
@@ -35,5 +36,13 @@ def error(exc: AgentMemError) -> bytes:
     return _encoder.encode(Reply(ok=False, error=body))
 
 
-def decode(payload: bytes) -> Reply:
-    return _decoder.decode(payload)
+def decode(payload: bytes, data: Any = Any) -> Reply:
+    """A reply, its ``data`` decoded as ``data`` (a type msgspec can describe) in the same
+    pass: a ``Reply`` whose data field has that type."""
+    decoder = _decoders.get(data)
+    if decoder is None:
+        typed = msgspec.defstruct(
+            "Reply", [("data", data | None, None)], bases=(Reply,), frozen=True
+        )
+        decoder = _decoders[data] = msgspec.json.Decoder(typed)
+    return decoder.decode(payload)
