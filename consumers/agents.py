@@ -22,7 +22,7 @@ from agentmem.commands import (
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
-from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
+from agentmem.consumers.queries import decode_cursor, encoded_page, readable
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, orgs
 from agentmem.domain.access import Need
@@ -179,6 +179,6 @@ def query_router(parts: Parts) -> Router:
             name_prefix=query.name_prefix,
             include_archived=query.include_archived,
         )
-        return page(rows, query.limit, "agent_id", MAX_PAGE_BYTES), seq
+        return encoded_page(rows, query.limit, "agent_id"), seq
 
     return router

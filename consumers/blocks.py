@@ -19,11 +19,10 @@ from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
 from agentmem.consumers.history import commits_page, entry
 from agentmem.consumers.queries import (
-    MAX_PAGE_BYTES,
     cursor_number,
     decode_cursor,
     encode_cursor,
-    page,
+    encoded_page,
     readable,
 )
 from agentmem.consumers.router import Request, Result, Router
@@ -203,7 +202,7 @@ def query_router(parts: Parts) -> Router:
             user_id = query.user_id or ""
             rows = await reads.user_blocks(store, org_id, user_id, after, query.limit + 1)
         items = [reads.block_view(row) for row in rows]
-        return page(items, query.limit, "label", MAX_PAGE_BYTES), seq
+        return encoded_page(items, query.limit, "label"), seq
 
     @router.handle(BlockHistory)
     async def block_history(request: Request[BlockHistory]) -> Result:

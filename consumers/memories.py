@@ -22,11 +22,10 @@ from agentmem.consumers.extraction import extract_added_memory
 from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.history import commits_page, entry
 from agentmem.consumers.queries import (
-    MAX_PAGE_BYTES,
     cursor_number,
     decode_cursor,
     encode_cursor,
-    page,
+    encoded_page,
 )
 from agentmem.consumers.recall import recall_of
 from agentmem.consumers.router import Request, Result, Router
@@ -402,7 +401,7 @@ def query_router(parts: Parts) -> Router:
             row = rows[index]
             return f"{row['order_key']!r}:{row['position']}{at}"
 
-        return page(reads.memory_views(rows, now), query.limit, cursor, MAX_PAGE_BYTES), seq
+        return encoded_page(reads.memory_views(rows, now), query.limit, cursor), seq
 
     @router.handle(SearchMemories)
     async def search_memories(request: Request[SearchMemories]) -> Result:

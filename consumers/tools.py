@@ -18,7 +18,7 @@ from agentmem.commands import DeleteTool, RegisterTool, UpdateTool
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
-from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page, readable
+from agentmem.consumers.queries import decode_cursor, encoded_page, readable
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import orgs, tools
 from agentmem.domain.access import Need
@@ -211,6 +211,6 @@ def query_router(parts: Parts) -> Router:
             tags_all=query.tags_all or [],
             tags_any=query.tags_any or [],
         )
-        return page(rows, query.limit, "tool_id", MAX_PAGE_BYTES), seq
+        return encoded_page(rows, query.limit, "tool_id"), seq
 
     return router

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from agentmem.consumers.queries import fitting
+from agentmem import envelope
+from agentmem.consumers.queries import encoded_page, fitting, page
 
 
 def by_definition(items: list[dict[str, Any]], max_bytes: int) -> int:
@@ -49,3 +50,25 @@ def test_fitting_at_every_limit_around_a_page() -> None:
     total = sum(len(msgspec.json.encode(i)) for i in items)
     for limit in [*range(0, 200, 7), *range(total - 300, total + 300, 13), 10_000, 50_000]:
         assert fitting(items, limit) == by_definition(items, limit), limit
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [],
+        [100] * 51,  # a full page and one more: a next cursor
+        [100] * 20,  # the last page
+        [30_000] * 40,  # past the limit in one piece: cut as page cuts it
+        [600_000, 10],
+    ],
+)
+def test_an_encoded_page_answers_what_page_answers(sizes: list[int]) -> None:
+    """The reply an encoded page makes is the reply ``page`` with the size check makes,
+    byte for byte: the same items, the same cursor."""
+    items = [{**item, "id": f"item-{n}"} for n, item in enumerate(items_of(sizes))]
+    encoded = encoded_page(items, 50, "id", 512 * 1024)
+    paged = page(items, 50, "id", 512 * 1024)
+    assert envelope.ok(encoded, 7) == envelope.ok(paged, 7)
+    # Within the limit, the items go out as the one encoding that sized them.
+    fits = len(msgspec.json.encode(items[:50])) <= 512 * 1024
+    assert isinstance(encoded["items"], msgspec.Raw) == fits
