@@ -34,35 +34,6 @@ from bench.memories import drink, text
 from bench.messages import TEXT
 from bench.responder import RAW_COMMAND
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) so far of this process and of each kind of child."""
-    used = {"client": sum(os.times()[:2])}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) != os.getpid():
-            continue
-        kind = (
-            "service"
-            if "agentmem serve" in argv
-            else "responder"
-            if "bench.responder" in argv
-            else "nats-server"
-            if "nats-server" in argv
-            else "other"
-        )
-        used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
-    return used
-
 
 async def main(rounds: int, block: int) -> None:
     with tempfile.TemporaryDirectory(prefix="agentmem-commandpair-") as tmp:
@@ -107,14 +78,14 @@ async def main(rounds: int, block: int) -> None:
             cpu: dict[str, dict[str, float]] = {name: {} for name in commands}
             for round_number in range(rounds + 1):
                 for name, call in commands.items():
-                    cpu_before = cpu_seconds()
+                    cpu_before = env.cpu_seconds()
                     for _ in range(block):
                         before = time.perf_counter()
                         await call()
                         if round_number:  # the first round warms up
                             latencies[name].append(time.perf_counter() - before)
                     if round_number:
-                        for kind, seconds in cpu_seconds().items():
+                        for kind, seconds in env.cpu_seconds().items():
                             spent = seconds - cpu_before.get(kind, 0.0)
                             cpu[name][kind] = cpu[name].get(kind, 0.0) + spent
             raw_p50 = statistics.median(latencies["raw command"])

@@ -456,3 +456,41 @@ async def replay_in_child(
         }
 
     yield run
+
+
+# CPU time of the processes of a run --------------------------------------------------
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and of each kind of child."""
+    used = {"client": sum(os.times()[:2])}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) != os.getpid():
+            continue
+        kind = (
+            "service"
+            if "agentmem serve" in argv
+            else "responder"
+            if "bench.responder" in argv
+            else "nats-server"
+            if "nats-server" in argv
+            else "other"
+        )
+        used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return used
+
+
+def cpu_ms_per_call(before: dict[str, float], kind: str, calls: int) -> float:
+    """CPU milliseconds per call that ``kind`` (``cpu_seconds``) spent since ``before``:
+    on a noisy machine steadier than a latency, which grows with the CPU others take."""
+    spent = cpu_seconds().get(kind, 0.0) - before.get(kind, 0.0)
+    return spent / calls * 1000 if calls else float("nan")

@@ -331,14 +331,25 @@ def read_session(kind: str) -> Session:
                     ("list", listed, per_user, LIST_LIMIT),
                     ("search", searched, teas, SEARCH_LIMIT),
                 ):
+                    before = env.cpu_seconds()
                     loop = await read_loop(cfg, f"{name} {key}", warmup, read, expected, limit)
-                    result[f"{key}_p50"] = loop.us(0.5) / 1000
-                    result[f"{key}_p99"] = loop.us(0.99) / 1000
+                    result.update(read_figures(key, loop, before, "service"))
                 return result
 
             yield run
 
     return session
+
+
+def read_figures(key: str, loop: Loop, before: dict[str, float], answers: str) -> dict[str, float]:
+    """A read loop's latencies, and the CPU per read of the process that ``answers`` (the
+    service or the raw responder) and of the bench's client, since ``before``."""
+    return {
+        f"{key}_p50": loop.us(0.5) / 1000,
+        f"{key}_p99": loop.us(0.99) / 1000,
+        f"{key}_cpu": env.cpu_ms_per_call(before, answers, loop.completed),
+        f"{key}_client_cpu": env.cpu_ms_per_call(before, "client", loop.completed),
+    }
 
 
 async def read_loop(
@@ -389,6 +400,13 @@ def read_metrics(baseline: bool, postgres: bool = False) -> tuple[Metric, ...]:
         ),
         Metric(
             "search_p99", f"memory.search '{SEARCHED}' of one user p99", "ms", refs("search_p99")
+        ),
+        # What the answering process and the client spend on a read: on a noisy machine
+        # steadier than the latencies, which grow with the CPU the other processes take.
+        *(
+            Metric(f"{key}_{cpu}", f"{what}: {whose} CPU per read", "ms", refs(f"{key}_{cpu}"))
+            for key, what in (("list", "memory.list"), ("search", "memory.search"))
+            for cpu, whose in (("cpu", "answering process"), ("client_cpu", "client"))
         ),
     )
 
@@ -503,9 +521,9 @@ def raw_read_session(kind: str) -> Session:
                     ("search", RAW_MEMORY_SEARCH, teas, SEARCH_LIMIT),
                 ):
                     read = reader(subject, limit)
+                    before = env.cpu_seconds()
                     loop = await read_loop(cfg, f"{name} {key}", warmup, read, expected, limit)
-                    result[f"{key}_p50"] = loop.us(0.5) / 1000
-                    result[f"{key}_p99"] = loop.us(0.99) / 1000
+                    result.update(read_figures(key, loop, before, "responder"))
                 return result
 
             yield run
