@@ -183,6 +183,22 @@ NO_RESPONDER_PAUSES_S = (0.02, 0.05, 0.1, 0.25, 0.5)
 
 _log = logging.getLogger(__name__)
 
+
+async def deliver(
+    nc: NATS, subject: str, payload: bytes, timeout: float, headers: dict[str, str] | None = None
+) -> Msg:
+    """One request. "No responders" means no service process received it, so sending it
+    again is always safe: it is, a few times within about a second, which covers a service
+    that is restarting (and a subscription nats-server has not spread to every connection
+    yet, seen a few milliseconds after a start)."""
+    for pause in NO_RESPONDER_PAUSES_S:
+        try:
+            return await nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(pause)
+    return await nc.request(subject, payload, timeout=timeout, headers=headers)
+
+
 CONNECT_WITHIN_S = 5.0  # Client.connect gives up after this long: no service is there
 _CONNECT_TIMEOUT_S = 2.0  # one attempt's TCP and handshake
 _RETRY_AFTER_S = 0.5  # between the first attempt and the second
@@ -345,7 +361,7 @@ class Client:
         if self.token and header(headers, tokens.HEADER) is None:
             headers = {**(headers or {}), tokens.HEADER: f"Bearer {self.token}"}
         try:
-            message = await self._deliver(subject, payload, headers)
+            message = await deliver(self.nc, subject, payload, self.timeout, headers)
         except nats.errors.NoRespondersError as exc:
             raise UnavailableError(
                 "no AgentMem service is answering", {"subject": subject}
@@ -359,20 +375,6 @@ class Client:
                 raise InternalError("error reply without an error body")
             raise ERRORS_BY_CODE.get(error.code, InternalError)(error.message, error.details)
         return reply
-
-    async def _deliver(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
-        """One request. "No responders" means no service process received it, so sending
-        it again is always safe: it is, a few times within about a second, which covers a
-        service that is restarting (and a subscription nats-server has not spread to every
-        connection yet, seen a few milliseconds after a start)."""
-        for pause in NO_RESPONDER_PAUSES_S:
-            try:
-                return await self.nc.request(
-                    subject, payload, timeout=self.timeout, headers=headers
-                )
-            except nats.errors.NoRespondersError:
-                await asyncio.sleep(pause)
-        return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
 
     async def send(self, request: Request) -> Any:
         """Any operation, from its request Struct alone: ``client.send(CreateAgent(name=

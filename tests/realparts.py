@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.auth import tokens
-from agentmem.client import NO_RESPONDER_PAUSES_S
+from agentmem.client import deliver
 from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.commands import CommandRunner, client_command_id
 from agentmem.consumers.parts import Parts
@@ -221,19 +221,10 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def status(nc: NATS, token: str, timeout: float = 2.0) -> dict[str, Any]:
-    """``agentmem.sys.status``, asked as ``token`` (a service administrator's). Sent again
-    after "no responders", as the client does (``NO_RESPONDER_PAUSES_S``): a service just
-    started may not be visible to this connection yet (``conftest.answering``)."""
-    for pause in (*NO_RESPONDER_PAUSES_S, None):
-        try:
-            message = await nc.request(
-                Status.op.subject, b"{}", timeout=timeout, headers=bearer(token)
-            )
-            break
-        except nats.errors.NoRespondersError:
-            if pause is None:
-                raise
-            await asyncio.sleep(pause)
+    """``agentmem.sys.status``, asked as ``token`` (a service administrator's), sent again
+    after "no responders" as the client sends (``agentmem.client.deliver``): a service just
+    started may not be visible to this connection yet."""
+    message = await deliver(nc, Status.op.subject, b"{}", timeout, bearer(token))
     reply = json.loads(message.data)
     assert reply["ok"], reply
     report: dict[str, Any] = reply["data"]

@@ -48,7 +48,7 @@ from agentmem.projections.users import USERS
 from agentmem.sealing import open_events, seal
 from agentmem.service import Service
 from agentmem.store import Delete
-from tests.conftest import admin_key, answering, settings_for
+from tests.conftest import admin_key, settings_for
 from tests.realparts import (
     clean_env,
     dump_store,
@@ -700,7 +700,6 @@ async def test_a_log_with_plaintext_from_earlier_versions_says_so(
     upgraded = Service(settings)
     await upgraded.start()
     try:
-        await answering(nats_server.url)  # a raw request follows (conftest.answering)
         assert upgraded.keys is not None
         assert upgraded.keys.plaintext_until == 1
         report = await status(nc, admin_key(tmp_path))
