@@ -7,9 +7,11 @@ there the Postgres tests must run, so they fail.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -41,3 +43,22 @@ async def postgres_schema() -> AsyncIterator[str]:
 def with_search_path(dsn: str, schema: str) -> str:
     """``dsn`` with ``schema`` as the search path of every connection made from it."""
     return f"{dsn}{'&' if '?' in dsn else '?'}options={quote(f'-csearch_path={schema}')}"
+
+
+# pg_terminate_backend's own wait for the exit (5 s) once ran out in a CI run: the wait then
+# goes on here, by pid, as long as this.
+SESSION_EXIT_S = 30.0
+
+
+async def end_session(admin: asyncpg.Connection, pid: int) -> None:
+    """End a session from the server's side, as a dead host or a cut network does, and
+    return once it has exited (its locks freed with it): without a timeout
+    ``pg_terminate_backend`` returns as soon as it has signalled the backend, which then
+    tells its client (the FATAL error that asyncpg, idle, reports on the next call as
+    "another operation is in progress") and only afterwards exits and frees its advisory
+    locks; a session asking for such a lock in between is refused."""
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    deadline = time.monotonic() + SESSION_EXIT_S
+    while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+        assert time.monotonic() < deadline, f"session {pid} still there after {SESSION_EXIT_S}s"
+        await asyncio.sleep(0.02)

@@ -43,7 +43,7 @@ from agentmem.projections.users import USERS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import PostgresLeases, fair_share, lock_key
-from tests.pg import DSN, postgres_schema, with_search_path
+from tests.pg import DSN, end_session, postgres_schema, with_search_path
 from tests.realparts import (
     after_bootstrap,
     dump_store,
@@ -90,27 +90,15 @@ async def holders(admin: asyncpg.Connection, schema: str) -> dict[str, str]:
 
 
 async def terminate(admin: asyncpg.Connection, application_name: str) -> None:
-    """End a session from the server's side: what a dead host or a cut network leaves.
-
-    Returns once the session is gone, and its locks with it. Without a timeout,
-    ``pg_terminate_backend`` returns as soon as it has signalled the backend, which then
-    tells its client (the FATAL error that asyncpg, idle, reports on the next call as
-    "another operation is in progress") and only afterwards exits and frees its advisory
-    locks: a session asking for such a lock in between is refused. With a timeout it waits
-    for the exit (true), or says it did not happen (false): on a loaded machine (a CI run)
-    the exit has once taken longer than its 5 s, so the wait goes on, by pid, up to 30 s."""
-    ended = await admin.fetch(
-        "SELECT pid, pg_terminate_backend(pid, 5000) AS gone FROM pg_stat_activity "
-        "WHERE application_name = $1",
-        application_name,
-    )
-    assert len(ended) == 1, ended
-    pid = ended[0]["pid"]
-
-    async def exited() -> bool:
-        return not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
-
-    await eventually(exited, 30, 0.05, f"the session {application_name!r} gone")
+    """End the one session named ``application_name`` (``tests.pg.end_session``)."""
+    pids = [
+        row["pid"]
+        for row in await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
+        )
+    ]
+    assert len(pids) == 1, pids
+    await end_session(admin, pids[0])
 
 
 # The leases -----------------------------------------------------------------------------------

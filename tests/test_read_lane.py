@@ -13,7 +13,7 @@ import pytest
 
 from agentmem.errors import AgentMemError
 from agentmem.store.postgres import PostgresStore
-from tests.pg import DSN, postgres_schema, with_search_path
+from tests.pg import DSN, end_session, postgres_schema, with_search_path
 
 LANE = 2
 POOL = 3
@@ -79,7 +79,7 @@ async def test_a_session_the_server_ended_is_replaced_without_a_failed_read() ->
         before = await backend(store)
         admin = await asyncpg.connect(DSN)
         try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", before)
+            await end_session(admin, before)
         finally:
             await admin.close()
         await asyncio.sleep(0.2)  # the client sees its socket closed
