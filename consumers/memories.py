@@ -419,7 +419,9 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, query.after_seq)
         counts = await reads.memory_stats(store, memory_filter, now_ms())
         total = sum(counts["by_state"].values())
-        return {"org_id": org_id, "total": total, **scope, **counts}, seq
+        # What was asked for, each field there (null when not asked), as documented.
+        asked = {f: getattr(query, f) for f in (*memories.SCOPE_FIELDS, "memory_type")}
+        return {"org_id": org_id, "total": total, **counts, **asked}, seq
 
     async def chain(org_id: str, memory: Memory) -> list[str]:
         """The subjects of a memory's supersede chain, itself included, deleted ones not."""

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
 from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.expiry import ExpirySweeper
+from agentmem.domain.memories import MemoryStats
 from agentmem.eventlog import EventLog
 from agentmem.events import MemoryExpired
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
@@ -614,6 +615,15 @@ async def test_stats_count_by_type_state_and_scope(
     assert stats.distinct == {"user": 2, "agent": 1, "session": 1}
     ann = await api.memory_stats(user_id="ann", memory_type="semantic")
     assert (ann.total, ann.user_id, ann.by_state["superseded"]) == (2, "ann", 1)
+    # As the protocol shows it: every field of what was asked for, null when not asked.
+    raw = await api.request(MemoryStats.op.subject, {"memory_type": "episodic"})
+    assert {f: raw.data[f] for f in ("user_id", "agent_id", "session_id", "memory_type")} == {
+        "user_id": None,
+        "agent_id": None,
+        "session_id": None,
+        "memory_type": "episodic",
+    }
+    assert raw.data["total"] == 1
     other = str((await client.create_org("Other")).fields["org_id"])
     assert (await client.memory_stats(org_id=other)).total == 0
 
