@@ -9,10 +9,13 @@ reads ``reader``. How a duplicate is found in the log: ``agentmem.domain.memorie
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from agentmem import subjects
 from agentmem.consumers.aggregates import Loader
@@ -327,26 +330,37 @@ def command_router(parts: Parts) -> Router:
 
 
 # Queries -----------------------------------------------------------------------------------
-def _cursor(cursor: str | None, order_by: str) -> tuple[float, int, int | None] | None:
+def _shape(query: ListMemories) -> str:
+    """A short digest of what a page of ``memory.list`` depends on besides its cursor: the
+    filters, ``order_by`` and ``order``. A cursor carries it, so that one taken to another
+    query is refused rather than answered with a page of something else."""
+    fields = msgspec.structs.asdict(query)
+    for free in ("cursor", "limit", "after_seq", "org_id"):
+        fields.pop(free)
+    return hashlib.blake2b(msgspec.json.encode(fields), digest_size=6).hexdigest()
+
+
+def _cursor(query: ListMemories) -> tuple[float, int, int | None] | None:
     """(order key, position, the time importance was decayed to) of a page's last row."""
-    key = decode_cursor(cursor)
+    key = decode_cursor(query.cursor)
     if not key:
         return None
-    parts = key.split(":")
+    *parts, shape = key.split(":")
     try:
-        if order_by == "importance" and len(parts) == 3:
-            value = float(parts[0])
-            if math.isfinite(value):
-                return value, int(parts[1]), int(parts[2])
-        elif order_by != "importance" and len(parts) == 2:
-            return int(parts[0]), int(parts[1]), None
+        if shape == _shape(query):
+            if query.order_by == "importance" and len(parts) == 3:
+                value = float(parts[0])
+                if math.isfinite(value):
+                    return value, int(parts[1]), int(parts[2])
+            elif query.order_by != "importance" and len(parts) == 2:
+                return int(parts[0]), int(parts[1]), None
     except ValueError:
         pass
     raise invalid(
-        "cursor is not one this subject returned for this order_by",
+        "cursor is not one this subject returned for these filters and this order",
         "$.cursor",
         "invalid_value",
-        cursor=cursor,
+        cursor=query.cursor,
     )
 
 
@@ -382,7 +396,7 @@ def query_router(parts: Parts) -> Router:
         query = request.body
         org_id = readable_org(request, query.org_id)
         memory_filter = memories.filter_of(query, org_id)
-        after, now = _cursor(query.cursor, query.order_by), now_ms()
+        after, now = _cursor(query), now_ms()
         if after is not None and after[2] is not None:
             now = after[2]  # the later pages of an order by decayed importance: its time
         seq = await freshness.wait(PROJECTION, query.after_seq)
@@ -396,10 +410,11 @@ def query_router(parts: Parts) -> Router:
             limit=query.limit + 1,
         )
         at = f":{now}" if query.order_by == "importance" else ""
+        shape = _shape(query)
 
         def cursor(index: int) -> str:
             row = rows[index]
-            return f"{row['order_key']!r}:{row['position']}{at}"
+            return f"{row['order_key']!r}:{row['position']}{at}:{shape}"
 
         return encoded_page(reads.memory_views(rows, now), query.limit, cursor), seq
 

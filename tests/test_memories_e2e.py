@@ -471,6 +471,16 @@ async def test_list_filters_and_pages(acme: tuple[str, Client]) -> None:
     assert sorted(m.content for m in top.items) == ["note 0", "note 1"]
     with pytest.raises(InvalidError, match="cursor"):
         await api.list_memories(session_id="s1", cursor="bogus")
+    # A cursor taken to another order or other filters is refused, not read as a position
+    # in them (it would answer a page of something else).
+    first = newest_first.next_cursor
+    assert first is not None
+    for other in ({"order": "asc"}, {"memory_type": "procedural"}, {"session_id": "s2"}):
+        with pytest.raises(InvalidError, match="cursor"):
+            await api.list_memories(**{"session_id": "s1", "limit": 3, **other}, cursor=first)
+    # The page size and read-your-writes are free to change from one page to the next.
+    again = await api.list_memories(session_id="s1", limit=5, cursor=first, after_seq=after)
+    assert [m.content for m in again.items] == [f"note {n}" for n in (3, 2, 1, 0)]
 
 
 async def test_expired_memories_are_left_out_unless_asked(acme: tuple[str, Client]) -> None:
