@@ -142,7 +142,7 @@ def query_router(parts: Parts) -> Router:
 
     async def agent_row(request: Request[Any], agent_id: str) -> Row:
         row = await agents_read.get_agent(store, agent_id)
-        return readable(request, row, f"agent {agent_id} does not exist")
+        return readable(request, row, agents.missing(agent_id))
 
     @router.handle(GetAgent)
     async def get_agent(request: Request[GetAgent]) -> Result:

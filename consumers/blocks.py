@@ -186,7 +186,7 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
         block_id = request.body.block_id
         row = await reads.get_block(store, block_id)
-        return reads.block_view(readable(request, row, f"block {block_id} does not exist")), seq
+        return reads.block_view(readable(request, row, blocks.missing(block_id))), seq
 
     @router.handle(ListBlocks)
     async def list_blocks(request: Request[ListBlocks]) -> Result:

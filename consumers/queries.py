@@ -11,6 +11,7 @@ import msgspec
 
 from agentmem.commands import normalize_email
 from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import missing_org, missing_user
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.errors import ForbiddenError, NotFoundError
 from agentmem.projections import orgs, users
@@ -143,19 +144,13 @@ def encoded_page(
     return result
 
 
-def readable(request: Request[Any], row: Row | None, missing: str) -> Row:
+def readable(request: Request[Any], row: Row | None, missing: NotFoundError) -> Row:
     """``row``, if the caller may read it; another organization's row is answered exactly
-    as a missing one."""
+    as a missing one (``missing``, which names what was asked for in its details)."""
     if row is None:
-        raise NotFoundError(missing)
-    authorize(request.caller, request.need, row["org_id"], NotFoundError(missing))
+        raise missing
+    authorize(request.caller, request.need, row["org_id"], missing)
     return row
-
-
-def missing_org(org_id: str) -> NotFoundError:
-    """The not_found for a missing organization, and for another's: one answer, the same as
-    the commands' (``consumers.commands.missing_org``)."""
-    return NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id})
 
 
 def query_router(parts: Parts) -> Router:
@@ -187,7 +182,7 @@ def query_router(parts: Parts) -> Router:
         authorize(request.caller, request.need, None)
         seq = await freshness.wait("users", request.body.after_seq)
         row = await users.get_user(store, request.body.user_id)
-        return readable(request, row, f"user {request.body.user_id} does not exist"), seq
+        return readable(request, row, missing_user(request.body.user_id)), seq
 
     @router.handle(GetUserByEmail)
     async def get_user_by_email(request: Request[GetUserByEmail]) -> Result:
@@ -195,7 +190,8 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait("users", request.body.after_seq)
         email = normalize_email(request.body.email)
         row = await users.get_user_by_email(store, email)
-        return readable(request, row, f"no user has the email {email}"), seq
+        missing = NotFoundError(f"no user has the email {email}", {"email": email})
+        return readable(request, row, missing), seq
 
     @router.handle(EmailExists)
     async def email_exists(request: Request[EmailExists]) -> Result:
@@ -220,11 +216,11 @@ def query_router(parts: Parts) -> Router:
         user_id = request.body.user_id or request.caller.user_id
         seq = await freshness.wait("users", request.body.after_seq)
         owner = await users.key_owner(store, user_id)
-        missing = f"user {user_id} does not exist"
+        missing = missing_user(user_id)
         if owner is None:
-            raise NotFoundError(missing)
+            raise missing
         caller = request.caller
-        authorize(caller, request.need, owner["org_id"], NotFoundError(missing), user_id)
+        authorize(caller, request.need, owner["org_id"], missing, user_id)
         if owner["service_admin"] and not caller.service_admin and caller.user_id != user_id:
             # As for every other operation on the administrator (``check_user``).
             raise ForbiddenError("only a service administrator may act on a service administrator")

@@ -182,16 +182,19 @@ def query_router(parts: Parts) -> Router:
                 name=query.name,
             )
         if query.tool_id is not None:
-            missing = f"tool {query.tool_id} does not exist"
-            authorize(request.caller, request.need, query.org_id, NotFoundError(missing))
+            missing = tools.missing(query.tool_id)
+            authorize(request.caller, request.need, query.org_id, missing)
             seq = await freshness.wait(PROJECTION, query.after_seq)
             row = await tools_read.get_tool(store, query.tool_id)
             if row is not None and query.org_id is not None and row["org_id"] != query.org_id:
                 row = None
         else:
             org_id = query.org_id or request.caller.org_id
-            missing = f"no tool is named {query.name!r} in organization {org_id}"
-            authorize(request.caller, request.need, org_id, NotFoundError(missing))
+            missing = NotFoundError(
+                f"no tool is named {query.name!r} in organization {org_id}",
+                {"name": query.name, "org_id": org_id},
+            )
+            authorize(request.caller, request.need, org_id, missing)
             seq = await freshness.wait(PROJECTION, query.after_seq)
             assert query.name is not None
             row = await tools_read.get_tool_by_name(store, org_id, query.name)

@@ -83,6 +83,22 @@ async def test_create_read_and_list(acme: tuple[str, Client]) -> None:
         await api.create_block("persona", agent_id="nobody")
 
 
+async def test_another_organizations_block_is_answered_as_a_missing_one(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    _, api = acme
+    elsewhere = str((await client.create_org("Elsewhere")).fields["org_id"])
+    theirs = await client.create_block("human", "Bo, a pilot.", user_id="bo", org_id=elsewhere)
+    block_id = str(theirs.fields["block_id"])
+    for asked in (block_id, "no-such-block"):
+        with pytest.raises(NotFoundError) as missing:
+            await api.get_block(asked, after_seq=client.last_seq)
+        assert (str(missing.value), missing.value.details) == (
+            f"block {asked} does not exist",
+            {"block_id": asked},
+        )
+
+
 async def test_set_append_replace(acme: tuple[str, Client], nc: NATS) -> None:
     _, api = acme
     made = await api.create_block("human", "Name: Ann", user_id="ann")
