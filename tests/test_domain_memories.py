@@ -249,6 +249,31 @@ def test_update_keeps_fields_left_out_and_claims_new_content() -> None:
         memories.update(slot, UpdateMemory(memory_id=memory.memory_id, valid_to=NOW), None, NOW)
 
 
+def test_update_clears_an_expiry_or_an_end_of_valid_time_named_in_clear() -> None:
+    """Null keeps a field, so removing an optional time is said by name."""
+    slot = loaded(added(valid_to=NOW + 10, expires_at=NOW + 20))
+    memory_id = memory_of(slot).memory_id
+
+    def updated(command: UpdateMemory) -> MemoryUpdated:
+        [write] = memories.update(slot, command, None, NOW)
+        [event] = write.events
+        assert isinstance(event, MemoryUpdated)
+        return event
+
+    kept = updated(UpdateMemory(memory_id=memory_id, importance=0.9))
+    assert (kept.valid_to, kept.expires_at) == (NOW + 10, NOW + 20)
+    cleared = updated(UpdateMemory(memory_id=memory_id, clear=["expires_at"]))
+    assert (cleared.valid_to, cleared.expires_at) == (NOW + 10, None)
+    both = updated(UpdateMemory(memory_id=memory_id, clear=["valid_to", "expires_at"]))
+    assert (both.valid_to, both.expires_at) == (None, None)
+    # A later start with the end cleared is no longer checked against the old end.
+    later = updated(UpdateMemory(memory_id=memory_id, valid_from=NOW + 50, clear=["valid_to"]))
+    assert (later.valid_from, later.valid_to) == (NOW + 50, None)
+    with pytest.raises(InvalidError, match="both given and cleared") as refused:
+        updated(UpdateMemory(memory_id=memory_id, expires_at=NOW + 30, clear=["expires_at"]))
+    assert refused.value.details["path"] == "$.expires_at"
+
+
 def test_supersede() -> None:
     slot = loaded(added(valid_from=NOW - 100))
     old = memory_of(slot)

@@ -223,6 +223,36 @@ async def test_an_update_keeps_the_old_version_in_history(acme: tuple[str, Clien
     assert refused.value.details["duplicate_of"] == fresh.fields["memory_id"]
 
 
+async def test_an_update_clears_an_expiry_and_an_end_of_valid_time(
+    acme: tuple[str, Client],
+) -> None:
+    _, api = acme
+    tomorrow = int(time.time() * 1000) + DAY
+    added = await api.add_memory(
+        "Ann is in Rome this week", user_id="ann", valid_to=tomorrow, expires_at=tomorrow
+    )
+    memory_id = added.fields["memory_id"]
+    # Null keeps a field; clear removes it.
+    await api.update_memory(memory_id, expires_at=None, valid_to=None, importance=0.7)
+    kept = await api.get_memory(memory_id, after_seq=api.last_seq)
+    assert (kept.valid_to, kept.expires_at, kept.importance) == (tomorrow, tomorrow, 0.7)
+    cleared = await api.update_memory(memory_id, clear=["expires_at", "valid_to"])
+    assert (cleared.fields["valid_to"], cleared.fields["expires_at"]) == (None, None)
+    memory = await api.get_memory(memory_id, after_seq=api.last_seq)
+    assert (memory.valid_to, memory.expires_at) == (None, None)
+    # Both projections that filter by them have the change.
+    later = tomorrow + 2 * DAY
+    listed = await api.list_memories(user_id="ann", as_of=later)
+    assert [m.memory_id for m in listed.items] == [memory_id]
+    found = await api.search_memories("Rome", user_id="ann", as_of=later, mode="vector")
+    assert [hit.memory_id for hit in found] == [memory_id]
+    with pytest.raises(InvalidError, match="both given and cleared"):
+        await api.update_memory(memory_id, expires_at=tomorrow, clear=["expires_at"])
+    with pytest.raises(InvalidError) as unknown:
+        await api.update_memory(memory_id, clear=["content"])
+    assert unknown.value.details["path"] == "$.clear[0]"
+
+
 async def test_a_superseded_fact_is_not_returned_with_its_correction(
     acme: tuple[str, Client],
 ) -> None:

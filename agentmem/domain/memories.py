@@ -160,10 +160,15 @@ class AddMemories(CommandInOrg, frozen=True, kw_only=True):
     memories: Annotated[list[NewMemory], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
 
 
+# What ``memory.update`` can remove: null means "keep", so clearing is said by name.
+Clearable = Literal["valid_to", "expires_at"]
+
+
 @command("memory.update", need="member", reply=MemoryUpdated)
 class UpdateMemory(Targeted, frozen=True, kw_only=True):
-    """Fields left out keep their value; ``metadata`` and ``tags`` are replaced whole. The
-    old version stays in the log (``memory.history``)."""
+    """Fields left out (or null) keep their value; ``metadata`` and ``tags`` are replaced
+    whole; ``clear`` names the optional times to remove (a memory that no longer expires, a
+    fact true again with no end). The old version stays in the log (``memory.history``)."""
 
     memory_id: Id
     content: Content | None = None
@@ -173,6 +178,7 @@ class UpdateMemory(Targeted, frozen=True, kw_only=True):
     valid_from: TimeMs | None = None
     valid_to: TimeMs | None = None
     expires_at: TimeMs | None = None
+    clear: Annotated[list[Clearable], msgspec.Meta(max_length=2)] = []
 
 
 @command("memory.supersede", need="member", reply=MemorySuperseded, extra=Deduplicated)
@@ -576,8 +582,16 @@ def update(
     def pick(new: Any, old: Any) -> Any:
         return old if new is None else new
 
+    for name in command.clear:
+        if getattr(command, name) is not None:
+            raise invalid(
+                f"{name} is both given and cleared", f"$.{name}", "invalid_value", clear=name
+            )
     valid_from = pick(command.valid_from, memory.valid_from)
-    valid_to = pick(command.valid_to, memory.valid_to)
+    valid_to = None if "valid_to" in command.clear else pick(command.valid_to, memory.valid_to)
+    expires_at = (
+        None if "expires_at" in command.clear else pick(command.expires_at, memory.expires_at)
+    )
     check_times(valid_from, valid_to, "$")
     event = MemoryUpdated(
         memory_id=memory.memory_id,
@@ -587,7 +601,7 @@ def update(
         importance=pick(command.importance, memory.importance),
         valid_from=valid_from,
         valid_to=valid_to,
-        expires_at=pick(command.expires_at, memory.expires_at),
+        expires_at=expires_at,
         user_id=memory.user_id,
         agent_id=memory.agent_id,
         session_id=memory.session_id,
