@@ -29,7 +29,13 @@ import numpy as np
 
 from agentmem import ranking
 from agentmem.consumers.freshness import Freshness
-from agentmem.consumers.vector_index import Floats, OrgVectors, VectorFilter, VectorIndex
+from agentmem.consumers.vector_index import (
+    ANY_STATE,
+    Floats,
+    OrgVectors,
+    VectorFilter,
+    VectorIndex,
+)
 from agentmem.domain.memories import SearchMemories
 from agentmem.domain.memory_filter import MemoryFilter, decayed
 from agentmem.embedding import Embedder
@@ -232,14 +238,17 @@ class Recall:
         scope = dict(memory_filter.scope)
         if memory_filter.memory_type is not None:
             scope["memory_type"] = memory_filter.memory_type
-        allowed = None
         if not _simple(memory_filter):
             allowed = frozenset(await memory_reads.memory_ids(self.store, memory_filter, now))
-        if past and allowed is not None:
-            # The current vectors of contents replaced since are not what was known then.
+        else:
+            allowed = None
+        if memory_filter.past and allowed is not None:
+            # The store chose ``allowed`` from the versions known then, by their state,
+            # expiry and valid time; the index holds today's, which must not filter again
+            # (a memory superseded or archived since was live then).
             then = {m: float(v @ asked) for m, v in past.items() if m in allowed}
-            allowed = allowed - past.keys()
-            where = VectorFilter(scope, memory_filter.states, now, memory_filter.as_of, allowed)
+            # The current vectors of contents replaced since are not what was known then.
+            where = VectorFilter(scope, ANY_STATE, now, None, allowed - past.keys())
             hits = [*copy.search(asked, where, pool), *then.items()]
             hits.sort(key=lambda hit: -hit[1])
             return copy, asked, hits[:pool], past

@@ -54,6 +54,8 @@ from agentmem.store import Store
 PAGE = 20_000  # rows read per statement while catching up
 NEVER = np.iinfo(np.int64).max  # a NULL valid_to or expires_at
 STATES = {"live": 0, "archived": 1, "superseded": 2, "deleted": 3, "expired": 4}
+# Every state a read may ask for: a filter that leaves the states to ``allowed``.
+ANY_STATE = ("live", "archived", "superseded", "expired")
 SCOPE_COLUMNS = ("user_id", "agent_id", "session_id", "memory_type")
 # Dead rows (deleted since loaded) past this share of the copy: it is loaded afresh.
 COMPACT_SHARE = 0.5

@@ -225,6 +225,46 @@ async def test_every_filter_of_memory_list_holds_on_the_vector_side(
     assert old.fields["memory_id"] not in [m.memory_id for m in now]
 
 
+async def test_known_at_finds_a_memory_superseded_or_archived_since_in_every_mode(
+    acme: tuple[str, Client],
+) -> None:
+    """What was known then is chosen by the versions known then, in every mode: the vector
+    side must not filter again by the index's state and valid time, which are today's."""
+    _, api = acme
+    t0 = 1_700_000_000_000
+    paris = await api.add_memory("Ann lives in Paris", user_id="ann", valid_from=t0)
+    paris_id = str(paris.fields["memory_id"])
+    tea = await api.add_memory("Ann drinks green tea", user_id="ann")
+    known = api.last_seq
+    await api.supersede_memory(paris_id, "Ann lives in Berlin", valid_from=t0 + 10 * 86_400_000)
+    await api.archive_memory(str(tea.fields["memory_id"]))
+    for mode in ("vector", "hybrid", "text"):
+        then = await api.search_memories(
+            "Ann lives in Paris",
+            user_id="ann",
+            mode=mode,
+            known_at_seq=known,
+            min_score=0.0,
+            after_seq=api.last_seq,
+        )
+        found = {m.memory_id: m.state for m in then}
+        assert found.get(paris_id) == "live", (mode, found)
+        if mode != "text":  # no word of the question is in it
+            assert found.get(str(tea.fields["memory_id"])) == "live", (mode, found)
+        # As known then, Paris was true the day after t0, with no end.
+        day_after = await api.search_memories(
+            "Ann lives in Paris",
+            user_id="ann",
+            mode=mode,
+            known_at_seq=known,
+            as_of=t0 + 86_400_000,
+            min_score=0.0,
+        )
+        assert paris_id in [m.memory_id for m in day_after], mode
+    now = await api.search_memories("Ann lives in Paris", user_id="ann", mode="vector")
+    assert paris_id not in [m.memory_id for m in now]
+
+
 async def test_known_at_scores_the_content_known_then(
     acme: tuple[str, Client], service: Service
 ) -> None:
