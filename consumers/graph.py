@@ -406,7 +406,7 @@ def _filter(query: Walk, org_id: str) -> reads.EdgeFilter:
 
 
 def _status(row: dict[str, Any], at: reads.At) -> str:
-    view = reads.relation_view(row)
+    view = reads.relation_view(row, at)
     if row["retracted_seq"] != reads.OPEN and (
         (at.known_seq is None and at.known_at is None)
         or (at.known_seq is not None and row["retracted_seq"] <= at.known_seq)
@@ -557,7 +557,9 @@ def query_router(parts: Parts) -> Router:
                 for n in nodes
             ],
             "edges": [
-                reads.edge_view(e) for e in edges if e["from_node"] in kept and e["to_node"] in kept
+                reads.edge_view(e, f.at)
+                for e in edges
+                if e["from_node"] in kept and e["to_node"] in kept
             ],
             "truncated": truncated,
         }
@@ -577,7 +579,7 @@ def query_router(parts: Parts) -> Router:
             return {"found": False, "entity_ids": [], "edges": []}, seq
         nodes, hops = found
         rows = {r["relation_id"]: r for r in await reads.relations_by_id(store, hops)}
-        edges = [reads.edge_view(rows[h]) for h in hops if h in rows]
+        edges = [reads.edge_view(rows[h], f.at) for h in hops if h in rows]
         return {"found": True, "entity_ids": nodes, "edges": edges}, seq
 
     @router.handle(GraphFacts)
@@ -597,7 +599,7 @@ def query_router(parts: Parts) -> Router:
                 if forward
                 else (row["to_name"], row["from_name"])
             )
-            view = reads.relation_view(row)
+            view = reads.relation_view(row, at)
             items.append(
                 {
                     **view,

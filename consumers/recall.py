@@ -12,10 +12,11 @@
 Every filter of ``memory.list`` applies to both sides: the full-text side checks them inside
 its query; the vector side filters scope, type, states and ``as_of`` in the index, and the
 others (tags, importance and time bounds, metadata, ``known_at``) through the ids the store
-selects for them (with ``known_at``, states and ``as_of`` too: the index holds today's). A query waits for ``after_seq`` on the memories projection, and on the
-vector projection too in a mode that reads vectors. A memory the vector side found is
-answered from its ``memories`` row (with ``known_at``: its version known then), checked
-there again: the two projections may stand at different points of the log.
+selects for them (with ``known_at``, states and ``as_of`` too: the index holds today's). A
+query waits for ``after_seq`` on the memories projection, and on the vector projection too
+in a mode that reads vectors. A memory the vector side found is answered from its
+``memories`` row (with ``known_at``: its version known then), checked there again: the two
+projections may stand at different points of the log.
 """
 
 from __future__ import annotations

@@ -710,10 +710,23 @@ def _step(f: EdgeFilter, args: list[Any]) -> str:
     return f"{tables} WHERE {' AND '.join(where)}"
 
 
-def relation_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A relation row (either direction) as the queries answer it, at the read's time."""
+def _as_known(row: dict[str, Any], at: At | None) -> tuple[int, str | None]:
+    """A relation's ``valid_to`` (``OPEN`` when none) and ``superseded_by`` as the service
+    knew them at ``at``'s point: an invalidation (and the supersession it records) made
+    after that point had not happened yet."""
+    if at is None or (at.known_seq is None and at.known_at is None):
+        return row["valid_to"], row["superseded_by"]
+    suffix, point = ("seq", at.known_seq) if at.known_seq is not None else ("at", at.known_at)
+    if row[f"invalidated_{suffix}"] <= point:
+        return row["valid_to"], row["superseded_by"]
+    return row["asserted_valid_to"], None
+
+
+def relation_view(row: dict[str, Any], at: At | None = None) -> dict[str, Any]:
+    """A relation row (either direction) as the queries answer it: as the service knows it
+    now, or as it knew it at ``at``'s point."""
     forward = row["direction"] == 0
-    valid_to = row.get("effective_valid_to", row["valid_to"])
+    valid_to, superseded_by = _as_known(row, at)
     return {
         "relation_id": row["relation_id"],
         "org_id": row["org_id"],
@@ -724,7 +737,7 @@ def relation_view(row: dict[str, Any]) -> dict[str, Any]:
         "confidence": row["confidence"] / SCALE,
         "valid_from": row["valid_from"],
         "valid_to": None if valid_to == OPEN else valid_to,
-        "superseded_by": row["superseded_by"],
+        "superseded_by": superseded_by,
         "source": _json.decode(row["source"]),
         "user_id": row["user_id"],
         "agent_id": row["agent_id"],
@@ -733,8 +746,8 @@ def relation_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def edge_view(row: dict[str, Any]) -> dict[str, Any]:
-    view = relation_view(row)
+def edge_view(row: dict[str, Any], at: At | None = None) -> dict[str, Any]:
+    view = relation_view(row, at)
     keep = ("relation_id", "subject_id", "predicate", "object_id", "fact", "confidence")
     return {
         **{k: view[k] for k in keep},
@@ -1283,16 +1296,7 @@ async def facts_about(
     names, the most confident first. ``scope`` (a user, an agent): only the relations of
     the organization's own scope and of these (an organization's place is named in many
     users' facts; one user's context must not show another's)."""
-    args: list[Any] = []
-    effective = "r.valid_to"
-    if at.known_seq is not None or at.known_at is not None:
-        # The valid time as the service knew it then (a later invalidation not yet made).
-        suffix, point = ("seq", at.known_seq) if at.known_seq is not None else ("at", at.known_at)
-        effective = (
-            f"CASE WHEN r.invalidated_{suffix} <= ? THEN r.valid_to ELSE r.asserted_valid_to END"
-        )
-        args.append(point)
-    args += [org_id, entity_id]
+    args: list[Any] = [org_id, entity_id]
     edge = _known_sql(at, args)
     if scope is not None:
         for column, value in zip(("user_id", "agent_id"), scope, strict=True):
@@ -1302,7 +1306,7 @@ async def facts_about(
                 edge += f" AND (r.{column} IS NULL OR r.{column} = ?)"
                 args.append(value)
     return await store.fetch_all(
-        f"SELECT {_R_COLUMNS}, {effective} AS effective_valid_to, a.name AS from_name, "
+        f"SELECT {_R_COLUMNS}, a.name AS from_name, "
         "b.name AS to_name FROM graph_relations r "
         "JOIN graph_entities a ON a.entity_id = r.from_node "
         "JOIN graph_entities b ON b.entity_id = r.to_node "

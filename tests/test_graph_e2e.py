@@ -231,7 +231,18 @@ async def test_a_newer_fact_invalidates_the_old_edge_and_never_deletes_it(
     # What the service knew before the move: Paris, still valid now.
     assert await objects_of(api, ann, "lives_in", known_at_seq=first.seq) == ["Paris"]
     believed = await api.graph_facts(ann, known_at_seq=first.seq)
-    assert [(f.valid_to, f.status) for f in believed.items] == [(None, "valid")]
+    assert [(f.valid_to, f.status, f.superseded_by) for f in believed.items] == [
+        (None, "valid", None)
+    ]
+    # Every read at that point tells the same: no end yet, no successor yet.
+    walked = await api.neighbors(ann, known_at_seq=first.seq)
+    assert [(e.relation_id, e.valid_to) for e in walked.edges] == [
+        (first.fields["relation_id"], None)
+    ]
+    found = await api.graph_path(ann, paris, known_at_seq=first.seq)
+    assert [(e.relation_id, e.valid_to) for e in found.edges] == [
+        (first.fields["relation_id"], None)
+    ]
     now = await api.graph_facts(ann, as_of=T0 + DAY)
     assert [(f.valid_to, f.superseded_by) for f in now.items] == [
         (T0 + 10 * DAY, moved.fields["relation_id"])
