@@ -54,7 +54,15 @@ Email = Annotated[
     msgspec.Meta(max_length=254, pattern=r"^\s*[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}\s*$"),
 ]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
-Version = Annotated[int, msgspec.Meta(ge=0)]
+# The bounds of every integer a request carries into the log and the tables: past what a
+# store's signed 64-bit integer holds, one accepted event stalled a projection for every
+# organization (each later event waited behind it).
+# A log sequence (an aggregate's version, ``after_seq``): JetStream's are 64-bit unsigned.
+MAX_SEQ = 2**63 - 1
+Version = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+# A time in ms since the epoch, up to the end of the year 9999.
+MAX_TIME_MS = 253_402_300_799_999
+TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
 Roles = Annotated[list[Role], msgspec.Meta(min_length=1, max_length=3)]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agentmem.commands import Email, Id, Tag, ToolName
+from agentmem.commands import MAX_SEQ, Email, Id, Tag, TimeMs, ToolName
 from agentmem.events import MessageRole
 from agentmem.protocol import Request, query, system
 from agentmem.replies import (
@@ -29,7 +29,7 @@ from agentmem.replies import (
 )
 
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Cursor = Annotated[str, msgspec.Meta(max_length=512)]
 # A search's modes (memory.search, message.search) and a score in [0, 1].
 SearchMode = Literal["text", "vector", "hybrid"]
@@ -93,7 +93,6 @@ class GetHistory(Request, frozen=True, kw_only=True):
     cursor: Cursor | None = None
 
 
-TimeMs = Annotated[int, msgspec.Meta(ge=0)]
 SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=1_000)]
 
 

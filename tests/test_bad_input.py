@@ -1040,6 +1040,55 @@ async def test_bad_value(bus: Bus, subject: str, field: str, value: Any, reason:
     await assert_invalid(bus, subject, encode(body), f"`$.{field}", under=field, reason=reason)
 
 
+def _unbounded(t: Any, path: str) -> list[str]:
+    """The numbers under ``t`` (a msgspec type description) that have no upper bound."""
+    if isinstance(t, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        return [path] if t.le is None and t.lt is None else []
+    if isinstance(t, msgspec.inspect.UnionType):
+        return [p for member in t.types for p in _unbounded(member, path)]
+    if isinstance(t, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
+        return _unbounded(t.item_type, f"{path}[]")
+    if isinstance(t, msgspec.inspect.DictType):
+        return _unbounded(t.value_type, f"{path}{{}}")
+    if isinstance(t, msgspec.inspect.StructType):
+        return [p for f in t.fields for p in _unbounded(f.type, f"{path}.{f.name}")]
+    return []
+
+
+async def test_every_number_a_request_carries_is_bounded() -> None:
+    """An integer past what a store's signed 64 bits hold, once accepted into the log,
+    stalled a projection for every organization; a time past year 9999 or a sequence past
+    2**63 - 1 is refused at the door instead (agentmem.commands: TimeMs, Version)."""
+    found = {
+        subject: _unbounded(msgspec.inspect.type_info(request), "$")
+        for subject, request in REQUEST_TYPES.items()
+    }
+    assert {s: paths for s, paths in found.items() if paths} == {}
+
+
+TOO_BIG = [
+    (RenameOrg.op.subject, "expected_version", 2**63),
+    (GetUser.op.subject, "after_seq", 2**63),
+    (AssertRelation.op.subject, "valid_from", 2**63),
+    (AssertRelation.op.subject, "valid_to", 253_402_300_800_000),
+    (InvalidateRelation.op.subject, "valid_to", 2**63),
+    (GraphFacts.op.subject, "as_of", 2**63),
+    (GraphNeighbors.op.subject, "known_at", 2**63),
+    (GetEntity.op.subject, "known_at_seq", 2**63),
+    (ListMemories.op.subject, "known_at_seq", 2**63),
+    (SearchMemories.op.subject, "known_at_seq", 2**64),
+    (ListMessages.op.subject, "since", 2**63),
+]
+
+
+@pytest.mark.parametrize(("subject", "field", "value"), TOO_BIG)
+async def test_a_number_past_what_the_stores_hold(
+    bus: Bus, subject: str, field: str, value: int
+) -> None:
+    body = {**VALID[subject], field: value}
+    await assert_invalid(bus, subject, encode(body), path=f"$.{field}", reason="out_of_range")
+
+
 async def test_entity_attributes_over_the_cap(bus: Bus) -> None:
     body = {**VALID[CreateEntity.op.subject], "attributes": {"x": "y" * 20_000}}
     await assert_invalid(

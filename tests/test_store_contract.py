@@ -199,6 +199,28 @@ async def test_a_refused_item_is_parked_and_the_rest_commits(store: Store) -> No
     assert await store.parked("other") == []
 
 
+async def test_a_value_the_database_cannot_hold_is_parked_not_retried_forever(
+    store: Store,
+) -> None:
+    """An integer past 64 bits (an event the log accepted) is refused by the driver, not
+    the database: its item is parked like any refused one, or the projection would fail on
+    it again and again, and every later event would wait behind it."""
+    parked = await store.apply(
+        ProjectionBatch(
+            "items",
+            3,
+            [
+                item(1, row("a", "a@x", 1)),
+                item(2, row("b", "b@x", 2**63)),
+                item(3, row("c", "c@x")),
+            ],
+        )
+    )
+    assert [(p.seq, p.subject) for p in parked] == [(2, "evt.2")]
+    assert [r[0] for r in await store.dump(ITEMS)] == ["a", "c"]
+    assert await store.checkpoint("items") == 3
+
+
 async def test_batch_parked_events_are_kept_with_the_checkpoint(store: Store) -> None:
     given = Parked("items", 5, "evt.5", "ValueError: cannot decode")
     parked = await store.apply(ProjectionBatch("items", 5, [item(4, row("a", "a@x"))], [given]))

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from agentmem import subjects
-from agentmem.commands import Id, JsonObject, Targeted
+from agentmem.commands import Id, JsonObject, Targeted, TimeMs
 from agentmem.commands import InOrg as CommandInOrg
 from agentmem.domain.aggregate import Loaded, Write, check_version
 from agentmem.domain.jsondoc import check_bounds, merge_patch
@@ -66,7 +66,6 @@ MAX_MEMBERS = 256
 EntityType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$(?!\n)")]
 EntityName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Aliases = Annotated[list[EntityName], msgspec.Meta(max_length=MAX_ALIASES)]
-TimeMs = Annotated[int, msgspec.Meta(ge=0)]
 
 
 # Requests ----------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from agentmem import subjects
-from agentmem.commands import Id, JsonObject, Tags, Targeted
+from agentmem.commands import Id, JsonObject, Tags, Targeted, TimeMs
 from agentmem.commands import InOrg as CommandInOrg
 from agentmem.domain import metadata_filter
 from agentmem.domain.aggregate import Loaded, Write, check_version
@@ -83,10 +83,6 @@ IMPORTANCE_SCALE = 1_000_000
 
 Content = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT_CHARS)]
 Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-# Up to the end of the year 9999: a time past what a store's 64-bit integer holds stalled
-# the memories projection (every later memory event waited behind it).
-MAX_TIME_MS = 253_402_300_799_999
-TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
 HalfLife = Annotated[float, msgspec.Meta(gt=0.0, le=36_500.0)]
 Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048)]
 MimeType = Annotated[

@@ -31,7 +31,7 @@ from typing import Annotated
 import msgspec
 
 from agentmem import subjects
-from agentmem.commands import Id, Targeted
+from agentmem.commands import Id, Targeted, TimeMs
 from agentmem.domain.aggregate import Loaded, Write, check_version
 from agentmem.domain.entities import Entity, EntityType
 from agentmem.errors import ConflictError, NotFoundError
@@ -62,7 +62,6 @@ MAX_NODES = 1_000
 Predicate = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$(?!\n)")]
 FactText = Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
 Confidence = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-TimeMs = Annotated[int, msgspec.Meta(ge=0)]
 RelationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9\-]{1,52}_[0-9]{1,9}$(?!\n)")]
 Producer = Annotated[str, msgspec.Meta(max_length=200)]
 

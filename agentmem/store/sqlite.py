@@ -144,6 +144,11 @@ _MOVED_ERRORS = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_INTE
 _DEADLINE_STEPS = 10_000
 _MAX_SLOW_QUERIES = 256
 
+# What the database refuses of one item: parked, so that the rest commits. An integer past
+# 64 bits is refused by the driver (OverflowError) before the database sees it; retried,
+# it would fail the same batch forever and every later event would wait behind it.
+REFUSED = (sqlite3.DatabaseError, OverflowError)
+
 
 def _connect(path: str, busy_timeout_ms: int, check_same_thread: bool = True) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; the writer issues BEGIN/COMMIT itself,
@@ -326,7 +331,7 @@ class SQLiteStore(SystemReads):
                     ops = self._into_build(ops, batch)
                 for statement, params in sql.grouped(ops, self._keys):
                     self._run(conn, statement, params)
-            except sqlite3.DatabaseError:
+            except REFUSED:
                 # Some item is refused: start over one item at a time, each in a savepoint,
                 # and park the ones the database refuses.
                 conn.execute("ROLLBACK")
@@ -423,7 +428,7 @@ class SQLiteStore(SystemReads):
                     ops = self._into_build(ops, batch)
                 for statement, params in sql.grouped(ops, self._keys):
                     self._run(conn, statement, params)
-            except sqlite3.DatabaseError as exc:
+            except REFUSED as exc:
                 conn.execute("ROLLBACK TO item")
                 parked.append(Parked(batch.key, seq, subject, f"{type(exc).__name__}: {exc}"))
             conn.execute("RELEASE item")
