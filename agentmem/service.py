@@ -482,9 +482,13 @@ class Service:
                 self._ingest(partition, board)
         if metrics_at is not None:
             store = self.store
+
+            async def status_here() -> dict[str, Any]:
+                return {**await collect_status(nc, store), "process": self.this_process()}
+
             self.metrics_listener = MetricsListener(
                 self.metrics,
-                lambda: collect_status(nc, store),
+                status_here,
                 live=lambda: not self.failed.is_set(),
                 ready_lag=settings.ready_lag,
             )
@@ -610,6 +614,12 @@ class Service:
             "host": socket.gethostname(),
             "roles": [r for r in ROLES if r in self.settings.roles],
             "active": sorted(name for name, leader in self.leaders.items() if leader.active),
+            # The projections whose worker here keeps failing, with the last error.
+            "failing": {
+                name: leader.failing
+                for name, leader in sorted(self.leaders.items())
+                if leader.failing is not None
+            },
             # The partitions of the ingestion stream this process reads.
             "ingesting": sorted(
                 name for name, leader in self.ingest_leaders.items() if leader.active

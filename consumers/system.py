@@ -91,7 +91,9 @@ async def collect_status(
 
 
 def readiness(report: dict[str, Any], ready_lag: int) -> list[str]:
-    """Why a process with this status report is not ready ([] when it is)."""
+    """Why a process with this status report is not ready ([] when it is): a projection
+    far behind the log, or (with the report's ``process``) one whose worker here keeps
+    failing, which a lag alone may not show (few events behind it)."""
     reasons = []
     for name, projection in sorted(report["projections"].items()):
         lag = projection["lag"]
@@ -99,6 +101,8 @@ def readiness(report: dict[str, Any], ready_lag: int) -> list[str]:
             reasons.append(f"projection {name} has no consumer (no worker has run)")
         elif lag > ready_lag:
             reasons.append(f"projection {name} is {lag} events behind (limit {ready_lag})")
+    failing = report.get("process", {}).get("failing", {})
+    reasons += [f"projection {name} keeps failing: {why}" for name, why in failing.items()]
     return reasons
 
 
@@ -142,7 +146,10 @@ def system_router(parts: Parts) -> Router:
         reasons = ["not live"] if not live else []
         if live:
             try:
-                reasons = readiness(await collect_status(nc, store, stream), ready_lag)
+                report = await collect_status(nc, store, stream)
+                if this_process is not None:
+                    report["process"] = this_process()
+                reasons = readiness(report, ready_lag)
             except Exception as exc:
                 reasons = [f"the log or the store does not answer: {type(exc).__name__}"]
         return {"live": live, "checks": checks, "ready": not reasons, "reasons": reasons}, None

@@ -65,6 +65,10 @@ class Build:
     def name(self) -> str:
         return self.worker.key
 
+    @property
+    def applied(self) -> int:
+        return self.worker.applied
+
     def stop(self) -> None:
         self._stopping.set()
         self.worker.stop()

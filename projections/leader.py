@@ -40,6 +40,9 @@ STOP_GRACE_S = 2.0
 STAND_BACK_ROUNDS = 3
 # A process at its fair share still takes a lease that nobody held for this many rounds.
 ORPHAN_ROUNDS = 2
+# A worker that failed this many times in a row, applying nothing in between, is reported
+# as failing (``sys.health`` is then not ready, and says why): it restarts all the same.
+FAILING_AFTER = 3
 
 
 class LeasedWorker(Protocol):
@@ -93,8 +96,15 @@ class ProjectionLeader:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failed_at = 0.0
+        self.failures = 0  # in a row, with nothing applied in between
         self._stand_back_until = 0.0
         self._seen_free = 0
+
+    @property
+    def failing(self) -> str | None:
+        """The last error, while the worker keeps failing (``FAILING_AFTER`` times in a row
+        with nothing applied in between); None while it works."""
+        return self.last_error if self.failures >= FAILING_AFTER else None
 
     @property
     def active(self) -> bool:
@@ -124,6 +134,7 @@ class ProjectionLeader:
                     if await self._over_share():
                         await self._hand_over()
                     else:
+                        self._note_progress()
                         self._start_if_idle()
                 elif self._holding:
                     log.warning("projection lease lost; stopping its worker", projection=self.name)
@@ -200,6 +211,11 @@ class ProjectionLeader:
         self.worker = self.make_worker()
         self._task = asyncio.create_task(self.worker.run(), name=f"projection-{self.name}")
 
+    def _note_progress(self) -> None:
+        """A worker that applied something since it started is working again."""
+        if self.failures and getattr(self.worker, "applied", 0) > 0:
+            self.failures = 0
+
     def _record_end(self, task: asyncio.Task[None]) -> None:
         """Why the worker ended: a failure is kept for health and logged; it restarts from
         its checkpoint while this process still holds the lease."""
@@ -209,6 +225,7 @@ class ProjectionLeader:
         if exc is None:
             return
         self._failed_at = time.monotonic()
+        self.failures += 1
         self.last_error = repr(exc)
         if isinstance(exc, StaleBatch):
             log.error(

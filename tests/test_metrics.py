@@ -305,6 +305,9 @@ def test_a_projection_behind_or_without_a_worker_is_not_ready() -> None:
     report["projections"]["users"]["lag"] = 1000
     del report["projections"]["memories"]
     assert readiness(report, 1000) == []
+    # A worker that keeps failing here is named, though its lag is small.
+    report["process"] = {"failing": {"graph": "OverflowError('too large')"}}
+    assert readiness(report, 1000) == ["projection graph keeps failing: OverflowError('too large')"]
 
 
 async def test_agentmem_status_says_what_the_service_answered(

@@ -37,13 +37,16 @@ from agentmem.domain.aggregate import Write
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import OrgCreated, OrgRenamed, UserRegistered, UserRolesSet, encode_commit
 from agentmem.projections import ALL
+from agentmem.projections import leader as leader_module
 from agentmem.projections.board import CheckpointBoard
+from agentmem.projections.leader import ProjectionLeader
 from agentmem.projections.migrations import MIGRATIONS
 from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS, UsersProjection
 from agentmem.projections.worker import ProjectionWorker, durable_name
 from agentmem.service import Service
 from agentmem.store import Parked, ProjectionBatch, Store, open_store
+from agentmem.store.leases import OwnedStore
 from tests.realparts import bootstrap_batch, eventually, read_log, rows, wait_caught_up
 
 STORES = ("sqlite", "postgres")
@@ -408,3 +411,39 @@ async def test_a_wait_for_a_batch_does_not_end_before_the_batch_is_committed(
         gate.set()
         worker.stop()
         await asyncio.wait_for(running, 10)
+
+
+async def test_a_worker_that_keeps_failing_is_reported_until_it_applies_again(
+    nc: NATS, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its leader restarts it all the same; ``failing`` (which status and health report)
+    names the last error after ``FAILING_AFTER`` failures in a row, and clears once the
+    worker applies something. Here it fails for real: its stream does not exist yet."""
+    monkeypatch.setattr(leader_module, "RETRY_S", 0.05)
+    board = CheckpointBoard()
+
+    def make_worker() -> ProjectionWorker:
+        return ProjectionWorker(nc, store, OrgsProjection(), board, consumer="test-failing")
+
+    leader = ProjectionLeader("orgs", make_worker, OwnedStore(), board, poll=0.05, total=1)
+    running = asyncio.create_task(leader.run())
+    try:
+
+        async def failing() -> str | None:
+            return leader.failing
+
+        error = await eventually(failing, 15, 0.05, "the leader reporting its failing worker")
+        assert error == "NotFoundError()"  # nats-py's, for the stream
+        assert leader.failures >= leader_module.FAILING_AFTER
+        log = EventLog(nc)
+        await log.ensure_stream()
+        await create_orgs(log, 1)
+
+        async def working() -> bool:
+            return leader.failing is None and await store.checkpoint("orgs") > 0
+
+        await eventually(working, 15, 0.05, "the worker applying, no longer reported")
+        assert leader.failures == 0
+    finally:
+        leader.stop()
+        await asyncio.wait_for(running, 15)
