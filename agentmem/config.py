@@ -134,6 +134,6 @@ class Settings:
 def host_port(address: str, source: str) -> tuple[str, int]:
     """``host:port`` (or ``:port``, on 127.0.0.1) as a pair; a refusal names ``source``."""
     host, _, port = address.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise StartupError(f"{source} must be host:port, not {address!r}")
     return host or "127.0.0.1", int(port)

@@ -471,6 +471,8 @@ def query_router(parts: Parts) -> Router:
         memory = memories.require_memory(loaded, query.memory_id)
         names = await chain(org_id, memory)
         after = cursor_number(query.cursor) or 0
+        # The log answers; ``after_seq`` is checked (and waited for) as on every query.
+        await freshness.wait(PROJECTION, query.after_seq)
         commits, more = await commits_page(log, names, after, query.limit)
         items = [entry(commit) for commit in commits]
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more and items else None

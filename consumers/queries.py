@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentmem.commands import normalize_email
+from agentmem.commands import MAX_SEQ, normalize_email
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import missing_org, missing_user
 from agentmem.consumers.router import Request, Result, Router
@@ -65,7 +65,8 @@ def cursor_number(cursor: str | None) -> int | None:
     key = decode_cursor(cursor)
     if not key:
         return None
-    if not key.isdigit():
+    # Bounded as every sequence is (a longer one is no position: the log refused the read).
+    if not (key.isascii() and key.isdigit()) or len(key) > 19 or int(key) > MAX_SEQ:
         raise invalid(
             "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
         )

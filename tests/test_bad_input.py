@@ -1112,6 +1112,11 @@ async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
     # The service's own cursor format, from another subject: a key that is no position.
     body = {"session_id": "s1", "cursor": encode_cursor("not-a-position")}
     await assert_invalid(bus, ListMessages.op.subject, encode(body), "cursor", **where)
+    # A log position past any sequence (the log refused the read: it answered unavailable),
+    # and digits int() cannot read.
+    for forged in ("9" * 30, str(2**63), "\u00b2\u00b3"):
+        body = {"aggregate": "org", "id": "o1", "cursor": encode_cursor(forged)}
+        await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor", **where)
 
 
 # Values of the right shape that a handler refuses: still invalid, still nothing appended.

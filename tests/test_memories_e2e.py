@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
 from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.expiry import ExpirySweeper
-from agentmem.domain.memories import MemoryStats
+from agentmem.domain.memories import MemoryHistory, MemoryStats
 from agentmem.eventlog import EventLog
 from agentmem.events import MemoryExpired
 from agentmem.projections.memories import MEMORIES, MEMORY_TAGS, MEMORY_VERSIONS
@@ -209,6 +209,9 @@ async def test_an_update_keeps_the_old_version_in_history(acme: tuple[str, Clien
     assert (memory.content, memory.importance, memory.tags) == ("Ann lives in Lyon", 0.8, ["home"])
     history = await api.memory_history(memory_id)
     assert [e.commit_type for e in history.items] == ["memory.add", "memory.update"]
+    # after_seq is checked as on every query: past the log's end it is refused.
+    with pytest.raises(InvalidError, match="after_seq"):
+        await api.request(MemoryHistory.op.subject, {"memory_id": memory_id, "after_seq": 10**12})
     assert history.items[0].events[0]["content"] == "Ann lives in Paris"
     assert history.items[1].events[0]["content"] == "Ann lives in Lyon"
     assert history.items[1].principal.startswith("user:")
