@@ -186,7 +186,8 @@ def query_router(parts: Parts) -> Router:
         seq = await freshness.wait(PROJECTION, request.body.after_seq)
         block_id = request.body.block_id
         row = await reads.get_block(store, block_id)
-        return reads.block_view(readable(request, row, blocks.missing(block_id))), seq
+        [view] = await reads.block_views(store, [readable(request, row, blocks.missing(block_id))])
+        return view, seq
 
     @router.handle(ListBlocks)
     async def list_blocks(request: Request[ListBlocks]) -> Result:
@@ -201,7 +202,7 @@ def query_router(parts: Parts) -> Router:
         else:
             user_id = query.user_id or ""
             rows = await reads.user_blocks(store, org_id, user_id, after, query.limit + 1)
-        items = [reads.block_view(row) for row in rows]
+        items = await reads.block_views(store, rows)
         return encoded_page(items, query.limit, "label"), seq
 
     @router.handle(BlockHistory)

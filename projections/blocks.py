@@ -9,6 +9,7 @@ reservations are the log's own bookkeeping: no rows.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -159,10 +160,29 @@ PROJECTION = BlocksProjection()
 _json = msgspec.json.Decoder()
 
 
-def block_view(row: dict[str, Any]) -> dict[str, Any]:
+def block_view(row: dict[str, Any], seeing: Collection[str]) -> dict[str, Any]:
+    """A block as the queries answer it; ``seeing``: the agents that still see it (its
+    ``block_agents`` rows), of which its attached ones are named."""
     view = {c: row[c] for c in BLOCKS.column_names}
-    view["attached_agent_ids"] = _json.decode(row["attached_agent_ids"])
+    attached = _json.decode(row["attached_agent_ids"])
+    view["attached_agent_ids"] = [a for a in attached if a in seeing]
     return view
+
+
+async def block_views(store: Store, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``block_view`` of each row, in one read of who sees them: the attached ids come from
+    the attach and detach events, and a forgotten agent (whose ``block_agents`` rows a
+    forget deletes, with no event on the blocks it was attached to) is left out."""
+    if not rows:
+        return []
+    ids = [row["block_id"] for row in rows]
+    marks = ", ".join("?" for _ in ids)
+    sql = f"SELECT block_id, agent_id FROM block_agents WHERE block_id IN ({marks})"
+    seen = await store.fetch_all(sql, *ids)
+    seeing: dict[str, set[str]] = {}
+    for pair in seen:
+        seeing.setdefault(pair["block_id"], set()).add(pair["agent_id"])
+    return [block_view(row, seeing.get(row["block_id"], set())) for row in rows]
 
 
 async def get_block(store: Store, block_id: str) -> dict[str, Any] | None:

@@ -510,6 +510,11 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     agent_id = str((await admin.create_agent("Vorpal agent", org_id=org_id)).fields["agent_id"])
     await admin.set_agent_state(agent_id, {"notes": STATE})
     await admin.create_block("persona", BLOCK, agent_id=agent_id, org_id=org_id)
+    # A block of another agent that this one also sees: attached to both.
+    other = str((await admin.create_agent("Other agent", org_id=org_id)).fields["agent_id"])
+    shared = await admin.create_block("team", "Team notes", agent_id=other, org_id=org_id)
+    shared_id = str(shared.fields["block_id"])
+    await admin.attach_block(shared_id, agent_id)
     await admin.put_working("s9", WORKING, agent_id=agent_id, org_id=org_id)
     await admin.put_working("s1", "Frobnizzle in the forgotten session", org_id=org_id)
     await admin.append_message("s1", agent_id, "user", MESSAGE, org_id=org_id)
@@ -563,6 +568,10 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
         await admin.get_entity(str(lair.fields["entity_id"]), after_seq=admin.last_seq)
     assert await admin.get_working("s9", org_id=org_id) == []
     assert (await admin.list_blocks(agent_id=agent_id, org_id=org_id)).items == []
+    # The other agent's block stays, and no longer names the forgotten agent.
+    assert (await admin.get_block(shared_id)).attached_agent_ids == []
+    [team] = (await admin.list_blocks(agent_id=other, org_id=org_id)).items
+    assert (team.block_id, team.attached_agent_ids) == (shared_id, [])
     assert (await admin.list_messages("s2", org_id=org_id)).items == []
     with pytest.raises(NotFoundError):
         await admin.forget_conversation("never-was", org_id=org_id)

@@ -1057,7 +1057,8 @@ async def test_the_block_and_working_reads(store_url: str) -> None:
 
         rows = await block_reads.agent_blocks(store, "o1", "a1", "", 10)
         assert [r["block_id"] for r in rows] == ["b2", "b1", "b3"]  # human, persona, project
-        assert block_reads.block_view(rows[0])["attached_agent_ids"] == ["a1"]
+        [view] = await block_reads.block_views(store, rows[:1])
+        assert view["attached_agent_ids"] == ["a1"]
         rows = await block_reads.agent_blocks(store, "o1", "a1", "human", 1)
         assert [r["label"] for r in rows] == ["persona"]
         assert [
