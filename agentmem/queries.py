@@ -83,7 +83,7 @@ class ListApiKeys(Query, frozen=True, kw_only=True):
 
 
 @query("history.get", need="reader", reply=PageOf[HistoryEntry])
-class GetHistory(Request, frozen=True, kw_only=True):
+class GetHistory(Query, frozen=True, kw_only=True):
     aggregate: Literal["org", "user", "agent", "tool", "conversation"]
     id: Id
     # Conversations only (a session id is unique within its organization): default, the

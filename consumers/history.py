@@ -102,6 +102,16 @@ async def commits_page(
     return page, False
 
 
+# The projection of each aggregate ``history.get`` reads, whose ``after_seq`` it waits for.
+PROJECTION_OF = {
+    "org": "orgs",
+    "user": "users",
+    "agent": "agents",
+    "tool": "tools",
+    "conversation": "messages",
+}
+
+
 def query_router(parts: Parts) -> Router:
     router = Router()
     log, runner, store, freshness = parts.log, parts.runner, parts.store, parts.freshness
@@ -155,6 +165,9 @@ def query_router(parts: Parts) -> Router:
         org_id = subjects.parse(names[0]).org_id
         authorize(request.caller, request.need, org_id, missing)
         after = cursor_number(query.cursor) or 0
+        # The log answers; ``after_seq`` is checked (and waited for, by the aggregate's
+        # projection) as on every query.
+        await freshness.wait(PROJECTION_OF[query.aggregate], query.after_seq)
         page, more = await commits_page(log, names, after, query.limit)
         if not page and after == 0:
             raise missing

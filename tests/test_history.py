@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, UnavailableError, envelope
+from agentmem import Client, InvalidError, UnavailableError, envelope
 from agentmem.commands import MAX_MESSAGES_PER_BATCH
 from agentmem.consumers.queries import MAX_PAGE_BYTES
 from agentmem.consumers.router import MAX_REQUEST_BYTES
@@ -117,6 +117,11 @@ async def test_an_agents_history_is_its_profile_and_state_and_nothing_else(acme:
     conversation = await member.history("conversation", bot)
     contents = [e["content"] for e in events_of(conversation) if e["type"] == "message.appended"]
     assert contents == ["", "noted, Ann"]
+    # after_seq, as on every query (the client sends its last seq): past the log, refused.
+    body = {"aggregate": "agent", "id": bot, "after_seq": member.last_seq}
+    assert (await member.request(GetHistory.op.subject, body)).data["items"] == page.items
+    with pytest.raises(InvalidError, match="past the end of the log"):
+        await member.request(GetHistory.op.subject, {**body, "after_seq": 10**12})
 
 
 # Pages cut by bytes ---------------------------------------------------------------------
