@@ -43,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import ingestion, subjects
 from agentmem.consumers.auth import authorize
+from agentmem.consumers.commands import missing_user
 from agentmem.consumers.ingest_subscriber import ServiceBroker, subscribe
 from agentmem.consumers.router import Prepare, Request, Result, Router
 from agentmem.domain.access import Principal
@@ -65,6 +66,7 @@ from agentmem.domain.ingest import (
 from agentmem.errors import NotFoundError
 from agentmem.jetstream import delivery
 from agentmem.metrics import Metrics
+from agentmem.projections import users
 from agentmem.replies import IngestOutcome
 from agentmem.validation import invalid
 
@@ -366,6 +368,10 @@ class IngestWorker:
                 outcome = msgspec.structs.replace(outcome, outcome_to_refused=refused)
                 outcome_to = None
         user = principal.user_id if principal is not None else ingestion.ANONYMOUS
+        if principal is not None and not principal.service_admin and principal.org_id != org_id:
+            # Published into another organization (refused): kept where its publisher, who
+            # may ask about its own organization only, finds it.
+            org_id = principal.org_id
         subject = ingestion.outcome_subject(org_id, user, cid)
         return Done(msg, subject, outcome, park=verdict == "retry", outcome_to=outcome_to)
 
@@ -404,7 +410,7 @@ class IngestWorker:
 # ingest.status --------------------------------------------------------------------------
 def query_router(parts: Parts) -> Router:
     router = Router()
-    nc = parts.nc
+    nc, store = parts.nc, parts.store
 
     @router.handle(IngestStatus)
     async def ingest_status(request: Request[IngestStatus]) -> Result:
@@ -415,6 +421,11 @@ def query_router(parts: Parts) -> Router:
         hidden = NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id})
         # ``self``: the caller's own commands, or an org admin's look at another user's.
         authorize(caller, request.need, org_id, hidden, user_id)
+        if user_id != caller.user_id:
+            # Of a user of that organization: another's answers as a missing one.
+            row = await users.get_user(store, user_id)
+            if row is None or row["org_id"] != org_id:
+                raise missing_user(user_id)
         for user in (user_id, ingestion.ANONYMOUS):
             found = await ingestion.read_outcome(
                 nc, ingestion.outcome_subject(org_id, user, query.command_id)

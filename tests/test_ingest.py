@@ -293,6 +293,33 @@ async def test_ingest_status_keeps_users_and_organizations_apart(
         ).data
     )
     assert reply["error"]["code"] == "not_found"
+    # Its own command published into the admin's organization is refused as not found, and
+    # its outcome kept where it can ask: under its own organization.
+    await nc.jetstream().publish(
+        f"agentmem.in.{org}.message.append",
+        append_body("a", agent, 2),
+        headers={**bearer(token), "Nats-Msg-Id": "into-another"},
+    )
+    outcome = await settled(nc, token, "into-another")
+    assert (outcome["status"], outcome["error"]["code"]) == ("refused", "not_found")
+    # Another organization's admin, naming the admin's user in its own organization (an
+    # admin may look at its users' commands): that user is not one of them.
+    await client.register_user(
+        other_org, "Boss", "boss@example.com", "password123", roles=["admin"]
+    )
+    boss = str((await reader.login("boss@example.com", "password123")).fields["token"])
+    admin_user = tokens.parse(f"Bearer {admin_token}")
+    assert admin_user is not None
+    body = {"command_id": "admins-own", "user_id": admin_user.user_id}
+    reply = json.loads(
+        (
+            await nc.request(
+                IngestStatus.op.subject, json.dumps(body).encode(), headers=bearer(boss), timeout=5
+            )
+        ).data
+    )
+    assert reply["error"]["code"] == "not_found"
+    assert reply["error"]["details"] == {"user_id": admin_user.user_id}
 
 
 async def test_a_full_stream_refuses_a_jetstream_publish(
