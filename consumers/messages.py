@@ -40,6 +40,7 @@ from agentmem.domain.aggregate import Loaded, Write
 from agentmem.errors import AgentMemError, NotFoundError
 from agentmem.eventlog import EventLog
 from agentmem.events import ConversationDeleted, MessageAppended
+from agentmem.projections import message_vectors
 from agentmem.projections import messages as messages_read
 from agentmem.queries import LastMessages, ListMessages, SearchMessages
 from agentmem.validation import invalid
@@ -341,7 +342,9 @@ def query_router(parts: Parts) -> Router:
         where = search_filters(query, org_id or "")
         if org_id is None:
             seq = await freshness.wait(PROJECTION, query.after_seq)
-            return {"items": [], "mode": query.mode, "confident": False}, seq
+            # The reply's shape whatever the organization: another's says nothing more.
+            model = message_vectors.PROJECTION.model if query.mode != "text" else None
+            return {"items": [], "mode": query.mode, "confident": False, "model": model}, seq
         reply, seq = await recall.search(query, where)
         reply["items"] = reply["items"][: fitting(reply["items"])]
         return reply, seq

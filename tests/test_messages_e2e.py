@@ -37,6 +37,7 @@ from agentmem.events import MessageAppended, encode_commit
 from agentmem.headmarks import HeadMarks
 from agentmem.projections import message_vectors
 from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
+from agentmem.queries import SearchMessages
 from agentmem.replies import Message
 from agentmem.service import Service
 from tests.realparts import dump_store, replay_into, rows, wait_caught_up
@@ -365,6 +366,12 @@ async def test_search_ranks_and_filters(acme: Acme, client: Client) -> None:
     # Search syntax in the text is only text.
     for text in ('"peanuts', "peanuts OR", "NEAR(", "peanuts AND NOT", "*", "'; DROP TABLE"):
         await member.search_messages(text, agent_id=acme.agent_id)
+    # Another organization's search is empty, in the same shape as one's own.
+    for mode in ("text", "hybrid"):
+        body = {"text": "peanuts", "agent_id": acme.agent_id, "mode": mode}
+        own = await member.request(SearchMessages.op.subject, body)
+        elsewhere = await member.request(SearchMessages.op.subject, {**body, "org_id": "nobody"})
+        assert elsewhere.data == {**own.data, "items": [], "confident": False}
 
     # A redacted message is found no more.
     await member.redact_message("s1", found[0].message_id)
