@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
 from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.expiry import ExpirySweeper
+from agentmem.domain import metadata_filter
 from agentmem.domain.memories import MemoryHistory, MemoryStats
 from agentmem.eventlog import EventLog
 from agentmem.events import MemoryExpired
@@ -560,6 +561,18 @@ async def test_metadata_filters_on_list_and_search(acme: tuple[str, Client]) -> 
         ({"city": {"nin": ["Paris", "Rome"]}}, {"oslo", "none"}),
         ({"or": [{"city": "Rome"}, {"not": {"stars": {"lt": 5}}}]}, {"rome", "paris", "none"}),
         ({"AND": [{"stars": {"in": [3, 4]}}, {"city": {"ne": "Oslo"}}]}, {"rome"}),
+        # The largest filter the language allows (every condition a list of the most
+        # values) is answered, not stopped at the read's time limit: spelled out value by
+        # value, its SQLite statement took seconds to compile, which no limit interrupts.
+        (
+            {
+                "and": [
+                    {"stars": {"in": [*range(3, 3 + metadata_filter.MAX_IN)]}}
+                    for _ in range(metadata_filter.MAX_CONDITIONS)
+                ]
+            },
+            {"paris", "rome", "oslo"},
+        ),
     ]:
         assert await listed(document) == expected, document
         assert await searched(document) == expected, document

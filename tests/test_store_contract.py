@@ -1163,6 +1163,13 @@ FILTERED = [
         ({"and": [{"city": {"contains": "Paris"}}, {"not": {"city": "Paris"}}]}, ["e"]),
         ({"not": {"or": [{"city": "Paris"}, {"city": "Rome"}]}}, ["c", "d", "e"]),
         ({"NOT": {"ok": {"in": [True, False]}}}, ["b", "d", "e"]),
+        # ``in`` is ``eq`` to any of its values, type for type.
+        ({"n": {"in": [5, "x"]}}, ["a"]),
+        ({"n": {"in": ["5"]}}, ["c"]),
+        ({"n": {"in": [None]}}, ["d"]),
+        ({"n": {"in": [5.0, 12.5]}}, ["a", "b"]),
+        ({"ok": {"in": [1, 0]}}, []),  # true and false are not numbers
+        ({"n": {"nin": [5, None]}}, ["b", "c", "e"]),
         ({"city": "x'); DROP TABLE memories; --"}, []),
     ],
 )
