@@ -160,7 +160,8 @@ def query_router(parts: Parts) -> Router:
     @router.handle(GetHistory)
     async def get_history(request: Request[GetHistory]) -> Result:
         query = request.body
-        missing = NotFoundError(f"{query.aggregate} {query.id} does not exist")
+        named = "session_id" if query.aggregate == "conversation" else f"{query.aggregate}_id"
+        missing = NotFoundError(f"{query.aggregate} {query.id} does not exist", {named: query.id})
         names = await subjects_of(request, missing)
         org_id = subjects.parse(names[0]).org_id
         authorize(request.caller, request.need, org_id, missing)
