@@ -172,34 +172,37 @@ def command_router(parts: Parts) -> Router:
             command.agent_id,
             exact_scope=True,
         )
-        for row in known:
-            loaded = await runner.cache.load(
-                entities.subject(org_id, row["entity_id"]), entities.evolve
-            )
-            if loaded.state is not None and loaded.state.state == "live":
-                view = entities.view(loaded.state, loaded.version)
-                return {**view, "deduplicated": True, "matched_by": row["kind"]}, loaded.version
         # Layer 1 as the log decides it: the name's own subject, first writer wins.
         key = entities.name_key(
             org_id, command.entity_type, command.user_id, command.agent_id, command.name
         )
-        found: list[Loaded[Entity]] = []
+        found: list[tuple[Loaded[Entity], str]] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             orgs.require_live(await loader.load(orgs.subject(org_id), orgs.evolve), org_id)
+            # Read through the loader: a retry of this very command, whose entity the
+            # tables now hold, is recognised there and answered with its first outcome
+            # (created), not as a match of the name it created.
+            for row in known:
+                loaded = await loader.load(
+                    entities.subject(org_id, row["entity_id"]), entities.evolve
+                )
+                if loaded.state is not None and loaded.state.state == "live":
+                    found[:] = [(loaded, row["kind"])]
+                    raise _Found
             slot, held = await probe(loader, org_id, key)
             if held:
-                found[:] = [slot]
+                found[:] = [(slot, "name")]
                 raise _Found
             return entities.create(org_id, command, slot)
 
         try:
             data, seq = await runner.run(request, plan)
         except _Found:
-            holder = found[0]
+            holder, matched_by = found[0]
             assert holder.state is not None
             view = entities.view(holder.state, holder.version)
-            return {**view, "deduplicated": True, "matched_by": "name"}, holder.version
+            return {**view, "deduplicated": True, "matched_by": matched_by}, holder.version
         return {**data, "deduplicated": False, "matched_by": "created"}, seq
 
     def on_one_entity(decide: Any) -> Any:

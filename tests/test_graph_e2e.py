@@ -111,6 +111,29 @@ async def test_the_same_person_is_not_stored_twice(acme: tuple[str, Client]) -> 
     assert await entity(api, "Ann Lee", user_id="u2") != ann
 
 
+async def test_a_retried_create_is_answered_with_its_first_outcome(
+    acme: tuple[str, Client], nc: NATS
+) -> None:
+    """A create whose reply was lost, sent again with its command id once the tables hold
+    the entity it made: answered as created (its first outcome), not as a match of its own
+    name; nothing appended. Another command naming that entity is a match."""
+    _, api = acme
+    first = await api.create_entity("person", "Cy Dee", command_id="create-cy")
+    assert (first.fields["deduplicated"], first.fields["matched_by"]) == (False, "created")
+    await api.get_entity(str(first.fields["entity_id"]), after_seq=api.last_seq)
+    before = await last_seq(nc)
+    again = await api.create_entity("person", "Cy Dee", command_id="create-cy")
+    assert (again.fields["entity_id"], again.version) == (first.fields["entity_id"], first.version)
+    assert (again.fields["deduplicated"], again.fields["matched_by"]) == (False, "created")
+    other = await api.create_entity("person", "cy dee", command_id="create-cy-again")
+    assert (other.fields["deduplicated"], other.fields["matched_by"]) == (True, "name")
+    await api.add_entity_alias(str(first.fields["entity_id"]), "Cyd")
+    await api.get_entity(str(first.fields["entity_id"]), after_seq=api.last_seq)
+    by_alias = await api.create_entity("person", "cyd", command_id="create-cyd")
+    assert (by_alias.fields["deduplicated"], by_alias.fields["matched_by"]) == (True, "alias")
+    assert await last_seq(nc) == before + 1  # the alias only
+
+
 async def test_ten_concurrent_creates_of_one_name_give_one_entity(
     acme: tuple[str, Client], nc: NATS
 ) -> None:
