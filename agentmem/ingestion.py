@@ -30,10 +30,16 @@ from nats.aio.client import Client as NATS
 from agentmem import jetstream, subjects
 from agentmem.domain.ingest import H_INGEST_ID, INGEST_PREFIX, INGEST_SUBJECTS, names_forgotten
 from agentmem.errors import UnavailableError
-from agentmem.eventlog import DUPLICATE_WINDOW_S
 from agentmem.replies import IngestOutcome
 
 STREAM = "AGENTMEM_INGEST"
+# How long the stream drops a publish that repeats a Nats-Msg-Id: the least nats-server
+# takes. The id is the publisher's own, but the stream's window is one for every tenant:
+# a long one let anyone who guessed another tenant's next id (``chat-42-turn-7``) publish
+# it first, and the victim's publish was acked as a duplicate and never run. A repeat past
+# it is stored and executed again, and the command path answers it with the first outcome
+# (its command key, scoped to the publisher, is in the log: ``CommandRunner``).
+DUPLICATE_WINDOW_NS = 100_000_000
 OUTCOMES = "AGENTMEM_INGEST_OUTCOMES"
 PARKED = "AGENTMEM_INGEST_PARKED"
 OUTCOME_PREFIX = subjects.INGEST_OUTCOME_PREFIX
@@ -69,9 +75,7 @@ def ingest_config(
         "max_age": 0,
         "max_msgs_per_subject": -1,
         "num_replicas": replicas,
-        # A publish repeated with the same Nats-Msg-Id within 10 minutes is stored once in
-        # the stream; past that the command id does it (consumers/ingest.py).
-        "duplicate_window": DUPLICATE_WINDOW_S * 1_000_000_000,
+        "duplicate_window": DUPLICATE_WINDOW_NS,
         "allow_direct": True,
         "subject_transform": {
             "src": INGEST_SUBJECTS,
@@ -121,7 +125,9 @@ async def ensure(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
 async def ensure_all(
     nc: NATS, replicas: int = 1, max_msgs: int = MAX_MSGS, max_bytes: int = MAX_BYTES
 ) -> None:
-    await ensure(nc, ingest_config(replicas, max_msgs, max_bytes))
+    ingest = await ensure(nc, ingest_config(replicas, max_msgs, max_bytes))
+    # A stream made by an earlier build kept repeats for 10 minutes (DUPLICATE_WINDOW_NS).
+    await jetstream.update_settings(nc, ingest["config"], {"duplicate_window": DUPLICATE_WINDOW_NS})
     outcomes = await ensure(nc, outcomes_config(replicas))
     await jetstream.allow_atomic(nc, outcomes["config"])
     await ensure(nc, parked_config(replicas))

@@ -112,16 +112,23 @@ async def publish_atomic(
     raise ValueError("an atomic batch needs at least one message")
 
 
-async def allow_atomic(nc: NATS, config: dict[str, Any], timeout: float = 5.0) -> None:
-    """Allow atomic batches on the stream whose current ``config`` this is, when it does
-    not yet (a stream made by an earlier version): nothing stored changes, and nats-server
-    allows it on a live stream."""
-    if config.get("allow_atomic"):
+async def update_settings(
+    nc: NATS, config: dict[str, Any], settings: dict[str, Any], timeout: float = 5.0
+) -> None:
+    """Give the stream whose current ``config`` this is these ``settings``, when it has
+    others (a stream made by an earlier version): only settings that change nothing
+    stored, which nats-server changes on a live stream."""
+    if all(config.get(key) == value for key, value in settings.items()):
         return
     name = config["name"]
-    updated = await api(nc, f"STREAM.UPDATE.{name}", {**config, "allow_atomic": True}, timeout)
+    updated = await api(nc, f"STREAM.UPDATE.{name}", {**config, **settings}, timeout)
     if "error" in updated:
-        raise UnavailableError(f"could not allow atomic batches on {name}: {updated['error']}")
+        raise UnavailableError(f"could not set {sorted(settings)} on {name}: {updated['error']}")
+
+
+async def allow_atomic(nc: NATS, config: dict[str, Any], timeout: float = 5.0) -> None:
+    """Allow atomic batches on the stream whose current ``config`` this is."""
+    await update_settings(nc, config, {"allow_atomic": True}, timeout)
 
 
 def _normal(value: Any) -> Any:

@@ -227,11 +227,11 @@ class IngestWorker:
         they are delivered again to the partition's next holder."""
         if self._stopping.is_set():
             return
-        for msg in messages:
-            self._start(msg)
         try:
+            for msg in messages:
+                self._start(msg)
             await self._keep_in_bounds()
-        except Exception as exc:
+        except Exception as exc:  # never a silent stop: the worker starts again, and says so
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:

@@ -34,6 +34,11 @@ from tests.support import NatsServer
 STORES = ("sqlite", "postgres")
 
 
+# Past the ingestion stream's duplicate window (100 ms), whose ids nats-server drops on a
+# timer of that period: up to twice it.
+PAST_THE_WINDOW_S = 3 * ingestion.DUPLICATE_WINDOW_NS / 1e9
+
+
 def org_of(token: str) -> str:
     parsed = tokens.parse(f"Bearer {token}")
     assert parsed is not None
@@ -106,13 +111,18 @@ async def test_published_appends_stored_once_in_order(
         )
     )
     assert [a.seq for a in acks] == sorted(a.seq for a in acks)
-    # The same message id again: the stream keeps it once.
+    # The same message id again, past the stream's short window: stored in the stream
+    # again, and executed once (the commits below), answered with the first outcome.
+    first = await settled(nc, admin_token, "m-000")
+    await asyncio.sleep(PAST_THE_WINDOW_S)
     again = await js.publish(
         subject,
         append_body("s0", agent, 0),
         headers={**bearer(admin_token), "Nats-Msg-Id": "m-000"},
     )
-    assert again.duplicate
+    assert not again.duplicate
+    await eventually(lambda: _backlog_empty(nc), 20, 0.05, "the repeat executed")
+    assert (await settled(nc, admin_token, "m-000"))["seq"] == first["seq"]
     # The last of each conversation: conversations run side by side, so the last published
     # is not the last stored.
     lasts = [await settled(nc, admin_token, f"m-0{n}") for n in (57, 58, 59)]
@@ -129,6 +139,62 @@ async def test_published_appends_stored_once_in_order(
     stored = [seqs for key, seqs in commits.items() if key.rsplit(".", 1)[-1] in published]
     assert len(stored) == 60
     assert all(len(seqs) == 1 for seqs in stored)
+
+
+async def test_another_tenants_publish_with_the_same_message_id_keeps_nothing_from_running(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """A Nats-Msg-Id is its publisher's own: another organization's member publishing it
+    first (a guessable id) must not make this publish a dropped duplicate."""
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Victim")).fields["agent_id"]
+    other = str((await client.create_org("Squatter")).fields["org_id"])
+    await client.register_user(other, "Sq", "sq@example.com", "password123", roles=["member"])
+    squatter = str((await Client(nc, "").login("sq@example.com", "password123")).fields["token"])
+    js = nc.jetstream()
+    taken = await js.publish(
+        f"agentmem.in.{other}.working.put",
+        json.dumps({"session_id": "s", "key": "k", "content": "mine"}).encode(),
+        headers={**bearer(squatter), "Nats-Msg-Id": "chat-42-turn-7"},
+    )
+    assert not taken.duplicate
+    await asyncio.sleep(PAST_THE_WINDOW_S)
+    ack = await js.publish(
+        f"agentmem.in.{org}.message.append",
+        append_body("victim", agent, 1),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "chat-42-turn-7"},
+    )
+    assert not ack.duplicate
+    stored = await settled(nc, admin_token, "chat-42-turn-7")
+    assert stored["status"] == "stored"
+    page = await client.list_messages("victim", after_seq=stored["seq"])
+    assert [m.content for m in page.items] == ["message 1"]
+
+
+async def test_a_body_nested_thousands_deep_is_refused_and_holds_nothing_up(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """Reading its ordering keys raised RecursionError outside any handler: the partition
+    stopped taking that pull, silently, and the commands after it stayed pending."""
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Deep")).fields["agent_id"]
+    js = nc.jetstream()
+    deep = b'{"user_id":"u","content":"x","metadata":{"m":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    await js.publish(
+        f"agentmem.in.{org}.memory.add",
+        deep,
+        headers={**bearer(admin_token), "Nats-Msg-Id": "too-deep"},
+    )
+    for n in range(3):
+        await js.publish(
+            f"agentmem.in.{org}.message.append",
+            append_body("after-deep", agent, n),
+            headers={**bearer(admin_token), "Nats-Msg-Id": f"after-deep-{n}"},
+        )
+    refused = await settled(nc, admin_token, "too-deep")
+    assert (refused["status"], refused["error"]["details"]["reason"]) == ("refused", "too_deep")
+    for n in range(3):
+        assert (await settled(nc, admin_token, f"after-deep-{n}"))["status"] == "stored"
 
 
 async def test_a_command_published_twice_under_new_message_ids_is_stored_once(

@@ -172,9 +172,12 @@ _keys_decoder = msgspec.json.Decoder(Keys)
 
 
 def read_keys(data: bytes) -> Keys | None:
+    """The ordering keys of a published body; None for one that does not decode, which the
+    command path refuses with its reason. RecursionError too: a body nested thousands deep
+    raised it here, outside any handler, and stalled every command pulled with it."""
     try:
         return _keys_decoder.decode(data or b"{}")
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
 
 
