@@ -777,7 +777,7 @@ async def test_outcomes_are_stored_in_groups_each_before_its_record_returns(
         await nc.close()
 
 
-async def test_an_outcomes_stream_of_an_earlier_version_is_allowed_atomic_batches(
+async def test_streams_of_an_earlier_version_are_updated_on_start(
     nats_server: NatsServer,
 ) -> None:
     nc = await nats.connect(nats_server.url)
@@ -786,8 +786,16 @@ async def test_an_outcomes_stream_of_an_earlier_version_is_allowed_atomic_batche
         await nc.jetstream().add_stream(
             name=earlier["name"], subjects=earlier["subjects"], max_msgs_per_subject=1
         )
+        # And an ingestion stream made with the earlier 10-minute duplicate window.
+        config = {**ingestion.ingest_config(), "duplicate_window": 600 * 10**9}
+        created = await nc.request(
+            f"$JS.API.STREAM.CREATE.{ingestion.STREAM}", json.dumps(config).encode()
+        )
+        assert json.loads(created.data)["config"]["duplicate_window"] == 600 * 10**9
         await ingestion.ensure_all(nc)
         info = await nc.request(f"$JS.API.STREAM.INFO.{ingestion.OUTCOMES}", b"")
         assert json.loads(info.data)["config"]["allow_atomic"] is True
+        info = await nc.request(f"$JS.API.STREAM.INFO.{ingestion.STREAM}", b"")
+        assert json.loads(info.data)["config"]["duplicate_window"] == ingestion.DUPLICATE_WINDOW_NS
     finally:
         await nc.close()
