@@ -410,10 +410,9 @@ def _filter(query: Walk, org_id: str) -> reads.EdgeFilter:
 
 def _status(row: dict[str, Any], at: reads.At) -> str:
     view = reads.relation_view(row, at)
+    point = at.point
     if row["retracted_seq"] != reads.OPEN and (
-        (at.known_seq is None and at.known_at is None)
-        or (at.known_seq is not None and row["retracted_seq"] <= at.known_seq)
-        or (at.known_at is not None and row["retracted_at"] <= at.known_at)
+        point is None or row[f"retracted_{point[0]}"] <= point[1]
     ):
         return "retracted"
     valid_to = view["valid_to"]

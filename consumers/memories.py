@@ -340,14 +340,15 @@ def _shape(query: ListMemories) -> str:
     return hashlib.blake2b(msgspec.json.encode(fields), digest_size=6).hexdigest()
 
 
-def _cursor(query: ListMemories) -> tuple[float, int, int | None] | None:
-    """(order key, position, the time importance was decayed to) of a page's last row."""
+def _cursor(query: ListMemories, shape: str) -> tuple[float, int, int | None] | None:
+    """(order key, position, the time importance was decayed to) of a page's last row, from
+    a cursor of this query's ``shape``."""
     key = decode_cursor(query.cursor)
     if not key:
         return None
-    *parts, shape = key.split(":")
+    *parts, given = key.split(":")
     try:
-        if shape == _shape(query):
+        if given == shape:
             if query.order_by == "importance" and len(parts) == 3:
                 value = float(parts[0])
                 if math.isfinite(value):
@@ -396,7 +397,8 @@ def query_router(parts: Parts) -> Router:
         query = request.body
         org_id = readable_org(request, query.org_id)
         memory_filter = memories.filter_of(query, org_id)
-        after, now = _cursor(query), now_ms()
+        shape = _shape(query)
+        after, now = _cursor(query, shape), now_ms()
         if after is not None and after[2] is not None:
             now = after[2]  # the later pages of an order by decayed importance: its time
         seq = await freshness.wait(PROJECTION, query.after_seq)
@@ -410,7 +412,6 @@ def query_router(parts: Parts) -> Router:
             limit=query.limit + 1,
         )
         at = f":{now}" if query.order_by == "importance" else ""
-        shape = _shape(query)
 
         def cursor(index: int) -> str:
             row = rows[index]

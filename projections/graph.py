@@ -647,6 +647,11 @@ class At:
     known_seq: int | None = None
     known_at: int | None = None
 
+    @property
+    def point(self) -> Point | None:
+        """The point of the log it looks from; None: now."""
+        return point_of(self.known_seq, self.known_at)
+
 
 @dataclass(frozen=True)
 class EdgeFilter:
@@ -667,10 +672,10 @@ def _marks(values: Sequence[Any]) -> str:
 
 def _known_sql(at: At, args: list[Any]) -> str:
     """The relation ``r`` as the service knew it, valid in the world at ``at.as_of``."""
-    if at.known_seq is None and at.known_at is None:
+    if at.point is None:
         args += [OPEN, at.as_of, at.as_of]
         return "r.retracted_seq = ? AND r.valid_from <= ? AND r.valid_to > ?"
-    suffix, point = ("seq", at.known_seq) if at.known_seq is not None else ("at", at.known_at)
+    suffix, point = at.point
     args += [point, point, at.as_of, point, at.as_of]
     return (
         f"r.recorded_{suffix} <= ? AND r.retracted_{suffix} > ? AND r.valid_from <= ? AND "
@@ -714,9 +719,9 @@ def _as_known(row: dict[str, Any], at: At | None) -> tuple[int, str | None]:
     """A relation's ``valid_to`` (``OPEN`` when none) and ``superseded_by`` as the service
     knew them at ``at``'s point: an invalidation (and the supersession it records) made
     after that point had not happened yet."""
-    if at is None or (at.known_seq is None and at.known_at is None):
+    if at is None or at.point is None:
         return row["valid_to"], row["superseded_by"]
-    suffix, point = ("seq", at.known_seq) if at.known_seq is not None else ("at", at.known_at)
+    suffix, point = at.point
     if row[f"invalidated_{suffix}"] <= point:
         return row["valid_to"], row["superseded_by"]
     return row["asserted_valid_to"], None
