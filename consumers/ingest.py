@@ -151,6 +151,7 @@ class IngestWorker:
         self.batch = batch
         self.max_attempts = max_attempts
         self.last_error: str | None = None
+        self.applied = 0  # outcomes recorded since it started
         self._stopping = asyncio.Event()  # set to stop, or to start over after a failure
         self._stream_id = ""  # the stream's creation time, part of an id made from a seq
         self._running: set[asyncio.Task[None]] = set()
@@ -383,6 +384,7 @@ class IngestWorker:
         if d.park:
             await self._park(d)
         await self._outcomes.record(d.subject, encoded)
+        self.applied += 1
         if d.outcome_to is not None:
             with contextlib.suppress(Exception):
                 await self.nc.publish(d.outcome_to, encoded)

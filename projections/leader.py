@@ -52,6 +52,11 @@ class LeasedWorker(Protocol):
 
     last_error: str | None
 
+    @property
+    def applied(self) -> int:
+        """What it has done since it started: a worker that keeps failing does nothing."""
+        ...
+
     async def run(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -213,7 +218,7 @@ class ProjectionLeader:
 
     def _note_progress(self) -> None:
         """A worker that applied something since it started is working again."""
-        if self.failures and getattr(self.worker, "applied", 0) > 0:
+        if self.failures and self.worker is not None and self.worker.applied > 0:
             self.failures = 0
 
     def _record_end(self, task: asyncio.Task[None]) -> None:
