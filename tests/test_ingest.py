@@ -743,9 +743,12 @@ async def test_outcomes_are_stored_in_groups_each_before_its_record_returns(
 
         async def record(subject: str) -> None:
             await recorder.record(subject, json.dumps({"for": subject}).encode())
+            # 300 reads at once on a loaded machine: nats-py's default 0.5 s is too
+            # short (a CI run timed out here), and a late answer is not a wrong one.
             found = await nc.request(
                 f"$JS.API.DIRECT.GET.{ingestion.OUTCOMES}",
                 json.dumps({"last_by_subj": subject}).encode(),
+                timeout=10,
             )
             assert json.loads(found.data) == {"for": subject}
 
@@ -759,6 +762,7 @@ async def test_outcomes_are_stored_in_groups_each_before_its_record_returns(
         found = await nc.request(
             f"$JS.API.DIRECT.GET.{ingestion.OUTCOMES}",
             json.dumps({"last_by_subj": twice}).encode(),
+            timeout=10,
         )
         assert json.loads(found.data) == {"n": 2}
         assert len(writes) <= 4, writes
