@@ -30,7 +30,13 @@ HEADER_FIELDS: dict[str, dict[str, str]] = {
     },
     "AgentMem-Correlation-Id": {
         "type": "string",
-        "description": "Carried into every commit the command writes.",
+        "description": "Carried into every commit the command writes; printable "
+        "characters only (else `invalid`).",
+    },
+    "AgentMem-Causation-Id": {
+        "type": "string",
+        "description": "Carried into every commit the command writes; printable "
+        "characters only (else `invalid`).",
     },
 }
 HEADERS = {"type": "object", "properties": HEADER_FIELDS}

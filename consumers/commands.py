@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from agentmem import ids, subjects
+from agentmem import ids, subjects, validation
 from agentmem.bootstrap import find_admin
 from agentmem.commands import (
     ChangePassword,
@@ -73,6 +73,22 @@ MAX_ATTEMPTS = 8
 # A retry after another process's write waits a random time up to this, doubled each try.
 RETRY_PAUSE_S = 0.002
 SECRET_FIELDS = frozenset({"password_hash", "password", "digest"})
+
+
+def trace_header(headers: dict[str, str] | None, name: str) -> str | None:
+    """The request's ``name`` header, stored on every commit the command writes: refused
+    with ``invalid`` unless every character of it is printable (``str.isprintable``: the
+    space, but no control, format or other separator character), since a terminal or a
+    log line that shows the audit trail would act on an escape sequence in it."""
+    value = header(headers, name)
+    if value is not None and not value.isprintable():
+        raise validation.invalid(
+            f"header {name!r} may hold only printable characters (no control characters)",
+            validation.BODY,
+            "invalid_value",
+            header=name,
+        )
+    return value
 
 
 class _NothingToWrite(Exception):
@@ -299,8 +315,8 @@ class CommandRunner:
         meta = CommitMeta(
             command_id=command_id,
             commit_type=request.operation.name,
-            correlation_id=header(request.headers, H_CORRELATION_ID),
-            causation_id=header(request.headers, H_CAUSATION_ID),
+            correlation_id=trace_header(request.headers, H_CORRELATION_ID),
+            causation_id=trace_header(request.headers, H_CAUSATION_ID),
             principal=request.principal.audit_name() if request.principal else "anonymous",
             time_ms=time.time_ns() // 1_000_000,
         )

@@ -1339,6 +1339,27 @@ async def test_an_oversized_header(bus: Bus, subject: str) -> None:
     assert reply.ok, reply
 
 
+async def test_a_trace_header_with_a_control_character(bus: Bus) -> None:
+    # Stored on the commit and shown by history.get: an escape sequence in it would reach
+    # whatever terminal or log shows the audit trail.
+    before = await last_seq(bus)
+    for name in ("AgentMem-Correlation-Id", "agentmem-causation-id"):
+        for value in ("c\x1b[2J", "c\x00d", "c\x7f", "tab\there"):
+            headers = {**bus.admin, name: value}
+            body = encode({"name": f"Trace {ids.new_id()}"})
+            reply = envelope.decode(await bus.ask(CreateOrg.op.subject, body, headers=headers))
+            assert reply.error is not None, reply
+            assert reply.error.code == "invalid", reply.error
+            assert reply.error.details["reason"] == "invalid_value", reply.error.details
+            assert reply.error.details["header"].lower() == name.lower(), reply.error.details
+    assert await last_seq(bus) == before, "a bad request appended to the log"
+    # Printable, beyond ASCII too: taken.
+    headers = {**bus.admin, "AgentMem-Correlation-Id": "run 7 · étape ✓"}
+    body = encode({"name": f"Trace {ids.new_id()}"})
+    reply = envelope.decode(await bus.ask(CreateOrg.op.subject, body, headers=headers))
+    assert reply.ok, reply
+
+
 # And afterwards ----------------------------------------------------------------------
 async def test_bad_requests_without_a_reply_subject_do_not_hurt(bus: Bus) -> None:
     before = await last_seq(bus)
