@@ -194,7 +194,7 @@ async def test_an_anonymous_connection_may_only_log_in_and_ask_health(
     deployment: Deployment, root: Client
 ) -> None:
     ann = await member(deployment, root)
-    anonymous = await Client.connect(deployment.url, timeout=1)
+    anonymous = await Client.connect(deployment.url)
     try:
         assert (await anonymous.health())["live"]
         session = await anonymous.login(ann.email, PASSWORD)
@@ -438,7 +438,7 @@ async def test_a_client_publishes_to_the_ingestion_tree_and_gets_its_acknowledge
     ).encode()
     subject = f"agentmem.in.{ann.org_id}.message.append"
     client = await Client.connect(deployment.url, token=ann.key)
-    anonymous = await Client.connect(deployment.url, timeout=1)
+    anonymous = await Client.connect(deployment.url)
     try:
         headers = {tokens.HEADER: f"Bearer {ann.key}", "Nats-Msg-Id": "closed-1"}
         ack = json.loads((await client.nc.request(subject, body, headers=headers, timeout=5)).data)
