@@ -119,10 +119,13 @@ def persona(agent: dict[str, Any], tokens: TokenCounter) -> list[ContextItem]:
 async def core_blocks(
     parts: Parts, query: AssembleContext, org_id: str, tokens: TokenCounter
 ) -> list[ContextItem]:
-    """The agent's blocks (its own and those attached to it), then the user's, by label."""
+    """The agent's blocks (its own and those attached to it), then the user's, by label;
+    a user's block attached to the agent is the agent's, and comes once."""
     rows = await block_reads.agent_blocks(parts.store, org_id, query.agent_id, "", MAX_BLOCKS)
     if query.user_id is not None:
-        rows += await block_reads.user_blocks(parts.store, org_id, query.user_id, "", MAX_BLOCKS)
+        seen = {row["block_id"] for row in rows}
+        users = await block_reads.user_blocks(parts.store, org_id, query.user_id, "", MAX_BLOCKS)
+        rows += [row for row in users if row["block_id"] not in seen]
     return [
         item(
             tokens,

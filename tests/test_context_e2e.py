@@ -124,6 +124,17 @@ async def test_everything_in_order_when_it_fits(client: Client) -> None:
     assert (context.counter, context.max_tokens) == ("chars4", 100_000)
 
 
+async def test_a_users_block_attached_to_the_agent_comes_once(client: Client) -> None:
+    _, api = await new_org(client, "Shared")
+    made = await furnish(api, "shared")
+    human = made["blocks"][1]  # Ann's block, now attached to the agent too
+    await api.attach_block(human, made["agent_id"])
+    context = await assemble(api, made["agent_id"], 100_000)
+    blocks = [item.id for item in context.items if item.section == "block"]
+    assert sorted(blocks) == sorted(made["blocks"]), blocks
+    assert context.tokens == sum(item.tokens for item in context.items)
+
+
 async def test_the_budget_is_kept_exactly_and_what_is_left_out_is_listed(client: Client) -> None:
     _, api = await new_org(client, "Acme")
     made = await furnish(api, "acme")
