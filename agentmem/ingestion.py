@@ -157,7 +157,9 @@ def outcome_subject(org_id: str, user: str, command_id: str) -> str:
     return f"{OUTCOME_PREFIX}.{org_id}.{user}.{command_id}"
 
 
-ANONYMOUS = "anonymous"  # the user token of a command refused before it had a caller
+# The user token of a command refused before it had a caller: with ``_``, which no user id
+# holds (tokens.parse splits on it), so no user's own outcomes ever share its subjects.
+ANONYMOUS = "_anonymous"
 
 _outcome_encoder = msgspec.json.Encoder()
 _outcome_decoder = msgspec.json.Decoder(IngestOutcome)

@@ -14,7 +14,8 @@ Three NATS accounts, each a subject namespace of its own:
   ``$JS.API``, no service inbox exists in it. Its users are made per connection by the
   service through nats-server's *auth callout*: a client sends its AgentMem credential (API
   key or session token) as its NATS token, the service checks it as it checks a request,
-  and the connection may then publish requests and commands to be ingested, and subscribe
+  and the connection may then publish requests and commands to be ingested (in its own
+  organization's tree, ``agentmem.in.<org_id>.>``, but a service administrator's), and subscribe
   to its own inbox prefix (``inbox_prefix``) and its own user's outcome tree
   (``agentmem.out.<org_id>.<user_id>.>``) only.
 - ``SYS``: the system account, whose user ``agentmem-system`` lets the service close the
@@ -193,6 +194,17 @@ def inbox_prefix(nats_token: str) -> str:
     if found is None:
         raise ValueError("not an AgentMem credential or an anonymous token")
     return f"_INBOX_{found}"
+
+
+def publish_subjects(org_id: str | None) -> list[str]:
+    """What a connection with a credential may publish to: requests, and commands to be
+    ingested in its own organization only (``org_id``; None, a service administrator's:
+    every organization's). Publishing into another tenant's tree is refused by the service
+    anyway; refused here, nobody can make an outcome appear under another tenant's
+    command ids."""
+    if org_id is None:
+        return CLIENT_SUBJECTS
+    return [*REQUEST_SUBJECTS, f"{subjects.INGEST_PREFIX}.{org_id}.>"]
 
 
 def outcome_subscriptions(token: tokens.Token | None) -> list[str]:

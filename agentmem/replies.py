@@ -295,6 +295,10 @@ class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
     at: int | None = None  # when the outcome was recorded (ms since the epoch)
     # Why the outcome was not published on the AgentMem-Outcome-To the publisher named.
     outcome_to_refused: str | None = None
+    # Of a publish refused before its credential was known: anyone who may publish into
+    # the organization could have sent it, so it says nothing of the caller's own command
+    # of that id, which may still be pending.
+    unattributed: bool = False
 
 
 class StatusReport(msgspec.Struct, frozen=True):

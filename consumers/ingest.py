@@ -421,19 +421,25 @@ def query_router(parts: Parts) -> Router:
         org_id = query.org_id or caller.org_id
         user_id = query.user_id or caller.user_id
         hidden = NotFoundError(f"organization {org_id} does not exist", {"org_id": org_id})
-        # ``self``: the caller's own commands, or an org admin's look at another user's.
-        authorize(caller, request.need, org_id, hidden, user_id)
-        if user_id != caller.user_id:
-            # Of a user of that organization: another's answers as a missing one.
+        # The target before the role (security.md, order of outcomes): another organization,
+        # then a user who is not of it, answer not_found; only then ``self`` (the caller's
+        # own commands, or an org admin's look at another user's) answers forbidden.
+        in_reach = caller.service_admin or org_id == caller.org_id
+        if in_reach and user_id != caller.user_id:
             row = await users.get_user(store, user_id)
             if row is None or row["org_id"] != org_id:
                 raise missing_user(user_id)
-        for user in (user_id, ingestion.ANONYMOUS):
-            found = await ingestion.read_outcome(
-                nc, ingestion.outcome_subject(org_id, user, query.command_id)
-            )
-            if found is not None:
-                return found, None
+        authorize(caller, request.need, org_id, hidden, user_id)
+        own = await ingestion.read_outcome(
+            nc, ingestion.outcome_subject(org_id, user_id, query.command_id)
+        )
+        if own is not None:
+            return own, None
+        anonymous = await ingestion.read_outcome(
+            nc, ingestion.outcome_subject(org_id, ingestion.ANONYMOUS, query.command_id)
+        )
+        if anonymous is not None:
+            return msgspec.structs.replace(anonymous, unattributed=True), None
         return IngestOutcome(command_id=query.command_id, status="pending"), None
 
     return router

@@ -6,7 +6,8 @@ that is not the service's own; the service answers with a user of the ``CLIENTS`
 
 - a valid API key or session token as the NATS token: may publish requests
   (``agentmem.cmd.>``, ``agentmem.q.>``, ``agentmem.sys.>``) and commands to be ingested
-  (``agentmem.in.>``), and subscribe to
+  in its own organization (``agentmem.in.<org>.>``; a service administrator, in any), and
+  subscribe to
   ``_INBOX_<credential id>.>`` and its user's outcome tree ``agentmem.out.<org>.<user>.>``
   (a principal is the credential's user: another user's outcomes never reach it); a
   session's connection ends when the session does;
@@ -97,7 +98,9 @@ class ConnectionGate:
         publish, expires = natsauth.PUBLIC_SUBJECTS, None
         if credential is not None:
             principal = await self.authenticate({tokens.HEADER: nats_token})
-            publish = natsauth.CLIENT_SUBJECTS
+            publish = natsauth.publish_subjects(
+                None if principal.service_admin else principal.org_id
+            )
             if principal.expires_at is not None:
                 expires = principal.expires_at // 1000
         return natsjwt.user_jwt(

@@ -271,10 +271,42 @@ async def test_refused_publishes_are_recorded_with_their_error(
         assert outcome["status"] == "refused", outcome
         assert outcome["error"]["code"] == code, outcome
         assert outcome["attempts"] <= 1
+        # Refused before a credential was looked at (none, or a subject nothing serves):
+        # anybody's, as far as the service knows.
+        anybodys = command_id in ("no-credential", "not-publishable")
+        assert outcome["unattributed"] is anybodys, outcome
     assert (await ingest_status(nc, admin_token, "never-published"))["status"] == "pending"
     report = await ingestion.report(nc)
     assert report is not None
     assert report["parked"] == 0
+
+
+async def test_a_publish_without_a_credential_cannot_take_a_users_outcome(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """Outcomes of publishes refused before their caller was known are kept apart from
+    every user's, even one whose id is ``anonymous``: a later publish of the same command id
+    without a credential neither replaces nor hides the user's own outcome."""
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Anon")).fields["agent_id"]
+    await client.register_user(
+        org, "Anon", "anon@example.com", "password123", roles=["member"], user_id="anonymous"
+    )
+    token = str((await client.create_api_key("anon", user_id="anonymous")).fields["token"])
+    subject = f"agentmem.in.{org}.message.append"
+    js = nc.jetstream()
+    await js.publish(
+        subject, append_body("a", agent, 1), headers={**bearer(token), "Nats-Msg-Id": "mine-1"}
+    )
+    stored = await settled(nc, token, "mine-1")
+    assert (stored["status"], stored["unattributed"]) == ("stored", False), stored
+    await asyncio.sleep(ingestion.DUPLICATE_WINDOW_NS / 1e9 + 0.05)  # past the window
+    await js.publish(subject, append_body("a", agent, 2), headers={"Nats-Msg-Id": "mine-1"})
+    await js.publish(subject, append_body("a", agent, 3), headers={"Nats-Msg-Id": "mine-2"})
+    planted = await settled(nc, token, "mine-2")
+    assert (planted["status"], planted["unattributed"]) == ("refused", True), planted
+    await eventually(lambda: _backlog_empty(nc), 20, 0.05, "an empty backlog")
+    assert await settled(nc, token, "mine-1") == stored
 
 
 async def test_the_outcome_is_published_where_the_publisher_asks(
@@ -370,7 +402,7 @@ async def test_ingest_status_keeps_users_and_organizations_apart(
     assert (outcome["status"], outcome["error"]["code"]) == ("refused", "not_found")
     # Another organization's admin, naming the admin's user in its own organization (an
     # admin may look at its users' commands): that user is not one of them.
-    await client.register_user(
+    boss_user = await client.register_user(
         other_org, "Boss", "boss@example.com", "password123", roles=["admin"]
     )
     boss = str((await reader.login("boss@example.com", "password123")).fields["token"])
@@ -386,6 +418,26 @@ async def test_ingest_status_keeps_users_and_organizations_apart(
     )
     assert reply["error"]["code"] == "not_found"
     assert reply["error"]["details"] == {"user_id": admin_user.user_id}
+    # A member, the target before the role: the admin's user (another organization's) and a
+    # user nobody has are not_found; a user of its own organization is forbidden.
+    asked = {
+        admin_user.user_id: "not_found",
+        "nobody": "not_found",
+        str(boss_user.fields["user_id"]): "forbidden",
+    }
+    for user_id, code in asked.items():
+        body = {"command_id": "admins-own", "user_id": user_id}
+        reply = json.loads(
+            (
+                await nc.request(
+                    IngestStatus.op.subject,
+                    json.dumps(body).encode(),
+                    headers=bearer(token),
+                    timeout=5,
+                )
+            ).data
+        )
+        assert reply["error"]["code"] == code, (user_id, reply)
 
 
 async def test_a_full_stream_refuses_a_jetstream_publish(

@@ -452,6 +452,14 @@ async def test_a_client_publishes_to_the_ingestion_tree_and_gets_its_acknowledge
         outcome = await eventually(stored, 20, 0.05, "the published append stored")
         assert outcome["seq"] > 0
         assert await answered(anonymous.nc, subject, body) is None
+        # Into another organization's tree: the server refuses it (no acknowledgement), so
+        # nobody can make an outcome appear under another tenant's command ids; the service
+        # administrator may publish into any organization.
+        other = str((await root.create_org("Globex")).fields["org_id"])
+        elsewhere = f"agentmem.in.{other}.message.append"
+        assert await answered(client.nc, elsewhere, body) is None
+        admin_ack = await root.nc.request(subject, body, timeout=5)
+        assert json.loads(admin_ack.data)["stream"] == "AGENTMEM_INGEST"
     finally:
         await client.close()
         await anonymous.close()
