@@ -614,10 +614,11 @@ class Service:
             "host": socket.gethostname(),
             "roles": [r for r in ROLES if r in self.settings.roles],
             "active": sorted(name for name, leader in self.leaders.items() if leader.active),
-            # The projections whose worker here keeps failing, with the last error.
+            # The projections and ingestion partitions whose worker here keeps failing,
+            # with the last error.
             "failing": {
                 name: leader.failing
-                for name, leader in sorted(self.leaders.items())
+                for name, leader in sorted({**self.leaders, **self.ingest_leaders}.items())
                 if leader.failing is not None
             },
             # The partitions of the ingestion stream this process reads.

@@ -151,7 +151,6 @@ class IngestWorker:
         self.batch = batch
         self.max_attempts = max_attempts
         self.last_error: str | None = None
-        self.applied = 0  # outcomes recorded since it started
         self._stopping = asyncio.Event()  # set to stop, or to start over after a failure
         self._stream_id = ""  # the stream's creation time, part of an id made from a seq
         self._running: set[asyncio.Task[None]] = set()
@@ -315,7 +314,13 @@ class IngestWorker:
         ingest_seq = delivery(msg).stream_seq
         org_id = found.org_id if found is not None else "_"
         body_id = keys.command_id if keys is not None and isinstance(keys.command_id, str) else None
-        cid = command_id(headers, body_id, f"in{self._stream_id}-{ingest_seq}")
+        made = f"in{self._stream_id}-{ingest_seq}"
+        cid = command_id(headers, body_id, made)
+        id_ok = valid_id(cid)
+        if not id_ok:
+            # The outcome's key is a subject token: never one the publisher wrote badly (a
+            # space in it failed the outcome's write, and so the whole partition, forever).
+            cid = made
         operation = found.operation if found is not None else None
         principal: Principal | None = None
         attempts = 0
@@ -326,13 +331,12 @@ class IngestWorker:
                 + ", ".join(sorted(PUBLISHABLE)),
                 "unknown_subject",
             )
-        elif not valid_id(cid):
+        elif not id_ok:
             reply = _refusal(
                 "the command id (command_id, else Nats-Msg-Id) must be 1 to 64 letters, "
                 "digits, '_' or '-'",
                 "invalid_command_id",
             )
-            cid = f"in{self._stream_id}-{ingest_seq}"
         else:
             prepare = with_ingest_fields(found.org_id, cid)
             while True:
@@ -384,7 +388,6 @@ class IngestWorker:
         if d.park:
             await self._park(d)
         await self._outcomes.record(d.subject, encoded)
-        self.applied += 1
         if d.outcome_to is not None:
             with contextlib.suppress(Exception):
                 await self.nc.publish(d.outcome_to, encoded)

@@ -40,9 +40,12 @@ STOP_GRACE_S = 2.0
 STAND_BACK_ROUNDS = 3
 # A process at its fair share still takes a lease that nobody held for this many rounds.
 ORPHAN_ROUNDS = 2
-# A worker that failed this many times in a row, applying nothing in between, is reported
-# as failing (``sys.health`` is then not ready, and says why): it restarts all the same.
+# A worker that failed this many times in a row, none of its runs lasting ``STEADY_S``, is
+# reported as failing (``sys.health`` is then not ready, and says why): it restarts all the
+# same. Not "applying nothing in between": an ingestion partition stuck on one command
+# applies the others fetched with it before it fails, run after run.
 FAILING_AFTER = 3
+STEADY_S = 5.0
 
 
 class LeasedWorker(Protocol):
@@ -51,11 +54,6 @@ class LeasedWorker(Protocol):
     (``consumers/ingest.py``)."""
 
     last_error: str | None
-
-    @property
-    def applied(self) -> int:
-        """What it has done since it started: a worker that keeps failing does nothing."""
-        ...
 
     async def run(self) -> None: ...
 
@@ -101,14 +99,15 @@ class ProjectionLeader:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failed_at = 0.0
-        self.failures = 0  # in a row, with nothing applied in between
+        self._started_at = 0.0
+        self.failures = 0  # in a row, none of the runs between them steady
         self._stand_back_until = 0.0
         self._seen_free = 0
 
     @property
     def failing(self) -> str | None:
-        """The last error, while the worker keeps failing (``FAILING_AFTER`` times in a row
-        with nothing applied in between); None while it works."""
+        """The last error, while the worker keeps failing (``FAILING_AFTER`` times in a row,
+        no run lasting ``STEADY_S``); None while it works."""
         return self.last_error if self.failures >= FAILING_AFTER else None
 
     @property
@@ -214,11 +213,14 @@ class ProjectionLeader:
             if time.monotonic() - self._failed_at < RETRY_S:
                 return  # failed just now: start again on the next round
         self.worker = self.make_worker()
+        self._started_at = time.monotonic()
         self._task = asyncio.create_task(self.worker.run(), name=f"projection-{self.name}")
 
     def _note_progress(self) -> None:
-        """A worker that applied something since it started is working again."""
-        if self.failures and self.worker is not None and self.worker.applied > 0:
+        """A worker that has kept running for ``STEADY_S`` is working again."""
+        task = self._task
+        running = task is not None and not task.done()
+        if self.failures and running and time.monotonic() - self._started_at >= STEADY_S:
             self.failures = 0
 
     def _record_end(self, task: asyncio.Task[None]) -> None:

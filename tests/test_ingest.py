@@ -281,6 +281,32 @@ async def test_refused_publishes_are_recorded_with_their_error(
     assert report["parked"] == 0
 
 
+async def test_a_command_id_that_is_no_subject_token_does_not_stop_its_partition(
+    service: Service, nc: NATS, client: Client, admin_token: str
+) -> None:
+    """On a subject that cannot be published, the command id was not checked and became
+    the outcome's subject: a space in it failed the outcome's write, so the partition
+    restarted on that command forever and every later command of its organizations waited
+    behind it. Now it is refused under an id the service makes; the next one is stored."""
+    org = org_of(admin_token)
+    agent = (await client.create_agent("Poison")).fields["agent_id"]
+    js = nc.jetstream()
+    poisons = [
+        (f"agentmem.in.{org}.nothing.here", b"{}", {"Nats-Msg-Id": "x y"}),
+        (f"agentmem.in.{org}.org.delete", b"{}", {**bearer(admin_token), "Nats-Msg-Id": "a b"}),
+        (f"agentmem.in.{org}.nothing.here", json.dumps({"command_id": "c d"}).encode(), {}),
+    ]
+    for subject, body, headers in poisons:
+        await js.publish(subject, body, headers=headers)
+    await js.publish(
+        f"agentmem.in.{org}.message.append",
+        append_body("p", agent, 1),
+        headers={**bearer(admin_token), "Nats-Msg-Id": "after-poison"},
+    )
+    assert (await settled(nc, admin_token, "after-poison"))["status"] == "stored"
+    await eventually(lambda: _backlog_empty(nc), 20, 0.05, "an empty backlog")
+
+
 async def test_a_publish_without_a_credential_cannot_take_a_users_outcome(
     service: Service, nc: NATS, client: Client, admin_token: str
 ) -> None:

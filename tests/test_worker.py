@@ -413,13 +413,15 @@ async def test_a_wait_for_a_batch_does_not_end_before_the_batch_is_committed(
         await asyncio.wait_for(running, 10)
 
 
-async def test_a_worker_that_keeps_failing_is_reported_until_it_applies_again(
+async def test_a_worker_that_keeps_failing_is_reported_until_it_runs_steadily(
     nc: NATS, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its leader restarts it all the same; ``failing`` (which status and health report)
     names the last error after ``FAILING_AFTER`` failures in a row, and clears once the
-    worker applies something. Here it fails for real: its stream does not exist yet."""
+    worker has kept running for ``STEADY_S``. Here it fails for real: its stream does not
+    exist yet."""
     monkeypatch.setattr(leader_module, "RETRY_S", 0.05)
+    monkeypatch.setattr(leader_module, "STEADY_S", 0.5)
     board = CheckpointBoard()
 
     def make_worker() -> ProjectionWorker:
