@@ -102,6 +102,42 @@ def test_the_same_fact_twice_is_one_relation() -> None:
     assert (again.writes, again.existing) == ([], relations.relation_id(state(ann).entity_id, 1))
 
 
+def test_the_same_fact_within_its_valid_time_is_one_relation() -> None:
+    """Dated later, or bounded inside it: the relation that holds it answers; starting
+    earlier or ending past it, it says something new."""
+    ann, berlin = made("Ann"), made("Berlin")
+    facts = facts_of(ann)
+
+    def asserting(valid_from: int, valid_to: int | None = None) -> AssertRelation:
+        return AssertRelation(
+            subject_id="x",
+            predicate="lives_in",
+            object_id="y",
+            valid_from=valid_from,
+            valid_to=valid_to,
+        )
+
+    first = relations.assert_relation(facts, asserting(T0), state(ann), state(berlin), T0)
+    facts = applied(facts, first.writes[0].events)
+    held = relations.relation_id(state(ann).entity_id, 1)
+    for command in (asserting(T0 + 86_400_000), asserting(T0 + 10, T0 + 20)):
+        again = relations.assert_relation(facts, command, state(ann), state(berlin), T0 + 99)
+        assert (again.writes, again.existing) == ([], held)
+    earlier = relations.assert_relation(facts, asserting(T0 - 10), state(ann), state(berlin), T0)
+    assert earlier.writes
+    assert earlier.existing is None
+    # A bounded relation: a time after its end is new.
+    bounded = facts_of(ann)
+    first = relations.assert_relation(
+        bounded, asserting(T0, T0 + 100), state(ann), state(berlin), T0
+    )
+    bounded = applied(bounded, first.writes[0].events)
+    past_end = asserting(T0 + 50, T0 + 200)
+    assert relations.assert_relation(bounded, past_end, state(ann), state(berlin), T0).writes
+    open_ended = asserting(T0 + 50)
+    assert relations.assert_relation(bounded, open_ended, state(ann), state(berlin), T0).writes
+
+
 def test_an_object_of_another_users_scope_is_refused() -> None:
     ann, bob = made("Ann", user_id="u1"), made("Bob", user_id="u2")
     command = AssertRelation(subject_id="x", predicate="knows", object_id="y")

@@ -289,8 +289,12 @@ async def test_a_message_and_the_speaker(member: tuple[Client, str]) -> None:
         await api.extract_graph(session_id="s1", message_id="no-such-message")
     with pytest.raises(InvalidError):
         await api.extract_graph(message_id=message_id)  # no session
-    with pytest.raises(InvalidError):
+    with pytest.raises(InvalidError) as refused:
         await api.extract_graph()  # no source
+    assert refused.value.details["reason"] == "missing_field"
+    with pytest.raises(InvalidError) as refused:
+        await api.extract_graph(memory_id="m", session_id="s1", message_id=message_id)  # both
+    assert refused.value.details["reason"] == "invalid_value"
     with pytest.raises(NotFoundError):
         await api.extract_graph(memory_id="no-such-memory")
 

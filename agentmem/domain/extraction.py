@@ -198,10 +198,11 @@ def evolve(state: GraphExtracted | None, event: AnyEvent) -> GraphExtracted | No
 
 def check_source(request: ExtractGraph) -> None:
     if (request.memory_id is None) == (request.message_id is None):
+        # None is a missing field; both is a value not accepted here (as a block's two owners).
         raise invalid(
             "name one source: memory_id, or session_id and message_id",
             "$",
-            "missing_field",
+            "missing_field" if request.memory_id is None else "invalid_value",
             fields=["memory_id", "message_id"],
         )
     if request.message_id is not None and request.session_id is None:

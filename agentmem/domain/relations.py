@@ -13,8 +13,10 @@ commit with an expected version:
   predicate.
 - A fact asserted with an earlier ``valid_from`` than the valid one it would replace is
   history: the new relation gets ``valid_to`` = that one's ``valid_from``, the other stays.
-- The same fact (predicate, object, valid time) asserted again while valid is answered with
-  the relation that holds it (``deduplicated``), and nothing is appended.
+- The same fact (predicate, object) asserted again within the valid time of a relation
+  that holds it (or with no ``valid_from`` while that one is valid) is answered with that
+  relation (``deduplicated``), and nothing is appended: an extraction repeated later,
+  dated later, must not end the fact and assert it again.
 - ``relation.retract`` records that a relation was wrong: reads leave it out, but a read
   ``known_at`` a time before the retraction still returns it.
 
@@ -288,13 +290,14 @@ def assert_relation(
     object_id = object_entity.entity_id
     live = [r for r in facts.relations.values() if not r.retracted]
     for relation in live:
-        same = (relation.predicate, relation.object_id, relation.valid_from, relation.valid_to)
-        if same == (command.predicate, object_id, valid_from, valid_to) or (
-            command.valid_from is None
-            and (relation.predicate, relation.object_id) == (command.predicate, object_id)
-            and relation.valid_at(now)
-            and valid_to is None
-        ):
+        if (relation.predicate, relation.object_id) != (command.predicate, object_id):
+            continue
+        ends_within = relation.valid_to is None or (
+            valid_to is not None and valid_to <= relation.valid_to
+        )
+        within = relation.valid_from <= valid_from and ends_within
+        again_now = command.valid_from is None and valid_to is None and relation.valid_at(now)
+        if within or again_now:
             return Asserted([], existing=relation.relation_id)
     if single_by_default is None:
         single_by_default = command.predicate in SINGLE_VALUED
