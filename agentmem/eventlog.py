@@ -107,6 +107,10 @@ class CommitHead:
         return self.headers.get(H_COMMAND_ID, "")
 
     @property
+    def commit_type(self) -> str:
+        return self.headers.get(H_COMMIT_TYPE, "")
+
+    @property
     def time_ms(self) -> int:
         return int(self.headers.get(H_TIME, "0"))
 
@@ -306,11 +310,18 @@ class EventLog:
                 return await seal(write.subject, write.events, self.keys, fresh, False, made)
 
         payloads = await asyncio.gather(*(sealed(w) for w in writes))
+        # The first message's id is the command key, as a single commit's: a command id
+        # used before (for another operation too) is then a duplicate within the window,
+        # whichever of the two wrote a batch.
         messages = [
             (
                 write.subject,
                 payload,
-                {**headers, "Nats-Msg-Id": f"{command_id}:{index}", **_expect(write)},
+                {
+                    **headers,
+                    "Nats-Msg-Id": command_id if index == 1 else f"{command_id}:{index}",
+                    **_expect(write),
+                },
             )
             for index, (write, payload) in enumerate(zip(writes, payloads, strict=True), start=1)
         ]

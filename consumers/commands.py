@@ -330,7 +330,7 @@ class CommandRunner:
                 try:
                     writes = await plan(loader, command_id)
                 except AlreadyApplied as applied:
-                    return await self._outcome(applied.seq, command_id)
+                    return await self._outcome(applied.seq, command_id, meta.commit_type)
                 if not writes:
                     raise _NothingToWrite
                 if held is None and (key := queue_key(writes)) is not None:
@@ -357,9 +357,9 @@ class CommandRunner:
                     refresh = True
                     continue
                 except DuplicateCommand:
-                    return await self._outcome_of_batch(writes, command_id)
+                    return await self._outcome_of_batch(writes, command_id, meta.commit_type)
                 if appended.duplicate:
-                    return await self._outcome(appended.last_seq, command_id)
+                    return await self._outcome(appended.last_seq, command_id, meta.commit_type)
                 self.cache.record(writes, appended, command_id)
                 break
         finally:
@@ -370,11 +370,22 @@ class CommandRunner:
         await self._confirm(written)
         return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
 
-    async def _outcome(self, seq: int, command_id: str) -> Result:
-        commits = await self.log.read_command(seq, command_id)
-        if not commits:
+    async def _outcome(self, seq: int, command_id: str, operation: str) -> Result:
+        """The first outcome of the command ``command_id`` that was applied at ``seq``;
+        ``conflict`` when that id was used for another operation (not a retry of this one,
+        whose reply would be of another shape)."""
+        found = await self.log.read_command(seq, command_id)
+        if not found:
             raise UnavailableError(
                 f"command {client_command_id(command_id)} was applied at {seq} but is unreadable"
+            )
+        commits = [c for c in found if c.commit_type == operation]
+        if not commits:
+            client_id, used_for = client_command_id(command_id), found[0].commit_type
+            raise ConflictError(
+                f"command id {client_id} was already used for {used_for}; a new command "
+                "needs a new id",
+                {"command_id": client_id, "operation": used_for},
             )
         # A retry waits as the first attempt did: it may be retrying because that wait failed.
         await self._confirm([(c.events, c.seq) for c in commits])
@@ -394,13 +405,19 @@ class CommandRunner:
             self._disconnects = {t for t in self._disconnects if not t.done()}
             self._disconnects.add(asyncio.create_task(self.disconnect(events)))
 
-    async def _outcome_of_batch(self, writes: list[Write], command_id: str) -> Result:
+    async def _outcome_of_batch(
+        self, writes: list[Write], command_id: str, operation: str
+    ) -> Result:
         for write in writes:
             for commit in await self.log.read_subject(write.subject):
                 if commit.command_id == command_id:
-                    return await self._outcome(commit.seq, command_id)
+                    return await self._outcome(commit.seq, command_id, operation)
         client_id = client_command_id(command_id)
-        raise ConflictError(f"command {client_id} was already applied", {"command_id": client_id})
+        raise ConflictError(
+            f"command id {client_id} was already used for another command; a new command "
+            "needs a new id",
+            {"command_id": client_id},
+        )
 
     @staticmethod
     def _view(commits: list[StoredCommit]) -> Result:

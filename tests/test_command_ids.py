@@ -180,3 +180,44 @@ async def test_history_shows_the_command_id_the_client_sent(client: Client) -> N
     created = await client.create_org("acme", command_id="create-acme-1")
     page = await client.history("org", str(created.fields["org_id"]))
     assert page.items[0]["command_id"] == "create-acme-1"
+
+
+async def test_a_command_id_used_again_for_another_operation_is_a_conflict(
+    client: Client, two_orgs: tuple[Client, Client]
+) -> None:
+    """One command id, one command: sent again for another operation it is neither stored
+    a second time nor answered with the first command's outcome (a reply of another shape),
+    whichever of the two writes one commit or a batch; the retry of the first one still
+    gets its first outcome."""
+    acme, _ = two_orgs
+
+    async def last_seq() -> int:
+        return int((await client.status())["stream"]["last_seq"])
+
+    created = await acme.create_agent("Helper", command_id="reused-1")
+    agent_id = str(created.fields["agent_id"])
+    before = await last_seq()
+    attempts = [
+        acme.register_tool("tz_reused", parameters={"type": "object"}, command_id="reused-1"),
+        acme.append_message("s-1", agent_id, "user", "hello", command_id="reused-1"),
+        acme.update_agent(agent_id, persona="changed", command_id="reused-1"),
+        acme.create_agent("Other", command_id="reused-1"),
+    ]
+    # The operation it was used for, where the log says (a batch is refused whole).
+    used_for = {"command_id": "reused-1", "operation": "agent.create"}
+    expected = [{"command_id": "reused-1"}, used_for, used_for]
+    for attempt, details in zip(attempts[:3], expected, strict=True):
+        with pytest.raises(ConflictError) as refused:
+            await attempt
+        assert refused.value.details == details
+        assert "already used" in str(refused.value)
+    retried = await attempts[3]  # the same operation: a retry, answered as the first time
+    assert (retried.seq, retried.fields["agent_id"]) == (created.seq, agent_id)
+    assert await last_seq() == before, "a reused command id appended"
+    # A batch first, then a single commit under its id.
+    tool = await acme.register_tool("tz_first", parameters={"type": "object"}, command_id="b-1")
+    with pytest.raises(ConflictError) as refused:
+        await acme.create_agent("Later", command_id="b-1")
+    assert refused.value.details["command_id"] == "b-1"
+    again = await acme.register_tool("tz_first", parameters={"type": "object"}, command_id="b-1")
+    assert again.seq == tool.seq

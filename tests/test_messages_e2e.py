@@ -184,7 +184,8 @@ async def store_as_if_long_ago(
     key = log_command_id(f"{acme.org_id}.{acme.user_id}", command_id)
     meta = CommitMeta(
         command_id=key,
-        commit_type="message.append_batch",
+        # As the service writes it: the operation that was sent (one message: an append).
+        commit_type="message.append" if len(texts) == 1 else "message.append_batch",
         time_ms=time.time_ns() // 1_000_000 - ago_ms,
     )
     events = [
