@@ -24,7 +24,7 @@ from agentmem.domain.forget import (
     ForgetMemoryScope,
     ForgetUser,
 )
-from agentmem.errors import AgentMemError, NotFoundError, UnavailableError
+from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnavailableError
 from agentmem.events import ForgetTarget
 from agentmem.keys import matches
 
@@ -79,7 +79,14 @@ def command_router(parts: Parts) -> Router:
         user_id = request.body.user_id
         subject = await target_subject("user", user_id, missing_user(user_id))
         org_id = subjects.parse(subject).org_id
-        authorize(request.caller, request.need, org_id, missing_user(user_id), user_id)
+        caller = request.caller
+        authorize(caller, request.need, org_id, missing_user(user_id), user_id)
+        # A service administrator answers only to a service administrator (check_user's
+        # rule): an admin of the service's organization forgot it, and with it the only
+        # key that could make another.
+        loaded = await Loader(runner.cache, "", refresh=True).load(subject, users.evolve)
+        if loaded.state is not None and loaded.state.service_admin and not caller.service_admin:
+            raise ForbiddenError("only a service administrator may act on a service administrator")
         target = {"user_id": user_id}
         return await forget_and_record(request, "user", org_id, target, subject, users.evolve)
 

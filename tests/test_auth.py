@@ -334,6 +334,7 @@ async def test_an_org_admin_in_the_service_org_cannot_take_over_the_service_admi
         insider.delete_org(admin.org_id),
         insider.list_api_keys(user_id=admin.user_id, after_seq=world.root.last_seq),
         insider.revoke_api_key("any-key", user_id=admin.user_id),
+        insider.forget_user(admin.user_id),
     ):
         with pytest.raises(ForbiddenError):
             await attempt
