@@ -253,13 +253,19 @@ class CommandRunner:
         await loader.load(existing, evolve)  # a retry: AlreadyApplied
         fresh = Loader(self.cache, loader.command_id, refresh=True)
         taken = await fresh.load(existing, evolve)  # a retry this cache had not seen
-        if taken.state is None:
+        if taken.version == 0:
             # The log has the subject, but this read did not see its commit (a replica
             # behind the stream leader): a retry settles it.
             raise UnavailableError(f"{aggregate} {aggregate_id} is not readable yet; retry")
-        raise ConflictError(
-            f"{aggregate} {aggregate_id} already exists", {f"{aggregate}_id": aggregate_id}
-        )
+        details = {f"{aggregate}_id": aggregate_id}
+        if taken.state is None:
+            # Commits that no longer fold into anything: it was forgotten (its keys are
+            # gone). Its id stays taken, as a deleted one's does.
+            raise ConflictError(
+                f"{aggregate} id {aggregate_id} was used before (forgotten); choose another",
+                details,
+            )
+        raise ConflictError(f"{aggregate} {aggregate_id} already exists", details)
 
     async def run(self, request: Request[Any], plan: Plan, owner: str | None = None) -> Result:
         """Decide and append ``plan``'s writes once, as a commit of the request's operation

@@ -24,7 +24,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from agentmem import Client, ForbiddenError, NotFoundError, UnauthenticatedError, subjects
+from agentmem import (
+    Client,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    UnauthenticatedError,
+    subjects,
+)
 from agentmem.consumers.vector_index import VectorIndex
 from agentmem.domain import forget
 from agentmem.domain.aggregate import Write
@@ -640,6 +647,25 @@ async def test_a_user_may_forget_themself_but_not_another(
     with pytest.raises(UnauthenticatedError):
         await mine.get_user(me)
     assert (await admin.get_user(you)).name == "You"
+
+
+async def test_a_forgotten_id_stays_taken(service: Service, nc: NATS, admin_token: str) -> None:
+    """A create that chooses the id of a forgotten user or agent gets ``conflict``, as for a
+    deleted one (it got ``unavailable``, "retry", forever), and writes nothing."""
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Reuse")).fields["org_id"])
+    await admin.register_user(org_id, "Gone", "gone@example.org", PASSWORD, user_id="gone-user")
+    await admin.create_agent("Gone", org_id=org_id, agent_id="gone-agent")
+    await admin.forget_user("gone-user")
+    await admin.forget_agent("gone-agent")
+    end = (await admin.status())["stream"]["last_seq"]
+    with pytest.raises(ConflictError, match="forgotten") as refused:
+        await admin.register_user(org_id, "New", "new@example.org", PASSWORD, user_id="gone-user")
+    assert refused.value.details == {"user_id": "gone-user"}
+    with pytest.raises(ConflictError, match="forgotten") as refused:
+        await admin.create_agent("New", org_id=org_id, agent_id="gone-agent")
+    assert refused.value.details == {"agent_id": "gone-agent"}
+    assert (await admin.status())["stream"]["last_seq"] == end
 
 
 async def test_the_cache_of_a_second_process_lets_go(
