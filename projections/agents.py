@@ -102,6 +102,17 @@ class AgentsProjection:
                     }
                     ops.append(Upsert("agents", row))
                     ops += tag_rows(AGENT_TAGS, event.org_id, event.agent_id, event.tags)
+                    # The empty document at version 0, the state subject's: an archive
+                    # before any state write moves it too (``get_state`` gives the version
+                    # a state write's expected_version compares).
+                    state_row = {
+                        "agent_id": event.agent_id,
+                        "org_id": event.org_id,
+                        "state": "{}",
+                        "updated_at": at,
+                        "version": 0,
+                    }
+                    ops.append(Upsert("agent_states", state_row))
                 case AgentUpdated():
                     values = {
                         "name": event.name,

@@ -220,6 +220,23 @@ async def test_state_versions_are_the_state_subjects_own(acme: tuple[str, Client
         await api.patch_agent_state(agent_id, {"x": 1}, expected_version=profile.version)
 
 
+async def test_an_archive_before_any_state_write_moves_the_state_version(
+    acme: tuple[str, Client],
+) -> None:
+    """The archive's fence on the state subject is the state's version, a document set or
+    not: get_state gives the version a state write may name (it said 0, which a write after
+    the unarchive then failed with)."""
+    _, api = acme
+    agent_id = (await api.create_agent("Fenced")).fields["agent_id"]
+    await api.archive_agent(agent_id)
+    await api.unarchive_agent(agent_id)
+    fenced = await api.get_agent_state(agent_id, after_seq=api.last_seq)
+    assert fenced.state == {}
+    assert fenced.version > 0
+    written = await api.set_agent_state(agent_id, {"n": 1}, expected_version=fenced.version)
+    assert written.fields["state"] == {"n": 1}
+
+
 async def test_a_state_document_over_the_cap_is_invalid(acme: tuple[str, Client], nc: NATS) -> None:
     _, api = acme
     agent_id = (await api.create_agent("Big")).fields["agent_id"]

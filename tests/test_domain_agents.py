@@ -480,6 +480,11 @@ def test_projection_rows_through_a_whole_life() -> None:
         Delete("agent_tags", {"agent_id": AGENT}),
         Upsert("agent_tags", {"agent_id": AGENT, "tag": "support", "org_id": ORG}),
         Upsert("agent_tags", {"agent_id": AGENT, "tag": "beta", "org_id": ORG}),
+        # Its state: the empty document at the state subject's version, 0.
+        Upsert(
+            "agent_states",
+            {"agent_id": AGENT, "org_id": ORG, "state": "{}", "updated_at": 1_000, "version": 0},
+        ),
     ]
     updated = AgentUpdated(
         agent_id=AGENT, name="N", description="", persona="", model={}, metadata={}, tags=("z",)

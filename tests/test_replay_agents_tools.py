@@ -66,7 +66,9 @@ def assert_mix(dumped: dict[str, Any], made: dict[str, str]) -> None:
     assert agents[made["kept"]]["persona"] == "You are kept."
     assert agents[made["kept"]]["tags"] == '["b","c"]'
     assert (agents[made["shelved"]]["archived"], agents[made["back"]]["archived"]) == (1, 0)
-    assert set(states) == {made["kept"], made["shelved"]}
+    # Every agent has its state row from its creation (the empty document until set).
+    assert set(states) == {made["kept"], made["shelved"], made["back"]}
+    assert states[made["back"]]["state"] == "{}"
     assert states[made["kept"]]["state"] == '{"plan":["one","two"],"mood":"ok"}'
     acme = made["acme"]
     assert sorted(dumped["agent_tags"]) == sorted(
