@@ -11,6 +11,8 @@ from agentmem.events import (
     ApiKeyRevoked,
     DataForgotten,
     OrgDeleted,
+    SessionEnded,
+    SessionStarted,
     UserDeleted,
     UserPasswordChanged,
     UserProfileUpdated,
@@ -116,9 +118,19 @@ class UsersProjection:
                         "revoked_at": None,
                     }
                     ops.append(Upsert("api_keys", row))
+                    ops.append(_moved(event.user_id, version))
                 case ApiKeyRevoked(key_id=key_id):
                     ops.append(Update("api_keys", {"key_id": key_id}, {"revoked_at": at}))
+                    ops.append(_moved(event.user_id, version))
+                case SessionStarted() | SessionEnded():
+                    ops.append(_moved(event.user_id, version))
         return ops
+
+
+def _moved(user_id: str, version: int) -> Update:
+    """A credential's event is on the user's subject: the user's version (what a command's
+    expected_version compares) moves, though nothing shown changes."""
+    return Update("users", {"user_id": user_id}, {"version": version})
 
 
 PROJECTION = UsersProjection()

@@ -317,6 +317,22 @@ async def test_user_register_get_update_roles_delete(api: Client, nc: NATS) -> N
     assert await stream_state(nc) == before
 
 
+async def test_a_users_version_moves_with_its_keys_and_sessions(api: Client) -> None:
+    """A key or a login is a commit on the user's subject: the version user.get gives is
+    the one an update's expected_version must name (it left them out, so a read-then-update
+    of a user who had logged in always failed)."""
+    org = await new_org(api)
+    user_id = await new_user(api, org, "versioned@example.com")
+    key = await api.create_api_key("laptop", user_id=user_id)
+    read = await api.get_user(user_id)
+    assert read.version == key.version
+    await api.login("versioned@example.com", PASSWORD)
+    relogged = await api.get_user(user_id)
+    assert relogged.version > read.version
+    updated = await api.update_profile(user_id, name="Ann", expected_version=relogged.version)
+    assert updated.fields["name"] == "Ann"
+
+
 async def test_register_with_roles(api: Client) -> None:
     org_id = await new_org(api)
     user_id = await new_user(api, org_id, "r@example.com", roles=["readonly", "readonly"])
