@@ -73,3 +73,17 @@ async def test_every_python_example_runs_as_written_and_again(
             code, out, err = await run(script, env, cwd)
             assert code == 0, (n, example, out, err)
             assert "Traceback" not in err, (n, err)
+            for marker, printed in PRINTS.items():
+                if marker in example:
+                    assert out.splitlines() == printed, (n, out)
+
+
+# What README says an example prints, on every run (the example that calls the marker).
+PRINTS = {
+    "client.recall(": ["I am allergic to peanuts 2.0"],
+    "client.search_messages(": [
+        "assistant Noted: no peanuts in anything I suggest.",
+        "user Which snack bars are safe?",
+        "I am allergic to peanuts.",
+    ],
+}
