@@ -90,15 +90,19 @@ async def holders(admin: asyncpg.Connection, schema: str) -> dict[str, str]:
 
 
 async def terminate(admin: asyncpg.Connection, application_name: str) -> None:
-    """End the one session named ``application_name`` (``tests.pg.end_session``)."""
+    """End the session named ``application_name`` (``tests.pg.end_session``), if it is
+    still there: on a loaded machine a lease call past its timeout drops the connection
+    (its leases with it) on its own, and the test has cut the reconnecting off, so the
+    session may have ended already, as a dead host's does (a CI run met that)."""
     pids = [
         row["pid"]
         for row in await admin.fetch(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
         )
     ]
-    assert len(pids) == 1, pids
-    await end_session(admin, pids[0])
+    assert len(pids) <= 1, pids
+    for pid in pids:
+        await end_session(admin, pid)
 
 
 # The leases -----------------------------------------------------------------------------------
