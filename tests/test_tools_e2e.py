@@ -328,7 +328,9 @@ async def test_a_schema_slow_to_check_never_holds_the_event_loop(
     client: Client, acme: tuple[str, Client], nc: NATS, verb: str
 ) -> None:
     """While a member's tool.register or tool.update carries the schema of the finding,
-    health keeps answering within 100 ms; the schema is refused as invalid, naming where."""
+    health keeps answering (no gap of 500 ms: the finding's schema held the loop for
+    52 s, and a machine busy with other work stretched gaps to 190 ms); the schema is
+    refused as invalid, naming where."""
     org_id, _ = acme
     member = await as_user(client, org_id, "member@acme.example", ["member"])
     tool_id = (await member.register_tool("ok")).fields["tool_id"]
@@ -347,9 +349,9 @@ async def test_a_schema_slow_to_check_never_holds_the_event_loop(
     stop.set()
     gaps = await probe
 
-    # Each answer within 100 ms of the one before (5 ms of which the probe waits itself).
+    # Each answer within 500 ms of the one before (5 ms of which the probe waits itself).
     longest = max(gaps)
-    assert longest < 0.1, (
+    assert longest < 0.5, (
         f"health went {longest * 1000:.0f} ms without an answer while {verb} was checked "
         f"({len(gaps)} answers; {verb} answered {outcome!r:.200})"
     )
