@@ -365,7 +365,9 @@ class CommandRunner:
                 except DuplicateCommand:
                     return await self._outcome_of_batch(writes, command_id, meta.commit_type)
                 if appended.duplicate:
-                    return await self._outcome(appended.last_seq, command_id, meta.commit_type)
+                    return await self._outcome(
+                        appended.last_seq, command_id, meta.commit_type, writes
+                    )
                 self.cache.record(writes, appended, command_id)
                 break
         finally:
@@ -376,22 +378,36 @@ class CommandRunner:
         await self._confirm(written)
         return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
 
-    async def _outcome(self, seq: int, command_id: str, operation: str) -> Result:
+    async def _outcome(
+        self, seq: int, command_id: str, operation: str, writes: list[Write] | None = None
+    ) -> Result:
         """The first outcome of the command ``command_id`` that was applied at ``seq``;
         ``conflict`` when that id was used for another operation (not a retry of this one,
-        whose reply would be of another shape)."""
+        whose reply would be of another shape), or for the same operation on another
+        existing aggregate than this attempt's ``writes`` (a delete of another
+        conversation under the same id must not answer as if it had deleted this one)."""
         found = await self.log.read_command(seq, command_id)
         if not found:
             raise UnavailableError(
                 f"command {client_command_id(command_id)} was applied at {seq} but is unreadable"
             )
         commits = [c for c in found if c.commit_type == operation]
+        client_id = client_command_id(command_id)
         if not commits:
-            client_id, used_for = client_command_id(command_id), found[0].commit_type
+            used_for = found[0].commit_type
             raise ConflictError(
                 f"command id {client_id} was already used for {used_for}; a new command "
                 "needs a new id",
                 {"command_id": client_id, "operation": used_for},
+            )
+        # A create's subject is new on each attempt (an id the service made): only the
+        # aggregates that existed before must be the first attempt's.
+        existing = {w.subject for w in writes or [] if w.expected != 0}
+        if existing - {c.subject for c in commits}:
+            raise ConflictError(
+                f"command id {client_id} was already used for another {operation}; a new "
+                "command needs a new id",
+                {"command_id": client_id, "operation": operation},
             )
         # A retry waits as the first attempt did: it may be retrying because that wait failed.
         await self._confirm([(c.events, c.seq) for c in commits])

@@ -221,3 +221,34 @@ async def test_a_command_id_used_again_for_another_operation_is_a_conflict(
     assert refused.value.details["command_id"] == "b-1"
     again = await acme.register_tool("tz_first", parameters={"type": "object"}, command_id="b-1")
     assert again.seq == tool.seq
+
+
+async def test_a_command_id_used_again_on_another_aggregate_is_a_conflict(
+    client: Client, two_orgs: tuple[Client, Client]
+) -> None:
+    """The same operation under the same id, on another existing aggregate (another
+    agent, another conversation), is no retry: answering it with the first outcome said a
+    change was made that was not."""
+    acme, _ = two_orgs
+
+    async def last_seq() -> int:
+        return int((await client.status())["stream"]["last_seq"])
+
+    one = str((await acme.create_agent("One")).fields["agent_id"])
+    two = str((await acme.create_agent("Two")).fields["agent_id"])
+    first = await acme.update_agent(one, persona="first", command_id="upd-1")
+    await acme.append_message("s-1", one, "user", "hi", command_id="app-1")
+    await acme.append_message("s-2", one, "user", "hi")
+    await acme.delete_conversation("s-1", command_id="del-1")
+    before = await last_seq()
+    for attempt in (
+        acme.update_agent(two, persona="second", command_id="upd-1"),
+        acme.append_message("s-2", one, "user", "again", command_id="app-1"),
+        acme.delete_conversation("s-2", command_id="del-1"),
+    ):
+        with pytest.raises(ConflictError, match="already used for another"):
+            await attempt
+    assert await last_seq() == before
+    # The retry on the same aggregate still gets its first outcome.
+    assert (await acme.update_agent(one, persona="first", command_id="upd-1")).seq == first.seq
+    assert (await acme.get_agent(two)).persona == ""
