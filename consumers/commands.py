@@ -267,16 +267,24 @@ class CommandRunner:
             )
         raise ConflictError(f"{aggregate} {aggregate_id} already exists", details)
 
-    async def run(self, request: Request[Any], plan: Plan, owner: str | None = None) -> Result:
+    async def run(
+        self,
+        request: Request[Any],
+        plan: Plan,
+        owner: str | None = None,
+        on_earlier: Callable[[], None] | None = None,
+    ) -> Result:
         """Decide and append ``plan``'s writes once, as a commit of the request's operation
         (its commit type is the operation's name). ``owner`` is whose command-id space
         the command belongs to: by default the caller's (``owner_of``); only a command
-        without a caller (login) names it, once it knows who is acting."""
+        without a caller (login) names it, once it knows who is acting. ``on_earlier`` is
+        called when the answer is an earlier attempt's outcome, read from the log: what the
+        last plan decided was not applied (its writes were this command's already)."""
         command: Command = request.body
         command_id = log_command_id(
             owner or owner_of(request.principal), command.command_id or ids.new_id()
         )
-        return await self._run(request, plan, command_id)
+        return await self._run(request, plan, command_id, on_earlier)
 
     async def run_each(
         self, request: Request[Any], plans: list[tuple[str, Plan]], concurrency: int = 64
@@ -317,7 +325,13 @@ class CommandRunner:
             after = found[-1]
         return written, version
 
-    async def _run(self, request: Request[Any], plan: Plan, command_id: str) -> Result:
+    async def _run(
+        self,
+        request: Request[Any],
+        plan: Plan,
+        command_id: str,
+        on_earlier: Callable[[], None] | None = None,
+    ) -> Result:
         meta = CommitMeta(
             command_id=command_id,
             commit_type=request.operation.name,
@@ -336,7 +350,9 @@ class CommandRunner:
                 try:
                     writes = await plan(loader, command_id)
                 except AlreadyApplied as applied:
-                    return await self._outcome(applied.seq, command_id, meta.commit_type)
+                    return await self._outcome(
+                        applied.seq, command_id, meta.commit_type, on_earlier=on_earlier
+                    )
                 if not writes:
                     raise _NothingToWrite
                 if held is None and (key := queue_key(writes)) is not None:
@@ -363,10 +379,12 @@ class CommandRunner:
                     refresh = True
                     continue
                 except DuplicateCommand:
-                    return await self._outcome_of_batch(writes, command_id, meta.commit_type)
+                    return await self._outcome_of_batch(
+                        writes, command_id, meta.commit_type, on_earlier
+                    )
                 if appended.duplicate:
                     return await self._outcome(
-                        appended.last_seq, command_id, meta.commit_type, writes
+                        appended.last_seq, command_id, meta.commit_type, writes, on_earlier
                     )
                 self.cache.record(writes, appended, command_id)
                 break
@@ -379,7 +397,12 @@ class CommandRunner:
         return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
 
     async def _outcome(
-        self, seq: int, command_id: str, operation: str, writes: list[Write] | None = None
+        self,
+        seq: int,
+        command_id: str,
+        operation: str,
+        writes: list[Write] | None = None,
+        on_earlier: Callable[[], None] | None = None,
     ) -> Result:
         """The first outcome of the command ``command_id`` that was applied at ``seq``;
         ``conflict`` when that id was used for another operation (not a retry of this one,
@@ -411,6 +434,8 @@ class CommandRunner:
             )
         # A retry waits as the first attempt did: it may be retrying because that wait failed.
         await self._confirm([(c.events, c.seq) for c in commits])
+        if on_earlier is not None:
+            on_earlier()
         return self._view(commits)
 
     async def _confirm(self, commits: list[tuple[list[AnyEvent], int]]) -> None:
@@ -428,12 +453,18 @@ class CommandRunner:
             self._disconnects.add(asyncio.create_task(self.disconnect(events)))
 
     async def _outcome_of_batch(
-        self, writes: list[Write], command_id: str, operation: str
+        self,
+        writes: list[Write],
+        command_id: str,
+        operation: str,
+        on_earlier: Callable[[], None] | None = None,
     ) -> Result:
         for write in writes:
             for commit in await self.log.read_subject(write.subject):
                 if commit.command_id == command_id:
-                    return await self._outcome(commit.seq, command_id, operation)
+                    return await self._outcome(
+                        commit.seq, command_id, operation, on_earlier=on_earlier
+                    )
         client_id = client_command_id(command_id)
         raise ConflictError(
             f"command id {client_id} was already used for another command; a new command "

@@ -56,6 +56,7 @@ from agentmem.domain.relations import (
     Walk,
 )
 from agentmem.errors import ConflictError, NotFoundError
+from agentmem.events import RelationInvalidated
 from agentmem.projections import graph as reads
 from agentmem.validation import invalid
 
@@ -273,8 +274,9 @@ def command_router(parts: Parts) -> Router:
                 raise _Found
             return decided.writes
 
+        earlier: list[bool] = []
         try:
-            data, seq = await runner.run(request, plan)
+            data, seq = await runner.run(request, plan, on_earlier=lambda: earlier.append(True))
         except _Found:
             existing = outcome[0].existing
             assert existing is not None
@@ -286,7 +288,14 @@ def command_router(parts: Parts) -> Router:
             view = {k: view[k] for k in _ASSERTED_FIELDS}
             reply = {**view, "event": "relation.asserted", "version": where[0].version}
             return {**reply, "deduplicated": True, "invalidated": []}, where[0].version
-        invalidated = list(outcome[0].invalidated) if outcome else []
+        if earlier:
+            # A retry answered with the first attempt's commit: what that one ended, not
+            # what this attempt decided (or did not get to decide).
+            commit = await runner.log.get(seq) if seq else None
+            events = commit.events if commit is not None else []
+            invalidated = [e.relation_id for e in events if isinstance(e, RelationInvalidated)]
+        else:
+            invalidated = list(outcome[0].invalidated) if outcome else []
         return {**data, "deduplicated": False, "invalidated": invalidated}, seq
 
     def on_one_relation(decide: Any) -> Any:

@@ -173,6 +173,11 @@ def command_router(parts: Parts) -> Router:
         used: list[str] = []
         planned = [False]  # the last attempt decided writes (else: a retried command)
 
+        def answered_earlier() -> None:
+            # The writes it decided were this command's already: the first attempt's
+            # outcome is read from the log below, not this attempt's decision.
+            planned[0] = False
+
         async def decide(loader: Loader, blind: bool) -> tuple[list[Write], dict[str, Probe]]:
             distinct = list(dict.fromkeys(keys))
             probes = dict(
@@ -213,7 +218,7 @@ def command_router(parts: Parts) -> Router:
             return writes
 
         try:
-            data, seq = await runner.run(request, plan)
+            data, seq = await runner.run(request, plan, on_earlier=answered_earlier)
             version = data["version"]
             memory_ids, duplicates = outcome[0] if planned[0] else ([], [])
             if not planned[0]:

@@ -168,6 +168,28 @@ async def test_a_retried_add_is_answered_with_its_first_outcome(
     assert await last_seq(nc) == first.seq
 
 
+async def test_a_retried_batch_in_a_fresh_process_is_answered_with_its_first_outcome(
+    service: Service, acme: tuple[str, Client], nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry that decides anew (a process that has not seen the first attempt: its cache
+    is empty) is answered with the first attempt's flags, read from the log, not with its
+    own decision (which took a memory that was there before for a new one: the storm)."""
+    _, api = acme
+    await api.add_memory("Ann has a dog", user_id="ann")
+    batch = [
+        {"content": "Ann has a cat", "user_id": "ann"},
+        {"content": "Ann has a dog", "user_id": "ann"},
+    ]
+    first = await api.add_memories(batch, command_id="batch-1")
+    assert (first.deduplicated, first.added) == ([False, True], 1)
+    before = await last_seq(nc)
+    runner = service.parts.runner
+    monkeypatch.setattr(runner, "cache", AggregateCache(runner.cache.log))
+    again = await api.add_memories(batch, command_id="batch-1")
+    assert again == first
+    assert await last_seq(nc) == before
+
+
 async def test_deleted_or_superseded_memories_do_not_block_their_text(
     acme: tuple[str, Client],
 ) -> None:
