@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agentmem import subjects
-from agentmem.consumers.aggregates import Loader
+from agentmem.consumers.aggregates import Loader, advance
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import CommandRunner, missing_org
 from agentmem.consumers.extraction import extract_added_memory
@@ -56,6 +56,7 @@ from agentmem.domain.memories import (
 )
 from agentmem.domain.memory_filter import MemoryFilter
 from agentmem.errors import ConflictError, NotFoundError
+from agentmem.events import MemoryAdded
 from agentmem.projections import memories as reads
 from agentmem.validation import invalid
 
@@ -103,6 +104,46 @@ async def probe(loader: Loader, org_id: str, key: str, now: int, blind: bool = F
         f"this content was added and removed {MAX_GENERATIONS} times in this scope",
         {"generations": MAX_GENERATIONS},
     )
+
+
+async def first_outcome(
+    runner: CommandRunner, org_id: str, keys: list[str], command_id: str, version: int
+) -> tuple[list[str], list[bool]]:
+    """A batch's first reply, rebuilt from the log up to ``version``, its last commit: each
+    content's holder then, and which of them its commits added (a content twice in the
+    batch: added once, then deduplicated, as the first attempt decided)."""
+    commits = await runner.log.read_command(version, command_id)
+    added = {e.memory_id for c in commits for e in c.events if isinstance(e, MemoryAdded)}
+    then = max((c.time_ms for c in commits), default=now_ms())
+    holders = {key: await holder_then(runner, org_id, key, version, then) for key in set(keys)}
+    memory_ids, duplicates, seen = [], [], set()
+    for key in keys:
+        memory_id = holders[key]
+        memory_ids.append(memory_id)
+        duplicates.append(memory_id not in added or memory_id in seen)
+        seen.add(memory_id)
+    return memory_ids, duplicates
+
+
+async def holder_then(runner: CommandRunner, org_id: str, key: str, upto: int, now: int) -> str:
+    """The id of the memory that held content ``key`` once the log was at ``upto`` (``probe``
+    as of then); "" when none did."""
+
+    async def until(subject: str) -> Loaded[Slot]:
+        commits = [c for c in await runner.log.read_subject(subject) if c.seq <= upto]
+        return advance(Loaded(subject, None, 0), memories.evolve, commits)
+
+    for generation in range(MAX_GENERATIONS):
+        slot = await until(memories.subject(org_id, memories.slot_id(key, generation)))
+        if slot.version == 0:
+            return ""
+        holder = slot
+        if isinstance(slot.state, memories.Claim):
+            holder = await until(memories.subject(org_id, slot.state.memory_id))
+        memory = holder.state
+        if isinstance(memory, Memory) and memories.holds(memory, memory, key, now):
+            return memory.memory_id
+    return ""
 
 
 async def load_memory(
@@ -222,14 +263,9 @@ def command_router(parts: Parts) -> Router:
             version = data["version"]
             memory_ids, duplicates = outcome[0] if planned[0] else ([], [])
             if not planned[0]:
-                # A retried command, answered with its first commit: the memories are
-                # where the log has them, and those its commits wrote were added by it.
-                fresh = Loader(runner.cache, "", refresh=True)
-                _, probes = await decide(fresh, blind=False)
-                for key in keys:
-                    found = probes[key]
-                    memory_ids.append(found.holder.memory_id if found.holder else "")
-                    duplicates.append(used[0] not in found.holder_commands)
+                # A retried command, answered with its first commit: its reply as it was,
+                # from the log as it stood then (the memories may have been edited since).
+                memory_ids, duplicates = await first_outcome(runner, org_id, keys, used[0], version)
         except _Duplicate:
             memory_ids, duplicates = outcome[0]
             version, seq = 0, None

@@ -188,6 +188,16 @@ async def test_a_retried_batch_in_a_fresh_process_is_answered_with_its_first_out
     again = await api.add_memories(batch, command_id="batch-1")
     assert again == first
     assert await last_seq(nc) == before
+    # Edited since, both (the content of each changed): still the reply it had then.
+    for memory_id, text in zip(
+        first.memory_ids, ["Ann has two cats", "Ann has no dog"], strict=True
+    ):
+        await api.update_memory(memory_id, content=text)
+    edited = await last_seq(nc)
+    assert await api.add_memories(batch, command_id="batch-1") == first
+    monkeypatch.setattr(runner, "cache", AggregateCache(runner.cache.log))
+    assert await api.add_memories(batch, command_id="batch-1") == first
+    assert await last_seq(nc) == edited
 
 
 async def test_deleted_or_superseded_memories_do_not_block_their_text(
