@@ -413,6 +413,45 @@ async def test_a_wait_for_a_batch_does_not_end_before_the_batch_is_committed(
         await asyncio.wait_for(running, 10)
 
 
+class _ShortLived:
+    """A leased worker that runs ``lasts`` seconds, then fails: one stuck on one bad input
+    after doing the rest of its work each time (an ingestion partition's)."""
+
+    def __init__(self, lasts: float) -> None:
+        self.lasts = lasts
+        self.last_error: str | None = None
+
+    async def run(self) -> None:
+        await asyncio.sleep(self.lasts)
+        raise RuntimeError("stuck on one command")
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("lasts", "reported"), [(0.2, True), (1.0, False)])
+async def test_failing_is_failures_with_no_steady_run_between(
+    monkeypatch: pytest.MonkeyPatch, lasts: float, reported: bool
+) -> None:
+    """Work done between failures does not make a worker well: runs shorter than
+    ``STEADY_S`` that keep ending in a failure are reported; runs longer than it are not."""
+    monkeypatch.setattr(leader_module, "RETRY_S", 0.05)
+    monkeypatch.setattr(leader_module, "STEADY_S", 0.6)
+    leader = ProjectionLeader(
+        "stuck", lambda: _ShortLived(lasts), OwnedStore(), CheckpointBoard(), poll=0.05, total=1
+    )
+    running = asyncio.create_task(leader.run())
+    seen: set[bool] = set()
+    try:
+        for _ in range(int(6 * lasts / 0.05) + 40):  # several runs' worth of looks
+            seen.add(leader.failing is not None)
+            await asyncio.sleep(0.05)
+    finally:
+        leader.stop()
+        await asyncio.wait_for(running, 15)
+    assert (True in seen) is reported, (leader.failures, seen)
+
+
 async def test_a_worker_that_keeps_failing_is_reported_until_it_runs_steadily(
     nc: NATS, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
