@@ -86,20 +86,33 @@ async def probe(loader: Loader, org_id: str, key: str, now: int, blind: bool = F
     not, the write at expected sequence 0 fails and the next attempt walks for real."""
     if blind:
         return Probe(None, Loaded(memories.subject(org_id, memories.slot_id(key, 0)), None, 0))
+
+    async def load(subject: str) -> Loaded[Slot]:
+        return await loader.load(subject, memories.evolve)
+
+    holder, free = await walk_slots(load, org_id, key, now)
+    if holder is None:
+        return Probe(None, free)
+    assert isinstance(holder.state, Memory)
+    return Probe(holder.state, None, holder.version, dict(holder.commands))
+
+
+async def walk_slots(
+    load: Callable[[str], Awaitable[Loaded[Slot]]], org_id: str, key: str, now: int
+) -> tuple[Loaded[Slot] | None, Loaded[Slot] | None]:
+    """(the subject of the memory holding content ``key``, None), or (None, the first empty
+    slot), each subject read by ``load``: the cache's now (``probe``), or the log as it
+    stood at a point (``holder_then``)."""
     for generation in range(MAX_GENERATIONS):
-        slot = await loader.load(
-            memories.subject(org_id, memories.slot_id(key, generation)), memories.evolve
-        )
+        slot = await load(memories.subject(org_id, memories.slot_id(key, generation)))
         if slot.version == 0:
-            return Probe(None, slot)
-        holder: Loaded[Slot] = slot
+            return None, slot
+        holder = slot
         if isinstance(slot.state, memories.Claim):
-            holder = await loader.load(
-                memories.subject(org_id, slot.state.memory_id), memories.evolve
-            )
+            holder = await load(memories.subject(org_id, slot.state.memory_id))
         memory = holder.state
         if isinstance(memory, Memory) and memories.holds(memory, memory, key, now):
-            return Probe(memory, None, holder.version, dict(holder.commands))
+            return holder, None
     raise ConflictError(
         f"this content was added and removed {MAX_GENERATIONS} times in this scope",
         {"generations": MAX_GENERATIONS},
@@ -115,7 +128,9 @@ async def first_outcome(
     commits = await runner.log.read_command(version, command_id)
     added = {e.memory_id for c in commits for e in c.events if isinstance(e, MemoryAdded)}
     then = max((c.time_ms for c in commits), default=now_ms())
-    holders = {key: await holder_then(runner, org_id, key, version, then) for key in set(keys)}
+    distinct = list(dict.fromkeys(keys))
+    found = await asyncio.gather(*(holder_then(runner, org_id, k, version, then) for k in distinct))
+    holders = dict(zip(distinct, found, strict=True))
     memory_ids, duplicates, seen = [], [], set()
     for key in keys:
         memory_id = holders[key]
@@ -133,17 +148,8 @@ async def holder_then(runner: CommandRunner, org_id: str, key: str, upto: int, n
         commits = [c for c in await runner.log.read_subject(subject) if c.seq <= upto]
         return advance(Loaded(subject, None, 0), memories.evolve, commits)
 
-    for generation in range(MAX_GENERATIONS):
-        slot = await until(memories.subject(org_id, memories.slot_id(key, generation)))
-        if slot.version == 0:
-            return ""
-        holder = slot
-        if isinstance(slot.state, memories.Claim):
-            holder = await until(memories.subject(org_id, slot.state.memory_id))
-        memory = holder.state
-        if isinstance(memory, Memory) and memories.holds(memory, memory, key, now):
-            return memory.memory_id
-    return ""
+    holder, _ = await walk_slots(until, org_id, key, now)
+    return holder.state.memory_id if holder is not None and isinstance(holder.state, Memory) else ""
 
 
 async def load_memory(
