@@ -497,11 +497,15 @@ def check_user(request: Request[Any], need: Need, user: Loaded[users.User]) -> u
     state = users.require_live(user, subjects.parse(user.subject).aggregate_id)
     caller = request.caller
     authorize(caller, need, state.org_id, missing_user(state.user_id), target_user=state.user_id)
-    # A service administrator answers only to itself or another service administrator,
-    # whatever role someone holds in the organization it belongs to.
-    if state.service_admin and not caller.service_admin and caller.user_id != state.user_id:
-        raise ForbiddenError("only a service administrator may act on a service administrator")
+    check_service_admin(caller, state)
     return state
+
+
+def check_service_admin(caller: Principal, user: users.User) -> None:
+    """A service administrator answers only to itself or another service administrator,
+    whatever role someone holds in the organization it belongs to."""
+    if user.service_admin and not caller.service_admin and caller.user_id != user.user_id:
+        raise ForbiddenError("only a service administrator may act on a service administrator")
 
 
 def command_router(parts: Parts) -> Router:

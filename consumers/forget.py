@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from agentmem import ids, ingestion, subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
-from agentmem.consumers.commands import missing_org, missing_user
+from agentmem.consumers.commands import check_service_admin, missing_org, missing_user
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, forget, memories, messages, users
 from agentmem.domain.aggregate import Evolve, Write
@@ -24,7 +24,7 @@ from agentmem.domain.forget import (
     ForgetMemoryScope,
     ForgetUser,
 )
-from agentmem.errors import AgentMemError, ForbiddenError, NotFoundError, UnavailableError
+from agentmem.errors import AgentMemError, NotFoundError, UnavailableError
 from agentmem.events import ForgetTarget
 from agentmem.keys import matches
 
@@ -81,12 +81,11 @@ def command_router(parts: Parts) -> Router:
         org_id = subjects.parse(subject).org_id
         caller = request.caller
         authorize(caller, request.need, org_id, missing_user(user_id), user_id)
-        # A service administrator answers only to a service administrator (check_user's
-        # rule): an admin of the service's organization forgot it, and with it the only
-        # key that could make another.
+        # An admin of the service's organization forgot the service administrator, and with
+        # it the only key that could make another. (A retried forget reads no state.)
         loaded = await Loader(runner.cache, "", refresh=True).load(subject, users.evolve)
-        if loaded.state is not None and loaded.state.service_admin and not caller.service_admin:
-            raise ForbiddenError("only a service administrator may act on a service administrator")
+        if loaded.state is not None:
+            check_service_admin(caller, loaded.state)
         target = {"user_id": user_id}
         return await forget_and_record(request, "user", org_id, target, subject, users.evolve)
 
