@@ -168,6 +168,13 @@ class Loader:
         self.cache = cache
         self.command_id = command_id
         self.refresh = refresh
+        # The subjects of new aggregates whose ids the request chose (not the service): a
+        # genuine retry writes these same subjects, so an earlier commit of this command id
+        # on others is another command's (``CommandRunner._outcome``).
+        self.chosen: set[str] = set()
+
+    def choose(self, subject: str) -> None:
+        self.chosen.add(subject)
 
     async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
         loaded = await self.cache.load(subject, evolve, refresh=self.refresh)

@@ -247,6 +247,7 @@ class CommandRunner:
         subject again before it calls the id taken."""
         if not chosen:
             return Loaded(subject, None, 0)
+        loader.choose(subject)
         existing = await self.log.first_subject(subjects.event("*", aggregate, aggregate_id))
         if existing is None:
             return await loader.load(subject, evolve)
@@ -351,7 +352,7 @@ class CommandRunner:
                     writes = await plan(loader, command_id)
                 except AlreadyApplied as applied:
                     return await self._outcome(
-                        applied.seq, command_id, meta.commit_type, on_earlier=on_earlier
+                        applied.seq, command_id, meta.commit_type, None, on_earlier, loader.chosen
                     )
                 if not writes:
                     raise _NothingToWrite
@@ -380,11 +381,16 @@ class CommandRunner:
                     continue
                 except DuplicateCommand:
                     return await self._outcome_of_batch(
-                        writes, command_id, meta.commit_type, on_earlier
+                        writes, command_id, meta.commit_type, on_earlier, loader.chosen
                     )
                 if appended.duplicate:
                     return await self._outcome(
-                        appended.last_seq, command_id, meta.commit_type, writes, on_earlier
+                        appended.last_seq,
+                        command_id,
+                        meta.commit_type,
+                        writes,
+                        on_earlier,
+                        chosen=loader.chosen,
                     )
                 self.cache.record(writes, appended, command_id)
                 break
@@ -403,12 +409,14 @@ class CommandRunner:
         operation: str,
         writes: list[Write] | None = None,
         on_earlier: Callable[[], None] | None = None,
+        chosen: set[str] | None = None,
     ) -> Result:
         """The first outcome of the command ``command_id`` that was applied at ``seq``;
         ``conflict`` when that id was used for another operation (not a retry of this one,
         whose reply would be of another shape), or for the same operation on another
-        existing aggregate than this attempt's ``writes`` (a delete of another
-        conversation under the same id must not answer as if it had deleted this one)."""
+        aggregate than this attempt's ``writes``: an existing one (a delete of another
+        conversation under the same id must not answer as if it had deleted this one), or
+        a new one whose id the request ``chosen`` (an agent created under another id)."""
         found = await self.log.read_command(seq, command_id)
         if not found:
             raise UnavailableError(
@@ -423,10 +431,10 @@ class CommandRunner:
                 "needs a new id",
                 {"command_id": client_id, "operation": used_for},
             )
-        # A create's subject is new on each attempt (an id the service made): only the
-        # aggregates that existed before must be the first attempt's.
-        existing = {w.subject for w in writes or [] if w.expected != 0}
-        if existing - {c.subject for c in commits}:
+        # A create's subject is new on each attempt when the service made its id: only the
+        # aggregates that existed before, and those of chosen ids, must be the first's.
+        stable = {w.subject for w in writes or [] if w.expected != 0} | (chosen or set())
+        if stable - {c.subject for c in commits}:
             raise ConflictError(
                 f"command id {client_id} was already used for another {operation}; a new "
                 "command needs a new id",
@@ -458,12 +466,13 @@ class CommandRunner:
         command_id: str,
         operation: str,
         on_earlier: Callable[[], None] | None = None,
+        chosen: set[str] | None = None,
     ) -> Result:
         for write in writes:
             for commit in await self.log.read_subject(write.subject):
                 if commit.command_id == command_id:
                     return await self._outcome(
-                        commit.seq, command_id, operation, on_earlier=on_earlier
+                        commit.seq, command_id, operation, writes, on_earlier, chosen
                     )
         client_id = client_command_id(command_id)
         raise ConflictError(
@@ -526,6 +535,8 @@ def command_router(parts: Parts) -> Router:
         org_id = request.body.org_id or ids.new_id()
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
+            if request.body.org_id is not None:
+                loader.choose(orgs.subject(org_id))
             org = await loader.load(orgs.subject(org_id), orgs.evolve)
             return orgs.create(org, request.body, org_id)
 

@@ -152,6 +152,16 @@ async def holder_then(runner: CommandRunner, org_id: str, key: str, upto: int, n
     return holder.state.memory_id if holder is not None and isinstance(holder.state, Memory) else ""
 
 
+def reused_command_id(request: Request[Any]) -> ConflictError:
+    """A command id whose first commit was an add of other memories than this request's."""
+    client_id = request.body.command_id
+    return ConflictError(
+        f"command id {client_id} was already used for another {request.operation.name}; a new "
+        "command needs a new id",
+        {"command_id": client_id, "operation": request.operation.name},
+    )
+
+
 async def load_memory(
     runner: CommandRunner, loader: Loader, request: Request[Any], memory_id: str
 ) -> tuple[Loaded[Slot], str]:
@@ -202,6 +212,9 @@ def command_router(parts: Parts) -> Router:
             holder = found[0]
             assert holder.holder is not None
             return memories.view(holder.holder, holder.holder_version), holder.holder_version
+        if not memories.is_slot_of(str(data["memory_id"]), key):
+            # The command id's first commit added other content or scope: another command.
+            raise reused_command_id(request)
         if parts.extract_on_add:
             extracted = await extract_added_memory(parts, request, str(data["memory_id"]))
             seq = max(seq or 0, extracted) or None
@@ -272,6 +285,8 @@ def command_router(parts: Parts) -> Router:
                 # A retried command, answered with its first commit: its reply as it was,
                 # from the log as it stood then (the memories may have been edited since).
                 memory_ids, duplicates = await first_outcome(runner, org_id, keys, used[0], version)
+                if "" in memory_ids:  # content that the first batch neither added nor found
+                    raise reused_command_id(request)
         except _Duplicate:
             memory_ids, duplicates = outcome[0]
             version, seq = 0, None

@@ -252,3 +252,60 @@ async def test_a_command_id_used_again_on_another_aggregate_is_a_conflict(
     # The retry on the same aggregate still gets its first outcome.
     assert (await acme.update_agent(one, persona="first", command_id="upd-1")).seq == first.seq
     assert (await acme.get_agent(two)).persona == ""
+
+
+async def test_a_command_id_used_again_for_another_new_aggregate_is_a_conflict(
+    client: Client, two_orgs: tuple[Client, Client]
+) -> None:
+    """A create under the id of an earlier create, for another aggregate whose id the
+    request decides (a chosen agent id, a memory's content and scope), is no retry:
+    answering it with the first outcome said a thing was created that was not."""
+    acme, _ = two_orgs
+
+    async def last_seq() -> int:
+        return int((await client.status())["stream"]["last_seq"])
+
+    org_id = str((await client.create_org("initech")).fields["org_id"])
+    user = await client.register_user(
+        org_id, "U", "u@initech.example", PASSWORD, user_id="chosen-u1", command_id="reg-1"
+    )
+    agent = await acme.create_agent("A", agent_id="chosen-a", command_id="cre-1")
+    memory = await acme.add_memory("Ann likes tea", user_id="ann", command_id="add-1")
+    batch = await acme.add_memories(
+        [{"content": "x", "user_id": "ann"}, {"content": "y", "user_id": "ann"}],
+        command_id="batch-1",
+    )
+    before = await last_seq()
+    for attempt in (
+        # The same address: its reservation holds the first command's id.
+        client.register_user(
+            org_id, "U", "u@initech.example", PASSWORD, user_id="chosen-u2", command_id="reg-1"
+        ),
+        acme.create_agent("B", agent_id="chosen-b", command_id="cre-1"),
+        acme.add_memory("Ann likes coffee", user_id="ann", command_id="add-1"),
+        acme.add_memory("Ann likes tea", user_id="bob", command_id="add-1"),
+        acme.add_memories(
+            [{"content": "x", "user_id": "ann"}, {"content": "z", "user_id": "ann"}],
+            command_id="batch-1",
+        ),
+    ):
+        with pytest.raises(ConflictError, match="already used for another") as refused:
+            await attempt
+        assert refused.value.details["command_id"] in {"reg-1", "cre-1", "add-1", "batch-1"}
+    assert await last_seq() == before, "a reused command id appended"
+    with pytest.raises(NotFoundError):
+        await acme.get_agent("chosen-b")
+    # The retries of the first commands still get their first outcomes.
+    registered = await client.register_user(
+        org_id, "U", "u@initech.example", PASSWORD, user_id="chosen-u1", command_id="reg-1"
+    )
+    assert registered.seq == user.seq
+    again = await acme.create_agent("A", agent_id="chosen-a", command_id="cre-1")
+    assert again.seq == agent.seq
+    added = await acme.add_memory("Ann likes tea", user_id="ann", command_id="add-1")
+    assert added.fields["memory_id"] == memory.fields["memory_id"]
+    repeated = await acme.add_memories(
+        [{"content": "x", "user_id": "ann"}, {"content": "y", "user_id": "ann"}],
+        command_id="batch-1",
+    )
+    assert repeated.memory_ids == batch.memory_ids

@@ -364,6 +364,11 @@ def slot_id(key: str, generation: int) -> str:
     return f"{key}-{generation}"
 
 
+def is_slot_of(memory_id: str, key: str) -> bool:
+    """Was ``memory_id`` made for content ``key`` (in any generation)?"""
+    return memory_id.rsplit("-", 1)[0] == key
+
+
 def key_of(memory: Memory, content: str | None = None) -> str:
     return content_key(
         memory.org_id,
