@@ -298,6 +298,15 @@ def test_supersede() -> None:
     writes, holder = memories.supersede(slot, command, Probe(other, None, 3), NOW)
     assert holder == other
     assert len(writes) == 1
+    # An archived memory holding it: refused, as the fact would leave every default read.
+    shelved = memory_of(loaded(added("Ann lives in Lyon"), MemoryArchived(memory_id="m")))
+    with pytest.raises(ConflictError, match="is archived") as refused:
+        memories.supersede(slot, command, Probe(shelved, None, 4), NOW)
+    assert refused.value.details == {
+        "memory_id": old.memory_id,
+        "duplicate_of": shelved.memory_id,
+        "state": "archived",
+    }
     with pytest.raises(InvalidError, match="old memory's own"):
         memories.supersede(slot, command, Probe(old, None, 7), NOW)
     early = SupersedeMemory(memory_id=old.memory_id, content="x", valid_from=NOW - 200)

@@ -650,6 +650,14 @@ def supersede(
             "$.content",
             "invalid_value",
         )
+    if holder is not None and holder.state != "live":
+        # Superseded by an archived memory, the old one would leave every default read
+        # and its correction would not come back either: the fact would be gone.
+        raise ConflictError(
+            f"memory {holder.memory_id} holds the new content and is {holder.state}: restore "
+            "it first, or supersede with other content",
+            {"memory_id": old.memory_id, "duplicate_of": holder.memory_id, "state": holder.state},
+        )
     writes: list[Write] = []
     if holder is None:
         assert probe.free is not None
