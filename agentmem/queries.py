@@ -30,7 +30,9 @@ from agentmem.replies import (
 
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
-Cursor = Annotated[str, msgspec.Meta(max_length=512)]
+# Room for a cursor of an entity.list page: it carries the last entity's normalised name,
+# which NFKC may make several times longer than the 200 characters it was given.
+Cursor = Annotated[str, msgspec.Meta(max_length=16_384)]
 # A search's modes (memory.search, message.search) and a score in [0, 1].
 SearchMode = Literal["text", "vector", "hybrid"]
 Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]

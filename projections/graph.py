@@ -827,7 +827,9 @@ _MAX_CHAIN = 32  # merges of merges followed at most; a chain has no cycle (merg
 
 def point_of(known_seq: int | None, known_at: int | None) -> Point | None:
     if known_seq is not None:
-        return ("seq", known_seq)
+        # A sequence past any the log can reach is now: not past OPEN, which stands for
+        # "not yet" in the rows (at 2**62 and over, every open relation looked ended).
+        return ("seq", min(known_seq, OPEN - 1))
     if known_at is not None:
         return ("at", known_at)
     return None

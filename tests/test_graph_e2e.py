@@ -145,6 +145,25 @@ async def test_ten_concurrent_creates_of_one_name_give_one_entity(
     assert await last_seq(nc) == before + 1
 
 
+async def test_entities_of_the_longest_names_are_paged_through(
+    acme: tuple[str, Client],
+) -> None:
+    """A page's cursor carries the last entity's normalised name: at 200 characters of 4
+    bytes (or a character that NFKC makes 18), it must still be taken back."""
+    _, api = acme
+    names = ["\U0001f600" * 200, "\U0001f601" * 200, "\ufdfa" * 200]
+    made = {await entity(api, name, "concept") for name in names}
+    seen: list[str] = []
+    cursor = None
+    for _ in range(len(names) + 1):
+        page = await api.list_entities(entity_type="concept", limit=1, cursor=cursor)
+        seen += [e.entity_id for e in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(made)
+
+
 async def test_entity_reads_by_system_time(acme: tuple[str, Client]) -> None:
     _, api = acme
     before = api.last_seq
@@ -257,6 +276,11 @@ async def test_a_newer_fact_invalidates_the_old_edge_and_never_deletes_it(
     assert await objects_of(api, ann, "lives_in", as_of=T0 - DAY) == []
     # What the service knew before the move: Paris, still valid now.
     assert await objects_of(api, ann, "lives_in", known_at_seq=first.seq) == ["Paris"]
+    # At the last sequence a request may name, what it knows now (the rows' "not yet" is
+    # 2**62, which no such point may pass).
+    for latest in (2**62, 2**63 - 1):
+        assert await objects_of(api, ann, "lives_in", known_at_seq=latest) == ["Berlin"]
+        assert len((await api.list_entities(known_at_seq=latest)).items) == 3
     believed = await api.graph_facts(ann, known_at_seq=first.seq)
     assert [(f.valid_to, f.status, f.superseded_by) for f in believed.items] == [
         (None, "valid", None)
