@@ -436,7 +436,7 @@ async def test_deleting_one_users_scope_keeps_every_other_users_memories(
     await client.add_memory("fact 1 of user-3", user_id="user-3", org_id=other)
     with pytest.raises(ForbiddenError):
         await api.delete_memory_scope(user_id="user-3")
-    deleted = await admin.delete_memory_scope(user_id="user-3")
+    deleted = await admin.delete_memory_scope(user_id="user-3", command_id="scope-3")
     assert (deleted.deleted, deleted.org_id, deleted.user_id) == (200, org_id, "user-3")
     assert deleted.version == admin.last_seq
     assert (await api.list_memories(user_id="user-3", after_seq=admin.last_seq)).items == []
@@ -449,8 +449,12 @@ async def test_deleting_one_users_scope_keeps_every_other_users_memories(
     assert shared.next_cursor is not None
     theirs = await client.list_memories(user_id="user-3", org_id=other)
     assert [m.content for m in theirs.items] == ["fact 1 of user-3"]
-    # Sending it again finds nothing more to delete; the scope can fill again.
-    assert (await admin.delete_memory_scope(user_id="user-3")).deleted == 0
+    # Sending it again, as a retry (protocol.md) or anew, finds nothing more to delete and
+    # appends nothing; the scope can fill again.
+    for command_id in ("scope-3", None):
+        again_deleted = await admin.delete_memory_scope(user_id="user-3", command_id=command_id)
+        assert (again_deleted.deleted, again_deleted.version) == (0, 0)
+    assert int((await client.status())["stream"]["last_seq"]) == deleted.version
     again = await api.add_memory("fact 1 of user-3", user_id="user-3", agent_id="shared")
     assert again.fields["deduplicated"] is False
     with pytest.raises(InvalidError, match="needs a scope"):
