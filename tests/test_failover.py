@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
-from agentmem.store.leases import PostgresLeases, fair_share, lock_key
+from agentmem.store.leases import MEMBERS_TTL_S, PostgresLeases, fair_share, lock_key
 from tests.pg import DSN, end_session, postgres_schema, with_search_path
 from tests.realparts import (
     after_bootstrap,
@@ -144,6 +145,36 @@ async def test_leases_of_another_schema_are_its_own(schema: str) -> None:
         finally:
             await here.close()
             await there.close()
+
+
+async def test_leases_of_another_database_are_neither_held_nor_counted_here(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    """Another deployment on the same server, in another database (with a schema of the
+    same name, as two that both use ``public``): its leases and members are its own."""
+    other_db = f"test_leases_{secrets.token_hex(4)}"
+    await admin.execute(f"CREATE DATABASE {other_db}")
+    other_dsn = DSN.rsplit("/", 1)[0] + f"/{other_db}"
+    try:
+        setup = await asyncpg.connect(other_dsn)
+        await setup.execute(f"CREATE SCHEMA {schema}")
+        await setup.close()
+        here = PostgresLeases(with_search_path(DSN, schema), "lease here")
+        there = [PostgresLeases(with_search_path(other_dsn, schema), f"t{n}") for n in range(3)]
+        try:
+            for lease in there:
+                assert await lease.members() is not None
+            assert await there[0].hold("orgs")
+            assert await here.members() == 1, "the other database's processes counted here"
+            assert not await here.taken("orgs")
+            assert await here.hold("orgs")
+            await asyncio.sleep(MEMBERS_TTL_S + 0.1)  # each process's count is that old
+            assert await there[0].members() == 3
+        finally:
+            for lease in (here, *there):
+                await lease.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {other_db} WITH (FORCE)")
 
 
 # A leader in-process: loses its lease, stops; the standby takes over ---------------------------

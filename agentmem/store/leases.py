@@ -107,10 +107,14 @@ def lock_key(schema: str, name: str) -> int:
 MEMBERS = "members of the projection leases"
 # How long a count of the members is reused (every leader of the process asks each round).
 MEMBERS_TTL_S = 0.5
-# Holders of one advisory key (pg_locks splits a bigint key into classid and objid).
+# Holders of one advisory key (pg_locks splits a bigint key into classid and objid), in
+# this database: pg_locks shows every database's, and an advisory lock is one database's
+# own, so a deployment in another database of the server is no member of this one (counted,
+# it made each process here take a smaller share, and some projections ran nowhere).
 _HOLDERS = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
-    "AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND mode = $3"
+    "AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND mode = $3 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
 
