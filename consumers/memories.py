@@ -501,24 +501,36 @@ def query_router(parts: Parts) -> Router:
         asked = {f: getattr(query, f) for f in (*memories.SCOPE_FIELDS, "memory_type")}
         return {"org_id": org_id, "total": total, **counts, **asked}, seq
 
+    async def load(org_id: str, memory_id: str) -> Memory | None:
+        loaded = await runner.cache.load(
+            memories.subject(org_id, memory_id), memories.evolve, refresh=True
+        )
+        return loaded.state if isinstance(loaded.state, Memory) else None
+
     async def chain(org_id: str, memory: Memory) -> list[str]:
-        """The subjects of a memory's supersede chain, itself included, deleted ones not."""
-        names = [memories.subject(org_id, memory.memory_id)]
-        for step in ("supersedes", "superseded_by"):
-            current = memory
-            for _ in range(MAX_CHAIN):
-                next_id = getattr(current, step)
-                if next_id is None:
-                    break
-                loaded = await runner.cache.load(
-                    memories.subject(org_id, next_id), memories.evolve, refresh=True
-                )
-                if not isinstance(loaded.state, Memory):
-                    break
-                current = loaded.state
-                if current.state != "deleted":
-                    names.append(loaded.subject)
-        return names
+        """The subjects of a memory's supersede chain, deleted ones not: itself, those that
+        superseded it, one after the other, and those it superseded, and theirs: each
+        memory superseded by one of them (a deduplicated supersede leaves no ``supersedes``
+        on the memory that already held the content: the projection finds it)."""
+        found = {memory.memory_id: memory}
+        current: Memory | None = memory
+        for _ in range(MAX_CHAIN):
+            if current is None or current.superseded_by is None:
+                break
+            current = await load(org_id, current.superseded_by)
+            if current is not None:
+                found[current.memory_id] = current
+        earlier = [memory]
+        for _ in range(MAX_CHAIN):
+            ids = await reads.superseded_ids(store, org_id, [m.memory_id for m in earlier])
+            ids += [m.supersedes for m in earlier if m.supersedes is not None]
+            loaded = [await load(org_id, i) for i in dict.fromkeys(ids) if i not in found]
+            room = max(0, 4 * MAX_CHAIN - len(found))  # a tree: bounded in all, not per step
+            earlier = [m for m in loaded if m is not None][:room]
+            if not earlier:
+                break
+            found.update((m.memory_id, m) for m in earlier)
+        return [memories.subject(org_id, i) for i, m in found.items() if m.state != "deleted"]
 
     @router.handle(MemoryHistory)
     async def memory_history(request: Request[MemoryHistory]) -> Result:
@@ -532,10 +544,11 @@ def query_router(parts: Parts) -> Router:
         authorize(request.caller, request.need, org_id, missing)
         loaded = await runner.cache.load(subject, memories.evolve, refresh=True)
         memory = memories.require_memory(loaded, query.memory_id)
+        # The log answers, the projection finds what a memory superseded; ``after_seq`` is
+        # checked (and waited for) as on every query.
+        await freshness.wait(PROJECTION, query.after_seq)
         names = await chain(org_id, memory)
         after = cursor_number(query.cursor) or 0
-        # The log answers; ``after_seq`` is checked (and waited for) as on every query.
-        await freshness.wait(PROJECTION, query.after_seq)
         commits, more = await commits_page(log, names, after, query.limit)
         items = [entry(commit) for commit in commits]
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more and items else None

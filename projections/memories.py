@@ -95,6 +95,8 @@ MEMORIES = Table(
         ("memories_valid", ("org_id", "valid_from", "position"), False),
         # The expiry sweep's look-up (migration 7).
         ("memories_expires", ("expires_at",), False),
+        # A history's look-up of the memories each one superseded (migration 16).
+        ("memories_superseded_by", ("org_id", "superseded_by"), False),
     ),
     # A search filters by the scope inside the full-text index (agentmem/store/fulltext.py).
     full_text=FullText(columns=("content",), key="position", scope=SCOPE),
@@ -327,6 +329,21 @@ async def scope_memory_ids(
         f"SELECT memory_id FROM memories WHERE {' AND '.join(where)} ORDER BY memory_id LIMIT ?",
         *args,
         limit,
+    )
+    return [row["memory_id"] for row in rows]
+
+
+async def superseded_ids(store: Store, org_id: str, memory_ids: list[str]) -> list[str]:
+    """The memories that one of ``memory_ids`` superseded, by a correction or by holding
+    its new content already (a deduplicated supersede, of which it keeps no trace)."""
+    if not memory_ids:
+        return []
+    marks = ", ".join("?" for _ in memory_ids)
+    rows = await store.fetch_all(
+        f"SELECT memory_id FROM memories WHERE org_id = ? AND superseded_by IN ({marks}) "
+        "ORDER BY memory_id",
+        org_id,
+        *memory_ids,
     )
     return [row["memory_id"] for row in rows]
 

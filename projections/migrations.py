@@ -69,6 +69,9 @@ _HISTORY_FILL = (
 )
 
 _EXPIRES_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at)"
+_SUPERSEDED_BY_INDEX = (
+    "CREATE INDEX IF NOT EXISTS memories_superseded_by ON memories (org_id, superseded_by)"
+)
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -345,5 +348,10 @@ MIGRATIONS: list[Migration] = [
                 )
             ),
         ),
+    ),
+    Migration(
+        16,
+        "a look-up of the memories each memory superseded, for its history",
+        (Sql(sqlite=(_SUPERSEDED_BY_INDEX,), postgres=(_SUPERSEDED_BY_INDEX,)),),
     ),
 ]

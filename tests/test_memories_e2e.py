@@ -338,6 +338,29 @@ async def test_a_superseded_fact_is_not_returned_with_its_correction(
     assert [e.seq for e in history.items] == sorted(e.seq for e in history.items)
     last = oslo.fields["superseded_by"]
     assert len((await api.memory_history(last)).items) == 5
+    # Corrections that a memory already held (deduplicated supersedes, two of them onto
+    # Oslo): it keeps no `supersedes` of them, and its history has them still.
+    held = []
+    for n, place in enumerate(("Rome", "Bonn")):
+        added = await api.add_memory(f"Ann lives in {place}", user_id="ann", valid_from=T0)
+        held.append(str(added.fields["memory_id"]))
+        onto = await api.supersede_memory(
+            held[-1], "Ann lives in Oslo", valid_from=T0 + (n + 1) * DAY
+        )
+        assert (onto.fields["superseded_by"], onto.fields["deduplicated"]) == (last, True)
+    history = await api.memory_history(last)
+    assert [e.commit_type for e in history.items] == [
+        *("memory.add", "memory.supersede", "memory.supersede"),  # Paris, Berlin
+        *("memory.supersede", "memory.supersede"),  # Oslo, Berlin's end
+        *("memory.add", "memory.supersede", "memory.add", "memory.supersede"),  # Rome, Bonn
+    ]
+    # From one of them: its own commits and Oslo's, not its sibling's.
+    rome = await api.memory_history(held[0])
+    assert [e.commit_type for e in rome.items] == [
+        "memory.supersede",  # Oslo added
+        "memory.add",
+        "memory.supersede",
+    ]
     # A superseded memory takes no more changes.
     with pytest.raises(ConflictError, match="superseded"):
         await api.supersede_memory(old_id, "Ann lives in Rome")
