@@ -93,13 +93,9 @@ def _keeps(row: dict[str, Any], f: MemoryFilter, now: int) -> bool:
         return False
     expired = row["expires_at"] is not None and row["expires_at"] <= now
     for state in f.states:
-        if state == "superseded" and row["state"] == "superseded":
+        if state == "expired" and (row["state"] == "expired" or expired):
             return True
-        if state == "expired" and (
-            row["state"] == "expired" or (row["state"] in ("live", "archived") and expired)
-        ):
-            return True
-        if state in ("live", "archived") and row["state"] == state and not expired:
+        if state != "expired" and row["state"] == state and not expired:
             return True
     return False
 

@@ -220,11 +220,8 @@ class OrgVectors:
         expired = columns["expires_at"][:n] <= where.now
         wanted = np.zeros(n, dtype=np.bool_)
         for name in where.states:
-            if name == "superseded":
-                wanted |= state == STATES["superseded"]
-            elif name == "expired":
-                timed_out = (state == STATES["live"]) | (state == STATES["archived"])
-                wanted |= (state == STATES["expired"]) | (timed_out & expired)
+            if name == "expired":  # before the sweep's memory.expired as after
+                wanted |= (state == STATES["expired"]) | ((state != STATES["deleted"]) & expired)
             else:
                 wanted |= (state == STATES[name]) & ~expired
         mask &= wanted

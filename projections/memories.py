@@ -469,8 +469,7 @@ async def memory_stats(
     )
     where = condition(every, store.dialect, now)
     state = (
-        "CASE WHEN t.state = 'expired' OR (t.state <> 'superseded' AND t.expires_at <= ?) "
-        "THEN 'expired' ELSE t.state END"
+        "CASE WHEN t.state = 'expired' OR t.expires_at <= ? THEN 'expired' ELSE t.state END"
     )
     sql = (
         f"SELECT t.memory_type AS memory_type, {state} AS state, count(*) AS n, "

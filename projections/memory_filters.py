@@ -167,18 +167,15 @@ def decayed_sql(at: int) -> Condition:
 
 # Every filter ------------------------------------------------------------------------------
 def _state_sql(states: tuple[str, ...], now: int, args: list[Any]) -> str:
-    """One condition for the states asked. A live or archived memory whose ``expires_at``
-    has passed counts as expired only, before the sweep's ``memory.expired`` as after."""
+    """One condition for the states asked. A memory whose ``expires_at`` has passed counts
+    as expired only, before the sweep's ``memory.expired`` as after (which expires a
+    superseded memory too)."""
     parts = []
     not_expired = "(t.expires_at IS NULL OR t.expires_at > ?)"
     for state in dict.fromkeys(states):
         if state == "expired":
-            parts.append(
-                "(t.state = 'expired' OR (t.state IN ('live', 'archived') AND t.expires_at <= ?))"
-            )
+            parts.append("(t.state = 'expired' OR t.expires_at <= ?)")
             args.append(now)
-        elif state == "superseded":
-            parts.append("t.state = 'superseded'")
         else:
             parts.append(f"(t.state = ? AND {not_expired})")
             args += [state, now]

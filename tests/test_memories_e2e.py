@@ -785,6 +785,38 @@ async def test_the_expiry_sweep_writes_one_event_however_many_sweep(
     await api.delete_memory(memory_id)
 
 
+async def test_a_superseded_memory_expires_as_any_other(
+    service: Service, acme: tuple[str, Client], nc: NATS
+) -> None:
+    """Past its expires_at a superseded memory is expired, in every read, before the
+    sweep's memory.expired (which expires it too) as after it."""
+    _, api = acme
+    soon = time.time_ns() // 1_000_000 + 1_000
+    old = await api.add_memory("Ann lives in Paris", user_id="ann", valid_from=T0, expires_at=soon)
+    old_id = str(old.fields["memory_id"])
+    new = await api.supersede_memory(old_id, "Ann lives in Rome", valid_from=T0 + 10 * DAY)
+    new_id = str(new.fields["superseded_by"])
+    await asyncio.sleep(max(0.0, (soon - time.time_ns() // 1_000_000) / 1000) + 0.1)
+
+    async def expired_everywhere() -> None:
+        assert (await api.get_memory(old_id, after_seq=api.last_seq)).expired is True
+        listed = await api.list_memories(user_id="ann", states=["expired"])
+        assert ids_of(listed.items) == [old_id]
+        assert (await api.list_memories(user_id="ann", states=["superseded"])).items == []
+        assert (await api.list_memories(user_id="ann", as_of=T0 + DAY)).items == []
+        for mode in ("text", "vector", "hybrid"):
+            found = await api.search_memories("Paris", user_id="ann", as_of=T0 + DAY, mode=mode)
+            assert found == [], mode
+        stats = await api.memory_stats(user_id="ann")
+        assert (stats.by_state["expired"], stats.by_state["superseded"]) == (1, 0)
+        assert ids_of((await api.list_memories(user_id="ann")).items) == [new_id]
+
+    await expired_everywhere()
+    assert await _sweeper(nc, service).sweep() == 1
+    await wait_for_row(api, old_id)
+    await expired_everywhere()
+
+
 async def wait_for_row(api: Client, memory_id: str, state: str = "expired") -> None:
     for _ in range(100):
         if (await api.get_memory(memory_id)).state == state:
