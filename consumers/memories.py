@@ -212,11 +212,14 @@ def command_router(parts: Parts) -> Router:
             holder = found[0]
             assert holder.holder is not None
             return memories.view(holder.holder, holder.holder_version), holder.holder_version
-        if not memories.is_slot_of(str(data["memory_id"]), key):
+        memory_id = data.get("memory_id")
+        if memory_id is None:  # a retry whose first outcome was forgotten since (shredded)
+            return data, seq
+        if not memories.is_slot_of(str(memory_id), key):
             # The command id's first commit added other content or scope: another command.
             raise reused_command_id(request)
         if parts.extract_on_add:
-            extracted = await extract_added_memory(parts, request, str(data["memory_id"]))
+            extracted = await extract_added_memory(parts, request, str(memory_id))
             seq = max(seq or 0, extracted) or None
         return {**data, "deduplicated": False}, seq
 

@@ -668,6 +668,24 @@ async def test_a_forgotten_id_stays_taken(service: Service, nc: NATS, admin_toke
     assert (await admin.status())["stream"]["last_seq"] == end
 
 
+async def test_a_retry_of_a_forgotten_users_add_answers_what_is_left(
+    service: Service, nc: NATS, admin_token: str
+) -> None:
+    """The first outcome of a memory.add whose user was forgotten since cannot be read
+    back: its retry answers that it was (``shredded``), appends nothing, and does not fail
+    (it raised ``internal`` on every attempt)."""
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Retry")).fields["org_id"])
+    await admin.register_user(org_id, "Ann", "ann@retry.example", PASSWORD, user_id="ann-r")
+    body = {"user_id": "ann-r", "org_id": org_id, "command_id": "add-ann-r"}
+    added = await admin.add_memory("Ann likes tea", **body)
+    await admin.forget_user("ann-r")
+    end = (await admin.status())["stream"]["last_seq"]
+    again = await admin.add_memory("Ann likes tea", **body)
+    assert (again.event, again.seq) == ("shredded", added.seq)
+    assert (await admin.status())["stream"]["last_seq"] == end
+
+
 async def test_the_cache_of_a_second_process_lets_go(
     service: Service, nc: NATS, admin_token: str, tmp_path: Path
 ) -> None:
