@@ -468,9 +468,7 @@ async def memory_stats(
         memory_type=memory_filter.memory_type,
     )
     where = condition(every, store.dialect, now)
-    state = (
-        "CASE WHEN t.state = 'expired' OR t.expires_at <= ? THEN 'expired' ELSE t.state END"
-    )
+    state = "CASE WHEN t.state = 'expired' OR t.expires_at <= ? THEN 'expired' ELSE t.state END"
     sql = (
         f"SELECT t.memory_type AS memory_type, {state} AS state, count(*) AS n, "
         f"count(t.user_id) AS users, count(t.agent_id) AS agents, "
