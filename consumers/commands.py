@@ -354,7 +354,18 @@ class CommandRunner:
                     return await self._outcome(
                         applied.seq, command_id, meta.commit_type, None, on_earlier, loader.chosen
                     )
+                except Exception:
+                    if refresh:
+                        raise
+                    # Decided on this process's cache, which another process may have moved
+                    # on: a refusal (a version, a state, a retry not seen yet) is decided
+                    # again on the log before it is answered.
+                    refresh = True
+                    continue
                 if not writes:
+                    if not refresh:
+                        refresh = True  # as a refusal: nothing to do, says the cache
+                        continue
                     raise _NothingToWrite
                 if held is None and (key := queue_key(writes)) is not None:
                     held = key

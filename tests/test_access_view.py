@@ -157,6 +157,31 @@ async def test_a_key_made_in_one_process_works_at_once_in_another(
     assert reply.ok, reply
 
 
+async def test_a_process_decides_a_refusal_on_the_log_not_on_its_cache(
+    processes: tuple[Service, Service, str],
+) -> None:
+    """A process whose cached aggregate another process has moved on refuses nothing for
+    that: a right ``expected_version``, and a retry of a command the log holds, stored by
+    the other process (both answered ``conflict`` from the stale state)."""
+    first, second, _ = processes
+    person = await someone(processes)
+
+    async def renamed(process: Service, **fields: Any) -> envelope.Reply:
+        subject, body = rename(person)
+        reply = await ask(process, subject, {**body, **fields}, person.key)
+        assert reply.ok, reply
+        return reply
+
+    await renamed(second)  # the second process caches the organization
+    moved = await renamed(first)
+    await renamed(second, expected_version=moved.seq)
+    at = (await renamed(first)).seq
+    retried = {"expected_version": at, "command_id": "stale-retry"}
+    done = await renamed(first, **retried)
+    again = await renamed(second, **retried)
+    assert again.seq == done.seq
+
+
 async def test_a_revoked_key_is_refused_at_once_by_the_other_process(
     processes: tuple[Service, Service, str],
 ) -> None:
