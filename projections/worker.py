@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
+from agentmem.errors import UnavailableError
 from agentmem.eventlog import StoredCommit
 from agentmem.jetstream import delivery
 from agentmem.keys import KeyRing
@@ -206,6 +207,13 @@ class ProjectionWorker:
         # Opened together: the data keys this process has not cached yet are read from the
         # bucket at once, not one commit after the other.
         opened = await open_commits([m.data for _, m in fresh], self.keys)
+        for events in opened:
+            if isinstance(events, UnavailableError):
+                # Not the commit's fault: the key bucket did not answer (a node down, a
+                # leader being elected). Parked, the event would be missing from reads for
+                # good; the batch fails instead, and the worker starts again at its
+                # checkpoint once the log answers.
+                raise events
         for (seq, message), events in zip(fresh, opened, strict=True):
             last_seq = max(last_seq, seq)
             try:

@@ -36,6 +36,7 @@ from agentmem.consumers.system import collect_status
 from agentmem.domain.aggregate import Write
 from agentmem.eventlog import CommitMeta, EventLog
 from agentmem.events import OrgCreated, OrgRenamed, UserRegistered, UserRolesSet, encode_commit
+from agentmem.keys import KeyRing, MasterKeys
 from agentmem.projections import ALL
 from agentmem.projections import leader as leader_module
 from agentmem.projections.board import CheckpointBoard
@@ -47,7 +48,15 @@ from agentmem.projections.worker import ProjectionWorker, durable_name
 from agentmem.service import Service
 from agentmem.store import Parked, ProjectionBatch, Store, open_store
 from agentmem.store.leases import OwnedStore
-from tests.realparts import bootstrap_batch, eventually, read_log, rows, wait_caught_up
+from tests.realparts import (
+    TEST_MASTER_KEY,
+    bootstrap_batch,
+    eventually,
+    keys_of,
+    read_log,
+    rows,
+    wait_caught_up,
+)
 
 STORES = ("sqlite", "postgres")
 
@@ -262,6 +271,45 @@ async def test_a_row_the_database_refuses_is_parked_and_the_rest_of_its_batch_co
     await run_worker(again)
     assert again.applied == 0
     assert len(await store.parked("users")) == 1
+
+
+class KeysThatTimeOutOnce(KeyRing):
+    """The deployment's data keys, whose bucket does not answer the first read (a node
+    down, a leader being elected)."""
+
+    timed_out = False
+
+    async def resolve(self, wanted: list[tuple[str, str]]) -> None:
+        if not self.timed_out:
+            self.timed_out = True
+            raise UnavailableError("JetStream did not answer STREAM.MSG.GET.KV_AGENTMEM_KEYS")
+        await super().resolve(wanted)
+
+
+async def test_a_key_bucket_that_does_not_answer_fails_the_batch_and_parks_nothing(
+    nc: NATS, store: Store
+) -> None:
+    """A sealed commit whose key could not be read for a moment is applied once the bucket
+    answers, not parked (a fault storm found acknowledged memories missing from reads)."""
+    writer = await keys_of(nc)  # makes the bucket, as a service's start does
+    sealed_log = EventLog(nc, keys=writer)
+    await sealed_log.ensure_stream()
+    try:
+        written = [registered("u1", "one@example.com")]
+        last = (await sealed_log.append(written, CommitMeta("c1", "user.register"))).last_seq
+    finally:
+        await writer.stop()
+    keys = KeysThatTimeOutOnce(nc, MasterKeys.parse(TEST_MASTER_KEY))
+    worker = ProjectionWorker(nc, store, UsersProjection(), consumer="test-users", keys=keys)
+    with pytest.raises(UnavailableError):
+        await run_worker(worker)
+    assert await store.checkpoint("users") == 0
+    again = ProjectionWorker(nc, store, UsersProjection(), consumer="test-users", keys=keys)
+    await run_worker(again)
+    users = rows({USERS.name: await store.dump(USERS)}, USERS)
+    assert users["u1"]["email"] == "one@example.com"
+    assert await store.parked("users") == []
+    assert await store.checkpoint("users") == last
 
 
 async def test_a_parked_event_does_not_stall_the_live_worker(
