@@ -76,7 +76,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 BATCH = 256
-MAX_ATTEMPTS = 5  # executions of a command that failed for a transient reason, then parked
+# Executions of a command that failed for a transient reason, then parked: its pauses
+# (``backoff_s``, 50 ms doubling up to 2 s) add up to about 11 s, longer than a NATS
+# cluster takes to elect a stream leader after a node is lost (4 to 5 s): with 5 (0.75 s)
+# one routine node failure parked the commands published during it.
+MAX_ATTEMPTS = 11
 ACK_WAIT_S = 60
 IDLE_WAIT_S = 1.0
 
