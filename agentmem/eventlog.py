@@ -362,10 +362,19 @@ class EventLog:
             self.skipped += 1
         return commit
 
-    async def next_head(self, subject: str, after: int = 0) -> CommitHead | None:
+    async def next_head(
+        self, subject: str, after: int = 0, leader: bool = False
+    ) -> CommitHead | None:
         """The first commit on ``subject`` (a wildcard too) after sequence ``after``, None
-        when there is none, without opening its events: no key is asked for."""
-        found = await self._direct({"seq": after + 1, "next_by_subj": subject})
+        when there is none, without opening its events: no key is asked for. ``leader``:
+        asked of the stream's leader, which holds every acknowledged write (a replica may
+        not yet: ``jetstream.leader_get``)."""
+        request = {"seq": after + 1, "next_by_subj": subject}
+        found = await (
+            jetstream.leader_get(self.nc, self.stream, request, self.timeout)
+            if leader
+            else self._direct(request)
+        )
         if found is None:
             return None
         headers = found[0]

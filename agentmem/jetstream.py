@@ -4,6 +4,7 @@ stream made when missing or checked when present, never rewritten."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -81,6 +82,39 @@ async def direct_get(
             f"stream {stream} refused a read: {status} {headers.get('Description', '')}"
         )
     return headers, reply.data
+
+
+async def leader_get(
+    nc: NATS, stream: str, request: dict[str, Any], timeout: float = 5.0
+) -> tuple[dict[str, str], bytes] | None:
+    """``direct_get``, answered by the stream's leader alone. Any replica of a stream with
+    ``allow_direct`` answers a direct get from what it has applied so far, which may not
+    yet hold a write the leader has acknowledged (nats ADR-31): a read that must see every
+    acknowledged write (is a projection caught up?) asks the leader."""
+    reply = await api(nc, f"STREAM.MSG.GET.{stream}", request, timeout)
+    error = reply.get("error")
+    if error:
+        if error.get("err_code") == NO_MESSAGE:
+            return None
+        raise UnavailableError(f"stream {stream} refused a read: {error.get('description')}")
+    message = reply["message"]
+    headers = header_block(base64.b64decode(message.get("hdrs") or ""))
+    # What a direct get's reply carries besides the message's own headers.
+    headers["Nats-Stream"] = stream
+    headers["Nats-Sequence"] = str(message["seq"])
+    headers["Nats-Time-Stamp"] = message.get("time", "")
+    headers["Nats-Subject"] = message["subject"]
+    return headers, base64.b64decode(message.get("data") or "")
+
+
+def header_block(block: bytes) -> dict[str, str]:
+    """The headers of a NATS header block (``NATS/1.0\r\nName: value\r\n...``)."""
+    headers: dict[str, str] = {}
+    for line in block.decode().split("\r\n")[1:]:
+        name, colon, value = line.partition(":")
+        if colon and name:
+            headers[name.strip()] = value.strip()
+    return headers
 
 
 async def publish_atomic(

@@ -79,7 +79,12 @@ class Freshness:
             known = BY_NAME.get(projection)
             # A projection this code does not know: any later event may be its own.
             patterns = known.filter_subjects if known else [f"{subjects.EVENT_PREFIX}.>"]
-            heads = await asyncio.gather(*(self.log.next_head(p, checkpoint) for p in patterns))
+            # Asked of the stream's leader: a replica that has not applied an acknowledged
+            # write yet would say the projection had caught up (a fault storm saw a
+            # memory.delete_scope miss a memory added just before it).
+            heads = await asyncio.gather(
+                *(self.log.next_head(p, checkpoint, leader=True) for p in patterns)
+            )
             stream = await self.js.stream_info(self.stream)
         except nats.errors.Error as exc:  # JetStream API errors are among them
             # A cluster without quorum, or a node restarting: the client may retry.

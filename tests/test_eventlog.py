@@ -18,7 +18,7 @@ from agentmem.eventlog import (
     StaleVersion,
 )
 from agentmem.events import OrgCreated, OrgRenamed, encode_commit
-from agentmem.jetstream import StreamConfigMismatch
+from agentmem.jetstream import StreamConfigMismatch, header_block
 
 NS = 1_000_000_000
 
@@ -190,3 +190,26 @@ async def test_read_subject_returns_commits_in_order_and_get_past_the_end_is_non
     assert got.seq == last
     assert await log.get(last + 1) is None
     assert await log.get(last + 1000) is None
+
+
+async def test_the_leaders_next_head_is_the_direct_ones(log: EventLog) -> None:
+    """Asked of the leader (what freshness asks: every acknowledged write), the first commit
+    of a subject after a sequence is the one a direct get finds, headers and all."""
+    at = (await log.append([created("o3", "v0")], meta("c0"))).last_seq
+    await log.append([created("o4")], meta("d0"))
+    at = (await log.append([renamed("o3", at, "v1")], meta("c1"))).last_seq
+    for pattern in (org_subject("o3"), subjects.events_of("org")):
+        for after in range(at + 1):
+            direct = await log.next_head(pattern, after)
+            leader = await log.next_head(pattern, after, leader=True)
+            assert leader == direct, (pattern, after)
+    assert await log.next_head(org_subject("o3"), at, leader=True) is None
+    head = await log.next_head(org_subject("o3"), 0, leader=True)
+    assert head is not None
+    assert head.headers["AgentMem-Command-Id"] == "c0"
+
+
+def test_a_header_block_is_read_name_by_name() -> None:
+    block = b"NATS/1.0\r\nAgentMem-Command-Id: c.1\r\nAgentMem-Time: 17\r\n\r\n"
+    assert header_block(block) == {"AgentMem-Command-Id": "c.1", "AgentMem-Time": "17"}
+    assert header_block(b"") == {}
