@@ -350,8 +350,16 @@ class EventLog:
     async def _direct(self, request: dict[str, Any]) -> tuple[dict[str, str], bytes] | None:
         return await jetstream.direct_get(self.nc, self.stream, request, self.timeout)
 
-    async def _get(self, request: dict[str, Any]) -> StoredCommit | None:
-        found = await self._direct(request)
+    async def _read(
+        self, request: dict[str, Any], leader: bool
+    ) -> tuple[dict[str, str], bytes] | None:
+        """A direct get, or with ``leader`` the leader's get (``jetstream.leader_get``)."""
+        if leader:
+            return await jetstream.leader_get(self.nc, self.stream, request, self.timeout)
+        return await self._direct(request)
+
+    async def _get(self, request: dict[str, Any], leader: bool = False) -> StoredCommit | None:
+        found = await self._read(request, leader)
         if found is None:
             return None
         headers, data = found
@@ -370,11 +378,7 @@ class EventLog:
         asked of the stream's leader, which holds every acknowledged write (a replica may
         not yet: ``jetstream.leader_get``)."""
         request = {"seq": after + 1, "next_by_subj": subject}
-        found = await (
-            jetstream.leader_get(self.nc, self.stream, request, self.timeout)
-            if leader
-            else self._direct(request)
-        )
+        found = await self._read(request, leader)
         if found is None:
             return None
         headers = found[0]
@@ -428,7 +432,10 @@ class EventLog:
         An atomic batch is stored contiguously, so its messages lie within a few sequences.
         """
         low = max(1, seq - MAX_WRITES_PER_COMMAND + 1)
+        # From the leader: a replica may not yet hold the last commits of the batch, and a
+        # retry answered from part of a batch said what its first commit did (a supersede
+        # answered with the memory it added), not what the command did.
         found = await asyncio.gather(
-            *(self.get(s) for s in range(low, seq + MAX_WRITES_PER_COMMAND))
+            *(self._get({"seq": s}, leader=True) for s in range(low, seq + MAX_WRITES_PER_COMMAND))
         )
         return [c for c in found if c is not None and c.command_id == command_id]
