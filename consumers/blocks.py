@@ -11,6 +11,7 @@ for each agent and user: ``agentmem.domain.blocks``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from agentmem import ids, subjects
@@ -83,9 +84,17 @@ def command_router(parts: Parts) -> Router:
     async def hold(
         loader: Loader, org_id: str, kind: OwnerKind, owner_id: str, label: str
     ) -> Loaded[blocks.LabelHold]:
-        return await loader.load(
+        """A label's reservation for an agent or user. Free (no state) when the block that
+        held it was forgotten: its events fold into no block any more, and nothing released
+        the label (a deletion does), which stayed taken for good."""
+        held = await loader.load(
             blocks.label_subject(org_id, kind, owner_id, label), blocks.evolve_label
         )
+        if held.state is not None:
+            holder = await loader.load(blocks.subject(org_id, held.state.block_id), blocks.evolve)
+            if holder.state is None:
+                return replace(held, state=None)
+        return held
 
     @router.handle(CreateBlock)
     async def create_block(request: Request[CreateBlock]) -> Result:
@@ -98,8 +107,10 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             orgs.require_live(await loader.load(orgs.subject(org_id), orgs.evolve), org_id)
             if command.agent_id is not None:
-                await load_agent_in(runner, loader, org_id, command.agent_id)
+                # The label first: a retry is recognised there (its reservation holds the
+                # command id) even after the agent was deleted.
                 label = await hold(loader, org_id, "agent", command.agent_id, command.label)
+                await load_agent_in(runner, loader, org_id, command.agent_id)
             else:
                 label = await hold(loader, org_id, "user", command.user_id or "", command.label)
             loaded = await runner.new_subject(
@@ -152,6 +163,13 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             loaded, org_id = await load_block(runner, loader, request, command.block_id)
             block = blocks.require_live(loaded, command.block_id)
+            # A forgotten agent is gone from the block as every read shows it (a deleted
+            # one may still be detached): its attachment is not there to take back.
+            agent = await loader.load(
+                await runner.subject_of("agent", command.agent_id), agents.evolve
+            )
+            if agent.state is None:
+                raise agents.missing(command.agent_id)
             label = await hold(loader, org_id, "agent", command.agent_id, block.label)
             return blocks.detach(loaded, command, label)
 

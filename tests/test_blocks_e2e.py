@@ -251,6 +251,48 @@ async def test_a_retried_command_is_answered_with_its_first_outcome(
     assert await last_seq(nc) == before
 
 
+async def test_a_create_retried_after_its_agent_was_deleted_gets_its_first_outcome(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    _, api = acme
+    agent_id = await new_agent(api)
+    first = await api.create_block("persona", "hi", agent_id=agent_id, command_id="made-1")
+    await client.delete_agent(agent_id)
+    again = await api.create_block("persona", "hi", agent_id=agent_id, command_id="made-1")
+    assert (again.seq, again.fields["block_id"]) == (first.seq, first.fields["block_id"])
+
+
+async def test_the_labels_of_a_forgotten_owners_blocks_are_free_again(
+    client: Client, acme: tuple[str, Client]
+) -> None:
+    """A forget shreds its target's blocks, which release no label: the agents they were
+    attached to, and the user, could never hold a block of that label again."""
+    org_id, api = acme
+    seer = await new_agent(api, "Seer")
+    await client.register_user(org_id, "Gone", "gone@acme.example", PASSWORD, user_id="gone-u")
+    human = await api.create_block("human", "Name: Gone", user_id="gone-u")
+    await api.attach_block(str(human.fields["block_id"]), seer)
+    owner = await new_agent(api, "Owner")
+    persona = await api.create_block("persona", "Owner's", agent_id=owner)
+    await api.attach_block(str(persona.fields["block_id"]), seer)
+    shared = await api.create_block("notes", "", agent_id=seer)
+    await api.attach_block(str(shared.fields["block_id"]), owner)
+    await client.forget_user("gone-u")
+    await client.forget_agent(owner)
+    # The forgotten agent is gone from the block it saw, for a detach as for a read.
+    with pytest.raises(NotFoundError):
+        await api.detach_block(str(shared.fields["block_id"]), owner)
+    assert labels(await api.list_blocks(agent_id=seer, after_seq=client.last_seq)) == ["notes"]
+    for label in ("human", "persona"):
+        made = await api.create_block(label, "new", agent_id=seer)
+        assert made.fields["label"] == label
+    assert labels(await api.list_blocks(agent_id=seer, after_seq=api.last_seq)) == [
+        "human",
+        "notes",
+        "persona",
+    ]
+
+
 async def test_concurrent_writes_lose_nothing_and_races_for_a_label_have_one_winner(
     acme: tuple[str, Client],
 ) -> None:
