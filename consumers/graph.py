@@ -12,6 +12,7 @@ projection's (``agentmem.projections.graph``).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from agentmem import subjects
@@ -87,9 +88,48 @@ async def load_entity(
         )
     except NotFoundError:
         raise missing from None
-    entities.require_entity(loaded, entity_id)
+    entity = entities.require_entity(loaded, entity_id)
+    if await merged_into_deleted(loader, org_id, entity):
+        raise missing  # its members went with the entity it was merged into
     authorize(request.caller, request.need, org_id, missing)
     return loaded, org_id
+
+
+async def merged_into_deleted(loader: Loader, org_id: str, entity: Entity) -> bool:
+    """Whether ``entity`` was merged into an entity (or a chain of them) that was deleted
+    since: it left every table with it, and answers as a deleted one."""
+    for _ in range(MAX_MERGE_HOPS):
+        if entity.state != "merged" or entity.merged_into is None:
+            return False
+        into = await loader.load(entities.subject(org_id, entity.merged_into), entities.evolve)
+        if into.state is None or into.state.state == "deleted":
+            return True
+        entity = into.state
+    return False
+
+
+async def gone(loader: Loader, org_id: str, entity_id: str) -> bool:
+    """Whether an entity was deleted (or forgotten), itself or what it was merged into."""
+    loaded = await loader.load(entities.subject(org_id, entity_id), entities.evolve)
+    entity = loaded.state
+    if entity is None or entity.state == "deleted":
+        return True
+    return await merged_into_deleted(loader, org_id, entity)
+
+
+async def without_gone_objects(
+    loader: Loader, org_id: str, facts: Loaded[relations.Facts], predicate: str
+) -> Loaded[relations.Facts]:
+    """``facts`` without its relations of ``predicate`` whose object was deleted: they left
+    every table with it, and must not end, date or deduplicate a new one."""
+    if facts.state is None:
+        return facts
+    kept = dict(facts.state.relations)
+    objects = {r.object_id for r in kept.values() if r.predicate == predicate}
+    for object_id in objects:
+        if await gone(loader, org_id, object_id):
+            kept = {k: r for k, r in kept.items() if r.object_id != object_id}
+    return replace(facts, state=replace(facts.state, relations=kept))
 
 
 async def answering(
@@ -124,6 +164,7 @@ async def decide_assertion(
     subject_entity = entities.require_live(subject, command.subject_id)
     object_entity = entities.require_live(target, command.object_id)
     facts = await loader.load(relations.subject(org_id, subject_entity.entity_id), relations.evolve)
+    facts = await without_gone_objects(loader, org_id, facts, command.predicate)
     declared = await loader.load(predicates.subject(org_id), predicates.evolve)
     single = predicates.is_single(declared.state, command.predicate)
     decided = relations.assert_relation(facts, command, subject_entity, object_entity, now, single)
@@ -312,6 +353,9 @@ def command_router(parts: Parts) -> Router:
                     raise missing from None
                 entity = entities.require_entity(loaded, entity_id)
                 facts = await loader.load(relations.subject(org_id, entity_id), relations.evolve)
+                relation = facts.state.relations.get(relation_id) if facts.state else None
+                if relation is not None and await gone(loader, org_id, relation.object_id):
+                    raise missing  # it left every table with its object
                 writes: list[Write] = decide(facts, request.body, now, entity)
                 return writes
 

@@ -451,6 +451,46 @@ async def test_walks_handle_cycles_and_filters(acme: tuple[str, Client]) -> None
     assert stats.predicates == {"knows": 4, "visited": 1}
 
 
+async def test_a_deleted_entitys_relations_decide_nothing_more(
+    acme: tuple[str, Client],
+) -> None:
+    """Deleting an entity takes its relations out of every table, and out of every
+    decision: they end no new value, date none, and cannot be invalidated or retracted."""
+    _, api = acme
+    sam = await entity(api, "Sam")
+    oslo, rome, lima = [await entity(api, name, "place") for name in ("Oslo", "Rome", "Lima")]
+    first = await api.assert_relation(sam, "lives_in", oslo, valid_from=T0)
+    later = await api.assert_relation(sam, "lives_in", lima, valid_from=T0 + 100 * DAY)
+    await api.delete_entity(oslo)
+    await api.delete_entity(lima)
+    for relation in (first, later):
+        relation_id = str(relation.fields["relation_id"])
+        with pytest.raises(NotFoundError):
+            await api.invalidate_relation(relation_id, valid_to=T0 + 5 * DAY)
+        with pytest.raises(NotFoundError):
+            await api.retract_relation(relation_id)
+    # From the same day as the deleted fact, and with no later value to end it.
+    again = await api.assert_relation(sam, "lives_in", rome, valid_from=T0)
+    assert (again.fields["invalidated"], again.fields["valid_to"]) == ([], None)
+    assert await objects_of(api, sam, "lives_in") == ["Rome"]
+
+
+async def test_a_member_of_a_deleted_entity_is_gone_with_it(acme: tuple[str, Client]) -> None:
+    _, api = acme
+    al, bo, xi = [await entity(api, name) for name in ("Al", "Bo", "Xi")]
+    await api.merge_entity(al, into=bo)
+    await api.delete_entity(bo)
+    for attempt in (
+        api.rename_entity(al, "Alan"),
+        api.delete_entity(al),
+        api.merge_entity(al, into=xi),
+        api.merge_entity(xi, into=al),
+        api.assert_relation(xi, "knows", al),
+    ):
+        with pytest.raises(NotFoundError):
+            await attempt
+
+
 async def test_walks_stay_inside_a_scope(acme: tuple[str, Client]) -> None:
     _, api = acme
     shared = await entity(api, "Acme", "organization")
