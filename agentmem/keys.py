@@ -406,17 +406,13 @@ class KeyRing:
     async def _last(self, name: str) -> tuple[int, bytes | None] | None:
         """The last message on a key: its sequence and its value (None for a delete
         marker); None when the key never had one."""
-        reply = await self._api(f"STREAM.MSG.GET.{STREAM}", {"last_by_subj": PREFIX + name})
-        error = reply.get("error")
-        if error:
-            if error.get("err_code") == NO_MESSAGE:
-                return None
-            raise UnavailableError(f"key bucket read: {error.get('description')}")
-        message = reply["message"]
-        headers = base64.b64decode(message.get("hdrs") or b"")
-        if b"KV-Operation" in headers:
-            return int(message["seq"]), None
-        return int(message["seq"]), base64.b64decode(message.get("data") or b"")
+        request = {"last_by_subj": PREFIX + name}
+        found = await jetstream.leader_get(self.nc, STREAM, request, self.timeout)
+        if found is None:
+            return None
+        headers, data = found
+        seq = int(headers["Nats-Sequence"])
+        return (seq, None) if "KV-Operation" in headers else (seq, data)
 
     def _remember(self, key: DataKey) -> DataKey:
         self._keys[key.name] = key
