@@ -162,6 +162,14 @@ def reused_command_id(request: Request[Any]) -> ConflictError:
     )
 
 
+def check_same_memory(request: Request[Any], first: dict[str, Any]) -> None:
+    """A retry answered with the first outcome of its command id: ``conflict`` when that
+    one changed another memory (found through a content slot the first command wrote,
+    not through the memory this request names)."""
+    if first.get("memory_id") not in (None, request.body.memory_id):
+        raise reused_command_id(request)
+
+
 async def load_memory(
     runner: CommandRunner, loader: Loader, request: Request[Any], memory_id: str
 ) -> tuple[Loaded[Slot], str]:
@@ -322,14 +330,20 @@ def command_router(parts: Parts) -> Router:
                     found = await probe(loader, org_id, key, now)
             return memories.update(loaded, command, found, now)
 
-        return await runner.run(request, plan)
+        earlier: list[bool] = []
+        data, seq = await runner.run(request, plan, on_earlier=lambda: earlier.append(True))
+        if earlier:
+            check_same_memory(request, data)
+        return data, seq
 
     @router.handle(SupersedeMemory)
     async def supersede_memory(request: Request[SupersedeMemory]) -> Result:
         command, now = request.body, now_ms()
         held: list[bool] = [False]
+        used: list[str] = []
 
         async def plan(loader: Loader, command_id: str) -> list[Write]:
+            used[:] = [command_id]
             loaded, org_id = await load_memory(runner, loader, request, command.memory_id)
             old = memories.require_memory(loaded, command.memory_id)
             found = await probe(loader, org_id, memories.key_of(old, command.content), now)
@@ -337,7 +351,13 @@ def command_router(parts: Parts) -> Router:
             held[0] = holder is not None
             return writes
 
-        data, seq = await runner.run(request, plan)
+        earlier: list[bool] = []
+        data, seq = await runner.run(request, plan, on_earlier=lambda: earlier.append(True))
+        if earlier and seq is not None and "memory_id" in data:  # not forgotten since
+            check_same_memory(request, data)
+            # The first attempt's: deduplicated when it added no memory.
+            commits = await runner.log.read_command(seq, used[0])
+            held[0] = not any(isinstance(e, MemoryAdded) for c in commits for e in c.events)
         return {**data, "deduplicated": held[0]}, seq
 
     def on_one_memory(

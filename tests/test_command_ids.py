@@ -309,3 +309,35 @@ async def test_a_command_id_used_again_for_another_new_aggregate_is_a_conflict(
         command_id="batch-1",
     )
     assert repeated.memory_ids == batch.memory_ids
+
+
+async def test_a_memory_correction_retried_or_reused_answers_for_its_own_memory(
+    client: Client, two_orgs: tuple[Client, Client]
+) -> None:
+    """A retried supersede that found its content held already says so again; one whose
+    id is reused on another memory, for the same content (whose slot the first one wrote),
+    is ``conflict``, and so is a reused update."""
+    acme, _ = two_orgs
+    paris = str((await acme.add_memory("Ann lives in Paris", user_id="ann")).fields["memory_id"])
+    await acme.add_memory("Ann lives in Berlin", user_id="ann")
+    first = await acme.supersede_memory(paris, "Ann lives in Berlin", command_id="sup-1")
+    again = await acme.supersede_memory(paris, "Ann lives in Berlin", command_id="sup-1")
+    assert first.fields["deduplicated"] is True
+    assert (again.seq, again.fields) == (first.seq, first.fields)
+    a = str((await acme.add_memory("fact a", user_id="ua")).fields["memory_id"])
+    b = str((await acme.add_memory("fact b", user_id="ua")).fields["memory_id"])
+    made = await acme.supersede_memory(a, "fact c", command_id="sup-2")
+    assert made.fields["deduplicated"] is False
+    assert (await acme.supersede_memory(a, "fact c", command_id="sup-2")).fields == made.fields
+    changed = await acme.update_memory(b, content="fact e", command_id="upd-2")
+    d = str((await acme.add_memory("fact d", user_id="ua")).fields["memory_id"])
+    before = int((await client.status())["stream"]["last_seq"])
+    for attempt in (
+        acme.supersede_memory(b, "fact c", command_id="sup-2"),
+        acme.update_memory(d, content="fact e", command_id="upd-2"),
+    ):
+        with pytest.raises(ConflictError, match="already used for another"):
+            await attempt
+    assert int((await client.status())["stream"]["last_seq"]) == before
+    assert (await acme.get_memory(b)).state == "live"
+    assert changed.fields["memory_id"] == b
