@@ -401,17 +401,22 @@ class EventLog:
             next_seq = int(headers["Nats-Sequence"]) + 1
         return names
 
-    async def get(self, seq: int) -> StoredCommit | None:
-        return await self._get({"seq": seq})
+    async def get(self, seq: int, leader: bool = False) -> StoredCommit | None:
+        return await self._get({"seq": seq}, leader)
 
-    async def read_subject(self, subject: str, after: int = 0) -> list[StoredCommit]:
-        """Every commit on one subject after sequence ``after``, oldest first."""
-        return [commit async for commit in self.iter_subject(subject, after)]
+    async def read_subject(
+        self, subject: str, after: int = 0, leader: bool = False
+    ) -> list[StoredCommit]:
+        """Every commit on one subject after sequence ``after``, oldest first; with
+        ``leader``, every acknowledged one (``jetstream.leader_get``)."""
+        return [commit async for commit in self.iter_subject(subject, after, leader)]
 
-    async def iter_subject(self, subject: str, after: int = 0) -> AsyncIterator[StoredCommit]:
+    async def iter_subject(
+        self, subject: str, after: int = 0, leader: bool = False
+    ) -> AsyncIterator[StoredCommit]:
         next_seq = after + 1
         while True:
-            commit = await self._get({"seq": next_seq, "next_by_subj": subject})
+            commit = await self._get({"seq": next_seq, "next_by_subj": subject}, leader)
             if commit is None:
                 return
             yield commit
@@ -421,9 +426,9 @@ class EventLog:
         """The last commit on ``subject``: its ``seq`` is the subject's version."""
         return await self._get({"last_by_subj": subject})
 
-    async def first_subject(self, pattern: str) -> str | None:
+    async def first_subject(self, pattern: str, leader: bool = False) -> str | None:
         """The concrete subject of the first commit matching a wildcard ``pattern``."""
-        head = await self.next_head(pattern)
+        head = await self.next_head(pattern, leader=leader)
         return head.subject if head else None
 
     async def read_command(self, seq: int, command_id: str) -> list[StoredCommit]:

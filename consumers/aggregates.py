@@ -86,7 +86,10 @@ class AggregateCache:
             loaded: Loaded[S] = entry.loaded
             return loaded
         base: Loaded[S] = entry.loaded if entry is not None else Loaded(subject, None, 0)
-        commits = await self.log.read_subject(subject, after=base.version)
+        # A refresh reads what the stream's leader holds: a replica may not have applied
+        # the last acknowledged commits yet, and a decision made again on its state (after
+        # a refusal, or a write refused as stale) was as stale as the first.
+        commits = await self.log.read_subject(subject, after=base.version, leader=refresh)
         loaded = advance(base, evolve, commits)
         self._store(subject, loaded, evolve)
         return loaded

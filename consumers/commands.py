@@ -39,6 +39,7 @@ from agentmem.domain.access import Need, Principal, narrows_access
 from agentmem.domain.aggregate import Evolve, Loaded, Write
 from agentmem.domain.passwords import hash_password, verify_password
 from agentmem.errors import (
+    AgentMemError,
     ConflictError,
     ForbiddenError,
     NotFoundError,
@@ -89,6 +90,16 @@ def trace_header(headers: dict[str, str] | None, name: str) -> str | None:
             header=name,
         )
     return value
+
+
+def decided_on_state(refusal: Exception) -> bool:
+    """Whether a plan's refusal may come from a stale aggregate: a version or a state
+    (``conflict``), one not found, or a plan's own "nothing to write" (a deduplicated add).
+    Not one of the caller's own (a wrong password, a role, bad input): decided again, a
+    wrong password was counted twice against its throttle."""
+    return isinstance(refusal, ConflictError | NotFoundError) or not isinstance(
+        refusal, AgentMemError
+    )
 
 
 class _NothingToWrite(Exception):
@@ -159,7 +170,12 @@ class CommandRunner:
         key = f"{aggregate}.{aggregate_id}"
         subject = self._subjects.get(key)
         if subject is None:
-            found = await self.log.first_subject(subjects.event("*", aggregate, aggregate_id))
+            pattern = subjects.event("*", aggregate, aggregate_id)
+            # Not found by a replica: asked of the leader, which holds every acknowledged
+            # commit (an aggregate created a moment ago is not missing).
+            found = await self.log.first_subject(pattern) or await self.log.first_subject(
+                pattern, leader=True
+            )
             if found is None:
                 raise NotFoundError(
                     f"{aggregate} {aggregate_id} does not exist", {f"{aggregate}_id": aggregate_id}
@@ -354,8 +370,8 @@ class CommandRunner:
                     return await self._outcome(
                         applied.seq, command_id, meta.commit_type, None, on_earlier, loader.chosen
                     )
-                except Exception:
-                    if refresh:
+                except Exception as refused:
+                    if refresh or not decided_on_state(refused):
                         raise
                     # Decided on this process's cache, which another process may have moved
                     # on: a refusal (a version, a state, a retry not seen yet) is decided
@@ -480,7 +496,7 @@ class CommandRunner:
         chosen: set[str] | None = None,
     ) -> Result:
         for write in writes:
-            for commit in await self.log.read_subject(write.subject):
+            for commit in await self.log.read_subject(write.subject, leader=True):
                 if commit.command_id == command_id:
                     return await self._outcome(
                         commit.seq, command_id, operation, writes, on_earlier, chosen

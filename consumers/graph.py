@@ -332,7 +332,7 @@ def command_router(parts: Parts) -> Router:
         if earlier:
             # A retry answered with the first attempt's commit: what that one ended, not
             # what this attempt decided (or did not get to decide).
-            commit = await runner.log.get(seq) if seq else None
+            commit = await runner.log.get(seq, leader=True) if seq else None
             events = commit.events if commit is not None else []
             invalidated = [e.relation_id for e in events if isinstance(e, RelationInvalidated)]
         else:

@@ -145,7 +145,7 @@ async def holder_then(runner: CommandRunner, org_id: str, key: str, upto: int, n
     as of then); "" when none did."""
 
     async def until(subject: str) -> Loaded[Slot]:
-        commits = [c for c in await runner.log.read_subject(subject) if c.seq <= upto]
+        commits = [c for c in await runner.log.read_subject(subject, leader=True) if c.seq <= upto]
         return advance(Loaded(subject, None, 0), memories.evolve, commits)
 
     holder, _ = await walk_slots(until, org_id, key, now)

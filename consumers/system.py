@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
@@ -11,6 +12,7 @@ from nats.aio.client import Client as NATS
 from agentmem import asyncapi, ingestion, subjects
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.router import Request, Result, Router
+from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog
 from agentmem.keys import plaintext_until
 from agentmem.projections import ALL
@@ -40,6 +42,8 @@ async def collect_status(
             consumer = await js.consumer_info(stream, consumer_name)
         except nats.js.errors.NotFoundError:
             return None  # no worker has run since the consumer was removed
+        except nats.errors.Error as exc:  # a node down, a leader being elected
+            raise UnavailableError(f"the event log did not answer: {exc!r}") from exc
         return int(consumer.num_pending + consumer.num_ack_pending)
 
     projections: dict[str, Any] = {}
