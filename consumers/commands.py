@@ -102,6 +102,16 @@ def decided_on_state(refusal: Exception) -> bool:
     )
 
 
+class Earlier:
+    """``CommandRunner.run``'s ``on_earlier``, remembered: ``answered`` once the answer is
+    an earlier attempt's outcome, read from the log (not what this attempt decided)."""
+
+    answered = False
+
+    def __call__(self) -> None:
+        self.answered = True
+
+
 class _NothingToWrite(Exception):
     """A plan of ``run_each`` that found nothing to do."""
 
@@ -366,6 +376,8 @@ class CommandRunner:
                 loader = Loader(self.cache, command_id, refresh=refresh)
                 try:
                     writes = await plan(loader, command_id)
+                    if not writes:
+                        raise _NothingToWrite
                 except AlreadyApplied as applied:
                     return await self._outcome(
                         applied.seq, command_id, meta.commit_type, None, on_earlier, loader.chosen
@@ -374,15 +386,10 @@ class CommandRunner:
                     if refresh or not decided_on_state(refused):
                         raise
                     # Decided on this process's cache, which another process may have moved
-                    # on: a refusal (a version, a state, a retry not seen yet) is decided
-                    # again on the log before it is answered.
+                    # on: a refusal (a version, a state, a retry not seen yet) or nothing to
+                    # write is decided again on the log before it is answered.
                     refresh = True
                     continue
-                if not writes:
-                    if not refresh:
-                        refresh = True  # as a refusal: nothing to do, says the cache
-                        continue
-                    raise _NothingToWrite
                 if held is None and (key := queue_key(writes)) is not None:
                     held = key
                     if await self.locks.acquire(key):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from agentmem import subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
-from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.commands import CommandRunner, Earlier, missing_org
 from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.queries import MAX_PAGE_BYTES, decode_cursor, page
 from agentmem.consumers.router import Request, Result, Router
@@ -315,9 +315,9 @@ def command_router(parts: Parts) -> Router:
                 raise _Found
             return decided.writes
 
-        earlier: list[bool] = []
+        earlier = Earlier()
         try:
-            data, seq = await runner.run(request, plan, on_earlier=lambda: earlier.append(True))
+            data, seq = await runner.run(request, plan, on_earlier=earlier)
         except _Found:
             existing = outcome[0].existing
             assert existing is not None
@@ -329,7 +329,7 @@ def command_router(parts: Parts) -> Router:
             view = {k: view[k] for k in _ASSERTED_FIELDS}
             reply = {**view, "event": "relation.asserted", "version": where[0].version}
             return {**reply, "deduplicated": True, "invalidated": []}, where[0].version
-        if earlier:
+        if earlier.answered:
             # A retry answered with the first attempt's commit: what that one ended, not
             # what this attempt decided (or did not get to decide).
             commit = await runner.log.get(seq, leader=True) if seq else None

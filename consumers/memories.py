@@ -20,7 +20,7 @@ import msgspec
 from agentmem import subjects
 from agentmem.consumers.aggregates import Loader, advance
 from agentmem.consumers.auth import authorize
-from agentmem.consumers.commands import CommandRunner, missing_org
+from agentmem.consumers.commands import CommandRunner, Earlier, missing_org
 from agentmem.consumers.extraction import extract_added_memory
 from agentmem.consumers.graph_scope import delete_entities_of_scope
 from agentmem.consumers.history import commits_page, entry
@@ -330,9 +330,9 @@ def command_router(parts: Parts) -> Router:
                     found = await probe(loader, org_id, key, now)
             return memories.update(loaded, command, found, now)
 
-        earlier: list[bool] = []
-        data, seq = await runner.run(request, plan, on_earlier=lambda: earlier.append(True))
-        if earlier:
+        earlier = Earlier()
+        data, seq = await runner.run(request, plan, on_earlier=earlier)
+        if earlier.answered:
             check_same_memory(request, data)
         return data, seq
 
@@ -351,9 +351,9 @@ def command_router(parts: Parts) -> Router:
             held[0] = holder is not None
             return writes
 
-        earlier: list[bool] = []
-        data, seq = await runner.run(request, plan, on_earlier=lambda: earlier.append(True))
-        if earlier and seq is not None and "memory_id" in data:  # not forgotten since
+        earlier = Earlier()
+        data, seq = await runner.run(request, plan, on_earlier=earlier)
+        if earlier.answered and seq is not None and "memory_id" in data:  # not forgotten since
             check_same_memory(request, data)
             # The first attempt's: deduplicated when it added no memory.
             commits = await runner.log.read_command(seq, used[0])
