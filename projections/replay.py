@@ -4,6 +4,7 @@ from a bad command)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -11,15 +12,23 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import nats.js.errors
+import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import subjects
 from agentmem.keys import KeyRing
 from agentmem.projections.base import Projection
 from agentmem.projections.migrations import MIGRATIONS
-from agentmem.projections.worker import ProjectionWorker
+from agentmem.projections.worker import BATCH, ProjectionWorker
 from agentmem.store import Store
 from agentmem.store.versions import variant_of
+
+log = structlog.get_logger(__name__)
+
+# A replay whose log or store stopped answering (a NATS node killed, the pull broken, a
+# reconnection) goes on from its checkpoint; it gives up after this long without progress.
+RETRY_FOR_S = 60.0
+RETRY_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ async def replay(
     on_progress: Callable[[int, int], None] | None = None,
     until_seq: int | None = None,
     keys: KeyRing | None = None,
+    batch: int = BATCH,
 ) -> ReplayResult:
     """Empty the projection's tables and apply the whole log again (or, with ``until_seq``,
     its commits up to that sequence), through the same code path as the live worker, on a
@@ -75,12 +85,38 @@ async def replay(
         consumer=f"agentmem-replay-{projection.name}",
         until_seq=until_seq,
         keys=keys,
+        batch=batch,
     )
     started = time.perf_counter()
-    await worker.run(until_caught_up=True, on_progress=on_progress)
+    await _run_to_the_end(worker, on_progress)
     return ReplayResult(
         projection.name, worker.applied, time.perf_counter() - started, worker.checkpoint
     )
+
+
+async def _run_to_the_end(
+    worker: ProjectionWorker, on_progress: Callable[[int, int], None] | None
+) -> None:
+    """Run the worker until it has caught up; when the log or the store fails under it, it
+    starts again from its checkpoint (every batch it applied is kept), for as long as it
+    keeps moving: a replay of a long log outlives a node's restart."""
+    moved_at, checkpoint = time.monotonic(), -1
+    while True:
+        try:
+            await worker.run(until_caught_up=True, on_progress=on_progress)
+            return
+        except Exception as exc:
+            if worker.checkpoint != checkpoint:
+                moved_at, checkpoint = time.monotonic(), worker.checkpoint
+            if time.monotonic() - moved_at > RETRY_FOR_S:
+                raise
+            log.warning(
+                "replay interrupted; going on from its checkpoint",
+                projection=worker.name,
+                checkpoint=worker.checkpoint,
+                error=repr(exc),
+            )
+            await asyncio.sleep(RETRY_WAIT_S)
 
 
 async def seq_at_time(nc: NATS, moment: datetime, stream: str = subjects.STREAM_NAME) -> int:

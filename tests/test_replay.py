@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,10 +15,12 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client, NotFoundError, subjects
 from agentmem.events import Role
-from agentmem.projections import ALL
+from agentmem.projections import ALL, BY_NAME
 from agentmem.projections.orgs import ORGS
+from agentmem.projections.replay import replay
 from agentmem.projections.users import API_KEYS, USERS
 from agentmem.service import Service
+from agentmem.store import open_store
 from tests.conftest import admin_key, settings_for
 from tests.realparts import (
     LogMessage,
@@ -24,6 +28,7 @@ from tests.realparts import (
     clean_env,
     dump_file,
     dump_store,
+    keys_of,
     read_log,
     replay_into,
     rows,
@@ -35,6 +40,7 @@ from tests.support import TEST_MASTER_KEY, NatsServer
 # Only the ``service`` test takes a store: its live tables, on either store, must equal a
 # replay into a fresh SQLite file. The CLI test replays an SQLite file in place.
 STORES = ("sqlite", "postgres")
+USERS_PROJECTION = BY_NAME["users"]
 
 
 async def run_mix(client: Client) -> dict[str, str]:
@@ -202,3 +208,45 @@ async def test_replay_all_in_place_through_the_cli(
         # And the progress bar, on stderr, ending full.
         bar = rf"{projection.name} \[#{{30}}\] {commits:,}/{commits:,} [\d,]+ ev/s"
         assert re.search(bar, ran.stderr), ran.stderr
+
+
+async def test_a_replay_goes_on_after_the_nats_server_restarts_under_it(
+    service: Service,
+    client: Client,
+    nc: NATS,
+    nats_server: NatsServer,
+    tmp_path: Path,
+    admin_token: str,
+) -> None:
+    """`agentmem replay` stopped with a broken pull when a node went away mid-replay; it now
+    goes on from its checkpoint once the log answers again, and ends equal to the live
+    tables."""
+    assert service.store is not None
+    await run_mix(client)
+    await wait_caught_up(nc, admin_token)
+    live = await dump_store(service.store)
+    restarts: list[threading.Timer] = []
+
+    def restart_once(done: int, pending: int) -> None:
+        if not restarts and pending:
+            nats_server.stop()  # graceful: nothing it acknowledged is lost
+            restarts.append(threading.Timer(1.0, nats_server.start))
+            restarts[0].start()
+
+    keys = await keys_of(nc)
+    store = await open_store(str(tmp_path / "replayed.db"))
+    try:
+        result = await asyncio.wait_for(
+            replay(nc, store, USERS_PROJECTION, on_progress=restart_once, batch=3, keys=keys),
+            60,
+        )
+        replayed = await dump_store(store)
+    finally:
+        await keys.stop()
+        await store.close()
+        for timer in restarts:
+            timer.join()
+    assert restarts, "the replay ended in one batch: nothing was interrupted"
+    assert result.checkpoint > 0
+    for table in USERS_PROJECTION.tables:
+        assert replayed[table.name] == live[table.name], table.name
