@@ -284,15 +284,12 @@ class CommandRunner:
             # The log has the subject, but this read did not see its commit (a replica
             # behind the stream leader): a retry settles it.
             raise UnavailableError(f"{aggregate} {aggregate_id} is not readable yet; retry")
-        details = {f"{aggregate}_id": aggregate_id}
-        if taken.state is None:
-            # Commits that no longer fold into anything: it was forgotten (its keys are
-            # gone). Its id stays taken, as a deleted one's does.
-            raise ConflictError(
-                f"{aggregate} id {aggregate_id} was used before (forgotten); choose another",
-                details,
-            )
-        raise ConflictError(f"{aggregate} {aggregate_id} already exists", details)
+        # Taken, live, deleted or forgotten (commits that no longer fold into anything: its
+        # keys are gone) alike: ids are never used twice, and the answer does not tell which,
+        # since the id may be another organization's.
+        raise ConflictError(
+            f"{aggregate} {aggregate_id} already exists", {f"{aggregate}_id": aggregate_id}
+        )
 
     async def run(
         self,
