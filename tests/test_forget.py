@@ -660,10 +660,10 @@ async def test_a_forgotten_id_stays_taken(service: Service, nc: NATS, admin_toke
     await admin.forget_agent("gone-agent")
     end = (await admin.status())["stream"]["last_seq"]
     # Said as for any taken id: the id may be another organization's, whose fate is its own.
-    with pytest.raises(ConflictError, match="^user gone-user already exists$") as refused:
+    with pytest.raises(ConflictError, match=r"^user gone-user already exists$") as refused:
         await admin.register_user(org_id, "New", "new@example.org", PASSWORD, user_id="gone-user")
     assert refused.value.details == {"user_id": "gone-user"}
-    with pytest.raises(ConflictError, match="^agent gone-agent already exists$") as refused:
+    with pytest.raises(ConflictError, match=r"^agent gone-agent already exists$") as refused:
         await admin.create_agent("New", org_id=org_id, agent_id="gone-agent")
     assert refused.value.details == {"agent_id": "gone-agent"}
     assert (await admin.status())["stream"]["last_seq"] == end
