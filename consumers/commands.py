@@ -548,6 +548,16 @@ def check_service_admin(caller: Principal, user: users.User) -> None:
         raise ForbiddenError("only a service administrator may act on a service administrator")
 
 
+def keep_service_admin(user: users.User) -> None:
+    """The service administrator is never deleted or forgotten, not even by itself: nobody
+    could make another, and ``agentmem admin create-key`` needs its user."""
+    if user.service_admin:
+        raise ForbiddenError(
+            "the service administrator cannot be deleted or forgotten: the deployment needs it",
+            {"user_id": user.user_id},
+        )
+
+
 def command_router(parts: Parts) -> Router:
     router = Router()
     runner, throttle, work, password_cost = (
@@ -699,6 +709,7 @@ def command_router(parts: Parts) -> Router:
         async def plan(loader: Loader, command_id: str) -> list[Write]:
             user = await runner.load_user(loader, request.body.user_id)
             state = check_user(request, request.need, user)
+            keep_service_admin(state)
             reservation = await loader.load(
                 subjects.email_reservation(state.email), users.evolve_reservation
             )

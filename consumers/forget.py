@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 from agentmem import ids, ingestion, subjects
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
-from agentmem.consumers.commands import check_service_admin, missing_org, missing_user
+from agentmem.consumers.commands import (
+    check_service_admin,
+    keep_service_admin,
+    missing_org,
+    missing_user,
+)
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import agents, forget, memories, messages, users
 from agentmem.domain.aggregate import Evolve, Write
@@ -86,6 +91,7 @@ def command_router(parts: Parts) -> Router:
         loaded = await Loader(runner.cache, "", refresh=True).load(subject, users.evolve)
         if loaded.state is not None:
             check_service_admin(caller, loaded.state)
+            keep_service_admin(loaded.state)
         target = {"user_id": user_id}
         return await forget_and_record(request, "user", org_id, target, subject, users.evolve)
 

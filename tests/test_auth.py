@@ -343,6 +343,25 @@ async def test_an_org_admin_in_the_service_org_cannot_take_over_the_service_admi
         await world.root.delete_org(admin.org_id)
 
 
+async def test_the_service_admin_cannot_delete_or_forget_itself(world: World, nc: NATS) -> None:
+    """Deleting or forgetting itself left a deployment that nobody could administer
+    (``agentmem admin create-key`` needs the user); another service administrator's request
+    is refused the same way."""
+    from agentmem.bootstrap import find_admin
+    from agentmem.eventlog import EventLog
+    from tests.realparts import deployment_keys
+
+    admin = await find_admin(EventLog(nc, keys=deployment_keys(nc)))
+    assert admin is not None
+    before = await log_end(nc)
+    for attempt in (world.root.delete_user(admin.user_id), world.root.forget_user(admin.user_id)):
+        with pytest.raises(ForbiddenError, match="cannot be deleted or forgotten") as refused:
+            await attempt
+        assert refused.value.details == {"user_id": admin.user_id}
+    assert await log_end(nc) == before
+    assert (await world.root.get_user(admin.user_id)).user_id == admin.user_id
+
+
 async def test_client_chosen_ids_may_not_carry_the_credential_separator(world: World) -> None:
     from agentmem.errors import InvalidError
 
