@@ -579,12 +579,18 @@ class Client:
         return await self._command(RevokeApiKey, key_id=key_id, user_id=user_id)
 
     async def list_api_keys(
-        self, *, user_id: str | None = None, after_seq: int | None = None
+        self, *, user_id: str | None = None, after_seq: int | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        reply = await self.request(
-            ListApiKeys.op.subject, {"user_id": user_id, "after_seq": after_seq}
-        )
-        return list(reply.data["items"])
+        """Every key of the user, revoked ones too, page after page (``limit`` a page)."""
+        keys: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            body = {"user_id": user_id, "after_seq": after_seq, "limit": limit, "cursor": cursor}
+            reply = await self.request(ListApiKeys.op.subject, body)
+            keys += reply.data["items"]
+            cursor = reply.data["next_cursor"]
+            if cursor is None:
+                return keys
 
     async def history(
         self,

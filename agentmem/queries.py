@@ -79,9 +79,12 @@ class ListUsers(Page, frozen=True, kw_only=True):
     org_id: Id | None = None
 
 
-@query("apikey.list", need="self", reply=Items[ApiKey])
-class ListApiKeys(Query, frozen=True, kw_only=True):
+@query("apikey.list", need="self", reply=PageOf[ApiKey])
+class ListApiKeys(Page, frozen=True, kw_only=True):
     user_id: Id | None = None  # default: the caller
+    # Revoked keys are listed too, and have no bound: a page, of a size that holds every
+    # live key (at most 100) when no revoked one is between them.
+    limit: Limit = 100
 
 
 @query("history.get", need="reader", reply=PageOf[HistoryEntry])

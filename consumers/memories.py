@@ -29,6 +29,7 @@ from agentmem.consumers.queries import (
     decode_cursor,
     encode_cursor,
     encoded_page,
+    fitting,
 )
 from agentmem.consumers.recall import recall_of
 from agentmem.consumers.router import Request, Result, Router
@@ -509,7 +510,10 @@ def query_router(parts: Parts) -> Router:
         """Text, vector or hybrid search (``agentmem.consumers.recall``)."""
         query = request.body
         org_id = readable_org(request, query.org_id)
-        return await search(parts, query, memories.filter_of(query, org_id))
+        reply, seq = await search(parts, query, memories.filter_of(query, org_id))
+        # Up to 500 memories of 10,000 characters: the best that fit in one reply.
+        reply["items"] = reply["items"][: fitting(reply["items"])]
+        return reply, seq
 
     @router.handle(MemoryStats)
     async def memory_stats(request: Request[MemoryStats]) -> Result:

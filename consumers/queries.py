@@ -225,6 +225,8 @@ def query_router(parts: Parts) -> Router:
         if owner["service_admin"] and not caller.service_admin and caller.user_id != user_id:
             # As for every other operation on the administrator (``check_user``).
             raise ForbiddenError("only a service administrator may act on a service administrator")
-        return {"items": await users.api_keys(store, user_id)}, seq
+        query = request.body
+        rows = await users.api_keys(store, user_id, decode_cursor(query.cursor), query.limit + 1)
+        return page(rows, query.limit, "key_id"), seq
 
     return router

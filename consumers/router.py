@@ -154,6 +154,20 @@ def check_headers(headers: dict[str, str]) -> None:
         )
 
 
+def reply_too_large(size: int, limit: int) -> InvalidError:
+    """A query whose answer NATS cannot carry (its payload limit): said, not dropped (the
+    caller waited for its timeout). The pages of the lists stop well before it; a query
+    without pages (a context of many large messages) can reach it."""
+    return validation.invalid(
+        f"the answer is {size} bytes, over the {limit} a NATS message carries; ask for less "
+        "(a smaller limit, max_tokens or page)",
+        validation.BODY,
+        "too_large",
+        reply_size=size,
+        limit=limit,
+    )
+
+
 def _describe(
     exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError, data: bytes
 ) -> InvalidError:
@@ -300,7 +314,10 @@ class Dispatcher:
             if prepare is not None:
                 body = prepare(body)
             result, seq = await route.handler(Request(body, headers, subject, principal))
-            return envelope.ok(result, seq), "ok"
+            answer = envelope.ok(result, seq)
+            if len(answer) > self.nc.max_payload:
+                raise reply_too_large(len(answer), self.nc.max_payload)
+            return answer, "ok"
         except InvalidError as exc:
             # Every invalid reply says where and why; a check that names no field is about
             # the request as a whole.

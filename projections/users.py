@@ -174,9 +174,11 @@ async def key_owner(store: Store, user_id: str) -> Row | None:
     )
 
 
-async def api_keys(store: Store, user_id: str) -> list[Row]:
+async def api_keys(store: Store, user_id: str, after: str, limit: int) -> list[Row]:
     return await store.fetch_all(
         "SELECT key_id, user_id, name, prefix, created_at, revoked_at FROM api_keys "
-        "WHERE user_id = ? ORDER BY key_id",
+        "WHERE user_id = ? AND key_id > ? ORDER BY key_id LIMIT ?",
         user_id,
+        after,
+        limit,
     )

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, envelope, subjects
 from agentmem.commands import RenameOrg
 from agentmem.errors import ForbiddenError, NotFoundError, UnauthenticatedError
+from agentmem.queries import ListApiKeys
 from agentmem.service import Service
 from tests.conftest import admin_key
 from tests.support import NatsServer
@@ -165,6 +166,30 @@ async def test_a_revoked_key_is_refused_by_the_very_next_request(world: World) -
     await world.root.revoke_api_key(keys[0]["key_id"], user_id=user_id)
     with pytest.raises(UnauthenticatedError):
         await as_user.get_org(org)
+
+
+async def test_api_keys_are_listed_in_pages_revoked_ones_too(world: World) -> None:
+    """Revoked keys have no bound: the list of a user who made and revoked thousands was
+    one reply over what NATS carries, and never arrived. It comes in pages now."""
+    org = world.tenants["own"].org_id
+    user_id, _ = await new_user(world.root, org, ["member"])
+    for n in range(4):
+        made = await world.root.create_api_key(f"key {n}", user_id=user_id)
+        if n % 2:
+            await world.root.revoke_api_key(str(made.fields["key_id"]), user_id=user_id)
+    every = await world.root.list_api_keys(user_id=user_id, after_seq=world.root.last_seq)
+    assert len(every) == 5  # the key new_user made, and four
+    assert [k["revoked_at"] is None for k in every].count(False) == 2
+    pages, cursor = [], None
+    while True:
+        body = {"user_id": user_id, "limit": 2, "cursor": cursor}
+        data = (await world.root.request(ListApiKeys.op.subject, body)).data
+        pages.append([k["key_id"] for k in data["items"]])
+        cursor = data["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [k for p in pages for k in p] == sorted(k["key_id"] for k in every)
 
 
 async def test_a_revoked_key_is_refused_at_once_by_another_service_process(
