@@ -30,8 +30,11 @@ which its events name too. Keys made ahead and never used (the process stopped, 
 scope went quiet and its pool was dropped) seal nothing: they stay in the bucket, at most
 ``POOL_SIZE`` per scope per such event, and go with the scope's forget.
 
-A forget anywhere (``KeyRing.on_forget``) empties every pool: a key it erased must never
-seal a new memory; a refill under way when it came is thrown away when it ends.
+A forget in an organization (``KeyRing.on_forget``) empties that organization's pools: a
+key it erased must never seal a new memory; a refill, or a batch's keys, under way in that
+organization when it came is thrown away when it ends. Another organization's pools and
+batches are left alone: its forgets made every batch of new memories everywhere answer
+``unavailable`` (half of them, with forgets going on in one organization).
 """
 
 from __future__ import annotations
@@ -69,6 +72,15 @@ def prefix_of(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
+def org_of(name: str) -> str:
+    """The organization of a key name or a wildcard over them (its first token)."""
+    return name.partition(".")[0]
+
+
+# A forget's wildcard whose first token is one of these spans every organization.
+_EVERY_ORG = ("*", ">")
+
+
 @dataclass
 class _Pool:
     """One scope's keys made ahead. ``target`` starts at 2 and doubles with each refill up
@@ -87,9 +99,11 @@ class KeyPool:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._named: OrderedDict[str, str] = OrderedDict()  # subject -> key name
         self._refills: dict[str, asyncio.Task[None]] = {}
-        # Bumped by every forget: a refill that began before it keeps nothing it made.
+        # Bumped by every forget in an organization (or in all of them): a refill or a
+        # batch that began before it keeps nothing it made.
         self._generation = 0
-        ring.on_forget(lambda _pattern: self.clear())
+        self._org_generations: dict[str, int] = {}
+        ring.on_forget(self.clear)
 
     async def take(self, subject: str, name: str, ahead: bool = True) -> DataKey:
         """A stored key, never used, for the new aggregate on ``subject`` whose usual key
@@ -129,12 +143,12 @@ class KeyPool:
                 chosen[name] = pool.keys.pop()
             else:
                 missing.append(name)
-        generation = self._generation
+        before = {org: self._era(org) for org in {org_of(name) for name in wanted}}
         for start in range(0, len(missing), MAX_ATOMIC):
             part = missing[start : start + MAX_ATOMIC]
             made = await self.ring.create_many([self._new_name(prefix_of(n)) for n in part])
             chosen.update(zip(part, made, strict=True))
-        if generation != self._generation:
+        if any(self._era(org) != era for org, era in before.items()):
             # A forget came meanwhile, and may have erased some of them (``_fill`` too).
             raise UnavailableError("data keys were forgotten while this batch's were made; retry")
         for name, key in chosen.items():
@@ -149,10 +163,25 @@ class KeyPool:
             return chosen
         return name
 
-    def clear(self) -> None:
-        self._generation += 1
-        self._pools.clear()
-        self._named.clear()
+    def clear(self, pattern: str = ">") -> None:
+        """Drop the keys made ahead, and the keys chosen, of the organization a forget's
+        wildcard is in (of every one, for a wildcard over all)."""
+        org = org_of(pattern)
+        if org in _EVERY_ORG:
+            self._generation += 1
+            self._pools.clear()
+            self._named.clear()
+            return
+        self._org_generations[org] = self._org_generations.get(org, 0) + 1
+        for prefix in [p for p in self._pools if org_of(p) == org]:
+            del self._pools[prefix]
+        for subject in [s for s, name in self._named.items() if org_of(name) == org]:
+            del self._named[subject]
+
+    def _era(self, org: str) -> tuple[int, int]:
+        """What a forget changes for ``org``: a refill or a batch that sees it change keeps
+        nothing it made."""
+        return self._generation, self._org_generations.get(org, 0)
 
     async def stop(self) -> None:
         tasks = list(self._refills.values())
@@ -175,11 +204,11 @@ class KeyPool:
     def _refill(self, prefix: str) -> None:
         if prefix in self._refills:
             return
-        task = asyncio.ensure_future(self._fill(prefix, self._generation))
+        task = asyncio.ensure_future(self._fill(prefix, self._era(org_of(prefix))))
         self._refills[prefix] = task
         task.add_done_callback(lambda _: self._refills.pop(prefix, None))
 
-    async def _fill(self, prefix: str, generation: int) -> None:
+    async def _fill(self, prefix: str, era: tuple[int, int]) -> None:
         pool = self._pools.get(prefix)
         if pool is None:
             return
@@ -192,7 +221,7 @@ class KeyPool:
         except Exception as exc:  # the adds take keys made on the spot; the next one retries
             log.warning("could not make data keys ahead", prefix=prefix, error=repr(exc))
             return
-        if generation != self._generation:
+        if era != self._era(org_of(prefix)):
             return  # a forget came meanwhile: these keys may be erased already
         current = self._pools.get(prefix)
         if current is not None:

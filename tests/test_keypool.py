@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -192,3 +193,40 @@ async def test_a_batch_of_new_memories_takes_its_keys_together(ring: KeyRing) ->
     await ring.forget(key_filter("o1", user_id="u7"))
     assert await open_events(payloads[7], ring) == [Shredded(of="memory.added")]
     assert await open_events(payloads[8], ring) == [added("n8", "fact 8", "u8")]
+
+
+async def test_a_forget_leaves_other_organizations_pools_and_batches_alone(
+    ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forget in one organization made every batch of new memories in every other
+    organization answer ``unavailable`` while its keys were being made (half of them, with
+    forgets going on in one organization), and emptied every pool."""
+    pool = KeyPool(ring, size=8)
+    theirs = "o2.u1.=.=.memory"
+    for n in range(6):
+        await pool.take(subjects.event("o1", "memory", f"m{n}"), f"{SCOPE}.m{n}")
+        await pool.take(subjects.event("o2", "memory", f"m{n}"), f"{theirs}.m{n}")
+        await asyncio.gather(*pool._refills.values())
+    ours = list(pool._pools[SCOPE].keys)
+    assert ours
+    assert pool._pools[theirs].keys
+    await ring.forget(key_filter("o2", user_id="u1"))
+    assert pool._pools[SCOPE].keys == ours
+    assert theirs not in pool._pools
+
+    made_now = ring.create_many
+
+    def forgetting_in(org: str) -> None:
+        async def create_many(names: list[str]) -> list[Any]:
+            made = await made_now(names)
+            await ring.forget(key_filter(org, user_id="u9"))  # while the batch's keys are made
+            return made
+
+        monkeypatch.setattr(ring, "create_many", create_many)
+
+    batch = {f"o1.u5.=.=.memory.b{n}": subjects.event("o1", "memory", f"b{n}") for n in range(3)}
+    forgetting_in("o2")
+    assert len(await pool.take_many(batch)) == 3
+    forgetting_in("o1")  # in its own organization: its keys may be erased
+    with pytest.raises(UnavailableError, match="forgotten while"):
+        await pool.take_many(batch)
