@@ -166,8 +166,9 @@ class Recall:
                 kept = await memory_reads.memories_among(self.store, memory_filter, now, missing)
             for row in kept:
                 # A memory the expiry sweep emptied has no content left to match: a vector
-                # the index still holds of it (its tombstone not read yet) is stale.
-                if row["state"] != "expired":
+                # the index still holds of it (its tombstone not read yet) is stale. So is
+                # one of a version known then (``known_at``) that the sweep emptied since.
+                if row["state"] != "expired" and row["content"]:
                     rows.setdefault(row["memory_id"], row)
         candidates = [
             ranking.Candidate(
