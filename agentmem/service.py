@@ -215,7 +215,14 @@ def _without_user(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
-async def _connect(servers: list[str], name: str, metrics: Metrics) -> NATS:
+async def _connect(
+    servers: list[str],
+    name: str,
+    metrics: Metrics,
+    closed: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:
+    """``closed``: called when nats-py gives the connection up for good (not by a stop)."""
+    options: dict[str, Any] = {} if closed is None else {"closed_cb": closed}
     return await nats.connect(
         # Every node of a cluster: when the one in use goes away, nats-py reconnects to
         # another (and learns the rest of the cluster from the servers it reaches).
@@ -227,6 +234,7 @@ async def _connect(servers: list[str], name: str, metrics: Metrics) -> NATS:
         error_cb=_log_nats_error,
         disconnected_cb=_log_disconnected,
         reconnected_cb=_log_reconnected(metrics),
+        **options,
     )
 
 
@@ -374,7 +382,7 @@ class Service:
                 natsauth.as_user(url, natsauth.SERVICE_USER, found.service_password)
                 for url in servers
             ]
-        self.nc = await _connect(servers, "agentmem", self.metrics)
+        self.nc = await _connect(servers, "agentmem", self.metrics, self._connection_closed)
         if found is not None:
             self.system_nc = await _connect(
                 [
@@ -385,6 +393,7 @@ class Service:
                 ],
                 "agentmem-system",
                 self.metrics,
+                self._connection_closed,
             )
         # The data keys first: nothing personal is written without them (agentmem.keys).
         self.keys = KeyRing(self.nc, settings.master_keys(create=True))
@@ -500,6 +509,16 @@ class Service:
             roles=",".join(r for r in ROLES if r in roles),
             **({"migrations_applied": migrated} if migrated else {}),
         )
+
+    async def _connection_closed(self) -> None:
+        """nats-py gave a connection up for good (after a protocol error it does not
+        reconnect from): the process would stay up serving nothing. Fail, so that ``serve``
+        stops and exits non-zero and its supervisor starts it again."""
+        if self.stopped.is_set():
+            return  # our own stop closed it
+        self.failure = "the NATS connection was closed for good; stopping"
+        log.error("nats connection closed for good; stopping")
+        self.failed.set()
 
     async def _watch_embedded(self, embedded: EmbeddedNats, every_s: float = 0.2) -> None:
         """A service whose embedded nats-server died must not look up to a supervisor: it

@@ -87,7 +87,7 @@ class ConnectionGate:
                 user_nkey, server_id, self.issuer_seed, error="internal error"
             )
         with contextlib.suppress(Exception):
-            await msg.respond(answer.encode())
+            await self.nc.publish(msg.reply, answer.encode())  # no headers echoed (router.py)
 
     async def decide(self, nats_token: str, user_nkey: str) -> str:
         """The user JWT a connection that sent ``nats_token`` gets, or an AgentMemError."""

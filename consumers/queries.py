@@ -45,7 +45,9 @@ def decode_cursor(cursor: str | None) -> str:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
-    if not raw.startswith(_CURSOR_MARK):
+    # NUL: never in a key this service pages by, and Postgres text cannot hold it (a
+    # forged cursor with one was `internal` there).
+    if not raw.startswith(_CURSOR_MARK) or "\x00" in raw:
         raise invalid(
             "cursor is not one this service returned", "$.cursor", "invalid_value", cursor=cursor
         )

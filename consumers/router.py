@@ -230,7 +230,11 @@ class Dispatcher:
         payload = await self.handle(msg.subject, msg.data, msg.headers or {})
         if msg.reply:
             with contextlib.suppress(Exception):
-                await msg.respond(payload)
+                # Not ``msg.respond``: nats-py's sends the request's headers back with the
+                # reply (the caller's token among them), and a request whose headers were
+                # near the payload limit made a reply over it, which nats-server answers by
+                # closing the connection: the whole process stopped serving.
+                await self.nc.publish(msg.reply, payload)
 
     async def handle(self, subject: str, data: bytes, headers: dict[str, str]) -> bytes:
         """Answer one request, and log one line for it at info: its subject, outcome (``ok``

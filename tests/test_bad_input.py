@@ -1117,6 +1117,11 @@ async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
     for forged in ("9" * 30, str(2**63), "\u00b2\u00b3"):
         body = {"aggregate": "org", "id": "o1", "cursor": encode_cursor(forged)}
         await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor", **where)
+    # A key with a NUL, which Postgres text cannot hold: it was `internal` there.
+    nul = encode_cursor("a\x00b")
+    for lists in (ListOrgs, ListUsers, ListAgents, ListTools, ListEntities):
+        body = {**VALID[lists.op.subject], "cursor": nul}
+        await assert_invalid(bus, lists.op.subject, encode(body), "cursor", **where)
 
 
 # Values of the right shape that a handler refuses: still invalid, still nothing appended.
