@@ -43,7 +43,13 @@ from agentmem.projections.orgs import ORGS, OrgsProjection
 from agentmem.projections.users import USERS
 from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
-from agentmem.store.leases import MEMBERS_TTL_S, PostgresLeases, fair_share, lock_key
+from agentmem.store.leases import (
+    MEMBER_IDLE_S,
+    MEMBERS_TTL_S,
+    PostgresLeases,
+    fair_share,
+    lock_key,
+)
 from tests.pg import DSN, end_session, postgres_schema, with_search_path
 from tests.realparts import (
     after_bootstrap,
@@ -258,9 +264,11 @@ class Member:
     """What one process with the projections role runs: a leader per projection, on a lease
     connection of its own."""
 
-    def __init__(self, name: str, nc: NATS, store: Store, url: str) -> None:
+    def __init__(
+        self, name: str, nc: NATS, store: Store, url: str, leases: PostgresLeases | None = None
+    ) -> None:
         self.name = name
-        self.leases = PostgresLeases(url, f"member {name}")
+        self.leases = leases or PostgresLeases(url, f"member {name}")
         self.leaders: dict[str, ProjectionLeader] = {}
         self.tasks: list[asyncio.Task[None]] = []
         for projection in ALL:
@@ -384,6 +392,68 @@ async def test_leases_spread_over_processes_and_rebalance_without_two_workers(
         await watcher
         for member in members:
             await member.stop()
+
+
+async def test_a_member_that_asks_nothing_makes_no_lease_go_round(
+    nc: NATS, schema: str, admin: asyncpg.Connection, pg_store: Store
+) -> None:
+    """A process that joined and was SIGSTOPped before it took a lease holds the members
+    lock and asks nothing. Counted, it made the share of the live two 4 (eleven over three),
+    too few for eleven leases: the three left were taken as orphans and handed over again,
+    round after round, for as long as it stayed stopped. It is no member while it asks
+    nothing: the live two take every lease and keep it; continued, it gets its share as any
+    joining process does."""
+    log = EventLog(nc)
+    await log.ensure_stream()
+    url = with_search_path(DSN, schema)
+    members = [Member("a", nc, pg_store, url), Member("b", nc, pg_store, url)]
+    moves: list[tuple[str, str | None, str | None]] = []
+    watching = asyncio.Event()
+
+    async def watch() -> None:
+        last: dict[str, str] = {}
+        conn = await asyncpg.connect(DSN)  # admin's connection is the test's own
+        try:
+            while not watching.is_set():
+                found = await holders(conn, schema)
+                for projection in PROJECTIONS:
+                    if found.get(projection) != last.get(projection):
+                        moves.append((projection, last.get(projection), found.get(projection)))
+                last = found
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+
+    async def spread(names: str) -> dict[str, int] | None:
+        found = await holders(admin, schema)
+        counts = Counter(h.removeprefix("member ") for h in found.values())
+        fair = sorted(found) == PROJECTIONS and set(counts) == set(names)
+        if fair and max(counts.values()) <= fair_share(len(PROJECTIONS), len(names)):
+            return dict(counts)
+        return None
+
+    # "c" starts: its lease session joins the members; then SIGSTOP, before any lease.
+    stopped = PostgresLeases(url, "member c")
+    watcher = asyncio.create_task(watch())
+    try:
+        await eventually(lambda: spread("ab"), 30, 0.05, "the leases spread over two")
+        assert await stopped.members() == 3
+        await asyncio.sleep(MEMBER_IDLE_S + 1)
+        held = await eventually(lambda: spread("ab"), 15, 0.05, "every lease held by the two")
+        moves.clear()
+        await asyncio.sleep(3)  # 30 rounds of 0.1 s
+        assert moves == [], f"{len(moves)} moves while c was stopped: {moves[:6]}"
+        assert await spread("ab") == held
+
+        # SIGCONT: "c" asks again, on the same session, and is handed its share.
+        members.append(Member("c", nc, pg_store, url, leases=stopped))
+        await eventually(lambda: spread("abc"), 15, 0.05, "the leases spread over three")
+    finally:
+        watching.set()
+        await watcher
+        for member in members:
+            await member.stop()
+        await stopped.close()
 
 
 # Three processes, SIGKILL the active one under load ---------------------------------------------

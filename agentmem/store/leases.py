@@ -52,8 +52,9 @@ class Leases(Protocol):
         """The leases this process holds."""
 
     async def members(self) -> int | None:
-        """How many processes share the leases (this one included), or None when one
-        process holds them all by nature (SQLite): what a fair share is counted from."""
+        """How many processes share the leases (this one included; on Postgres, those that
+        asked within ``MEMBER_IDLE_S``), or None when one process holds them all by nature
+        (SQLite): what a fair share is counted from."""
 
     async def taken(self, name: str) -> bool:
         """Whether any process holds the lease on ``name``."""
@@ -107,6 +108,13 @@ def lock_key(schema: str, name: str) -> int:
 MEMBERS = "members of the projection leases"
 # How long a count of the members is reused (every leader of the process asks each round).
 MEMBERS_TTL_S = 0.5
+# A member counts only while it competes: its lease connection has been used within this
+# long (every leader of a live process asks, or confirms, once a round, about a second). A
+# process that holds the members lock and asks nothing (SIGSTOPped, its event loop stuck, an
+# ``agentmem replay``, every projection standing aside) is no member: counted, it lowered
+# everyone's share below what the live ones must cover, so a lease nobody could take within
+# a share was taken as an orphan and handed over again, round after round (flapping).
+MEMBER_IDLE_S = 5.0
 # Holders of one advisory key (pg_locks splits a bigint key into classid and objid), in
 # this database: pg_locks shows every database's, and an advisory lock is one database's
 # own, so a deployment in another database of the server is no member of this one (counted,
@@ -115,6 +123,19 @@ _HOLDERS = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
     "AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND mode = $3 "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+# The members that compete: holders of the members key whose session is at work or was
+# within ``MEMBER_IDLE_S`` (``state_change`` is NULL for another role's sessions without
+# pg_read_all_stats: those count, as before).
+_MEMBERS = (
+    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid AND l.mode = 'ShareLock' "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND (a.state = 'active' OR a.state_change IS NULL "
+    "OR a.state_change > clock_timestamp() - make_interval(secs => $3))"
 )
 
 
@@ -178,7 +199,13 @@ class PostgresLeases:
         now = time.monotonic()
         if now - self._members_at > MEMBERS_TTL_S:
             try:
-                self._members = max(1, await self._holders(self._members_name, "ShareLock"))
+                async with self._lock:
+                    conn = await self._connection()
+                    classid, objid = _key_parts(self.key(self._members_name))
+                    count = await conn.fetchval(
+                        _MEMBERS, classid, objid, MEMBER_IDLE_S, timeout=CALL_TIMEOUT_S
+                    )
+                self._members = max(1, int(count))
             except Exception as exc:  # the next hold() drops the connection and says so
                 log.warning("could not count the lease members", error=repr(exc))
             self._members_at = now
