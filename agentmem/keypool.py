@@ -163,7 +163,7 @@ class KeyPool:
             return chosen
         return name
 
-    def clear(self, pattern: str = ">") -> None:
+    def clear(self, pattern: str) -> None:
         """Drop the keys made ahead, and the keys chosen, of the organization a forget's
         wildcard is in (of every one, for a wildcard over all)."""
         org = org_of(pattern)

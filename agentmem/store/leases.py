@@ -188,24 +188,20 @@ class PostgresLeases:
     def key(self, name: str) -> int:
         return lock_key(self._schema, name)
 
-    async def _holders(self, name: str, mode: str) -> int:
+    async def _count(self, query: str, name: str, arg: object) -> int:
+        """``query`` (``_HOLDERS`` or ``_MEMBERS``) of the advisory key of ``name``."""
         async with self._lock:
             conn = await self._connection()
             classid, objid = _key_parts(self.key(name))
-            count = await conn.fetchval(_HOLDERS, classid, objid, mode, timeout=CALL_TIMEOUT_S)
+            count = await conn.fetchval(query, classid, objid, arg, timeout=CALL_TIMEOUT_S)
             return int(count)
 
     async def members(self) -> int | None:
         now = time.monotonic()
         if now - self._members_at > MEMBERS_TTL_S:
             try:
-                async with self._lock:
-                    conn = await self._connection()
-                    classid, objid = _key_parts(self.key(self._members_name))
-                    count = await conn.fetchval(
-                        _MEMBERS, classid, objid, MEMBER_IDLE_S, timeout=CALL_TIMEOUT_S
-                    )
-                self._members = max(1, int(count))
+                count = await self._count(_MEMBERS, self._members_name, MEMBER_IDLE_S)
+                self._members = max(1, count)
             except Exception as exc:  # the next hold() drops the connection and says so
                 log.warning("could not count the lease members", error=repr(exc))
             self._members_at = now
@@ -213,7 +209,7 @@ class PostgresLeases:
 
     async def taken(self, name: str) -> bool:
         try:
-            return await self._holders(name, "ExclusiveLock") > 0
+            return await self._count(_HOLDERS, name, "ExclusiveLock") > 0
         except Exception:
             return True  # unknown: do not take more than a fair share on it
 
