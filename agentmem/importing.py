@@ -65,7 +65,7 @@ from agentmem.errors import AgentMemError, ConflictError
 from agentmem.exporting import FORMAT, VERSION
 from agentmem.protocol import Request, operation_of
 
-ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 # Which fields of an event its command takes, by name.
 AGENT: tuple[str, ...] = ("agent_id", "name", "description", "persona", "model", "metadata", "tags")
 TOOL: tuple[str, ...] = ("tool_id", "name", "description", "parameters", "tags")

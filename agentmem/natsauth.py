@@ -60,7 +60,7 @@ OUTCOME_SUBJECTS = [f"{subjects.OUTCOME_TO_PREFIX}.>"]
 PUBLIC_SUBJECTS = ["agentmem.cmd.auth.login", "agentmem.sys.health", "agentmem.sys.schema"]
 ANONYMOUS_PREFIX = "anon_"
 # An anonymous connection names its own inbox: long and random enough that nobody guesses it.
-_ANONYMOUS_ID = re.compile(r"^anon_[A-Za-z0-9]{22,64}$")
+_ANONYMOUS_ID = re.compile(r"^anon_[A-Za-z0-9]{22,64}\Z")
 
 
 @dataclass(frozen=True)

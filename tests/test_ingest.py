@@ -295,6 +295,12 @@ async def test_a_command_id_that_is_no_subject_token_does_not_stop_its_partition
         (f"agentmem.in.{org}.nothing.here", b"{}", {"Nats-Msg-Id": "x y"}),
         (f"agentmem.in.{org}.org.delete", b"{}", {**bearer(admin_token), "Nats-Msg-Id": "a b"}),
         (f"agentmem.in.{org}.nothing.here", json.dumps({"command_id": "c d"}).encode(), {}),
+        # A trailing newline passed a check that ended in `$`, which matches before one.
+        (
+            f"agentmem.in.{org}.message.append",
+            append_body("p", agent, 0, command_id="nl1\n"),
+            bearer(admin_token),
+        ),
     ]
     for subject, body, headers in poisons:
         await js.publish(subject, body, headers=headers)

@@ -70,3 +70,5 @@ def test_a_client_s_inbox_follows_from_its_token() -> None:
     assert natsauth.inbox_prefix(anonymous) == f"_INBOX_{anonymous}"
     assert natsauth.inbox_id("anon_short") is None
     assert natsauth.inbox_id("not a token") is None
+    # Let in at connect, it could subscribe to no inbox (a `$` matched before the newline).
+    assert natsauth.inbox_id(anonymous + "\n") is None

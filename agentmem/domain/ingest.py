@@ -48,7 +48,7 @@ H_OUTCOME_TO = "AgentMem-Outcome-To"
 # it was first executed under (its Nats-Msg-Id would be dropped as a duplicate by the stream).
 H_INGEST_ID = "AgentMem-Ingest-Id"
 
-_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 
 Status = Literal["pending", "stored", "refused", "parked", "dropped"]
 # Error codes that no retry can change: the command is refused for good.
@@ -85,7 +85,7 @@ def command_id(headers: dict[str, str], body_id: str | None, stream_id: str) -> 
     return stream_id
 
 
-_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 MAX_OUTCOME_TO = 255
 
 
