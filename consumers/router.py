@@ -154,6 +154,15 @@ def check_headers(headers: dict[str, str]) -> None:
         )
 
 
+def answerable(reply: str) -> bool:
+    """Whether a request's reply subject is an inbox, the only subjects the service answers
+    on: ``_INBOX.`` (a NATS client's default), ``_INBOX_<id>.`` (the inbox a client of the
+    embedded server uses, docs/security.md), or ``_R_.`` (what nats-server makes of a
+    reply subject crossing a service import, as from the ``CLIENTS`` account: the server
+    delivers the answer to the caller's own subject in its account, never into this one)."""
+    return reply.startswith(("_INBOX.", "_INBOX_", "_R_."))
+
+
 def reply_too_large(size: int, limit: int) -> InvalidError:
     """A query whose answer NATS cannot carry (its payload limit): said, not dropped (the
     caller waited for its timeout). The pages of the lists stop well before it; a query
@@ -227,6 +236,12 @@ class Dispatcher:
         self._slots.release()
 
     async def _answer(self, msg: Msg) -> None:
+        if msg.reply and not answerable(msg.reply):
+            # Neither run nor answered: the reply would be published by the service, with
+            # its permissions, wherever the caller said (an event subject, which the log's
+            # stream stores; a data key of the key bucket; another user's outcome tree).
+            log.warning("request dropped: its reply subject is no inbox", subject=msg.subject)
+            return
         payload = await self.handle(msg.subject, msg.data, msg.headers or {})
         if msg.reply:
             with contextlib.suppress(Exception):

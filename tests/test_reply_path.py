@@ -4,11 +4,14 @@ stay up serving nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
 
+from agentmem import subjects
+from agentmem.commands import CreateOrg
 from agentmem.service import Service
 from tests.conftest import settings_for
 from tests.support import NatsServer
@@ -55,3 +58,27 @@ async def test_a_connection_closed_for_good_fails_the_service(
     await calm.start()
     await calm.stop()
     assert not calm.failed.is_set()
+
+
+async def test_a_request_whose_reply_subject_is_no_inbox_is_neither_run_nor_answered(
+    service: Service, nc: NATS, auth_headers: dict[str, str]
+) -> None:
+    """The service published its reply wherever the caller said, with its own permissions:
+    an anonymous `sys.health` with an event subject as its reply appended to the log, and a
+    reply could overwrite a data key in the key bucket or land in another user's outcomes."""
+    js = nc.jetstream()
+    before = (await js.stream_info(subjects.STREAM_NAME)).state.last_seq
+    for reply in (
+        "agentmem.evt.o1.memory.m1",
+        "$KV.AGENTMEM_KEYS.o1.u1.=.=.memory.k_0",
+        "agentmem.out.o1.u1.cmd42",
+    ):
+        await nc.publish("agentmem.sys.health", b"", reply=reply)
+        body = msgspec.json.encode({"name": "Never made"})
+        await nc.publish(CreateOrg.op.subject, body, reply=reply, headers=auth_headers)
+    await asyncio.sleep(1)  # what ran would have been appended by now (a few ms)
+    answered = await nc.request("agentmem.q.org.list", b"{}", timeout=5, headers=auth_headers)
+    assert msgspec.json.decode(answered.data)["ok"] is True
+    assert (await js.stream_info(subjects.STREAM_NAME)).state.last_seq == before
+    orgs = msgspec.json.decode(answered.data)["data"]["items"]
+    assert "Never made" not in [org["name"] for org in orgs]
