@@ -473,14 +473,10 @@ def _status(row: dict[str, Any], at: reads.At) -> str:
 
 
 def _cursor(cursor: str | None) -> tuple[str, str] | None:
-    key = decode_cursor(cursor)
+    key = decode_cursor(cursor, fields=2)  # the last entity's name and id
     if not key:
         return None
-    norm, sep, entity_id = key.rpartition("\x00")
-    if not sep:
-        raise invalid(
-            "cursor is not one this subject returned", "$.cursor", "invalid_value", cursor=cursor
-        )
+    norm, _, entity_id = key.partition("\x00")
     return norm, entity_id
 
 

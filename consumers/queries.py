@@ -38,16 +38,17 @@ def encode_cursor(last_key: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> str:
+def decode_cursor(cursor: str | None, fields: int = 1) -> str:
+    """The key a cursor holds ("" for none). ``fields``: how many NUL-separated fields the
+    keys of its subject hold. A key with any other NUL is none this service made, and
+    Postgres text cannot hold one (a forged cursor with a NUL was `internal` there)."""
     if not cursor:
         return ""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
-    # NUL: never in a key this service pages by, and Postgres text cannot hold it (a
-    # forged cursor with one was `internal` there).
-    if not raw.startswith(_CURSOR_MARK) or "\x00" in raw:
+    if not raw.startswith(_CURSOR_MARK) or raw.count("\x00") != fields - 1:
         raise invalid(
             "cursor is not one this service returned", "$.cursor", "invalid_value", cursor=cursor
         )

@@ -1118,9 +1118,15 @@ async def test_a_cursor_the_service_never_made(bus: Bus) -> None:
         body = {"aggregate": "org", "id": "o1", "cursor": encode_cursor(forged)}
         await assert_invalid(bus, GetHistory.op.subject, encode(body), "cursor", **where)
     # A key with a NUL, which Postgres text cannot hold: it was `internal` there.
-    nul = encode_cursor("a\x00b")
-    for lists in (ListOrgs, ListUsers, ListAgents, ListTools, ListEntities):
-        body = {**VALID[lists.op.subject], "cursor": nul}
+    # (An entity.list key is a name and an id, a NUL between them: a second NUL.)
+    for lists, key in (
+        (ListOrgs, "a\x00b"),
+        (ListUsers, "a\x00b"),
+        (ListAgents, "a\x00b"),
+        (ListTools, "a\x00b"),
+        (ListEntities, "a\x00b\x00c"),
+    ):
+        body = {**VALID[lists.op.subject], "cursor": encode_cursor(key)}
         await assert_invalid(bus, lists.op.subject, encode(body), "cursor", **where)
 
 
