@@ -222,7 +222,6 @@ async def _connect(
     closed: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """``closed``: called when nats-py gives the connection up for good (not by a stop)."""
-    options: dict[str, Any] = {} if closed is None else {"closed_cb": closed}
     return await nats.connect(
         # Every node of a cluster: when the one in use goes away, nats-py reconnects to
         # another (and learns the rest of the cluster from the servers it reaches).
@@ -234,7 +233,7 @@ async def _connect(
         error_cb=_log_nats_error,
         disconnected_cb=_log_disconnected,
         reconnected_cb=_log_reconnected(metrics),
-        **options,
+        closed_cb=closed,
     )
 
 

@@ -29,7 +29,7 @@ from agentmem.consumers.queries import (
     decode_cursor,
     encode_cursor,
     encoded_page,
-    fitting,
+    fitted,
 )
 from agentmem.consumers.recall import recall_of
 from agentmem.consumers.router import Request, Result, Router
@@ -512,7 +512,7 @@ def query_router(parts: Parts) -> Router:
         org_id = readable_org(request, query.org_id)
         reply, seq = await search(parts, query, memories.filter_of(query, org_id))
         # Up to 500 memories of 10,000 characters: the best that fit in one reply.
-        reply["items"] = reply["items"][: fitting(reply["items"])]
+        reply["items"] = fitted(reply["items"])
         return reply, seq
 
     @router.handle(MemoryStats)

@@ -32,6 +32,7 @@ from agentmem.consumers.message_recall import MessageRecall
 from agentmem.consumers.queries import (
     cursor_number,
     encode_cursor,
+    fitted,
     fitting,
 )
 from agentmem.consumers.router import Request, Result, Router
@@ -346,7 +347,7 @@ def query_router(parts: Parts) -> Router:
             model = message_vectors.PROJECTION.model if query.mode != "text" else None
             return {"items": [], "mode": query.mode, "confident": False, "model": model}, seq
         reply, seq = await recall.search(query, where)
-        reply["items"] = reply["items"][: fitting(reply["items"])]
+        reply["items"] = fitted(reply["items"])
         return reply, seq
 
     return router

@@ -129,6 +129,17 @@ def page(
     return {"items": items, "next_cursor": encode_cursor(last)}
 
 
+def fitted(items: list[dict[str, Any]], max_bytes: int = MAX_PAGE_BYTES) -> Any:
+    """The items of an answer without pages (a search's, best first) that fit in
+    ``max_bytes`` of JSON: when all do, encoded once, and the reply carries that JSON
+    (``msgspec.Raw``) instead of sizing them and encoding them again; else the first that
+    fit (``fitting``)."""
+    encoded = _item_encoder.encode(items)
+    if len(encoded) <= max_bytes:
+        return msgspec.Raw(encoded)
+    return items[: fitting(items, max_bytes)]
+
+
 def encoded_page(
     rows: list[dict[str, Any]],
     limit: int,
