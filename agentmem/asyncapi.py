@@ -94,6 +94,21 @@ def _event_view(event: type[Event], extra: type[msgspec.Struct] | None, comps: A
     return {"type": "object", "properties": properties, "required": required}
 
 
+# What a retried command answers when the data its first attempt wrote was forgotten since
+# (docs/protocol.md, "command_id"): it cannot read that outcome back (CommandRunner._view).
+SHREDDED_RETRY = {
+    "type": "object",
+    "description": "A retry of this command whose data was forgotten since: it was applied, "
+    "and what it wrote is gone.",
+    "properties": {
+        "event": {"const": "shredded"},
+        "of": {"type": "string", "description": "The type of the event it wrote."},
+        "version": {"type": "integer", "description": "The log sequence it wrote."},
+    },
+    "required": ["event", "of", "version"],
+}
+
+
 def _reply(data: Any) -> dict[str, Any]:
     ok = {
         "type": "object",
@@ -131,6 +146,8 @@ def document() -> dict[str, Any]:
             data = _event_view(op.reply, op.extra, components)
         else:
             data = by_type[id(op.reply)]
+        if op.kind == "command":
+            data = {"oneOf": [data, {"$ref": REF.format(name="ShreddedRetry")}]}
         messages[request_name] = {
             "name": request_name,
             "contentType": "application/json",
@@ -203,7 +220,10 @@ def document() -> dict[str, Any]:
         },
         "channels": channels,
         "operations": operations_,
-        "components": {"messages": messages, "schemas": components},
+        "components": {
+            "messages": messages,
+            "schemas": {**components, "ShreddedRetry": SHREDDED_RETRY},
+        },
     }
 
 

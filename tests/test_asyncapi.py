@@ -27,6 +27,7 @@ from agentmem.commands import (
     RegisterTool,
     RegisterUser,
 )
+from agentmem.domain.forget import ForgetUser
 from agentmem.domain.memories import (
     AddMemories,
     AddMemory,
@@ -215,3 +216,19 @@ async def test_client_send_speaks_any_operation_from_its_request_alone(client: C
     health = await client.send(Health())
     assert isinstance(health, HealthReport)
     assert health.live
+
+
+async def test_a_shredded_retry_matches_its_declared_reply(nc: NATS, admin_token: str) -> None:
+    """A retried command whose data was forgotten since answers ``shredded``: a reply
+    shape the document declares for every command (it did not)."""
+    org = await ask(nc, CreateOrg(name="Shred"), admin_token)
+    org_id = org["data"]["org_id"]
+    user = RegisterUser(
+        org_id=org_id, name="Ann", email="ann@shred.example", password="long-enough-password"
+    )
+    user_id = (await ask(nc, user, admin_token))["data"]["user_id"]
+    add = AddMemory(content="Ann likes tea", user_id=user_id, org_id=org_id, command_id="c-1")
+    added = await ask(nc, add, admin_token)
+    await ask(nc, ForgetUser(user_id=user_id), admin_token)
+    again = await ask(nc, add, admin_token)
+    assert again["data"] == {"event": "shredded", "of": "memory.added", "version": added["seq"]}
