@@ -8,6 +8,14 @@ a live event is handed over the moment it arrives, with no new pull per event (o
 delivery and one ack per event, not five messages), and a backlog still comes in full
 batches, since the worker keeps collecting while the server says more is pending.
 
+With ``pace``, batches under a steady trickle are handed over at most once per ``pace``
+seconds: a message that arrives sooner after the last batch waits for the others that come
+until then, so that a projection applies one batch (a delivery's worth of Python, one
+transaction) for many commits instead of one each, and the requests that produced them are
+not each followed by that work on the same event loop (docs/performance.md, "Projections
+paced"). A message after a quiet spell is handed over at once, and ``hurry`` (a reader
+waiting for this projection's next commits) ends the wait.
+
 One pull is open at a time, so messages never interleave. With ``AckPolicy.ALL`` acking a
 message acks all before it, so a lost delivery would be lost for good: a gap in the
 consumer sequence raises, and the worker restarts from its checkpoint.
@@ -16,6 +24,7 @@ consumer sequence raises, and the worker restarts from its checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 import msgspec
@@ -45,11 +54,20 @@ class FeedBroken(Exception):
 
 class PullFeed:
     def __init__(
-        self, nc: NATS, stream: str, consumer: str, batch: int, idle_wait: float = 1.0
+        self,
+        nc: NATS,
+        stream: str,
+        consumer: str,
+        batch: int,
+        idle_wait: float = 1.0,
+        pace: float = 0.0,
     ) -> None:
         self.nc = nc
         self.batch = batch
         self.idle_wait = idle_wait
+        self.pace = pace
+        self._handed_over = -pace  # the loop time of the last batch handed over
+        self._hurried = False
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = ""
         self._subscription: Subscription | None = None
@@ -74,6 +92,12 @@ class PullFeed:
         self._interrupted = True
         self._wake.set()
 
+    def hurry(self) -> None:
+        """Someone waits for what is arriving: the batch being collected is handed over
+        now, not when ``pace`` is up."""
+        self._hurried = True
+        self._wake.set()
+
     async def _on_message(self, message: Msg) -> None:
         self._arrived.append(message)
         self._wake.set()
@@ -85,6 +109,7 @@ class PullFeed:
         if self._subscription is None:
             raise RuntimeError("feed not started")
         messages: list[Msg] = []
+        loop = asyncio.get_running_loop()
         while len(messages) < self.batch:
             if self._open == 0:
                 if messages:
@@ -93,7 +118,9 @@ class PullFeed:
             if not self._arrived:
                 more_pending = messages and delivery(messages[-1]).num_pending > 0
                 if messages and not more_pending:
-                    break
+                    if not await self._paced(loop.time()):
+                        break
+                    continue
                 await self._wait()
                 if not self._arrived:  # interrupted
                     return messages
@@ -117,7 +144,20 @@ class PullFeed:
             self._check_order(message)
             self._open -= 1
             messages.append(message)
+        if messages:
+            self._handed_over = loop.time()
         return messages
+
+    async def _paced(self, now: float) -> bool:
+        """Wait for more messages while the pace holds the batch back: True when one came."""
+        remaining = self._handed_over + self.pace - now
+        if remaining <= 0 or self._hurried or self._interrupted:
+            self._hurried = False
+            return False
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+        return bool(self._arrived) and not self._hurried
 
     async def _pull(self) -> None:
         expires_ns = int(self.idle_wait * 1_000_000_000)

@@ -46,7 +46,7 @@ from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.build import Build
 from agentmem.projections.leader import ProjectionLeader
 from agentmem.projections.migrations import MIGRATIONS
-from agentmem.projections.worker import ProjectionWorker
+from agentmem.projections.worker import PACE_S, ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
 from agentmem.store.metered import MeteredStore
@@ -553,6 +553,7 @@ class Service:
                 metrics=self.metrics,
                 keys=keys,
                 version=projection.version,
+                pace=PACE_S,
             )
 
         async def live_is_mine() -> bool:

@@ -38,6 +38,14 @@ INGEST_OUTCOME_PREFIX = f"{PREFIX}.outcome"
 # subscribe to its own user's subtree only, so nobody receives another user's outcomes.
 OUTCOME_TO_PREFIX = f"{PREFIX}.out"
 
+# Where a query that waits for a projection run by another process tells its worker to
+# apply what it holds now (``PullFeed.hurry``): between the service's own processes.
+HURRY_PREFIX = f"{PREFIX}.hurry"
+
+
+def hurry(projection: str) -> str:
+    return f"{HURRY_PREFIX}.{projection}"
+
 
 def outcome_tree(org_id: str, user_id: str) -> str:
     """The subtree a user's outcomes may be sent to (subscribe to ``<it>.>``)."""

@@ -13,7 +13,10 @@ at once.
 In a process that does not run the projection's worker (no projections role, or another
 process holds the projection's lease) there is no board to wake it: the query polls the
 store's checkpoint, which the active worker commits, every 10 ms (one read shared by all
-queries waiting on that projection), besides the same check of the log.
+queries waiting on that projection), besides the same check of the log. A worker paces its
+batches under a steady trickle (``PullFeed``): a query that waits tells it so, through the
+board in-process, else on ``agentmem.hurry.<projection>``, so that it applies what it holds
+at once.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Freshness:
         stream: str = subjects.STREAM_NAME,
         max_wait: float = DEFAULT_WAIT_S,
     ) -> None:
+        self.nc = nc
         self.js = nc.jetstream()
         self.store = store
         self.board = board
@@ -141,6 +145,7 @@ class Freshness:
                 continue
             # No worker here (a process without the projections role, or one that does not
             # hold the projection's lease): another process moves the store's checkpoint.
+            await self.nc.publish(subjects.hurry(projection))
             until = time.monotonic() + min(remaining, RECHECK_S)
             while time.monotonic() < until:
                 await asyncio.sleep(POLL_S)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 
 
 class CheckpointBoard:
@@ -16,6 +17,16 @@ class CheckpointBoard:
         self._seqs: dict[str, int] = {}
         self._waiters: dict[str, list[tuple[int, int, asyncio.Future[None]]]] = {}
         self._order = itertools.count()  # breaks ties in the heap: futures do not compare
+        # Per projection, how to tell its worker that a reader waits (``PullFeed.hurry``).
+        self._hurry: dict[str, Callable[[], None]] = {}
+
+    def on_wait(self, projection: str, hurry: Callable[[], None]) -> None:
+        """``hurry`` is called whenever a reader starts waiting for ``projection``."""
+        self._hurry[projection] = hurry
+
+    def off_wait(self, projection: str, hurry: Callable[[], None]) -> None:
+        if self._hurry.get(projection) == hurry:
+            del self._hurry[projection]
 
     def has(self, projection: str) -> bool:
         """True once a worker in this process has reported for ``projection``."""
@@ -41,6 +52,9 @@ class CheckpointBoard:
         """Wait until the projection's checkpoint is at least ``seq``; False on timeout."""
         if self.get(projection) >= seq:
             return True
+        hurry = self._hurry.get(projection)
+        if hurry is not None:
+            hurry()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters.setdefault(projection, []), (seq, next(self._order), future))
         try:

@@ -18,6 +18,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
@@ -38,6 +39,9 @@ log = structlog.get_logger(__name__)
 BATCH = 1000
 # How long an idle worker waits for the next event before looking again (and noticing stop).
 IDLE_WAIT_S = 0.5
+# A live worker under a steady trickle of events applies at most one batch per this many
+# seconds (``PullFeed``'s pace; a reader waiting with ``after_seq`` cuts it short).
+PACE_S = 0.1
 
 
 def durable_name(projection: str) -> str:
@@ -64,8 +68,10 @@ class ProjectionWorker:
         keys: KeyRing | None = None,
         version: int | None = None,
         building: bool = False,
+        pace: float = 0.0,
     ) -> None:
         self.nc = nc
+        self.pace = pace
         self.keys = keys  # opens sealed personal fields (``agentmem.sealing``)
         self.js = nc.jetstream()
         self.store = store
@@ -90,6 +96,7 @@ class ProjectionWorker:
         self.checkpoint = 0
         self._stopping = asyncio.Event()
         self._feed: PullFeed | None = None
+        self._hurry_sub: Subscription | None = None
         self.applied = 0
         self.last_error: str | None = None
         # A point-in-time replay applies nothing after this sequence, and stops once the log
@@ -121,8 +128,17 @@ class ProjectionWorker:
         else:
             config.deliver_policy = DeliverPolicy.ALL
         await self.js.add_consumer(self.stream, config)
-        feed = PullFeed(self.nc, self.stream, durable, self.batch, idle_wait=IDLE_WAIT_S)
+        feed = PullFeed(
+            self.nc, self.stream, durable, self.batch, idle_wait=IDLE_WAIT_S, pace=self.pace
+        )
         await feed.start()
+        self.board.on_wait(self.key, feed.hurry)
+        if self.pace > 0:  # a reader in another process (consumers.freshness)
+
+            async def hurried(_: Msg) -> None:
+                feed.hurry()
+
+            self._hurry_sub = await self.nc.subscribe(subjects.hurry(self.key), cb=hurried)
         return feed
 
     @property
@@ -168,6 +184,11 @@ class ProjectionWorker:
                 if (until_caught_up and pending == 0) or self._reached_until:
                     return
         finally:
+            self.board.off_wait(self.key, feed.hurry)
+            if self._hurry_sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._hurry_sub.unsubscribe()
+                self._hurry_sub = None
             with contextlib.suppress(Exception):
                 await feed.stop()
             if self.consumer != durable_name(self.name):  # a replay's consumer is temporary

@@ -150,3 +150,38 @@ async def test_a_backlog_of_large_commits_is_pulled_in_pieces_the_client_can_hol
     finally:
         await feed.stop()
     assert got == list(range(150))
+
+
+async def test_a_paced_feed_gathers_a_trickle_into_one_batch(nc: NATS) -> None:
+    """Events that arrive within the pace after the last batch wait for each other; the
+    first event after a quiet spell is handed over at once."""
+    feed = PullFeed(nc, STREAM, "worker", batch=100, idle_wait=5.0, pace=0.4)
+    await feed.start()
+    started = time.monotonic()
+    await nc.jetstream().publish("feed.live", b"0")
+    first = await feed.next_batch()
+    assert numbers(first) == [0]
+    assert time.monotonic() - started < 0.3  # quiet before: not held back
+    await first[-1].ack()
+    waiting = asyncio.create_task(feed.next_batch())
+    for i in range(1, 6):
+        await nc.jetstream().publish("feed.live", str(i).encode())
+        await asyncio.sleep(0.02)
+    second = await asyncio.wait_for(waiting, timeout=2.0)
+    assert numbers(second) == [1, 2, 3, 4, 5]
+    assert time.monotonic() - started >= 0.4
+    await feed.stop()
+
+
+async def test_a_hurried_feed_hands_over_what_it_has(nc: NATS) -> None:
+    feed = PullFeed(nc, STREAM, "worker", batch=100, idle_wait=5.0, pace=30.0)
+    await feed.start()
+    await nc.jetstream().publish("feed.live", b"0")
+    await (await feed.next_batch())[-1].ack()
+    waiting = asyncio.create_task(feed.next_batch())
+    await nc.jetstream().publish("feed.live", b"1")
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # held back by the pace
+    feed.hurry()
+    assert numbers(await asyncio.wait_for(waiting, timeout=2.0)) == [1]
+    await feed.stop()

@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client
+from agentmem import service as service_module
+from agentmem.projections import worker as worker_module
 from agentmem.queries import GetAgent, Health
 from agentmem.service import Service
+from tests.conftest import admin_key, answering, settings_for
+from tests.support import NatsServer
 
 
 async def test_a_query_right_after_a_command_sees_it(service: Service, client: Client) -> None:
@@ -52,3 +58,28 @@ async def test_after_seq_is_sent_unless_given_and_zero_opts_out(
         (GetAgent.op.subject, 0),
         (Health.op.subject, None),
     ]
+
+
+async def test_a_read_waiting_for_a_paced_projection_hurries_it(
+    nats_server: NatsServer,
+    tmp_path: Path,
+    store_url: str,
+    nc: NATS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A projection under a steady trickle applies one batch per pace; a read that waits
+    for a write (``after_seq``) has it applied at once, not when the pace is up."""
+    monkeypatch.setattr(service_module, "PACE_S", 30.0)
+    # Nor cut short by the pull's end (the pace never outlasts the open pull).
+    monkeypatch.setattr(worker_module, "IDLE_WAIT_S", 30.0)
+    service = Service(settings_for(nats_server, tmp_path, store_url))
+    await service.start()
+    try:
+        await answering(nats_server.url)
+        client = Client(nc, admin_key(tmp_path))
+        for n in range(5):  # each add within the pace of the one before: held back
+            memory_id = (await client.add_memory(f"fact {n}", user_id="u")).fields["memory_id"]
+            # Else it would wait until its 5 s are up, and answer `unavailable`.
+            assert (await client.get_memory(str(memory_id))).content == f"fact {n}"
+    finally:
+        await service.stop()

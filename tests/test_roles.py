@@ -20,8 +20,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client
+from agentmem import service as service_module
 from agentmem.config import ROLES, Settings, StartupError, parse_roles
 from agentmem.projections import ALL
+from agentmem.projections import worker as worker_module
 from agentmem.queries import GetOrg, Health
 from agentmem.service import Service
 from tests.conftest import admin_key, settings_for
@@ -157,5 +159,38 @@ async def test_commands_and_projections_in_one_process_queries_in_another(
         with pytest.raises(nats.errors.NoRespondersError):
             await nc.request(GetOrg.op.subject, b"{}", timeout=2, headers=bearer(token))
         await client.rename_org(org_id, "Acme 3")
+    finally:
+        await writer.stop()
+
+
+async def test_a_query_in_another_process_hurries_a_paced_projection(
+    nats_server: NatsServer,
+    nc: NATS,
+    tmp_path: Path,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process that waits for a projection is not the one that runs it: it tells the
+    worker on ``agentmem.hurry.<projection>``, else each read after a write would wait
+    for the pace (here longer than the read's 5 s, so that it would fail)."""
+    monkeypatch.setattr(service_module, "PACE_S", 30.0)
+    monkeypatch.setattr(worker_module, "IDLE_WAIT_S", 30.0)
+
+    def service(roles: str) -> Service:
+        settings = settings_for(nats_server, tmp_path, pg_url)
+        settings.roles = parse_roles(roles)
+        return Service(settings)
+
+    writer, reader = service("commands,projections"), service("queries")
+    await writer.start()
+    try:
+        await reader.start()
+        try:
+            client = Client(nc, admin_key(tmp_path))
+            for n in range(4):
+                memory_id = (await client.add_memory(f"fact {n}", user_id="u")).fields["memory_id"]
+                assert (await client.get_memory(str(memory_id))).content == f"fact {n}"
+        finally:
+            await reader.stop()
     finally:
         await writer.stop()
