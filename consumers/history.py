@@ -28,15 +28,28 @@ from agentmem.eventlog import (
     EventLog,
     StoredCommit,
 )
-from agentmem.events import MessageAppended, Shredded
+from agentmem.events import AnyEvent, MemoryAdded, MemoryUpdated, MessageAppended, Shredded
 from agentmem.projections import messages as messages_read
 from agentmem.queries import GetHistory
+from agentmem.sealing import PERSONAL
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
 
 
+def _hidden_id(event: AnyEvent) -> str | None:
+    """The id by which an event's content may be hidden: a message's, or a memory's."""
+    match event:
+        case MessageAppended():
+            return event.message_id
+        case MemoryAdded() | MemoryUpdated():
+            return event.memory_id
+    return None
+
+
 def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One commit as history shows it. ``hidden``: the messages and memories whose content
+    the tables dropped (redacted, deleted, expired): their personal fields are emptied."""
     events = []
     for event in commit.events:
         if isinstance(event, Shredded):
@@ -45,9 +58,11 @@ def entry(commit: StoredCommit, hidden: frozenset[str] = frozenset()) -> dict[st
             continue
         fields = msgspec.to_builtins(event)
         view = {k: v for k, v in fields.items() if k not in SECRET_FIELDS}
-        if isinstance(event, MessageAppended) and event.message_id in hidden:
-            # Redacted or deleted: history must not bring back what the tables dropped.
-            view.update({"content": "", "tool_calls": [], "metadata": {}, "hidden": True})
+        if _hidden_id(event) in hidden:
+            # History must not bring back what the tables dropped.
+            for name in PERSONAL.get(type(event), ()):
+                view[name] = type(view[name])() if view[name] is not None else None
+            view["hidden"] = True
         events.append(view)
     return {
         "seq": commit.seq,

@@ -534,8 +534,8 @@ def query_router(parts: Parts) -> Router:
         )
         return loaded.state if isinstance(loaded.state, Memory) else None
 
-    async def chain(org_id: str, memory: Memory) -> list[str]:
-        """The subjects of a memory's supersede chain, deleted ones not: itself, those that
+    async def chain(org_id: str, memory: Memory) -> list[Memory]:
+        """A memory's supersede chain, deleted ones not: itself, those that
         superseded it, one after the other, and those it superseded, and theirs: each
         memory superseded by one of them (a deduplicated supersede leaves no ``supersedes``
         on the memory that already held the content: the projection finds it)."""
@@ -557,7 +557,7 @@ def query_router(parts: Parts) -> Router:
             if not earlier:
                 break
             found.update((m.memory_id, m) for m in earlier)
-        return [memories.subject(org_id, i) for i, m in found.items() if m.state != "deleted"]
+        return [m for m in found.values() if m.state != "deleted"]
 
     @router.handle(MemoryHistory)
     async def memory_history(request: Request[MemoryHistory]) -> Result:
@@ -574,10 +574,14 @@ def query_router(parts: Parts) -> Router:
         # The log answers, the projection finds what a memory superseded; ``after_seq`` is
         # checked (and waited for) as on every query.
         await freshness.wait(PROJECTION, query.after_seq)
-        names = await chain(org_id, memory)
+        linked = await chain(org_id, memory)
+        names = [memories.subject(org_id, m.memory_id) for m in linked]
+        # An expired memory's content left the tables: its history must not bring it back.
+        now = now_ms()
+        hidden = frozenset(m.memory_id for m in linked if m.is_expired(now))
         after = cursor_number(query.cursor) or 0
         commits, more = await commits_page(log, names, after, query.limit)
-        items = [entry(commit) for commit in commits]
+        items = [entry(commit, hidden) for commit in commits]
         next_cursor = encode_cursor(str(items[-1]["seq"])) if more and items else None
         return {"items": items, "next_cursor": next_cursor}, (items[-1]["seq"] if items else None)
 

@@ -770,6 +770,18 @@ async def test_the_expiry_sweep_writes_one_event_however_many_sweep(
     assert await _sweeper(nc, service).sweep() == 0
     history = await api.memory_history(memory_id)
     assert history.items[-1].principal == "agentmem:expiry-sweep"
+    # Nor does its history bring the content back (it did, to any role).
+    added = history.items[0].events[0]
+    assert added["type"] == "memory.added"
+    assert (added["content"], added["tags"], added["metadata"], added["hidden"]) == (
+        "",
+        [],
+        {},
+        True,
+    )
+    assert "a secret mood" not in str(history)
+    kept_history = await api.memory_history(kept.fields["memory_id"])
+    assert kept_history.items[0].events[0]["content"] == "a lasting fact"
     await wait_for_row(api, memory_id)
     # The content left the tables; the row says it existed and expired.
     row = await api.get_memory(memory_id)

@@ -323,10 +323,13 @@ class Memory(Slot):
     state: Literal["live", "archived", "superseded", "expired", "deleted"] = "live"
     superseded_by: str | None = None
 
+    def is_expired(self, now: int) -> bool:
+        """Expired: by the sweep, or past its ``expires_at`` before the sweep came."""
+        return self.state == "expired" or (self.expires_at is not None and self.expires_at <= now)
+
     def alive(self, now: int) -> bool:
         """Counts as a duplicate: live or archived, not expired."""
-        expired = self.expires_at is not None and self.expires_at <= now
-        return self.state in ("live", "archived") and not expired
+        return self.state in ("live", "archived") and not self.is_expired(now)
 
 
 @dataclass(frozen=True)
