@@ -128,7 +128,8 @@ class AgentCreated(Event, tag="agent.created", frozen=True):
     name: Personal[str]
     description: Personal[str] = ""
     persona: Personal[str] = ""  # the system prompt the agent runs with
-    model: dict[str, Any] = {}  # model settings: provider, name, temperature, ...
+    # Model settings (provider, name, temperature, ...): free-form, so it may hold anything.
+    model: Personal[dict[str, Any]] = {}
     metadata: Personal[dict[str, Any]] = {}
     tags: Personal[tuple[str, ...]] = ()
 
@@ -140,7 +141,7 @@ class AgentUpdated(Event, tag="agent.updated", frozen=True):
     name: Personal[str]
     description: Personal[str]
     persona: Personal[str]
-    model: dict[str, Any]
+    model: Personal[dict[str, Any]]
     metadata: Personal[dict[str, Any]]
     tags: Personal[tuple[str, ...]]
 
@@ -502,7 +503,7 @@ class RelationAsserted(Event, tag="relation.asserted", frozen=True):
     confidence: float
     valid_from: int
     valid_to: int | None = None
-    source: dict[str, Any] = {}  # memory_ids, message_ids, producer
+    source: Personal[dict[str, Any]] = {}  # memory_ids, message_ids, producer (free text)
     user_id: str | None = None
     agent_id: str | None = None
 

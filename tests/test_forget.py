@@ -85,6 +85,9 @@ FACT = "Wilhelmina lives at Glimmerwick Abbey since Quixotrellium"
 REASON = "Frumblewort mistake"
 BLOCK = "Core block: Wilhelmina prefers Glimmerwhistle tea"
 WORKING = "Working note: Frobnizzle appointment at noon"
+# Free-form fields: an agent's model settings, the producer of a fact.
+MODEL = "Zanzibarquill tuned model"
+PRODUCER = "Plumtwizzle extractor"
 PASSWORD = "long-enough-password"
 SKIP_FORGET = os.environ.get("AGENTMEM_TEST_SKIP_FORGET") == "1"
 
@@ -92,7 +95,7 @@ SKIP_FORGET = os.environ.get("AGENTMEM_TEST_SKIP_FORGET") == "1"
 def needles(*extra: bytes) -> list[bytes]:
     texts = [NAME, EMAIL, MESSAGE, MEMORY, TAG, "Quixotrellium", "quixotrellium", STATE]
     texts += [PLACE, PLACE.casefold(), ALIAS, ATTRIBUTE, FACT, REASON]
-    texts += [BLOCK, "Glimmerwhistle", WORKING, "Frobnizzle"]
+    texts += [BLOCK, "Glimmerwhistle", WORKING, "Frobnizzle", MODEL, PRODUCER]
     return [t.encode() for t in texts] + list(extra)
 
 
@@ -514,7 +517,8 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
 ) -> None:
     admin = Client(nc, admin_token)
     org_id = str((await admin.create_org("Forgetful")).fields["org_id"])
-    agent_id = str((await admin.create_agent("Vorpal agent", org_id=org_id)).fields["agent_id"])
+    created = await admin.create_agent("Vorpal agent", org_id=org_id, model={"name": MODEL})
+    agent_id = str(created.fields["agent_id"])
     await admin.set_agent_state(agent_id, {"notes": STATE})
     await admin.create_block("persona", BLOCK, agent_id=agent_id, org_id=org_id)
     # A block of another agent that this one also sees: attached to both.
@@ -534,7 +538,9 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     scope = {"user_id": "u-scope", "org_id": org_id}
     person = str((await admin.create_entity("person", ALIAS, **scope)).fields["entity_id"])
     street = str((await admin.create_entity("place", ATTRIBUTE, **scope)).fields["entity_id"])
-    await admin.assert_relation(person, "lives_in", street, fact=FACT)
+    await admin.assert_relation(
+        person, "lives_in", street, fact=FACT, source={"producer": PRODUCER}
+    )
 
     await admin.forget_conversation("s1", org_id=org_id)
     assert (await admin.list_messages("s1", org_id=org_id)).items == []
