@@ -26,7 +26,7 @@ from agentmem.events import (
     OrgDeleted,
 )
 from agentmem.projections.rows import json_text
-from agentmem.store import Column, Delete, RowOp, Store, Table, Update, Upsert
+from agentmem.store import Column, Copy, Delete, RowOp, Store, Table, Update, Upsert
 
 BLOCKS = Table(
     name="blocks",
@@ -117,8 +117,7 @@ class BlocksProjection:
                     }
                     ops.append(Update("blocks", {"block_id": event.block_id}, values))
                     if isinstance(event, BlockAttached):
-                        org_id = subjects.parse(commit.subject).org_id
-                        ops.append(_seen(event.agent_id, event.label, event.block_id, org_id))
+                        ops += _attached(event.agent_id, event.block_id)
                     else:
                         key = {"agent_id": event.agent_id, "block_id": event.block_id}
                         ops.append(Delete("block_agents", key))
@@ -146,6 +145,18 @@ def forgotten_blocks(event: DataForgotten) -> list[RowOp]:
     if event.target == "agent":
         ops.append(Delete("block_agents", key, erase=True))
     return ops
+
+
+def _attached(agent_id: str, block_id: str) -> list[RowOp]:
+    """An agent sees an attached block: its row made from the block's own, so that nothing
+    is seen of a block whose row is gone (a replay after its owner was forgotten: its
+    creation reads as forgotten, its attachment, which holds no personal field, does not)."""
+    key = {"agent_id": agent_id, "block_id": block_id}
+    columns = ("agent_id", "label", "block_id", "org_id")
+    return [
+        Delete("block_agents", key),  # an attach again: the same row, made again
+        Copy("block_agents", "blocks", {"block_id": block_id}, columns, {"agent_id": agent_id}),
+    ]
 
 
 def _seen(agent_id: str, label: str, block_id: str, org_id: str) -> Upsert:

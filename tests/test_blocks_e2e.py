@@ -426,7 +426,7 @@ async def test_replay_equals_live(
     tmp_path: Path,
     admin_token: str,
 ) -> None:
-    _, api = acme
+    org_id, api = acme
     one, two = await new_agent(api, "One"), await new_agent(api, "Two")
     a = (await api.create_block("persona", "a", agent_id=one)).fields["block_id"]
     await api.append_to_block(a, "more")
@@ -441,6 +441,13 @@ async def test_replay_equals_live(
     gone_agent = str((await client.create_agent("G", org_id=gone)).fields["agent_id"])
     await client.create_block("persona", "in a deleted org", agent_id=gone_agent, org_id=gone)
     await client.delete_org(gone)
+    # A forgotten user's block that an agent saw: its attachment goes with it, in a replay
+    # too (where the block's creation reads as forgotten and its attachment does not).
+    zed = await client.register_user(org_id, "Zed", "zed@acme.example", "long-password-1")
+    zed_id = str(zed.fields["user_id"])
+    z = (await api.create_block("human", "Zed's", user_id=zed_id)).fields["block_id"]
+    await api.attach_block(z, two)
+    await client.forget_user(zed_id)
     await wait_caught_up(nc, admin_token)
     assert service.store is not None
     live = await dump_store(service.store)
