@@ -384,6 +384,15 @@ class EventLog:
         headers = found[0]
         return CommitHead(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers)
 
+    async def last_head(self, subject: str, leader: bool = False) -> CommitHead | None:
+        """The last commit on ``subject`` (a wildcard too), None when there is none, without
+        opening its events. ``leader`` as in ``next_head``."""
+        found = await self._read({"last_by_subj": subject}, leader)
+        if found is None:
+            return None
+        headers = found[0]
+        return CommitHead(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers)
+
     async def open(
         self, seq: int, subject: str, headers: dict[str, str], data: bytes
     ) -> StoredCommit:

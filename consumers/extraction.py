@@ -22,7 +22,7 @@ import structlog
 from agentmem.consumers.aggregates import Loader
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.commands import missing_org
-from agentmem.consumers.graph import decide_assertion, probe
+from agentmem.consumers.graph import decide_assertion, names_caught_up, probe
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.domain import (
     entities,
@@ -177,6 +177,9 @@ async def _entities(
     runner, org_id = parts.runner, source.org_id
     found: dict[str, dict[str, Any]] = {}
     plans = []
+    if answer.entities:
+        # As entity.create does: the tables hold every entity event of the log first.
+        await names_caught_up(parts, org_id)
     for n, item in enumerate(answer.entities):
         norm = entities.normalise(item.name)
         known = await reads.names_matching(

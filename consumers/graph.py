@@ -171,6 +171,19 @@ async def decide_assertion(
     return decided, facts
 
 
+async def names_caught_up(parts: Parts, org_id: str) -> None:
+    """Wait until the graph projection has applied every entity event of ``org_id`` that
+    the log holds, so that ``names_matching`` sees the names and aliases of every create,
+    rename, alias, merge and deletion before this command (a command cannot send
+    ``after_seq``). The last one is asked of the stream's leader, which holds every
+    acknowledged write (one get, on the organization's entity subjects only); when the
+    projection is there already, as it usually is, nothing is waited for, else
+    ``Freshness.wait`` hurries its worker."""
+    head = await parts.runner.log.last_head(subjects.event(org_id, "entity", "*"), leader=True)
+    if head is not None:
+        await parts.freshness.wait(PROJECTION, head.seq)
+
+
 async def probe(loader: Loader, org_id: str, key: str) -> tuple[Loaded[Entity], bool]:
     """Walk a name's subjects from generation 0: the entity that holds the name (True), or
     the first empty subject (False), where a new entity goes."""
@@ -203,8 +216,10 @@ def command_router(parts: Parts) -> Router:
         org_id = writable_org(request, command.org_id)
         entities.check_names(command.name, command.aliases, "$")
         entities.check_attributes(command.attributes, "$.attributes")
-        # Layer 1 and 2 as the tables know them: a live entity of this type and scope with
-        # this name or alias (a rename or an alias is known here, not on a name's subject).
+        # Layer 1 and 2 as the tables know them, once they hold every entity event of the
+        # organization in the log: a live entity of this type and scope with this name or
+        # alias (a rename or an alias is known here, not on a name's subject).
+        await names_caught_up(parts, org_id)
         known = await reads.names_matching(
             store,
             org_id,

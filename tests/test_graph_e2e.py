@@ -134,6 +134,33 @@ async def test_a_retried_create_is_answered_with_its_first_outcome(
     assert await last_seq(nc) == before + 1  # the alias only
 
 
+@pytest.mark.parametrize("how", ["alias at creation", "alias added", "renamed"])
+async def test_a_create_right_after_an_alias_or_a_rename_finds_that_entity(
+    acme: tuple[str, Client], nc: NATS, how: str
+) -> None:
+    """A create sent as soon as the previous command is answered, with no read in between
+    (a command cannot send ``after_seq``), finds the name or alias that command gave: an
+    alias given at creation, an alias added, a new name. It appends nothing."""
+    _, api = acme
+    for i in range(20):
+        if how == "alias at creation":
+            first = await entity(api, f"Ann Lee {i}", aliases=[f"Annie {i}"])
+            again, matched_by = f"annie {i}", "alias"
+        elif how == "alias added":
+            first = await entity(api, f"Ann Lee {i}")
+            await api.add_entity_alias(first, f"Annie {i}")
+            again, matched_by = f"ANNIE {i}", "alias"
+        else:
+            first = await entity(api, f"Ann Lee {i}")
+            await api.rename_entity(first, f"Ann Smith {i}")
+            again, matched_by = f"ann smith {i}", "name"
+        before = await last_seq(nc)
+        found = await api.create_entity("person", again)
+        assert (found.fields["entity_id"], found.fields["deduplicated"]) == (first, True)
+        assert found.fields["matched_by"] == matched_by
+        assert await last_seq(nc) == before
+
+
 async def test_ten_concurrent_creates_of_one_name_give_one_entity(
     acme: tuple[str, Client], nc: NATS
 ) -> None:

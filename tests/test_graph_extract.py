@@ -375,3 +375,16 @@ async def test_no_model_configured_is_invalid(client: Client) -> None:
     assert (await client.graph_stats()).entities == 0
     found = await client.extract_graph(memory_id=memory_id)
     assert [r.predicate for r in found.relations] == ["works_at"]
+
+
+async def test_a_name_given_just_before_is_that_entity(client: Client) -> None:
+    """Extraction right after the ``entity.add_alias`` that gave a name, with no read in
+    between (a command cannot send ``after_seq``): the name is that entity's, not a new one."""
+    for letter in "ABCDEFGHIJKLMNOPQRST":
+        text = f"Annie {letter}oss works at Acme Corp."
+        memory_id = str((await client.add_memory(text, user_id="u6")).fields["memory_id"])
+        made = await client.create_entity("person", f"Ann {letter}oss", user_id="u6")
+        ann = str(made.fields["entity_id"])
+        await client.add_entity_alias(ann, f"Annie {letter}oss")
+        found = await client.extract_graph(memory_id=memory_id)
+        assert (found.entities[0].entity_id, found.entities[0].created) == (ann, False)
