@@ -325,10 +325,13 @@ def command_router(parts: Parts) -> Router:
             loaded, org_id = await load_memory(runner, loader, request, command.memory_id)
             memory = memories.require_memory(loaded, command.memory_id)
             found = None
-            if command.content is not None:
-                key = memories.key_of(memory, command.content)
-                if key != memory.key:
-                    found = await probe(loader, org_id, key, now)
+            key = (
+                memory.key if command.content is None else memories.key_of(memory, command.content)
+            )
+            # A new key, or an expired memory brought back (another may hold its content
+            # since: it stopped counting as a duplicate when it expired).
+            if key != memory.key or memories.revives(memory, command, now):
+                found = await probe(loader, org_id, key, now)
             return memories.update(loaded, command, found, now)
 
         earlier = Earlier()

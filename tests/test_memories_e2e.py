@@ -289,6 +289,35 @@ async def test_an_update_clears_an_expiry_and_an_end_of_valid_time(
     assert unknown.value.details["path"] == "$.clear[0]"
 
 
+async def test_bringing_back_an_expired_memory_keeps_its_content_once(
+    acme: tuple[str, Client],
+) -> None:
+    """An expired memory stops counting as a duplicate, so its text may be added again; an
+    update that then brings it back (clears or moves its ``expires_at``) would leave two
+    live memories of one content (it did): it is refused, as new content held by another
+    memory is. With nobody else holding it, it comes back in its own slot."""
+    _, api = acme
+    soon = int(time.time() * 1000) + 300
+    first = await api.add_memory("Ann is allergic to peanuts", user_id="ann", expires_at=soon)
+    alone = await api.add_memory("Ann likes tea", user_id="ann", expires_at=soon)
+    await asyncio.sleep(0.5)  # past expires_at; the sweep (every 60 s) has not come
+    again = await api.add_memory("Ann is allergic to peanuts", user_id="ann")
+    assert again.fields["deduplicated"] is False
+    for change in ({"clear": ["expires_at"]}, {"expires_at": soon + DAY}):
+        with pytest.raises(ConflictError, match="already holds this content") as refused:
+            await api.update_memory(first.fields["memory_id"], **change)
+        assert refused.value.details["duplicate_of"] == again.fields["memory_id"]
+    back = await api.update_memory(alone.fields["memory_id"], clear=["expires_at"])
+    assert back.fields["expires_at"] is None
+    same = await api.add_memory("Ann likes tea", user_id="ann")
+    assert (same.fields["deduplicated"], same.fields["memory_id"]) == (
+        True,
+        alone.fields["memory_id"],
+    )
+    live = await api.list_memories(user_id="ann", after_seq=api.last_seq)
+    assert sorted(m.content for m in live.items) == ["Ann is allergic to peanuts", "Ann likes tea"]
+
+
 async def test_a_superseded_fact_is_not_returned_with_its_correction(
     acme: tuple[str, Client],
 ) -> None:

@@ -565,11 +565,21 @@ def add(org_id: str, item: NewMemory, probe: Probe, now: int) -> list[Write]:
     return [Write(probe.free.subject, 0, [added(org_id, memory_id, item, now)])]
 
 
+def revives(memory: Memory, command: UpdateMemory, now: int) -> bool:
+    """Whether an update brings back a memory past its ``expires_at`` (before the sweep):
+    it clears it, or moves it later than now."""
+    if not memory.is_expired(now):
+        return False
+    return "expires_at" in command.clear or (
+        command.expires_at is not None and command.expires_at > now
+    )
+
+
 def update(
     loaded: Loaded[Slot], command: UpdateMemory, probe: Probe | None, now: int
 ) -> list[Write]:
     """``probe``: the slots of the new content, when the update changes what a duplicate
-    is (its key); None when it does not."""
+    is (its key) or brings an expired memory back (``revives``); None otherwise."""
     memory = require_memory(loaded, command.memory_id)
     check_version(loaded, command.expected_version)
     if memory.state == "superseded":
@@ -620,6 +630,8 @@ def update(
             f"memory {probe.holder.memory_id} already holds this content in this scope",
             {"memory_id": memory.memory_id, "duplicate_of": probe.holder.memory_id},
         )
+    if command.content is None or key_of(memory, command.content) == memory.key:
+        return writes  # brought back in its own slot, which nobody else took meanwhile
     assert probe.free is not None
     slot = subjects.parse(probe.free.subject).aggregate_id
     claim = MemoryContentClaimed(slot_id=slot, memory_id=memory.memory_id)
