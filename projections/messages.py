@@ -29,11 +29,13 @@ from agentmem.events import (
     MessageAppended,
     MessageRedacted,
     OrgDeleted,
+    Shredded,
 )
 from agentmem.projections.rows import forgotten_rows, json_text
 from agentmem.store import Column, Delete, FullText, Row, RowOp, Store, Table, Update, Upsert
 
 PER_COMMIT = MAX_MESSAGES_PER_BATCH  # positions per commit
+APPENDED = MessageAppended.__struct_config__.tag
 
 MESSAGES = Table(
     name="messages",
@@ -128,9 +130,15 @@ class MessagesProjection:
         ops: list[RowOp] = []
         at, seq = commit.time_ms, commit.seq
         org_id = subjects.parse(commit.subject).org_id
-        appends = [e for e in commit.events if isinstance(e, MessageAppended)]
-        if appends and commit.command_id:
-            key = {"org_id": org_id, "session_id": appends[0].session_id}
+        # Forgotten appends too (their events read as ``Shredded``): a retry of one must
+        # still be recognised, not append again, and a replay after the forget makes the
+        # same row as the live tables kept.
+        appended = any(
+            isinstance(e, MessageAppended) or (isinstance(e, Shredded) and e.of == APPENDED)
+            for e in commit.events
+        )
+        if appended and commit.command_id:
+            key = {"org_id": org_id, "session_id": subjects.parse(commit.subject).aggregate_id}
             ops.append(
                 Upsert("message_commands", {**key, "command_id": commit.command_id, "seq": seq})
             )

@@ -36,7 +36,7 @@ from agentmem.eventlog import CommitMeta
 from agentmem.events import MessageAppended, encode_commit
 from agentmem.headmarks import HeadMarks
 from agentmem.projections import message_vectors
-from agentmem.projections.messages import MESSAGE_REDACTIONS, MESSAGES
+from agentmem.projections.messages import MESSAGE_COMMANDS, MESSAGE_REDACTIONS, MESSAGES
 from agentmem.queries import SearchMessages
 from agentmem.replies import Message
 from agentmem.service import Service
@@ -691,6 +691,12 @@ async def test_replay_equals_live(
     gone = await make_org(client, "Gone")
     await gone.say("g1", "gone soon")
     await client.delete_org(gone.org_id)
+    # A forgotten user's appends: their messages go, and what recognises a retry of them
+    # stays, in a replay too, where they read as forgotten (it was dropped there).
+    zed = await client.register_user(acme.org_id, "Zed", "zed@acme.example", "long-password-1")
+    zed_id = str(zed.fields["user_id"])
+    await acme.say("s3", "zed's words", user_id=zed_id, command_id="zed-turn-1")
+    await client.forget_user(zed_id)
     await wait_caught_up(nc, admin_token)
 
     assert service.store is not None
@@ -711,7 +717,7 @@ async def test_replay_equals_live(
     )
 
     replayed = await replay_into(nc, tmp_path / "replayed.db")
-    for table in (MESSAGES, MESSAGE_REDACTIONS):
+    for table in (MESSAGES, MESSAGE_REDACTIONS, MESSAGE_COMMANDS):
         assert replayed[table.name] == live[table.name], table.name
 
 
