@@ -54,6 +54,8 @@ MAX_WRITES_PER_COMMAND = 8
 # The most subjects one command may write: nats-server's limit of one atomic batch (a
 # batch of 1,001 is refused with err_code 10199). Only memory.add_batch comes near it.
 MAX_BATCH_WRITES = 1000
+# ``read_command`` reads at most this many sequences at once.
+READ_WINDOW_MAX = 128
 # How many of an atomic batch's commits are sealed at once (each may store a new data key;
 # the key ring bounds the keys stored at once across batches).
 SEALS_IN_FLIGHT = 16
@@ -443,13 +445,36 @@ class EventLog:
     async def read_command(self, seq: int, command_id: str) -> list[StoredCommit]:
         """The commits one command produced, found from any one of their sequences.
 
-        An atomic batch is stored contiguously, so its messages lie within a few sequences.
+        An atomic batch is stored contiguously (up to ``MAX_BATCH_WRITES`` commits): read
+        in windows around ``seq``, each way for as long as the window's far end is still
+        the command's. Only windows of 8 read a two-commit supersede in one round; a batch
+        of a thousand memories takes a few more (a retry only: it answered ``conflict``
+        when it read 8 each way, as if the batch were another command).
         """
-        low = max(1, seq - MAX_WRITES_PER_COMMAND + 1)
+
         # From the leader: a replica may not yet hold the last commits of the batch, and a
         # retry answered from part of a batch said what its first commit did (a supersede
         # answered with the memory it added), not what the command did.
-        found = await asyncio.gather(
-            *(self._get({"seq": s}, leader=True) for s in range(low, seq + MAX_WRITES_PER_COMMAND))
-        )
+        async def window(first: int, last: int) -> list[StoredCommit | None]:
+            return list(
+                await asyncio.gather(
+                    *(self._get({"seq": s}, leader=True) for s in range(first, last + 1))
+                )
+            )
+
+        def ours(commit: StoredCommit | None) -> bool:
+            return commit is not None and commit.command_id == command_id
+
+        low, high = max(1, seq - MAX_WRITES_PER_COMMAND + 1), seq + MAX_WRITES_PER_COMMAND - 1
+        found = await window(low, high)
+        size = MAX_WRITES_PER_COMMAND
+        while ours(found[0]) and low > 1 and seq - low < MAX_BATCH_WRITES:
+            size = min(size * 2, READ_WINDOW_MAX)
+            first = max(1, low - size)
+            found = [*await window(first, low - 1), *found]
+            low = first
+        while ours(found[-1]) and high - seq < MAX_BATCH_WRITES:
+            size = min(size * 2, READ_WINDOW_MAX)
+            found += await window(high + 1, high + size)
+            high += size
         return [c for c in found if c is not None and c.command_id == command_id]

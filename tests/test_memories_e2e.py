@@ -200,6 +200,21 @@ async def test_a_retried_batch_in_a_fresh_process_is_answered_with_its_first_out
     assert await last_seq(nc) == edited
 
 
+@pytest.mark.parametrize("size", [9, 300, 1000])
+async def test_a_retried_large_batch_is_answered_with_its_first_outcome(
+    service: Service, acme: tuple[str, Client], nc: NATS, size: int
+) -> None:
+    """The first outcome of a batch is read back from the log whatever its size: a retry
+    of more than 8 memories answered ``conflict`` (it read 8 sequences each way)."""
+    _, api = acme
+    batch = [{"content": f"fact {n} of {size}", "user_id": "ann"} for n in range(size)]
+    first = await api.add_memories(batch, command_id=f"big-{size}")
+    before = await last_seq(nc)
+    again = await api.add_memories(batch, command_id=f"big-{size}")
+    assert again == first
+    assert await last_seq(nc) == before
+
+
 async def test_deleted_or_superseded_memories_do_not_block_their_text(
     acme: tuple[str, Client],
 ) -> None:
