@@ -35,6 +35,12 @@ class InvalidError(AgentMemError):
     code = "invalid"
 
 
+class InvalidOnState(InvalidError):
+    """``invalid`` decided on what an aggregate holds (a block's content over its limit
+    after an append), not on the request alone: a process whose cache is behind may decide
+    it wrongly, so it is decided again on the log before it is answered."""
+
+
 class NotFoundError(AgentMemError):
     code = "not_found"
 

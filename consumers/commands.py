@@ -42,6 +42,7 @@ from agentmem.errors import (
     AgentMemError,
     ConflictError,
     ForbiddenError,
+    InvalidOnState,
     NotFoundError,
     UnauthenticatedError,
     UnavailableError,
@@ -94,10 +95,11 @@ def trace_header(headers: dict[str, str] | None, name: str) -> str | None:
 
 def decided_on_state(refusal: Exception) -> bool:
     """Whether a plan's refusal may come from a stale aggregate: a version or a state
-    (``conflict``), one not found, or a plan's own "nothing to write" (a deduplicated add).
-    Not one of the caller's own (a wrong password, a role, bad input): decided again, a
-    wrong password was counted twice against its throttle."""
-    return isinstance(refusal, ConflictError | NotFoundError) or not isinstance(
+    (``conflict``), one not found, what it holds (``InvalidOnState``: a block's content
+    over its limit), or a plan's own "nothing to write" (a deduplicated add). Not one of
+    the caller's own (a wrong password, a role, bad input): decided again, a wrong password
+    was counted twice against its throttle."""
+    return isinstance(refusal, ConflictError | NotFoundError | InvalidOnState) or not isinstance(
         refusal, AgentMemError
     )
 

@@ -15,6 +15,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.domain import blocks
 from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
 from agentmem.service import Service
 from tests.realparts import dump_store, replay_into, wait_caught_up
@@ -457,3 +459,25 @@ async def test_replay_equals_live(
     for table in (BLOCKS, BLOCK_AGENTS):
         assert replayed[table.name] == live[table.name], table.name
     assert dict(replayed["checkpoints"])["blocks"] == dict(live["checkpoints"])["blocks"]
+
+
+async def test_an_append_refused_on_a_stale_cache_is_decided_again(
+    service: Service, acme: tuple[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose cache is behind (another process emptied the block) found an append
+    over the limit: it answered `invalid` at once, the client moved on, and the append
+    was applied later all the same (the fault storm). Such a refusal is decided again on
+    the log, as a `conflict` is."""
+    org_id, api = acme
+    agent = await new_agent(api, "Stale")
+    made = await api.create_block("notes", "x" * 15, agent_id=agent, char_limit=20)
+    block_id = str(made.fields["block_id"])
+    runner = service.parts.runner
+    behind = AggregateCache(runner.cache.log)
+    await behind.load(blocks.subject(org_id, block_id), blocks.evolve)  # 15 characters
+    await api.set_block(block_id, "reset")  # through the service's own cache
+    monkeypatch.setattr(runner, "cache", behind)
+    appended = await api.append_to_block(block_id, "y" * 10)
+    assert (await api.get_block(block_id, after_seq=appended.seq)).content.startswith("reset")
+    with pytest.raises(InvalidError, match="over its limit"):
+        await api.append_to_block(block_id, "z" * 10)

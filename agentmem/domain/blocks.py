@@ -25,7 +25,7 @@ from agentmem import subjects
 from agentmem.commands import Id, NewId, Targeted
 from agentmem.commands import InOrg as CommandInOrg
 from agentmem.domain.aggregate import Loaded, Write, check_version
-from agentmem.errors import ConflictError, NotFoundError
+from agentmem.errors import ConflictError, InvalidOnState, NotFoundError
 from agentmem.events import (
     AnyEvent,
     BlockAttached,
@@ -250,13 +250,9 @@ def check_owner(agent_id: str | None, user_id: str | None) -> None:
 def check_fits(content: str, char_limit: int, path: str) -> None:
     """Refuse a block content over its limit: on every path that writes one."""
     if len(content) > char_limit:
-        raise invalid(
-            f"the block would hold {len(content)} characters, over its limit of {char_limit}",
-            path,
-            "too_long",
-            length=len(content),
-            char_limit=char_limit,
-        )
+        message = f"the block would hold {len(content)} characters, over its limit of {char_limit}"
+        details = {"path": path, "reason": "too_long", "length": len(content)}
+        raise InvalidOnState(message, {**details, "char_limit": char_limit})
 
 
 def _reserve(hold: Loaded[LabelHold], label: str, block_id: str, **owner: str) -> Write:
