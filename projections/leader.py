@@ -248,8 +248,8 @@ class ProjectionLeader:
         self._task = None
         self._holding = False
         self.active_since = None
-        self.board.forget(self.name)
         if task is None:
+            self.board.forget(self.name)
             return
         if worker is not None:
             worker.stop()
@@ -261,3 +261,7 @@ class ProjectionLeader:
                 await task
         elif not task.cancelled() and task.exception() is not None:
             self._record_end(task)
+        # Only now: a batch that finished after the stop advanced the board again, and
+        # this process's reads then trusted a checkpoint nobody here moves any more (their
+        # `after_seq` waits answered `unavailable` for good; the fault storm).
+        self.board.forget(self.name)

@@ -536,3 +536,37 @@ async def test_a_worker_that_keeps_failing_is_reported_until_it_runs_steadily(
     finally:
         leader.stop()
         await asyncio.wait_for(running, 15)
+
+
+class _LateBatch:
+    """A leased worker whose batch in hand commits after it was told to stop, moving the
+    board on (as ``ProjectionWorker._apply`` does) before it returns."""
+
+    def __init__(self, board: CheckpointBoard) -> None:
+        self.board = board
+        self.last_error: str | None = None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        self.board.advance("late", 10)
+        await self._stop.wait()
+        await asyncio.sleep(0.05)  # the batch's commit
+        self.board.advance("late", 11)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def test_a_stopped_worker_leaves_no_checkpoint_on_the_board() -> None:
+    """Once this process runs a projection no more, its reads go to the store's checkpoint:
+    a batch that finished after the stop put the projection back on the board, and every
+    read here with a later `after_seq` answered `unavailable` for good (the fault storm)."""
+    board = CheckpointBoard()
+    leader = ProjectionLeader("late", lambda: _LateBatch(board), OwnedStore(), board, poll=0.05)
+    running = asyncio.create_task(leader.run())
+    await asyncio.wait_for(leader.first_look.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert board.has("late")
+    leader.stop()
+    await asyncio.wait_for(running, 5)
+    assert not board.has("late")
