@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from agentmem.errors import AgentMemError
+from agentmem.errors import AgentMemError, UnavailableError
 from agentmem.store.postgres import PostgresStore
 from tests.pg import DSN, end_session, postgres_schema, with_search_path
 
@@ -121,3 +121,27 @@ async def test_closing_the_store_closes_the_lane() -> None:
             )
         )
     assert await open_backends(pids) == set()
+
+
+async def test_a_read_whose_session_the_server_ends_answers_unavailable() -> None:
+    """A read cut by the server (a restart, an operator's ``pg_terminate_backend``) is one
+    the caller may retry: `unavailable`, where asyncpg's own error answered `internal`."""
+    async with store_with_lane() as store:
+        pid = await backend(store)
+        reading = asyncio.create_task(store.fetch_all(f"{PID}, pg_sleep(5)"))
+        admin = await asyncpg.connect(DSN)
+        try:
+            for _ in range(100):  # until the read runs on the server
+                running = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                    pid,
+                )
+                if running:
+                    break
+                await asyncio.sleep(0.02)
+            await end_session(admin, pid)
+        finally:
+            await admin.close()
+        with pytest.raises(UnavailableError, match="connection was lost"):
+            await asyncio.wait_for(reading, 10)
+        assert await backend(store) != pid  # and the next read has a connection of its own

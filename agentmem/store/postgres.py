@@ -34,15 +34,17 @@ is passed to the server as libpq would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 
+from agentmem.errors import UnavailableError
 from agentmem.store import fulltext, sql
 from agentmem.store.migrations import RECORD, RECORDED, SCHEMA_MIGRATIONS, Plan, failed
 from agentmem.store.port import (
@@ -84,6 +86,15 @@ _TYPES: dict[ColumnType, str] = {
     "json": 'TEXT COLLATE "C"',
     "blob": "BYTEA",
 }
+
+# A read's connection gone under it: the server ended the session or went away.
+CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,  # pg_terminate_backend, a shutdown
+    ConnectionError,
+)
 
 _SYSTEM_TABLES = [
     """CREATE TABLE IF NOT EXISTS checkpoints (
@@ -535,22 +546,31 @@ class PostgresStore(SystemReads):
         records = await self.pool.fetch(f"SELECT {columns} FROM {table.name} ORDER BY {order}")
         return [tuple(record) for record in records]
 
-    async def fetch_one(self, query: str, *args: Any) -> Row | None:
-        """A query's first row; asyncpg cancels it on the server after ``read_time_limit``."""
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one read (the read lane's, ``read_lane``), whose failures the
+        caller may retry answered as such: a read cut at its time limit, or a connection
+        the server ended (a restart, an operator's ``pg_terminate_backend``: asyncpg may
+        then find it in the middle of consuming that error, ``InternalClientError``), which
+        answered ``internal`` before."""
         try:
             async with self._reads.connection(self.pool) as conn:
-                record = await conn.fetchrow(translate(query), *args, timeout=self.read_time_limit)
+                yield conn
         except TimeoutError as exc:
             raise read_too_long(self.read_time_limit) from exc
+        except CONNECTION_LOST as exc:
+            raise UnavailableError(f"the store's connection was lost: {exc!r}; retry") from exc
+
+    async def fetch_one(self, query: str, *args: Any) -> Row | None:
+        """A query's first row; asyncpg cancels it on the server after ``read_time_limit``."""
+        async with self._read() as conn:
+            record = await conn.fetchrow(translate(query), *args, timeout=self.read_time_limit)
         return rows_of([record])[0] if record is not None else None
 
     async def fetch_all(self, query: str, *args: Any) -> list[Row]:
         """A query's read; asyncpg cancels it on the server after ``read_time_limit``."""
-        try:
-            async with self._reads.connection(self.pool) as conn:
-                records = await conn.fetch(translate(query), *args, timeout=self.read_time_limit)
-        except TimeoutError as exc:
-            raise read_too_long(self.read_time_limit) from exc
+        async with self._read() as conn:
+            records = await conn.fetch(translate(query), *args, timeout=self.read_time_limit)
         return rows_of(records)
 
     async def search(
@@ -565,11 +585,8 @@ class PostgresStore(SystemReads):
         if not words:
             return []
         query, args = fulltext.postgres_search(table, words, where, limit, condition)
-        try:
-            async with self._reads.connection(self.pool) as conn, conn.transaction(readonly=True):
-                # Planned for its own words, walking the scope (fulltext.postgres_search).
-                await conn.execute("; ".join(fulltext.PG_SEARCH_SETTINGS))
-                records = await conn.fetch(translate(query), *args, timeout=self.read_time_limit)
-        except TimeoutError as exc:
-            raise read_too_long(self.read_time_limit) from exc
+        async with self._read() as conn, conn.transaction(readonly=True):
+            # Planned for its own words, walking the scope (fulltext.postgres_search).
+            await conn.execute("; ".join(fulltext.PG_SEARCH_SETTINGS))
+            records = await conn.fetch(translate(query), *args, timeout=self.read_time_limit)
         return fulltext.ranked(rows_of(records))
