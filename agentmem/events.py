@@ -506,6 +506,16 @@ class RelationAsserted(Event, tag="relation.asserted", frozen=True):
     source: Personal[dict[str, Any]] = {}  # memory_ids, message_ids, producer (free text)
     user_id: str | None = None
     agent_id: str | None = None
+    # What the fact was derived from, when forgetting that must forget it too: the one memory
+    # its source names (and no message), whose data key then seals the fact, and the
+    # conversation of the memory or message an extraction read (``agentmem.personal``).
+    memory_id: str | None = None
+    session_id: str | None = None
+
+    @property
+    def sealed_with_memory(self) -> str | None:
+        """The memory whose data key seals the fact (None: the subject's facts key)."""
+        return self.memory_id
 
 
 class RelationInvalidated(Event, tag="relation.invalidated", frozen=True):
@@ -574,6 +584,11 @@ class GraphExtracted(Event, tag="graph.extracted", frozen=True):
     session_id: str | None = None
     entities: Personal[tuple[dict[str, Any], ...]] = ()
     relations: Personal[tuple[dict[str, Any], ...]] = ()
+
+    @property
+    def sealed_with_memory(self) -> str | None:
+        """A memory's extraction is sealed with the memory's data key: forgotten with it."""
+        return self.memory_id
 
 
 # Forgetting ------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ scope, and a forget finds every key it must delete with one wildcard over these 
 ``<org>.*.<agent>.>``, a conversation's ``<org>.*.*.<session>.>``. An event with personal
 fields must therefore carry the ids of whom it is about, even when its aggregate knows them
 already (``memory.updated`` repeats the memory's scope).
+
+What is derived from one memory is sealed with that memory's key instead, named
+``<org>.<user>.<agent>.<session>.memory.<memory id>`` (an event's ``sealed_with_memory``):
+an extraction of a memory (``graph.extracted``) and a relation whose source names that
+memory alone (``relation.asserted``). So ``memory.forget``'s wildcard,
+``<org>.*.*.*.memory.<id>``, shreds them with the memory.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ def key_name(subject: str, event: msgspec.Struct) -> str:
     ref = subjects.parse(subject)
     org = getattr(event, "org_id", None) or ref.org_id
     scope = [getattr(event, name, None) or NO_ID for name in SCOPE_IDS]
+    memory_id = getattr(event, "sealed_with_memory", None)
+    if memory_id:  # derived from one memory: its key, so that forgetting it forgets this
+        return ".".join([org, *scope, "memory", memory_id])
     return ".".join([org, *scope, ref.aggregate, ref.aggregate_id])
 
 

@@ -267,7 +267,9 @@ async def _relations(
 
         def plan_for(command: AssertRelation, outcome: list[relations.Asserted]) -> Any:
             async def plan(loader: Loader, command_id: str) -> list[Write]:
-                decided, _ = await decide_assertion(runner, loader, request, command, now)
+                decided, _ = await decide_assertion(
+                    runner, loader, request, command, now, source.session_id
+                )
                 outcome[:] = [decided]
                 return decided.writes
 

@@ -154,9 +154,11 @@ async def decide_assertion(
     request: Request[Any],
     command: AssertRelation,
     now: int,
+    session_id: str | None = None,
 ) -> tuple[relations.Asserted, Loaded[relations.Facts]]:
     """Decide ``command`` against the live entities its ids answer as (both in one
-    organization) and the subject's facts, under the organization's declared predicates."""
+    organization) and the subject's facts, under the organization's declared predicates.
+    ``session_id``: an extraction's source's conversation (``relations.assert_relation``)."""
     subject, org_id = await answering(runner, loader, request, command.subject_id)
     target, object_org = await answering(runner, loader, request, command.object_id)
     if object_org != org_id:
@@ -167,7 +169,9 @@ async def decide_assertion(
     facts = await without_gone_objects(loader, org_id, facts, command.predicate)
     declared = await loader.load(predicates.subject(org_id), predicates.evolve)
     single = predicates.is_single(declared.state, command.predicate)
-    decided = relations.assert_relation(facts, command, subject_entity, object_entity, now, single)
+    decided = relations.assert_relation(
+        facts, command, subject_entity, object_entity, now, single, session_id
+    )
     return decided, facts
 
 

@@ -153,6 +153,10 @@ GRAPH_RELATIONS = Table(
         Column("retracted_at", "integer"),
         Column("retract_reason", "text"),
         Column("version", "integer"),
+        # What it was derived from (``relation.asserted``): the one memory whose key seals
+        # it, and the conversation an extraction read; a forget of either drops it.
+        Column("memory_id", "text", nullable=True),
+        Column("session_id", "text", nullable=True),
     ),
     primary_key=("relation_id", "direction"),
     indexes=(
@@ -254,10 +258,15 @@ TABLES = [
 ]
 
 # The forgets that reach the graph: entities and relations are scoped by user and agent (a
-# session holds none, so a conversation's forget, or a memory scope's with a session,
-# finds no row here). The associations of forgotten memories go through their memories'
-# scopes (``_forgotten_links``), whatever the target.
-FORGETS: frozenset[ForgetTarget] = frozenset({"user", "agent", "memory_scope"})
+# session holds no entity). A relation derived from one memory (``memory_id``) or extracted
+# from a conversation's message or memory (``session_id``) is sealed with a key that the
+# memory's, the conversation's or the session's memory scope's forget deletes, so those
+# forgets drop it too (the ids they name are columns of ``graph_relations`` only). The
+# associations of forgotten memories go through their memories' scopes
+# (``_forgotten_links``), whatever the target.
+FORGETS: frozenset[ForgetTarget] = frozenset(
+    {"user", "agent", "conversation", "memory", "memory_scope"}
+)
 LINK_FORGETS: frozenset[ForgetTarget] = frozenset(
     {"user", "agent", "conversation", "memory", "memory_scope"}
 )
@@ -417,9 +426,12 @@ def _moved(org_id: str, column: str, old: str, node: str) -> list[RowOp]:
 
 class GraphProjection:
     name = "graph"
-    version = 1  # bumped when its rows change: docs/architecture.md, "Projection versions"
+    # bumped when its rows change: docs/architecture.md, "Projection versions" (2: the
+    # relations' memory_id and session_id, which forgets of a memory or a conversation use)
+    version = 2
     # Memory deletions remove their associations; org deletions every row of the org;
-    # forgets a user's or an agent's entities and relations.
+    # forgets a user's or an agent's entities and relations, a memory's or a
+    # conversation's relations derived from it.
     filter_subjects = [
         subjects.events_of("entity"),
         subjects.events_of("facts"),
@@ -609,6 +621,8 @@ class GraphProjection:
             "retracted_at": OPEN,
             "retract_reason": "",
             "version": seq,
+            "memory_id": event.memory_id,
+            "session_id": event.session_id,
         }
         forward = (event.subject_id, event.object_id)
         return [

@@ -35,8 +35,17 @@ from agentmem import (
 from agentmem.consumers.vector_index import VectorIndex
 from agentmem.domain import forget
 from agentmem.domain.aggregate import Write
+from agentmem.domain.relations import Provenance, derived_from
 from agentmem.eventlog import CommitMeta, EventLog
-from agentmem.events import DataForgotten, Event, MessageAppended, OrgCreated, Shredded
+from agentmem.events import (
+    DataForgotten,
+    Event,
+    GraphExtracted,
+    MessageAppended,
+    OrgCreated,
+    RelationAsserted,
+    Shredded,
+)
 from agentmem.keys import (
     PREFIX,
     STREAM,
@@ -48,6 +57,7 @@ from agentmem.keys import (
     scope_of,
 )
 from agentmem.personal import Personal, key_filter, key_name, personal_fields
+from agentmem.projections import graph as graph_projection
 from agentmem.projections.memories import FORGETS, MEMORIES, MEMORY_TAGS
 from agentmem.projections.messages import MESSAGES
 from agentmem.projections.rows import forgotten_rows
@@ -593,6 +603,95 @@ async def test_forget_a_conversation_a_memory_a_scope_and_an_agent(
     assert leftovers(tmp_path, needles()) == []
 
 
+# What extraction derived from one memory or one conversation -------------------------------
+DERIVED = "Zorbulon Quappeldyke works at Frimblewax Corp"  # a memory's fact, as extracted
+SAID = "Orvenna Plistrock works at Quillfeather Ltd"  # a message's fact, as extracted
+
+
+async def test_a_forgotten_memory_or_conversation_takes_the_facts_extracted_from_it(
+    service: Service, nc: NATS, admin_token: str, tmp_path: Path, store_url: str, store_kind: str
+) -> None:
+    """``graph.extract`` copied a memory's or a message's text into facts: a forget of the
+    memory or the conversation forgets those facts too (sealed with a key it deletes, out of
+    the tables, replay equal), and the extraction's stored answer. A fact another live
+    source also names stays, and so do the entities (docs/protocol.md, "Forgetting")."""
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Derived")).fields["org_id"])
+    agent_id = str((await admin.create_agent("Extracting", org_id=org_id)).fields["agent_id"])
+    user = await admin.register_user(org_id, "Derived", "d@example.org", PASSWORD)
+    scope = {"user_id": str(user.fields["user_id"]), "org_id": org_id}
+    gone = str((await admin.add_memory(f"{DERIVED}.", **scope)).fields["memory_id"])
+    kept = await admin.add_memory("Zorbulon Quappeldyke lives in Brindlemoor.", **scope)
+    kept_id = str(kept.fields["memory_id"])
+    extracted = await admin.extract_graph(memory_id=gone)
+    await admin.extract_graph(memory_id=kept_id)
+    ids = {e.name: e.entity_id for e in extracted.entities}
+    person, corp = ids["Zorbulon Quappeldyke"], ids["Frimblewax Corp"]
+    # Said by both memories: it stays while one of them does.
+    await admin.assert_relation(
+        person, "admires", corp, source={"memory_ids": [gone, kept_id]}, fact="Twice said"
+    )
+    said = await admin.append_message("s-gone", agent_id, "user", f"{SAID}.", **scope)
+    other = await admin.append_message(
+        "s-kept", agent_id, "user", "Orvenna Plistrock lives in Tarnwick.", **scope
+    )
+    for session, sent in (("s-gone", said), ("s-kept", other)):
+        message_id = str(sent.fields["message_id"])
+        found = await admin.extract_graph(session_id=session, message_id=message_id, org_id=org_id)
+    speaker = next(e.entity_id for e in found.entities if e.name == "Orvenna Plistrock")
+
+    async def facts(entity_id: str) -> list[str]:
+        return sorted(
+            f.fact for f in (await admin.graph_facts(entity_id, after_seq=admin.last_seq)).items
+        )
+
+    assert await facts(person) == sorted(
+        [DERIVED, "Twice said", "Zorbulon Quappeldyke lives in Brindlemoor"]
+    )
+    assert await facts(speaker) == ["Orvenna Plistrock lives in Tarnwick", SAID]
+
+    await admin.forget_memory(gone)
+    assert await facts(person) == ["Twice said", "Zorbulon Quappeldyke lives in Brindlemoor"]
+    await admin.forget_conversation("s-gone", org_id=org_id)
+    assert await facts(speaker) == ["Orvenna Plistrock lives in Tarnwick"]
+    # What stays: the entities (no text of a fact): entity.delete, or a wider forget.
+    assert (await admin.get_entity(corp)).name == "Frimblewax Corp"
+
+    # In the log: the facts and the memory's extraction read as forgotten.
+    keys = await keys_of(nc)
+    try:
+        log = EventLog(nc, keys=keys)
+        read = [
+            e
+            for subject in (
+                subjects.event(org_id, "facts", person),
+                subjects.event(org_id, "facts", speaker),
+                subjects.event(org_id, "extraction", extracted.extraction_id),
+            )
+            for c in await log.read_subject(subject)
+            for e in c.events
+        ]
+    finally:
+        await keys.stop()
+    texts = [str(getattr(e, "fact", "")) for e in read]
+    assert DERIVED not in texts
+    assert SAID not in texts
+    shredded = [e.of for e in read if isinstance(e, Shredded)]
+    assert shredded == ["relation.asserted", "relation.asserted", "graph.extracted"]
+
+    # No byte left in the files or the tables; a replay builds the same tables.
+    await wait_caught_up(nc, admin_token)
+    await asyncio.sleep(0.2)
+    wanted = [DERIVED.encode(), SAID.encode()]
+    assert leftovers(tmp_path, wanted) == []
+    if store_kind == "postgres":
+        assert await postgres_leftovers(store_url, wanted) == []
+    live = await dump_store(service.store)  # type: ignore[arg-type]
+    replayed = await replay_into(nc, tmp_path / "replayed" / "agentmem.db")
+    for table in ("graph_entities", "graph_names", "graph_relations", "graph_entity_history"):
+        assert replayed[table] == live[table], table
+
+
 async def test_forget_one_memory_of_a_busy_scope(
     service: Service, nc: NATS, admin_token: str
 ) -> None:
@@ -816,6 +915,62 @@ def test_what_each_forget_deletes() -> None:
     # A table without a column for an id holds none of it.
     by_agent = DataForgotten(forget_id="f3", org_id="o1", target="agent", agent_id="a1")
     assert forgotten_rows(by_agent, frozenset({"agent", "user"}), [USERS]) == []
+
+
+def test_what_is_derived_from_one_memory_or_session_is_sealed_so_its_forget_finds_it() -> None:
+    def fact(source: Provenance, session_id: str | None = None) -> RelationAsserted:
+        return RelationAsserted(
+            relation_id="e1-0_1",
+            org_id="o1",
+            subject_id="e1-0",
+            predicate="works_at",
+            object_id="e2-0",
+            fact=DERIVED,
+            confidence=0.4,
+            valid_from=1,
+            source=msgspec.to_builtins(source),
+            user_id="u1",
+            memory_id=derived_from(source),
+            session_id=session_id,
+        )
+
+    facts = subjects.event("o1", "facts", "e1-0")
+    one = fact(Provenance(memory_ids=["m1"]), "s1")
+    assert key_name(facts, one) == "o1.u1.=.s1.memory.m1"
+    assert matches(forget.keys_of("memory", "o1", {"memory_id": "m1"}), key_name(facts, one))
+    assert matches(
+        forget.keys_of("conversation", "o1", {"session_id": "s1"}), "o1.u1.=.s1.memory.m1"
+    )
+    # Two memories, or a memory and a message: the facts subject's key, as before.
+    for source in (
+        Provenance(memory_ids=["m1", "m2"]),
+        Provenance(memory_ids=["m1"], message_ids=["x"]),
+    ):
+        assert key_name(facts, fact(source)) == "o1.u1.=.=.facts.e1-0"
+    said = fact(Provenance(message_ids=["x"]), "s1")
+    assert key_name(facts, said) == "o1.u1.=.s1.facts.e1-0"
+    assert matches(
+        forget.keys_of("conversation", "o1", {"session_id": "s1"}), key_name(facts, said)
+    )
+    answer = GraphExtracted(
+        extraction_id="x1",
+        org_id="o1",
+        extractor="rules",
+        model="rules-v1",
+        prompt_sha256="0",
+        memory_id="m1",
+        user_id="u1",
+    )
+    assert key_name(subjects.event("o1", "extraction", "x1"), answer) == "o1.u1.=.=.memory.m1"
+    # The rows go with the memory's or the conversation's forget, and with nothing else.
+    for target, ids in (("memory", {"memory_id": "m1"}), ("conversation", {"session_id": "s1"})):
+        event = DataForgotten(forget_id="f", org_id="o1", target=target, **ids)  # type: ignore[arg-type]
+        assert forgotten_rows(
+            event,
+            graph_projection.FORGETS,
+            graph_projection.FORGOTTEN_TABLES,
+            graph_projection.FORGOTTEN_THROUGH,
+        ) == [Delete("graph_relations", {"org_id": "o1", **ids}, erase=True)]
 
 
 def test_a_forget_notice_names_its_keys_by_wildcard() -> None:

@@ -23,8 +23,11 @@ Which keys each target deletes (``keys_of``: a wildcard over the key names
 - agent: the agent's profile and state, every message, memory, block and working item with
   the agent; the agent, its tags and state, its messages, memories, blocks and items.
 - conversation: every message of the session, the memories scoped to it and its working
-  memory; its messages and redactions, those memories and items.
-- memory: that memory's key and row.
+  memory; its messages and redactions, those memories and items. And what extraction
+  derived from them: its stored answers, and the relations (their keys name the session).
+- memory: that memory's key and row; and, sealed with a key of the memory's name, its
+  extraction's stored answer and each relation whose source is that memory alone
+  (``agentmem.personal``), whose rows go too. The entities an extraction made stay.
 - memory scope: every memory whose scope has each id given; those memories. And the
   entities, relations and extractions of that scope (``graph_keys_of``; a session holds
   no entity).

@@ -265,11 +265,13 @@ def assert_relation(
     object_entity: Entity,
     now: int,
     single_by_default: bool | None = None,
+    session_id: str | None = None,
 ) -> Asserted:
     """``subject_entity`` and ``object_entity``: live, of one organization (merges already
     followed: the ids in ``command`` may name merged entities). ``single_by_default``:
     whether the organization holds the predicate single-valued (``predicates.is_single``;
-    None: the service's default), unless the command says."""
+    None: the service's default), unless the command says. ``session_id``: the conversation
+    of the memory or message the fact was extracted from (``derived_from``)."""
     check_version(loaded, command.expected_version)
     check_scopes(subject_entity, object_entity)
     facts = loaded.state or Facts()
@@ -346,11 +348,23 @@ def assert_relation(
         source=msgspec.to_builtins(command.source) if command.source is not None else {},
         user_id=subject_entity.user_id,
         agent_id=subject_entity.agent_id,
+        memory_id=derived_from(command.source),
+        session_id=session_id,
     )
     # The ending of the old value and the new one, in one commit on one subject.
     return Asserted(
         [Write(loaded.subject, loaded.version, [*events, asserted])], invalidated=tuple(ended)
     )
+
+
+def derived_from(source: Provenance | None) -> str | None:
+    """The one memory a fact was derived from, when its source names that memory and
+    nothing else (no other memory, no message): the fact is sealed with that memory's
+    data key and forgotten with it (``memory.forget``). A fact of several sources stays
+    until each of them is forgotten by a wider forget (its scope, its user)."""
+    if source is None or source.message_ids or len(set(source.memory_ids)) != 1:
+        return None
+    return source.memory_ids[0]
 
 
 def require_relation(loaded: Loaded[Facts], relation: str) -> Relation:
