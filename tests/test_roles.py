@@ -32,6 +32,13 @@ from tests.realparts import bearer, clean_env, run_cli, status
 from tests.support import NatsServer
 
 
+def split_service(nats_server: NatsServer, tmp_path: Path, pg_url: str, roles: str) -> Service:
+    """A process of a deployment split over several, with ``roles``."""
+    settings = settings_for(nats_server, tmp_path, pg_url)
+    settings.roles = parse_roles(roles)
+    return Service(settings)
+
+
 def test_roles_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_roles(" Commands, queries ,") == frozenset({"commands", "queries"})
     monkeypatch.delenv("AGENTMEM_ROLES", raising=False)
@@ -94,12 +101,8 @@ async def pg_url() -> AsyncIterator[str]:
 async def test_commands_and_projections_in_one_process_queries_in_another(
     nats_server: NatsServer, nc: NATS, tmp_path: Path, pg_url: str
 ) -> None:
-    def service(roles: str) -> Service:
-        settings = settings_for(nats_server, tmp_path, pg_url)
-        settings.roles = parse_roles(roles)
-        return Service(settings)
-
-    writer, reader = service("commands,projections"), service("queries")
+    writer = split_service(nats_server, tmp_path, pg_url, "commands,projections")
+    reader = split_service(nats_server, tmp_path, pg_url, "queries")
     await writer.start()
     try:
         await reader.start()
@@ -176,12 +179,8 @@ async def test_a_query_in_another_process_hurries_a_paced_projection(
     monkeypatch.setattr(service_module, "PACE_S", 30.0)
     monkeypatch.setattr(worker_module, "IDLE_WAIT_S", 30.0)
 
-    def service(roles: str) -> Service:
-        settings = settings_for(nats_server, tmp_path, pg_url)
-        settings.roles = parse_roles(roles)
-        return Service(settings)
-
-    writer, reader = service("commands,projections"), service("queries")
+    writer = split_service(nats_server, tmp_path, pg_url, "commands,projections")
+    reader = split_service(nats_server, tmp_path, pg_url, "queries")
     await writer.start()
     try:
         await reader.start()
