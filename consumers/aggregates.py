@@ -180,7 +180,15 @@ class Loader:
         self.chosen.add(subject)
 
     async def load(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
-        loaded = await self.cache.load(subject, evolve, refresh=self.refresh)
+        return self._checked(await self.cache.load(subject, evolve, refresh=self.refresh))
+
+    async def current(self, subject: str, evolve: Evolve[S]) -> Loaded[S]:
+        """``load``, read from the log's leader whatever the cache holds: for an aggregate
+        the command decides on but does not write, whose version no append checks (another
+        process may have changed it since this one cached it)."""
+        return self._checked(await self.cache.load(subject, evolve, refresh=True))
+
+    def _checked(self, loaded: Loaded[S]) -> Loaded[S]:
         seq = loaded.commands.get(self.command_id)
         if seq is not None:
             raise AlreadyApplied(seq)

@@ -91,7 +91,10 @@ async def probe(loader: Loader, org_id: str, key: str, now: int, blind: bool = F
     async def load(subject: str) -> Loaded[Slot]:
         return await loader.load(subject, memories.evolve)
 
-    holder, free = await walk_slots(load, org_id, key, now)
+    async def current(subject: str) -> Loaded[Slot]:
+        return await loader.current(subject, memories.evolve)
+
+    holder, free = await walk_slots(load, org_id, key, now, current)
     if holder is None:
         return Probe(None, free)
     assert isinstance(holder.state, Memory)
@@ -99,11 +102,18 @@ async def probe(loader: Loader, org_id: str, key: str, now: int, blind: bool = F
 
 
 async def walk_slots(
-    load: Callable[[str], Awaitable[Loaded[Slot]]], org_id: str, key: str, now: int
+    load: Callable[[str], Awaitable[Loaded[Slot]]],
+    org_id: str,
+    key: str,
+    now: int,
+    current: Callable[[str], Awaitable[Loaded[Slot]]] | None = None,
 ) -> tuple[Loaded[Slot] | None, Loaded[Slot] | None]:
     """(the subject of the memory holding content ``key``, None), or (None, the first empty
     slot), each subject read by ``load``: the cache's now (``probe``), or the log as it
-    stood at a point (``holder_then``)."""
+    stood at a point (``holder_then``). ``current``: how to read a slot's memory again from
+    the log before deciding that it no longer holds the content: its version is checked by
+    no append (a claim on a later slot is), so a stale cache would let a second memory take
+    content that another process had just given to the first."""
     for generation in range(MAX_GENERATIONS):
         slot = await load(memories.subject(org_id, memories.slot_id(key, generation)))
         if slot.version == 0:
@@ -111,13 +121,19 @@ async def walk_slots(
         holder = slot
         if isinstance(slot.state, memories.Claim):
             holder = await load(memories.subject(org_id, slot.state.memory_id))
-        memory = holder.state
-        if isinstance(memory, Memory) and memories.holds(memory, memory, key, now):
+        if current is not None and not _holds(holder, key, now):
+            holder = await current(holder.subject)
+        if _holds(holder, key, now):
             return holder, None
     raise ConflictError(
         f"this content was added and removed {MAX_GENERATIONS} times in this scope",
         {"generations": MAX_GENERATIONS},
     )
+
+
+def _holds(holder: Loaded[Slot], key: str, now: int) -> bool:
+    memory = holder.state
+    return isinstance(memory, Memory) and memories.holds(memory, memory, key, now)
 
 
 async def first_outcome(

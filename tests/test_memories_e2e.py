@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
 from agentmem.consumers.aggregates import AggregateCache
 from agentmem.consumers.expiry import ExpirySweeper
+from agentmem.domain import memories as memories_domain
 from agentmem.domain import metadata_filter
 from agentmem.domain.memories import MemoryHistory, MemoryStats
 from agentmem.eventlog import EventLog
@@ -213,6 +214,34 @@ async def test_a_retried_large_batch_is_answered_with_its_first_outcome(
     again = await api.add_memories(batch, command_id=f"big-{size}")
     assert again == first
     assert await last_seq(nc) == before
+
+
+async def test_content_another_process_just_gave_a_memory_is_not_taken_twice(
+    service: Service, acme: tuple[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose cache still holds a memory's old content (another process changed
+    it since) took that memory as no longer holding its new content, and let an update or
+    a supersede give the same content to a second memory (a race attacker, two processes
+    on Postgres). The memory a slot points at is read again from the log first."""
+    org_id, api = acme
+    first = await api.add_memory("Ann likes tea", user_id="ann")
+    other = await api.add_memory("Ann likes jazz", user_id="ann")
+    runner = service.parts.runner
+    behind = AggregateCache(runner.cache.log)
+    memory_id = str(first.fields["memory_id"])
+    await behind.load(memories_domain.subject(org_id, memory_id), memories_domain.evolve)
+    await api.update_memory(memory_id, content="Ann likes coffee")  # the service's own cache
+    monkeypatch.setattr(runner, "cache", behind)
+    with pytest.raises(ConflictError, match="already holds this content") as refused:
+        await api.update_memory(other.fields["memory_id"], content="ANN likes coffee")
+    assert refused.value.details["duplicate_of"] == memory_id
+    corrected = await api.supersede_memory(other.fields["memory_id"], "Ann likes  COFFEE")
+    assert (corrected.fields["deduplicated"], corrected.fields["superseded_by"]) == (
+        True,
+        memory_id,
+    )
+    live = await api.list_memories(user_id="ann", after_seq=api.last_seq)
+    assert [m.content for m in live.items] == ["Ann likes coffee"]
 
 
 async def test_deleted_or_superseded_memories_do_not_block_their_text(
