@@ -56,11 +56,13 @@ async def load_agent_in(
     runner: CommandRunner, loader: Loader, org_id: str, agent_id: str
 ) -> agents.Agent:
     """A live agent of ``org_id``; another organization's agent is answered as a missing
-    one, so a block never reaches across organizations."""
+    one, so a block never reaches across organizations. Read from the log's leader: the
+    block's writes do not check the agent's version, so a deletion another process made a
+    moment ago would not stop them on a stale cache."""
     subject = await runner.subject_of("agent", agent_id)
     if subjects.parse(subject).org_id != org_id:
         raise agents.missing(agent_id)
-    return agents.require_live(await loader.load(subject, agents.evolve), agent_id)
+    return agents.require_live(await loader.current(subject, agents.evolve), agent_id)
 
 
 async def load_block(

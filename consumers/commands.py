@@ -247,12 +247,15 @@ class CommandRunner:
         aggregate_id: str,
         evolve: Evolve[S],
         missing: NotFoundError,
+        current: bool = False,
     ) -> tuple[Loaded[S], str]:
         """An aggregate found by its id, with its organization's id. A deleted
-        organization's aggregates are gone with it: ``missing``, as for an unknown id."""
+        organization's aggregates are gone with it: ``missing``, as for an unknown id.
+        ``current``: read from the log's leader (``Loader.current``), for an aggregate the
+        command only reads."""
         subject = await self.subject_of(aggregate, aggregate_id)
         org_id = subjects.parse(subject).org_id
-        loaded = await loader.load(subject, evolve)
+        loaded = await (loader.current if current else loader.load)(subject, evolve)
         org = await loader.load(orgs.subject(org_id), orgs.evolve)
         if org.state is None or org.state.deleted:
             raise missing

@@ -77,14 +77,19 @@ class _Found(Exception):
 
 
 async def load_entity(
-    runner: CommandRunner, loader: Loader, request: Request[Any], entity_id: str
+    runner: CommandRunner,
+    loader: Loader,
+    request: Request[Any],
+    entity_id: str,
+    current: bool = False,
 ) -> tuple[Loaded[Entity], str]:
     """An entity (not deleted) of a live organization that the caller may change, and its
-    organization; else not_found (another organization's too)."""
+    organization; else not_found (another organization's too). ``current``: read from the
+    log's leader, for an entity the command only names (no append checks its version)."""
     missing = entities.missing(entity_id)
     try:
         loaded, org_id = await runner.load_in_live_org(
-            loader, "entity", entity_id, entities.evolve, missing
+            loader, "entity", entity_id, entities.evolve, missing, current
         )
     except NotFoundError:
         raise missing from None
@@ -133,10 +138,14 @@ async def without_gone_objects(
 
 
 async def answering(
-    runner: CommandRunner, loader: Loader, request: Request[Any], entity_id: str
+    runner: CommandRunner,
+    loader: Loader,
+    request: Request[Any],
+    entity_id: str,
+    current: bool = False,
 ) -> tuple[Loaded[Entity], str]:
     """The live entity ``entity_id`` answers as: itself, or what it was merged into."""
-    loaded, org_id = await load_entity(runner, loader, request, entity_id)
+    loaded, org_id = await load_entity(runner, loader, request, entity_id, current)
     for _ in range(MAX_MERGE_HOPS):
         state = entities.require_entity(loaded, entity_id)
         if state.state == "live" or state.merged_into is None:
@@ -159,8 +168,10 @@ async def decide_assertion(
     """Decide ``command`` against the live entities its ids answer as (both in one
     organization) and the subject's facts, under the organization's declared predicates.
     ``session_id``: an extraction's source's conversation (``relations.assert_relation``)."""
-    subject, org_id = await answering(runner, loader, request, command.subject_id)
-    target, object_org = await answering(runner, loader, request, command.object_id)
+    # Both read from the log's leader: an assertion writes neither entity, so a deletion
+    # another process made a moment ago would not stop it on a stale cache.
+    subject, org_id = await answering(runner, loader, request, command.subject_id, True)
+    target, object_org = await answering(runner, loader, request, command.object_id, True)
     if object_org != org_id:
         raise entities.missing(command.object_id)
     subject_entity = entities.require_live(subject, command.subject_id)

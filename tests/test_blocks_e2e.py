@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from agentmem import Client, ConflictError, ForbiddenError, InvalidError, NotFoundError, subjects
 from agentmem.consumers.aggregates import AggregateCache
-from agentmem.domain import blocks
+from agentmem.domain import agents, blocks
 from agentmem.projections.blocks import BLOCK_AGENTS, BLOCKS
 from agentmem.service import Service
 from tests.realparts import dump_store, replay_into, wait_caught_up
@@ -481,3 +481,23 @@ async def test_an_append_refused_on_a_stale_cache_is_decided_again(
     assert (await api.get_block(block_id, after_seq=appended.seq)).content.startswith("reset")
     with pytest.raises(InvalidError, match="over its limit"):
         await api.append_to_block(block_id, "z" * 10)
+
+
+async def test_an_agent_another_process_deleted_gets_no_block(
+    service: Service, client: Client, acme: tuple[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block's writes do not check its agent's version: a process whose cache had not
+    seen the agent's deletion (made by another process) created and attached blocks for
+    it. The agent is read from the log."""
+    org_id, api = acme
+    agent = await new_agent(api, "Soon gone")
+    shared = str((await api.create_block("team", "notes", user_id="ann")).fields["block_id"])
+    runner = service.parts.runner
+    behind = AggregateCache(runner.cache.log)
+    await behind.load(agents.subject(org_id, agent), agents.evolve)
+    await client.delete_agent(agent)
+    monkeypatch.setattr(runner, "cache", behind)
+    with pytest.raises(NotFoundError):
+        await api.create_block("persona", "x", agent_id=agent)
+    with pytest.raises(NotFoundError):
+        await api.attach_block(shared, agent)

@@ -28,6 +28,8 @@ from agentmem import (
     NotFoundError,
     subjects,
 )
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.domain import entities
 from agentmem.projections.graph import TABLES
 from agentmem.service import Service
 from tests.realparts import dump_store, replay_into, wait_caught_up
@@ -701,3 +703,24 @@ async def test_replay_equals_live(
     replayed = await replay_into(nc, tmp_path / "replayed.db")
     for table in TABLES:
         assert replayed[table.name] == live[table.name], table.name
+
+
+async def test_an_entity_another_process_deleted_takes_no_new_relation(
+    service: Service, acme: tuple[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An assertion writes neither entity it names: a process whose cache had not seen a
+    deletion made elsewhere accepted a relation to the deleted entity (a race attacker,
+    two processes on Postgres). Both entities are read from the log."""
+    org_id, api = acme
+    ann = await entity(api, "Ann")
+    paris = await entity(api, "Paris", "place")
+    runner = service.parts.runner
+    behind = AggregateCache(runner.cache.log)
+    for entity_id in (ann, paris):
+        await behind.load(entities.subject(org_id, entity_id), entities.evolve)
+    await api.delete_entity(paris)
+    monkeypatch.setattr(runner, "cache", behind)
+    with pytest.raises(NotFoundError):
+        await api.assert_relation(ann, "lives_in", paris)
+    with pytest.raises(NotFoundError):
+        await api.assert_relation(paris, "lives_in", ann)
