@@ -59,6 +59,9 @@ MAX_REPLICAS = 5
 # leaders within seconds).
 JETSTREAM_WAIT_S = 30.0
 STEP_TIMEOUT_S = 10.0  # how long one step of a stop may take before the next one goes on
+# The same once the process has failed (its nats-server died): what is in flight waits for a
+# server that will not answer, and a supervisor waits for the exit to restart both.
+FAILED_STEP_TIMEOUT_S = 1.0
 
 
 class StoreBusy(StartupError):
@@ -652,6 +655,7 @@ class Service:
     async def stop(self) -> None:
         """Drain: stop taking requests, finish those in flight, finish the current batches."""
         self.stopped.set()
+        step = FAILED_STEP_TIMEOUT_S if self.failed.is_set() else STEP_TIMEOUT_S
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
         if self.gate:
@@ -663,34 +667,35 @@ class Service:
         for leader in self.ingest_leaders.values():
             leader.stop()
         if self.ingest_tasks:
-            await asyncio.wait(self.ingest_tasks.values(), timeout=STEP_TIMEOUT_S)
+            await asyncio.wait(self.ingest_tasks.values(), timeout=step)
         if self.ingest_leases:
             await self.ingest_leases.close()
         if self.dispatcher:
-            await self.dispatcher.stop()
+            await self.dispatcher.stop(timeout=step)
         if self._sweeper is not None:
             # ``stopped`` ends its wait; a sweep under way is finished, within a step's time.
-            await asyncio.wait([self._sweeper], timeout=STEP_TIMEOUT_S)
+            await asyncio.wait([self._sweeper], timeout=step)
         if self.access:
             try:
                 # Bounded like every step of a stop: the projections below must still drain.
-                await asyncio.wait_for(self.access.stop(), STEP_TIMEOUT_S)
+                await asyncio.wait_for(self.access.stop(), step)
             except TimeoutError:
                 log.warning("access view did not stop in time; going on")
         for leader in self.leaders.values():
             leader.stop()
         if self.leader_tasks:
-            await asyncio.wait(self.leader_tasks.values(), timeout=10)
+            await asyncio.wait(self.leader_tasks.values(), timeout=step)
         if self.leases:
             # Another process takes the projections over at its next look (about 1 s).
             await self.leases.close()
         if self.keys:
-            await self.keys.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.keys.stop(), step)
         if self.nc:
             if self.failed.is_set():
                 # No server to drain to: a drain would wait for a reconnect that never comes.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.nc.close(), STEP_TIMEOUT_S)
+                    await asyncio.wait_for(self.nc.close(), step)
             else:
                 with contextlib.suppress(Exception):
                     await self.nc.drain()
