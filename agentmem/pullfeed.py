@@ -61,6 +61,7 @@ class PullFeed:
         batch: int,
         idle_wait: float = 1.0,
         pace: float = 0.0,
+        first_consumer_seq: int | None = None,
     ) -> None:
         self.nc = nc
         self.batch = batch
@@ -71,6 +72,9 @@ class PullFeed:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = ""
         self._subscription: Subscription | None = None
+        # The consumer sequence of the first delivery, when known (a consumer just made:
+        # 1); None: any (a durable consumer that delivered before).
+        self._first = first_consumer_seq
         self._last_consumer_seq = 0
         self._arrived: deque[Msg] = deque()
         self._wake = asyncio.Event()
@@ -181,6 +185,10 @@ class PullFeed:
 
     def _check_order(self, message: Msg) -> None:
         consumer_seq = delivery(message).consumer_seq
+        if not self._last_consumer_seq and self._first is not None and consumer_seq != self._first:
+            raise FeedBroken(
+                f"first delivery {consumer_seq}, not {self._first}: the consumer is not new"
+            )
         if self._last_consumer_seq and consumer_seq != self._last_consumer_seq + 1:
             raise FeedBroken(
                 f"delivery {consumer_seq} after {self._last_consumer_seq}: a message went missing"

@@ -19,7 +19,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.errors import UnavailableError
@@ -29,7 +29,7 @@ from agentmem.keys import KeyRing
 from agentmem.metrics import Metrics
 from agentmem.projections.base import Projection
 from agentmem.projections.board import CheckpointBoard
-from agentmem.pullfeed import PullFeed
+from agentmem.pullfeed import FeedBroken, PullFeed
 from agentmem.sealing import open_commits
 from agentmem.store import Parked, ProjectionBatch, Store
 from agentmem.store.versions import build_key, variant_of
@@ -42,6 +42,12 @@ IDLE_WAIT_S = 0.5
 # A live worker under a steady trickle of events applies at most one batch per this many
 # seconds (``PullFeed``'s pace; a reader waiting with ``after_seq`` cuts it short).
 PACE_S = 0.1
+
+
+def fresh(info: ConsumerInfo) -> bool:
+    """Whether a consumer has delivered nothing yet, as one just made must have."""
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    return not delivered and not info.num_ack_pending
 
 
 def durable_name(projection: str) -> str:
@@ -127,9 +133,31 @@ class ProjectionWorker:
             config.opt_start_seq = self.checkpoint + 1
         else:
             config.deliver_policy = DeliverPolicy.ALL
-        await self.js.add_consumer(self.stream, config)
+        info = await self.js.add_consumer(self.stream, config)
+        if not fresh(info):
+            # Not the consumer just asked for: nats-server gave it the state of one of the
+            # same name that it did not load at recovery (a kill -9 left its directory
+            # without meta.sum) but left on disk, so the delete above found nothing. Its
+            # delivered sequence would skip the commits from the checkpoint on, and the
+            # first ack (AckPolicy.ALL) ack them away: lost for good (a fault storm lost
+            # 211 memories from the graph so). Loaded now, a delete takes its directory.
+            log.warning(
+                "stale consumer state; made again",
+                projection=self.key,
+                delivered=info.delivered.stream_seq if info.delivered is not None else None,
+                checkpoint=self.checkpoint,
+            )
+            await self.js.delete_consumer(self.stream, durable)
+            if not fresh(await self.js.add_consumer(self.stream, config)):
+                raise FeedBroken(f"consumer {durable} keeps a stale state")
         feed = PullFeed(
-            self.nc, self.stream, durable, self.batch, idle_wait=IDLE_WAIT_S, pace=self.pace
+            self.nc,
+            self.stream,
+            durable,
+            self.batch,
+            idle_wait=IDLE_WAIT_S,
+            pace=self.pace,
+            first_consumer_seq=1,
         )
         await feed.start()
         self.board.on_wait(self.key, feed.hurry)

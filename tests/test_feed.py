@@ -185,3 +185,21 @@ async def test_a_hurried_feed_hands_over_what_it_has(nc: NATS) -> None:
     feed.hurry()
     assert numbers(await asyncio.wait_for(waiting, timeout=2.0)) == [1]
     await feed.stop()
+
+
+async def test_a_feed_told_its_consumer_is_new_refuses_one_that_delivered_before(
+    nc: NATS,
+) -> None:
+    """A projection's consumer is made anew at each start: a first delivery past consumer
+    sequence 1 means it inherited another's state, whose first ack would ack away what it
+    skipped."""
+    await publish(nc, 3)
+    before = PullFeed(nc, STREAM, "worker", batch=2, idle_wait=0.5)
+    await before.start()
+    await (await before.next_batch())[-1].ack()
+    await before.stop()
+    feed = PullFeed(nc, STREAM, "worker", batch=10, idle_wait=0.5, first_consumer_seq=1)
+    await feed.start()
+    with pytest.raises(FeedBroken, match="not new"):
+        await feed.next_batch()
+    await feed.stop()

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -57,6 +59,7 @@ from tests.realparts import (
     rows,
     wait_caught_up,
 )
+from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
 
@@ -570,3 +573,45 @@ async def test_a_stopped_worker_leaves_no_checkpoint_on_the_board() -> None:
     leader.stop()
     await asyncio.wait_for(running, 5)
     assert not board.has("late")
+
+
+async def test_a_consumer_a_crash_left_half_on_disk_does_not_skip_commits(
+    tmp_path: Path,
+) -> None:
+    """A kill -9 of nats-server while a worker remade its consumer left the consumer's
+    directory without meta.sum: nats-server skipped it at recovery but kept it on disk, so
+    the worker's delete found nothing and its new consumer (to start at checkpoint + 1)
+    took the old one's delivered sequence: the commits between were skipped, and acked
+    away by the first ack, nothing parked (a fault storm lost 211 memories from the graph
+    projection so). The worker now makes such a consumer again."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    store = await open_store(str(tmp_path / "agentmem.db"))
+    await store.migrate(MIGRATIONS)
+    try:
+        nc = await nats.connect(server.url)
+        await EventLog(nc).ensure_stream()
+        seqs = await create_orgs(EventLog(nc), 10)
+        await store.apply(ProjectionBatch(projection="orgs", checkpoint=seqs[2]))
+        # Delivered the rest from its checkpoint, then its process died before applying.
+        crashed = ProjectionWorker(nc, store, OrgsProjection())
+        crashed.checkpoint = seqs[2]
+        assert len(await (await crashed._subscribe()).next_batch()) == 7
+        await asyncio.sleep(0.3)
+        await nc.close()
+        server.kill()
+        consumers = tmp_path / "nats" / "jetstream" / "$G" / "streams" / subjects.STREAM_NAME
+        (consumers / "obs" / durable_name("orgs") / "meta.sum").unlink()
+        server.start()
+
+        nc = await nats.connect(server.url)
+        late = Write(subjects.event("late", "org", "late"), 0, [OrgCreated("late", "late")])
+        last = (await EventLog(nc).append([late], CommitMeta("create-late", "org.create"))).last_seq
+        await run_worker(ProjectionWorker(nc, store, OrgsProjection()))
+        await nc.close()
+        assert await store.checkpoint("orgs") == last
+        names = sorted(row[0] for row in await store.dump(ORGS))
+        assert names == sorted([f"org{n}" for n in range(3, 10)] + ["late"])
+    finally:
+        await store.close()
+        server.stop()
