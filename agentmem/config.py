@@ -70,6 +70,11 @@ class Settings:
     # Seconds between two expiry sweeps of a process that serves commands (0: none):
     # memories past their expires_at get memory.expired (consumers/expiry.py).
     expiry_sweep_s: int = field(default_factory=lambda: _env_int("EXPIRY_SWEEP_S", 60))
+    # Milliseconds a live projection worker paces its batches under a steady stream of
+    # events (docs/architecture.md, "Exactly-once projection"; 0: off, each batch at once):
+    # less projection work right behind each command, reads without after_seq up to that
+    # much later.
+    projection_pace_ms: int = field(default_factory=lambda: _env_int("PROJECTION_PACE_MS", 0))
     # Which handlers and workers this process runs (several processes share one deployment;
     # a split needs Postgres: see service.check_roles).
     roles: frozenset[str] = field(

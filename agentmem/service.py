@@ -46,7 +46,7 @@ from agentmem.projections.board import CheckpointBoard
 from agentmem.projections.build import Build
 from agentmem.projections.leader import ProjectionLeader
 from agentmem.projections.migrations import MIGRATIONS
-from agentmem.projections.worker import PACE_S, ProjectionWorker
+from agentmem.projections.worker import ProjectionWorker
 from agentmem.store import Store, open_store
 from agentmem.store.leases import Leases, open_leases
 from agentmem.store.metered import MeteredStore
@@ -546,6 +546,7 @@ class Service:
         assert self.store is not None
         assert self.leases is not None
         nc, store, keys = self.nc, self.store, self.keys
+        pace = self.settings.projection_pace_ms / 1000
 
         def make_worker() -> ProjectionWorker:
             return ProjectionWorker(
@@ -556,7 +557,7 @@ class Service:
                 metrics=self.metrics,
                 keys=keys,
                 version=projection.version,
-                pace=PACE_S,
+                pace=pace,
             )
 
         async def live_is_mine() -> bool:

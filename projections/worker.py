@@ -39,9 +39,6 @@ log = structlog.get_logger(__name__)
 BATCH = 1000
 # How long an idle worker waits for the next event before looking again (and noticing stop).
 IDLE_WAIT_S = 0.5
-# A live worker under a steady trickle of events applies at most one batch per this many
-# seconds (``PullFeed``'s pace; a reader waiting with ``after_seq`` cuts it short).
-PACE_S = 0.1
 
 
 def fresh(info: ConsumerInfo) -> bool:

@@ -11,7 +11,6 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client
-from agentmem import service as service_module
 from agentmem.projections import worker as worker_module
 from agentmem.queries import GetAgent, Health
 from agentmem.service import Service
@@ -69,10 +68,11 @@ async def test_a_read_waiting_for_a_paced_projection_hurries_it(
 ) -> None:
     """A projection under a steady trickle applies one batch per pace; a read that waits
     for a write (``after_seq``) has it applied at once, not when the pace is up."""
-    monkeypatch.setattr(service_module, "PACE_S", 30.0)
     # Nor cut short by the pull's end (the pace never outlasts the open pull).
     monkeypatch.setattr(worker_module, "IDLE_WAIT_S", 30.0)
-    service = Service(settings_for(nats_server, tmp_path, store_url))
+    settings = settings_for(nats_server, tmp_path, store_url)
+    settings.projection_pace_ms = 30_000
+    service = Service(settings)
     await service.start()
     try:
         await answering(nats_server.url)

@@ -20,7 +20,6 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client
-from agentmem import service as service_module
 from agentmem.config import ROLES, Settings, StartupError, parse_roles
 from agentmem.projections import ALL
 from agentmem.projections import worker as worker_module
@@ -176,10 +175,10 @@ async def test_a_query_in_another_process_hurries_a_paced_projection(
     """The process that waits for a projection is not the one that runs it: it tells the
     worker on ``agentmem.hurry.<projection>``, else each read after a write would wait
     for the pace (here longer than the read's 5 s, so that it would fail)."""
-    monkeypatch.setattr(service_module, "PACE_S", 30.0)
     monkeypatch.setattr(worker_module, "IDLE_WAIT_S", 30.0)
 
     writer = split_service(nats_server, tmp_path, pg_url, "commands,projections")
+    writer.settings.projection_pace_ms = 30_000
     reader = split_service(nats_server, tmp_path, pg_url, "queries")
     await writer.start()
     try:
