@@ -425,7 +425,9 @@ def parse_status(text: str) -> tuple[int, dict[str, tuple[int, str, int]]]:
     table = {
         name: (int(cp.replace(",", "")), lag, int(parked)) for name, _, cp, lag, parked in rows
     }
-    assert {version for _, version, _, _, _ in rows} == {"v1"}, text  # the live versions
+    # The live versions: each projection's own.
+    declared = {p.name: f"v{p.version}" for p in ALL_PROJECTIONS}
+    assert {name: version for name, version, _, _, _ in rows} == declared, text
     return int(last[1].replace(",", "")), table
 
 

@@ -43,7 +43,7 @@ from agentmem.events import (
 )
 from agentmem.projections.blocks import BlocksProjection
 from agentmem.projections.working import WorkingProjection
-from agentmem.store import Delete, Update, Upsert
+from agentmem.store import Copy, Delete, Update, Upsert
 
 ORG = "org-1"
 AT = 1_700_000_000_000
@@ -283,7 +283,15 @@ def test_the_blocks_projection() -> None:
             {"block_id": "b1"},
             {"attached_agent_ids": '["a2"]', "updated_at": AT + 6, "version": 6},
         ),
-        Upsert("block_agents", {**seen, "agent_id": "a2"}),
+        # Made from the block's own row: none for a block whose creation reads as forgotten.
+        Delete("block_agents", {"agent_id": "a2", "block_id": "b1"}),
+        Copy(
+            "block_agents",
+            "blocks",
+            {"block_id": "b1"},
+            ("agent_id", "label", "block_id", "org_id"),
+            {"agent_id": "a2"},
+        ),
     ]
     detached = BlockDetached(block_id="b1", agent_id="a2", label="human", agent_ids=())
     assert project(commit(7, subject, detached))[1] == Delete(
