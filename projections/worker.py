@@ -157,8 +157,11 @@ class ProjectionWorker:
             first_consumer_seq=1,
         )
         await feed.start()
-        self.board.on_wait(self.key, feed.hurry)
-        if self.pace > 0:  # a reader in another process (consumers.freshness)
+        if self.pace > 0:
+            # A reader that waits cuts the pace short: in this process through the board,
+            # in another on the hurry subject (consumers.freshness). Unpaced, a hurry would
+            # only wake an idle feed for nothing.
+            self.board.on_wait(self.key, feed.hurry)
 
             async def hurried(_: Msg) -> None:
                 feed.hurry()
