@@ -710,8 +710,12 @@ async def _import(settings: Settings, path: Path, mem0_org: str | None, token: s
     if token is None:
         print("agentmem: import needs an API key: --token-file or AGENTMEM_TOKEN", file=sys.stderr)
         return 2
-    async with _log_connection(settings) as nc:
-        client = Client(nc, token, timeout=60.0)
+    # A client of the target service, with the key as its credential (as any client
+    # connects): the target may be on another machine, whose NATS secrets are not here.
+    host, port = settings.listen_host_port
+    servers = settings.nats_servers or [f"nats://{host}:{port}"]
+    _where["nats"] = redact_url(",".join(servers))
+    async with await Client.connect(servers, token=token, timeout=60.0) as client:
         try:
             with path.open("rb") as source:
                 if mem0_org is not None:

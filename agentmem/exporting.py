@@ -13,7 +13,9 @@ open them. What a forget erased is never in it: an event whose key is gone (``Sh
 is left out and counted, and so is every event about a forgotten user, agent,
 conversation or memory (its ids stay readable in the log: a first pass finds the forgets,
 the second leaves their subjects out). Secrets are left out too: password hashes and API
-key digests (``SECRET_FIELDS``) never leave the log.
+key digests (``SECRET_FIELDS``) never leave the log. A message redacted later is written
+as the service shows it, emptied (a first pass over the headers of the organization's
+conversations finds the redactions).
 
 One user's export holds the events about them: their own subject, every event that names
 them (``user_id``), and the later events of a memory or block made for them; a
@@ -37,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL, H_TIME
-from agentmem.events import AnyEvent, DataForgotten, Shredded
+from agentmem.events import AnyEvent, DataForgotten, MessageRedacted, Shredded
 from agentmem.keys import KeyRing
 from agentmem.sealing import open_events
 
@@ -45,8 +47,12 @@ FORMAT = "agentmem.export"
 VERSION = 1
 BATCH = 1_000
 FETCH_TIMEOUT_S = 5.0
+API_TIMEOUT_S = 30.0  # an export is an operator's batch job: a slow server is waited for
 # What an export never holds, whatever the event: the stored forms of passwords and keys.
 SECRET_FIELDS = frozenset({"password_hash", "digest", "token_hash", "secret"})
+# A message redacted later is exported as the service shows it: said, and emptied.
+REDACT_COMMIT = "message.redact"
+REDACTED: dict[str, Any] = {"content": "", "tool_calls": [], "metadata": {}}
 # The ids a forget names, as the events name them.
 FORGET_IDS = ("user_id", "agent_id", "session_id", "memory_id")
 
@@ -131,9 +137,12 @@ class _UserFilter:
         return subject in self.subjects
 
 
-async def _messages(nc: NATS, pattern: str, last_seq: int) -> AsyncIterator[Msg]:
-    """Every message of the event stream on ``pattern`` up to ``last_seq``, in log order."""
-    js = nc.jetstream()
+async def _messages(
+    nc: NATS, pattern: str, last_seq: int, headers_only: bool = False
+) -> AsyncIterator[Msg]:
+    """Every message of the event stream on ``pattern`` up to ``last_seq``, in log order
+    (``headers_only``: their headers, without the events)."""
+    js = nc.jetstream(timeout=API_TIMEOUT_S)
     subscription = await js.pull_subscribe(
         pattern,
         stream=subjects.STREAM_NAME,
@@ -141,9 +150,14 @@ async def _messages(nc: NATS, pattern: str, last_seq: int) -> AsyncIterator[Msg]
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.ALL,
             inactive_threshold=60.0,
+            headers_only=headers_only,
         ),
     )
     try:
+        # Nothing to read (often: an organization without forgets): a fetch would wait
+        # its whole timeout for the first message.
+        if (await subscription.consumer_info()).num_pending == 0:
+            return
         while True:
             try:
                 batch = await subscription.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
@@ -158,6 +172,22 @@ async def _messages(nc: NATS, pattern: str, last_seq: int) -> AsyncIterator[Msg]
     finally:
         with contextlib.suppress(Exception):
             await subscription.unsubscribe()
+
+
+async def _redacted_messages(nc: NATS, keys: KeyRing, org_id: str, last_seq: int) -> set[str]:
+    """The ids of the organization's redacted messages: found by the commit type in the
+    headers of its conversations' commits, then read from the redactions' own commits."""
+    found: set[str] = set()
+    conversations = f"{subjects.EVENT_PREFIX}.{org_id}.conversation.*"
+    js = nc.jetstream(timeout=API_TIMEOUT_S)
+    async for head in _messages(nc, conversations, last_seq, headers_only=True):
+        if (head.headers or {}).get(H_COMMIT_TYPE) != REDACT_COMMIT:
+            continue
+        commit = await js.get_msg(subjects.STREAM_NAME, head.metadata.sequence.stream)
+        for event in await open_events(commit.data or b"", keys):
+            if isinstance(event, MessageRedacted):
+                found.add(event.message_id)
+    return found
 
 
 def _public(body: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +220,7 @@ async def export(
         for event in await open_events(message.data, keys):
             if isinstance(event, DataForgotten):
                 forgotten.add(event)
+    redacted = await _redacted_messages(nc, keys, org_id, last_seq)
     wanted = _UserFilter(user_id) if user_id is not None else None
     async for message in _messages(nc, org_events, last_seq):
         headers = message.headers or {}
@@ -208,6 +239,8 @@ async def export(
                 continue
             if wanted is not None and not wanted.wants(message.subject, body):
                 continue
+            if body.get("type") == "message.appended" and body["message_id"] in redacted:
+                body.update(REDACTED)  # its redaction follows, as in the log
             line = Line(
                 seq=message.metadata.sequence.stream,
                 subject=message.subject,

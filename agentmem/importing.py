@@ -15,8 +15,11 @@ source (a memory whose source id had a later generation is mapped to the target'
 message is appended with a new id: message ids are the service's, global, and a client
 never picks one. Passwords are not carried (the export holds no hash): an imported user
 gets a random password and signs in after an administrator gives them a key or they
-change it. Events with no command (sessions, API keys, forgets, graph facts) are counted
-as skipped, by type.
+change it. Every event with a command is sent as that command, those that end or undo
+something too (redactions, deletions, archives and restores, supersedes): the target must
+answer as the source did. Events with no command (sessions, API keys, forgets, working
+memory, graph facts) are counted as skipped, by type; those the target writes itself
+(reservations, an expiry) are neither sent nor counted.
 
 mem0: a JSON list of memories, or an object whose ``results`` is one (``get_all``), each
 ``{"id", "memory", "user_id", "agent_id", "run_id", "metadata", "categories",
@@ -46,19 +49,31 @@ from agentmem.commands import (
     ArchiveAgent,
     CreateAgent,
     CreateOrg,
+    DeleteAgent,
+    DeleteConversation,
+    DeleteOrg,
+    DeleteTool,
+    DeleteUser,
+    RedactMessage,
     RegisterTool,
     RegisterUser,
+    RenameOrg,
     SetAgentState,
+    SetRoles,
+    UnarchiveAgent,
     UpdateAgent,
+    UpdateProfile,
     UpdateTool,
 )
-from agentmem.domain.blocks import AttachBlock, CreateBlock, DeleteBlock, SetBlock
+from agentmem.domain.blocks import AttachBlock, CreateBlock, DeleteBlock, DetachBlock, SetBlock
 from agentmem.domain.memories import (
     MAX_BATCH,
     AddMemories,
     AddMemory,
     ArchiveMemory,
     DeleteMemory,
+    RestoreMemory,
+    SupersedeMemory,
     UpdateMemory,
 )
 from agentmem.errors import AgentMemError, ConflictError
@@ -80,6 +95,48 @@ BLOCK: tuple[str, ...] = (
     "block_id", "label", "content", "char_limit", "description", "agent_id", "user_id",
 )  # fmt: skip
 BLOCK_UPDATE: tuple[str, ...] = ("block_id", "content", "char_limit", "description")
+MEMORY_SUPERSEDE: tuple[str, ...] = (
+    "content", "metadata", "tags", "importance", "valid_from", "source",
+)  # fmt: skip
+
+# Events whose command takes the event's own fields, by name (the organization's id added
+# where the command names it, a memory's id mapped to the target's).
+BY_FIELDS: dict[str, tuple[type[Request], tuple[str, ...]]] = {
+    "org.renamed": (RenameOrg, ("org_id", "name")),
+    "org.deleted": (DeleteOrg, ("org_id",)),
+    "user.profile_updated": (UpdateProfile, ("user_id", "name", "email")),
+    "user.roles_set": (SetRoles, ("user_id", "roles")),
+    "user.deleted": (DeleteUser, ("user_id",)),
+    "agent.created": (CreateAgent, AGENT),
+    "agent.updated": (UpdateAgent, AGENT),
+    "agent.archived": (ArchiveAgent, ("agent_id",)),
+    "agent.unarchived": (UnarchiveAgent, ("agent_id",)),
+    "agent.deleted": (DeleteAgent, ("agent_id",)),
+    "agent.state_set": (SetAgentState, ("agent_id", "state")),
+    "conversation.deleted": (DeleteConversation, ("session_id",)),
+    "tool.registered": (RegisterTool, TOOL),
+    "tool.updated": (UpdateTool, TOOL),
+    "tool.deleted": (DeleteTool, ("tool_id",)),
+    "memory.updated": (UpdateMemory, ("memory_id", *MEMORY_UPDATE)),
+    "memory.archived": (ArchiveMemory, ("memory_id",)),
+    "memory.restored": (RestoreMemory, ("memory_id",)),
+    "memory.deleted": (DeleteMemory, ("memory_id",)),
+    "block.created": (CreateBlock, BLOCK),
+    "block.updated": (SetBlock, BLOCK_UPDATE),
+    "block.attached": (AttachBlock, ("block_id", "agent_id")),
+    "block.detached": (DetachBlock, ("block_id", "agent_id")),
+    "block.deleted": (DeleteBlock, ("block_id",)),
+}
+# Events the target writes itself, with the commands above (reservations of names and
+# contents, an agent's state cleared with its deletion) or by its own expiry sweep (an
+# imported memory keeps its ``expires_at``): not sent, not counted as skipped.
+MADE_BY_THE_TARGET = frozenset(
+    {
+        "email.reserved", "email.released", "tool_name.reserved", "tool_name.released",
+        "block_label.reserved", "block_label.released", "memory.content_claimed",
+        "agent.state_cleared", "memory.expired",
+    }
+)  # fmt: skip
 
 
 class ImportError_(ValueError):
@@ -111,6 +168,14 @@ class _Importer:
         self.org_id = org_id
         self.result = result
         self.memory_ids: dict[str, str] = {}  # source memory id -> the target's
+        self.message_ids: dict[str, str] = {}  # source message id -> the target's
+        # What a memory's supersede needs of the memory that replaces it: its fields, by
+        # source id (a supersede by a memory already there names it only).
+        self.memory_fields: dict[str, dict[str, Any]] = {}
+        self.superseded: set[str] = set()  # old memories a supersede here already ended
+        # The events of the source command being imported: one written twice in an atomic
+        # batch (an agent's archive, an organization's deletion) is sent once.
+        self._command = ("", set[bytes]())
         # The target log's end before the import: a reply at or below it is the first
         # outcome of a command an earlier import sent (or a duplicate the target found).
         self.start = 0
@@ -160,7 +225,22 @@ class _Importer:
             await self.messages(events, cid)
             return
         for line in lines:
+            if self._seen(line):
+                continue
             await self.event(line["event"], command_id(self.org_id, line["seq"], line["index"]))
+
+    def _seen(self, line: dict[str, Any]) -> bool:
+        """Was this event already met in the same source command (one written on two
+        subjects in one atomic batch)?"""
+        source_command, events = self._command
+        if line.get("command_id") != source_command:
+            events = set()
+            self._command = (str(line.get("command_id", "")), events)
+        event = msgspec.json.encode(line["event"])
+        if event in events:
+            return True
+        events.add(event)
+        return False
 
     async def messages(self, events: list[dict[str, Any]], cid: str) -> None:
         head = events[0]
@@ -174,11 +254,26 @@ class _Importer:
                 for e in events
             ],
         }
-        await self.send(AppendMessages, body, cid)
+        data = await self.send(AppendMessages, body, cid)
+        made = (data or {}).get("message_ids") or []
+        if len(made) == len(events):  # message ids are the target's own: mapped for redactions
+            for event, message_id in zip(events, made, strict=True):
+                self.message_ids[str(event["message_id"])] = str(message_id)
 
     async def event(self, event: dict[str, Any], cid: str) -> None:
         kind = event["type"]
         org = {"org_id": self.org_id}
+        if kind in BY_FIELDS:
+            request_type, names = BY_FIELDS[kind]
+            body = _body(event, *names)
+            if "org_id" in request_type.__struct_fields__:
+                body = {**body, **org}
+            if "memory_id" in body:
+                body["memory_id"] = self.memory(body["memory_id"])
+            if kind == "memory.updated" and event["memory_id"] in self.memory_fields:
+                self.memory_fields[event["memory_id"]].update(_body(event, *MEMORY_UPDATE))
+            await self.send(request_type, body, cid)
+            return
         match kind:
             case "org.created":
                 await self.send(CreateOrg, {"org_id": event["org_id"], "name": event["name"]}, cid)
@@ -189,42 +284,44 @@ class _Importer:
                     "password": secrets.token_urlsafe(24),
                 }
                 await self.send(RegisterUser, body, cid)
-            case "agent.created":
-                await self.send(CreateAgent, {**org, **_body(event, *AGENT)}, cid)
-            case "agent.updated":
-                await self.send(UpdateAgent, _body(event, *AGENT), cid)
-            case "agent.archived":
-                await self.send(ArchiveAgent, _body(event, "agent_id"), cid)
-            case "agent.state_set":
-                await self.send(SetAgentState, _body(event, "agent_id", "state"), cid)
-            case "tool.registered":
-                await self.send(RegisterTool, {**org, **_body(event, *TOOL)}, cid)
-            case "tool.updated":
-                await self.send(UpdateTool, _body(event, *TOOL), cid)
             case "memory.added":
-                data = await self.send(AddMemory, {**org, **_body(event, *MEMORY)}, cid)
-                if data and data.get("memory_id"):
-                    self.memory_ids[event["memory_id"]] = str(data["memory_id"])
-            case "memory.updated":
+                await self.added(event, cid)
+            case "memory.superseded":
+                if event["memory_id"] not in self.superseded:  # by a memory already there
+                    replacing = self.memory_fields.get(event["superseded_by"], {})
+                    await self.supersede(event["memory_id"], replacing, cid)
+            case "message.redacted":
                 body = {
-                    **_body(event, *MEMORY_UPDATE),
-                    "memory_id": self.memory(event["memory_id"]),
+                    **org,
+                    **_body(event, "session_id", "reason"),
+                    "message_id": self.message_ids.get(event["message_id"], event["message_id"]),
                 }
-                await self.send(UpdateMemory, body, cid)
-            case "memory.archived":
-                await self.send(ArchiveMemory, {"memory_id": self.memory(event["memory_id"])}, cid)
-            case "memory.deleted":
-                await self.send(DeleteMemory, {"memory_id": self.memory(event["memory_id"])}, cid)
-            case "block.created":
-                await self.send(CreateBlock, {**org, **_body(event, *BLOCK)}, cid)
-            case "block.updated":
-                await self.send(SetBlock, _body(event, *BLOCK_UPDATE), cid)
-            case "block.attached":
-                await self.send(AttachBlock, _body(event, "block_id", "agent_id"), cid)
-            case "block.deleted":
-                await self.send(DeleteBlock, _body(event, "block_id"), cid)
+                await self.send(RedactMessage, body, cid)
+            case _ if kind in MADE_BY_THE_TARGET:
+                pass
             case _:
                 self.result.skipped[kind] += 1
+
+    async def added(self, event: dict[str, Any], cid: str) -> None:
+        """A new memory, or (``supersedes``) the memory that replaced another."""
+        self.memory_fields[event["memory_id"]] = _body(event, *MEMORY)
+        old = event.get("supersedes")
+        if old:
+            new_id = await self.supersede(old, event, cid)
+        else:
+            data = await self.send(AddMemory, {"org_id": self.org_id, **_body(event, *MEMORY)}, cid)
+            new_id = (data or {}).get("memory_id")
+        if new_id:
+            self.memory_ids[event["memory_id"]] = str(new_id)
+
+    async def supersede(self, old: str, replacing: dict[str, Any], cid: str) -> str | None:
+        """``memory.supersede`` of ``old`` by a memory of ``replacing``'s fields; the id of
+        the memory that replaces it."""
+        self.superseded.add(old)
+        body = {**_body(replacing, *MEMORY_SUPERSEDE), "memory_id": self.memory(old)}
+        data = await self.send(SupersedeMemory, body, cid)
+        found = (data or {}).get("superseded_by")
+        return str(found) if found else None
 
 
 def _lines(source: IO[bytes]) -> Iterator[dict[str, Any]]:

@@ -885,3 +885,39 @@ async def test_a_plain_publish_while_the_embedded_service_is_down_is_stored_afte
         assert len(await stored()) == 1
     finally:
         await agent.close()
+
+
+async def test_import_reaches_a_served_deployment_with_its_key_alone(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    """``agentmem import FILE --token-file KEY --nats URL`` from another machine (a data dir
+    without the target's NATS secrets): the key is the connection's credential, as for any
+    client. It connected as the service principal, with secrets it did not have, and the
+    target's nats-server refused it (Authorization Violation)."""
+    port = free_port()
+    target = tmp_path / "target"
+    args = ["--data-dir", str(target), "--listen", f"127.0.0.1:{port}"]
+    nc = await new_serve(serves, tmp_path, args).connect(f"nats://127.0.0.1:{port}")
+    await nc.close()
+    org_id = "01a25000-0000-7000-8000-00000000000a"
+    lines = [
+        {"format": "agentmem.export", "version": 1, "org_id": org_id,
+         "exported_at": "2026-12-07T00:00:00+00:00", "log_last_seq": 9},
+        {"seq": 9, "subject": f"agentmem.evt.{org_id}.org.{org_id}", "time_ms": 0,
+         "commit_type": "org.create", "command_id": "c1", "principal": "p", "index": 0,
+         "event": {"type": "org.created", "org_id": org_id, "name": "Moved in"}},
+        {"end": {"events": 1, "forgotten": 0, "unreadable": 0}},
+    ]  # fmt: skip
+    export = tmp_path / "org.ndjson"
+    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ran = await run_cli(
+        "import", str(export), "--token-file", str(target / "admin.key"),
+        "--nats", f"nats://127.0.0.1:{port}", "--data-dir", str(elsewhere),
+        env=clean_env(),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "applied 1, already there 0, failed 0" in ran.stdout
+    async with await Client.connect(f"nats://127.0.0.1:{port}", token=admin_key(target)) as client:
+        assert (await client.get_org(org_id)).name == "Moved in"
