@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -23,9 +23,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from agentmem import envelope, protocol, subjects, validation
+from agentmem.auth import tokens
 from agentmem.domain.access import Need, Principal
 from agentmem.domain.jsondoc import check_request_depth
-from agentmem.errors import AgentMemError, InternalError, InvalidError, UnauthenticatedError
+from agentmem.errors import (
+    AgentMemError,
+    InternalError,
+    InvalidError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from agentmem.headers import header
 from agentmem.metrics import UNKNOWN_SUBJECT, Metrics
 from agentmem.protocol import Operation, operation_of
 
@@ -34,6 +42,20 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R", bound=protocol.Request)
 
 MAX_REQUEST_BYTES = 256 * 1024  # documented in docs/protocol.md
+# One caller's requests (one credential) handled at once; the rest wait their turn, so
+# that a client sending thousands at once does not hold up everyone else (docs/security.md,
+# "One client's flood").
+PER_CALLER_IN_FLIGHT = 64
+# A reply this large waits for one of its caller's few large-reply turns, and holds it
+# until the reply has left this process (a flush): the process's one connection sends in
+# order, and the health check's and the projections' own requests must not queue behind
+# hundreds of megabytes of one caller's answers.
+LARGE_REPLY_BYTES = 64 * 1024
+LARGE_REPLIES_PER_CALLER = 4
+FLUSH_TIMEOUT_S = 10
+# Requests taken and not answered yet, over all callers: past it a request is answered
+# `unavailable` at once, without running (memory stays bounded, whatever comes in).
+MAX_WAITING = 8192
 # Headers (documented in docs/protocol.md): a token or an id is tens of bytes. A command's
 # correlation and causation ids are written into its commits, and a header the log would
 # refuse must be refused here, as invalid, not answered "unavailable" after a failed write.
@@ -185,6 +207,31 @@ def _describe(
     return validation.decode_error(exc, data)
 
 
+class CallerTurns:
+    """At most ``limit`` requests of one caller run at once, the others wait in order. A
+    caller is the credential its requests carry, as sent (checked when a request runs), so a
+    caller whose credential is refused waits in its own line too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._turns: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}  # requests holding or waiting for a turn
+
+    @contextlib.asynccontextmanager
+    async def turn(self, caller: str) -> AsyncIterator[None]:
+        turns = self._turns.get(caller)
+        if turns is None:
+            turns = self._turns[caller] = asyncio.Semaphore(self.limit)
+        self._users[caller] = self._users.get(caller, 0) + 1
+        try:
+            async with turns:
+                yield
+        finally:
+            self._users[caller] -= 1
+            if not self._users[caller]:  # no one holds or waits: forgotten
+                del self._users[caller], self._turns[caller]
+
+
 class Dispatcher:
     """Subscribes a router's subject trees in the queue group and answers every request."""
 
@@ -195,6 +242,7 @@ class Dispatcher:
         authenticate: Authenticate,
         max_in_flight: int = 1024,
         metrics: Metrics | None = None,
+        per_caller: int = PER_CALLER_IN_FLIGHT,
     ) -> None:
         self.nc = nc
         self.router = router
@@ -203,6 +251,8 @@ class Dispatcher:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._turns = CallerTurns(per_caller)
+        self._large_turns = CallerTurns(LARGE_REPLIES_PER_CALLER)
 
     async def start(self, trees: list[str]) -> None:
         for tree in trees:
@@ -225,17 +275,29 @@ class Dispatcher:
 
     async def _on_message(self, msg: Msg) -> None:
         # nats-py awaits callbacks one at a time per subscription: each request gets its own
-        # task so a slow one (a password hash) does not hold up the rest.
-        await self._slots.acquire()
-        task = asyncio.create_task(self._answer(msg))
+        # task, which waits for its caller's turn (never this callback: one caller's
+        # requests would hold up everyone's), so a slow one (a password hash) does not hold
+        # up the rest.
+        if len(self._tasks) >= MAX_WAITING:
+            await self._refuse(msg)
+            return
+        task = asyncio.create_task(self._answer_in_turn(msg))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._tasks.discard)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
+    async def _answer_in_turn(self, msg: Msg) -> None:
+        caller = header(msg.headers, tokens.HEADER) or ""
+        async with self._turns.turn(caller), self._slots:
+            await self._answer(msg, caller)
 
-    async def _answer(self, msg: Msg) -> None:
+    async def _refuse(self, msg: Msg) -> None:
+        busy = UnavailableError(f"the service holds {MAX_WAITING} requests not answered yet")
+        log.warning("request refused: too many waiting", subject=msg.subject)
+        if msg.reply and answerable(msg.reply):
+            with contextlib.suppress(Exception):
+                await self.nc.publish(msg.reply, envelope.error(busy))
+
+    async def _answer(self, msg: Msg, caller: str) -> None:
         if msg.reply and not answerable(msg.reply):
             # Neither run nor answered: the reply would be published by the service, with
             # its permissions, wherever the caller said (an event subject, which the log's
@@ -249,7 +311,12 @@ class Dispatcher:
                 # reply (the caller's token among them), and a request whose headers were
                 # near the payload limit made a reply over it, which nats-server answers by
                 # closing the connection: the whole process stopped serving.
-                await self.nc.publish(msg.reply, payload)
+                if len(payload) < LARGE_REPLY_BYTES:
+                    await self.nc.publish(msg.reply, payload)
+                    return
+                async with self._large_turns.turn(caller):
+                    await self.nc.publish(msg.reply, payload)
+                    await self.nc.flush(FLUSH_TIMEOUT_S)
 
     async def handle(self, subject: str, data: bytes, headers: dict[str, str]) -> bytes:
         """Answer one request, and log one line for it at info: its subject, outcome (``ok``

@@ -1,0 +1,145 @@
+"""One caller's flood does not hold up the others (consumers/router.py, ``CallerTurns``).
+
+An outside attacker with a readonly key sent 3,000 `memory.list` requests of about 100 KB
+answers each at once: every request of everyone, the health check's JetStream questions
+and the projections' pulls waited behind them, health for 7.5-11.7 s. Now one credential
+has at most ``PER_CALLER_IN_FLIGHT`` requests running, and at most
+``LARGE_REPLIES_PER_CALLER`` large answers on their way out of the process. Checked on a
+real nats-server with the real dispatcher; the handlers are the test's own (two public
+routes), so that what runs when is in the test's hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from agentmem.consumers.router import (
+    LARGE_REPLIES_PER_CALLER,
+    LARGE_REPLY_BYTES,
+    Dispatcher,
+    Request,
+    Result,
+    Router,
+)
+from agentmem.domain.access import Principal
+from agentmem.queries import Health, Schema
+from tests.support import NatsServer
+
+PER_CALLER = 5
+
+
+async def nobody(headers: dict[str, str]) -> Principal:
+    raise AssertionError("public routes authenticate no one")
+
+
+class Held:
+    """Handlers that wait until the test lets them go, counting who is inside."""
+
+    def __init__(self) -> None:
+        self.inside: dict[str, int] = {}
+        self.go = asyncio.Event()
+
+    async def health(self, request: Request[Health]) -> Result:
+        caller = request.headers.get("Authorization", "")
+        self.inside[caller] = self.inside.get(caller, 0) + 1
+        await self.go.wait()
+        return {"live": True}, None
+
+    async def schema(self, request: Request[Schema]) -> Result:
+        return {"blob": "x" * LARGE_REPLY_BYTES}, None  # a large answer, at once
+
+
+@pytest.fixture
+async def service_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    connection = await nats.connect(nats_server.url)
+    yield connection
+    await connection.close()
+
+
+async def dispatcher(service_nc: NATS, held: Held) -> Dispatcher:
+    router = Router()
+    router.handle(Health)(held.health)
+    router.handle(Schema)(held.schema)
+    running = Dispatcher(service_nc, router, nobody, per_caller=PER_CALLER)
+    await running.start(["agentmem.sys"])
+    return running
+
+
+def ask(nc: NATS, subject: str, caller: str) -> asyncio.Task[Any]:
+    headers = {"Authorization": f"Bearer {caller}"}
+    return asyncio.ensure_future(nc.request(subject, b"{}", timeout=10, headers=headers))
+
+
+async def settled(held: Held, expected: dict[str, int]) -> None:
+    for _ in range(200):
+        if held.inside == expected:
+            return
+        await asyncio.sleep(0.01)
+    assert held.inside == expected
+
+
+async def test_a_callers_requests_past_its_turns_wait_and_others_go_on(
+    nc: NATS, service_nc: NATS
+) -> None:
+    held = Held()
+    running = await dispatcher(service_nc, held)
+    flood = [ask(nc, Health.op.subject, "flooder") for _ in range(PER_CALLER + 20)]
+    await settled(held, {"Bearer flooder": PER_CALLER})  # the rest wait their turn
+    other = ask(nc, Health.op.subject, "someone-else")
+    await settled(held, {"Bearer flooder": PER_CALLER, "Bearer someone-else": 1})
+    held.go.set()
+    replies = await asyncio.gather(*flood, other)
+    assert all(json.loads(r.data)["ok"] for r in replies)  # every one answered
+    assert held.inside["Bearer flooder"] == PER_CALLER + 20
+    await running.stop()
+
+
+async def test_a_callers_large_answers_leave_a_few_at_a_time(
+    nc: NATS, service_nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large answer holds one of its caller's few large-reply turns until it has left the
+    process (a flush); another caller's large answers do not wait for them."""
+    held = Held()
+    running = await dispatcher(service_nc, held)
+    flushing: list[asyncio.Event] = []
+    real_flush = service_nc.flush
+
+    async def slow_flush(timeout: int = 10) -> None:
+        gate = asyncio.Event()
+        flushing.append(gate)
+        await gate.wait()
+        await real_flush(timeout)
+
+    monkeypatch.setattr(service_nc, "flush", slow_flush)
+    flood = [ask(nc, Schema.op.subject, "flooder") for _ in range(PER_CALLER)]
+    for _ in range(200):
+        if len(flushing) >= LARGE_REPLIES_PER_CALLER:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert len(flushing) == LARGE_REPLIES_PER_CALLER  # the fifth waits for a turn
+    other = ask(nc, Schema.op.subject, "someone-else")
+    for _ in range(200):
+        if len(flushing) > LARGE_REPLIES_PER_CALLER:
+            break
+        await asyncio.sleep(0.01)
+    assert len(flushing) == LARGE_REPLIES_PER_CALLER + 1  # not behind the flooder's
+
+    async def release() -> None:
+        while True:
+            for gate in flushing:
+                gate.set()
+            await asyncio.sleep(0.01)
+
+    releasing = asyncio.ensure_future(release())
+    replies = await asyncio.gather(*flood, other)
+    assert all(json.loads(r.data)["ok"] for r in replies)
+    await running.stop()
+    releasing.cancel()
