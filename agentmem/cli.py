@@ -280,10 +280,14 @@ async def _serve(settings: Settings) -> int:
         print(f"agentmem: {exc}", file=sys.stderr)
         await service.stop()
         return 2
-    except BaseException:
+    except Exception as exc:
+        # A data dir or store that cannot be written (read-only, full, not a directory):
+        # said in one line, as the refusals above, not as a traceback.
         stopping.cancel()
-        await service.stop()
-        raise
+        print(f"agentmem: could not start: {_start_failure(exc)}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            await service.stop()
+        return 1
     failing = asyncio.create_task(service.failed.wait())
     await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -294,6 +298,14 @@ async def _serve(settings: Settings) -> int:
         return 1
     await service.stop()
     return 0
+
+
+def _start_failure(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
 async def _no_error_report(exc: Exception) -> None:

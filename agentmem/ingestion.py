@@ -101,14 +101,14 @@ def outcomes_config(replicas: int = 1) -> dict[str, Any]:
     }
 
 
-def parked_config(replicas: int = 1) -> dict[str, Any]:
+def parked_config(replicas: int = 1, max_bytes: int = PARKED_MAX_BYTES) -> dict[str, Any]:
     return {
         "name": PARKED,
         "subjects": [f"{PARKED_PREFIX}.>"],
         "retention": "limits",
         "storage": "file",
         "discard": "new",
-        "max_bytes": PARKED_MAX_BYTES,
+        "max_bytes": max_bytes,
         "num_replicas": replicas,
         "allow_direct": True,
     }
@@ -130,7 +130,8 @@ async def ensure_all(
     await jetstream.update_settings(nc, ingest["config"], {"duplicate_window": DUPLICATE_WINDOW_NS})
     outcomes = await ensure(nc, outcomes_config(replicas))
     await jetstream.allow_atomic(nc, outcomes["config"])
-    await ensure(nc, parked_config(replicas))
+    # Bounded as the ingestion stream is: JetStream reserves both on the disk at creation.
+    await ensure(nc, parked_config(replicas, max_bytes))
 
 
 def consumer_name(partition: int) -> str:

@@ -189,9 +189,14 @@ async def ensure_stream(
     if error and error.get("err_code") == STREAM_NOT_FOUND:
         reply = await api(nc, f"STREAM.CREATE.{name}", config, timeout)
         if "error" in reply:
-            raise StreamConfigMismatch(
-                f"could not create stream {name}: {reply['error'].get('description')}"
+            said = reply["error"].get("description") or ""
+            hint = (
+                " (JetStream reserves a bounded stream's max_bytes on the disk: free some "
+                "space, or lower AGENTMEM_INGEST_MAX_BYTES)"
+                if "insufficient storage" in said
+                else ""
             )
+            raise StreamConfigMismatch(f"could not create stream {name}: {said}{hint}")
         return reply
     if error:
         raise UnavailableError(f"stream {name}: {error.get('description')}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -412,6 +413,12 @@ class Dispatcher:
             return envelope.error(exc), exc.code
         except AgentMemError as exc:
             return envelope.error(exc), exc.code
+        except nats.errors.Error as exc:
+            # NATS did not answer a handler (a JetStream or key bucket request timed out: a
+            # disk full, a node restarting): the caller may retry, as for any `unavailable`.
+            log.warning("handler: nats did not answer", subject=subject, error=repr(exc))
+            busy = UnavailableError(f"the event log or the key bucket did not answer: {exc!r}")
+            return envelope.error(busy), busy.code
         except Exception:
             log.exception("handler failed", subject=subject)
             internal = InternalError("internal error; the service log has details")

@@ -143,3 +143,20 @@ async def test_a_callers_large_answers_leave_a_few_at_a_time(
     assert all(json.loads(r.data)["ok"] for r in replies)
     await running.stop()
     releasing.cancel()
+
+
+async def test_a_handler_nats_did_not_answer_is_unavailable(nc: NATS, service_nc: NATS) -> None:
+    """A JetStream or key bucket request that times out in a handler (a full disk made
+    `memory.forget`'s key bucket write time out) answers `unavailable`, not `internal`."""
+
+    async def times_out(request: Request[Health]) -> Result:
+        raise nats.errors.TimeoutError
+
+    router = Router()
+    router.handle(Health)(times_out)
+    running = Dispatcher(service_nc, router, nobody)
+    await running.start(["agentmem.sys"])
+    reply = json.loads((await nc.request(Health.op.subject, b"{}", timeout=5)).data)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "unavailable", reply
+    await running.stop()

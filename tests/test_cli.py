@@ -921,3 +921,17 @@ async def test_import_reaches_a_served_deployment_with_its_key_alone(
     assert "applied 1, already there 0, failed 0" in ran.stdout
     async with await Client.connect(f"nats://127.0.0.1:{port}", token=admin_key(target)) as client:
         assert (await client.get_org(org_id)).name == "Moved in"
+
+
+async def test_serve_on_a_data_dir_it_cannot_make_says_so_in_one_line(tmp_path: Path) -> None:
+    """A data dir that cannot be written (here: under a file; read-only or full alike) ends
+    serve with one line and status 1, not a traceback (an operator's check found both)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ran = await run_cli(
+        "serve", "--data-dir", str(blocker / "data"), "--listen", f"127.0.0.1:{free_port()}",
+        env=clean_env(),
+    )  # fmt: skip
+    assert ran.returncode == 1
+    lines = [line for line in (ran.stdout + ran.stderr).splitlines() if line.strip()]
+    assert lines == [f"agentmem: could not start: Not a directory ({blocker / 'data'})"], lines

@@ -887,3 +887,13 @@ async def test_streams_of_an_earlier_version_are_updated_on_start(
         assert json.loads(info.data)["config"]["duplicate_window"] == ingestion.DUPLICATE_WINDOW_NS
     finally:
         await nc.close()
+
+
+async def test_the_parked_stream_takes_the_ingestion_bound(nc: NATS) -> None:
+    """JetStream reserves a stream's max_bytes on the disk when it is made: the parked
+    stream's was fixed at 1 GiB, so a small disk refused the first start whatever
+    AGENTMEM_INGEST_MAX_BYTES said (an operator's check, with 1.5 GB free)."""
+    await ingestion.ensure_all(nc, max_bytes=10 * 1024 * 1024)
+    js = nc.jetstream()
+    for stream in (ingestion.STREAM, ingestion.PARKED):
+        assert (await js.stream_info(stream)).config.max_bytes == 10 * 1024 * 1024, stream
