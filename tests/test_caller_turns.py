@@ -20,6 +20,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from agentmem.commands import Login
 from agentmem.consumers.router import (
     LARGE_REPLIES_PER_CALLER,
     LARGE_REPLY_BYTES,
@@ -46,10 +47,13 @@ class Held:
         self.inside: dict[str, int] = {}
         self.go = asyncio.Event()
 
-    async def health(self, request: Request[Health]) -> Result:
+    async def login(self, request: Request[Login]) -> Result:
         caller = request.headers.get("Authorization", "")
         self.inside[caller] = self.inside.get(caller, 0) + 1
         await self.go.wait()
+        return {"token": "t"}, None
+
+    async def health(self, request: Request[Health]) -> Result:
         return {"live": True}, None
 
     async def schema(self, request: Request[Schema]) -> Result:
@@ -65,16 +69,21 @@ async def service_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 
 async def dispatcher(service_nc: NATS, held: Held) -> Dispatcher:
     router = Router()
+    router.handle(Login)(held.login)
     router.handle(Health)(held.health)
     router.handle(Schema)(held.schema)
     running = Dispatcher(service_nc, router, nobody, per_caller=PER_CALLER)
-    await running.start(["agentmem.sys"])
+    await running.start(["agentmem.sys", "agentmem.cmd"])
     return running
 
 
-def ask(nc: NATS, subject: str, caller: str) -> asyncio.Task[Any]:
-    headers = {"Authorization": f"Bearer {caller}"}
-    return asyncio.ensure_future(nc.request(subject, b"{}", timeout=10, headers=headers))
+LOGIN = json.dumps({"email": "ann@example.org", "password": "long-enough-password"}).encode()
+
+
+def ask(nc: NATS, subject: str, caller: str | None) -> asyncio.Task[Any]:
+    headers = {"Authorization": f"Bearer {caller}"} if caller else {}
+    body = LOGIN if subject == Login.op.subject else b"{}"
+    return asyncio.ensure_future(nc.request(subject, body, timeout=10, headers=headers))
 
 
 async def settled(held: Held, expected: dict[str, int]) -> None:
@@ -90,14 +99,28 @@ async def test_a_callers_requests_past_its_turns_wait_and_others_go_on(
 ) -> None:
     held = Held()
     running = await dispatcher(service_nc, held)
-    flood = [ask(nc, Health.op.subject, "flooder") for _ in range(PER_CALLER + 20)]
+    flood = [ask(nc, Login.op.subject, "flooder") for _ in range(PER_CALLER + 20)]
     await settled(held, {"Bearer flooder": PER_CALLER})  # the rest wait their turn
-    other = ask(nc, Health.op.subject, "someone-else")
+    other = ask(nc, Login.op.subject, "someone-else")
     await settled(held, {"Bearer flooder": PER_CALLER, "Bearer someone-else": 1})
     held.go.set()
     replies = await asyncio.gather(*flood, other)
     assert all(json.loads(r.data)["ok"] for r in replies)  # every one answered
     assert held.inside["Bearer flooder"] == PER_CALLER + 20
+    await running.stop()
+
+
+async def test_health_waits_in_no_callers_line(nc: NATS, service_nc: NATS) -> None:
+    """Anonymous callers share one line: a flood of them (logins) must not hold up a
+    supervisor's health probe, anonymous too."""
+    held = Held()
+    running = await dispatcher(service_nc, held)
+    flood = [ask(nc, Login.op.subject, None) for _ in range(PER_CALLER + 20)]
+    await settled(held, {"": PER_CALLER})
+    probe = await ask(nc, Health.op.subject, None)
+    assert json.loads(probe.data)["data"] == {"live": True}
+    held.go.set()
+    await asyncio.gather(*flood)
     await running.stop()
 
 
