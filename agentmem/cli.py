@@ -708,8 +708,8 @@ async def _export(settings: Settings, org_id: str, user_id: str | None, out: Pat
         finally:
             await keys.stop()
     print(
-        f"exported {counts.events:,} events; left out {counts.forgotten:,} forgotten and "
-        f"{counts.unreadable:,} unreadable",
+        f"exported {counts.events:,} events; left out {counts.forgotten:,} forgotten, "
+        f"{counts.expired:,} of expired memories and {counts.unreadable:,} unreadable",
         file=sys.stderr,
     )
     return 0

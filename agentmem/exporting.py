@@ -14,8 +14,9 @@ is left out and counted, and so is every event about a forgotten user, agent,
 conversation or memory (its ids stay readable in the log: a first pass finds the forgets,
 the second leaves their subjects out). Secrets are left out too: password hashes and API
 key digests (``SECRET_FIELDS``) never leave the log. A message redacted later is written
-as the service shows it, emptied (a first pass over the headers of the organization's
-conversations finds the redactions).
+as the service shows it, emptied, and a memory the expiry sweep emptied is left out and
+counted (first passes over the headers of the organization's conversations and memories
+find them).
 
 One user's export holds the events about them: their own subject, every event that names
 them (``user_id``), and the later events of a memory or block made for them; a
@@ -38,9 +39,12 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentmem import subjects
+from agentmem.commands import RedactMessage
+from agentmem.consumers import expiry
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE, H_PRINCIPAL, H_TIME
 from agentmem.events import AnyEvent, DataForgotten, MessageRedacted, Shredded
 from agentmem.keys import KeyRing
+from agentmem.protocol import operation_of
 from agentmem.sealing import open_events
 
 FORMAT = "agentmem.export"
@@ -51,7 +55,7 @@ API_TIMEOUT_S = 30.0  # an export is an operator's batch job: a slow server is w
 # What an export never holds, whatever the event: the stored forms of passwords and keys.
 SECRET_FIELDS = frozenset({"password_hash", "digest", "token_hash", "secret"})
 # A message redacted later is exported as the service shows it: said, and emptied.
-REDACT_COMMIT = "message.redact"
+REDACT_COMMIT = operation_of(RedactMessage).name
 REDACTED: dict[str, Any] = {"content": "", "tool_calls": [], "metadata": {}}
 # The ids a forget names, as the events name them.
 FORGET_IDS = ("user_id", "agent_id", "session_id", "memory_id")
@@ -85,6 +89,7 @@ class Line(msgspec.Struct, frozen=True):
 class Counts:
     events: int = 0
     forgotten: int = 0  # left out: shredded, or about a forgotten subject
+    expired: int = 0  # left out: events of a memory the expiry sweep emptied
     unreadable: int = 0  # left out: a commit this version cannot read
 
 
@@ -190,6 +195,18 @@ async def _redacted_messages(nc: NATS, keys: KeyRing, org_id: str, last_seq: int
     return found
 
 
+async def _expired_memories(nc: NATS, org_id: str, last_seq: int) -> set[str]:
+    """The subjects of the organization's memories that the expiry sweep emptied: their
+    content left every table and every answer (``memory.history`` too), and the export
+    follows them (found by the sweep's commit type, in the headers alone)."""
+    memories = f"{subjects.EVENT_PREFIX}.{org_id}.memory.*"
+    return {
+        head.subject
+        async for head in _messages(nc, memories, last_seq, headers_only=True)
+        if (head.headers or {}).get(H_COMMIT_TYPE) == expiry.COMMIT_TYPE
+    }
+
+
 def _public(body: dict[str, Any]) -> dict[str, Any]:
     body.pop("_sealed", None)
     for name in SECRET_FIELDS & body.keys():
@@ -221,6 +238,7 @@ async def export(
             if isinstance(event, DataForgotten):
                 forgotten.add(event)
     redacted = await _redacted_messages(nc, keys, org_id, last_seq)
+    expired = await _expired_memories(nc, org_id, last_seq)
     wanted = _UserFilter(user_id) if user_id is not None else None
     async for message in _messages(nc, org_events, last_seq):
         headers = message.headers or {}
@@ -236,6 +254,9 @@ async def export(
             body = _public(msgspec.to_builtins(event))
             if forgotten.names(body, message.subject):
                 counts.forgotten += 1
+                continue
+            if message.subject in expired:
+                counts.expired += 1
                 continue
             if wanted is not None and not wanted.wants(message.subject, body):
                 continue

@@ -19,12 +19,15 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from agentmem import Client, NotFoundError, subjects
+from agentmem.consumers.aggregates import AggregateCache
+from agentmem.consumers.expiry import ExpirySweeper
+from agentmem.eventlog import EventLog
 from agentmem.exporting import FORMAT, VERSION, export
 from agentmem.importing import ImportError_, import_export, import_mem0, mem0_memories
 from agentmem.service import Service
 from tests.conftest import admin_key, answering, settings_for
 from tests.pg import DSN, postgres_schema, with_search_path
-from tests.realparts import clean_env, keys_of, run_cli, wait_caught_up
+from tests.realparts import clean_env, deployment_keys, keys_of, run_cli, wait_caught_up
 from tests.support import NatsServer
 
 STORES = ("sqlite", "postgres")
@@ -32,6 +35,7 @@ PASSWORD = "long-enough-password"
 FORGOTTEN_EMAIL = "zanzibar.forgotten@example.org"
 FORGOTTEN_TEXT = "Zanzibarquill secret of the forgotten user"
 REDACTED_TEXT = "my card number is 4111-1111"
+EXPIRED_TEXT = "Ann's passing mood, expired"
 
 
 @contextlib.asynccontextmanager
@@ -159,6 +163,12 @@ async def test_an_organization_moves_to_a_fresh_deployment(
     await admin.archive_memory(str(dog.fields["memory_id"]))
     await admin.restore_memory(str(dog.fields["memory_id"]))
     await admin.put_working("s1", "draft reply", org_id=org_id)  # no command imports it
+    # A memory the expiry sweep emptied: its content left every answer, and the export.
+    await admin.add_memory(EXPIRED_TEXT, user_id=user_id, org_id=org_id, expires_at=1)
+    await admin.list_memories(org_id=org_id, after_seq=admin.last_seq)  # the sweep reads rows
+    assert service.store is not None
+    sweeping = EventLog(nc, keys=deployment_keys(nc))
+    assert await ExpirySweeper(sweeping, AggregateCache(sweeping), service.store).sweep() == 1
     await admin.forget_user(gone)
     await wait_caught_up(nc, admin_token)
 
@@ -175,7 +185,7 @@ async def test_an_organization_moves_to_a_fresh_deployment(
     assert lines[0]["format"] == FORMAT
     assert lines[0]["version"] == VERSION
     assert lines[-1] == {"end": {"events": counts.events, "forgotten": counts.forgotten,
-                                 "unreadable": 0}}  # fmt: skip
+                                 "unreadable": 0, "expired": 2}}  # fmt: skip
     assert [line["seq"] for line in lines[1:-1]] == sorted(line["seq"] for line in lines[1:-1])
     # The forgotten user is not in it: no text, no email, not even their ids' events.
     assert FORGOTTEN_TEXT.encode() not in data
@@ -186,6 +196,8 @@ async def test_an_organization_moves_to_a_fresh_deployment(
     assert b"Hello there" in data
     # A redacted message is exported as the service shows it: said, emptied.
     assert REDACTED_TEXT.encode() not in data
+    assert EXPIRED_TEXT.encode() not in data
+    assert counts.expired == 2  # the memory's added and expired events
     # One user's export: their events, no one else's.
     own = [json.loads(line) for line in mine.getvalue().splitlines()[1:-1]]
     assert {e["event"].get("user_id") for e in own if e["event"]["type"] == "memory.added"} == {
