@@ -209,6 +209,22 @@ def _describe(
     return validation.decode_error(exc, data)
 
 
+PUBLIC_LINE = ""  # the line of requests that name no user (public subjects, bad tokens)
+
+
+def line_of(subject: str, headers: dict[str, str] | None, router: Router) -> str:
+    """The line a request waits in: its token's user (however the header spells the token,
+    and whichever of the user's keys and sessions it is), or the one public line for a
+    public subject (which reads no credential) or a header that holds no token. A forged
+    token naming a real user waits in that user's line, and is refused at once when its turn
+    comes."""
+    route = router.routes.get(subject)
+    if route is None or route.public:
+        return PUBLIC_LINE
+    token = tokens.parse(header(headers, tokens.HEADER))
+    return PUBLIC_LINE if token is None else f"{token.org_id}.{token.user_id}"
+
+
 class CallerTurns:
     """At most ``limit`` requests of one caller run at once, the others wait in order. A
     caller is the credential its requests carry, as sent (checked when a request runs), so a
@@ -288,12 +304,13 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer_in_turn(self, msg: Msg) -> None:
-        caller = header(msg.headers, tokens.HEADER) or ""
         if msg.subject == Health.op.subject:
-            # A supervisor's probe waits in no caller's line (anonymous callers share one).
-            async with self._slots:
-                await self._answer(msg, caller)
+            # A supervisor's probe waits in no line and for no slot: its checks are shared
+            # by every probe asking at once (``consumers/system.py``), so a flood of them
+            # costs little.
+            await self._answer(msg, PUBLIC_LINE)
             return
+        caller = line_of(msg.subject, msg.headers, self.router)
         async with self._turns.turn(caller), self._slots:
             await self._answer(msg, caller)
 

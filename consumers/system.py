@@ -10,6 +10,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agentmem import asyncapi, ingestion, subjects
+from agentmem.coalesce import FreshCall
 from agentmem.consumers.auth import authorize
 from agentmem.consumers.router import Request, Result, Router
 from agentmem.errors import UnavailableError
@@ -129,9 +130,14 @@ def system_router(parts: Parts) -> Router:
         report["metrics"] = metrics.snapshot()
         return report, report["stream"]["last_seq"]
 
-    # Public, for liveness probes: it says only whether the parts are up.
+    # Public, for liveness probes: it says only whether the parts are up. The probes asking
+    # at once share one round of checks (each answer still started after its question), so
+    # a flood of probes costs about what one does (docs/security.md, "One client's flood").
     @router.handle(Health)
     async def health(request: Request[Health]) -> Result:
+        return await checked(), None
+
+    async def check_health() -> dict[str, Any]:
         checks: dict[str, Any] = {}
         try:
             await EventLog(nc, stream).info()
@@ -156,7 +162,9 @@ def system_router(parts: Parts) -> Router:
                 reasons = readiness(report, ready_lag)
             except Exception as exc:
                 reasons = [f"the log or the store does not answer: {type(exc).__name__}"]
-        return {"live": live, "checks": checks, "ready": not reasons, "reasons": reasons}, None
+        return {"live": live, "checks": checks, "ready": not reasons, "reasons": reasons}
+
+    checked = FreshCall(check_health)
 
     # Public, like health: what a client in any language needs to talk to the service.
     @router.handle(Schema)

@@ -20,6 +20,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from agentmem.auth import tokens
 from agentmem.commands import Login
 from agentmem.consumers.router import (
     LARGE_REPLIES_PER_CALLER,
@@ -30,7 +31,7 @@ from agentmem.consumers.router import (
     Router,
 )
 from agentmem.domain.access import Principal
-from agentmem.queries import Health, Schema
+from agentmem.queries import Health, ListOrgs, Schema, Status
 from tests.support import NatsServer
 
 PER_CALLER = 5
@@ -38,6 +39,18 @@ PER_CALLER = 5
 
 async def nobody(headers: dict[str, str]) -> Principal:
     raise AssertionError("public routes authenticate no one")
+
+
+async def by_shape(headers: dict[str, str]) -> Principal:
+    """The token's user, as its text says (the real check is not what is tested here)."""
+    token = tokens.parse(headers.get("Authorization"))
+    assert token is not None
+    return Principal(token.user_id, token.org_id, ("member",))
+
+
+def key(user: str, n: int = 0) -> str:
+    """A well-formed API key of ``user`` (its ``n``-th)."""
+    return f"amk_org1_{user}_key{n}_{'0' * 64}"
 
 
 class Held:
@@ -48,15 +61,23 @@ class Held:
         self.go = asyncio.Event()
 
     async def login(self, request: Request[Login]) -> Result:
-        caller = request.headers.get("Authorization", "")
-        self.inside[caller] = self.inside.get(caller, 0) + 1
+        return await self.hold("public")
+
+    async def status(self, request: Request[Status]) -> Result:
+        return await self.hold(request.caller.user_id)
+
+    async def hold(self, who: str) -> Result:
+        self.inside[who] = self.inside.get(who, 0) + 1
         await self.go.wait()
-        return {"token": "t"}, None
+        return {"held": who}, None
 
     async def health(self, request: Request[Health]) -> Result:
         return {"live": True}, None
 
     async def schema(self, request: Request[Schema]) -> Result:
+        return {"blob": "x" * LARGE_REPLY_BYTES}, None  # a large answer, at once
+
+    async def orgs(self, request: Request[ListOrgs]) -> Result:
         return {"blob": "x" * LARGE_REPLY_BYTES}, None  # a large answer, at once
 
 
@@ -70,18 +91,21 @@ async def service_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 async def dispatcher(service_nc: NATS, held: Held) -> Dispatcher:
     router = Router()
     router.handle(Login)(held.login)
+    router.handle(Status)(held.status)
     router.handle(Health)(held.health)
     router.handle(Schema)(held.schema)
-    running = Dispatcher(service_nc, router, nobody, per_caller=PER_CALLER)
-    await running.start(["agentmem.sys", "agentmem.cmd"])
+    router.handle(ListOrgs)(held.orgs)
+    running = Dispatcher(service_nc, router, by_shape, per_caller=PER_CALLER)
+    await running.start(["agentmem.sys", "agentmem.cmd", "agentmem.q"])
     return running
 
 
 LOGIN = json.dumps({"email": "ann@example.org", "password": "long-enough-password"}).encode()
 
 
-def ask(nc: NATS, subject: str, caller: str | None) -> asyncio.Task[Any]:
-    headers = {"Authorization": f"Bearer {caller}"} if caller else {}
+def ask(nc: NATS, subject: str, authorization: str | None) -> asyncio.Task[Any]:
+    """A request with this Authorization header (as given), or none."""
+    headers = {"Authorization": authorization} if authorization else {}
     body = LOGIN if subject == Login.op.subject else b"{}"
     return asyncio.ensure_future(nc.request(subject, body, timeout=10, headers=headers))
 
@@ -99,14 +123,33 @@ async def test_a_callers_requests_past_its_turns_wait_and_others_go_on(
 ) -> None:
     held = Held()
     running = await dispatcher(service_nc, held)
-    flood = [ask(nc, Login.op.subject, "flooder") for _ in range(PER_CALLER + 20)]
-    await settled(held, {"Bearer flooder": PER_CALLER})  # the rest wait their turn
-    other = ask(nc, Login.op.subject, "someone-else")
-    await settled(held, {"Bearer flooder": PER_CALLER, "Bearer someone-else": 1})
+    # However the flooder spells its token, and whichever of its keys it uses: one line.
+    spellings = [f"Bearer {key('flooder')}", f"Bearer   {key('flooder')}", key("flooder"),
+                 f"bearer {key('flooder', 1)}"]  # fmt: skip
+    flood = [
+        ask(nc, Status.op.subject, spellings[n % len(spellings)]) for n in range(PER_CALLER + 20)
+    ]
+    await settled(held, {"flooder": PER_CALLER})  # the rest wait their turn
+    other = ask(nc, Status.op.subject, f"Bearer {key('someone-else')}")
+    await settled(held, {"flooder": PER_CALLER, "someone-else": 1})
     held.go.set()
     replies = await asyncio.gather(*flood, other)
     assert all(json.loads(r.data)["ok"] for r in replies)  # every one answered
-    assert held.inside["Bearer flooder"] == PER_CALLER + 20
+    assert held.inside["flooder"] == PER_CALLER + 20
+    await running.stop()
+
+
+async def test_public_requests_share_one_line_whatever_their_header(
+    nc: NATS, service_nc: NATS
+) -> None:
+    """A public subject reads no credential: a made-up header of each request's own must
+    not give it a line of its own (an attacker's ``sys.schema`` flood did so)."""
+    held = Held()
+    running = await dispatcher(service_nc, held)
+    flood = [ask(nc, Login.op.subject, f"made-up-{n}") for n in range(PER_CALLER + 20)]
+    await settled(held, {"public": PER_CALLER})
+    held.go.set()
+    await asyncio.gather(*flood)
     await running.stop()
 
 
@@ -116,7 +159,7 @@ async def test_health_waits_in_no_callers_line(nc: NATS, service_nc: NATS) -> No
     held = Held()
     running = await dispatcher(service_nc, held)
     flood = [ask(nc, Login.op.subject, None) for _ in range(PER_CALLER + 20)]
-    await settled(held, {"": PER_CALLER})
+    await settled(held, {"public": PER_CALLER})
     probe = await ask(nc, Health.op.subject, None)
     assert json.loads(probe.data)["data"] == {"live": True}
     held.go.set()
@@ -141,14 +184,14 @@ async def test_a_callers_large_answers_leave_a_few_at_a_time(
         await real_flush(timeout)
 
     monkeypatch.setattr(service_nc, "flush", slow_flush)
-    flood = [ask(nc, Schema.op.subject, "flooder") for _ in range(PER_CALLER)]
+    flood = [ask(nc, ListOrgs.op.subject, f"Bearer {key('flooder')}") for _ in range(PER_CALLER)]
     for _ in range(200):
         if len(flushing) >= LARGE_REPLIES_PER_CALLER:
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
     assert len(flushing) == LARGE_REPLIES_PER_CALLER  # the fifth waits for a turn
-    other = ask(nc, Schema.op.subject, "someone-else")
+    other = ask(nc, ListOrgs.op.subject, f"Bearer {key('someone-else')}")
     for _ in range(200):
         if len(flushing) > LARGE_REPLIES_PER_CALLER:
             break
