@@ -44,11 +44,11 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R", bound=protocol.Request)
 
 MAX_REQUEST_BYTES = 256 * 1024  # documented in docs/protocol.md
-# One caller's requests (one credential) handled at once; the rest wait their turn, so
-# that a client sending thousands at once does not hold up everyone else (docs/security.md,
-# "One client's flood").
+# One line's requests (a user's, or the public line: ``line_of``) handled at once; the rest
+# wait their turn, so that a client sending thousands at once does not hold up everyone
+# else (docs/security.md, "One client's flood").
 PER_CALLER_IN_FLIGHT = 64
-# A reply this large waits for one of its caller's few large-reply turns, and holds it
+# A reply this large waits for one of its line's few large-reply turns, and holds it
 # until the reply has left this process (a flush): the process's one connection sends in
 # order, and the health check's and the projections' own requests must not queue behind
 # hundreds of megabytes of one caller's answers.
@@ -226,9 +226,8 @@ def line_of(subject: str, headers: dict[str, str] | None, router: Router) -> str
 
 
 class CallerTurns:
-    """At most ``limit`` requests of one caller run at once, the others wait in order. A
-    caller is the credential its requests carry, as sent (checked when a request runs), so a
-    caller whose credential is refused waits in its own line too."""
+    """At most ``limit`` requests of one line (``line_of``) run at once, the others wait in
+    order; a line nobody holds or waits in is forgotten."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
