@@ -74,6 +74,11 @@ async def memory_source(parts: Parts, request: Request[Any], memory_id: str) -> 
         raise missing from None
     memory = memories.require_memory(loaded, memory_id)
     authorize(request.caller, request.need, org_id, missing)
+    if memory.state == "superseded":  # its facts would end its correction's
+        raise NotFoundError(
+            f"memory {memory_id} was superseded by {memory.superseded_by}: extract that one",
+            {"memory_id": memory_id, "superseded_by": memory.superseded_by},
+        )
     if not memory.alive(now_ms()):
         raise missing
     return Source(
@@ -83,6 +88,8 @@ async def memory_source(parts: Parts, request: Request[Any], memory_id: str) -> 
         user_id=memory.user_id,
         agent_id=memory.agent_id,
         session_id=memory.session_id,
+        valid_from=memory.valid_from,
+        valid_to=memory.valid_to,
     )
 
 
@@ -103,6 +110,7 @@ async def message_source(
         user_id=row["user_id"],
         agent_id=row["agent_id"],
         session_id=session_id,
+        valid_from=int(row["created_at"]),
     )
 
 
@@ -239,7 +247,8 @@ async def _relations(
     found: dict[str, dict[str, Any]],
     seqs: list[int],
 ) -> list[dict[str, Any]]:
-    """Each relation of the answer, asserted as ``relation.assert`` decides it."""
+    """Each relation of the answer, asserted as ``relation.assert`` decides it, for the
+    span its source holds in the world (``Source.valid_from``)."""
     runner, now = parts.runner, now_ms()
     provenance = Provenance(
         memory_ids=[source.memory_id] if source.memory_id else [],
@@ -261,6 +270,8 @@ async def _relations(
             fact=item.fact,
             confidence=item.confidence,
             source=provenance,
+            valid_from=source.valid_from,
+            valid_to=source.valid_to,
         )
         outcome: list[relations.Asserted] = []
         outcomes.append((command, outcome))
@@ -268,7 +279,7 @@ async def _relations(
         def plan_for(command: AssertRelation, outcome: list[relations.Asserted]) -> Any:
             async def plan(loader: Loader, command_id: str) -> list[Write]:
                 decided, _ = await decide_assertion(
-                    runner, loader, request, command, now, source.session_id
+                    runner, loader, request, command, now, source.session_id, extracted=True
                 )
                 outcome[:] = [decided]
                 return decided.writes

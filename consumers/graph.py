@@ -164,10 +164,11 @@ async def decide_assertion(
     command: AssertRelation,
     now: int,
     session_id: str | None = None,
+    extracted: bool = False,
 ) -> tuple[relations.Asserted, Loaded[relations.Facts]]:
     """Decide ``command`` against the live entities its ids answer as (both in one
     organization) and the subject's facts, under the organization's declared predicates.
-    ``session_id``: an extraction's source's conversation (``relations.assert_relation``)."""
+    ``session_id``, ``extracted``: an extraction's (``relations.assert_relation``)."""
     # Both read from the log's leader: an assertion writes neither entity, so a deletion
     # another process made a moment ago would not stop it on a stale cache.
     subject, org_id = await answering(runner, loader, request, command.subject_id, True)
@@ -181,7 +182,7 @@ async def decide_assertion(
     declared = await loader.load(predicates.subject(org_id), predicates.evolve)
     single = predicates.is_single(declared.state, command.predicate)
     decided = relations.assert_relation(
-        facts, command, subject_entity, object_entity, now, single, session_id
+        facts, command, subject_entity, object_entity, now, single, session_id, extracted
     )
     return decided, facts
 

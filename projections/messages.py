@@ -323,9 +323,9 @@ async def search_messages(store: Store, text: str, where: dict[str, Any], limit:
 
 
 async def message_of(store: Store, org_id: str, session_id: str, message_id: str) -> Row | None:
-    """One message of a conversation: its scope, content and whether it was redacted."""
+    """One message of a conversation: its scope, content, time and whether it was redacted."""
     return await store.fetch_one(
-        "SELECT agent_id, user_id, content, redacted_at FROM messages "
+        "SELECT agent_id, user_id, content, created_at, redacted_at FROM messages "
         "WHERE org_id = ? AND session_id = ? AND message_id = ?",
         org_id,
         session_id,

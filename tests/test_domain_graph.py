@@ -138,6 +138,43 @@ def test_the_same_fact_within_its_valid_time_is_one_relation() -> None:
     assert relations.assert_relation(bounded, open_ended, state(ann), state(berlin), T0).writes
 
 
+def test_an_extracted_fact_is_the_one_held_at_any_time_of_its_span() -> None:
+    """An extraction states its source's fact once: a relation that holds it at any time of
+    the source's span answers (an older memory says what a newer one said first), and a
+    value another one holds from the same instant is left out, where a client's assertion
+    is refused."""
+    ann, berlin, rome = made("Ann"), made("Berlin"), made("Rome")
+    facts = facts_of(ann)
+
+    def asserting(valid_from: int, valid_to: int | None = None) -> AssertRelation:
+        return AssertRelation(
+            subject_id="x",
+            predicate="lives_in",
+            object_id="y",
+            valid_from=valid_from,
+            valid_to=valid_to,
+        )
+
+    first = relations.assert_relation(facts, asserting(T0), state(ann), state(berlin), T0)
+    facts = applied(facts, first.writes[0].events)
+    held = relations.relation_id(state(ann).entity_id, 1)
+    for command in (asserting(T0 - 10), asserting(T0 - 10, T0 + 1)):
+        older = relations.assert_relation(
+            facts, command, state(ann), state(berlin), T0, extracted=True
+        )
+        assert (older.writes, older.existing) == ([], held)
+    before = relations.assert_relation(
+        facts, asserting(T0 - 10, T0), state(ann), state(berlin), T0, extracted=True
+    )
+    assert before.writes  # ends as the held one starts: no time in common
+    with pytest.raises(ConflictError):
+        relations.assert_relation(facts, asserting(T0), state(ann), state(rome), T0)
+    same_instant = relations.assert_relation(
+        facts, asserting(T0), state(ann), state(rome), T0, extracted=True
+    )
+    assert (same_instant.writes, same_instant.existing) == ([], None)
+
+
 def test_an_object_of_another_users_scope_is_refused() -> None:
     ann, bob = made("Ann", user_id="u1"), made("Bob", user_id="u2")
     command = AssertRelation(subject_id="x", predicate="knows", object_id="y")

@@ -263,6 +263,45 @@ async def test_rules_on_a_memory_and_again(api: Client) -> None:
     ]
 
 
+async def test_facts_hold_for_their_memorys_valid_time(api: Client) -> None:
+    """A fact extracted from a memory dated in the past holds from that date, and its
+    correction ends it when the correction became true, so the graph and the memories give
+    one answer to the same ``as_of``; an older memory stating a fact already held adds no
+    second copy of it."""
+    day = 86_400_000
+    paris = await api.add_memory("Ann Lee lives in Paris.", user_id="u1", valid_from=T0)
+    first = await api.extract_graph(memory_id=str(paris.fields["memory_id"]))
+    ann = next(e.entity_id for e in first.entities if e.name == "Ann Lee")
+    berlin = await api.supersede_memory(
+        str(paris.fields["memory_id"]), "Ann Lee lives in Berlin.", valid_from=T0 + 60 * day
+    )
+    await api.extract_graph(memory_id=str(berlin.fields["superseded_by"]))
+    with pytest.raises(NotFoundError) as gone:  # the corrected memory: its correction's turn
+        await api.extract_graph(memory_id=str(paris.fields["memory_id"]))
+    assert gone.value.details["superseded_by"] == berlin.fields["superseded_by"]
+    for as_of, place, span in [
+        (T0 + 10 * day, "Paris", (T0, T0 + 60 * day)),
+        (T0 + 90 * day, "Berlin", (T0 + 60 * day, None)),
+    ]:
+        held = await api.graph_facts(ann, as_of=as_of, after_seq=api.last_seq)
+        assert [(f.object_name, f.valid_from, f.valid_to) for f in held.items] == [
+            (place, *span)
+        ], as_of
+        listed = await api.list_memories(user_id="u1", as_of=as_of)
+        assert [m.content for m in listed.items] == [f"Ann Lee lives in {place}."]
+    assert (await api.graph_facts(ann, as_of=T0 - day)).items == []
+    # Said again by a memory dated before the fact was first stated: the same fact.
+    works = await api.add_memory("Ann Lee works at Acme Corp.", user_id="u1", valid_from=T0)
+    await api.extract_graph(memory_id=str(works.fields["memory_id"]))
+    older = await api.add_memory(
+        "Ann Lee works at Acme Corp, she said.", user_id="u1", valid_from=T0 - 30 * day
+    )
+    again = await api.extract_graph(memory_id=str(older.fields["memory_id"]))
+    assert [(r.predicate, r.deduplicated) for r in again.relations] == [("works_at", True)]
+    facts = await api.graph_facts(ann, after_seq=api.last_seq)
+    assert [f.valid_from for f in facts.items if f.predicate == "works_at"] == [T0]
+
+
 async def test_a_message_and_the_speaker(member: tuple[Client, str]) -> None:
     api, user_id = member
     agent_id = str((await api.create_agent("Helper")).fields["agent_id"])
@@ -282,6 +321,10 @@ async def test_a_message_and_the_speaker(member: tuple[Client, str]) -> None:
         (SPEAKER, "has_email", "me@initech.example"),
         (SPEAKER, "works_at", "Initech"),
     ]
+    # Its facts hold from when the message was said, not from when it was read.
+    said = (await api.list_messages("s1", after_seq=api.last_seq)).items[0].created_at
+    facts = await api.graph_facts(speaker.entity_id)
+    assert {f.valid_from for f in facts.items} == {said}
     # In the message's scope: its user and agent.
     got = await api.get_entity(speaker.entity_id)
     assert (got.user_id, got.agent_id) == (user_id, agent_id)

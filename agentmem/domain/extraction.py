@@ -180,6 +180,10 @@ class Source:
     user_id: str | None = None
     agent_id: str | None = None
     session_id: str | None = None
+    # When what it says holds in the world, the span its facts are asserted for: a memory's
+    # valid time, a message's time (None: the extraction's).
+    valid_from: int | None = None
+    valid_to: int | None = None
 
 
 def extraction_id(source: Source, extractor: Extractor, model: str, digest: str) -> str:

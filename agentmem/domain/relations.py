@@ -266,12 +266,19 @@ def assert_relation(
     now: int,
     single_by_default: bool | None = None,
     session_id: str | None = None,
+    extracted: bool = False,
 ) -> Asserted:
     """``subject_entity`` and ``object_entity``: live, of one organization (merges already
     followed: the ids in ``command`` may name merged entities). ``single_by_default``:
     whether the organization holds the predicate single-valued (``predicates.is_single``;
     None: the service's default), unless the command says. ``session_id``: the conversation
-    of the memory or message the fact was extracted from (``derived_from``)."""
+    of the memory or message the fact was extracted from (``derived_from``).
+
+    ``extracted``: the fact comes from an extraction, in its source's valid time. The same
+    fact true at any time of that span is the fact already held (a memory older than the
+    one that first stated it must not add a second copy), and a value that another one of
+    a single-valued predicate holds from the very same instant is left out (the value
+    recorded first stands) instead of refused: a source states what it states, once."""
     check_version(loaded, command.expected_version)
     check_scopes(subject_entity, object_entity)
     facts = loaded.state or Facts()
@@ -299,7 +306,10 @@ def assert_relation(
         )
         within = relation.valid_from <= valid_from and ends_within
         again_now = command.valid_from is None and valid_to is None and relation.valid_at(now)
-        if within or again_now:
+        overlapping = (valid_to is None or relation.valid_from < valid_to) and (
+            relation.valid_to is None or relation.valid_to > valid_from
+        )
+        if within or again_now or (extracted and overlapping):
             return Asserted([], existing=relation.relation_id)
     if single_by_default is None:
         single_by_default = command.predicate in SINGLE_VALUED
@@ -326,6 +336,8 @@ def assert_relation(
                 # A later value is known already: this one is history, true until then.
                 valid_to = relation.valid_from
     if valid_to is not None and valid_to <= valid_from:
+        if extracted:
+            return Asserted([])
         raise ConflictError(
             f"a {command.predicate} of entity {subject_entity.entity_id} holds from "
             f"{valid_from} already",
