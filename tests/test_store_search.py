@@ -153,6 +153,19 @@ async def test_search_syntax_in_the_text_is_taken_literally(store: Store, text: 
         assert found == ["n1"], text
 
 
+async def test_a_word_of_several_tokens_is_a_phrase_on_both_engines(store: Store) -> None:
+    """FTS5 reads "peace-hello" as the phrase "peace hello"; Postgres matched a row holding
+    any one of its tokens, so the two stores answered one search differently."""
+    notes = Notes(store)
+    await notes.add("n1", "hello world")
+    await notes.add("n2", "a peace-hello gesture")
+    await notes.add("n3", "content: hello again")
+    assert await ids(store, "peace-hello") == ["n2"]
+    assert await ids(store, "world-hello") == []
+    assert await ids(store, "content:hello") == ["n3"]
+    assert sorted(await ids(store, "hello")) == ["n1", "n2", "n3"]
+
+
 async def test_updates_and_deletes_reach_the_index(store: Store) -> None:
     notes = Notes(store)
     await notes.add("n1", "kiwi smoothie")

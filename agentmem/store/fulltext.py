@@ -39,7 +39,7 @@ Postgres, words that few rows of a large scope hold make the walk longer (no row
 
 A person's text never reaches either engine's query syntax: for FTS5 each word becomes a
 quoted string (an FTS5 string literal, its quotes doubled), Postgres parses each word with
-``plainto_tsquery``, which has no operators, and only its ANDs are turned into ORs.
+``phraseto_tsquery``, which has no operators: a word of several tokens is a phrase on both.
 """
 
 from __future__ import annotations
@@ -345,9 +345,10 @@ def sqlite_search(
     return sql, [*args, *filter_args, limit]
 
 
-# The tsquery of one word, its argument ``?``: any of its lexemes (plainto_tsquery joins
-# them with ' & '; a lexeme never holds a space). Only stop words: empty, matching nothing.
-_TSQUERY = f"replace(plainto_tsquery('{TS_CONFIG}', ?)::text, ' & ', ' | ')::tsquery"
+# The tsquery of one word, its argument ``?``: its lexemes as a phrase, as FTS5 takes a
+# word of several tokens ("peace-hello", "content:hello"); any one of them matched more on
+# Postgres than on SQLite. Only stop words: empty, matching nothing.
+_TSQUERY = f"phraseto_tsquery('{TS_CONFIG}', ?)"
 # How a Postgres search is planned, set for its transaction (see ``postgres_search``).
 PG_SEARCH_SETTINGS = (
     "SET LOCAL plan_cache_mode = force_custom_plan",
