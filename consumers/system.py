@@ -38,14 +38,20 @@ async def collect_status(
     versions = await store.versions()
     js = nc.jetstream()
 
-    async def lag_of(consumer_name: str) -> int | None:
+    async def lag_of(consumer_name: str, checkpoint: int) -> int | None:
         try:
             consumer = await js.consumer_info(stream, consumer_name)
         except nats.js.errors.NotFoundError:
             return None  # no worker has run since the consumer was removed
         except nats.errors.Error as exc:  # a node down, a leader being elected
             raise UnavailableError(f"the event log did not answer: {exc!r}") from exc
-        return int(consumer.num_pending + consumer.num_ack_pending)
+        # A worker acks only what it has committed, so its consumer's ack floor is never past
+        # its checkpoint, unless the tables were set back under it (a replay killed midway,
+        # a store restored from a backup): the next worker starts again at the checkpoint,
+        # and what lies between is behind too (counted by sequence: an upper bound).
+        floor = consumer.ack_floor.stream_seq if consumer.ack_floor is not None else 0
+        set_back = max(0, int(floor or 0) - checkpoint)
+        return int(consumer.num_pending + consumer.num_ack_pending) + set_back
 
     projections: dict[str, Any] = {}
     for projection in ALL:
@@ -54,7 +60,7 @@ async def collect_status(
         checkpoint = checkpoints.get(name, 0)
         projections[name] = {
             "checkpoint": checkpoint,
-            "lag": await lag_of(durable_name(name)),
+            "lag": await lag_of(durable_name(name), checkpoint),
             "parked": sum(1 for p in parked if p.projection == name),
             # The version of the live tables (what queries read).
             "version": recorded.live if recorded else None,
@@ -69,7 +75,7 @@ async def collect_status(
                 "variant": recorded.building_variant,
                 "checkpoint": built,
                 # None while no process runs the build (between two of its runs).
-                "lag": await lag_of(build_consumer(name, recorded.building)),
+                "lag": await lag_of(build_consumer(name, recorded.building), built),
                 "parked": sum(1 for p in parked if p.projection == key),
                 "started_at": recorded.build_started_at,
                 # How far it is, as its checkpoint over the live one's (both count the log's

@@ -276,6 +276,26 @@ async def test_a_row_the_database_refuses_is_parked_and_the_rest_of_its_batch_co
     assert len(await store.parked("users")) == 1
 
 
+async def test_status_counts_as_lag_what_a_reset_under_the_consumer_took_back(
+    nc: NATS, log: EventLog, store: Store
+) -> None:
+    """A replay killed midway (or a restored store) leaves the tables behind the consumer's
+    acks: status said lag 0, "up to date", though the tables held part of the log."""
+    seqs = await create_orgs(log, 5)
+    await run_worker(ProjectionWorker(nc, store, OrgsProjection()))
+    report = await collect_status(nc, store)
+    assert report["projections"]["orgs"]["checkpoint"] == seqs[-1]
+    assert report["projections"]["orgs"]["lag"] == 0
+    await store.reset("orgs", OrgsProjection().tables)  # the replay's first step
+    await store.apply(ProjectionBatch(projection="orgs", checkpoint=seqs[1]))  # then 2 of 5
+    report = await collect_status(nc, store)
+    assert report["projections"]["orgs"]["checkpoint"] == seqs[1]
+    assert report["projections"]["orgs"]["lag"] == seqs[-1] - seqs[1]
+    # The next worker starts again at the checkpoint, and the lag is gone once it is done.
+    await run_worker(ProjectionWorker(nc, store, OrgsProjection()))
+    assert (await collect_status(nc, store))["projections"]["orgs"]["lag"] == 0
+
+
 class KeysThatTimeOutOnce(KeyRing):
     """The deployment's data keys, whose bucket does not answer the first read (a node
     down, a leader being elected)."""
