@@ -22,11 +22,12 @@ from nats.aio.client import Client as NATS
 from agentmem import __version__, bootstrap, natsauth, subjects
 from agentmem.auth import tokens
 from agentmem.config import Settings, StartupError, parse_roles
-from agentmem.embedded import EmbeddedNats, client_url
+from agentmem.embedded import EmbeddedNats
 from agentmem.errors import AgentMemError
 from agentmem.logging import configure
 from agentmem.queries import Status
 from agentmem.service import (
+    DataDirBusy,
     Service,
     StoreBusy,
     lock_data_dir,
@@ -342,30 +343,30 @@ async def _log_connection(settings: Settings) -> AsyncIterator[NATS]:
         yield nc
         await nc.close()
         return
+    # No serve has recorded a NATS server on the data dir (``_find_service``): run the data
+    # dir's own for as long as this command needs it, holding the data dir as serve does (a
+    # serve that starts meanwhile is refused). Whatever already listens at --listen is not
+    # asked first: it is not known to be this deployment's, and the data dir's service
+    # password, which opens the whole log, would go to it (an outside check caught it).
     host, port = settings.listen_host_port
-    url = client_url(settings.data_dir, host, port)
-    _where["nats"] = redact_url(url)
+    _where["nats"] = f"nats://{host}:{port}"
     try:
-        nc = await nats.connect(url, **_ONE_TRY)
-    except (nats.errors.NoServersError, OSError):
-        # No server there: run the data dir's own for as long as this command needs it,
-        # holding the data dir as serve does (a serve that starts meanwhile is refused).
         lock = lock_data_dir(settings.data_dir)
+    except DataDirBusy as exc:
+        raise DataDirBusy(
+            f"{exc}; a serve started with --nats records no NATS server: name it with --nats"
+        ) from None
+    try:
+        embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
+        await embedded.start()
         try:
-            embedded = EmbeddedNats(settings.data_dir / "nats", host, port, settings.sync_always)
-            await embedded.start()
-            try:
-                nc = await nats.connect(embedded.url, allow_reconnect=False)
-                yield nc
-                await nc.close()
-            finally:
-                await embedded.stop()
+            nc = await nats.connect(embedded.url, allow_reconnect=False)
+            yield nc
+            await nc.close()
         finally:
-            lock.close()
-        return
-    await _check_stream(nc)
-    yield nc
-    await nc.close()
+            await embedded.stop()
+    finally:
+        lock.close()
 
 
 async def _check_stream(nc: NATS) -> None:
@@ -712,6 +713,11 @@ async def _export(settings: Settings, org_id: str, user_id: str | None, out: Pat
         f"{counts.expired:,} of expired memories and {counts.unreadable:,} unreadable",
         file=sys.stderr,
     )
+    if not counts.events:
+        # Most likely a mistyped id: an empty file would pass for a backup.
+        whose = f"user {user_id} of organization {org_id}" if user_id else f"organization {org_id}"
+        print(f"agentmem export: nothing of {whose} to export (a mistyped id?)", file=sys.stderr)
+        return 1
     return 0
 
 

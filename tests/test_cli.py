@@ -775,8 +775,8 @@ async def test_the_other_commands_find_the_running_service_from_the_data_dir(
         assert ran.returncode == 0, ran
         assert "orgs:" in ran.stdout
 
-        # A data dir with no serve running: the stray server is reached, and refused in
-        # one line each, with no traceback.
+        # A data dir with no serve running: its own server cannot start on the stray's
+        # port, refused in one line each, with no traceback.
         other = clean_env(
             AGENTMEM_LISTEN=f"127.0.0.1:{stray.port}", AGENTMEM_DATA_DIR=str(tmp_path / "none")
         )
@@ -786,14 +786,59 @@ async def test_the_other_commands_find_the_running_service_from_the_data_dir(
             assert "Traceback" not in ran.stderr, (args, ran.stderr)
             lines = ran.stderr.strip().splitlines()
             assert len(lines) == 1, (args, ran.stderr)
-            assert "no AgentMem event stream" in lines[0], (args, lines)
-            assert f"127.0.0.1:{stray.port}" in lines[0], (args, lines)
+            assert f"port {stray.port} on 127.0.0.1 is taken" in lines[0], (args, lines)
 
         # Once serve stops, its record goes: the commands no longer trust it.
         assert serve.stop() == 0
         assert not (data / "service.json").exists()
     finally:
         stray.stop()
+
+
+async def test_no_command_sends_the_data_dirs_credentials_to_a_server_it_did_not_start(
+    serves: list[Serve], tmp_path: Path
+) -> None:
+    """With its serve stopped, status, admin and replay logged in to whatever listened at
+    --listen with the data dir's service password (full access to the log): anyone who took
+    the port while the deployment was down got it."""
+    port = free_port()
+    data = tmp_path / "data"
+    serve = new_serve(serves, tmp_path, ["--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    await (await serve.connect(f"nats://127.0.0.1:{port}")).close()
+    assert serve.stop() == 0
+    password = json.loads((data / natsauth.SECRETS_FILE).read_text())["service_password"]
+    heard: list[bytes] = []
+
+    async def squat(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b'INFO {"server_id":"squatter","version":"2.10.0","headers":true,'
+            b'"max_payload":1048576,"proto":1,"auth_required":true}\r\n'
+        )
+        await writer.drain()
+        with contextlib.suppress(Exception):
+            heard.append(await asyncio.wait_for(reader.read(65536), 5))
+        writer.close()
+
+    squatter = await asyncio.start_server(squat, "127.0.0.1", 0)
+    taken = squatter.sockets[0].getsockname()[1]
+    env = clean_env(AGENTMEM_LISTEN=f"127.0.0.1:{taken}", AGENTMEM_DATA_DIR=str(data))
+    try:
+        into = tmp_path / "rebuilt.db"
+        for args in (["status"], ["admin", "create-key"], ["replay", "--all", "--into", str(into)]):
+            ran = await run_cli(*args, env=env, cwd=tmp_path)
+            assert ran.returncode != 0, (args, ran)
+            assert f"port {taken} on 127.0.0.1 is taken" in ran.stderr, (args, ran.stderr)
+    finally:
+        squatter.close()
+        await squatter.wait_closed()
+    assert not any(password.encode() in said for said in heard), heard
+    # Its own port free again: the data dir's own server, started for the command.
+    ran = await run_cli(
+        "status",
+        env=clean_env(AGENTMEM_LISTEN=f"127.0.0.1:{port}", AGENTMEM_DATA_DIR=str(data)),
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran
 
 
 async def test_a_forget_over_nats_leaves_no_file_with_the_text(

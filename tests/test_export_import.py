@@ -321,6 +321,14 @@ async def test_the_commands_export_and_import(
     assert "exported 3 events" in ran.stderr  # the org, the agent, the message
     assert out.stat().st_mode & 0o777 == 0o600
     assert b"Hello" in out.read_bytes()
+    # A mistyped organization or user exports nothing: a failure, not an empty backup.
+    for who in (["--org", "no-such-org"], ["--org", org_id, "--user", "no-such-user"]):
+        ran = await run_cli(
+            "export", *who, "--out", str(tmp_path / "typo.ndjson"), "--data-dir", str(tmp_path),
+            "--nats", url, env=clean_env(),
+        )  # fmt: skip
+        assert ran.returncode == 1, ran
+        assert "to export (a mistyped id?)" in ran.stderr.splitlines()[-1], ran.stderr
     async with fresh_deployment(tmp_path / "target", store_kind) as (target_nc, target_token):
         token = tmp_path / "token"
         token.write_text(target_token)
