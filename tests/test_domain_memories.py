@@ -319,6 +319,33 @@ def test_supersede() -> None:
         memories.supersede(gone, command, Probe(None, free), NOW)
 
 
+def test_a_correction_never_lengthens_the_fact_and_keeps_its_expiry() -> None:
+    """The old memory had ended at NOW + 10 and was to expire at NOW + 50: a correction from
+    NOW + 20 made it true until NOW + 20, and the correction never expired."""
+    slot = loaded(added(valid_from=NOW - 100, valid_to=NOW + 10, expires_at=NOW + 50))
+    old = memory_of(slot)
+    free = loaded(memory_id=memories.slot_id(key("Ann lives in Lyon"), 0))
+
+    def superseded(valid_from: int, now: int = NOW) -> tuple[MemoryAdded, MemorySuperseded]:
+        command = SupersedeMemory(
+            memory_id=old.memory_id, content="Ann lives in Lyon", valid_from=valid_from
+        )
+        new, ended = memories.supersede(slot, command, Probe(None, free), now)[0]
+        [created], [end] = new.events, ended.events
+        assert isinstance(created, MemoryAdded)
+        assert isinstance(end, MemorySuperseded)
+        return created, end
+
+    created, end = superseded(NOW + 20)
+    assert (end.valid_to, created.valid_from, created.expires_at) == (NOW + 10, NOW + 20, NOW + 50)
+    created, end = superseded(NOW + 5)  # within its valid time: ended there
+    assert end.valid_to == NOW + 5
+    created, end = superseded(NOW - 100)  # from its own start: it was never true
+    assert end.valid_to == NOW - 100
+    created, _ = superseded(NOW + 20, now=NOW + 60)  # its expiry past: none to keep
+    assert created.expires_at is None
+
+
 def test_archive_restore_delete() -> None:
     slot = loaded(added())
     memory_id = memory_of(slot).memory_id

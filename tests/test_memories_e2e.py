@@ -876,11 +876,14 @@ async def test_a_superseded_memory_expires_as_any_other(
     """Past its expires_at a superseded memory is expired, in every read, before the
     sweep's memory.expired (which expires it too) as after it."""
     _, api = acme
-    soon = time.time_ns() // 1_000_000 + 1_000
+    soon = time.time_ns() // 1_000_000 + 2_500  # time for the correction's update below
     old = await api.add_memory("Ann lives in Paris", user_id="ann", valid_from=T0, expires_at=soon)
     old_id = str(old.fields["memory_id"])
     new = await api.supersede_memory(old_id, "Ann lives in Rome", valid_from=T0 + 10 * DAY)
     new_id = str(new.fields["superseded_by"])
+    # The correction keeps the expiry of what it corrects, unless told otherwise.
+    assert (await api.get_memory(new_id, after_seq=api.last_seq)).expires_at == soon
+    await api.update_memory(new_id, clear=["expires_at"])
     await asyncio.sleep(max(0.0, (soon - time.time_ns() // 1_000_000) / 1000) + 0.1)
 
     async def expired_everywhere() -> None:

@@ -345,7 +345,8 @@ def subject(org_id: str, memory_id: str) -> str:
 
 
 def normalise(content: str) -> str:
-    """What deduplication compares: NFKC, case folded, whitespace runs as one space."""
+    """What deduplication compares: NFKC, case folded, whitespace runs as one space (none at
+    either end)."""
     return " ".join(unicodedata.normalize("NFKC", content).casefold().split())
 
 
@@ -687,6 +688,8 @@ def supersede(
             tags=list(old.tags if command.tags is None else command.tags),
             importance=old.importance if command.importance is None else command.importance,
             valid_from=valid_from,
+            # Forgotten when the fact it corrects was to be (one already past: not at birth).
+            expires_at=old.expires_at if old.expires_at and old.expires_at > now else None,
             source=command.source,
             uri=old.uri,
             mime_type=old.mime_type,
@@ -695,7 +698,11 @@ def supersede(
         writes.append(Write(probe.free.subject, 0, [new]))
     else:
         new_id = holder.memory_id
-    ended = MemorySuperseded(memory_id=old.memory_id, superseded_by=new_id, valid_to=valid_from)
+    # It stops being true where its correction starts, or earlier if it had ended already: a
+    # correction never makes the old fact true for longer. From the old one's own start, it
+    # was never true (valid_to = valid_from: no as_of finds it; known_at still does).
+    ends = valid_from if old.valid_to is None else min(old.valid_to, valid_from)
+    ended = MemorySuperseded(memory_id=old.memory_id, superseded_by=new_id, valid_to=ends)
     writes.append(Write(loaded.subject, loaded.version, [ended]))
     return writes, holder
 
