@@ -72,6 +72,7 @@ from agentmem.domain.memories import (
     AddMemory,
     ArchiveMemory,
     DeleteMemory,
+    NewMemory,
     RestoreMemory,
     SupersedeMemory,
     UpdateMemory,
@@ -432,8 +433,15 @@ async def import_mem0(client: Client, source: IO[bytes], org_id: str) -> Importe
         data = msgspec.json.decode(source.read())
     except msgspec.DecodeError as exc:
         raise ImportError_(f"not JSON: {exc}") from None
-    memories = mem0_memories(data)
     result = Imported()
+    memories = []
+    for number, memory in enumerate(mem0_memories(data)):
+        try:  # checked here: a batch is all or none, and one bad memory failed its 1,000
+            msgspec.convert(memory, NewMemory)
+        except msgspec.ValidationError as exc:
+            result.failed.append(f"mem0 memory {number}: {exc}")
+            continue
+        memories.append(memory)
     importer = _Importer(client, org_id, result)
     await importer.begin()
     for start in range(0, len(memories), MAX_BATCH):

@@ -298,6 +298,11 @@ async def test_a_mem0_user_moves_in(service: Service, nc: NATS, admin_token: str
     assert await last_seq(nc) == before
     found = (await admin.list_memories(org_id=org_id, user_id="alice")).items
     assert [(m.content, list(m.tags)) for m in found] == [("Prefers window seats", ["travel"])]
+    # A memory the service would refuse fails alone, not the batch around it.
+    flawed = [{"memory": "", "user_id": "carol"}, {"memory": "Likes tea", "user_id": "carol"}]
+    mixed = await import_mem0(admin, io.BytesIO(msgspec.json.encode(flawed)), org_id)
+    assert (mixed.applied, len(mixed.failed)) == (1, 1)
+    assert mixed.failed[0].startswith("mem0 memory 0: "), mixed.failed
 
 
 async def test_the_commands_export_and_import(
