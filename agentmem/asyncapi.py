@@ -216,6 +216,7 @@ def document() -> dict[str, Any]:
                 "host": "127.0.0.1:4222",
                 "protocol": "nats",
                 "description": "`agentmem serve` with no flags.",
+                "security": [{"$ref": "#/components/securitySchemes/token"}],
             }
         },
         "channels": channels,
@@ -223,9 +224,24 @@ def document() -> dict[str, Any]:
         "components": {
             "messages": messages,
             "schemas": {**components, "ShreddedRetry": SHREDDED_RETRY},
+            "securitySchemes": {"token": CONNECTION_TOKEN},
         },
     }
 
+
+# How a client connects (docs/security.md, "The NATS layer"): AsyncAPI has no scheme for a
+# NATS token, so the nearest, with the rest said in words.
+CONNECTION_TOKEN = {
+    "type": "apiKey",
+    "in": "password",
+    "description": "The NATS connection's token is an API key or a session token (nats-py "
+    "`token=`, nats.js `token:`), and its inbox prefix `_INBOX_<key id>` (the fourth "
+    "`_`-separated part of `amk_<org>_<user>_<key id>_<secret>`) or `_INBOX_<session id>`; "
+    "the token `anon_<32 hex digits>`, with the prefix `_INBOX_anon_<the same digits>`, may "
+    "only log in. Every request also carries the header `Authorization: Bearer <token>`; "
+    "`agentmem.sys.health` and `agentmem.sys.schema` answer without it (docs/security.md, "
+    "The NATS layer).",
+}
 
 INGEST_HEADERS = {
     "type": "object",

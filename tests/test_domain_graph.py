@@ -138,11 +138,12 @@ def test_the_same_fact_within_its_valid_time_is_one_relation() -> None:
     assert relations.assert_relation(bounded, open_ended, state(ann), state(berlin), T0).writes
 
 
-def test_an_extracted_fact_is_the_one_held_at_any_time_of_its_span() -> None:
-    """An extraction states its source's fact once: a relation that holds it at any time of
-    the source's span answers (an older memory says what a newer one said first), and a
-    value another one holds from the same instant is left out, where a client's assertion
-    is refused."""
+def test_an_extracted_fact_is_asserted_for_the_time_not_held_yet() -> None:
+    """An extraction states its source's fact once, for its source's span: where relations
+    hold the same fact for part of it, for the first part they do not hold (a memory dated
+    before the one that first stated it adds the time between), and not at all when they
+    hold all of it; a value another one holds from the same instant is left out, where a
+    client's assertion is refused."""
     ann, berlin, rome = made("Ann"), made("Berlin"), made("Rome")
     facts = facts_of(ann)
 
@@ -155,18 +156,34 @@ def test_an_extracted_fact_is_the_one_held_at_any_time_of_its_span() -> None:
             valid_to=valid_to,
         )
 
+    def span(decided: relations.Asserted) -> tuple[int, int | None]:
+        (event,) = decided.writes[0].events
+        assert isinstance(event, RelationAsserted)
+        return event.valid_from, event.valid_to
+
     first = relations.assert_relation(facts, asserting(T0), state(ann), state(berlin), T0)
     facts = applied(facts, first.writes[0].events)
     held = relations.relation_id(state(ann).entity_id, 1)
-    for command in (asserting(T0 - 10), asserting(T0 - 10, T0 + 1)):
-        older = relations.assert_relation(
+    for command in (asserting(T0 + 5), asserting(T0 + 5, T0 + 9)):
+        later = relations.assert_relation(
             facts, command, state(ann), state(berlin), T0, extracted=True
         )
-        assert (older.writes, older.existing) == ([], held)
-    before = relations.assert_relation(
-        facts, asserting(T0 - 10, T0), state(ann), state(berlin), T0, extracted=True
+        assert (later.writes, later.existing) == ([], held)
+    for command in (asserting(T0 - 10), asserting(T0 - 10, T0 + 1), asserting(T0 - 10, T0)):
+        earlier = relations.assert_relation(
+            facts, command, state(ann), state(berlin), T0, extracted=True
+        )
+        assert span(earlier) == (T0 - 10, T0)
+    # Held until T0 + 100 only: from there on.
+    bounded = facts_of(ann)
+    first = relations.assert_relation(
+        bounded, asserting(T0, T0 + 100), state(ann), state(berlin), T0
     )
-    assert before.writes  # ends as the held one starts: no time in common
+    bounded = applied(bounded, first.writes[0].events)
+    after = relations.assert_relation(
+        bounded, asserting(T0 + 50), state(ann), state(berlin), T0, extracted=True
+    )
+    assert span(after) == (T0 + 100, None)
     with pytest.raises(ConflictError):
         relations.assert_relation(facts, asserting(T0), state(ann), state(rome), T0)
     same_instant = relations.assert_relation(

@@ -321,7 +321,8 @@ def test_supersede() -> None:
 
 def test_a_correction_never_lengthens_the_fact_and_keeps_its_expiry() -> None:
     """The old memory had ended at NOW + 10 and was to expire at NOW + 50: a correction from
-    NOW + 20 made it true until NOW + 20, and the correction never expired."""
+    NOW + 20 made it true until NOW + 20, and the correction never expired. Past its expiry
+    it could be superseded until the sweep emptied it, and not after."""
     slot = loaded(added(valid_from=NOW - 100, valid_to=NOW + 10, expires_at=NOW + 50))
     old = memory_of(slot)
     free = loaded(memory_id=memories.slot_id(key("Ann lives in Lyon"), 0))
@@ -342,8 +343,9 @@ def test_a_correction_never_lengthens_the_fact_and_keeps_its_expiry() -> None:
     assert end.valid_to == NOW + 5
     created, end = superseded(NOW - 100)  # from its own start: it was never true
     assert end.valid_to == NOW - 100
-    created, _ = superseded(NOW + 20, now=NOW + 60)  # its expiry past: none to keep
-    assert created.expires_at is None
+    with pytest.raises(ConflictError, match="is expired") as refused:  # swept or not
+        superseded(NOW + 20, now=NOW + 60)
+    assert refused.value.details["state"] == "expired"
 
 
 def test_archive_restore_delete() -> None:

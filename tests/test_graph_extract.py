@@ -266,8 +266,8 @@ async def test_rules_on_a_memory_and_again(api: Client) -> None:
 async def test_facts_hold_for_their_memorys_valid_time(api: Client) -> None:
     """A fact extracted from a memory dated in the past holds from that date, and its
     correction ends it when the correction became true, so the graph and the memories give
-    one answer to the same ``as_of``; an older memory stating a fact already held adds no
-    second copy of it."""
+    one answer to the same ``as_of``; an older memory stating a fact held from later adds
+    the time between, and one of a time held already adds nothing."""
     day = 86_400_000
     paris = await api.add_memory("Ann Lee lives in Paris.", user_id="u1", valid_from=T0)
     first = await api.extract_graph(memory_id=str(paris.fields["memory_id"]))
@@ -296,9 +296,17 @@ async def test_facts_hold_for_their_memorys_valid_time(api: Client) -> None:
     older = await api.add_memory(
         "Ann Lee works at Acme Corp, she said.", user_id="u1", valid_from=T0 - 30 * day
     )
-    again = await api.extract_graph(memory_id=str(older.fields["memory_id"]))
-    assert [(r.predicate, r.deduplicated) for r in again.relations] == [("works_at", True)]
-    facts = await api.graph_facts(ann, after_seq=api.last_seq)
+    await api.extract_graph(memory_id=str(older.fields["memory_id"]))
+    for as_of, span in [(T0 - 10 * day, (T0 - 30 * day, T0)), (T0 + 10 * day, (T0, None))]:
+        facts = await api.graph_facts(ann, as_of=as_of, after_seq=api.last_seq)
+        works = [(f.valid_from, f.valid_to) for f in facts.items if f.predicate == "works_at"]
+        assert works == [span], as_of
+    # Said once more, by a memory of a time held already: nothing new.
+    within = await api.add_memory(
+        "Ann Lee works at Acme Corp, again.", user_id="u1", valid_from=T0 + day
+    )
+    await api.extract_graph(memory_id=str(within.fields["memory_id"]))
+    facts = await api.graph_facts(ann, as_of=T0 + 10 * day, after_seq=api.last_seq)
     assert [f.valid_from for f in facts.items if f.predicate == "works_at"] == [T0]
 
 

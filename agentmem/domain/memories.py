@@ -646,10 +646,12 @@ def supersede(
     is superseded by it, and no memory is added)."""
     old = require_memory(loaded, command.memory_id)
     check_version(loaded, command.expected_version)
-    if old.state != "live":
+    # Past its expiry it is expired, swept yet or not (the sweep only empties it later).
+    state = "expired" if old.is_expired(now) else old.state
+    if state != "live":
         raise ConflictError(
-            f"memory {old.memory_id} is {old.state}: only a live memory can be superseded",
-            {"memory_id": old.memory_id, "state": old.state},
+            f"memory {old.memory_id} is {state}: only a live memory can be superseded",
+            {"memory_id": old.memory_id, "state": state},
         )
     valid_from = command.valid_from if command.valid_from is not None else now
     if valid_from < old.valid_from:
@@ -688,8 +690,7 @@ def supersede(
             tags=list(old.tags if command.tags is None else command.tags),
             importance=old.importance if command.importance is None else command.importance,
             valid_from=valid_from,
-            # Forgotten when the fact it corrects was to be (one already past: not at birth).
-            expires_at=old.expires_at if old.expires_at and old.expires_at > now else None,
+            expires_at=old.expires_at,  # forgotten when the fact it corrects was to be
             source=command.source,
             uri=old.uri,
             mime_type=old.mime_type,

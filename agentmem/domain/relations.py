@@ -258,6 +258,33 @@ class Asserted:
     invalidated: tuple[str, ...] = ()
 
 
+def _not_held(
+    same: list[Relation], valid_from: int, valid_to: int | None
+) -> Relation | tuple[int, int | None]:
+    """Of ``valid_from``..``valid_to``, the first span that no relation of ``same`` (the
+    same fact) holds: from where the ones holding its start end, until the next one
+    starts. The relation holding its start when they hold all of it."""
+    holding: Relation | None = None
+    start = valid_from
+    moved = True
+    while moved and (valid_to is None or start < valid_to):
+        moved = False
+        for relation in same:
+            if relation.valid_from <= start and (
+                relation.valid_to is None or relation.valid_to > start
+            ):
+                holding = holding or relation
+                if relation.valid_to is None:
+                    return holding
+                start, moved = relation.valid_to, True
+    if holding is not None and valid_to is not None and start >= valid_to:
+        return holding
+    later = [r.valid_from for r in same if r.valid_from > start]
+    if later and (valid_to is None or min(later) < valid_to):
+        valid_to = min(later)
+    return start, valid_to
+
+
 def assert_relation(
     loaded: Loaded[Facts],
     command: AssertRelation,
@@ -274,10 +301,11 @@ def assert_relation(
     None: the service's default), unless the command says. ``session_id``: the conversation
     of the memory or message the fact was extracted from (``derived_from``).
 
-    ``extracted``: the fact comes from an extraction, in its source's valid time. The same
-    fact true at any time of that span is the fact already held (a memory older than the
-    one that first stated it must not add a second copy), and a value that another one of
-    a single-valued predicate holds from the very same instant is left out (the value
+    ``extracted``: the fact comes from an extraction, in its source's valid time. Where
+    relations hold the same fact for part of that span, it is asserted for the first part
+    they do not hold (a memory dated before the one that first stated it adds the time
+    between), and not at all when they hold all of it; a value that another one of a
+    single-valued predicate holds from the very same instant is left out (the value
     recorded first stands) instead of refused: a source states what it states, once."""
     check_version(loaded, command.expected_version)
     check_scopes(subject_entity, object_entity)
@@ -298,18 +326,19 @@ def assert_relation(
         )
     object_id = object_entity.entity_id
     live = [r for r in facts.relations.values() if not r.retracted]
-    for relation in live:
-        if (relation.predicate, relation.object_id) != (command.predicate, object_id):
-            continue
+    same = [r for r in live if (r.predicate, r.object_id) == (command.predicate, object_id)]
+    if extracted:
+        span = _not_held(same, valid_from, valid_to)
+        if isinstance(span, Relation):
+            return Asserted([], existing=span.relation_id)
+        valid_from, valid_to = span
+    for relation in same:
         ends_within = relation.valid_to is None or (
             valid_to is not None and valid_to <= relation.valid_to
         )
         within = relation.valid_from <= valid_from and ends_within
         again_now = command.valid_from is None and valid_to is None and relation.valid_at(now)
-        overlapping = (valid_to is None or relation.valid_from < valid_to) and (
-            relation.valid_to is None or relation.valid_to > valid_from
-        )
-        if within or again_now or (extracted and overlapping):
+        if within or again_now:
             return Asserted([], existing=relation.relation_id)
     if single_by_default is None:
         single_by_default = command.predicate in SINGLE_VALUED
