@@ -142,8 +142,8 @@ def test_an_extracted_fact_is_asserted_for_the_time_not_held_yet() -> None:
     """An extraction states its source's fact once, for its source's span: where relations
     hold the same fact for part of it, for the first part they do not hold (a memory dated
     before the one that first stated it adds the time between), and not at all when they
-    hold all of it; a value another one holds from the same instant is left out, where a
-    client's assertion is refused."""
+    hold all of it; a value another one holds from the same instant replaces it (the source
+    corrects it from its start: it was never true), where a client's assertion is refused."""
     ann, berlin, rome = made("Ann"), made("Berlin"), made("Rome")
     facts = facts_of(ann)
 
@@ -189,7 +189,12 @@ def test_an_extracted_fact_is_asserted_for_the_time_not_held_yet() -> None:
     same_instant = relations.assert_relation(
         facts, asserting(T0), state(ann), state(rome), T0, extracted=True
     )
-    assert (same_instant.writes, same_instant.existing) == ([], None)
+    ended, asserted = same_instant.writes[0].events
+    assert ended == RelationInvalidated(
+        relation_id=held, valid_to=T0, superseded_by=asserted.relation_id
+    )
+    assert isinstance(asserted, RelationAsserted)
+    assert (asserted.valid_from, asserted.valid_to, same_instant.invalidated) == (T0, None, (held,))
 
 
 def test_an_object_of_another_users_scope_is_refused() -> None:

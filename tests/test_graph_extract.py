@@ -310,6 +310,25 @@ async def test_facts_hold_for_their_memorys_valid_time(api: Client) -> None:
     assert [f.valid_from for f in facts.items if f.predicate == "works_at"] == [T0]
 
 
+async def test_a_correction_from_the_corrected_memorys_own_start_replaces_its_fact(
+    api: Client,
+) -> None:
+    """Superseded from its own valid_from, a memory was never true: its fact must not stay
+    in the graph beside the correction's (it stayed, the correction's was left out)."""
+    kyiv = await api.add_memory("Ned Fry lives in Kyiv.", user_id="u1", valid_from=T0)
+    first = await api.extract_graph(memory_id=str(kyiv.fields["memory_id"]))
+    ned = next(e.entity_id for e in first.entities if e.name == "Ned Fry")
+    riga = await api.supersede_memory(
+        str(kyiv.fields["memory_id"]), "Ned Fry lives in Riga.", valid_from=T0
+    )
+    await api.extract_graph(memory_id=str(riga.fields["superseded_by"]))
+    for as_of in (T0, T0 + 1_000_000_000):
+        facts = await api.graph_facts(ned, as_of=as_of, after_seq=api.last_seq)
+        assert [f.fact for f in facts.items] == ["Ned Fry lives in Riga"], as_of
+        listed = await api.list_memories(user_id="u1", as_of=as_of)
+        assert [m.content for m in listed.items] == ["Ned Fry lives in Riga."]
+
+
 async def test_a_message_and_the_speaker(member: tuple[Client, str]) -> None:
     api, user_id = member
     agent_id = str((await api.create_agent("Helper")).fields["agent_id"])

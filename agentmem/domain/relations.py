@@ -304,9 +304,10 @@ def assert_relation(
     ``extracted``: the fact comes from an extraction, in its source's valid time. Where
     relations hold the same fact for part of that span, it is asserted for the first part
     they do not hold (a memory dated before the one that first stated it adds the time
-    between), and not at all when they hold all of it; a value that another one of a
-    single-valued predicate holds from the very same instant is left out (the value
-    recorded first stands) instead of refused: a source states what it states, once."""
+    between), and not at all when they hold all of it; a value of a single-valued predicate
+    that another one holds from the very same instant replaces it (a correction from the
+    corrected memory's own start: the value it replaces was never true), where a client's
+    assertion is refused."""
     check_version(loaded, command.expected_version)
     check_scopes(subject_entity, object_entity)
     facts = loaded.state or Facts()
@@ -351,7 +352,10 @@ def assert_relation(
             if relation.predicate != command.predicate:
                 continue
             still = relation.valid_to is None or relation.valid_to > valid_from
-            if relation.valid_from < valid_from and still:
+            # An extraction's value from the very same instant is its source's correction
+            # (a memory superseded from its own start): the one it replaces was never true.
+            replaced = extracted and relation.valid_from == valid_from and still
+            if (relation.valid_from < valid_from and still) or replaced:
                 # It was true until this one became true.
                 events.append(
                     RelationInvalidated(
@@ -365,8 +369,6 @@ def assert_relation(
                 # A later value is known already: this one is history, true until then.
                 valid_to = relation.valid_from
     if valid_to is not None and valid_to <= valid_from:
-        if extracted:
-            return Asserted([])
         raise ConflictError(
             f"a {command.predicate} of entity {subject_entity.entity_id} holds from "
             f"{valid_from} already",
