@@ -354,4 +354,17 @@ MIGRATIONS: list[Migration] = [
         "a look-up of the memories each memory superseded, for its history",
         (Sql(sqlite=(_SUPERSEDED_BY_INDEX,), postgres=(_SUPERSEDED_BY_INDEX,)),),
     ),
+    Migration(
+        17,
+        "Postgres full-text words split at punctuation, as SQLite's are",
+        (
+            Sql(
+                postgres=(
+                    *fulltext.postgres_rebuild(MESSAGES),
+                    *fulltext.postgres_rebuild(MEMORIES),
+                    *fulltext.postgres_rebuild(MEMORY_VERSIONS),
+                )
+            ),
+        ),
+    ),
 ]

@@ -526,10 +526,12 @@ async def test_status_against_a_running_and_a_stopped_service(
 
         # No credentials at all (a data dir without a key): it does not ask, and reads the
         # store itself.
-        # (It still needs the NATS server's credentials: NATS is closed by default.)
+        # (It still needs the NATS server's credentials: NATS is closed by default. No serve
+        # runs on that data dir, so the server is named with --nats: a server that merely
+        # listens at --listen is not trusted with them.)
         (tmp_path / "no-key").mkdir(mode=0o700)
         shutil.copy(data / natsauth.SECRETS_FILE, tmp_path / "no-key" / natsauth.SECRETS_FILE)
-        bare = ["--data-dir", str(tmp_path / "no-key"), "--listen", f"127.0.0.1:{port}"]
+        bare = ["--data-dir", str(tmp_path / "no-key"), "--nats", f"nats://127.0.0.1:{port}"]
         bare += ["--store", str(data / "agentmem.db")]
         async with status_requests(nc) as seen:
             ran = await run_cli("status", *bare, env=clean_env(), cwd=tmp_path)

@@ -285,7 +285,7 @@ def test_search_sql_filters_by_equality_and_null_inside_the_match() -> None:
     sql, args = sqlite_search(MESSAGES, ["x"], where, 10)
     assert args == [f'{scope}{{content}} : ("x")', 10, ORG, "a1", 10]
     sql, args = postgres_search(MESSAGES, ["x"], where, 10)
-    assert "phraseto_tsquery('english', ?)" in sql
+    assert "phraseto_tsquery('english', translate(?, " in sql
     assert "t.org_id = ? AND t.agent_id = ? AND t.redacted_at IS NULL" in sql
     assert args == ["x", ORG, "a1", 10]
     sql, args = postgres_search(MESSAGES, ["x", "y"], where, 10)

@@ -166,6 +166,29 @@ async def test_a_word_of_several_tokens_is_a_phrase_on_both_engines(store: Store
     assert sorted(await ids(store, "hello")) == ["n1", "n2", "n3"]
 
 
+async def test_punctuation_splits_words_on_both_engines(store: Store) -> None:
+    """Postgres's parser kept URLs, file names, versions and e-mail addresses whole: a part
+    of one found nothing there, and the row on SQLite."""
+    notes = Notes(store)
+    await notes.add("n1", "I code in node.js daily")
+    await notes.add("n2", "version 1.5.2 released")
+    await notes.add("n3", "see path/to/file.txt or visit http://x.example/a-b now")
+    await notes.add("n4", "write to ann@example.org")
+    for query, found in [
+        ("node", ["n1"]),
+        ("node.js", ["n1"]),
+        ("1.5", ["n2"]),
+        ("file.txt", ["n3"]),
+        ("path/to", ["n3"]),
+        ("a-b", ["n3"]),
+        ("x.example", ["n3"]),
+        ("ann@example.org", ["n4"]),
+        ("example.org", ["n4"]),
+        ("gamma:A", []),
+    ]:
+        assert await ids(store, query) == found, query
+
+
 async def test_updates_and_deletes_reach_the_index(store: Store) -> None:
     notes = Notes(store)
     await notes.add("n1", "kiwi smoothie")
@@ -568,3 +591,27 @@ async def test_messages_indexed_before_migration_4_are_found_after_it(
             (later, 1.0),
             (made_b[1], 1.0),
         ]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_messages_indexed_before_migration_17_split_at_punctuation_after_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """Migration 17 makes the Postgres documents again, split at punctuation as SQLite's
+    are: the rows written before it are found by a part of a dotted word after it."""
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "sqlite":
+            url = str(tmp_path / "store.db")
+        else:
+            url = with_search_path(DSN, await stack.enter_async_context(postgres_schema()))
+        store = await open_store(url)
+        stack.push_async_callback(store.close)
+        assert await store.migrate(PROJECTION_MIGRATIONS[:16]) == list(range(1, 17))
+        messages = Messages(store)
+        [made] = await messages.add("org-b", "agent-b", ["I code in node.js daily"])
+        assert await store.migrate(PROJECTION_MIGRATIONS[:17]) == [17]
+        assert await ranked_ids(store, "node", SCOPE_B) == [(made, 1.0)]
+        [later] = await messages.add("org-b", "agent-b", ["deno.land or node"])
+        assert sorted(await ranked_ids(store, "node", SCOPE_B)) == sorted(
+            [(made, 1.0), (later, 1.0)]
+        )

@@ -190,15 +190,36 @@ def sqlite_rebuild(table: Table) -> tuple[str, ...]:
     )
 
 
+# ASCII punctuation, which FTS5's unicode61 tokenizer reads as a separator. Postgres's parser
+# reads URLs, host and file names, version numbers, e-mail addresses and hyphenated words as
+# tokens of their own, so that a part of one ("node" in "node.js", "1.5" in "1.5.2") found
+# nothing on Postgres and the row on SQLite: both the documents and the query words have it
+# turned into spaces first. (translate is immutable, as a generated column needs.)
+_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+
+
+def _split_at_punctuation(sql_text: str) -> str:
+    """``sql_text`` (an SQL expression) with ASCII punctuation as spaces."""
+    marks = _PUNCTUATION.replace("'", "''")
+    return f"translate({sql_text}, '{marks}', '{' ' * len(_PUNCTUATION)}')"
+
+
 def postgres_ddl(table: Table) -> tuple[str, ...]:
     """The generated tsvector column and its GIN index."""
     index = index_of(table)
     document = " || ' ' || ".join(f"coalesce({c}, '')" for c in index.columns)
     return (
         f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {PG_DOCUMENT} tsvector "
-        f"GENERATED ALWAYS AS (to_tsvector('{TS_CONFIG}', {document})) STORED",
+        f"GENERATED ALWAYS AS (to_tsvector('{TS_CONFIG}', "
+        f"{_split_at_punctuation(document)})) STORED",
         f"CREATE INDEX IF NOT EXISTS {table.name}_fts ON {table.name} USING GIN ({PG_DOCUMENT})",
     )
+
+
+def postgres_rebuild(table: Table) -> tuple[str, ...]:
+    """Replace the table's tsvector column and its index with the ones its declaration makes
+    now (the column's drop takes its index along): for a migration that changes them."""
+    return (f"ALTER TABLE {table.name} DROP COLUMN IF EXISTS {PG_DOCUMENT}", *postgres_ddl(table))
 
 
 def ddl(table: Table) -> dict[str, tuple[str, ...]]:
@@ -348,7 +369,7 @@ def sqlite_search(
 # The tsquery of one word, its argument ``?``: its lexemes as a phrase, as FTS5 takes a
 # word of several tokens ("peace-hello", "content:hello"); any one of them matched more on
 # Postgres than on SQLite. Only stop words: empty, matching nothing.
-_TSQUERY = f"phraseto_tsquery('{TS_CONFIG}', ?)"
+_TSQUERY = f"phraseto_tsquery('{TS_CONFIG}', {_split_at_punctuation('?')})"
 # How a Postgres search is planned, set for its transaction (see ``postgres_search``).
 PG_SEARCH_SETTINGS = (
     "SET LOCAL plan_cache_mode = force_custom_plan",
