@@ -102,39 +102,39 @@ def test_the_same_fact_twice_is_one_relation() -> None:
     assert (again.writes, again.existing) == ([], relations.relation_id(state(ann).entity_id, 1))
 
 
+def living(valid_from: int, valid_to: int | None = None) -> AssertRelation:
+    """That the subject lives in the object (single-valued), over that valid time."""
+    return AssertRelation(
+        subject_id="x",
+        predicate="lives_in",
+        object_id="y",
+        valid_from=valid_from,
+        valid_to=valid_to,
+    )
+
+
 def test_the_same_fact_within_its_valid_time_is_one_relation() -> None:
     """Dated later, or bounded inside it: the relation that holds it answers; starting
     earlier or ending past it, it says something new."""
     ann, berlin = made("Ann"), made("Berlin")
     facts = facts_of(ann)
 
-    def asserting(valid_from: int, valid_to: int | None = None) -> AssertRelation:
-        return AssertRelation(
-            subject_id="x",
-            predicate="lives_in",
-            object_id="y",
-            valid_from=valid_from,
-            valid_to=valid_to,
-        )
-
-    first = relations.assert_relation(facts, asserting(T0), state(ann), state(berlin), T0)
+    first = relations.assert_relation(facts, living(T0), state(ann), state(berlin), T0)
     facts = applied(facts, first.writes[0].events)
     held = relations.relation_id(state(ann).entity_id, 1)
-    for command in (asserting(T0 + 86_400_000), asserting(T0 + 10, T0 + 20)):
+    for command in (living(T0 + 86_400_000), living(T0 + 10, T0 + 20)):
         again = relations.assert_relation(facts, command, state(ann), state(berlin), T0 + 99)
         assert (again.writes, again.existing) == ([], held)
-    earlier = relations.assert_relation(facts, asserting(T0 - 10), state(ann), state(berlin), T0)
+    earlier = relations.assert_relation(facts, living(T0 - 10), state(ann), state(berlin), T0)
     assert earlier.writes
     assert earlier.existing is None
     # A bounded relation: a time after its end is new.
     bounded = facts_of(ann)
-    first = relations.assert_relation(
-        bounded, asserting(T0, T0 + 100), state(ann), state(berlin), T0
-    )
+    first = relations.assert_relation(bounded, living(T0, T0 + 100), state(ann), state(berlin), T0)
     bounded = applied(bounded, first.writes[0].events)
-    past_end = asserting(T0 + 50, T0 + 200)
+    past_end = living(T0 + 50, T0 + 200)
     assert relations.assert_relation(bounded, past_end, state(ann), state(berlin), T0).writes
-    open_ended = asserting(T0 + 50)
+    open_ended = living(T0 + 50)
     assert relations.assert_relation(bounded, open_ended, state(ann), state(berlin), T0).writes
 
 
@@ -147,47 +147,36 @@ def test_an_extracted_fact_is_asserted_for_the_time_not_held_yet() -> None:
     ann, berlin, rome = made("Ann"), made("Berlin"), made("Rome")
     facts = facts_of(ann)
 
-    def asserting(valid_from: int, valid_to: int | None = None) -> AssertRelation:
-        return AssertRelation(
-            subject_id="x",
-            predicate="lives_in",
-            object_id="y",
-            valid_from=valid_from,
-            valid_to=valid_to,
-        )
-
     def span(decided: relations.Asserted) -> tuple[int, int | None]:
         (event,) = decided.writes[0].events
         assert isinstance(event, RelationAsserted)
         return event.valid_from, event.valid_to
 
-    first = relations.assert_relation(facts, asserting(T0), state(ann), state(berlin), T0)
+    first = relations.assert_relation(facts, living(T0), state(ann), state(berlin), T0)
     facts = applied(facts, first.writes[0].events)
     held = relations.relation_id(state(ann).entity_id, 1)
-    for command in (asserting(T0 + 5), asserting(T0 + 5, T0 + 9)):
+    for command in (living(T0 + 5), living(T0 + 5, T0 + 9)):
         later = relations.assert_relation(
             facts, command, state(ann), state(berlin), T0, extracted=True
         )
         assert (later.writes, later.existing) == ([], held)
-    for command in (asserting(T0 - 10), asserting(T0 - 10, T0 + 1), asserting(T0 - 10, T0)):
+    for command in (living(T0 - 10), living(T0 - 10, T0 + 1), living(T0 - 10, T0)):
         earlier = relations.assert_relation(
             facts, command, state(ann), state(berlin), T0, extracted=True
         )
         assert span(earlier) == (T0 - 10, T0)
     # Held until T0 + 100 only: from there on.
     bounded = facts_of(ann)
-    first = relations.assert_relation(
-        bounded, asserting(T0, T0 + 100), state(ann), state(berlin), T0
-    )
+    first = relations.assert_relation(bounded, living(T0, T0 + 100), state(ann), state(berlin), T0)
     bounded = applied(bounded, first.writes[0].events)
     after = relations.assert_relation(
-        bounded, asserting(T0 + 50), state(ann), state(berlin), T0, extracted=True
+        bounded, living(T0 + 50), state(ann), state(berlin), T0, extracted=True
     )
     assert span(after) == (T0 + 100, None)
     with pytest.raises(ConflictError):
-        relations.assert_relation(facts, asserting(T0), state(ann), state(rome), T0)
+        relations.assert_relation(facts, living(T0), state(ann), state(rome), T0)
     same_instant = relations.assert_relation(
-        facts, asserting(T0), state(ann), state(rome), T0, extracted=True
+        facts, living(T0), state(ann), state(rome), T0, extracted=True
     )
     ended, asserted = same_instant.writes[0].events
     assert ended == RelationInvalidated(

@@ -563,12 +563,9 @@ async def test_every_filter_is_exact_inside_the_index(messages_store: Store) -> 
     assert await found(**chat) == set()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_messages_indexed_before_migration_4_are_found_after_it(
-    tmp_path: Path, kind: str
-) -> None:
-    """Migration 4 rebuilds the SQLite index from the messages table, scope tokens and all;
-    the index stays in step with the table afterwards."""
+@contextlib.asynccontextmanager
+async def fresh_store(tmp_path: Path, kind: str) -> AsyncIterator[Store]:
+    """An empty store of that kind, not migrated: a test takes it through the migrations."""
     async with contextlib.AsyncExitStack() as stack:
         if kind == "sqlite":
             url = str(tmp_path / "store.db")
@@ -576,6 +573,16 @@ async def test_messages_indexed_before_migration_4_are_found_after_it(
             url = with_search_path(DSN, await stack.enter_async_context(postgres_schema()))
         store = await open_store(url)
         stack.push_async_callback(store.close)
+        yield store
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_messages_indexed_before_migration_4_are_found_after_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """Migration 4 rebuilds the SQLite index from the messages table, scope tokens and all;
+    the index stays in step with the table afterwards."""
+    async with fresh_store(tmp_path, kind) as store:
         assert await store.migrate(PROJECTION_MIGRATIONS[:3]) == [1, 2, 3]
         messages = Messages(store)
         made_b = await messages.add("org-b", "agent-b", ["peanut butter", "butter"])
@@ -599,13 +606,7 @@ async def test_messages_indexed_before_migration_17_split_at_punctuation_after_i
 ) -> None:
     """Migration 17 makes the Postgres documents again, split at punctuation as SQLite's
     are: the rows written before it are found by a part of a dotted word after it."""
-    async with contextlib.AsyncExitStack() as stack:
-        if kind == "sqlite":
-            url = str(tmp_path / "store.db")
-        else:
-            url = with_search_path(DSN, await stack.enter_async_context(postgres_schema()))
-        store = await open_store(url)
-        stack.push_async_callback(store.close)
+    async with fresh_store(tmp_path, kind) as store:
         assert await store.migrate(PROJECTION_MIGRATIONS[:16]) == list(range(1, 17))
         messages = Messages(store)
         [made] = await messages.add("org-b", "agent-b", ["I code in node.js daily"])
