@@ -51,6 +51,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from agentmem import ids, subjects
+from agentmem.natsflush import flushed
 from agentmem.projections.memories import MEMORIES
 from agentmem.projections.messages import MESSAGES
 from agentmem.projections.users import USERS
@@ -133,7 +134,7 @@ async def _serve(
         task.add_done_callback(tasks.discard)
 
     await nc.subscribe(subject, queue="bench", cb=on_message)
-    await nc.flush()  # the server knows the interest before any client asks
+    await flushed(nc)  # the server knows the interest before any client asks
 
 
 async def command_responder(nc: NATS) -> None:

@@ -37,6 +37,7 @@ from agentmem.auth import natsjwt, tokens
 from agentmem.consumers.auth import Authenticator
 from agentmem.errors import AgentMemError
 from agentmem.events import AnyEvent, ApiKeyRevoked, OrgDeleted, SessionEnded, UserDeleted
+from agentmem.natsflush import flushed
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,7 @@ class ConnectionGate:
 
     async def start(self) -> None:
         self._subscription = await self.nc.subscribe(AUTH_SUBJECT, queue=QUEUE, cb=self._on_ask)
-        await self.nc.flush()
+        await flushed(self.nc)
 
     async def stop(self) -> None:
         if self._subscription is not None:

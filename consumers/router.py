@@ -36,6 +36,7 @@ from agentmem.errors import (
 )
 from agentmem.headers import header
 from agentmem.metrics import UNKNOWN_SUBJECT, Metrics
+from agentmem.natsflush import flushed
 from agentmem.protocol import Operation, operation_of
 from agentmem.queries import Health
 
@@ -279,7 +280,7 @@ class Dispatcher:
             self._subscriptions.append(subscription)
         # Subscribed means the server knows it: a request sent on another connection right
         # after the start must find a responder.
-        await self.nc.flush()
+        await flushed(self.nc)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests, then let the ones in flight finish and answer."""
@@ -339,7 +340,7 @@ class Dispatcher:
                     return
                 async with self._large_turns.turn(caller):
                     await self.nc.publish(msg.reply, payload)
-                    await self.nc.flush(FLUSH_TIMEOUT_S)
+                    await flushed(self.nc, FLUSH_TIMEOUT_S)
 
     async def handle(self, subject: str, data: bytes, headers: dict[str, str]) -> bytes:
         """Answer one request, and log one line for it at info: its subject, outcome (``ok``

@@ -46,6 +46,7 @@ from agentmem.consumers.access_view import AccessView
 from agentmem.consumers.aggregates import AggregateCache, FreshReads
 from agentmem.consumers.auth import Authenticator
 from agentmem.eventlog import EventLog
+from agentmem.natsflush import flushed
 from agentmem.queries import GetOrg
 from agentmem.service import Service
 from tests.conftest import admin_key, settings_for
@@ -262,7 +263,7 @@ async def test_a_known_credential_costs_no_read_of_the_log(
         await nc.subscribe(f"$JS.API.{api}.{subjects.STREAM_NAME}", cb=seen)
         for api in ("DIRECT.GET", "STREAM.MSG.GET")
     ]
-    await nc.flush()
+    await flushed(nc)
     assert (await ask(second, GetOrg.op.subject, {"org_id": person.org_id}, person.key)).ok
     await asyncio.sleep(0.1)
     assert reads, "the first request reads the user and the org from the log"

@@ -130,6 +130,7 @@ from agentmem.domain.working import (
     PutWorkingItem,
     RemoveWorkingItem,
 )
+from agentmem.natsflush import flushed
 from agentmem.protocol import operations
 from agentmem.queries import (
     EmailExists,
@@ -1381,7 +1382,7 @@ async def test_bad_requests_without_a_reply_subject_do_not_hurt(bus: Bus) -> Non
             await bus.nc.publish(subject, payload)
         # Valid, but without credentials.
         await bus.nc.publish(subject, encode(VALID.get(subject, {})))
-    await bus.nc.flush()
+    await flushed(bus.nc)
     await still_answers(bus)
     await asyncio.sleep(0.3)  # each request is answered by a task of its own: let them end
     assert await last_seq(bus) == before

@@ -24,6 +24,7 @@ import agentmem
 from agentmem import Client, natsauth, subjects
 from agentmem.auth import tokens
 from agentmem.embedded import port_is_free
+from agentmem.natsflush import flushed
 from agentmem.projections import ALL as ALL_PROJECTIONS
 from agentmem.queries import Health, Status
 from agentmem.service import redact_url
@@ -211,11 +212,11 @@ async def status_requests(nc: NATS) -> AsyncIterator[list[Msg]]:
         seen.append(msg)
 
     subscription = await nc.subscribe(Status.op.subject, cb=record)
-    await nc.flush()
+    await flushed(nc)
     try:
         yield seen
     finally:
-        await nc.flush()
+        await flushed(nc)
         await subscription.unsubscribe()
 
 
@@ -927,7 +928,7 @@ async def test_a_plain_publish_while_the_embedded_service_is_down_is_stored_afte
             body.encode(),
             headers={"Authorization": f"Bearer {key}", "Nats-Msg-Id": "while-down-1"},
         )
-        await agent.nc.flush()
+        await flushed(agent.nc)
         await asyncio.sleep(0.5)
         assert len(await stored()) == 1
     finally:

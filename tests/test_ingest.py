@@ -26,6 +26,7 @@ from agentmem.domain.access import Principal
 from agentmem.domain.ingest import IngestStatus
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import H_COMMAND_ID, H_COMMIT_TYPE
+from agentmem.natsflush import flushed
 from agentmem.service import Service
 from tests.conftest import settings_for
 from tests.realparts import bearer, clean_env, eventually, read_log, run_cli, status
@@ -356,7 +357,7 @@ async def test_the_outcome_is_published_where_the_publisher_asks(
     inbox = nc.new_inbox()
     elsewhere = await nc.subscribe(inbox)
     others = await nc.subscribe(f"agentmem.out.{org}.somebody-else.>")
-    await nc.flush()
+    await flushed(nc)
     await nc.publish(  # a plain publish: no acknowledgement, the outcome comes later
         f"agentmem.in.{org}.message.append",
         append_body("o", agent, 1),

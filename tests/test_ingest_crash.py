@@ -30,6 +30,7 @@ from nats.aio.client import Client as NATS
 from agentmem import Client, ingestion, subjects
 from agentmem.auth import tokens
 from agentmem.eventlog import H_COMMAND_ID
+from agentmem.natsflush import flushed
 from tests.realparts import bearer, eventually, read_log
 from tests.support import NatsServer, ServiceProcess
 
@@ -139,7 +140,7 @@ async def test_published_while_the_service_is_down_are_stored_once_in_order(
     sent = publishes(org, agent, 10_000)
     for subject, body, message_id in sent:  # plain NATS publish: fire and forget
         await nc.publish(subject, body, headers={**bearer(token), "Nats-Msg-Id": message_id})
-    await nc.flush()
+    await flushed(nc)
 
     async def all_kept() -> bool:  # the server stores them a moment after the flush
         return await backlog(nc) == 10_000

@@ -41,6 +41,7 @@ from agentmem.domain import users
 from agentmem.errors import UnauthenticatedError
 from agentmem.eventlog import CommitMeta
 from agentmem.events import ApiKeyCreated, encode_commit
+from agentmem.natsflush import flushed
 from agentmem.service import Service
 from tests.conftest import admin_key
 from tests.realparts import eventually
@@ -251,7 +252,7 @@ async def test_a_client_cannot_append_a_forged_key(deployment: Deployment, root:
     try:
         await client.nc.publish(subject, encode_commit([event]), headers=headers)
         await answered(client.nc, subject, encode_commit([event]))
-        await client.nc.flush()
+        await flushed(client.nc)
     finally:
         await client.close()
     await asyncio.sleep(0.2)
@@ -275,7 +276,7 @@ async def test_a_client_cannot_join_the_service_queue_group(
     try:
         for tree in (subjects.QUERY_PREFIX, subjects.COMMAND_PREFIX):
             await hijacker.nc.subscribe(f"{tree}.>", queue="agentmem", cb=answer_forged)
-        await hijacker.nc.flush()
+        await flushed(hijacker.nc)
         names = [(await root.get_org(ann.org_id)).name for _ in range(40)]
     finally:
         await hijacker.close()
@@ -299,7 +300,7 @@ async def test_a_client_cannot_read_other_clients_replies(
     try:
         for wildcard in ("_INBOX.>", ">", "*.>"):
             await sniffer.nc.subscribe(wildcard, cb=keep)
-        await sniffer.nc.flush()
+        await flushed(sniffer.nc)
         session = str((await victim.login(bob.email, PASSWORD)).fields["token"])
         await root.list_orgs()
         await asyncio.sleep(0.3)
@@ -494,8 +495,8 @@ async def test_the_outcome_reaches_its_publisher_and_nobody_else(
             await bob.nc.subscribe(wildcard, cb=keep)
         bobs_own = await bob.nc.subscribe(f"{bob_tree}.>")
         mine = await client.nc.subscribe(f"{ann_tree}.>")
-        await client.nc.flush()
-        await bob.nc.flush()
+        await flushed(client.nc)
+        await flushed(bob.nc)
 
         def append(n: int) -> AppendMessage:
             message = {"role": "user", "content": f"m{n}"}
