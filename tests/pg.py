@@ -13,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
@@ -62,3 +63,49 @@ async def end_session(admin: asyncpg.Connection, pid: int) -> None:
     while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
         assert time.monotonic() < deadline, f"session {pid} still there after {SESSION_EXIT_S}s"
         await asyncio.sleep(0.02)
+
+
+# Every file of the schema's tables: heap, indexes, TOAST and TOAST index.
+_RELATION_FILES = """
+SELECT c.relname AS name, pg_relation_filepath(c.oid) AS path FROM pg_class c
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'i')
+UNION
+SELECT c.relname || ' (TOAST)', pg_relation_filepath(c.reltoastrelid) FROM pg_class c
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.reltoastrelid <> 0
+UNION
+SELECT c.relname || ' (TOAST index)', pg_relation_filepath(i.indexrelid) FROM pg_class c
+  JOIN pg_index i ON i.indrelid = c.reltoastrelid
+ WHERE c.relnamespace = current_schema()::regnamespace
+"""
+
+
+async def postgres_file_leftovers(store_url: str, wanted: list[bytes]) -> list[str] | None:
+    """Every (file, needle) where a file of the schema's tables (heap, index, TOAST; read
+    after a CHECKPOINT wrote every dirty page) holds a needle's bytes: dead rows included,
+    which SQL cannot see. None when the server's data directory is not readable here (a
+    server on another machine: then the SQL check is what can be checked)."""
+    connection = await asyncpg.connect(store_url)
+    try:
+        folder = Path(await connection.fetchval("SHOW data_directory"))
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return None
+        await connection.execute("CHECKPOINT")
+        paths = {
+            row["path"]: row["name"]
+            for row in await connection.fetch(_RELATION_FILES)
+            if row["path"]
+        }
+    finally:
+        await connection.close()
+    return _files_holding(folder, paths, wanted)
+
+
+def _files_holding(folder: Path, paths: dict[str, str], wanted: list[bytes]) -> list[str]:
+    found = []
+    for relative, name in paths.items():
+        for path in sorted(folder.glob(f"{relative}*")):  # its segments: 123, 123.1, ...
+            if path.name.split(".")[0] != Path(relative).name or "_" in path.name:
+                continue  # another relation's file, or a free-space or visibility map
+            data = path.read_bytes()
+            found += [f"{name} ({relative}): {n[:40]!r}" for n in wanted if n in data]
+    return found

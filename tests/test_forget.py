@@ -66,6 +66,7 @@ from agentmem.sealing import open_events, seal
 from agentmem.service import Service
 from agentmem.store import Delete
 from tests.conftest import admin_key, settings_for
+from tests.pg import postgres_file_leftovers
 from tests.realparts import (
     clean_env,
     dump_store,
@@ -135,52 +136,6 @@ async def postgres_leftovers(store_url: str, wanted: list[bytes]) -> list[str]:
         return found
     finally:
         await connection.close()
-
-
-# Every file of the schema's tables: heap, indexes, TOAST and TOAST index.
-_RELATION_FILES = """
-SELECT c.relname AS name, pg_relation_filepath(c.oid) AS path FROM pg_class c
- WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'i')
-UNION
-SELECT c.relname || ' (TOAST)', pg_relation_filepath(c.reltoastrelid) FROM pg_class c
- WHERE c.relnamespace = current_schema()::regnamespace AND c.reltoastrelid <> 0
-UNION
-SELECT c.relname || ' (TOAST index)', pg_relation_filepath(i.indexrelid) FROM pg_class c
-  JOIN pg_index i ON i.indrelid = c.reltoastrelid
- WHERE c.relnamespace = current_schema()::regnamespace
-"""
-
-
-async def postgres_file_leftovers(store_url: str, wanted: list[bytes]) -> list[str] | None:
-    """Every (file, needle) where a file of the schema's tables (heap, index, TOAST; read
-    after a CHECKPOINT wrote every dirty page) holds a needle's bytes: dead rows included,
-    which SQL cannot see. None when the server's data directory is not readable here (a
-    server on another machine: then the SQL check is what can be checked)."""
-    connection = await asyncpg.connect(store_url)
-    try:
-        folder = Path(await connection.fetchval("SHOW data_directory"))
-        if not os.access(folder, os.R_OK | os.X_OK):
-            return None
-        await connection.execute("CHECKPOINT")
-        paths = {
-            row["path"]: row["name"]
-            for row in await connection.fetch(_RELATION_FILES)
-            if row["path"]
-        }
-    finally:
-        await connection.close()
-    return _files_holding(folder, paths, wanted)
-
-
-def _files_holding(folder: Path, paths: dict[str, str], wanted: list[bytes]) -> list[str]:
-    found = []
-    for relative, name in paths.items():
-        for path in sorted(folder.glob(f"{relative}*")):  # its segments: 123, 123.1, ...
-            if path.name.split(".")[0] != Path(relative).name or "_" in path.name:
-                continue  # another relation's file, or a free-space or visibility map
-            data = path.read_bytes()
-            found += [f"{name} ({relative}): {n[:40]!r}" for n in wanted if n in data]
-    return found
 
 
 def in_memory_index(service: Service) -> VectorIndex:

@@ -78,7 +78,7 @@ from agentmem.store.postgres import _TYPES as PG_TYPES
 from agentmem.store.postgres import PostgresStore, translate
 from agentmem.store.sqlite import SQLiteStore
 from tests.conftest import admin_key, settings_for
-from tests.pg import DSN, postgres_schema, with_search_path
+from tests.pg import DSN, postgres_file_leftovers, postgres_schema, with_search_path
 from tests.support import NatsServer
 
 ITEMS = Table(
@@ -1557,3 +1557,33 @@ async def test_the_graph_history_and_memory_scopes_are_filled_on_upgrade(store_u
             assert (then["entity_id"], then["name"], then["aliases"]) == answer
     finally:
         await store.close()
+
+
+async def test_a_rewrite_cut_short_by_a_stop_is_done_at_the_next_start(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres: a forget's deletion leaves the rows' bytes in the table's files until the
+    table is rewritten after the commit. A process killed in between (here: the rewrite
+    skipped) must not leave them there for good: the next start rewrites the table."""
+    marker = f"forgotten-{secrets.token_hex(6)}".encode()
+    url = with_search_path(DSN, pg_schema)
+    first = await open_store(url)
+    assert isinstance(first, PostgresStore)
+    await first.migrate(TEST_MIGRATIONS)
+    await first.apply(ProjectionBatch("items", 1, [item(1, row("a", marker.decode()))]))
+
+    async def killed(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(PostgresStore, "_rewrite", staticmethod(killed))
+    erase = Delete("items", {"item_id": "a"}, erase=True)
+    await first.apply(ProjectionBatch("items", 2, [item(2, erase)]))
+    await first.close()
+    files = await postgres_file_leftovers(url, [marker])
+    if files is None:
+        pytest.skip("the Postgres server's data directory is not readable here")
+    assert files  # the rewrite was skipped: the bytes are still there
+    monkeypatch.undo()
+    second = await open_store(url)
+    await second.close()
+    assert await postgres_file_leftovers(url, [marker]) == []

@@ -20,7 +20,10 @@ and TOAST included; the old ones are truncated at once and unlinked at the next
 checkpoint), whether or not the batch removed rows: earlier updates and deletions of the
 same data left dead rows too. It takes the table's exclusive lock for the rewrite: reads of
 that table wait for it (seconds for a table of a few hundred thousand rows), a price paid
-per forget (and per batch holding a forget in a replay).
+per forget (and per batch holding a forget in a replay). The tables due are recorded in
+``rewrites_due`` in the batch's own transaction and struck off once rewritten, so a process
+killed between the commit and the rewrite (a helper found the forgotten rows in the files
+of 3 of 4 such kills) leaves the rewrite to the next start or forget, not the rows.
 The WAL keeps what was written until its segments are recycled (docs/security.md).
 
 Text columns are created with ``COLLATE "C"`` so that ``ORDER BY`` and ``>`` on text compare
@@ -110,6 +113,13 @@ _SYSTEM_TABLES = [
         PRIMARY KEY (projection, seq)
     )""",
     VERSIONS_DDL["postgres"],
+    # Tables a forget deleted from whose rewrite is not done yet (see "Erasing" above):
+    # written in the batch's transaction, so a process killed between the commit and the
+    # rewrite leaves the rewrite to the next start (or the next forget) instead of the
+    # forgotten rows to the files.
+    """CREATE TABLE IF NOT EXISTS rewrites_due (
+        table_name TEXT COLLATE "C" NOT NULL PRIMARY KEY
+    )""",
 ]
 
 # Two processes migrating at once must not race on CREATE ... IF NOT EXISTS (it can fail
@@ -253,6 +263,7 @@ class PostgresStore(SystemReads):
         async with self.pool.acquire() as conn:
             self.schema = str(await conn.fetchval("SELECT current_schema()"))
             self.search_path = str(await conn.fetchval("SHOW search_path"))
+            await self._rewrite(conn)  # what a process stopped before its rewrite left
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -324,8 +335,9 @@ class PostgresStore(SystemReads):
                     await fence_batch(conn, batch)
                     for statement, params in sql.grouped(ops, self._keys):
                         await self._write_run(conn, statement, params)
-                    await self._finish(conn, batch, parked)
-                await self._rewrite(conn, erasing)
+                    await self._finish(conn, batch, parked, erasing)
+                if erasing:
+                    await self._rewrite(conn)
                 return parked
             except asyncpg.PostgresError:
                 pass
@@ -343,17 +355,22 @@ class PostgresStore(SystemReads):
                         parked.append(
                             Parked(batch.key, seq, subject, f"{type(exc).__name__}: {exc}")
                         )
-                await self._finish(conn, batch, parked)
-            await self._rewrite(conn, erasing)
+                await self._finish(conn, batch, parked, erasing)
+            if erasing:
+                await self._rewrite(conn)
             return parked
 
     @staticmethod
-    async def _rewrite(conn: asyncpg.Connection, tables: set[str]) -> None:
-        """``VACUUM FULL`` each table an erasing deletion touched (see "Erasing" above);
-        after the commit, as VACUUM runs outside a transaction. A rewrite copies the dead
-        rows that a transaction still running may see (another table's rewrite, a long
-        read): it is done again, a little later, until none is left. A failure is logged,
-        not raised: the batch is applied, and the next forget's rewrite takes these along."""
+    async def _rewrite(conn: asyncpg.Connection) -> None:
+        """``VACUUM FULL`` each table an erasing deletion touched (see "Erasing" above) and
+        ``rewrites_due`` still names; after the commit, as VACUUM runs outside a
+        transaction. A rewrite copies the dead rows that a transaction still running may
+        see (another table's rewrite, a long read): it is done again, a little later, until
+        none is left. A failure is logged, not raised: the batch is applied, and the table
+        stays due for the next forget's rewrite, or the next start's."""
+        tables = [r["table_name"] for r in await conn.fetch("SELECT table_name FROM rewrites_due")]
+        if not tables:
+            return
         kept: list[int] = []
 
         def listen(_conn: Any, message: Any) -> None:
@@ -367,7 +384,10 @@ class PostgresStore(SystemReads):
                 for attempt in range(REWRITE_ATTEMPTS):
                     kept.clear()
                     try:
-                        await conn.execute(f"VACUUM (FULL, VERBOSE) {table}")
+                        await conn.execute(f'VACUUM (FULL, VERBOSE) "{table}"')
+                    except asyncpg.UndefinedTableError:
+                        await conn.execute("DELETE FROM rewrites_due WHERE table_name = $1", table)
+                        break  # dropped since: its files went with it
                     except asyncpg.PostgresError as exc:
                         log.warning(
                             "a table could not be rewritten after an erasure",
@@ -376,6 +396,7 @@ class PostgresStore(SystemReads):
                         )
                         break
                     if not any(kept):
+                        await conn.execute("DELETE FROM rewrites_due WHERE table_name = $1", table)
                         break
                     await asyncio.sleep(REWRITE_PAUSE_S * (attempt + 1))
                 else:
@@ -417,8 +438,13 @@ class PostgresStore(SystemReads):
 
     @staticmethod
     async def _finish(
-        conn: asyncpg.Connection, batch: ProjectionBatch, parked: list[Parked]
+        conn: asyncpg.Connection, batch: ProjectionBatch, parked: list[Parked], erasing: set[str]
     ) -> None:
+        if erasing:
+            await conn.executemany(
+                "INSERT INTO rewrites_due (table_name) VALUES ($1) ON CONFLICT DO NOTHING",
+                [(table,) for table in sorted(erasing)],
+            )
         if parked:
             now = time.time_ns() // 1_000_000
             await conn.executemany(
