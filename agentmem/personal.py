@@ -75,6 +75,12 @@ def key_name(subject: str, event: msgspec.Struct) -> str:
     return ".".join([org, *scope, ref.aggregate, ref.aggregate_id])
 
 
+def user_of(name: str) -> str | None:
+    """The user of a data key's name, if its scope has one (its second token)."""
+    tokens = name.split(".")
+    return tokens[1] if len(tokens) > 1 and tokens[1] != NO_ID else None
+
+
 def key_filter(
     org_id: str,
     *,

@@ -32,6 +32,7 @@ from agentmem.domain.forget import (
 from agentmem.errors import AgentMemError, NotFoundError, UnavailableError
 from agentmem.events import ForgetTarget
 from agentmem.keys import matches
+from agentmem.personal import user_of
 
 if TYPE_CHECKING:
     from agentmem.consumers.parts import Parts
@@ -124,12 +125,17 @@ def command_router(parts: Parts) -> Router:
         state = loaded.state
         if isinstance(state, memories.Claim):
             raise memories.missing(memory_id)  # a content's claim, not a memory
-        # Whose it is, while it still reads (a retried forget: only an administrator).
+        sealed_with = await log.sealed_keys(subject)
+        # Whose it is: while it reads, its scope; once its key is gone (a forget cut short,
+        # or done, sent again by its user), the user its key names, which the service
+        # wrote and nobody else can.
         owner = state.user_id if isinstance(state, memories.Memory) else None
+        if owner is None and len(users_named := {user_of(k) for k in sealed_with}) == 1:
+            owner = users_named.pop()
         authorize(request.caller, request.need, org_id, memories.missing(memory_id), owner)
         target = {"memory_id": memory_id}
         wildcard = forget.keys_of("memory", org_id, target)
-        named = tuple(sorted(k for k in await log.sealed_keys(subject) if not matches(wildcard, k)))
+        named = tuple(sorted(k for k in sealed_with if not matches(wildcard, k)))
         return await forget_and_record(
             request, "memory", org_id, target, subject, memories.evolve, named
         )

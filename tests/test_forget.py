@@ -709,6 +709,28 @@ async def test_a_user_may_forget_themself_but_not_another(
     assert (await admin.get_user(you)).name == "You"
 
 
+async def test_a_user_may_send_the_forget_of_their_memory_again(
+    service: Service, nc: NATS, admin_token: str
+) -> None:
+    """A forget cut short is finished by sending it again (docs/protocol.md), by whoever
+    may send it: once the memory no longer reads, its user is the one its key names (a
+    helper's member got `forbidden` for the retry of their own forget)."""
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Retries")).fields["org_id"])
+    me, you = [
+        str((await admin.register_user(org_id, n, f"{n}@example.org", PASSWORD)).fields["user_id"])
+        for n in ("me", "you")
+    ]
+    mine = admin.with_token(str((await admin.create_api_key("m", user_id=me)).fields["token"]))
+    yours = admin.with_token(str((await admin.create_api_key("y", user_id=you)).fields["token"]))
+    memory_id = str((await mine.add_memory("my secret", user_id=me)).fields["memory_id"])
+    first = await mine.forget_memory(memory_id, command_id="forget-mine")
+    again = await mine.forget_memory(memory_id, command_id="forget-mine")
+    assert again.seq == first.seq  # the first outcome, not a second forget
+    with pytest.raises(ForbiddenError):
+        await yours.forget_memory(memory_id, command_id="forget-theirs")
+
+
 async def test_a_forgotten_id_stays_taken(service: Service, nc: NATS, admin_token: str) -> None:
     """A create that chooses the id of a forgotten user or agent gets ``conflict``, as for a
     deleted one (it got ``unavailable``, "retry", forever), and writes nothing."""
