@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,18 @@ SEALS_IN_FLIGHT = 16
 
 class StaleVersion(Exception):
     """A subject moved on since the state the decision was made from (err_code 10071)."""
+
+
+Current = Callable[[], bool]
+
+
+def _always() -> bool:
+    return True
+
+
+def _check_current(still_current: Current) -> None:
+    if not still_current():
+        raise StaleVersion("a forget came between the decision and its append")
 
 
 class DuplicateCommand(Exception):
@@ -265,7 +277,12 @@ class EventLog:
         )
 
     # Appending --------------------------------------------------------------------------
-    async def append(self, writes: list[Write], meta: CommitMeta) -> Appended:
+    async def append(
+        self, writes: list[Write], meta: CommitMeta, still_current: Current = _always
+    ) -> Appended:
+        """Append ``writes`` as one commit. ``still_current`` is asked once they are sealed,
+        just before they are sent: False (a forget since the decision, whose keys the
+        sealing may have made again) raises ``StaleVersion``, so the command decides again."""
         if not writes:
             raise ValueError("nothing to append")
         if len(writes) > MAX_BATCH_WRITES:
@@ -273,11 +290,13 @@ class EventLog:
         headers = meta.headers()
         try:
             if len(writes) == 1:
-                return await self._publish_one(writes[0], headers, meta.command_id)
+                return await self._publish_one(writes[0], headers, meta.command_id, still_current)
             for attempt in range(BATCH_RETRIES):
                 try:
                     async with self._batch_slots:
-                        return await self._publish_batch(writes, headers, meta.command_id)
+                        return await self._publish_batch(
+                            writes, headers, meta.command_id, still_current
+                        )
                 except TooManyBatches:
                     await asyncio.sleep(0.002 * (attempt + 1))
             raise UnavailableError("the event log is too busy with atomic writes; retry")
@@ -285,10 +304,11 @@ class EventLog:
             raise UnavailableError(f"the event log did not acknowledge the write: {exc!r}") from exc
 
     async def _publish_one(
-        self, write: Write, headers: dict[str, str], command_id: str
+        self, write: Write, headers: dict[str, str], command_id: str, still_current: Current
     ) -> Appended:
         headers = {**headers, "Nats-Msg-Id": command_id, **_expect(write)}
         payload = await seal(write.subject, write.events, self.keys, fresh=write.expected == 0)
+        _check_current(still_current)
         sent_at = self.marks.sent()
         reply = await self.nc.request(write.subject, payload, timeout=self.timeout, headers=headers)
         ack = self._check_ack(reply.data)
@@ -297,7 +317,7 @@ class EventLog:
         return Appended(seqs=[ack.seq], duplicate=ack.duplicate)
 
     async def _publish_batch(
-        self, writes: list[Write], headers: dict[str, str], command_id: str
+        self, writes: list[Write], headers: dict[str, str], command_id: str, still_current: Current
     ) -> Appended:
         # One atomic batch (``jetstream.publish_atomic``): every write stored, or none.
         count = len(writes)
@@ -312,6 +332,7 @@ class EventLog:
                 return await seal(write.subject, write.events, self.keys, fresh, False, made)
 
         payloads = await asyncio.gather(*(sealed(w) for w in writes))
+        _check_current(still_current)
         # The first message's id is the command key, as a single commit's: a command id
         # used before (for another operation too) is then a duplicate within the window,
         # whichever of the two wrote a batch.

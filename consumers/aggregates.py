@@ -79,6 +79,9 @@ class AggregateCache:
     ) -> None:
         self.log = log
         self._entries: LRU[Entry] = LRU(weigh_entry, max_entries, max_bytes)
+        # How many times the cache was cleared (a forget): what was read or decided before
+        # a clear must not be put back after it (``load``, ``CommandRunner``).
+        self.epoch = 0
 
     async def load(self, subject: str, evolve: Evolve[S], refresh: bool = False) -> Loaded[S]:
         entry = self._entries.get(subject, touch=not refresh)
@@ -86,12 +89,14 @@ class AggregateCache:
             loaded: Loaded[S] = entry.loaded
             return loaded
         base: Loaded[S] = entry.loaded if entry is not None else Loaded(subject, None, 0)
+        epoch = self.epoch
         # A refresh reads what the stream's leader holds: a replica may not have applied
         # the last acknowledged commits yet, and a decision made again on its state (after
         # a refusal, or a write refused as stale) was as stale as the first.
         commits = await self.log.read_subject(subject, after=base.version, leader=refresh)
         loaded = advance(base, evolve, commits)
-        self._store(subject, loaded, evolve)
+        if self.epoch == epoch:  # else folded in part with keys a forget has deleted since
+            self._store(subject, loaded, evolve)
         return loaded
 
     def record(self, writes: list[Write], appended: Appended, command_id: str) -> None:
@@ -120,6 +125,7 @@ class AggregateCache:
         """Drop every entry: a data key was deleted, and what was folded from the events it
         opened must not outlive it here (forgets are rare; the cache refills from the log)."""
         self._entries.clear()
+        self.epoch += 1
 
     def _store(self, subject: str, loaded: Loaded[Any], evolve: Evolve[Any]) -> None:
         self._entries.put(subject, Entry(loaded, evolve))

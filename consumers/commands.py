@@ -8,6 +8,7 @@ the command id, retries after a concurrent write, and recognising a retried comm
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -376,6 +377,12 @@ class CommandRunner:
             attempt, refresh = 0, False
             while True:
                 loader = Loader(self.cache, command_id, refresh=refresh)
+                # A forget while this attempt decides (its keys deleted, this process's
+                # cache cleared) may have made the state it decides on unreadable: its
+                # append is refused before it is sent, and the command decided again on
+                # the log, where it finds what was forgotten gone (a memory scope's forget
+                # writes nothing on the entities it forgets that a version would catch).
+                epoch = self.cache.epoch
                 try:
                     writes = await plan(loader, command_id)
                     if not writes:
@@ -400,7 +407,9 @@ class CommandRunner:
                         refresh = False
                         continue
                 try:
-                    appended = await self.log.append(writes, meta)
+                    appended = await self.log.append(
+                        writes, meta, functools.partial(self._undisturbed, epoch)
+                    )
                 except StaleVersion:
                     # Another process wrote first: reload (incrementally) and decide again,
                     # after a pause with jitter, so that two processes do not meet again. A
@@ -437,6 +446,10 @@ class CommandRunner:
         written = [(w.events, seq) for w, seq in zip(writes, appended.seqs, strict=True)]
         await self._confirm(written)
         return event_view(writes[-1].events[-1], appended.seqs[-1]), appended.last_seq
+
+    def _undisturbed(self, epoch: int) -> bool:
+        """No forget cleared the cache since ``epoch``."""
+        return self.cache.epoch == epoch
 
     async def _outcome(
         self,

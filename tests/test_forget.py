@@ -17,6 +17,7 @@ import base64
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
@@ -729,6 +730,51 @@ async def test_a_user_may_send_the_forget_of_their_memory_again(
     assert again.seq == first.seq  # the first outcome, not a second forget
     with pytest.raises(ForbiddenError):
         await yours.forget_memory(memory_id, command_id="forget-theirs")
+
+
+async def test_a_write_decided_before_a_scope_forget_is_not_appended_after_it(
+    service: Service, nc: NATS, admin_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`memory.forget_scope` writes nothing on the entities it forgets, so no version stops
+    a write decided on one before it: appended after, sealed under a key made again, it
+    put the forgotten attributes back in the log and the tables, replays too (a helper: up
+    to 511 such writes per forget under four writers). It is decided again, and refused."""
+    assert service.parts is not None
+    admin = Client(nc, admin_token)
+    org_id = str((await admin.create_org("Racing")).fields["org_id"])
+    secret = {"diagnosis": "forgotten-attribute-7f3a"}
+    entity_id = str(
+        (await admin.create_entity("person", "Dr. Race", user_id="ann", org_id=org_id)).fields[
+            "entity_id"
+        ]
+    )
+    await admin.set_entity_attributes(entity_id, secret)
+    runner = service.parts.runner
+    append = runner.log.append
+    decided, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_append(writes: Any, meta: Any, *args: Any) -> Any:
+        if any(entity_id in w.subject for w in writes) and not decided.is_set():
+            decided.set()
+            await go_on.wait()  # the forget runs here, between the decision and the append
+        return await append(writes, meta, *args)
+
+    monkeypatch.setattr(runner.log, "append", held_append)
+    writing = asyncio.ensure_future(admin.set_entity_attributes(entity_id, {"seen": 2}))
+    await asyncio.wait_for(decided.wait(), 10)
+    epoch = runner.cache.epoch
+    await admin.forget_memory_scope(user_id="ann", org_id=org_id)
+    for _ in range(500):  # the notice of the deleted keys clears this process's cache
+        if runner.cache.epoch != epoch:
+            break
+        await asyncio.sleep(0.01)
+    go_on.set()
+    with pytest.raises(NotFoundError):
+        await writing
+    with pytest.raises(NotFoundError):
+        await admin.get_entity(entity_id)
+    rows = await service.store.fetch_all("SELECT value FROM graph_entity_history")
+    assert not [r for r in rows if "forgotten-attribute" in str(r["value"])]
 
 
 async def test_a_forgotten_id_stays_taken(service: Service, nc: NATS, admin_token: str) -> None:
