@@ -31,6 +31,7 @@ from agentmem.consumers.router import (
     Router,
 )
 from agentmem.domain.access import Principal
+from agentmem.natsflush import flushed
 from agentmem.queries import Health, ListOrgs, Schema, Status
 from tests.support import NatsServer
 
@@ -226,3 +227,29 @@ async def test_a_handler_nats_did_not_answer_is_unavailable(nc: NATS, service_nc
     assert reply["ok"] is False
     assert reply["error"]["code"] == "unavailable", reply
     await running.stop()
+
+
+async def test_a_stop_answers_the_requests_already_delivered(
+    nc: NATS, service_nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests delivered to the connection but not yet taken by the callback (it takes one
+    at a time; here each is slow to take) are answered by a stop, not dropped with the
+    subscription: a helper's request sent just before a SIGTERM was never answered."""
+    held = Held()
+    held.go.set()
+    running = await dispatcher(service_nc, held)
+    take = running._on_message
+
+    async def slow_take(msg: Any) -> None:
+        await asyncio.sleep(0.02)
+        await take(msg)
+
+    monkeypatch.setattr(running, "_on_message", slow_take)
+    for subscription in running._subscriptions:
+        subscription._cb = slow_take
+    asked = [ask(nc, Health.op.subject, None) for _ in range(20)]
+    await flushed(nc)
+    await asyncio.sleep(0.05)  # delivered; the callback has taken two or three
+    await running.stop()
+    replies = await asyncio.gather(*asked, return_exceptions=True)
+    assert [r for r in replies if isinstance(r, BaseException)] == []
