@@ -408,19 +408,7 @@ class Service:
         except StreamConfigMismatch as exc:
             raise StartupError(f"{exc.message}: {exc.details.get('settings')}") from None
         await self.keys.start(settings.replicas, await log_.last_seq())
-        if self.embedded is not None:
-            self._service_file = record_service(
-                settings.data_dir, self.embedded.url, settings.store_url
-            )
-        key = await bootstrap.ensure_admin(log_, settings.password_cost)
-        if key is not None:
-            path = bootstrap.save_key(settings.data_dir, key)
-            # Printed, never logged: logs must not carry secrets.
-            print(
-                "agentmem: first start of this deployment: the service administrator's API key "
-                f"(shown once; also saved, readable only by you, in {path}):\n{key}",
-                flush=True,
-            )
+        admin_key = await bootstrap.ensure_admin(log_, settings.password_cost)
 
         board = CheckpointBoard()
         if "projections" in roles:
@@ -504,6 +492,23 @@ class Service:
                 ready_lag=settings.ready_lag,
             )
             self.metrics_address = await self.metrics_listener.start(*metrics_at)
+        # Only now, when a client that reads them can connect and be answered (a helper's
+        # client that connected the moment the key was printed was refused by nats-server:
+        # nobody answered its connection check yet). A process killed before this point on
+        # a first start leaves the administrator without a saved key: `agentmem admin
+        # create-key` makes one.
+        if self.embedded is not None:
+            self._service_file = record_service(
+                settings.data_dir, self.embedded.url, settings.store_url
+            )
+        if admin_key is not None:
+            path = bootstrap.save_key(settings.data_dir, admin_key)
+            # Printed, never logged: logs must not carry secrets.
+            print(
+                "agentmem: first start of this deployment: the service administrator's API key "
+                f"(shown once; also saved, readable only by you, in {path}):\n{admin_key}",
+                flush=True,
+            )
         log.info(
             "agentmem ready",
             nats=",".join(redact_url(url) for url in servers),
