@@ -34,7 +34,7 @@ from agentmem.consumers.nats_gate import ConnectionGate, Disconnector
 from agentmem.consumers.parts import Parts, routers
 from agentmem.consumers.router import Dispatcher
 from agentmem.consumers.system import collect_status
-from agentmem.embedded import EmbeddedNats
+from agentmem.embedded import EmbeddedNats, port_is_free
 from agentmem.errors import UnavailableError
 from agentmem.eventlog import EventLog
 from agentmem.jetstream import StreamConfigMismatch
@@ -333,6 +333,10 @@ class Service:
         roles = settings.roles
         check_roles(roles, settings.store_url)
         metrics_at = settings.metrics_host_port  # a bad address is refused before anything
+        if metrics_at is not None and metrics_at[1] and not port_is_free(*metrics_at):
+            # So is a taken one, as a taken --listen is: not after a whole start.
+            host, port = metrics_at
+            raise StartupError(f"the metrics port {port} on {host} is taken: choose another")
         if not settings.nats_servers:
             # Before anything is touched: the embedded server's store lives in the data dir.
             self._data_lock = lock_data_dir(settings.data_dir)
@@ -384,7 +388,19 @@ class Service:
                 natsauth.as_user(url, natsauth.SERVICE_USER, found.service_password)
                 for url in servers
             ]
-        self.nc = await _connect(servers, "agentmem", self.metrics, self._connection_closed)
+        try:
+            # Bounded like the wait for JetStream: with no server there, nats-py's first
+            # connect retries for ever, and a supervisor would never see the start fail.
+            self.nc = await asyncio.wait_for(
+                _connect(servers, "agentmem", self.metrics, self._connection_closed),
+                JETSTREAM_WAIT_S,
+            )
+        except TimeoutError:
+            shown = ",".join(redact_url(url) for url in servers)
+            raise StartupError(
+                f"no NATS server answered at {shown} within {JETSTREAM_WAIT_S:.0f}s: is it "
+                "running, and is that its address (--nats, AGENTMEM_NATS)?"
+            ) from None
         if found is not None:
             self.system_nc = await _connect(
                 [

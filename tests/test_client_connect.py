@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 import pytest
 
 from agentmem import Client, UnavailableError
+from agentmem.config import StartupError
+from agentmem.service import Service
+from tests.conftest import settings_for
 from tests.support import NatsServer, free_port
 
 
@@ -103,3 +107,33 @@ async def test_a_request_that_finds_no_responder_is_sent_again_for_a_moment(
         assert time.perf_counter() - started < 5
     finally:
         await client.close()
+
+
+async def test_a_service_with_no_nats_server_there_fails_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the bound docs/deploy.md names (30 s; 1 s here), with one line: nats-py's first
+    connect retried for ever (a helper's serve logged 178 retries in 90 s and never
+    exited)."""
+    monkeypatch.setattr("agentmem.service.JETSTREAM_WAIT_S", 1.0)
+    nobody = NatsServer(tmp_path / "never-started", free_port())
+    service = Service(settings_for(nobody, tmp_path))
+    with pytest.raises(StartupError, match=f"no NATS server answered at {nobody.url} within 1s"):
+        await asyncio.wait_for(service.start(), 10)
+    await service.stop()
+
+
+async def test_a_taken_metrics_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """As a taken --listen is (a helper's serve started whole, printed its key, and only
+    then failed on the metrics port, with exit status 1)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        nobody = NatsServer(tmp_path / "never-started", free_port())
+        settings = settings_for(nobody, tmp_path)
+        settings.metrics = f"127.0.0.1:{port}"
+        service = Service(settings)
+        with pytest.raises(StartupError, match=f"the metrics port {port} on 127.0.0.1 is taken"):
+            await asyncio.wait_for(service.start(), 10)
+        await service.stop()
